@@ -1,0 +1,202 @@
+//! The coordinator's catalog: table definitions, the partition map and
+//! cluster membership in memory (persisted through the metastore), exposed
+//! to DataFusion as the default schema.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use datafusion::catalog::{SchemaProvider, TableProvider};
+use datafusion::common::{DataFusionError, Result, exec_err, plan_err};
+use tessera_sql::{PartitionPlacement, TableDef};
+use tessera_worker::ScanPart;
+
+use crate::metastore::{CatalogState, Metastore};
+use crate::table::TesseraTable;
+
+/// Shared catalog state of one coordinator.
+#[derive(Debug)]
+pub struct Catalog {
+    metastore: Box<dyn Metastore>,
+    state: Mutex<CatalogState>,
+    /// Live workers: id → URL.
+    members: RwLock<BTreeMap<String, String>>,
+    /// Read-only tables from `CREATE EXTERNAL TABLE`, by name.
+    external: RwLock<BTreeMap<String, Arc<dyn TableProvider>>>,
+    last_txn: AtomicU64,
+}
+
+fn poisoned() -> DataFusionError {
+    DataFusionError::Internal("catalog lock poisoned by an earlier panic".into())
+}
+
+impl Catalog {
+    pub fn open(metastore: Box<dyn Metastore>, members: BTreeMap<String, String>) -> Result<Arc<Self>> {
+        let state = metastore.load()?;
+        Ok(Arc::new(Self {
+            metastore,
+            state: Mutex::new(state),
+            members: RwLock::new(members),
+            external: RwLock::new(BTreeMap::new()),
+            last_txn: AtomicU64::new(0),
+        }))
+    }
+
+    /// A snapshot of the persisted state.
+    pub fn state(&self) -> Result<CatalogState> {
+        Ok(self.state.lock().map_err(|_| poisoned())?.clone())
+    }
+
+    /// Applies `change` to the state and persists it; if saving fails the
+    /// in-memory state is left as it was.
+    pub fn update<T>(&self, change: impl FnOnce(&mut CatalogState) -> Result<T>) -> Result<T> {
+        let mut guard: MutexGuard<'_, CatalogState> = self.state.lock().map_err(|_| poisoned())?;
+        let mut next = guard.clone();
+        let out = change(&mut next)?;
+        if next != *guard {
+            self.metastore.save(&next)?;
+            *guard = next;
+        }
+        Ok(out)
+    }
+
+    pub fn members(&self) -> Result<BTreeMap<String, String>> {
+        Ok(self.members.read().map_err(|_| poisoned())?.clone())
+    }
+
+    pub fn table_def(&self, name: &str) -> Result<Option<TableDef>> {
+        Ok(self.state.lock().map_err(|_| poisoned())?.tables.get(name).cloned())
+    }
+
+    pub fn external(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
+        Ok(self.external.read().map_err(|_| poisoned())?.get(name).cloned())
+    }
+
+    pub fn external_names(&self) -> Result<Vec<String>> {
+        Ok(self.external.read().map_err(|_| poisoned())?.keys().cloned().collect())
+    }
+
+    pub fn set_external(&self, name: &str, table: Option<Arc<dyn TableProvider>>) -> Result<()> {
+        let mut ext = self.external.write().map_err(|_| poisoned())?;
+        match table {
+            Some(t) => ext.insert(name.to_string(), t),
+            None => ext.remove(name),
+        };
+        Ok(())
+    }
+
+    /// The placement of a table's partitions.
+    pub fn placements(&self, table: &str) -> Result<Vec<PartitionPlacement>> {
+        let state = self.state.lock().map_err(|_| poisoned())?;
+        match state.map.table(table) {
+            Some(p) => Ok(p.to_vec()),
+            None => exec_err!("table '{table}' has no partition map entry"),
+        }
+    }
+
+    /// Resolves partitions to the URL of the worker holding them.
+    pub fn scan_parts(&self, table: &str, partitions: &[u32]) -> Result<Vec<ScanPart>> {
+        let placements = self.placements(table)?;
+        let members = self.members()?;
+        partitions
+            .iter()
+            .map(|p| {
+                let Some(placement) = placements.get(*p as usize) else {
+                    return exec_err!("partition {p} of '{table}' is not in the partition map");
+                };
+                let worker = placement.leader();
+                let Some(url) = members.get(worker) else {
+                    return exec_err!(
+                        "partition {p} of '{table}' is held by worker '{worker}', which is not \
+                         running; start the cluster with that worker (e.g. more --workers) and retry"
+                    );
+                };
+                Ok(ScanPart {
+                    partition: *p,
+                    worker_id: worker.to_string(),
+                    url: url.clone(),
+                })
+            })
+            .collect()
+    }
+
+    /// A new transaction id, larger than any before it in this or an
+    /// earlier run (microseconds since the epoch, bumped on collision).
+    pub fn next_txn(&self) -> u64 {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_micros() as u64)
+            .unwrap_or(0);
+        let mut last = self.last_txn.load(Ordering::SeqCst);
+        loop {
+            let next = now.max(last + 1);
+            match self
+                .last_txn
+                .compare_exchange(last, next, Ordering::SeqCst, Ordering::SeqCst)
+            {
+                Ok(_) => return next,
+                Err(actual) => last = actual,
+            }
+        }
+    }
+}
+
+/// The catalog as DataFusion's default schema.
+#[derive(Debug)]
+pub struct TesseraSchema {
+    catalog: Arc<Catalog>,
+}
+
+impl TesseraSchema {
+    pub fn new(catalog: Arc<Catalog>) -> Self {
+        Self { catalog }
+    }
+}
+
+#[async_trait]
+impl SchemaProvider for TesseraSchema {
+    fn table_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .catalog
+            .state()
+            .map(|s| s.tables.keys().cloned().collect())
+            .unwrap_or_default();
+        names.extend(self.catalog.external_names().unwrap_or_default());
+        names
+    }
+
+    async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
+        if let Some(def) = self.catalog.table_def(name)? {
+            return Ok(Some(Arc::new(TesseraTable::try_new(
+                Arc::clone(&self.catalog),
+                def,
+            )?)));
+        }
+        self.catalog.external(name)
+    }
+
+    fn register_table(
+        &self,
+        name: String,
+        table: Arc<dyn TableProvider>,
+    ) -> Result<Option<Arc<dyn TableProvider>>> {
+        if self.table_exist(&name) {
+            return plan_err!("table '{name}' already exists; DROP TABLE {name} first");
+        }
+        self.catalog.set_external(&name, Some(table))?;
+        Ok(None)
+    }
+
+    fn deregister_table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
+        let old = self.catalog.external(name)?;
+        self.catalog.set_external(name, None)?;
+        Ok(old)
+    }
+
+    fn table_exist(&self, name: &str) -> bool {
+        matches!(self.catalog.table_def(name), Ok(Some(_)))
+            || matches!(self.catalog.external(name), Ok(Some(_)))
+    }
+}

@@ -1,0 +1,173 @@
+//! An embedded cluster: one coordinator serving Flight SQL plus N workers,
+//! each its own gRPC server on a loopback port, all in this process but
+//! talking only over their sockets. What `tessera serve` and the tests run.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use arrow_flight::flight_service_server::FlightServiceServer;
+use datafusion::catalog::MemTable;
+use datafusion::arrow::array::{RecordBatch, UInt64Array};
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::common::{DataFusionError, Result};
+use tessera_worker::wire::MAX_MESSAGE_BYTES;
+use tessera_worker::{Storage, WorkerHandle, start_worker};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::engine::Coordinator;
+use crate::flight_sql::TesseraFlightSql;
+use crate::metastore::FileMetastore;
+
+/// How to start an embedded cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// Where the coordinator serves Flight SQL.
+    pub listen: SocketAddr,
+    /// Number of workers, each on its own free loopback port.
+    pub workers: usize,
+    /// Coordinator catalog in `<data_dir>/coordinator`, worker `i`'s
+    /// partitions in `<data_dir>/worker-i`.
+    pub data_dir: PathBuf,
+}
+
+/// A running cluster.
+pub struct Cluster {
+    pub addr: SocketAddr,
+    pub workers: Vec<WorkerHandle>,
+    coordinator: Arc<Coordinator>,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+fn worker_id(i: usize) -> String {
+    format!("worker-{i}")
+}
+
+impl Cluster {
+    pub async fn start(config: ClusterConfig) -> Result<Self> {
+        if config.workers == 0 {
+            return Err(DataFusionError::Configuration(
+                "--workers must be at least 1".to_string(),
+            ));
+        }
+        let mut workers = vec![];
+        let worker_addr = SocketAddr::new(config.listen.ip(), 0);
+        for i in 0..config.workers {
+            let storage = Storage::open(config.data_dir.join(worker_id(i)))?;
+            workers.push(start_worker(&worker_id(i), worker_addr, storage).await?);
+        }
+        let members: BTreeMap<String, String> =
+            workers.iter().map(|w| (w.id.clone(), w.url.clone())).collect();
+        let metastore = FileMetastore::open(config.data_dir.join("coordinator"))?;
+        let coordinator = Arc::new(Coordinator::open(Box::new(metastore), members.clone()).await?);
+
+        // Every partition must have a running owner.
+        let state = coordinator.catalog().state()?;
+        let missing: Vec<&str> = state
+            .map
+            .tables
+            .values()
+            .flatten()
+            .map(|p| p.leader())
+            .filter(|w| !members.contains_key(*w))
+            .collect();
+        if let Some(w) = missing.first() {
+            return Err(DataFusionError::Configuration(format!(
+                "the data dir {} has partitions on {w}, but only {} workers were started; \
+                 start with --workers {} or more",
+                config.data_dir.display(),
+                config.workers,
+                state.map.tables.values().flatten().filter_map(|p| p.leader().strip_prefix("worker-")?.parse::<usize>().ok()).max().unwrap_or(0) + 1
+            )));
+        }
+
+        let listener = TcpListener::bind(config.listen).await.map_err(|e| {
+            DataFusionError::Configuration(format!(
+                "cannot listen on {}: {e}; pick another address with --listen",
+                config.listen
+            ))
+        })?;
+        let addr = listener.local_addr()?;
+        let service = FlightServiceServer::new(TesseraFlightSql::new(Arc::clone(&coordinator)))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let (tx, rx) = oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            let result = tonic::transport::Server::builder()
+                .tcp_nodelay(true)
+                .add_service(service)
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+                    let _ = rx.await;
+                })
+                .await;
+            if let Err(e) = result {
+                tracing::error!(error = %e, "coordinator server failed");
+            }
+        });
+        tracing::info!(%addr, workers = workers.len(), "coordinator listening");
+        Ok(Self {
+            addr,
+            workers,
+            coordinator,
+            shutdown: Some(tx),
+            server,
+        })
+    }
+
+    pub fn coordinator(&self) -> &Arc<Coordinator> {
+        &self.coordinator
+    }
+
+    /// The Flight SQL address clients connect to, as a URL.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Loads rows into an existing table through the normal write path
+    /// (`INSERT INTO t SELECT * FROM <rows>`), so they are cast, routed and
+    /// committed atomically like any INSERT.
+    pub async fn load(&self, table: &str, schema: SchemaRef, batches: Vec<RecordBatch>) -> Result<u64> {
+        self.coordinator.load(table, schema, batches).await
+    }
+
+    /// Stops one worker, as if its process died; the others keep running.
+    pub async fn stop_worker(&mut self, index: usize) {
+        if index < self.workers.len() {
+            self.workers.remove(index).stop().await;
+        }
+    }
+
+    /// Stops the coordinator and every worker.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let _ = self.server.await;
+        for w in self.workers.drain(..) {
+            w.stop().await;
+        }
+    }
+}
+
+impl Coordinator {
+    /// See [`Cluster::load`].
+    pub async fn load(&self, table: &str, schema: SchemaRef, batches: Vec<RecordBatch>) -> Result<u64> {
+        let staging = format!("__load_{}", uuid::Uuid::new_v4().simple());
+        let mem = Arc::new(MemTable::try_new(schema, vec![batches])?);
+        self.catalog().set_external(&staging, Some(mem))?;
+        let result = self
+            .run(&format!("INSERT INTO \"{table}\" SELECT * FROM \"{staging}\""))
+            .await;
+        self.catalog().set_external(&staging, None)?;
+        let batches = result?;
+        Ok(batches
+            .iter()
+            .filter_map(|b| b.column_by_name("count"))
+            .filter_map(|c| c.as_any().downcast_ref::<UInt64Array>().map(|a| a.iter().flatten().sum::<u64>()))
+            .sum())
+    }
+}

@@ -1,0 +1,124 @@
+//! What datafusion-distributed cannot know: where partitions live. The
+//! worker resolver lists live workers; the three handlers size the stage of a
+//! `PartitionScanExec` by the workers holding its kept partitions, give each
+//! task the partitions of one owner, and route each task to that owner.
+//!
+//! ```text
+//!  PartitionScanExec p0@w0 p3@w0 p5@w2        (kept partitions, by owner)
+//!     desired tasks = 2 owners
+//!     scale up → DistributedLeafExec [ task0: p0,p3 | task1: p5 ]
+//!     route    → task0 → w0, task1 → w2
+//! ```
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+use datafusion::common::{DataFusionError, Result};
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion_distributed::{
+    DesiredTaskCountEvent, DesiredTaskCountEventResponse, DistributedLeafExec, NetworkBoundaryExt,
+    RouteTasksEvent, RouteTasksEventResponse, ScaleUpLeafNodeEvent, ScaleUpLeafNodeEventResponse,
+    WorkerResolver,
+};
+use tessera_worker::{PartitionScanExec, ScanPart};
+use url::Url;
+
+use crate::catalog::Catalog;
+
+/// Lists the live workers from the catalog's membership.
+#[derive(Debug)]
+pub struct MembershipResolver {
+    pub catalog: Arc<Catalog>,
+}
+
+impl WorkerResolver for MembershipResolver {
+    fn get_urls(&self) -> Result<Vec<Url>> {
+        self.catalog
+            .members()?
+            .values()
+            .map(|u| parse_url(u))
+            .collect()
+    }
+}
+
+fn parse_url(url: &str) -> Result<Url> {
+    Url::parse(url).map_err(|e| DataFusionError::Configuration(format!("bad worker url {url}: {e}")))
+}
+
+/// The kept partitions grouped by owner, in a stable order.
+fn by_owner(parts: &[ScanPart]) -> Vec<Vec<ScanPart>> {
+    let mut groups: BTreeMap<&str, Vec<ScanPart>> = BTreeMap::new();
+    for p in parts {
+        groups.entry(p.url.as_str()).or_default().push(p.clone());
+    }
+    groups.into_values().collect()
+}
+
+/// One task per worker that holds kept partitions.
+pub fn desired_task_count(ev: DesiredTaskCountEvent) -> Option<Result<DesiredTaskCountEventResponse>> {
+    let scan = ev.plan.downcast_ref::<PartitionScanExec>()?;
+    let owners = by_owner(scan.parts()).len().max(1);
+    Some(Ok(DesiredTaskCountEventResponse::desired(owners)))
+}
+
+/// Gives task i the partitions of owner i. With fewer tasks than owners,
+/// owners share tasks (the task's scan then fetches the others' partitions
+/// from them); with more, the extra tasks read nothing.
+pub fn scale_up(ev: ScaleUpLeafNodeEvent) -> Option<Result<ScaleUpLeafNodeEventResponse>> {
+    let scan = ev.plan.downcast_ref::<PartitionScanExec>()?;
+    let tasks = ev.task_count.max(1);
+    let mut per_task: Vec<Vec<ScanPart>> = vec![vec![]; tasks];
+    for (i, group) in by_owner(scan.parts()).into_iter().enumerate() {
+        per_task[i % tasks].extend(group);
+    }
+    let outputs = per_task.iter().map(Vec::len).max().unwrap_or(1).max(1);
+    let variants: Result<Vec<Arc<dyn ExecutionPlan>>> = per_task
+        .into_iter()
+        .map(|parts| {
+            PartitionScanExec::try_new(scan.spec(), parts, outputs)
+                .map(|s| Arc::new(s) as Arc<dyn ExecutionPlan>)
+        })
+        .collect();
+    Some(variants.and_then(|v| {
+        let leaf = DistributedLeafExec::try_new(Arc::clone(ev.plan), v)?;
+        Ok(ScaleUpLeafNodeEventResponse::new(Arc::new(leaf)))
+    }))
+}
+
+/// Sends each task of a stage holding a partition scan to the owner of the
+/// partitions of that task.
+pub fn route_tasks(ev: RouteTasksEvent) -> Option<Result<RouteTasksEventResponse>> {
+    let mut owners: Option<Vec<Option<String>>> = None;
+    let _ = ev.plan.apply(|node| {
+        if node.is_network_boundary() {
+            return Ok(TreeNodeRecursion::Jump);
+        }
+        if let Some(leaf) = node.downcast_ref::<DistributedLeafExec>()
+            && leaf.original().downcast_ref::<PartitionScanExec>().is_some()
+        {
+            owners = Some(
+                leaf.variants()
+                    .iter()
+                    .map(|v| {
+                        v.downcast_ref::<PartitionScanExec>()
+                            .and_then(|s| s.parts().first().map(|p| p.url.clone()))
+                    })
+                    .collect(),
+            );
+            return Ok(TreeNodeRecursion::Stop);
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    let owners = owners?;
+    if owners.len() != ev.task_count {
+        return None;
+    }
+    // A task with nothing to read runs beside the first owner.
+    let fallback = owners.iter().flatten().next().cloned()?;
+    let urls: Result<Vec<Url>> = owners
+        .into_iter()
+        .map(|o| parse_url(o.as_ref().unwrap_or(&fallback)))
+        .collect();
+    Some(urls.map(RouteTasksEventResponse::new))
+}

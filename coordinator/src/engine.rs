@@ -1,0 +1,439 @@
+//! The coordinator's statement engine: Tessera's own statements (DDL with
+//! partitioning, SHOW PARTITIONS, ...) are handled here; everything else is
+//! planned by DataFusion against the catalog and distributed by
+//! datafusion-distributed.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray, UInt32Array, UInt64Array};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::common::{DataFusionError, Result, plan_err};
+use datafusion::execution::{SendableRecordBatchStream, SessionStateBuilder, TaskContext};
+use datafusion::logical_expr::{DdlStatement, LogicalPlan};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{ExecutionPlan, execute_stream};
+use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion_distributed::{DistributedExt, SessionStateBuilderExt, display_plan_ascii};
+use tessera_sql::{CreateTable, PartitionScheme, Statement, TableDef, parse_statement};
+use tessera_worker::{TesseraCodec, WorkerClient};
+
+use crate::catalog::{Catalog, TesseraSchema};
+use crate::distribution::{MembershipResolver, desired_task_count, route_tasks, scale_up};
+use crate::metastore::Metastore;
+
+/// A planned statement: rows already computed (DDL, DML, SHOW ...) or a
+/// physical plan to run when the client asks for the rows.
+pub enum Planned {
+    Ready(SchemaRef, Vec<RecordBatch>),
+    Plan(Arc<dyn ExecutionPlan>, Arc<TaskContext>),
+}
+
+impl Planned {
+    pub fn schema(&self) -> SchemaRef {
+        match self {
+            Planned::Ready(s, _) => Arc::clone(s),
+            Planned::Plan(p, _) => p.schema(),
+        }
+    }
+
+    pub fn execute(self) -> Result<SendableRecordBatchStream> {
+        match self {
+            Planned::Ready(schema, batches) => Ok(Box::pin(RecordBatchStreamAdapter::new(
+                schema,
+                futures::stream::iter(batches.into_iter().map(Ok)),
+            ))),
+            Planned::Plan(plan, ctx) => execute_stream(plan, ctx),
+        }
+    }
+}
+
+/// One coordinator: catalog plus a distributed DataFusion session.
+pub struct Coordinator {
+    catalog: Arc<Catalog>,
+    ctx: SessionContext,
+}
+
+impl Coordinator {
+    /// Opens the catalog, finishes interrupted writes and restores external
+    /// tables. `members` maps worker ids to their URLs.
+    pub async fn open(metastore: Box<dyn Metastore>, members: BTreeMap<String, String>) -> Result<Self> {
+        let catalog = Catalog::open(metastore, members)?;
+        let mut config = SessionConfig::new().with_information_schema(true);
+        // Each task reads its own partitions; siblings must not steal files.
+        config.options_mut().execution.enable_file_stream_work_stealing = false;
+        let state = SessionStateBuilder::new()
+            .with_default_features()
+            .with_config(config)
+            .with_distributed_worker_resolver(MembershipResolver {
+                catalog: Arc::clone(&catalog),
+            })
+            .with_distributed_planner()
+            .with_distributed_user_codec(TesseraCodec::default())
+            .with_distributed_desired_task_count_handler(desired_task_count)
+            .with_distributed_scale_up_leaf_node_handler(scale_up)
+            .with_distributed_route_tasks_handler(route_tasks)
+            .build();
+        let ctx = SessionContext::new_with_state(state);
+        let default_catalog = ctx
+            .catalog("datafusion")
+            .ok_or_else(|| DataFusionError::Internal("no default catalog".into()))?;
+        default_catalog.register_schema("public", Arc::new(TesseraSchema::new(Arc::clone(&catalog))))?;
+        let coordinator = Self { catalog, ctx };
+        coordinator.recover().await?;
+        coordinator.restore_external_tables().await;
+        Ok(coordinator)
+    }
+
+    pub fn catalog(&self) -> &Arc<Catalog> {
+        &self.catalog
+    }
+
+    /// Resolves writes a crash left between prepare and commit.
+    async fn recover(&self) -> Result<()> {
+        let state = self.catalog.state()?;
+        let members = self.catalog.members()?;
+        let mut confirmed: BTreeMap<u64, usize> = BTreeMap::new();
+        for (id, url) in &members {
+            let client = WorkerClient::connect(url)?;
+            let staged = client.staged().await?;
+            let mut txns: Vec<u64> = staged.iter().map(|w| w.txn).collect();
+            txns.dedup();
+            for txn in txns {
+                match state.decided.get(&txn) {
+                    Some(by_worker) => {
+                        let writes = by_worker.get(id).cloned().unwrap_or_default();
+                        client.commit(txn, writes).await?;
+                        tracing::info!(txn, worker = %id, "recovered a decided write");
+                    }
+                    None => {
+                        client.abort(txn).await?;
+                        tracing::info!(txn, worker = %id, "aborted an undecided write");
+                    }
+                }
+            }
+        }
+        // A decided write is finished once every worker in it is here (its
+        // staged files, if any were left, were just committed).
+        for (txn, by_worker) in &state.decided {
+            if by_worker.keys().all(|w| members.contains_key(w)) {
+                confirmed.insert(*txn, by_worker.len());
+            }
+        }
+        self.catalog.update(|s| {
+            for txn in confirmed.keys() {
+                s.decided.remove(txn);
+            }
+            Ok(())
+        })
+    }
+
+    async fn restore_external_tables(&self) {
+        let Ok(state) = self.catalog.state() else { return };
+        for (name, sql) in state.external_tables {
+            if let Err(e) = self.ctx.sql(&sql).await {
+                tracing::warn!(table = %name, error = %e, "external table could not be restored");
+            }
+        }
+    }
+
+    /// Plans (and, for statements with effects, runs) one SQL statement.
+    pub async fn plan(&self, sql: &str) -> Result<Planned> {
+        match parse_statement(sql)? {
+            // Boxed: CREATE TABLE ... AS SELECT plans an INSERT in turn.
+            Statement::CreateTable(ct) => Box::pin(self.create_table(ct)).await,
+            Statement::DropTable { name, if_exists } => self.drop_table(&name, if_exists).await,
+            Statement::ShowTables => self.show_tables(),
+            Statement::ShowPartitions { table } => self.show_partitions(&table).await,
+            Statement::Describe { table } => self.describe(&table),
+            Statement::Sql(sql) => self.plan_datafusion(&sql).await,
+        }
+    }
+
+    /// Runs one statement to completion and returns its rows.
+    pub async fn run(&self, sql: &str) -> Result<Vec<RecordBatch>> {
+        use futures::TryStreamExt;
+        self.plan(sql).await?.execute()?.try_collect().await
+    }
+
+    async fn plan_datafusion(&self, sql: &str) -> Result<Planned> {
+        let trimmed = sql.trim_start();
+        if let Some(inner) = strip_explain(trimmed) {
+            return self.explain(inner).await;
+        }
+        let state = self.ctx.state();
+        let plan = state.create_logical_plan(sql).await?;
+        match &plan {
+            LogicalPlan::Ddl(DdlStatement::CreateExternalTable(ext)) => {
+                let name = ext.name.table().to_string();
+                let location = ext.locations.join(", ");
+                self.ctx.execute_logical_plan(plan).await.map_err(|e| {
+                    DataFusionError::Plan(format!(
+                        "cannot create external table '{name}' from '{location}': {e}; check that \
+                         LOCATION names readable files of the STORED AS format"
+                    ))
+                })?;
+                self.catalog.update(|s| {
+                    s.external_tables.insert(name.clone(), sql.to_string());
+                    Ok(())
+                })?;
+                Ok(empty())
+            }
+            LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(_)) => {
+                plan_err!("CREATE TABLE is handled by Tessera; this form is not supported")
+            }
+            LogicalPlan::Dml(_) | LogicalPlan::Ddl(_) | LogicalPlan::Statement(_) => {
+                let df = self.ctx.execute_logical_plan(plan).await?;
+                let schema = Arc::new(df.schema().as_arrow().clone());
+                let batches = df.collect().await?;
+                Ok(Planned::Ready(schema, batches))
+            }
+            _ => {
+                let df = self.ctx.execute_logical_plan(plan).await?;
+                let task_ctx = df.task_ctx();
+                let physical = df.create_physical_plan().await?;
+                Ok(Planned::Plan(physical, Arc::new(task_ctx)))
+            }
+        }
+    }
+
+    /// `EXPLAIN q`: the logical plan and the distributed physical plan, with
+    /// stages, tasks and for every scan the partitions kept and the workers.
+    async fn explain(&self, inner: &str) -> Result<Planned> {
+        let df = self.ctx.sql(inner).await?;
+        let logical = format!("{}", df.logical_plan().display_indent());
+        let physical = df.create_physical_plan().await?;
+        let distributed = display_plan_ascii(physical.as_ref(), false);
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("plan_type", DataType::Utf8, false),
+            Field::new("plan", DataType::Utf8, false),
+        ]));
+        let batch = RecordBatch::try_new(
+            Arc::clone(&schema),
+            vec![
+                Arc::new(StringArray::from(vec!["logical_plan", "physical_plan"])),
+                Arc::new(StringArray::from(vec![logical, distributed])),
+            ],
+        )?;
+        Ok(Planned::Ready(schema, vec![batch]))
+    }
+
+    async fn create_table(&self, ct: CreateTable) -> Result<Planned> {
+        if self.catalog.table_def(&ct.name)?.is_some() || self.catalog.external(&ct.name)?.is_some() {
+            if ct.if_not_exists {
+                return Ok(empty());
+            }
+            return plan_err!("table '{}' already exists; DROP TABLE {} first", ct.name, ct.name);
+        }
+        let plan = self.ctx.state().create_logical_plan(&ct.base_sql).await?;
+        let LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(cmt)) = plan else {
+            return plan_err!("could not plan CREATE TABLE {}", ct.name);
+        };
+        let schema = cmt.input.schema().as_arrow().clone();
+        let scheme = match &ct.partitioning {
+            Some(spec) => spec.resolve(&schema)?,
+            None => PartitionScheme::Single,
+        };
+        let def = TableDef::try_new(&ct.name, &schema, scheme)?;
+        let workers: Vec<String> = self.catalog.members()?.keys().cloned().collect();
+        if workers.is_empty() {
+            return plan_err!("no workers are running; start the cluster with --workers N");
+        }
+        let name = ct.name.clone();
+        self.catalog.update(|s| {
+            let offset = s.tables_created as usize;
+            s.map.place_table(&name, def.scheme.partition_count(), &workers, offset);
+            s.tables.insert(name.clone(), def);
+            s.tables_created += 1;
+            Ok(())
+        })?;
+        if let Some(query) = ct.query {
+            let insert = format!("INSERT INTO {} {query}", quote_ident(&ct.name));
+            if let Err(e) = self.run(&insert).await {
+                let _ = self.drop_table(&ct.name, true).await;
+                return Err(e);
+            }
+        }
+        Ok(empty())
+    }
+
+    async fn drop_table(&self, name: &str, if_exists: bool) -> Result<Planned> {
+        if self.catalog.external(name)?.is_some() {
+            self.catalog.set_external(name, None)?;
+            self.catalog.update(|s| {
+                s.external_tables.remove(name);
+                Ok(())
+            })?;
+            return Ok(empty());
+        }
+        if self.catalog.table_def(name)?.is_none() {
+            if if_exists {
+                return Ok(empty());
+            }
+            return plan_err!("table '{name}' does not exist; SHOW TABLES lists the tables");
+        }
+        let holders: Vec<String> = {
+            let mut h: Vec<String> = self
+                .catalog
+                .placements(name)?
+                .iter()
+                .map(|p| p.leader().to_string())
+                .collect();
+            h.sort();
+            h.dedup();
+            h
+        };
+        self.catalog.update(|s| {
+            s.tables.remove(name);
+            s.map.drop_table(name);
+            Ok(())
+        })?;
+        let members = self.catalog.members()?;
+        for worker in holders {
+            let Some(url) = members.get(&worker) else { continue };
+            if let Err(e) = WorkerClient::connect(url)?.drop_table(name).await {
+                tracing::warn!(table = name, %worker, error = %e, "files of a dropped table were left behind");
+            }
+        }
+        Ok(empty())
+    }
+
+    fn show_tables(&self) -> Result<Planned> {
+        let state = self.catalog.state()?;
+        let mut names = vec![];
+        let mut schemes = vec![];
+        let mut counts = vec![];
+        for (name, def) in &state.tables {
+            names.push(name.clone());
+            schemes.push(def.scheme.to_string());
+            counts.push(def.scheme.partition_count());
+        }
+        for name in self.catalog.external_names()? {
+            names.push(name);
+            schemes.push("EXTERNAL".to_string());
+            counts.push(0);
+        }
+        ready(vec![
+            ("table_name", Arc::new(StringArray::from(names)) as ArrayRef),
+            ("partitioning", Arc::new(StringArray::from(schemes))),
+            ("partitions", Arc::new(UInt32Array::from(counts))),
+        ])
+    }
+
+    fn describe(&self, table: &str) -> Result<Planned> {
+        let Some(def) = self.catalog.table_def(table)? else {
+            if let Some(ext) = self.catalog.external(table)? {
+                let schema = ext.schema();
+                let names: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
+                let types: Vec<String> = schema.fields().iter().map(|f| f.data_type().to_string()).collect();
+                let nulls: Vec<&str> = schema.fields().iter().map(|f| if f.is_nullable() { "YES" } else { "NO" }).collect();
+                let keys = vec![""; names.len()];
+                return ready(vec![
+                    ("column_name", Arc::new(StringArray::from(names)) as ArrayRef),
+                    ("data_type", Arc::new(StringArray::from(types))),
+                    ("is_nullable", Arc::new(StringArray::from(nulls))),
+                    ("partitioning", Arc::new(StringArray::from(keys))),
+                ]);
+            }
+            return plan_err!("table '{table}' does not exist; SHOW TABLES lists the tables");
+        };
+        let keys = def.scheme.key_columns();
+        let mut names = vec![];
+        let mut types = vec![];
+        let mut nulls = vec![];
+        let mut roles = vec![];
+        for c in &def.columns {
+            names.push(c.name.clone());
+            types.push(c.data_type.clone());
+            nulls.push(if c.nullable { "YES" } else { "NO" }.to_string());
+            let role = match &def.scheme {
+                PartitionScheme::Hash { .. } if keys.contains(&c.name.as_str()) => "hash key",
+                PartitionScheme::Range { .. } if keys.contains(&c.name.as_str()) => "range key",
+                _ if def.scheme.cluster_by().contains(&c.name) => "cluster key",
+                _ => "",
+            };
+            roles.push(role.to_string());
+        }
+        // Spark-style trailer row: the whole scheme in one line.
+        names.push("# partitioning".into());
+        types.push(def.scheme.to_string());
+        nulls.push(String::new());
+        roles.push(format!("{} partitions", def.scheme.partition_count()));
+        ready(vec![
+            ("column_name", Arc::new(StringArray::from(names)) as ArrayRef),
+            ("data_type", Arc::new(StringArray::from(types))),
+            ("is_nullable", Arc::new(StringArray::from(nulls))),
+            ("partitioning", Arc::new(StringArray::from(roles))),
+        ])
+    }
+
+    async fn show_partitions(&self, table: &str) -> Result<Planned> {
+        let Some(def) = self.catalog.table_def(table)? else {
+            return plan_err!("table '{table}' does not exist; SHOW TABLES lists the tables");
+        };
+        let schema = def.schema()?;
+        let placements = self.catalog.placements(table)?;
+        let members = self.catalog.members()?;
+        let mut by_worker: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+        for p in &placements {
+            by_worker.entry(p.leader().to_string()).or_default().push(p.id);
+        }
+        let mut stats: BTreeMap<u32, (u64, u64)> = BTreeMap::new();
+        for (worker, parts) in by_worker {
+            let Some(url) = members.get(&worker) else {
+                return plan_err!("worker '{worker}' holding partitions of '{table}' is not running");
+            };
+            for s in WorkerClient::connect(url)?.stats(table, parts).await? {
+                stats.insert(s.partition, (s.rows, s.bytes));
+            }
+        }
+        let ids: Vec<u32> = placements.iter().map(|p| p.id).collect();
+        let ranges: Vec<String> = placements
+            .iter()
+            .map(|p| def.scheme.describe_partition(p.id, &schema))
+            .collect();
+        let workers: Vec<String> = placements.iter().map(|p| p.leader().to_string()).collect();
+        let rows: Vec<u64> = ids.iter().map(|i| stats.get(i).map_or(0, |s| s.0)).collect();
+        let bytes: Vec<u64> = ids.iter().map(|i| stats.get(i).map_or(0, |s| s.1)).collect();
+        ready(vec![
+            ("partition", Arc::new(UInt32Array::from(ids)) as ArrayRef),
+            ("range", Arc::new(StringArray::from(ranges))),
+            ("worker", Arc::new(StringArray::from(workers))),
+            ("rows", Arc::new(UInt64Array::from(rows))),
+            ("bytes", Arc::new(UInt64Array::from(bytes))),
+        ])
+    }
+}
+
+fn strip_explain(sql: &str) -> Option<&str> {
+    let head = sql.get(..8)?;
+    if !head.eq_ignore_ascii_case("explain ") {
+        return None;
+    }
+    let rest = sql[8..].trim_start();
+    let next = rest.split_whitespace().next().unwrap_or("").to_ascii_uppercase();
+    // EXPLAIN ANALYZE / VERBOSE / FORMAT are DataFusion's own.
+    if matches!(next.as_str(), "ANALYZE" | "VERBOSE" | "FORMAT") {
+        return None;
+    }
+    Some(rest)
+}
+
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+fn empty() -> Planned {
+    Planned::Ready(Arc::new(Schema::empty()), vec![])
+}
+
+fn ready(columns: Vec<(&str, ArrayRef)>) -> Result<Planned> {
+    let schema = Arc::new(Schema::new(
+        columns
+            .iter()
+            .map(|(n, a)| Field::new(*n, a.data_type().clone(), false))
+            .collect::<Vec<_>>(),
+    ));
+    let batch = RecordBatch::try_new(Arc::clone(&schema), columns.into_iter().map(|(_, a)| a).collect())?;
+    Ok(Planned::Ready(schema, vec![batch]))
+}

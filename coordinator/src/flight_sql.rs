@@ -1,0 +1,209 @@
+//! The coordinator's Flight SQL service: what `tessera shell`, `tessera run`
+//! and ADBC / JDBC clients talk to.
+//!
+//! `GetFlightInfo` plans the statement (running it if it has effects: DDL,
+//! INSERT, SET) and parks the result under a handle; `DoGet` on the ticket
+//! streams the rows. Prepared statements carry their SQL as the handle.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arrow_flight::encode::FlightDataEncoderBuilder;
+use arrow_flight::error::FlightError;
+use arrow_flight::flight_service_server::FlightService;
+use arrow_flight::sql::server::{FlightSqlService, PeekableFlightDataStream};
+use arrow_flight::sql::{
+    ActionClosePreparedStatementRequest, ActionCreatePreparedStatementRequest,
+    ActionCreatePreparedStatementResult, CommandPreparedStatementQuery,
+    CommandPreparedStatementUpdate, CommandStatementQuery, CommandStatementUpdate,
+    ProstMessageExt, SqlInfo, TicketStatementQuery,
+};
+use arrow_flight::{Action, FlightDescriptor, FlightEndpoint, FlightInfo, Ticket};
+use datafusion::arrow::array::{Array, UInt64Array};
+use datafusion::common::DataFusionError;
+use futures::{Stream, TryStreamExt};
+use prost::Message;
+use tessera_worker::to_status;
+use tonic::{Request, Response, Status};
+
+use crate::engine::{Coordinator, Planned};
+
+/// Results not fetched within this time are dropped.
+const RESULT_TTL: Duration = Duration::from_secs(600);
+/// gRPC carries error text in a header; keep it well under its 16 KiB limit.
+const MAX_ERROR_BYTES: usize = 4000;
+
+type DoGetStream = Pin<Box<dyn Stream<Item = Result<arrow_flight::FlightData, Status>> + Send>>;
+
+pub struct TesseraFlightSql {
+    coordinator: Arc<Coordinator>,
+    results: Mutex<HashMap<String, (Instant, Planned)>>,
+}
+
+fn status(e: DataFusionError) -> Status {
+    let s = to_status(e);
+    let msg = s.message();
+    if msg.len() <= MAX_ERROR_BYTES {
+        return s;
+    }
+    let mut cut = MAX_ERROR_BYTES;
+    while !msg.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    Status::new(s.code(), format!("{}… (truncated)", &msg[..cut]))
+}
+
+impl TesseraFlightSql {
+    pub fn new(coordinator: Arc<Coordinator>) -> Self {
+        Self {
+            coordinator,
+            results: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn park(&self, planned: Planned) -> Result<String, Status> {
+        let handle = uuid::Uuid::new_v4().to_string();
+        let mut results = self
+            .results
+            .lock()
+            .map_err(|_| Status::internal("result cache poisoned"))?;
+        results.retain(|_, (at, _)| at.elapsed() < RESULT_TTL);
+        results.insert(handle.clone(), (Instant::now(), planned));
+        Ok(handle)
+    }
+
+    async fn flight_info(&self, sql: &str, descriptor: FlightDescriptor) -> Result<Response<FlightInfo>, Status> {
+        let span = tracing::info_span!("query", sql = %sql.chars().take(200).collect::<String>());
+        let _enter = span.enter();
+        let planned = self.coordinator.plan(sql).await.map_err(status)?;
+        let schema = planned.schema();
+        let records = match &planned {
+            Planned::Ready(_, batches) => batches.iter().map(|b| b.num_rows() as i64).sum(),
+            Planned::Plan(..) => -1,
+        };
+        let handle = self.park(planned)?;
+        let ticket = TicketStatementQuery {
+            statement_handle: handle.into_bytes().into(),
+        };
+        let info = FlightInfo::new()
+            .try_with_schema(schema.as_ref())
+            .map_err(|e| Status::internal(e.to_string()))?
+            .with_endpoint(FlightEndpoint::new().with_ticket(Ticket::new(ticket.as_any().encode_to_vec())))
+            .with_descriptor(descriptor)
+            .with_total_records(records);
+        Ok(Response::new(info))
+    }
+
+    async fn update(&self, sql: &str) -> Result<i64, Status> {
+        let batches = self.coordinator.run(sql).await.map_err(status)?;
+        // DML answers with one `count` row; other statements changed no rows.
+        let count = batches
+            .iter()
+            .filter_map(|b| b.column_by_name("count"))
+            .filter_map(|c| c.as_any().downcast_ref::<UInt64Array>().map(|a| a.iter().flatten().sum::<u64>()))
+            .sum::<u64>();
+        Ok(count as i64)
+    }
+}
+
+fn utf8(bytes: &[u8]) -> Result<&str, Status> {
+    std::str::from_utf8(bytes).map_err(|_| Status::invalid_argument("SQL must be UTF-8"))
+}
+
+#[tonic::async_trait]
+impl FlightSqlService for TesseraFlightSql {
+    type FlightService = TesseraFlightSql;
+
+    async fn get_flight_info_statement(
+        &self,
+        query: CommandStatementQuery,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.flight_info(&query.query, request.into_inner()).await
+    }
+
+    async fn get_flight_info_prepared_statement(
+        &self,
+        cmd: CommandPreparedStatementQuery,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let sql = utf8(&cmd.prepared_statement_handle)?.to_string();
+        self.flight_info(&sql, request.into_inner()).await
+    }
+
+    async fn do_get_statement(
+        &self,
+        ticket: TicketStatementQuery,
+        _request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let handle = utf8(&ticket.statement_handle)?.to_string();
+        let planned = self
+            .results
+            .lock()
+            .map_err(|_| Status::internal("result cache poisoned"))?
+            .remove(&handle)
+            .map(|(_, p)| p)
+            .ok_or_else(|| {
+                Status::not_found("unknown or expired result handle; run the statement again")
+            })?;
+        let schema = planned.schema();
+        let stream = planned.execute().map_err(status)?;
+        let batches = stream.map_err(|e| FlightError::ExternalError(Box::new(e)));
+        let data = FlightDataEncoderBuilder::new()
+            .with_schema(schema)
+            .build(batches)
+            .map_err(|e| match e {
+                FlightError::ExternalError(inner) => match inner.downcast::<DataFusionError>() {
+                    Ok(df) => status(*df),
+                    Err(other) => Status::internal(other.to_string()),
+                },
+                other => Status::internal(other.to_string()),
+            });
+        let stream: DoGetStream = Box::pin(data);
+        Ok(Response::new(stream))
+    }
+
+    async fn do_put_statement_update(
+        &self,
+        ticket: CommandStatementUpdate,
+        _request: Request<PeekableFlightDataStream>,
+    ) -> Result<i64, Status> {
+        self.update(&ticket.query).await
+    }
+
+    async fn do_put_prepared_statement_update(
+        &self,
+        query: CommandPreparedStatementUpdate,
+        _request: Request<PeekableFlightDataStream>,
+    ) -> Result<i64, Status> {
+        let sql = utf8(&query.prepared_statement_handle)?.to_string();
+        self.update(&sql).await
+    }
+
+    async fn do_action_create_prepared_statement(
+        &self,
+        query: ActionCreatePreparedStatementRequest,
+        _request: Request<Action>,
+    ) -> Result<ActionCreatePreparedStatementResult, Status> {
+        // The handle is the SQL itself: planning happens at execution, so a
+        // prepared statement sees the catalog as it is then.
+        Ok(ActionCreatePreparedStatementResult {
+            prepared_statement_handle: query.query.into_bytes().into(),
+            dataset_schema: Default::default(),
+            parameter_schema: Default::default(),
+        })
+    }
+
+    async fn do_action_close_prepared_statement(
+        &self,
+        _query: ActionClosePreparedStatementRequest,
+        _request: Request<Action>,
+    ) -> Result<(), Status> {
+        Ok(())
+    }
+
+    async fn register_sql_info(&self, _id: i32, _result: &SqlInfo) {}
+}
+

@@ -1,0 +1,17 @@
+//! The Tessera coordinator: metastore and catalog, distributed planning on
+//! datafusion-distributed with Tessera's pruning and routing, the write
+//! router, and the Flight SQL server. `Cluster` runs it with embedded workers.
+
+mod catalog;
+mod cluster;
+mod distribution;
+mod engine;
+mod flight_sql;
+mod metastore;
+mod table;
+mod write;
+
+pub use catalog::Catalog;
+pub use cluster::{Cluster, ClusterConfig};
+pub use engine::{Coordinator, Planned};
+pub use metastore::{CatalogState, FileMetastore, Metastore};

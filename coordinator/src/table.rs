@@ -1,0 +1,99 @@
+//! `TesseraTable`: the `TableProvider` of a partitioned table. It prunes
+//! partitions with the partition map, plans a `PartitionScanExec` over the
+//! kept ones, and routes inserts through the write path.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::{DFSchema, Result, not_impl_err};
+use datafusion::datasource::TableType;
+use datafusion::datasource::sink::DataSinkExec;
+use datafusion::logical_expr::dml::InsertOp;
+use datafusion::logical_expr::utils::conjunction;
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
+use datafusion::physical_plan::ExecutionPlan;
+use tessera_sql::{TableDef, prune_partitions};
+use tessera_worker::{PartitionScanExec, ScanSpec};
+
+use crate::catalog::Catalog;
+use crate::write::WriteSink;
+
+#[derive(Debug)]
+pub struct TesseraTable {
+    catalog: Arc<Catalog>,
+    def: TableDef,
+    schema: SchemaRef,
+}
+
+impl TesseraTable {
+    pub fn try_new(catalog: Arc<Catalog>, def: TableDef) -> Result<Self> {
+        let schema = def.schema()?;
+        Ok(Self {
+            catalog,
+            def,
+            schema,
+        })
+    }
+}
+
+#[async_trait]
+impl TableProvider for TesseraTable {
+    fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> Result<Vec<TableProviderFilterPushDown>> {
+        // Filters prune partitions and row groups, and filter rows in the
+        // Parquet reader; DataFusion still re-checks them above the scan.
+        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let kept = prune_partitions(&self.def.scheme, &self.schema, filters);
+        let parts = self.catalog.scan_parts(&self.def.name, &kept)?;
+        let df_schema = DFSchema::try_from(Arc::clone(&self.schema))?;
+        let predicate = conjunction(filters.to_vec())
+            .map(|e| state.create_physical_expr(e, &df_schema))
+            .transpose()?;
+        let spec = ScanSpec {
+            table: self.def.name.clone(),
+            table_schema: Arc::clone(&self.schema),
+            projection: projection.cloned(),
+            predicate,
+            limit,
+            total_partitions: self.def.scheme.partition_count(),
+        };
+        let outputs = parts.len();
+        Ok(Arc::new(PartitionScanExec::try_new(spec, parts, outputs)?))
+    }
+
+    async fn insert_into(
+        &self,
+        _state: &dyn Session,
+        input: Arc<dyn ExecutionPlan>,
+        insert_op: InsertOp,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        if insert_op != InsertOp::Append {
+            return not_impl_err!(
+                "{insert_op} is not supported on Tessera tables yet; use INSERT INTO"
+            );
+        }
+        let sink = WriteSink::new(Arc::clone(&self.catalog), self.def.clone(), self.schema());
+        Ok(Arc::new(DataSinkExec::new(input, Arc::new(sink), None)))
+    }
+}

@@ -1,0 +1,191 @@
+//! The write path: routes each row of an INSERT to its partition and commits
+//! the statement atomically across partitions with two-phase commit.
+//!
+//! ```text
+//!  rows ─► partitioner ─► per-partition batches
+//!        ─► prepare (DoPut to each owner: staged Parquet, fsync)
+//!        ─► decide  (txn logged in the metastore, fsync)   ◄─ any prepare failed? abort all
+//!        ─► commit  (each owner swaps its manifests)
+//!        ─► forget  (txn removed from the log)
+//! ```
+//!
+//! A crash after "decide" is finished by recovery at the next start: staged
+//! writes of logged transactions are committed, all others aborted.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::array::{RecordBatch, UInt32Array};
+use datafusion::arrow::compute::take_record_batch;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::common::{DataFusionError, Result};
+use datafusion::datasource::sink::DataSink;
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::physical_plan::{DisplayAs, DisplayFormatType};
+use futures::TryStreamExt;
+use futures::future::join_all;
+use tessera_sql::{Partitioner, TableDef};
+use tessera_worker::wire::PrepareRequest;
+use tessera_worker::{StagedWrite, WorkerClient};
+
+use crate::catalog::Catalog;
+
+/// Where the rows of an INSERT go.
+#[derive(Debug)]
+pub struct WriteSink {
+    catalog: Arc<Catalog>,
+    def: TableDef,
+    schema: SchemaRef,
+}
+
+impl WriteSink {
+    pub fn new(catalog: Arc<Catalog>, def: TableDef, schema: SchemaRef) -> Self {
+        Self {
+            catalog,
+            def,
+            schema,
+        }
+    }
+
+    /// Splits rows by partition, checking them against the table's schema.
+    fn route(&self, batches: Vec<RecordBatch>) -> Result<BTreeMap<u32, Vec<RecordBatch>>> {
+        let partitioner = Partitioner::try_new(&self.def.scheme, &self.schema)?;
+        let mut out: BTreeMap<u32, Vec<RecordBatch>> = BTreeMap::new();
+        for batch in batches {
+            if batch.num_rows() == 0 {
+                continue;
+            }
+            let batch = RecordBatch::try_new(Arc::clone(&self.schema), batch.columns().to_vec())
+                .map_err(|e| {
+                    DataFusionError::Execution(format!(
+                        "rows do not fit table '{}': {e}",
+                        self.def.name
+                    ))
+                })?;
+            let assigned = partitioner.assign(&batch)?;
+            let mut rows_of: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+            for (row, p) in assigned.iter().enumerate() {
+                rows_of.entry(*p).or_default().push(row as u32);
+            }
+            for (p, rows) in rows_of {
+                let piece = if rows.len() == batch.num_rows() {
+                    batch.clone()
+                } else {
+                    take_record_batch(&batch, &UInt32Array::from(rows))?
+                };
+                out.entry(p).or_default().push(piece);
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl DisplayAs for WriteSink {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "TesseraWrite: table={}, {}", self.def.name, self.def.scheme)
+    }
+}
+
+#[async_trait]
+impl DataSink for WriteSink {
+    fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    async fn write_all(
+        &self,
+        data: SendableRecordBatchStream,
+        _context: &Arc<TaskContext>,
+    ) -> Result<u64> {
+        let batches: Vec<RecordBatch> = data.try_collect().await?;
+        let routed = self.route(batches)?;
+        let rows: u64 = routed.values().flatten().map(|b| b.num_rows() as u64).sum();
+        if rows == 0 {
+            return Ok(0);
+        }
+        let table = self.def.name.as_str();
+        let txn = self.catalog.next_txn();
+        let parts: Vec<u32> = routed.keys().copied().collect();
+        let targets = self.catalog.scan_parts(table, &parts)?;
+
+        // Phase 1: every partition's rows durable on its owner.
+        let sort_by = self.def.scheme.cluster_by().to_vec();
+        // Keyed by worker id: URLs change across restarts, ids do not.
+        let mut writes: BTreeMap<String, Vec<StagedWrite>> = BTreeMap::new();
+        let mut urls: BTreeMap<String, String> = BTreeMap::new();
+        let mut prepares = vec![];
+        for (target, (partition, batches)) in targets.iter().zip(routed) {
+            urls.insert(target.worker_id.clone(), target.url.clone());
+            writes.entry(target.worker_id.clone()).or_default().push(StagedWrite {
+                txn,
+                table: table.to_string(),
+                partition,
+            });
+            let request = PrepareRequest {
+                txn,
+                table: table.to_string(),
+                partition,
+                sort_by: sort_by.clone(),
+            };
+            let url = target.url.clone();
+            prepares.push(async move {
+                let client = WorkerClient::connect(&url)?;
+                client.prepare(&request, batches).await
+            });
+        }
+        let results = join_all(prepares).await;
+        if let Some(err) = results.into_iter().find_map(Result::err) {
+            abort(txn, urls.values()).await;
+            return Err(DataFusionError::Execution(format!(
+                "INSERT into '{table}' failed and changed nothing: {err}"
+            )));
+        }
+
+        // Decide: once logged, the write will land even across a crash.
+        let logged = writes.clone();
+        if let Err(e) = self.catalog.update(|s| {
+            s.decided.insert(txn, logged);
+            Ok(())
+        }) {
+            abort(txn, urls.values()).await;
+            return Err(DataFusionError::Execution(format!(
+                "INSERT into '{table}' failed and changed nothing: {e}"
+            )));
+        }
+
+        // Phase 2: make it visible everywhere.
+        let commits = writes.iter().map(|(worker, w)| async {
+            let client = WorkerClient::connect(&urls[worker])?;
+            client.commit(txn, w.clone()).await
+        });
+        let failed: Vec<DataFusionError> = join_all(commits)
+            .await
+            .into_iter()
+            .filter_map(Result::err)
+            .collect();
+        if failed.is_empty() {
+            self.catalog.update(|s| {
+                s.decided.remove(&txn);
+                Ok(())
+            })?;
+        } else {
+            // The rows are durable and the decision logged: recovery commits
+            // them when the worker is back.
+            for e in &failed {
+                tracing::warn!(txn, error = %e, "commit not confirmed; recovery will finish it");
+            }
+        }
+        Ok(rows)
+    }
+}
+
+async fn abort(txn: u64, urls: impl Iterator<Item = &String>) {
+    let aborts = urls.map(|url| async move {
+        if let Err(e) = async { WorkerClient::connect(url)?.abort(txn).await }.await {
+            tracing::warn!(txn, %url, error = %e, "abort failed; the staged rows stay until recovery");
+        }
+    });
+    join_all(aborts).await;
+}

@@ -1,0 +1,221 @@
+//! Catalog types: a table's definition and the versioned partition map that
+//! says which worker holds each partition. Persisted by the coordinator's
+//! metastore as JSON, so every type here is plain data.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::common::{Result, plan_err};
+use serde::{Deserialize, Serialize};
+
+use crate::key::is_key_type;
+use crate::scheme::PartitionScheme;
+
+/// Most partitions one table may have.
+pub const MAX_PARTITIONS: u32 = 4096;
+
+/// A column as the catalog stores it. The type is Arrow's own text form.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ColumnDef {
+    pub name: String,
+    pub data_type: String,
+    pub nullable: bool,
+}
+
+/// A Tessera table: its columns and how it is partitioned.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TableDef {
+    pub name: String,
+    pub columns: Vec<ColumnDef>,
+    pub scheme: PartitionScheme,
+}
+
+impl TableDef {
+    /// Validates `scheme` against `schema` and builds the definition.
+    pub fn try_new(name: &str, schema: &Schema, scheme: PartitionScheme) -> Result<Self> {
+        if schema.fields().is_empty() {
+            return plan_err!("table '{name}' needs at least one column");
+        }
+        let count = scheme.partition_count();
+        if count == 0 || count > MAX_PARTITIONS {
+            return plan_err!(
+                "table '{name}': PARTITIONS must be between 1 and {MAX_PARTITIONS}, got {count}"
+            );
+        }
+        for column in scheme.key_columns() {
+            let Ok(field) = schema.field_with_name(column) else {
+                return plan_err!(
+                    "partition key column '{column}' is not a column of '{name}'; columns are: {}",
+                    column_list(schema)
+                );
+            };
+            if !is_key_type(field.data_type()) {
+                return plan_err!(
+                    "column '{column}' of type {} cannot be a partition key; use an integer, \
+                     date, timestamp, string or boolean column",
+                    field.data_type()
+                );
+            }
+        }
+        for column in scheme.cluster_by() {
+            if schema.field_with_name(column).is_err() {
+                return plan_err!(
+                    "CLUSTER BY column '{column}' is not a column of '{name}'; columns are: {}",
+                    column_list(schema)
+                );
+            }
+        }
+        if let PartitionScheme::Range { bounds, .. } = &scheme {
+            for pair in bounds.windows(2) {
+                if pair[0].partial_cmp(&pair[1]) != Some(std::cmp::Ordering::Less) {
+                    return plan_err!(
+                        "SPLIT AT bounds must be strictly increasing, but {} is followed by {}",
+                        pair[0],
+                        pair[1]
+                    );
+                }
+            }
+        }
+        let columns = schema
+            .fields()
+            .iter()
+            .map(|f| ColumnDef {
+                name: f.name().clone(),
+                data_type: f.data_type().to_string(),
+                // Key columns are declared NOT NULL: the partitioner refuses NULL keys.
+                nullable: f.is_nullable() && !scheme.key_columns().contains(&f.name().as_str()),
+            })
+            .collect();
+        Ok(Self {
+            name: name.to_string(),
+            columns,
+            scheme,
+        })
+    }
+
+    pub fn schema(&self) -> Result<SchemaRef> {
+        let fields = self
+            .columns
+            .iter()
+            .map(|c| {
+                let data_type: DataType = c.data_type.parse()?;
+                Ok(Field::new(&c.name, data_type, c.nullable))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Arc::new(Schema::new(fields)))
+    }
+}
+
+fn column_list(schema: &Schema) -> String {
+    let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+    names.join(", ")
+}
+
+/// Where one partition lives: its replicas, leader first, by worker id.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PartitionPlacement {
+    pub id: u32,
+    pub replicas: Vec<String>,
+}
+
+impl PartitionPlacement {
+    pub fn leader(&self) -> &str {
+        self.replicas.first().map(String::as_str).unwrap_or("")
+    }
+}
+
+/// The partition map: per table, the placement of every partition, under an
+/// epoch that every change bumps.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PartitionMap {
+    pub epoch: u64,
+    pub tables: BTreeMap<String, Vec<PartitionPlacement>>,
+}
+
+impl PartitionMap {
+    /// Places the partitions of a new table over `workers` round-robin,
+    /// starting at `offset` so small tables do not all land on one worker.
+    pub fn place_table(&mut self, table: &str, partitions: u32, workers: &[String], offset: usize) {
+        let placements = (0..partitions)
+            .map(|p| PartitionPlacement {
+                id: p,
+                replicas: if workers.is_empty() {
+                    vec![]
+                } else {
+                    vec![workers[(p as usize + offset) % workers.len()].clone()]
+                },
+            })
+            .collect();
+        self.tables.insert(table.to_string(), placements);
+        self.epoch += 1;
+    }
+
+    pub fn drop_table(&mut self, table: &str) {
+        if self.tables.remove(table).is_some() {
+            self.epoch += 1;
+        }
+    }
+
+    pub fn table(&self, table: &str) -> Option<&[PartitionPlacement]> {
+        self.tables.get(table).map(Vec::as_slice)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::key::KeyValue;
+
+    fn schema() -> Schema {
+        Schema::new(vec![
+            Field::new("k", DataType::Int64, true),
+            Field::new("v", DataType::Utf8, true),
+            Field::new("f", DataType::Float64, true),
+        ])
+    }
+
+    #[test]
+    fn rejects_bad_ddl() {
+        let hash = |cols: &[&str], n| PartitionScheme::Hash {
+            columns: cols.iter().map(|c| c.to_string()).collect(),
+            partitions: n,
+            cluster_by: vec![],
+        };
+        let err = |s| TableDef::try_new("t", &schema(), s).unwrap_err().to_string();
+        assert!(err(hash(&["k"], 0)).contains("PARTITIONS must be between 1"));
+        assert!(err(hash(&["nope"], 4)).contains("'nope' is not a column of 't'"));
+        assert!(err(hash(&["f"], 4)).contains("cannot be a partition key"));
+        let range = PartitionScheme::Range {
+            column: "k".into(),
+            bounds: vec![KeyValue::Int(5), KeyValue::Int(5)],
+        };
+        assert!(err(range).contains("strictly increasing"));
+    }
+
+    #[test]
+    fn schema_round_trips_and_keys_are_not_null() {
+        let scheme = PartitionScheme::Hash {
+            columns: vec!["k".into()],
+            partitions: 4,
+            cluster_by: vec![],
+        };
+        let def = TableDef::try_new("t", &schema(), scheme).unwrap();
+        let s = def.schema().unwrap();
+        assert_eq!(s.field(0).data_type(), &DataType::Int64);
+        assert!(!s.field(0).is_nullable());
+        assert!(s.field(1).is_nullable());
+    }
+
+    #[test]
+    fn placement_bumps_epoch() {
+        let mut map = PartitionMap::default();
+        let workers = vec!["w0".to_string(), "w1".to_string(), "w2".to_string()];
+        map.place_table("t", 4, &workers, 1);
+        assert_eq!(map.epoch, 1);
+        let leaders: Vec<&str> = map.table("t").unwrap().iter().map(|p| p.leader()).collect();
+        assert_eq!(leaders, ["w1", "w2", "w0", "w1"]);
+        map.drop_table("t");
+        assert_eq!(map.epoch, 2);
+    }
+}

@@ -1,0 +1,522 @@
+//! Tessera's statements on top of sqlparser: the partitioning clause of
+//! `CREATE TABLE`, `SHOW PARTITIONS`, `SHOW TABLES`, `DESCRIBE` and
+//! `DROP TABLE`. Everything else is left to DataFusion's SQL planner.
+//!
+//! ```sql
+//! CREATE TABLE t (k BIGINT, v VARCHAR) PARTITION BY HASH (k) PARTITIONS 8
+//! CREATE TABLE t (ts BIGINT, v VARCHAR) PARTITION BY RANGE (ts) SPLIT AT (1000, 2000)
+//! CREATE TABLE t (sensor INT, ts TIMESTAMP) PARTITION BY HASH (sensor) PARTITIONS 8 CLUSTER BY (ts)
+//! CREATE TABLE t PARTITION BY HASH (k) PARTITIONS 4 AS SELECT ...
+//! ```
+
+use datafusion::arrow::datatypes::Schema;
+use datafusion::common::{DataFusionError, Result, ScalarValue, plan_datafusion_err, plan_err};
+use datafusion::sql::sqlparser::ast::{
+    self, Expr as SqlExpr, ObjectName, ObjectType, UnaryOperator, Value,
+};
+use datafusion::sql::sqlparser::dialect::GenericDialect;
+use datafusion::sql::sqlparser::keywords::Keyword;
+use datafusion::sql::sqlparser::parser::{Parser, ParserError};
+use datafusion::sql::sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer, Whitespace};
+
+use crate::key::KeyValue;
+use crate::scheme::PartitionScheme;
+
+/// A statement as the coordinator dispatches it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Statement {
+    CreateTable(CreateTable),
+    DropTable { name: String, if_exists: bool },
+    ShowTables,
+    ShowPartitions { table: String },
+    Describe { table: String },
+    /// Anything else, for DataFusion.
+    Sql(String),
+}
+
+/// `CREATE TABLE` with its partitioning clause taken out.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CreateTable {
+    pub name: String,
+    pub if_not_exists: bool,
+    /// The statement without the partitioning clause: plain DataFusion SQL
+    /// whose plan gives the schema (and the query, for `AS SELECT`).
+    pub base_sql: String,
+    /// The `AS SELECT ...` query, if any.
+    pub query: Option<String>,
+    pub partitioning: Option<PartitionSpec>,
+}
+
+/// The partitioning clause as written, before it is checked against columns.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PartitionSpec {
+    Hash {
+        columns: Vec<String>,
+        partitions: u64,
+        cluster_by: Vec<String>,
+    },
+    Range {
+        column: String,
+        bounds: Vec<SqlExpr>,
+    },
+}
+
+impl PartitionSpec {
+    /// Checks the clause against the table's columns and converts bounds to
+    /// key values of the key column's type.
+    pub fn resolve(&self, schema: &Schema) -> Result<PartitionScheme> {
+        match self {
+            PartitionSpec::Hash {
+                columns,
+                partitions,
+                cluster_by,
+            } => Ok(PartitionScheme::Hash {
+                columns: columns.clone(),
+                partitions: u32::try_from(*partitions).unwrap_or(u32::MAX),
+                cluster_by: cluster_by.clone(),
+            }),
+            PartitionSpec::Range { column, bounds } => {
+                let Ok(field) = schema.field_with_name(column) else {
+                    let names: Vec<&str> =
+                        schema.fields().iter().map(|f| f.name().as_str()).collect();
+                    return plan_err!(
+                        "partition key column '{column}' is not a column of the table; columns are: {}",
+                        names.join(", ")
+                    );
+                };
+                let bounds = bounds
+                    .iter()
+                    .map(|b| {
+                        let literal = bound_literal(b)?;
+                        match KeyValue::from_scalar(&literal, field.data_type()) {
+                            Ok(Some(v)) => Ok(v),
+                            Ok(None) => plan_err!("SPLIT AT bounds cannot be NULL"),
+                            Err(e) => plan_err!(
+                                "SPLIT AT bound {b} does not fit column '{column}' of type {}: {e}",
+                                field.data_type()
+                            ),
+                        }
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                Ok(PartitionScheme::Range {
+                    column: column.clone(),
+                    bounds,
+                })
+            }
+        }
+    }
+}
+
+/// A literal bound: a number, a string, or a typed string (`DATE '2024-01-01'`).
+fn bound_literal(expr: &SqlExpr) -> Result<ScalarValue> {
+    match expr {
+        SqlExpr::Value(v) => match &v.value {
+            Value::Number(n, _) => match n.parse::<i64>() {
+                Ok(i) => Ok(ScalarValue::Int64(Some(i))),
+                Err(_) => match n.parse::<u64>() {
+                    Ok(u) => Ok(ScalarValue::UInt64(Some(u))),
+                    Err(_) => plan_err!("SPLIT AT bound {n} is not an integer"),
+                },
+            },
+            Value::SingleQuotedString(s) | Value::DoubleQuotedString(s) => {
+                Ok(ScalarValue::Utf8(Some(s.clone())))
+            }
+            Value::Boolean(b) => Ok(ScalarValue::Boolean(Some(*b))),
+            other => plan_err!("SPLIT AT bound {other} is not a literal Tessera can split on"),
+        },
+        SqlExpr::UnaryOp {
+            op: UnaryOperator::Minus,
+            expr,
+        } => match bound_literal(expr)? {
+            ScalarValue::Int64(Some(i)) => Ok(ScalarValue::Int64(Some(-i))),
+            _ => plan_err!("SPLIT AT bound -{expr} is not an integer"),
+        },
+        SqlExpr::TypedString(ts) => match &ts.value.value {
+            Value::SingleQuotedString(s) => Ok(ScalarValue::Utf8(Some(s.clone()))),
+            other => plan_err!("SPLIT AT bound {other} is not a literal"),
+        },
+        other => plan_err!("SPLIT AT bounds must be literals, got {other}"),
+    }
+}
+
+fn parser_err(e: ParserError) -> DataFusionError {
+    DataFusionError::SQL(Box::new(e), None)
+}
+
+/// Normalises an identifier as DataFusion does: unquoted names fold to lower case.
+fn ident_name(ident: &ast::Ident) -> String {
+    match ident.quote_style {
+        Some(_) => ident.value.clone(),
+        None => ident.value.to_lowercase(),
+    }
+}
+
+fn object_name(name: &ObjectName) -> String {
+    name.0
+        .iter()
+        .filter_map(|p| p.as_ident())
+        .map(ident_name)
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+fn is_word(t: &Token, kw: Keyword) -> bool {
+    matches!(t, Token::Word(w) if w.keyword == kw && w.quote_style.is_none())
+}
+
+fn is_blank(t: &Token) -> bool {
+    matches!(t, Token::Whitespace(_))
+}
+
+fn tokenize(sql: &str) -> Result<Vec<TokenWithSpan>> {
+    Tokenizer::new(&GenericDialect {}, sql)
+        .tokenize_with_location()
+        .map_err(|e| plan_datafusion_err!("{e}"))
+}
+
+/// One statement of a script, with the line it starts on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScriptStatement {
+    pub line: u64,
+    pub sql: String,
+}
+
+/// Splits a script into statements at top-level `;`, keeping each
+/// statement's starting line. Comments and blank statements are dropped.
+pub fn split_statements(script: &str) -> Result<Vec<ScriptStatement>> {
+    let tokens = tokenize(script)?;
+    let mut out = vec![];
+    let mut current = String::new();
+    let mut line = 0;
+    let mut has_code = false;
+    for t in tokens {
+        match &t.token {
+            Token::SemiColon => {
+                if has_code {
+                    out.push(ScriptStatement {
+                        line,
+                        sql: current.trim().to_string(),
+                    });
+                }
+                current.clear();
+                has_code = false;
+            }
+            Token::Whitespace(Whitespace::SingleLineComment { .. })
+            | Token::Whitespace(Whitespace::MultiLineComment(_)) => {
+                if has_code {
+                    current.push(' ');
+                }
+            }
+            tok => {
+                if !has_code && !is_blank(tok) {
+                    has_code = true;
+                    line = t.span.start.line;
+                }
+                if has_code {
+                    current.push_str(&tok.to_string());
+                }
+            }
+        }
+    }
+    if has_code {
+        out.push(ScriptStatement {
+            line,
+            sql: current.trim().to_string(),
+        });
+    }
+    Ok(out)
+}
+
+/// Classifies one statement.
+pub fn parse_statement(sql: &str) -> Result<Statement> {
+    let tokens = tokenize(sql)?;
+    let words: Vec<&Token> = tokens
+        .iter()
+        .map(|t| &t.token)
+        .filter(|t| !is_blank(t))
+        .collect();
+    let kw = |i: usize, k: Keyword| words.get(i).is_some_and(|t| is_word(t, k));
+
+    if kw(0, Keyword::SHOW) && kw(1, Keyword::TABLES) && words.len() == 2 {
+        return Ok(Statement::ShowTables);
+    }
+    if kw(0, Keyword::SHOW) && kw(1, Keyword::PARTITIONS) {
+        let mut parser = Parser::new(&GenericDialect {}).with_tokens_with_locations(tokens[..].to_vec());
+        parser.expect_keywords(&[Keyword::SHOW, Keyword::PARTITIONS]).map_err(parser_err)?;
+        let _ = parser.parse_keyword(Keyword::FROM);
+        let name = parser.parse_object_name(false).map_err(parser_err)?;
+        expect_end(&mut parser)?;
+        return Ok(Statement::ShowPartitions {
+            table: object_name(&name),
+        });
+    }
+    if (kw(0, Keyword::DESCRIBE) || kw(0, Keyword::DESC)) && words.len() >= 2 {
+        let mut parser = Parser::new(&GenericDialect {}).with_tokens_with_locations(tokens.clone());
+        parser.next_token();
+        let _ = parser.parse_keyword(Keyword::TABLE);
+        let name = parser.parse_object_name(false).map_err(parser_err)?;
+        expect_end(&mut parser)?;
+        return Ok(Statement::Describe {
+            table: object_name(&name),
+        });
+    }
+    if kw(0, Keyword::DROP) && kw(1, Keyword::TABLE) {
+        let stmt = Parser::new(&GenericDialect {})
+            .with_tokens_with_locations(tokens)
+            .parse_statement()
+            .map_err(parser_err)?;
+        if let ast::Statement::Drop {
+            object_type: ObjectType::Table,
+            if_exists,
+            names,
+            ..
+        } = stmt
+        {
+            if names.len() != 1 {
+                return plan_err!("DROP TABLE takes one table at a time");
+            }
+            return Ok(Statement::DropTable {
+                name: object_name(&names[0]),
+                if_exists,
+            });
+        }
+        return plan_err!("could not parse DROP TABLE");
+    }
+    let create_table = kw(0, Keyword::CREATE)
+        && (kw(1, Keyword::TABLE) || (kw(1, Keyword::OR) && kw(2, Keyword::REPLACE) && kw(3, Keyword::TABLE)));
+    if create_table {
+        return parse_create_table(tokens).map(Statement::CreateTable);
+    }
+    Ok(Statement::Sql(sql.to_string()))
+}
+
+fn expect_end(parser: &mut Parser) -> Result<()> {
+    let _ = parser.consume_token(&Token::SemiColon);
+    match parser.peek_token().token {
+        Token::EOF => Ok(()),
+        other => plan_err!("unexpected '{other}' at the end of the statement"),
+    }
+}
+
+fn parse_create_table(tokens: Vec<TokenWithSpan>) -> Result<CreateTable> {
+    // Find a top-level `PARTITION BY` and where its clause ends: a top-level
+    // `AS` (CREATE TABLE ... AS SELECT) or the end of the statement.
+    let mut depth = 0i32;
+    let mut clause: Option<(usize, usize)> = None;
+    for (i, t) in tokens.iter().enumerate() {
+        match &t.token {
+            Token::LParen => depth += 1,
+            Token::RParen => depth -= 1,
+            tok if depth == 0 && clause.is_none() && is_word(tok, Keyword::PARTITION) => {
+                let next = tokens[i + 1..].iter().find(|t| !is_blank(&t.token));
+                if next.is_some_and(|t| is_word(&t.token, Keyword::BY)) {
+                    clause = Some((i, tokens.len()));
+                }
+            }
+            tok if depth == 0 && is_word(tok, Keyword::AS) => {
+                if let Some((start, end)) = clause
+                    && end == tokens.len()
+                {
+                    clause = Some((start, i));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    let (base_tokens, partitioning) = match clause {
+        None => (tokens, None),
+        Some((start, end)) => {
+            let clause_tokens = tokens[start..end].to_vec();
+            let mut base = tokens[..start].to_vec();
+            base.extend_from_slice(&tokens[end..]);
+            (base, Some(parse_partition_clause(clause_tokens)?))
+        }
+    };
+    let base_sql: String = base_tokens.iter().map(|t| t.token.to_string()).collect();
+    let stmt = Parser::new(&GenericDialect {})
+        .with_tokens_with_locations(base_tokens)
+        .parse_statement()
+        .map_err(parser_err)?;
+    let ast::Statement::CreateTable(ct) = stmt else {
+        return plan_err!("could not parse CREATE TABLE");
+    };
+    if ct.or_replace {
+        return plan_err!(
+            "CREATE OR REPLACE TABLE is not supported; DROP TABLE first, then CREATE TABLE"
+        );
+    }
+    Ok(CreateTable {
+        name: object_name(&ct.name),
+        if_not_exists: ct.if_not_exists,
+        base_sql: base_sql.trim().trim_end_matches(';').to_string(),
+        query: ct.query.map(|q| q.to_string()),
+        partitioning,
+    })
+}
+
+fn parse_partition_clause(tokens: Vec<TokenWithSpan>) -> Result<PartitionSpec> {
+    let mut p = Parser::new(&GenericDialect {}).with_tokens_with_locations(tokens);
+    p.expect_keywords(&[Keyword::PARTITION, Keyword::BY]).map_err(parser_err)?;
+    let spec = if p.parse_keyword(Keyword::HASH) {
+        let columns = column_list(&mut p)?;
+        if columns.is_empty() {
+            return plan_err!("PARTITION BY HASH needs at least one column");
+        }
+        p.expect_keyword(Keyword::PARTITIONS).map_err(|_| {
+            plan_datafusion_err!("PARTITION BY HASH (...) must be followed by PARTITIONS n")
+        })?;
+        let partitions = p.parse_literal_uint().map_err(parser_err)?;
+        let cluster_by = if p.parse_keywords(&[Keyword::CLUSTER, Keyword::BY]) {
+            column_list(&mut p)?
+        } else {
+            vec![]
+        };
+        PartitionSpec::Hash {
+            columns,
+            partitions,
+            cluster_by,
+        }
+    } else if p.parse_keyword(Keyword::RANGE) {
+        let columns = column_list(&mut p)?;
+        let [column] = columns.as_slice() else {
+            return plan_err!("PARTITION BY RANGE takes exactly one column, got {}", columns.len());
+        };
+        if !(parse_word(&mut p, "SPLIT") && p.parse_keyword(Keyword::AT)) {
+            return plan_err!("PARTITION BY RANGE (col) must be followed by SPLIT AT (v1, v2, ...)");
+        }
+        p.expect_token(&Token::LParen).map_err(parser_err)?;
+        let bounds = p.parse_comma_separated(Parser::parse_expr).map_err(parser_err)?;
+        p.expect_token(&Token::RParen).map_err(parser_err)?;
+        PartitionSpec::Range {
+            column: column.clone(),
+            bounds,
+        }
+    } else {
+        return plan_err!(
+            "expected HASH or RANGE after PARTITION BY, e.g. PARTITION BY HASH (k) PARTITIONS 8"
+        );
+    };
+    expect_end(&mut p)?;
+    Ok(spec)
+}
+
+/// Consumes the next token if it is the (non-reserved) word `word`.
+fn parse_word(p: &mut Parser, word: &str) -> bool {
+    match p.peek_token().token {
+        Token::Word(w) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case(word) => {
+            p.next_token();
+            true
+        }
+        _ => false,
+    }
+}
+
+fn column_list(p: &mut Parser) -> Result<Vec<String>> {
+    p.expect_token(&Token::LParen).map_err(parser_err)?;
+    let idents = p.parse_comma_separated(Parser::parse_identifier).map_err(parser_err)?;
+    p.expect_token(&Token::RParen).map_err(parser_err)?;
+    Ok(idents.iter().map(ident_name).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn create(sql: &str) -> CreateTable {
+        match parse_statement(sql).unwrap() {
+            Statement::CreateTable(c) => c,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn hash_clause() {
+        let c = create("CREATE TABLE T (k BIGINT, v VARCHAR) PARTITION BY HASH (K) PARTITIONS 8;");
+        assert_eq!(c.name, "t");
+        assert_eq!(c.base_sql, "CREATE TABLE T (k BIGINT, v VARCHAR)");
+        assert_eq!(
+            c.partitioning,
+            Some(PartitionSpec::Hash {
+                columns: vec!["k".into()],
+                partitions: 8,
+                cluster_by: vec![]
+            })
+        );
+    }
+
+    #[test]
+    fn hybrid_and_ctas() {
+        let c = create(
+            "create table if not exists s partition by hash (sensor) partitions 4 cluster by (ts) as select 1 as sensor, 2 as ts",
+        );
+        assert!(c.if_not_exists);
+        assert!(c.query.is_some());
+        assert_eq!(c.base_sql, "create table if not exists s as select 1 as sensor, 2 as ts");
+        let Some(PartitionSpec::Hash { cluster_by, .. }) = c.partitioning else {
+            panic!()
+        };
+        assert_eq!(cluster_by, vec!["ts".to_string()]);
+    }
+
+    #[test]
+    fn range_clause_resolves_bounds() {
+        use datafusion::arrow::datatypes::{DataType, Field};
+        let c = create("CREATE TABLE r (ts DATE) PARTITION BY RANGE (ts) SPLIT AT ('2024-01-01', DATE '2024-02-01')");
+        let schema = Schema::new(vec![Field::new("ts", DataType::Date32, false)]);
+        let scheme = c.partitioning.unwrap().resolve(&schema).unwrap();
+        assert_eq!(
+            scheme,
+            PartitionScheme::Range {
+                column: "ts".into(),
+                bounds: vec![KeyValue::Int(19723), KeyValue::Int(19754)]
+            }
+        );
+    }
+
+    #[test]
+    fn bad_clauses_say_what_to_do() {
+        let err = |sql| parse_statement(sql).unwrap_err().to_string();
+        assert!(err("CREATE TABLE t (k INT) PARTITION BY HASH (k)").contains("PARTITIONS n"));
+        assert!(err("CREATE TABLE t (k INT) PARTITION BY LIST (k)").contains("HASH or RANGE"));
+        let Statement::CreateTable(c) =
+            parse_statement("CREATE TABLE t (k INT) PARTITION BY RANGE (k) SPLIT AT (a + 1)").unwrap()
+        else {
+            panic!()
+        };
+        use datafusion::arrow::datatypes::{DataType, Field};
+        let schema = Schema::new(vec![Field::new("k", DataType::Int32, false)]);
+        let e = c.partitioning.unwrap().resolve(&schema).unwrap_err().to_string();
+        assert!(e.contains("must be literals"), "{e}");
+    }
+
+    #[test]
+    fn other_statements() {
+        assert_eq!(parse_statement("SHOW TABLES").unwrap(), Statement::ShowTables);
+        assert_eq!(
+            parse_statement("show partitions Foo").unwrap(),
+            Statement::ShowPartitions { table: "foo".into() }
+        );
+        assert_eq!(
+            parse_statement("DESCRIBE foo").unwrap(),
+            Statement::Describe { table: "foo".into() }
+        );
+        assert_eq!(
+            parse_statement("DROP TABLE IF EXISTS foo").unwrap(),
+            Statement::DropTable { name: "foo".into(), if_exists: true }
+        );
+        assert!(matches!(parse_statement("SELECT 1").unwrap(), Statement::Sql(_)));
+    }
+
+    #[test]
+    fn splits_scripts_with_lines() {
+        let s = split_statements("-- c\nSELECT 1;\n\nSELECT ';'\n  ;  \n-- end\n").unwrap();
+        assert_eq!(
+            s,
+            vec![
+                ScriptStatement { line: 2, sql: "SELECT 1".into() },
+                ScriptStatement { line: 4, sql: "SELECT ';'".into() },
+            ]
+        );
+    }
+}

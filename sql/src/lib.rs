@@ -1,0 +1,16 @@
+//! Tessera's language and model: DDL on top of sqlparser, catalog types, the
+//! stable partitioner and partition pruning. Pure logic, no I/O.
+
+mod catalog;
+mod ddl;
+mod key;
+mod pruning;
+mod scheme;
+
+pub use catalog::{ColumnDef, MAX_PARTITIONS, PartitionMap, PartitionPlacement, TableDef};
+pub use ddl::{
+    CreateTable, PartitionSpec, ScriptStatement, Statement, parse_statement, split_statements,
+};
+pub use key::{KeyValue, encode_array_value, is_key_type};
+pub use pruning::prune_partitions;
+pub use scheme::{HASH_SEED, PartitionScheme, Partitioner, hash_partition, hash_range, range_partition};

@@ -1,0 +1,96 @@
+//! Property: for random keys of every key type, the partition a row is
+//! written to equals the one partition pruning keeps for `k = key`.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{
+    ArrayRef, BooleanArray, Date32Array, Int32Array, Int64Array, RecordBatch, StringArray,
+    StringViewArray, TimestampMicrosecondArray, UInt64Array,
+};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use datafusion::common::ScalarValue;
+use datafusion::prelude::{col, lit};
+use proptest::prelude::*;
+use tessera_sql::{KeyValue, PartitionScheme, Partitioner, prune_partitions};
+
+fn check(array: ArrayRef, literal: ScalarValue, scheme_for: impl Fn(&DataType) -> PartitionScheme) {
+    let data_type = array.data_type().clone();
+    let schema = Arc::new(Schema::new(vec![Field::new("k", data_type.clone(), false)]));
+    let scheme = scheme_for(&data_type);
+    let batch = RecordBatch::try_new(schema.clone(), vec![array]).unwrap();
+    let written = Partitioner::try_new(&scheme, &schema).unwrap().assign(&batch).unwrap();
+    let kept = prune_partitions(&scheme, &schema, &[col("k").eq(lit(literal))]);
+    assert_eq!(kept, written, "{scheme:?}");
+}
+
+fn hash(_: &DataType) -> PartitionScheme {
+    PartitionScheme::Hash {
+        columns: vec!["k".into()],
+        partitions: 13,
+        cluster_by: vec![],
+    }
+}
+
+fn range_of(bounds: Vec<ScalarValue>) -> impl Fn(&DataType) -> PartitionScheme {
+    move |t: &DataType| PartitionScheme::Range {
+        column: "k".into(),
+        bounds: bounds
+            .iter()
+            .map(|b| KeyValue::from_scalar(b, t).unwrap().unwrap())
+            .collect(),
+    }
+}
+
+proptest! {
+    #[test]
+    fn int64(v: i64) {
+        check(Arc::new(Int64Array::from(vec![v])), ScalarValue::Int64(Some(v)), hash);
+        let r = range_of(vec![ScalarValue::Int64(Some(-10)), ScalarValue::Int64(Some(0)), ScalarValue::Int64(Some(1 << 40))]);
+        check(Arc::new(Int64Array::from(vec![v])), ScalarValue::Int64(Some(v)), r);
+    }
+
+    #[test]
+    fn int32_with_wider_literal(v: i32) {
+        // The planner may hand a literal of another integer width.
+        check(Arc::new(Int32Array::from(vec![v])), ScalarValue::Int64(Some(i64::from(v))), hash);
+    }
+
+    #[test]
+    fn uint64(v: u64) {
+        check(Arc::new(UInt64Array::from(vec![v])), ScalarValue::UInt64(Some(v)), hash);
+    }
+
+    #[test]
+    fn strings(s in ".{0,40}") {
+        check(Arc::new(StringArray::from(vec![s.clone()])), ScalarValue::Utf8(Some(s.clone())), hash);
+        check(Arc::new(StringViewArray::from(vec![s.clone()])), ScalarValue::Utf8View(Some(s.clone())), hash);
+        let r = range_of(vec![ScalarValue::Utf8(Some("g".into())), ScalarValue::Utf8(Some("p".into()))]);
+        check(Arc::new(StringArray::from(vec![s.clone()])), ScalarValue::Utf8(Some(s)), r);
+    }
+
+    #[test]
+    fn dates(d in -100_000i32..100_000) {
+        check(Arc::new(Date32Array::from(vec![d])), ScalarValue::Date32(Some(d)), hash);
+        let r = range_of(vec![ScalarValue::Date32(Some(0)), ScalarValue::Date32(Some(19723))]);
+        check(Arc::new(Date32Array::from(vec![d])), ScalarValue::Date32(Some(d)), r);
+    }
+
+    #[test]
+    fn timestamps(t: i64) {
+        check(
+            Arc::new(TimestampMicrosecondArray::from(vec![t])),
+            ScalarValue::TimestampMicrosecond(Some(t), None),
+            hash,
+        );
+    }
+
+    #[test]
+    fn booleans(b: bool) {
+        check(Arc::new(BooleanArray::from(vec![b])), ScalarValue::Boolean(Some(b)), hash);
+    }
+}
+
+#[test]
+fn timestamp_type_is_a_key() {
+    assert!(tessera_sql::is_key_type(&DataType::Timestamp(TimeUnit::Nanosecond, None)));
+}

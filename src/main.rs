@@ -1,0 +1,217 @@
+//! `tessera`: the command line. `serve` runs a coordinator with embedded
+//! workers; `shell` and `run` are Flight SQL clients.
+
+mod client;
+mod output;
+mod shell;
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tessera_coordinator::{Cluster, ClusterConfig};
+use tessera_sql::split_statements;
+
+use crate::client::Client;
+use crate::output::{Format, write_result};
+
+const DEFAULT_ADDR: &str = "127.0.0.1:50051";
+
+#[derive(Parser)]
+#[command(name = "tessera", version, about = "Tessera: a SQL-fronted MPP analytics engine")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a coordinator (Flight SQL) with N embedded workers on loopback.
+    Serve {
+        /// Address of the coordinator's Flight SQL service.
+        #[arg(long, default_value = DEFAULT_ADDR)]
+        listen: SocketAddr,
+        /// Number of workers, each a gRPC server on its own port.
+        #[arg(long, default_value_t = 3)]
+        workers: usize,
+        /// Where catalog and partitions live [default: $XDG_DATA_HOME/tessera or ~/.local/share/tessera].
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Create and load the demo tables (skipped if they exist).
+        #[arg(long)]
+        demo: bool,
+    },
+    /// Interactive SQL shell.
+    Shell {
+        #[arg(long, default_value = DEFAULT_ADDR)]
+        connect: String,
+        /// Run these statements, print the results and exit.
+        #[arg(short = 'c')]
+        command: Option<String>,
+    },
+    /// Run the statements of a SQL file in order (`-` reads stdin).
+    Run {
+        #[arg(long, default_value = DEFAULT_ADDR)]
+        connect: String,
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+        file: PathBuf,
+    },
+}
+
+fn default_data_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("XDG_DATA_HOME") {
+        return PathBuf::from(d).join("tessera");
+    }
+    match std::env::var_os("HOME") {
+        Some(h) => PathBuf::from(h).join(".local/share/tessera"),
+        None => PathBuf::from("tessera-data"),
+    }
+}
+
+async fn serve(listen: SocketAddr, workers: usize, data_dir: PathBuf, demo: bool) -> Result<(), String> {
+    let cluster = Cluster::start(ClusterConfig {
+        listen,
+        workers,
+        data_dir: data_dir.clone(),
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    eprintln!(
+        "Tessera coordinator on {} (Flight SQL), {} workers: {}",
+        cluster.addr,
+        cluster.workers.len(),
+        cluster
+            .workers
+            .iter()
+            .map(|w| format!("{}={}", w.id, w.addr))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    eprintln!("Data dir: {}", data_dir.display());
+    if demo {
+        load_demo(&cluster).await?;
+    }
+    eprintln!("Connect with: tessera shell --connect {}   (Ctrl-C stops)", cluster.addr);
+    wait_for_signal().await;
+    eprintln!("Stopping...");
+    cluster.stop().await;
+    Ok(())
+}
+
+async fn load_demo(cluster: &Cluster) -> Result<(), String> {
+    let tables = tessera_datasets::demo_tables().map_err(|e| e.to_string())?;
+    let coordinator = cluster.coordinator();
+    for t in tables {
+        if coordinator.catalog().table_def(t.name).map_err(|e| e.to_string())?.is_some() {
+            eprintln!("demo: {} exists, not loading it again", t.name);
+            continue;
+        }
+        coordinator.run(t.ddl).await.map_err(|e| e.to_string())?;
+        let rows: usize = t.batches.iter().map(|b| b.num_rows()).sum();
+        let bar = indicatif::ProgressBar::new(rows as u64);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("demo: {msg:<14} [{bar:30}] {pos}/{len} rows")
+                .map_err(|e| e.to_string())?
+                .progress_chars("=> "),
+        );
+        bar.set_message(t.name);
+        for batch in t.batches {
+            let n = batch.num_rows() as u64;
+            cluster
+                .load(t.name, t.schema.clone(), vec![batch])
+                .await
+                .map_err(|e| e.to_string())?;
+            bar.inc(n);
+        }
+        bar.finish();
+    }
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut term) = signal(SignalKind::terminate()) else {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+async fn run_file(connect: &str, format: Format, file: &PathBuf) -> Result<(), String> {
+    let mut script = String::new();
+    if file.as_os_str() == "-" {
+        std::io::stdin()
+            .read_to_string(&mut script)
+            .map_err(|e| format!("cannot read stdin: {e}"))?;
+    } else {
+        script = std::fs::read_to_string(file)
+            .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    }
+    let statements = split_statements(&script).map_err(|e| e.to_string())?;
+    let mut client = Client::connect(connect).await?;
+    let stdout = std::io::stdout();
+    for s in statements {
+        let result = client
+            .query(&s.sql)
+            .await
+            .map_err(|e| format!("statement at line {} failed: {e}", s.line))?;
+        let mut out = stdout.lock();
+        write_result(&mut out, &result, format)?;
+        out.flush().map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("Error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve {
+                listen,
+                workers,
+                data_dir,
+                demo,
+            } => serve(listen, workers, data_dir.unwrap_or_else(default_data_dir), demo).await,
+            Command::Shell { connect, command } => {
+                let mut client = Client::connect(&connect).await?;
+                match command {
+                    Some(sql) => shell::run_statements(&mut client, &sql, false).await,
+                    None => shell::interactive(client, &connect).await,
+                }
+            }
+            Command::Run {
+                connect,
+                format,
+                file,
+            } => run_file(&connect, format, &file).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,157 @@
+//! `TestCluster`: the one harness every integration test uses.
+//!
+//! ```ignore
+//! let cluster = TestCluster::builder().workers(3).start().await;
+//! let rows = cluster.query("SELECT 1").await?;
+//! let cluster = cluster.restart().await; // same data dir, new processes' state
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use arrow::array::RecordBatch;
+use arrow_flight::sql::client::FlightSqlServiceClient;
+use datafusion::common::Result;
+use futures::TryStreamExt;
+use tempfile::TempDir;
+use tessera_coordinator::{Cluster, ClusterConfig};
+use tonic::transport::{Channel, Endpoint};
+
+pub struct TestClusterBuilder {
+    workers: usize,
+    data_dir: Option<PathBuf>,
+}
+
+impl TestClusterBuilder {
+    pub fn workers(mut self, n: usize) -> Self {
+        self.workers = n;
+        self
+    }
+
+    /// Use this data dir instead of a fresh temporary one.
+    pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.data_dir = Some(dir.into());
+        self
+    }
+
+    pub async fn start(self) -> TestCluster {
+        let (tmp, dir) = match self.data_dir {
+            Some(d) => (None, d),
+            None => {
+                let t = tempfile::tempdir().expect("temp dir");
+                let d = t.path().to_path_buf();
+                (Some(t), d)
+            }
+        };
+        let cluster = start_cluster(&dir, self.workers)
+            .await
+            .expect("test cluster starts");
+        TestCluster {
+            cluster: Some(cluster),
+            workers: self.workers,
+            dir,
+            _tmp: tmp,
+        }
+    }
+}
+
+async fn start_cluster(dir: &Path, workers: usize) -> Result<Cluster> {
+    let listen: SocketAddr = "127.0.0.1:0".parse().expect("loopback address");
+    Cluster::start(ClusterConfig {
+        listen,
+        workers,
+        data_dir: dir.to_path_buf(),
+    })
+    .await
+}
+
+pub struct TestCluster {
+    cluster: Option<Cluster>,
+    workers: usize,
+    dir: PathBuf,
+    _tmp: Option<TempDir>,
+}
+
+impl TestCluster {
+    pub fn builder() -> TestClusterBuilder {
+        TestClusterBuilder {
+            workers: 3,
+            data_dir: None,
+        }
+    }
+
+    pub fn cluster(&self) -> &Cluster {
+        self.cluster.as_ref().expect("cluster is running")
+    }
+
+    pub fn url(&self) -> String {
+        self.cluster().url()
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// A Flight SQL client connected to the coordinator.
+    pub async fn client(&self) -> FlightSqlServiceClient<Channel> {
+        let channel = Endpoint::from_shared(self.url())
+            .expect("url")
+            .connect()
+            .await
+            .expect("connect to coordinator");
+        FlightSqlServiceClient::new(channel)
+    }
+
+    /// Runs one statement through Flight SQL; the error is the server's text.
+    pub async fn query(&self, sql: &str) -> std::result::Result<Vec<RecordBatch>, String> {
+        let mut client = self.client().await;
+        run_query(&mut client, sql).await
+    }
+
+    /// Stops everything and starts a new cluster on the same data dir.
+    pub async fn restart(mut self) -> TestCluster {
+        if let Some(c) = self.cluster.take() {
+            c.stop().await;
+        }
+        self.cluster = Some(start_cluster(&self.dir, self.workers).await.expect("restart"));
+        self
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(c) = self.cluster.take() {
+            c.stop().await;
+        }
+    }
+}
+
+pub(crate) async fn run_query(
+    client: &mut FlightSqlServiceClient<Channel>,
+    sql: &str,
+) -> std::result::Result<Vec<RecordBatch>, String> {
+    let text = |e: arrow_flight::error::FlightError| match e {
+        arrow_flight::error::FlightError::Tonic(s) => s.message().to_string(),
+        other => other.to_string(),
+    };
+    let info = client.execute(sql.to_string(), None).await.map_err(text)?;
+    let mut out = vec![];
+    for ep in info.endpoint {
+        let Some(ticket) = ep.ticket else { continue };
+        let batches: Vec<RecordBatch> = client
+            .do_get(ticket)
+            .await
+            .map_err(text)?
+            .try_collect()
+            .await
+            .map_err(text)?;
+        out.extend(batches);
+    }
+    Ok(out)
+}
+
+impl TestCluster {
+    /// Stops worker `index` (its server closes; the data stays on disk).
+    pub async fn stop_worker(&mut self, index: usize) {
+        let cluster = self.cluster.as_mut().expect("cluster is running");
+        cluster.stop_worker(index).await;
+    }
+}

@@ -1,0 +1,196 @@
+//! The foundation's end-to-end checks on a real 3-worker cluster: ports,
+//! routed inserts, atomic failures, pruning in EXPLAIN, SHOW PARTITIONS
+//! balance, restart persistence and errors that keep their text.
+
+use std::collections::HashSet;
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::{Int64Type, UInt64Type};
+use tessera_tests::TestCluster;
+
+fn single_i64(batches: &[RecordBatch]) -> i64 {
+    assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 1, "{batches:?}");
+    let b = batches.iter().find(|b| b.num_rows() == 1).expect("one row");
+    b.column(0).as_primitive::<Int64Type>().value(0)
+}
+
+fn plan_text(batches: &[RecordBatch]) -> String {
+    let mut out = String::new();
+    for b in batches {
+        let plans = b.column(1).as_string::<i32>();
+        for i in 0..plans.len() {
+            out.push_str(plans.value(i));
+            out.push('\n');
+        }
+    }
+    out
+}
+
+async fn count(cluster: &TestCluster, table: &str) -> i64 {
+    single_i64(&cluster.query(&format!("SELECT count(*) FROM {table}")).await.expect("count"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hash_table_end_to_end() {
+    let cluster = TestCluster::builder().workers(3).start().await;
+
+    // Coordinator and three workers, each on its own loopback port.
+    let mut ports = HashSet::new();
+    ports.insert(cluster.cluster().addr.port());
+    for w in &cluster.cluster().workers {
+        assert!(w.addr.ip().is_loopback());
+        ports.insert(w.addr.port());
+    }
+    assert_eq!(ports.len(), 4);
+
+    cluster
+        .query("CREATE TABLE t (k BIGINT, v VARCHAR) PARTITION BY HASH (k) PARTITIONS 8")
+        .await
+        .unwrap();
+    cluster
+        .query("INSERT INTO t SELECT value, 'row ' || CAST(value AS VARCHAR) FROM range(100000)")
+        .await
+        .unwrap();
+    assert_eq!(count(&cluster, "t").await, 100_000);
+
+    // A bad row fails the whole statement and leaves every partition as it was.
+    let err = cluster
+        .query("INSERT INTO t SELECT CASE WHEN value = 500 THEN NULL ELSE value END, 'x' FROM range(1000)")
+        .await
+        .unwrap_err();
+    assert!(err.contains("partition key"), "{err}");
+    assert_eq!(count(&cluster, "t").await, 100_000);
+
+    // Pruning: a point query keeps one partition of eight.
+    let explain = plan_text(&cluster.query("EXPLAIN SELECT * FROM t WHERE k = 42").await.unwrap());
+    assert!(explain.contains("partitions=1/8"), "{explain}");
+    assert!(explain.contains("workers=[worker-"), "{explain}");
+    let rows = cluster.query("SELECT v FROM t WHERE k = 42").await.unwrap();
+    assert_eq!(rows[0].column(0).as_string_view().value(0), "row 42");
+
+    // A full scan runs as a distributed stage with one task per worker.
+    let explain = plan_text(&cluster.query("EXPLAIN SELECT count(*) FROM t").await.unwrap());
+    assert!(explain.contains("partitions=8/8") || explain.contains("Stage"), "{explain}");
+
+    // SHOW PARTITIONS: rows sum to the table and the hash spreads them evenly.
+    let parts = cluster.query("SHOW PARTITIONS t").await.unwrap();
+    let rows: Vec<u64> = parts
+        .iter()
+        .flat_map(|b| b.column(3).as_primitive::<UInt64Type>().values().to_vec())
+        .collect();
+    assert_eq!(rows.len(), 8);
+    assert_eq!(rows.iter().sum::<u64>(), 100_000);
+    let max = *rows.iter().max().unwrap() as f64;
+    assert!(max / (100_000.0 / 8.0) < 1.2, "{rows:?}");
+
+    // Errors cross Flight SQL with their text.
+    let err = cluster.query("SELECT * FROM missing_table").await.unwrap_err();
+    assert!(err.contains("missing_table"), "{err}");
+    let err = cluster.query("SELECT nope FROM t").await.unwrap_err();
+    assert!(err.contains("nope"), "{err}");
+
+    // Restart on the same data dir: everything is back.
+    let cluster = cluster.restart().await;
+    assert_eq!(count(&cluster, "t").await, 100_000);
+    let rows = cluster.query("SELECT count(*) FROM t WHERE k < 1000").await.unwrap();
+    assert_eq!(single_i64(&rows), 1000);
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn range_and_hybrid_pruning() {
+    let cluster = TestCluster::builder().workers(3).start().await;
+    cluster
+        .query("CREATE TABLE r (ts BIGINT, v DOUBLE) PARTITION BY RANGE (ts) SPLIT AT (1000, 2000, 3000)")
+        .await
+        .unwrap();
+    cluster.query("INSERT INTO r SELECT value, 1.0 FROM range(4000)").await.unwrap();
+    let explain = plan_text(
+        &cluster
+            .query("EXPLAIN SELECT * FROM r WHERE ts BETWEEN 1500 AND 2500")
+            .await
+            .unwrap(),
+    );
+    assert!(explain.contains("partitions=2/4"), "{explain}");
+    assert!(explain.contains("read=[p1, p2]"), "{explain}");
+
+    cluster
+        .query("CREATE TABLE h (sensor INT, ts BIGINT, value DOUBLE) PARTITION BY HASH (sensor) PARTITIONS 8 CLUSTER BY (ts)")
+        .await
+        .unwrap();
+    cluster
+        .query("INSERT INTO h SELECT CAST(value % 10 AS INT), value, 1.0 FROM range(1000)")
+        .await
+        .unwrap();
+    let explain = plan_text(
+        &cluster
+            .query("EXPLAIN SELECT * FROM h WHERE sensor = 7 AND ts BETWEEN 100 AND 200")
+            .await
+            .unwrap(),
+    );
+    assert!(explain.contains("partitions=1/8"), "{explain}");
+    let n = cluster
+        .query("SELECT count(*) FROM h WHERE sensor = 7 AND ts BETWEEN 100 AND 200")
+        .await
+        .unwrap();
+    assert_eq!(single_i64(&n), 10);
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dead_worker_fails_the_write_and_changes_nothing() {
+    let mut cluster = TestCluster::builder().workers(3).start().await;
+    cluster
+        .query("CREATE TABLE t (k BIGINT) PARTITION BY HASH (k) PARTITIONS 6")
+        .await
+        .unwrap();
+    cluster.query("INSERT INTO t SELECT value FROM range(600)").await.unwrap();
+    cluster.stop_worker(1).await;
+    let err = cluster
+        .query("INSERT INTO t SELECT value FROM range(600)")
+        .await
+        .unwrap_err();
+    assert!(err.contains("unreachable") || err.contains("worker"), "{err}");
+    let cluster = cluster.restart().await;
+    assert_eq!(count(&cluster, "t").await, 600);
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn external_parquet_tables() {
+    let cluster = TestCluster::builder().workers(2).start().await;
+    let dir = cluster.data_dir().join("ext");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("nums.parquet");
+    cluster
+        .query(&format!(
+            "COPY (SELECT value AS n FROM range(50)) TO '{}' STORED AS PARQUET",
+            file.display()
+        ))
+        .await
+        .unwrap();
+    cluster
+        .query(&format!(
+            "CREATE EXTERNAL TABLE ext STORED AS PARQUET LOCATION '{}'",
+            file.display()
+        ))
+        .await
+        .unwrap();
+    cluster
+        .query("CREATE TABLE t (n BIGINT) PARTITION BY HASH (n) PARTITIONS 4")
+        .await
+        .unwrap();
+    cluster.query("INSERT INTO t SELECT * FROM ext").await.unwrap();
+    assert_eq!(count(&cluster, "t").await, 50);
+
+    let err = cluster
+        .query("CREATE EXTERNAL TABLE broken STORED AS PARQUET LOCATION '/nonexistent/x.parquet'")
+        .await
+        .unwrap_err();
+    assert!(err.contains("LOCATION"), "{err}");
+
+    // External tables come back after a restart too.
+    let cluster = cluster.restart().await;
+    assert_eq!(count(&cluster, "ext").await, 50);
+    cluster.stop().await;
+}

@@ -1,0 +1,159 @@
+//! `WorkerClient`: the coordinator's (and peers') handle on a worker's Flight
+//! service, over a real gRPC channel.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+
+use arrow_flight::decode::FlightRecordBatchStream;
+use arrow_flight::encode::FlightDataEncoderBuilder;
+use arrow_flight::error::FlightError;
+use arrow_flight::flight_service_client::FlightServiceClient;
+use arrow_flight::{Action, FlightClient, FlightDescriptor, Ticket};
+use datafusion::arrow::array::RecordBatch;
+use datafusion::common::{DataFusionError, Result};
+use futures::{StreamExt, TryStreamExt};
+use serde::de::DeserializeOwned;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::storage::{DataFile, PartitionStats, StagedWrite};
+use crate::wire::{self, MAX_MESSAGE_BYTES};
+
+/// Turns a Flight error into an engine error, keeping the remote text intact.
+pub fn flight_error(url: &str, e: FlightError) -> DataFusionError {
+    match e {
+        FlightError::Tonic(status) => match status.code() {
+            tonic::Code::Unavailable => DataFusionError::Execution(format!(
+                "worker {url} is unreachable ({}); check that it is running, then retry",
+                status.message()
+            )),
+            _ => DataFusionError::Execution(status.message().to_string()),
+        },
+        FlightError::ExternalError(e) => DataFusionError::External(e),
+        other => DataFusionError::Execution(format!("worker {url}: {other}")),
+    }
+}
+
+/// A Flight connection to one worker. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct WorkerClient {
+    url: String,
+    inner: FlightServiceClient<Channel>,
+}
+
+fn channels() -> &'static Mutex<HashMap<String, Channel>> {
+    static CHANNELS: OnceLock<Mutex<HashMap<String, Channel>>> = OnceLock::new();
+    CHANNELS.get_or_init(Default::default)
+}
+
+impl WorkerClient {
+    /// Connects lazily: the first call opens the connection, later ones share it.
+    pub fn connect(url: &str) -> Result<Self> {
+        let channel = {
+            let mut map = channels()
+                .lock()
+                .map_err(|_| DataFusionError::Internal("channel cache poisoned".into()))?;
+            match map.get(url) {
+                Some(c) => c.clone(),
+                None => {
+                    let c = Endpoint::from_shared(url.to_string())
+                        .map_err(|e| {
+                            DataFusionError::Configuration(format!("bad worker url {url}: {e}"))
+                        })?
+                        .tcp_nodelay(true)
+                        .connect_lazy();
+                    map.insert(url.to_string(), c.clone());
+                    c
+                }
+            }
+        };
+        let inner = FlightServiceClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        Ok(Self {
+            url: url.to_string(),
+            inner,
+        })
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    fn err(&self, e: FlightError) -> DataFusionError {
+        flight_error(&self.url, e)
+    }
+
+    /// Sends one partition's rows of a transaction; durable on return.
+    pub async fn prepare(
+        &self,
+        request: &wire::PrepareRequest,
+        batches: Vec<RecordBatch>,
+    ) -> Result<DataFile> {
+        let descriptor = FlightDescriptor::new_cmd(wire::encode(request)?);
+        let input = futures::stream::iter(batches.into_iter().map(Ok));
+        let data = FlightDataEncoderBuilder::new()
+            .with_flight_descriptor(Some(descriptor))
+            .build(input);
+        let mut client = FlightClient::new_from_inner(self.inner.clone());
+        let mut results = client.do_put(data).await.map_err(|e| self.err(e))?;
+        match results.next().await {
+            Some(Ok(r)) => wire::decode(&r.app_metadata),
+            Some(Err(e)) => Err(self.err(e)),
+            None => Err(DataFusionError::Execution(format!(
+                "worker {} closed the write without an answer",
+                self.url
+            ))),
+        }
+    }
+
+    async fn action<T: DeserializeOwned>(&self, kind: &str, body: Vec<u8>) -> Result<Option<T>> {
+        let mut client = FlightClient::new_from_inner(self.inner.clone());
+        let mut stream = client
+            .do_action(Action::new(kind, body))
+            .await
+            .map_err(|e| self.err(e))?;
+        match stream.try_next().await.map_err(|e| self.err(e))? {
+            Some(bytes) => Ok(Some(wire::decode(bytes.as_ref())?)),
+            None => Ok(None),
+        }
+    }
+
+    pub async fn commit(&self, txn: u64, writes: Vec<StagedWrite>) -> Result<()> {
+        let body = wire::encode(&wire::CommitRequest { txn, writes })?;
+        self.action::<()>(wire::ACTION_COMMIT, body).await.map(|_| ())
+    }
+
+    pub async fn abort(&self, txn: u64) -> Result<()> {
+        let body = wire::encode(&wire::TxnRequest { txn })?;
+        self.action::<()>(wire::ACTION_ABORT, body).await.map(|_| ())
+    }
+
+    pub async fn staged(&self) -> Result<Vec<StagedWrite>> {
+        Ok(self.action(wire::ACTION_STAGED, vec![]).await?.unwrap_or_default())
+    }
+
+    pub async fn stats(&self, table: &str, partitions: Vec<u32>) -> Result<Vec<PartitionStats>> {
+        let body = wire::encode(&wire::StatsRequest {
+            table: table.to_string(),
+            partitions,
+        })?;
+        Ok(self.action(wire::ACTION_STATS, body).await?.unwrap_or_default())
+    }
+
+    pub async fn drop_table(&self, table: &str) -> Result<()> {
+        let body = wire::encode(&wire::TableRequest {
+            table: table.to_string(),
+        })?;
+        self.action::<()>(wire::ACTION_DROP_TABLE, body).await.map(|_| ())
+    }
+
+    /// Runs a partition scan on the worker and streams its rows back.
+    pub async fn scan(&self, ticket: Vec<u8>) -> Result<FlightRecordBatchStream> {
+        let mut client = FlightClient::new_from_inner(self.inner.clone());
+        client
+            .do_get(Ticket::new(ticket))
+            .await
+            .map_err(|e| self.err(e))
+    }
+}
+

@@ -1,0 +1,14 @@
+//! A Tessera worker: partition storage (Parquet files behind manifests), the
+//! worker's Flight service, Tessera's partition scan and its codec, and the
+//! client the coordinator uses to reach a worker.
+
+mod client;
+mod scan;
+mod service;
+mod storage;
+pub mod wire;
+
+pub use client::{WorkerClient, flight_error};
+pub use scan::{LocalStore, PartitionScanExec, ScanPart, ScanSpec, TesseraCodec};
+pub use service::{WorkerHandle, start_worker, to_status};
+pub use storage::{DataFile, Manifest, PartitionStats, StagedWrite, Storage};

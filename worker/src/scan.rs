@@ -1,0 +1,436 @@
+//! `PartitionScanExec`: Tessera's leaf. It reads the Parquet files of some
+//! partitions of one table, with the projection and predicate pushed into the
+//! Parquet reader, and streams the rows.
+//!
+//! Each output partition of the node is one Tessera partition. Where the node
+//! runs decides how it reads: on the worker that owns a partition it opens
+//! the files on local disk; anywhere else (the coordinator, when the planner
+//! keeps a one-task stage at home, or a task routed away from an owner) it
+//! asks the owner over Flight `DoGet` to run that partition's scan and stream
+//! the rows back. Scans always run where the data lives.
+//!
+//! ```text
+//!   PartitionScanExec  t partitions=3/8 [p0@w0, p3@w0, p5@w2]
+//!        │ execute(0)          │ execute(1)          │ execute(2)
+//!     local? read p0       local? read p3       not local: DoGet(p5) ─► w2
+//! ```
+
+use std::fmt;
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::{Schema, SchemaRef};
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::{DataFusionError, Result, internal_err};
+use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
+use datafusion::datasource::source::DataSourceExec;
+use datafusion::execution::object_store::ObjectStoreUrl;
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::physical_expr::{EquivalenceProperties, Partitioning, PhysicalExpr};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, MetricBuilder, MetricsSet};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
+use datafusion_proto::physical_plan::from_proto::parse_physical_expr;
+use datafusion_proto::physical_plan::to_proto::serialize_physical_expr;
+use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConverterExtension};
+use datafusion_proto::protobuf;
+use futures::TryStreamExt;
+use prost::Message;
+
+use crate::client::WorkerClient;
+use crate::storage::Storage;
+
+/// One partition to scan and the worker that owns it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScanPart {
+    pub partition: u32,
+    pub worker_id: String,
+    pub url: String,
+}
+
+/// The worker a node was decoded on: its URL and its partitions on disk.
+#[derive(Debug)]
+pub struct LocalStore {
+    pub url: String,
+    pub storage: Arc<Storage>,
+}
+
+/// Reads some partitions of one Tessera table.
+#[derive(Debug, Clone)]
+pub struct PartitionScanExec {
+    table: String,
+    table_schema: SchemaRef,
+    projection: Option<Vec<usize>>,
+    predicate: Option<Arc<dyn PhysicalExpr>>,
+    limit: Option<usize>,
+    parts: Vec<ScanPart>,
+    /// Partitions of the table in all, for `partitions=K/N`.
+    total_partitions: u32,
+    local: Option<Arc<LocalStore>>,
+    properties: Arc<PlanProperties>,
+    metrics: ExecutionPlanMetricsSet,
+}
+
+/// What a scan reads, independent of which parts: shared by every variant.
+#[derive(Debug, Clone)]
+pub struct ScanSpec {
+    pub table: String,
+    pub table_schema: SchemaRef,
+    pub projection: Option<Vec<usize>>,
+    pub predicate: Option<Arc<dyn PhysicalExpr>>,
+    pub limit: Option<usize>,
+    pub total_partitions: u32,
+}
+
+impl PartitionScanExec {
+    /// A scan of `parts` with `output_partitions` outputs (at least
+    /// `parts.len()`; outputs past the parts are empty, so variants of one
+    /// distributed leaf can agree on a count).
+    pub fn try_new(spec: ScanSpec, parts: Vec<ScanPart>, output_partitions: usize) -> Result<Self> {
+        let schema = match &spec.projection {
+            Some(p) => Arc::new(spec.table_schema.project(p)?),
+            None => Arc::clone(&spec.table_schema),
+        };
+        let properties = Arc::new(PlanProperties::new(
+            EquivalenceProperties::new(schema),
+            Partitioning::UnknownPartitioning(output_partitions.max(parts.len()).max(1)),
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        ));
+        Ok(Self {
+            table: spec.table,
+            table_schema: spec.table_schema,
+            projection: spec.projection,
+            predicate: spec.predicate,
+            limit: spec.limit,
+            parts,
+            total_partitions: spec.total_partitions,
+            local: None,
+            properties,
+            metrics: ExecutionPlanMetricsSet::new(),
+        })
+    }
+
+    pub fn spec(&self) -> ScanSpec {
+        ScanSpec {
+            table: self.table.clone(),
+            table_schema: Arc::clone(&self.table_schema),
+            projection: self.projection.clone(),
+            predicate: self.predicate.clone(),
+            limit: self.limit,
+            total_partitions: self.total_partitions,
+        }
+    }
+
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    pub fn parts(&self) -> &[ScanPart] {
+        &self.parts
+    }
+
+    fn with_local(mut self, local: Option<Arc<LocalStore>>) -> Self {
+        self.local = local;
+        self
+    }
+
+    fn is_local(&self, part: &ScanPart) -> bool {
+        self.local.as_ref().is_some_and(|l| l.url == part.url)
+    }
+
+    fn empty(&self) -> SendableRecordBatchStream {
+        Box::pin(RecordBatchStreamAdapter::new(
+            self.schema(),
+            futures::stream::empty(),
+        ))
+    }
+
+    fn scan_local(
+        &self,
+        storage: &Storage,
+        part: &ScanPart,
+        ctx: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        let files = storage.files(&self.table, part.partition)?;
+        if files.is_empty() {
+            return Ok(self.empty());
+        }
+        let mut source = ParquetSource::new(Arc::clone(&self.table_schema));
+        if let Some(predicate) = &self.predicate {
+            source = source.with_predicate(Arc::clone(predicate));
+        }
+        let group: FileGroup = files
+            .into_iter()
+            .map(|(path, size)| PartitionedFile::new(path.to_string_lossy(), size))
+            .collect();
+        let config = FileScanConfigBuilder::new(ObjectStoreUrl::local_filesystem(), Arc::new(source))
+            .with_file_group(group)
+            .with_projection_indices(self.projection.clone())?
+            .with_limit(self.limit)
+            .build();
+        DataSourceExec::from_data_source(config).execute(0, ctx)
+    }
+
+    fn scan_remote(&self, part: &ScanPart) -> Result<SendableRecordBatchStream> {
+        let single = PartitionScanExec::try_new(self.spec(), vec![part.clone()], 1)?;
+        let ticket = encode_scan(&single)?;
+        let client = WorkerClient::connect(&part.url)?;
+        let schema = self.schema();
+        let url = part.url.clone();
+        let stream = futures::stream::once(async move { client.scan(ticket).await })
+            .map_ok(move |batches| {
+                let url = url.clone();
+                batches.map_err(move |e| crate::client::flight_error(&url, e))
+            })
+            .try_flatten();
+        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
+    }
+}
+
+impl DisplayAs for PartitionScanExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(
+            f,
+            "PartitionScanExec: table={}, partitions={}/{}",
+            self.table,
+            self.parts.len(),
+            self.total_partitions
+        )?;
+        let mut workers: Vec<&str> = self.parts.iter().map(|p| p.worker_id.as_str()).collect();
+        workers.dedup();
+        workers.sort_unstable();
+        workers.dedup();
+        write!(f, ", workers=[{}]", workers.join(", "))?;
+        let shown: Vec<String> = self.parts.iter().map(|p| format!("p{}", p.partition)).collect();
+        write!(f, ", read=[{}]", shown.join(", "))?;
+        if let Some(p) = &self.predicate {
+            write!(f, ", predicate={p}")?;
+        }
+        if let Some(l) = self.limit {
+            write!(f, ", limit={l}")?;
+        }
+        Ok(())
+    }
+}
+
+impl ExecutionPlan for PartitionScanExec {
+    fn name(&self) -> &str {
+        "PartitionScanExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![]
+    }
+
+    fn apply_expressions(
+        &self,
+        f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        match &self.predicate {
+            Some(p) => f(p),
+            None => Ok(TreeNodeRecursion::Continue),
+        }
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        if !children.is_empty() {
+            return internal_err!("PartitionScanExec has no children");
+        }
+        Ok(self)
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        let Some(part) = self.parts.get(partition) else {
+            return Ok(self.empty());
+        };
+        let rows = MetricBuilder::new(&self.metrics).output_rows(partition);
+        let stream = match (&self.local, self.is_local(part)) {
+            (Some(local), true) => self.scan_local(&local.storage, part, context)?,
+            _ => self.scan_remote(part)?,
+        };
+        let schema = stream.schema();
+        let counted = stream.inspect_ok(move |b| rows.add(b.num_rows()));
+        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, counted)))
+    }
+
+    fn metrics(&self) -> Option<MetricsSet> {
+        Some(self.metrics.clone_inner())
+    }
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct ScanPartProto {
+    #[prost(uint32, tag = "1")]
+    partition: u32,
+    #[prost(string, tag = "2")]
+    worker_id: String,
+    #[prost(string, tag = "3")]
+    url: String,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct PartitionScanProto {
+    #[prost(string, tag = "1")]
+    table: String,
+    #[prost(message, optional, tag = "2")]
+    schema: Option<protobuf::Schema>,
+    #[prost(bool, tag = "3")]
+    has_projection: bool,
+    #[prost(uint32, repeated, tag = "4")]
+    projection: Vec<u32>,
+    #[prost(message, optional, tag = "5")]
+    predicate: Option<protobuf::PhysicalExprNode>,
+    #[prost(uint64, optional, tag = "6")]
+    limit: Option<u64>,
+    #[prost(message, repeated, tag = "7")]
+    parts: Vec<ScanPartProto>,
+    #[prost(uint64, tag = "8")]
+    output_partitions: u64,
+    #[prost(uint32, tag = "9")]
+    total_partitions: u32,
+}
+
+/// Encodes and decodes Tessera's plan nodes for datafusion-proto. A worker's
+/// codec knows its own store, so a scan decoded there reads local partitions
+/// from disk.
+#[derive(Debug, Clone, Default)]
+pub struct TesseraCodec {
+    local: Option<Arc<LocalStore>>,
+}
+
+impl TesseraCodec {
+    pub fn for_worker(local: Arc<LocalStore>) -> Self {
+        Self { local: Some(local) }
+    }
+
+    fn encode_node(&self, scan: &PartitionScanExec) -> Result<Vec<u8>> {
+        let predicate = match &scan.predicate {
+            Some(p) => Some(serialize_physical_expr(p, self)?),
+            None => None,
+        };
+        let proto = PartitionScanProto {
+            table: scan.table.clone(),
+            schema: Some(scan.table_schema.as_ref().try_into()?),
+            has_projection: scan.projection.is_some(),
+            projection: scan
+                .projection
+                .iter()
+                .flatten()
+                .map(|i| *i as u32)
+                .collect(),
+            predicate,
+            limit: scan.limit.map(|l| l as u64),
+            parts: scan
+                .parts
+                .iter()
+                .map(|p| ScanPartProto {
+                    partition: p.partition,
+                    worker_id: p.worker_id.clone(),
+                    url: p.url.clone(),
+                })
+                .collect(),
+            output_partitions: scan.properties.partitioning.partition_count() as u64,
+            total_partitions: scan.total_partitions,
+        };
+        Ok(proto.encode_to_vec())
+    }
+
+    fn decode_node(&self, buf: &[u8], ctx: &TaskContext) -> Result<PartitionScanExec> {
+        let proto = PartitionScanProto::decode(buf).map_err(|e| {
+            DataFusionError::Execution(format!("malformed partition scan from a peer: {e}"))
+        })?;
+        let Some(schema) = proto.schema.as_ref() else {
+            return internal_err!("partition scan without a schema");
+        };
+        let schema: Schema = schema.try_into()?;
+        let schema = Arc::new(schema);
+        let predicate = match &proto.predicate {
+            Some(p) => Some(parse_physical_expr(p, ctx, &schema, self)?),
+            None => None,
+        };
+        let spec = ScanSpec {
+            table: proto.table,
+            table_schema: schema,
+            projection: proto
+                .has_projection
+                .then(|| proto.projection.iter().map(|i| *i as usize).collect()),
+            predicate,
+            limit: proto.limit.map(|l| l as usize),
+            total_partitions: proto.total_partitions,
+        };
+        let parts = proto
+            .parts
+            .into_iter()
+            .map(|p| ScanPart {
+                partition: p.partition,
+                worker_id: p.worker_id,
+                url: p.url,
+            })
+            .collect();
+        Ok(PartitionScanExec::try_new(spec, parts, proto.output_partitions as usize)?
+            .with_local(self.local.clone()))
+    }
+}
+
+impl PhysicalExtensionCodec for TesseraCodec {
+    fn try_decode(
+        &self,
+        buf: &[u8],
+        inputs: &[Arc<dyn ExecutionPlan>],
+        ctx: &TaskContext,
+        _converter: &dyn PhysicalProtoConverterExtension,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        if !inputs.is_empty() {
+            return internal_err!("PartitionScanExec has no inputs, got {}", inputs.len());
+        }
+        Ok(Arc::new(self.decode_node(buf, ctx)?))
+    }
+
+    fn try_encode(
+        &self,
+        node: Arc<dyn ExecutionPlan>,
+        buf: &mut Vec<u8>,
+        _converter: &dyn PhysicalProtoConverterExtension,
+    ) -> Result<()> {
+        let Some(scan) = node.downcast_ref::<PartitionScanExec>() else {
+            return internal_err!("TesseraCodec cannot encode {}", node.name());
+        };
+        buf.extend(self.encode_node(scan)?);
+        Ok(())
+    }
+}
+
+/// The `DoGet` ticket asking an owner to run a scan.
+pub fn encode_scan(scan: &PartitionScanExec) -> Result<Vec<u8>> {
+    TesseraCodec::default().encode_node(scan)
+}
+
+/// Decodes a `DoGet` scan ticket on the worker that received it.
+pub fn decode_scan(
+    ticket: &[u8],
+    local: Arc<LocalStore>,
+    ctx: &TaskContext,
+) -> Result<PartitionScanExec> {
+    let scan = TesseraCodec::for_worker(Arc::clone(&local)).decode_node(ticket, ctx)?;
+    if let Some(part) = scan.parts.iter().find(|p| p.url != local.url) {
+        return Err(DataFusionError::Execution(format!(
+            "partition {} of '{}' is not held by worker {} but by {}; the partition map \
+             changed while the query ran: run it again",
+            part.partition, scan.table, local.url, part.worker_id
+        )));
+    }
+    Ok(scan)
+}

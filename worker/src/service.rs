@@ -1,0 +1,310 @@
+//! The worker's gRPC server: Tessera's Flight service (writes, scans, admin
+//! actions) and datafusion-distributed's worker service (query tasks), side
+//! by side on one tonic server and one port.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use arrow_flight::decode::FlightRecordBatchStream;
+use arrow_flight::encode::FlightDataEncoderBuilder;
+use arrow_flight::error::FlightError;
+use arrow_flight::flight_service_server::{FlightService, FlightServiceServer};
+use arrow_flight::{
+    Action, ActionType, Criteria, Empty, FlightData, FlightDescriptor, FlightInfo,
+    HandshakeRequest, HandshakeResponse, PollInfo, PutResult, SchemaResult, Ticket,
+};
+use datafusion::common::DataFusionError;
+use datafusion::execution::SessionStateBuilder;
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::prelude::SessionContext;
+use datafusion_distributed::{DistributedExt, Worker, WorkerQueryContext};
+use futures::{Stream, StreamExt, TryStreamExt};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::scan::{LocalStore, TesseraCodec, decode_scan};
+use crate::storage::Storage;
+use crate::wire::{self, MAX_MESSAGE_BYTES};
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+/// Maps an engine error to a gRPC status, keeping its text intact.
+pub fn to_status(e: DataFusionError) -> Status {
+    match e {
+        DataFusionError::Plan(_) | DataFusionError::SQL(..) | DataFusionError::SchemaError(..) => {
+            Status::invalid_argument(e.to_string())
+        }
+        DataFusionError::NotImplemented(_) => Status::unimplemented(e.to_string()),
+        other => Status::internal(other.to_string()),
+    }
+}
+
+/// Tessera's Flight service on a worker.
+pub struct WorkerFlightService {
+    local: Arc<LocalStore>,
+    session: SessionContext,
+}
+
+impl WorkerFlightService {
+    fn storage(&self) -> &Storage {
+        &self.local.storage
+    }
+}
+
+#[tonic::async_trait]
+impl FlightService for WorkerFlightService {
+    type HandshakeStream = BoxStream<HandshakeResponse>;
+    type ListFlightsStream = BoxStream<FlightInfo>;
+    type DoGetStream = BoxStream<FlightData>;
+    type DoPutStream = BoxStream<PutResult>;
+    type DoActionStream = BoxStream<arrow_flight::Result>;
+    type ListActionsStream = BoxStream<ActionType>;
+    type DoExchangeStream = BoxStream<FlightData>;
+
+    async fn handshake(
+        &self,
+        _request: Request<Streaming<HandshakeRequest>>,
+    ) -> Result<Response<Self::HandshakeStream>, Status> {
+        Err(Status::unimplemented("workers take no handshake"))
+    }
+
+    async fn list_flights(
+        &self,
+        _request: Request<Criteria>,
+    ) -> Result<Response<Self::ListFlightsStream>, Status> {
+        Err(Status::unimplemented("workers list no flights"))
+    }
+
+    async fn get_flight_info(
+        &self,
+        _request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        Err(Status::unimplemented(
+            "a worker answers no queries itself: send SQL to the coordinator",
+        ))
+    }
+
+    async fn poll_flight_info(
+        &self,
+        _request: Request<FlightDescriptor>,
+    ) -> Result<Response<PollInfo>, Status> {
+        Err(Status::unimplemented("no long-running flights on workers"))
+    }
+
+    async fn get_schema(
+        &self,
+        _request: Request<FlightDescriptor>,
+    ) -> Result<Response<SchemaResult>, Status> {
+        Err(Status::unimplemented("no schemas on workers"))
+    }
+
+    /// Runs a partition scan of partitions held here and streams the rows.
+    async fn do_get(&self, request: Request<Ticket>) -> Result<Response<Self::DoGetStream>, Status> {
+        let ticket = request.into_inner().ticket;
+        let task_ctx = self.session.task_ctx();
+        let scan = decode_scan(&ticket, Arc::clone(&self.local), &task_ctx).map_err(to_status)?;
+        let schema = scan.schema();
+        let stream = scan.execute(0, task_ctx).map_err(to_status)?;
+        let batches = stream.map_err(|e| FlightError::ExternalError(Box::new(e)));
+        let data = FlightDataEncoderBuilder::new()
+            .with_schema(schema)
+            .build(batches)
+            .map_err(|e| match e {
+                FlightError::ExternalError(inner) => match inner.downcast::<DataFusionError>() {
+                    Ok(df) => to_status(*df),
+                    Err(other) => Status::internal(other.to_string()),
+                },
+                other => Status::internal(other.to_string()),
+            });
+        Ok(Response::new(Box::pin(data)))
+    }
+
+    /// Prepares one partition's rows of a write: durable before the answer.
+    async fn do_put(
+        &self,
+        request: Request<Streaming<FlightData>>,
+    ) -> Result<Response<Self::DoPutStream>, Status> {
+        let mut input = request.into_inner();
+        let Some(first) = input.message().await? else {
+            return Err(Status::invalid_argument("empty write"));
+        };
+        let Some(descriptor) = first.flight_descriptor.clone() else {
+            return Err(Status::invalid_argument(
+                "a write must name its partition in the flight descriptor",
+            ));
+        };
+        let req: wire::PrepareRequest = wire::decode(&descriptor.cmd).map_err(to_status)?;
+        let data = futures::stream::once(async { Ok(first) })
+            .chain(input.map_err(FlightError::from))
+            .boxed();
+        let mut batches_stream = FlightRecordBatchStream::new_from_flight_data(data);
+        let mut batches = vec![];
+        while let Some(b) = batches_stream.next().await {
+            batches.push(b.map_err(|e| Status::invalid_argument(format!("bad rows: {e}")))?);
+        }
+        let Some(schema) = batches_stream.schema().cloned() else {
+            return Err(Status::invalid_argument("a write carried no schema"));
+        };
+        let storage = Arc::clone(&self.local.storage);
+        let file = tokio::task::spawn_blocking(move || {
+            storage.prepare(req.txn, &req.table, req.partition, schema, &batches, &req.sort_by)
+        })
+        .await
+        .map_err(|e| Status::internal(format!("write task failed: {e}")))?
+        .map_err(to_status)?;
+        let result = PutResult {
+            app_metadata: wire::encode(&file).map_err(to_status)?.into(),
+        };
+        Ok(Response::new(Box::pin(futures::stream::once(async { Ok(result) }))))
+    }
+
+    async fn do_exchange(
+        &self,
+        _request: Request<Streaming<FlightData>>,
+    ) -> Result<Response<Self::DoExchangeStream>, Status> {
+        Err(Status::unimplemented("no exchanges on Tessera's worker service"))
+    }
+
+    async fn do_action(
+        &self,
+        request: Request<Action>,
+    ) -> Result<Response<Self::DoActionStream>, Status> {
+        let action = request.into_inner();
+        let body: Option<Vec<u8>> = match action.r#type.as_str() {
+            wire::ACTION_COMMIT => {
+                let req: wire::CommitRequest = wire::decode(&action.body).map_err(to_status)?;
+                self.storage().commit(req.txn, &req.writes).map_err(to_status)?;
+                None
+            }
+            wire::ACTION_ABORT => {
+                let req: wire::TxnRequest = wire::decode(&action.body).map_err(to_status)?;
+                self.storage().abort(req.txn).map_err(to_status)?;
+                None
+            }
+            wire::ACTION_STAGED => {
+                Some(wire::encode(&self.storage().staged().map_err(to_status)?).map_err(to_status)?)
+            }
+            wire::ACTION_STATS => {
+                let req: wire::StatsRequest = wire::decode(&action.body).map_err(to_status)?;
+                let stats = self.storage().stats(&req.table, &req.partitions).map_err(to_status)?;
+                Some(wire::encode(&stats).map_err(to_status)?)
+            }
+            wire::ACTION_DROP_TABLE => {
+                let req: wire::TableRequest = wire::decode(&action.body).map_err(to_status)?;
+                self.storage().drop_table(&req.table).map_err(to_status)?;
+                None
+            }
+            other => {
+                return Err(Status::invalid_argument(format!(
+                    "unknown worker action '{other}'"
+                )));
+            }
+        };
+        let results: Vec<Result<arrow_flight::Result, Status>> = body
+            .into_iter()
+            .map(|b| Ok(arrow_flight::Result { body: b.into() }))
+            .collect();
+        Ok(Response::new(Box::pin(futures::stream::iter(results))))
+    }
+
+    async fn list_actions(
+        &self,
+        _request: Request<Empty>,
+    ) -> Result<Response<Self::ListActionsStream>, Status> {
+        let actions = [
+            wire::ACTION_COMMIT,
+            wire::ACTION_ABORT,
+            wire::ACTION_STAGED,
+            wire::ACTION_STATS,
+            wire::ACTION_DROP_TABLE,
+        ]
+        .map(|a| {
+            Ok(ActionType {
+                r#type: a.to_string(),
+                description: String::new(),
+            })
+        });
+        Ok(Response::new(Box::pin(futures::stream::iter(actions))))
+    }
+}
+
+/// A running worker: its id, URL and a handle to stop it.
+pub struct WorkerHandle {
+    pub id: String,
+    pub url: String,
+    pub addr: SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl WorkerHandle {
+    /// Stops serving and waits for the server to finish.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let _ = self.task.await;
+    }
+}
+
+/// Starts a worker serving `storage` on `listen` (use port 0 for any free port).
+pub async fn start_worker(
+    id: &str,
+    listen: SocketAddr,
+    storage: Arc<Storage>,
+) -> datafusion::common::Result<WorkerHandle> {
+    let listener = TcpListener::bind(listen).await.map_err(|e| {
+        DataFusionError::Execution(format!("worker {id} cannot listen on {listen}: {e}"))
+    })?;
+    let addr = listener.local_addr()?;
+    let url = format!("http://{addr}");
+    let local = Arc::new(LocalStore {
+        url: url.clone(),
+        storage,
+    });
+
+    let codec_local = Arc::clone(&local);
+    let worker = Worker::from_session_builder(move |ctx: WorkerQueryContext| {
+        let codec = TesseraCodec::for_worker(Arc::clone(&codec_local));
+        async move { Ok(ctx.builder.with_distributed_user_codec(codec).build()) }
+    });
+    let session_state = SessionStateBuilder::new()
+        .with_default_features()
+        .with_distributed_user_codec(TesseraCodec::for_worker(Arc::clone(&local)))
+        .build();
+    let flight = WorkerFlightService {
+        local,
+        session: SessionContext::new_with_state(session_state),
+    };
+    let flight = FlightServiceServer::new(flight)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+
+    let (tx, rx) = oneshot::channel::<()>();
+    let incoming = TcpListenerStream::new(listener);
+    let worker_id = id.to_string();
+    let task = tokio::spawn(async move {
+        let result = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_service(flight)
+            .add_service(worker.into_worker_server())
+            .serve_with_incoming_shutdown(incoming, async {
+                let _ = rx.await;
+            })
+            .await;
+        if let Err(e) = result {
+            tracing::error!(worker = %worker_id, error = %e, "worker server failed");
+        }
+    });
+    tracing::info!(worker = %id, %url, "worker listening");
+    Ok(WorkerHandle {
+        id: id.to_string(),
+        url,
+        addr,
+        shutdown: Some(tx),
+        task,
+    })
+}

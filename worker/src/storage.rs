@@ -1,0 +1,412 @@
+//! Partition storage on a worker's disk: immutable Parquet files behind an
+//! atomically swapped manifest, one directory per partition.
+//!
+//! ```text
+//! <worker dir>/<table>/p0003/
+//!     manifest.json          files that make up the partition (swapped by rename)
+//!     00000000000000000007.parquet
+//!     staged/00000000000000000009.parquet   prepared by txn 9, not yet committed
+//! ```
+//!
+//! A write is two-phase. `prepare` writes the transaction's rows of one
+//! partition to a staged Parquet file and fsyncs it: this is the write-ahead
+//! record, and once every partition of a statement is prepared the
+//! coordinator decides. `commit` moves the staged file into the partition and
+//! swaps in a manifest naming it (write, fsync, rename, fsync the directory);
+//! `abort` deletes the staged file. A staged file found after a restart is
+//! resolved by the coordinator, which logged its decision before committing.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{self, File};
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::compute::{SortColumn, concat_batches, lexsort_to_indices, take_record_batch};
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::common::{DataFusionError, Result, exec_err};
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+use serde::{Deserialize, Serialize};
+
+const MANIFEST: &str = "manifest.json";
+const STAGED: &str = "staged";
+
+/// One committed Parquet file of a partition.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DataFile {
+    pub name: String,
+    pub rows: u64,
+    pub bytes: u64,
+}
+
+/// The files that make up one partition.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub files: Vec<DataFile>,
+}
+
+impl Manifest {
+    pub fn rows(&self) -> u64 {
+        self.files.iter().map(|f| f.rows).sum()
+    }
+    pub fn bytes(&self) -> u64 {
+        self.files.iter().map(|f| f.bytes).sum()
+    }
+}
+
+/// Rows and bytes of one partition, as `SHOW PARTITIONS` reports them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PartitionStats {
+    pub partition: u32,
+    pub rows: u64,
+    pub bytes: u64,
+}
+
+/// A staged write found on disk: (txn, table, partition).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct StagedWrite {
+    pub txn: u64,
+    pub table: String,
+    pub partition: u32,
+}
+
+/// All partitions stored by one worker.
+#[derive(Debug)]
+pub struct Storage {
+    root: PathBuf,
+    /// Serialises manifest swaps; writes to distinct partitions are rare
+    /// enough at commit time that one lock costs nothing measurable.
+    commit_lock: Mutex<()>,
+}
+
+fn io_err(what: &str, path: &Path, e: std::io::Error) -> DataFusionError {
+    let hint = match e.kind() {
+        ErrorKind::StorageFull => " (the disk is full: free space or move the data dir)",
+        ErrorKind::PermissionDenied => " (check the data dir's permissions)",
+        _ => "",
+    };
+    let hint = if e.raw_os_error() == Some(28) {
+        " (the disk is full: free space or move the data dir)"
+    } else {
+        hint
+    };
+    DataFusionError::Execution(format!("{what} {}: {e}{hint}", path.display()))
+}
+
+fn file_name(txn: u64) -> String {
+    format!("{txn:020}.parquet")
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_err("cannot sync directory", dir, e))
+}
+
+impl Storage {
+    pub fn open(root: impl Into<PathBuf>) -> Result<Arc<Self>> {
+        let root = root.into();
+        fs::create_dir_all(&root).map_err(|e| io_err("cannot create", &root, e))?;
+        Ok(Arc::new(Self {
+            root,
+            commit_lock: Mutex::new(()),
+        }))
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn partition_dir(&self, table: &str, partition: u32) -> PathBuf {
+        self.root.join(table).join(format!("p{partition:04}"))
+    }
+
+    /// The manifest of a partition; empty if nothing was ever committed.
+    pub fn manifest(&self, table: &str, partition: u32) -> Result<Manifest> {
+        let path = self.partition_dir(table, partition).join(MANIFEST);
+        match fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                DataFusionError::Execution(format!(
+                    "manifest {} is corrupt: {e}; restore it from a replica or backup",
+                    path.display()
+                ))
+            }),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(Manifest::default()),
+            Err(e) => Err(io_err("cannot read", &path, e)),
+        }
+    }
+
+    /// Paths and sizes of the Parquet files of a partition.
+    pub fn files(&self, table: &str, partition: u32) -> Result<Vec<(PathBuf, u64)>> {
+        let dir = self.partition_dir(table, partition);
+        Ok(self
+            .manifest(table, partition)?
+            .files
+            .into_iter()
+            .map(|f| (dir.join(&f.name), f.bytes))
+            .collect())
+    }
+
+    /// Writes the rows of `txn` for one partition to a staged file and fsyncs
+    /// it. Rows are sorted by `sort_by` first (the hybrid scheme's clustering).
+    pub fn prepare(
+        &self,
+        txn: u64,
+        table: &str,
+        partition: u32,
+        schema: SchemaRef,
+        batches: &[RecordBatch],
+        sort_by: &[String],
+    ) -> Result<DataFile> {
+        let dir = self.partition_dir(table, partition).join(STAGED);
+        fs::create_dir_all(&dir).map_err(|e| io_err("cannot create", &dir, e))?;
+        let batch = concat_batches(&schema, batches)?;
+        let batch = sort_batch(batch, sort_by)?;
+        let path = dir.join(file_name(txn));
+        let file = File::create(&path).map_err(|e| io_err("cannot create", &path, e))?;
+        let props = WriterProperties::builder()
+            .set_compression(Compression::ZSTD(ZstdLevel::default()))
+            .build();
+        let result = (|| -> Result<()> {
+            let mut writer = ArrowWriter::try_new(file.try_clone()?, schema, Some(props))?;
+            writer.write(&batch)?;
+            writer.close()?;
+            file.sync_all()?;
+            Ok(())
+        })();
+        if let Err(e) = result {
+            let _ = fs::remove_file(&path);
+            return Err(match e {
+                DataFusionError::IoError(io) => io_err("cannot write", &path, io),
+                DataFusionError::ParquetError(p) => match *p {
+                    parquet::errors::ParquetError::External(inner) => {
+                        match inner.downcast::<std::io::Error>() {
+                            Ok(io) => io_err("cannot write", &path, *io),
+                            Err(other) => DataFusionError::Execution(format!(
+                                "cannot write {}: {other}",
+                                path.display()
+                            )),
+                        }
+                    }
+                    other => DataFusionError::Execution(format!(
+                        "cannot write {}: {other}",
+                        path.display()
+                    )),
+                },
+                other => other,
+            });
+        }
+        sync_dir(&dir)?;
+        let bytes = fs::metadata(&path)
+            .map_err(|e| io_err("cannot stat", &path, e))?
+            .len();
+        Ok(DataFile {
+            name: file_name(txn),
+            rows: batch.num_rows() as u64,
+            bytes,
+        })
+    }
+
+    /// Makes the staged files of `txn` part of their partitions. Idempotent:
+    /// committing an already committed transaction changes nothing.
+    pub fn commit(&self, txn: u64, writes: &[StagedWrite]) -> Result<()> {
+        let _guard = self.commit_lock.lock().map_err(|_| {
+            DataFusionError::Internal("commit lock poisoned by an earlier panic".into())
+        })?;
+        for w in writes.iter().filter(|w| w.txn == txn) {
+            let dir = self.partition_dir(&w.table, w.partition);
+            let name = file_name(txn);
+            let staged = dir.join(STAGED).join(&name);
+            let mut manifest = self.manifest(&w.table, w.partition)?;
+            if manifest.files.iter().any(|f| f.name == name) {
+                continue;
+            }
+            let rows = parquet_rows(&staged)?;
+            let target = dir.join(&name);
+            fs::rename(&staged, &target).map_err(|e| io_err("cannot commit", &staged, e))?;
+            let bytes = fs::metadata(&target)
+                .map_err(|e| io_err("cannot stat", &target, e))?
+                .len();
+            manifest.files.push(DataFile { name, rows, bytes });
+            self.write_manifest(&dir, &manifest)?;
+        }
+        Ok(())
+    }
+
+    fn write_manifest(&self, dir: &Path, manifest: &Manifest) -> Result<()> {
+        let tmp = dir.join("manifest.json.tmp");
+        let bytes = serde_json::to_vec_pretty(manifest)
+            .map_err(|e| DataFusionError::Internal(format!("manifest encoding: {e}")))?;
+        (|| {
+            let mut f = File::create(&tmp)?;
+            std::io::Write::write_all(&mut f, &bytes)?;
+            f.sync_all()
+        })()
+        .map_err(|e| io_err("cannot write", &tmp, e))?;
+        fs::rename(&tmp, dir.join(MANIFEST)).map_err(|e| io_err("cannot swap", &tmp, e))?;
+        sync_dir(dir)
+    }
+
+    /// Deletes the staged files of `txn`.
+    pub fn abort(&self, txn: u64) -> Result<()> {
+        for w in self.staged()?.into_iter().filter(|w| w.txn == txn) {
+            let path = self
+                .partition_dir(&w.table, w.partition)
+                .join(STAGED)
+                .join(file_name(txn));
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err("cannot remove", &path, e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Every staged (prepared, undecided) write on disk.
+    pub fn staged(&self) -> Result<Vec<StagedWrite>> {
+        let mut out = BTreeSet::new();
+        for (table, partition, dir) in self.partition_dirs()? {
+            let staged = dir.join(STAGED);
+            let Ok(entries) = fs::read_dir(&staged) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().to_string();
+                if let Some(txn) = name.strip_suffix(".parquet").and_then(|s| s.parse().ok()) {
+                    out.insert(StagedWrite {
+                        txn,
+                        table: table.clone(),
+                        partition,
+                    });
+                }
+            }
+        }
+        Ok(out.into_iter().collect())
+    }
+
+    fn partition_dirs(&self) -> Result<Vec<(String, u32, PathBuf)>> {
+        let mut out = vec![];
+        let tables = match fs::read_dir(&self.root) {
+            Ok(t) => t,
+            Err(e) => return Err(io_err("cannot list", &self.root, e)),
+        };
+        for table in tables.flatten() {
+            if !table.path().is_dir() {
+                continue;
+            }
+            let table_name = table.file_name().to_string_lossy().to_string();
+            let Ok(parts) = fs::read_dir(table.path()) else {
+                continue;
+            };
+            for part in parts.flatten() {
+                let name = part.file_name().to_string_lossy().to_string();
+                if let Some(p) = name.strip_prefix('p').and_then(|s| s.parse().ok()) {
+                    out.push((table_name.clone(), p, part.path()));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Rows and bytes of the given partitions of a table.
+    pub fn stats(&self, table: &str, partitions: &[u32]) -> Result<Vec<PartitionStats>> {
+        partitions
+            .iter()
+            .map(|p| {
+                let m = self.manifest(table, *p)?;
+                Ok(PartitionStats {
+                    partition: *p,
+                    rows: m.rows(),
+                    bytes: m.bytes(),
+                })
+            })
+            .collect()
+    }
+
+    /// Removes every partition of a table held here.
+    pub fn drop_table(&self, table: &str) -> Result<()> {
+        let dir = self.root.join(table);
+        match fs::remove_dir_all(&dir) {
+            Ok(()) => sync_dir(&self.root),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err("cannot remove", &dir, e)),
+        }
+    }
+
+    /// Tables with at least one partition directory here.
+    pub fn tables(&self) -> Result<BTreeMap<String, Vec<u32>>> {
+        let mut out: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+        for (t, p, _) in self.partition_dirs()? {
+            out.entry(t).or_default().push(p);
+        }
+        Ok(out)
+    }
+}
+
+fn parquet_rows(path: &Path) -> Result<u64> {
+    let file = File::open(path).map_err(|e| io_err("cannot open", path, e))?;
+    let reader = parquet::file::serialized_reader::SerializedFileReader::new(file)?;
+    let rows = parquet::file::reader::FileReader::metadata(&reader)
+        .file_metadata()
+        .num_rows();
+    Ok(u64::try_from(rows).unwrap_or(0))
+}
+
+fn sort_batch(batch: RecordBatch, sort_by: &[String]) -> Result<RecordBatch> {
+    if sort_by.is_empty() || batch.num_rows() < 2 {
+        return Ok(batch);
+    }
+    let columns = sort_by
+        .iter()
+        .map(|c| {
+            let Ok(index) = batch.schema().index_of(c) else {
+                return exec_err!("CLUSTER BY column '{c}' is missing from the rows");
+            };
+            Ok(SortColumn {
+                values: Arc::clone(batch.column(index)),
+                options: None,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let indices = lexsort_to_indices(&columns, None)?;
+    Ok(take_record_batch(&batch, &indices)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::Int64Array;
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+
+    fn batch(values: Vec<i64>) -> (SchemaRef, RecordBatch) {
+        let schema = Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, false)]));
+        let b = RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from(values))])
+            .unwrap();
+        (schema, b)
+    }
+
+    #[test]
+    fn prepare_commit_abort() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(dir.path()).unwrap();
+        let (schema, b) = batch(vec![3, 1, 2]);
+        s.prepare(7, "t", 0, schema.clone(), &[b.clone()], &["k".into()]).unwrap();
+        s.prepare(8, "t", 0, schema.clone(), &[b], &[]).unwrap();
+        assert_eq!(s.staged().unwrap().len(), 2);
+        assert_eq!(s.manifest("t", 0).unwrap().rows(), 0);
+        let w = StagedWrite { txn: 7, table: "t".into(), partition: 0 };
+        s.commit(7, std::slice::from_ref(&w)).unwrap();
+        s.commit(7, &[w]).unwrap();
+        s.abort(8).unwrap();
+        assert!(s.staged().unwrap().is_empty());
+        let m = s.manifest("t", 0).unwrap();
+        assert_eq!((m.files.len(), m.rows()), (1, 3));
+        assert_eq!(s.tables().unwrap().get("t"), Some(&vec![0]));
+        s.drop_table("t").unwrap();
+        assert!(s.tables().unwrap().is_empty());
+    }
+}
