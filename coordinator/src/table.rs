@@ -77,6 +77,7 @@ impl TableProvider for TesseraTable {
             predicate,
             limit,
             total_partitions: self.def.scheme.partition_count(),
+            kept_partitions: parts.len() as u32,
         };
         let outputs = parts.len();
         Ok(Arc::new(PartitionScanExec::try_new(spec, parts, outputs)?))

@@ -99,7 +99,10 @@ impl DataSink for WriteSink {
         data: SendableRecordBatchStream,
         _context: &Arc<TaskContext>,
     ) -> Result<u64> {
-        let batches: Vec<RecordBatch> = data.try_collect().await?;
+        let batches: Vec<RecordBatch> = data
+            .try_collect()
+            .await
+            .map_err(|e| explain_not_null(e, &self.schema))?;
         let routed = self.route(batches)?;
         let rows: u64 = routed.values().flatten().map(|b| b.num_rows() as u64).sum();
         if rows == 0 {
@@ -179,6 +182,27 @@ impl DataSink for WriteSink {
         }
         Ok(rows)
     }
+}
+
+/// DataFusion reports a NULL in a NOT NULL column by index; say which
+/// column and what to do instead.
+fn explain_not_null(e: DataFusionError, schema: &SchemaRef) -> DataFusionError {
+    let text = e.to_string();
+    let marker = "Invalid batch column at '";
+    let Some(rest) = text.split(marker).nth(1) else {
+        return e;
+    };
+    let Some(index) = rest.split('\'').next().and_then(|i| i.parse::<usize>().ok()) else {
+        return e;
+    };
+    let Some(field) = schema.fields().get(index) else {
+        return e;
+    };
+    DataFusionError::Execution(format!(
+        "NULL in column '{}', which is NOT NULL (partition key columns always are): give it a \
+         value or filter such rows out; nothing was written",
+        field.name()
+    ))
 }
 
 async fn abort(txn: u64, urls: impl Iterator<Item = &String>) {

@@ -65,8 +65,10 @@ pub struct PartitionScanExec {
     predicate: Option<Arc<dyn PhysicalExpr>>,
     limit: Option<usize>,
     parts: Vec<ScanPart>,
-    /// Partitions of the table in all, for `partitions=K/N`.
+    /// Partitions of the table in all, and kept by pruning for the whole
+    /// scan (all tasks), for `partitions=K/N`.
     total_partitions: u32,
+    kept_partitions: u32,
     local: Option<Arc<LocalStore>>,
     properties: Arc<PlanProperties>,
     metrics: ExecutionPlanMetricsSet,
@@ -81,6 +83,7 @@ pub struct ScanSpec {
     pub predicate: Option<Arc<dyn PhysicalExpr>>,
     pub limit: Option<usize>,
     pub total_partitions: u32,
+    pub kept_partitions: u32,
 }
 
 impl PartitionScanExec {
@@ -106,6 +109,7 @@ impl PartitionScanExec {
             limit: spec.limit,
             parts,
             total_partitions: spec.total_partitions,
+            kept_partitions: spec.kept_partitions,
             local: None,
             properties,
             metrics: ExecutionPlanMetricsSet::new(),
@@ -120,6 +124,7 @@ impl PartitionScanExec {
             predicate: self.predicate.clone(),
             limit: self.limit,
             total_partitions: self.total_partitions,
+            kept_partitions: self.kept_partitions,
         }
     }
 
@@ -195,7 +200,7 @@ impl DisplayAs for PartitionScanExec {
             f,
             "PartitionScanExec: table={}, partitions={}/{}",
             self.table,
-            self.parts.len(),
+            self.kept_partitions,
             self.total_partitions
         )?;
         let mut workers: Vec<&str> = self.parts.iter().map(|p| p.worker_id.as_str()).collect();
@@ -301,6 +306,8 @@ struct PartitionScanProto {
     output_partitions: u64,
     #[prost(uint32, tag = "9")]
     total_partitions: u32,
+    #[prost(uint32, tag = "10")]
+    kept_partitions: u32,
 }
 
 /// Encodes and decodes Tessera's plan nodes for datafusion-proto. A worker's
@@ -344,6 +351,7 @@ impl TesseraCodec {
                 .collect(),
             output_partitions: scan.properties.partitioning.partition_count() as u64,
             total_partitions: scan.total_partitions,
+            kept_partitions: scan.kept_partitions,
         };
         Ok(proto.encode_to_vec())
     }
@@ -370,6 +378,7 @@ impl TesseraCodec {
             predicate,
             limit: proto.limit.map(|l| l as usize),
             total_partitions: proto.total_partitions,
+            kept_partitions: proto.kept_partitions,
         };
         let parts = proto
             .parts
