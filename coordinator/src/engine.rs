@@ -162,7 +162,7 @@ impl Coordinator {
             return self.explain(inner).await;
         }
         let state = self.ctx.state();
-        let plan = state.create_logical_plan(sql).await?;
+        let plan = state.create_logical_plan(sql).await.map_err(with_hint)?;
         match &plan {
             LogicalPlan::Ddl(DdlStatement::CreateExternalTable(ext)) => {
                 let name = ext.name.table().to_string();
@@ -345,7 +345,9 @@ impl Coordinator {
         for c in &def.columns {
             names.push(c.name.clone());
             types.push(c.data_type.clone());
-            nulls.push(if c.nullable { "YES" } else { "NO" }.to_string());
+            // NULL keys are refused on write, whatever the declaration says.
+            let nullable = c.nullable && !keys.contains(&c.name.as_str());
+            nulls.push(if nullable { "YES" } else { "NO" }.to_string());
             let role = match &def.scheme {
                 PartitionScheme::Hash { .. } if keys.contains(&c.name.as_str()) => "hash key",
                 PartitionScheme::Range { .. } if keys.contains(&c.name.as_str()) => "range key",
@@ -403,6 +405,23 @@ impl Coordinator {
             ("bytes", Arc::new(UInt64Array::from(bytes))),
         ])
     }
+}
+
+/// Adds what to do to DataFusion's planning errors about names.
+fn with_hint(e: DataFusionError) -> DataFusionError {
+    let text = e.to_string();
+    let hint = if text.contains("table '") && text.contains("' not found") {
+        "; SHOW TABLES lists the tables"
+    } else if text.contains("No field named") {
+        "; DESCRIBE <table> lists its columns"
+    } else {
+        return e;
+    };
+    let message = match e {
+        DataFusionError::Plan(m) => m,
+        other => other.strip_backtrace(),
+    };
+    DataFusionError::Plan(format!("{message}{hint}"))
 }
 
 fn strip_explain(sql: &str) -> Option<&str> {

@@ -83,8 +83,9 @@ impl TableDef {
             .map(|f| ColumnDef {
                 name: f.name().clone(),
                 data_type: f.data_type().to_string(),
-                // Key columns are declared NOT NULL: the partitioner refuses NULL keys.
-                nullable: f.is_nullable() && !scheme.key_columns().contains(&f.name().as_str()),
+                // Key columns stay nullable in the schema so that a NULL key
+                // reaches the partitioner, which refuses it with a clear message.
+                nullable: f.is_nullable(),
             })
             .collect();
         Ok(Self {
@@ -194,7 +195,7 @@ mod tests {
     }
 
     #[test]
-    fn schema_round_trips_and_keys_are_not_null() {
+    fn schema_round_trips() {
         let scheme = PartitionScheme::Hash {
             columns: vec!["k".into()],
             partitions: 4,
@@ -203,8 +204,7 @@ mod tests {
         let def = TableDef::try_new("t", &schema(), scheme).unwrap();
         let s = def.schema().unwrap();
         assert_eq!(s.field(0).data_type(), &DataType::Int64);
-        assert!(!s.field(0).is_nullable());
-        assert!(s.field(1).is_nullable());
+        assert_eq!(s.as_ref(), &schema());
     }
 
     #[test]
