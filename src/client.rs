@@ -60,7 +60,9 @@ impl Client {
         );
         let mut batches = vec![];
         for endpoint in info.endpoint {
-            let Some(ticket) = endpoint.ticket else { continue };
+            let Some(ticket) = endpoint.ticket else {
+                continue;
+            };
             let stream = self.inner.do_get(ticket).await.map_err(error_text)?;
             let mut part: Vec<RecordBatch> = stream.try_collect().await.map_err(error_text)?;
             batches.append(&mut part);

@@ -20,7 +20,11 @@ use crate::output::{Format, write_result};
 const DEFAULT_ADDR: &str = "127.0.0.1:50051";
 
 #[derive(Parser)]
-#[command(name = "tessera", version, about = "Tessera: a SQL-fronted MPP analytics engine")]
+#[command(
+    name = "tessera",
+    version,
+    about = "Tessera: a SQL-fronted MPP analytics engine"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -71,7 +75,12 @@ fn default_data_dir() -> PathBuf {
     }
 }
 
-async fn serve(listen: SocketAddr, workers: usize, data_dir: PathBuf, demo: bool) -> Result<(), String> {
+async fn serve(
+    listen: SocketAddr,
+    workers: usize,
+    data_dir: PathBuf,
+    demo: bool,
+) -> Result<(), String> {
     let cluster = Cluster::start(ClusterConfig {
         listen,
         workers,
@@ -94,7 +103,10 @@ async fn serve(listen: SocketAddr, workers: usize, data_dir: PathBuf, demo: bool
     if demo {
         load_demo(&cluster).await?;
     }
-    eprintln!("Connect with: tessera shell --connect {}   (Ctrl-C stops)", cluster.addr);
+    eprintln!(
+        "Connect with: tessera shell --connect {}   (Ctrl-C stops)",
+        cluster.addr
+    );
     wait_for_signal().await;
     eprintln!("Stopping...");
     cluster.stop().await;
@@ -105,7 +117,12 @@ async fn load_demo(cluster: &Cluster) -> Result<(), String> {
     let tables = tessera_datasets::demo_tables().map_err(|e| e.to_string())?;
     let coordinator = cluster.coordinator();
     for t in tables {
-        if coordinator.catalog().table_def(t.name).map_err(|e| e.to_string())?.is_some() {
+        if coordinator
+            .catalog()
+            .table_def(t.name)
+            .map_err(|e| e.to_string())?
+            .is_some()
+        {
             eprintln!("demo: {} exists, not loading it again", t.name);
             continue;
         }
@@ -177,8 +194,14 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("Error: cannot start the runtime: {e}");
@@ -192,7 +215,15 @@ fn main() -> ExitCode {
                 workers,
                 data_dir,
                 demo,
-            } => serve(listen, workers, data_dir.unwrap_or_else(default_data_dir), demo).await,
+            } => {
+                serve(
+                    listen,
+                    workers,
+                    data_dir.unwrap_or_else(default_data_dir),
+                    demo,
+                )
+                .await
+            }
             Command::Shell { connect, command } => {
                 let mut client = Client::connect(&connect).await?;
                 match command {

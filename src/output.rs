@@ -18,7 +18,11 @@ pub enum Format {
 }
 
 /// Writes one result in `format`. Statements without columns print nothing.
-pub fn write_result(out: &mut dyn Write, result: &QueryResult, format: Format) -> Result<(), String> {
+pub fn write_result(
+    out: &mut dyn Write,
+    result: &QueryResult,
+    format: Format,
+) -> Result<(), String> {
     if result.schema.fields().is_empty() {
         return Ok(());
     }
@@ -35,9 +39,12 @@ pub fn write_result(out: &mut dyn Write, result: &QueryResult, format: Format) -
             writeln!(out, "{table}").map_err(|e| e.to_string())
         }
         Format::Csv => {
-            let mut w = arrow::csv::WriterBuilder::new().with_header(true).build(out);
+            let mut w = arrow::csv::WriterBuilder::new()
+                .with_header(true)
+                .build(out);
             if result.batches.is_empty() {
-                w.write(&arrow::array::RecordBatch::new_empty(result.schema.clone())).map_err(err)?;
+                w.write(&arrow::array::RecordBatch::new_empty(result.schema.clone()))
+                    .map_err(err)?;
             }
             for b in &result.batches {
                 w.write(b).map_err(err)?;
@@ -52,7 +59,8 @@ pub fn write_result(out: &mut dyn Write, result: &QueryResult, format: Format) -
             w.finish().map_err(err)
         }
         Format::Arrow => {
-            let mut w = arrow::ipc::writer::StreamWriter::try_new(out, &result.schema).map_err(err)?;
+            let mut w =
+                arrow::ipc::writer::StreamWriter::try_new(out, &result.schema).map_err(err)?;
             for b in &result.batches {
                 w.write(b).map_err(err)?;
             }

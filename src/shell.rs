@@ -50,7 +50,11 @@ pub async fn interactive(mut client: Client, addr: &str) -> Result<(), String> {
     println!("Connected to Tessera at {addr}. Type \\help for help, \\q to quit.");
     let mut buffer = String::new();
     loop {
-        let prompt = if buffer.is_empty() { "tessera> " } else { "     ...> " };
+        let prompt = if buffer.is_empty() {
+            "tessera> "
+        } else {
+            "     ...> "
+        };
         match editor.readline(prompt) {
             Ok(line) => {
                 let trimmed = line.trim();

@@ -33,7 +33,10 @@ fn poisoned() -> DataFusionError {
 }
 
 impl Catalog {
-    pub fn open(metastore: Box<dyn Metastore>, members: BTreeMap<String, String>) -> Result<Arc<Self>> {
+    pub fn open(
+        metastore: Box<dyn Metastore>,
+        members: BTreeMap<String, String>,
+    ) -> Result<Arc<Self>> {
         let state = metastore.load()?;
         Ok(Arc::new(Self {
             metastore,
@@ -67,15 +70,32 @@ impl Catalog {
     }
 
     pub fn table_def(&self, name: &str) -> Result<Option<TableDef>> {
-        Ok(self.state.lock().map_err(|_| poisoned())?.tables.get(name).cloned())
+        Ok(self
+            .state
+            .lock()
+            .map_err(|_| poisoned())?
+            .tables
+            .get(name)
+            .cloned())
     }
 
     pub fn external(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
-        Ok(self.external.read().map_err(|_| poisoned())?.get(name).cloned())
+        Ok(self
+            .external
+            .read()
+            .map_err(|_| poisoned())?
+            .get(name)
+            .cloned())
     }
 
     pub fn external_names(&self) -> Result<Vec<String>> {
-        Ok(self.external.read().map_err(|_| poisoned())?.keys().cloned().collect())
+        Ok(self
+            .external
+            .read()
+            .map_err(|_| poisoned())?
+            .keys()
+            .cloned()
+            .collect())
     }
 
     pub fn set_external(&self, name: &str, table: Option<Arc<dyn TableProvider>>) -> Result<()> {

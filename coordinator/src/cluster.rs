@@ -8,9 +8,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use arrow_flight::flight_service_server::FlightServiceServer;
-use datafusion::catalog::MemTable;
 use datafusion::arrow::array::{RecordBatch, UInt64Array};
 use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::catalog::MemTable;
 use datafusion::common::{DataFusionError, Result};
 use tessera_worker::wire::MAX_MESSAGE_BYTES;
 use tessera_worker::{Storage, WorkerHandle, start_worker};
@@ -60,8 +60,10 @@ impl Cluster {
             let storage = Storage::open(config.data_dir.join(worker_id(i)))?;
             workers.push(start_worker(&worker_id(i), worker_addr, storage).await?);
         }
-        let members: BTreeMap<String, String> =
-            workers.iter().map(|w| (w.id.clone(), w.url.clone())).collect();
+        let members: BTreeMap<String, String> = workers
+            .iter()
+            .map(|w| (w.id.clone(), w.url.clone()))
+            .collect();
         let metastore = FileMetastore::open(config.data_dir.join("coordinator"))?;
         let coordinator = Arc::new(Coordinator::open(Box::new(metastore), members.clone()).await?);
 
@@ -81,7 +83,15 @@ impl Cluster {
                  start with --workers {} or more",
                 config.data_dir.display(),
                 config.workers,
-                state.map.tables.values().flatten().filter_map(|p| p.leader().strip_prefix("worker-")?.parse::<usize>().ok()).max().unwrap_or(0) + 1
+                state
+                    .map
+                    .tables
+                    .values()
+                    .flatten()
+                    .filter_map(|p| p.leader().strip_prefix("worker-")?.parse::<usize>().ok())
+                    .max()
+                    .unwrap_or(0)
+                    + 1
             )));
         }
 
@@ -130,7 +140,12 @@ impl Cluster {
     /// Loads rows into an existing table through the normal write path
     /// (`INSERT INTO t SELECT * FROM <rows>`), so they are cast, routed and
     /// committed atomically like any INSERT.
-    pub async fn load(&self, table: &str, schema: SchemaRef, batches: Vec<RecordBatch>) -> Result<u64> {
+    pub async fn load(
+        &self,
+        table: &str,
+        schema: SchemaRef,
+        batches: Vec<RecordBatch>,
+    ) -> Result<u64> {
         self.coordinator.load(table, schema, batches).await
     }
 
@@ -155,19 +170,30 @@ impl Cluster {
 
 impl Coordinator {
     /// See [`Cluster::load`].
-    pub async fn load(&self, table: &str, schema: SchemaRef, batches: Vec<RecordBatch>) -> Result<u64> {
+    pub async fn load(
+        &self,
+        table: &str,
+        schema: SchemaRef,
+        batches: Vec<RecordBatch>,
+    ) -> Result<u64> {
         let staging = format!("__load_{}", uuid::Uuid::new_v4().simple());
         let mem = Arc::new(MemTable::try_new(schema, vec![batches])?);
         self.catalog().set_external(&staging, Some(mem))?;
         let result = self
-            .run(&format!("INSERT INTO \"{table}\" SELECT * FROM \"{staging}\""))
+            .run(&format!(
+                "INSERT INTO \"{table}\" SELECT * FROM \"{staging}\""
+            ))
             .await;
         self.catalog().set_external(&staging, None)?;
         let batches = result?;
         Ok(batches
             .iter()
             .filter_map(|b| b.column_by_name("count"))
-            .filter_map(|c| c.as_any().downcast_ref::<UInt64Array>().map(|a| a.iter().flatten().sum::<u64>()))
+            .filter_map(|c| {
+                c.as_any()
+                    .downcast_ref::<UInt64Array>()
+                    .map(|a| a.iter().flatten().sum::<u64>())
+            })
             .sum())
     }
 }

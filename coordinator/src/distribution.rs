@@ -43,7 +43,8 @@ impl WorkerResolver for MembershipResolver {
 }
 
 fn parse_url(url: &str) -> Result<Url> {
-    Url::parse(url).map_err(|e| DataFusionError::Configuration(format!("bad worker url {url}: {e}")))
+    Url::parse(url)
+        .map_err(|e| DataFusionError::Configuration(format!("bad worker url {url}: {e}")))
 }
 
 /// The kept partitions grouped by owner, in a stable order.
@@ -56,7 +57,9 @@ fn by_owner(parts: &[ScanPart]) -> Vec<Vec<ScanPart>> {
 }
 
 /// One task per worker that holds kept partitions.
-pub fn desired_task_count(ev: DesiredTaskCountEvent) -> Option<Result<DesiredTaskCountEventResponse>> {
+pub fn desired_task_count(
+    ev: DesiredTaskCountEvent,
+) -> Option<Result<DesiredTaskCountEventResponse>> {
     let scan = ev.plan.downcast_ref::<PartitionScanExec>()?;
     let owners = by_owner(scan.parts()).len().max(1);
     Some(Ok(DesiredTaskCountEventResponse::desired(owners)))
@@ -95,7 +98,10 @@ pub fn route_tasks(ev: RouteTasksEvent) -> Option<Result<RouteTasksEventResponse
             return Ok(TreeNodeRecursion::Jump);
         }
         if let Some(leaf) = node.downcast_ref::<DistributedLeafExec>()
-            && leaf.original().downcast_ref::<PartitionScanExec>().is_some()
+            && leaf
+                .original()
+                .downcast_ref::<PartitionScanExec>()
+                .is_some()
         {
             owners = Some(
                 leaf.variants()

@@ -57,11 +57,17 @@ pub struct Coordinator {
 impl Coordinator {
     /// Opens the catalog, finishes interrupted writes and restores external
     /// tables. `members` maps worker ids to their URLs.
-    pub async fn open(metastore: Box<dyn Metastore>, members: BTreeMap<String, String>) -> Result<Self> {
+    pub async fn open(
+        metastore: Box<dyn Metastore>,
+        members: BTreeMap<String, String>,
+    ) -> Result<Self> {
         let catalog = Catalog::open(metastore, members)?;
         let mut config = SessionConfig::new().with_information_schema(true);
         // Each task reads its own partitions; siblings must not steal files.
-        config.options_mut().execution.enable_file_stream_work_stealing = false;
+        config
+            .options_mut()
+            .execution
+            .enable_file_stream_work_stealing = false;
         let state = SessionStateBuilder::new()
             .with_default_features()
             .with_config(config)
@@ -78,7 +84,8 @@ impl Coordinator {
         let default_catalog = ctx
             .catalog("datafusion")
             .ok_or_else(|| DataFusionError::Internal("no default catalog".into()))?;
-        default_catalog.register_schema("public", Arc::new(TesseraSchema::new(Arc::clone(&catalog))))?;
+        default_catalog
+            .register_schema("public", Arc::new(TesseraSchema::new(Arc::clone(&catalog))))?;
         let coordinator = Self { catalog, ctx };
         coordinator.recover().await?;
         coordinator.restore_external_tables().await;
@@ -129,7 +136,9 @@ impl Coordinator {
     }
 
     async fn restore_external_tables(&self) {
-        let Ok(state) = self.catalog.state() else { return };
+        let Ok(state) = self.catalog.state() else {
+            return;
+        };
         for (name, sql) in state.external_tables {
             if let Err(e) = self.ctx.sql(&sql).await {
                 tracing::warn!(table = %name, error = %e, "external table could not be restored");
@@ -219,11 +228,16 @@ impl Coordinator {
     }
 
     async fn create_table(&self, ct: CreateTable) -> Result<Planned> {
-        if self.catalog.table_def(&ct.name)?.is_some() || self.catalog.external(&ct.name)?.is_some() {
+        if self.catalog.table_def(&ct.name)?.is_some() || self.catalog.external(&ct.name)?.is_some()
+        {
             if ct.if_not_exists {
                 return Ok(empty());
             }
-            return plan_err!("table '{}' already exists; DROP TABLE {} first", ct.name, ct.name);
+            return plan_err!(
+                "table '{}' already exists; DROP TABLE {} first",
+                ct.name,
+                ct.name
+            );
         }
         let plan = self.ctx.state().create_logical_plan(&ct.base_sql).await?;
         let LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(cmt)) = plan else {
@@ -242,7 +256,8 @@ impl Coordinator {
         let name = ct.name.clone();
         self.catalog.update(|s| {
             let offset = s.tables_created as usize;
-            s.map.place_table(&name, def.scheme.partition_count(), &workers, offset);
+            s.map
+                .place_table(&name, def.scheme.partition_count(), &workers, offset);
             s.tables.insert(name.clone(), def);
             s.tables_created += 1;
             Ok(())
@@ -290,7 +305,9 @@ impl Coordinator {
         })?;
         let members = self.catalog.members()?;
         for worker in holders {
-            let Some(url) = members.get(&worker) else { continue };
+            let Some(url) = members.get(&worker) else {
+                continue;
+            };
             if let Err(e) = WorkerClient::connect(url)?.drop_table(name).await {
                 tracing::warn!(table = name, %worker, error = %e, "files of a dropped table were left behind");
             }
@@ -325,11 +342,22 @@ impl Coordinator {
             if let Some(ext) = self.catalog.external(table)? {
                 let schema = ext.schema();
                 let names: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
-                let types: Vec<String> = schema.fields().iter().map(|f| f.data_type().to_string()).collect();
-                let nulls: Vec<&str> = schema.fields().iter().map(|f| if f.is_nullable() { "YES" } else { "NO" }).collect();
+                let types: Vec<String> = schema
+                    .fields()
+                    .iter()
+                    .map(|f| f.data_type().to_string())
+                    .collect();
+                let nulls: Vec<&str> = schema
+                    .fields()
+                    .iter()
+                    .map(|f| if f.is_nullable() { "YES" } else { "NO" })
+                    .collect();
                 let keys = vec![""; names.len()];
                 return ready(vec![
-                    ("column_name", Arc::new(StringArray::from(names)) as ArrayRef),
+                    (
+                        "column_name",
+                        Arc::new(StringArray::from(names)) as ArrayRef,
+                    ),
                     ("data_type", Arc::new(StringArray::from(types))),
                     ("is_nullable", Arc::new(StringArray::from(nulls))),
                     ("partitioning", Arc::new(StringArray::from(keys))),
@@ -362,7 +390,10 @@ impl Coordinator {
         nulls.push(String::new());
         roles.push(format!("{} partitions", def.scheme.partition_count()));
         ready(vec![
-            ("column_name", Arc::new(StringArray::from(names)) as ArrayRef),
+            (
+                "column_name",
+                Arc::new(StringArray::from(names)) as ArrayRef,
+            ),
             ("data_type", Arc::new(StringArray::from(types))),
             ("is_nullable", Arc::new(StringArray::from(nulls))),
             ("partitioning", Arc::new(StringArray::from(roles))),
@@ -378,12 +409,17 @@ impl Coordinator {
         let members = self.catalog.members()?;
         let mut by_worker: BTreeMap<String, Vec<u32>> = BTreeMap::new();
         for p in &placements {
-            by_worker.entry(p.leader().to_string()).or_default().push(p.id);
+            by_worker
+                .entry(p.leader().to_string())
+                .or_default()
+                .push(p.id);
         }
         let mut stats: BTreeMap<u32, (u64, u64)> = BTreeMap::new();
         for (worker, parts) in by_worker {
             let Some(url) = members.get(&worker) else {
-                return plan_err!("worker '{worker}' holding partitions of '{table}' is not running");
+                return plan_err!(
+                    "worker '{worker}' holding partitions of '{table}' is not running"
+                );
             };
             for s in WorkerClient::connect(url)?.stats(table, parts).await? {
                 stats.insert(s.partition, (s.rows, s.bytes));
@@ -395,8 +431,14 @@ impl Coordinator {
             .map(|p| def.scheme.describe_partition(p.id, &schema))
             .collect();
         let workers: Vec<String> = placements.iter().map(|p| p.leader().to_string()).collect();
-        let rows: Vec<u64> = ids.iter().map(|i| stats.get(i).map_or(0, |s| s.0)).collect();
-        let bytes: Vec<u64> = ids.iter().map(|i| stats.get(i).map_or(0, |s| s.1)).collect();
+        let rows: Vec<u64> = ids
+            .iter()
+            .map(|i| stats.get(i).map_or(0, |s| s.0))
+            .collect();
+        let bytes: Vec<u64> = ids
+            .iter()
+            .map(|i| stats.get(i).map_or(0, |s| s.1))
+            .collect();
         ready(vec![
             ("partition", Arc::new(UInt32Array::from(ids)) as ArrayRef),
             ("range", Arc::new(StringArray::from(ranges))),
@@ -430,7 +472,11 @@ fn strip_explain(sql: &str) -> Option<&str> {
         return None;
     }
     let rest = sql[8..].trim_start();
-    let next = rest.split_whitespace().next().unwrap_or("").to_ascii_uppercase();
+    let next = rest
+        .split_whitespace()
+        .next()
+        .unwrap_or("")
+        .to_ascii_uppercase();
     // EXPLAIN ANALYZE / VERBOSE / FORMAT are DataFusion's own.
     if matches!(next.as_str(), "ANALYZE" | "VERBOSE" | "FORMAT") {
         return None;
@@ -453,6 +499,9 @@ fn ready(columns: Vec<(&str, ArrayRef)>) -> Result<Planned> {
             .map(|(n, a)| Field::new(*n, a.data_type().clone(), false))
             .collect::<Vec<_>>(),
     ));
-    let batch = RecordBatch::try_new(Arc::clone(&schema), columns.into_iter().map(|(_, a)| a).collect())?;
+    let batch = RecordBatch::try_new(
+        Arc::clone(&schema),
+        columns.into_iter().map(|(_, a)| a).collect(),
+    )?;
     Ok(Planned::Ready(schema, vec![batch]))
 }

@@ -17,8 +17,8 @@ use arrow_flight::sql::server::{FlightSqlService, PeekableFlightDataStream};
 use arrow_flight::sql::{
     ActionClosePreparedStatementRequest, ActionCreatePreparedStatementRequest,
     ActionCreatePreparedStatementResult, CommandPreparedStatementQuery,
-    CommandPreparedStatementUpdate, CommandStatementQuery, CommandStatementUpdate,
-    ProstMessageExt, SqlInfo, TicketStatementQuery,
+    CommandPreparedStatementUpdate, CommandStatementQuery, CommandStatementUpdate, ProstMessageExt,
+    SqlInfo, TicketStatementQuery,
 };
 use arrow_flight::{Action, FlightDescriptor, FlightEndpoint, FlightInfo, Ticket};
 use datafusion::arrow::array::{Array, UInt64Array};
@@ -74,7 +74,11 @@ impl TesseraFlightSql {
         Ok(handle)
     }
 
-    async fn flight_info(&self, sql: &str, descriptor: FlightDescriptor) -> Result<Response<FlightInfo>, Status> {
+    async fn flight_info(
+        &self,
+        sql: &str,
+        descriptor: FlightDescriptor,
+    ) -> Result<Response<FlightInfo>, Status> {
         let span = tracing::info_span!("query", sql = %sql.chars().take(200).collect::<String>());
         let _enter = span.enter();
         let planned = self.coordinator.plan(sql).await.map_err(status)?;
@@ -90,7 +94,9 @@ impl TesseraFlightSql {
         let info = FlightInfo::new()
             .try_with_schema(schema.as_ref())
             .map_err(|e| Status::internal(e.to_string()))?
-            .with_endpoint(FlightEndpoint::new().with_ticket(Ticket::new(ticket.as_any().encode_to_vec())))
+            .with_endpoint(
+                FlightEndpoint::new().with_ticket(Ticket::new(ticket.as_any().encode_to_vec())),
+            )
             .with_descriptor(descriptor)
             .with_total_records(records);
         Ok(Response::new(info))
@@ -102,7 +108,11 @@ impl TesseraFlightSql {
         let count = batches
             .iter()
             .filter_map(|b| b.column_by_name("count"))
-            .filter_map(|c| c.as_any().downcast_ref::<UInt64Array>().map(|a| a.iter().flatten().sum::<u64>()))
+            .filter_map(|c| {
+                c.as_any()
+                    .downcast_ref::<UInt64Array>()
+                    .map(|a| a.iter().flatten().sum::<u64>())
+            })
             .sum::<u64>();
         Ok(count as i64)
     }
@@ -206,4 +216,3 @@ impl FlightSqlService for TesseraFlightSql {
 
     async fn register_sql_info(&self, _id: i32, _result: &SqlInfo) {}
 }
-

@@ -102,7 +102,8 @@ mod tests {
         assert_eq!(m.load().unwrap(), CatalogState::default());
         let mut s = CatalogState::default();
         s.map.epoch = 3;
-        s.external_tables.insert("e".into(), "CREATE EXTERNAL TABLE e ...".into());
+        s.external_tables
+            .insert("e".into(), "CREATE EXTERNAL TABLE e ...".into());
         m.save(&s).unwrap();
         assert_eq!(m.load().unwrap(), s);
     }

@@ -84,7 +84,11 @@ impl WriteSink {
 
 impl DisplayAs for WriteSink {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
-        write!(f, "TesseraWrite: table={}, {}", self.def.name, self.def.scheme)
+        write!(
+            f,
+            "TesseraWrite: table={}, {}",
+            self.def.name, self.def.scheme
+        )
     }
 }
 
@@ -121,11 +125,14 @@ impl DataSink for WriteSink {
         let mut prepares = vec![];
         for (target, (partition, batches)) in targets.iter().zip(routed) {
             urls.insert(target.worker_id.clone(), target.url.clone());
-            writes.entry(target.worker_id.clone()).or_default().push(StagedWrite {
-                txn,
-                table: table.to_string(),
-                partition,
-            });
+            writes
+                .entry(target.worker_id.clone())
+                .or_default()
+                .push(StagedWrite {
+                    txn,
+                    table: table.to_string(),
+                    partition,
+                });
             let request = PrepareRequest {
                 txn,
                 table: table.to_string(),
@@ -192,7 +199,11 @@ fn explain_not_null(e: DataFusionError, schema: &SchemaRef) -> DataFusionError {
     let Some(rest) = text.split(marker).nth(1) else {
         return e;
     };
-    let Some(index) = rest.split('\'').next().and_then(|i| i.parse::<usize>().ok()) else {
+    let Some(index) = rest
+        .split('\'')
+        .next()
+        .and_then(|i| i.parse::<usize>().ok())
+    else {
         return e;
     };
     let Some(field) = schema.fields().get(index) else {

@@ -70,7 +70,11 @@ fn events(rows: usize) -> Result<DemoTable, ArrowError> {
         Field::new("user_id", DataType::Int64, false),
         Field::new("event", DataType::Utf8, false),
         Field::new("amount", DataType::Float64, true),
-        Field::new("ts", DataType::Timestamp(TimeUnit::Microsecond, None), false),
+        Field::new(
+            "ts",
+            DataType::Timestamp(TimeUnit::Microsecond, None),
+            false,
+        ),
     ]));
     let kinds = ["view", "click", "cart", "purchase", "refund"];
     let mut rng = Rng(1);
@@ -83,7 +87,9 @@ fn events(rows: usize) -> Result<DemoTable, ArrowError> {
             user.push(rng.skewed(10_000) as i64);
             let k = kinds[rng.skewed(kinds.len() as u64) as usize];
             event.push(k);
-            amount.push((k == "purchase" || k == "refund").then(|| (rng.below(100_000) as f64) / 100.0));
+            amount.push(
+                (k == "purchase" || k == "refund").then(|| (rng.below(100_000) as f64) / 100.0),
+            );
             ts.push(i64::from(DAY_2024) * MICROS_PER_DAY + (i as i64) * 60_000_000);
         }
         vec![
@@ -105,7 +111,11 @@ fn events(rows: usize) -> Result<DemoTable, ArrowError> {
 fn readings(rows: usize) -> Result<DemoTable, ArrowError> {
     let schema = Arc::new(Schema::new(vec![
         Field::new("sensor", DataType::Int32, false),
-        Field::new("ts", DataType::Timestamp(TimeUnit::Microsecond, None), false),
+        Field::new(
+            "ts",
+            DataType::Timestamp(TimeUnit::Microsecond, None),
+            false,
+        ),
         Field::new("value", DataType::Float64, false),
     ]));
     let mut rng = Rng(2);
@@ -185,6 +195,9 @@ mod tests {
         for (x, y) in a.iter().zip(&b) {
             assert_eq!(x.batches, y.batches);
         }
-        assert_eq!(a[0].batches.iter().map(|b| b.num_rows()).sum::<usize>(), 200_000);
+        assert_eq!(
+            a[0].batches.iter().map(|b| b.num_rows()).sum::<usize>(),
+            200_000
+        );
     }
 }

@@ -183,7 +183,11 @@ mod tests {
             partitions: n,
             cluster_by: vec![],
         };
-        let err = |s| TableDef::try_new("t", &schema(), s).unwrap_err().to_string();
+        let err = |s| {
+            TableDef::try_new("t", &schema(), s)
+                .unwrap_err()
+                .to_string()
+        };
         assert!(err(hash(&["k"], 0)).contains("PARTITIONS must be between 1"));
         assert!(err(hash(&["nope"], 4)).contains("'nope' is not a column of 't'"));
         assert!(err(hash(&["f"], 4)).contains("cannot be a partition key"));

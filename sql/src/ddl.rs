@@ -26,10 +26,17 @@ use crate::scheme::PartitionScheme;
 #[derive(Debug, Clone, PartialEq)]
 pub enum Statement {
     CreateTable(CreateTable),
-    DropTable { name: String, if_exists: bool },
+    DropTable {
+        name: String,
+        if_exists: bool,
+    },
     ShowTables,
-    ShowPartitions { table: String },
-    Describe { table: String },
+    ShowPartitions {
+        table: String,
+    },
+    Describe {
+        table: String,
+    },
     /// Anything else, for DataFusion.
     Sql(String),
 }
@@ -241,8 +248,11 @@ pub fn parse_statement(sql: &str) -> Result<Statement> {
         return Ok(Statement::ShowTables);
     }
     if kw(0, Keyword::SHOW) && kw(1, Keyword::PARTITIONS) {
-        let mut parser = Parser::new(&GenericDialect {}).with_tokens_with_locations(tokens[..].to_vec());
-        parser.expect_keywords(&[Keyword::SHOW, Keyword::PARTITIONS]).map_err(parser_err)?;
+        let mut parser =
+            Parser::new(&GenericDialect {}).with_tokens_with_locations(tokens[..].to_vec());
+        parser
+            .expect_keywords(&[Keyword::SHOW, Keyword::PARTITIONS])
+            .map_err(parser_err)?;
         let _ = parser.parse_keyword(Keyword::FROM);
         let name = parser.parse_object_name(false).map_err(parser_err)?;
         expect_end(&mut parser)?;
@@ -283,7 +293,8 @@ pub fn parse_statement(sql: &str) -> Result<Statement> {
         return plan_err!("could not parse DROP TABLE");
     }
     let create_table = kw(0, Keyword::CREATE)
-        && (kw(1, Keyword::TABLE) || (kw(1, Keyword::OR) && kw(2, Keyword::REPLACE) && kw(3, Keyword::TABLE)));
+        && (kw(1, Keyword::TABLE)
+            || (kw(1, Keyword::OR) && kw(2, Keyword::REPLACE) && kw(3, Keyword::TABLE)));
     if create_table {
         return parse_create_table(tokens).map(Statement::CreateTable);
     }
@@ -357,7 +368,8 @@ fn parse_create_table(tokens: Vec<TokenWithSpan>) -> Result<CreateTable> {
 
 fn parse_partition_clause(tokens: Vec<TokenWithSpan>) -> Result<PartitionSpec> {
     let mut p = Parser::new(&GenericDialect {}).with_tokens_with_locations(tokens);
-    p.expect_keywords(&[Keyword::PARTITION, Keyword::BY]).map_err(parser_err)?;
+    p.expect_keywords(&[Keyword::PARTITION, Keyword::BY])
+        .map_err(parser_err)?;
     let spec = if p.parse_keyword(Keyword::HASH) {
         let columns = column_list(&mut p)?;
         if columns.is_empty() {
@@ -380,13 +392,20 @@ fn parse_partition_clause(tokens: Vec<TokenWithSpan>) -> Result<PartitionSpec> {
     } else if p.parse_keyword(Keyword::RANGE) {
         let columns = column_list(&mut p)?;
         let [column] = columns.as_slice() else {
-            return plan_err!("PARTITION BY RANGE takes exactly one column, got {}", columns.len());
+            return plan_err!(
+                "PARTITION BY RANGE takes exactly one column, got {}",
+                columns.len()
+            );
         };
         if !(parse_word(&mut p, "SPLIT") && p.parse_keyword(Keyword::AT)) {
-            return plan_err!("PARTITION BY RANGE (col) must be followed by SPLIT AT (v1, v2, ...)");
+            return plan_err!(
+                "PARTITION BY RANGE (col) must be followed by SPLIT AT (v1, v2, ...)"
+            );
         }
         p.expect_token(&Token::LParen).map_err(parser_err)?;
-        let bounds = p.parse_comma_separated(Parser::parse_expr).map_err(parser_err)?;
+        let bounds = p
+            .parse_comma_separated(Parser::parse_expr)
+            .map_err(parser_err)?;
         p.expect_token(&Token::RParen).map_err(parser_err)?;
         PartitionSpec::Range {
             column: column.clone(),
@@ -414,7 +433,9 @@ fn parse_word(p: &mut Parser, word: &str) -> bool {
 
 fn column_list(p: &mut Parser) -> Result<Vec<String>> {
     p.expect_token(&Token::LParen).map_err(parser_err)?;
-    let idents = p.parse_comma_separated(Parser::parse_identifier).map_err(parser_err)?;
+    let idents = p
+        .parse_comma_separated(Parser::parse_identifier)
+        .map_err(parser_err)?;
     p.expect_token(&Token::RParen).map_err(parser_err)?;
     Ok(idents.iter().map(ident_name).collect())
 }
@@ -452,7 +473,10 @@ mod tests {
         );
         assert!(c.if_not_exists);
         assert!(c.query.is_some());
-        assert_eq!(c.base_sql, "create table if not exists s as select 1 as sensor, 2 as ts");
+        assert_eq!(
+            c.base_sql,
+            "create table if not exists s as select 1 as sensor, 2 as ts"
+        );
         let Some(PartitionSpec::Hash { cluster_by, .. }) = c.partitioning else {
             panic!()
         };
@@ -462,7 +486,9 @@ mod tests {
     #[test]
     fn range_clause_resolves_bounds() {
         use datafusion::arrow::datatypes::{DataType, Field};
-        let c = create("CREATE TABLE r (ts DATE) PARTITION BY RANGE (ts) SPLIT AT ('2024-01-01', DATE '2024-02-01')");
+        let c = create(
+            "CREATE TABLE r (ts DATE) PARTITION BY RANGE (ts) SPLIT AT ('2024-01-01', DATE '2024-02-01')",
+        );
         let schema = Schema::new(vec![Field::new("ts", DataType::Date32, false)]);
         let scheme = c.partitioning.unwrap().resolve(&schema).unwrap();
         assert_eq!(
@@ -480,32 +506,51 @@ mod tests {
         assert!(err("CREATE TABLE t (k INT) PARTITION BY HASH (k)").contains("PARTITIONS n"));
         assert!(err("CREATE TABLE t (k INT) PARTITION BY LIST (k)").contains("HASH or RANGE"));
         let Statement::CreateTable(c) =
-            parse_statement("CREATE TABLE t (k INT) PARTITION BY RANGE (k) SPLIT AT (a + 1)").unwrap()
+            parse_statement("CREATE TABLE t (k INT) PARTITION BY RANGE (k) SPLIT AT (a + 1)")
+                .unwrap()
         else {
             panic!()
         };
         use datafusion::arrow::datatypes::{DataType, Field};
         let schema = Schema::new(vec![Field::new("k", DataType::Int32, false)]);
-        let e = c.partitioning.unwrap().resolve(&schema).unwrap_err().to_string();
+        let e = c
+            .partitioning
+            .unwrap()
+            .resolve(&schema)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("must be literals"), "{e}");
     }
 
     #[test]
     fn other_statements() {
-        assert_eq!(parse_statement("SHOW TABLES").unwrap(), Statement::ShowTables);
+        assert_eq!(
+            parse_statement("SHOW TABLES").unwrap(),
+            Statement::ShowTables
+        );
         assert_eq!(
             parse_statement("show partitions Foo").unwrap(),
-            Statement::ShowPartitions { table: "foo".into() }
+            Statement::ShowPartitions {
+                table: "foo".into()
+            }
         );
         assert_eq!(
             parse_statement("DESCRIBE foo").unwrap(),
-            Statement::Describe { table: "foo".into() }
+            Statement::Describe {
+                table: "foo".into()
+            }
         );
         assert_eq!(
             parse_statement("DROP TABLE IF EXISTS foo").unwrap(),
-            Statement::DropTable { name: "foo".into(), if_exists: true }
+            Statement::DropTable {
+                name: "foo".into(),
+                if_exists: true
+            }
         );
-        assert!(matches!(parse_statement("SELECT 1").unwrap(), Statement::Sql(_)));
+        assert!(matches!(
+            parse_statement("SELECT 1").unwrap(),
+            Statement::Sql(_)
+        ));
     }
 
     #[test]
@@ -514,8 +559,14 @@ mod tests {
         assert_eq!(
             s,
             vec![
-                ScriptStatement { line: 2, sql: "SELECT 1".into() },
-                ScriptStatement { line: 4, sql: "SELECT ';'".into() },
+                ScriptStatement {
+                    line: 2,
+                    sql: "SELECT 1".into()
+                },
+                ScriptStatement {
+                    line: 4,
+                    sql: "SELECT ';'".into()
+                },
             ]
         );
     }

@@ -210,15 +210,18 @@ pub fn encode_array_value(array: &dyn Array, row: usize, buf: &mut Vec<u8>) -> R
         DataType::Timestamp(TimeUnit::Second, _) => {
             encode_i64(array.as_primitive::<TimestampSecondType>().value(row), buf)
         }
-        DataType::Timestamp(TimeUnit::Millisecond, _) => {
-            encode_i64(array.as_primitive::<TimestampMillisecondType>().value(row), buf)
-        }
-        DataType::Timestamp(TimeUnit::Microsecond, _) => {
-            encode_i64(array.as_primitive::<TimestampMicrosecondType>().value(row), buf)
-        }
-        DataType::Timestamp(TimeUnit::Nanosecond, _) => {
-            encode_i64(array.as_primitive::<TimestampNanosecondType>().value(row), buf)
-        }
+        DataType::Timestamp(TimeUnit::Millisecond, _) => encode_i64(
+            array.as_primitive::<TimestampMillisecondType>().value(row),
+            buf,
+        ),
+        DataType::Timestamp(TimeUnit::Microsecond, _) => encode_i64(
+            array.as_primitive::<TimestampMicrosecondType>().value(row),
+            buf,
+        ),
+        DataType::Timestamp(TimeUnit::Nanosecond, _) => encode_i64(
+            array.as_primitive::<TimestampNanosecondType>().value(row),
+            buf,
+        ),
         DataType::Utf8 => encode_str(array.as_string::<i32>().value(row), buf),
         DataType::LargeUtf8 => encode_str(array.as_string::<i64>().value(row), buf),
         DataType::Utf8View => encode_str(array.as_string_view().value(row), buf),

@@ -13,4 +13,6 @@ pub use ddl::{
 };
 pub use key::{KeyValue, encode_array_value, is_key_type};
 pub use pruning::prune_partitions;
-pub use scheme::{HASH_SEED, PartitionScheme, Partitioner, hash_partition, hash_range, range_partition};
+pub use scheme::{
+    HASH_SEED, PartitionScheme, Partitioner, hash_partition, hash_range, range_partition,
+};

@@ -10,8 +10,8 @@ use std::collections::BTreeSet;
 
 use datafusion::arrow::datatypes::Schema;
 use datafusion::common::ScalarValue;
-use datafusion::logical_expr::{Between, BinaryExpr, Expr, Operator, expr::InList};
 use datafusion::logical_expr::utils::split_conjunction;
+use datafusion::logical_expr::{Between, BinaryExpr, Expr, Operator, expr::InList};
 
 use crate::key::KeyValue;
 use crate::scheme::{PartitionScheme, range_partition};
@@ -59,11 +59,19 @@ impl Constraint {
             (Constraint::Range { lo: l1, hi: h1 }, Constraint::Range { lo: l2, hi: h2 }) => {
                 let lo = match (l1, l2) {
                     (None, x) | (x, None) => x,
-                    (Some(a), Some(b)) => Some(if a.0 > b.0 || (a.0 == b.0 && !a.1) { a } else { b }),
+                    (Some(a), Some(b)) => Some(if a.0 > b.0 || (a.0 == b.0 && !a.1) {
+                        a
+                    } else {
+                        b
+                    }),
                 };
                 let hi = match (h1, h2) {
                     (None, x) | (x, None) => x,
-                    (Some(a), Some(b)) => Some(if a.0 < b.0 || (a.0 == b.0 && !a.1) { a } else { b }),
+                    (Some(a), Some(b)) => Some(if a.0 < b.0 || (a.0 == b.0 && !a.1) {
+                        a
+                    } else {
+                        b
+                    }),
                 };
                 Constraint::Range { lo, hi }
             }
@@ -118,7 +126,8 @@ pub fn prune_partitions(scheme: &PartitionScheme, schema: &Schema, filters: &[Ex
         PartitionScheme::Range { column, bounds } => match constraint_of(column) {
             None => all,
             Some(Constraint::Values(values)) => {
-                let kept: BTreeSet<u32> = values.iter().map(|v| range_partition(bounds, v)).collect();
+                let kept: BTreeSet<u32> =
+                    values.iter().map(|v| range_partition(bounds, v)).collect();
                 kept.into_iter().collect()
             }
             Some(Constraint::Range { lo, hi }) => all
@@ -162,10 +171,10 @@ fn key_values<'a>(
 ) -> Option<Vec<KeyValue>> {
     let mut out = vec![];
     for e in literals {
-        if let Some(v) = KeyValue::from_scalar(literal(e)?, data_type).ok()? {
-            if !out.contains(&v) {
-                out.push(v);
-            }
+        if let Some(v) = KeyValue::from_scalar(literal(e)?, data_type).ok()?
+            && !out.contains(&v)
+        {
+            out.push(v);
         }
     }
     Some(out)
@@ -207,17 +216,36 @@ fn constraint(
             };
             match op {
                 Operator::Eq => Some(Constraint::Values(vec![value])),
-                Operator::Lt => Some(Constraint::Range { lo: None, hi: Some((value, false)) }),
-                Operator::LtEq => Some(Constraint::Range { lo: None, hi: Some((value, true)) }),
-                Operator::Gt => Some(Constraint::Range { lo: Some((value, false)), hi: None }),
-                Operator::GtEq => Some(Constraint::Range { lo: Some((value, true)), hi: None }),
+                Operator::Lt => Some(Constraint::Range {
+                    lo: None,
+                    hi: Some((value, false)),
+                }),
+                Operator::LtEq => Some(Constraint::Range {
+                    lo: None,
+                    hi: Some((value, true)),
+                }),
+                Operator::Gt => Some(Constraint::Range {
+                    lo: Some((value, false)),
+                    hi: None,
+                }),
+                Operator::GtEq => Some(Constraint::Range {
+                    lo: Some((value, true)),
+                    hi: None,
+                }),
                 _ => None,
             }
         }
-        Expr::InList(InList { expr, list, negated: false }) if column_is(expr, column) => {
-            key_values(list.iter(), data_type).map(Constraint::Values)
-        }
-        Expr::Between(Between { expr, negated: false, low, high }) if column_is(expr, column) => {
+        Expr::InList(InList {
+            expr,
+            list,
+            negated: false,
+        }) if column_is(expr, column) => key_values(list.iter(), data_type).map(Constraint::Values),
+        Expr::Between(Between {
+            expr,
+            negated: false,
+            low,
+            high,
+        }) if column_is(expr, column) => {
             let lo = KeyValue::from_scalar(literal(low)?, data_type).ok()?;
             let hi = KeyValue::from_scalar(literal(high)?, data_type).ok()?;
             match (lo, hi) {
@@ -246,13 +274,21 @@ mod tests {
     }
 
     fn hash() -> PartitionScheme {
-        PartitionScheme::Hash { columns: vec!["k".into()], partitions: 8, cluster_by: vec![] }
+        PartitionScheme::Hash {
+            columns: vec!["k".into()],
+            partitions: 8,
+            cluster_by: vec![],
+        }
     }
 
     fn range() -> PartitionScheme {
         PartitionScheme::Range {
             column: "k".into(),
-            bounds: vec![KeyValue::Int(1000), KeyValue::Int(2000), KeyValue::Int(3000)],
+            bounds: vec![
+                KeyValue::Int(1000),
+                KeyValue::Int(2000),
+                KeyValue::Int(3000),
+            ],
         }
     }
 
@@ -261,7 +297,10 @@ mod tests {
         let kept = prune_partitions(&hash(), &schema(), &[col("k").eq(lit(42i64))]);
         assert_eq!(kept, vec![hash().partition_of_key(&[KeyValue::Int(42)])]);
         // An Int32 literal hashes like the Int64 column value.
-        assert_eq!(prune_partitions(&hash(), &schema(), &[lit(42i32).eq(col("k"))]), kept);
+        assert_eq!(
+            prune_partitions(&hash(), &schema(), &[lit(42i32).eq(col("k"))]),
+            kept
+        );
     }
 
     #[test]
@@ -271,25 +310,46 @@ mod tests {
         let a = prune_partitions(&hash(), &schema(), &[in_list]);
         assert!(!a.is_empty() && a.len() <= 2);
         assert_eq!(a, prune_partitions(&hash(), &schema(), &[or]));
-        assert_eq!(prune_partitions(&hash(), &schema(), &[col("k").gt(lit(1i64))]).len(), 8);
+        assert_eq!(
+            prune_partitions(&hash(), &schema(), &[col("k").gt(lit(1i64))]).len(),
+            8
+        );
     }
 
     #[test]
     fn range_between_and_bounds() {
         let between = col("k").between(lit(1500i64), lit(2500i64));
-        assert_eq!(prune_partitions(&range(), &schema(), &[between]), vec![1, 2]);
-        assert_eq!(prune_partitions(&range(), &schema(), &[col("k").lt(lit(1000i64))]), vec![0]);
-        assert_eq!(prune_partitions(&range(), &schema(), &[col("k").lt_eq(lit(1000i64))]), vec![0, 1]);
-        assert_eq!(prune_partitions(&range(), &schema(), &[col("k").gt_eq(lit(3000i64))]), vec![3]);
+        assert_eq!(
+            prune_partitions(&range(), &schema(), &[between]),
+            vec![1, 2]
+        );
+        assert_eq!(
+            prune_partitions(&range(), &schema(), &[col("k").lt(lit(1000i64))]),
+            vec![0]
+        );
+        assert_eq!(
+            prune_partitions(&range(), &schema(), &[col("k").lt_eq(lit(1000i64))]),
+            vec![0, 1]
+        );
+        assert_eq!(
+            prune_partitions(&range(), &schema(), &[col("k").gt_eq(lit(3000i64))]),
+            vec![3]
+        );
         let both = [col("k").gt(lit(100i64)), col("k").lt(lit(200i64))];
         assert_eq!(prune_partitions(&range(), &schema(), &both), vec![0]);
-        assert_eq!(prune_partitions(&range(), &schema(), &[col("k").eq(lit(2000i64))]), vec![2]);
+        assert_eq!(
+            prune_partitions(&range(), &schema(), &[col("k").eq(lit(2000i64))]),
+            vec![2]
+        );
         let contradiction = [col("k").eq(lit(5i64)), col("k").gt(lit(10i64))];
         assert!(prune_partitions(&range(), &schema(), &contradiction).is_empty());
     }
 
     #[test]
     fn unrelated_filters_keep_all() {
-        assert_eq!(prune_partitions(&range(), &schema(), &[col("s").eq(lit("x"))]).len(), 4);
+        assert_eq!(
+            prune_partitions(&range(), &schema(), &[col("s").eq(lit("x"))]).len(),
+            4
+        );
     }
 }

@@ -288,10 +288,22 @@ mod tests {
             }
             let h = xxh3_64_with_seed(&buf, HASH_SEED);
             assert_eq!(h, expected_hash, "hash of {key:?}");
-            assert_eq!(hash(key.len()).partition_of_key(&key), GOLDEN_PARTITION_OF_8[i]);
+            assert_eq!(
+                hash(key.len()).partition_of_key(&key),
+                GOLDEN_PARTITION_OF_8[i]
+            );
         }
     }
 
-    const GOLDEN: [u64; 8] = [3547760990396968576, 4435642637180117100, 6027492765397423756, 11681803648414190572, 3770182089090736197, 7961179947215036646, 4311688551350152479, 13035669161978273023];
+    const GOLDEN: [u64; 8] = [
+        3547760990396968576,
+        4435642637180117100,
+        6027492765397423756,
+        11681803648414190572,
+        3770182089090736197,
+        7961179947215036646,
+        4311688551350152479,
+        13035669161978273023,
+    ];
     const GOLDEN_PARTITION_OF_8: [u32; 8] = [1, 1, 2, 5, 1, 3, 1, 5];
 }

@@ -1,6 +1,8 @@
 //! Property: for random keys of every key type, the partition a row is
 //! written to equals the one partition pruning keeps for `k = key`.
 
+#![allow(clippy::unwrap_used)]
+
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
@@ -18,7 +20,10 @@ fn check(array: ArrayRef, literal: ScalarValue, scheme_for: impl Fn(&DataType) -
     let schema = Arc::new(Schema::new(vec![Field::new("k", data_type.clone(), false)]));
     let scheme = scheme_for(&data_type);
     let batch = RecordBatch::try_new(schema.clone(), vec![array]).unwrap();
-    let written = Partitioner::try_new(&scheme, &schema).unwrap().assign(&batch).unwrap();
+    let written = Partitioner::try_new(&scheme, &schema)
+        .unwrap()
+        .assign(&batch)
+        .unwrap();
     let kept = prune_partitions(&scheme, &schema, &[col("k").eq(lit(literal))]);
     assert_eq!(kept, written, "{scheme:?}");
 }
@@ -92,5 +97,8 @@ proptest! {
 
 #[test]
 fn timestamp_type_is_a_key() {
-    assert!(tessera_sql::is_key_type(&DataType::Timestamp(TimeUnit::Nanosecond, None)));
+    assert!(tessera_sql::is_key_type(&DataType::Timestamp(
+        TimeUnit::Nanosecond,
+        None
+    )));
 }

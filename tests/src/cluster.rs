@@ -113,7 +113,11 @@ impl TestCluster {
         if let Some(c) = self.cluster.take() {
             c.stop().await;
         }
-        self.cluster = Some(start_cluster(&self.dir, self.workers).await.expect("restart"));
+        self.cluster = Some(
+            start_cluster(&self.dir, self.workers)
+                .await
+                .expect("restart"),
+        );
         self
     }
 

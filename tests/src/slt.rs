@@ -88,14 +88,26 @@ impl sqllogictest::AsyncDB for FlightSqlDb {
             return Ok(DBOutput::StatementComplete(0));
         };
         let schema = first.schema();
-        if schema.fields().len() == 1 && schema.field(0).name() == "count" && sql.trim_start().to_ascii_uppercase().starts_with("INSERT") {
+        if schema.fields().len() == 1
+            && schema.field(0).name() == "count"
+            && sql.trim_start().to_ascii_uppercase().starts_with("INSERT")
+        {
             let n = batches
                 .iter()
-                .filter_map(|b| b.column(0).as_any().downcast_ref::<arrow::array::UInt64Array>().map(|a| a.iter().flatten().sum::<u64>()))
+                .filter_map(|b| {
+                    b.column(0)
+                        .as_any()
+                        .downcast_ref::<arrow::array::UInt64Array>()
+                        .map(|a| a.iter().flatten().sum::<u64>())
+                })
                 .sum();
             return Ok(DBOutput::StatementComplete(n));
         }
-        let types = schema.fields().iter().map(|f| column_type(f.data_type())).collect();
+        let types = schema
+            .fields()
+            .iter()
+            .map(|f| column_type(f.data_type()))
+            .collect();
         Ok(DBOutput::Rows {
             types,
             rows: rows(&batches)?,

@@ -2,6 +2,8 @@
 //! routed inserts, atomic failures, pruning in EXPLAIN, SHOW PARTITIONS
 //! balance, restart persistence and errors that keep their text.
 
+#![allow(clippy::unwrap_used)]
+
 use std::collections::HashSet;
 
 use arrow::array::{Array, AsArray, RecordBatch};
@@ -9,7 +11,11 @@ use arrow::datatypes::{Int64Type, UInt64Type};
 use tessera_tests::TestCluster;
 
 fn single_i64(batches: &[RecordBatch]) -> i64 {
-    assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 1, "{batches:?}");
+    assert_eq!(
+        batches.iter().map(|b| b.num_rows()).sum::<usize>(),
+        1,
+        "{batches:?}"
+    );
     let b = batches.iter().find(|b| b.num_rows() == 1).expect("one row");
     b.column(0).as_primitive::<Int64Type>().value(0)
 }
@@ -27,7 +33,12 @@ fn plan_text(batches: &[RecordBatch]) -> String {
 }
 
 async fn count(cluster: &TestCluster, table: &str) -> i64 {
-    single_i64(&cluster.query(&format!("SELECT count(*) FROM {table}")).await.expect("count"))
+    single_i64(
+        &cluster
+            .query(&format!("SELECT count(*) FROM {table}"))
+            .await
+            .expect("count"),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -62,15 +73,28 @@ async fn hash_table_end_to_end() {
     assert_eq!(count(&cluster, "t").await, 100_000);
 
     // Pruning: a point query keeps one partition of eight.
-    let explain = plan_text(&cluster.query("EXPLAIN SELECT * FROM t WHERE k = 42").await.unwrap());
+    let explain = plan_text(
+        &cluster
+            .query("EXPLAIN SELECT * FROM t WHERE k = 42")
+            .await
+            .unwrap(),
+    );
     assert!(explain.contains("partitions=1/8"), "{explain}");
     assert!(explain.contains("workers=[worker-"), "{explain}");
     let rows = cluster.query("SELECT v FROM t WHERE k = 42").await.unwrap();
     assert_eq!(rows[0].column(0).as_string_view().value(0), "row 42");
 
     // A full scan runs as a distributed stage with one task per worker.
-    let explain = plan_text(&cluster.query("EXPLAIN SELECT count(*) FROM t").await.unwrap());
-    assert!(explain.contains("partitions=8/8") || explain.contains("Stage"), "{explain}");
+    let explain = plan_text(
+        &cluster
+            .query("EXPLAIN SELECT count(*) FROM t")
+            .await
+            .unwrap(),
+    );
+    assert!(
+        explain.contains("partitions=8/8") || explain.contains("Stage"),
+        "{explain}"
+    );
 
     // SHOW PARTITIONS: rows sum to the table and the hash spreads them evenly.
     let parts = cluster.query("SHOW PARTITIONS t").await.unwrap();
@@ -84,7 +108,10 @@ async fn hash_table_end_to_end() {
     assert!(max / (100_000.0 / 8.0) < 1.2, "{rows:?}");
 
     // Errors cross Flight SQL with their text.
-    let err = cluster.query("SELECT * FROM missing_table").await.unwrap_err();
+    let err = cluster
+        .query("SELECT * FROM missing_table")
+        .await
+        .unwrap_err();
     assert!(err.contains("missing_table"), "{err}");
     let err = cluster.query("SELECT nope FROM t").await.unwrap_err();
     assert!(err.contains("nope"), "{err}");
@@ -92,7 +119,10 @@ async fn hash_table_end_to_end() {
     // Restart on the same data dir: everything is back.
     let cluster = cluster.restart().await;
     assert_eq!(count(&cluster, "t").await, 100_000);
-    let rows = cluster.query("SELECT count(*) FROM t WHERE k < 1000").await.unwrap();
+    let rows = cluster
+        .query("SELECT count(*) FROM t WHERE k < 1000")
+        .await
+        .unwrap();
     assert_eq!(single_i64(&rows), 1000);
     cluster.stop().await;
 }
@@ -104,7 +134,10 @@ async fn range_and_hybrid_pruning() {
         .query("CREATE TABLE r (ts BIGINT, v DOUBLE) PARTITION BY RANGE (ts) SPLIT AT (1000, 2000, 3000)")
         .await
         .unwrap();
-    cluster.query("INSERT INTO r SELECT value, 1.0 FROM range(4000)").await.unwrap();
+    cluster
+        .query("INSERT INTO r SELECT value, 1.0 FROM range(4000)")
+        .await
+        .unwrap();
     let explain = plan_text(
         &cluster
             .query("EXPLAIN SELECT * FROM r WHERE ts BETWEEN 1500 AND 2500")
@@ -112,7 +145,10 @@ async fn range_and_hybrid_pruning() {
             .unwrap(),
     );
     assert!(explain.contains("partitions=2/4"), "{explain}");
-    assert!(explain.contains("read=[p1]") && explain.contains("read=[p2]"), "{explain}");
+    assert!(
+        explain.contains("read=[p1]") && explain.contains("read=[p2]"),
+        "{explain}"
+    );
 
     cluster
         .query("CREATE TABLE h (sensor INT, ts BIGINT, value DOUBLE) PARTITION BY HASH (sensor) PARTITIONS 8 CLUSTER BY (ts)")
@@ -144,13 +180,19 @@ async fn dead_worker_fails_the_write_and_changes_nothing() {
         .query("CREATE TABLE t (k BIGINT) PARTITION BY HASH (k) PARTITIONS 6")
         .await
         .unwrap();
-    cluster.query("INSERT INTO t SELECT value FROM range(600)").await.unwrap();
+    cluster
+        .query("INSERT INTO t SELECT value FROM range(600)")
+        .await
+        .unwrap();
     cluster.stop_worker(1).await;
     let err = cluster
         .query("INSERT INTO t SELECT value FROM range(600)")
         .await
         .unwrap_err();
-    assert!(err.contains("unreachable") || err.contains("worker"), "{err}");
+    assert!(
+        err.contains("unreachable") || err.contains("worker"),
+        "{err}"
+    );
     let cluster = cluster.restart().await;
     assert_eq!(count(&cluster, "t").await, 600);
     cluster.stop().await;
@@ -180,7 +222,10 @@ async fn external_parquet_tables() {
         .query("CREATE TABLE t (n BIGINT) PARTITION BY HASH (n) PARTITIONS 4")
         .await
         .unwrap();
-    cluster.query("INSERT INTO t SELECT * FROM ext").await.unwrap();
+    cluster
+        .query("INSERT INTO t SELECT * FROM ext")
+        .await
+        .unwrap();
     assert_eq!(count(&cluster, "t").await, 50);
 
     let err = cluster

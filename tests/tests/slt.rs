@@ -1,12 +1,16 @@
 //! Runs every `.slt` file under `tests/slt/` through Flight SQL against a
 //! fresh 3-worker cluster.
 
+#![allow(clippy::unwrap_used)]
+
 use std::path::PathBuf;
 
 use tessera_tests::{TestCluster, run_slt_file};
 
 async fn run(name: &str) {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("slt").join(name);
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("slt")
+        .join(name);
     let cluster = TestCluster::builder().workers(3).start().await;
     run_slt_file(&cluster, &path).await;
     cluster.stop().await;

@@ -120,16 +120,23 @@ impl WorkerClient {
 
     pub async fn commit(&self, txn: u64, writes: Vec<StagedWrite>) -> Result<()> {
         let body = wire::encode(&wire::CommitRequest { txn, writes })?;
-        self.action::<()>(wire::ACTION_COMMIT, body).await.map(|_| ())
+        self.action::<()>(wire::ACTION_COMMIT, body)
+            .await
+            .map(|_| ())
     }
 
     pub async fn abort(&self, txn: u64) -> Result<()> {
         let body = wire::encode(&wire::TxnRequest { txn })?;
-        self.action::<()>(wire::ACTION_ABORT, body).await.map(|_| ())
+        self.action::<()>(wire::ACTION_ABORT, body)
+            .await
+            .map(|_| ())
     }
 
     pub async fn staged(&self) -> Result<Vec<StagedWrite>> {
-        Ok(self.action(wire::ACTION_STAGED, vec![]).await?.unwrap_or_default())
+        Ok(self
+            .action(wire::ACTION_STAGED, vec![])
+            .await?
+            .unwrap_or_default())
     }
 
     pub async fn stats(&self, table: &str, partitions: Vec<u32>) -> Result<Vec<PartitionStats>> {
@@ -137,14 +144,19 @@ impl WorkerClient {
             table: table.to_string(),
             partitions,
         })?;
-        Ok(self.action(wire::ACTION_STATS, body).await?.unwrap_or_default())
+        Ok(self
+            .action(wire::ACTION_STATS, body)
+            .await?
+            .unwrap_or_default())
     }
 
     pub async fn drop_table(&self, table: &str) -> Result<()> {
         let body = wire::encode(&wire::TableRequest {
             table: table.to_string(),
         })?;
-        self.action::<()>(wire::ACTION_DROP_TABLE, body).await.map(|_| ())
+        self.action::<()>(wire::ACTION_DROP_TABLE, body)
+            .await
+            .map(|_| ())
     }
 
     /// Runs a partition scan on the worker and streams its rows back.
@@ -156,4 +168,3 @@ impl WorkerClient {
             .map_err(|e| self.err(e))
     }
 }
-

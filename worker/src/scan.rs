@@ -170,11 +170,12 @@ impl PartitionScanExec {
             .into_iter()
             .map(|(path, size)| PartitionedFile::new(path.to_string_lossy(), size))
             .collect();
-        let config = FileScanConfigBuilder::new(ObjectStoreUrl::local_filesystem(), Arc::new(source))
-            .with_file_group(group)
-            .with_projection_indices(self.projection.clone())?
-            .with_limit(self.limit)
-            .build();
+        let config =
+            FileScanConfigBuilder::new(ObjectStoreUrl::local_filesystem(), Arc::new(source))
+                .with_file_group(group)
+                .with_projection_indices(self.projection.clone())?
+                .with_limit(self.limit)
+                .build();
         DataSourceExec::from_data_source(config).execute(0, ctx)
     }
 
@@ -199,16 +200,18 @@ impl DisplayAs for PartitionScanExec {
         write!(
             f,
             "PartitionScanExec: table={}, partitions={}/{}",
-            self.table,
-            self.kept_partitions,
-            self.total_partitions
+            self.table, self.kept_partitions, self.total_partitions
         )?;
         let mut workers: Vec<&str> = self.parts.iter().map(|p| p.worker_id.as_str()).collect();
         workers.dedup();
         workers.sort_unstable();
         workers.dedup();
         write!(f, ", workers=[{}]", workers.join(", "))?;
-        let shown: Vec<String> = self.parts.iter().map(|p| format!("p{}", p.partition)).collect();
+        let shown: Vec<String> = self
+            .parts
+            .iter()
+            .map(|p| format!("p{}", p.partition))
+            .collect();
         write!(f, ", read=[{}]", shown.join(", "))?;
         if let Some(p) = &self.predicate {
             write!(f, ", predicate={p}")?;
@@ -389,8 +392,10 @@ impl TesseraCodec {
                 url: p.url,
             })
             .collect();
-        Ok(PartitionScanExec::try_new(spec, parts, proto.output_partitions as usize)?
-            .with_local(self.local.clone()))
+        Ok(
+            PartitionScanExec::try_new(spec, parts, proto.output_partitions as usize)?
+                .with_local(self.local.clone()),
+        )
     }
 }
 

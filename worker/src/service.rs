@@ -102,7 +102,10 @@ impl FlightService for WorkerFlightService {
     }
 
     /// Runs a partition scan of partitions held here and streams the rows.
-    async fn do_get(&self, request: Request<Ticket>) -> Result<Response<Self::DoGetStream>, Status> {
+    async fn do_get(
+        &self,
+        request: Request<Ticket>,
+    ) -> Result<Response<Self::DoGetStream>, Status> {
         let ticket = request.into_inner().ticket;
         let task_ctx = self.session.task_ctx();
         let scan = decode_scan(&ticket, Arc::clone(&self.local), &task_ctx).map_err(to_status)?;
@@ -150,7 +153,14 @@ impl FlightService for WorkerFlightService {
         };
         let storage = Arc::clone(&self.local.storage);
         let file = tokio::task::spawn_blocking(move || {
-            storage.prepare(req.txn, &req.table, req.partition, schema, &batches, &req.sort_by)
+            storage.prepare(
+                req.txn,
+                &req.table,
+                req.partition,
+                schema,
+                &batches,
+                &req.sort_by,
+            )
         })
         .await
         .map_err(|e| Status::internal(format!("write task failed: {e}")))?
@@ -158,14 +168,18 @@ impl FlightService for WorkerFlightService {
         let result = PutResult {
             app_metadata: wire::encode(&file).map_err(to_status)?.into(),
         };
-        Ok(Response::new(Box::pin(futures::stream::once(async { Ok(result) }))))
+        Ok(Response::new(Box::pin(futures::stream::once(async {
+            Ok(result)
+        }))))
     }
 
     async fn do_exchange(
         &self,
         _request: Request<Streaming<FlightData>>,
     ) -> Result<Response<Self::DoExchangeStream>, Status> {
-        Err(Status::unimplemented("no exchanges on Tessera's worker service"))
+        Err(Status::unimplemented(
+            "no exchanges on Tessera's worker service",
+        ))
     }
 
     async fn do_action(
@@ -176,7 +190,9 @@ impl FlightService for WorkerFlightService {
         let body: Option<Vec<u8>> = match action.r#type.as_str() {
             wire::ACTION_COMMIT => {
                 let req: wire::CommitRequest = wire::decode(&action.body).map_err(to_status)?;
-                self.storage().commit(req.txn, &req.writes).map_err(to_status)?;
+                self.storage()
+                    .commit(req.txn, &req.writes)
+                    .map_err(to_status)?;
                 None
             }
             wire::ACTION_ABORT => {
@@ -184,12 +200,15 @@ impl FlightService for WorkerFlightService {
                 self.storage().abort(req.txn).map_err(to_status)?;
                 None
             }
-            wire::ACTION_STAGED => {
-                Some(wire::encode(&self.storage().staged().map_err(to_status)?).map_err(to_status)?)
-            }
+            wire::ACTION_STAGED => Some(
+                wire::encode(&self.storage().staged().map_err(to_status)?).map_err(to_status)?,
+            ),
             wire::ACTION_STATS => {
                 let req: wire::StatsRequest = wire::decode(&action.body).map_err(to_status)?;
-                let stats = self.storage().stats(&req.table, &req.partitions).map_err(to_status)?;
+                let stats = self
+                    .storage()
+                    .stats(&req.table, &req.partitions)
+                    .map_err(to_status)?;
                 Some(wire::encode(&stats).map_err(to_status)?)
             }
             wire::ACTION_DROP_TABLE => {

@@ -23,7 +23,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use datafusion::arrow::array::RecordBatch;
-use datafusion::arrow::compute::{SortColumn, concat_batches, lexsort_to_indices, take_record_batch};
+use datafusion::arrow::compute::{
+    SortColumn, concat_batches, lexsort_to_indices, take_record_batch,
+};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::common::{DataFusionError, Result, exec_err};
 use parquet::arrow::ArrowWriter;
@@ -384,8 +386,8 @@ mod tests {
 
     fn batch(values: Vec<i64>) -> (SchemaRef, RecordBatch) {
         let schema = Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, false)]));
-        let b = RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from(values))])
-            .unwrap();
+        let b =
+            RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from(values))]).unwrap();
         (schema, b)
     }
 
@@ -394,11 +396,23 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = Storage::open(dir.path()).unwrap();
         let (schema, b) = batch(vec![3, 1, 2]);
-        s.prepare(7, "t", 0, schema.clone(), &[b.clone()], &["k".into()]).unwrap();
+        s.prepare(
+            7,
+            "t",
+            0,
+            schema.clone(),
+            std::slice::from_ref(&b),
+            &["k".into()],
+        )
+        .unwrap();
         s.prepare(8, "t", 0, schema.clone(), &[b], &[]).unwrap();
         assert_eq!(s.staged().unwrap().len(), 2);
         assert_eq!(s.manifest("t", 0).unwrap().rows(), 0);
-        let w = StagedWrite { txn: 7, table: "t".into(), partition: 0 };
+        let w = StagedWrite {
+            txn: 7,
+            table: "t".into(),
+            partition: 0,
+        };
         s.commit(7, std::slice::from_ref(&w)).unwrap();
         s.commit(7, &[w]).unwrap();
         s.abort(8).unwrap();
