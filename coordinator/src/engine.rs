@@ -322,7 +322,7 @@ impl Coordinator {
         let mut counts = vec![];
         for (name, def) in &state.tables {
             names.push(name.clone());
-            schemes.push(def.scheme.to_string());
+            schemes.push(def.scheme.display_with(def.schema()?.as_ref()));
             counts.push(def.scheme.partition_count());
         }
         for name in self.catalog.external_names()? {
@@ -386,7 +386,7 @@ impl Coordinator {
         }
         // Spark-style trailer row: the whole scheme in one line.
         names.push("# partitioning".into());
-        types.push(def.scheme.to_string());
+        types.push(def.scheme.display_with(def.schema()?.as_ref()));
         nulls.push(String::new());
         roles.push(format!("{} partitions", def.scheme.partition_count()));
         ready(vec![
@@ -459,8 +459,8 @@ fn with_hint(e: DataFusionError) -> DataFusionError {
     } else {
         return e;
     };
-    let message = match e {
-        DataFusionError::Plan(m) => m,
+    let message = match e.find_root() {
+        DataFusionError::Plan(m) => m.clone(),
         other => other.strip_backtrace(),
     };
     DataFusionError::Plan(format!("{message}{hint}"))

@@ -88,6 +88,26 @@ impl PartitionScheme {
         }
     }
 
+    /// The scheme as DDL, with range bounds shown in their column's type
+    /// (`SPLIT AT ('2024-04-01')` rather than day numbers).
+    pub fn display_with(&self, schema: &Schema) -> String {
+        match self {
+            PartitionScheme::Range { column, bounds } => {
+                let shown: Vec<String> = bounds
+                    .iter()
+                    .map(|b| match (b, schema.field_with_name(column)) {
+                        (KeyValue::Int(_), Ok(f)) if !f.data_type().is_integer() => {
+                            format!("'{}'", b.to_scalar(f.data_type()))
+                        }
+                        _ => b.to_string(),
+                    })
+                    .collect();
+                format!("RANGE ({column}) SPLIT AT ({})", shown.join(", "))
+            }
+            other => other.to_string(),
+        }
+    }
+
     /// Describes the slice of key space partition `p` holds, for `SHOW PARTITIONS`.
     pub fn describe_partition(&self, p: u32, schema: &Schema) -> String {
         match self {
