@@ -38,12 +38,13 @@ impl Catalog {
         members: BTreeMap<String, String>,
     ) -> Result<Arc<Self>> {
         let state = metastore.load()?;
+        let last_txn = state.last_txn;
         Ok(Arc::new(Self {
             metastore,
             state: Mutex::new(state),
             members: RwLock::new(members),
             external: RwLock::new(BTreeMap::new()),
-            last_txn: AtomicU64::new(0),
+            last_txn: AtomicU64::new(last_txn),
         }))
     }
 
@@ -143,7 +144,8 @@ impl Catalog {
     }
 
     /// A new transaction id, larger than any before it in this or an
-    /// earlier run (microseconds since the epoch, bumped on collision).
+    /// earlier run: microseconds since the epoch, but always above the
+    /// largest id the metastore has seen decided.
     pub fn next_txn(&self) -> u64 {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)

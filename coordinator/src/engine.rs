@@ -96,39 +96,40 @@ impl Coordinator {
         &self.catalog
     }
 
-    /// Resolves writes a crash left between prepare and commit.
+    /// Resolves writes a crash left between prepare and commit: decided
+    /// ones are committed on every worker they touched (whether or not a
+    /// staged file is left: commit is idempotent), undecided ones aborted.
     async fn recover(&self) -> Result<()> {
         let state = self.catalog.state()?;
         let members = self.catalog.members()?;
-        let mut confirmed: BTreeMap<u64, usize> = BTreeMap::new();
-        for (id, url) in &members {
-            let client = WorkerClient::connect(url)?;
-            let staged = client.staged().await?;
-            let mut txns: Vec<u64> = staged.iter().map(|w| w.txn).collect();
-            txns.dedup();
-            for txn in txns {
-                match state.decided.get(&txn) {
-                    Some(by_worker) => {
-                        let writes = by_worker.get(id).cloned().unwrap_or_default();
-                        client.commit(txn, writes).await?;
-                        tracing::info!(txn, worker = %id, "recovered a decided write");
-                    }
-                    None => {
-                        client.abort(txn).await?;
-                        tracing::info!(txn, worker = %id, "aborted an undecided write");
-                    }
-                }
+        let mut finished = vec![];
+        for (txn, by_worker) in &state.decided {
+            let mut all = true;
+            for (worker, writes) in by_worker {
+                let Some(url) = members.get(worker) else {
+                    all = false;
+                    continue;
+                };
+                WorkerClient::connect(url)?
+                    .commit(*txn, writes.clone())
+                    .await?;
+            }
+            if all {
+                tracing::info!(txn, "finished a decided write");
+                finished.push(*txn);
             }
         }
-        // A decided write is finished once every worker in it is here (its
-        // staged files, if any were left, were just committed).
-        for (txn, by_worker) in &state.decided {
-            if by_worker.keys().all(|w| members.contains_key(w)) {
-                confirmed.insert(*txn, by_worker.len());
+        for url in members.values() {
+            let client = WorkerClient::connect(url)?;
+            let mut txns: Vec<u64> = client.staged().await?.iter().map(|w| w.txn).collect();
+            txns.dedup();
+            for txn in txns.into_iter().filter(|t| !state.decided.contains_key(t)) {
+                client.abort(txn).await?;
+                tracing::info!(txn, %url, "aborted an undecided write");
             }
         }
         self.catalog.update(|s| {
-            for txn in confirmed.keys() {
+            for txn in &finished {
                 s.decided.remove(txn);
             }
             Ok(())
@@ -156,6 +157,32 @@ impl Coordinator {
             Statement::ShowPartitions { table } => self.show_partitions(&table).await,
             Statement::Describe { table } => self.describe(&table),
             Statement::Sql(sql) => self.plan_datafusion(&sql).await,
+        }
+    }
+
+    /// The schema of the rows a statement returns, without running it;
+    /// `None` for statements that return no rows of their own (DDL, DML).
+    pub async fn result_schema(&self, sql: &str) -> Result<Option<SchemaRef>> {
+        match parse_statement(sql)? {
+            Statement::CreateTable(_) | Statement::DropTable { .. } => Ok(None),
+            Statement::ShowTables
+            | Statement::ShowPartitions { .. }
+            | Statement::Describe { .. } => Ok(Some(self.plan(sql).await?.schema())),
+            Statement::Sql(sql) => {
+                if strip_explain(sql.trim_start()).is_some() {
+                    return Ok(Some(explain_schema()));
+                }
+                let plan = self
+                    .ctx
+                    .state()
+                    .create_logical_plan(&sql)
+                    .await
+                    .map_err(with_hint)?;
+                Ok(match plan {
+                    LogicalPlan::Dml(_) | LogicalPlan::Ddl(_) | LogicalPlan::Statement(_) => None,
+                    other => Some(Arc::new(other.schema().as_arrow().clone())),
+                })
+            }
         }
     }
 
@@ -213,10 +240,7 @@ impl Coordinator {
         let logical = format!("{}", df.logical_plan().display_indent());
         let physical = df.create_physical_plan().await?;
         let distributed = display_plan_ascii(physical.as_ref(), false);
-        let schema = Arc::new(Schema::new(vec![
-            Field::new("plan_type", DataType::Utf8, false),
-            Field::new("plan", DataType::Utf8, false),
-        ]));
+        let schema = explain_schema();
         let batch = RecordBatch::try_new(
             Arc::clone(&schema),
             vec![
@@ -248,7 +272,8 @@ impl Coordinator {
             Some(spec) => spec.resolve(&schema)?,
             None => PartitionScheme::Single,
         };
-        let def = TableDef::try_new(&ct.name, &schema, scheme)?;
+        let id = self.catalog.state()?.tables_created;
+        let def = TableDef::try_new(&ct.name, id, &schema, scheme)?;
         let workers: Vec<String> = self.catalog.members()?.keys().cloned().collect();
         if workers.is_empty() {
             return plan_err!("no workers are running; start the cluster with --workers N");
@@ -287,6 +312,11 @@ impl Coordinator {
             }
             return plan_err!("table '{name}' does not exist; SHOW TABLES lists the tables");
         }
+        let location = self
+            .catalog
+            .table_def(name)?
+            .map(|d| d.storage_key())
+            .unwrap_or_default();
         let holders: Vec<String> = {
             let mut h: Vec<String> = self
                 .catalog
@@ -308,7 +338,7 @@ impl Coordinator {
             let Some(url) = members.get(&worker) else {
                 continue;
             };
-            if let Err(e) = WorkerClient::connect(url)?.drop_table(name).await {
+            if let Err(e) = WorkerClient::connect(url)?.drop_table(&location).await {
                 tracing::warn!(table = name, %worker, error = %e, "files of a dropped table were left behind");
             }
         }
@@ -421,7 +451,10 @@ impl Coordinator {
                     "worker '{worker}' holding partitions of '{table}' is not running"
                 );
             };
-            for s in WorkerClient::connect(url)?.stats(table, parts).await? {
+            for s in WorkerClient::connect(url)?
+                .stats(&def.storage_key(), parts)
+                .await?
+            {
                 stats.insert(s.partition, (s.rows, s.bytes));
             }
         }
@@ -482,6 +515,13 @@ fn strip_explain(sql: &str) -> Option<&str> {
         return None;
     }
     Some(rest)
+}
+
+fn explain_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("plan_type", DataType::Utf8, false),
+        Field::new("plan", DataType::Utf8, false),
+    ]))
 }
 
 fn quote_ident(name: &str) -> String {

@@ -20,8 +20,13 @@ use arrow_flight::sql::{
     CommandPreparedStatementUpdate, CommandStatementQuery, CommandStatementUpdate, ProstMessageExt,
     SqlInfo, TicketStatementQuery,
 };
-use arrow_flight::{Action, FlightDescriptor, FlightEndpoint, FlightInfo, Ticket};
+use arrow_flight::{
+    Action, FlightDescriptor, FlightEndpoint, FlightInfo, IpcMessage, SchemaAsIpc, Ticket,
+};
 use datafusion::arrow::array::{Array, UInt64Array};
+use datafusion::arrow::datatypes::{DataType, FieldRef, Schema, SchemaRef};
+use datafusion::arrow::error::ArrowError;
+use datafusion::arrow::ipc::writer::IpcWriteOptions;
 use datafusion::common::DataFusionError;
 use futures::{Stream, TryStreamExt};
 use prost::Message;
@@ -82,7 +87,9 @@ impl TesseraFlightSql {
         let span = tracing::info_span!("query", sql = %sql.chars().take(200).collect::<String>());
         let _enter = span.enter();
         let planned = self.coordinator.plan(sql).await.map_err(status)?;
-        let schema = planned.schema();
+        // DoGet sends dictionaries as their values; the FlightInfo schema
+        // must say the same or clients reject the stream.
+        let schema = hydrated(&planned.schema());
         let records = match &planned {
             Planned::Ready(_, batches) => batches.iter().map(|b| b.num_rows() as i64).sum(),
             Planned::Plan(..) => -1,
@@ -116,6 +123,21 @@ impl TesseraFlightSql {
             .sum::<u64>();
         Ok(count as i64)
     }
+}
+
+/// The schema with dictionary columns as their value types, as DoGet sends them.
+fn hydrated(schema: &SchemaRef) -> SchemaRef {
+    let fields: Vec<FieldRef> = schema
+        .fields()
+        .iter()
+        .map(|f| match f.data_type() {
+            DataType::Dictionary(_, value) => {
+                Arc::new(f.as_ref().clone().with_data_type(value.as_ref().clone()))
+            }
+            _ => Arc::clone(f),
+        })
+        .collect();
+    Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()))
 }
 
 fn utf8(bytes: &[u8]) -> Result<&str, Status> {
@@ -198,10 +220,26 @@ impl FlightSqlService for TesseraFlightSql {
         _request: Request<Action>,
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
         // The handle is the SQL itself: planning happens at execution, so a
-        // prepared statement sees the catalog as it is then.
+        // prepared statement sees the catalog as it is then. The dataset
+        // schema tells clients (JDBC) a query from an update.
+        let dataset_schema = match self
+            .coordinator
+            .result_schema(&query.query)
+            .await
+            .map_err(status)?
+        {
+            Some(schema) => {
+                let IpcMessage(bytes) =
+                    SchemaAsIpc::new(&hydrated(&schema), &IpcWriteOptions::default())
+                        .try_into()
+                        .map_err(|e: ArrowError| Status::internal(e.to_string()))?;
+                bytes
+            }
+            None => Default::default(),
+        };
         Ok(ActionCreatePreparedStatementResult {
             prepared_statement_handle: query.query.into_bytes().into(),
-            dataset_schema: Default::default(),
+            dataset_schema,
             parameter_schema: Default::default(),
         })
     }

@@ -22,8 +22,13 @@ pub struct CatalogState {
     /// Writes decided to commit whose commit has not been confirmed by every
     /// worker yet: on restart they are committed again (commit is idempotent).
     pub decided: BTreeMap<u64, BTreeMap<String, Vec<StagedWrite>>>,
-    /// Tables created so far, to spread the first partition of each.
+    /// Tables created so far: spreads the first partition of each, and
+    /// gives each table its id.
     pub tables_created: u64,
+    /// The largest transaction id ever decided: new ids are larger, even if
+    /// the clock went back across a restart.
+    #[serde(default)]
+    pub last_txn: u64,
 }
 
 /// Durable storage of the [`CatalogState`].

@@ -72,6 +72,7 @@ impl TableProvider for TesseraTable {
             .transpose()?;
         let spec = ScanSpec {
             table: self.def.name.clone(),
+            location: self.def.storage_key(),
             table_schema: Arc::clone(&self.schema),
             projection: projection.cloned(),
             predicate,

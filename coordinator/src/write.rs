@@ -113,6 +113,7 @@ impl DataSink for WriteSink {
             return Ok(0);
         }
         let table = self.def.name.as_str();
+        let location = self.def.storage_key();
         let txn = self.catalog.next_txn();
         let parts: Vec<u32> = routed.keys().copied().collect();
         let targets = self.catalog.scan_parts(table, &parts)?;
@@ -130,12 +131,12 @@ impl DataSink for WriteSink {
                 .or_default()
                 .push(StagedWrite {
                     txn,
-                    table: table.to_string(),
+                    table: location.clone(),
                     partition,
                 });
             let request = PrepareRequest {
                 txn,
-                table: table.to_string(),
+                table: location.clone(),
                 partition,
                 sort_by: sort_by.clone(),
             };
@@ -157,6 +158,7 @@ impl DataSink for WriteSink {
         let logged = writes.clone();
         if let Err(e) = self.catalog.update(|s| {
             s.decided.insert(txn, logged);
+            s.last_txn = s.last_txn.max(txn);
             Ok(())
         }) {
             abort(txn, urls.values()).await;
@@ -165,30 +167,72 @@ impl DataSink for WriteSink {
             )));
         }
 
-        // Phase 2: make it visible everywhere.
-        let commits = writes.iter().map(|(worker, w)| async {
-            let client = WorkerClient::connect(&urls[worker])?;
-            client.commit(txn, w.clone()).await
-        });
-        let failed: Vec<DataFusionError> = join_all(commits)
-            .await
-            .into_iter()
-            .filter_map(Result::err)
-            .collect();
+        // Phase 2: make it visible everywhere. The statement is decided, so
+        // it succeeds; a worker that did not confirm is retried in the
+        // background until it does (commit is idempotent).
+        let failed = commit_all(txn, &writes, &urls).await;
         if failed.is_empty() {
-            self.catalog.update(|s| {
-                s.decided.remove(&txn);
-                Ok(())
-            })?;
+            forget(&self.catalog, txn);
         } else {
-            // The rows are durable and the decision logged: recovery commits
-            // them when the worker is back.
-            for e in &failed {
-                tracing::warn!(txn, error = %e, "commit not confirmed; recovery will finish it");
-            }
+            let catalog = Arc::clone(&self.catalog);
+            tokio::spawn(retry_commit(catalog, txn, failed, urls));
         }
         Ok(rows)
     }
+}
+
+/// Commits `txn` on every worker; returns the writes of workers that failed.
+async fn commit_all(
+    txn: u64,
+    writes: &BTreeMap<String, Vec<StagedWrite>>,
+    urls: &BTreeMap<String, String>,
+) -> BTreeMap<String, Vec<StagedWrite>> {
+    let commits = writes.iter().map(|(worker, w)| async move {
+        let result = match urls.get(worker) {
+            Some(url) => match WorkerClient::connect(url) {
+                Ok(client) => client.commit(txn, w.clone()).await,
+                Err(e) => Err(e),
+            },
+            None => Err(DataFusionError::Internal(format!("no url for {worker}"))),
+        };
+        (worker, w, result)
+    });
+    let mut failed = BTreeMap::new();
+    for (worker, w, result) in join_all(commits).await {
+        if let Err(e) = result {
+            tracing::warn!(txn, %worker, error = %e, "commit not confirmed; retrying");
+            failed.insert(worker.clone(), w.clone());
+        }
+    }
+    failed
+}
+
+/// Drops a finished transaction from the decision log. If that cannot be
+/// saved the entry stays, which is harmless: recovery commits it again.
+fn forget(catalog: &Catalog, txn: u64) {
+    if let Err(e) = catalog.update(|s| {
+        s.decided.remove(&txn);
+        Ok(())
+    }) {
+        tracing::warn!(txn, error = %e, "could not clear a finished write from the log");
+    }
+}
+
+/// Keeps committing on workers that did not confirm, backing off up to 30 s,
+/// until all have; the next start's recovery covers a stop before that.
+async fn retry_commit(
+    catalog: Arc<Catalog>,
+    txn: u64,
+    mut pending: BTreeMap<String, Vec<StagedWrite>>,
+    urls: BTreeMap<String, String>,
+) {
+    let mut delay = std::time::Duration::from_millis(200);
+    while !pending.is_empty() {
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(std::time::Duration::from_secs(30));
+        pending = commit_all(txn, &pending, &urls).await;
+    }
+    forget(&catalog, txn);
 }
 
 /// DataFusion reports a NULL in a NOT NULL column by index; say which

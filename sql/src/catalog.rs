@@ -27,13 +27,25 @@ pub struct ColumnDef {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TableDef {
     pub name: String,
+    /// Unique per table ever created: a table created again under an old
+    /// name never meets files the old one may have left behind.
+    #[serde(default)]
+    pub id: u64,
     pub columns: Vec<ColumnDef>,
     pub scheme: PartitionScheme,
 }
 
 impl TableDef {
     /// Validates `scheme` against `schema` and builds the definition.
-    pub fn try_new(name: &str, schema: &Schema, scheme: PartitionScheme) -> Result<Self> {
+    pub fn try_new(name: &str, id: u64, schema: &Schema, scheme: PartitionScheme) -> Result<Self> {
+        if name.is_empty()
+            || name.starts_with(|c: char| c.is_ascii_digit())
+            || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
+            return plan_err!(
+                "table name '{name}' is not allowed: use letters, digits and '_', not starting with a digit"
+            );
+        }
         if schema.fields().is_empty() {
             return plan_err!("table '{name}' needs at least one column");
         }
@@ -90,9 +102,15 @@ impl TableDef {
             .collect();
         Ok(Self {
             name: name.to_string(),
+            id,
             columns,
             scheme,
         })
+    }
+
+    /// The name of the table's directory on workers: `<name>.<id>`.
+    pub fn storage_key(&self) -> String {
+        format!("{}.{}", self.name, self.id)
     }
 
     pub fn schema(&self) -> Result<SchemaRef> {
@@ -184,7 +202,7 @@ mod tests {
             cluster_by: vec![],
         };
         let err = |s| {
-            TableDef::try_new("t", &schema(), s)
+            TableDef::try_new("t", 1, &schema(), s)
                 .unwrap_err()
                 .to_string()
         };
@@ -196,6 +214,8 @@ mod tests {
             bounds: vec![KeyValue::Int(5), KeyValue::Int(5)],
         };
         assert!(err(range).contains("strictly increasing"));
+        let bad_name = TableDef::try_new("../x", 1, &schema(), PartitionScheme::Single);
+        assert!(bad_name.unwrap_err().to_string().contains("not allowed"));
     }
 
     #[test]
@@ -205,7 +225,7 @@ mod tests {
             partitions: 4,
             cluster_by: vec![],
         };
-        let def = TableDef::try_new("t", &schema(), scheme).unwrap();
+        let def = TableDef::try_new("t", 1, &schema(), scheme).unwrap();
         let s = def.schema().unwrap();
         assert_eq!(s.field(0).data_type(), &DataType::Int64);
         assert_eq!(s.as_ref(), &schema());

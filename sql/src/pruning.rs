@@ -209,9 +209,16 @@ fn constraint(
             } else {
                 return None;
             };
+            let comparison = matches!(
+                op,
+                Operator::Eq | Operator::Lt | Operator::LtEq | Operator::Gt | Operator::GtEq
+            );
+            if !comparison {
+                return None;
+            }
             let value = KeyValue::from_scalar(literal(lit)?, data_type).ok()?;
             let Some(value) = value else {
-                // Comparing with NULL is never true.
+                // A comparison with NULL is never true.
                 return Some(Constraint::Values(vec![]));
             };
             match op {
@@ -343,6 +350,16 @@ mod tests {
         );
         let contradiction = [col("k").eq(lit(5i64)), col("k").gt(lit(10i64))];
         assert!(prune_partitions(&range(), &schema(), &contradiction).is_empty());
+    }
+
+    #[test]
+    fn distinct_from_null_keeps_all() {
+        let f = Expr::BinaryExpr(BinaryExpr::new(
+            Box::new(col("k")),
+            Operator::IsDistinctFrom,
+            Box::new(lit(ScalarValue::Int64(None))),
+        ));
+        assert_eq!(prune_partitions(&hash(), &schema(), &[f]).len(), 8);
     }
 
     #[test]

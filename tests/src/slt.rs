@@ -1,8 +1,15 @@
 //! sqllogictest through Flight SQL: each `.slt` file runs against a fresh
-//! `TestCluster`. `restart` as a statement (`statement ok` / `restart`) is
-//! not SQL; tests that restart use the cluster API directly.
+//! `TestCluster`. Two additions to the format:
+//!
+//! * `statement ok` with the text `RESTART CLUSTER` stops the cluster and
+//!   starts it again on the same data dir (not SQL: the harness does it);
+//! * an expected result whose lines all read `<contains> TEXT` passes when
+//!   every TEXT occurs in the output, for plans whose other details vary.
 
 use std::path::Path;
+use std::sync::Arc;
+
+use tokio::sync::Mutex;
 
 use arrow::array::{Array, RecordBatch};
 use arrow::datatypes::DataType;
@@ -16,6 +23,32 @@ use crate::cluster::{TestCluster, run_query};
 /// A sqllogictest connection: a Flight SQL client to the coordinator.
 pub struct FlightSqlDb {
     client: FlightSqlServiceClient<Channel>,
+    cluster: Arc<Mutex<Option<TestCluster>>>,
+}
+
+async fn connect(url: String) -> Result<FlightSqlServiceClient<Channel>, SqlError> {
+    let channel = tonic::transport::Endpoint::from_shared(url)
+        .map_err(|e| SqlError(e.to_string()))?
+        .connect()
+        .await
+        .map_err(|e| SqlError(e.to_string()))?;
+    Ok(FlightSqlServiceClient::new(channel))
+}
+
+fn contains_validator(
+    normalizer: sqllogictest::Normalizer,
+    actual: &[Vec<String>],
+    expected: &[String],
+) -> bool {
+    let needles: Vec<&str> = expected
+        .iter()
+        .filter_map(|e| e.strip_prefix("<contains> "))
+        .collect();
+    if needles.is_empty() || needles.len() != expected.len() {
+        return sqllogictest::default_validator(normalizer, actual, expected);
+    }
+    let text: String = actual.iter().flatten().map(|c| format!("{c}\n")).collect();
+    needles.iter().all(|n| text.contains(n))
 }
 
 #[derive(Debug)]
@@ -83,6 +116,16 @@ impl sqllogictest::AsyncDB for FlightSqlDb {
     type ColumnType = DefaultColumnType;
 
     async fn run(&mut self, sql: &str) -> Result<DBOutput<DefaultColumnType>, SqlError> {
+        if sql.trim().eq_ignore_ascii_case("RESTART CLUSTER") {
+            let mut guard = self.cluster.lock().await;
+            let Some(cluster) = guard.take() else {
+                return Err(SqlError("no cluster to restart".into()));
+            };
+            let cluster = cluster.restart().await;
+            self.client = connect(cluster.url()).await?;
+            *guard = Some(cluster);
+            return Ok(DBOutput::StatementComplete(0));
+        }
         let batches = run_query(&mut self.client, sql).await.map_err(SqlError)?;
         let Some(first) = batches.first() else {
             return Ok(DBOutput::StatementComplete(0));
@@ -126,23 +169,29 @@ impl sqllogictest::AsyncDB for FlightSqlDb {
 }
 
 /// Runs one `.slt` file against `cluster`, panicking with the runner's
-/// report on the first mismatch.
-pub async fn run_slt_file(cluster: &TestCluster, path: &Path) {
-    let url = cluster.url();
+/// report on the first mismatch, and stops the cluster.
+pub async fn run_slt_file(cluster: TestCluster, path: &Path) {
+    let shared = Arc::new(Mutex::new(Some(cluster)));
+    let for_conn = Arc::clone(&shared);
     let mut runner = sqllogictest::Runner::new(move || {
-        let url = url.clone();
+        let cluster = Arc::clone(&for_conn);
         async move {
-            let channel = tonic::transport::Endpoint::from_shared(url)
-                .map_err(|e| SqlError(e.to_string()))?
-                .connect()
-                .await
-                .map_err(|e| SqlError(e.to_string()))?;
+            let url = match cluster.lock().await.as_ref() {
+                Some(c) => c.url(),
+                None => return Err(SqlError("cluster is not running".into())),
+            };
             Ok(FlightSqlDb {
-                client: FlightSqlServiceClient::new(channel),
+                client: connect(url).await?,
+                cluster,
             })
         }
     });
-    if let Err(e) = runner.run_file_async(path).await {
+    runner.with_validator(contains_validator);
+    let result = runner.run_file_async(path).await;
+    if let Some(cluster) = shared.lock().await.take() {
+        cluster.stop().await;
+    }
+    if let Err(e) = result {
         panic!("{}: {}", path.display(), e.display(true));
     }
 }

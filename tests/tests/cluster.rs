@@ -116,6 +116,23 @@ async fn hash_table_end_to_end() {
     let err = cluster.query("SELECT nope FROM t").await.unwrap_err();
     assert!(err.contains("nope"), "{err}");
 
+    // Prepared statements describe their rows, so JDBC can tell queries
+    // from updates.
+    let mut client = cluster.client().await;
+    let mut query = client
+        .prepare("SELECT k, v FROM t".to_string(), None)
+        .await
+        .unwrap();
+    let schema = query.dataset_schema().unwrap().clone();
+    assert_eq!(schema.fields().len(), 2);
+    query.close().await.unwrap();
+    let mut update = client
+        .prepare("INSERT INTO t VALUES (-1, 'x')".to_string(), None)
+        .await
+        .unwrap();
+    assert!(update.dataset_schema().unwrap().fields().is_empty());
+    update.close().await.unwrap();
+
     // Restart on the same data dir: everything is back.
     let cluster = cluster.restart().await;
     assert_eq!(count(&cluster, "t").await, 100_000);
@@ -237,5 +254,85 @@ async fn external_parquet_tables() {
     // External tables come back after a restart too.
     let cluster = cluster.restart().await;
     assert_eq!(count(&cluster, "ext").await, 50);
+    cluster.stop().await;
+}
+
+/// A crash between the commit decision and the workers' commits: the next
+/// start commits the logged write and aborts the unlogged one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn recovery_finishes_decided_writes_and_aborts_the_rest() {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    use arrow::array::Int64Array;
+    use arrow::datatypes::{DataType, Field, Schema};
+    use tessera_worker::wire::PrepareRequest;
+    use tessera_worker::{StagedWrite, WorkerClient};
+
+    let cluster = TestCluster::builder().workers(2).start().await;
+    cluster.query("CREATE TABLE t (k BIGINT)").await.unwrap();
+    let coordinator = cluster.cluster().coordinator();
+    let location = coordinator
+        .catalog()
+        .table_def("t")
+        .unwrap()
+        .unwrap()
+        .storage_key();
+    let owner = coordinator
+        .catalog()
+        .scan_parts("t", &[0])
+        .unwrap()
+        .remove(0);
+    let client = WorkerClient::connect(&owner.url).unwrap();
+    let schema = Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, true)]));
+    let rows = |n: i64| {
+        RecordBatch::try_new(
+            schema.clone(),
+            vec![Arc::new(Int64Array::from_iter_values(0..n))],
+        )
+        .unwrap()
+    };
+    // Both writes are prepared (durable, staged); only txn 1 is decided.
+    for (txn, n) in [(1u64, 7i64), (2, 5)] {
+        let request = PrepareRequest {
+            txn,
+            table: location.clone(),
+            partition: 0,
+            sort_by: vec![],
+        };
+        client.prepare(&request, vec![rows(n)]).await.unwrap();
+    }
+    let write = StagedWrite {
+        txn: 1,
+        table: location.clone(),
+        partition: 0,
+    };
+    coordinator
+        .catalog()
+        .update(|s| {
+            s.decided
+                .insert(1, BTreeMap::from([(owner.worker_id.clone(), vec![write])]));
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(count(&cluster, "t").await, 0);
+
+    let cluster = cluster.restart().await;
+    assert_eq!(count(&cluster, "t").await, 7);
+    let state = cluster.cluster().coordinator().catalog().state().unwrap();
+    assert!(state.decided.is_empty());
+    let owner = cluster
+        .cluster()
+        .coordinator()
+        .catalog()
+        .scan_parts("t", &[0])
+        .unwrap()
+        .remove(0);
+    let staged = WorkerClient::connect(&owner.url)
+        .unwrap()
+        .staged()
+        .await
+        .unwrap();
+    assert!(staged.is_empty(), "{staged:?}");
     cluster.stop().await;
 }

@@ -12,8 +12,7 @@ async fn run(name: &str) {
         .join("slt")
         .join(name);
     let cluster = TestCluster::builder().workers(3).start().await;
-    run_slt_file(&cluster, &path).await;
-    cluster.stop().await;
+    run_slt_file(cluster, &path).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

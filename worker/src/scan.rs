@@ -60,6 +60,7 @@ pub struct LocalStore {
 #[derive(Debug, Clone)]
 pub struct PartitionScanExec {
     table: String,
+    location: String,
     table_schema: SchemaRef,
     projection: Option<Vec<usize>>,
     predicate: Option<Arc<dyn PhysicalExpr>>,
@@ -77,7 +78,10 @@ pub struct PartitionScanExec {
 /// What a scan reads, independent of which parts: shared by every variant.
 #[derive(Debug, Clone)]
 pub struct ScanSpec {
+    /// The table's name, for plans and messages.
     pub table: String,
+    /// The table's directory on workers.
+    pub location: String,
     pub table_schema: SchemaRef,
     pub projection: Option<Vec<usize>>,
     pub predicate: Option<Arc<dyn PhysicalExpr>>,
@@ -103,6 +107,7 @@ impl PartitionScanExec {
         ));
         Ok(Self {
             table: spec.table,
+            location: spec.location,
             table_schema: spec.table_schema,
             projection: spec.projection,
             predicate: spec.predicate,
@@ -119,6 +124,7 @@ impl PartitionScanExec {
     pub fn spec(&self) -> ScanSpec {
         ScanSpec {
             table: self.table.clone(),
+            location: self.location.clone(),
             table_schema: Arc::clone(&self.table_schema),
             projection: self.projection.clone(),
             predicate: self.predicate.clone(),
@@ -158,13 +164,17 @@ impl PartitionScanExec {
         part: &ScanPart,
         ctx: Arc<TaskContext>,
     ) -> Result<SendableRecordBatchStream> {
-        let files = storage.files(&self.table, part.partition)?;
+        let files = storage.files(&self.location, part.partition)?;
         if files.is_empty() {
             return Ok(self.empty());
         }
         let mut source = ParquetSource::new(Arc::clone(&self.table_schema));
         if let Some(predicate) = &self.predicate {
-            source = source.with_predicate(Arc::clone(predicate));
+            // Prunes row groups and pages by statistics, then filters rows
+            // while decoding, so only matching rows leave the worker.
+            source = source
+                .with_predicate(Arc::clone(predicate))
+                .with_pushdown_filters(true);
         }
         let group: FileGroup = files
             .into_iter()
@@ -311,6 +321,8 @@ struct PartitionScanProto {
     total_partitions: u32,
     #[prost(uint32, tag = "10")]
     kept_partitions: u32,
+    #[prost(string, tag = "11")]
+    location: String,
 }
 
 /// Encodes and decodes Tessera's plan nodes for datafusion-proto. A worker's
@@ -333,6 +345,7 @@ impl TesseraCodec {
         };
         let proto = PartitionScanProto {
             table: scan.table.clone(),
+            location: scan.location.clone(),
             schema: Some(scan.table_schema.as_ref().try_into()?),
             has_projection: scan.projection.is_some(),
             projection: scan
@@ -374,6 +387,7 @@ impl TesseraCodec {
         };
         let spec = ScanSpec {
             table: proto.table,
+            location: proto.location,
             table_schema: schema,
             projection: proto
                 .has_projection

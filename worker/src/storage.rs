@@ -122,13 +122,14 @@ impl Storage {
         &self.root
     }
 
-    fn partition_dir(&self, table: &str, partition: u32) -> PathBuf {
-        self.root.join(table).join(format!("p{partition:04}"))
+    fn partition_dir(&self, table: &str, partition: u32) -> Result<PathBuf> {
+        check_table_key(table)?;
+        Ok(self.root.join(table).join(format!("p{partition:04}")))
     }
 
     /// The manifest of a partition; empty if nothing was ever committed.
     pub fn manifest(&self, table: &str, partition: u32) -> Result<Manifest> {
-        let path = self.partition_dir(table, partition).join(MANIFEST);
+        let path = self.partition_dir(table, partition)?.join(MANIFEST);
         match fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
                 DataFusionError::Execution(format!(
@@ -143,7 +144,7 @@ impl Storage {
 
     /// Paths and sizes of the Parquet files of a partition.
     pub fn files(&self, table: &str, partition: u32) -> Result<Vec<(PathBuf, u64)>> {
-        let dir = self.partition_dir(table, partition);
+        let dir = self.partition_dir(table, partition)?;
         Ok(self
             .manifest(table, partition)?
             .files
@@ -163,8 +164,19 @@ impl Storage {
         batches: &[RecordBatch],
         sort_by: &[String],
     ) -> Result<DataFile> {
-        let dir = self.partition_dir(table, partition).join(STAGED);
-        fs::create_dir_all(&dir).map_err(|e| io_err("cannot create", &dir, e))?;
+        let dir = self.partition_dir(table, partition)?.join(STAGED);
+        if !dir.exists() {
+            fs::create_dir_all(&dir).map_err(|e| io_err("cannot create", &dir, e))?;
+            // New directories must survive a power loss too: sync each parent.
+            let mut child = dir.as_path();
+            while let Some(parent) = child.parent() {
+                sync_dir(parent)?;
+                if parent == self.root {
+                    break;
+                }
+                child = parent;
+            }
+        }
         let batch = concat_batches(&schema, batches)?;
         let batch = sort_batch(batch, sort_by)?;
         let path = dir.join(file_name(txn));
@@ -219,16 +231,27 @@ impl Storage {
             DataFusionError::Internal("commit lock poisoned by an earlier panic".into())
         })?;
         for w in writes.iter().filter(|w| w.txn == txn) {
-            let dir = self.partition_dir(&w.table, w.partition);
+            let dir = self.partition_dir(&w.table, w.partition)?;
             let name = file_name(txn);
             let staged = dir.join(STAGED).join(&name);
             let mut manifest = self.manifest(&w.table, w.partition)?;
             if manifest.files.iter().any(|f| f.name == name) {
                 continue;
             }
-            let rows = parquet_rows(&staged)?;
             let target = dir.join(&name);
-            fs::rename(&staged, &target).map_err(|e| io_err("cannot commit", &staged, e))?;
+            // An earlier commit may have moved the file and stopped before
+            // the manifest swap: finish it from the moved file.
+            if staged.exists() {
+                fs::rename(&staged, &target).map_err(|e| io_err("cannot commit", &staged, e))?;
+            } else if !target.exists() {
+                return exec_err!(
+                    "the rows of transaction {txn} for {} partition {} are missing on this worker; \
+                     restore the partition from a replica or backup",
+                    w.table,
+                    w.partition
+                );
+            }
+            let rows = parquet_rows(&target)?;
             let bytes = fs::metadata(&target)
                 .map_err(|e| io_err("cannot stat", &target, e))?
                 .len();
@@ -256,7 +279,7 @@ impl Storage {
     pub fn abort(&self, txn: u64) -> Result<()> {
         for w in self.staged()?.into_iter().filter(|w| w.txn == txn) {
             let path = self
-                .partition_dir(&w.table, w.partition)
+                .partition_dir(&w.table, w.partition)?
                 .join(STAGED)
                 .join(file_name(txn));
             match fs::remove_file(&path) {
@@ -331,6 +354,7 @@ impl Storage {
 
     /// Removes every partition of a table held here.
     pub fn drop_table(&self, table: &str) -> Result<()> {
+        check_table_key(table)?;
         let dir = self.root.join(table);
         match fs::remove_dir_all(&dir) {
             Ok(()) => sync_dir(&self.root),
@@ -347,6 +371,18 @@ impl Storage {
         }
         Ok(out)
     }
+}
+
+/// Refuses table keys that could name a path outside the worker's directory.
+fn check_table_key(table: &str) -> Result<()> {
+    let bad = table.is_empty()
+        || table.starts_with('.')
+        || table.contains("..")
+        || table.contains(['/', '\\', '\0']);
+    if bad {
+        return exec_err!("'{table}' is not a valid table key");
+    }
+    Ok(())
 }
 
 fn parquet_rows(path: &Path) -> Result<u64> {
@@ -391,6 +427,28 @@ mod tests {
         (schema, b)
     }
 
+    /// A commit that moved the staged file but stopped before swapping the
+    /// manifest is finished by committing again.
+    #[test]
+    fn commit_finishes_after_an_interrupted_rename() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(dir.path()).unwrap();
+        let (schema, b) = batch(vec![1, 2]);
+        s.prepare(3, "t.0", 1, schema, &[b], &[]).unwrap();
+        let p = dir.path().join("t.0").join("p0001");
+        fs::rename(p.join(STAGED).join(file_name(3)), p.join(file_name(3))).unwrap();
+        let w = StagedWrite {
+            txn: 3,
+            table: "t.0".into(),
+            partition: 1,
+        };
+        s.commit(3, std::slice::from_ref(&w)).unwrap();
+        assert_eq!(s.manifest("t.0", 1).unwrap().rows(), 2);
+        // Rows that are nowhere are an error, not a silent success.
+        let lost = StagedWrite { txn: 4, ..w };
+        assert!(s.commit(4, &[lost]).is_err());
+    }
+
     #[test]
     fn prepare_commit_abort() {
         let dir = tempfile::tempdir().unwrap();
@@ -422,5 +480,7 @@ mod tests {
         assert_eq!(s.tables().unwrap().get("t"), Some(&vec![0]));
         s.drop_table("t").unwrap();
         assert!(s.tables().unwrap().is_empty());
+        assert!(s.drop_table("..").is_err());
+        assert!(s.manifest("../x", 0).is_err());
     }
 }
