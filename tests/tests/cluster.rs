@@ -119,14 +119,14 @@ async fn hash_table_end_to_end() {
     // Prepared statements describe their rows, so JDBC can tell queries
     // from updates.
     let mut client = cluster.client().await;
-    let mut query = client
+    let query = client
         .prepare("SELECT k, v FROM t".to_string(), None)
         .await
         .unwrap();
     let schema = query.dataset_schema().unwrap().clone();
     assert_eq!(schema.fields().len(), 2);
     query.close().await.unwrap();
-    let mut update = client
+    let update = client
         .prepare("INSERT INTO t VALUES (-1, 'x')".to_string(), None)
         .await
         .unwrap();
