@@ -13,10 +13,9 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::MemTable;
 use datafusion::common::{DataFusionError, Result};
 use tessera_worker::wire::MAX_MESSAGE_BYTES;
-use tessera_worker::{Storage, WorkerHandle, start_worker};
+use tessera_worker::{Storage, WorkerHandle, nodelay_incoming, start_worker};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::engine::Coordinator;
 use crate::flight_sql::TesseraFlightSql;
@@ -108,9 +107,8 @@ impl Cluster {
         let (tx, rx) = oneshot::channel::<()>();
         let server = tokio::spawn(async move {
             let result = tonic::transport::Server::builder()
-                .tcp_nodelay(true)
                 .add_service(service)
-                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+                .serve_with_incoming_shutdown(nodelay_incoming(listener), async {
                     let _ = rx.await;
                 })
                 .await;

@@ -10,5 +10,5 @@ pub mod wire;
 
 pub use client::{WorkerClient, flight_error};
 pub use scan::{LocalStore, PartitionScanExec, ScanPart, ScanSpec, TesseraCodec};
-pub use service::{WorkerHandle, start_worker, to_status};
+pub use service::{WorkerHandle, nodelay_incoming, start_worker, to_status};
 pub use storage::{DataFile, Manifest, PartitionStats, StagedWrite, Storage};

@@ -250,6 +250,19 @@ impl FlightService for WorkerFlightService {
     }
 }
 
+/// Accepted connections with `TCP_NODELAY`: tonic sets it only on sockets it
+/// accepts itself, and without it every small reply waits out the peer's
+/// delayed ACK (~40 ms per round trip).
+pub fn nodelay_incoming(
+    listener: TcpListener,
+) -> impl Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    TcpListenerStream::new(listener).map(|conn| {
+        let conn = conn?;
+        conn.set_nodelay(true)?;
+        Ok(conn)
+    })
+}
+
 /// A running worker: its id, URL and a handle to stop it.
 pub struct WorkerHandle {
     pub id: String,
@@ -303,11 +316,10 @@ pub async fn start_worker(
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
 
     let (tx, rx) = oneshot::channel::<()>();
-    let incoming = TcpListenerStream::new(listener);
+    let incoming = nodelay_incoming(listener);
     let worker_id = id.to_string();
     let task = tokio::spawn(async move {
         let result = tonic::transport::Server::builder()
-            .tcp_nodelay(true)
             .add_service(flight)
             .add_service(worker.into_worker_server())
             .serve_with_incoming_shutdown(incoming, async {
