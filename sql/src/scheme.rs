@@ -315,6 +315,51 @@ mod tests {
         }
     }
 
+    /// Every key type maps to the canonical encoding: widths, dates,
+    /// timestamps and string layouts hash like the pinned values above.
+    #[test]
+    fn golden_partitions_of_typed_literals() {
+        use datafusion::common::ScalarValue;
+        let scheme = PartitionScheme::Hash {
+            columns: vec!["k".into()],
+            partitions: 8,
+            cluster_by: vec![],
+        };
+        let partition = |v: ScalarValue| {
+            let key = KeyValue::from_scalar(&v, &v.data_type()).unwrap().unwrap();
+            scheme.partition_of_key(&[key])
+        };
+        assert_eq!(
+            partition(ScalarValue::Int32(Some(42))),
+            GOLDEN_PARTITION_OF_8[1]
+        );
+        assert_eq!(
+            partition(ScalarValue::Int8(Some(42))),
+            GOLDEN_PARTITION_OF_8[1]
+        );
+        assert_eq!(
+            partition(ScalarValue::UInt8(Some(42))),
+            GOLDEN_PARTITION_OF_8[3]
+        );
+        assert_eq!(
+            partition(ScalarValue::Utf8View(Some("tessera".into()))),
+            GOLDEN_PARTITION_OF_8[4]
+        );
+        assert_eq!(
+            partition(ScalarValue::LargeUtf8(Some("tessera".into()))),
+            GOLDEN_PARTITION_OF_8[4]
+        );
+        // 2024-01-01 as a date (days) and as a timestamp (microseconds).
+        let date = partition(ScalarValue::Date32(Some(19723)));
+        let ts = partition(ScalarValue::TimestampMicrosecond(
+            Some(1_704_067_200_000_000),
+            None,
+        ));
+        assert_eq!((date, ts), GOLDEN_DATE_TS);
+    }
+
+    const GOLDEN_DATE_TS: (u32, u32) = (2, 1);
+
     const GOLDEN: [u64; 8] = [
         3547760990396968576,
         4435642637180117100,
