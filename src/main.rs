@@ -137,7 +137,7 @@ async fn load_demo(cluster: &Cluster) -> Result<(), String> {
         bar.set_message(t.name);
         for batch in t.batches {
             let n = batch.num_rows() as u64;
-            cluster
+            coordinator
                 .load(t.name, t.schema.clone(), vec![batch])
                 .await
                 .map_err(|e| e.to_string())?;

@@ -8,9 +8,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use arrow_flight::flight_service_server::FlightServiceServer;
-use datafusion::arrow::array::{RecordBatch, UInt64Array};
-use datafusion::arrow::datatypes::SchemaRef;
-use datafusion::catalog::MemTable;
 use datafusion::common::{DataFusionError, Result};
 use tessera_worker::wire::MAX_MESSAGE_BYTES;
 use tessera_worker::{Storage, WorkerHandle, nodelay_incoming, start_worker};
@@ -135,18 +132,6 @@ impl Cluster {
         format!("http://{}", self.addr)
     }
 
-    /// Loads rows into an existing table through the normal write path
-    /// (`INSERT INTO t SELECT * FROM <rows>`), so they are cast, routed and
-    /// committed atomically like any INSERT.
-    pub async fn load(
-        &self,
-        table: &str,
-        schema: SchemaRef,
-        batches: Vec<RecordBatch>,
-    ) -> Result<u64> {
-        self.coordinator.load(table, schema, batches).await
-    }
-
     /// Stops one worker, as if its process died; the others keep running.
     pub async fn stop_worker(&mut self, index: usize) {
         if index < self.workers.len() {
@@ -163,35 +148,5 @@ impl Cluster {
         for w in self.workers.drain(..) {
             w.stop().await;
         }
-    }
-}
-
-impl Coordinator {
-    /// See [`Cluster::load`].
-    pub async fn load(
-        &self,
-        table: &str,
-        schema: SchemaRef,
-        batches: Vec<RecordBatch>,
-    ) -> Result<u64> {
-        let staging = format!("__load_{}", uuid::Uuid::new_v4().simple());
-        let mem = Arc::new(MemTable::try_new(schema, vec![batches])?);
-        self.catalog().set_external(&staging, Some(mem))?;
-        let result = self
-            .run(&format!(
-                "INSERT INTO \"{table}\" SELECT * FROM \"{staging}\""
-            ))
-            .await;
-        self.catalog().set_external(&staging, None)?;
-        let batches = result?;
-        Ok(batches
-            .iter()
-            .filter_map(|b| b.column_by_name("count"))
-            .filter_map(|c| {
-                c.as_any()
-                    .downcast_ref::<UInt64Array>()
-                    .map(|a| a.iter().flatten().sum::<u64>())
-            })
-            .sum())
     }
 }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray, UInt32Array, UInt64Array};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::catalog::MemTable;
 use datafusion::common::{DataFusionError, Result, plan_err};
 use datafusion::execution::{SendableRecordBatchStream, SessionStateBuilder, TaskContext};
 use datafusion::logical_expr::{DdlStatement, LogicalPlan};
@@ -184,6 +185,27 @@ impl Coordinator {
                 })
             }
         }
+    }
+
+    /// Loads rows into an existing table through the normal write path
+    /// (`INSERT INTO t SELECT * FROM <rows>`), so they are cast, routed and
+    /// committed atomically like any INSERT.
+    pub async fn load(
+        &self,
+        table: &str,
+        schema: SchemaRef,
+        batches: Vec<RecordBatch>,
+    ) -> Result<u64> {
+        let staging = format!("__load_{}", uuid::Uuid::new_v4().simple());
+        let mem = Arc::new(MemTable::try_new(schema, vec![batches])?);
+        self.catalog().set_external(&staging, Some(mem))?;
+        let result = self
+            .run(&format!(
+                "INSERT INTO \"{table}\" SELECT * FROM \"{staging}\""
+            ))
+            .await;
+        self.catalog().set_external(&staging, None)?;
+        Ok(rows_written(&result?))
     }
 
     /// Runs one statement to completion and returns its rows.
@@ -515,6 +537,16 @@ fn strip_explain(sql: &str) -> Option<&str> {
         return None;
     }
     Some(rest)
+}
+
+/// The rows an INSERT reports in its `count` column; 0 for other statements.
+pub fn rows_written(batches: &[RecordBatch]) -> u64 {
+    batches
+        .iter()
+        .filter_map(|b| b.column_by_name("count"))
+        .filter_map(|c| c.as_any().downcast_ref::<UInt64Array>())
+        .map(|a| a.iter().flatten().sum::<u64>())
+        .sum()
 }
 
 fn explain_schema() -> SchemaRef {

@@ -23,7 +23,6 @@ use arrow_flight::sql::{
 use arrow_flight::{
     Action, FlightDescriptor, FlightEndpoint, FlightInfo, IpcMessage, SchemaAsIpc, Ticket,
 };
-use datafusion::arrow::array::{Array, UInt64Array};
 use datafusion::arrow::datatypes::{DataType, FieldRef, Schema, SchemaRef};
 use datafusion::arrow::error::ArrowError;
 use datafusion::arrow::ipc::writer::IpcWriteOptions;
@@ -33,7 +32,7 @@ use prost::Message;
 use tessera_worker::to_status;
 use tonic::{Request, Response, Status};
 
-use crate::engine::{Coordinator, Planned};
+use crate::engine::{Coordinator, Planned, rows_written};
 
 /// Results not fetched within this time are dropped.
 const RESULT_TTL: Duration = Duration::from_secs(600);
@@ -111,17 +110,7 @@ impl TesseraFlightSql {
 
     async fn update(&self, sql: &str) -> Result<i64, Status> {
         let batches = self.coordinator.run(sql).await.map_err(status)?;
-        // DML answers with one `count` row; other statements changed no rows.
-        let count = batches
-            .iter()
-            .filter_map(|b| b.column_by_name("count"))
-            .filter_map(|c| {
-                c.as_any()
-                    .downcast_ref::<UInt64Array>()
-                    .map(|a| a.iter().flatten().sum::<u64>())
-            })
-            .sum::<u64>();
-        Ok(count as i64)
+        Ok(rows_written(&batches) as i64)
     }
 }
 
