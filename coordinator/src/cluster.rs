@@ -74,20 +74,16 @@ impl Cluster {
             .filter(|w| !members.contains_key(*w))
             .collect();
         if let Some(w) = missing.first() {
+            let needed = missing
+                .iter()
+                .filter_map(|w| w.strip_prefix("worker-")?.parse::<usize>().ok())
+                .max()
+                .map_or(config.workers, |i| i + 1);
             return Err(DataFusionError::Configuration(format!(
                 "the data dir {} has partitions on {w}, but only {} workers were started; \
-                 start with --workers {} or more",
+                 start with --workers {needed} or more",
                 config.data_dir.display(),
                 config.workers,
-                state
-                    .map
-                    .tables
-                    .values()
-                    .flatten()
-                    .filter_map(|p| p.leader().strip_prefix("worker-")?.parse::<usize>().ok())
-                    .max()
-                    .unwrap_or(0)
-                    + 1
             )));
         }
 

@@ -328,17 +328,13 @@ impl Coordinator {
             })?;
             return Ok(empty());
         }
-        if self.catalog.table_def(name)?.is_none() {
+        let Some(def) = self.catalog.table_def(name)? else {
             if if_exists {
                 return Ok(empty());
             }
             return plan_err!("table '{name}' does not exist; SHOW TABLES lists the tables");
-        }
-        let location = self
-            .catalog
-            .table_def(name)?
-            .map(|d| d.storage_key())
-            .unwrap_or_default();
+        };
+        let location = def.storage_key();
         let holders: Vec<String> = {
             let mut h: Vec<String> = self
                 .catalog

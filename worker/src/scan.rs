@@ -213,7 +213,6 @@ impl DisplayAs for PartitionScanExec {
             self.table, self.kept_partitions, self.total_partitions
         )?;
         let mut workers: Vec<&str> = self.parts.iter().map(|p| p.worker_id.as_str()).collect();
-        workers.dedup();
         workers.sort_unstable();
         workers.dedup();
         write!(f, ", workers=[{}]", workers.join(", "))?;

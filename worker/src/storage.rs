@@ -90,11 +90,6 @@ fn io_err(what: &str, path: &Path, e: std::io::Error) -> DataFusionError {
         ErrorKind::PermissionDenied => " (check the data dir's permissions)",
         _ => "",
     };
-    let hint = if e.raw_os_error() == Some(28) {
-        " (the disk is full: free space or move the data dir)"
-    } else {
-        hint
-    };
     DataFusionError::Execution(format!("{what} {}: {e}{hint}", path.display()))
 }
 
