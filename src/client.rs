@@ -2,7 +2,6 @@
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
-use arrow_flight::error::FlightError;
 use arrow_flight::sql::client::FlightSqlServiceClient;
 use futures::TryStreamExt;
 use tonic::transport::{Channel, Endpoint};
@@ -17,17 +16,7 @@ pub struct Client {
     inner: FlightSqlServiceClient<Channel>,
 }
 
-/// The text of an error as the server sent it.
-pub fn error_text(e: FlightError) -> String {
-    match e {
-        FlightError::Tonic(s) if s.code() == tonic::Code::Unavailable => {
-            format!("cannot reach the server: {}", s.message())
-        }
-        FlightError::Tonic(s) => s.message().to_string(),
-        FlightError::ExternalError(e) => e.to_string(),
-        other => other.to_string(),
-    }
-}
+pub use tessera_datasets::flight_error_text as error_text;
 
 impl Client {
     pub async fn connect(addr: &str) -> Result<Self, String> {
@@ -45,6 +34,11 @@ impl Client {
             })?;
         let inner = FlightSqlServiceClient::new(channel);
         Ok(Self { inner })
+    }
+
+    /// The underlying Flight SQL client.
+    pub fn flight(&mut self) -> &mut FlightSqlServiceClient<Channel> {
+        &mut self.inner
     }
 
     pub async fn query(&mut self, sql: &str) -> Result<QueryResult, String> {

@@ -4,6 +4,7 @@
 mod client;
 mod output;
 mod shell;
+mod tpch;
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;
@@ -55,6 +56,11 @@ enum Command {
         #[arg(short = 'c')]
         command: Option<String>,
     },
+    /// Generate a dataset and load it into a running cluster (or write Parquet).
+    Load {
+        #[command(subcommand)]
+        dataset: Dataset,
+    },
     /// Run the statements of a SQL file in order (`-` reads stdin).
     Run {
         #[arg(long, default_value = DEFAULT_ADDR)]
@@ -62,6 +68,24 @@ enum Command {
         #[arg(long, value_enum, default_value = "table")]
         format: Format,
         file: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum Dataset {
+    /// TPC-H, generated in process: the 8 tables, hash-partitioned by key.
+    Tpch {
+        /// Scale factor (1 = about 1 GB of data, 6M lineitem rows).
+        #[arg(long, default_value_t = 1.0)]
+        sf: f64,
+        #[arg(long, default_value = DEFAULT_ADDR)]
+        connect: String,
+        /// Hash partitions per table (nation and region have one).
+        #[arg(long, default_value_t = 8)]
+        partitions: u32,
+        /// Write `<table>.parquet` files into this directory instead of loading.
+        #[arg(long)]
+        parquet: Option<PathBuf>,
     },
 }
 
@@ -236,6 +260,18 @@ fn main() -> ExitCode {
                 format,
                 file,
             } => run_file(&connect, format, &file).await,
+            Command::Load {
+                dataset:
+                    Dataset::Tpch {
+                        sf,
+                        connect,
+                        partitions,
+                        parquet,
+                    },
+            } => match parquet {
+                Some(dir) => tpch::write_parquet(sf, &dir),
+                None => tpch::load(&connect, sf, partitions).await,
+            },
         }
     });
     match result {

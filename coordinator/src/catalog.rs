@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use datafusion::catalog::{SchemaProvider, TableProvider};
 use datafusion::common::{DataFusionError, Result, exec_err, plan_err};
 use tessera_sql::{PartitionPlacement, TableDef};
-use tessera_worker::ScanPart;
+use tessera_worker::{ScanPart, SizeEstimate};
 
 use crate::metastore::{CatalogState, Metastore};
 use crate::table::TesseraTable;
@@ -141,6 +141,23 @@ impl Catalog {
                 })
             })
             .collect()
+    }
+
+    /// Rows and stored bytes of some partitions of a table; `None` when the
+    /// write path has not counted them (tables from before counting began).
+    pub fn size_estimate(&self, table: &str, partitions: &[u32]) -> Result<Option<SizeEstimate>> {
+        let state = self.state.lock().map_err(|_| poisoned())?;
+        let Some(stats) = state.stats.get(table) else {
+            return Ok(None);
+        };
+        let mut total = SizeEstimate::default();
+        for p in partitions {
+            if let Some(s) = stats.get(p) {
+                total.rows += s.rows;
+                total.bytes += s.bytes;
+            }
+        }
+        Ok(Some(total))
     }
 
     /// A new transaction id, larger than any before it in this or an

@@ -22,6 +22,7 @@ use tessera_worker::{TesseraCodec, WorkerClient};
 use crate::catalog::{Catalog, TesseraSchema};
 use crate::distribution::{MembershipResolver, desired_task_count, route_tasks, scale_up};
 use crate::metastore::Metastore;
+use crate::options::{self, TesseraOptions};
 
 /// A planned statement: rows already computed (DDL, DML, SHOW ...) or a
 /// physical plan to run when the client asks for the rows.
@@ -63,7 +64,9 @@ impl Coordinator {
         members: BTreeMap<String, String>,
     ) -> Result<Self> {
         let catalog = Catalog::open(metastore, members)?;
-        let mut config = SessionConfig::new().with_information_schema(true);
+        let mut config = SessionConfig::new()
+            .with_information_schema(true)
+            .with_option_extension(TesseraOptions::default());
         // Each task reads its own partitions; siblings must not steal files.
         config
             .options_mut()
@@ -82,6 +85,7 @@ impl Coordinator {
             .with_distributed_route_tasks_handler(route_tasks)
             .build();
         let ctx = SessionContext::new_with_state(state);
+        options::apply(&mut ctx.state_ref().write());
         let default_catalog = ctx
             .catalog("datafusion")
             .ok_or_else(|| DataFusionError::Internal("no default catalog".into()))?;
@@ -241,9 +245,14 @@ impl Coordinator {
                 plan_err!("CREATE TABLE is handled by Tessera; this form is not supported")
             }
             LogicalPlan::Dml(_) | LogicalPlan::Ddl(_) | LogicalPlan::Statement(_) => {
+                let is_statement = matches!(plan, LogicalPlan::Statement(_));
                 let df = self.ctx.execute_logical_plan(plan).await?;
                 let schema = Arc::new(df.schema().as_arrow().clone());
                 let batches = df.collect().await?;
+                if is_statement {
+                    // SET tessera.* may have changed what DataFusion must do.
+                    options::apply(&mut self.ctx.state_ref().write());
+                }
                 Ok(Planned::Ready(schema, batches))
             }
             _ => {
@@ -306,6 +315,7 @@ impl Coordinator {
             s.map
                 .place_table(&name, def.scheme.partition_count(), &workers, offset);
             s.tables.insert(name.clone(), def);
+            s.stats.insert(name.clone(), BTreeMap::new());
             s.tables_created += 1;
             Ok(())
         })?;
@@ -348,6 +358,7 @@ impl Coordinator {
         };
         self.catalog.update(|s| {
             s.tables.remove(name);
+            s.stats.remove(name);
             s.map.drop_table(name);
             Ok(())
         })?;

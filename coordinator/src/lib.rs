@@ -8,6 +8,7 @@ mod distribution;
 mod engine;
 mod flight_sql;
 mod metastore;
+mod options;
 mod table;
 mod write;
 
@@ -15,3 +16,4 @@ pub use catalog::Catalog;
 pub use cluster::{Cluster, ClusterConfig};
 pub use engine::{Coordinator, Planned};
 pub use metastore::{CatalogState, FileMetastore, Metastore};
+pub use options::TesseraOptions;

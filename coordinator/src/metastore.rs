@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use datafusion::common::{DataFusionError, Result};
 use serde::{Deserialize, Serialize};
 use tessera_sql::{PartitionMap, TableDef};
-use tessera_worker::StagedWrite;
+use tessera_worker::{SizeEstimate, StagedWrite};
 
 /// Everything the coordinator must remember across restarts.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -29,6 +29,10 @@ pub struct CatalogState {
     /// the clock went back across a restart.
     #[serde(default)]
     pub last_txn: u64,
+    /// Rows and stored bytes per table and partition, counted at each
+    /// decided write: the planner's size estimates.
+    #[serde(default)]
+    pub stats: BTreeMap<String, BTreeMap<u32, SizeEstimate>>,
 }
 
 /// Durable storage of the [`CatalogState`].

@@ -70,6 +70,7 @@ impl TableProvider for TesseraTable {
         let predicate = conjunction(filters.to_vec())
             .map(|e| state.create_physical_expr(e, &df_schema))
             .transpose()?;
+        let estimate = self.catalog.size_estimate(&self.def.name, &kept)?;
         let spec = ScanSpec {
             table: self.def.name.clone(),
             location: self.def.storage_key(),
@@ -79,6 +80,7 @@ impl TableProvider for TesseraTable {
             limit,
             total_partitions: self.def.scheme.partition_count(),
             kept_partitions: parts.len() as u32,
+            estimate,
         };
         let outputs = parts.len();
         Ok(Arc::new(PartitionScanExec::try_new(spec, parts, outputs)?))

@@ -143,15 +143,21 @@ impl DataSink for WriteSink {
             let url = target.url.clone();
             prepares.push(async move {
                 let client = WorkerClient::connect(&url)?;
-                client.prepare(&request, batches).await
+                let file = client.prepare(&request, batches).await?;
+                Ok::<_, DataFusionError>((partition, file))
             });
         }
-        let results = join_all(prepares).await;
-        if let Some(err) = results.into_iter().find_map(Result::err) {
-            abort(txn, urls.values()).await;
-            return Err(DataFusionError::Execution(format!(
-                "INSERT into '{table}' failed and changed nothing: {err}"
-            )));
+        let mut files = vec![];
+        for result in join_all(prepares).await {
+            match result {
+                Ok(f) => files.push(f),
+                Err(err) => {
+                    abort(txn, urls.values()).await;
+                    return Err(DataFusionError::Execution(format!(
+                        "INSERT into '{table}' failed and changed nothing: {err}"
+                    )));
+                }
+            }
         }
 
         // Decide: once logged, the write will land even across a crash.
@@ -159,6 +165,12 @@ impl DataSink for WriteSink {
         if let Err(e) = self.catalog.update(|s| {
             s.decided.insert(txn, logged);
             s.last_txn = s.last_txn.max(txn);
+            let stats = s.stats.entry(table.to_string()).or_default();
+            for (partition, file) in &files {
+                let p = stats.entry(*partition).or_default();
+                p.rows += file.rows;
+                p.bytes += file.bytes;
+            }
             Ok(())
         }) {
             abort(txn, urls.values()).await;

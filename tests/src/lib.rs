@@ -1,9 +1,11 @@
 //! Test support for Tessera: `TestCluster` (a real coordinator and workers on
-//! loopback ports over a temporary data dir) and a Flight SQL client that
-//! runs sqllogictest files against it.
+//! loopback ports over a temporary data dir), a Flight SQL client that
+//! runs sqllogictest files against it, and result comparison.
 
 mod cluster;
+mod compare;
 mod slt;
 
 pub use cluster::{TestCluster, TestClusterBuilder};
+pub use compare::{Cell, compare_rows, rows};
 pub use slt::{FlightSqlDb, run_slt_file};

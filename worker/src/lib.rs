@@ -9,6 +9,6 @@ mod storage;
 pub mod wire;
 
 pub use client::{WorkerClient, flight_error};
-pub use scan::{LocalStore, PartitionScanExec, ScanPart, ScanSpec, TesseraCodec};
+pub use scan::{LocalStore, PartitionScanExec, ScanPart, ScanSpec, SizeEstimate, TesseraCodec};
 pub use service::{WorkerHandle, nodelay_incoming, start_worker, to_status};
 pub use storage::{DataFile, Manifest, PartitionStats, StagedWrite, Storage};

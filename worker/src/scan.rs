@@ -19,8 +19,9 @@ use std::fmt;
 use std::sync::Arc;
 
 use datafusion::arrow::datatypes::{Schema, SchemaRef};
+use datafusion::common::stats::Precision;
 use datafusion::common::tree_node::TreeNodeRecursion;
-use datafusion::common::{DataFusionError, Result, internal_err};
+use datafusion::common::{DataFusionError, Result, Statistics, internal_err};
 use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
 use datafusion::datasource::source::DataSourceExec;
@@ -70,6 +71,7 @@ pub struct PartitionScanExec {
     /// scan (all tasks), for `partitions=K/N`.
     total_partitions: u32,
     kept_partitions: u32,
+    estimate: Option<SizeEstimate>,
     local: Option<Arc<LocalStore>>,
     properties: Arc<PlanProperties>,
     metrics: ExecutionPlanMetricsSet,
@@ -88,6 +90,16 @@ pub struct ScanSpec {
     pub limit: Option<usize>,
     pub total_partitions: u32,
     pub kept_partitions: u32,
+    /// Rows and stored bytes of the kept partitions, if known: the
+    /// planner's size estimate (join sides to broadcast).
+    pub estimate: Option<SizeEstimate>,
+}
+
+/// Rows and stored bytes of some partitions, as the write path counted them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SizeEstimate {
+    pub rows: u64,
+    pub bytes: u64,
 }
 
 impl PartitionScanExec {
@@ -115,6 +127,7 @@ impl PartitionScanExec {
             parts,
             total_partitions: spec.total_partitions,
             kept_partitions: spec.kept_partitions,
+            estimate: spec.estimate,
             local: None,
             properties,
             metrics: ExecutionPlanMetricsSet::new(),
@@ -131,6 +144,7 @@ impl PartitionScanExec {
             limit: self.limit,
             total_partitions: self.total_partitions,
             kept_partitions: self.kept_partitions,
+            estimate: self.estimate,
         }
     }
 
@@ -283,6 +297,28 @@ impl ExecutionPlan for PartitionScanExec {
         Ok(Box::pin(RecordBatchStreamAdapter::new(schema, counted)))
     }
 
+    fn partition_statistics(&self, partition: Option<usize>) -> Result<Arc<Statistics>> {
+        let schema = self.schema();
+        let (Some(estimate), None) = (self.estimate, partition) else {
+            return Ok(Arc::new(Statistics::new_unknown(&schema)));
+        };
+        // Stored bytes, scaled by the share of columns read.
+        let all = self.table_schema.fields().len().max(1) as u64;
+        let read = self.projection.as_ref().map_or(all, |p| p.len() as u64);
+        let mut rows = estimate.rows;
+        let mut bytes = estimate.bytes.saturating_mul(read) / all;
+        if let Some(limit) = self.limit
+            && (limit as u64) < rows
+        {
+            bytes = bytes.saturating_mul(limit as u64) / rows.max(1);
+            rows = limit as u64;
+        }
+        let mut stats = Statistics::new_unknown(&schema);
+        stats.num_rows = Precision::Inexact(usize::try_from(rows).unwrap_or(usize::MAX));
+        stats.total_byte_size = Precision::Inexact(usize::try_from(bytes).unwrap_or(usize::MAX));
+        Ok(Arc::new(stats))
+    }
+
     fn metrics(&self) -> Option<MetricsSet> {
         Some(self.metrics.clone_inner())
     }
@@ -395,6 +431,7 @@ impl TesseraCodec {
             limit: proto.limit.map(|l| l as usize),
             total_partitions: proto.total_partitions,
             kept_partitions: proto.kept_partitions,
+            estimate: None,
         };
         let parts = proto
             .parts

@@ -1,0 +1,48 @@
+//! Tessera's session options, set with `SET tessera.<name> = <value>` and
+//! listed by `SHOW ALL` beside DataFusion's.
+//!
+//! | option                               | default | meaning                                   |
+//! |--------------------------------------|---------|-------------------------------------------|
+//! | `tessera.broadcast_threshold_bytes`  | 1 MiB   | a join side estimated at most this large is sent whole to every task (broadcast); larger sides are shuffled. 0 never broadcasts. |
+//!
+//! The estimate is the stored (Parquet) size of the partitions a scan
+//! keeps, scaled by the share of columns it reads.
+
+use datafusion::common::config::ConfigExtension;
+use datafusion::common::extensions_options;
+use datafusion::execution::SessionState;
+
+extensions_options! {
+    /// Tessera's options.
+    pub struct TesseraOptions {
+        /// Join sides estimated at most this many bytes are broadcast.
+        pub broadcast_threshold_bytes: u64, default = 1024 * 1024
+    }
+}
+
+impl ConfigExtension for TesseraOptions {
+    const PREFIX: &'static str = "tessera";
+}
+
+/// Turns Tessera's options into the DataFusion settings that carry them
+/// out: DataFusion collects (and datafusion-distributed then broadcasts) a
+/// hash join's build side when its estimated size is *below* the threshold.
+pub fn apply(state: &mut SessionState) {
+    let options = state.config_mut().options_mut();
+    let threshold = options
+        .extensions
+        .get::<TesseraOptions>()
+        .map(|t| t.broadcast_threshold_bytes)
+        .unwrap_or(1024 * 1024);
+    let optimizer = &mut options.optimizer;
+    if threshold == 0 {
+        optimizer.hash_join_single_partition_threshold = 0;
+        optimizer.hash_join_single_partition_threshold_rows = 0;
+    } else {
+        optimizer.hash_join_single_partition_threshold =
+            usize::try_from(threshold.saturating_add(1)).unwrap_or(usize::MAX);
+        // Every Tessera scan estimates its bytes; the row rule is only for
+        // sources that cannot.
+        optimizer.hash_join_single_partition_threshold_rows = 128 * 1024;
+    }
+}
