@@ -1,6 +1,7 @@
 //! `tessera`: the command line. `serve` runs a coordinator with embedded
 //! workers; `shell` and `run` are Flight SQL clients.
 
+mod bench;
 mod client;
 mod output;
 mod shell;
@@ -61,6 +62,11 @@ enum Command {
         #[command(subcommand)]
         dataset: Dataset,
     },
+    /// Benchmarks against single-process engines on the same data.
+    Bench {
+        #[command(subcommand)]
+        bench: BenchCommand,
+    },
     /// Run the statements of a SQL file in order (`-` reads stdin).
     Run {
         #[arg(long, default_value = DEFAULT_ADDR)]
@@ -84,6 +90,26 @@ enum Dataset {
         #[arg(long, default_value_t = 8)]
         partitions: u32,
         /// Write `<table>.parquet` files into this directory instead of loading.
+        #[arg(long)]
+        parquet: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// TPC-H: Tessera (own cluster) against single-process DataFusion on Parquet.
+    Tpch {
+        #[arg(long, default_value_t = 1.0)]
+        sf: f64,
+        #[arg(long, default_value_t = 3)]
+        workers: usize,
+        /// Hash partitions per table.
+        #[arg(long, default_value_t = 8)]
+        partitions: u32,
+        /// Runs per query and engine; the median is reported.
+        #[arg(long, default_value_t = 3)]
+        iterations: usize,
+        /// Keep the Parquet files here (reused when present) for other engines.
         #[arg(long)]
         parquet: Option<PathBuf>,
     },
@@ -260,6 +286,25 @@ fn main() -> ExitCode {
                 format,
                 file,
             } => run_file(&connect, format, &file).await,
+            Command::Bench {
+                bench:
+                    BenchCommand::Tpch {
+                        sf,
+                        workers,
+                        partitions,
+                        iterations,
+                        parquet,
+                    },
+            } => {
+                bench::run(bench::TpchBench {
+                    sf,
+                    workers,
+                    partitions,
+                    iterations,
+                    parquet,
+                })
+                .await
+            }
             Command::Load {
                 dataset:
                     Dataset::Tpch {

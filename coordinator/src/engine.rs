@@ -20,22 +20,29 @@ use tessera_sql::{CreateTable, PartitionScheme, Statement, TableDef, parse_state
 use tessera_worker::{TesseraCodec, WorkerClient};
 
 use crate::catalog::{Catalog, TesseraSchema};
+use crate::colocate::ColocateJoins;
 use crate::distribution::{MembershipResolver, desired_task_count, route_tasks, scale_up};
 use crate::metastore::Metastore;
 use crate::options::{self, TesseraOptions};
+use crate::query_log::{QueryLog, QueryRecorder, SystemSchema};
 
 /// A planned statement: rows already computed (DDL, DML, SHOW ...) or a
 /// physical plan to run when the client asks for the rows.
 pub enum Planned {
     Ready(SchemaRef, Vec<RecordBatch>),
-    Plan(Arc<dyn ExecutionPlan>, Arc<TaskContext>),
+    /// The plan, its context, and the query log entry it ends in.
+    Plan(
+        Arc<dyn ExecutionPlan>,
+        Arc<TaskContext>,
+        Option<QueryRecorder>,
+    ),
 }
 
 impl Planned {
     pub fn schema(&self) -> SchemaRef {
         match self {
             Planned::Ready(s, _) => Arc::clone(s),
-            Planned::Plan(p, _) => p.schema(),
+            Planned::Plan(p, ..) => p.schema(),
         }
     }
 
@@ -45,7 +52,13 @@ impl Planned {
                 schema,
                 futures::stream::iter(batches.into_iter().map(Ok)),
             ))),
-            Planned::Plan(plan, ctx) => execute_stream(plan, ctx),
+            Planned::Plan(plan, ctx, recorder) => {
+                let stream = execute_stream(Arc::clone(&plan), ctx)?;
+                Ok(match recorder {
+                    Some(r) => r.watch(plan, stream),
+                    None => stream,
+                })
+            }
         }
     }
 }
@@ -54,6 +67,7 @@ impl Planned {
 pub struct Coordinator {
     catalog: Arc<Catalog>,
     ctx: SessionContext,
+    log: Arc<QueryLog>,
 }
 
 impl Coordinator {
@@ -83,6 +97,7 @@ impl Coordinator {
             .with_distributed_desired_task_count_handler(desired_task_count)
             .with_distributed_scale_up_leaf_node_handler(scale_up)
             .with_distributed_route_tasks_handler(route_tasks)
+            .with_physical_optimizer_rule(Arc::new(ColocateJoins::new(Arc::clone(&catalog))))
             .build();
         let ctx = SessionContext::new_with_state(state);
         options::apply(&mut ctx.state_ref().write());
@@ -91,7 +106,10 @@ impl Coordinator {
             .ok_or_else(|| DataFusionError::Internal("no default catalog".into()))?;
         default_catalog
             .register_schema("public", Arc::new(TesseraSchema::new(Arc::clone(&catalog))))?;
-        let coordinator = Self { catalog, ctx };
+        let log = Arc::new(QueryLog::default());
+        default_catalog
+            .register_schema("tessera", Arc::new(SystemSchema::new(Arc::clone(&log))))?;
+        let coordinator = Self { catalog, ctx, log };
         coordinator.recover().await?;
         coordinator.restore_external_tables().await;
         Ok(coordinator)
@@ -152,8 +170,30 @@ impl Coordinator {
         }
     }
 
-    /// Plans (and, for statements with effects, runs) one SQL statement.
+    /// The log of queries run (`tessera.queries`).
+    pub fn query_log(&self) -> &Arc<QueryLog> {
+        &self.log
+    }
+
+    /// Plans (and, for statements with effects, runs) one SQL statement; it
+    /// enters the query log when its rows have been sent.
     pub async fn plan(&self, sql: &str) -> Result<Planned> {
+        let recorder = self.log.begin(sql);
+        match self.plan_statement(sql).await {
+            Ok(Planned::Plan(plan, ctx, _)) => Ok(Planned::Plan(plan, ctx, Some(recorder))),
+            Ok(Planned::Ready(schema, batches)) => {
+                let rows = batches.iter().map(|b| b.num_rows() as u64).sum();
+                recorder.finish(Ok(rows));
+                Ok(Planned::Ready(schema, batches))
+            }
+            Err(e) => {
+                recorder.finish(Err(&e));
+                Err(e)
+            }
+        }
+    }
+
+    async fn plan_statement(&self, sql: &str) -> Result<Planned> {
         match parse_statement(sql)? {
             // Boxed: CREATE TABLE ... AS SELECT plans an INSERT in turn.
             Statement::CreateTable(ct) => Box::pin(self.create_table(ct)).await,
@@ -259,7 +299,7 @@ impl Coordinator {
                 let df = self.ctx.execute_logical_plan(plan).await?;
                 let task_ctx = df.task_ctx();
                 let physical = df.create_physical_plan().await?;
-                Ok(Planned::Plan(physical, Arc::new(task_ctx)))
+                Ok(Planned::Plan(physical, Arc::new(task_ctx), None))
             }
         }
     }
@@ -311,7 +351,14 @@ impl Coordinator {
         }
         let name = ct.name.clone();
         self.catalog.update(|s| {
-            let offset = s.tables_created as usize;
+            // Tables with the same partition count are placed alike, so
+            // partition i of each lives on the same worker and joins on
+            // their keys are co-located; one-partition tables are spread.
+            let offset = if def.scheme.partition_count() > 1 {
+                0
+            } else {
+                s.tables_created as usize
+            };
             s.map
                 .place_table(&name, def.scheme.partition_count(), &workers, offset);
             s.tables.insert(name.clone(), def);

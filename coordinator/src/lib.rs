@@ -4,11 +4,13 @@
 
 mod catalog;
 mod cluster;
+mod colocate;
 mod distribution;
 mod engine;
 mod flight_sql;
 mod metastore;
 mod options;
+mod query_log;
 mod table;
 mod write;
 
@@ -17,3 +19,4 @@ pub use cluster::{Cluster, ClusterConfig};
 pub use engine::{Coordinator, Planned};
 pub use metastore::{CatalogState, FileMetastore, Metastore};
 pub use options::TesseraOptions;
+pub use query_log::{PlanShape, QueryLog, QueryRecord};

@@ -81,6 +81,7 @@ impl TableProvider for TesseraTable {
             total_partitions: self.def.scheme.partition_count(),
             kept_partitions: parts.len() as u32,
             estimate,
+            colocated_on: None,
         };
         let outputs = parts.len();
         Ok(Arc::new(PartitionScanExec::try_new(spec, parts, outputs)?))

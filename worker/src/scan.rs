@@ -72,6 +72,7 @@ pub struct PartitionScanExec {
     total_partitions: u32,
     kept_partitions: u32,
     estimate: Option<SizeEstimate>,
+    colocated_on: Option<Vec<Arc<dyn PhysicalExpr>>>,
     local: Option<Arc<LocalStore>>,
     properties: Arc<PlanProperties>,
     metrics: ExecutionPlanMetricsSet,
@@ -93,6 +94,11 @@ pub struct ScanSpec {
     /// Rows and stored bytes of the kept partitions, if known: the
     /// planner's size estimate (join sides to broadcast).
     pub estimate: Option<SizeEstimate>,
+    /// Set when output partition i is table partition i of a set that a
+    /// co-located join pairs with the same partitions of another table:
+    /// the key columns (in the scan's output) to declare as the hash
+    /// partitioning. Coordinator-side planning only; never serialised.
+    pub colocated_on: Option<Vec<Arc<dyn PhysicalExpr>>>,
 }
 
 /// Rows and stored bytes of some partitions, as the write path counted them.
@@ -111,9 +117,14 @@ impl PartitionScanExec {
             Some(p) => Arc::new(spec.table_schema.project(p)?),
             None => Arc::clone(&spec.table_schema),
         };
+        let count = output_partitions.max(parts.len()).max(1);
+        let partitioning = match &spec.colocated_on {
+            Some(keys) => Partitioning::Hash(keys.clone(), count),
+            None => Partitioning::UnknownPartitioning(count),
+        };
         let properties = Arc::new(PlanProperties::new(
             EquivalenceProperties::new(schema),
-            Partitioning::UnknownPartitioning(output_partitions.max(parts.len()).max(1)),
+            partitioning,
             EmissionType::Incremental,
             Boundedness::Bounded,
         ));
@@ -128,6 +139,7 @@ impl PartitionScanExec {
             total_partitions: spec.total_partitions,
             kept_partitions: spec.kept_partitions,
             estimate: spec.estimate,
+            colocated_on: spec.colocated_on,
             local: None,
             properties,
             metrics: ExecutionPlanMetricsSet::new(),
@@ -145,11 +157,17 @@ impl PartitionScanExec {
             total_partitions: self.total_partitions,
             kept_partitions: self.kept_partitions,
             estimate: self.estimate,
+            colocated_on: self.colocated_on.clone(),
         }
     }
 
     pub fn table(&self) -> &str {
         &self.table
+    }
+
+    /// Partitions the whole scan reads (all tasks together).
+    pub fn kept_partitions(&self) -> u32 {
+        self.kept_partitions
     }
 
     pub fn parts(&self) -> &[ScanPart] {
@@ -236,6 +254,9 @@ impl DisplayAs for PartitionScanExec {
             .map(|p| format!("p{}", p.partition))
             .collect();
         write!(f, ", read=[{}]", shown.join(", "))?;
+        if self.colocated_on.is_some() {
+            write!(f, ", colocated")?;
+        }
         if let Some(p) = &self.predicate {
             write!(f, ", predicate={p}")?;
         }
@@ -432,6 +453,7 @@ impl TesseraCodec {
             total_partitions: proto.total_partitions,
             kept_partitions: proto.kept_partitions,
             estimate: None,
+            colocated_on: None,
         };
         let parts = proto
             .parts

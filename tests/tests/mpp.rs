@@ -1,0 +1,152 @@
+//! MPP execution on a real 3-worker cluster: co-located, broadcast and
+//! shuffled joins, top-k pushed into tasks, distinct counts, and the
+//! per-query metrics of `tessera.queries`.
+
+#![allow(clippy::unwrap_used)]
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::{Int64Type, UInt64Type};
+use tessera_tests::TestCluster;
+
+fn plan_text(batches: &[RecordBatch]) -> String {
+    let mut out = String::new();
+    for b in batches {
+        let plans = b.column(1).as_string::<i32>();
+        for i in 0..plans.len() {
+            out.push_str(plans.value(i));
+            out.push('\n');
+        }
+    }
+    out
+}
+
+fn single_i64(batches: &[RecordBatch]) -> i64 {
+    let b = batches.iter().find(|b| b.num_rows() == 1).expect("one row");
+    b.column(0).as_primitive::<Int64Type>().value(0)
+}
+
+/// The metrics of the last logged query whose SQL starts with `prefix`.
+async fn logged(cluster: &TestCluster, prefix: &str) -> (u64, u64, u64) {
+    for _ in 0..100 {
+        let rows = cluster
+            .query(&format!(
+                "SELECT partitions_touched, tasks, bytes_shuffled FROM tessera.queries \
+                 WHERE starts_with(sql, '{prefix}') ORDER BY query_id DESC LIMIT 1"
+            ))
+            .await
+            .unwrap();
+        if let Some(b) = rows.iter().find(|b| b.num_rows() == 1) {
+            let v = |i: usize| b.column(i).as_primitive::<UInt64Type>().value(0);
+            return (v(0), v(1), v(2));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("no logged query starting with {prefix}");
+}
+
+async fn setup(cluster: &TestCluster) {
+    for sql in [
+        "CREATE TABLE a (k BIGINT, v BIGINT) PARTITION BY HASH (k) PARTITIONS 6",
+        "CREATE TABLE b (k BIGINT, w BIGINT) PARTITION BY HASH (k) PARTITIONS 6",
+        "CREATE TABLE c (k BIGINT, w BIGINT) PARTITION BY HASH (k) PARTITIONS 5",
+        "INSERT INTO a SELECT value, value % 7 FROM range(20000)",
+        "INSERT INTO b SELECT value * 2, value % 3 FROM range(15000)",
+        "INSERT INTO c SELECT value * 2, value % 3 FROM range(15000)",
+        "SET tessera.broadcast_threshold_bytes = 0",
+    ] {
+        cluster.query(sql).await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn colocated_join_moves_nothing_between_workers() {
+    let cluster = TestCluster::builder().workers(3).start().await;
+    setup(&cluster).await;
+    let sql = "SELECT count(*) FROM a JOIN b ON a.k = b.k";
+    let explain = plan_text(&cluster.query(&format!("EXPLAIN {sql}")).await.unwrap());
+    assert!(explain.contains("colocated"), "{explain}");
+    assert!(!explain.contains("NetworkShuffleExec"), "{explain}");
+    // Even keys below 20000: 10000 matches.
+    assert_eq!(single_i64(&cluster.query(sql).await.unwrap()), 10000);
+    let (partitions, tasks, shuffled) = logged(&cluster, sql).await;
+    assert_eq!(partitions, 12);
+    assert!(tasks >= 2, "{tasks} tasks");
+    assert_eq!(shuffled, 0);
+
+    // Outer, semi and anti joins over co-located partitions.
+    for (sql, expected) in [
+        ("SELECT count(*) FROM a LEFT JOIN b ON a.k = b.k", 20000),
+        ("SELECT count(*) FROM a FULL JOIN b ON a.k = b.k", 25000),
+        ("SELECT count(*) FROM a WHERE k IN (SELECT k FROM b)", 10000),
+        (
+            "SELECT count(*) FROM a WHERE NOT EXISTS (SELECT 1 FROM b WHERE b.k = a.k)",
+            10000,
+        ),
+    ] {
+        assert_eq!(
+            single_i64(&cluster.query(sql).await.unwrap()),
+            expected,
+            "{sql}"
+        );
+    }
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn other_joins_shuffle_or_broadcast() {
+    let cluster = TestCluster::builder().workers(3).start().await;
+    setup(&cluster).await;
+    // Different partition counts: not co-located, so shuffled.
+    let sql = "SELECT count(*) FROM a JOIN c ON a.k = c.k";
+    let explain = plan_text(&cluster.query(&format!("EXPLAIN {sql}")).await.unwrap());
+    assert!(!explain.contains("colocated"), "{explain}");
+    assert!(explain.contains("NetworkShuffleExec"), "{explain}");
+    assert_eq!(single_i64(&cluster.query(sql).await.unwrap()), 10000);
+    let (_, _, shuffled) = logged(&cluster, sql).await;
+    assert!(shuffled > 0);
+
+    // Joined on a column that is not the partition key: shuffled.
+    let sql = "SELECT count(*) FROM a JOIN b ON a.v = b.w";
+    let explain = plan_text(&cluster.query(&format!("EXPLAIN {sql}")).await.unwrap());
+    assert!(!explain.contains("colocated"), "{explain}");
+
+    // A small side under the threshold is broadcast.
+    cluster
+        .query("SET tessera.broadcast_threshold_bytes = 10000000")
+        .await
+        .unwrap();
+    let sql = "SELECT count(*) FROM a JOIN c ON a.k = c.k WHERE c.w = 1";
+    let explain = plan_text(&cluster.query(&format!("EXPLAIN {sql}")).await.unwrap());
+    assert!(explain.contains("NetworkBroadcastExec"), "{explain}");
+    assert_eq!(single_i64(&cluster.query(sql).await.unwrap()), 3333);
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn top_k_runs_in_each_task_and_distinct_counts_are_exact() {
+    let cluster = TestCluster::builder().workers(3).start().await;
+    setup(&cluster).await;
+    let sql = "SELECT k FROM a ORDER BY k DESC LIMIT 3";
+    let explain = plan_text(&cluster.query(&format!("EXPLAIN {sql}")).await.unwrap());
+    assert!(explain.contains("TopK(fetch=3)"), "{explain}");
+    assert!(explain.contains("SortPreservingMergeExec"), "{explain}");
+    let rows = cluster.query(sql).await.unwrap();
+    let got: Vec<i64> = rows
+        .iter()
+        .flat_map(|b| b.column(0).as_primitive::<Int64Type>().values().to_vec())
+        .collect();
+    assert_eq!(got, vec![19999, 19998, 19997]);
+
+    let distinct = "SELECT count(DISTINCT v), count(DISTINCT k % 1000) FROM a";
+    let rows = cluster.query(distinct).await.unwrap();
+    let b = rows.iter().find(|b| b.num_rows() == 1).unwrap();
+    assert_eq!(b.column(0).as_primitive::<Int64Type>().value(0), 7);
+    assert_eq!(b.column(1).as_primitive::<Int64Type>().value(0), 1000);
+
+    // A pruned point query touches one partition.
+    let point = "SELECT v FROM a WHERE k = 77";
+    cluster.query(point).await.unwrap();
+    let (partitions, _, _) = logged(&cluster, point).await;
+    assert_eq!(partitions, 1);
+    cluster.stop().await;
+}
