@@ -71,9 +71,9 @@ impl WriteSink {
             }
             for (p, rows) in rows_of {
                 let piece = if rows.len() == batch.num_rows() {
-                    batch.clone()
+                    compact_views(batch.clone())?
                 } else {
-                    take_record_batch(&batch, &UInt32Array::from(rows))?
+                    compact_views(take_record_batch(&batch, &UInt32Array::from(rows))?)?
                 };
                 out.entry(p).or_default().push(piece);
             }
@@ -245,6 +245,33 @@ async fn retry_commit(
         pending = commit_all(txn, &pending, &urls).await;
     }
     forget(&catalog, txn);
+}
+
+/// Copies the strings a view column still points at into buffers of its
+/// own. A slice of or a `take` from a string-view column keeps the source's
+/// whole data buffers, and Arrow IPC sends every buffer a column holds: without this,
+/// each partition's share of a batch would carry all of the batch's
+/// strings to its worker.
+fn compact_views(batch: RecordBatch) -> Result<RecordBatch> {
+    use datafusion::arrow::array::{Array, ArrayRef, AsArray};
+    use datafusion::arrow::datatypes::DataType;
+    if !batch
+        .columns()
+        .iter()
+        .any(|c| matches!(c.data_type(), DataType::Utf8View | DataType::BinaryView))
+    {
+        return Ok(batch);
+    }
+    let columns: Vec<ArrayRef> = batch
+        .columns()
+        .iter()
+        .map(|c| match c.data_type() {
+            DataType::Utf8View => Arc::new(c.as_string_view().gc()) as ArrayRef,
+            DataType::BinaryView => Arc::new(c.as_binary_view().gc()) as ArrayRef,
+            _ => Arc::clone(c),
+        })
+        .collect();
+    Ok(RecordBatch::try_new(batch.schema(), columns)?)
 }
 
 /// DataFusion reports a NULL in a NOT NULL column by index; say which
