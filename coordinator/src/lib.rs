@@ -19,4 +19,4 @@ pub use cluster::{Cluster, ClusterConfig};
 pub use engine::{Coordinator, Planned};
 pub use metastore::{CatalogState, FileMetastore, Metastore};
 pub use options::TesseraOptions;
-pub use query_log::{PlanShape, QueryLog, QueryRecord};
+pub use query_log::{QueryLog, QueryRecord};

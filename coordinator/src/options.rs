@@ -32,8 +32,9 @@ pub fn apply(state: &mut SessionState) {
     let threshold = options
         .extensions
         .get::<TesseraOptions>()
-        .map(|t| t.broadcast_threshold_bytes)
-        .unwrap_or(1024 * 1024);
+        .cloned()
+        .unwrap_or_default()
+        .broadcast_threshold_bytes;
     let optimizer = &mut options.optimizer;
     if threshold == 0 {
         optimizer.hash_join_single_partition_threshold = 0;

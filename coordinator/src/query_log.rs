@@ -106,12 +106,6 @@ impl QueryLog {
         let records = self.records.lock().unwrap_or_else(|e| e.into_inner());
         records.iter().cloned().collect()
     }
-
-    /// The record of query `id`, if it is still in the log.
-    pub fn get(&self, id: u64) -> Option<QueryRecord> {
-        let records = self.records.lock().unwrap_or_else(|e| e.into_inner());
-        records.iter().find(|r| r.query_id == id).cloned()
-    }
 }
 
 /// A query being timed.
@@ -122,10 +116,6 @@ pub struct QueryRecorder {
 }
 
 impl QueryRecorder {
-    pub fn query_id(&self) -> u64 {
-        self.record.query_id
-    }
-
     /// Logs a query that returned its rows without a distributed plan
     /// (DDL, SET, SHOW ...) or failed before running.
     pub fn finish(mut self, result: std::result::Result<u64, &DataFusionError>) {
@@ -161,14 +151,14 @@ impl QueryRecorder {
 
 /// What a plan will do, known before it runs.
 #[derive(Debug, Default, Clone, Copy, PartialEq)]
-pub struct PlanShape {
-    pub partitions: u64,
-    pub stages: u64,
-    pub tasks: u64,
+struct PlanShape {
+    partitions: u64,
+    stages: u64,
+    tasks: u64,
 }
 
 impl PlanShape {
-    pub fn of(plan: &Arc<dyn ExecutionPlan>) -> Self {
+    fn of(plan: &Arc<dyn ExecutionPlan>) -> Self {
         let mut shape = PlanShape::default();
         let mut stages = BTreeSet::new();
         let _ = plan.apply(|node| {

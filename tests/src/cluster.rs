@@ -132,10 +132,7 @@ pub(crate) async fn run_query(
     client: &mut FlightSqlServiceClient<Channel>,
     sql: &str,
 ) -> std::result::Result<Vec<RecordBatch>, String> {
-    let text = |e: arrow_flight::error::FlightError| match e {
-        arrow_flight::error::FlightError::Tonic(s) => s.message().to_string(),
-        other => other.to_string(),
-    };
+    let text = tessera_datasets::flight_error_text;
     let info = client.execute(sql.to_string(), None).await.map_err(text)?;
     let mut out = vec![];
     for ep in info.endpoint {

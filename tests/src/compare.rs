@@ -2,8 +2,32 @@
 //! floats equal within a relative tolerance.
 
 use arrow::array::{Array, AsArray, RecordBatch};
-use arrow::datatypes::{DataType, Float32Type, Float64Type};
+use arrow::datatypes::{DataType, Float32Type, Float64Type, Int64Type};
 use arrow::util::display::{ArrayFormatter, FormatOptions};
+
+/// The one BIGINT a query like `SELECT count(*) ...` returns.
+pub fn single_i64(batches: &[RecordBatch]) -> i64 {
+    assert_eq!(
+        batches.iter().map(|b| b.num_rows()).sum::<usize>(),
+        1,
+        "{batches:?}"
+    );
+    let b = batches.iter().find(|b| b.num_rows() == 1).expect("one row");
+    b.column(0).as_primitive::<Int64Type>().value(0)
+}
+
+/// The text of an `EXPLAIN` result: its plan column, line by line.
+pub fn plan_text(batches: &[RecordBatch]) -> String {
+    let mut out = String::new();
+    for b in batches {
+        let plans = b.column(1).as_string::<i32>();
+        for i in 0..plans.len() {
+            out.push_str(plans.value(i));
+            out.push('\n');
+        }
+    }
+    out
+}
 
 /// One cell: floats keep their value, everything else its display text.
 #[derive(Debug, Clone)]

@@ -1,11 +1,11 @@
 //! Test support for Tessera: `TestCluster` (a real coordinator and workers on
 //! loopback ports over a temporary data dir), a Flight SQL client that
-//! runs sqllogictest files against it, and result comparison.
+//! runs sqllogictest files against it, and reading and comparing results.
 
 mod cluster;
 mod compare;
 mod slt;
 
 pub use cluster::{TestCluster, TestClusterBuilder};
-pub use compare::{Cell, compare_rows, rows};
+pub use compare::{Cell, compare_rows, plan_text, rows, single_i64};
 pub use slt::{FlightSqlDb, run_slt_file};

@@ -8,29 +8,7 @@ use std::collections::HashSet;
 
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{Int64Type, UInt64Type};
-use tessera_tests::TestCluster;
-
-fn single_i64(batches: &[RecordBatch]) -> i64 {
-    assert_eq!(
-        batches.iter().map(|b| b.num_rows()).sum::<usize>(),
-        1,
-        "{batches:?}"
-    );
-    let b = batches.iter().find(|b| b.num_rows() == 1).expect("one row");
-    b.column(0).as_primitive::<Int64Type>().value(0)
-}
-
-fn plan_text(batches: &[RecordBatch]) -> String {
-    let mut out = String::new();
-    for b in batches {
-        let plans = b.column(1).as_string::<i32>();
-        for i in 0..plans.len() {
-            out.push_str(plans.value(i));
-            out.push('\n');
-        }
-    }
-    out
-}
+use tessera_tests::{TestCluster, plan_text, single_i64};
 
 async fn count(cluster: &TestCluster, table: &str) -> i64 {
     single_i64(

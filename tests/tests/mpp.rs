@@ -6,24 +6,7 @@
 
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{Int64Type, UInt64Type};
-use tessera_tests::TestCluster;
-
-fn plan_text(batches: &[RecordBatch]) -> String {
-    let mut out = String::new();
-    for b in batches {
-        let plans = b.column(1).as_string::<i32>();
-        for i in 0..plans.len() {
-            out.push_str(plans.value(i));
-            out.push('\n');
-        }
-    }
-    out
-}
-
-fn single_i64(batches: &[RecordBatch]) -> i64 {
-    let b = batches.iter().find(|b| b.num_rows() == 1).expect("one row");
-    b.column(0).as_primitive::<Int64Type>().value(0)
-}
+use tessera_tests::{TestCluster, plan_text, single_i64};
 
 /// The metrics of the last logged query whose SQL starts with `prefix`.
 async fn logged(cluster: &TestCluster, prefix: &str) -> (u64, u64, u64) {
