@@ -132,7 +132,7 @@ mod tests {
     fn floats_within_tolerance_match() {
         let a = batch(vec![1.0, 2.000_000_000_1], vec!["x", "y"]);
         let b = batch(vec![1.0, 2.0], vec!["x", "y"]);
-        assert!(compare_rows(&[a.clone()], &[b.clone()], 1e-9).is_ok());
+        assert!(compare_rows(std::slice::from_ref(&a), std::slice::from_ref(&b), 1e-9).is_ok());
         assert!(compare_rows(&[a], &[b], 1e-12).is_err());
     }
 
@@ -140,9 +140,9 @@ mod tests {
     fn order_and_text_matter() {
         let a = batch(vec![1.0, 2.0], vec!["x", "y"]);
         let b = batch(vec![2.0, 1.0], vec!["y", "x"]);
-        assert!(compare_rows(&[a.clone()], &[b], 1e-9).is_err());
+        assert!(compare_rows(std::slice::from_ref(&a), &[b], 1e-9).is_err());
         let c = batch(vec![1.0, 2.0], vec!["x", "z"]);
-        assert!(compare_rows(&[a.clone()], &[c], 1e-9).is_err());
-        assert!(compare_rows(&[a.clone()], &[a.slice(0, 1)], 1e-9).is_err());
+        assert!(compare_rows(std::slice::from_ref(&a), &[c], 1e-9).is_err());
+        assert!(compare_rows(std::slice::from_ref(&a), &[a.slice(0, 1)], 1e-9).is_err());
     }
 }

@@ -6,8 +6,8 @@
 
 use std::collections::HashSet;
 
-use arrow::array::{Array, AsArray, RecordBatch};
-use arrow::datatypes::{Int64Type, UInt64Type};
+use arrow::array::{AsArray, RecordBatch};
+use arrow::datatypes::UInt64Type;
 use tessera_tests::{TestCluster, plan_text, single_i64};
 
 async fn count(cluster: &TestCluster, table: &str) -> i64 {

@@ -4,7 +4,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::array::AsArray;
 use arrow::datatypes::{Int64Type, UInt64Type};
 use tessera_tests::{TestCluster, plan_text, single_i64};
 
