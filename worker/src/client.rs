@@ -48,10 +48,24 @@ fn channels() -> &'static Mutex<HashMap<String, Channel>> {
 impl WorkerClient {
     /// Connects lazily: the first call opens the connection, later ones share it.
     pub fn connect(url: &str) -> Result<Self> {
+        Self::open(url, false)
+    }
+
+    /// A client on a new connection, replacing the shared one: after a
+    /// peer restarts (possibly on the same port), the cached connection's
+    /// first call fails with "Service was not ready" before it reconnects.
+    fn reconnect(&self) -> Result<Self> {
+        Self::open(&self.url, true)
+    }
+
+    fn open(url: &str, fresh: bool) -> Result<Self> {
         let channel = {
             let mut map = channels()
                 .lock()
                 .map_err(|_| DataFusionError::Internal("channel cache poisoned".into()))?;
+            if fresh {
+                map.remove(url);
+            }
             match map.get(url) {
                 Some(c) => c.clone(),
                 None => {
@@ -89,6 +103,20 @@ impl WorkerClient {
         request: &wire::PrepareRequest,
         batches: Vec<RecordBatch>,
     ) -> Result<DataFile> {
+        // Preparing again overwrites the same staged file: safe to retry.
+        match self.prepare_once(request, batches.clone()).await {
+            Err(e) if is_stale_connection(&e) => {
+                self.reconnect()?.prepare_once(request, batches).await
+            }
+            other => other,
+        }
+    }
+
+    async fn prepare_once(
+        &self,
+        request: &wire::PrepareRequest,
+        batches: Vec<RecordBatch>,
+    ) -> Result<DataFile> {
         let descriptor = FlightDescriptor::new_cmd(wire::encode(request)?);
         let input = futures::stream::iter(batches.into_iter().map(Ok));
         let data = FlightDataEncoderBuilder::new()
@@ -106,7 +134,20 @@ impl WorkerClient {
         }
     }
 
+    /// Runs an action; every action is idempotent, so one retry on a new
+    /// connection is safe.
     async fn action<T: DeserializeOwned>(&self, kind: &str, body: Vec<u8>) -> Result<Option<T>> {
+        match self.action_once(kind, body.clone()).await {
+            Err(e) if is_stale_connection(&e) => self.reconnect()?.action_once(kind, body).await,
+            other => other,
+        }
+    }
+
+    async fn action_once<T: DeserializeOwned>(
+        &self,
+        kind: &str,
+        body: Vec<u8>,
+    ) -> Result<Option<T>> {
         let mut client = FlightClient::new_from_inner(self.inner.clone());
         let mut stream = client
             .do_action(Action::new(kind, body))
@@ -161,10 +202,23 @@ impl WorkerClient {
 
     /// Runs a partition scan on the worker and streams its rows back.
     pub async fn scan(&self, ticket: Vec<u8>) -> Result<FlightRecordBatchStream> {
+        match self.scan_once(ticket.clone()).await {
+            Err(e) if is_stale_connection(&e) => self.reconnect()?.scan_once(ticket).await,
+            other => other,
+        }
+    }
+
+    async fn scan_once(&self, ticket: Vec<u8>) -> Result<FlightRecordBatchStream> {
         let mut client = FlightClient::new_from_inner(self.inner.clone());
         client
             .do_get(Ticket::new(ticket))
             .await
             .map_err(|e| self.err(e))
     }
+}
+
+/// A call that failed before reaching the peer because the shared
+/// connection was to a server that has since gone: worth one retry.
+fn is_stale_connection(e: &DataFusionError) -> bool {
+    e.to_string().contains("Service was not ready")
 }
