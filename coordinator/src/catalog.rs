@@ -2,15 +2,15 @@
 //! cluster membership in memory (persisted through the metastore), exposed
 //! to DataFusion as the default schema.
 
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use datafusion::catalog::{SchemaProvider, TableProvider};
 use datafusion::common::{DataFusionError, Result, exec_err, plan_err};
-use tessera_sql::{PartitionPlacement, TableDef};
+use tessera_sql::{IndexDef, PartitionPlacement, TableDef};
 use tessera_worker::{ScanPart, SizeEstimate};
 
 use crate::metastore::{CatalogState, Metastore};
@@ -26,6 +26,34 @@ pub struct Catalog {
     /// Read-only tables from `CREATE EXTERNAL TABLE`, by name.
     external: RwLock<BTreeMap<String, Arc<dyn TableProvider>>>,
     last_txn: AtomicU64,
+    /// Transactions begun and not yet finished (committed everywhere or
+    /// aborted): an ASYNC index applies outboxes only below the oldest.
+    in_flight: Mutex<BTreeSet<u64>>,
+    /// Wakes the ASYNC index applier.
+    pub(crate) apply_wanted: tokio::sync::Notify,
+    /// The largest transaction a `fresh` index read waits for.
+    pub(crate) fresh_wanted: AtomicU64,
+    pub(crate) apply_paused: AtomicBool,
+    /// Set when the coordinator stops: background tasks end.
+    pub(crate) closed: AtomicBool,
+    /// ASYNC indexes: acknowledged outbox writes not yet applied, with
+    /// when they were acknowledged (for the lag in seconds).
+    pub(crate) outbox_pending: Mutex<BTreeMap<String, BTreeMap<u64, std::time::Instant>>>,
+}
+
+/// A transaction in flight; finishing it (or dropping it on an error path)
+/// takes it out of the in-flight set.
+pub struct TxnGuard {
+    catalog: Arc<Catalog>,
+    pub txn: u64,
+}
+
+impl Drop for TxnGuard {
+    fn drop(&mut self) {
+        if let Ok(mut set) = self.catalog.in_flight.lock() {
+            set.remove(&self.txn);
+        }
+    }
 }
 
 fn poisoned() -> DataFusionError {
@@ -45,6 +73,12 @@ impl Catalog {
             members: RwLock::new(members),
             external: RwLock::new(BTreeMap::new()),
             last_txn: AtomicU64::new(last_txn),
+            in_flight: Mutex::new(BTreeSet::new()),
+            apply_wanted: tokio::sync::Notify::new(),
+            fresh_wanted: AtomicU64::new(0),
+            apply_paused: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            outbox_pending: Mutex::new(BTreeMap::new()),
         }))
     }
 
@@ -160,10 +194,88 @@ impl Catalog {
         Ok(Some(total))
     }
 
+    /// Begins a write to `table`: a new transaction and the indexes it must
+    /// maintain, chosen atomically with respect to `CREATE INDEX` (an index
+    /// covers exactly the transactions after its `since_txn`).
+    pub fn begin_write(self: &Arc<Self>, table: &str) -> Result<(TxnGuard, Vec<IndexDef>)> {
+        let state = self.state.lock().map_err(|_| poisoned())?;
+        let guard = self.begin_locked();
+        let indexes = state
+            .indexes
+            .values()
+            .filter(|i| i.table == table && i.since_txn < guard.txn)
+            .cloned()
+            .collect();
+        Ok((guard, indexes))
+    }
+
+    /// Begins a transaction that writes no table rows (index backfill and apply).
+    pub fn begin_txn(self: &Arc<Self>) -> Result<TxnGuard> {
+        let _state = self.state.lock().map_err(|_| poisoned())?;
+        Ok(self.begin_locked())
+    }
+
+    fn begin_locked(self: &Arc<Self>) -> TxnGuard {
+        let txn = self.next_txn();
+        if let Ok(mut set) = self.in_flight.lock() {
+            set.insert(txn);
+        }
+        TxnGuard {
+            catalog: Arc::clone(self),
+            txn,
+        }
+    }
+
+    /// The largest transaction id handed out; call with the state lock held
+    /// (inside [`Catalog::update`]) to order it against [`Catalog::begin_write`].
+    pub fn last_txn(&self) -> u64 {
+        self.last_txn.load(Ordering::SeqCst)
+    }
+
+    pub fn oldest_in_flight(&self) -> Option<u64> {
+        self.in_flight.lock().ok().and_then(|s| s.first().copied())
+    }
+
+    /// Every transaction up to this id has finished.
+    pub fn horizon(&self) -> u64 {
+        let last = self.last_txn();
+        match self.in_flight.lock().ok().and_then(|s| s.first().copied()) {
+            Some(oldest) => oldest.saturating_sub(1).min(last),
+            None => last,
+        }
+    }
+
+    /// ASYNC indexes `names` got outbox entries from acknowledged
+    /// transaction `txn`: note it for the lag, and wake the applier.
+    pub fn outbox_written<'a>(&self, names: impl Iterator<Item = &'a str>, txn: u64) {
+        if let Ok(mut pending) = self.outbox_pending.lock() {
+            let now = std::time::Instant::now();
+            for name in names {
+                pending
+                    .entry(name.to_string())
+                    .or_default()
+                    .insert(txn, now);
+            }
+        }
+        self.apply_wanted.notify_one();
+    }
+
+    pub fn indexes_of(&self, table: &str) -> Result<Vec<IndexDef>> {
+        Ok(self
+            .state
+            .lock()
+            .map_err(|_| poisoned())?
+            .indexes
+            .values()
+            .filter(|i| i.table == table)
+            .cloned()
+            .collect())
+    }
+
     /// A new transaction id, larger than any before it in this or an
     /// earlier run: microseconds since the epoch, but always above the
     /// largest id the metastore has seen decided.
-    pub fn next_txn(&self) -> u64 {
+    fn next_txn(&self) -> u64 {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_micros() as u64)

@@ -137,6 +137,7 @@ impl Cluster {
 
     /// Stops the coordinator and every worker.
     pub async fn stop(mut self) {
+        self.coordinator.close();
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }

@@ -112,7 +112,42 @@ impl Coordinator {
         let coordinator = Self { catalog, ctx, log };
         coordinator.recover().await?;
         coordinator.restore_external_tables().await;
+        crate::index::spawn_applier(&coordinator.catalog);
+        coordinator.resume_backfills();
         Ok(coordinator)
+    }
+
+    /// Finishes backfills a stop interrupted, in the background.
+    fn resume_backfills(&self) {
+        let Ok(state) = self.catalog.state() else {
+            return;
+        };
+        for def in state.indexes.values().filter(|d| !d.is_ready()) {
+            let catalog = Arc::clone(&self.catalog);
+            let name = def.name.clone();
+            tokio::spawn(async move {
+                if let Err(e) = crate::index::backfill(catalog, name.clone()).await {
+                    tracing::warn!(index = %name, error = %e, "index backfill failed; it resumes at the next start");
+                }
+            });
+        }
+    }
+
+    /// Pauses or resumes applying ASYNC index outboxes (maintenance, and
+    /// tests of what a crash before the apply leaves).
+    pub fn pause_index_apply(&self, paused: bool) {
+        self.catalog
+            .apply_paused
+            .store(paused, std::sync::atomic::Ordering::SeqCst);
+        self.catalog.apply_wanted.notify_one();
+    }
+
+    /// Stops background work (the ASYNC applier); called when the cluster stops.
+    pub fn close(&self) {
+        self.catalog
+            .closed
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.catalog.apply_wanted.notify_one();
     }
 
     pub fn catalog(&self) -> &Arc<Catalog> {
@@ -201,6 +236,18 @@ impl Coordinator {
             Statement::ShowTables => self.show_tables(),
             Statement::ShowPartitions { table } => self.show_partitions(&table).await,
             Statement::Describe { table } => self.describe(&table),
+            Statement::CreateIndex(ci) => {
+                crate::index::create_index(&self.catalog, ci).await?;
+                Ok(empty())
+            }
+            Statement::DropIndex { name, if_exists } => {
+                crate::index::drop_index(&self.catalog, &name, if_exists).await?;
+                Ok(empty())
+            }
+            Statement::ShowIndexes { table } => {
+                let batch = crate::index::show_indexes(&self.catalog, table.as_deref())?;
+                Ok(Planned::Ready(batch.schema(), vec![batch]))
+            }
             Statement::Sql(sql) => self.plan_datafusion(&sql).await,
         }
     }
@@ -209,8 +256,12 @@ impl Coordinator {
     /// `None` for statements that return no rows of their own (DDL, DML).
     pub async fn result_schema(&self, sql: &str) -> Result<Option<SchemaRef>> {
         match parse_statement(sql)? {
-            Statement::CreateTable(_) | Statement::DropTable { .. } => Ok(None),
+            Statement::CreateTable(_)
+            | Statement::DropTable { .. }
+            | Statement::CreateIndex(_)
+            | Statement::DropIndex { .. } => Ok(None),
             Statement::ShowTables
+            | Statement::ShowIndexes { .. }
             | Statement::ShowPartitions { .. }
             | Statement::Describe { .. } => Ok(Some(self.plan(sql).await?.schema())),
             Statement::Sql(sql) => {
@@ -391,6 +442,9 @@ impl Coordinator {
             }
             return plan_err!("table '{name}' does not exist; SHOW TABLES lists the tables");
         };
+        for index in self.catalog.indexes_of(name)? {
+            crate::index::drop_index(&self.catalog, &index.name, true).await?;
+        }
         let location = def.storage_key();
         let holders: Vec<String> = {
             let mut h: Vec<String> = self

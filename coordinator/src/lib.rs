@@ -8,6 +8,7 @@ mod colocate;
 mod distribution;
 mod engine;
 mod flight_sql;
+mod index;
 mod metastore;
 mod options;
 mod query_log;

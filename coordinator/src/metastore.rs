@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use datafusion::common::{DataFusionError, Result};
 use serde::{Deserialize, Serialize};
-use tessera_sql::{PartitionMap, TableDef};
+use tessera_sql::{IndexDef, PartitionMap, TableDef};
 use tessera_worker::{SizeEstimate, StagedWrite};
 
 /// Everything the coordinator must remember across restarts.
@@ -33,6 +33,28 @@ pub struct CatalogState {
     /// decided write: the planner's size estimates.
     #[serde(default)]
     pub stats: BTreeMap<String, BTreeMap<u32, SizeEstimate>>,
+    /// Secondary indexes by name.
+    #[serde(default)]
+    pub indexes: BTreeMap<String, IndexDef>,
+    /// Indexes created so far: gives each its id.
+    #[serde(default)]
+    pub indexes_created: u64,
+    /// Entry counts and, for ASYNC indexes, how far the outbox is applied.
+    #[serde(default)]
+    pub index_stats: BTreeMap<String, IndexStats>,
+}
+
+/// Counters of one index, updated in the same metastore write that decides
+/// the transaction they count.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct IndexStats {
+    /// Entries in the index.
+    pub entries: u64,
+    /// ASYNC: entries written to outboxes, and applied from them so far.
+    pub outbox_rows: u64,
+    pub applied_rows: u64,
+    /// ASYNC: every outbox entry of a transaction up to this id is applied.
+    pub applied_through: u64,
 }
 
 /// Durable storage of the [`CatalogState`].

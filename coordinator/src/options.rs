@@ -4,6 +4,7 @@
 //! | option                               | default | meaning                                   |
 //! |--------------------------------------|---------|-------------------------------------------|
 //! | `tessera.broadcast_threshold_bytes`  | 1 MiB   | a join side estimated at most this large is sent whole to every task (broadcast); larger sides are shuffled. 0 never broadcasts. |
+//! | `tessera.index_read`                 | `eventual` | reads through a GLOBAL ASYNC index: `eventual` reads it as it is (it may miss the latest writes); `fresh` waits until it has applied every write that began before the query. |
 //!
 //! The estimate is the stored (Parquet) size of the partitions a scan
 //! keeps, scaled by the share of columns it reads.
@@ -17,6 +18,10 @@ extensions_options! {
     pub struct TesseraOptions {
         /// Join sides estimated at most this many bytes are broadcast.
         pub broadcast_threshold_bytes: u64, default = 1024 * 1024
+        /// Reads through a GLOBAL ASYNC index: 'eventual' reads it as it
+        /// is; 'fresh' first waits until it has applied every write that
+        /// began before the query.
+        pub index_read: String, default = "eventual".to_string()
     }
 }
 

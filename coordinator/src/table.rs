@@ -64,7 +64,13 @@ impl TableProvider for TesseraTable {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let kept = prune_partitions(&self.def.scheme, &self.schema, filters);
+        let mut kept = prune_partitions(&self.def.scheme, &self.schema, filters);
+        let index =
+            crate::index::plan_index_read(&self.catalog, state, &self.def, filters, &kept).await?;
+        let index = index.map(|(read, data)| {
+            kept = data;
+            read
+        });
         let parts = self.catalog.scan_parts(&self.def.name, &kept)?;
         let df_schema = DFSchema::try_from(Arc::clone(&self.schema))?;
         let predicate = conjunction(filters.to_vec())
@@ -82,6 +88,7 @@ impl TableProvider for TesseraTable {
             kept_partitions: parts.len() as u32,
             estimate,
             colocated_on: None,
+            index,
         };
         let outputs = parts.len();
         Ok(Arc::new(PartitionScanExec::try_new(spec, parts, outputs)?))

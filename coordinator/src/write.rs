@@ -3,9 +3,11 @@
 //!
 //! ```text
 //!  rows ─► partitioner ─► per-partition batches
+//!        ─► index entries (LOCAL: beside each partition; GLOBAL SYNC: by term;
+//!                          GLOBAL ASYNC: to an outbox beside each partition)
 //!        ─► prepare (DoPut to each owner: staged Parquet, fsync)
 //!        ─► decide  (txn logged in the metastore, fsync)   ◄─ any prepare failed? abort all
-//!        ─► commit  (each owner swaps its manifests)
+//!        ─► commit  (each owner swaps its manifests: index entries first)
 //!        ─► forget  (txn removed from the log)
 //! ```
 //!
@@ -18,7 +20,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use datafusion::arrow::array::{RecordBatch, UInt32Array};
-use datafusion::arrow::compute::take_record_batch;
+use datafusion::arrow::compute::{
+    SortColumn, concat_batches, lexsort_to_indices, take_record_batch,
+};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::common::{DataFusionError, Result};
 use datafusion::datasource::sink::DataSink;
@@ -26,11 +30,13 @@ use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType};
 use futures::TryStreamExt;
 use futures::future::join_all;
-use tessera_sql::{Partitioner, TableDef};
+use tessera_sql::{IndexDef, IndexKind, Partitioner, TableDef};
+use tessera_worker::index::entries_of;
 use tessera_worker::wire::PrepareRequest;
-use tessera_worker::{StagedWrite, WorkerClient};
+use tessera_worker::{DataFile, ScanPart, StagedWrite, WorkerClient};
 
 use crate::catalog::Catalog;
+use crate::metastore::CatalogState;
 
 /// Where the rows of an INSERT go.
 #[derive(Debug)]
@@ -113,84 +119,292 @@ impl DataSink for WriteSink {
             return Ok(0);
         }
         let table = self.def.name.as_str();
-        let location = self.def.storage_key();
-        let txn = self.catalog.next_txn();
+        let (guard, indexes) = self.catalog.begin_write(table)?;
+        let txn = guard.txn;
         let parts: Vec<u32> = routed.keys().copied().collect();
         let targets = self.catalog.scan_parts(table, &parts)?;
 
-        // Phase 1: every partition's rows durable on its owner.
+        // Each partition's rows as one batch, in the order they are stored
+        // (sorted by CLUSTER BY): an index entry names a row by position.
         let sort_by = self.def.scheme.cluster_by().to_vec();
-        // Keyed by worker id: URLs change across restarts, ids do not.
-        let mut writes: BTreeMap<String, Vec<StagedWrite>> = BTreeMap::new();
-        let mut urls: BTreeMap<String, String> = BTreeMap::new();
-        let mut prepares = vec![];
-        for (target, (partition, batches)) in targets.iter().zip(routed) {
-            urls.insert(target.worker_id.clone(), target.url.clone());
-            writes
-                .entry(target.worker_id.clone())
-                .or_default()
-                .push(StagedWrite {
-                    txn,
-                    table: location.clone(),
-                    partition,
-                });
-            let request = PrepareRequest {
-                txn,
-                table: location.clone(),
+        let mut pieces = vec![];
+        for (target, (partition, batches)) in targets.into_iter().zip(routed) {
+            let batch = concat_batches(&self.schema, &batches)?;
+            let batch = sort_by_columns(batch, &sort_by)?;
+            pieces.push(Piece {
+                location: self.def.storage_key(),
                 partition,
-                sort_by: sort_by.clone(),
-            };
-            let url = target.url.clone();
-            prepares.push(async move {
-                let client = WorkerClient::connect(&url)?;
-                let file = client.prepare(&request, batches).await?;
-                Ok::<_, DataFusionError>((partition, file))
+                target,
+                batch,
+                role: Role::Rows,
             });
         }
-        let mut files = vec![];
-        for result in join_all(prepares).await {
-            match result {
-                Ok(f) => files.push(f),
-                Err(err) => {
-                    abort(txn, urls.values()).await;
-                    return Err(DataFusionError::Execution(format!(
-                        "INSERT into '{table}' failed and changed nothing: {err}"
-                    )));
-                }
-            }
+        let mut counts: Vec<(String, IndexKind, u64)> = vec![];
+        for index in &indexes {
+            let (more, entries) = index_pieces(&self.catalog, &self.def, index, txn, &pieces)?;
+            counts.push((index.name.clone(), index.kind, entries));
+            pieces.extend(more);
         }
 
-        // Decide: once logged, the write will land even across a crash.
-        let logged = writes.clone();
-        if let Err(e) = self.catalog.update(|s| {
-            s.decided.insert(txn, logged);
-            s.last_txn = s.last_txn.max(txn);
+        let stats_of: Vec<(u32, usize)> = pieces
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.role == Role::Rows)
+            .map(|(i, p)| (p.partition, i))
+            .collect();
+        let result = write_pieces(&self.catalog, txn, pieces, |s, files| {
             let stats = s.stats.entry(table.to_string()).or_default();
-            for (partition, file) in &files {
+            for (partition, i) in &stats_of {
                 let p = stats.entry(*partition).or_default();
-                p.rows += file.rows;
-                p.bytes += file.bytes;
+                p.rows += files[*i].rows;
+                p.bytes += files[*i].bytes;
+            }
+            for (name, kind, entries) in &counts {
+                let st = s.index_stats.entry(name.clone()).or_default();
+                match kind {
+                    IndexKind::GlobalAsync => st.outbox_rows += entries,
+                    _ => st.entries += entries,
+                }
             }
             Ok(())
-        }) {
-            abort(txn, urls.values()).await;
+        })
+        .await;
+        if let Err(e) = result {
             return Err(DataFusionError::Execution(format!(
                 "INSERT into '{table}' failed and changed nothing: {e}"
             )));
         }
-
-        // Phase 2: make it visible everywhere. The statement is decided, so
-        // it succeeds; a worker that did not confirm is retried in the
-        // background until it does (commit is idempotent).
-        let failed = commit_all(txn, &writes, &urls).await;
-        if failed.is_empty() {
-            forget(&self.catalog, txn);
-        } else {
-            let catalog = Arc::clone(&self.catalog);
-            tokio::spawn(retry_commit(catalog, txn, failed, urls));
+        drop(guard);
+        if counts
+            .iter()
+            .any(|(_, k, n)| *k == IndexKind::GlobalAsync && *n > 0)
+        {
+            self.catalog.outbox_written(
+                counts
+                    .iter()
+                    .filter(|(_, k, n)| *k == IndexKind::GlobalAsync && *n > 0)
+                    .map(|(name, ..)| name.as_str()),
+                txn,
+            );
         }
         Ok(rows)
     }
+}
+
+/// What a piece of a transaction holds. Index entries are committed
+/// before rows, so a row is never visible without its entries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Rows,
+    /// LOCAL or GLOBAL SYNC index entries.
+    Index,
+    /// An ASYNC index's outbox: committed with the rows.
+    Outbox,
+}
+
+/// One partition's share of a transaction: rows for `location`'s partition
+/// `partition`, held by `target`.
+#[derive(Debug, Clone)]
+pub struct Piece {
+    pub location: String,
+    pub partition: u32,
+    pub target: ScanPart,
+    pub batch: RecordBatch,
+    pub role: Role,
+}
+
+/// The index pieces a write of `rows` (the data pieces of transaction
+/// `txn`) needs for `index`, and how many entries they hold.
+pub fn index_pieces(
+    catalog: &Catalog,
+    def: &TableDef,
+    index: &IndexDef,
+    txn: u64,
+    rows: &[Piece],
+) -> Result<(Vec<Piece>, u64)> {
+    let schema = def.schema()?;
+    let entry_schema = index.entry_schema(&schema)?;
+    let global = index.kind.is_global();
+    let mut out = vec![];
+    let mut entries_by_part = vec![];
+    for piece in rows.iter().filter(|p| p.role == Role::Rows) {
+        let part = global.then_some(piece.partition);
+        let entries = entries_of(&piece.batch, &index.columns, part, txn, 0, &entry_schema)?;
+        if entries.num_rows() > 0 {
+            entries_by_part.push((piece, entries));
+        }
+    }
+    let count: u64 = entries_by_part
+        .iter()
+        .map(|(_, e)| e.num_rows() as u64)
+        .sum();
+    match index.kind {
+        IndexKind::Local => {
+            for (piece, entries) in entries_by_part {
+                out.push(Piece {
+                    location: index.storage_key(def),
+                    partition: piece.partition,
+                    target: piece.target.clone(),
+                    batch: sort_by_columns(entries, &index.columns)?,
+                    role: Role::Index,
+                });
+            }
+        }
+        IndexKind::GlobalAsync => {
+            for (piece, entries) in entries_by_part {
+                out.push(Piece {
+                    location: index.outbox_key(def),
+                    partition: piece.partition,
+                    target: piece.target.clone(),
+                    batch: entries,
+                    role: Role::Outbox,
+                });
+            }
+        }
+        IndexKind::GlobalSync => {
+            let all: Vec<RecordBatch> = entries_by_part.into_iter().map(|(_, e)| e).collect();
+            out = global_index_pieces(catalog, def, index, &entry_schema, &all)?;
+        }
+    }
+    Ok((out, count))
+}
+
+/// Entries of a global index spread over its partitions by the stable hash
+/// of the term, each partition's sorted by term.
+pub fn global_index_pieces(
+    catalog: &Catalog,
+    def: &TableDef,
+    index: &IndexDef,
+    entry_schema: &SchemaRef,
+    entries: &[RecordBatch],
+) -> Result<Vec<Piece>> {
+    if entries.iter().all(|e| e.num_rows() == 0) {
+        return Ok(vec![]);
+    }
+    let all = concat_batches(entry_schema, entries)?;
+    let partitioner = Partitioner::try_new(&index.scheme(), entry_schema)?;
+    let assigned = partitioner.assign(&all)?;
+    let mut rows_of: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+    for (row, p) in assigned.iter().enumerate() {
+        rows_of.entry(*p).or_default().push(row as u32);
+    }
+    let parts: Vec<u32> = rows_of.keys().copied().collect();
+    let targets = catalog.scan_parts(&index.map_key(), &parts)?;
+    let mut out = vec![];
+    for (target, (partition, rows)) in targets.into_iter().zip(rows_of) {
+        let batch = compact_views(take_record_batch(&all, &UInt32Array::from(rows))?)?;
+        out.push(Piece {
+            location: index.storage_key(def),
+            partition,
+            target,
+            batch: sort_by_columns(batch, &index.columns)?,
+            role: Role::Index,
+        });
+    }
+    Ok(out)
+}
+
+/// Writes `pieces` as transaction `txn`, all or nothing: prepare every
+/// piece on its worker; decide (the metastore logs the transaction and
+/// `decide` updates counters in the same write); commit, index entries
+/// first. Once decided the write lands, even across a crash.
+pub async fn write_pieces(
+    catalog: &Arc<Catalog>,
+    txn: u64,
+    pieces: Vec<Piece>,
+    decide: impl FnOnce(&mut CatalogState, &[DataFile]) -> Result<()>,
+) -> Result<()> {
+    // Keyed by worker id: URLs change across restarts, ids do not.
+    let mut early: BTreeMap<String, Vec<StagedWrite>> = BTreeMap::new();
+    let mut late: BTreeMap<String, Vec<StagedWrite>> = BTreeMap::new();
+    let mut urls: BTreeMap<String, String> = BTreeMap::new();
+    let mut prepares = vec![];
+    for piece in pieces {
+        urls.insert(piece.target.worker_id.clone(), piece.target.url.clone());
+        let group = if piece.role == Role::Index {
+            &mut early
+        } else {
+            &mut late
+        };
+        group
+            .entry(piece.target.worker_id.clone())
+            .or_default()
+            .push(StagedWrite {
+                txn,
+                table: piece.location.clone(),
+                partition: piece.partition,
+            });
+        let request = PrepareRequest {
+            txn,
+            table: piece.location,
+            partition: piece.partition,
+            sort_by: vec![],
+        };
+        let url = piece.target.url;
+        let batch = piece.batch;
+        prepares.push(async move {
+            let client = WorkerClient::connect(&url)?;
+            client.prepare(&request, vec![batch]).await
+        });
+    }
+    // Phase 1: every piece durable on its owner.
+    let mut files = vec![];
+    for result in join_all(prepares).await {
+        match result {
+            Ok(f) => files.push(f),
+            Err(err) => {
+                abort(txn, urls.values()).await;
+                return Err(err);
+            }
+        }
+    }
+    let mut writes = early.clone();
+    for (worker, w) in &late {
+        writes.entry(worker.clone()).or_default().extend(w.clone());
+    }
+
+    // Decide: once logged, the write will land even across a crash.
+    let logged = writes.clone();
+    if let Err(e) = catalog.update(|s| {
+        s.decided.insert(txn, logged);
+        s.last_txn = s.last_txn.max(txn);
+        decide(s, &files)
+    }) {
+        abort(txn, urls.values()).await;
+        return Err(e);
+    }
+
+    // Phase 2: make it visible everywhere. The statement is decided, so
+    // it succeeds; a worker that did not confirm is retried in the
+    // background until it does (commit is idempotent).
+    let mut failed = commit_all(txn, &early, &urls).await;
+    failed.extend(commit_all(txn, &late, &urls).await);
+    if failed.is_empty() {
+        forget(catalog, txn);
+    } else {
+        let catalog = Arc::clone(catalog);
+        tokio::spawn(retry_commit(catalog, txn, failed, urls));
+    }
+    Ok(())
+}
+
+/// Sorts rows by the given columns (stable for rows with equal keys).
+pub fn sort_by_columns(batch: RecordBatch, columns: &[String]) -> Result<RecordBatch> {
+    if columns.is_empty() || batch.num_rows() < 2 {
+        return Ok(batch);
+    }
+    let sort_columns = columns
+        .iter()
+        .map(|c| {
+            let index = batch.schema().index_of(c)?;
+            Ok(SortColumn {
+                values: Arc::clone(batch.column(index)),
+                options: None,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let indices = lexsort_to_indices(&sort_columns, None)?;
+    Ok(take_record_batch(&batch, &indices)?)
 }
 
 /// Commits `txn` on every worker; returns the writes of workers that failed.

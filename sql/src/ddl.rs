@@ -19,6 +19,7 @@ use datafusion::sql::sqlparser::keywords::Keyword;
 use datafusion::sql::sqlparser::parser::{Parser, ParserError};
 use datafusion::sql::sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer, Whitespace};
 
+use crate::index::IndexKind;
 use crate::key::KeyValue;
 use crate::scheme::PartitionScheme;
 
@@ -37,6 +38,14 @@ pub enum Statement {
     Describe {
         table: String,
     },
+    CreateIndex(CreateIndex),
+    DropIndex {
+        name: String,
+        if_exists: bool,
+    },
+    ShowIndexes {
+        table: Option<String>,
+    },
     /// Anything else, for DataFusion.
     Sql(String),
 }
@@ -52,6 +61,18 @@ pub struct CreateTable {
     /// The `AS SELECT ...` query, if any.
     pub query: Option<String>,
     pub partitioning: Option<PartitionSpec>,
+}
+
+/// `CREATE INDEX [IF NOT EXISTS] name ON table (col, ...) [LOCAL | GLOBAL [SYNC | ASYNC] [PARTITIONS n]]`.
+/// Without a kind the index is LOCAL; GLOBAL without a mode is SYNC.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CreateIndex {
+    pub name: String,
+    pub table: String,
+    pub columns: Vec<String>,
+    pub kind: IndexKind,
+    pub partitions: Option<u64>,
+    pub if_not_exists: bool,
 }
 
 /// The partitioning clause as written, before it is checked against columns.
@@ -292,6 +313,37 @@ pub fn parse_statement(sql: &str) -> Result<Statement> {
         }
         return plan_err!("could not parse DROP TABLE");
     }
+    let word = |i: usize, w: &str| {
+        words
+            .get(i)
+            .is_some_and(|t| matches!(t, Token::Word(x) if x.value.eq_ignore_ascii_case(w)))
+    };
+    if kw(0, Keyword::SHOW) && (word(1, "INDEXES") || kw(1, Keyword::INDEX)) {
+        let mut parser = Parser::new(&GenericDialect {}).with_tokens_with_locations(tokens);
+        parser.next_token();
+        parser.next_token();
+        let table = if parser.parse_keyword(Keyword::ON) || parser.parse_keyword(Keyword::FROM) {
+            Some(object_name(
+                &parser.parse_object_name(false).map_err(parser_err)?,
+            ))
+        } else {
+            None
+        };
+        expect_end(&mut parser)?;
+        return Ok(Statement::ShowIndexes { table });
+    }
+    if kw(0, Keyword::DROP) && kw(1, Keyword::INDEX) {
+        let mut parser = Parser::new(&GenericDialect {}).with_tokens_with_locations(tokens);
+        parser.next_token();
+        parser.next_token();
+        let if_exists = parser.parse_keywords(&[Keyword::IF, Keyword::EXISTS]);
+        let name = object_name(&parser.parse_object_name(false).map_err(parser_err)?);
+        expect_end(&mut parser)?;
+        return Ok(Statement::DropIndex { name, if_exists });
+    }
+    if kw(0, Keyword::CREATE) && kw(1, Keyword::INDEX) {
+        return parse_create_index(tokens).map(Statement::CreateIndex);
+    }
     let create_table = kw(0, Keyword::CREATE)
         && (kw(1, Keyword::TABLE)
             || (kw(1, Keyword::OR) && kw(2, Keyword::REPLACE) && kw(3, Keyword::TABLE)));
@@ -363,6 +415,54 @@ fn parse_create_table(tokens: Vec<TokenWithSpan>) -> Result<CreateTable> {
         base_sql: base_sql.trim().trim_end_matches(';').to_string(),
         query: ct.query.map(|q| q.to_string()),
         partitioning,
+    })
+}
+
+fn parse_create_index(tokens: Vec<TokenWithSpan>) -> Result<CreateIndex> {
+    const FORM: &str = "CREATE INDEX name ON table (column, ...) [LOCAL | GLOBAL [SYNC | ASYNC] \
+                        [PARTITIONS n]]";
+    let mut p = Parser::new(&GenericDialect {}).with_tokens_with_locations(tokens);
+    p.expect_keywords(&[Keyword::CREATE, Keyword::INDEX])
+        .map_err(parser_err)?;
+    let if_not_exists = p.parse_keywords(&[Keyword::IF, Keyword::NOT, Keyword::EXISTS]);
+    let name = p
+        .parse_identifier()
+        .map_err(|_| plan_datafusion_err!("CREATE INDEX needs a name: {FORM}"))?;
+    p.expect_keyword(Keyword::ON)
+        .map_err(|_| plan_datafusion_err!("CREATE INDEX needs ON table: {FORM}"))?;
+    let table = object_name(&p.parse_object_name(false).map_err(parser_err)?);
+    let columns = column_list(&mut p)?;
+    let mut kind = IndexKind::Local;
+    let mut partitions = None;
+    if parse_word(&mut p, "GLOBAL") {
+        kind = if parse_word(&mut p, "ASYNC") {
+            IndexKind::GlobalAsync
+        } else {
+            let _ = parse_word(&mut p, "SYNC");
+            IndexKind::GlobalSync
+        };
+    } else if parse_word(&mut p, "LOCAL") {
+        kind = IndexKind::Local;
+    }
+    if p.parse_keyword(Keyword::PARTITIONS) {
+        partitions = Some(match p.parse_literal_uint() {
+            Ok(n) => n,
+            Err(_) => return plan_err!("PARTITIONS must be followed by a number: {FORM}"),
+        });
+    }
+    if !matches!(p.peek_token().token, Token::EOF | Token::SemiColon) {
+        return plan_err!(
+            "unexpected '{}' in CREATE INDEX; the form is {FORM}",
+            p.peek_token().token
+        );
+    }
+    Ok(CreateIndex {
+        name: ident_name(&name),
+        table,
+        columns,
+        kind,
+        partitions,
+        if_not_exists,
     })
 }
 
@@ -551,6 +651,53 @@ mod tests {
             parse_statement("SELECT 1").unwrap(),
             Statement::Sql(_)
         ));
+    }
+
+    #[test]
+    fn index_statements() {
+        let Statement::CreateIndex(ci) =
+            parse_statement("CREATE INDEX by_color ON cars (color) GLOBAL ASYNC PARTITIONS 4")
+                .unwrap()
+        else {
+            panic!("not CREATE INDEX");
+        };
+        assert_eq!(
+            (ci.name.as_str(), ci.table.as_str(), ci.kind, ci.partitions),
+            ("by_color", "cars", IndexKind::GlobalAsync, Some(4))
+        );
+        let Statement::CreateIndex(ci) =
+            parse_statement("create index if not exists i on t (a, b)").unwrap()
+        else {
+            panic!("not CREATE INDEX");
+        };
+        assert_eq!(ci.columns, ["a", "b"]);
+        assert_eq!((ci.kind, ci.if_not_exists), (IndexKind::Local, true));
+        let Statement::CreateIndex(ci) = parse_statement("CREATE INDEX i ON t (a) GLOBAL").unwrap()
+        else {
+            panic!("not CREATE INDEX");
+        };
+        assert_eq!(ci.kind, IndexKind::GlobalSync);
+        let e = parse_statement("CREATE INDEX i ON t (a) EVERYWHERE")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("LOCAL | GLOBAL"), "{e}");
+        assert_eq!(
+            parse_statement("SHOW INDEXES ON cars").unwrap(),
+            Statement::ShowIndexes {
+                table: Some("cars".into())
+            }
+        );
+        assert_eq!(
+            parse_statement("SHOW INDEXES").unwrap(),
+            Statement::ShowIndexes { table: None }
+        );
+        assert_eq!(
+            parse_statement("DROP INDEX IF EXISTS i").unwrap(),
+            Statement::DropIndex {
+                name: "i".into(),
+                if_exists: true
+            }
+        );
     }
 
     #[test]

@@ -3,14 +3,17 @@
 
 mod catalog;
 mod ddl;
+mod index;
 mod key;
 mod pruning;
 mod scheme;
 
 pub use catalog::{ColumnDef, MAX_PARTITIONS, PartitionMap, PartitionPlacement, TableDef};
 pub use ddl::{
-    CreateTable, PartitionSpec, ScriptStatement, Statement, parse_statement, split_statements,
+    CreateIndex, CreateTable, PartitionSpec, ScriptStatement, Statement, parse_statement,
+    split_statements,
 };
+pub use index::{FILE_COLUMN, IndexDef, IndexKind, IndexState, PART_COLUMN, ROW_COLUMN};
 pub use key::{KeyValue, encode_array_value, is_key_type};
 pub use pruning::prune_partitions;
 pub use scheme::{

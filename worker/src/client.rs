@@ -200,6 +200,14 @@ impl WorkerClient {
             .map(|_| ())
     }
 
+    /// The index entries of a partition's rows up to a transaction.
+    pub async fn index_entries(&self, req: &wire::EntriesRequest) -> Result<Vec<RecordBatch>> {
+        let mut ticket = wire::ENTRIES_TICKET.to_vec();
+        ticket.extend(wire::encode(req)?);
+        let stream = self.scan(ticket).await?;
+        stream.try_collect().await.map_err(|e| self.err(e))
+    }
+
     /// Runs a partition scan on the worker and streams its rows back.
     pub async fn scan(&self, ticket: Vec<u8>) -> Result<FlightRecordBatchStream> {
         match self.scan_once(ticket.clone()).await {

@@ -3,12 +3,15 @@
 //! client the coordinator uses to reach a worker.
 
 mod client;
+pub mod index;
 mod scan;
 mod service;
 mod storage;
 pub mod wire;
 
 pub use client::{WorkerClient, flight_error};
-pub use scan::{LocalStore, PartitionScanExec, ScanPart, ScanSpec, SizeEstimate, TesseraCodec};
+pub use scan::{
+    IndexRead, LocalStore, PartitionScanExec, ScanPart, ScanSpec, SizeEstimate, TesseraCodec,
+};
 pub use service::{WorkerHandle, nodelay_incoming, start_worker, to_status};
 pub use storage::{DataFile, Manifest, PartitionStats, StagedWrite, Storage};

@@ -15,6 +15,7 @@
 //!     local? read p0       local? read p3       not local: DoGet(p5) ─► w2
 //! ```
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -23,6 +24,7 @@ use datafusion::common::stats::Precision;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{DataFusionError, Result, Statistics, internal_err};
 use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::physical_plan::parquet::ParquetRowSelection;
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::execution::object_store::ObjectStoreUrl;
@@ -40,6 +42,7 @@ use futures::TryStreamExt;
 use prost::Message;
 
 use crate::client::WorkerClient;
+use crate::index::{RowsByFile, file_txn, locate, selection_of};
 use crate::storage::Storage;
 
 /// One partition to scan and the worker that owns it.
@@ -73,6 +76,7 @@ pub struct PartitionScanExec {
     kept_partitions: u32,
     estimate: Option<SizeEstimate>,
     colocated_on: Option<Vec<Arc<dyn PhysicalExpr>>>,
+    index: Option<IndexRead>,
     local: Option<Arc<LocalStore>>,
     properties: Arc<PlanProperties>,
     metrics: ExecutionPlanMetricsSet,
@@ -99,6 +103,38 @@ pub struct ScanSpec {
     /// the key columns (in the scan's output) to declare as the hash
     /// partitioning. Coordinator-side planning only; never serialised.
     pub colocated_on: Option<Vec<Arc<dyn PhysicalExpr>>>,
+    /// A secondary index that narrows the rows read.
+    pub index: Option<IndexRead>,
+}
+
+/// How a scan reads only the rows a secondary index names. Either way the
+/// scan's predicate is still applied to those rows, so the answer is exact.
+#[derive(Debug, Clone)]
+pub enum IndexRead {
+    /// A LOCAL index: each task reads its partition's part of the index
+    /// (the same partition number under `location`) with `predicate`, then
+    /// only the rows the matching entries name.
+    Local {
+        label: String,
+        location: String,
+        schema: SchemaRef,
+        predicate: Arc<dyn PhysicalExpr>,
+    },
+    /// A GLOBAL index, already looked up by the coordinator: per data
+    /// partition, the rows to read.
+    Rows {
+        label: String,
+        rows: Arc<BTreeMap<u32, RowsByFile>>,
+    },
+}
+
+impl IndexRead {
+    /// What `EXPLAIN` says about the index.
+    pub fn label(&self) -> &str {
+        match self {
+            IndexRead::Local { label, .. } | IndexRead::Rows { label, .. } => label,
+        }
+    }
 }
 
 /// Rows and stored bytes of some partitions, as the write path counted them.
@@ -140,6 +176,7 @@ impl PartitionScanExec {
             kept_partitions: spec.kept_partitions,
             estimate: spec.estimate,
             colocated_on: spec.colocated_on,
+            index: spec.index,
             local: None,
             properties,
             metrics: ExecutionPlanMetricsSet::new(),
@@ -158,6 +195,7 @@ impl PartitionScanExec {
             kept_partitions: self.kept_partitions,
             estimate: self.estimate,
             colocated_on: self.colocated_on.clone(),
+            index: self.index.clone(),
         }
     }
 
@@ -192,11 +230,98 @@ impl PartitionScanExec {
 
     fn scan_local(
         &self,
-        storage: &Storage,
+        storage: &Arc<Storage>,
         part: &ScanPart,
         ctx: Arc<TaskContext>,
     ) -> Result<SendableRecordBatchStream> {
-        let files = storage.files(&self.location, part.partition)?;
+        if self.index.is_some() {
+            let this = self.clone();
+            let storage = Arc::clone(storage);
+            let partition = part.partition;
+            let schema = self.schema();
+            let stream =
+                futures::stream::once(
+                    async move { this.scan_indexed(&storage, partition, ctx).await },
+                )
+                .try_flatten();
+            return Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)));
+        }
+        let files = storage
+            .files(&self.location, part.partition)?
+            .into_iter()
+            .map(|(path, size)| PartitionedFile::new(path.to_string_lossy(), size))
+            .collect();
+        self.read_files(files, ctx)
+    }
+
+    /// Reads only the rows the index names: files it names none of are
+    /// skipped, the others read through a row selection.
+    async fn scan_indexed(
+        &self,
+        storage: &Storage,
+        partition: u32,
+        ctx: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        let rows: RowsByFile = match &self.index {
+            Some(IndexRead::Rows { rows, .. }) => rows.get(&partition).cloned().unwrap_or_default(),
+            Some(IndexRead::Local {
+                location,
+                schema,
+                predicate,
+                ..
+            }) => {
+                let files: Vec<PartitionedFile> = storage
+                    .files(location, partition)?
+                    .into_iter()
+                    .map(|(path, size)| PartitionedFile::new(path.to_string_lossy(), size))
+                    .collect();
+                if files.is_empty() {
+                    RowsByFile::new()
+                } else {
+                    let source = ParquetSource::new(Arc::clone(schema))
+                        .with_predicate(Arc::clone(predicate))
+                        .with_pushdown_filters(true);
+                    let place = [
+                        schema.index_of(tessera_sql::FILE_COLUMN)?,
+                        schema.index_of(tessera_sql::ROW_COLUMN)?,
+                    ];
+                    let config = FileScanConfigBuilder::new(
+                        ObjectStoreUrl::local_filesystem(),
+                        Arc::new(source),
+                    )
+                    .with_file_group(files.into_iter().collect())
+                    .with_projection_indices(Some(place.to_vec()))?
+                    .build();
+                    let entries: Vec<_> = DataSourceExec::from_data_source(config)
+                        .execute(0, Arc::clone(&ctx))?
+                        .try_collect()
+                        .await?;
+                    locate(&entries)?.remove(&0).unwrap_or_default()
+                }
+            }
+            None => return internal_err!("index scan without an index"),
+        };
+        let files: Vec<PartitionedFile> = storage
+            .data_files(&self.location, partition)?
+            .into_iter()
+            .filter_map(|(path, file)| {
+                let named = rows.get(&file_txn(&file.name)?)?;
+                let selection = selection_of(named, usize::try_from(file.rows).ok()?);
+                Some(
+                    PartitionedFile::new(path.to_string_lossy(), file.bytes)
+                        .with_extension(ParquetRowSelection::new(selection)),
+                )
+            })
+            .collect();
+        self.read_files(files, ctx)
+    }
+
+    /// Reads `files` with the scan's projection, predicate and limit.
+    fn read_files(
+        &self,
+        files: Vec<PartitionedFile>,
+        ctx: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
         if files.is_empty() {
             return Ok(self.empty());
         }
@@ -208,10 +333,7 @@ impl PartitionScanExec {
                 .with_predicate(Arc::clone(predicate))
                 .with_pushdown_filters(true);
         }
-        let group: FileGroup = files
-            .into_iter()
-            .map(|(path, size)| PartitionedFile::new(path.to_string_lossy(), size))
-            .collect();
+        let group: FileGroup = files.into_iter().collect();
         let config =
             FileScanConfigBuilder::new(ObjectStoreUrl::local_filesystem(), Arc::new(source))
                 .with_file_group(group)
@@ -256,6 +378,9 @@ impl DisplayAs for PartitionScanExec {
         write!(f, ", read=[{}]", shown.join(", "))?;
         if self.colocated_on.is_some() {
             write!(f, ", colocated")?;
+        }
+        if let Some(index) = &self.index {
+            write!(f, ", index={}", index.label())?;
         }
         if let Some(p) = &self.predicate {
             write!(f, ", predicate={p}")?;
@@ -379,6 +504,29 @@ struct PartitionScanProto {
     kept_partitions: u32,
     #[prost(string, tag = "11")]
     location: String,
+    /// 0: no index; 1: LOCAL (fields 13-16); 2: rows looked up (17).
+    #[prost(uint32, tag = "12")]
+    index_kind: u32,
+    #[prost(string, tag = "13")]
+    index_label: String,
+    #[prost(string, tag = "14")]
+    index_location: String,
+    #[prost(message, optional, tag = "15")]
+    index_schema: Option<protobuf::Schema>,
+    #[prost(message, optional, tag = "16")]
+    index_predicate: Option<protobuf::PhysicalExprNode>,
+    #[prost(message, repeated, tag = "17")]
+    index_rows: Vec<IndexRowsProto>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct IndexRowsProto {
+    #[prost(uint32, tag = "1")]
+    partition: u32,
+    #[prost(uint64, tag = "2")]
+    file: u64,
+    #[prost(uint32, repeated, tag = "3")]
+    rows: Vec<u32>,
 }
 
 /// Encodes and decodes Tessera's plan nodes for datafusion-proto. A worker's
@@ -424,7 +572,38 @@ impl TesseraCodec {
             output_partitions: scan.properties.partitioning.partition_count() as u64,
             total_partitions: scan.total_partitions,
             kept_partitions: scan.kept_partitions,
+            ..Default::default()
         };
+        let mut proto = proto;
+        match &scan.index {
+            None => {}
+            Some(IndexRead::Local {
+                label,
+                location,
+                schema,
+                predicate,
+            }) => {
+                proto.index_kind = 1;
+                proto.index_label = label.clone();
+                proto.index_location = location.clone();
+                proto.index_schema = Some(schema.as_ref().try_into()?);
+                proto.index_predicate = Some(serialize_physical_expr(predicate, self)?);
+            }
+            Some(IndexRead::Rows { label, rows }) => {
+                proto.index_kind = 2;
+                proto.index_label = label.clone();
+                // Only the rows of the partitions this node reads.
+                for part in &scan.parts {
+                    for (file, positions) in rows.get(&part.partition).into_iter().flatten() {
+                        proto.index_rows.push(IndexRowsProto {
+                            partition: part.partition,
+                            file: *file,
+                            rows: positions.clone(),
+                        });
+                    }
+                }
+            }
+        }
         Ok(proto.encode_to_vec())
     }
 
@@ -441,6 +620,7 @@ impl TesseraCodec {
             Some(p) => Some(parse_physical_expr(p, ctx, &schema, self)?),
             None => None,
         };
+        let index = self.decode_index(&proto, ctx)?;
         let spec = ScanSpec {
             table: proto.table,
             location: proto.location,
@@ -454,6 +634,7 @@ impl TesseraCodec {
             kept_partitions: proto.kept_partitions,
             estimate: None,
             colocated_on: None,
+            index,
         };
         let parts = proto
             .parts
@@ -468,6 +649,46 @@ impl TesseraCodec {
             PartitionScanExec::try_new(spec, parts, proto.output_partitions as usize)?
                 .with_local(self.local.clone()),
         )
+    }
+}
+
+impl TesseraCodec {
+    fn decode_index(
+        &self,
+        proto: &PartitionScanProto,
+        ctx: &TaskContext,
+    ) -> Result<Option<IndexRead>> {
+        match proto.index_kind {
+            0 => Ok(None),
+            1 => {
+                let (Some(schema), Some(predicate)) = (&proto.index_schema, &proto.index_predicate)
+                else {
+                    return internal_err!("LOCAL index scan without its schema or predicate");
+                };
+                let schema: Schema = schema.try_into()?;
+                let schema = Arc::new(schema);
+                let predicate = parse_physical_expr(predicate, ctx, &schema, self)?;
+                Ok(Some(IndexRead::Local {
+                    label: proto.index_label.clone(),
+                    location: proto.index_location.clone(),
+                    schema,
+                    predicate,
+                }))
+            }
+            2 => {
+                let mut rows: BTreeMap<u32, RowsByFile> = BTreeMap::new();
+                for r in &proto.index_rows {
+                    rows.entry(r.partition)
+                        .or_default()
+                        .insert(r.file, r.rows.clone());
+                }
+                Ok(Some(IndexRead::Rows {
+                    label: proto.index_label.clone(),
+                    rows: Arc::new(rows),
+                }))
+            }
+            other => internal_err!("unknown index scan kind {other}"),
+        }
     }
 }
 

@@ -52,6 +52,32 @@ impl WorkerFlightService {
     fn storage(&self) -> &Storage {
         &self.local.storage
     }
+
+    /// Streams the index entries of a partition's older rows (a backfill).
+    async fn index_entries(&self, body: &[u8]) -> Result<Response<BoxStream<FlightData>>, Status> {
+        let req: wire::EntriesRequest = wire::decode(body).map_err(to_status)?;
+        let schema = req.schema().map_err(to_status)?;
+        let storage = Arc::clone(&self.local.storage);
+        let entry_schema = Arc::clone(&schema);
+        let batches = tokio::task::spawn_blocking(move || {
+            let columns: Vec<String> = req.columns.iter().map(|(c, _)| c.clone()).collect();
+            storage.index_entries(
+                &req.table,
+                req.partition,
+                &columns,
+                req.max_txn,
+                &entry_schema,
+            )
+        })
+        .await
+        .map_err(|e| Status::internal(format!("index read failed: {e}")))?
+        .map_err(to_status)?;
+        let data = FlightDataEncoderBuilder::new()
+            .with_schema(schema)
+            .build(futures::stream::iter(batches.into_iter().map(Ok)))
+            .map_err(|e| Status::internal(e.to_string()));
+        Ok(Response::new(Box::pin(data)))
+    }
 }
 
 #[tonic::async_trait]
@@ -107,6 +133,9 @@ impl FlightService for WorkerFlightService {
         request: Request<Ticket>,
     ) -> Result<Response<Self::DoGetStream>, Status> {
         let ticket = request.into_inner().ticket;
+        if let Some(body) = ticket.strip_prefix(wire::ENTRIES_TICKET) {
+            return self.index_entries(body).await;
+        }
         let task_ctx = self.session.task_ctx();
         let scan = decode_scan(&ticket, Arc::clone(&self.local), &task_ctx).map_err(to_status)?;
         let schema = scan.schema();

@@ -148,6 +148,67 @@ impl Storage {
             .collect())
     }
 
+    /// The committed files of a partition with their manifest entries.
+    pub fn data_files(&self, table: &str, partition: u32) -> Result<Vec<(PathBuf, DataFile)>> {
+        let dir = self.partition_dir(table, partition)?;
+        Ok(self
+            .manifest(table, partition)?
+            .files
+            .into_iter()
+            .map(|f| (dir.join(&f.name), f))
+            .collect())
+    }
+
+    /// The index entries of the rows of a partition written by transactions
+    /// up to `max_txn` (a backfill's share): `columns`, then `__part` (if
+    /// `schema` has it), `__file`, `__row`.
+    pub fn index_entries(
+        &self,
+        table: &str,
+        partition: u32,
+        columns: &[String],
+        max_txn: u64,
+        schema: &SchemaRef,
+    ) -> Result<Vec<RecordBatch>> {
+        use parquet::arrow::ProjectionMask;
+        use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+        let with_part = schema.field_with_name(tessera_sql::PART_COLUMN).is_ok();
+        let mut out = vec![];
+        for (path, file) in self.data_files(table, partition)? {
+            let Some(txn) = crate::index::file_txn(&file.name) else {
+                continue;
+            };
+            if txn > max_txn {
+                continue;
+            }
+            let f = File::open(&path).map_err(|e| io_err("cannot open", &path, e))?;
+            let builder = ParquetRecordBatchReaderBuilder::try_new(f)?;
+            let roots: Vec<usize> = columns
+                .iter()
+                .map(|c| {
+                    builder.schema().index_of(c).map_err(|_| {
+                        DataFusionError::Execution(format!(
+                            "indexed column '{c}' is missing from {}",
+                            path.display()
+                        ))
+                    })
+                })
+                .collect::<Result<_>>()?;
+            let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
+            let reader = builder.with_projection(mask).build()?;
+            let mut row = 0u32;
+            for batch in reader {
+                let batch = batch?;
+                let part = with_part.then_some(partition);
+                out.push(crate::index::entries_of(
+                    &batch, columns, part, txn, row, schema,
+                )?);
+                row += batch.num_rows() as u32;
+            }
+        }
+        Ok(out)
+    }
+
     /// Writes the rows of `txn` for one partition to a staged file and fsyncs
     /// it. Rows are sorted by `sort_by` first (the hybrid scheme's clustering).
     pub fn prepare(

@@ -10,7 +10,9 @@
 //! | DoAction `stats`     | [`StatsRequest`]            | `Vec<PartitionStats>`  |
 //! | DoAction `drop_table`| [`TableRequest`]            | nothing                |
 //! | DoGet                | a partition scan (protobuf) | rows                   |
+//! | DoGet                | [`ENTRIES_TICKET`] + [`EntriesRequest`] | index entries |
 
+use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::common::{DataFusionError, Result};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
@@ -21,6 +23,49 @@ pub const ACTION_ABORT: &str = "abort";
 pub const ACTION_STAGED: &str = "staged";
 pub const ACTION_STATS: &str = "stats";
 pub const ACTION_DROP_TABLE: &str = "drop_table";
+
+/// Starts a `DoGet` ticket asking for the index entries of a partition's
+/// older rows (a backfill); other tickets are partition scans.
+pub const ENTRIES_TICKET: &[u8] = b"tessera-index-entries:";
+
+/// The index entries of one partition's rows written up to `max_txn`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EntriesRequest {
+    pub table: String,
+    pub partition: u32,
+    /// Indexed columns and their Arrow types (as Arrow prints them).
+    pub columns: Vec<(String, String)>,
+    /// Add `__part` (global indexes).
+    pub with_part: bool,
+    pub max_txn: u64,
+}
+
+impl EntriesRequest {
+    /// The entry schema: the indexed columns, `__part`, `__file`, `__row`.
+    pub fn schema(&self) -> Result<SchemaRef> {
+        use datafusion::arrow::datatypes::{DataType, Field, Schema};
+        use std::sync::Arc;
+        let mut fields = vec![];
+        for (name, ty) in &self.columns {
+            let ty: DataType = ty.parse()?;
+            fields.push(Field::new(name, ty, true));
+        }
+        if self.with_part {
+            fields.push(Field::new(
+                tessera_sql::PART_COLUMN,
+                DataType::UInt32,
+                false,
+            ));
+        }
+        fields.push(Field::new(
+            tessera_sql::FILE_COLUMN,
+            DataType::UInt64,
+            false,
+        ));
+        fields.push(Field::new(tessera_sql::ROW_COLUMN, DataType::UInt32, false));
+        Ok(Arc::new(Schema::new(fields)))
+    }
+}
 
 /// The largest gRPC message either side accepts.
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
