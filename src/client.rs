@@ -14,6 +14,7 @@ pub struct QueryResult {
 
 pub struct Client {
     inner: FlightSqlServiceClient<Channel>,
+    addr: String,
 }
 
 pub use tessera_datasets::flight_error_text as error_text;
@@ -33,7 +34,15 @@ impl Client {
                 format!("cannot connect to {url}: {e}; is `tessera serve` running there?")
             })?;
         let inner = FlightSqlServiceClient::new(channel);
-        Ok(Self { inner })
+        Ok(Self {
+            inner,
+            addr: addr.to_string(),
+        })
+    }
+
+    /// A second connection to the same server.
+    pub async fn reconnect(&self) -> Result<Self, String> {
+        Self::connect(&self.addr).await
     }
 
     /// The underlying Flight SQL client.

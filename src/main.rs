@@ -2,6 +2,7 @@
 //! workers; `shell` and `run` are Flight SQL clients.
 
 mod bench;
+mod bench_index;
 mod client;
 mod output;
 mod shell;
@@ -112,6 +113,25 @@ enum BenchCommand {
         /// Keep the Parquet files here (reused when present) for other engines.
         #[arg(long)]
         parquet: Option<PathBuf>,
+    },
+    /// Secondary indexes: none, LOCAL, GLOBAL SYNC and GLOBAL ASYNC side by
+    /// side (insert throughput and latency, partitions per insert and per
+    /// lookup, lookup latency, ASYNC lag).
+    Index {
+        /// Rows in each table before the index is created (backfilled).
+        #[arg(long, default_value_t = 1_000_000)]
+        rows: u64,
+        /// Hash partitions per table (and per GLOBAL index).
+        #[arg(long, default_value_t = 8)]
+        partitions: u32,
+        #[arg(long, default_value_t = 3)]
+        workers: usize,
+        /// Single-row INSERTs timed per kind.
+        #[arg(long, default_value_t = 300)]
+        inserts: usize,
+        /// Point lookups timed per kind.
+        #[arg(long, default_value_t = 300)]
+        lookups: usize,
     },
 }
 
@@ -302,6 +322,25 @@ fn main() -> ExitCode {
                     partitions,
                     iterations,
                     parquet,
+                })
+                .await
+            }
+            Command::Bench {
+                bench:
+                    BenchCommand::Index {
+                        rows,
+                        partitions,
+                        workers,
+                        inserts,
+                        lookups,
+                    },
+            } => {
+                bench_index::run(bench_index::IndexBench {
+                    rows,
+                    partitions,
+                    workers,
+                    inserts,
+                    lookups,
                 })
                 .await
             }

@@ -1,13 +1,15 @@
 //! `tessera shell`: an interactive SQL prompt with history, multi-line
 //! statements ending in `;`, aligned results, row counts and timings.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressStyle};
 
 use rustyline::DefaultEditor;
 use rustyline::error::ReadlineError;
 use tessera_sql::split_statements;
 
-use crate::client::Client;
+use crate::client::{Client, QueryResult};
 use crate::output::{Format, write_result};
 
 const HELP: &str = "\
@@ -18,6 +20,8 @@ Statements end with ';' and may span lines.
   EXPLAIN SELECT ...;               distributed plan with partitions kept
   CREATE TABLE t (...) PARTITION BY HASH (k) PARTITIONS 8;
   CREATE TABLE t (...) PARTITION BY RANGE (ts) SPLIT AT (v1, v2);
+  CREATE INDEX i ON t (c) LOCAL | GLOBAL [SYNC | ASYNC] [PARTITIONS n];
+  SHOW INDEXES [ON t];              kind, entries, state, ASYNC lag
 Commands: \\help  this text    \\q  quit";
 
 /// Runs each statement of `sql`, printing results; stops at the first error.
@@ -26,7 +30,12 @@ pub async fn run_statements(client: &mut Client, sql: &str, timing: bool) -> Res
     let stdout = std::io::stdout();
     for s in statements {
         let start = Instant::now();
-        let result = client.query(&s.sql).await?;
+        let result = match tessera_sql::parse_statement(&s.sql) {
+            Ok(tessera_sql::Statement::CreateIndex(ci)) => {
+                with_backfill_progress(client, &s.sql, &ci.name, &ci.table).await?
+            }
+            _ => client.query(&s.sql).await?,
+        };
         let mut out = stdout.lock();
         write_result(&mut out, &result, Format::Table)?;
         if timing {
@@ -36,6 +45,57 @@ pub async fn run_statements(client: &mut Client, sql: &str, timing: bool) -> Res
         }
     }
     Ok(())
+}
+
+/// Runs a `CREATE INDEX`, showing its backfill's progress (data
+/// partitions done) as `SHOW INDEXES` reports it on a second connection.
+async fn with_backfill_progress(
+    client: &mut Client,
+    sql: &str,
+    index: &str,
+    table: &str,
+) -> Result<QueryResult, String> {
+    let mut watcher = client.reconnect().await.ok();
+    let bar = ProgressBar::new(0).with_style(
+        ProgressStyle::with_template("backfill {msg} [{bar:30}] {pos}/{len} partitions {elapsed}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.set_message(index.to_string());
+    let show = format!("SHOW INDEXES ON {table}");
+    let query = client.query(sql);
+    tokio::pin!(query);
+    loop {
+        tokio::select! {
+            result = &mut query => {
+                bar.finish_and_clear();
+                return result;
+            }
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {
+                let Some(w) = watcher.as_mut() else { continue };
+                let Ok(shown) = w.query(&show).await else { continue };
+                if let Some((done, total)) = building(&shown.batches, index) {
+                    bar.set_length(u64::from(total));
+                    bar.set_position(u64::from(done));
+                }
+            }
+        }
+    }
+}
+
+/// `(done, total)` of an index's backfill in `SHOW INDEXES` output.
+fn building(batches: &[arrow::array::RecordBatch], index: &str) -> Option<(u32, u32)> {
+    use arrow::array::{Array, AsArray};
+    for b in batches {
+        let names = b.column_by_name("index_name")?.as_string::<i32>();
+        let states = b.column_by_name("state")?.as_string::<i32>();
+        for i in 0..names.len() {
+            if names.value(i) == index {
+                let (done, total) = states.value(i).strip_prefix("building ")?.split_once('/')?;
+                return Some((done.parse().ok()?, total.parse().ok()?));
+            }
+        }
+    }
+    None
 }
 
 fn history_path() -> Option<std::path::PathBuf> {

@@ -34,6 +34,11 @@ pub struct Catalog {
     /// The largest transaction a `fresh` index read waits for.
     pub(crate) fresh_wanted: AtomicU64,
     pub(crate) apply_paused: AtomicBool,
+    /// INSERT statements acknowledged, and the partitions they wrote
+    /// before acknowledging (data partitions plus GLOBAL SYNC index
+    /// partitions; a LOCAL index or an outbox lives in its data partition).
+    writes: AtomicU64,
+    partitions_written: AtomicU64,
     /// Set when the coordinator stops: background tasks end.
     pub(crate) closed: AtomicBool,
     /// ASYNC indexes: acknowledged outbox writes not yet applied, with
@@ -78,6 +83,8 @@ impl Catalog {
             fresh_wanted: AtomicU64::new(0),
             apply_paused: AtomicBool::new(false),
             closed: AtomicBool::new(false),
+            writes: AtomicU64::new(0),
+            partitions_written: AtomicU64::new(0),
             outbox_pending: Mutex::new(BTreeMap::new()),
         }))
     }
@@ -258,6 +265,21 @@ impl Catalog {
             }
         }
         self.apply_wanted.notify_one();
+    }
+
+    pub(crate) fn count_write(&self, partitions: u64) {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        self.partitions_written
+            .fetch_add(partitions, Ordering::Relaxed);
+    }
+
+    /// (INSERT statements acknowledged, partitions they wrote before the
+    /// acknowledgement), since the coordinator started.
+    pub fn write_fanout(&self) -> (u64, u64) {
+        (
+            self.writes.load(Ordering::Relaxed),
+            self.partitions_written.load(Ordering::Relaxed),
+        )
     }
 
     pub fn indexes_of(&self, table: &str) -> Result<Vec<IndexDef>> {

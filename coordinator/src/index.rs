@@ -49,6 +49,9 @@ use crate::catalog::Catalog;
 use crate::options::TesseraOptions;
 use crate::write::{Piece, Role, global_index_pieces, sort_by_columns, write_pieces};
 
+/// How long the applier lets writes gather after being woken.
+const APPLY_GATHER: Duration = Duration::from_millis(20);
+
 /// How long a `fresh` read waits for an ASYNC index to catch up.
 const FRESH_WAIT: Duration = Duration::from_secs(30);
 
@@ -347,6 +350,8 @@ pub fn spawn_applier(catalog: &Arc<Catalog>) {
             drop(catalog);
             let _ =
                 tokio::time::timeout(Duration::from_secs(1), wake.apply_wanted.notified()).await;
+            // Let a burst of writes gather, so one round applies them all.
+            tokio::time::sleep(APPLY_GATHER).await;
         }
     });
 }

@@ -146,6 +146,10 @@ impl DataSink for WriteSink {
             pieces.extend(more);
         }
 
+        let touched = pieces
+            .iter()
+            .filter(|p| p.role == Role::Rows || is_global(p, &indexes))
+            .count() as u64;
         let stats_of: Vec<(u32, usize)> = pieces
             .iter()
             .enumerate()
@@ -175,6 +179,7 @@ impl DataSink for WriteSink {
             )));
         }
         drop(guard);
+        self.catalog.count_write(touched);
         if counts
             .iter()
             .any(|(_, k, n)| *k == IndexKind::GlobalAsync && *n > 0)
@@ -189,6 +194,13 @@ impl DataSink for WriteSink {
         }
         Ok(rows)
     }
+}
+
+/// Whether `piece` belongs to a global index among `indexes`.
+fn is_global(piece: &Piece, indexes: &[IndexDef]) -> bool {
+    indexes.iter().any(|i| {
+        i.kind == IndexKind::GlobalSync && piece.location.ends_with(&format!(".i{}", i.id))
+    })
 }
 
 /// What a piece of a transaction holds. Index entries are committed
