@@ -268,6 +268,9 @@ impl Coordinator {
                 if strip_explain(sql.trim_start()).is_some() {
                     return Ok(Some(explain_schema()));
                 }
+                if let Some(name) = show_tessera_option(&sql) {
+                    return Ok(Some(self.show_options(&name)?.schema()));
+                }
                 let plan = self
                     .ctx
                     .state()
@@ -314,6 +317,9 @@ impl Coordinator {
         if let Some(inner) = strip_explain(trimmed) {
             return self.explain(inner).await;
         }
+        if let Some(name) = show_tessera_option(trimmed) {
+            return self.show_options(&name);
+        }
         let state = self.ctx.state();
         let plan = state.create_logical_plan(sql).await.map_err(with_hint)?;
         match &plan {
@@ -353,6 +359,43 @@ impl Coordinator {
                 Ok(Planned::Plan(physical, Arc::new(task_ctx), None))
             }
         }
+    }
+
+    /// `SHOW tessera` (all of Tessera's options) or `SHOW tessera.<name>`:
+    /// DataFusion's SHOW does not list extension options.
+    fn show_options(&self, name: &str) -> Result<Planned> {
+        use datafusion::common::config::ExtensionOptions;
+        let state = self.ctx.state();
+        let options = state
+            .config_options()
+            .extensions
+            .get::<TesseraOptions>()
+            .cloned()
+            .unwrap_or_default();
+        let mut names = vec![];
+        let mut values = vec![];
+        let mut descriptions = vec![];
+        for e in options.entries() {
+            let key = if e.key.starts_with("tessera.") {
+                e.key.clone()
+            } else {
+                format!("tessera.{}", e.key)
+            };
+            if name != "tessera" && !key.eq_ignore_ascii_case(name) {
+                continue;
+            }
+            names.push(key);
+            values.push(e.value.unwrap_or_default());
+            descriptions.push(e.description.trim().to_string());
+        }
+        if names.is_empty() {
+            return plan_err!("'{name}' is not an option; SHOW tessera lists Tessera's options");
+        }
+        ready(vec![
+            ("name", Arc::new(StringArray::from(names)) as ArrayRef),
+            ("value", Arc::new(StringArray::from(values))),
+            ("description", Arc::new(StringArray::from(descriptions))),
+        ])
     }
 
     /// `EXPLAIN q`: the logical plan and the distributed physical plan, with
@@ -627,6 +670,21 @@ fn with_hint(e: DataFusionError) -> DataFusionError {
         other => other.strip_backtrace(),
     };
     DataFusionError::Plan(format!("{message}{hint}"))
+}
+
+/// The option a `SHOW tessera[.name]` statement asks for.
+fn show_tessera_option(sql: &str) -> Option<String> {
+    let sql = sql.trim().trim_end_matches(';').trim();
+    let mut words = sql.split_whitespace();
+    if !words.next()?.eq_ignore_ascii_case("show") {
+        return None;
+    }
+    let name = words.next()?;
+    if words.next().is_some() {
+        return None;
+    }
+    let lower = name.to_ascii_lowercase();
+    (lower == "tessera" || lower.starts_with("tessera.")).then_some(lower)
 }
 
 fn strip_explain(sql: &str) -> Option<&str> {

@@ -18,7 +18,7 @@
 //! because the move of `applied_through` is decided with the entries it
 //! applied, a crash at any point neither loses nor doubles an entry.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -50,7 +50,7 @@ use crate::options::TesseraOptions;
 use crate::write::{Piece, Role, global_index_pieces, sort_by_columns, write_pieces};
 
 /// How long the applier lets writes gather after being woken.
-const APPLY_GATHER: Duration = Duration::from_millis(20);
+const APPLY_GATHER: Duration = Duration::from_millis(100);
 
 /// How long a `fresh` read waits for an ASYNC index to catch up.
 const FRESH_WAIT: Duration = Duration::from_secs(30);
@@ -350,8 +350,27 @@ pub fn spawn_applier(catalog: &Arc<Catalog>) {
             drop(catalog);
             let _ =
                 tokio::time::timeout(Duration::from_secs(1), wake.apply_wanted.notified()).await;
-            // Let a burst of writes gather, so one round applies them all.
-            tokio::time::sleep(APPLY_GATHER).await;
+            // Let a burst of writes gather, so one round applies them all;
+            // a fresh read waiting cuts it short.
+            // Only this task moves `applied_through`: read it once.
+            let applied = wake.state().ok().and_then(|s| {
+                s.indexes
+                    .values()
+                    .filter(|i| i.kind == IndexKind::GlobalAsync)
+                    .map(|i| {
+                        s.index_stats
+                            .get(&i.name)
+                            .map_or(0, |st| st.applied_through)
+                    })
+                    .min()
+            });
+            let gathering = Instant::now();
+            while gathering.elapsed() < APPLY_GATHER {
+                if applied.is_some_and(|a| wake.fresh_wanted.load(Ordering::SeqCst) > a) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
         }
     });
 }
@@ -399,7 +418,35 @@ async fn apply_round(catalog: &Arc<Catalog>, name: &str) -> Result<()> {
     {
         p.retain(|txn, _| *txn > horizon);
     }
+    if count > 0 {
+        // Applied entries leave the outbox (a crash before this only
+        // leaves files the next round skips by their transaction id).
+        truncate_outbox(catalog, &table, &def, horizon).await;
+    }
     Ok(())
+}
+
+async fn truncate_outbox(catalog: &Catalog, table: &TableDef, def: &IndexDef, upto: u64) {
+    let all: Vec<u32> = (0..table.scheme.partition_count()).collect();
+    let Ok(parts) = catalog.scan_parts(&table.name, &all) else {
+        return;
+    };
+    let mut by_url: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+    for p in parts {
+        by_url.entry(p.url).or_default().push(p.partition);
+    }
+    let location = def.outbox_key(table);
+    for (url, partitions) in by_url {
+        let result = async {
+            WorkerClient::connect(&url)?
+                .truncate(&location, partitions, upto)
+                .await
+        }
+        .await;
+        if let Err(e) = result {
+            tracing::warn!(index = %def.name, %url, error = %e, "applied outbox entries were not removed");
+        }
+    }
 }
 
 /// The outbox entries of transactions in `(from, to]`, from every data

@@ -298,6 +298,21 @@ async fn index_statements_and_errors() {
     let plan = plan_text(&cluster.query(&format!("EXPLAIN {sql}")).await.unwrap());
     assert!(plan.contains("index=tv LOCAL"), "{plan}");
     assert_eq!(single_i64(&cluster.query(sql).await.unwrap()), 10);
+    // Tessera's options read back with SHOW.
+    cluster
+        .query("SET tessera.index_read = 'fresh'")
+        .await
+        .unwrap();
+    let shown = cluster.query("SHOW tessera.index_read").await.unwrap();
+    let value = shown[0].column_by_name("value").unwrap().as_string::<i32>();
+    assert_eq!(value.value(0), "fresh");
+    let all = cluster.query("SHOW tessera").await.unwrap();
+    assert_eq!(all.iter().map(|b| b.num_rows()).sum::<usize>(), 2);
+    assert!(
+        err("SHOW tessera.nope")
+            .await
+            .contains("SHOW tessera lists")
+    );
     cluster.query("DROP INDEX tv").await.unwrap();
     let plan = plan_text(&cluster.query(&format!("EXPLAIN {sql}")).await.unwrap());
     assert!(!plan.contains("index="), "{plan}");

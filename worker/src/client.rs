@@ -191,6 +191,17 @@ impl WorkerClient {
             .unwrap_or_default())
     }
 
+    pub async fn truncate(&self, table: &str, partitions: Vec<u32>, max_txn: u64) -> Result<()> {
+        let body = wire::encode(&wire::TruncateRequest {
+            table: table.to_string(),
+            partitions,
+            max_txn,
+        })?;
+        self.action::<()>(wire::ACTION_TRUNCATE, body)
+            .await
+            .map(|_| ())
+    }
+
     pub async fn drop_table(&self, table: &str) -> Result<()> {
         let body = wire::encode(&wire::TableRequest {
             table: table.to_string(),

@@ -240,6 +240,15 @@ impl FlightService for WorkerFlightService {
                     .map_err(to_status)?;
                 Some(wire::encode(&stats).map_err(to_status)?)
             }
+            wire::ACTION_TRUNCATE => {
+                let req: wire::TruncateRequest = wire::decode(&action.body).map_err(to_status)?;
+                for p in &req.partitions {
+                    self.storage()
+                        .truncate(&req.table, *p, req.max_txn)
+                        .map_err(to_status)?;
+                }
+                None
+            }
             wire::ACTION_DROP_TABLE => {
                 let req: wire::TableRequest = wire::decode(&action.body).map_err(to_status)?;
                 self.storage().drop_table(&req.table).map_err(to_status)?;

@@ -331,6 +331,35 @@ impl Storage {
         sync_dir(dir)
     }
 
+    /// Removes the files written by transactions up to `max_txn` from a
+    /// partition (an ASYNC index's outbox, once applied): the manifest is
+    /// swapped first, then the files are deleted. Idempotent.
+    pub fn truncate(&self, table: &str, partition: u32, max_txn: u64) -> Result<()> {
+        let _guard = self.commit_lock.lock().map_err(|_| {
+            DataFusionError::Internal("commit lock poisoned by an earlier panic".into())
+        })?;
+        let dir = self.partition_dir(table, partition)?;
+        let mut manifest = self.manifest(table, partition)?;
+        let (gone, kept): (Vec<DataFile>, Vec<DataFile>) = manifest
+            .files
+            .into_iter()
+            .partition(|f| crate::index::file_txn(&f.name).is_some_and(|t| t <= max_txn));
+        if gone.is_empty() {
+            return Ok(());
+        }
+        manifest.files = kept;
+        self.write_manifest(&dir, &manifest)?;
+        for f in gone {
+            let path = dir.join(&f.name);
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err("cannot remove", &path, e)),
+            }
+        }
+        Ok(())
+    }
+
     /// Deletes the staged files of `txn`.
     pub fn abort(&self, txn: u64) -> Result<()> {
         for w in self.staged()?.into_iter().filter(|w| w.txn == txn) {
@@ -503,6 +532,28 @@ mod tests {
         // Rows that are nowhere are an error, not a silent success.
         let lost = StagedWrite { txn: 4, ..w };
         assert!(s.commit(4, &[lost]).is_err());
+    }
+
+    #[test]
+    fn truncate_drops_applied_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(dir.path()).unwrap();
+        for txn in [5, 9] {
+            let (schema, b) = batch(vec![1, 2]);
+            s.prepare(txn, "o", 2, schema, &[b], &[]).unwrap();
+            let w = StagedWrite {
+                txn,
+                table: "o".into(),
+                partition: 2,
+            };
+            s.commit(txn, &[w]).unwrap();
+        }
+        s.truncate("o", 2, 7).unwrap();
+        s.truncate("o", 2, 7).unwrap();
+        let m = s.manifest("o", 2).unwrap();
+        assert_eq!(m.files.len(), 1);
+        assert_eq!(m.files[0].name, file_name(9));
+        assert!(!dir.path().join("o/p0002").join(file_name(5)).exists());
     }
 
     #[test]

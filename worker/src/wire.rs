@@ -9,6 +9,7 @@
 //! | DoAction `staged`    | nothing                     | `Vec<StagedWrite>`     |
 //! | DoAction `stats`     | [`StatsRequest`]            | `Vec<PartitionStats>`  |
 //! | DoAction `drop_table`| [`TableRequest`]            | nothing                |
+//! | DoAction `truncate`  | [`TruncateRequest`]         | nothing                |
 //! | DoGet                | a partition scan (protobuf) | rows                   |
 //! | DoGet                | [`ENTRIES_TICKET`] + [`EntriesRequest`] | index entries |
 
@@ -23,6 +24,7 @@ pub const ACTION_ABORT: &str = "abort";
 pub const ACTION_STAGED: &str = "staged";
 pub const ACTION_STATS: &str = "stats";
 pub const ACTION_DROP_TABLE: &str = "drop_table";
+pub const ACTION_TRUNCATE: &str = "truncate";
 
 /// Starts a `DoGet` ticket asking for the index entries of a partition's
 /// older rows (a backfill); other tickets are partition scans.
@@ -95,6 +97,14 @@ pub struct TxnRequest {
 pub struct StatsRequest {
     pub table: String,
     pub partitions: Vec<u32>,
+}
+
+/// Drop the files of transactions up to `max_txn` from some partitions.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TruncateRequest {
+    pub table: String,
+    pub partitions: Vec<u32>,
+    pub max_txn: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
