@@ -47,11 +47,12 @@ fn parse_url(url: &str) -> Result<Url> {
         .map_err(|e| DataFusionError::Configuration(format!("bad worker url {url}: {e}")))
 }
 
-/// The kept partitions grouped by owner, in a stable order.
+/// The kept partitions grouped by owner, in a stable order: by worker id,
+/// which (unlike its URL's port) is the same on every run.
 fn by_owner(parts: &[ScanPart]) -> Vec<Vec<ScanPart>> {
     let mut groups: BTreeMap<&str, Vec<ScanPart>> = BTreeMap::new();
     for p in parts {
-        groups.entry(p.url.as_str()).or_default().push(p.clone());
+        groups.entry(p.worker_id.as_str()).or_default().push(p.clone());
     }
     groups.into_values().collect()
 }

@@ -133,3 +133,57 @@ async fn top_k_runs_in_each_task_and_distinct_counts_are_exact() {
     assert_eq!(partitions, 1);
     cluster.stop().await;
 }
+
+/// A client that stops reading cancels the query: every scan the workers
+/// were running is dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_result_stream_cancels_worker_scans() {
+    use futures::StreamExt;
+    let cluster = TestCluster::builder().workers(3).start().await;
+    cluster
+        .query("CREATE TABLE big (k BIGINT, v BIGINT) PARTITION BY HASH (k) PARTITIONS 6")
+        .await
+        .unwrap();
+    cluster
+        .query("INSERT INTO big SELECT value, value * 3 FROM range(2000000)")
+        .await
+        .unwrap();
+    let active = |c: &TestCluster| {
+        c.cluster()
+            .workers
+            .iter()
+            .map(|w| w.active_scans())
+            .sum::<usize>()
+    };
+    let mut client = cluster.client().await;
+    let info = client
+        .execute(
+            "SELECT k, sha256(CAST(v AS VARCHAR)) FROM big".to_string(),
+            None,
+        )
+        .await
+        .unwrap();
+    let ticket = info.endpoint[0].ticket.clone().unwrap();
+    let mut stream = client.do_get(ticket).await.unwrap();
+    let first = stream.next().await.unwrap().unwrap();
+    assert!(first.num_rows() > 0);
+    assert!(active(&cluster) > 0, "no scan was running mid-query");
+    drop(stream);
+    drop(client);
+    let mut left = active(&cluster);
+    for _ in 0..200 {
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        left = active(&cluster);
+    }
+    assert_eq!(
+        left, 0,
+        "scans still running 10 s after the client went away"
+    );
+    // The cluster still answers.
+    let n = single_i64(&cluster.query("SELECT count(*) FROM big").await.unwrap());
+    assert_eq!(n, 2_000_000);
+    cluster.stop().await;
+}

@@ -58,6 +58,25 @@ pub struct ScanPart {
 pub struct LocalStore {
     pub url: String,
     pub storage: Arc<Storage>,
+    /// Partition scans reading this worker's disk right now.
+    pub active_scans: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// Counts a running local scan until its stream is dropped (finished,
+/// failed or cancelled).
+struct ActiveScan(Arc<std::sync::atomic::AtomicUsize>);
+
+impl ActiveScan {
+    fn new(gauge: &Arc<std::sync::atomic::AtomicUsize>) -> Self {
+        gauge.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Self(Arc::clone(gauge))
+    }
+}
+
+impl Drop for ActiveScan {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 /// Reads some partitions of one Tessera table.
@@ -434,12 +453,18 @@ impl ExecutionPlan for PartitionScanExec {
             return Ok(self.empty());
         };
         let rows = MetricBuilder::new(&self.metrics).output_rows(partition);
-        let stream = match (&self.local, self.is_local(part)) {
-            (Some(local), true) => self.scan_local(&local.storage, part, context)?,
-            _ => self.scan_remote(part)?,
+        let (stream, active) = match (&self.local, self.is_local(part)) {
+            (Some(local), true) => (
+                self.scan_local(&local.storage, part, context)?,
+                Some(ActiveScan::new(&local.active_scans)),
+            ),
+            _ => (self.scan_remote(part)?, None),
         };
         let schema = stream.schema();
-        let counted = stream.inspect_ok(move |b| rows.add(b.num_rows()));
+        let counted = stream.inspect_ok(move |b| {
+            let _ = &active;
+            rows.add(b.num_rows());
+        });
         Ok(Box::pin(RecordBatchStreamAdapter::new(schema, counted)))
     }
 

@@ -306,11 +306,18 @@ pub struct WorkerHandle {
     pub id: String,
     pub url: String,
     pub addr: SocketAddr,
+    active_scans: Arc<std::sync::atomic::AtomicUsize>,
     shutdown: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl WorkerHandle {
+    /// Partition scans reading this worker's disk right now; a cancelled
+    /// query's scans are dropped, so this returns to 0.
+    pub fn active_scans(&self) -> usize {
+        self.active_scans.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// Stops serving and waits for the server to finish.
     pub async fn stop(mut self) {
         if let Some(tx) = self.shutdown.take() {
@@ -331,9 +338,11 @@ pub async fn start_worker(
     })?;
     let addr = listener.local_addr()?;
     let url = format!("http://{addr}");
+    let active_scans = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let local = Arc::new(LocalStore {
         url: url.clone(),
         storage,
+        active_scans: Arc::clone(&active_scans),
     });
 
     let codec_local = Arc::clone(&local);
@@ -373,6 +382,7 @@ pub async fn start_worker(
         id: id.to_string(),
         url,
         addr,
+        active_scans,
         shutdown: Some(tx),
         task,
     })
