@@ -52,7 +52,10 @@ fn parse_url(url: &str) -> Result<Url> {
 fn by_owner(parts: &[ScanPart]) -> Vec<Vec<ScanPart>> {
     let mut groups: BTreeMap<&str, Vec<ScanPart>> = BTreeMap::new();
     for p in parts {
-        groups.entry(p.worker_id.as_str()).or_default().push(p.clone());
+        groups
+            .entry(p.worker_id.as_str())
+            .or_default()
+            .push(p.clone());
     }
     groups.into_values().collect()
 }
