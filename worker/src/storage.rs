@@ -241,7 +241,7 @@ impl Storage {
         let file = File::create(&path).map_err(|e| io_err("cannot create", &path, e))?;
         // LZ4 decompresses several times faster than ZSTD, and pages of at
         // most 8192 rows let page statistics and index row selections skip
-        // most of a file: a point lookup decoded whole 1 MB ZSTD pages before.
+        // most of a file instead of decoding 1 MB pages for a few rows.
         let props = WriterProperties::builder()
             .set_compression(Compression::LZ4_RAW)
             .set_data_page_row_count_limit(PAGE_ROWS)
