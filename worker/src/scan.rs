@@ -270,7 +270,7 @@ impl PartitionScanExec {
             .into_iter()
             .map(|(path, size)| PartitionedFile::new(path.to_string_lossy(), size))
             .collect();
-        self.read_files(files, ctx)
+        self.read_files(files, ctx, true)
     }
 
     /// Reads only the rows the index names: files it names none of are
@@ -332,7 +332,7 @@ impl PartitionScanExec {
                 )
             })
             .collect();
-        self.read_files(files, ctx)
+        self.read_files(files, ctx, false)
     }
 
     /// Reads `files` with the scan's projection, predicate and limit.
@@ -340,17 +340,22 @@ impl PartitionScanExec {
         &self,
         files: Vec<PartitionedFile>,
         ctx: Arc<TaskContext>,
+        filter_rows: bool,
     ) -> Result<SendableRecordBatchStream> {
         if files.is_empty() {
             return Ok(self.empty());
         }
         let mut source = ParquetSource::new(Arc::clone(&self.table_schema));
         if let Some(predicate) = &self.predicate {
-            // Prunes row groups and pages by statistics, then filters rows
-            // while decoding, so only matching rows leave the worker.
+            // Prunes row groups and pages by statistics, then (if
+            // `filter_rows`) filters rows while decoding, so only matching
+            // rows leave the worker. Rows an index selected are few: the
+            // filter above the scan checks them, and the reader decodes
+            // only their pages instead of evaluating the predicate over
+            // whole column chunks.
             source = source
                 .with_predicate(Arc::clone(predicate))
-                .with_pushdown_filters(true);
+                .with_pushdown_filters(filter_rows);
         }
         let group: FileGroup = files.into_iter().collect();
         let config =
