@@ -57,6 +57,17 @@ fn last_id(log: &QueryLog) -> u64 {
     log.snapshot().last().map_or(0, |r| r.query_id)
 }
 
+/// A benchmark's own cluster on loopback, its data under `scratch`.
+pub async fn start_cluster(workers: usize, scratch: &std::path::Path) -> Result<Cluster, String> {
+    Cluster::start(ClusterConfig {
+        listen: "127.0.0.1:0".parse().map_err(|e| format!("{e}"))?,
+        workers,
+        data_dir: scratch.join("cluster"),
+    })
+    .await
+    .map_err(|e| e.to_string())
+}
+
 pub async fn run(b: TpchBench) -> Result<(), String> {
     if b.iterations == 0 {
         return Err("--iterations must be at least 1".into());
@@ -73,13 +84,7 @@ async fn bench(
     scratch: &std::path::Path,
     parquet_dir: &std::path::Path,
 ) -> Result<(), String> {
-    let cluster = Cluster::start(ClusterConfig {
-        listen: "127.0.0.1:0".parse().map_err(|e| format!("{e}"))?,
-        workers: b.workers,
-        data_dir: scratch.join("cluster"),
-    })
-    .await
-    .map_err(|e| e.to_string())?;
+    let cluster = start_cluster(b.workers, scratch).await?;
     eprintln!(
         "bench: cluster of {} workers on {}, TPC-H SF {}",
         b.workers, cluster.addr, b.sf

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use arrow::array::{Array, AsArray, RecordBatch};
 use comfy_table::{CellAlignment, Table, presets::UTF8_FULL_CONDENSED};
 use datafusion::common::DataFusionError;
-use tessera_coordinator::{CatalogState, Cluster, ClusterConfig};
+use tessera_coordinator::CatalogState;
 
 use crate::client::Client;
 
@@ -69,13 +69,7 @@ pub async fn run(b: IndexBench) -> Result<(), String> {
 }
 
 async fn bench(b: &IndexBench, scratch: &std::path::Path) -> Result<(), String> {
-    let cluster = Cluster::start(ClusterConfig {
-        listen: "127.0.0.1:0".parse().map_err(|e| format!("{e}"))?,
-        workers: b.workers,
-        data_dir: scratch.join("cluster"),
-    })
-    .await
-    .map_err(|e| e.to_string())?;
+    let cluster = crate::bench::start_cluster(b.workers, scratch).await?;
     eprintln!(
         "bench: cluster of {} workers on {}, {} rows per table, {} partitions",
         b.workers, cluster.addr, b.rows, b.partitions

@@ -282,6 +282,18 @@ impl Catalog {
         )
     }
 
+    /// The counters of one index (zero if it has none yet).
+    pub fn index_stats(&self, name: &str) -> Result<crate::metastore::IndexStats> {
+        Ok(self
+            .state
+            .lock()
+            .map_err(|_| poisoned())?
+            .index_stats
+            .get(name)
+            .copied()
+            .unwrap_or_default())
+    }
+
     pub fn indexes_of(&self, table: &str) -> Result<Vec<IndexDef>> {
         Ok(self
             .state

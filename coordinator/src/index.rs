@@ -43,11 +43,13 @@ use tessera_sql::{
 };
 use tessera_worker::index::locate;
 use tessera_worker::wire::EntriesRequest;
-use tessera_worker::{IndexRead, PartitionScanExec, ScanPart, ScanSpec, WorkerClient};
+use tessera_worker::{
+    IndexRead, PartitionScanExec, ScanPart, ScanSpec, WorkerClient, sort_by_columns,
+};
 
 use crate::catalog::Catalog;
 use crate::options::TesseraOptions;
-use crate::write::{Piece, Role, global_index_pieces, sort_by_columns, write_pieces};
+use crate::write::{Piece, Role, global_index_pieces, write_pieces};
 
 /// How long the applier lets writes gather after being woken.
 const APPLY_GATHER: Duration = Duration::from_millis(100);
@@ -583,6 +585,7 @@ pub async fn plan_index_read(
     catalog: &Arc<Catalog>,
     state: &dyn Session,
     table: &TableDef,
+    schema: &SchemaRef,
     filters: &[Expr],
     kept: &[u32],
 ) -> Result<Option<(IndexRead, Vec<u32>)>> {
@@ -594,7 +597,6 @@ pub async fn plan_index_read(
     if indexes.is_empty() || filters.is_empty() {
         return Ok(None);
     }
-    let schema = table.schema()?;
     let total = table.scheme.partition_count();
     let mut local = None;
     for def in &indexes {
@@ -606,7 +608,7 @@ pub async fn plan_index_read(
         if served.is_empty() {
             continue;
         }
-        let entry_schema = def.entry_schema(&schema)?;
+        let entry_schema = def.entry_schema(schema)?;
         let df_schema = DFSchema::try_from(Arc::clone(&entry_schema))?;
         if def.kind.is_global() {
             let Some((expr, Lookup::Values(values))) = served
@@ -736,12 +738,7 @@ async fn wait_fresh(catalog: &Arc<Catalog>, def: &IndexDef) -> Result<()> {
     catalog.fresh_wanted.fetch_max(target, Ordering::SeqCst);
     let start = Instant::now();
     loop {
-        let stats = catalog
-            .state()?
-            .index_stats
-            .get(&def.name)
-            .copied()
-            .unwrap_or_default();
+        let stats = catalog.index_stats(&def.name)?;
         if stats.applied_through >= target {
             return Ok(());
         }

@@ -65,8 +65,15 @@ impl TableProvider for TesseraTable {
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let mut kept = prune_partitions(&self.def.scheme, &self.schema, filters);
-        let index =
-            crate::index::plan_index_read(&self.catalog, state, &self.def, filters, &kept).await?;
+        let index = crate::index::plan_index_read(
+            &self.catalog,
+            state,
+            &self.def,
+            &self.schema,
+            filters,
+            &kept,
+        )
+        .await?;
         let index = index.map(|(read, data)| {
             kept = data;
             read

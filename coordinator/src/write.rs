@@ -20,9 +20,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use datafusion::arrow::array::{RecordBatch, UInt32Array};
-use datafusion::arrow::compute::{
-    SortColumn, concat_batches, lexsort_to_indices, take_record_batch,
-};
+use datafusion::arrow::compute::{concat_batches, take_record_batch};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::common::{DataFusionError, Result};
 use datafusion::datasource::sink::DataSink;
@@ -33,7 +31,7 @@ use futures::future::join_all;
 use tessera_sql::{IndexDef, IndexKind, Partitioner, TableDef};
 use tessera_worker::index::entries_of;
 use tessera_worker::wire::PrepareRequest;
-use tessera_worker::{DataFile, ScanPart, StagedWrite, WorkerClient};
+use tessera_worker::{DataFile, ScanPart, StagedWrite, WorkerClient, sort_by_columns};
 
 use crate::catalog::Catalog;
 use crate::metastore::CatalogState;
@@ -139,17 +137,20 @@ impl DataSink for WriteSink {
                 role: Role::Rows,
             });
         }
+        // Partitions written before the acknowledgement: the data ones, and
+        // those of GLOBAL SYNC indexes (a LOCAL index or an outbox lives in
+        // its data partition).
+        let mut touched = pieces.len() as u64;
         let mut counts: Vec<(String, IndexKind, u64)> = vec![];
         for index in &indexes {
             let (more, entries) = index_pieces(&self.catalog, &self.def, index, txn, &pieces)?;
+            if index.kind == IndexKind::GlobalSync {
+                touched += more.len() as u64;
+            }
             counts.push((index.name.clone(), index.kind, entries));
             pieces.extend(more);
         }
 
-        let touched = pieces
-            .iter()
-            .filter(|p| p.role == Role::Rows || is_global(p, &indexes))
-            .count() as u64;
         let stats_of: Vec<(u32, usize)> = pieces
             .iter()
             .enumerate()
@@ -180,27 +181,16 @@ impl DataSink for WriteSink {
         }
         drop(guard);
         self.catalog.count_write(touched);
-        if counts
+        let outboxes: Vec<&str> = counts
             .iter()
-            .any(|(_, k, n)| *k == IndexKind::GlobalAsync && *n > 0)
-        {
-            self.catalog.outbox_written(
-                counts
-                    .iter()
-                    .filter(|(_, k, n)| *k == IndexKind::GlobalAsync && *n > 0)
-                    .map(|(name, ..)| name.as_str()),
-                txn,
-            );
+            .filter(|(_, k, n)| *k == IndexKind::GlobalAsync && *n > 0)
+            .map(|(name, ..)| name.as_str())
+            .collect();
+        if !outboxes.is_empty() {
+            self.catalog.outbox_written(outboxes.into_iter(), txn);
         }
         Ok(rows)
     }
-}
-
-/// Whether `piece` belongs to a global index among `indexes`.
-fn is_global(piece: &Piece, indexes: &[IndexDef]) -> bool {
-    indexes.iter().any(|i| {
-        i.kind == IndexKind::GlobalSync && piece.location.ends_with(&format!(".i{}", i.id))
-    })
 }
 
 /// What a piece of a transaction holds. Index entries are committed
@@ -350,7 +340,6 @@ pub async fn write_pieces(
             txn,
             table: piece.location,
             partition: piece.partition,
-            sort_by: vec![],
         };
         let url = piece.target.url;
         let batch = piece.batch;
@@ -398,25 +387,6 @@ pub async fn write_pieces(
         tokio::spawn(retry_commit(catalog, txn, failed, urls));
     }
     Ok(())
-}
-
-/// Sorts rows by the given columns (stable for rows with equal keys).
-pub fn sort_by_columns(batch: RecordBatch, columns: &[String]) -> Result<RecordBatch> {
-    if columns.is_empty() || batch.num_rows() < 2 {
-        return Ok(batch);
-    }
-    let sort_columns = columns
-        .iter()
-        .map(|c| {
-            let index = batch.schema().index_of(c)?;
-            Ok(SortColumn {
-                values: Arc::clone(batch.column(index)),
-                options: None,
-            })
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let indices = lexsort_to_indices(&sort_columns, None)?;
-    Ok(take_record_batch(&batch, &indices)?)
 }
 
 /// Commits `txn` on every worker; returns the writes of workers that failed.

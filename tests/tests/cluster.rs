@@ -276,7 +276,6 @@ async fn recovery_finishes_decided_writes_and_aborts_the_rest() {
             txn,
             table: location.clone(),
             partition: 0,
-            sort_by: vec![],
         };
         client.prepare(&request, vec![rows(n)]).await.unwrap();
     }

@@ -14,4 +14,4 @@ pub use scan::{
     IndexRead, LocalStore, PartitionScanExec, ScanPart, ScanSpec, SizeEstimate, TesseraCodec,
 };
 pub use service::{WorkerHandle, nodelay_incoming, start_worker, to_status};
-pub use storage::{DataFile, Manifest, PartitionStats, StagedWrite, Storage};
+pub use storage::{DataFile, Manifest, PartitionStats, StagedWrite, Storage, sort_by_columns};

@@ -577,7 +577,7 @@ impl TesseraCodec {
             Some(p) => Some(serialize_physical_expr(p, self)?),
             None => None,
         };
-        let proto = PartitionScanProto {
+        let mut proto = PartitionScanProto {
             table: scan.table.clone(),
             location: scan.location.clone(),
             schema: Some(scan.table_schema.as_ref().try_into()?),
@@ -604,7 +604,6 @@ impl TesseraCodec {
             kept_partitions: scan.kept_partitions,
             ..Default::default()
         };
-        let mut proto = proto;
         match &scan.index {
             None => {}
             Some(IndexRead::Local {

@@ -182,14 +182,7 @@ impl FlightService for WorkerFlightService {
         };
         let storage = Arc::clone(&self.local.storage);
         let file = tokio::task::spawn_blocking(move || {
-            storage.prepare(
-                req.txn,
-                &req.table,
-                req.partition,
-                schema,
-                &batches,
-                &req.sort_by,
-            )
+            storage.prepare(req.txn, &req.table, req.partition, schema, &batches)
         })
         .await
         .map_err(|e| Status::internal(format!("write task failed: {e}")))?

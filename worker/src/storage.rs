@@ -141,12 +141,10 @@ impl Storage {
 
     /// Paths and sizes of the Parquet files of a partition.
     pub fn files(&self, table: &str, partition: u32) -> Result<Vec<(PathBuf, u64)>> {
-        let dir = self.partition_dir(table, partition)?;
         Ok(self
-            .manifest(table, partition)?
-            .files
+            .data_files(table, partition)?
             .into_iter()
-            .map(|f| (dir.join(&f.name), f.bytes))
+            .map(|(path, f)| (path, f.bytes))
             .collect())
     }
 
@@ -211,8 +209,9 @@ impl Storage {
         Ok(out)
     }
 
-    /// Writes the rows of `txn` for one partition to a staged file and fsyncs
-    /// it. Rows are sorted by `sort_by` first (the hybrid scheme's clustering).
+    /// Writes the rows of `txn` for one partition to a staged file, in the
+    /// order given (the coordinator sorts them by CLUSTER BY, and index
+    /// entries name rows by position), and fsyncs it.
     pub fn prepare(
         &self,
         txn: u64,
@@ -220,7 +219,6 @@ impl Storage {
         partition: u32,
         schema: SchemaRef,
         batches: &[RecordBatch],
-        sort_by: &[String],
     ) -> Result<DataFile> {
         let dir = self.partition_dir(table, partition)?.join(STAGED);
         if !dir.exists() {
@@ -236,7 +234,6 @@ impl Storage {
             }
         }
         let batch = concat_batches(&schema, batches)?;
-        let batch = sort_batch(batch, sort_by)?;
         let path = dir.join(file_name(txn));
         let file = File::create(&path).map_err(|e| io_err("cannot create", &path, e))?;
         // LZ4 decompresses several times faster than ZSTD, and pages of at
@@ -485,7 +482,9 @@ fn parquet_rows(path: &Path) -> Result<u64> {
     Ok(u64::try_from(rows).unwrap_or(0))
 }
 
-fn sort_batch(batch: RecordBatch, sort_by: &[String]) -> Result<RecordBatch> {
+/// Sorts rows by the given columns (the hybrid scheme's CLUSTER BY, an
+/// index's terms).
+pub fn sort_by_columns(batch: RecordBatch, sort_by: &[String]) -> Result<RecordBatch> {
     if sort_by.is_empty() || batch.num_rows() < 2 {
         return Ok(batch);
     }
@@ -493,7 +492,7 @@ fn sort_batch(batch: RecordBatch, sort_by: &[String]) -> Result<RecordBatch> {
         .iter()
         .map(|c| {
             let Ok(index) = batch.schema().index_of(c) else {
-                return exec_err!("CLUSTER BY column '{c}' is missing from the rows");
+                return exec_err!("column '{c}' to sort by is missing from the rows");
             };
             Ok(SortColumn {
                 values: Arc::clone(batch.column(index)),
@@ -525,7 +524,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = Storage::open(dir.path()).unwrap();
         let (schema, b) = batch(vec![1, 2]);
-        s.prepare(3, "t.0", 1, schema, &[b], &[]).unwrap();
+        s.prepare(3, "t.0", 1, schema, &[b]).unwrap();
         let p = dir.path().join("t.0").join("p0001");
         fs::rename(p.join(STAGED).join(file_name(3)), p.join(file_name(3))).unwrap();
         let w = StagedWrite {
@@ -546,7 +545,7 @@ mod tests {
         let s = Storage::open(dir.path()).unwrap();
         for txn in [5, 9] {
             let (schema, b) = batch(vec![1, 2]);
-            s.prepare(txn, "o", 2, schema, &[b], &[]).unwrap();
+            s.prepare(txn, "o", 2, schema, &[b]).unwrap();
             let w = StagedWrite {
                 txn,
                 table: "o".into(),
@@ -567,16 +566,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = Storage::open(dir.path()).unwrap();
         let (schema, b) = batch(vec![3, 1, 2]);
-        s.prepare(
-            7,
-            "t",
-            0,
-            schema.clone(),
-            std::slice::from_ref(&b),
-            &["k".into()],
-        )
-        .unwrap();
-        s.prepare(8, "t", 0, schema.clone(), &[b], &[]).unwrap();
+        let sorted = sort_by_columns(b.clone(), &["k".into()]).unwrap();
+        s.prepare(7, "t", 0, schema.clone(), &[sorted]).unwrap();
+        s.prepare(8, "t", 0, schema.clone(), &[b]).unwrap();
         assert_eq!(s.staged().unwrap().len(), 2);
         assert_eq!(s.manifest("t", 0).unwrap().rows(), 0);
         let w = StagedWrite {

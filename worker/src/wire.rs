@@ -78,8 +78,6 @@ pub struct PrepareRequest {
     pub txn: u64,
     pub table: String,
     pub partition: u32,
-    /// Columns to sort the rows by (the hybrid scheme's `CLUSTER BY`).
-    pub sort_by: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
