@@ -16,6 +16,7 @@ use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{ExecutionPlan, execute_stream};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion_distributed::{DistributedExt, SessionStateBuilderExt, display_plan_ascii};
+use futures::TryStreamExt;
 use tessera_sql::{CreateTable, PartitionScheme, Statement, TableDef, parse_statement};
 use tessera_worker::{TesseraCodec, WorkerClient};
 
@@ -30,11 +31,13 @@ use crate::query_log::{QueryLog, QueryRecorder, SystemSchema};
 /// physical plan to run when the client asks for the rows.
 pub enum Planned {
     Ready(SchemaRef, Vec<RecordBatch>),
-    /// The plan, its context, and the query log entry it ends in.
+    /// The plan, its context, the query log entry it ends in, and the
+    /// workers (id to URL) it may reach, to name them in errors.
     Plan(
         Arc<dyn ExecutionPlan>,
         Arc<TaskContext>,
         Option<QueryRecorder>,
+        Arc<BTreeMap<String, String>>,
     ),
 }
 
@@ -52,8 +55,14 @@ impl Planned {
                 schema,
                 futures::stream::iter(batches.into_iter().map(Ok)),
             ))),
-            Planned::Plan(plan, ctx, recorder) => {
-                let stream = execute_stream(Arc::clone(&plan), ctx)?;
+            Planned::Plan(plan, ctx, recorder, members) => {
+                let stream = execute_stream(Arc::clone(&plan), ctx)
+                    .map_err(|e| name_unreachable_worker(e, &members))?;
+                let schema = stream.schema();
+                let stream = Box::pin(RecordBatchStreamAdapter::new(
+                    schema,
+                    stream.map_err(move |e| name_unreachable_worker(e, &members)),
+                ));
                 Ok(match recorder {
                     Some(r) => r.watch(plan, stream),
                     None => stream,
@@ -215,7 +224,9 @@ impl Coordinator {
     pub async fn plan(&self, sql: &str) -> Result<Planned> {
         let recorder = self.log.begin(sql);
         match self.plan_statement(sql).await {
-            Ok(Planned::Plan(plan, ctx, _)) => Ok(Planned::Plan(plan, ctx, Some(recorder))),
+            Ok(Planned::Plan(plan, ctx, _, members)) => {
+                Ok(Planned::Plan(plan, ctx, Some(recorder), members))
+            }
             Ok(Planned::Ready(schema, batches)) => {
                 let rows = batches.iter().map(|b| b.num_rows() as u64).sum();
                 recorder.finish(Ok(rows));
@@ -308,7 +319,6 @@ impl Coordinator {
 
     /// Runs one statement to completion and returns its rows.
     pub async fn run(&self, sql: &str) -> Result<Vec<RecordBatch>> {
-        use futures::TryStreamExt;
         self.plan(sql).await?.execute()?.try_collect().await
     }
 
@@ -356,7 +366,8 @@ impl Coordinator {
                 let df = self.ctx.execute_logical_plan(plan).await?;
                 let task_ctx = df.task_ctx();
                 let physical = df.create_physical_plan().await?;
-                Ok(Planned::Plan(physical, Arc::new(task_ctx), None))
+                let members = Arc::new(self.catalog.members()?);
+                Ok(Planned::Plan(physical, Arc::new(task_ctx), None, members))
             }
         }
     }
@@ -670,6 +681,40 @@ fn with_hint(e: DataFusionError) -> DataFusionError {
         other => other.strip_backtrace(),
     };
     DataFusionError::Plan(format!("{message}{hint}"))
+}
+
+/// Names the worker behind a failed connection: the transport reports only
+/// the address it could not reach.
+fn name_unreachable_worker(
+    e: DataFusionError,
+    members: &BTreeMap<String, String>,
+) -> DataFusionError {
+    let text = e.to_string();
+    let refused = [
+        "tcp connect error",
+        "Connection refused",
+        "currently unavailable",
+    ];
+    if !refused.iter().any(|r| text.contains(r)) {
+        return e;
+    }
+    let found = members.iter().find(|(_, url)| {
+        let addr = url.split("://").last().unwrap_or(url);
+        text.contains(addr.trim_end_matches('/'))
+    });
+    let Some((id, url)) = found else {
+        return e;
+    };
+    let reason = if text.contains("Connection refused") {
+        "connection refused"
+    } else {
+        "not answering"
+    };
+    DataFusionError::Execution(format!(
+        "worker {id} at {url} is unreachable ({reason}) and the query needs the partitions it \
+         holds; check that it is running (restart `tessera serve` on the same --data-dir), then \
+         retry"
+    ))
 }
 
 /// The option a `SHOW tessera[.name]` statement asks for.

@@ -187,3 +187,72 @@ async fn dropping_the_result_stream_cancels_worker_scans() {
     assert_eq!(n, 2_000_000);
     cluster.stop().await;
 }
+
+/// A task that fails fails the whole query with the task's own error: in a
+/// leaf stage, and after a shuffle in a stage that gathered data from every
+/// worker. No task is left running and the cluster keeps answering. A read
+/// that needs a stopped worker says which worker and what to do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failing_task_fails_the_whole_query() {
+    let mut cluster = TestCluster::builder().workers(3).start().await;
+    for sql in [
+        "CREATE TABLE f (k BIGINT, g BIGINT, s VARCHAR) PARTITION BY HASH (k) PARTITIONS 6",
+        "INSERT INTO f SELECT value, value % 10, \
+         CASE WHEN value = 4321 THEN 'oops' ELSE CAST(value AS VARCHAR) END FROM range(50000)",
+    ] {
+        cluster.query(sql).await.unwrap();
+    }
+    let active = |c: &TestCluster| {
+        c.cluster()
+            .workers
+            .iter()
+            .map(|w| w.active_scans())
+            .sum::<usize>()
+    };
+    // The cast fails in the partial aggregate on the worker holding k = 4321.
+    let leaf = "SELECT g, sum(CAST(s AS BIGINT)) FROM f GROUP BY g";
+    // max(s) of group 1 is 'oops': the cast fails above the final
+    // aggregate, in the stage after the shuffle.
+    let after_shuffle = "SELECT g, CAST(max(s) AS BIGINT) FROM f GROUP BY g";
+    let plan = plan_text(
+        &cluster
+            .query(&format!("EXPLAIN {after_shuffle}"))
+            .await
+            .unwrap(),
+    );
+    let shuffle = plan.find("NetworkShuffleExec").expect(&plan);
+    let cast = plan.find("CAST(max(").expect(&plan);
+    assert!(cast < shuffle, "the cast is not above the shuffle:\n{plan}");
+    for sql in [leaf, after_shuffle] {
+        let err = cluster.query(sql).await.unwrap_err();
+        assert!(
+            err.contains("Cannot cast string 'oops'"),
+            "{sql}: unclear error: {err}"
+        );
+        let mut left = active(&cluster);
+        for _ in 0..200 {
+            if left == 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            left = active(&cluster);
+        }
+        assert_eq!(left, 0, "{sql}: scans still running after the failure");
+    }
+    let n = single_i64(
+        &cluster
+            .query("SELECT count(*) FROM f WHERE s <> 'oops'")
+            .await
+            .unwrap(),
+    );
+    assert_eq!(n, 49_999);
+
+    cluster.stop_worker(2).await;
+    let err = cluster.query("SELECT count(*) FROM f").await.unwrap_err();
+    assert!(err.contains("worker-2"), "the error names no worker: {err}");
+    assert!(
+        err.contains("restart") || err.contains("unreachable"),
+        "the error says nothing to do: {err}"
+    );
+    cluster.stop().await;
+}
