@@ -151,6 +151,37 @@ impl Coordinator {
         self.catalog.apply_wanted.notify_one();
     }
 
+    /// Carries out `SET tessera.index_apply`; an unknown value is refused
+    /// and the option keeps its state.
+    fn follow_index_apply(&self) -> Result<()> {
+        let state = self.ctx.state_ref();
+        let mut state = state.write();
+        let Some(opts) = state
+            .config_mut()
+            .options_mut()
+            .extensions
+            .get_mut::<TesseraOptions>()
+        else {
+            return Ok(());
+        };
+        match opts.index_apply.to_ascii_lowercase().as_str() {
+            "running" => self.pause_index_apply(false),
+            "paused" => self.pause_index_apply(true),
+            other => {
+                let bad = other.to_string();
+                let paused = self
+                    .catalog
+                    .apply_paused
+                    .load(std::sync::atomic::Ordering::SeqCst);
+                opts.index_apply = if paused { "paused" } else { "running" }.to_string();
+                return plan_err!(
+                    "tessera.index_apply is '{bad}'; set it to 'running' (the default) or 'paused'"
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// Stops background work (the ASYNC applier); called when the cluster stops.
     pub fn close(&self) {
         self.catalog
@@ -359,6 +390,7 @@ impl Coordinator {
                 if is_statement {
                     // SET tessera.* may have changed what DataFusion must do.
                     options::apply(&mut self.ctx.state_ref().write());
+                    self.follow_index_apply()?;
                 }
                 Ok(Planned::Ready(schema, batches))
             }

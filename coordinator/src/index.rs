@@ -343,8 +343,27 @@ pub fn spawn_applier(catalog: &Arc<Catalog>) {
                     })
                     .unwrap_or_default();
                 for name in names {
-                    if let Err(e) = apply_round(&catalog, &name).await {
-                        tracing::warn!(index = %name, error = %e, "applying the outbox failed; retrying");
+                    let started = Instant::now();
+                    // Its own task: a panic in one round is reported, and
+                    // the applier goes on.
+                    let round = tokio::spawn({
+                        let catalog = Arc::clone(&catalog);
+                        async move { apply_round(&catalog, &name).await.map_err(|e| (name, e)) }
+                    });
+                    match round.await {
+                        Ok(Ok(())) => {}
+                        Ok(Err((name, e))) => {
+                            tracing::warn!(index = %name, error = %e, "applying the outbox failed; retrying")
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "an outbox apply round failed; retrying")
+                        }
+                    }
+                    if started.elapsed() > Duration::from_secs(5) {
+                        tracing::warn!(
+                            seconds = started.elapsed().as_secs_f64(),
+                            "an outbox apply round was slow"
+                        );
                     }
                 }
             }
@@ -744,11 +763,20 @@ async fn wait_fresh(catalog: &Arc<Catalog>, def: &IndexDef) -> Result<()> {
         }
         if start.elapsed() > FRESH_WAIT {
             return Err(DataFusionError::Execution(format!(
-                "the ASYNC index '{}' has not caught up within {} s ({} entries behind); retry, \
-                 or SET tessera.index_read = 'eventual' to read it as it is",
+                "the ASYNC index '{}' has not caught up within {} s ({} entries behind, applied \
+                 through transaction {} of {}, oldest in flight {:?}{}); retry, or SET \
+                 tessera.index_read = 'eventual' to read it as it is",
                 def.name,
                 FRESH_WAIT.as_secs(),
-                stats.outbox_rows.saturating_sub(stats.applied_rows)
+                stats.outbox_rows.saturating_sub(stats.applied_rows),
+                stats.applied_through,
+                target,
+                catalog.oldest_in_flight(),
+                if catalog.apply_paused.load(Ordering::SeqCst) {
+                    ", and tessera.index_apply is 'paused': SET it to 'running'"
+                } else {
+                    ""
+                }
             )));
         }
         catalog.apply_wanted.notify_one();

@@ -1,51 +1,21 @@
 """Tessera through the real ADBC Flight SQL driver, against a real `tessera serve`."""
 
-import os
 import shutil
-import socket
-import subprocess
 import tempfile
-import time
 
 import adbc_driver_flightsql.dbapi as flightsql
 import pyarrow as pa
 import pytest
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tessera_server import free_port, start_server, stop_server
 
 
 @pytest.fixture(scope="module")
 def server():
-    binary = os.environ.get("TESSERA_BIN", "target/debug/tessera")
     data_dir = tempfile.mkdtemp(prefix="tessera-adbc-")
     port = free_port()
-    proc = subprocess.Popen(
-        [binary, "serve", "--listen", f"127.0.0.1:{port}", "--workers", "3", "--data-dir", data_dir],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    deadline = time.time() + 60
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError("tessera serve exited: " + proc.stderr.read().decode())
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            if time.time() > deadline:
-                proc.kill()
-                raise RuntimeError("tessera serve did not start listening in 60 s")
-            time.sleep(0.2)
+    proc = start_server(data_dir, port)
     yield f"grpc://127.0.0.1:{port}"
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    stop_server(proc)
     shutil.rmtree(data_dir, ignore_errors=True)
 
 

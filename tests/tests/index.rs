@@ -307,7 +307,15 @@ async fn index_statements_and_errors() {
     let value = shown[0].column_by_name("value").unwrap().as_string::<i32>();
     assert_eq!(value.value(0), "fresh");
     let all = cluster.query("SHOW tessera").await.unwrap();
-    assert_eq!(all.iter().map(|b| b.num_rows()).sum::<usize>(), 2);
+    assert_eq!(all.iter().map(|b| b.num_rows()).sum::<usize>(), 3);
+    assert!(
+        err("SET tessera.index_apply = 'stopped'")
+            .await
+            .contains("'running' (the default) or 'paused'")
+    );
+    let shown = cluster.query("SHOW tessera.index_apply").await.unwrap();
+    let value = shown[0].column_by_name("value").unwrap().as_string::<i32>();
+    assert_eq!(value.value(0), "running");
     assert!(
         err("SHOW tessera.nope")
             .await
