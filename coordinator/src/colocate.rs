@@ -13,6 +13,17 @@
 //!      PartitionScanExec orders
 //! ```
 //!
+//! A side may reach its scan through operators that keep partition i's
+//! rows in partition i: projections and filters, the probe side of a join
+//! whose build side is broadcast, and a join already paired this way. So
+//! `(supplier ⋈ lineitem) ⋈ orders` and `(lineitem ⋈ orders) ⋈ lineitem`
+//! pair too, and TPC-H Q21 moves no lineitem row between workers.
+//!
+//! A join's output is broadcast only when everything it reads is under
+//! `tessera.broadcast_threshold_bytes`: DataFusion estimates a join's output
+//! from the distinct counts of its keys, which scans do not know, and can
+//! take a join of `lineitem` for a small table.
+//!
 //! Tessera's partitioner (xxh3 over canonical bytes) is not DataFusion's
 //! repartition hash. The scans declare `Partitioning::Hash` only to each
 //! other; if the operator above the join needs its input hash-partitioned,
@@ -28,6 +39,7 @@ use datafusion::physical_expr::expressions::Column;
 use datafusion::physical_expr::{Distribution, Partitioning, PhysicalExpr};
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
 use datafusion::physical_plan::execution_plan::replace_children_if_necessary;
 use datafusion::physical_plan::filter::FilterExec;
 use datafusion::physical_plan::joins::{HashJoinExec, PartitionMode};
@@ -37,10 +49,17 @@ use tessera_sql::PartitionScheme;
 use tessera_worker::{PartitionScanExec, ScanPart};
 
 use crate::catalog::Catalog;
+use crate::options::TesseraOptions;
 
 #[derive(Debug)]
 pub struct ColocateJoins {
     catalog: Arc<Catalog>,
+}
+
+/// What a rewrite needs from the session.
+struct Settings {
+    broadcast_threshold: u64,
+    target_partitions: usize,
 }
 
 impl ColocateJoins {
@@ -55,6 +74,7 @@ impl ColocateJoins {
         &self,
         plan: Arc<dyn ExecutionPlan>,
         parent_needs_hash: bool,
+        settings: &Settings,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let children = plan.children();
         if children.is_empty() {
@@ -72,7 +92,7 @@ impl ColocateJoins {
                     .child_distribution(i)
                     .is_some_and(is_key_partitioned)
             };
-            let new_child = self.rewrite(Arc::clone(child), needs_hash)?;
+            let new_child = self.rewrite(Arc::clone(child), needs_hash, settings)?;
             changed |= !Arc::ptr_eq(&new_child, child);
             new_children.push(new_child);
         }
@@ -80,6 +100,10 @@ impl ColocateJoins {
             replace_children_if_necessary(plan, new_children)?
         } else {
             plan
+        };
+        let plan = match unbroadcast(&plan, settings)? {
+            Some(partitioned) => partitioned,
+            None => plan,
         };
         let Some(colocated) = self.colocate(&plan)? else {
             return Ok(plan);
@@ -103,12 +127,22 @@ impl ColocateJoins {
         {
             return Ok(None);
         }
-        let (Some(left), Some(right)) = (Side::find(join.left()), Side::find(join.right())) else {
+        // The join's key pairs, as the (scan, table column) each reads.
+        let mut pairs = vec![];
+        for (l, r) in join.on() {
+            let (Some(l), Some(r)) = (column_index(l), column_index(r)) else {
+                continue;
+            };
+            if let (Some(lo), Some(ro)) = (origin(join.left(), l), origin(join.right(), r)) {
+                pairs.push((lo, ro));
+            }
+        }
+        let Some(((lscan, _), (rscan, _))) = pairs.first().cloned() else {
             return Ok(None);
         };
         let (Some(ldef), Some(rdef)) = (
-            self.catalog.table_def(left.scan.table())?,
-            self.catalog.table_def(right.scan.table())?,
+            self.catalog.table_def(lscan.table())?,
+            self.catalog.table_def(rscan.table())?,
         ) else {
             return Ok(None);
         };
@@ -130,19 +164,16 @@ impl ColocateJoins {
         if ln != rn || lkeys.len() != rkeys.len() || *ln < 2 {
             return Ok(None);
         }
-        // The join's key pairs, as (left table column, right table column).
-        let mut pairs = vec![];
-        for (l, r) in join.on() {
-            if let (Some(lc), Some(rc)) = (left.table_column(l), right.table_column(r)) {
-                pairs.push((lc, rc));
-            }
-        }
         // Partition key i of the left must be joined to partition key i of
-        // the right, with the same type (the same canonical bytes).
+        // the right, with the same type (the same canonical bytes), and
+        // both read from the scans the first pair reads.
         let lschema = ldef.schema()?;
         let rschema = rdef.schema()?;
         for (lk, rk) in lkeys.iter().zip(rkeys) {
-            if !pairs.iter().any(|(l, r)| l == lk && r == rk) {
+            let joined = pairs.iter().any(|((ls, lc), (rs, rc))| {
+                lc == lk && rc == rk && same_scan(ls, &lscan) && same_scan(rs, &rscan)
+            });
+            if !joined {
                 return Ok(None);
             }
             let lt = lschema.field_with_name(lk)?.data_type();
@@ -164,25 +195,109 @@ impl ColocateJoins {
         }
         // Both sides read the union of the partitions either kept: a
         // partition one side pruned still holds no row that side's
-        // filter passes, so reading it is only wasted work.
-        let mut union: BTreeMap<u32, ScanPart> = BTreeMap::new();
-        for p in left.scan.parts().iter().chain(right.scan.parts()) {
-            union.entry(p.partition).or_insert_with(|| p.clone());
-        }
-        let parts: Vec<ScanPart> = union.into_values().collect();
-        let Some(lkey_exprs) = left.scan_keys(lkeys) else {
+        // filter passes, so reading it is only wasted work. A side that is
+        // already a paired join keeps its partitions; the other side's
+        // must be among them.
+        let (lfixed, rfixed) = (paired_parts(join.left()), paired_parts(join.right()));
+        let parts: Vec<ScanPart> = match (&lfixed, &rfixed) {
+            (Some(a), Some(b)) if ids(a) != ids(b) => return Ok(None),
+            (Some(fixed), _) | (_, Some(fixed)) => {
+                let kept = ids(fixed);
+                let other = if lfixed.is_some() { &rscan } else { &lscan };
+                if other.parts().iter().any(|p| !kept.contains(&p.partition)) {
+                    return Ok(None);
+                }
+                fixed.clone()
+            }
+            (None, None) => {
+                let mut union: BTreeMap<u32, ScanPart> = BTreeMap::new();
+                for p in lscan.parts().iter().chain(rscan.parts()) {
+                    union.entry(p.partition).or_insert_with(|| p.clone());
+                }
+                union.into_values().collect()
+            }
+        };
+        let (Some(new_left), Some(new_right)) = (
+            rebuild(join.left(), &parts, lkeys)?,
+            rebuild(join.right(), &parts, rkeys)?,
+        ) else {
             return Ok(None);
         };
-        let Some(rkey_exprs) = right.scan_keys(rkeys) else {
-            return Ok(None);
-        };
-        let new_left = left.rebuild(&parts, lkey_exprs)?;
-        let new_right = right.rebuild(&parts, rkey_exprs)?;
         Ok(Some(replace_children_if_necessary(
             Arc::clone(plan),
             vec![new_left, new_right],
         )?))
     }
+}
+
+/// A join that broadcasts (collects) a build side that is itself a join
+/// over more than the threshold, turned into a partitioned join: both
+/// sides hash-repartitioned on the keys.
+fn unbroadcast(
+    plan: &Arc<dyn ExecutionPlan>,
+    settings: &Settings,
+) -> Result<Option<Arc<dyn ExecutionPlan>>> {
+    let Some(join) = plan.downcast_ref::<HashJoinExec>() else {
+        return Ok(None);
+    };
+    if *join.partition_mode() != PartitionMode::CollectLeft
+        || join.null_aware
+        || !contains_join(join.left())
+    {
+        return Ok(None);
+    }
+    let Some(read) = bytes_read(join.left()) else {
+        return Ok(None);
+    };
+    if read <= settings.broadcast_threshold {
+        return Ok(None);
+    }
+    let mut build = Arc::clone(join.left());
+    if build.downcast_ref::<CoalescePartitionsExec>().is_some() {
+        build = Arc::clone(build.children()[0]);
+    }
+    let n = settings.target_partitions.max(1);
+    let keys = |left: bool| -> Vec<Arc<dyn PhysicalExpr>> {
+        join.on()
+            .iter()
+            .map(|(l, r)| Arc::clone(if left { l } else { r }))
+            .collect()
+    };
+    let left = Arc::new(RepartitionExec::try_new(
+        build,
+        Partitioning::Hash(keys(true), n),
+    )?);
+    let right = Arc::new(RepartitionExec::try_new(
+        Arc::clone(join.right()),
+        Partitioning::Hash(keys(false), n),
+    )?);
+    let partitioned = join
+        .builder()
+        .with_partition_mode(PartitionMode::Partitioned)
+        .with_new_children(vec![left, right])?
+        .reset_state()
+        .recompute_properties()
+        .build_exec()?;
+    Ok(Some(partitioned))
+}
+
+fn contains_join(plan: &Arc<dyn ExecutionPlan>) -> bool {
+    plan.downcast_ref::<HashJoinExec>().is_some() || plan.children().into_iter().any(contains_join)
+}
+
+/// The estimated bytes of every scan under `plan`, if all can say.
+fn bytes_read(plan: &Arc<dyn ExecutionPlan>) -> Option<u64> {
+    if let Some(scan) = plan.downcast_ref::<PartitionScanExec>() {
+        return scan.estimated_size().map(|(_, bytes)| bytes);
+    }
+    let children = plan.children();
+    if children.is_empty() {
+        return None;
+    }
+    children
+        .into_iter()
+        .map(bytes_read)
+        .try_fold(0u64, |sum, b| Some(sum.saturating_add(b?)))
 }
 
 #[allow(deprecated)] // HashPartitioned is KeyPartitioned's old name.
@@ -198,83 +313,168 @@ fn is_pass_through(plan: &dyn ExecutionPlan) -> bool {
     plan.downcast_ref::<ProjectionExec>().is_some() || plan.downcast_ref::<FilterExec>().is_some()
 }
 
-/// One side of a join: projections and filters down to a partition scan,
-/// with the repartitioning that DataFusion put in between removed.
-struct Side {
-    /// From the join down, without repartitions; the scan last.
-    chain: Vec<Arc<dyn ExecutionPlan>>,
-    scan: PartitionScanExec,
+fn column_index(expr: &Arc<dyn PhysicalExpr>) -> Option<usize> {
+    expr.downcast_ref::<Column>().map(Column::index)
 }
 
-impl Side {
-    fn find(plan: &Arc<dyn ExecutionPlan>) -> Option<Side> {
-        let mut chain = vec![];
-        let mut node = Arc::clone(plan);
-        loop {
-            if let Some(scan) = node.downcast_ref::<PartitionScanExec>() {
-                return Some(Side {
-                    chain,
-                    scan: scan.clone(),
-                });
-            }
-            let next = if node.downcast_ref::<RepartitionExec>().is_some() {
-                Arc::clone(node.children()[0])
-            } else if is_pass_through(node.as_ref()) {
-                chain.push(Arc::clone(&node));
-                Arc::clone(node.children()[0])
+fn same_scan(a: &PartitionScanExec, b: &PartitionScanExec) -> bool {
+    a.table() == b.table() && ids(a.parts()) == ids(b.parts())
+}
+
+fn ids(parts: &[ScanPart]) -> Vec<u32> {
+    parts.iter().map(|p| p.partition).collect()
+}
+
+/// Which child of a join output column `index` comes from, and its index
+/// there. Only through joins that keep partition i's rows in partition i:
+/// the probe side of a broadcast join, or a join already paired.
+fn through_join(
+    plan: &Arc<dyn ExecutionPlan>,
+    join: &HashJoinExec,
+    index: usize,
+) -> Option<(usize, usize)> {
+    let index = match &join.projection {
+        Some(p) => *p.get(index)?,
+        None => index,
+    };
+    let left_len = join.left().schema().fields().len();
+    let (child, at) = match join.join_type() {
+        JoinType::Inner | JoinType::Left | JoinType::Right => {
+            if index < left_len {
+                (0, index)
             } else {
-                return None;
-            };
-            node = next;
-        }
-    }
-
-    /// The table column a join key of this side reads, if it is a plain
-    /// column all the way down.
-    fn table_column(&self, expr: &Arc<dyn PhysicalExpr>) -> Option<String> {
-        let mut index = expr.downcast_ref::<Column>()?.index();
-        for node in &self.chain {
-            if let Some(p) = node.downcast_ref::<ProjectionExec>() {
-                index = p.expr().get(index)?.expr.downcast_ref::<Column>()?.index();
-            } else if let Some(f) = node.downcast_ref::<FilterExec>()
-                && let Some(projection) = f.projection()
-            {
-                index = *projection.get(index)?;
+                (1, index - left_len)
             }
         }
-        let field = self.scan.schema().fields().get(index)?.clone();
-        Some(field.name().clone())
-    }
+        JoinType::LeftSemi | JoinType::LeftAnti => (0, index),
+        JoinType::RightSemi | JoinType::RightAnti => (1, index),
+        _ => return None,
+    };
+    let ok = match join.partition_mode() {
+        PartitionMode::CollectLeft => {
+            child == 1
+                && matches!(
+                    join.join_type(),
+                    JoinType::Inner | JoinType::Right | JoinType::RightSemi | JoinType::RightAnti
+                )
+        }
+        PartitionMode::Partitioned => paired_parts(plan).is_some(),
+        PartitionMode::Auto => false,
+    };
+    ok.then_some((child, at))
+}
 
-    /// The partition key columns in the scan's output.
-    fn scan_keys(&self, keys: &[String]) -> Option<Vec<Arc<dyn PhysicalExpr>>> {
-        let schema = self.scan.schema();
-        keys.iter()
-            .map(|k| {
-                let index = schema.index_of(k).ok()?;
-                Some(Arc::new(Column::new(k, index)) as Arc<dyn PhysicalExpr>)
-            })
-            .collect()
+/// The scan and table column that output column `index` of `plan` reads,
+/// following it down through operators that keep partitions apart.
+fn origin(plan: &Arc<dyn ExecutionPlan>, index: usize) -> Option<(PartitionScanExec, String)> {
+    if let Some(scan) = plan.downcast_ref::<PartitionScanExec>() {
+        let field = scan.schema().fields().get(index)?.clone();
+        return Some((scan.clone(), field.name().clone()));
     }
+    if plan.downcast_ref::<RepartitionExec>().is_some() {
+        return origin(plan.children()[0], index);
+    }
+    if let Some(p) = plan.downcast_ref::<ProjectionExec>() {
+        let inner = p.expr().get(index)?.expr.downcast_ref::<Column>()?.index();
+        return origin(p.input(), inner);
+    }
+    if let Some(f) = plan.downcast_ref::<FilterExec>() {
+        let inner = match f.projection() {
+            Some(projection) => *projection.get(index)?,
+            None => index,
+        };
+        return origin(f.input(), inner);
+    }
+    if let Some(join) = plan.downcast_ref::<HashJoinExec>() {
+        let (child, at) = through_join(plan, join, index)?;
+        return origin(plan.children()[child], at);
+    }
+    None
+}
 
-    /// The side over a scan of `parts`, output partition i = parts[i].
-    fn rebuild(
-        &self,
-        parts: &[ScanPart],
-        keys: Vec<Arc<dyn PhysicalExpr>>,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        let mut spec = self.scan.spec();
-        spec.colocated_on = Some(keys);
+/// The partitions of an already paired join (or a co-located scan), if
+/// `plan` is one with no repartitioning inside.
+fn paired_parts(plan: &Arc<dyn ExecutionPlan>) -> Option<Vec<ScanPart>> {
+    if let Some(scan) = plan.downcast_ref::<PartitionScanExec>() {
+        return scan
+            .spec()
+            .colocated_on
+            .is_some()
+            .then(|| scan.parts().to_vec());
+    }
+    if is_pass_through(plan.as_ref()) {
+        return paired_parts(plan.children()[0]);
+    }
+    let join = plan.downcast_ref::<HashJoinExec>()?;
+    match join.partition_mode() {
+        PartitionMode::CollectLeft => paired_parts(join.right()),
+        PartitionMode::Partitioned => {
+            let (l, r) = (paired_parts(join.left())?, paired_parts(join.right())?);
+            (ids(&l) == ids(&r)).then_some(l)
+        }
+        PartitionMode::Auto => None,
+    }
+}
+
+/// `plan` with its repartitioning removed and its scan reading `parts`,
+/// output partition i = parts[i], declared partitioned on the table's
+/// `keys`; a paired join is kept as it is. `None` if `plan` has an
+/// operator that mixes partitions.
+fn rebuild(
+    plan: &Arc<dyn ExecutionPlan>,
+    parts: &[ScanPart],
+    keys: &[String],
+) -> Result<Option<Arc<dyn ExecutionPlan>>> {
+    if let Some(scan) = plan.downcast_ref::<PartitionScanExec>() {
+        if scan.spec().colocated_on.is_some() {
+            return Ok((ids(scan.parts()) == ids(parts)).then(|| Arc::clone(plan)));
+        }
+        let schema = scan.schema();
+        let mut exprs = vec![];
+        for k in keys {
+            let Ok(index) = schema.index_of(k) else {
+                return Ok(None);
+            };
+            exprs.push(Arc::new(Column::new(k, index)) as Arc<dyn PhysicalExpr>);
+        }
+        let mut spec = scan.spec();
+        spec.colocated_on = Some(exprs);
         spec.kept_partitions = parts.len() as u32;
-        let mut node: Arc<dyn ExecutionPlan> = Arc::new(PartitionScanExec::try_new(
+        return Ok(Some(Arc::new(PartitionScanExec::try_new(
             spec,
             parts.to_vec(),
             parts.len(),
-        )?);
-        for parent in self.chain.iter().rev() {
-            node = replace_children_if_necessary(Arc::clone(parent), vec![node])?;
+        )?)));
+    }
+    if plan.downcast_ref::<RepartitionExec>().is_some() {
+        return rebuild(plan.children()[0], parts, keys);
+    }
+    if is_pass_through(plan.as_ref()) {
+        let Some(child) = rebuild(plan.children()[0], parts, keys)? else {
+            return Ok(None);
+        };
+        return Ok(Some(replace_children_if_necessary(
+            Arc::clone(plan),
+            vec![child],
+        )?));
+    }
+    let Some(join) = plan.downcast_ref::<HashJoinExec>() else {
+        return Ok(None);
+    };
+    match join.partition_mode() {
+        PartitionMode::CollectLeft => {
+            let Some(probe) = rebuild(join.right(), parts, keys)? else {
+                return Ok(None);
+            };
+            Ok(Some(replace_children_if_necessary(
+                Arc::clone(plan),
+                vec![Arc::clone(join.left()), probe],
+            )?))
         }
-        Ok(node)
+        PartitionMode::Partitioned => Ok(paired_parts(plan)
+            .is_some_and(|p| ids(&p) == ids(parts))
+            .then(|| Arc::clone(plan))),
+        PartitionMode::Auto => Ok(None),
     }
 }
 
@@ -282,9 +482,18 @@ impl PhysicalOptimizerRule for ColocateJoins {
     fn optimize(
         &self,
         plan: Arc<dyn ExecutionPlan>,
-        _config: &ConfigOptions,
+        config: &ConfigOptions,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        self.rewrite(plan, false)
+        let settings = Settings {
+            broadcast_threshold: config
+                .extensions
+                .get::<TesseraOptions>()
+                .map_or(TesseraOptions::default().broadcast_threshold_bytes, |o| {
+                    o.broadcast_threshold_bytes
+                }),
+            target_partitions: config.execution.target_partitions,
+        };
+        self.rewrite(plan, false, &settings)
     }
 
     fn name(&self) -> &str {

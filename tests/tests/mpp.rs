@@ -75,6 +75,57 @@ async fn colocated_join_moves_nothing_between_workers() {
     cluster.stop().await;
 }
 
+/// Co-location follows partitions through the probe side of a broadcast
+/// join and through joins already paired; a join over big tables is never
+/// broadcast on an estimate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn joins_chained_through_broadcasts_and_paired_joins_stay_colocated() {
+    let cluster = TestCluster::builder().workers(3).start().await;
+    setup(&cluster).await;
+    for sql in [
+        "CREATE TABLE d (x BIGINT, name VARCHAR) PARTITION BY HASH (x) PARTITIONS 1",
+        "INSERT INTO d SELECT value, 'd' || value FROM range(7)",
+        "SET tessera.broadcast_threshold_bytes = 20000",
+    ] {
+        cluster.query(sql).await.unwrap();
+    }
+    let explain = |sql: String| {
+        let c = &cluster;
+        async move { plan_text(&c.query(&format!("EXPLAIN {sql}")).await.unwrap()) }
+    };
+    // (a ⋈ d broadcast) ⋈ b: a's partitions pass through the broadcast join.
+    let sql = "SELECT count(*) FROM a JOIN d ON a.v = d.x JOIN b ON a.k = b.k";
+    let plan = explain(sql.into()).await;
+    assert!(plan.contains("NetworkBroadcastExec"), "{plan}");
+    assert!(plan.contains("colocated"), "{plan}");
+    assert!(!plan.contains("NetworkShuffleExec"), "{plan}");
+    assert_eq!(single_i64(&cluster.query(sql).await.unwrap()), 10000);
+
+    // (a ⋈ b) ⋈ a: the paired join pairs again with a third scan. The
+    // same query joined on `k + 0` cannot pair, and must agree.
+    let paired = "SELECT count(*) FROM a JOIN b ON a.k = b.k \
+                  WHERE EXISTS (SELECT 1 FROM a a2 WHERE a2.k = a.k AND a2.v <> b.w)";
+    let plan = explain(paired.into()).await;
+    assert!(!plan.contains("NetworkShuffleExec"), "{plan}");
+    let shuffled = paired.replace("a2.k = a.k", "a2.k + 0 = a.k");
+    assert!(
+        explain(shuffled.clone())
+            .await
+            .contains("NetworkShuffleExec")
+    );
+    let n = single_i64(&cluster.query(paired).await.unwrap());
+    assert!(n > 0);
+    assert_eq!(single_i64(&cluster.query(&shuffled).await.unwrap()), n);
+
+    // (a ⋈ d) is estimated tiny from key counts, but reads all of a: it is
+    // not broadcast to the join with c (5 partitions, not co-located).
+    let sql = "SELECT count(*) FROM a JOIN d ON a.v = d.x JOIN c ON a.k = c.k";
+    let plan = explain(sql.into()).await;
+    assert_eq!(plan.matches("NetworkBroadcastExec").count(), 1, "{plan}");
+    assert_eq!(single_i64(&cluster.query(sql).await.unwrap()), 10000);
+    cluster.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn other_joins_shuffle_or_broadcast() {
     let cluster = TestCluster::builder().workers(3).start().await;

@@ -218,6 +218,24 @@ impl PartitionScanExec {
         }
     }
 
+    /// Estimated (rows, bytes) the scan returns: the stored bytes of the
+    /// kept partitions scaled by the share of columns read, and by the
+    /// limit.
+    pub fn estimated_size(&self) -> Option<(u64, u64)> {
+        let estimate = self.estimate?;
+        let all = self.table_schema.fields().len().max(1) as u64;
+        let read = self.projection.as_ref().map_or(all, |p| p.len() as u64);
+        let mut rows = estimate.rows;
+        let mut bytes = estimate.bytes.saturating_mul(read) / all;
+        if let Some(limit) = self.limit
+            && (limit as u64) < rows
+        {
+            bytes = bytes.saturating_mul(limit as u64) / rows.max(1);
+            rows = limit as u64;
+        }
+        Some((rows, bytes))
+    }
+
     pub fn table(&self) -> &str {
         &self.table
     }
@@ -475,20 +493,9 @@ impl ExecutionPlan for PartitionScanExec {
 
     fn partition_statistics(&self, partition: Option<usize>) -> Result<Arc<Statistics>> {
         let schema = self.schema();
-        let (Some(estimate), None) = (self.estimate, partition) else {
+        let (Some((rows, bytes)), None) = (self.estimated_size(), partition) else {
             return Ok(Arc::new(Statistics::new_unknown(&schema)));
         };
-        // Stored bytes, scaled by the share of columns read.
-        let all = self.table_schema.fields().len().max(1) as u64;
-        let read = self.projection.as_ref().map_or(all, |p| p.len() as u64);
-        let mut rows = estimate.rows;
-        let mut bytes = estimate.bytes.saturating_mul(read) / all;
-        if let Some(limit) = self.limit
-            && (limit as u64) < rows
-        {
-            bytes = bytes.saturating_mul(limit as u64) / rows.max(1);
-            rows = limit as u64;
-        }
         let mut stats = Statistics::new_unknown(&schema);
         stats.num_rows = Precision::Inexact(usize::try_from(rows).unwrap_or(usize::MAX));
         stats.total_byte_size = Precision::Inexact(usize::try_from(bytes).unwrap_or(usize::MAX));
