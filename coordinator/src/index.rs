@@ -24,9 +24,9 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use datafusion::arrow::array::{
-    ArrayRef, Float64Array, RecordBatch, StringArray, UInt32Array, UInt64Array,
+    ArrayRef, BooleanArray, Float64Array, RecordBatch, StringArray, UInt32Array, UInt64Array,
 };
-use datafusion::arrow::compute::concat_batches;
+use datafusion::arrow::compute::{concat_batches, filter_record_batch};
 use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
 use datafusion::catalog::Session;
 use datafusion::common::{DFSchema, DataFusionError, Result, ScalarValue, plan_err};
@@ -514,8 +514,12 @@ async fn read_outbox(
     collect_scan(spec, parts).await
 }
 
-/// Runs a scan from the coordinator (each partition read by its owner).
-async fn collect_scan(spec: ScanSpec, parts: Vec<ScanPart>) -> Result<Vec<RecordBatch>> {
+/// Runs a scan from the coordinator (each partition read by its owner)
+/// and keeps the rows its predicate passes (the scan only prunes by it).
+async fn collect_scan(mut spec: ScanSpec, parts: Vec<ScanPart>) -> Result<Vec<RecordBatch>> {
+    let predicate = spec.predicate.clone();
+    // The predicate reads the table's columns: project after filtering.
+    let projection = spec.projection.take();
     let n = parts.len();
     let scan = PartitionScanExec::try_new(spec, parts, n)?;
     let ctx = Arc::new(TaskContext::default());
@@ -530,7 +534,25 @@ async fn collect_scan(spec: ScanSpec, parts: Vec<ScanPart>) -> Result<Vec<Record
     )
     .await
     {
-        out.extend(batches?);
+        for batch in batches? {
+            let batch = match &predicate {
+                Some(predicate) => {
+                    let keep = predicate.evaluate(&batch)?.into_array(batch.num_rows())?;
+                    let keep = keep
+                        .as_any()
+                        .downcast_ref::<BooleanArray>()
+                        .ok_or_else(|| {
+                            DataFusionError::Internal("a scan predicate gave no booleans".into())
+                        })?;
+                    filter_record_batch(&batch, keep)?
+                }
+                None => batch,
+            };
+            out.push(match &projection {
+                Some(columns) => batch.project(columns)?,
+                None => batch,
+            });
+        }
     }
     Ok(out)
 }

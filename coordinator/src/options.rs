@@ -3,7 +3,7 @@
 //!
 //! | option                               | default | meaning                                   |
 //! |--------------------------------------|---------|-------------------------------------------|
-//! | `tessera.broadcast_threshold_bytes`  | 1 MiB   | a join side estimated at most this large is sent whole to every task (broadcast); larger sides are shuffled. 0 never broadcasts. |
+//! | `tessera.broadcast_threshold_bytes`  | 16 MiB  | a join side estimated at most this large is sent whole to every task (broadcast); larger sides are shuffled. 0 never broadcasts. |
 //! | `tessera.index_read`                 | `eventual` | reads through a GLOBAL ASYNC index: `eventual` reads it as it is (it may miss the latest writes); `fresh` waits until it has applied every write that began before the query. |
 //! | `tessera.index_apply`                | `running` | the background apply of GLOBAL ASYNC index outboxes: `paused` stops it (rows are still acknowledged and their entries kept in the outboxes), `running` resumes it. Not kept across restarts. |
 //!
@@ -18,7 +18,7 @@ extensions_options! {
     /// Tessera's options.
     pub struct TesseraOptions {
         /// Join sides estimated at most this many bytes are broadcast.
-        pub broadcast_threshold_bytes: u64, default = 1024 * 1024
+        pub broadcast_threshold_bytes: u64, default = 16 * 1024 * 1024
         /// Reads through a GLOBAL ASYNC index: 'eventual' reads it as it
         /// is; 'fresh' first waits until it has applied every write that
         /// began before the query.

@@ -288,7 +288,7 @@ impl PartitionScanExec {
             .into_iter()
             .map(|(path, size)| PartitionedFile::new(path.to_string_lossy(), size))
             .collect();
-        self.read_files(files, ctx, true)
+        self.read_files(files, ctx)
     }
 
     /// Reads only the rows the index names: files it names none of are
@@ -350,30 +350,25 @@ impl PartitionScanExec {
                 )
             })
             .collect();
-        self.read_files(files, ctx, false)
+        self.read_files(files, ctx)
     }
 
-    /// Reads `files` with the scan's projection, predicate and limit.
+    /// Reads `files` with the scan's projection and limit. The predicate
+    /// prunes row groups and pages by their statistics; rows are not
+    /// filtered while decoding (evaluating it over whole column chunks
+    /// inside the reader cost more than the filter above the scan, which
+    /// checks every row), so the scan's rows are a superset of the matches.
     fn read_files(
         &self,
         files: Vec<PartitionedFile>,
         ctx: Arc<TaskContext>,
-        filter_rows: bool,
     ) -> Result<SendableRecordBatchStream> {
         if files.is_empty() {
             return Ok(self.empty());
         }
         let mut source = ParquetSource::new(Arc::clone(&self.table_schema));
         if let Some(predicate) = &self.predicate {
-            // Prunes row groups and pages by statistics, then (if
-            // `filter_rows`) filters rows while decoding, so only matching
-            // rows leave the worker. Rows an index selected are few: the
-            // filter above the scan checks them, and the reader decodes
-            // only their pages instead of evaluating the predicate over
-            // whole column chunks.
-            source = source
-                .with_predicate(Arc::clone(predicate))
-                .with_pushdown_filters(filter_rows);
+            source = source.with_predicate(Arc::clone(predicate));
         }
         let group: FileGroup = files.into_iter().collect();
         let config =
