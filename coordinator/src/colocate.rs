@@ -19,6 +19,11 @@
 //! `(supplier ⋈ lineitem) ⋈ orders` and `(lineitem ⋈ orders) ⋈ lineitem`
 //! pair too, and TPC-H Q21 moves no lineitem row between workers.
 //!
+//! An aggregate grouped by every partition key column of a table (for
+//! example `GROUP BY l_orderkey`) finds each group whole in one partition:
+//! it runs where the partition lies, with no shuffle between its partial
+//! and final steps, and its output stays paired with the table's.
+//!
 //! A join's output is broadcast only when everything it reads is under
 //! `tessera.broadcast_threshold_bytes`: DataFusion estimates a join's output
 //! from the distinct counts of its keys, which scans do not know, and can
@@ -39,6 +44,7 @@ use datafusion::physical_expr::expressions::Column;
 use datafusion::physical_expr::{Distribution, Partitioning, PhysicalExpr};
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
 use datafusion::physical_plan::execution_plan::replace_children_if_necessary;
 use datafusion::physical_plan::filter::FilterExec;
@@ -105,7 +111,11 @@ impl ColocateJoins {
             Some(partitioned) => partitioned,
             None => plan,
         };
-        let Some(colocated) = self.colocate(&plan)? else {
+        let colocated = match self.colocate(&plan)? {
+            Some(joined) => Some(joined),
+            None => self.local_aggregate(&plan)?,
+        };
+        let Some(colocated) = colocated else {
             return Ok(plan);
         };
         let original = plan.properties().partitioning.clone();
@@ -133,7 +143,10 @@ impl ColocateJoins {
             let (Some(l), Some(r)) = (column_index(l), column_index(r)) else {
                 continue;
             };
-            if let (Some(lo), Some(ro)) = (origin(join.left(), l), origin(join.right(), r)) {
+            if let (Some(lo), Some(ro)) = (
+                origin(join.left(), l, Padding::Allowed),
+                origin(join.right(), r, Padding::Allowed),
+            ) {
                 pairs.push((lo, ro));
             }
         }
@@ -228,6 +241,95 @@ impl ColocateJoins {
             vec![new_left, new_right],
         )?))
     }
+}
+
+impl ColocateJoins {
+    /// A final aggregate over a hash repartition of a partial one, grouped
+    /// by every partition key column of one table, with the repartition
+    /// dropped and the table's partitions paired instead.
+    fn local_aggregate(
+        &self,
+        plan: &Arc<dyn ExecutionPlan>,
+    ) -> Result<Option<Arc<dyn ExecutionPlan>>> {
+        let Some(last) = plan.downcast_ref::<AggregateExec>() else {
+            return Ok(None);
+        };
+        let Some(shuffle) = last.input().downcast_ref::<RepartitionExec>() else {
+            return Ok(None);
+        };
+        // FinalPartitioned over Partial, or SinglePartitioned alone, over
+        // the shuffle: `first` groups the rows of `source`.
+        let (first, partial) = match last.mode() {
+            AggregateMode::FinalPartitioned => {
+                let Some(first) = shuffle.input().downcast_ref::<AggregateExec>() else {
+                    return Ok(None);
+                };
+                if *first.mode() != AggregateMode::Partial {
+                    return Ok(None);
+                }
+                (first, true)
+            }
+            AggregateMode::SinglePartitioned => (last, false),
+            _ => return Ok(None),
+        };
+        let source = if partial {
+            first.input()
+        } else {
+            shuffle.input()
+        };
+        if !first.group_expr().is_single() {
+            return Ok(None);
+        }
+        // Each group key that is a table column, where it comes from. A
+        // NULL padded in by an outer join could sit in any partition.
+        let origins: Vec<(PartitionScanExec, String)> = first
+            .group_expr()
+            .expr()
+            .iter()
+            .filter_map(|(e, _)| origin(source, column_index(e)?, Padding::Refused))
+            .collect();
+        let Some((scan, _)) = origins.first().cloned() else {
+            return Ok(None);
+        };
+        let Some(def) = self.catalog.table_def(scan.table())? else {
+            return Ok(None);
+        };
+        let PartitionScheme::Hash {
+            columns: keys,
+            partitions,
+            ..
+        } = &def.scheme
+        else {
+            return Ok(None);
+        };
+        let grouped_by = |k: &String| origins.iter().any(|(s, c)| c == k && same_scan(s, &scan));
+        if *partitions < 2 || !keys.iter().all(grouped_by) {
+            return Ok(None);
+        }
+        let parts = paired_parts(source).unwrap_or_else(|| scan.parts().to_vec());
+        let Some(input) = rebuild(source, &parts, keys)? else {
+            return Ok(None);
+        };
+        let input = if partial {
+            replace_children_if_necessary(Arc::clone(shuffle.input()), vec![input])?
+        } else {
+            input
+        };
+        Ok(Some(replace_children_if_necessary(
+            Arc::clone(plan),
+            vec![input],
+        )?))
+    }
+}
+
+/// Whether a column may come from the side of an outer join that pads
+/// unmatched rows with NULLs.
+#[derive(Clone, Copy, PartialEq)]
+enum Padding {
+    /// Joins: a NULL key matches nothing, wherever it sits.
+    Allowed,
+    /// Groups: a NULL group must be in one partition.
+    Refused,
 }
 
 /// A join that broadcasts (collects) a build side that is itself a join
@@ -332,6 +434,7 @@ fn through_join(
     plan: &Arc<dyn ExecutionPlan>,
     join: &HashJoinExec,
     index: usize,
+    padding: Padding,
 ) -> Option<(usize, usize)> {
     let index = match &join.projection {
         Some(p) => *p.get(index)?,
@@ -350,6 +453,14 @@ fn through_join(
         JoinType::RightSemi | JoinType::RightAnti => (1, index),
         _ => return None,
     };
+    let padded = match join.join_type() {
+        JoinType::Left => child == 1,
+        JoinType::Right => child == 0,
+        _ => false,
+    };
+    if padded && padding == Padding::Refused {
+        return None;
+    }
     let ok = match join.partition_mode() {
         PartitionMode::CollectLeft => {
             child == 1
@@ -366,28 +477,38 @@ fn through_join(
 
 /// The scan and table column that output column `index` of `plan` reads,
 /// following it down through operators that keep partitions apart.
-fn origin(plan: &Arc<dyn ExecutionPlan>, index: usize) -> Option<(PartitionScanExec, String)> {
+fn origin(
+    plan: &Arc<dyn ExecutionPlan>,
+    index: usize,
+    padding: Padding,
+) -> Option<(PartitionScanExec, String)> {
     if let Some(scan) = plan.downcast_ref::<PartitionScanExec>() {
         let field = scan.schema().fields().get(index)?.clone();
         return Some((scan.clone(), field.name().clone()));
     }
     if plan.downcast_ref::<RepartitionExec>().is_some() {
-        return origin(plan.children()[0], index);
+        return origin(plan.children()[0], index, padding);
     }
     if let Some(p) = plan.downcast_ref::<ProjectionExec>() {
         let inner = p.expr().get(index)?.expr.downcast_ref::<Column>()?.index();
-        return origin(p.input(), inner);
+        return origin(p.input(), inner, padding);
     }
     if let Some(f) = plan.downcast_ref::<FilterExec>() {
         let inner = match f.projection() {
             Some(projection) => *projection.get(index)?,
             None => index,
         };
-        return origin(f.input(), inner);
+        return origin(f.input(), inner, padding);
     }
     if let Some(join) = plan.downcast_ref::<HashJoinExec>() {
-        let (child, at) = through_join(plan, join, index)?;
-        return origin(plan.children()[child], at);
+        let (child, at) = through_join(plan, join, index, padding)?;
+        return origin(plan.children()[child], at, padding);
+    }
+    if let Some(aggregate) = plan.downcast_ref::<AggregateExec>() {
+        // A group key of an aggregate that runs where its partitions lie.
+        paired_parts(plan)?;
+        let (key, _) = aggregate.group_expr().expr().get(index)?;
+        return origin(aggregate.input(), column_index(key)?, padding);
     }
     None
 }
@@ -404,6 +525,19 @@ fn paired_parts(plan: &Arc<dyn ExecutionPlan>) -> Option<Vec<ScanPart>> {
     }
     if is_pass_through(plan.as_ref()) {
         return paired_parts(plan.children()[0]);
+    }
+    if let Some(aggregate) = plan.downcast_ref::<AggregateExec>() {
+        let per_partition = matches!(
+            aggregate.mode(),
+            AggregateMode::Partial
+                | AggregateMode::FinalPartitioned
+                | AggregateMode::SinglePartitioned
+        );
+        return if per_partition && aggregate.group_expr().is_single() {
+            paired_parts(aggregate.input())
+        } else {
+            None
+        };
     }
     let join = plan.downcast_ref::<HashJoinExec>()?;
     match join.partition_mode() {
@@ -457,6 +591,11 @@ fn rebuild(
             Arc::clone(plan),
             vec![child],
         )?));
+    }
+    if plan.downcast_ref::<AggregateExec>().is_some() {
+        return Ok(paired_parts(plan)
+            .is_some_and(|p| ids(&p) == ids(parts))
+            .then(|| Arc::clone(plan)));
     }
     let Some(join) = plan.downcast_ref::<HashJoinExec>() else {
         return Ok(None);

@@ -126,6 +126,43 @@ async fn joins_chained_through_broadcasts_and_paired_joins_stay_colocated() {
     cluster.stop().await;
 }
 
+/// Grouped by the partition key, an aggregate runs where each partition
+/// lies and stays paired for the join above it; a NULL group padded in by
+/// an outer join is still one group.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn aggregates_on_the_partition_key_move_nothing() {
+    let cluster = TestCluster::builder().workers(3).start().await;
+    setup(&cluster).await;
+    let explain = |sql: &'static str| {
+        let c = &cluster;
+        async move { plan_text(&c.query(&format!("EXPLAIN {sql}")).await.unwrap()) }
+    };
+    let total = |sql: &'static str| {
+        let c = &cluster;
+        async move { single_i64(&c.query(sql).await.unwrap()) }
+    };
+    // Per-key sums joined back to the table they came from.
+    let local = "SELECT sum(s) FROM (SELECT a.k, sum(b.w) AS s FROM a JOIN b ON a.k = b.k \
+                 GROUP BY a.k) g JOIN a ON g.k = a.k WHERE s > 0";
+    let plan = explain(local).await;
+    assert!(!plan.contains("NetworkShuffleExec"), "{plan}");
+    // The same grouped by `k + 0` shuffles, and must agree.
+    let shuffled = "SELECT sum(s) FROM (SELECT a.k + 0 AS k, sum(b.w) AS s FROM a JOIN b \
+                    ON a.k = b.k GROUP BY a.k + 0) g JOIN a ON g.k = a.k WHERE s > 0";
+    assert!(explain(shuffled).await.contains("NetworkShuffleExec"));
+    let n = total(local).await;
+    assert!(n > 0);
+    assert_eq!(total(shuffled).await, n);
+
+    // Odd keys of a have no match in b: one NULL group of 10000 rows.
+    let sql = "SELECT count(*) FROM (SELECT b.k, count(*) AS n FROM a LEFT JOIN b \
+               ON a.k = b.k GROUP BY b.k) WHERE k IS NULL AND n = 10000";
+    assert_eq!(total(sql).await, 1);
+    let sql = "SELECT count(*) FROM (SELECT b.k FROM a LEFT JOIN b ON a.k = b.k GROUP BY b.k)";
+    assert_eq!(total(sql).await, 10001);
+    cluster.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn other_joins_shuffle_or_broadcast() {
     let cluster = TestCluster::builder().workers(3).start().await;
