@@ -132,11 +132,27 @@ impl ColocateJoins {
         let Some(join) = plan.downcast_ref::<HashJoinExec>() else {
             return Ok(None);
         };
-        if *join.partition_mode() != PartitionMode::Partitioned
+        // A broadcast join of two co-located sides is paired instead: no
+        // side moves at all.
+        let collected = match join.partition_mode() {
+            PartitionMode::Partitioned => false,
+            PartitionMode::CollectLeft => !join.null_aware,
+            PartitionMode::Auto => return Ok(None),
+        };
+        let partitioned = *join.partition_mode() == PartitionMode::Partitioned;
+        if !(collected || partitioned)
             || matches!(join.join_type(), JoinType::LeftMark | JoinType::RightMark)
         {
             return Ok(None);
         }
+        let left = if collected {
+            match join.left().downcast_ref::<CoalescePartitionsExec>() {
+                Some(coalesce) => Arc::clone(coalesce.input()),
+                None => Arc::clone(join.left()),
+            }
+        } else {
+            Arc::clone(join.left())
+        };
         // The join's key pairs, as the (scan, table column) each reads.
         let mut pairs = vec![];
         for (l, r) in join.on() {
@@ -144,7 +160,7 @@ impl ColocateJoins {
                 continue;
             };
             if let (Some(lo), Some(ro)) = (
-                origin(join.left(), l, Padding::Allowed),
+                origin(&left, l, Padding::Allowed),
                 origin(join.right(), r, Padding::Allowed),
             ) {
                 pairs.push((lo, ro));
@@ -174,7 +190,9 @@ impl ColocateJoins {
         else {
             return Ok(None);
         };
-        if ln != rn || lkeys.len() != rkeys.len() || *ln < 2 {
+        // Every join key must be a partition key: DataFusion checks that
+        // both sides are partitioned on all the join keys, not a subset.
+        if ln != rn || lkeys.len() != rkeys.len() || *ln < 2 || join.on().len() != lkeys.len() {
             return Ok(None);
         }
         // Partition key i of the left must be joined to partition key i of
@@ -211,7 +229,7 @@ impl ColocateJoins {
         // filter passes, so reading it is only wasted work. A side that is
         // already a paired join keeps its partitions; the other side's
         // must be among them.
-        let (lfixed, rfixed) = (paired_parts(join.left()), paired_parts(join.right()));
+        let (lfixed, rfixed) = (paired_parts(&left), paired_parts(join.right()));
         let parts: Vec<ScanPart> = match (&lfixed, &rfixed) {
             (Some(a), Some(b)) if ids(a) != ids(b) => return Ok(None),
             (Some(fixed), _) | (_, Some(fixed)) => {
@@ -231,15 +249,25 @@ impl ColocateJoins {
             }
         };
         let (Some(new_left), Some(new_right)) = (
-            rebuild(join.left(), &parts, lkeys)?,
+            rebuild(&left, &parts, lkeys)?,
             rebuild(join.right(), &parts, rkeys)?,
         ) else {
             return Ok(None);
         };
-        Ok(Some(replace_children_if_necessary(
-            Arc::clone(plan),
-            vec![new_left, new_right],
-        )?))
+        if !collected {
+            return Ok(Some(replace_children_if_necessary(
+                Arc::clone(plan),
+                vec![new_left, new_right],
+            )?));
+        }
+        Ok(Some(
+            join.builder()
+                .with_partition_mode(PartitionMode::Partitioned)
+                .with_new_children(vec![new_left, new_right])?
+                .reset_state()
+                .recompute_properties()
+                .build_exec()?,
+        ))
     }
 }
 

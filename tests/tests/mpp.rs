@@ -190,6 +190,12 @@ async fn other_joins_shuffle_or_broadcast() {
     let explain = plan_text(&cluster.query(&format!("EXPLAIN {sql}")).await.unwrap());
     assert!(explain.contains("NetworkBroadcastExec"), "{explain}");
     assert_eq!(single_i64(&cluster.query(sql).await.unwrap()), 3333);
+    // Small enough to broadcast, but co-located: paired instead.
+    let sql = "SELECT count(*) FROM a JOIN b ON a.k = b.k WHERE b.w = 1";
+    let explain = plan_text(&cluster.query(&format!("EXPLAIN {sql}")).await.unwrap());
+    assert!(explain.contains("colocated"), "{explain}");
+    assert!(!explain.contains("NetworkBroadcastExec"), "{explain}");
+    assert_eq!(single_i64(&cluster.query(sql).await.unwrap()), 3333);
     cluster.stop().await;
 }
 
