@@ -15,7 +15,10 @@ use datafusion::logical_expr::{DdlStatement, LogicalPlan};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{ExecutionPlan, execute_stream};
 use datafusion::prelude::{SessionConfig, SessionContext};
-use datafusion_distributed::{DistributedExt, SessionStateBuilderExt, display_plan_ascii};
+use datafusion_distributed::{
+    DistributedExt, DistributedMetricsFormat, SessionStateBuilderExt, display_plan_ascii,
+    rewrite_distributed_plan_with_metrics,
+};
 use futures::TryStreamExt;
 use tessera_sql::{CreateTable, PartitionScheme, Statement, TableDef, parse_statement};
 use tessera_worker::{TesseraCodec, WorkerClient};
@@ -358,6 +361,9 @@ impl Coordinator {
         if let Some(inner) = strip_explain(trimmed) {
             return self.explain(inner).await;
         }
+        if let Some(inner) = strip_explain_analyze(trimmed) {
+            return self.explain_analyze(inner).await;
+        }
         if let Some(name) = show_tessera_option(trimmed) {
             return self.show_options(&name);
         }
@@ -454,6 +460,37 @@ impl Coordinator {
             vec![
                 Arc::new(StringArray::from(vec!["logical_plan", "physical_plan"])),
                 Arc::new(StringArray::from(vec![logical, distributed])),
+            ],
+        )?;
+        Ok(Planned::Ready(schema, vec![batch]))
+    }
+
+    /// `EXPLAIN ANALYZE`: runs the query, then shows the distributed plan
+    /// with each operator's metrics and a table of its stages.
+    async fn explain_analyze(&self, inner: &str) -> Result<Planned> {
+        let df = self.ctx.sql(inner).await?;
+        let task_ctx = Arc::new(df.task_ctx());
+        let plan = df.create_physical_plan().await?;
+        let started = std::time::Instant::now();
+        let mut stream = execute_stream(Arc::clone(&plan), task_ctx)
+            .map_err(|e| name_unreachable_worker(e, &self.catalog.members().unwrap_or_default()))?;
+        let mut rows = 0usize;
+        while let Some(batch) = stream.try_next().await? {
+            rows += batch.num_rows();
+        }
+        let elapsed = started.elapsed();
+        drop(stream);
+        let plan =
+            rewrite_distributed_plan_with_metrics(plan, DistributedMetricsFormat::Aggregated)
+                .await?;
+        let text = display_plan_ascii(plan.as_ref(), true);
+        let summary = crate::stages::summary(&plan, rows, elapsed);
+        let schema = explain_schema();
+        let batch = RecordBatch::try_new(
+            Arc::clone(&schema),
+            vec![
+                Arc::new(StringArray::from(vec!["Plan with Metrics", "Stages"])),
+                Arc::new(StringArray::from(vec![text, summary])),
             ],
         )?;
         Ok(Planned::Ready(schema, vec![batch]))
@@ -762,6 +799,21 @@ fn show_tessera_option(sql: &str) -> Option<String> {
     }
     let lower = name.to_ascii_lowercase();
     (lower == "tessera" || lower.starts_with("tessera.")).then_some(lower)
+}
+
+/// The query of an `EXPLAIN ANALYZE <query>` (not VERBOSE or FORMAT).
+fn strip_explain_analyze(sql: &str) -> Option<&str> {
+    let mut words = sql.splitn(3, char::is_whitespace);
+    let (explain, analyze, rest) = (words.next()?, words.next()?, words.next()?);
+    if !explain.eq_ignore_ascii_case("explain") || !analyze.eq_ignore_ascii_case("analyze") {
+        return None;
+    }
+    let rest = rest.trim_start();
+    let next = rest.split_whitespace().next().unwrap_or("");
+    if next.eq_ignore_ascii_case("verbose") || next.eq_ignore_ascii_case("format") {
+        return None;
+    }
+    Some(rest)
 }
 
 fn strip_explain(sql: &str) -> Option<&str> {

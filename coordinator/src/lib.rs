@@ -12,6 +12,7 @@ mod index;
 mod metastore;
 mod options;
 mod query_log;
+mod stages;
 mod table;
 mod write;
 

@@ -176,6 +176,27 @@ async fn other_joins_shuffle_or_broadcast() {
     let (_, _, shuffled) = logged(&cluster, sql).await;
     assert!(shuffled > 0);
 
+    // EXPLAIN ANALYZE runs it and adds a table of the stages: both sides
+    // shuffled whole (20000 and 15000 rows), then gathered.
+    let analyzed = cluster
+        .query("EXPLAIN ANALYZE SELECT count(*) FROM a JOIN c ON a.k = c.k")
+        .await
+        .unwrap();
+    let text = plan_text(&analyzed);
+    assert!(text.contains("output_rows"), "{text}");
+    let stages: Vec<&str> = text.lines().filter(|l| l.contains("| shuffle")).collect();
+    let rows: Vec<&str> = stages
+        .iter()
+        .filter_map(|l| l.split('|').map(str::trim).nth(4))
+        .collect();
+    assert!(
+        rows.contains(&"20000") && rows.contains(&"15000"),
+        "{text}"
+    );
+    assert!(stages.iter().all(|l| !l.contains("| 0 B")), "{text}");
+    assert!(text.contains("| gather"), "{text}");
+    assert!(text.contains("1 rows returned"), "{text}");
+
     // Joined on a column that is not the partition key: shuffled.
     let sql = "SELECT count(*) FROM a JOIN b ON a.v = b.w";
     let explain = plan_text(&cluster.query(&format!("EXPLAIN {sql}")).await.unwrap());
