@@ -189,10 +189,7 @@ async fn other_joins_shuffle_or_broadcast() {
         .iter()
         .filter_map(|l| l.split('|').map(str::trim).nth(4))
         .collect();
-    assert!(
-        rows.contains(&"20000") && rows.contains(&"15000"),
-        "{text}"
-    );
+    assert!(rows.contains(&"20000") && rows.contains(&"15000"), "{text}");
     assert!(stages.iter().all(|l| !l.contains("| 0 B")), "{text}");
     assert!(text.contains("| gather"), "{text}");
     assert!(text.contains("1 rows returned"), "{text}");
