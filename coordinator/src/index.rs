@@ -48,6 +48,7 @@ use tessera_worker::{
 };
 
 use crate::catalog::Catalog;
+use crate::metastore::IndexStats;
 use crate::options::TesseraOptions;
 use crate::write::{Piece, Role, global_index_pieces, write_pieces};
 
@@ -378,11 +379,7 @@ pub fn spawn_applier(catalog: &Arc<Catalog>) {
                 s.indexes
                     .values()
                     .filter(|i| i.kind == IndexKind::GlobalAsync)
-                    .map(|i| {
-                        s.index_stats
-                            .get(&i.name)
-                            .map_or(0, |st| st.applied_through)
-                    })
+                    .map(|i| applied(i, &s.index_stats.get(&i.name).copied().unwrap_or_default()))
                     .min()
             });
             let gathering = Instant::now();
@@ -407,9 +404,9 @@ async fn apply_round(catalog: &Arc<Catalog>, name: &str) -> Result<()> {
     };
     let stats = state.index_stats.get(name).copied().unwrap_or_default();
     let horizon = catalog.horizon();
-    let from = stats.applied_through.max(def.since_txn);
+    let from = applied(&def, &stats);
     let pending = stats.outbox_rows > stats.applied_rows;
-    let wanted = catalog.fresh_wanted.load(Ordering::SeqCst) > stats.applied_through;
+    let wanted = catalog.fresh_wanted.load(Ordering::SeqCst) > from;
     if horizon <= from || !(pending || wanted) {
         return Ok(());
     }
@@ -773,6 +770,13 @@ fn wants_fresh(state: &dyn Session) -> Result<bool> {
     }
 }
 
+/// Every write up to this one is in the ASYNC index: those the applier
+/// applied, and those up to the index's creation, which its backfill
+/// covers (with no write since, the applier has nothing to move).
+fn applied(def: &IndexDef, stats: &IndexStats) -> u64 {
+    stats.applied_through.max(def.since_txn)
+}
+
 /// Waits until an ASYNC index has applied every write that began before now.
 async fn wait_fresh(catalog: &Arc<Catalog>, def: &IndexDef) -> Result<()> {
     let target = catalog.last_txn();
@@ -780,7 +784,7 @@ async fn wait_fresh(catalog: &Arc<Catalog>, def: &IndexDef) -> Result<()> {
     let start = Instant::now();
     loop {
         let stats = catalog.index_stats(&def.name)?;
-        if stats.applied_through >= target {
+        if applied(def, &stats) >= target {
             return Ok(());
         }
         if start.elapsed() > FRESH_WAIT {
@@ -791,7 +795,7 @@ async fn wait_fresh(catalog: &Arc<Catalog>, def: &IndexDef) -> Result<()> {
                 def.name,
                 FRESH_WAIT.as_secs(),
                 stats.outbox_rows.saturating_sub(stats.applied_rows),
-                stats.applied_through,
+                applied(def, &stats),
                 target,
                 catalog.oldest_in_flight(),
                 if catalog.apply_paused.load(Ordering::SeqCst) {
