@@ -306,6 +306,16 @@ pub fn global_index_pieces(
     Ok(out)
 }
 
+/// Names the worker in a transport error that gives only its URL.
+fn name_worker(id: &str, url: &str, e: DataFusionError) -> DataFusionError {
+    match e {
+        DataFusionError::Execution(m) if m.contains(url) && !m.contains(id) => {
+            DataFusionError::Execution(m.replacen(url, &format!("{id} at {url}"), 1))
+        }
+        other => other,
+    }
+}
+
 /// Writes `pieces` as transaction `txn`, all or nothing: prepare every
 /// piece on its worker; decide (the metastore logs the transaction and
 /// `decide` updates counters in the same write); commit, index entries
@@ -342,10 +352,14 @@ pub async fn write_pieces(
             partition: piece.partition,
         };
         let url = piece.target.url;
+        let worker = piece.target.worker_id;
         let batch = piece.batch;
         prepares.push(async move {
-            let client = WorkerClient::connect(&url)?;
-            client.prepare(&request, vec![batch]).await
+            let prepared = async {
+                let client = WorkerClient::connect(&url)?;
+                client.prepare(&request, vec![batch]).await
+            };
+            prepared.await.map_err(|e| name_worker(&worker, &url, e))
         });
     }
     // Phase 1: every piece durable on its owner.
@@ -355,7 +369,12 @@ pub async fn write_pieces(
             Ok(f) => files.push(f),
             Err(err) => {
                 abort(txn, urls.values()).await;
-                return Err(err);
+                return Err(match err {
+                    DataFusionError::Execution(m) => {
+                        DataFusionError::Execution(format!("{m}; nothing was written"))
+                    }
+                    other => other,
+                });
             }
         }
     }

@@ -185,9 +185,10 @@ async fn dead_worker_fails_the_write_and_changes_nothing() {
         .await
         .unwrap_err();
     assert!(
-        err.contains("unreachable") || err.contains("worker"),
+        err.contains("worker worker-1 at http://") && err.contains("unreachable"),
         "{err}"
     );
+    assert!(err.contains("nothing was written"), "{err}");
     let cluster = cluster.restart().await;
     assert_eq!(count(&cluster, "t").await, 600);
     cluster.stop().await;
