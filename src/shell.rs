@@ -133,8 +133,18 @@ pub async fn interactive(mut client: Client, addr: &str) -> Result<(), String> {
                 buffer.push('\n');
                 if trimmed.ends_with(';') {
                     let _ = editor.add_history_entry(buffer.trim());
-                    if let Err(e) = run_statements(&mut client, &buffer, true).await {
-                        eprintln!("Error: {e}");
+                    // Ctrl-C while a statement runs drops its result
+                    // stream: the server cancels the query's tasks on
+                    // every worker, and the shell stays open.
+                    tokio::select! {
+                        result = run_statements(&mut client, &buffer, true) => {
+                            if let Err(e) = result {
+                                eprintln!("Error: {e}");
+                            }
+                        }
+                        _ = tokio::signal::ctrl_c() => {
+                            eprintln!("Cancelled.");
+                        }
                     }
                     buffer.clear();
                 }
