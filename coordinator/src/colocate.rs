@@ -269,9 +269,7 @@ impl ColocateJoins {
                 .build_exec()?,
         ))
     }
-}
 
-impl ColocateJoins {
     /// A final aggregate over a hash repartition of a partial one, grouped
     /// by every partition key column of one table, with the repartition
     /// dropped and the table's partitions paired instead.
@@ -620,10 +618,14 @@ fn rebuild(
             vec![child],
         )?));
     }
-    if plan.downcast_ref::<AggregateExec>().is_some() {
-        return Ok(paired_parts(plan)
+    // An aggregate or partitioned join is kept if already paired.
+    let paired_on_parts = || {
+        paired_parts(plan)
             .is_some_and(|p| ids(&p) == ids(parts))
-            .then(|| Arc::clone(plan)));
+            .then(|| Arc::clone(plan))
+    };
+    if plan.downcast_ref::<AggregateExec>().is_some() {
+        return Ok(paired_on_parts());
     }
     let Some(join) = plan.downcast_ref::<HashJoinExec>() else {
         return Ok(None);
@@ -638,9 +640,7 @@ fn rebuild(
                 vec![Arc::clone(join.left()), probe],
             )?))
         }
-        PartitionMode::Partitioned => Ok(paired_parts(plan)
-            .is_some_and(|p| ids(&p) == ids(parts))
-            .then(|| Arc::clone(plan))),
+        PartitionMode::Partitioned => Ok(paired_on_parts()),
         PartitionMode::Auto => Ok(None),
     }
 }

@@ -454,15 +454,10 @@ impl Coordinator {
         let logical = format!("{}", df.logical_plan().display_indent());
         let physical = df.create_physical_plan().await?;
         let distributed = display_plan_ascii(physical.as_ref(), false);
-        let schema = explain_schema();
-        let batch = RecordBatch::try_new(
-            Arc::clone(&schema),
-            vec![
-                Arc::new(StringArray::from(vec!["logical_plan", "physical_plan"])),
-                Arc::new(StringArray::from(vec![logical, distributed])),
-            ],
-        )?;
-        Ok(Planned::Ready(schema, vec![batch]))
+        explained(vec![
+            ("logical_plan", logical),
+            ("physical_plan", distributed),
+        ])
     }
 
     /// `EXPLAIN ANALYZE`: runs the query, then shows the distributed plan
@@ -471,9 +466,9 @@ impl Coordinator {
         let df = self.ctx.sql(inner).await?;
         let task_ctx = Arc::new(df.task_ctx());
         let plan = df.create_physical_plan().await?;
+        let members = Arc::new(self.catalog.members()?);
         let started = std::time::Instant::now();
-        let mut stream = execute_stream(Arc::clone(&plan), task_ctx)
-            .map_err(|e| name_unreachable_worker(e, &self.catalog.members().unwrap_or_default()))?;
+        let mut stream = Planned::Plan(Arc::clone(&plan), task_ctx, None, members).execute()?;
         let mut rows = 0usize;
         while let Some(batch) = stream.try_next().await? {
             rows += batch.num_rows();
@@ -485,15 +480,7 @@ impl Coordinator {
                 .await?;
         let text = display_plan_ascii(plan.as_ref(), true);
         let summary = crate::stages::summary(&plan, rows, elapsed);
-        let schema = explain_schema();
-        let batch = RecordBatch::try_new(
-            Arc::clone(&schema),
-            vec![
-                Arc::new(StringArray::from(vec!["Plan with Metrics", "Stages"])),
-                Arc::new(StringArray::from(vec![text, summary])),
-            ],
-        )?;
-        Ok(Planned::Ready(schema, vec![batch]))
+        explained(vec![("Plan with Metrics", text), ("Stages", summary)])
     }
 
     async fn create_table(&self, ct: CreateTable) -> Result<Planned> {
@@ -842,6 +829,20 @@ pub fn rows_written(batches: &[RecordBatch]) -> u64 {
         .filter_map(|c| c.as_any().downcast_ref::<UInt64Array>())
         .map(|a| a.iter().flatten().sum::<u64>())
         .sum()
+}
+
+/// An EXPLAIN result: one (plan_type, plan) row per part.
+fn explained(parts: Vec<(&str, String)>) -> Result<Planned> {
+    let schema = explain_schema();
+    let (kinds, plans): (Vec<&str>, Vec<String>) = parts.into_iter().unzip();
+    let batch = RecordBatch::try_new(
+        Arc::clone(&schema),
+        vec![
+            Arc::new(StringArray::from(kinds)),
+            Arc::new(StringArray::from(plans)),
+        ],
+    )?;
+    Ok(Planned::Ready(schema, vec![batch]))
 }
 
 fn explain_schema() -> SchemaRef {

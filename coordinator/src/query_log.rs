@@ -194,17 +194,9 @@ async fn bytes_moved(plan: Arc<dyn ExecutionPlan>) -> Result<(u64, u64)> {
     let mut shuffled = 0u64;
     let mut gathered = 0u64;
     plan.apply(|node| {
-        // Nodes come back wrapped with their metrics: go by name.
-        let gathers = node.name() == "NetworkCoalesceExec";
-        let moves = matches!(node.name(), "NetworkShuffleExec" | "NetworkBroadcastExec");
-        if gathers || moves {
-            let bytes: u64 = node.metrics().map_or(0, |m| {
-                m.iter()
-                    .filter(|m| m.value().name() == "bytes_transferred")
-                    .map(|m| m.value().as_usize() as u64)
-                    .sum()
-            });
-            if gathers {
+        if let Some(kind) = crate::stages::exchange(node) {
+            let bytes = crate::stages::metric(node, "bytes_transferred") as u64;
+            if kind == "gather" {
                 gathered += bytes;
             } else {
                 shuffled += bytes;

@@ -28,14 +28,17 @@ const EXCHANGES: [(&str, &str); 3] = [
     ("NetworkCoalesceExec", "gather"),
 ];
 
-fn exchange(node: &Arc<dyn ExecutionPlan>) -> Option<&'static str> {
+/// The kind of network exchange `node` is, if it is one. Nodes come back
+/// from the metrics rewrite wrapped: go by name.
+pub(crate) fn exchange(node: &Arc<dyn ExecutionPlan>) -> Option<&'static str> {
     EXCHANGES
         .iter()
         .find(|(name, _)| node.name() == *name)
         .map(|(_, kind)| *kind)
 }
 
-fn metric(node: &Arc<dyn ExecutionPlan>, name: &str) -> usize {
+/// The sum of a node's metric `name` over its tasks.
+pub(crate) fn metric(node: &Arc<dyn ExecutionPlan>, name: &str) -> usize {
     node.metrics().map_or(0, |m| {
         m.iter()
             .filter(|m| m.value().name() == name)

@@ -27,6 +27,11 @@ async fn logged(cluster: &TestCluster, prefix: &str) -> (u64, u64, u64) {
     panic!("no logged query starting with {prefix}");
 }
 
+/// The text of `EXPLAIN sql`.
+async fn explain(cluster: &TestCluster, sql: &str) -> String {
+    plan_text(&cluster.query(&format!("EXPLAIN {sql}")).await.unwrap())
+}
+
 async fn setup(cluster: &TestCluster) {
     for sql in [
         "CREATE TABLE a (k BIGINT, v BIGINT) PARTITION BY HASH (k) PARTITIONS 6",
@@ -89,13 +94,9 @@ async fn joins_chained_through_broadcasts_and_paired_joins_stay_colocated() {
     ] {
         cluster.query(sql).await.unwrap();
     }
-    let explain = |sql: String| {
-        let c = &cluster;
-        async move { plan_text(&c.query(&format!("EXPLAIN {sql}")).await.unwrap()) }
-    };
     // (a ⋈ d broadcast) ⋈ b: a's partitions pass through the broadcast join.
     let sql = "SELECT count(*) FROM a JOIN d ON a.v = d.x JOIN b ON a.k = b.k";
-    let plan = explain(sql.into()).await;
+    let plan = explain(&cluster, sql).await;
     assert!(plan.contains("NetworkBroadcastExec"), "{plan}");
     assert!(plan.contains("colocated"), "{plan}");
     assert!(!plan.contains("NetworkShuffleExec"), "{plan}");
@@ -105,11 +106,11 @@ async fn joins_chained_through_broadcasts_and_paired_joins_stay_colocated() {
     // same query joined on `k + 0` cannot pair, and must agree.
     let paired = "SELECT count(*) FROM a JOIN b ON a.k = b.k \
                   WHERE EXISTS (SELECT 1 FROM a a2 WHERE a2.k = a.k AND a2.v <> b.w)";
-    let plan = explain(paired.into()).await;
+    let plan = explain(&cluster, paired).await;
     assert!(!plan.contains("NetworkShuffleExec"), "{plan}");
     let shuffled = paired.replace("a2.k = a.k", "a2.k + 0 = a.k");
     assert!(
-        explain(shuffled.clone())
+        explain(&cluster, &shuffled)
             .await
             .contains("NetworkShuffleExec")
     );
@@ -120,7 +121,7 @@ async fn joins_chained_through_broadcasts_and_paired_joins_stay_colocated() {
     // (a ⋈ d) is estimated tiny from key counts, but reads all of a: it is
     // not broadcast to the join with c (5 partitions, not co-located).
     let sql = "SELECT count(*) FROM a JOIN d ON a.v = d.x JOIN c ON a.k = c.k";
-    let plan = explain(sql.into()).await;
+    let plan = explain(&cluster, sql).await;
     assert_eq!(plan.matches("NetworkBroadcastExec").count(), 1, "{plan}");
     assert_eq!(single_i64(&cluster.query(sql).await.unwrap()), 10000);
     cluster.stop().await;
@@ -133,10 +134,6 @@ async fn joins_chained_through_broadcasts_and_paired_joins_stay_colocated() {
 async fn aggregates_on_the_partition_key_move_nothing() {
     let cluster = TestCluster::builder().workers(3).start().await;
     setup(&cluster).await;
-    let explain = |sql: &'static str| {
-        let c = &cluster;
-        async move { plan_text(&c.query(&format!("EXPLAIN {sql}")).await.unwrap()) }
-    };
     let total = |sql: &'static str| {
         let c = &cluster;
         async move { single_i64(&c.query(sql).await.unwrap()) }
@@ -144,12 +141,16 @@ async fn aggregates_on_the_partition_key_move_nothing() {
     // Per-key sums joined back to the table they came from.
     let local = "SELECT sum(s) FROM (SELECT a.k, sum(b.w) AS s FROM a JOIN b ON a.k = b.k \
                  GROUP BY a.k) g JOIN a ON g.k = a.k WHERE s > 0";
-    let plan = explain(local).await;
+    let plan = explain(&cluster, local).await;
     assert!(!plan.contains("NetworkShuffleExec"), "{plan}");
     // The same grouped by `k + 0` shuffles, and must agree.
     let shuffled = "SELECT sum(s) FROM (SELECT a.k + 0 AS k, sum(b.w) AS s FROM a JOIN b \
                     ON a.k = b.k GROUP BY a.k + 0) g JOIN a ON g.k = a.k WHERE s > 0";
-    assert!(explain(shuffled).await.contains("NetworkShuffleExec"));
+    assert!(
+        explain(&cluster, shuffled)
+            .await
+            .contains("NetworkShuffleExec")
+    );
     let n = total(local).await;
     assert!(n > 0);
     assert_eq!(total(shuffled).await, n);
