@@ -110,6 +110,7 @@ impl Coordinator {
             .with_distributed_scale_up_leaf_node_handler(scale_up)
             .with_distributed_route_tasks_handler(route_tasks)
             .with_physical_optimizer_rule(Arc::new(ColocateJoins::new(Arc::clone(&catalog))))
+            .with_physical_optimizer_rule(Arc::new(crate::yield_points::YieldPoints))
             .build();
         let ctx = SessionContext::new_with_state(state);
         options::apply(&mut ctx.state_ref().write());

@@ -15,6 +15,7 @@ mod query_log;
 mod stages;
 mod table;
 mod write;
+mod yield_points;
 
 pub use catalog::Catalog;
 pub use cluster::{Cluster, ClusterConfig};
@@ -22,3 +23,16 @@ pub use engine::{Coordinator, Planned};
 pub use metastore::{CatalogState, FileMetastore, Metastore};
 pub use options::TesseraOptions;
 pub use query_log::{QueryLog, QueryRecord};
+
+/// Scheduler ticks between two checks for network and timer events.
+/// Tokio's default is 61; a stage's poll can take tens of milliseconds (see
+/// `tessera_worker::YieldingSliceExec`), and under load a cancelled query
+/// is only noticed at such a check.
+const EVENT_INTERVAL: u32 = 8;
+
+/// The runtime Tessera's processes run on.
+pub fn runtime_builder() -> tokio::runtime::Builder {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all().event_interval(EVENT_INTERVAL);
+    builder
+}

@@ -301,6 +301,75 @@ async fn dropping_the_result_stream_cancels_worker_scans() {
     cluster.stop().await;
 }
 
+/// Cancelling a query stops a join that computes without producing
+/// anything: a nested-loop join whose filter never matches never waits on
+/// its consumer, so only a yield point under its probe side lets the
+/// worker drop it when the client goes away. Runs on the runtime `tessera
+/// serve` runs on.
+#[test]
+fn cancelling_stops_a_join_that_produces_nothing() {
+    tessera_coordinator::runtime_builder()
+        .worker_threads(2)
+        .build()
+        .unwrap()
+        .block_on(cancel_a_loop_join());
+}
+
+async fn cancel_a_loop_join() {
+    use futures::StreamExt;
+    let cluster = TestCluster::builder().workers(3).start().await;
+    for sql in [
+        "CREATE TABLE probe (k BIGINT) PARTITION BY HASH (k) PARTITIONS 6",
+        "INSERT INTO probe SELECT value FROM range(200000)",
+        "CREATE TABLE build (k BIGINT) PARTITION BY HASH (k) PARTITIONS 2",
+        "INSERT INTO build SELECT value FROM range(20000)",
+    ] {
+        cluster.query(sql).await.unwrap();
+    }
+    // 20,000 build rows against 200,000 probe rows: many minutes of work
+    // in a debug build.
+    let sql = "SELECT count(*) FROM probe p, build b WHERE p.k + b.k = -1";
+    let plan = plan_text(&cluster.query(&format!("EXPLAIN {sql}")).await.unwrap());
+    assert!(
+        plan.contains("NestedLoopJoinExec") && plan.contains("YieldingSliceExec"),
+        "{plan}"
+    );
+    let mut client = cluster.client().await;
+    let info = client.execute(sql.to_string(), None).await.unwrap();
+    let ticket = info.endpoint[0].ticket.clone().unwrap();
+    let mut stream = client.do_get(ticket).await.unwrap();
+    let reader = tokio::spawn(async move { stream.next().await.map(|r| r.map(|b| b.num_rows())) });
+    let running = tessera_worker::running_loop_joins;
+    let started = std::time::Instant::now();
+    while running() == 0 {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "the join never started"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(
+        !reader.is_finished() && running() > 0,
+        "the join finished before it was cancelled"
+    );
+    reader.abort();
+    let _ = reader.await;
+    drop(client);
+    let cancelled = std::time::Instant::now();
+    while running() > 0 {
+        assert!(
+            cancelled.elapsed() < std::time::Duration::from_secs(20),
+            "the join was still running 20 s after its query was cancelled"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    eprintln!("join stopped {:?} after the cancel", cancelled.elapsed());
+    let n = single_i64(&cluster.query("SELECT count(*) FROM probe").await.unwrap());
+    assert_eq!(n, 200_000);
+    cluster.stop().await;
+}
+
 /// A task that fails fails the whole query with the task's own error: in a
 /// leaf stage, and after a shuffle in a stage that gathered data from every
 /// worker. No task is left running and the cluster keeps answering. A read

@@ -8,6 +8,7 @@ mod scan;
 mod service;
 mod storage;
 pub mod wire;
+mod yielding;
 
 pub use client::{WorkerClient, flight_error};
 pub use scan::{
@@ -15,3 +16,4 @@ pub use scan::{
 };
 pub use service::{WorkerHandle, nodelay_incoming, start_worker, to_status};
 pub use storage::{DataFile, Manifest, PartitionStats, StagedWrite, Storage, sort_by_columns};
+pub use yielding::{YieldingSliceExec, running_loop_joins};

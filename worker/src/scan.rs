@@ -44,6 +44,7 @@ use prost::Message;
 use crate::client::WorkerClient;
 use crate::index::{RowsByFile, file_txn, locate, selection_of};
 use crate::storage::Storage;
+use crate::yielding::YieldingSliceExec;
 
 /// One partition to scan and the worker that owns it.
 #[derive(Debug, Clone, PartialEq)]
@@ -512,6 +513,17 @@ struct ScanPartProto {
     url: String,
 }
 
+/// One of Tessera's plan nodes, as the distributed plan carries it.
+#[derive(Clone, PartialEq, Message)]
+struct NodeProto {
+    /// A `PartitionScanProto`.
+    #[prost(bytes = "vec", optional, tag = "1")]
+    scan: Option<Vec<u8>>,
+    /// A `YieldingSliceExec`.
+    #[prost(bool, optional, tag = "2")]
+    yielding_slice: Option<bool>,
+}
+
 #[derive(Clone, PartialEq, Message)]
 struct PartitionScanProto {
     #[prost(string, tag = "1")]
@@ -731,10 +743,14 @@ impl PhysicalExtensionCodec for TesseraCodec {
         ctx: &TaskContext,
         _converter: &dyn PhysicalProtoConverterExtension,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        if !inputs.is_empty() {
-            return internal_err!("PartitionScanExec has no inputs, got {}", inputs.len());
+        let node = NodeProto::decode(buf).map_err(|e| {
+            DataFusionError::Execution(format!("malformed plan node from a peer: {e}"))
+        })?;
+        match (node.scan, node.yielding_slice, inputs) {
+            (Some(scan), None, []) => Ok(Arc::new(self.decode_node(&scan, ctx)?)),
+            (None, Some(true), [input]) => Ok(Arc::new(YieldingSliceExec::new(Arc::clone(input)))),
+            _ => internal_err!("malformed plan node from a peer ({} inputs)", inputs.len()),
         }
-        Ok(Arc::new(self.decode_node(buf, ctx)?))
     }
 
     fn try_encode(
@@ -743,10 +759,20 @@ impl PhysicalExtensionCodec for TesseraCodec {
         buf: &mut Vec<u8>,
         _converter: &dyn PhysicalProtoConverterExtension,
     ) -> Result<()> {
-        let Some(scan) = node.downcast_ref::<PartitionScanExec>() else {
+        let proto = if let Some(scan) = node.downcast_ref::<PartitionScanExec>() {
+            NodeProto {
+                scan: Some(self.encode_node(scan)?),
+                yielding_slice: None,
+            }
+        } else if node.downcast_ref::<YieldingSliceExec>().is_some() {
+            NodeProto {
+                scan: None,
+                yielding_slice: Some(true),
+            }
+        } else {
             return internal_err!("TesseraCodec cannot encode {}", node.name());
         };
-        buf.extend(self.encode_node(scan)?);
+        buf.extend(proto.encode_to_vec());
         Ok(())
     }
 }
