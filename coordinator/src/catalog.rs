@@ -41,9 +41,9 @@ pub struct Catalog {
     partitions_written: AtomicU64,
     /// Set when the coordinator stops: background tasks end.
     pub(crate) closed: AtomicBool,
-    /// ASYNC indexes: acknowledged outbox writes not yet applied, with
-    /// when they were acknowledged (for the lag in seconds).
-    pub(crate) outbox_pending: Mutex<BTreeMap<String, BTreeMap<u64, std::time::Instant>>>,
+    /// ASYNC indexes: the transactions of this run whose outbox entries
+    /// are not applied yet.
+    pub(crate) outbox_pending: Mutex<BTreeMap<String, BTreeSet<u64>>>,
 }
 
 /// A transaction in flight; finishing it (or dropping it on an error path)
@@ -256,12 +256,8 @@ impl Catalog {
     /// transaction `txn`: note it for the lag, and wake the applier.
     pub fn outbox_written<'a>(&self, names: impl Iterator<Item = &'a str>, txn: u64) {
         if let Ok(mut pending) = self.outbox_pending.lock() {
-            let now = std::time::Instant::now();
             for name in names {
-                pending
-                    .entry(name.to_string())
-                    .or_default()
-                    .insert(txn, now);
+                pending.entry(name.to_string()).or_default().insert(txn);
             }
         }
         self.apply_wanted.notify_one();

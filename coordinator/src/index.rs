@@ -233,11 +233,9 @@ pub fn show_indexes(catalog: &Catalog, table: Option<&str>) -> Result<RecordBatc
     {
         return plan_err!("table '{t}' does not exist; SHOW TABLES lists the tables");
     }
-    let pending = catalog
-        .outbox_pending
-        .lock()
-        .map(|p| p.clone())
-        .unwrap_or_default();
+    let now_micros = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64);
     let mut names = vec![];
     let mut tables = vec![];
     let mut columns = vec![];
@@ -266,15 +264,10 @@ pub fn show_indexes(catalog: &Catalog, table: Option<&str>) -> Result<RecordBatc
         if def.kind == IndexKind::GlobalAsync {
             let behind = stats.outbox_rows.saturating_sub(stats.applied_rows);
             lag_entries.push(Some(behind));
-            let oldest = pending.get(&def.name).and_then(|p| {
-                p.iter()
-                    .find(|(txn, _)| **txn > stats.applied_through)
-                    .map(|(_, at)| at.elapsed().as_secs_f64())
-            });
-            lag_seconds.push(Some(if behind == 0 {
+            lag_seconds.push(Some(if behind == 0 || stats.pending_since == 0 {
                 0.0
             } else {
-                oldest.unwrap_or(0.0)
+                now_micros.saturating_sub(stats.pending_since) as f64 / 1e6
             }));
         } else {
             lag_entries.push(None);
@@ -311,19 +304,6 @@ pub fn show_indexes(catalog: &Catalog, table: Option<&str>) -> Result<RecordBatc
 /// write left outbox entries, a fresh read waits, or every second.
 pub fn spawn_applier(catalog: &Arc<Catalog>) {
     let weak = Arc::downgrade(catalog);
-    // Entries left unapplied by an earlier run count as pending from now.
-    if let Ok(state) = catalog.state()
-        && let Ok(mut pending) = catalog.outbox_pending.lock()
-    {
-        for (name, stats) in &state.index_stats {
-            if stats.outbox_rows > stats.applied_rows {
-                pending
-                    .entry(name.clone())
-                    .or_default()
-                    .insert(stats.applied_through + 1, Instant::now());
-            }
-        }
-    }
     tokio::spawn(async move {
         loop {
             let Some(catalog) = weak.upgrade() else {
@@ -417,11 +397,25 @@ async fn apply_round(catalog: &Arc<Catalog>, name: &str) -> Result<()> {
         vec![]
     };
     let count: u64 = entries.iter().map(|b| b.num_rows() as u64).sum();
+    // Entries past the horizon are from transactions of this run, acknowledged
+    // after the horizon was taken; if one is not noted yet, it is newer than
+    // the horizon.
+    let next_pending = catalog
+        .outbox_pending
+        .lock()
+        .ok()
+        .and_then(|p| p.get(name)?.range(horizon + 1..).next().copied())
+        .unwrap_or(horizon + 1);
     let record = |s: &mut crate::metastore::CatalogState| {
         let st = s.index_stats.entry(name.to_string()).or_default();
         st.applied_through = st.applied_through.max(horizon);
         st.applied_rows += count;
         st.entries += count;
+        st.pending_since = if st.outbox_rows > st.applied_rows {
+            next_pending.max(st.pending_since)
+        } else {
+            0
+        };
         Ok(())
     };
     let pieces = global_index_pieces(catalog, &table, &def, &entry_schema, &entries)?;
@@ -434,7 +428,7 @@ async fn apply_round(catalog: &Arc<Catalog>, name: &str) -> Result<()> {
     if let Ok(mut p) = catalog.outbox_pending.lock()
         && let Some(p) = p.get_mut(name)
     {
-        p.retain(|txn, _| *txn > horizon);
+        p.retain(|txn| *txn > horizon);
     }
     if count > 0 {
         // Applied entries leave the outbox (a crash before this only

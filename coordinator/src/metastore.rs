@@ -55,6 +55,11 @@ pub struct IndexStats {
     pub applied_rows: u64,
     /// ASYNC: every outbox entry of a transaction up to this id is applied.
     pub applied_through: u64,
+    /// ASYNC: the transaction of the oldest entry not applied yet, 0 when
+    /// none is. A transaction id is its start in microseconds since the
+    /// epoch, so the lag in seconds holds across restarts.
+    #[serde(default)]
+    pub pending_since: u64,
 }
 
 /// Durable storage of the [`CatalogState`].

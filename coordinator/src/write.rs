@@ -167,7 +167,12 @@ impl DataSink for WriteSink {
             for (name, kind, entries) in &counts {
                 let st = s.index_stats.entry(name.clone()).or_default();
                 match kind {
-                    IndexKind::GlobalAsync => st.outbox_rows += entries,
+                    IndexKind::GlobalAsync => {
+                        if *entries > 0 && st.outbox_rows == st.applied_rows {
+                            st.pending_since = txn;
+                        }
+                        st.outbox_rows += entries;
+                    }
                     _ => st.entries += entries,
                 }
             }

@@ -188,6 +188,20 @@ fn show_index(batches: &[arrow::array::RecordBatch], name: &str) -> (String, u64
     panic!("no index {name} in SHOW INDEXES");
 }
 
+fn lag_seconds(batches: &[arrow::array::RecordBatch], name: &str) -> f64 {
+    for b in batches {
+        let names = b.column_by_name("index_name").unwrap().as_string::<i32>();
+        let seconds = b
+            .column_by_name("lag_seconds")
+            .unwrap()
+            .as_primitive::<arrow::datatypes::Float64Type>();
+        if let Some(i) = (0..b.num_rows()).find(|i| names.value(*i) == name) {
+            return seconds.value(i);
+        }
+    }
+    panic!("no index {name} in SHOW INDEXES");
+}
+
 /// Rows acknowledged while the applier is stopped are missing from an
 /// eventual read; after a restart the index converges: nothing missing,
 /// nothing doubled.
@@ -236,6 +250,14 @@ async fn async_index_converges_after_a_restart() {
     let shown = cluster.query("SHOW INDEXES ON cars").await.unwrap();
     let (state, entries, lag) = show_index(&shown, "by_color");
     assert_eq!((state.as_str(), entries, lag), ("ready", 2700, Some(100)));
+    // The lag in seconds counts from the write, and is kept in the catalog
+    // (a restart does not reset it).
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    let shown = cluster.query("SHOW INDEXES ON cars").await.unwrap();
+    let seconds = lag_seconds(&shown, "by_color");
+    assert!((1.2..60.0).contains(&seconds), "lag_seconds = {seconds}");
+    let kept = cluster.cluster().coordinator().catalog().state().unwrap();
+    assert!(kept.index_stats["by_color"].pending_since > 0);
     // An eventual read does not see the unapplied rows yet; EXPLAIN says so.
     assert_eq!(
         count("SELECT count(*) FROM cars WHERE color = 'c1'").await,
@@ -269,6 +291,7 @@ async fn async_index_converges_after_a_restart() {
         show_index(&shown, "by_color"),
         ("ready".into(), 2800, Some(0))
     );
+    assert_eq!(lag_seconds(&shown, "by_color"), 0.0);
     // Every non-NULL row is reachable through the index exactly once.
     let through_index = single_i64(
         &cluster
