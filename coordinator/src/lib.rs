@@ -25,9 +25,9 @@ pub use options::TesseraOptions;
 pub use query_log::{QueryLog, QueryRecord};
 
 /// Scheduler ticks between two checks for network and timer events.
-/// Tokio's default is 61; a stage's poll can take tens of milliseconds (see
-/// `tessera_worker::YieldingSliceExec`), and under load a cancelled query
-/// is only noticed at such a check.
+/// Tokio's default is 61; a stage's poll can take up to a few hundred
+/// milliseconds (see `tessera_worker::YieldingSliceExec`), and under load a
+/// cancelled query is only noticed at such a check.
 const EVENT_INTERVAL: u32 = 8;
 
 /// The runtime Tessera's processes run on.

@@ -12,14 +12,13 @@
 //!
 //! Below such a join, this node hands the probe rows on in slices and
 //! returns `Pending` once before each slice. It times how long its consumer
-//! takes over a slice and sizes the next one so that this stays near
-//! [`TARGET`], between an eighth of a batch and a whole one: a join against
-//! a small build side gets whole batches, one against a large build side
-//! smaller slices. Below an eighth of a batch DataFusion's nested-loop join
-//! pairs each slice with several build rows at once, which costs several
-//! times more per pair, so slices go below it only when even that size
-//! takes the consumer longer than [`LIMIT`]. A cancelled query thus stops
-//! within about one slice.
+//! takes over a slice and sizes the next one to stay under [`TARGET`]: a
+//! join against a small build side gets whole batches, one against a large
+//! build side smaller slices. A cancelled query thus stops within about one
+//! slice. Slices are cut only as far as needed: each one costs the join a
+//! fixed amount of work, and one under a tenth of a batch makes
+//! DataFusion's nested-loop join pair it with several build rows at once,
+//! which costs several times more per pair.
 
 use std::fmt;
 use std::pin::Pin;
@@ -48,14 +47,10 @@ pub fn running_loop_joins() -> usize {
     RUNNING.load(Ordering::SeqCst)
 }
 
-/// The consumer's time over one slice that the slice size aims at.
-pub const TARGET: Duration = Duration::from_millis(20);
+/// The most time the consumer should take over one slice.
+pub const TARGET: Duration = Duration::from_millis(200);
 
-/// The most time a slice of an eighth of a batch may take the consumer
-/// before slices get smaller than that.
-pub const LIMIT: Duration = Duration::from_millis(100);
-
-/// Passes its input on in slices sized to take its consumer about
+/// Passes its input on in slices sized to take its consumer less than
 /// [`TARGET`] each, returning `Pending` once before each slice.
 #[derive(Debug)]
 pub struct YieldingSliceExec {
@@ -147,35 +142,27 @@ impl ExecutionPlan for YieldingSliceExec {
 #[derive(Debug, Clone, Copy)]
 struct Rows {
     next: usize,
-    min: usize,
     max: usize,
 }
 
 impl Rows {
-    /// Between an eighth of a batch of `max` rows and a whole batch,
-    /// starting at the smallest.
+    /// Up to a batch of `max` rows, starting at an eighth of one.
     fn new(max: usize) -> Self {
-        let min = (max / 8).max(1);
         Self {
-            next: min,
-            min,
+            next: (max / 8).max(1),
             max,
         }
     }
 
-    /// The consumer took `took` over a slice of `rows` rows.
+    /// The consumer took `took` over a slice of `rows` rows: past the
+    /// target, the next slice aims at half of it; well under, it doubles.
     fn took(&mut self, rows: usize, took: Duration) {
-        let scaled = |aim: Duration| {
-            let rows = rows as u128 * aim.as_nanos() / took.as_nanos().max(1);
-            usize::try_from(rows).unwrap_or(usize::MAX)
-        };
         if took > TARGET {
-            self.next = match scaled(TARGET) {
-                enough if enough >= self.min => enough,
-                _ if took > LIMIT => scaled(LIMIT).clamp(1, self.min),
-                _ => self.min.min(rows.max(self.next)),
-            };
-        } else if took < TARGET / 4 && rows >= self.next {
+            let aimed = rows as u128 * (TARGET / 2).as_nanos() / took.as_nanos().max(1);
+            self.next = usize::try_from(aimed)
+                .unwrap_or(usize::MAX)
+                .clamp(1, self.max);
+        } else if took < TARGET / 2 && rows >= self.next {
             self.next = self.next.saturating_mul(2).min(self.max);
         }
     }
@@ -299,29 +286,20 @@ mod tests {
         assert_eq!(wakes.0.load(Ordering::SeqCst), 5);
     }
 
-    /// A slow consumer gets smaller slices, in proportion, down to an
-    /// eighth of a batch, and below only if that is too slow; a fast one
+    /// A slow consumer gets smaller slices, in proportion; a fast one
     /// larger, up to the batch size.
     #[test]
     fn slices_follow_the_consumer_time() {
         let mut rows = Rows::new(8192);
         assert_eq!(rows.next, 1024);
-        rows.took(1024, Duration::from_micros(10));
+        rows.took(1024, Duration::from_millis(60));
         assert_eq!(rows.next, 2048);
-        rows.next = 8000;
-        rows.took(8000, TARGET * 4);
-        assert_eq!(rows.next, 2000);
-        rows.took(2000, TARGET * 4);
-        assert_eq!(rows.next, 1024);
-        // Slices go below an eighth of a batch only past the limit.
-        rows.took(1024, LIMIT);
-        assert_eq!(rows.next, 1024);
-        rows.took(1024, LIMIT * 8);
-        assert_eq!(rows.next, 128);
-        rows.took(128, LIMIT * 1000);
+        rows.took(2048, TARGET * 3 / 4);
+        assert_eq!(rows.next, 2048);
+        rows.took(2048, TARGET * 4);
+        assert_eq!(rows.next, 256);
+        rows.took(256, TARGET * 10_000);
         assert_eq!(rows.next, 1);
-        rows.took(1, Duration::ZERO);
-        assert_eq!(rows.next, 2);
         rows.next = 8000;
         rows.took(8000, Duration::ZERO);
         assert_eq!(rows.next, 8192);
