@@ -306,10 +306,7 @@ impl Catalog {
     /// earlier run: microseconds since the epoch, but always above the
     /// largest id the metastore has seen decided.
     fn next_txn(&self) -> u64 {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_micros() as u64)
-            .unwrap_or(0);
+        let now = now_micros();
         let mut last = self.last_txn.load(Ordering::SeqCst);
         loop {
             let next = now.max(last + 1);
@@ -380,4 +377,11 @@ impl SchemaProvider for TesseraSchema {
         matches!(self.catalog.table_def(name), Ok(Some(_)))
             || matches!(self.catalog.external(name), Ok(Some(_)))
     }
+}
+
+/// Microseconds since the epoch: the clock transaction ids are read from.
+pub(crate) fn now_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
 }

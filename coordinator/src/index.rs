@@ -233,9 +233,7 @@ pub fn show_indexes(catalog: &Catalog, table: Option<&str>) -> Result<RecordBatc
     {
         return plan_err!("table '{t}' does not exist; SHOW TABLES lists the tables");
     }
-    let now_micros = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64);
+    let now_micros = crate::catalog::now_micros();
     let mut names = vec![];
     let mut tables = vec![];
     let mut columns = vec![];

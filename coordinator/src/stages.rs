@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use comfy_table::{CellAlignment, Table, presets::ASCII_MARKDOWN};
 use datafusion::physical_plan::ExecutionPlan;
-use datafusion::physical_plan::metrics::MetricValue;
 
 /// One stage of an executed plan.
 struct Stage {
@@ -49,12 +48,7 @@ pub(crate) fn metric(node: &Arc<dyn ExecutionPlan>, name: &str) -> usize {
 
 /// Compute time of the operators of one stage, not of the stages below.
 fn compute_of(node: &Arc<dyn ExecutionPlan>) -> Duration {
-    let own = node.metrics().map_or(0, |m| {
-        m.iter()
-            .filter(|m| matches!(m.value(), MetricValue::ElapsedCompute(_)))
-            .map(|m| m.value().as_usize())
-            .sum::<usize>()
-    });
+    let own = metric(node, "elapsed_compute");
     let below: Duration = node
         .children()
         .into_iter()

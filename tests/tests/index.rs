@@ -166,40 +166,41 @@ fn index_reads_equal_full_scans() {
     rt.block_on(cluster.stop());
 }
 
-fn show_index(batches: &[arrow::array::RecordBatch], name: &str) -> (String, u64, Option<u64>) {
+/// The batch and row of index `name` in a `SHOW INDEXES` result.
+fn index_row<'a>(
+    batches: &'a [arrow::array::RecordBatch],
+    name: &str,
+) -> (&'a arrow::array::RecordBatch, usize) {
     for b in batches {
         let names = b.column_by_name("index_name").unwrap().as_string::<i32>();
-        for i in 0..b.num_rows() {
-            if names.value(i) == name {
-                let state = b.column_by_name("state").unwrap().as_string::<i32>();
-                let entries = b
-                    .column_by_name("entries")
-                    .unwrap()
-                    .as_primitive::<UInt64Type>();
-                let lag = b
-                    .column_by_name("lag_entries")
-                    .unwrap()
-                    .as_primitive::<UInt64Type>();
-                let lag = (!lag.is_null(i)).then(|| lag.value(i));
-                return (state.value(i).to_string(), entries.value(i), lag);
-            }
+        if let Some(i) = (0..b.num_rows()).find(|i| names.value(*i) == name) {
+            return (b, i);
         }
     }
     panic!("no index {name} in SHOW INDEXES");
 }
 
+fn show_index(batches: &[arrow::array::RecordBatch], name: &str) -> (String, u64, Option<u64>) {
+    let (b, i) = index_row(batches, name);
+    let state = b.column_by_name("state").unwrap().as_string::<i32>();
+    let entries = b
+        .column_by_name("entries")
+        .unwrap()
+        .as_primitive::<UInt64Type>();
+    let lag = b
+        .column_by_name("lag_entries")
+        .unwrap()
+        .as_primitive::<UInt64Type>();
+    let lag = (!lag.is_null(i)).then(|| lag.value(i));
+    (state.value(i).to_string(), entries.value(i), lag)
+}
+
 fn lag_seconds(batches: &[arrow::array::RecordBatch], name: &str) -> f64 {
-    for b in batches {
-        let names = b.column_by_name("index_name").unwrap().as_string::<i32>();
-        let seconds = b
-            .column_by_name("lag_seconds")
-            .unwrap()
-            .as_primitive::<arrow::datatypes::Float64Type>();
-        if let Some(i) = (0..b.num_rows()).find(|i| names.value(*i) == name) {
-            return seconds.value(i);
-        }
-    }
-    panic!("no index {name} in SHOW INDEXES");
+    let (b, i) = index_row(batches, name);
+    b.column_by_name("lag_seconds")
+        .unwrap()
+        .as_primitive::<arrow::datatypes::Float64Type>()
+        .value(i)
 }
 
 /// Rows acknowledged while the applier is stopped are missing from an
