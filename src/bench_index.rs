@@ -1,7 +1,9 @@
 //! `tessera bench index`: the write/read trade-off of each index kind on a
 //! cluster of its own. One table per kind (none, LOCAL, GLOBAL SYNC,
-//! GLOBAL ASYNC), the same rows in each; then single-row INSERTs and
-//! point lookups through the Flight SQL client, timed one by one.
+//! GLOBAL ASYNC), the same rows in each; then, through the Flight SQL
+//! client, single-row INSERTs from one writer (latency), from several at
+//! once (throughput, and the CPU time each insert costs the cluster), and
+//! point lookups.
 
 use std::time::{Duration, Instant};
 
@@ -18,6 +20,7 @@ pub struct IndexBench {
     pub workers: usize,
     pub inserts: usize,
     pub lookups: usize,
+    pub writers: usize,
 }
 
 /// Rows per value of the indexed column: a lookup matches about this many.
@@ -30,16 +33,19 @@ const KINDS: [(&str, &str); 4] = [
     ("GLOBAL ASYNC", "GLOBAL ASYNC"),
 ];
 
+#[derive(Default)]
 struct Row {
     kind: &'static str,
     backfill_ms: Option<f64>,
-    inserts_per_s: f64,
-    insert_p50: f64,
-    insert_p99: f64,
+    /// One writer: inserts over the time they took.
+    serial_per_s: f64,
+    insert_latencies: Vec<f64>,
     write_partitions: f64,
+    /// `--writers` clients at once.
+    concurrent_per_s: f64,
+    cpu_ms_per_insert: Option<f64>,
     lookup_partitions: String,
-    lookup_p50: f64,
-    lookup_p99: f64,
+    lookups: Vec<f64>,
     lag: Option<(u64, f64)>,
 }
 
@@ -58,9 +64,22 @@ fn next(seed: &mut u64) -> u64 {
     *seed
 }
 
+/// CPU time this process (cluster and clients alike) has used, in seconds,
+/// from `/proc/self/stat` (Linux only).
+fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name, which is in parentheses: utime and
+    // stime are the 12th and 13th, in USER_HZ (100 per second) ticks.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
+}
+
 pub async fn run(b: IndexBench) -> Result<(), String> {
-    if b.inserts == 0 || b.lookups == 0 {
-        return Err("--inserts and --lookups must be at least 1".into());
+    if b.inserts == 0 || b.lookups == 0 || b.writers == 0 {
+        return Err("--inserts, --lookups and --writers must be at least 1".into());
     }
     let scratch = std::env::temp_dir().join(format!("tessera-bench-index-{}", std::process::id()));
     let result = bench(&b, &scratch).await;
@@ -68,17 +87,22 @@ pub async fn run(b: IndexBench) -> Result<(), String> {
     result
 }
 
+/// The kinds are measured in turns (one insert or lookup for each in
+/// rotation), so a slow spell of the machine weighs on all of them alike.
 async fn bench(b: &IndexBench, scratch: &std::path::Path) -> Result<(), String> {
     let cluster = crate::bench::start_cluster(b.workers, scratch).await?;
     eprintln!(
         "bench: cluster of {} workers on {}, {} rows per table, {} partitions",
         b.workers, cluster.addr, b.rows, b.partitions
     );
+    let coordinator = cluster.coordinator();
+    let catalog = coordinator.catalog();
     let mut client = Client::connect(&cluster.addr.to_string()).await?;
     let values = (b.rows / ROWS_PER_VALUE).max(1);
-    let mut out = vec![];
+    let table = |i: usize| format!("cars{i}");
+    let mut out: Vec<Row> = vec![];
     for (i, (kind, clause)) in KINDS.iter().enumerate() {
-        let t = format!("cars{i}");
+        let t = table(i);
         client
             .query(&format!(
                 "CREATE TABLE {t} (id BIGINT, color BIGINT, model VARCHAR) \
@@ -102,87 +126,151 @@ async fn bench(b: &IndexBench, scratch: &std::path::Path) -> Result<(), String> 
                 .await?;
             Some(started.elapsed().as_secs_f64() * 1000.0)
         };
+        out.push(Row {
+            kind,
+            backfill_ms,
+            ..Row::default()
+        });
+    }
+    let is_async = |i: usize| KINDS[i].0 == "GLOBAL ASYNC";
 
-        // Single-row inserts.
-        let coordinator = cluster.coordinator();
-        let (w0, p0) = coordinator.catalog().write_fanout();
-        let mut latencies = vec![];
-        let mut max_lag = 0u64;
-        let started = Instant::now();
-        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-        for n in 0..b.inserts {
-            let id = b.rows + n as u64;
-            let color = next(&mut seed) % values;
-            let sql = format!("INSERT INTO {t} VALUES ({id}, {color}, 'new')");
+    // Round 1: one writer, single-row inserts, one per kind in turn.
+    eprintln!(
+        "bench: {} single-row INSERTs per kind, one writer",
+        b.inserts
+    );
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut fanout = [(0u64, 0u64); KINDS.len()];
+    let mut max_lag = 0u64;
+    for n in 0..b.inserts {
+        let id = b.rows + n as u64;
+        let color = next(&mut seed) % values;
+        for (i, row) in out.iter_mut().enumerate() {
+            let sql = format!("INSERT INTO {} VALUES ({id}, {color}, 'new')", table(i));
+            let (w0, p0) = catalog.write_fanout();
             let t0 = Instant::now();
             client.query(&sql).await?;
-            latencies.push(t0.elapsed().as_secs_f64() * 1000.0);
-            if *kind == "GLOBAL ASYNC" {
-                max_lag = max_lag.max(lag_entries(&coordinator.catalog().state()));
+            row.insert_latencies
+                .push(t0.elapsed().as_secs_f64() * 1000.0);
+            let (w1, p1) = catalog.write_fanout();
+            fanout[i].0 += w1 - w0;
+            fanout[i].1 += p1 - p0;
+            if is_async(i) {
+                max_lag = max_lag.max(lag_entries(&catalog.state()));
             }
         }
-        let elapsed = started.elapsed().as_secs_f64();
-        let (w1, p1) = coordinator.catalog().write_fanout();
-        let lag = if *kind == "GLOBAL ASYNC" {
-            let t0 = Instant::now();
-            while lag_entries(&coordinator.catalog().state()) > 0 {
-                if t0.elapsed() > Duration::from_secs(60) {
-                    return Err("the ASYNC index did not catch up within 60 s".into());
-                }
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-            Some((max_lag, t0.elapsed().as_secs_f64() * 1000.0))
-        } else {
-            None
-        };
+    }
+    for (row, (writes, parts)) in out.iter_mut().zip(fanout) {
+        row.serial_per_s = 1000.0 * b.inserts as f64 / row.insert_latencies.iter().sum::<f64>();
+        row.write_partitions = parts as f64 / writes.max(1) as f64;
+    }
+    let drain_ms = drain(catalog).await?;
+    for (i, row) in out.iter_mut().enumerate() {
+        if is_async(i) {
+            row.lag = Some((max_lag, drain_ms));
+        }
+    }
 
-        // Point lookups.
-        let probe = |seed: &mut u64| next(seed) % values;
-        let sample = format!("SELECT count(*) FROM {t} WHERE color = 42");
+    // Round 2: `--writers` clients at once, each kind on its own (twice,
+    // in opposite orders), CPU time counted until ASYNC entries are applied.
+    eprintln!(
+        "bench: {} INSERTs per kind from {} writers at once",
+        b.inserts, b.writers
+    );
+    let mut elapsed = [0f64; KINDS.len()];
+    let mut cpu = [Some(0f64); KINDS.len()];
+    let order: Vec<usize> = (0..KINDS.len()).chain((0..KINDS.len()).rev()).collect();
+    for (pass, i) in order.into_iter().enumerate() {
+        let count = if pass < KINDS.len() {
+            b.inserts / 2
+        } else {
+            b.inserts - b.inserts / 2
+        };
+        let first_id = b.rows
+            + b.inserts as u64
+            + if pass < KINDS.len() {
+                0
+            } else {
+                (b.inserts / 2) as u64
+            };
+        let cpu0 = process_cpu_seconds();
+        let t0 = Instant::now();
+        let mut tasks = vec![];
+        for w in 0..b.writers {
+            let mut c = client.reconnect().await?;
+            let t = table(i);
+            let ids: Vec<u64> = (w..count)
+                .step_by(b.writers)
+                .map(|k| first_id + k as u64)
+                .collect();
+            tasks.push(tokio::spawn(async move {
+                for id in ids {
+                    let color = (id * 7919) % values;
+                    c.query(&format!("INSERT INTO {t} VALUES ({id}, {color}, 'new')"))
+                        .await?;
+                }
+                Ok::<(), String>(())
+            }));
+        }
+        for task in tasks {
+            task.await.map_err(|e| format!("a writer failed: {e}"))??;
+        }
+        elapsed[i] += t0.elapsed().as_secs_f64();
+        drain(catalog).await?;
+        cpu[i] = match (cpu[i], cpu0, process_cpu_seconds()) {
+            (Some(sum), Some(a), Some(b)) => Some(sum + (b - a)),
+            _ => None,
+        };
+    }
+    for (i, row) in out.iter_mut().enumerate() {
+        row.concurrent_per_s = b.inserts as f64 / elapsed[i];
+        row.cpu_ms_per_insert = cpu[i].map(|s| 1000.0 * s / b.inserts as f64);
+    }
+
+    // Lookups on compacted tables (what the background compactor leads
+    // to), one per kind in turn.
+    for i in 0..KINDS.len() {
+        client.query(&format!("COMPACT TABLE {}", table(i))).await?;
+    }
+    eprintln!("bench: {} lookups per kind", b.lookups);
+    for (i, row) in out.iter_mut().enumerate() {
+        let sample = format!("SELECT count(*) FROM {} WHERE color = 42", table(i));
         let plan = client.query(&format!("EXPLAIN {sample}")).await?;
-        let lookup_partitions = touched(&plan.batches);
-        let mut lookups = vec![];
-        for _ in 0..b.lookups {
-            let v = probe(&mut seed);
-            let sql = format!("SELECT count(*) FROM {t} WHERE color = {v}");
+        row.lookup_partitions = touched(&plan.batches);
+    }
+    for _ in 0..b.lookups {
+        let v = next(&mut seed) % values;
+        for (i, row) in out.iter_mut().enumerate() {
+            let sql = format!("SELECT count(*) FROM {} WHERE color = {v}", table(i));
             let t0 = Instant::now();
             let r = client.query(&sql).await?;
-            lookups.push(t0.elapsed().as_secs_f64() * 1000.0);
+            row.lookups.push(t0.elapsed().as_secs_f64() * 1000.0);
             if r.batches.iter().map(|b| b.num_rows()).sum::<usize>() != 1 {
                 return Err(format!("{sql} returned no count"));
             }
         }
-        let row = Row {
-            kind,
-            backfill_ms,
-            inserts_per_s: b.inserts as f64 / elapsed,
-            insert_p50: percentile(&latencies, 0.5),
-            insert_p99: percentile(&latencies, 0.99),
-            write_partitions: (p1 - p0) as f64 / (w1 - w0).max(1) as f64,
-            lookup_partitions,
-            lookup_p50: percentile(&lookups, 0.5),
-            lookup_p99: percentile(&lookups, 0.99),
-            lag,
-        };
-        eprintln!(
-            "bench: {kind}: {:.0} inserts/s, lookup p50 {:.2} ms",
-            row.inserts_per_s, row.lookup_p50
-        );
-        out.push(row);
     }
     cluster.stop().await;
     println!(
-        "{} rows per table ({} distinct colors), {} partitions, {} workers; \
-         {} single-row INSERTs and {} lookups `WHERE color = v` per kind",
-        b.rows,
-        (b.rows / ROWS_PER_VALUE).max(1),
-        b.partitions,
-        b.workers,
-        b.inserts,
-        b.lookups
+        "{} rows per table ({} distinct colors), {} partitions, {} workers; per kind: \
+         {} single-row INSERTs from one writer, {} from {} writers at once, COMPACT TABLE, \
+         {} lookups `WHERE color = v`",
+        b.rows, values, b.partitions, b.workers, b.inserts, b.inserts, b.writers, b.lookups
     );
-    println!("{}", table(&out));
+    println!("{}", render(&out, b.writers));
     Ok(())
+}
+
+/// Waits until every ASYNC index has applied its outbox; how long it took.
+async fn drain(catalog: &tessera_coordinator::Catalog) -> Result<f64, String> {
+    let t0 = Instant::now();
+    while lag_entries(&catalog.state()) > 0 {
+        if t0.elapsed() > Duration::from_secs(60) {
+            return Err("the ASYNC index did not catch up within 60 s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    Ok(t0.elapsed().as_secs_f64() * 1000.0)
 }
 
 fn lag_entries(state: &Result<CatalogState, DataFusionError>) -> u64 {
@@ -222,36 +310,41 @@ fn touched(batches: &[RecordBatch]) -> String {
     }
 }
 
-fn table(rows: &[Row]) -> Table {
+fn render(rows: &[Row], writers: usize) -> Table {
     let mut t = Table::new();
     t.load_preset(UTF8_FULL_CONDENSED);
     t.set_header(vec![
-        "index",
-        "create (backfill) ms",
-        "inserts/s",
-        "insert p50 ms",
-        "insert p99 ms",
-        "partitions per insert",
-        "lookup partitions (index + data)",
-        "lookup p50 ms",
-        "lookup p99 ms",
-        "async lag (max entries, drain ms)",
+        "index".to_string(),
+        "create (backfill) ms".into(),
+        "inserts/s, 1 writer".into(),
+        "insert p50 ms".into(),
+        "insert p99 ms".into(),
+        format!("inserts/s, {writers} writers"),
+        "CPU ms per insert".into(),
+        "partitions per insert".into(),
+        "lookup partitions (index + data)".into(),
+        "lookup p50 ms".into(),
+        "lookup p99 ms".into(),
+        "async lag (max entries, drain ms)".into(),
     ]);
     for r in rows {
         t.add_row(vec![
             r.kind.to_string(),
             r.backfill_ms.map_or("-".into(), |v| format!("{v:.0}")),
-            format!("{:.0}", r.inserts_per_s),
-            format!("{:.2}", r.insert_p50),
-            format!("{:.2}", r.insert_p99),
+            format!("{:.0}", r.serial_per_s),
+            format!("{:.2}", percentile(&r.insert_latencies, 0.5)),
+            format!("{:.2}", percentile(&r.insert_latencies, 0.99)),
+            format!("{:.0}", r.concurrent_per_s),
+            r.cpu_ms_per_insert
+                .map_or("?".into(), |v| format!("{v:.2}")),
             format!("{:.2}", r.write_partitions),
             r.lookup_partitions.clone(),
-            format!("{:.2}", r.lookup_p50),
-            format!("{:.2}", r.lookup_p99),
+            format!("{:.2}", percentile(&r.lookups, 0.5)),
+            format!("{:.2}", percentile(&r.lookups, 0.99)),
             r.lag.map_or("-".into(), |(n, ms)| format!("{n}, {ms:.0}")),
         ]);
     }
-    for i in 1..10 {
+    for i in 1..12 {
         if let Some(c) = t.column_mut(i) {
             c.set_cell_alignment(CellAlignment::Right);
         }

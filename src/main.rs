@@ -132,6 +132,9 @@ enum BenchCommand {
         /// Point lookups timed per kind.
         #[arg(long, default_value_t = 300)]
         lookups: usize,
+        /// Clients inserting at once in the throughput round.
+        #[arg(long, default_value_t = 4)]
+        writers: usize,
     },
 }
 
@@ -330,6 +333,7 @@ fn main() -> ExitCode {
                         workers,
                         inserts,
                         lookups,
+                        writers,
                     },
             } => {
                 bench_index::run(bench_index::IndexBench {
@@ -338,6 +342,7 @@ fn main() -> ExitCode {
                     workers,
                     inserts,
                     lookups,
+                    writers,
                 })
                 .await
             }

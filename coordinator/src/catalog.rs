@@ -44,6 +44,12 @@ pub struct Catalog {
     /// ASYNC indexes: the transactions of this run whose outbox entries
     /// are not applied yet.
     pub(crate) outbox_pending: Mutex<BTreeMap<String, BTreeSet<u64>>>,
+    /// Transactions that added files (writes, backfills, applies): the
+    /// background compactor looks for small files when it moved.
+    pub(crate) files_added: AtomicU64,
+    /// One compaction at a time: two merging the same files would each
+    /// replace files the other already replaced.
+    pub(crate) compacting: tokio::sync::Mutex<()>,
 }
 
 /// A transaction in flight; finishing it (or dropping it on an error path)
@@ -86,6 +92,8 @@ impl Catalog {
             writes: AtomicU64::new(0),
             partitions_written: AtomicU64::new(0),
             outbox_pending: Mutex::new(BTreeMap::new()),
+            files_added: AtomicU64::new(0),
+            compacting: tokio::sync::Mutex::new(()),
         }))
     }
 
@@ -98,6 +106,11 @@ impl Catalog {
     /// in-memory state is left as it was.
     pub fn update<T>(&self, change: impl FnOnce(&mut CatalogState) -> Result<T>) -> Result<T> {
         let mut guard: MutexGuard<'_, CatalogState> = self.state.lock().map_err(|_| poisoned())?;
+        // A stopped coordinator's background work must not overwrite what
+        // the next one on the same metastore saves.
+        if self.closed.load(Ordering::SeqCst) {
+            return exec_err!("the coordinator is stopping; retry on the running one");
+        }
         let mut next = guard.clone();
         let out = change(&mut next)?;
         if next != *guard {

@@ -126,6 +126,7 @@ impl Coordinator {
         coordinator.recover().await?;
         coordinator.restore_external_tables().await;
         crate::index::spawn_applier(&coordinator.catalog);
+        crate::compact::spawn_compactor(&coordinator.catalog);
         coordinator.resume_backfills();
         Ok(coordinator)
     }
@@ -294,6 +295,17 @@ impl Coordinator {
                 let batch = crate::index::show_indexes(&self.catalog, table.as_deref())?;
                 Ok(Planned::Ready(batch.schema(), vec![batch]))
             }
+            Statement::Compact { table } => {
+                let done = crate::compact::compact_table(
+                    &self.catalog,
+                    &table,
+                    2,
+                    crate::compact::MAX_FILE_BYTES,
+                )
+                .await?;
+                let batch = crate::compact::report(&done)?;
+                Ok(Planned::Ready(batch.schema(), vec![batch]))
+            }
             Statement::Sql(sql) => self.plan_datafusion(&sql).await,
         }
     }
@@ -310,6 +322,7 @@ impl Coordinator {
             | Statement::ShowIndexes { .. }
             | Statement::ShowPartitions { .. }
             | Statement::Describe { .. } => Ok(Some(self.plan(sql).await?.schema())),
+            Statement::Compact { .. } => Ok(Some(crate::compact::report_schema())),
             Statement::Sql(sql) => {
                 if strip_explain(sql.trim_start()).is_some() {
                     return Ok(Some(explain_schema()));

@@ -382,6 +382,11 @@ async fn apply_round(catalog: &Arc<Catalog>, name: &str) -> Result<()> {
     };
     let stats = state.index_stats.get(name).copied().unwrap_or_default();
     let horizon = catalog.horizon();
+    // Checked after the horizon is taken: a write acknowledged after the
+    // pause is past it, so a round that began before does not apply it.
+    if catalog.apply_paused.load(Ordering::SeqCst) {
+        return Ok(());
+    }
     let from = applied(&def, &stats);
     let pending = stats.outbox_rows > stats.applied_rows;
     let wanted = catalog.fresh_wanted.load(Ordering::SeqCst) > from;

@@ -5,6 +5,7 @@
 mod catalog;
 mod cluster;
 mod colocate;
+mod compact;
 mod distribution;
 mod engine;
 mod flight_sql;

@@ -383,17 +383,35 @@ pub async fn write_pieces(
             }
         }
     }
-    let mut writes = early.clone();
-    for (worker, w) in &late {
-        writes.entry(worker.clone()).or_default().extend(w.clone());
-    }
+    decide_and_commit(catalog, txn, [early, late], urls, |s| decide(s, &files)).await?;
+    catalog
+        .files_added
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    Ok(())
+}
 
+/// The second half of a transaction whose writes are all prepared (staged
+/// and durable on their workers): decide it (the metastore logs it, and
+/// `decide` updates counters in the same write), then commit `groups` one
+/// after the other. Once decided the write lands, even across a crash.
+pub(crate) async fn decide_and_commit<const N: usize>(
+    catalog: &Arc<Catalog>,
+    txn: u64,
+    groups: [BTreeMap<String, Vec<StagedWrite>>; N],
+    urls: BTreeMap<String, String>,
+    decide: impl FnOnce(&mut CatalogState) -> Result<()>,
+) -> Result<()> {
+    let mut writes: BTreeMap<String, Vec<StagedWrite>> = BTreeMap::new();
+    for group in &groups {
+        for (worker, w) in group {
+            writes.entry(worker.clone()).or_default().extend(w.clone());
+        }
+    }
     // Decide: once logged, the write will land even across a crash.
-    let logged = writes.clone();
     if let Err(e) = catalog.update(|s| {
-        s.decided.insert(txn, logged);
+        s.decided.insert(txn, writes);
         s.last_txn = s.last_txn.max(txn);
-        decide(s, &files)
+        decide(s)
     }) {
         abort(txn, urls.values()).await;
         return Err(e);
@@ -402,8 +420,12 @@ pub async fn write_pieces(
     // Phase 2: make it visible everywhere. The statement is decided, so
     // it succeeds; a worker that did not confirm is retried in the
     // background until it does (commit is idempotent).
-    let mut failed = commit_all(txn, &early, &urls).await;
-    failed.extend(commit_all(txn, &late, &urls).await);
+    let mut failed: BTreeMap<String, Vec<StagedWrite>> = BTreeMap::new();
+    for group in &groups {
+        for (worker, w) in commit_all(txn, group, &urls).await {
+            failed.entry(worker).or_default().extend(w);
+        }
+    }
     if failed.is_empty() {
         forget(catalog, txn);
     } else {
@@ -519,7 +541,7 @@ fn explain_not_null(e: DataFusionError, schema: &SchemaRef) -> DataFusionError {
     ))
 }
 
-async fn abort(txn: u64, urls: impl Iterator<Item = &String>) {
+pub(crate) async fn abort(txn: u64, urls: impl Iterator<Item = &String>) {
     let aborts = urls.map(|url| async move {
         if let Err(e) = async { WorkerClient::connect(url)?.abort(txn).await }.await {
             tracing::warn!(txn, %url, error = %e, "abort failed; the staged rows stay until recovery");

@@ -46,6 +46,10 @@ pub enum Statement {
     ShowIndexes {
         table: Option<String>,
     },
+    /// `COMPACT TABLE t`: merge the small files of its partitions.
+    Compact {
+        table: String,
+    },
     /// Anything else, for DataFusion.
     Sql(String),
 }
@@ -331,6 +335,16 @@ pub fn parse_statement(sql: &str) -> Result<Statement> {
         };
         expect_end(&mut parser)?;
         return Ok(Statement::ShowIndexes { table });
+    }
+    if word(0, "COMPACT") {
+        let mut parser = Parser::new(&GenericDialect {}).with_tokens_with_locations(tokens);
+        parser.next_token();
+        if !parser.parse_keyword(Keyword::TABLE) {
+            return plan_err!("COMPACT takes a table: COMPACT TABLE name");
+        }
+        let table = object_name(&parser.parse_object_name(false).map_err(parser_err)?);
+        expect_end(&mut parser)?;
+        return Ok(Statement::Compact { table });
     }
     if kw(0, Keyword::DROP) && kw(1, Keyword::INDEX) {
         let mut parser = Parser::new(&GenericDialect {}).with_tokens_with_locations(tokens);
@@ -691,6 +705,13 @@ mod tests {
             parse_statement("SHOW INDEXES").unwrap(),
             Statement::ShowIndexes { table: None }
         );
+        assert_eq!(
+            parse_statement("compact table Cars;").unwrap(),
+            Statement::Compact {
+                table: "cars".into()
+            }
+        );
+        assert!(parse_statement("COMPACT cars").is_err());
         assert_eq!(
             parse_statement("DROP INDEX IF EXISTS i").unwrap(),
             Statement::DropIndex {

@@ -372,3 +372,133 @@ async fn index_statements_and_errors() {
     assert_eq!(shown.iter().map(|b| b.num_rows()).sum::<usize>(), 0);
     cluster.stop().await;
 }
+
+/// Parquet files per partition directory of every stored part of `table`
+/// (rows, index parts, outboxes), by directory, on all workers.
+fn files_per_partition(data_dir: &std::path::Path, table: &str) -> Vec<(String, usize)> {
+    let mut out = vec![];
+    let mut stack = vec![data_dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            let path = entry.path();
+            if !path.is_dir() {
+                continue;
+            }
+            let name = entry.file_name().to_string_lossy().to_string();
+            let parent = dir.file_name().unwrap().to_string_lossy().to_string();
+            let is_part = name.starts_with('p') && name[1..].parse::<u32>().is_ok();
+            if is_part && parent.starts_with(&format!("{table}.")) {
+                let files = std::fs::read_dir(&path)
+                    .unwrap()
+                    .flatten()
+                    .filter(|f| f.file_name().to_string_lossy().ends_with(".parquet"))
+                    .count();
+                out.push((format!("{parent}/{name}"), files));
+            } else {
+                stack.push(path);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Ids matching each value through each index equal those of a scan that
+/// cannot use one.
+async fn check_indexes_exact(cluster: &TestCluster, rows: i64) {
+    for v in 0..7 {
+        let expected = cluster
+            .query(&format!(
+                "SELECT id FROM cars WHERE a + 0 = {v} ORDER BY id"
+            ))
+            .await
+            .unwrap();
+        let n: usize = expected.iter().map(|b| b.num_rows()).sum();
+        assert!(n > 0 && (n as i64) < rows);
+        for column in ["a", "b", "c"] {
+            let sql = format!("SELECT id FROM cars WHERE {column} = {v} ORDER BY id");
+            let plan = plan_text(&cluster.query(&format!("EXPLAIN {sql}")).await.unwrap());
+            assert!(plan.contains("index=by_"), "{sql} uses no index:\n{plan}");
+            let got = cluster.query(&sql).await.unwrap();
+            if let Err(e) = compare_rows(&got, &expected, 0.0) {
+                panic!("{sql}: {e}");
+            }
+        }
+    }
+    let total = single_i64(&cluster.query("SELECT count(*) FROM cars").await.unwrap());
+    assert_eq!(total, rows);
+}
+
+/// `COMPACT TABLE` merges each partition's files into one, for the rows,
+/// the LOCAL index parts and the GLOBAL index partitions; every index still
+/// finds exactly its rows (entries naming merged-away files are forwarded,
+/// ASYNC outbox entries applied after the merge too), across a second
+/// compaction and a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_keeps_every_index_exact() {
+    let cluster = TestCluster::builder().workers(3).start().await;
+    for sql in [
+        "CREATE TABLE cars (id BIGINT, a BIGINT, b BIGINT, c BIGINT) PARTITION BY HASH (id) PARTITIONS 3",
+        "INSERT INTO cars SELECT value, value % 7 AS a, value % 7 AS b, value % 7 AS c FROM range(300)",
+        "CREATE INDEX by_a ON cars (a) LOCAL",
+        "CREATE INDEX by_b ON cars (b) GLOBAL SYNC PARTITIONS 2",
+        "CREATE INDEX by_c ON cars (c) GLOBAL ASYNC PARTITIONS 2",
+        "SET tessera.index_read = 'fresh'",
+    ] {
+        cluster.query(sql).await.unwrap();
+    }
+    let compact = async |cluster: &TestCluster| {
+        let done = cluster.query("COMPACT TABLE cars").await.unwrap();
+        let b = &done[0];
+        let names = b.column_by_name("name").unwrap().as_string::<i32>();
+        let merged = b
+            .column_by_name("files_merged")
+            .unwrap()
+            .as_primitive::<UInt64Type>();
+        (0..b.num_rows())
+            .map(|i| (names.value(i).to_string(), merged.value(i)))
+            .collect::<Vec<_>>()
+    };
+    let mut rows = 300;
+    for round in 0..2 {
+        // Entries of these rows wait in the outbox while the files they
+        // name are merged away.
+        cluster.cluster().coordinator().pause_index_apply(true);
+        for _ in 0..30 {
+            cluster
+                .query(&format!(
+                    "INSERT INTO cars VALUES ({rows}, {v}, {v}, {v})",
+                    v = rows % 7
+                ))
+                .await
+                .unwrap();
+            rows += 1;
+        }
+        let merged = compact(&cluster).await;
+        assert_eq!(merged[0].0, "cars");
+        assert!(merged[0].1 >= 30, "round {round}: {merged:?}");
+        for (dir, files) in files_per_partition(cluster.data_dir(), "cars") {
+            if dir.contains(".o") {
+                continue;
+            }
+            assert_eq!(files, 1, "round {round}: {dir}");
+        }
+        cluster.cluster().coordinator().pause_index_apply(false);
+        check_indexes_exact(&cluster, rows).await;
+    }
+    // Nothing left to merge but the entries the ASYNC index applied since.
+    let merged = compact(&cluster).await;
+    assert!(
+        merged.iter().all(|(name, n)| *n == 0 || name == "by_c"),
+        "{merged:?}"
+    );
+    let cluster = cluster.restart().await;
+    cluster
+        .query("SET tessera.index_read = 'fresh'")
+        .await
+        .unwrap();
+    check_indexes_exact(&cluster, rows).await;
+    let e = cluster.query("COMPACT TABLE nope").await.unwrap_err();
+    assert!(e.contains("does not exist"), "{e}");
+    cluster.stop().await;
+}

@@ -15,7 +15,7 @@ use futures::{StreamExt, TryStreamExt};
 use serde::de::DeserializeOwned;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::storage::{DataFile, PartitionStats, StagedWrite};
+use crate::storage::{Compaction, DataFile, PartitionStats, StagedWrite};
 use crate::wire::{self, MAX_MESSAGE_BYTES};
 
 /// Turns a Flight error into an engine error, keeping the remote text intact.
@@ -189,6 +189,15 @@ impl WorkerClient {
             .action(wire::ACTION_STATS, body)
             .await?
             .unwrap_or_default())
+    }
+
+    /// Stages a merge of a partition's small files; `None` if it has too
+    /// few to merge.
+    pub async fn compact(&self, request: &wire::CompactRequest) -> Result<Option<Compaction>> {
+        let body = wire::encode(request)?;
+        self.action::<Option<Compaction>>(wire::ACTION_COMPACT, body)
+            .await
+            .map(Option::flatten)
     }
 
     pub async fn truncate(&self, table: &str, partitions: Vec<u32>, max_txn: u64) -> Result<()> {

@@ -15,5 +15,7 @@ pub use scan::{
     IndexRead, LocalStore, PartitionScanExec, ScanPart, ScanSpec, SizeEstimate, TesseraCodec,
 };
 pub use service::{WorkerHandle, nodelay_incoming, start_worker, to_status};
-pub use storage::{DataFile, Manifest, PartitionStats, StagedWrite, Storage, sort_by_columns};
+pub use storage::{
+    Compaction, DataFile, Manifest, PartitionStats, StagedWrite, Storage, sort_by_columns,
+};
 pub use yielding::{YieldingSliceExec, running_loop_joins};

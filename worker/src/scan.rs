@@ -42,7 +42,7 @@ use futures::TryStreamExt;
 use prost::Message;
 
 use crate::client::WorkerClient;
-use crate::index::{RowsByFile, file_txn, locate, selection_of};
+use crate::index::{RowsByFile, locate, selection_of};
 use crate::storage::Storage;
 use crate::yielding::YieldingSliceExec;
 
@@ -340,11 +340,10 @@ impl PartitionScanExec {
             None => return internal_err!("index scan without an index"),
         };
         let files: Vec<PartitionedFile> = storage
-            .data_files(&self.location, partition)?
+            .indexed_files(&self.location, partition, rows)?
             .into_iter()
-            .filter_map(|(path, file)| {
-                let named = rows.get(&file_txn(&file.name)?)?;
-                let selection = selection_of(named, usize::try_from(file.rows).ok()?);
+            .filter_map(|(path, file, named)| {
+                let selection = selection_of(&named, usize::try_from(file.rows).ok()?);
                 Some(
                     PartitionedFile::new(path.to_string_lossy(), file.bytes)
                         .with_extension(ParquetRowSelection::new(selection)),
@@ -473,10 +472,15 @@ impl ExecutionPlan for PartitionScanExec {
         };
         let rows = MetricBuilder::new(&self.metrics).output_rows(partition);
         let (stream, active) = match (&self.local, self.is_local(part)) {
-            (Some(local), true) => (
-                self.scan_local(&local.storage, part, context)?,
-                Some(ActiveScan::new(&local.active_scans)),
-            ),
+            (Some(local), true) => {
+                // Pinned before the manifest is read, for as long as the
+                // stream lives: a compaction does not delete its files.
+                let pin = local.storage.pin();
+                (
+                    self.scan_local(&local.storage, part, context)?,
+                    Some((ActiveScan::new(&local.active_scans), pin)),
+                )
+            }
             _ => (self.scan_remote(part)?, None),
         };
         let schema = stream.schema();

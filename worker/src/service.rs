@@ -60,6 +60,7 @@ impl WorkerFlightService {
         let storage = Arc::clone(&self.local.storage);
         let entry_schema = Arc::clone(&schema);
         let batches = tokio::task::spawn_blocking(move || {
+            let _pin = storage.pin();
             let columns: Vec<String> = req.columns.iter().map(|(c, _)| c.clone()).collect();
             storage.index_entries(
                 &req.table,
@@ -242,6 +243,23 @@ impl FlightService for WorkerFlightService {
                 }
                 None
             }
+            wire::ACTION_COMPACT => {
+                let req: wire::CompactRequest = wire::decode(&action.body).map_err(to_status)?;
+                let storage = Arc::clone(&self.local.storage);
+                let compaction = tokio::task::spawn_blocking(move || {
+                    storage.compact_prepare(
+                        req.txn,
+                        &req.table,
+                        req.partition,
+                        req.min_files,
+                        req.max_file_bytes,
+                    )
+                })
+                .await
+                .map_err(|e| Status::internal(format!("compaction task failed: {e}")))?
+                .map_err(to_status)?;
+                Some(wire::encode(&compaction).map_err(to_status)?)
+            }
             wire::ACTION_DROP_TABLE => {
                 let req: wire::TableRequest = wire::decode(&action.body).map_err(to_status)?;
                 self.storage().drop_table(&req.table).map_err(to_status)?;
@@ -270,6 +288,8 @@ impl FlightService for WorkerFlightService {
             wire::ACTION_STAGED,
             wire::ACTION_STATS,
             wire::ACTION_DROP_TABLE,
+            wire::ACTION_TRUNCATE,
+            wire::ACTION_COMPACT,
         ]
         .map(|a| {
             Ok(ActionType {

@@ -50,9 +50,60 @@ pub struct DataFile {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
     pub files: Vec<DataFile>,
+    /// Files merged away by compaction, by transaction: which file holds
+    /// their rows now, from which row on. Index entries keep naming the
+    /// file a row was first written to; this forwards them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub moved: BTreeMap<u64, Moved>,
+    /// Files merged away, deleted once no scan that began before the merge
+    /// is still reading them (and at the next start).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retired: Vec<String>,
+}
+
+/// Where the rows of a merged-away file are: rows `offset..` of file `to`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Moved {
+    pub to: u64,
+    pub offset: u32,
 }
 
 impl Manifest {
+    /// Rewrites index locators (file by transaction → rows) to the files
+    /// that hold those rows now.
+    pub fn forward(&self, rows: crate::index::RowsByFile) -> Result<crate::index::RowsByFile> {
+        let present: BTreeSet<u64> = self
+            .files
+            .iter()
+            .filter_map(|f| crate::index::file_txn(&f.name))
+            .collect();
+        let mut out = crate::index::RowsByFile::new();
+        let mut shifted = false;
+        for (file, positions) in rows {
+            if present.contains(&file) {
+                out.entry(file).or_default().extend(positions);
+            } else if let Some(m) = self.moved.get(&file) {
+                shifted = true;
+                out.entry(m.to)
+                    .or_default()
+                    .extend(positions.into_iter().map(|r| m.offset + r));
+            } else {
+                return exec_err!(
+                    "an index names rows of file {} which this partition does not have; \
+                     rebuild the index (DROP INDEX, then CREATE INDEX)",
+                    file_name(file)
+                );
+            }
+        }
+        if shifted {
+            for positions in out.values_mut() {
+                positions.sort_unstable();
+                positions.dedup();
+            }
+        }
+        Ok(out)
+    }
+
     pub fn rows(&self) -> u64 {
         self.files.iter().map(|f| f.rows).sum()
     }
@@ -84,6 +135,52 @@ pub struct Storage {
     /// Serialises manifest swaps; writes to distinct partitions are rare
     /// enough at commit time that one lock costs nothing measurable.
     commit_lock: Mutex<()>,
+    readers: Mutex<Readers>,
+}
+
+/// Scans under way, by the epoch they began in, and files merged away in
+/// each epoch: a file retired in epoch `e` is deleted once no scan of an
+/// epoch up to `e` is left (later ones read manifests without it).
+#[derive(Debug, Default)]
+struct Readers {
+    epoch: u64,
+    live: BTreeMap<u64, usize>,
+    retired: Vec<(u64, PathBuf)>,
+}
+
+/// Keeps the files a scan may read from being deleted by a compaction
+/// until it is dropped. Take it before reading the manifest.
+#[derive(Debug)]
+pub struct ReadPin {
+    storage: Arc<Storage>,
+    epoch: u64,
+}
+
+impl Drop for ReadPin {
+    fn drop(&mut self) {
+        if let Ok(mut r) = self.storage.readers.lock()
+            && let Some(n) = r.live.get_mut(&self.epoch)
+        {
+            *n -= 1;
+            if *n == 0 {
+                r.live.remove(&self.epoch);
+            }
+        }
+        self.storage.sweep();
+    }
+}
+
+/// What a compaction replaced, kept beside its staged file until commit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Compaction {
+    /// The merged files in the order their rows were appended.
+    pub replaces: Vec<DataFile>,
+    /// The new file.
+    pub file: DataFile,
+}
+
+fn compaction_name(txn: u64) -> String {
+    format!("{txn:020}.compaction.json")
 }
 
 fn io_err(what: &str, path: &Path, e: std::io::Error) -> DataFusionError {
@@ -109,10 +206,69 @@ impl Storage {
     pub fn open(root: impl Into<PathBuf>) -> Result<Arc<Self>> {
         let root = root.into();
         fs::create_dir_all(&root).map_err(|e| io_err("cannot create", &root, e))?;
-        Ok(Arc::new(Self {
+        let storage = Arc::new(Self {
             root,
             commit_lock: Mutex::new(()),
-        }))
+            readers: Mutex::new(Readers::default()),
+        });
+        // Nothing reads yet: files merged away before a stop can go.
+        for (table, partition, dir) in storage.partition_dirs()? {
+            let mut manifest = storage.manifest(&table, partition)?;
+            if manifest.retired.is_empty() {
+                continue;
+            }
+            for name in std::mem::take(&mut manifest.retired) {
+                remove_if_present(&dir.join(name))?;
+            }
+            storage.write_manifest(&dir, &manifest)?;
+        }
+        Ok(storage)
+    }
+
+    /// Holds off the deletion of merged-away files while a scan runs.
+    pub fn pin(self: &Arc<Self>) -> ReadPin {
+        let epoch = match self.readers.lock() {
+            Ok(mut r) => {
+                let epoch = r.epoch;
+                *r.live.entry(epoch).or_default() += 1;
+                epoch
+            }
+            Err(_) => 0,
+        };
+        ReadPin {
+            storage: Arc::clone(self),
+            epoch,
+        }
+    }
+
+    /// Deletes the merged-away files no running scan can still read.
+    fn sweep(&self) {
+        let gone: Vec<PathBuf> = match self.readers.lock() {
+            Ok(mut r) => {
+                let oldest = r.live.keys().next().copied().unwrap_or(u64::MAX);
+                let (gone, kept) = std::mem::take(&mut r.retired)
+                    .into_iter()
+                    .partition(|(e, _)| *e < oldest);
+                r.retired = kept;
+                gone.into_iter().map(|(_, p)| p).collect()
+            }
+            Err(_) => vec![],
+        };
+        for path in gone {
+            if let Err(e) = remove_if_present(&path) {
+                tracing::warn!(error = %e, "a merged-away file stays until the next start");
+            }
+        }
+    }
+
+    /// Files merged away just now: deleted once earlier scans are done.
+    fn retire(&self, paths: Vec<PathBuf>) {
+        if let Ok(mut r) = self.readers.lock() {
+            let epoch = r.epoch;
+            r.retired.extend(paths.into_iter().map(|p| (epoch, p)));
+            r.epoch += 1;
+        }
+        self.sweep();
     }
 
     pub fn root(&self) -> &Path {
@@ -156,6 +312,27 @@ impl Storage {
             .files
             .into_iter()
             .map(|f| (dir.join(&f.name), f))
+            .collect())
+    }
+
+    /// The files of a partition that hold the rows `rows` names (index
+    /// locators, forwarded past compactions), with those rows' positions.
+    pub fn indexed_files(
+        &self,
+        table: &str,
+        partition: u32,
+        rows: crate::index::RowsByFile,
+    ) -> Result<Vec<(PathBuf, DataFile, Vec<u32>)>> {
+        let dir = self.partition_dir(table, partition)?;
+        let manifest = self.manifest(table, partition)?;
+        let mut rows = manifest.forward(rows)?;
+        Ok(manifest
+            .files
+            .into_iter()
+            .filter_map(|f| {
+                let positions = rows.remove(&crate::index::file_txn(&f.name)?)?;
+                Some((dir.join(&f.name), f, positions))
+            })
             .collect())
     }
 
@@ -235,52 +412,105 @@ impl Storage {
         }
         let batch = concat_batches(&schema, batches)?;
         let path = dir.join(file_name(txn));
-        let file = File::create(&path).map_err(|e| io_err("cannot create", &path, e))?;
-        // LZ4 decompresses several times faster than ZSTD, and pages of at
-        // most 8192 rows let page statistics and index row selections skip
-        // most of a file instead of decoding 1 MB pages for a few rows.
-        let props = WriterProperties::builder()
-            .set_compression(Compression::LZ4_RAW)
-            .set_data_page_row_count_limit(PAGE_ROWS)
-            .build();
-        let result = (|| -> Result<()> {
-            let mut writer = ArrowWriter::try_new(file.try_clone()?, schema, Some(props))?;
-            writer.write(&batch)?;
-            writer.close()?;
-            file.sync_all()?;
-            Ok(())
-        })();
-        if let Err(e) = result {
-            let _ = fs::remove_file(&path);
-            return Err(match e {
-                DataFusionError::IoError(io) => io_err("cannot write", &path, io),
-                DataFusionError::ParquetError(p) => match *p {
-                    parquet::errors::ParquetError::External(inner) => {
-                        match inner.downcast::<std::io::Error>() {
-                            Ok(io) => io_err("cannot write", &path, *io),
-                            Err(other) => DataFusionError::Execution(format!(
-                                "cannot write {}: {other}",
-                                path.display()
-                            )),
-                        }
-                    }
-                    other => DataFusionError::Execution(format!(
-                        "cannot write {}: {other}",
-                        path.display()
-                    )),
-                },
-                other => other,
-            });
-        }
+        let rows = write_parquet(&path, schema, std::iter::once(Ok(batch)))?;
         sync_dir(&dir)?;
         let bytes = fs::metadata(&path)
             .map_err(|e| io_err("cannot stat", &path, e))?
             .len();
         Ok(DataFile {
             name: file_name(txn),
-            rows: batch.num_rows() as u64,
+            rows,
             bytes,
         })
+    }
+
+    /// Merges the small files of a partition (under `max_bytes` each, in
+    /// manifest order) into a staged file of `txn`, if there are at least
+    /// `min_files` of them; notes beside it which files it replaces. The
+    /// commit of `txn` swaps them; their rows keep their order, so index
+    /// entries naming the old files are forwarded by an offset.
+    pub fn compact_prepare(
+        &self,
+        txn: u64,
+        table: &str,
+        partition: u32,
+        min_files: usize,
+        max_bytes: u64,
+    ) -> Result<Option<Compaction>> {
+        use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+        let dir = self.partition_dir(table, partition)?;
+        let small: Vec<DataFile> = self
+            .manifest(table, partition)?
+            .files
+            .into_iter()
+            .filter(|f| f.bytes < max_bytes)
+            .collect();
+        if small.len() < min_files.max(2) {
+            return Ok(None);
+        }
+        if small.iter().map(|f| f.rows).sum::<u64>() > u64::from(u32::MAX) {
+            return exec_err!(
+                "{table} partition {partition} has more rows in small files than one file can \
+                 index; split the partition first"
+            );
+        }
+        let staged = dir.join(STAGED);
+        fs::create_dir_all(&staged).map_err(|e| io_err("cannot create", &staged, e))?;
+        let open = |f: &DataFile| {
+            let path = dir.join(&f.name);
+            let file = File::open(&path).map_err(|e| io_err("cannot open", &path, e))?;
+            Ok::<_, DataFusionError>(ParquetRecordBatchReaderBuilder::try_new(file)?)
+        };
+        let schema = Arc::clone(open(&small[0])?.schema());
+        let mut readers = vec![];
+        for f in &small {
+            let builder = open(f)?;
+            if builder.schema().fields() != schema.fields() {
+                return exec_err!(
+                    "{} in {table} partition {partition} has another schema than {}; \
+                     it cannot be merged",
+                    f.name,
+                    small[0].name
+                );
+            }
+            readers.push(builder.build()?);
+        }
+        let batches = readers
+            .into_iter()
+            .flatten()
+            .map(|b| b.map_err(DataFusionError::from));
+        let path = staged.join(file_name(txn));
+        let rows = write_parquet(&path, schema, batches)?;
+        let expected: u64 = small.iter().map(|f| f.rows).sum();
+        if rows != expected {
+            let _ = fs::remove_file(&path);
+            return exec_err!(
+                "merging {table} partition {partition} read {rows} rows where its manifest says \
+                 {expected}; nothing was changed"
+            );
+        }
+        let bytes = fs::metadata(&path)
+            .map_err(|e| io_err("cannot stat", &path, e))?
+            .len();
+        let compaction = Compaction {
+            replaces: small,
+            file: DataFile {
+                name: file_name(txn),
+                rows,
+                bytes,
+            },
+        };
+        let note = staged.join(compaction_name(txn));
+        let body = serde_json::to_vec(&compaction)
+            .map_err(|e| DataFusionError::Internal(format!("compaction encoding: {e}")))?;
+        (|| {
+            let mut f = File::create(&note)?;
+            std::io::Write::write_all(&mut f, &body)?;
+            f.sync_all()
+        })()
+        .map_err(|e| io_err("cannot write", &note, e))?;
+        sync_dir(&staged)?;
+        Ok(Some(compaction))
     }
 
     /// Makes the staged files of `txn` part of their partitions. Idempotent:
@@ -294,10 +524,24 @@ impl Storage {
             let name = file_name(txn);
             let staged = dir.join(STAGED).join(&name);
             let mut manifest = self.manifest(&w.table, w.partition)?;
-            if manifest.files.iter().any(|f| f.name == name) {
+            let note = dir.join(STAGED).join(compaction_name(txn));
+            // Committed before (and perhaps merged away since).
+            if manifest.files.iter().any(|f| f.name == name) || manifest.moved.contains_key(&txn) {
+                remove_if_present(&note)?;
                 continue;
             }
             let target = dir.join(&name);
+            let compaction: Option<Compaction> = match fs::read(&note) {
+                Ok(bytes) => Some(serde_json::from_slice(&bytes).map_err(|e| {
+                    DataFusionError::Execution(format!(
+                        "{} is corrupt: {e}; remove it and {} to drop the compaction",
+                        note.display(),
+                        staged.display()
+                    ))
+                })?),
+                Err(e) if e.kind() == ErrorKind::NotFound => None,
+                Err(e) => return Err(io_err("cannot read", &note, e)),
+            };
             // An earlier commit may have moved the file and stopped before
             // the manifest swap: finish it from the moved file.
             if staged.exists() {
@@ -314,8 +558,53 @@ impl Storage {
             let bytes = fs::metadata(&target)
                 .map_err(|e| io_err("cannot stat", &target, e))?
                 .len();
+            let Some(compaction) = compaction else {
+                manifest.files.push(DataFile { name, rows, bytes });
+                self.write_manifest(&dir, &manifest)?;
+                continue;
+            };
+            let gone: BTreeSet<&str> = compaction
+                .replaces
+                .iter()
+                .map(|f| f.name.as_str())
+                .collect();
+            if manifest
+                .files
+                .iter()
+                .filter(|f| gone.contains(f.name.as_str()))
+                .count()
+                != gone.len()
+            {
+                return exec_err!(
+                    "the files a compaction of {} partition {} merged are no longer all there; \
+                     was it compacted twice at once? Leave {} in place and report it",
+                    w.table,
+                    w.partition,
+                    note.display()
+                );
+            }
+            let mut offset = 0u32;
+            for f in &compaction.replaces {
+                let Some(old) = crate::index::file_txn(&f.name) else {
+                    continue;
+                };
+                // Forwarded to the old file before: forward to the new one.
+                for m in manifest.moved.values_mut().filter(|m| m.to == old) {
+                    *m = Moved {
+                        to: txn,
+                        offset: offset + m.offset,
+                    };
+                }
+                manifest.moved.insert(old, Moved { to: txn, offset });
+                offset += u32::try_from(f.rows).unwrap_or(u32::MAX);
+            }
+            manifest.files.retain(|f| !gone.contains(f.name.as_str()));
             manifest.files.push(DataFile { name, rows, bytes });
+            manifest.retired.retain(|n| dir.join(n).exists());
+            manifest.retired.extend(gone.iter().map(|n| n.to_string()));
             self.write_manifest(&dir, &manifest)?;
+            remove_if_present(&note)?;
+            self.retire(gone.iter().map(|n| dir.join(n)).collect());
         }
         Ok(())
     }
@@ -353,12 +642,7 @@ impl Storage {
         manifest.files = kept;
         self.write_manifest(&dir, &manifest)?;
         for f in gone {
-            let path = dir.join(&f.name);
-            match fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == ErrorKind::NotFound => {}
-                Err(e) => return Err(io_err("cannot remove", &path, e)),
-            }
+            remove_if_present(&dir.join(&f.name))?;
         }
         Ok(())
     }
@@ -366,15 +650,9 @@ impl Storage {
     /// Deletes the staged files of `txn`.
     pub fn abort(&self, txn: u64) -> Result<()> {
         for w in self.staged()?.into_iter().filter(|w| w.txn == txn) {
-            let path = self
-                .partition_dir(&w.table, w.partition)?
-                .join(STAGED)
-                .join(file_name(txn));
-            match fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == ErrorKind::NotFound => {}
-                Err(e) => return Err(io_err("cannot remove", &path, e)),
-            }
+            let staged = self.partition_dir(&w.table, w.partition)?.join(STAGED);
+            remove_if_present(&staged.join(compaction_name(txn)))?;
+            remove_if_present(&staged.join(file_name(txn)))?;
         }
         Ok(())
     }
@@ -461,6 +739,64 @@ impl Storage {
     }
 }
 
+fn remove_if_present(path: &Path) -> Result<()> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_err("cannot remove", path, e)),
+    }
+}
+
+/// Writes `batches` to a new Parquet file at `path` and fsyncs it; the
+/// rows written. The file is removed again if anything fails.
+fn write_parquet(
+    path: &Path,
+    schema: SchemaRef,
+    batches: impl Iterator<Item = Result<RecordBatch>>,
+) -> Result<u64> {
+    let file = File::create(path).map_err(|e| io_err("cannot create", path, e))?;
+    // LZ4 decompresses several times faster than ZSTD, and pages of at
+    // most 8192 rows let page statistics and index row selections skip
+    // most of a file instead of decoding 1 MB pages for a few rows.
+    let props = WriterProperties::builder()
+        .set_compression(Compression::LZ4_RAW)
+        .set_data_page_row_count_limit(PAGE_ROWS)
+        .build();
+    let result = (|| -> Result<u64> {
+        let mut writer = ArrowWriter::try_new(file.try_clone()?, schema, Some(props))?;
+        let mut rows = 0u64;
+        for batch in batches {
+            let batch = batch?;
+            rows += batch.num_rows() as u64;
+            writer.write(&batch)?;
+        }
+        writer.close()?;
+        file.sync_all()?;
+        Ok(rows)
+    })();
+    result.map_err(|e| {
+        let _ = fs::remove_file(path);
+        match e {
+            DataFusionError::IoError(io) => io_err("cannot write", path, io),
+            DataFusionError::ParquetError(p) => match *p {
+                parquet::errors::ParquetError::External(inner) => {
+                    match inner.downcast::<std::io::Error>() {
+                        Ok(io) => io_err("cannot write", path, *io),
+                        Err(other) => DataFusionError::Execution(format!(
+                            "cannot write {}: {other}",
+                            path.display()
+                        )),
+                    }
+                }
+                other => {
+                    DataFusionError::Execution(format!("cannot write {}: {other}", path.display()))
+                }
+            },
+            other => other,
+        }
+    })
+}
+
 /// Refuses table keys that could name a path outside the worker's directory.
 fn check_table_key(table: &str) -> Result<()> {
     let bad = table.is_empty()
@@ -537,6 +873,106 @@ mod tests {
         // Rows that are nowhere are an error, not a silent success.
         let lost = StagedWrite { txn: 4, ..w };
         assert!(s.commit(4, &[lost]).is_err());
+    }
+
+    fn write(s: &Storage, txn: u64, table: &str, values: Vec<i64>) {
+        let (schema, b) = batch(values);
+        s.prepare(txn, table, 0, schema, &[b]).unwrap();
+        let w = StagedWrite {
+            txn,
+            table: table.into(),
+            partition: 0,
+        };
+        s.commit(txn, &[w]).unwrap();
+    }
+
+    fn compact(s: &Storage, txn: u64, table: &str) -> Option<Compaction> {
+        let c = s.compact_prepare(txn, table, 0, 2, u64::MAX).unwrap();
+        let w = StagedWrite {
+            txn,
+            table: table.into(),
+            partition: 0,
+        };
+        if c.is_some() {
+            s.commit(txn, std::slice::from_ref(&w)).unwrap();
+            // Committing again (a retry) changes nothing.
+            s.commit(txn, &[w]).unwrap();
+        }
+        c
+    }
+
+    /// Merged files keep their rows in order; locators naming the old
+    /// files are forwarded, through two compactions; merged-away files go
+    /// once the scans pinned before the merge are done.
+    #[test]
+    fn compaction_forwards_locators() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(dir.path()).unwrap();
+        write(&s, 1, "t", vec![10, 11, 12]);
+        write(&s, 2, "t", vec![20, 21]);
+        assert!(s.compact_prepare(3, "t", 0, 3, u64::MAX).unwrap().is_none());
+        let pin = s.pin();
+        let c = compact(&s, 3, "t").unwrap();
+        assert_eq!((c.replaces.len(), c.file.rows), (2, 5));
+        let m = s.manifest("t", 0).unwrap();
+        assert_eq!(m.files.len(), 1);
+        let old = dir.path().join("t/p0000").join(file_name(1));
+        assert!(old.exists(), "deleted under a running scan");
+        drop(pin);
+        assert!(!old.exists());
+        write(&s, 4, "t", vec![40]);
+        compact(&s, 5, "t").unwrap();
+        let m = s.manifest("t", 0).unwrap();
+        assert_eq!(m.files.len(), 1);
+        assert_eq!(m.files[0].name, file_name(5));
+        let rows: crate::index::RowsByFile =
+            BTreeMap::from([(1, vec![2]), (2, vec![0, 1]), (4, vec![0])]);
+        let forwarded = s.indexed_files("t", 0, rows).unwrap();
+        assert_eq!(forwarded.len(), 1);
+        assert_eq!(forwarded[0].2, vec![2, 3, 4, 5]);
+        // The values at those positions are the ones first written there.
+        use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+        let f = File::open(&forwarded[0].0).unwrap();
+        let all: Vec<i64> = ParquetRecordBatchReaderBuilder::try_new(f)
+            .unwrap()
+            .build()
+            .unwrap()
+            .flat_map(|b| {
+                let b = b.unwrap();
+                let c = b.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+                c.values().to_vec()
+            })
+            .collect();
+        assert_eq!(all, vec![10, 11, 12, 20, 21, 40]);
+        let missing = BTreeMap::from([(9, vec![0])]);
+        assert!(s.indexed_files("t", 0, missing).is_err());
+        // A stop between the swap and the deletion: the next start deletes.
+        let mut m = s.manifest("t", 0).unwrap();
+        let stray = dir.path().join("t/p0000/stray.parquet");
+        fs::write(&stray, b"x").unwrap();
+        m.retired.push("stray.parquet".into());
+        s.write_manifest(&dir.path().join("t/p0000"), &m).unwrap();
+        drop(s);
+        let s = Storage::open(dir.path()).unwrap();
+        assert!(!stray.exists());
+        assert!(s.manifest("t", 0).unwrap().retired.is_empty());
+    }
+
+    /// An aborted compaction leaves the partition as it was.
+    #[test]
+    fn aborted_compaction_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(dir.path()).unwrap();
+        write(&s, 1, "t", vec![1]);
+        write(&s, 2, "t", vec![2]);
+        let before = s.manifest("t", 0).unwrap();
+        s.compact_prepare(3, "t", 0, 2, u64::MAX).unwrap().unwrap();
+        assert_eq!(s.staged().unwrap().len(), 1);
+        s.abort(3).unwrap();
+        assert!(s.staged().unwrap().is_empty());
+        assert_eq!(s.manifest("t", 0).unwrap(), before);
+        let staged = dir.path().join("t/p0000").join(STAGED);
+        assert_eq!(fs::read_dir(staged).unwrap().count(), 0);
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! | DoAction `stats`     | [`StatsRequest`]            | `Vec<PartitionStats>`  |
 //! | DoAction `drop_table`| [`TableRequest`]            | nothing                |
 //! | DoAction `truncate`  | [`TruncateRequest`]         | nothing                |
+//! | DoAction `compact`   | [`CompactRequest`]          | `Option<Compaction>`   |
 //! | DoGet                | a partition scan (protobuf) | rows                   |
 //! | DoGet                | [`ENTRIES_TICKET`] + [`EntriesRequest`] | index entries |
 
@@ -25,6 +26,7 @@ pub const ACTION_STAGED: &str = "staged";
 pub const ACTION_STATS: &str = "stats";
 pub const ACTION_DROP_TABLE: &str = "drop_table";
 pub const ACTION_TRUNCATE: &str = "truncate";
+pub const ACTION_COMPACT: &str = "compact";
 
 /// Starts a `DoGet` ticket asking for the index entries of a partition's
 /// older rows (a backfill); other tickets are partition scans.
@@ -103,6 +105,18 @@ pub struct TruncateRequest {
     pub table: String,
     pub partitions: Vec<u32>,
     pub max_txn: u64,
+}
+
+/// Merge the small files of one partition into a staged file of `txn`
+/// (committed like a write), if it has at least `min_files` of them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CompactRequest {
+    pub txn: u64,
+    pub table: String,
+    pub partition: u32,
+    pub min_files: usize,
+    /// Files of this size or more are left as they are.
+    pub max_file_bytes: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

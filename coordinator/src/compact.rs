@@ -1,0 +1,277 @@
+//! Compaction: merging the small Parquet files that single-row INSERTs
+//! leave behind, so scans and index lookups open a few files per
+//! partition instead of one per write.
+//!
+//! ```text
+//! COMPACT TABLE t (files < 128 MB), or the background compactor
+//! (partitions with >= 16 files < 8 MB)
+//!   per partition of the table, of its LOCAL index parts and of its
+//!   GLOBAL index partitions:
+//!     txn ─► worker merges those files into staged/<txn>.parquet
+//!            and notes which files it replaces
+//!         ─► decide (logged like any write) ─► commit swaps the files
+//! ```
+//!
+//! Rows keep their order in the merged file, so index entries naming the
+//! file a row was first written to stay valid: the partition's manifest
+//! forwards each merged-away file to (new file, first row). No index is
+//! rewritten, and an ASYNC outbox may still name merged-away files.
+//! Outboxes are not compacted: they empty as the applier goes.
+//!
+//! A compaction takes a transaction id like a write. An index being
+//! backfilled reads the files written up to its start by name, so a table
+//! is not compacted until its indexes are built.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray, UInt32Array, UInt64Array};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::common::{Result, plan_err};
+use tessera_sql::{IndexKind, IndexState};
+use tessera_worker::wire::CompactRequest;
+use tessera_worker::{StagedWrite, WorkerClient};
+
+use crate::catalog::Catalog;
+use crate::write::{abort, decide_and_commit};
+
+/// The background compactor merges a partition once it has this many
+/// small files.
+pub const AUTO_MIN_FILES: usize = 16;
+
+/// `COMPACT TABLE` leaves files of this size or more as they are.
+pub const MAX_FILE_BYTES: u64 = 128 << 20;
+
+/// The background compactor only merges files under this size: the
+/// leftovers of small writes, not the files of a bulk load.
+pub const AUTO_MAX_FILE_BYTES: u64 = 8 << 20;
+
+/// How often the background compactor looks, when files were added.
+const AUTO_EVERY: Duration = Duration::from_secs(2);
+
+/// What one part of a table (its rows, or one index) got from a compaction.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Compacted {
+    /// The table, or the index.
+    pub name: String,
+    pub kind: String,
+    pub partitions: u32,
+    /// Partitions merged, the files they had merged, and their rows.
+    pub partitions_merged: u32,
+    pub files_merged: u64,
+    pub rows: u64,
+    pub bytes_before: u64,
+    pub bytes_after: u64,
+}
+
+/// The directories of a table on workers that compaction merges.
+struct Part {
+    name: String,
+    kind: String,
+    /// Its directory on workers.
+    location: String,
+    /// Its name in the partition map.
+    map_key: String,
+    /// Data partitions: stats to update.
+    data: bool,
+}
+
+/// Merges the files under `max_file_bytes` of every partition of `table`
+/// (rows, LOCAL index parts and GLOBAL index partitions) that has at least
+/// `min_files` of them.
+pub async fn compact_table(
+    catalog: &Arc<Catalog>,
+    table: &str,
+    min_files: usize,
+    max_file_bytes: u64,
+) -> Result<Vec<Compacted>> {
+    let Some(def) = catalog.table_def(table)? else {
+        return plan_err!("table '{table}' does not exist; SHOW TABLES lists the tables");
+    };
+    let _one_at_a_time = catalog.compacting.lock().await;
+    let state = catalog.state()?;
+    let mut parts = vec![Part {
+        name: def.name.clone(),
+        kind: "table".into(),
+        location: def.storage_key(),
+        map_key: def.name.clone(),
+        data: true,
+    }];
+    for index in state.indexes.values().filter(|i| i.table == def.name) {
+        parts.push(Part {
+            name: index.name.clone(),
+            kind: format!("{} index", index.kind),
+            location: index.storage_key(&def),
+            map_key: if index.kind == IndexKind::Local {
+                def.name.clone()
+            } else {
+                index.map_key()
+            },
+            data: false,
+        });
+    }
+    let mut out = vec![];
+    for part in parts {
+        let count = catalog.placements(&part.map_key)?.len() as u32;
+        let mut done = Compacted {
+            name: part.name.clone(),
+            kind: part.kind.clone(),
+            partitions: count,
+            partitions_merged: 0,
+            files_merged: 0,
+            rows: 0,
+            bytes_before: 0,
+            bytes_after: 0,
+        };
+        for partition in 0..count {
+            let (guard, indexes) = catalog.begin_write(&def.name)?;
+            if let Some(building) = indexes
+                .iter()
+                .find(|i| matches!(i.state, IndexState::Building { .. }))
+            {
+                return plan_err!(
+                    "index '{}' on '{table}' is still being built, and its backfill reads the \
+                     table's files as they are; compact once SHOW INDEXES says it is ready",
+                    building.name
+                );
+            }
+            let txn = guard.txn;
+            let Some(target) = catalog.scan_parts(&part.map_key, &[partition])?.pop() else {
+                continue;
+            };
+            let request = CompactRequest {
+                txn,
+                table: part.location.clone(),
+                partition,
+                min_files,
+                max_file_bytes,
+            };
+            let urls = BTreeMap::from([(target.worker_id.clone(), target.url.clone())]);
+            let merged = match WorkerClient::connect(&target.url)?.compact(&request).await {
+                Ok(Some(m)) => m,
+                Ok(None) => continue,
+                Err(e) => {
+                    abort(txn, urls.values()).await;
+                    return Err(e);
+                }
+            };
+            let writes = BTreeMap::from([(
+                target.worker_id.clone(),
+                vec![StagedWrite {
+                    txn,
+                    table: part.location.clone(),
+                    partition,
+                }],
+            )]);
+            let before: u64 = merged.replaces.iter().map(|f| f.bytes).sum();
+            let after = merged.file.bytes;
+            let data = part.data;
+            let table_name = def.name.clone();
+            decide_and_commit(catalog, txn, [writes], urls, |s| {
+                if data
+                    && let Some(p) = s
+                        .stats
+                        .get_mut(&table_name)
+                        .and_then(|t| t.get_mut(&partition))
+                {
+                    p.bytes = p.bytes.saturating_sub(before) + after;
+                }
+                Ok(())
+            })
+            .await?;
+            drop(guard);
+            done.partitions_merged += 1;
+            done.files_merged += merged.replaces.len() as u64;
+            done.rows += merged.file.rows;
+            done.bytes_before += before;
+            done.bytes_after += after;
+        }
+        out.push(done);
+    }
+    Ok(out)
+}
+
+/// What `COMPACT TABLE` returns: one row per part of the table.
+pub fn report(rows: &[Compacted]) -> Result<RecordBatch> {
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| &r.name))),
+        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| &r.kind))),
+        Arc::new(UInt32Array::from_iter_values(
+            rows.iter().map(|r| r.partitions_merged),
+        )),
+        Arc::new(UInt32Array::from_iter_values(
+            rows.iter().map(|r| r.partitions),
+        )),
+        Arc::new(UInt64Array::from_iter_values(
+            rows.iter().map(|r| r.files_merged),
+        )),
+        Arc::new(UInt64Array::from_iter_values(rows.iter().map(|r| r.rows))),
+        Arc::new(UInt64Array::from_iter_values(
+            rows.iter().map(|r| r.bytes_before),
+        )),
+        Arc::new(UInt64Array::from_iter_values(
+            rows.iter().map(|r| r.bytes_after),
+        )),
+    ];
+    Ok(RecordBatch::try_new(report_schema(), columns)?)
+}
+
+pub fn report_schema() -> SchemaRef {
+    let field = |name: &str, t: DataType| Field::new(name, t, false);
+    Arc::new(Schema::new(vec![
+        field("name", DataType::Utf8),
+        field("kind", DataType::Utf8),
+        field("partitions_merged", DataType::UInt32),
+        field("partitions", DataType::UInt32),
+        field("files_merged", DataType::UInt64),
+        field("rows", DataType::UInt64),
+        field("bytes_before", DataType::UInt64),
+        field("bytes_after", DataType::UInt64),
+    ]))
+}
+
+/// Runs the background compactor until the catalog is closed: every
+/// [`AUTO_EVERY`] in which files were added, each table's partitions with
+/// [`AUTO_MIN_FILES`] files under [`AUTO_MAX_FILE_BYTES`] or more are merged.
+pub fn spawn_compactor(catalog: &Arc<Catalog>) {
+    let weak = Arc::downgrade(catalog);
+    tokio::spawn(async move {
+        let mut seen = 0u64;
+        loop {
+            tokio::time::sleep(AUTO_EVERY).await;
+            let Some(catalog) = weak.upgrade() else {
+                return;
+            };
+            if catalog.closed.load(Ordering::SeqCst) {
+                return;
+            }
+            let added = catalog.files_added.load(Ordering::Relaxed);
+            if added == seen {
+                continue;
+            }
+            seen = added;
+            let tables: Vec<String> = catalog
+                .state()
+                .map(|s| s.tables.keys().cloned().collect())
+                .unwrap_or_default();
+            for table in tables {
+                match compact_table(&catalog, &table, AUTO_MIN_FILES, AUTO_MAX_FILE_BYTES).await {
+                    Ok(done) => {
+                        for d in done.iter().filter(|d| d.files_merged > 0) {
+                            tracing::info!(
+                                name = %d.name,
+                                partitions = d.partitions_merged,
+                                files = d.files_merged,
+                                "compacted"
+                            );
+                        }
+                    }
+                    // An index being built, a worker away: next time.
+                    Err(e) => tracing::debug!(%table, error = %e, "compaction skipped"),
+                }
+            }
+        }
+    });
+}
