@@ -44,6 +44,7 @@ struct Row {
     /// `--writers` clients at once.
     concurrent_per_s: f64,
     cpu_ms_per_insert: Option<f64>,
+    compact_ms: f64,
     lookup_partitions: String,
     lookups: Vec<f64>,
     lag: Option<(u64, f64)>,
@@ -98,6 +99,9 @@ async fn bench(b: &IndexBench, scratch: &std::path::Path) -> Result<(), String> 
     let coordinator = cluster.coordinator();
     let catalog = coordinator.catalog();
     let mut client = Client::connect(&cluster.addr.to_string()).await?;
+    // Merges are measured apart (COMPACT TABLE before the lookups), not in
+    // whichever kind's insert round they happen to fall.
+    client.query("SET tessera.compaction = 'paused'").await?;
     let values = (b.rows / ROWS_PER_VALUE).max(1);
     let table = |i: usize| format!("cars{i}");
     let mut out: Vec<Row> = vec![];
@@ -229,8 +233,10 @@ async fn bench(b: &IndexBench, scratch: &std::path::Path) -> Result<(), String> 
 
     // Lookups on compacted tables (what the background compactor leads
     // to), one per kind in turn.
-    for i in 0..KINDS.len() {
+    for (i, row) in out.iter_mut().enumerate() {
+        let t0 = Instant::now();
         client.query(&format!("COMPACT TABLE {}", table(i))).await?;
+        row.compact_ms = t0.elapsed().as_secs_f64() * 1000.0;
     }
     eprintln!("bench: {} lookups per kind", b.lookups);
     for (i, row) in out.iter_mut().enumerate() {
@@ -322,6 +328,7 @@ fn render(rows: &[Row], writers: usize) -> Table {
         format!("inserts/s, {writers} writers"),
         "CPU ms per insert".into(),
         "partitions per insert".into(),
+        "COMPACT TABLE ms".into(),
         "lookup partitions (index + data)".into(),
         "lookup p50 ms".into(),
         "lookup p99 ms".into(),
@@ -338,13 +345,14 @@ fn render(rows: &[Row], writers: usize) -> Table {
             r.cpu_ms_per_insert
                 .map_or("?".into(), |v| format!("{v:.2}")),
             format!("{:.2}", r.write_partitions),
+            format!("{:.0}", r.compact_ms),
             r.lookup_partitions.clone(),
             format!("{:.2}", percentile(&r.lookups, 0.5)),
             format!("{:.2}", percentile(&r.lookups, 0.99)),
             r.lag.map_or("-".into(), |(n, ms)| format!("{n}, {ms:.0}")),
         ]);
     }
-    for i in 1..12 {
+    for i in 1..13 {
         if let Some(c) = t.column_mut(i) {
             c.set_cell_alignment(CellAlignment::Right);
         }

@@ -50,6 +50,8 @@ pub struct Catalog {
     /// One compaction at a time: two merging the same files would each
     /// replace files the other already replaced.
     pub(crate) compacting: tokio::sync::Mutex<()>,
+    /// `SET tessera.compaction = 'paused'`.
+    pub(crate) compaction_paused: AtomicBool,
 }
 
 /// A transaction in flight; finishing it (or dropping it on an error path)
@@ -94,6 +96,7 @@ impl Catalog {
             outbox_pending: Mutex::new(BTreeMap::new()),
             files_added: AtomicU64::new(0),
             compacting: tokio::sync::Mutex::new(()),
+            compaction_paused: AtomicBool::new(false),
         }))
     }
 
@@ -274,6 +277,11 @@ impl Catalog {
             }
         }
         self.apply_wanted.notify_one();
+    }
+
+    /// Whether `SET tessera.compaction = 'paused'` holds.
+    pub fn compaction_paused(&self) -> bool {
+        self.compaction_paused.load(Ordering::SeqCst)
     }
 
     pub(crate) fn count_write(&self, partitions: u64) {

@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! COMPACT TABLE t (files < 128 MB), or the background compactor
-//! (partitions with >= 16 files < 8 MB)
+//! (partitions with >= 16 files < 8 MB, tiered)
 //!   per partition of the table, of its LOCAL index parts and of its
 //!   GLOBAL index partitions:
 //!     txn ─► worker merges those files into staged/<txn>.parquet
@@ -32,21 +32,32 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::{Result, plan_err};
 use tessera_sql::{IndexKind, IndexState};
 use tessera_worker::wire::CompactRequest;
-use tessera_worker::{StagedWrite, WorkerClient};
+use tessera_worker::{MergeRule, StagedWrite, WorkerClient};
 
 use crate::catalog::Catalog;
 use crate::write::{abort, decide_and_commit};
 
 /// The background compactor merges a partition once it has this many
 /// small files.
-pub const AUTO_MIN_FILES: usize = 16;
+const AUTO_MIN_FILES: usize = 16;
 
-/// `COMPACT TABLE` leaves files of this size or more as they are.
-pub const MAX_FILE_BYTES: u64 = 128 << 20;
+/// `COMPACT TABLE`: every file under 128 MiB of a partition that has two.
+pub const EXPLICIT: MergeRule = MergeRule {
+    min_files: 2,
+    max_file_bytes: 128 << 20,
+    tiered: false,
+    forward: false,
+};
 
-/// The background compactor only merges files under this size: the
-/// leftovers of small writes, not the files of a bulk load.
-pub const AUTO_MAX_FILE_BYTES: u64 = 8 << 20;
+/// The background compactor: files under 8 MiB (the leftovers of small
+/// writes, not the files of a bulk load), tiered, once a partition has
+/// [`AUTO_MIN_FILES`] of them.
+pub const AUTO: MergeRule = MergeRule {
+    min_files: AUTO_MIN_FILES,
+    max_file_bytes: 8 << 20,
+    tiered: true,
+    forward: false,
+};
 
 /// How often the background compactor looks, when files were added.
 const AUTO_EVERY: Duration = Duration::from_secs(2);
@@ -74,18 +85,17 @@ struct Part {
     location: String,
     /// Its name in the partition map.
     map_key: String,
-    /// Data partitions: stats to update.
+    /// Data partitions: stats to update, and index entries that may name
+    /// their files. Nothing names an index file.
     data: bool,
 }
 
-/// Merges the files under `max_file_bytes` of every partition of `table`
-/// (rows, LOCAL index parts and GLOBAL index partitions) that has at least
-/// `min_files` of them.
+/// Merges the files `rule` chooses in every partition of `table` (rows,
+/// LOCAL index parts and GLOBAL index partitions).
 pub async fn compact_table(
     catalog: &Arc<Catalog>,
     table: &str,
-    min_files: usize,
-    max_file_bytes: u64,
+    rule: MergeRule,
 ) -> Result<Vec<Compacted>> {
     let Some(def) = catalog.table_def(table)? else {
         return plan_err!("table '{table}' does not exist; SHOW TABLES lists the tables");
@@ -145,8 +155,13 @@ pub async fn compact_table(
                 txn,
                 table: part.location.clone(),
                 partition,
-                min_files,
-                max_file_bytes,
+                rule: MergeRule {
+                    // With no index begun before this merge, nothing names
+                    // the merged files: an index created later is built
+                    // from the files as they are then.
+                    forward: part.data && !indexes.is_empty(),
+                    ..rule
+                },
             };
             let urls = BTreeMap::from([(target.worker_id.clone(), target.url.clone())]);
             let merged = match WorkerClient::connect(&target.url)?.compact(&request).await {
@@ -234,7 +249,7 @@ pub fn report_schema() -> SchemaRef {
 
 /// Runs the background compactor until the catalog is closed: every
 /// [`AUTO_EVERY`] in which files were added, each table's partitions with
-/// [`AUTO_MIN_FILES`] files under [`AUTO_MAX_FILE_BYTES`] or more are merged.
+/// enough small files (see [`AUTO`]) are merged.
 pub fn spawn_compactor(catalog: &Arc<Catalog>) {
     let weak = Arc::downgrade(catalog);
     tokio::spawn(async move {
@@ -248,7 +263,7 @@ pub fn spawn_compactor(catalog: &Arc<Catalog>) {
                 return;
             }
             let added = catalog.files_added.load(Ordering::Relaxed);
-            if added == seen {
+            if added == seen || catalog.compaction_paused.load(Ordering::SeqCst) {
                 continue;
             }
             seen = added;
@@ -257,7 +272,7 @@ pub fn spawn_compactor(catalog: &Arc<Catalog>) {
                 .map(|s| s.tables.keys().cloned().collect())
                 .unwrap_or_default();
             for table in tables {
-                match compact_table(&catalog, &table, AUTO_MIN_FILES, AUTO_MAX_FILE_BYTES).await {
+                match compact_table(&catalog, &table, AUTO).await {
                     Ok(done) => {
                         for d in done.iter().filter(|d| d.files_merged > 0) {
                             tracing::info!(

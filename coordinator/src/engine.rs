@@ -156,9 +156,10 @@ impl Coordinator {
         self.catalog.apply_wanted.notify_one();
     }
 
-    /// Carries out `SET tessera.index_apply`; an unknown value is refused
-    /// and the option keeps its state.
-    fn follow_index_apply(&self) -> Result<()> {
+    /// Carries out `SET tessera.index_apply` and `SET tessera.compaction`;
+    /// an unknown value is refused and the option keeps its state.
+    fn follow_switches(&self) -> Result<()> {
+        use std::sync::atomic::Ordering;
         let state = self.ctx.state_ref();
         let mut state = state.write();
         let Some(opts) = state
@@ -169,21 +170,37 @@ impl Coordinator {
         else {
             return Ok(());
         };
-        match opts.index_apply.to_ascii_lowercase().as_str() {
-            "running" => self.pause_index_apply(false),
-            "paused" => self.pause_index_apply(true),
-            other => {
-                let bad = other.to_string();
-                let paused = self
-                    .catalog
-                    .apply_paused
-                    .load(std::sync::atomic::Ordering::SeqCst);
-                opts.index_apply = if paused { "paused" } else { "running" }.to_string();
-                return plan_err!(
-                    "tessera.index_apply is '{bad}'; set it to 'running' (the default) or 'paused'"
-                );
+        let switches = [
+            (
+                "index_apply",
+                &mut opts.index_apply,
+                &self.catalog.apply_paused,
+            ),
+            (
+                "compaction",
+                &mut opts.compaction,
+                &self.catalog.compaction_paused,
+            ),
+        ];
+        for (name, value, paused) in switches {
+            match value.to_ascii_lowercase().as_str() {
+                "running" => paused.store(false, Ordering::SeqCst),
+                "paused" => paused.store(true, Ordering::SeqCst),
+                other => {
+                    let bad = other.to_string();
+                    *value = if paused.load(Ordering::SeqCst) {
+                        "paused"
+                    } else {
+                        "running"
+                    }
+                    .to_string();
+                    return plan_err!(
+                        "tessera.{name} is '{bad}'; set it to 'running' (the default) or 'paused'"
+                    );
+                }
             }
         }
+        self.catalog.apply_wanted.notify_one();
         Ok(())
     }
 
@@ -296,13 +313,9 @@ impl Coordinator {
                 Ok(Planned::Ready(batch.schema(), vec![batch]))
             }
             Statement::Compact { table } => {
-                let done = crate::compact::compact_table(
-                    &self.catalog,
-                    &table,
-                    2,
-                    crate::compact::MAX_FILE_BYTES,
-                )
-                .await?;
+                let done =
+                    crate::compact::compact_table(&self.catalog, &table, crate::compact::EXPLICIT)
+                        .await?;
                 let batch = crate::compact::report(&done)?;
                 Ok(Planned::Ready(batch.schema(), vec![batch]))
             }
@@ -410,7 +423,7 @@ impl Coordinator {
                 if is_statement {
                     // SET tessera.* may have changed what DataFusion must do.
                     options::apply(&mut self.ctx.state_ref().write());
-                    self.follow_index_apply()?;
+                    self.follow_switches()?;
                 }
                 Ok(Planned::Ready(schema, batches))
             }

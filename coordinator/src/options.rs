@@ -6,6 +6,7 @@
 //! | `tessera.broadcast_threshold_bytes`  | 16 MiB  | a join side estimated at most this large is sent whole to every task (broadcast); larger sides are shuffled. 0 never broadcasts. |
 //! | `tessera.index_read`                 | `eventual` | reads through a GLOBAL ASYNC index: `eventual` reads it as it is (it may miss the latest writes); `fresh` waits until it has applied every write that began before the query. |
 //! | `tessera.index_apply`                | `running` | the background apply of GLOBAL ASYNC index outboxes: `paused` stops it (rows are still acknowledged and their entries kept in the outboxes), `running` resumes it. Not kept across restarts. |
+//! | `tessera.compaction`                 | `running` | the background compactor: `paused` stops it (`COMPACT TABLE` still works), `running` resumes it. Not kept across restarts. |
 //!
 //! The estimate is the stored (Parquet) size of the partitions a scan
 //! keeps, scaled by the share of columns it reads.
@@ -26,6 +27,8 @@ extensions_options! {
         /// The background apply of GLOBAL ASYNC outboxes: 'running' or
         /// 'paused' (entries wait in the outboxes).
         pub index_apply: String, default = "running".to_string()
+        /// The background compactor: 'running' or 'paused'.
+        pub compaction: String, default = "running".to_string()
     }
 }
 

@@ -350,15 +350,33 @@ async fn index_statements_and_errors() {
     let value = shown[0].column_by_name("value").unwrap().as_string::<i32>();
     assert_eq!(value.value(0), "fresh");
     let all = cluster.query("SHOW tessera").await.unwrap();
-    assert_eq!(all.iter().map(|b| b.num_rows()).sum::<usize>(), 3);
-    assert!(
-        err("SET tessera.index_apply = 'stopped'")
+    assert_eq!(all.iter().map(|b| b.num_rows()).sum::<usize>(), 4);
+    for switch in ["index_apply", "compaction"] {
+        assert!(
+            cluster
+                .query(&format!("SET tessera.{switch} = 'stopped'"))
+                .await
+                .unwrap_err()
+                .contains("'running' (the default) or 'paused'")
+        );
+        let shown = cluster
+            .query(&format!("SHOW tessera.{switch}"))
             .await
-            .contains("'running' (the default) or 'paused'")
-    );
-    let shown = cluster.query("SHOW tessera.index_apply").await.unwrap();
-    let value = shown[0].column_by_name("value").unwrap().as_string::<i32>();
-    assert_eq!(value.value(0), "running");
+            .unwrap();
+        let value = shown[0].column_by_name("value").unwrap().as_string::<i32>();
+        assert_eq!(value.value(0), "running");
+    }
+    cluster
+        .query("SET tessera.compaction = 'paused'")
+        .await
+        .unwrap();
+    let catalog = cluster.cluster().coordinator().catalog();
+    assert!(catalog.compaction_paused());
+    cluster
+        .query("SET tessera.compaction = 'running'")
+        .await
+        .unwrap();
+    assert!(!catalog.compaction_paused());
     assert!(
         err("SHOW tessera.nope")
             .await
@@ -375,7 +393,10 @@ async fn index_statements_and_errors() {
 
 /// Parquet files per partition directory of every stored part of `table`
 /// (rows, index parts, outboxes), by directory, on all workers.
-fn files_per_partition(data_dir: &std::path::Path, table: &str) -> Vec<(String, usize)> {
+fn files_per_partition(
+    data_dir: &std::path::Path,
+    table: &str,
+) -> Vec<(String, usize, std::path::PathBuf)> {
     let mut out = vec![];
     let mut stack = vec![data_dir.to_path_buf()];
     while let Some(dir) = stack.pop() {
@@ -393,7 +414,7 @@ fn files_per_partition(data_dir: &std::path::Path, table: &str) -> Vec<(String, 
                     .flatten()
                     .filter(|f| f.file_name().to_string_lossy().ends_with(".parquet"))
                     .count();
-                out.push((format!("{parent}/{name}"), files));
+                out.push((format!("{parent}/{name}"), files, path));
             } else {
                 stack.push(path);
             }
@@ -477,7 +498,7 @@ async fn compaction_keeps_every_index_exact() {
         let merged = compact(&cluster).await;
         assert_eq!(merged[0].0, "cars");
         assert!(merged[0].1 >= 30, "round {round}: {merged:?}");
-        for (dir, files) in files_per_partition(cluster.data_dir(), "cars") {
+        for (dir, files, _) in files_per_partition(cluster.data_dir(), "cars") {
             if dir.contains(".o") {
                 continue;
             }
@@ -500,5 +521,36 @@ async fn compaction_keeps_every_index_exact() {
     check_indexes_exact(&cluster, rows).await;
     let e = cluster.query("COMPACT TABLE nope").await.unwrap_err();
     assert!(e.contains("does not exist"), "{e}");
+    // The manifests of an indexed table forward merged files; those of a
+    // table without indexes need not, and do not.
+    cluster
+        .query("CREATE TABLE plain (id BIGINT) PARTITION BY HASH (id) PARTITIONS 2")
+        .await
+        .unwrap();
+    for id in 0..6 {
+        cluster
+            .query(&format!("INSERT INTO plain VALUES ({id})"))
+            .await
+            .unwrap();
+    }
+    cluster.query("COMPACT TABLE plain").await.unwrap();
+    let forwards = |table: &str| {
+        let mut n = 0;
+        for (dir, files, path) in files_per_partition(cluster.data_dir(), table) {
+            if dir.contains(".i") || dir.contains(".o") {
+                continue;
+            }
+            assert_eq!(files, 1, "{dir}");
+            let m = std::fs::read_to_string(path.join("manifest.json")).unwrap();
+            n += usize::from(m.contains("\"moved\""));
+        }
+        n
+    };
+    assert_eq!(forwards("plain"), 0);
+    assert_eq!(forwards("cars"), 3);
+    assert_eq!(
+        single_i64(&cluster.query("SELECT sum(id) FROM plain").await.unwrap()),
+        15
+    );
     cluster.stop().await;
 }

@@ -16,6 +16,7 @@ pub use scan::{
 };
 pub use service::{WorkerHandle, nodelay_incoming, start_worker, to_status};
 pub use storage::{
-    Compaction, DataFile, Manifest, PartitionStats, StagedWrite, Storage, sort_by_columns,
+    Compaction, DataFile, Manifest, MergeRule, PartitionStats, StagedWrite, Storage,
+    sort_by_columns,
 };
 pub use yielding::{YieldingSliceExec, running_loop_joins};

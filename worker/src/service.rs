@@ -247,13 +247,7 @@ impl FlightService for WorkerFlightService {
                 let req: wire::CompactRequest = wire::decode(&action.body).map_err(to_status)?;
                 let storage = Arc::clone(&self.local.storage);
                 let compaction = tokio::task::spawn_blocking(move || {
-                    storage.compact_prepare(
-                        req.txn,
-                        &req.table,
-                        req.partition,
-                        req.min_files,
-                        req.max_file_bytes,
-                    )
+                    storage.compact_prepare(req.txn, &req.table, req.partition, &req.rule)
                 })
                 .await
                 .map_err(|e| Status::internal(format!("compaction task failed: {e}")))?

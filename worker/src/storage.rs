@@ -177,6 +177,55 @@ pub struct Compaction {
     pub replaces: Vec<DataFile>,
     /// The new file.
     pub file: DataFile,
+    /// Record where the rows of the merged files went (index entries may
+    /// name them).
+    #[serde(default)]
+    pub forward: bool,
+}
+
+/// Which files of a partition a compaction merges.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct MergeRule {
+    /// Merge only if at least this many files qualify (and never fewer
+    /// than 2).
+    pub min_files: usize,
+    /// Files of this size or more are left as they are.
+    pub max_file_bytes: u64,
+    /// Leave out the largest file while it outweighs all the others
+    /// together: merging many small files into one large one rewrites the
+    /// large one each time, so it waits until they add up (each row is then
+    /// rewritten a logarithmic number of times, not once per merge).
+    pub tiered: bool,
+    /// Record where the rows of merged files go, for index entries that
+    /// name them (a table with indexes).
+    pub forward: bool,
+}
+
+impl MergeRule {
+    /// The files to merge out of a partition's, in manifest order.
+    pub fn choose(&self, files: &[DataFile]) -> Vec<DataFile> {
+        let mut chosen: Vec<&DataFile> = files
+            .iter()
+            .filter(|f| f.bytes < self.max_file_bytes)
+            .collect();
+        if self.tiered {
+            loop {
+                let total: u64 = chosen.iter().map(|f| f.bytes).sum();
+                let Some((i, largest)) = chosen.iter().enumerate().max_by_key(|(_, f)| f.bytes)
+                else {
+                    break;
+                };
+                if largest.bytes <= total - largest.bytes {
+                    break;
+                }
+                chosen.remove(i);
+            }
+        }
+        if chosen.len() < self.min_files.max(2) {
+            return vec![];
+        }
+        chosen.into_iter().cloned().collect()
+    }
 }
 
 fn compaction_name(txn: u64) -> String {
@@ -424,9 +473,9 @@ impl Storage {
         })
     }
 
-    /// Merges the small files of a partition (under `max_bytes` each, in
-    /// manifest order) into a staged file of `txn`, if there are at least
-    /// `min_files` of them; notes beside it which files it replaces. The
+    /// Merges the files of a partition that `rule` chooses (in manifest
+    /// order) into a staged file of `txn`; notes beside it which files it
+    /// replaces. The
     /// commit of `txn` swaps them; their rows keep their order, so index
     /// entries naming the old files are forwarded by an offset.
     pub fn compact_prepare(
@@ -434,18 +483,12 @@ impl Storage {
         txn: u64,
         table: &str,
         partition: u32,
-        min_files: usize,
-        max_bytes: u64,
+        rule: &MergeRule,
     ) -> Result<Option<Compaction>> {
         use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
         let dir = self.partition_dir(table, partition)?;
-        let small: Vec<DataFile> = self
-            .manifest(table, partition)?
-            .files
-            .into_iter()
-            .filter(|f| f.bytes < max_bytes)
-            .collect();
-        if small.len() < min_files.max(2) {
+        let small = rule.choose(&self.manifest(table, partition)?.files);
+        if small.is_empty() {
             return Ok(None);
         }
         if small.iter().map(|f| f.rows).sum::<u64>() > u64::from(u32::MAX) {
@@ -499,6 +542,7 @@ impl Storage {
                 rows,
                 bytes,
             },
+            forward: rule.forward,
         };
         let note = staged.join(compaction_name(txn));
         let body = serde_json::to_vec(&compaction)
@@ -595,7 +639,9 @@ impl Storage {
                         offset: offset + m.offset,
                     };
                 }
-                manifest.moved.insert(old, Moved { to: txn, offset });
+                if compaction.forward {
+                    manifest.moved.insert(old, Moved { to: txn, offset });
+                }
                 offset += u32::try_from(f.rows).unwrap_or(u32::MAX);
             }
             manifest.files.retain(|f| !gone.contains(f.name.as_str()));
@@ -886,8 +932,37 @@ mod tests {
         s.commit(txn, &[w]).unwrap();
     }
 
+    fn rule(min_files: usize, forward: bool) -> MergeRule {
+        MergeRule {
+            min_files,
+            max_file_bytes: u64::MAX,
+            tiered: false,
+            forward,
+        }
+    }
+
+    #[test]
+    fn tiered_rule_waits_for_small_files_to_add_up() {
+        let f = |name: &str, bytes| DataFile {
+            name: name.into(),
+            rows: 1,
+            bytes,
+        };
+        let files = vec![f("big", 1000), f("a", 10), f("b", 10), f("huge", 5000)];
+        let mut r = rule(2, false);
+        r.max_file_bytes = 4000;
+        let names = |v: Vec<DataFile>| v.into_iter().map(|f| f.name).collect::<Vec<_>>();
+        assert_eq!(names(r.choose(&files)), ["big", "a", "b"]);
+        r.tiered = true;
+        assert_eq!(names(r.choose(&files)), ["a", "b"]);
+        r.min_files = 3;
+        assert!(r.choose(&files).is_empty());
+        let even = vec![f("x", 10), f("y", 10), f("z", 15)];
+        assert_eq!(names(r.choose(&even)), ["x", "y", "z"]);
+    }
+
     fn compact(s: &Storage, txn: u64, table: &str) -> Option<Compaction> {
-        let c = s.compact_prepare(txn, table, 0, 2, u64::MAX).unwrap();
+        let c = s.compact_prepare(txn, table, 0, &rule(2, true)).unwrap();
         let w = StagedWrite {
             txn,
             table: table.into(),
@@ -910,7 +985,11 @@ mod tests {
         let s = Storage::open(dir.path()).unwrap();
         write(&s, 1, "t", vec![10, 11, 12]);
         write(&s, 2, "t", vec![20, 21]);
-        assert!(s.compact_prepare(3, "t", 0, 3, u64::MAX).unwrap().is_none());
+        assert!(
+            s.compact_prepare(3, "t", 0, &rule(3, true))
+                .unwrap()
+                .is_none()
+        );
         let pin = s.pin();
         let c = compact(&s, 3, "t").unwrap();
         assert_eq!((c.replaces.len(), c.file.rows), (2, 5));
@@ -966,7 +1045,9 @@ mod tests {
         write(&s, 1, "t", vec![1]);
         write(&s, 2, "t", vec![2]);
         let before = s.manifest("t", 0).unwrap();
-        s.compact_prepare(3, "t", 0, 2, u64::MAX).unwrap().unwrap();
+        s.compact_prepare(3, "t", 0, &rule(2, false))
+            .unwrap()
+            .unwrap();
         assert_eq!(s.staged().unwrap().len(), 1);
         s.abort(3).unwrap();
         assert!(s.staged().unwrap().is_empty());

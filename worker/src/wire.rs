@@ -107,16 +107,14 @@ pub struct TruncateRequest {
     pub max_txn: u64,
 }
 
-/// Merge the small files of one partition into a staged file of `txn`
-/// (committed like a write), if it has at least `min_files` of them.
+/// Merge the files of one partition that `rule` chooses into a staged
+/// file of `txn` (committed like a write).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CompactRequest {
     pub txn: u64,
     pub table: String,
     pub partition: u32,
-    pub min_files: usize,
-    /// Files of this size or more are left as they are.
-    pub max_file_bytes: u64,
+    pub rule: crate::storage::MergeRule,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
