@@ -30,7 +30,7 @@ use futures::TryStreamExt;
 use futures::future::join_all;
 use tessera_sql::{IndexDef, IndexKind, Partitioner, TableDef};
 use tessera_worker::index::entries_of;
-use tessera_worker::wire::PrepareRequest;
+use tessera_worker::wire::{PieceHeader, PrepareRequest};
 use tessera_worker::{DataFile, ScanPart, StagedWrite, WorkerClient, sort_by_columns};
 
 use crate::catalog::Catalog;
@@ -335,8 +335,12 @@ pub async fn write_pieces(
     let mut early: BTreeMap<String, Vec<StagedWrite>> = BTreeMap::new();
     let mut late: BTreeMap<String, Vec<StagedWrite>> = BTreeMap::new();
     let mut urls: BTreeMap<String, String> = BTreeMap::new();
-    let mut prepares = vec![];
-    for piece in pieces {
+    // One prepare per worker, carrying all its pieces (a partition's rows
+    // and its LOCAL index entries travel together): worker → (piece
+    // number, where, rows).
+    let count = pieces.len();
+    let mut by_worker: BTreeMap<String, Vec<(usize, PieceHeader, RecordBatch)>> = BTreeMap::new();
+    for (i, piece) in pieces.into_iter().enumerate() {
         urls.insert(piece.target.worker_id.clone(), piece.target.url.clone());
         let group = if piece.role == Role::Index {
             &mut early
@@ -351,27 +355,46 @@ pub async fn write_pieces(
                 table: piece.location.clone(),
                 partition: piece.partition,
             });
-        let request = PrepareRequest {
-            txn,
-            table: piece.location,
-            partition: piece.partition,
-        };
-        let url = piece.target.url;
-        let worker = piece.target.worker_id;
-        let batch = piece.batch;
-        prepares.push(async move {
+        by_worker.entry(piece.target.worker_id).or_default().push((
+            i,
+            PieceHeader {
+                table: piece.location,
+                partition: piece.partition,
+            },
+            piece.batch,
+        ));
+    }
+    let request = PrepareRequest { txn };
+    let prepares = by_worker.into_iter().map(|(worker, pieces)| {
+        let url = urls.get(&worker).cloned().unwrap_or_default();
+        let request = &request;
+        async move {
+            let order: Vec<usize> = pieces.iter().map(|(i, ..)| *i).collect();
+            let pieces = pieces.into_iter().map(|(_, h, b)| (h, b)).collect();
             let prepared = async {
                 let client = WorkerClient::connect(&url)?;
-                client.prepare(&request, vec![batch]).await
+                client.prepare(request, pieces).await
             };
-            prepared.await.map_err(|e| name_worker(&worker, &url, e))
-        });
-    }
+            let files = prepared.await.map_err(|e| name_worker(&worker, &url, e))?;
+            if files.len() != order.len() {
+                return Err(DataFusionError::Execution(format!(
+                    "worker {worker} at {url} prepared {} pieces of {}",
+                    files.len(),
+                    order.len()
+                )));
+            }
+            Ok(order.into_iter().zip(files).collect::<Vec<_>>())
+        }
+    });
     // Phase 1: every piece durable on its owner.
-    let mut files = vec![];
+    let mut files: Vec<Option<DataFile>> = vec![None; count];
     for result in join_all(prepares).await {
         match result {
-            Ok(f) => files.push(f),
+            Ok(prepared) => {
+                for (i, f) in prepared {
+                    files[i] = Some(f);
+                }
+            }
             Err(err) => {
                 abort(txn, urls.values()).await;
                 return Err(match err {
@@ -383,6 +406,7 @@ pub async fn write_pieces(
             }
         }
     }
+    let files: Vec<DataFile> = files.into_iter().flatten().collect();
     decide_and_commit(catalog, txn, [early, late], urls, |s| decide(s, &files)).await?;
     catalog
         .files_added
@@ -421,6 +445,19 @@ pub(crate) async fn decide_and_commit<const N: usize>(
     // it succeeds; a worker that did not confirm is retried in the
     // background until it does (commit is idempotent).
     let mut failed: BTreeMap<String, Vec<StagedWrite>> = BTreeMap::new();
+    // On one worker, one commit call keeps the order (a worker commits a
+    // call's writes one after the other): no need for a round per group.
+    let groups: Vec<BTreeMap<String, Vec<StagedWrite>>> = if urls.len() == 1 {
+        let mut one: BTreeMap<String, Vec<StagedWrite>> = BTreeMap::new();
+        for group in groups {
+            for (worker, w) in group {
+                one.entry(worker).or_default().extend(w);
+            }
+        }
+        vec![one]
+    } else {
+        groups.into()
+    };
     for group in &groups {
         for (worker, w) in commit_all(txn, group, &urls).await {
             failed.entry(worker).or_default().extend(w);

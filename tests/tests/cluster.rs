@@ -245,7 +245,7 @@ async fn recovery_finishes_decided_writes_and_aborts_the_rest() {
 
     use arrow::array::Int64Array;
     use arrow::datatypes::{DataType, Field, Schema};
-    use tessera_worker::wire::PrepareRequest;
+    use tessera_worker::wire::{PieceHeader, PrepareRequest};
     use tessera_worker::{StagedWrite, WorkerClient};
 
     let cluster = TestCluster::builder().workers(2).start().await;
@@ -273,12 +273,14 @@ async fn recovery_finishes_decided_writes_and_aborts_the_rest() {
     };
     // Both writes are prepared (durable, staged); only txn 1 is decided.
     for (txn, n) in [(1u64, 7i64), (2, 5)] {
-        let request = PrepareRequest {
-            txn,
+        let piece = PieceHeader {
             table: location.clone(),
             partition: 0,
         };
-        client.prepare(&request, vec![rows(n)]).await.unwrap();
+        client
+            .prepare(&PrepareRequest { txn }, vec![(piece, rows(n))])
+            .await
+            .unwrap();
     }
     let write = StagedWrite {
         txn: 1,

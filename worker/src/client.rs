@@ -97,16 +97,17 @@ impl WorkerClient {
         flight_error(&self.url, e)
     }
 
-    /// Sends one partition's rows of a transaction; durable on return.
+    /// Sends this worker's pieces of a transaction in one call: each piece
+    /// the rows of one partition. Durable on return; the files in order.
     pub async fn prepare(
         &self,
         request: &wire::PrepareRequest,
-        batches: Vec<RecordBatch>,
-    ) -> Result<DataFile> {
-        // Preparing again overwrites the same staged file: safe to retry.
-        match self.prepare_once(request, batches.clone()).await {
+        pieces: Vec<(wire::PieceHeader, RecordBatch)>,
+    ) -> Result<Vec<DataFile>> {
+        // Preparing again overwrites the same staged files: safe to retry.
+        match self.prepare_once(request, pieces.clone()).await {
             Err(e) if is_stale_connection(&e) => {
-                self.reconnect()?.prepare_once(request, batches).await
+                self.reconnect()?.prepare_once(request, pieces).await
             }
             other => other,
         }
@@ -115,13 +116,20 @@ impl WorkerClient {
     async fn prepare_once(
         &self,
         request: &wire::PrepareRequest,
-        batches: Vec<RecordBatch>,
-    ) -> Result<DataFile> {
-        let descriptor = FlightDescriptor::new_cmd(wire::encode(request)?);
-        let input = futures::stream::iter(batches.into_iter().map(Ok));
-        let data = FlightDataEncoderBuilder::new()
-            .with_flight_descriptor(Some(descriptor))
-            .build(input);
+        pieces: Vec<(wire::PieceHeader, RecordBatch)>,
+    ) -> Result<Vec<DataFile>> {
+        let mut descriptor = Some(FlightDescriptor::new_cmd(wire::encode(request)?));
+        let mut streams = vec![];
+        for (header, batch) in pieces {
+            // A new encoder per piece: its first message is the piece's
+            // schema, tagged with where the rows go.
+            let encoder = FlightDataEncoderBuilder::new()
+                .with_flight_descriptor(descriptor.take())
+                .with_metadata(wire::encode(&header)?.into())
+                .build(futures::stream::iter([Ok(batch)]));
+            streams.push(encoder);
+        }
+        let data = futures::stream::iter(streams).flatten();
         let mut client = FlightClient::new_from_inner(self.inner.clone());
         let mut results = client.do_put(data).await.map_err(|e| self.err(e))?;
         match results.next().await {

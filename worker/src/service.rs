@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use arrow_flight::decode::FlightRecordBatchStream;
+use arrow_flight::decode::{DecodedPayload, FlightDataDecoder};
 use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::error::FlightError;
 use arrow_flight::flight_service_server::{FlightService, FlightServiceServer};
@@ -14,6 +14,8 @@ use arrow_flight::{
     Action, ActionType, Criteria, Empty, FlightData, FlightDescriptor, FlightInfo,
     HandshakeRequest, HandshakeResponse, PollInfo, PutResult, SchemaResult, Ticket,
 };
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::common::DataFusionError;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::physical_plan::ExecutionPlan;
@@ -173,23 +175,41 @@ impl FlightService for WorkerFlightService {
         let data = futures::stream::once(async { Ok(first) })
             .chain(input.map_err(FlightError::from))
             .boxed();
-        let mut batches_stream = FlightRecordBatchStream::new_from_flight_data(data);
-        let mut batches = vec![];
-        while let Some(b) = batches_stream.next().await {
-            batches.push(b.map_err(|e| Status::invalid_argument(format!("bad rows: {e}")))?);
+        // Each schema message starts a piece and names where it goes.
+        let mut decoder = FlightDataDecoder::new(data);
+        let mut pieces: Vec<(wire::PieceHeader, SchemaRef, Vec<RecordBatch>)> = vec![];
+        while let Some(d) = decoder.next().await {
+            let d = d.map_err(|e| Status::invalid_argument(format!("bad rows: {e}")))?;
+            match d.payload {
+                DecodedPayload::Schema(schema) => {
+                    let header: wire::PieceHeader =
+                        wire::decode(&d.inner.app_metadata).map_err(to_status)?;
+                    pieces.push((header, schema, vec![]));
+                }
+                DecodedPayload::RecordBatch(batch) => match pieces.last_mut() {
+                    Some((_, _, batches)) => batches.push(batch),
+                    None => return Err(Status::invalid_argument("rows before their schema")),
+                },
+                DecodedPayload::None => {}
+            }
         }
-        let Some(schema) = batches_stream.schema().cloned() else {
+        if pieces.is_empty() {
             return Err(Status::invalid_argument("a write carried no schema"));
-        };
+        }
         let storage = Arc::clone(&self.local.storage);
-        let file = tokio::task::spawn_blocking(move || {
-            storage.prepare(req.txn, &req.table, req.partition, schema, &batches)
+        let files = tokio::task::spawn_blocking(move || {
+            pieces
+                .into_iter()
+                .map(|(h, schema, batches)| {
+                    storage.prepare(req.txn, &h.table, h.partition, schema, &batches)
+                })
+                .collect::<datafusion::common::Result<Vec<_>>>()
         })
         .await
         .map_err(|e| Status::internal(format!("write task failed: {e}")))?
         .map_err(to_status)?;
         let result = PutResult {
-            app_metadata: wire::encode(&file).map_err(to_status)?.into(),
+            app_metadata: wire::encode(&files).map_err(to_status)?.into(),
         };
         Ok(Response::new(Box::pin(futures::stream::once(async {
             Ok(result)

@@ -3,7 +3,7 @@
 //!
 //! | call                 | body                        | answer                 |
 //! |----------------------|-----------------------------|------------------------|
-//! | DoPut `prepare`      | [`PrepareRequest`] + rows   | [`DataFile`]           |
+//! | DoPut `prepare`      | [`PrepareRequest`] + pieces | `Vec<DataFile>`        |
 //! | DoAction `commit`    | [`CommitRequest`]           | nothing                |
 //! | DoAction `abort`     | [`TxnRequest`]              | nothing                |
 //! | DoAction `staged`    | nothing                     | `Vec<StagedWrite>`     |
@@ -74,10 +74,19 @@ impl EntriesRequest {
 /// The largest gRPC message either side accepts.
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
 
-/// Prepares one partition's share of a write (the DoPut command).
+/// Prepares a worker's share of a write (the DoPut command): one or more
+/// pieces, each the rows of one partition of one table (or index part).
+/// Each piece's rows follow a schema message whose `app_metadata` is its
+/// [`PieceHeader`], so a write and its LOCAL index entries travel in one
+/// call.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PrepareRequest {
     pub txn: u64,
+}
+
+/// Where one piece of a prepare goes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PieceHeader {
     pub table: String,
     pub partition: u32,
 }
