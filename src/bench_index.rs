@@ -41,6 +41,7 @@ struct Row {
     serial_per_s: f64,
     insert_latencies: Vec<f64>,
     write_partitions: f64,
+    write_workers: f64,
     /// `--writers` clients at once.
     concurrent_per_s: f64,
     cpu_ms_per_insert: Option<f64>,
@@ -144,29 +145,31 @@ async fn bench(b: &IndexBench, scratch: &std::path::Path) -> Result<(), String> 
         b.inserts
     );
     let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-    let mut fanout = [(0u64, 0u64); KINDS.len()];
+    let mut fanout = [tessera_coordinator::WriteFanout::default(); KINDS.len()];
     let mut max_lag = 0u64;
     for n in 0..b.inserts {
         let id = b.rows + n as u64;
         let color = next(&mut seed) % values;
         for (i, row) in out.iter_mut().enumerate() {
             let sql = format!("INSERT INTO {} VALUES ({id}, {color}, 'new')", table(i));
-            let (w0, p0) = catalog.write_fanout();
+            let before = catalog.write_fanout();
             let t0 = Instant::now();
             client.query(&sql).await?;
             row.insert_latencies
                 .push(t0.elapsed().as_secs_f64() * 1000.0);
-            let (w1, p1) = catalog.write_fanout();
-            fanout[i].0 += w1 - w0;
-            fanout[i].1 += p1 - p0;
+            let after = catalog.write_fanout();
+            fanout[i].writes += after.writes - before.writes;
+            fanout[i].partitions += after.partitions - before.partitions;
+            fanout[i].workers += after.workers - before.workers;
             if is_async(i) {
                 max_lag = max_lag.max(lag_entries(&catalog.state()));
             }
         }
     }
-    for (row, (writes, parts)) in out.iter_mut().zip(fanout) {
+    for (row, f) in out.iter_mut().zip(fanout) {
         row.serial_per_s = 1000.0 * b.inserts as f64 / row.insert_latencies.iter().sum::<f64>();
-        row.write_partitions = parts as f64 / writes.max(1) as f64;
+        row.write_partitions = f.partitions as f64 / f.writes.max(1) as f64;
+        row.write_workers = f.workers as f64 / f.writes.max(1) as f64;
     }
     let drain_ms = drain(catalog).await?;
     for (i, row) in out.iter_mut().enumerate() {
@@ -328,6 +331,7 @@ fn render(rows: &[Row], writers: usize) -> Table {
         format!("inserts/s, {writers} writers"),
         "CPU ms per insert".into(),
         "partitions per insert".into(),
+        "workers per insert".into(),
         "COMPACT TABLE ms".into(),
         "lookup partitions (index + data)".into(),
         "lookup p50 ms".into(),
@@ -345,6 +349,7 @@ fn render(rows: &[Row], writers: usize) -> Table {
             r.cpu_ms_per_insert
                 .map_or("?".into(), |v| format!("{v:.2}")),
             format!("{:.2}", r.write_partitions),
+            format!("{:.2}", r.write_workers),
             format!("{:.0}", r.compact_ms),
             r.lookup_partitions.clone(),
             format!("{:.2}", percentile(&r.lookups, 0.5)),
@@ -352,7 +357,7 @@ fn render(rows: &[Row], writers: usize) -> Table {
             r.lag.map_or("-".into(), |(n, ms)| format!("{n}, {ms:.0}")),
         ]);
     }
-    for i in 1..13 {
+    for i in 1..14 {
         if let Some(c) = t.column_mut(i) {
             c.set_cell_alignment(CellAlignment::Right);
         }

@@ -39,6 +39,8 @@ pub struct Catalog {
     /// partitions; a LOCAL index or an outbox lives in its data partition).
     writes: AtomicU64,
     partitions_written: AtomicU64,
+    /// ... and the workers taking part in their transactions.
+    workers_written: AtomicU64,
     /// Set when the coordinator stops: background tasks end.
     pub(crate) closed: AtomicBool,
     /// ASYNC indexes: the transactions of this run whose outbox entries
@@ -52,6 +54,14 @@ pub struct Catalog {
     pub(crate) compacting: tokio::sync::Mutex<()>,
     /// `SET tessera.compaction = 'paused'`.
     pub(crate) compaction_paused: AtomicBool,
+}
+
+/// Counters of acknowledged INSERTs, see [`Catalog::write_fanout`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriteFanout {
+    pub writes: u64,
+    pub partitions: u64,
+    pub workers: u64,
 }
 
 /// A transaction in flight; finishing it (or dropping it on an error path)
@@ -93,6 +103,7 @@ impl Catalog {
             closed: AtomicBool::new(false),
             writes: AtomicU64::new(0),
             partitions_written: AtomicU64::new(0),
+            workers_written: AtomicU64::new(0),
             outbox_pending: Mutex::new(BTreeMap::new()),
             files_added: AtomicU64::new(0),
             compacting: tokio::sync::Mutex::new(()),
@@ -284,19 +295,22 @@ impl Catalog {
         self.compaction_paused.load(Ordering::SeqCst)
     }
 
-    pub(crate) fn count_write(&self, partitions: u64) {
+    pub(crate) fn count_write(&self, partitions: u64, workers: u64) {
         self.writes.fetch_add(1, Ordering::Relaxed);
         self.partitions_written
             .fetch_add(partitions, Ordering::Relaxed);
+        self.workers_written.fetch_add(workers, Ordering::Relaxed);
     }
 
-    /// (INSERT statements acknowledged, partitions they wrote before the
-    /// acknowledgement), since the coordinator started.
-    pub fn write_fanout(&self) -> (u64, u64) {
-        (
-            self.writes.load(Ordering::Relaxed),
-            self.partitions_written.load(Ordering::Relaxed),
-        )
+    /// INSERT statements acknowledged since the coordinator started, with
+    /// the partitions they wrote before the acknowledgement and the workers
+    /// their transactions involved (summed over statements).
+    pub fn write_fanout(&self) -> WriteFanout {
+        WriteFanout {
+            writes: self.writes.load(Ordering::Relaxed),
+            partitions: self.partitions_written.load(Ordering::Relaxed),
+            workers: self.workers_written.load(Ordering::Relaxed),
+        }
     }
 
     /// The counters of one index (zero if it has none yet).

@@ -18,7 +18,7 @@ mod table;
 mod write;
 mod yield_points;
 
-pub use catalog::Catalog;
+pub use catalog::{Catalog, WriteFanout};
 pub use cluster::{Cluster, ClusterConfig};
 pub use engine::{Coordinator, Planned};
 pub use metastore::{CatalogState, FileMetastore, Metastore};

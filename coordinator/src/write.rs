@@ -151,6 +151,11 @@ impl DataSink for WriteSink {
             pieces.extend(more);
         }
 
+        let workers = pieces
+            .iter()
+            .map(|p| p.target.worker_id.as_str())
+            .collect::<std::collections::BTreeSet<_>>()
+            .len() as u64;
         let stats_of: Vec<(u32, usize)> = pieces
             .iter()
             .enumerate()
@@ -185,7 +190,7 @@ impl DataSink for WriteSink {
             )));
         }
         drop(guard);
-        self.catalog.count_write(touched);
+        self.catalog.count_write(touched, workers);
         let outboxes: Vec<&str> = counts
             .iter()
             .filter(|(_, k, n)| *k == IndexKind::GlobalAsync && *n > 0)

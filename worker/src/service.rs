@@ -197,13 +197,29 @@ impl FlightService for WorkerFlightService {
             return Err(Status::invalid_argument("a write carried no schema"));
         }
         let storage = Arc::clone(&self.local.storage);
+        // The pieces are written side by side: each ends with its own fsync.
         let files = tokio::task::spawn_blocking(move || {
-            pieces
-                .into_iter()
-                .map(|(h, schema, batches)| {
-                    storage.prepare(req.txn, &h.table, h.partition, schema, &batches)
-                })
-                .collect::<datafusion::common::Result<Vec<_>>>()
+            std::thread::scope(|scope| {
+                let writers: Vec<_> = pieces
+                    .into_iter()
+                    .map(|(h, schema, batches)| {
+                        let storage = &storage;
+                        scope.spawn(move || {
+                            storage.prepare(req.txn, &h.table, h.partition, schema, &batches)
+                        })
+                    })
+                    .collect();
+                writers
+                    .into_iter()
+                    .map(|w| {
+                        w.join().unwrap_or_else(|_| {
+                            Err(DataFusionError::Internal(
+                                "a piece's writer panicked".into(),
+                            ))
+                        })
+                    })
+                    .collect::<datafusion::common::Result<Vec<_>>>()
+            })
         })
         .await
         .map_err(|e| Status::internal(format!("write task failed: {e}")))?
