@@ -22,6 +22,7 @@ Statements end with ';' and may span lines.
   CREATE TABLE t (...) PARTITION BY RANGE (ts) SPLIT AT (v1, v2);
   CREATE INDEX i ON t (c) LOCAL | GLOBAL [SYNC | ASYNC] [PARTITIONS n];
   SHOW INDEXES [ON t];              kind, entries, state, ASYNC lag
+  COMPACT TABLE t;                  merge small files now (tessera.compactions lists merges)
 Commands: \\help  this text    \\q  quit";
 
 /// Runs each statement of `sql`, printing results; stops at the first error.
@@ -32,7 +33,24 @@ pub async fn run_statements(client: &mut Client, sql: &str, timing: bool) -> Res
         let start = Instant::now();
         let result = match tessera_sql::parse_statement(&s.sql) {
             Ok(tessera_sql::Statement::CreateIndex(ci)) => {
-                with_backfill_progress(client, &s.sql, &ci.name, &ci.table).await?
+                let watch = Watch {
+                    label: format!("backfill {}", ci.name),
+                    poll: format!("SHOW INDEXES ON {}", ci.table),
+                    progress: Box::new(move |b| building(b, &ci.name)),
+                };
+                with_progress(client, &s.sql, watch).await?
+            }
+            Ok(tessera_sql::Statement::Compact { table }) => {
+                let watch = Watch {
+                    label: format!("compact {table}"),
+                    poll: format!(
+                        "SELECT partitions_done, partitions_total FROM tessera.compactions \
+                         WHERE table_name = '{}' AND state = 'running' AND trigger = 'COMPACT TABLE'",
+                        table.replace('\'', "''")
+                    ),
+                    progress: Box::new(compacting),
+                };
+                with_progress(client, &s.sql, watch).await?
             }
             _ => client.query(&s.sql).await?,
         };
@@ -47,21 +65,31 @@ pub async fn run_statements(client: &mut Client, sql: &str, timing: bool) -> Res
     Ok(())
 }
 
-/// Runs a `CREATE INDEX`, showing its backfill's progress (data
-/// partitions done) as `SHOW INDEXES` reports it on a second connection.
-async fn with_backfill_progress(
+/// Reads (done, total) partitions off the result of a progress query.
+type ReadProgress = Box<dyn Fn(&[arrow::array::RecordBatch]) -> Option<(u32, u32)>>;
+
+/// What a long statement's progress is read from: a query on a second
+/// connection, and how to read its result.
+struct Watch {
+    label: String,
+    poll: String,
+    progress: ReadProgress,
+}
+
+/// Runs a statement, showing its progress (partitions done) as `watch`
+/// reads it every 200 ms on a second connection.
+async fn with_progress(
     client: &mut Client,
     sql: &str,
-    index: &str,
-    table: &str,
+    watch: Watch,
 ) -> Result<QueryResult, String> {
     let mut watcher = client.reconnect().await.ok();
     let bar = ProgressBar::new(0).with_style(
-        ProgressStyle::with_template("backfill {msg} [{bar:30}] {pos}/{len} partitions {elapsed}")
+        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} partitions {elapsed}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    bar.set_message(index.to_string());
-    let show = format!("SHOW INDEXES ON {table}");
+    bar.set_message(watch.label);
+    let show = watch.poll;
     let query = client.query(sql);
     tokio::pin!(query);
     loop {
@@ -73,7 +101,7 @@ async fn with_backfill_progress(
             _ = tokio::time::sleep(Duration::from_millis(200)) => {
                 let Some(w) = watcher.as_mut() else { continue };
                 let Ok(shown) = w.query(&show).await else { continue };
-                if let Some((done, total)) = building(&shown.batches, index) {
+                if let Some((done, total)) = (watch.progress)(&shown.batches) {
                     bar.set_length(u64::from(total));
                     bar.set_position(u64::from(done));
                 }
@@ -96,6 +124,17 @@ fn building(batches: &[arrow::array::RecordBatch], index: &str) -> Option<(u32, 
         }
     }
     None
+}
+
+/// `(done, total)` partitions of a running `COMPACT TABLE` in
+/// `tessera.compactions`.
+fn compacting(batches: &[arrow::array::RecordBatch]) -> Option<(u32, u32)> {
+    use arrow::array::AsArray;
+    use arrow::datatypes::UInt32Type;
+    let b = batches.iter().find(|b| b.num_rows() > 0)?;
+    let done = b.column(0).as_primitive_opt::<UInt32Type>()?.value(0);
+    let total = b.column(1).as_primitive_opt::<UInt32Type>()?.value(0);
+    Some((done, total))
 }
 
 fn history_path() -> Option<std::path::PathBuf> {

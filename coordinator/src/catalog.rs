@@ -54,6 +54,8 @@ pub struct Catalog {
     pub(crate) compacting: tokio::sync::Mutex<()>,
     /// `SET tessera.compaction = 'paused'`.
     pub(crate) compaction_paused: AtomicBool,
+    /// `tessera.compactions`.
+    pub(crate) compactions: crate::compact::CompactionLog,
 }
 
 /// Counters of acknowledged INSERTs, see [`Catalog::write_fanout`].
@@ -108,6 +110,7 @@ impl Catalog {
             files_added: AtomicU64::new(0),
             compacting: tokio::sync::Mutex::new(()),
             compaction_paused: AtomicBool::new(false),
+            compactions: Default::default(),
         }))
     }
 

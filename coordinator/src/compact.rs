@@ -77,6 +77,156 @@ pub struct Compacted {
     pub bytes_after: u64,
 }
 
+/// How many finished compactions `tessera.compactions` keeps.
+const KEEP: usize = 100;
+
+/// One compaction of a table, as `tessera.compactions` lists it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompactionRecord {
+    pub id: u64,
+    pub table: String,
+    /// `COMPACT TABLE` or `background`.
+    pub trigger: &'static str,
+    /// `running`, `done` or `failed: <why>`.
+    pub state: String,
+    /// Partitions looked at (of the rows and of each index), of all.
+    pub partitions_done: u32,
+    pub partitions_total: u32,
+    pub partitions_merged: u32,
+    pub files_merged: u64,
+    pub started_micros: u64,
+    pub elapsed_ms: f64,
+}
+
+/// The compactions of this coordinator's run: running ones, and the last
+/// [`KEEP`] finished ones that merged something or were asked for.
+#[derive(Debug, Default)]
+pub struct CompactionLog {
+    records: std::sync::Mutex<std::collections::VecDeque<CompactionRecord>>,
+    next_id: std::sync::atomic::AtomicU64,
+}
+
+impl CompactionLog {
+    pub fn snapshot(&self) -> Vec<CompactionRecord> {
+        self.records
+            .lock()
+            .map(|r| r.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    fn begin(&self, table: &str, trigger: &'static str, total: u32) -> u64 {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+        if let Ok(mut r) = self.records.lock() {
+            r.push_back(CompactionRecord {
+                id,
+                table: table.to_string(),
+                trigger,
+                state: "running".into(),
+                partitions_done: 0,
+                partitions_total: total,
+                partitions_merged: 0,
+                files_merged: 0,
+                started_micros: crate::catalog::now_micros(),
+                elapsed_ms: 0.0,
+            });
+        }
+        id
+    }
+
+    fn update(&self, id: u64, change: impl FnOnce(&mut CompactionRecord)) {
+        if let Ok(mut r) = self.records.lock()
+            && let Some(rec) = r.iter_mut().find(|r| r.id == id)
+        {
+            change(rec);
+            rec.elapsed_ms =
+                crate::catalog::now_micros().saturating_sub(rec.started_micros) as f64 / 1000.0;
+        }
+    }
+
+    /// Ends a compaction; a background one that merged nothing is not kept.
+    fn finish(&self, id: u64, result: &Result<Vec<Compacted>>) {
+        self.update(id, |rec| {
+            rec.state = match result {
+                Ok(_) => "done".into(),
+                Err(e) => format!("failed: {e}"),
+            };
+        });
+        if let Ok(mut r) = self.records.lock() {
+            r.retain(|rec| {
+                rec.id != id
+                    || rec.trigger != BACKGROUND
+                    || rec.files_merged > 0
+                    || rec.state.starts_with("failed")
+            });
+            let finished = r.iter().filter(|rec| rec.state != "running").count();
+            if finished > KEEP
+                && let Some(i) = r.iter().position(|rec| rec.state != "running")
+            {
+                r.remove(i);
+            }
+        }
+    }
+}
+
+pub const EXPLICIT_TRIGGER: &str = "COMPACT TABLE";
+const BACKGROUND: &str = "background";
+
+/// What `tessera.compactions` shows.
+pub fn compactions_schema() -> SchemaRef {
+    use datafusion::arrow::datatypes::TimeUnit;
+    Arc::new(Schema::new(vec![
+        Field::new("compaction_id", DataType::UInt64, false),
+        Field::new("table_name", DataType::Utf8, false),
+        Field::new("trigger", DataType::Utf8, false),
+        Field::new("state", DataType::Utf8, false),
+        Field::new(
+            "started",
+            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            false,
+        ),
+        Field::new("elapsed_ms", DataType::Float64, false),
+        Field::new("partitions_done", DataType::UInt32, false),
+        Field::new("partitions_total", DataType::UInt32, false),
+        Field::new("partitions_merged", DataType::UInt32, false),
+        Field::new("files_merged", DataType::UInt64, false),
+    ]))
+}
+
+pub fn compactions_batch(records: &[CompactionRecord]) -> Result<RecordBatch> {
+    use datafusion::arrow::array::{Float64Array, TimestampMicrosecondArray};
+    let u32s = |f: fn(&CompactionRecord) -> u32| -> ArrayRef {
+        Arc::new(UInt32Array::from_iter_values(records.iter().map(f)))
+    };
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(UInt64Array::from_iter_values(records.iter().map(|r| r.id))),
+        Arc::new(StringArray::from_iter_values(
+            records.iter().map(|r| &r.table),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            records.iter().map(|r| r.trigger),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            records.iter().map(|r| &r.state),
+        )),
+        Arc::new(
+            TimestampMicrosecondArray::from_iter_values(
+                records.iter().map(|r| r.started_micros as i64),
+            )
+            .with_timezone("UTC"),
+        ),
+        Arc::new(Float64Array::from_iter_values(
+            records.iter().map(|r| r.elapsed_ms),
+        )),
+        u32s(|r| r.partitions_done),
+        u32s(|r| r.partitions_total),
+        u32s(|r| r.partitions_merged),
+        Arc::new(UInt64Array::from_iter_values(
+            records.iter().map(|r| r.files_merged),
+        )),
+    ];
+    Ok(RecordBatch::try_new(compactions_schema(), columns)?)
+}
+
 /// The directories of a table on workers that compaction merges.
 struct Part {
     name: String,
@@ -96,11 +246,29 @@ pub async fn compact_table(
     catalog: &Arc<Catalog>,
     table: &str,
     rule: MergeRule,
+    trigger: &'static str,
+) -> Result<Vec<Compacted>> {
+    if catalog.table_def(table)?.is_none() {
+        return plan_err!("table '{table}' does not exist; SHOW TABLES lists the tables");
+    }
+    let _one_at_a_time = catalog.compacting.lock().await;
+    let log = &catalog.compactions;
+    let id = log.begin(table, trigger, 0);
+    let result = compact_parts(catalog, table, rule, id).await;
+    log.finish(id, &result);
+    result
+}
+
+async fn compact_parts(
+    catalog: &Arc<Catalog>,
+    table: &str,
+    rule: MergeRule,
+    id: u64,
 ) -> Result<Vec<Compacted>> {
     let Some(def) = catalog.table_def(table)? else {
         return plan_err!("table '{table}' does not exist; SHOW TABLES lists the tables");
     };
-    let _one_at_a_time = catalog.compacting.lock().await;
+    let log = &catalog.compactions;
     let state = catalog.state()?;
     let mut parts = vec![Part {
         name: def.name.clone(),
@@ -122,6 +290,11 @@ pub async fn compact_table(
             data: false,
         });
     }
+    let mut total = 0;
+    for part in &parts {
+        total += catalog.placements(&part.map_key)?.len() as u32;
+    }
+    log.update(id, |r| r.partitions_total = total);
     let mut out = vec![];
     for part in parts {
         let count = catalog.placements(&part.map_key)?.len() as u32;
@@ -136,6 +309,9 @@ pub async fn compact_table(
             bytes_after: 0,
         };
         for partition in 0..count {
+            if partition > 0 || !out.is_empty() {
+                log.update(id, |r| r.partitions_done += 1);
+            }
             let (guard, indexes) = catalog.begin_write(&def.name)?;
             if let Some(building) = indexes
                 .iter()
@@ -199,12 +375,17 @@ pub async fn compact_table(
             drop(guard);
             done.partitions_merged += 1;
             done.files_merged += merged.replaces.len() as u64;
+            log.update(id, |r| {
+                r.partitions_merged += 1;
+                r.files_merged += merged.replaces.len() as u64;
+            });
             done.rows += merged.file.rows;
             done.bytes_before += before;
             done.bytes_after += after;
         }
         out.push(done);
     }
+    log.update(id, |r| r.partitions_done = r.partitions_total);
     Ok(out)
 }
 
@@ -272,7 +453,7 @@ pub fn spawn_compactor(catalog: &Arc<Catalog>) {
                 .map(|s| s.tables.keys().cloned().collect())
                 .unwrap_or_default();
             for table in tables {
-                match compact_table(&catalog, &table, AUTO).await {
+                match compact_table(&catalog, &table, AUTO, BACKGROUND).await {
                     Ok(done) => {
                         for d in done.iter().filter(|d| d.files_merged > 0) {
                             tracing::info!(

@@ -120,8 +120,10 @@ impl Coordinator {
         default_catalog
             .register_schema("public", Arc::new(TesseraSchema::new(Arc::clone(&catalog))))?;
         let log = Arc::new(QueryLog::default());
-        default_catalog
-            .register_schema("tessera", Arc::new(SystemSchema::new(Arc::clone(&log))))?;
+        default_catalog.register_schema(
+            "tessera",
+            Arc::new(SystemSchema::new(Arc::clone(&log), Arc::clone(&catalog))),
+        )?;
         let coordinator = Self { catalog, ctx, log };
         coordinator.recover().await?;
         coordinator.restore_external_tables().await;
@@ -313,9 +315,13 @@ impl Coordinator {
                 Ok(Planned::Ready(batch.schema(), vec![batch]))
             }
             Statement::Compact { table } => {
-                let done =
-                    crate::compact::compact_table(&self.catalog, &table, crate::compact::EXPLICIT)
-                        .await?;
+                let done = crate::compact::compact_table(
+                    &self.catalog,
+                    &table,
+                    crate::compact::EXPLICIT,
+                    crate::compact::EXPLICIT_TRIGGER,
+                )
+                .await?;
                 let batch = crate::compact::report(&done)?;
                 Ok(Planned::Ready(batch.schema(), vec![batch]))
             }

@@ -329,18 +329,19 @@ fn queries_batch(records: &[QueryRecord]) -> Result<RecordBatch> {
 #[derive(Debug)]
 pub struct SystemSchema {
     log: Arc<QueryLog>,
+    catalog: Arc<crate::catalog::Catalog>,
 }
 
 impl SystemSchema {
-    pub fn new(log: Arc<QueryLog>) -> Self {
-        Self { log }
+    pub fn new(log: Arc<QueryLog>, catalog: Arc<crate::catalog::Catalog>) -> Self {
+        Self { log, catalog }
     }
 }
 
 #[async_trait]
 impl SchemaProvider for SystemSchema {
     fn table_names(&self) -> Vec<String> {
-        vec!["queries".into()]
+        vec!["queries".into(), "compactions".into()]
     }
 
     async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
@@ -348,12 +349,15 @@ impl SchemaProvider for SystemSchema {
             "queries" => Some(Arc::new(QueriesTable {
                 log: Arc::clone(&self.log),
             })),
+            "compactions" => Some(Arc::new(CompactionsTable {
+                catalog: Arc::clone(&self.catalog),
+            })),
             _ => None,
         })
     }
 
     fn table_exist(&self, name: &str) -> bool {
-        name == "queries"
+        name == "queries" || name == "compactions"
     }
 }
 
@@ -382,6 +386,36 @@ impl TableProvider for QueriesTable {
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let batch = queries_batch(&self.log.snapshot())?;
         let mem = MemTable::try_new(queries_schema(), vec![vec![batch]])?;
+        mem.scan(state, projection, filters, limit).await
+    }
+}
+
+/// `tessera.compactions`: a snapshot when the query is planned.
+#[derive(Debug)]
+struct CompactionsTable {
+    catalog: Arc<crate::catalog::Catalog>,
+}
+
+#[async_trait]
+impl TableProvider for CompactionsTable {
+    fn schema(&self) -> SchemaRef {
+        crate::compact::compactions_schema()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::View
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let records = self.catalog.compactions.snapshot();
+        let batch = crate::compact::compactions_batch(&records)?;
+        let mem = MemTable::try_new(self.schema(), vec![vec![batch]])?;
         mem.scan(state, projection, filters, limit).await
     }
 }

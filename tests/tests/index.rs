@@ -547,6 +547,24 @@ async fn compaction_keeps_every_index_exact() {
         n
     };
     assert_eq!(forwards("plain"), 0);
+    // tessera.compactions lists the merge just asked for, finished.
+    let listed = cluster
+        .query(
+            "SELECT state, partitions_done, partitions_total, files_merged \
+             FROM tessera.compactions WHERE table_name = 'plain' AND trigger = 'COMPACT TABLE'",
+        )
+        .await
+        .unwrap();
+    let b = &listed[0];
+    assert_eq!(b.num_rows(), 1);
+    assert_eq!(b.column(0).as_string::<i32>().value(0), "done");
+    let u32s = |i: usize| {
+        b.column(i)
+            .as_primitive::<arrow::datatypes::UInt32Type>()
+            .value(0)
+    };
+    assert_eq!((u32s(1), u32s(2)), (2, 2));
+    assert_eq!(b.column(3).as_primitive::<UInt64Type>().value(0), 6);
     assert_eq!(forwards("cars"), 3);
     assert_eq!(
         single_i64(&cluster.query("SELECT sum(id) FROM plain").await.unwrap()),
