@@ -30,9 +30,9 @@ use std::time::Duration;
 use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray, UInt32Array, UInt64Array};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::{Result, plan_err};
-use tessera_sql::{IndexKind, IndexState};
+use tessera_sql::{IndexKind, IndexState, TableDef};
 use tessera_worker::wire::CompactRequest;
-use tessera_worker::{MergeRule, StagedWrite, WorkerClient};
+use tessera_worker::{Compaction, MergeRule, StagedWrite, WorkerClient};
 
 use crate::catalog::Catalog;
 use crate::write::{abort, decide_and_commit};
@@ -87,15 +87,25 @@ pub struct CompactionRecord {
     pub table: String,
     /// `COMPACT TABLE` or `background`.
     pub trigger: &'static str,
-    /// `running`, `done` or `failed: <why>`.
-    pub state: String,
+    /// `None` while it runs; then `Ok` or why it failed.
+    pub outcome: Option<std::result::Result<(), String>>,
     /// Partitions looked at (of the rows and of each index), of all.
     pub partitions_done: u32,
     pub partitions_total: u32,
     pub partitions_merged: u32,
     pub files_merged: u64,
     pub started_micros: u64,
-    pub elapsed_ms: f64,
+    pub finished_micros: Option<u64>,
+}
+
+impl CompactionRecord {
+    fn state(&self) -> String {
+        match &self.outcome {
+            None => "running".into(),
+            Some(Ok(())) => "done".into(),
+            Some(Err(e)) => format!("failed: {e}"),
+        }
+    }
 }
 
 /// The compactions of this coordinator's run: running ones, and the last
@@ -114,20 +124,20 @@ impl CompactionLog {
             .unwrap_or_default()
     }
 
-    fn begin(&self, table: &str, trigger: &'static str, total: u32) -> u64 {
+    fn begin(&self, table: &str, trigger: &'static str) -> u64 {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         if let Ok(mut r) = self.records.lock() {
             r.push_back(CompactionRecord {
                 id,
                 table: table.to_string(),
                 trigger,
-                state: "running".into(),
+                outcome: None,
                 partitions_done: 0,
-                partitions_total: total,
+                partitions_total: 0,
                 partitions_merged: 0,
                 files_merged: 0,
                 started_micros: crate::catalog::now_micros(),
-                elapsed_ms: 0.0,
+                finished_micros: None,
             });
         }
         id
@@ -138,29 +148,25 @@ impl CompactionLog {
             && let Some(rec) = r.iter_mut().find(|r| r.id == id)
         {
             change(rec);
-            rec.elapsed_ms =
-                crate::catalog::now_micros().saturating_sub(rec.started_micros) as f64 / 1000.0;
         }
     }
 
     /// Ends a compaction; a background one that merged nothing is not kept.
     fn finish(&self, id: u64, result: &Result<Vec<Compacted>>) {
         self.update(id, |rec| {
-            rec.state = match result {
-                Ok(_) => "done".into(),
-                Err(e) => format!("failed: {e}"),
-            };
+            rec.outcome = Some(result.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+            rec.finished_micros = Some(crate::catalog::now_micros());
         });
         if let Ok(mut r) = self.records.lock() {
             r.retain(|rec| {
                 rec.id != id
                     || rec.trigger != BACKGROUND
                     || rec.files_merged > 0
-                    || rec.state.starts_with("failed")
+                    || matches!(rec.outcome, Some(Err(_)))
             });
-            let finished = r.iter().filter(|rec| rec.state != "running").count();
+            let finished = r.iter().filter(|rec| rec.outcome.is_some()).count();
             if finished > KEEP
-                && let Some(i) = r.iter().position(|rec| rec.state != "running")
+                && let Some(i) = r.iter().position(|rec| rec.outcome.is_some())
             {
                 r.remove(i);
             }
@@ -194,6 +200,7 @@ pub fn compactions_schema() -> SchemaRef {
 
 pub fn compactions_batch(records: &[CompactionRecord]) -> Result<RecordBatch> {
     use datafusion::arrow::array::{Float64Array, TimestampMicrosecondArray};
+    let now = crate::catalog::now_micros();
     let u32s = |f: fn(&CompactionRecord) -> u32| -> ArrayRef {
         Arc::new(UInt32Array::from_iter_values(records.iter().map(f)))
     };
@@ -206,7 +213,7 @@ pub fn compactions_batch(records: &[CompactionRecord]) -> Result<RecordBatch> {
             records.iter().map(|r| r.trigger),
         )),
         Arc::new(StringArray::from_iter_values(
-            records.iter().map(|r| &r.state),
+            records.iter().map(CompactionRecord::state),
         )),
         Arc::new(
             TimestampMicrosecondArray::from_iter_values(
@@ -214,9 +221,10 @@ pub fn compactions_batch(records: &[CompactionRecord]) -> Result<RecordBatch> {
             )
             .with_timezone("UTC"),
         ),
-        Arc::new(Float64Array::from_iter_values(
-            records.iter().map(|r| r.elapsed_ms),
-        )),
+        Arc::new(Float64Array::from_iter_values(records.iter().map(|r| {
+            let end = r.finished_micros.unwrap_or(now);
+            end.saturating_sub(r.started_micros) as f64 / 1000.0
+        }))),
         u32s(|r| r.partitions_done),
         u32s(|r| r.partitions_total),
         u32s(|r| r.partitions_merged),
@@ -248,26 +256,23 @@ pub async fn compact_table(
     rule: MergeRule,
     trigger: &'static str,
 ) -> Result<Vec<Compacted>> {
-    if catalog.table_def(table)?.is_none() {
+    let Some(def) = catalog.table_def(table)? else {
         return plan_err!("table '{table}' does not exist; SHOW TABLES lists the tables");
-    }
+    };
     let _one_at_a_time = catalog.compacting.lock().await;
     let log = &catalog.compactions;
-    let id = log.begin(table, trigger, 0);
-    let result = compact_parts(catalog, table, rule, id).await;
+    let id = log.begin(table, trigger);
+    let result = compact_parts(catalog, &def, rule, id).await;
     log.finish(id, &result);
     result
 }
 
 async fn compact_parts(
     catalog: &Arc<Catalog>,
-    table: &str,
+    def: &TableDef,
     rule: MergeRule,
     id: u64,
 ) -> Result<Vec<Compacted>> {
-    let Some(def) = catalog.table_def(table)? else {
-        return plan_err!("table '{table}' does not exist; SHOW TABLES lists the tables");
-    };
     let log = &catalog.compactions;
     let state = catalog.state()?;
     let mut parts = vec![Part {
@@ -281,7 +286,7 @@ async fn compact_parts(
         parts.push(Part {
             name: index.name.clone(),
             kind: format!("{} index", index.kind),
-            location: index.storage_key(&def),
+            location: index.storage_key(def),
             map_key: if index.kind == IndexKind::Local {
                 def.name.clone()
             } else {
@@ -290,14 +295,13 @@ async fn compact_parts(
             data: false,
         });
     }
-    let mut total = 0;
+    let mut counts = vec![];
     for part in &parts {
-        total += catalog.placements(&part.map_key)?.len() as u32;
+        counts.push(catalog.placements(&part.map_key)?.len() as u32);
     }
-    log.update(id, |r| r.partitions_total = total);
+    log.update(id, |r| r.partitions_total = counts.iter().sum());
     let mut out = vec![];
-    for part in parts {
-        let count = catalog.placements(&part.map_key)?.len() as u32;
+    for (part, count) in parts.into_iter().zip(counts) {
         let mut done = Compacted {
             name: part.name.clone(),
             kind: part.kind.clone(),
@@ -309,84 +313,97 @@ async fn compact_parts(
             bytes_after: 0,
         };
         for partition in 0..count {
-            if partition > 0 || !out.is_empty() {
-                log.update(id, |r| r.partitions_done += 1);
-            }
-            let (guard, indexes) = catalog.begin_write(&def.name)?;
-            if let Some(building) = indexes
-                .iter()
-                .find(|i| matches!(i.state, IndexState::Building { .. }))
-            {
-                return plan_err!(
-                    "index '{}' on '{table}' is still being built, and its backfill reads the \
-                     table's files as they are; compact once SHOW INDEXES says it is ready",
-                    building.name
-                );
-            }
-            let txn = guard.txn;
-            let Some(target) = catalog.scan_parts(&part.map_key, &[partition])?.pop() else {
-                continue;
-            };
-            let request = CompactRequest {
-                txn,
-                table: part.location.clone(),
-                partition,
-                rule: MergeRule {
-                    // With no index begun before this merge, nothing names
-                    // the merged files: an index created later is built
-                    // from the files as they are then.
-                    forward: part.data && !indexes.is_empty(),
-                    ..rule
-                },
-            };
-            let urls = BTreeMap::from([(target.worker_id.clone(), target.url.clone())]);
-            let merged = match WorkerClient::connect(&target.url)?.compact(&request).await {
-                Ok(Some(m)) => m,
-                Ok(None) => continue,
-                Err(e) => {
-                    abort(txn, urls.values()).await;
-                    return Err(e);
-                }
-            };
-            let writes = BTreeMap::from([(
-                target.worker_id.clone(),
-                vec![StagedWrite {
-                    txn,
-                    table: part.location.clone(),
-                    partition,
-                }],
-            )]);
-            let before: u64 = merged.replaces.iter().map(|f| f.bytes).sum();
-            let after = merged.file.bytes;
-            let data = part.data;
-            let table_name = def.name.clone();
-            decide_and_commit(catalog, txn, [writes], urls, |s| {
-                if data
-                    && let Some(p) = s
-                        .stats
-                        .get_mut(&table_name)
-                        .and_then(|t| t.get_mut(&partition))
-                {
-                    p.bytes = p.bytes.saturating_sub(before) + after;
-                }
-                Ok(())
-            })
-            .await?;
-            drop(guard);
-            done.partitions_merged += 1;
-            done.files_merged += merged.replaces.len() as u64;
+            let merged = merge_partition(catalog, def, &part, partition, rule).await?;
             log.update(id, |r| {
-                r.partitions_merged += 1;
-                r.files_merged += merged.replaces.len() as u64;
+                r.partitions_done += 1;
+                if let Some(m) = &merged {
+                    r.partitions_merged += 1;
+                    r.files_merged += m.replaces.len() as u64;
+                }
             });
-            done.rows += merged.file.rows;
-            done.bytes_before += before;
-            done.bytes_after += after;
+            if let Some(m) = merged {
+                done.partitions_merged += 1;
+                done.files_merged += m.replaces.len() as u64;
+                done.rows += m.file.rows;
+                done.bytes_before += m.replaces.iter().map(|f| f.bytes).sum::<u64>();
+                done.bytes_after += m.file.bytes;
+            }
         }
         out.push(done);
     }
-    log.update(id, |r| r.partitions_done = r.partitions_total);
     Ok(out)
+}
+
+/// Merges one partition of `part` as a transaction of its own; what it
+/// merged, if it had enough files to.
+async fn merge_partition(
+    catalog: &Arc<Catalog>,
+    def: &TableDef,
+    part: &Part,
+    partition: u32,
+    rule: MergeRule,
+) -> Result<Option<Compaction>> {
+    let (guard, indexes) = catalog.begin_write(&def.name)?;
+    if let Some(building) = indexes
+        .iter()
+        .find(|i| matches!(i.state, IndexState::Building { .. }))
+    {
+        return plan_err!(
+            "index '{}' on '{}' is still being built, and its backfill reads the table's files \
+             as they are; compact once SHOW INDEXES says it is ready",
+            building.name,
+            def.name
+        );
+    }
+    let txn = guard.txn;
+    let Some(target) = catalog.scan_parts(&part.map_key, &[partition])?.pop() else {
+        return Ok(None);
+    };
+    let request = CompactRequest {
+        txn,
+        table: part.location.clone(),
+        partition,
+        rule: MergeRule {
+            // With no index begun before this merge, nothing names the
+            // merged files: an index created later is built from the files
+            // as they are then.
+            forward: part.data && !indexes.is_empty(),
+            ..rule
+        },
+    };
+    let urls = BTreeMap::from([(target.worker_id.clone(), target.url.clone())]);
+    let merged = match WorkerClient::connect(&target.url)?.compact(&request).await {
+        Ok(Some(m)) => m,
+        Ok(None) => return Ok(None),
+        Err(e) => {
+            abort(txn, urls.values()).await;
+            return Err(e);
+        }
+    };
+    let writes = BTreeMap::from([(
+        target.worker_id,
+        vec![StagedWrite {
+            txn,
+            table: part.location.clone(),
+            partition,
+        }],
+    )]);
+    let before: u64 = merged.replaces.iter().map(|f| f.bytes).sum();
+    let after = merged.file.bytes;
+    decide_and_commit(catalog, txn, [writes], urls, |s| {
+        if part.data
+            && let Some(p) = s
+                .stats
+                .get_mut(&def.name)
+                .and_then(|t| t.get_mut(&partition))
+        {
+            p.bytes = p.bytes.saturating_sub(before) + after;
+        }
+        Ok(())
+    })
+    .await?;
+    drop(guard);
+    Ok(Some(merged))
 }
 
 /// What `COMPACT TABLE` returns: one row per part of the table.

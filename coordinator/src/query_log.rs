@@ -346,12 +346,22 @@ impl SchemaProvider for SystemSchema {
 
     async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
         Ok(match name {
-            "queries" => Some(Arc::new(QueriesTable {
-                log: Arc::clone(&self.log),
-            })),
-            "compactions" => Some(Arc::new(CompactionsTable {
-                catalog: Arc::clone(&self.catalog),
-            })),
+            "queries" => {
+                let log = Arc::clone(&self.log);
+                Some(Arc::new(SystemTable {
+                    schema: queries_schema(),
+                    rows: Box::new(move || queries_batch(&log.snapshot())),
+                }))
+            }
+            "compactions" => {
+                let catalog = Arc::clone(&self.catalog);
+                Some(Arc::new(SystemTable {
+                    schema: crate::compact::compactions_schema(),
+                    rows: Box::new(move || {
+                        crate::compact::compactions_batch(&catalog.compactions.snapshot())
+                    }),
+                }))
+            }
             _ => None,
         })
     }
@@ -361,16 +371,25 @@ impl SchemaProvider for SystemSchema {
     }
 }
 
-/// `tessera.queries`: a snapshot of the log when the query is planned.
-#[derive(Debug)]
-struct QueriesTable {
-    log: Arc<QueryLog>,
+/// A table of the `tessera` schema: a snapshot of `rows` when the query
+/// is planned.
+struct SystemTable {
+    schema: SchemaRef,
+    rows: Box<dyn Fn() -> Result<RecordBatch> + Send + Sync>,
+}
+
+impl std::fmt::Debug for SystemTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SystemTable")
+            .field("schema", &self.schema)
+            .finish_non_exhaustive()
+    }
 }
 
 #[async_trait]
-impl TableProvider for QueriesTable {
+impl TableProvider for SystemTable {
     fn schema(&self) -> SchemaRef {
-        queries_schema()
+        Arc::clone(&self.schema)
     }
 
     fn table_type(&self) -> TableType {
@@ -384,38 +403,7 @@ impl TableProvider for QueriesTable {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let batch = queries_batch(&self.log.snapshot())?;
-        let mem = MemTable::try_new(queries_schema(), vec![vec![batch]])?;
-        mem.scan(state, projection, filters, limit).await
-    }
-}
-
-/// `tessera.compactions`: a snapshot when the query is planned.
-#[derive(Debug)]
-struct CompactionsTable {
-    catalog: Arc<crate::catalog::Catalog>,
-}
-
-#[async_trait]
-impl TableProvider for CompactionsTable {
-    fn schema(&self) -> SchemaRef {
-        crate::compact::compactions_schema()
-    }
-
-    fn table_type(&self) -> TableType {
-        TableType::View
-    }
-
-    async fn scan(
-        &self,
-        state: &dyn Session,
-        projection: Option<&Vec<usize>>,
-        filters: &[Expr],
-        limit: Option<usize>,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        let records = self.catalog.compactions.snapshot();
-        let batch = crate::compact::compactions_batch(&records)?;
-        let mem = MemTable::try_new(self.schema(), vec![vec![batch]])?;
+        let mem = MemTable::try_new(self.schema(), vec![vec![(self.rows)()?]])?;
         mem.scan(state, projection, filters, limit).await
     }
 }

@@ -438,7 +438,7 @@ pub(crate) async fn decide_and_commit<const N: usize>(
     }
     // Decide: once logged, the write will land even across a crash.
     if let Err(e) = catalog.update(|s| {
-        s.decided.insert(txn, writes);
+        s.decided.insert(txn, writes.clone());
         s.last_txn = s.last_txn.max(txn);
         decide(s)
     }) {
@@ -451,19 +451,14 @@ pub(crate) async fn decide_and_commit<const N: usize>(
     // background until it does (commit is idempotent).
     let mut failed: BTreeMap<String, Vec<StagedWrite>> = BTreeMap::new();
     // On one worker, one commit call keeps the order (a worker commits a
-    // call's writes one after the other): no need for a round per group.
-    let groups: Vec<BTreeMap<String, Vec<StagedWrite>>> = if urls.len() == 1 {
-        let mut one: BTreeMap<String, Vec<StagedWrite>> = BTreeMap::new();
-        for group in groups {
-            for (worker, w) in group {
-                one.entry(worker).or_default().extend(w);
-            }
-        }
-        vec![one]
+    // call's writes one after the other, groups in order): no need for a
+    // round per group.
+    let rounds: Vec<&BTreeMap<String, Vec<StagedWrite>>> = if urls.len() == 1 {
+        vec![&writes]
     } else {
-        groups.into()
+        groups.iter().collect()
     };
-    for group in &groups {
+    for group in rounds {
         for (worker, w) in commit_all(txn, group, &urls).await {
             failed.entry(worker).or_default().extend(w);
         }

@@ -108,6 +108,15 @@ impl TestCluster {
         run_query(&mut client, sql).await
     }
 
+    /// Runs statements in order; panics with the first one that fails.
+    pub async fn run_all(&self, statements: &[&str]) {
+        for sql in statements {
+            if let Err(e) = self.query(sql).await {
+                panic!("{sql}: {e}");
+            }
+        }
+    }
+
     /// Stops everything and starts a new cluster on the same data dir.
     pub async fn restart(mut self) -> TestCluster {
         if let Some(c) = self.cluster.take() {

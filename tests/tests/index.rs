@@ -209,13 +209,13 @@ fn lag_seconds(batches: &[arrow::array::RecordBatch], name: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn async_index_converges_after_a_restart() {
     let cluster = TestCluster::builder().workers(3).start().await;
-    for sql in [
+    cluster
+        .run_all(&[
         "CREATE TABLE cars (id BIGINT, color VARCHAR) PARTITION BY HASH (id) PARTITIONS 6",
         "INSERT INTO cars SELECT value, CASE WHEN value % 10 = 0 THEN NULL ELSE 'c' || (value % 5) END FROM range(3000)",
         "CREATE INDEX by_color ON cars (color) GLOBAL ASYNC PARTITIONS 4",
-    ] {
-        cluster.query(sql).await.unwrap();
-    }
+        ])
+        .await;
     let count = |sql: &'static str| {
         let c = &cluster;
         async move { single_i64(&c.query(sql).await.unwrap()) }
@@ -226,13 +226,13 @@ async fn async_index_converges_after_a_restart() {
     );
     // An index on an empty table, with no write since: a fresh read has
     // nothing to wait for.
-    for sql in [
-        "CREATE TABLE empty (id BIGINT, color VARCHAR) PARTITION BY HASH (id) PARTITIONS 3",
-        "CREATE INDEX empty_color ON empty (color) GLOBAL ASYNC",
-        "SET tessera.index_read = 'fresh'",
-    ] {
-        cluster.query(sql).await.unwrap();
-    }
+    cluster
+        .run_all(&[
+            "CREATE TABLE empty (id BIGINT, color VARCHAR) PARTITION BY HASH (id) PARTITIONS 3",
+            "CREATE INDEX empty_color ON empty (color) GLOBAL ASYNC",
+            "SET tessera.index_read = 'fresh'",
+        ])
+        .await;
     let started = std::time::Instant::now();
     assert_eq!(
         count("SELECT count(*) FROM empty WHERE color = 'c1'").await,
@@ -307,14 +307,14 @@ async fn async_index_converges_after_a_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn index_statements_and_errors() {
     let cluster = TestCluster::builder().workers(2).start().await;
-    for sql in [
-        "CREATE TABLE t (k BIGINT, v BIGINT, f DOUBLE) PARTITION BY HASH (k) PARTITIONS 4",
-        "INSERT INTO t SELECT value, value % 100, 0.5 FROM range(1000)",
-        "CREATE INDEX tv ON t (v)",
-        "CREATE INDEX IF NOT EXISTS tv ON t (v) GLOBAL",
-    ] {
-        cluster.query(sql).await.unwrap();
-    }
+    cluster
+        .run_all(&[
+            "CREATE TABLE t (k BIGINT, v BIGINT, f DOUBLE) PARTITION BY HASH (k) PARTITIONS 4",
+            "INSERT INTO t SELECT value, value % 100, 0.5 FROM range(1000)",
+            "CREATE INDEX tv ON t (v)",
+            "CREATE INDEX IF NOT EXISTS tv ON t (v) GLOBAL",
+        ])
+        .await;
     let err = |sql: &'static str| {
         let c = &cluster;
         async move { c.query(sql).await.unwrap_err() }
@@ -458,16 +458,16 @@ async fn check_indexes_exact(cluster: &TestCluster, rows: i64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compaction_keeps_every_index_exact() {
     let cluster = TestCluster::builder().workers(3).start().await;
-    for sql in [
+    cluster
+        .run_all(&[
         "CREATE TABLE cars (id BIGINT, a BIGINT, b BIGINT, c BIGINT) PARTITION BY HASH (id) PARTITIONS 3",
         "INSERT INTO cars SELECT value, value % 7 AS a, value % 7 AS b, value % 7 AS c FROM range(300)",
         "CREATE INDEX by_a ON cars (a) LOCAL",
         "CREATE INDEX by_b ON cars (b) GLOBAL SYNC PARTITIONS 2",
         "CREATE INDEX by_c ON cars (c) GLOBAL ASYNC PARTITIONS 2",
         "SET tessera.index_read = 'fresh'",
-    ] {
-        cluster.query(sql).await.unwrap();
-    }
+        ])
+        .await;
     let compact = async |cluster: &TestCluster| {
         let done = cluster.query("COMPACT TABLE cars").await.unwrap();
         let b = &done[0];

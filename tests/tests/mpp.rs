@@ -33,17 +33,17 @@ async fn explain(cluster: &TestCluster, sql: &str) -> String {
 }
 
 async fn setup(cluster: &TestCluster) {
-    for sql in [
-        "CREATE TABLE a (k BIGINT, v BIGINT) PARTITION BY HASH (k) PARTITIONS 6",
-        "CREATE TABLE b (k BIGINT, w BIGINT) PARTITION BY HASH (k) PARTITIONS 6",
-        "CREATE TABLE c (k BIGINT, w BIGINT) PARTITION BY HASH (k) PARTITIONS 5",
-        "INSERT INTO a SELECT value, value % 7 FROM range(20000)",
-        "INSERT INTO b SELECT value * 2, value % 3 FROM range(15000)",
-        "INSERT INTO c SELECT value * 2, value % 3 FROM range(15000)",
-        "SET tessera.broadcast_threshold_bytes = 0",
-    ] {
-        cluster.query(sql).await.unwrap();
-    }
+    cluster
+        .run_all(&[
+            "CREATE TABLE a (k BIGINT, v BIGINT) PARTITION BY HASH (k) PARTITIONS 6",
+            "CREATE TABLE b (k BIGINT, w BIGINT) PARTITION BY HASH (k) PARTITIONS 6",
+            "CREATE TABLE c (k BIGINT, w BIGINT) PARTITION BY HASH (k) PARTITIONS 5",
+            "INSERT INTO a SELECT value, value % 7 FROM range(20000)",
+            "INSERT INTO b SELECT value * 2, value % 3 FROM range(15000)",
+            "INSERT INTO c SELECT value * 2, value % 3 FROM range(15000)",
+            "SET tessera.broadcast_threshold_bytes = 0",
+        ])
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -87,13 +87,13 @@ async fn colocated_join_moves_nothing_between_workers() {
 async fn joins_chained_through_broadcasts_and_paired_joins_stay_colocated() {
     let cluster = TestCluster::builder().workers(3).start().await;
     setup(&cluster).await;
-    for sql in [
-        "CREATE TABLE d (x BIGINT, name VARCHAR) PARTITION BY HASH (x) PARTITIONS 1",
-        "INSERT INTO d SELECT value, 'd' || value FROM range(7)",
-        "SET tessera.broadcast_threshold_bytes = 20000",
-    ] {
-        cluster.query(sql).await.unwrap();
-    }
+    cluster
+        .run_all(&[
+            "CREATE TABLE d (x BIGINT, name VARCHAR) PARTITION BY HASH (x) PARTITIONS 1",
+            "INSERT INTO d SELECT value, 'd' || value FROM range(7)",
+            "SET tessera.broadcast_threshold_bytes = 20000",
+        ])
+        .await;
     // (a ⋈ d broadcast) ⋈ b: a's partitions pass through the broadcast join.
     let sql = "SELECT count(*) FROM a JOIN d ON a.v = d.x JOIN b ON a.k = b.k";
     let plan = explain(&cluster, sql).await;
@@ -318,14 +318,14 @@ fn cancelling_stops_a_join_that_produces_nothing() {
 async fn cancel_a_loop_join() {
     use futures::StreamExt;
     let cluster = TestCluster::builder().workers(3).start().await;
-    for sql in [
-        "CREATE TABLE probe (k BIGINT) PARTITION BY HASH (k) PARTITIONS 6",
-        "INSERT INTO probe SELECT value FROM range(200000)",
-        "CREATE TABLE build (k BIGINT) PARTITION BY HASH (k) PARTITIONS 2",
-        "INSERT INTO build SELECT value FROM range(20000)",
-    ] {
-        cluster.query(sql).await.unwrap();
-    }
+    cluster
+        .run_all(&[
+            "CREATE TABLE probe (k BIGINT) PARTITION BY HASH (k) PARTITIONS 6",
+            "INSERT INTO probe SELECT value FROM range(200000)",
+            "CREATE TABLE build (k BIGINT) PARTITION BY HASH (k) PARTITIONS 2",
+            "INSERT INTO build SELECT value FROM range(20000)",
+        ])
+        .await;
     // 20,000 build rows against 200,000 probe rows: many minutes of work
     // in a debug build.
     let sql = "SELECT count(*) FROM probe p, build b WHERE p.k + b.k = -1";

@@ -197,27 +197,28 @@ impl FlightService for WorkerFlightService {
             return Err(Status::invalid_argument("a write carried no schema"));
         }
         let storage = Arc::clone(&self.local.storage);
-        // The pieces are written side by side: each ends with its own fsync.
+        // The pieces are written side by side, each ending with its own
+        // fsync: the first on this thread, any others on threads of their own.
         let files = tokio::task::spawn_blocking(move || {
+            let prepare =
+                |(h, schema, batches): (wire::PieceHeader, SchemaRef, Vec<RecordBatch>)| {
+                    storage.prepare(req.txn, &h.table, h.partition, schema, &batches)
+                };
+            let mut pieces = pieces.into_iter();
+            let first = pieces.next();
             std::thread::scope(|scope| {
-                let writers: Vec<_> = pieces
+                let others: Vec<_> = pieces.map(|p| scope.spawn(|| prepare(p))).collect();
+                let mut files = vec![];
+                files.extend(first.map(prepare));
+                for other in others {
+                    files.push(other.join().unwrap_or_else(|_| {
+                        Err(DataFusionError::Internal(
+                            "a piece's writer panicked".into(),
+                        ))
+                    }));
+                }
+                files
                     .into_iter()
-                    .map(|(h, schema, batches)| {
-                        let storage = &storage;
-                        scope.spawn(move || {
-                            storage.prepare(req.txn, &h.table, h.partition, schema, &batches)
-                        })
-                    })
-                    .collect();
-                writers
-                    .into_iter()
-                    .map(|w| {
-                        w.join().unwrap_or_else(|_| {
-                            Err(DataFusionError::Internal(
-                                "a piece's writer panicked".into(),
-                            ))
-                        })
-                    })
                     .collect::<datafusion::common::Result<Vec<_>>>()
             })
         })

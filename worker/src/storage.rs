@@ -156,17 +156,45 @@ pub struct ReadPin {
     epoch: u64,
 }
 
+impl Readers {
+    /// Takes out the retired files no live scan can still read.
+    fn deletable(&mut self) -> Vec<PathBuf> {
+        if self.retired.is_empty() {
+            return vec![];
+        }
+        let oldest = self.live.keys().next().copied().unwrap_or(u64::MAX);
+        let (gone, kept) = std::mem::take(&mut self.retired)
+            .into_iter()
+            .partition(|(e, _)| *e < oldest);
+        self.retired = kept;
+        gone.into_iter().map(|(_, p)| p).collect()
+    }
+}
+
 impl Drop for ReadPin {
     fn drop(&mut self) {
-        if let Ok(mut r) = self.storage.readers.lock()
-            && let Some(n) = r.live.get_mut(&self.epoch)
-        {
-            *n -= 1;
-            if *n == 0 {
-                r.live.remove(&self.epoch);
+        let gone = match self.storage.readers.lock() {
+            Ok(mut r) => {
+                if let Some(n) = r.live.get_mut(&self.epoch) {
+                    *n -= 1;
+                    if *n == 0 {
+                        r.live.remove(&self.epoch);
+                    }
+                }
+                r.deletable()
             }
+            Err(_) => vec![],
+        };
+        delete_retired(gone);
+    }
+}
+
+/// Deletes merged-away files; one that cannot be goes at the next start.
+fn delete_retired(paths: Vec<PathBuf>) {
+    for path in paths {
+        if let Err(e) = remove_if_present(&path) {
+            tracing::warn!(error = %e, "a merged-away file stays until the next start");
         }
-        self.storage.sweep();
     }
 }
 
@@ -290,34 +318,18 @@ impl Storage {
         }
     }
 
-    /// Deletes the merged-away files no running scan can still read.
-    fn sweep(&self) {
-        let gone: Vec<PathBuf> = match self.readers.lock() {
+    /// Files merged away just now: deleted once earlier scans are done.
+    fn retire(&self, paths: Vec<PathBuf>) {
+        let gone = match self.readers.lock() {
             Ok(mut r) => {
-                let oldest = r.live.keys().next().copied().unwrap_or(u64::MAX);
-                let (gone, kept) = std::mem::take(&mut r.retired)
-                    .into_iter()
-                    .partition(|(e, _)| *e < oldest);
-                r.retired = kept;
-                gone.into_iter().map(|(_, p)| p).collect()
+                let epoch = r.epoch;
+                r.retired.extend(paths.into_iter().map(|p| (epoch, p)));
+                r.epoch += 1;
+                r.deletable()
             }
             Err(_) => vec![],
         };
-        for path in gone {
-            if let Err(e) = remove_if_present(&path) {
-                tracing::warn!(error = %e, "a merged-away file stays until the next start");
-            }
-        }
-    }
-
-    /// Files merged away just now: deleted once earlier scans are done.
-    fn retire(&self, paths: Vec<PathBuf>) {
-        if let Ok(mut r) = self.readers.lock() {
-            let epoch = r.epoch;
-            r.retired.extend(paths.into_iter().map(|p| (epoch, p)));
-            r.epoch += 1;
-        }
-        self.sweep();
+        delete_retired(gone);
     }
 
     pub fn root(&self) -> &Path {
@@ -446,6 +458,15 @@ impl Storage {
         schema: SchemaRef,
         batches: &[RecordBatch],
     ) -> Result<DataFile> {
+        let dir = self.staged_dir(table, partition)?;
+        let batch = concat_batches(&schema, batches)?;
+        let file = write_staged(&dir, txn, schema, std::iter::once(Ok(batch)))?;
+        sync_dir(&dir)?;
+        Ok(file)
+    }
+
+    /// The staged directory of a partition, created (durably) if needed.
+    fn staged_dir(&self, table: &str, partition: u32) -> Result<PathBuf> {
         let dir = self.partition_dir(table, partition)?.join(STAGED);
         if !dir.exists() {
             fs::create_dir_all(&dir).map_err(|e| io_err("cannot create", &dir, e))?;
@@ -459,18 +480,7 @@ impl Storage {
                 child = parent;
             }
         }
-        let batch = concat_batches(&schema, batches)?;
-        let path = dir.join(file_name(txn));
-        let rows = write_parquet(&path, schema, std::iter::once(Ok(batch)))?;
-        sync_dir(&dir)?;
-        let bytes = fs::metadata(&path)
-            .map_err(|e| io_err("cannot stat", &path, e))?
-            .len();
-        Ok(DataFile {
-            name: file_name(txn),
-            rows,
-            bytes,
-        })
+        Ok(dir)
     }
 
     /// Merges the files of a partition that `rule` chooses (in manifest
@@ -497,18 +507,15 @@ impl Storage {
                  index; split the partition first"
             );
         }
-        let staged = dir.join(STAGED);
-        fs::create_dir_all(&staged).map_err(|e| io_err("cannot create", &staged, e))?;
-        let open = |f: &DataFile| {
-            let path = dir.join(&f.name);
-            let file = File::open(&path).map_err(|e| io_err("cannot open", &path, e))?;
-            Ok::<_, DataFusionError>(ParquetRecordBatchReaderBuilder::try_new(file)?)
-        };
-        let schema = Arc::clone(open(&small[0])?.schema());
+        let staged = self.staged_dir(table, partition)?;
+        let mut schema: Option<SchemaRef> = None;
         let mut readers = vec![];
         for f in &small {
-            let builder = open(f)?;
-            if builder.schema().fields() != schema.fields() {
+            let path = dir.join(&f.name);
+            let file = File::open(&path).map_err(|e| io_err("cannot open", &path, e))?;
+            let builder = ParquetRecordBatchReaderBuilder::try_new(file)?;
+            let first = schema.get_or_insert_with(|| Arc::clone(builder.schema()));
+            if builder.schema().fields() != first.fields() {
                 return exec_err!(
                     "{} in {table} partition {partition} has another schema than {}; \
                      it cannot be merged",
@@ -518,41 +525,31 @@ impl Storage {
             }
             readers.push(builder.build()?);
         }
+        let Some(schema) = schema else {
+            return Ok(None);
+        };
         let batches = readers
             .into_iter()
             .flatten()
             .map(|b| b.map_err(DataFusionError::from));
-        let path = staged.join(file_name(txn));
-        let rows = write_parquet(&path, schema, batches)?;
+        let file = write_staged(&staged, txn, schema, batches)?;
         let expected: u64 = small.iter().map(|f| f.rows).sum();
-        if rows != expected {
-            let _ = fs::remove_file(&path);
+        if file.rows != expected {
+            let _ = fs::remove_file(staged.join(&file.name));
             return exec_err!(
-                "merging {table} partition {partition} read {rows} rows where its manifest says \
-                 {expected}; nothing was changed"
+                "merging {table} partition {partition} read {} rows where its manifest says \
+                 {expected}; nothing was changed",
+                file.rows
             );
         }
-        let bytes = fs::metadata(&path)
-            .map_err(|e| io_err("cannot stat", &path, e))?
-            .len();
         let compaction = Compaction {
             replaces: small,
-            file: DataFile {
-                name: file_name(txn),
-                rows,
-                bytes,
-            },
+            file,
             forward: rule.forward,
         };
-        let note = staged.join(compaction_name(txn));
         let body = serde_json::to_vec(&compaction)
             .map_err(|e| DataFusionError::Internal(format!("compaction encoding: {e}")))?;
-        (|| {
-            let mut f = File::create(&note)?;
-            std::io::Write::write_all(&mut f, &body)?;
-            f.sync_all()
-        })()
-        .map_err(|e| io_err("cannot write", &note, e))?;
+        write_synced(&staged.join(compaction_name(txn)), &body)?;
         sync_dir(&staged)?;
         Ok(Some(compaction))
     }
@@ -598,11 +595,11 @@ impl Storage {
                     w.partition
                 );
             }
-            let rows = parquet_rows(&target)?;
-            let bytes = fs::metadata(&target)
-                .map_err(|e| io_err("cannot stat", &target, e))?
-                .len();
             let Some(compaction) = compaction else {
+                let rows = parquet_rows(&target)?;
+                let bytes = fs::metadata(&target)
+                    .map_err(|e| io_err("cannot stat", &target, e))?
+                    .len();
                 manifest.files.push(DataFile { name, rows, bytes });
                 self.write_manifest(&dir, &manifest)?;
                 continue;
@@ -627,25 +624,31 @@ impl Storage {
                     note.display()
                 );
             }
+            // Where each merged file's rows start in the new one.
+            let mut starts: BTreeMap<u64, u32> = BTreeMap::new();
             let mut offset = 0u32;
             for f in &compaction.replaces {
-                let Some(old) = crate::index::file_txn(&f.name) else {
-                    continue;
-                };
-                // Forwarded to the old file before: forward to the new one.
-                for m in manifest.moved.values_mut().filter(|m| m.to == old) {
-                    *m = Moved {
-                        to: txn,
-                        offset: offset + m.offset,
-                    };
-                }
-                if compaction.forward {
-                    manifest.moved.insert(old, Moved { to: txn, offset });
+                if let Some(old) = crate::index::file_txn(&f.name) {
+                    starts.insert(old, offset);
                 }
                 offset += u32::try_from(f.rows).unwrap_or(u32::MAX);
             }
+            // Forwarded to a merged file before: forward to the new one.
+            for m in manifest.moved.values_mut() {
+                if let Some(start) = starts.get(&m.to) {
+                    *m = Moved {
+                        to: txn,
+                        offset: start + m.offset,
+                    };
+                }
+            }
+            if compaction.forward {
+                for (old, offset) in starts {
+                    manifest.moved.insert(old, Moved { to: txn, offset });
+                }
+            }
             manifest.files.retain(|f| !gone.contains(f.name.as_str()));
-            manifest.files.push(DataFile { name, rows, bytes });
+            manifest.files.push(compaction.file.clone());
             manifest.retired.retain(|n| dir.join(n).exists());
             manifest.retired.extend(gone.iter().map(|n| n.to_string()));
             self.write_manifest(&dir, &manifest)?;
@@ -659,12 +662,7 @@ impl Storage {
         let tmp = dir.join("manifest.json.tmp");
         let bytes = serde_json::to_vec_pretty(manifest)
             .map_err(|e| DataFusionError::Internal(format!("manifest encoding: {e}")))?;
-        (|| {
-            let mut f = File::create(&tmp)?;
-            std::io::Write::write_all(&mut f, &bytes)?;
-            f.sync_all()
-        })()
-        .map_err(|e| io_err("cannot write", &tmp, e))?;
+        write_synced(&tmp, &bytes)?;
         fs::rename(&tmp, dir.join(MANIFEST)).map_err(|e| io_err("cannot swap", &tmp, e))?;
         sync_dir(dir)
     }
@@ -783,6 +781,36 @@ impl Storage {
         }
         Ok(out)
     }
+}
+
+/// Writes `bytes` to a new file at `path` and fsyncs it.
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
+    (|| {
+        let mut f = File::create(path)?;
+        std::io::Write::write_all(&mut f, bytes)?;
+        f.sync_all()
+    })()
+    .map_err(|e| io_err("cannot write", path, e))
+}
+
+/// Writes `batches` as the staged file of `txn` in `dir` (a partition's
+/// staged directory; the caller syncs it).
+fn write_staged(
+    dir: &Path,
+    txn: u64,
+    schema: SchemaRef,
+    batches: impl Iterator<Item = Result<RecordBatch>>,
+) -> Result<DataFile> {
+    let path = dir.join(file_name(txn));
+    let rows = write_parquet(&path, schema, batches)?;
+    let bytes = fs::metadata(&path)
+        .map_err(|e| io_err("cannot stat", &path, e))?
+        .len();
+    Ok(DataFile {
+        name: file_name(txn),
+        rows,
+        bytes,
+    })
 }
 
 fn remove_if_present(path: &Path) -> Result<()> {
