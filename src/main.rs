@@ -49,6 +49,10 @@ enum Command {
         /// Create and load the demo tables (skipped if they exist).
         #[arg(long)]
         demo: bool,
+        /// Seconds a call to a worker may take before the statement fails
+        /// naming the worker (a bulk write gets one more second per 8 MiB).
+        #[arg(long, default_value_t = 30.0)]
+        worker_timeout: f64,
     },
     /// Interactive SQL shell.
     Shell {
@@ -285,7 +289,16 @@ fn main() -> ExitCode {
                 workers,
                 data_dir,
                 demo,
+                worker_timeout,
             } => {
+                if !(worker_timeout.is_finite() && worker_timeout > 0.0) {
+                    return Err(format!(
+                        "--worker-timeout {worker_timeout} is not a positive number of seconds"
+                    ));
+                }
+                tessera_worker::set_call_timeout(std::time::Duration::from_secs_f64(
+                    worker_timeout,
+                ));
                 serve(
                     listen,
                     workers,

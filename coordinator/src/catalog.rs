@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use datafusion::catalog::{SchemaProvider, TableProvider};
 use datafusion::common::{DataFusionError, Result, exec_err, plan_err};
 use tessera_sql::{IndexDef, PartitionPlacement, TableDef};
-use tessera_worker::{ScanPart, SizeEstimate};
+use tessera_worker::{ScanPart, SizeEstimate, Snapshot};
 
 use crate::metastore::{CatalogState, Metastore};
 use crate::table::TesseraTable;
@@ -23,12 +23,19 @@ pub struct Catalog {
     state: Mutex<CatalogState>,
     /// Live workers: id → URL.
     members: RwLock<BTreeMap<String, String>>,
+    /// Bumped whenever a worker (re)joins: a query that ran across a
+    /// change may have failed because of it.
+    membership_epoch: AtomicU64,
     /// Read-only tables from `CREATE EXTERNAL TABLE`, by name.
     external: RwLock<BTreeMap<String, Arc<dyn TableProvider>>>,
     last_txn: AtomicU64,
-    /// Transactions begun and not yet finished (committed everywhere or
-    /// aborted): an ASYNC index applies outboxes only below the oldest.
+    /// Transactions begun and not yet decided or aborted: no snapshot sees
+    /// them. A decided one is in the persisted `decided` log until every
+    /// worker confirmed its commit.
     in_flight: Mutex<BTreeSet<u64>>,
+    /// Snapshots of running queries, by their `xmin` (every transaction
+    /// below it visible): compaction merges only files all of them see.
+    snapshots: Arc<Mutex<BTreeMap<u64, usize>>>,
     /// Wakes the ASYNC index applier.
     pub(crate) apply_wanted: tokio::sync::Notify,
     /// The largest transaction a `fresh` index read waits for.
@@ -56,6 +63,26 @@ pub struct Catalog {
     pub(crate) compaction_paused: AtomicBool,
     /// `tessera.compactions`.
     pub(crate) compactions: crate::compact::CompactionLog,
+}
+
+/// Holds a query's snapshot open (see [`Catalog::compaction_bound`]).
+#[derive(Debug)]
+pub struct SnapshotPin {
+    open: Arc<Mutex<BTreeMap<u64, usize>>>,
+    xmin: u64,
+}
+
+impl Drop for SnapshotPin {
+    fn drop(&mut self) {
+        if let Ok(mut open) = self.open.lock()
+            && let Some(n) = open.get_mut(&self.xmin)
+        {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.xmin);
+            }
+        }
+    }
 }
 
 /// Counters of acknowledged INSERTs, see [`Catalog::write_fanout`].
@@ -96,9 +123,11 @@ impl Catalog {
             metastore,
             state: Mutex::new(state),
             members: RwLock::new(members),
+            membership_epoch: AtomicU64::new(0),
             external: RwLock::new(BTreeMap::new()),
             last_txn: AtomicU64::new(last_txn),
             in_flight: Mutex::new(BTreeSet::new()),
+            snapshots: Arc::new(Mutex::new(BTreeMap::new())),
             apply_wanted: tokio::sync::Notify::new(),
             fresh_wanted: AtomicU64::new(0),
             apply_paused: AtomicBool::new(false),
@@ -132,6 +161,21 @@ impl Catalog {
         let out = change(&mut next)?;
         if next != *guard {
             self.metastore.save(&next)?;
+            // Decided now: visible to every snapshot taken from here on
+            // (under this lock, so no snapshot sees it half-way).
+            let newly: Vec<u64> = next
+                .decided
+                .keys()
+                .filter(|t| !guard.decided.contains_key(t))
+                .copied()
+                .collect();
+            if !newly.is_empty()
+                && let Ok(mut set) = self.in_flight.lock()
+            {
+                for txn in newly {
+                    set.remove(&txn);
+                }
+            }
             *guard = next;
         }
         Ok(out)
@@ -139,6 +183,29 @@ impl Catalog {
 
     pub fn members(&self) -> Result<BTreeMap<String, String>> {
         Ok(self.members.read().map_err(|_| poisoned())?.clone())
+    }
+
+    /// A worker (re)joined at `url`.
+    pub fn set_member(&self, id: &str, url: &str) -> Result<()> {
+        self.members
+            .write()
+            .map_err(|_| poisoned())?
+            .insert(id.to_string(), url.to_string());
+        self.membership_epoch.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Changes whenever a worker (re)joins.
+    pub fn membership_epoch(&self) -> u64 {
+        self.membership_epoch.load(Ordering::SeqCst)
+    }
+
+    /// Whether `txn` may still commit: in flight, or decided and not
+    /// confirmed everywhere. A staged file of any other is left over.
+    pub fn is_unresolved(&self, txn: u64) -> Result<bool> {
+        let state = self.state.lock().map_err(|_| poisoned())?;
+        let in_flight = self.in_flight.lock().map_err(|_| poisoned())?;
+        Ok(in_flight.contains(&txn) || state.decided.contains_key(&txn))
     }
 
     pub fn table_def(&self, name: &str) -> Result<Option<TableDef>> {
@@ -269,17 +336,83 @@ impl Catalog {
         self.last_txn.load(Ordering::SeqCst)
     }
 
-    pub fn oldest_in_flight(&self) -> Option<u64> {
-        self.in_flight.lock().ok().and_then(|s| s.first().copied())
+    /// The oldest transaction not finished: in flight, or decided and
+    /// not yet confirmed committed on every worker.
+    pub fn oldest_unfinished(&self) -> Result<Option<u64>> {
+        let state = self.state.lock().map_err(|_| poisoned())?;
+        let in_flight = self.in_flight.lock().map_err(|_| poisoned())?;
+        let decided = state.decided.keys().next().copied();
+        Ok(match (in_flight.first().copied(), decided) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        })
     }
 
-    /// Every transaction up to this id has finished.
-    pub fn horizon(&self) -> u64 {
+    /// Every transaction up to this id has finished: its files are
+    /// committed on every worker, or it was aborted. The ASYNC applier
+    /// never reads an outbox past it, so no entry is skipped.
+    pub fn horizon(&self) -> Result<u64> {
         let last = self.last_txn();
-        match self.in_flight.lock().ok().and_then(|s| s.first().copied()) {
+        Ok(match self.oldest_unfinished()? {
             Some(oldest) => oldest.saturating_sub(1).min(last),
             None => last,
+        })
+    }
+
+    /// The snapshot of a query beginning now: every statement decided
+    /// (acknowledged) so far, nothing in flight. It counts as open, for
+    /// [`Catalog::compaction_bound`], until the pin is dropped.
+    pub fn snapshot(&self) -> Result<(Snapshot, SnapshotPin)> {
+        // Registered under the state lock: a compaction bound taken after
+        // cannot pass a transaction this snapshot leaves out.
+        let state = self.state.lock().map_err(|_| poisoned())?;
+        let snapshot = self.snapshot_locked(&state)?;
+        let xmin = snapshot.xmin();
+        *self
+            .snapshots
+            .lock()
+            .map_err(|_| poisoned())?
+            .entry(xmin)
+            .or_default() += 1;
+        drop(state);
+        let pin = SnapshotPin {
+            open: Arc::clone(&self.snapshots),
+            xmin,
+        };
+        Ok((snapshot, pin))
+    }
+
+    /// What is decided right now, without holding it open: for internal
+    /// reads that keep or drop rows by a query's snapshot themselves.
+    pub fn latest_snapshot(&self) -> Result<Snapshot> {
+        let state = self.state.lock().map_err(|_| poisoned())?;
+        self.snapshot_locked(&state)
+    }
+
+    fn snapshot_locked(&self, state: &CatalogState) -> Result<Snapshot> {
+        let in_flight = self.in_flight.lock().map_err(|_| poisoned())?;
+        // A decided id is never above the last one handed out, except in a
+        // log written by hand or by an older version: it is seen all the same.
+        let last_decided = state.decided.keys().next_back().copied().unwrap_or(0);
+        Ok(Snapshot {
+            through: self.last_txn().max(last_decided),
+            in_flight: in_flight.iter().copied().collect(),
+            decided: state.decided.keys().copied().collect(),
+        })
+    }
+
+    /// Compaction may merge the files of transactions below this one:
+    /// every open snapshot, and every later one, sees them, and each is
+    /// committed on every worker (a decided one not yet confirmed keeps its
+    /// file, which its commit, retried after a crash, looks for).
+    pub fn compaction_bound(&self) -> Result<u64> {
+        let state = self.state.lock().map_err(|_| poisoned())?;
+        let mut now = self.snapshot_locked(&state)?.xmin();
+        if let Some(first) = state.decided.keys().next() {
+            now = now.min(*first);
         }
+        let open = self.snapshots.lock().map_err(|_| poisoned())?;
+        Ok(open.keys().next().copied().map_or(now, |x| x.min(now)))
     }
 
     /// ASYNC indexes `names` got outbox entries from acknowledged

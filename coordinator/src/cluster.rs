@@ -35,6 +35,7 @@ pub struct Cluster {
     pub addr: SocketAddr,
     pub workers: Vec<WorkerHandle>,
     coordinator: Arc<Coordinator>,
+    data_dir: PathBuf,
     shutdown: Option<oneshot::Sender<()>>,
     server: tokio::task::JoinHandle<()>,
 }
@@ -114,6 +115,7 @@ impl Cluster {
             addr,
             workers,
             coordinator,
+            data_dir: config.data_dir,
             shutdown: Some(tx),
             server,
         })
@@ -129,10 +131,30 @@ impl Cluster {
     }
 
     /// Stops one worker, as if its process died; the others keep running.
-    pub async fn stop_worker(&mut self, index: usize) {
-        if index < self.workers.len() {
-            self.workers.remove(index).stop().await;
+    /// Returns its id and address, to start it again.
+    pub async fn stop_worker(&mut self, index: usize) -> Option<(String, SocketAddr)> {
+        if index >= self.workers.len() {
+            return None;
         }
+        let old = self.workers.remove(index);
+        let stopped = (old.id.clone(), old.addr);
+        old.stop().await;
+        Some(stopped)
+    }
+
+    /// Starts a stopped worker again on its data dir, at the same address
+    /// if it is free (else another): it rejoins, and the coordinator
+    /// resolves the writes it missed.
+    pub async fn start_worker_again(&mut self, id: &str, addr: SocketAddr) -> Result<()> {
+        let storage = Storage::open(self.data_dir.join(id))?;
+        let handle = match start_worker(id, addr, Arc::clone(&storage)).await {
+            Ok(h) => h,
+            Err(_) => start_worker(id, SocketAddr::new(addr.ip(), 0), storage).await?,
+        };
+        let url = handle.url.clone();
+        self.workers.push(handle);
+        self.workers.sort_by(|a, b| a.id.cmp(&b.id));
+        self.coordinator.worker_rejoined(id, &url).await
     }
 
     /// Stops the coordinator and every worker.

@@ -35,7 +35,7 @@ use tessera_worker::wire::CompactRequest;
 use tessera_worker::{Compaction, MergeRule, StagedWrite, WorkerClient};
 
 use crate::catalog::Catalog;
-use crate::write::{abort, decide_and_commit};
+use crate::write::{abort, decide_and_commit, name_worker};
 
 /// The background compactor merges a partition once it has this many
 /// small files.
@@ -47,6 +47,7 @@ pub const EXPLICIT: MergeRule = MergeRule {
     max_file_bytes: 128 << 20,
     tiered: false,
     forward: false,
+    below_txn: u64::MAX,
 };
 
 /// The background compactor: files under 8 MiB (the leftovers of small
@@ -57,6 +58,7 @@ pub const AUTO: MergeRule = MergeRule {
     max_file_bytes: 8 << 20,
     tiered: true,
     forward: false,
+    below_txn: u64::MAX,
 };
 
 /// How often the background compactor looks, when files were added.
@@ -368,6 +370,7 @@ async fn merge_partition(
             // merged files: an index created later is built from the files
             // as they are then.
             forward: part.data && !indexes.is_empty(),
+            below_txn: catalog.compaction_bound()?,
             ..rule
         },
     };
@@ -377,7 +380,7 @@ async fn merge_partition(
         Ok(None) => return Ok(None),
         Err(e) => {
             abort(txn, urls.values()).await;
-            return Err(e);
+            return Err(name_worker(&target.worker_id, &target.url, e));
         }
     };
     let writes = BTreeMap::from([(
@@ -390,7 +393,7 @@ async fn merge_partition(
     )]);
     let before: u64 = merged.replaces.iter().map(|f| f.bytes).sum();
     let after = merged.file.bytes;
-    decide_and_commit(catalog, txn, [writes], urls, |s| {
+    decide_and_commit(catalog, txn, writes, urls, |s| {
         if part.data
             && let Some(p) = s
                 .stats

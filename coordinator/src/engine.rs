@@ -14,14 +14,14 @@ use datafusion::execution::{SendableRecordBatchStream, SessionStateBuilder, Task
 use datafusion::logical_expr::{DdlStatement, LogicalPlan};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{ExecutionPlan, execute_stream};
-use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion::prelude::{DataFrame, SessionConfig, SessionContext};
 use datafusion_distributed::{
     DistributedExt, DistributedMetricsFormat, SessionStateBuilderExt, display_plan_ascii,
     rewrite_distributed_plan_with_metrics,
 };
 use futures::TryStreamExt;
 use tessera_sql::{CreateTable, PartitionScheme, Statement, TableDef, parse_statement};
-use tessera_worker::{TesseraCodec, WorkerClient};
+use tessera_worker::{TesseraCodec, WorkerClient, WorkerUnavailable};
 
 use crate::catalog::{Catalog, TesseraSchema};
 use crate::colocate::ColocateJoins;
@@ -29,6 +29,7 @@ use crate::distribution::{MembershipResolver, desired_task_count, route_tasks, s
 use crate::metastore::Metastore;
 use crate::options::{self, TesseraOptions};
 use crate::query_log::{QueryLog, QueryRecorder, SystemSchema};
+use crate::snapshot::session_at_snapshot;
 
 /// A planned statement: rows already computed (DDL, DML, SHOW ...) or a
 /// physical plan to run when the client asks for the rows.
@@ -59,12 +60,18 @@ impl Planned {
                 futures::stream::iter(batches.into_iter().map(Ok)),
             ))),
             Planned::Plan(plan, ctx, recorder, members) => {
+                // The context holds the query's snapshot open (see
+                // `QuerySnapshot`) until the stream is dropped.
+                let held = Arc::clone(&ctx);
                 let stream = execute_stream(Arc::clone(&plan), ctx)
                     .map_err(|e| name_unreachable_worker(e, &members))?;
                 let schema = stream.schema();
                 let stream = Box::pin(RecordBatchStreamAdapter::new(
                     schema,
-                    stream.map_err(move |e| name_unreachable_worker(e, &members)),
+                    stream.map_err(move |e| {
+                        let _ = &held;
+                        name_unreachable_worker(e, &members)
+                    }),
                 ));
                 Ok(match recorder {
                     Some(r) => r.watch(plan, stream),
@@ -221,33 +228,56 @@ impl Coordinator {
     /// Resolves writes a crash left between prepare and commit: decided
     /// ones are committed on every worker they touched (whether or not a
     /// staged file is left: commit is idempotent), undecided ones aborted.
+    /// A worker that is down or fails does not stop the start: its decided
+    /// writes are retried in the background until it confirms (reads
+    /// resolve them meanwhile), and its undecided ones wait for the next
+    /// start.
     async fn recover(&self) -> Result<()> {
         let state = self.catalog.state()?;
         let members = self.catalog.members()?;
         let mut finished = vec![];
         for (txn, by_worker) in &state.decided {
-            let mut all = true;
+            let mut pending = BTreeMap::new();
             for (worker, writes) in by_worker {
-                let Some(url) = members.get(worker) else {
-                    all = false;
-                    continue;
+                let result = match members.get(worker) {
+                    Some(url) => match WorkerClient::connect(url) {
+                        Ok(client) => client.commit(*txn, writes.clone()).await,
+                        Err(e) => Err(e),
+                    },
+                    None => Err(DataFusionError::Execution(format!(
+                        "worker {worker} is not a member"
+                    ))),
                 };
-                WorkerClient::connect(url)?
-                    .commit(*txn, writes.clone())
-                    .await?;
+                if let Err(e) = result {
+                    tracing::warn!(txn, %worker, error = %e, "a decided write is not committed yet; retrying in the background");
+                    pending.insert(worker.clone(), writes.clone());
+                }
             }
-            if all {
+            if pending.is_empty() {
                 tracing::info!(txn, "finished a decided write");
                 finished.push(*txn);
+            } else {
+                tokio::spawn(crate::write::retry_commit(
+                    Arc::clone(&self.catalog),
+                    *txn,
+                    pending,
+                ));
             }
         }
-        for url in members.values() {
-            let client = WorkerClient::connect(url)?;
-            let mut txns: Vec<u64> = client.staged().await?.iter().map(|w| w.txn).collect();
-            txns.dedup();
-            for txn in txns.into_iter().filter(|t| !state.decided.contains_key(t)) {
-                client.abort(txn).await?;
-                tracing::info!(txn, %url, "aborted an undecided write");
+        for (worker, url) in &members {
+            let aborted = async {
+                let client = WorkerClient::connect(url)?;
+                let mut txns: Vec<u64> = client.staged().await?.iter().map(|w| w.txn).collect();
+                txns.dedup();
+                for txn in txns.into_iter().filter(|t| !state.decided.contains_key(t)) {
+                    client.abort(txn).await?;
+                    tracing::info!(txn, %url, "aborted an undecided write");
+                }
+                Ok::<_, DataFusionError>(())
+            }
+            .await;
+            if let Err(e) = aborted {
+                tracing::warn!(%worker, error = %e, "undecided writes on this worker stay staged until the next start");
             }
         }
         self.catalog.update(|s| {
@@ -256,6 +286,29 @@ impl Coordinator {
             }
             Ok(())
         })
+    }
+
+    /// A worker came back (restarted, perhaps at another address): its
+    /// decided writes are committed and the staged writes of aborted
+    /// transactions dropped, so it serves exactly what was acknowledged.
+    pub async fn worker_rejoined(&self, id: &str, url: &str) -> Result<()> {
+        self.catalog.set_member(id, url)?;
+        let client = WorkerClient::connect(url)?;
+        let state = self.catalog.state()?;
+        for (txn, by_worker) in &state.decided {
+            if let Some(writes) = by_worker.get(id) {
+                client.commit(*txn, writes.clone()).await?;
+            }
+        }
+        let mut txns: Vec<u64> = client.staged().await?.iter().map(|w| w.txn).collect();
+        txns.dedup();
+        for txn in txns {
+            if !self.catalog.is_unresolved(txn)? {
+                client.abort(txn).await?;
+                tracing::info!(txn, worker = %id, "aborted a write left staged by a failed statement");
+            }
+        }
+        Ok(())
     }
 
     async fn restore_external_tables(&self) {
@@ -326,6 +379,27 @@ impl Coordinator {
                 Ok(Planned::Ready(batch.schema(), vec![batch]))
             }
             Statement::Sql(sql) => self.plan_datafusion(&sql).await,
+        }
+    }
+
+    /// Whether `sql` only reads: a query (or EXPLAIN) DataFusion plans,
+    /// which may be run again without changing anything.
+    pub async fn is_read_only(&self, sql: &str) -> bool {
+        let Ok(Statement::Sql(sql)) = parse_statement(sql) else {
+            return false;
+        };
+        use datafusion::common::tree_node::TreeNode;
+        // EXPLAIN ANALYZE runs what it explains: look inside.
+        match self.ctx.state().create_logical_plan(&sql).await {
+            Ok(plan) => !plan
+                .exists(|p| {
+                    Ok(matches!(
+                        p,
+                        LogicalPlan::Dml(_) | LogicalPlan::Ddl(_) | LogicalPlan::Statement(_)
+                    ))
+                })
+                .unwrap_or(true),
+            Err(_) => false,
         }
     }
 
@@ -421,7 +495,14 @@ impl Coordinator {
             LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(_)) => {
                 plan_err!("CREATE TABLE is handled by Tessera; this form is not supported")
             }
-            LogicalPlan::Dml(_) | LogicalPlan::Ddl(_) | LogicalPlan::Statement(_) => {
+            LogicalPlan::Dml(_) => {
+                let state = session_at_snapshot(self.ctx.state(), &self.catalog)?;
+                let df = DataFrame::new(state, plan);
+                let schema = Arc::new(df.schema().as_arrow().clone());
+                let batches = df.collect().await?;
+                Ok(Planned::Ready(schema, batches))
+            }
+            LogicalPlan::Ddl(_) | LogicalPlan::Statement(_) => {
                 let is_statement = matches!(plan, LogicalPlan::Statement(_));
                 let df = self.ctx.execute_logical_plan(plan).await?;
                 let schema = Arc::new(df.schema().as_arrow().clone());
@@ -434,7 +515,8 @@ impl Coordinator {
                 Ok(Planned::Ready(schema, batches))
             }
             _ => {
-                let df = self.ctx.execute_logical_plan(plan).await?;
+                let state = session_at_snapshot(self.ctx.state(), &self.catalog)?;
+                let df = DataFrame::new(state, plan);
                 let task_ctx = df.task_ctx();
                 let physical = df.create_physical_plan().await?;
                 let members = Arc::new(self.catalog.members()?);
@@ -483,7 +565,7 @@ impl Coordinator {
     /// `EXPLAIN q`: the logical plan and the distributed physical plan, with
     /// stages, tasks and for every scan the partitions kept and the workers.
     async fn explain(&self, inner: &str) -> Result<Planned> {
-        let df = self.ctx.sql(inner).await?;
+        let df = self.query(inner).await?;
         let logical = format!("{}", df.logical_plan().display_indent());
         let physical = df.create_physical_plan().await?;
         let distributed = display_plan_ascii(physical.as_ref(), false);
@@ -496,8 +578,13 @@ impl Coordinator {
     /// `EXPLAIN ANALYZE`: runs the query, then shows the distributed plan
     /// with each operator's metrics and a table of its stages.
     async fn explain_analyze(&self, inner: &str) -> Result<Planned> {
-        let df = self.ctx.sql(inner).await?;
+        let df = self.query(inner).await?;
         let task_ctx = Arc::new(df.task_ctx());
+        let snapshot = task_ctx
+            .session_config()
+            .get_extension::<crate::snapshot::QuerySnapshot>()
+            .map(|q| q.snapshot.to_string())
+            .unwrap_or_default();
         let plan = df.create_physical_plan().await?;
         let members = Arc::new(self.catalog.members()?);
         let started = std::time::Instant::now();
@@ -512,8 +599,18 @@ impl Coordinator {
             rewrite_distributed_plan_with_metrics(plan, DistributedMetricsFormat::Aggregated)
                 .await?;
         let text = display_plan_ascii(plan.as_ref(), true);
-        let summary = crate::stages::summary(&plan, rows, elapsed);
+        let summary = format!(
+            "{}\nSnapshot: {snapshot}",
+            crate::stages::summary(&plan, rows, elapsed)
+        );
         explained(vec![("Plan with Metrics", text), ("Stages", summary)])
+    }
+
+    /// A query planned at a snapshot taken now.
+    async fn query(&self, sql: &str) -> Result<DataFrame> {
+        let state = session_at_snapshot(self.ctx.state(), &self.catalog)?;
+        let plan = state.create_logical_plan(sql).await.map_err(with_hint)?;
+        Ok(DataFrame::new(state, plan))
     }
 
     async fn create_table(&self, ct: CreateTable) -> Result<Planned> {
@@ -537,14 +634,18 @@ impl Coordinator {
             Some(spec) => spec.resolve(&schema)?,
             None => PartitionScheme::Single,
         };
-        let id = self.catalog.state()?.tables_created;
-        let def = TableDef::try_new(&ct.name, id, &schema, scheme)?;
         let workers: Vec<String> = self.catalog.members()?.keys().cloned().collect();
         if workers.is_empty() {
             return plan_err!("no workers are running; start the cluster with --workers N");
         }
         let name = ct.name.clone();
-        self.catalog.update(|s| {
+        // Checked again where the table is added: of two CREATE TABLE of
+        // one name at once, one wins and the other is told it exists.
+        let created = self.catalog.update(|s| {
+            if s.tables.contains_key(&name) {
+                return Ok(false);
+            }
+            let def = TableDef::try_new(&name, s.tables_created, &schema, scheme.clone())?;
             // Tables with the same partition count are placed alike, so
             // partition i of each lives on the same worker and joins on
             // their keys are co-located; one-partition tables are spread.
@@ -558,8 +659,16 @@ impl Coordinator {
             s.tables.insert(name.clone(), def);
             s.stats.insert(name.clone(), BTreeMap::new());
             s.tables_created += 1;
-            Ok(())
+            Ok(true)
         })?;
+        if !created {
+            if ct.if_not_exists {
+                return Ok(empty());
+            }
+            return Err(DataFusionError::Plan(format!(
+                "table '{name}' already exists; DROP TABLE {name} first"
+            )));
+        }
         if let Some(query) = ct.query {
             let insert = format!("INSERT INTO {} {query}", quote_ident(&ct.name));
             if let Err(e) = self.run(&insert).await {
@@ -799,7 +908,7 @@ fn name_unreachable_worker(
     } else {
         "not answering"
     };
-    DataFusionError::Execution(format!(
+    WorkerUnavailable::error(format!(
         "worker {id} at {url} is unreachable ({reason}) and the query needs the partitions it \
          holds; check that it is running (restart `tessera serve` on the same --data-dir), then \
          retry"

@@ -33,6 +33,7 @@ use tessera_worker::to_status;
 use tonic::{Request, Response, Status};
 
 use crate::engine::{Coordinator, Planned, rows_written};
+use crate::retry::{Retry, plan_query, retrying};
 
 /// Results not fetched within this time are dropped.
 const RESULT_TTL: Duration = Duration::from_secs(600);
@@ -43,7 +44,9 @@ type DoGetStream = Pin<Box<dyn Stream<Item = Result<arrow_flight::FlightData, St
 
 pub struct TesseraFlightSql {
     coordinator: Arc<Coordinator>,
-    results: Mutex<HashMap<String, (Instant, Planned)>>,
+    /// Planned statements waiting for their DoGet, with their SQL (a query
+    /// a worker failure stops is planned again).
+    results: Mutex<HashMap<String, (Instant, Planned, String, Retry)>>,
 }
 
 fn status(e: DataFusionError) -> Status {
@@ -67,14 +70,17 @@ impl TesseraFlightSql {
         }
     }
 
-    fn park(&self, planned: Planned) -> Result<String, Status> {
+    fn park(&self, planned: Planned, sql: &str, retry: Retry) -> Result<String, Status> {
         let handle = uuid::Uuid::new_v4().to_string();
         let mut results = self
             .results
             .lock()
             .map_err(|_| Status::internal("result cache poisoned"))?;
-        results.retain(|_, (at, _)| at.elapsed() < RESULT_TTL);
-        results.insert(handle.clone(), (Instant::now(), planned));
+        results.retain(|_, (at, ..)| at.elapsed() < RESULT_TTL);
+        results.insert(
+            handle.clone(),
+            (Instant::now(), planned, sql.to_string(), retry),
+        );
         Ok(handle)
     }
 
@@ -85,7 +91,15 @@ impl TesseraFlightSql {
     ) -> Result<Response<FlightInfo>, Status> {
         let span = tracing::info_span!("query", sql = %sql.chars().take(200).collect::<String>());
         let _enter = span.enter();
-        let planned = self.coordinator.plan(sql).await.map_err(status)?;
+        // A read-only statement is planned again if a worker failure stops
+        // it (a GLOBAL index is looked up while planning).
+        let mut retry = Retry::begin(&self.coordinator);
+        let planned = if self.coordinator.is_read_only(sql).await {
+            plan_query(&self.coordinator, sql, &mut retry).await
+        } else {
+            self.coordinator.plan(sql).await
+        }
+        .map_err(status)?;
         // DoGet sends dictionaries as their values; the FlightInfo schema
         // must say the same or clients reject the stream.
         let schema = hydrated(&planned.schema());
@@ -93,7 +107,7 @@ impl TesseraFlightSql {
             Planned::Ready(_, batches) => batches.iter().map(|b| b.num_rows() as i64).sum(),
             Planned::Plan(..) => -1,
         };
-        let handle = self.park(planned)?;
+        let handle = self.park(planned, sql, retry)?;
         let ticket = TicketStatementQuery {
             statement_handle: handle.into_bytes().into(),
         };
@@ -165,12 +179,18 @@ impl FlightSqlService for TesseraFlightSql {
             .lock()
             .map_err(|_| Status::internal("result cache poisoned"))?
             .remove(&handle)
-            .map(|(_, p)| p)
             .ok_or_else(|| {
                 Status::not_found("unknown or expired result handle; run the statement again")
             })?;
+        let (_, planned, sql, retry) = planned;
         let schema = planned.schema();
+        let is_query = matches!(planned, Planned::Plan(..));
         let stream = planned.execute().map_err(status)?;
+        let stream = if is_query {
+            retrying(Arc::clone(&self.coordinator), sql, stream, retry)
+        } else {
+            stream
+        };
         let batches = stream.map_err(|e| FlightError::ExternalError(Box::new(e)));
         let data = FlightDataEncoderBuilder::new()
             .with_schema(schema)

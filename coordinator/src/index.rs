@@ -44,7 +44,7 @@ use tessera_sql::{
 use tessera_worker::index::locate;
 use tessera_worker::wire::EntriesRequest;
 use tessera_worker::{
-    IndexRead, PartitionScanExec, ScanPart, ScanSpec, WorkerClient, sort_by_columns,
+    IndexRead, PartitionScanExec, ScanPart, ScanSpec, Snapshot, WorkerClient, sort_by_columns,
 };
 
 use crate::catalog::Catalog;
@@ -115,7 +115,7 @@ pub async fn backfill(catalog: Arc<Catalog>, name: String) -> Result<()> {
     // Writes that began before the index existed may still add rows up to
     // since_txn; wait until they have finished.
     while catalog
-        .oldest_in_flight()
+        .oldest_unfinished()?
         .is_some_and(|t| t <= def.since_txn)
     {
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -381,7 +381,7 @@ async fn apply_round(catalog: &Arc<Catalog>, name: &str) -> Result<()> {
         return Ok(());
     };
     let stats = state.index_stats.get(name).copied().unwrap_or_default();
-    let horizon = catalog.horizon();
+    let horizon = catalog.horizon()?;
     // Checked after the horizon is taken: a write acknowledged after the
     // pause is past it, so a round that began before does not apply it.
     if catalog.apply_paused.load(Ordering::SeqCst) {
@@ -504,6 +504,8 @@ async fn read_outbox(
         estimate: None,
         colocated_on: None,
         index: None,
+        // Below the horizon every file is committed everywhere.
+        snapshot: None,
     };
     collect_scan(spec, parts).await
 }
@@ -619,6 +621,7 @@ fn lookup_of(expr: &Expr, column: &str) -> Option<Lookup> {
 pub async fn plan_index_read(
     catalog: &Arc<Catalog>,
     state: &dyn Session,
+    snapshot: &Snapshot,
     table: &TableDef,
     schema: &SchemaRef,
     filters: &[Expr],
@@ -675,12 +678,20 @@ pub async fn plan_index_read(
                 estimate: None,
                 colocated_on: None,
                 index: None,
+                // The index as decided now (an ASYNC index's entries are
+                // applied by later transactions than the rows they name);
+                // entries count when the query's snapshot sees their row.
+                snapshot: Some(Arc::new(catalog.latest_snapshot()?)),
             };
             let parts = catalog.scan_parts(&def.map_key(), &ips)?;
             let entries = collect_scan(spec, parts).await?;
             let mut rows = locate(&entries)?;
             let kept_set: BTreeSet<u32> = kept.iter().copied().collect();
             rows.retain(|p, _| kept_set.contains(p));
+            for files in rows.values_mut() {
+                files.retain(|txn, _| snapshot.sees(*txn));
+            }
+            rows.retain(|_, files| !files.is_empty());
             let data: Vec<u32> = rows.keys().copied().collect();
             let consistency = match (def.kind, fresh) {
                 (IndexKind::GlobalAsync, false) => ", eventually consistent",
@@ -794,7 +805,7 @@ async fn wait_fresh(catalog: &Arc<Catalog>, def: &IndexDef) -> Result<()> {
                 stats.outbox_rows.saturating_sub(stats.applied_rows),
                 applied(def, &stats),
                 target,
-                catalog.oldest_in_flight(),
+                catalog.oldest_unfinished()?,
                 if catalog.apply_paused.load(Ordering::SeqCst) {
                     ", and tessera.index_apply is 'paused': SET it to 'running'"
                 } else {

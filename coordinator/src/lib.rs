@@ -13,12 +13,14 @@ mod index;
 mod metastore;
 mod options;
 mod query_log;
+mod retry;
+mod snapshot;
 mod stages;
 mod table;
 mod write;
 mod yield_points;
 
-pub use catalog::{Catalog, WriteFanout};
+pub use catalog::{Catalog, SnapshotPin, WriteFanout};
 pub use cluster::{Cluster, ClusterConfig};
 pub use engine::{Coordinator, Planned};
 pub use metastore::{CatalogState, FileMetastore, Metastore};

@@ -65,9 +65,11 @@ impl TableProvider for TesseraTable {
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let mut kept = prune_partitions(&self.def.scheme, &self.schema, filters);
+        let snapshot = crate::snapshot::snapshot_of(state, &self.catalog)?;
         let index = crate::index::plan_index_read(
             &self.catalog,
             state,
+            &snapshot,
             &self.def,
             &self.schema,
             filters,
@@ -96,6 +98,7 @@ impl TableProvider for TesseraTable {
             estimate,
             colocated_on: None,
             index,
+            snapshot: Some(snapshot),
         };
         let outputs = parts.len();
         Ok(Arc::new(PartitionScanExec::try_new(spec, parts, outputs)?))

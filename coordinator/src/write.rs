@@ -7,7 +7,8 @@
 //!                          GLOBAL ASYNC: to an outbox beside each partition)
 //!        ─► prepare (DoPut to each owner: staged Parquet, fsync)
 //!        ─► decide  (txn logged in the metastore, fsync)   ◄─ any prepare failed? abort all
-//!        ─► commit  (each owner swaps its manifests: index entries first)
+//!        ─► commit  (each owner swaps its manifests; a query sees the statement
+//!                    from its decision on, resolving what has not landed yet)
 //!        ─► forget  (txn removed from the log)
 //! ```
 //!
@@ -31,7 +32,9 @@ use futures::future::join_all;
 use tessera_sql::{IndexDef, IndexKind, Partitioner, TableDef};
 use tessera_worker::index::entries_of;
 use tessera_worker::wire::{PieceHeader, PrepareRequest};
-use tessera_worker::{DataFile, ScanPart, StagedWrite, WorkerClient, sort_by_columns};
+use tessera_worker::{
+    DataFile, ScanPart, StagedWrite, WorkerClient, WorkerUnavailable, sort_by_columns,
+};
 
 use crate::catalog::Catalog;
 use crate::metastore::CatalogState;
@@ -203,8 +206,7 @@ impl DataSink for WriteSink {
     }
 }
 
-/// What a piece of a transaction holds. Index entries are committed
-/// before rows, so a row is never visible without its entries.
+/// What a piece of a transaction holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
     Rows,
@@ -317,11 +319,19 @@ pub fn global_index_pieces(
 }
 
 /// Names the worker in a transport error that gives only its URL.
-fn name_worker(id: &str, url: &str, e: DataFusionError) -> DataFusionError {
+pub(crate) fn name_worker(id: &str, url: &str, e: DataFusionError) -> DataFusionError {
+    let named = |m: &str| m.replacen(url, &format!("{id} at {url}"), 1);
     match e {
         DataFusionError::Execution(m) if m.contains(url) && !m.contains(id) => {
-            DataFusionError::Execution(m.replacen(url, &format!("{id} at {url}"), 1))
+            DataFusionError::Execution(named(&m))
         }
+        DataFusionError::External(inner) => match inner.downcast::<WorkerUnavailable>() {
+            Ok(u) if u.0.contains(url) && !u.0.contains(id) => {
+                WorkerUnavailable::error(named(&u.0))
+            }
+            Ok(u) => DataFusionError::External(u),
+            Err(other) => DataFusionError::External(other),
+        },
         other => other,
     }
 }
@@ -337,8 +347,7 @@ pub async fn write_pieces(
     decide: impl FnOnce(&mut CatalogState, &[DataFile]) -> Result<()>,
 ) -> Result<()> {
     // Keyed by worker id: URLs change across restarts, ids do not.
-    let mut early: BTreeMap<String, Vec<StagedWrite>> = BTreeMap::new();
-    let mut late: BTreeMap<String, Vec<StagedWrite>> = BTreeMap::new();
+    let mut writes: BTreeMap<String, Vec<StagedWrite>> = BTreeMap::new();
     let mut urls: BTreeMap<String, String> = BTreeMap::new();
     // One prepare per worker, carrying all its pieces (a partition's rows
     // and its LOCAL index entries travel together): worker → (piece
@@ -347,12 +356,7 @@ pub async fn write_pieces(
     let mut by_worker: BTreeMap<String, Vec<(usize, PieceHeader, RecordBatch)>> = BTreeMap::new();
     for (i, piece) in pieces.into_iter().enumerate() {
         urls.insert(piece.target.worker_id.clone(), piece.target.url.clone());
-        let group = if piece.role == Role::Index {
-            &mut early
-        } else {
-            &mut late
-        };
-        group
+        writes
             .entry(piece.target.worker_id.clone())
             .or_default()
             .push(StagedWrite {
@@ -406,13 +410,21 @@ pub async fn write_pieces(
                     DataFusionError::Execution(m) => {
                         DataFusionError::Execution(format!("{m}; nothing was written"))
                     }
+                    DataFusionError::External(inner) => {
+                        match inner.downcast::<WorkerUnavailable>() {
+                            Ok(u) => {
+                                WorkerUnavailable::error(format!("{}; nothing was written", u.0))
+                            }
+                            Err(other) => DataFusionError::External(other),
+                        }
+                    }
                     other => other,
                 });
             }
         }
     }
     let files: Vec<DataFile> = files.into_iter().flatten().collect();
-    decide_and_commit(catalog, txn, [early, late], urls, |s| decide(s, &files)).await?;
+    decide_and_commit(catalog, txn, writes, urls, |s| decide(s, &files)).await?;
     catalog
         .files_added
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -421,21 +433,17 @@ pub async fn write_pieces(
 
 /// The second half of a transaction whose writes are all prepared (staged
 /// and durable on their workers): decide it (the metastore logs it, and
-/// `decide` updates counters in the same write), then commit `groups` one
-/// after the other. Once decided the write lands, even across a crash.
-pub(crate) async fn decide_and_commit<const N: usize>(
+/// `decide` updates counters in the same write), then commit `writes`, one
+/// call per worker. Once decided the write lands, even across a crash, and
+/// every snapshot taken from then on sees all of it: the order in which
+/// workers commit does not matter (a read resolves what has not landed).
+pub(crate) async fn decide_and_commit(
     catalog: &Arc<Catalog>,
     txn: u64,
-    groups: [BTreeMap<String, Vec<StagedWrite>>; N],
+    writes: BTreeMap<String, Vec<StagedWrite>>,
     urls: BTreeMap<String, String>,
     decide: impl FnOnce(&mut CatalogState) -> Result<()>,
 ) -> Result<()> {
-    let mut writes: BTreeMap<String, Vec<StagedWrite>> = BTreeMap::new();
-    for group in &groups {
-        for (worker, w) in group {
-            writes.entry(worker.clone()).or_default().extend(w.clone());
-        }
-    }
     // Decide: once logged, the write will land even across a crash.
     if let Err(e) = catalog.update(|s| {
         s.decided.insert(txn, writes.clone());
@@ -449,25 +457,12 @@ pub(crate) async fn decide_and_commit<const N: usize>(
     // Phase 2: make it visible everywhere. The statement is decided, so
     // it succeeds; a worker that did not confirm is retried in the
     // background until it does (commit is idempotent).
-    let mut failed: BTreeMap<String, Vec<StagedWrite>> = BTreeMap::new();
-    // On one worker, one commit call keeps the order (a worker commits a
-    // call's writes one after the other, groups in order): no need for a
-    // round per group.
-    let rounds: Vec<&BTreeMap<String, Vec<StagedWrite>>> = if urls.len() == 1 {
-        vec![&writes]
-    } else {
-        groups.iter().collect()
-    };
-    for group in rounds {
-        for (worker, w) in commit_all(txn, group, &urls).await {
-            failed.entry(worker).or_default().extend(w);
-        }
-    }
+    let failed = commit_all(txn, &writes, &urls).await;
     if failed.is_empty() {
         forget(catalog, txn);
     } else {
         let catalog = Arc::clone(catalog);
-        tokio::spawn(retry_commit(catalog, txn, failed, urls));
+        tokio::spawn(retry_commit(catalog, txn, failed));
     }
     Ok(())
 }
@@ -509,18 +504,22 @@ fn forget(catalog: &Catalog, txn: u64) {
     }
 }
 
-/// Keeps committing on workers that did not confirm, backing off up to 30 s,
-/// until all have; the next start's recovery covers a stop before that.
-async fn retry_commit(
+/// Keeps committing on workers that did not confirm, backing off up to 5 s,
+/// until all have (at the URL each has then: a restarted worker may listen
+/// elsewhere); the next start's recovery covers a stop before that.
+pub(crate) async fn retry_commit(
     catalog: Arc<Catalog>,
     txn: u64,
     mut pending: BTreeMap<String, Vec<StagedWrite>>,
-    urls: BTreeMap<String, String>,
 ) {
-    let mut delay = std::time::Duration::from_millis(200);
+    let mut delay = std::time::Duration::from_millis(100);
     while !pending.is_empty() {
         tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(std::time::Duration::from_secs(30));
+        if catalog.closed.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
+        delay = (delay * 2).min(std::time::Duration::from_secs(5));
+        let urls = catalog.members().unwrap_or_default();
         pending = commit_all(txn, &pending, &urls).await;
     }
     forget(&catalog, txn);

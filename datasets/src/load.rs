@@ -20,7 +20,11 @@ const CHUNK_ROWS: usize = 2_000_000;
 /// The text of a Flight error as the server sent it.
 pub fn flight_error_text(e: FlightError) -> String {
     match e {
-        FlightError::Tonic(s) if s.code() == tonic::Code::Unavailable => {
+        // Made here from a failed connection (it has a source), not an
+        // answer of the server's that something behind it is down.
+        FlightError::Tonic(s)
+            if s.code() == tonic::Code::Unavailable && std::error::Error::source(&*s).is_some() =>
+        {
             format!("cannot reach the server: {}", s.message())
         }
         FlightError::Tonic(s) => s.message().to_string(),

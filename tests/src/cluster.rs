@@ -49,6 +49,7 @@ impl TestClusterBuilder {
         TestCluster {
             cluster: Some(cluster),
             workers: self.workers,
+            stopped: vec![],
             dir,
             _tmp: tmp,
         }
@@ -68,6 +69,8 @@ async fn start_cluster(dir: &Path, workers: usize) -> Result<Cluster> {
 pub struct TestCluster {
     cluster: Option<Cluster>,
     workers: usize,
+    /// Workers stopped to be started again: id and address.
+    stopped: Vec<(String, SocketAddr)>,
     dir: PathBuf,
     _tmp: Option<TempDir>,
 }
@@ -137,6 +140,18 @@ impl TestCluster {
     }
 }
 
+/// Runs one statement through Flight SQL on the coordinator at `url` (for
+/// tasks that run while the test holds the cluster to stop or restart
+/// parts of it).
+pub async fn query_url(url: &str, sql: &str) -> std::result::Result<Vec<RecordBatch>, String> {
+    let channel = Endpoint::from_shared(url.to_string())
+        .map_err(|e| e.to_string())?
+        .connect()
+        .await
+        .map_err(|e| format!("cannot connect to {url}: {e}"))?;
+    run_query(&mut FlightSqlServiceClient::new(channel), sql).await
+}
+
 pub(crate) async fn run_query(
     client: &mut FlightSqlServiceClient<Channel>,
     sql: &str,
@@ -162,6 +177,20 @@ impl TestCluster {
     /// Stops worker `index` (its server closes; the data stays on disk).
     pub async fn stop_worker(&mut self, index: usize) {
         let cluster = self.cluster.as_mut().expect("cluster is running");
-        cluster.stop_worker(index).await;
+        if let Some(stopped) = cluster.stop_worker(index).await {
+            self.stopped.push(stopped);
+        }
+    }
+
+    /// Starts the workers stopped with [`TestCluster::stop_worker`] again,
+    /// on their data dirs; each rejoins.
+    pub async fn start_stopped_workers(&mut self) {
+        let cluster = self.cluster.as_mut().expect("cluster is running");
+        for (id, addr) in self.stopped.drain(..) {
+            cluster
+                .start_worker_again(&id, addr)
+                .await
+                .expect("worker restarts and rejoins");
+        }
     }
 }

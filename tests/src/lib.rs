@@ -6,6 +6,6 @@ mod cluster;
 mod compare;
 mod slt;
 
-pub use cluster::{TestCluster, TestClusterBuilder};
+pub use cluster::{TestCluster, TestClusterBuilder, query_url};
 pub use compare::{Cell, compare_rows, plan_text, rows, single_i64};
 pub use slt::{FlightSqlDb, run_slt_file};

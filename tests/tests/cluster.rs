@@ -292,10 +292,13 @@ async fn recovery_finishes_decided_writes_and_aborts_the_rest() {
         .update(|s| {
             s.decided
                 .insert(1, BTreeMap::from([(owner.worker_id.clone(), vec![write])]));
+            s.last_txn = s.last_txn.max(1);
             Ok(())
         })
         .unwrap();
-    assert_eq!(count(&cluster, "t").await, 0);
+    // Decided means visible: the read commits the staged rows of txn 1
+    // on the worker before it scans (resolve on read); txn 2 stays unseen.
+    assert_eq!(count(&cluster, "t").await, 7);
 
     let cluster = cluster.restart().await;
     assert_eq!(count(&cluster, "t").await, 7);

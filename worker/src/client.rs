@@ -2,7 +2,9 @@
 //! service, over a real gRPC channel.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
 
 use arrow_flight::decode::FlightRecordBatchStream;
 use arrow_flight::encode::FlightDataEncoderBuilder;
@@ -16,18 +18,33 @@ use serde::de::DeserializeOwned;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::storage::{Compaction, DataFile, PartitionStats, StagedWrite};
+use crate::unavailable::WorkerUnavailable;
 use crate::wire::{self, MAX_MESSAGE_BYTES};
 
 /// Turns a Flight error into an engine error, keeping the remote text intact.
+/// A status made here from a broken connection names the worker; one the
+/// worker sent that something behind it is unavailable keeps its text and
+/// its kind.
 pub fn flight_error(url: &str, e: FlightError) -> DataFusionError {
     match e {
-        FlightError::Tonic(status) => match status.code() {
-            tonic::Code::Unavailable => DataFusionError::Execution(format!(
-                "worker {url} is unreachable ({}); check that it is running, then retry",
-                status.message()
-            )),
-            _ => DataFusionError::Execution(status.message().to_string()),
-        },
+        FlightError::Tonic(status) => {
+            let local = std::error::Error::source(&*status).is_some();
+            match (status.code(), local) {
+                (tonic::Code::Unavailable, true) => WorkerUnavailable::error(format!(
+                    "worker {url} is unreachable ({}); check that it is running, then retry",
+                    status.message()
+                )),
+                (_, true) => WorkerUnavailable::error(format!(
+                    "worker {url} went away during the call ({}); check that it is running, \
+                     then retry",
+                    status.message()
+                )),
+                (tonic::Code::Unavailable, false) => {
+                    WorkerUnavailable::error(status.message().to_string())
+                }
+                _ => DataFusionError::Execution(status.message().to_string()),
+            }
+        }
         FlightError::ExternalError(e) => DataFusionError::External(e),
         other => DataFusionError::Execution(format!("worker {url}: {other}")),
     }
@@ -38,6 +55,49 @@ pub fn flight_error(url: &str, e: FlightError) -> DataFusionError {
 pub struct WorkerClient {
     url: String,
     inner: FlightServiceClient<Channel>,
+}
+
+/// How long a call to a worker may take before it fails, in milliseconds
+/// (a prepare gets more for its bytes, see [`deadline_for_bytes`]).
+static CALL_TIMEOUT_MS: AtomicU64 = AtomicU64::new(30_000);
+
+/// The slowest a prepare's bytes are expected to travel and reach disk: a
+/// bulk write's deadline grows by one second per this many bytes.
+const SLOWEST_BYTES_PER_SEC: u64 = 8 << 20;
+
+/// Sets the deadline of every call to a worker (`--worker-timeout`).
+pub fn set_call_timeout(timeout: Duration) {
+    let ms = u64::try_from(timeout.as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1);
+    CALL_TIMEOUT_MS.store(ms, Ordering::Relaxed);
+}
+
+/// The deadline of a call to a worker.
+pub fn call_timeout() -> Duration {
+    Duration::from_millis(CALL_TIMEOUT_MS.load(Ordering::Relaxed))
+}
+
+/// The deadline of a call that carries `bytes`.
+pub fn deadline_for_bytes(bytes: u64) -> Duration {
+    call_timeout() + Duration::from_secs(bytes / SLOWEST_BYTES_PER_SEC)
+}
+
+/// Runs one call to the worker at `url` within `limit`.
+async fn within<T>(
+    url: &str,
+    what: &str,
+    limit: Duration,
+    call: impl Future<Output = Result<T>>,
+) -> Result<T> {
+    match tokio::time::timeout(limit, call).await {
+        Ok(result) => result,
+        Err(_) => Err(DataFusionError::Execution(format!(
+            "worker {url} did not answer {what} within {:.1} s; it may be hung or overloaded: \
+             check it (or raise --worker-timeout), then retry",
+            limit.as_secs_f64()
+        ))),
+    }
 }
 
 fn channels() -> &'static Mutex<HashMap<String, Channel>> {
@@ -74,6 +134,10 @@ impl WorkerClient {
                             DataFusionError::Configuration(format!("bad worker url {url}: {e}"))
                         })?
                         .tcp_nodelay(true)
+                        .connect_timeout(Duration::from_secs(5))
+                        .http2_keep_alive_interval(Duration::from_secs(10))
+                        .keep_alive_timeout(Duration::from_secs(20))
+                        .keep_alive_while_idle(true)
                         .connect_lazy();
                     map.insert(url.to_string(), c.clone());
                     c
@@ -104,13 +168,18 @@ impl WorkerClient {
         request: &wire::PrepareRequest,
         pieces: Vec<(wire::PieceHeader, RecordBatch)>,
     ) -> Result<Vec<DataFile>> {
+        let bytes: usize = pieces.iter().map(|(_, b)| b.get_array_memory_size()).sum();
+        let limit = deadline_for_bytes(bytes as u64);
         // Preparing again overwrites the same staged files: safe to retry.
-        match self.prepare_once(request, pieces.clone()).await {
-            Err(e) if is_stale_connection(&e) => {
-                self.reconnect()?.prepare_once(request, pieces).await
+        within(&self.url, "a prepare", limit, async {
+            match self.prepare_once(request, pieces.clone()).await {
+                Err(e) if is_stale_connection(&e) => {
+                    self.reconnect()?.prepare_once(request, pieces).await
+                }
+                other => other,
             }
-            other => other,
-        }
+        })
+        .await
     }
 
     async fn prepare_once(
@@ -145,10 +214,16 @@ impl WorkerClient {
     /// Runs an action; every action is idempotent, so one retry on a new
     /// connection is safe.
     async fn action<T: DeserializeOwned>(&self, kind: &str, body: Vec<u8>) -> Result<Option<T>> {
-        match self.action_once(kind, body.clone()).await {
-            Err(e) if is_stale_connection(&e) => self.reconnect()?.action_once(kind, body).await,
-            other => other,
-        }
+        let what = format!("'{kind}'");
+        within(&self.url, &what, call_timeout(), async {
+            match self.action_once(kind, body.clone()).await {
+                Err(e) if is_stale_connection(&e) => {
+                    self.reconnect()?.action_once(kind, body).await
+                }
+                other => other,
+            }
+        })
+        .await
     }
 
     async fn action_once<T: DeserializeOwned>(
@@ -233,15 +308,25 @@ impl WorkerClient {
         let mut ticket = wire::ENTRIES_TICKET.to_vec();
         ticket.extend(wire::encode(req)?);
         let stream = self.scan(ticket).await?;
-        stream.try_collect().await.map_err(|e| self.err(e))
+        // A whole partition's entries: four call deadlines.
+        let limit = call_timeout() * 4;
+        within(&self.url, "an index backfill read", limit, async {
+            stream.try_collect().await.map_err(|e| self.err(e))
+        })
+        .await
     }
 
     /// Runs a partition scan on the worker and streams its rows back.
+    /// The deadline covers the start of the stream, not its rows: a long
+    /// scan streams for as long as it needs.
     pub async fn scan(&self, ticket: Vec<u8>) -> Result<FlightRecordBatchStream> {
-        match self.scan_once(ticket.clone()).await {
-            Err(e) if is_stale_connection(&e) => self.reconnect()?.scan_once(ticket).await,
-            other => other,
-        }
+        within(&self.url, "a scan", call_timeout(), async {
+            match self.scan_once(ticket.clone()).await {
+                Err(e) if is_stale_connection(&e) => self.reconnect()?.scan_once(ticket).await,
+                other => other,
+            }
+        })
+        .await
     }
 
     async fn scan_once(&self, ticket: Vec<u8>) -> Result<FlightRecordBatchStream> {

@@ -6,17 +6,21 @@ mod client;
 pub mod index;
 mod scan;
 mod service;
+mod snapshot;
 mod storage;
+mod unavailable;
 pub mod wire;
 mod yielding;
 
-pub use client::{WorkerClient, flight_error};
+pub use client::{WorkerClient, call_timeout, flight_error, set_call_timeout};
 pub use scan::{
     IndexRead, LocalStore, PartitionScanExec, ScanPart, ScanSpec, SizeEstimate, TesseraCodec,
 };
 pub use service::{WorkerHandle, nodelay_incoming, start_worker, to_status};
+pub use snapshot::Snapshot;
 pub use storage::{
     Compaction, DataFile, Manifest, MergeRule, PartitionStats, StagedWrite, Storage,
     sort_by_columns,
 };
+pub use unavailable::{WorkerUnavailable, is_worker_failure};
 pub use yielding::{YieldingSliceExec, running_loop_joins};

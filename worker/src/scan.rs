@@ -43,6 +43,7 @@ use prost::Message;
 
 use crate::client::WorkerClient;
 use crate::index::{RowsByFile, locate, selection_of};
+use crate::snapshot::Snapshot;
 use crate::storage::Storage;
 use crate::yielding::YieldingSliceExec;
 
@@ -97,6 +98,7 @@ pub struct PartitionScanExec {
     estimate: Option<SizeEstimate>,
     colocated_on: Option<Vec<Arc<dyn PhysicalExpr>>>,
     index: Option<IndexRead>,
+    snapshot: Option<Arc<Snapshot>>,
     local: Option<Arc<LocalStore>>,
     properties: Arc<PlanProperties>,
     metrics: ExecutionPlanMetricsSet,
@@ -125,6 +127,10 @@ pub struct ScanSpec {
     pub colocated_on: Option<Vec<Arc<dyn PhysicalExpr>>>,
     /// A secondary index that narrows the rows read.
     pub index: Option<IndexRead>,
+    /// What the scan sees; `None` reads every committed file (internal
+    /// reads that choose their transactions themselves, as the outbox
+    /// applier).
+    pub snapshot: Option<Arc<Snapshot>>,
 }
 
 /// How a scan reads only the rows a secondary index names. Either way the
@@ -197,6 +203,7 @@ impl PartitionScanExec {
             estimate: spec.estimate,
             colocated_on: spec.colocated_on,
             index: spec.index,
+            snapshot: spec.snapshot,
             local: None,
             properties,
             metrics: ExecutionPlanMetricsSet::new(),
@@ -216,6 +223,7 @@ impl PartitionScanExec {
             estimate: self.estimate,
             colocated_on: self.colocated_on.clone(),
             index: self.index.clone(),
+            snapshot: self.snapshot.clone(),
         }
     }
 
@@ -285,9 +293,9 @@ impl PartitionScanExec {
             return Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)));
         }
         let files = storage
-            .files(&self.location, part.partition)?
+            .visible_files(&self.location, part.partition, self.snapshot.as_deref())?
             .into_iter()
-            .map(|(path, size)| PartitionedFile::new(path.to_string_lossy(), size))
+            .map(|(path, f)| PartitionedFile::new(path.to_string_lossy(), f.bytes))
             .collect();
         self.read_files(files, ctx)
     }
@@ -308,6 +316,11 @@ impl PartitionScanExec {
                 predicate,
                 ..
             }) => {
+                // Every entry file: entries are kept or not by the
+                // transaction of the row they name, below.
+                if let Some(snapshot) = &self.snapshot {
+                    storage.resolve(location, partition, &snapshot.decided)?;
+                }
                 let files: Vec<PartitionedFile> = storage
                     .files(location, partition)?
                     .into_iter()
@@ -340,7 +353,7 @@ impl PartitionScanExec {
             None => return internal_err!("index scan without an index"),
         };
         let files: Vec<PartitionedFile> = storage
-            .indexed_files(&self.location, partition, rows)?
+            .indexed_files(&self.location, partition, rows, self.snapshot.as_deref())?
             .into_iter()
             .filter_map(|(path, file, named)| {
                 let selection = selection_of(&named, usize::try_from(file.rows).ok()?);
@@ -565,6 +578,18 @@ struct PartitionScanProto {
     index_predicate: Option<protobuf::PhysicalExprNode>,
     #[prost(message, repeated, tag = "17")]
     index_rows: Vec<IndexRowsProto>,
+    #[prost(message, optional, tag = "18")]
+    snapshot: Option<SnapshotProto>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct SnapshotProto {
+    #[prost(uint64, tag = "1")]
+    through: u64,
+    #[prost(uint64, repeated, tag = "2")]
+    in_flight: Vec<u64>,
+    #[prost(uint64, repeated, tag = "3")]
+    decided: Vec<u64>,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -620,6 +645,11 @@ impl TesseraCodec {
             output_partitions: scan.properties.partitioning.partition_count() as u64,
             total_partitions: scan.total_partitions,
             kept_partitions: scan.kept_partitions,
+            snapshot: scan.snapshot.as_ref().map(|s| SnapshotProto {
+                through: s.through,
+                in_flight: s.in_flight.clone(),
+                decided: s.decided.clone(),
+            }),
             ..Default::default()
         };
         match &scan.index {
@@ -682,6 +712,17 @@ impl TesseraCodec {
             estimate: None,
             colocated_on: None,
             index,
+            snapshot: proto.snapshot.map(|s| {
+                let mut snapshot = Snapshot {
+                    through: s.through,
+                    in_flight: s.in_flight,
+                    decided: s.decided,
+                };
+                // `sees` searches them: never trust a peer's order.
+                snapshot.in_flight.sort_unstable();
+                snapshot.decided.sort_unstable();
+                Arc::new(snapshot)
+            }),
         };
         let parts = proto
             .parts

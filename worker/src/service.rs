@@ -40,6 +40,9 @@ pub fn to_status(e: DataFusionError) -> Status {
             Status::invalid_argument(e.to_string())
         }
         DataFusionError::NotImplemented(_) => Status::unimplemented(e.to_string()),
+        other if crate::unavailable::is_worker_failure(&other) => {
+            Status::unavailable(other.to_string())
+        }
         other => Status::internal(other.to_string()),
     }
 }

@@ -1,0 +1,187 @@
+//! Read-only queries that fail because a worker could not be reached (it
+//! is down or restarting, or a connection broke when it went), or that ran
+//! while a worker rejoined (its new process knows nothing of the tasks the
+//! old one was given), run again whole, on a fresh plan, as long as no row
+//! has reached the client yet, for up to [`RETRY_WINDOW`] after the first
+//! failure. datafusion-distributed does not retry
+//! tasks, so a query is the unit of retry; with one copy of each partition
+//! this rides out a worker restart, and a worker that stays away ends the
+//! query with an error that names it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use datafusion::common::{DataFusionError, Result};
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use futures::StreamExt;
+use tessera_worker::{WorkerUnavailable, is_worker_failure};
+
+use crate::engine::{Coordinator, Planned};
+
+/// How long after its first failure a read-only query is run again: long
+/// enough for a worker to restart, short enough that a worker that stays
+/// down is reported soon.
+pub const RETRY_WINDOW: Duration = Duration::from_secs(5);
+
+/// How a failed run of a read-only query is retried.
+pub struct Retry {
+    /// The membership epoch when the run was planned.
+    epoch: u64,
+    /// Set at the first failure.
+    deadline: Option<Instant>,
+    delay: Duration,
+}
+
+impl Retry {
+    /// Call before planning the first run.
+    pub fn begin(coordinator: &Coordinator) -> Self {
+        Self {
+            epoch: coordinator.catalog().membership_epoch(),
+            deadline: None,
+            delay: Duration::from_millis(50),
+        }
+    }
+
+    /// Whether a run that failed with `e` is worth another, after a pause
+    /// (taken here); the next run counts from the membership as it is now.
+    pub async fn again(&mut self, coordinator: &Coordinator, e: &DataFusionError) -> bool {
+        let deadline = *self
+            .deadline
+            .get_or_insert_with(|| Instant::now() + RETRY_WINDOW);
+        if Instant::now() + self.delay >= deadline {
+            return false;
+        }
+        let epoch = coordinator.catalog().membership_epoch();
+        // A failure that crossed a process keeps only its text: a worker
+        // that does not answer now explains it as well.
+        let worth = is_worker_failure(e)
+            || epoch != self.epoch
+            || !down_members(coordinator).await.is_empty();
+        if !worth {
+            return false;
+        }
+        tracing::info!(error = %e, "a worker failed or rejoined during the query; running it again");
+        tokio::time::sleep(self.delay).await;
+        self.delay = (self.delay * 2).min(Duration::from_secs(1));
+        self.epoch = coordinator.catalog().membership_epoch();
+        true
+    }
+}
+
+/// Plans a read-only statement, again while [`Retry::again`] says so.
+pub async fn plan_query(
+    coordinator: &Coordinator,
+    sql: &str,
+    retry: &mut Retry,
+) -> Result<Planned> {
+    loop {
+        match coordinator.plan(sql).await {
+            Ok(planned) => return Ok(planned),
+            Err(e) => {
+                if !retry.again(coordinator, &e).await {
+                    return Err(name_missing_worker(e, coordinator).await);
+                }
+            }
+        }
+    }
+}
+
+struct Attempt {
+    coordinator: Arc<Coordinator>,
+    sql: String,
+    stream: SendableRecordBatchStream,
+    sent_rows: bool,
+    retry: Retry,
+}
+
+/// `first`, the stream of `sql`'s first run, run again while
+/// [`Retry::again`] says so and no row has been sent.
+pub fn retrying(
+    coordinator: Arc<Coordinator>,
+    sql: String,
+    first: SendableRecordBatchStream,
+    retry: Retry,
+) -> SendableRecordBatchStream {
+    let schema = first.schema();
+    let attempt = Attempt {
+        coordinator,
+        sql,
+        stream: first,
+        sent_rows: false,
+        retry,
+    };
+    let stream = futures::stream::unfold(Some(attempt), |attempt| async move {
+        let mut a = attempt?;
+        loop {
+            match a.stream.next().await {
+                None => return None,
+                Some(Ok(batch)) => {
+                    a.sent_rows = true;
+                    return Some((Ok(batch), Some(a)));
+                }
+                Some(Err(e)) => {
+                    if a.sent_rows || !a.retry.again(&a.coordinator, &e).await {
+                        let e = name_missing_worker(e, &a.coordinator).await;
+                        return Some((Err(e), None));
+                    }
+                    match a.coordinator.plan(&a.sql).await.and_then(|p| p.execute()) {
+                        Ok(stream) => a.stream = stream,
+                        Err(e) => {
+                            let schema = a.stream.schema();
+                            a.stream = Box::pin(RecordBatchStreamAdapter::new(
+                                schema,
+                                futures::stream::once(async move { Err(e) }),
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+    });
+    Box::pin(RecordBatchStreamAdapter::new(schema, stream))
+}
+
+/// A failure whose text names no worker (a connection that broke mid-call
+/// says only that, and one that crossed a process only its text): name the
+/// workers that do not accept connections now, if any.
+async fn name_missing_worker(e: DataFusionError, coordinator: &Coordinator) -> DataFusionError {
+    let members: BTreeMap<String, String> = coordinator.catalog().members().unwrap_or_default();
+    let text = e.to_string();
+    if members.keys().any(|id| text.contains(id.as_str())) {
+        return e;
+    }
+    let down = down_members(coordinator).await;
+    match (down.is_empty(), is_worker_failure(&e)) {
+        (true, true) => WorkerUnavailable::error(format!(
+            "a connection to a worker broke while the query ran ({text}); every worker answers \
+             now: run the query again"
+        )),
+        (true, false) => e,
+        (false, _) => WorkerUnavailable::error(format!(
+            "worker {} is unreachable and the query needs the partitions it holds ({text}); \
+             check that it is running, then retry",
+            down.join(", ")
+        )),
+    }
+}
+
+/// Members that do not accept a connection within a second, as "id at url".
+async fn down_members(coordinator: &Coordinator) -> Vec<String> {
+    let members = coordinator.catalog().members().unwrap_or_default();
+    let probes = members.iter().map(|(id, url)| async move {
+        let addr = url.split("://").last().unwrap_or(url).trim_end_matches('/');
+        let probe = tokio::time::timeout(
+            Duration::from_secs(1),
+            tokio::net::TcpStream::connect(addr.to_string()),
+        )
+        .await;
+        (!matches!(probe, Ok(Ok(_)))).then(|| format!("{id} at {url}"))
+    });
+    futures::future::join_all(probes)
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
+}
