@@ -26,6 +26,8 @@ pub struct Catalog {
     /// Bumped whenever a worker (re)joins: a query that ran across a
     /// change may have failed because of it.
     membership_epoch: AtomicU64,
+    /// When a worker last (re)joined.
+    membership_changed: Mutex<Option<std::time::Instant>>,
     /// Read-only tables from `CREATE EXTERNAL TABLE`, by name.
     external: RwLock<BTreeMap<String, Arc<dyn TableProvider>>>,
     last_txn: AtomicU64,
@@ -124,6 +126,7 @@ impl Catalog {
             state: Mutex::new(state),
             members: RwLock::new(members),
             membership_epoch: AtomicU64::new(0),
+            membership_changed: Mutex::new(None),
             external: RwLock::new(BTreeMap::new()),
             last_txn: AtomicU64::new(last_txn),
             in_flight: Mutex::new(BTreeSet::new()),
@@ -192,7 +195,16 @@ impl Catalog {
             .map_err(|_| poisoned())?
             .insert(id.to_string(), url.to_string());
         self.membership_epoch.fetch_add(1, Ordering::SeqCst);
+        *self.membership_changed.lock().map_err(|_| poisoned())? = Some(std::time::Instant::now());
         Ok(())
+    }
+
+    /// How long ago a worker last (re)joined, if one did since the start.
+    pub fn since_membership_change(&self) -> Option<std::time::Duration> {
+        self.membership_changed
+            .lock()
+            .ok()
+            .and_then(|t| t.map(|t| t.elapsed()))
     }
 
     /// Changes whenever a worker (re)joins.

@@ -25,6 +25,10 @@ use crate::engine::{Coordinator, Planned};
 /// down is reported soon.
 pub const RETRY_WINDOW: Duration = Duration::from_secs(5);
 
+/// For this long after a worker rejoins, any failure of a read-only query
+/// counts as one its restart may explain.
+const AFTER_REJOIN: Duration = Duration::from_secs(30);
+
 /// How a failed run of a read-only query is retried.
 pub struct Retry {
     /// The membership epoch when the run was planned.
@@ -56,8 +60,15 @@ impl Retry {
         let epoch = coordinator.catalog().membership_epoch();
         // A failure that crossed a process keeps only its text: a worker
         // that does not answer now explains it as well.
+        // Connections cached to a worker before it restarted fail once
+        // each, on the coordinator or on other workers, after it is back.
+        let rejoined_lately = coordinator
+            .catalog()
+            .since_membership_change()
+            .is_some_and(|d| d < AFTER_REJOIN);
         let worth = is_worker_failure(e)
             || epoch != self.epoch
+            || rejoined_lately
             || !down_members(coordinator).await.is_empty();
         if !worth {
             return false;
