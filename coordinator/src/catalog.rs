@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -13,14 +13,26 @@ use datafusion::common::{DataFusionError, Result, exec_err, plan_err};
 use tessera_sql::{IndexDef, PartitionPlacement, TableDef};
 use tessera_worker::{ScanPart, SizeEstimate, Snapshot};
 
-use crate::metastore::{CatalogState, Metastore};
+use crate::catalog_state::{CatalogState, IndexStats, TXN_BLOCK};
+use crate::metastore::{Compare, Metastore, Op, reserve};
 use crate::table::TesseraTable;
 
 /// Shared catalog state of one coordinator.
 #[derive(Debug)]
 pub struct Catalog {
     metastore: Box<dyn Metastore>,
+    /// The persisted state as the metastore holds it (a cache: every
+    /// change is written there first).
     state: Mutex<CatalogState>,
+    /// The metastore revision of each key of `state`, for compare-and-swap.
+    /// Locked only with `state` held.
+    revisions: Mutex<BTreeMap<String, u64>>,
+    /// The block of transaction ids this coordinator may hand out
+    /// (`[start, end)`), reserved in the metastore: ids are unique across
+    /// coordinators and restarts.
+    txn_block: Mutex<(u64, u64)>,
+    /// One reservation of a new block at a time.
+    reserving: tokio::sync::Mutex<()>,
     /// Live workers: id → URL.
     members: RwLock<BTreeMap<String, String>>,
     /// Bumped whenever a worker (re)joins: a query that ran across a
@@ -110,20 +122,32 @@ impl Drop for TxnGuard {
     }
 }
 
+/// Transaction ids reserved at a time: a minute of microseconds.
+const TXN_BLOCK_IDS: u64 = 60_000_000;
+/// A new block is reserved when the current one has less than this left.
+const TXN_BLOCK_MARGIN: u64 = 5_000_000;
+
 fn poisoned() -> DataFusionError {
     DataFusionError::Internal("catalog lock poisoned by an earlier panic".into())
 }
 
 impl Catalog {
-    pub fn open(
+    pub async fn open(
         metastore: Box<dyn Metastore>,
         members: BTreeMap<String, String>,
     ) -> Result<Arc<Self>> {
-        let state = metastore.load()?;
-        let last_txn = state.last_txn;
+        let entries = metastore.range("").await?;
+        let state = CatalogState::from_keys(&entries)?;
+        let revisions = entries.into_iter().map(|(k, v)| (k, v.revision)).collect();
+        // Every id handed out before lies below a new block.
+        let start = reserve(metastore.as_ref(), TXN_BLOCK, TXN_BLOCK_IDS, now_micros()).await?;
+        let last_txn = start.saturating_sub(1);
         Ok(Arc::new(Self {
             metastore,
             state: Mutex::new(state),
+            revisions: Mutex::new(revisions),
+            txn_block: Mutex::new((start, start.saturating_add(TXN_BLOCK_IDS))),
+            reserving: tokio::sync::Mutex::new(()),
             members: RwLock::new(members),
             membership_epoch: AtomicU64::new(0),
             membership_changed: Mutex::new(None),
@@ -151,37 +175,71 @@ impl Catalog {
         Ok(self.state.lock().map_err(|_| poisoned())?.clone())
     }
 
-    /// Applies `change` to the state and persists it; if saving fails the
-    /// in-memory state is left as it was.
-    pub fn update<T>(&self, change: impl FnOnce(&mut CatalogState) -> Result<T>) -> Result<T> {
-        let mut guard: MutexGuard<'_, CatalogState> = self.state.lock().map_err(|_| poisoned())?;
-        // A stopped coordinator's background work must not overwrite what
-        // the next one on the same metastore saves.
-        if self.closed.load(Ordering::SeqCst) {
-            return exec_err!("the coordinator is stopping; retry on the running one");
-        }
-        let mut next = guard.clone();
-        let out = change(&mut next)?;
-        if next != *guard {
-            self.metastore.save(&next)?;
+    /// Applies `change` to the state and persists the keys it changed, by
+    /// compare-and-swap on their revisions: if another change got to one
+    /// of them first, `change` runs again on the newer state. If writing
+    /// fails, the state is left as it was.
+    pub async fn update<T>(
+        &self,
+        mut change: impl FnMut(&mut CatalogState) -> Result<T>,
+    ) -> Result<T> {
+        loop {
+            let (out, ops, compares) = {
+                let guard = self.state.lock().map_err(|_| poisoned())?;
+                // A stopped coordinator's background work must not
+                // overwrite what the next one on the same metastore writes.
+                if self.closed.load(Ordering::SeqCst) {
+                    return exec_err!("the coordinator is stopping; retry on the running one");
+                }
+                let mut next = guard.clone();
+                let out = change(&mut next)?;
+                let ops = guard.diff(&next)?;
+                if ops.is_empty() {
+                    return Ok(out);
+                }
+                let revisions = self.revisions.lock().map_err(|_| poisoned())?;
+                let compares: Vec<Compare> = ops
+                    .iter()
+                    .map(|op| Compare {
+                        key: op.key().to_string(),
+                        revision: revisions.get(op.key()).copied().unwrap_or(0),
+                    })
+                    .collect();
+                (out, ops, compares)
+            };
+            let Some(revision) = self.metastore.commit(&compares, &ops).await? else {
+                // Another change of the same keys landed first; its new
+                // state is in memory once its writer applies it.
+                tokio::task::yield_now().await;
+                continue;
+            };
+            let mut guard = self.state.lock().map_err(|_| poisoned())?;
+            let mut revisions = self.revisions.lock().map_err(|_| poisoned())?;
+            let mut decided = vec![];
+            for op in &ops {
+                match op {
+                    Op::Put(key, value) => {
+                        guard.apply(key, Some(value))?;
+                        revisions.insert(key.clone(), revision);
+                        decided.extend(crate::catalog_state::decided_txn(key));
+                    }
+                    Op::Delete(key) => {
+                        guard.apply(key, None)?;
+                        revisions.remove(key);
+                    }
+                }
+            }
             // Decided now: visible to every snapshot taken from here on
-            // (under this lock, so no snapshot sees it half-way).
-            let newly: Vec<u64> = next
-                .decided
-                .keys()
-                .filter(|t| !guard.decided.contains_key(t))
-                .copied()
-                .collect();
-            if !newly.is_empty()
+            // (under the state lock, so no snapshot sees it half-way).
+            if !decided.is_empty()
                 && let Ok(mut set) = self.in_flight.lock()
             {
-                for txn in newly {
+                for txn in decided {
                     set.remove(&txn);
                 }
             }
-            *guard = next;
+            return Ok(out);
         }
-        Ok(out)
     }
 
     pub fn members(&self) -> Result<BTreeMap<String, String>> {
@@ -313,33 +371,69 @@ impl Catalog {
     /// Begins a write to `table`: a new transaction and the indexes it must
     /// maintain, chosen atomically with respect to `CREATE INDEX` (an index
     /// covers exactly the transactions after its `since_txn`).
-    pub fn begin_write(self: &Arc<Self>, table: &str) -> Result<(TxnGuard, Vec<IndexDef>)> {
-        let state = self.state.lock().map_err(|_| poisoned())?;
-        let guard = self.begin_locked();
-        let indexes = state
-            .indexes
-            .values()
-            .filter(|i| i.table == table && i.since_txn < guard.txn)
-            .cloned()
-            .collect();
-        Ok((guard, indexes))
+    pub async fn begin_write(self: &Arc<Self>, table: &str) -> Result<(TxnGuard, Vec<IndexDef>)> {
+        loop {
+            self.reserve_txn_ids().await?;
+            let state = self.state.lock().map_err(|_| poisoned())?;
+            let Some(guard) = self.begin_locked()? else {
+                continue;
+            };
+            let indexes = state
+                .indexes
+                .values()
+                .filter(|i| i.table == table && i.since_txn < guard.txn)
+                .cloned()
+                .collect();
+            return Ok((guard, indexes));
+        }
     }
 
     /// Begins a transaction that writes no table rows (index backfill and apply).
-    pub fn begin_txn(self: &Arc<Self>) -> Result<TxnGuard> {
-        let _state = self.state.lock().map_err(|_| poisoned())?;
-        Ok(self.begin_locked())
+    pub async fn begin_txn(self: &Arc<Self>) -> Result<TxnGuard> {
+        loop {
+            self.reserve_txn_ids().await?;
+            let _state = self.state.lock().map_err(|_| poisoned())?;
+            if let Some(guard) = self.begin_locked()? {
+                return Ok(guard);
+            }
+        }
     }
 
-    fn begin_locked(self: &Arc<Self>) -> TxnGuard {
-        let txn = self.next_txn();
+    /// A new transaction, in flight; `None` if this coordinator's block of
+    /// ids ran out (reserve another, then try again).
+    fn begin_locked(self: &Arc<Self>) -> Result<Option<TxnGuard>> {
+        let Some(txn) = self.next_txn()? else {
+            return Ok(None);
+        };
         if let Ok(mut set) = self.in_flight.lock() {
             set.insert(txn);
         }
-        TxnGuard {
+        Ok(Some(TxnGuard {
             catalog: Arc::clone(self),
             txn,
+        }))
+    }
+
+    /// Reserves the next block of transaction ids in the metastore when
+    /// the current one is about to run out: one metastore write per
+    /// [`TXN_BLOCK_IDS`] ids (a minute of microseconds).
+    async fn reserve_txn_ids(&self) -> Result<()> {
+        let ahead = |(_, end): (u64, u64)| {
+            let next = now_micros().max(self.last_txn() + 1);
+            next.saturating_add(TXN_BLOCK_MARGIN) < end
+        };
+        if ahead(*self.txn_block.lock().map_err(|_| poisoned())?) {
+            return Ok(());
         }
+        let _one = self.reserving.lock().await;
+        if ahead(*self.txn_block.lock().map_err(|_| poisoned())?) {
+            return Ok(());
+        }
+        let floor = now_micros().max(self.last_txn() + 1);
+        let start = reserve(self.metastore.as_ref(), TXN_BLOCK, TXN_BLOCK_IDS, floor).await?;
+        *self.txn_block.lock().map_err(|_| poisoned())? =
+            (start, start.saturating_add(TXN_BLOCK_IDS));
+        Ok(())
     }
 
     /// The largest transaction id handed out; call with the state lock held
@@ -462,7 +556,7 @@ impl Catalog {
     }
 
     /// The counters of one index (zero if it has none yet).
-    pub fn index_stats(&self, name: &str) -> Result<crate::metastore::IndexStats> {
+    pub fn index_stats(&self, name: &str) -> Result<IndexStats> {
         Ok(self
             .state
             .lock()
@@ -485,19 +579,24 @@ impl Catalog {
             .collect())
     }
 
-    /// A new transaction id, larger than any before it in this or an
-    /// earlier run: microseconds since the epoch, but always above the
-    /// largest id the metastore has seen decided.
-    fn next_txn(&self) -> u64 {
+    /// A new transaction id from this coordinator's block, larger than any
+    /// before it in this or an earlier run: microseconds since the epoch
+    /// where the block allows (so an ASYNC index's lag in seconds holds
+    /// across restarts). `None` when the block is used up.
+    fn next_txn(&self) -> Result<Option<u64>> {
+        let (start, end) = *self.txn_block.lock().map_err(|_| poisoned())?;
         let now = now_micros();
         let mut last = self.last_txn.load(Ordering::SeqCst);
         loop {
-            let next = now.max(last + 1);
+            let next = now.max(last + 1).max(start);
+            if next >= end {
+                return Ok(None);
+            }
             match self
                 .last_txn
                 .compare_exchange(last, next, Ordering::SeqCst, Ordering::SeqCst)
             {
-                Ok(_) => return next,
+                Ok(_) => return Ok(Some(next)),
                 Err(actual) => last = actual,
             }
         }

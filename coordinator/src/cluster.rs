@@ -61,7 +61,9 @@ impl Cluster {
             .iter()
             .map(|w| (w.id.clone(), w.url.clone()))
             .collect();
-        let metastore = FileMetastore::open(config.data_dir.join("coordinator"))?;
+        let dir = config.data_dir.join("coordinator");
+        let metastore = FileMetastore::open(&dir)?;
+        crate::catalog_state::import_catalog_json(&dir, &metastore).await?;
         let coordinator = Arc::new(Coordinator::open(Box::new(metastore), members.clone()).await?);
 
         // Every partition must have a running owner.

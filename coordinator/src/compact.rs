@@ -345,7 +345,7 @@ async fn merge_partition(
     partition: u32,
     rule: MergeRule,
 ) -> Result<Option<Compaction>> {
-    let (guard, indexes) = catalog.begin_write(&def.name)?;
+    let (guard, indexes) = catalog.begin_write(&def.name).await?;
     if let Some(building) = indexes
         .iter()
         .find(|i| matches!(i.state, IndexState::Building { .. }))

@@ -16,10 +16,11 @@ use std::sync::Arc;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::common::{DataFusionError, Result};
 use datafusion::physical_plan::ExecutionPlan;
+use datafusion_distributed::grpc::{BoxCloneSyncChannel, create_worker_client};
 use datafusion_distributed::{
-    DesiredTaskCountEvent, DesiredTaskCountEventResponse, DistributedLeafExec, NetworkBoundaryExt,
-    RouteTasksEvent, RouteTasksEventResponse, ScaleUpLeafNodeEvent, ScaleUpLeafNodeEventResponse,
-    WorkerResolver,
+    ChannelResolver, DesiredTaskCountEvent, DesiredTaskCountEventResponse, DistributedLeafExec,
+    NetworkBoundaryExt, RouteTasksEvent, RouteTasksEventResponse, ScaleUpLeafNodeEvent,
+    ScaleUpLeafNodeEventResponse, WorkerChannel, WorkerResolver,
 };
 use tessera_worker::{PartitionScanExec, ScanPart};
 use url::Url;
@@ -39,6 +40,51 @@ impl WorkerResolver for MembershipResolver {
             .values()
             .map(|u| parse_url(u))
             .collect()
+    }
+}
+
+/// The coordinator's connections to workers (plans, feeds), made anew for
+/// a URL once membership has changed since they were made: a connection to
+/// a worker that restarted would fail the next plan it carries, and the
+/// tasks waiting on that worker for their plan would wait out
+/// datafusion-distributed's 10 s before failing.
+pub struct MembershipChannels {
+    pub catalog: Arc<Catalog>,
+    cache: std::sync::Mutex<BTreeMap<String, (u64, BoxCloneSyncChannel)>>,
+}
+
+impl MembershipChannels {
+    pub fn new(catalog: Arc<Catalog>) -> Self {
+        Self {
+            catalog,
+            cache: std::sync::Mutex::new(BTreeMap::new()),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl ChannelResolver for MembershipChannels {
+    async fn get_worker_client_for_url(&self, url: &Url) -> Result<Box<dyn WorkerChannel>> {
+        let epoch = self.catalog.membership_epoch();
+        let mut cache = self
+            .cache
+            .lock()
+            .map_err(|_| DataFusionError::Internal("channel cache poisoned".into()))?;
+        if let Some((made, channel)) = cache.get(url.as_str())
+            && *made == epoch
+        {
+            return Ok(create_worker_client(channel.clone()));
+        }
+        let channel = tonic::transport::Endpoint::from_shared(url.to_string())
+            .map_err(|e| DataFusionError::Configuration(format!("bad worker url {url}: {e}")))?
+            .tcp_nodelay(true)
+            .connect_timeout(std::time::Duration::from_secs(5))
+            .http2_keep_alive_interval(std::time::Duration::from_secs(10))
+            .keep_alive_timeout(std::time::Duration::from_secs(20))
+            .connect_lazy();
+        let channel = BoxCloneSyncChannel::new(channel);
+        cache.insert(url.to_string(), (epoch, channel.clone()));
+        Ok(create_worker_client(channel))
     }
 }
 

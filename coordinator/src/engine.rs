@@ -25,7 +25,9 @@ use tessera_worker::{TesseraCodec, WorkerClient, WorkerUnavailable};
 
 use crate::catalog::{Catalog, TesseraSchema};
 use crate::colocate::ColocateJoins;
-use crate::distribution::{MembershipResolver, desired_task_count, route_tasks, scale_up};
+use crate::distribution::{
+    MembershipChannels, MembershipResolver, desired_task_count, route_tasks, scale_up,
+};
 use crate::metastore::Metastore;
 use crate::options::{self, TesseraOptions};
 use crate::query_log::{QueryLog, QueryRecorder, SystemSchema};
@@ -96,7 +98,7 @@ impl Coordinator {
         metastore: Box<dyn Metastore>,
         members: BTreeMap<String, String>,
     ) -> Result<Self> {
-        let catalog = Catalog::open(metastore, members)?;
+        let catalog = Catalog::open(metastore, members).await?;
         let mut config = SessionConfig::new()
             .with_information_schema(true)
             .with_option_extension(TesseraOptions::default());
@@ -111,6 +113,7 @@ impl Coordinator {
             .with_distributed_worker_resolver(MembershipResolver {
                 catalog: Arc::clone(&catalog),
             })
+            .with_distributed_channel_resolver(MembershipChannels::new(Arc::clone(&catalog)))
             .with_distributed_planner()
             .with_distributed_user_codec(TesseraCodec::default())
             .with_distributed_desired_task_count_handler(desired_task_count)
@@ -280,12 +283,14 @@ impl Coordinator {
                 tracing::warn!(%worker, error = %e, "undecided writes on this worker stay staged until the next start");
             }
         }
-        self.catalog.update(|s| {
-            for txn in &finished {
-                s.decided.remove(txn);
-            }
-            Ok(())
-        })
+        self.catalog
+            .update(|s| {
+                for txn in &finished {
+                    s.decided.remove(txn);
+                }
+                Ok(())
+            })
+            .await
     }
 
     /// A worker came back (restarted, perhaps at another address): its
@@ -486,10 +491,12 @@ impl Coordinator {
                          LOCATION names readable files of the STORED AS format"
                     ))
                 })?;
-                self.catalog.update(|s| {
-                    s.external_tables.insert(name.clone(), sql.to_string());
-                    Ok(())
-                })?;
+                self.catalog
+                    .update(|s| {
+                        s.external_tables.insert(name.clone(), sql.to_string());
+                        Ok(())
+                    })
+                    .await?;
                 Ok(empty())
             }
             LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(_)) => {
@@ -641,26 +648,29 @@ impl Coordinator {
         let name = ct.name.clone();
         // Checked again where the table is added: of two CREATE TABLE of
         // one name at once, one wins and the other is told it exists.
-        let created = self.catalog.update(|s| {
-            if s.tables.contains_key(&name) {
-                return Ok(false);
-            }
-            let def = TableDef::try_new(&name, s.tables_created, &schema, scheme.clone())?;
-            // Tables with the same partition count are placed alike, so
-            // partition i of each lives on the same worker and joins on
-            // their keys are co-located; one-partition tables are spread.
-            let offset = if def.scheme.partition_count() > 1 {
-                0
-            } else {
-                s.tables_created as usize
-            };
-            s.map
-                .place_table(&name, def.scheme.partition_count(), &workers, offset);
-            s.tables.insert(name.clone(), def);
-            s.stats.insert(name.clone(), BTreeMap::new());
-            s.tables_created += 1;
-            Ok(true)
-        })?;
+        let created = self
+            .catalog
+            .update(|s| {
+                if s.tables.contains_key(&name) {
+                    return Ok(false);
+                }
+                let def = TableDef::try_new(&name, s.tables_created, &schema, scheme.clone())?;
+                // Tables with the same partition count are placed alike, so
+                // partition i of each lives on the same worker and joins on
+                // their keys are co-located; one-partition tables are spread.
+                let offset = if def.scheme.partition_count() > 1 {
+                    0
+                } else {
+                    s.tables_created as usize
+                };
+                s.map
+                    .place_table(&name, def.scheme.partition_count(), &workers, offset);
+                s.tables.insert(name.clone(), def);
+                s.stats.insert(name.clone(), BTreeMap::new());
+                s.tables_created += 1;
+                Ok(true)
+            })
+            .await?;
         if !created {
             if ct.if_not_exists {
                 return Ok(empty());
@@ -682,10 +692,12 @@ impl Coordinator {
     async fn drop_table(&self, name: &str, if_exists: bool) -> Result<Planned> {
         if self.catalog.external(name)?.is_some() {
             self.catalog.set_external(name, None)?;
-            self.catalog.update(|s| {
-                s.external_tables.remove(name);
-                Ok(())
-            })?;
+            self.catalog
+                .update(|s| {
+                    s.external_tables.remove(name);
+                    Ok(())
+                })
+                .await?;
             return Ok(empty());
         }
         let Some(def) = self.catalog.table_def(name)? else {
@@ -709,12 +721,14 @@ impl Coordinator {
             h.dedup();
             h
         };
-        self.catalog.update(|s| {
-            s.tables.remove(name);
-            s.stats.remove(name);
-            s.map.drop_table(name);
-            Ok(())
-        })?;
+        self.catalog
+            .update(|s| {
+                s.tables.remove(name);
+                s.stats.remove(name);
+                s.map.drop_table(name);
+                Ok(())
+            })
+            .await?;
         let members = self.catalog.members()?;
         for worker in holders {
             let Some(url) = members.get(&worker) else {

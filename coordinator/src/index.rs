@@ -48,7 +48,7 @@ use tessera_worker::{
 };
 
 use crate::catalog::Catalog;
-use crate::metastore::IndexStats;
+use crate::catalog_state::IndexStats;
 use crate::options::TesseraOptions;
 use crate::write::{Piece, Role, global_index_pieces, write_pieces};
 
@@ -68,38 +68,40 @@ pub async fn create_index(catalog: &Arc<Catalog>, ci: CreateIndex) -> Result<()>
         );
     };
     let workers: Vec<String> = catalog.members()?.keys().cloned().collect();
-    let created = catalog.update(|s| {
-        if let Some(old) = s.indexes.get(&ci.name) {
-            if ci.if_not_exists {
-                return Ok(None);
+    let created = catalog
+        .update(|s| {
+            if let Some(old) = s.indexes.get(&ci.name) {
+                if ci.if_not_exists {
+                    return Ok(None);
+                }
+                return plan_err!(
+                    "index '{}' already exists on '{}'; DROP INDEX {} first",
+                    ci.name,
+                    old.table,
+                    ci.name
+                );
             }
-            return plan_err!(
-                "index '{}' already exists on '{}'; DROP INDEX {} first",
-                ci.name,
-                old.table,
-                ci.name
-            );
-        }
-        let mut def = IndexDef::try_new(
-            &ci.name,
-            &table,
-            s.indexes_created,
-            ci.columns.clone(),
-            ci.kind,
-            ci.partitions,
-        )?;
-        // Under the state lock, as `begin_write` takes its txn: writes
-        // after this id maintain the index, the backfill covers the rest.
-        def.since_txn = catalog.last_txn();
-        if def.kind.is_global() {
-            s.map
-                .place_table(&def.map_key(), def.partitions, &workers, 0);
-        }
-        s.indexes_created += 1;
-        s.index_stats.insert(def.name.clone(), Default::default());
-        s.indexes.insert(def.name.clone(), def.clone());
-        Ok(Some(def))
-    })?;
+            let mut def = IndexDef::try_new(
+                &ci.name,
+                &table,
+                s.indexes_created,
+                ci.columns.clone(),
+                ci.kind,
+                ci.partitions,
+            )?;
+            // Under the state lock, as `begin_write` takes its txn: writes
+            // after this id maintain the index, the backfill covers the rest.
+            def.since_txn = catalog.last_txn();
+            if def.kind.is_global() {
+                s.map
+                    .place_table(&def.map_key(), def.partitions, &workers, 0);
+            }
+            s.indexes_created += 1;
+            s.index_stats.insert(def.name.clone(), Default::default());
+            s.indexes.insert(def.name.clone(), def.clone());
+            Ok(Some(def))
+        })
+        .await?;
     let Some(def) = created else {
         return Ok(());
     };
@@ -176,7 +178,7 @@ pub async fn backfill(catalog: Arc<Catalog>, name: String) -> Result<()> {
                 total,
             }
         };
-        let record = |s: &mut crate::metastore::CatalogState| {
+        let record = |s: &mut crate::catalog_state::CatalogState| {
             if let Some(d) = s.indexes.get_mut(&name) {
                 d.state = next;
             }
@@ -184,9 +186,9 @@ pub async fn backfill(catalog: Arc<Catalog>, name: String) -> Result<()> {
             Ok(())
         };
         if pieces.is_empty() {
-            catalog.update(record)?;
+            catalog.update(record).await?;
         } else {
-            let guard = catalog.begin_txn()?;
+            let guard = catalog.begin_txn().await?;
             write_pieces(&catalog, guard.txn, pieces, |s, _| record(s)).await?;
         }
     }
@@ -202,12 +204,14 @@ pub async fn drop_index(catalog: &Arc<Catalog>, name: &str, if_exists: bool) -> 
         return plan_err!("index '{name}' does not exist; SHOW INDEXES lists the indexes");
     };
     let table = catalog.table_def(&def.table)?;
-    catalog.update(|s| {
-        s.indexes.remove(name);
-        s.index_stats.remove(name);
-        s.map.drop_table(&def.map_key());
-        Ok(())
-    })?;
+    catalog
+        .update(|s| {
+            s.indexes.remove(name);
+            s.index_stats.remove(name);
+            s.map.drop_table(&def.map_key());
+            Ok(())
+        })
+        .await?;
     if let Ok(mut pending) = catalog.outbox_pending.lock() {
         pending.remove(name);
     }
@@ -409,7 +413,7 @@ async fn apply_round(catalog: &Arc<Catalog>, name: &str) -> Result<()> {
         .ok()
         .and_then(|p| p.get(name)?.range(horizon + 1..).next().copied())
         .unwrap_or(horizon + 1);
-    let record = |s: &mut crate::metastore::CatalogState| {
+    let record = |s: &mut crate::catalog_state::CatalogState| {
         let st = s.index_stats.entry(name.to_string()).or_default();
         st.applied_through = st.applied_through.max(horizon);
         st.applied_rows += count;
@@ -423,9 +427,9 @@ async fn apply_round(catalog: &Arc<Catalog>, name: &str) -> Result<()> {
     };
     let pieces = global_index_pieces(catalog, &table, &def, &entry_schema, &entries)?;
     if pieces.is_empty() {
-        catalog.update(record)?;
+        catalog.update(record).await?;
     } else {
-        let guard = catalog.begin_txn()?;
+        let guard = catalog.begin_txn().await?;
         write_pieces(catalog, guard.txn, pieces, |s, _| record(s)).await?;
     }
     if let Ok(mut p) = catalog.outbox_pending.lock()

@@ -3,6 +3,7 @@
 //! router, and the Flight SQL server. `Cluster` runs it with embedded workers.
 
 mod catalog;
+mod catalog_state;
 mod cluster;
 mod colocate;
 mod compact;
@@ -21,9 +22,12 @@ mod write;
 mod yield_points;
 
 pub use catalog::{Catalog, SnapshotPin, WriteFanout};
+pub use catalog_state::{CatalogState, IndexStats, import_catalog_json};
 pub use cluster::{Cluster, ClusterConfig};
 pub use engine::{Coordinator, Planned};
-pub use metastore::{CatalogState, FileMetastore, Metastore};
+pub use metastore::{
+    Compare, FileMetastore, Metastore, Op, Versioned, WatchEvent, conformance, reserve, update_key,
+};
 pub use options::TesseraOptions;
 pub use query_log::{QueryLog, QueryRecord};
 

@@ -1,146 +1,132 @@
-//! The metastore: catalog, partition map and the write decision log, behind
-//! one trait. The embedded default keeps them in one JSON file in the
-//! coordinator's data directory, replaced atomically on every change.
+//! The metastore: a small store of keys with revisions, the shape of etcd's
+//! key-value API. Catalog, partition map, transaction decisions and counters
+//! are separate keys; a write is a transaction of puts and deletes that
+//! lands only if every compared key still has the revision it was read at
+//! (compare-and-swap), and `watch` streams the changes under a prefix.
+//!
+//! ```text
+//!   revision ──►  1        2          3              4
+//!               put a    put b    put a, del b     put c
+//!   key a: mod revision 3   key c: 4   key b: gone (deleted at 3)
+//! ```
+//!
+//! The embedded implementation is [`FileMetastore`]: an append-only,
+//! fsync'ed log with periodic snapshots, concurrent writes sharing fsyncs.
+//! [`conformance`] is the suite every implementation passes.
+
+mod conformance;
+mod file_log;
 
 use std::collections::BTreeMap;
-use std::fs::{self, File};
-use std::io::{ErrorKind, Write};
-use std::path::PathBuf;
 
+use async_trait::async_trait;
 use datafusion::common::{DataFusionError, Result};
+use futures::stream::BoxStream;
 use serde::{Deserialize, Serialize};
-use tessera_sql::{IndexDef, PartitionMap, TableDef};
-use tessera_worker::{SizeEstimate, StagedWrite};
 
-/// Everything the coordinator must remember across restarts.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct CatalogState {
-    pub tables: BTreeMap<String, TableDef>,
-    pub map: PartitionMap,
-    /// `CREATE EXTERNAL TABLE` statements, replayed on start.
-    pub external_tables: BTreeMap<String, String>,
-    /// Writes decided to commit whose commit has not been confirmed by every
-    /// worker yet: on restart they are committed again (commit is idempotent).
-    pub decided: BTreeMap<u64, BTreeMap<String, Vec<StagedWrite>>>,
-    /// Tables created so far: spreads the first partition of each, and
-    /// gives each table its id.
-    pub tables_created: u64,
-    /// The largest transaction id ever decided: new ids are larger, even if
-    /// the clock went back across a restart.
-    #[serde(default)]
-    pub last_txn: u64,
-    /// Rows and stored bytes per table and partition, counted at each
-    /// decided write: the planner's size estimates.
-    #[serde(default)]
-    pub stats: BTreeMap<String, BTreeMap<u32, SizeEstimate>>,
-    /// Secondary indexes by name.
-    #[serde(default)]
-    pub indexes: BTreeMap<String, IndexDef>,
-    /// Indexes created so far: gives each its id.
-    #[serde(default)]
-    pub indexes_created: u64,
-    /// Entry counts and, for ASYNC indexes, how far the outbox is applied.
-    #[serde(default)]
-    pub index_stats: BTreeMap<String, IndexStats>,
+pub use conformance::conformance;
+pub use file_log::FileMetastore;
+
+/// A value and the revision of the write that last changed its key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Versioned {
+    pub value: String,
+    pub revision: u64,
 }
 
-/// Counters of one index, updated in the same metastore write that decides
-/// the transaction they count.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
-pub struct IndexStats {
-    /// Entries in the index.
-    pub entries: u64,
-    /// ASYNC: entries written to outboxes, and applied from them so far.
-    pub outbox_rows: u64,
-    pub applied_rows: u64,
-    /// ASYNC: every outbox entry of a transaction up to this id is applied.
-    pub applied_through: u64,
-    /// ASYNC: the transaction of the oldest entry not applied yet, 0 when
-    /// none is. A transaction id is its start in microseconds since the
-    /// epoch, so the lag in seconds holds across restarts.
-    #[serde(default)]
-    pub pending_since: u64,
+/// One change of a transaction.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Op {
+    Put(String, String),
+    Delete(String),
 }
 
-/// Durable storage of the [`CatalogState`].
-pub trait Metastore: Send + Sync + std::fmt::Debug {
-    fn load(&self) -> Result<CatalogState>;
-    /// Replaces the stored state; durable when it returns.
-    fn save(&self, state: &CatalogState) -> Result<()>;
-}
-
-/// The embedded metastore: `<data dir>/catalog.json`.
-#[derive(Debug)]
-pub struct FileMetastore {
-    path: PathBuf,
-}
-
-impl FileMetastore {
-    pub fn open(dir: impl Into<PathBuf>) -> Result<Self> {
-        let dir = dir.into();
-        fs::create_dir_all(&dir).map_err(|e| {
-            DataFusionError::Execution(format!("cannot create data dir {}: {e}", dir.display()))
-        })?;
-        Ok(Self {
-            path: dir.join("catalog.json"),
-        })
-    }
-}
-
-impl Metastore for FileMetastore {
-    fn load(&self) -> Result<CatalogState> {
-        match fs::read(&self.path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
-                DataFusionError::Execution(format!(
-                    "catalog {} is corrupt ({e}); restore it from a backup",
-                    self.path.display()
-                ))
-            }),
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(CatalogState::default()),
-            Err(e) => Err(DataFusionError::Execution(format!(
-                "cannot read catalog {}: {e}",
-                self.path.display()
-            ))),
+impl Op {
+    pub fn key(&self) -> &str {
+        match self {
+            Op::Put(k, _) | Op::Delete(k) => k,
         }
     }
+}
 
-    fn save(&self, state: &CatalogState) -> Result<()> {
-        let bytes = serde_json::to_vec_pretty(state)
-            .map_err(|e| DataFusionError::Internal(format!("catalog encoding: {e}")))?;
-        let tmp = self.path.with_extension("json.tmp");
-        let write = || -> std::io::Result<()> {
-            let mut f = File::create(&tmp)?;
-            f.write_all(&bytes)?;
-            f.sync_all()?;
-            fs::rename(&tmp, &self.path)?;
-            if let Some(dir) = self.path.parent() {
-                File::open(dir)?.sync_all()?;
-            }
-            Ok(())
+/// A transaction's condition: `key` was last changed at `revision` (0: the
+/// key does not exist).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Compare {
+    pub key: String,
+    pub revision: u64,
+}
+
+/// A change seen by a watch: the key, its new value (`None`: deleted) and
+/// the revision of the write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchEvent {
+    pub key: String,
+    pub value: Option<String>,
+    pub revision: u64,
+}
+
+/// Durable, consistent storage of keys. Reads see every write that returned
+/// before them.
+#[async_trait]
+pub trait Metastore: Send + Sync + std::fmt::Debug {
+    async fn get(&self, key: &str) -> Result<Option<Versioned>>;
+
+    /// Every key starting with `prefix`, in key order.
+    async fn range(&self, prefix: &str) -> Result<BTreeMap<String, Versioned>>;
+
+    /// Applies `ops` atomically if every compare holds, durably when it
+    /// returns: the new revision, or `None` (nothing written) if a compare
+    /// failed.
+    async fn commit(&self, compares: &[Compare], ops: &[Op]) -> Result<Option<u64>>;
+
+    /// The changes under `prefix` from now on, in revision order.
+    async fn watch(&self, prefix: &str) -> Result<BoxStream<'static, WatchEvent>>;
+}
+
+/// Reads `key`, computes its next value with `change` (`None` deletes it)
+/// and writes it if nobody changed the key meanwhile; runs `change` again
+/// on the newer value until that holds. Returns what `change` returned.
+pub async fn update_key<T>(
+    store: &dyn Metastore,
+    key: &str,
+    mut change: impl FnMut(Option<&str>) -> Result<(Option<String>, T)>,
+) -> Result<T> {
+    loop {
+        let current = store.get(key).await?;
+        let (next, out) = change(current.as_ref().map(|v| v.value.as_str()))?;
+        let compare = Compare {
+            key: key.to_string(),
+            revision: current.as_ref().map_or(0, |v| v.revision),
         };
-        write().map_err(|e| {
-            DataFusionError::Execution(format!(
-                "cannot save catalog {}: {e}; nothing was changed",
-                self.path.display()
-            ))
-        })
+        let op = match next {
+            Some(value) => Op::Put(key.to_string(), value),
+            None => Op::Delete(key.to_string()),
+        };
+        if store.commit(&[compare], &[op]).await?.is_some() {
+            return Ok(out);
+        }
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn round_trips() {
-        let dir = tempfile::tempdir().unwrap();
-        let m = FileMetastore::open(dir.path()).unwrap();
-        assert_eq!(m.load().unwrap(), CatalogState::default());
-        let mut s = CatalogState::default();
-        s.map.epoch = 3;
-        s.external_tables
-            .insert("e".into(), "CREATE EXTERNAL TABLE e ...".into());
-        m.save(&s).unwrap();
-        assert_eq!(m.load().unwrap(), s);
-    }
+/// Reserves `count` values of the counter `key` (unique across everyone
+/// sharing the store) and returns the first; the counter starts at `floor`
+/// if it is lower.
+pub async fn reserve(store: &dyn Metastore, key: &str, count: u64, floor: u64) -> Result<u64> {
+    update_key(store, key, |current| {
+        let next = match current {
+            Some(v) => v.parse::<u64>().map_err(|e| {
+                DataFusionError::Execution(format!(
+                    "metastore counter {key} holds '{v}' ({e}); restore it from a backup"
+                ))
+            })?,
+            None => 0,
+        }
+        .max(floor);
+        let end = next.checked_add(count).ok_or_else(|| {
+            DataFusionError::Execution(format!("metastore counter {key} is exhausted"))
+        })?;
+        Ok((Some(end.to_string()), next))
+    })
+    .await
 }

@@ -37,7 +37,7 @@ use tessera_worker::{
 };
 
 use crate::catalog::Catalog;
-use crate::metastore::CatalogState;
+use crate::catalog_state::CatalogState;
 
 /// Where the rows of an INSERT go.
 #[derive(Debug)]
@@ -120,7 +120,7 @@ impl DataSink for WriteSink {
             return Ok(0);
         }
         let table = self.def.name.as_str();
-        let (guard, indexes) = self.catalog.begin_write(table)?;
+        let (guard, indexes) = self.catalog.begin_write(table).await?;
         let txn = guard.txn;
         let parts: Vec<u32> = routed.keys().copied().collect();
         let targets = self.catalog.scan_parts(table, &parts)?;
@@ -344,7 +344,7 @@ pub async fn write_pieces(
     catalog: &Arc<Catalog>,
     txn: u64,
     pieces: Vec<Piece>,
-    decide: impl FnOnce(&mut CatalogState, &[DataFile]) -> Result<()>,
+    mut decide: impl FnMut(&mut CatalogState, &[DataFile]) -> Result<()>,
 ) -> Result<()> {
     // Keyed by worker id: URLs change across restarts, ids do not.
     let mut writes: BTreeMap<String, Vec<StagedWrite>> = BTreeMap::new();
@@ -442,14 +442,16 @@ pub(crate) async fn decide_and_commit(
     txn: u64,
     writes: BTreeMap<String, Vec<StagedWrite>>,
     urls: BTreeMap<String, String>,
-    decide: impl FnOnce(&mut CatalogState) -> Result<()>,
+    mut decide: impl FnMut(&mut CatalogState) -> Result<()>,
 ) -> Result<()> {
     // Decide: once logged, the write will land even across a crash.
-    if let Err(e) = catalog.update(|s| {
-        s.decided.insert(txn, writes.clone());
-        s.last_txn = s.last_txn.max(txn);
-        decide(s)
-    }) {
+    if let Err(e) = catalog
+        .update(|s| {
+            s.decided.insert(txn, writes.clone());
+            decide(s)
+        })
+        .await
+    {
         abort(txn, urls.values()).await;
         return Err(e);
     }
@@ -459,7 +461,7 @@ pub(crate) async fn decide_and_commit(
     // background until it does (commit is idempotent).
     let failed = commit_all(txn, &writes, &urls).await;
     if failed.is_empty() {
-        forget(catalog, txn);
+        forget(catalog, txn).await;
     } else {
         let catalog = Arc::clone(catalog);
         tokio::spawn(retry_commit(catalog, txn, failed));
@@ -495,11 +497,14 @@ async fn commit_all(
 
 /// Drops a finished transaction from the decision log. If that cannot be
 /// saved the entry stays, which is harmless: recovery commits it again.
-fn forget(catalog: &Catalog, txn: u64) {
-    if let Err(e) = catalog.update(|s| {
-        s.decided.remove(&txn);
-        Ok(())
-    }) {
+async fn forget(catalog: &Catalog, txn: u64) {
+    if let Err(e) = catalog
+        .update(|s| {
+            s.decided.remove(&txn);
+            Ok(())
+        })
+        .await
+    {
         tracing::warn!(txn, error = %e, "could not clear a finished write from the log");
     }
 }
@@ -522,7 +527,7 @@ pub(crate) async fn retry_commit(
         let urls = catalog.members().unwrap_or_default();
         pending = commit_all(txn, &pending, &urls).await;
     }
-    forget(&catalog, txn);
+    forget(&catalog, txn).await;
 }
 
 /// Copies the strings a view column still points at into buffers of its

@@ -290,11 +290,13 @@ async fn recovery_finishes_decided_writes_and_aborts_the_rest() {
     coordinator
         .catalog()
         .update(|s| {
-            s.decided
-                .insert(1, BTreeMap::from([(owner.worker_id.clone(), vec![write])]));
-            s.last_txn = s.last_txn.max(1);
+            s.decided.insert(
+                1,
+                BTreeMap::from([(owner.worker_id.clone(), vec![write.clone()])]),
+            );
             Ok(())
         })
+        .await
         .unwrap();
     // Decided means visible: the read commits the staged rows of txn 1
     // on the worker before it scans (resolve on read); txn 2 stays unseen.

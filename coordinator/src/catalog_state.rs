@@ -1,0 +1,385 @@
+//! The coordinator's persisted state and how it maps to metastore keys: one
+//! key per table, index, partition map entry, decided transaction, counter
+//! and statistics entry, so a change writes only the keys it changes.
+//!
+//! ```text
+//!   table/<name>          TableDef               map/<table>       partition placements
+//!   index/<name>          IndexDef               map_epoch         the map's epoch
+//!   external/<name>       CREATE EXTERNAL TABLE  decided/<txn>     writes to commit
+//!   stats/<table>         rows, bytes per partition
+//!   index_stats/<name>    entry and apply counters
+//!   counter/tables_created, counter/indexes_created, counter/txn_block
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use datafusion::common::{DataFusionError, Result};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tessera_sql::{IndexDef, PartitionMap, TableDef};
+use tessera_worker::{SizeEstimate, StagedWrite};
+
+use crate::metastore::{Metastore, Op, Versioned};
+
+/// Everything the coordinator must remember across restarts.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CatalogState {
+    pub tables: BTreeMap<String, TableDef>,
+    pub map: PartitionMap,
+    /// `CREATE EXTERNAL TABLE` statements, replayed on start.
+    pub external_tables: BTreeMap<String, String>,
+    /// Writes decided to commit whose commit has not been confirmed by every
+    /// worker yet: on restart they are committed again (commit is idempotent).
+    pub decided: BTreeMap<u64, BTreeMap<String, Vec<StagedWrite>>>,
+    /// Tables created so far: spreads the first partition of each, and
+    /// gives each table its id.
+    pub tables_created: u64,
+    /// Rows and stored bytes per table and partition, counted at each
+    /// decided write: the planner's size estimates.
+    #[serde(default)]
+    pub stats: BTreeMap<String, BTreeMap<u32, SizeEstimate>>,
+    /// Secondary indexes by name.
+    #[serde(default)]
+    pub indexes: BTreeMap<String, IndexDef>,
+    /// Indexes created so far: gives each its id.
+    #[serde(default)]
+    pub indexes_created: u64,
+    /// Entry counts and, for ASYNC indexes, how far the outbox is applied.
+    #[serde(default)]
+    pub index_stats: BTreeMap<String, IndexStats>,
+}
+
+/// Counters of one index, updated in the same metastore write that decides
+/// the transaction they count.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct IndexStats {
+    /// Entries in the index.
+    pub entries: u64,
+    /// ASYNC: entries written to outboxes, and applied from them so far.
+    pub outbox_rows: u64,
+    pub applied_rows: u64,
+    /// ASYNC: every outbox entry of a transaction up to this id is applied.
+    pub applied_through: u64,
+    /// ASYNC: the transaction of the oldest entry not applied yet, 0 when
+    /// none is. A transaction id is its start in microseconds since the
+    /// epoch, so the lag in seconds holds across restarts.
+    #[serde(default)]
+    pub pending_since: u64,
+}
+
+const TABLE: &str = "table/";
+const MAP: &str = "map/";
+const MAP_EPOCH: &str = "map_epoch";
+const EXTERNAL: &str = "external/";
+const DECIDED: &str = "decided/";
+const STATS: &str = "stats/";
+const INDEX: &str = "index/";
+const INDEX_STATS: &str = "index_stats/";
+const TABLES_CREATED: &str = "counter/tables_created";
+const INDEXES_CREATED: &str = "counter/indexes_created";
+/// Transaction ids are handed out in blocks reserved here.
+pub const TXN_BLOCK: &str = "counter/txn_block";
+
+fn encode<T: Serialize>(value: &T) -> Result<String> {
+    serde_json::to_string(value)
+        .map_err(|e| DataFusionError::Internal(format!("catalog encoding: {e}")))
+}
+
+fn decode<T: DeserializeOwned>(key: &str, value: &str) -> Result<T> {
+    serde_json::from_str(value).map_err(|e| {
+        DataFusionError::Execution(format!(
+            "metastore key {key} is corrupt ({e}); restore the coordinator's data dir from a \
+             backup"
+        ))
+    })
+}
+
+fn decided_key(txn: u64) -> String {
+    format!("{DECIDED}{txn:020}")
+}
+
+/// The transaction a `decided/` key logs.
+pub fn decided_txn(key: &str) -> Option<u64> {
+    key.strip_prefix(DECIDED)?.parse().ok()
+}
+
+/// Adds the changes of one map section: a put per new or changed entry, a
+/// delete per removed one.
+fn diff_map<K: Ord, V: PartialEq + Serialize>(
+    old: &BTreeMap<K, V>,
+    new: &BTreeMap<K, V>,
+    key: impl Fn(&K) -> String,
+    ops: &mut Vec<Op>,
+) -> Result<()> {
+    for (k, v) in new {
+        if old.get(k) != Some(v) {
+            ops.push(Op::Put(key(k), encode(v)?));
+        }
+    }
+    for k in old.keys() {
+        if !new.contains_key(k) {
+            ops.push(Op::Delete(key(k)));
+        }
+    }
+    Ok(())
+}
+
+fn diff_value<V: PartialEq + Serialize>(
+    old: &V,
+    new: &V,
+    key: &str,
+    ops: &mut Vec<Op>,
+) -> Result<()> {
+    if old != new {
+        ops.push(Op::Put(key.to_string(), encode(new)?));
+    }
+    Ok(())
+}
+
+impl CatalogState {
+    /// The writes that turn `self` into `new`: only the keys that differ.
+    pub fn diff(&self, new: &CatalogState) -> Result<Vec<Op>> {
+        let mut ops = vec![];
+        diff_map(
+            &self.tables,
+            &new.tables,
+            |k| format!("{TABLE}{k}"),
+            &mut ops,
+        )?;
+        diff_map(
+            &self.map.tables,
+            &new.map.tables,
+            |k| format!("{MAP}{k}"),
+            &mut ops,
+        )?;
+        diff_value(&self.map.epoch, &new.map.epoch, MAP_EPOCH, &mut ops)?;
+        diff_map(
+            &self.external_tables,
+            &new.external_tables,
+            |k| format!("{EXTERNAL}{k}"),
+            &mut ops,
+        )?;
+        diff_map(&self.decided, &new.decided, |t| decided_key(*t), &mut ops)?;
+        diff_value(
+            &self.tables_created,
+            &new.tables_created,
+            TABLES_CREATED,
+            &mut ops,
+        )?;
+        diff_map(&self.stats, &new.stats, |k| format!("{STATS}{k}"), &mut ops)?;
+        diff_map(
+            &self.indexes,
+            &new.indexes,
+            |k| format!("{INDEX}{k}"),
+            &mut ops,
+        )?;
+        diff_value(
+            &self.indexes_created,
+            &new.indexes_created,
+            INDEXES_CREATED,
+            &mut ops,
+        )?;
+        diff_map(
+            &self.index_stats,
+            &new.index_stats,
+            |k| format!("{INDEX_STATS}{k}"),
+            &mut ops,
+        )?;
+        Ok(ops)
+    }
+
+    /// Sets one key's value (`None`: removes it); keys of other owners (the
+    /// transaction id counter) are left alone.
+    pub fn apply(&mut self, key: &str, value: Option<&str>) -> Result<()> {
+        fn set<K: Ord, V: DeserializeOwned>(
+            map: &mut BTreeMap<K, V>,
+            k: K,
+            key: &str,
+            value: Option<&str>,
+        ) -> Result<()> {
+            match value {
+                Some(v) => {
+                    map.insert(k, decode(key, v)?);
+                }
+                None => {
+                    map.remove(&k);
+                }
+            }
+            Ok(())
+        }
+        let counter =
+            |value: Option<&str>| -> Result<u64> { value.map_or(Ok(0), |v| decode(key, v)) };
+        if let Some(name) = key.strip_prefix(TABLE) {
+            set(&mut self.tables, name.to_string(), key, value)
+        } else if let Some(name) = key.strip_prefix(MAP) {
+            set(&mut self.map.tables, name.to_string(), key, value)
+        } else if key == MAP_EPOCH {
+            self.map.epoch = counter(value)?;
+            Ok(())
+        } else if let Some(name) = key.strip_prefix(EXTERNAL) {
+            set(&mut self.external_tables, name.to_string(), key, value)
+        } else if let Some(txn) = key.strip_prefix(DECIDED) {
+            let txn = txn.parse::<u64>().map_err(|e| {
+                DataFusionError::Execution(format!("metastore key {key} is malformed ({e})"))
+            })?;
+            set(&mut self.decided, txn, key, value)
+        } else if key == TABLES_CREATED {
+            self.tables_created = counter(value)?;
+            Ok(())
+        } else if let Some(name) = key.strip_prefix(STATS) {
+            set(&mut self.stats, name.to_string(), key, value)
+        } else if let Some(name) = key.strip_prefix(INDEX_STATS) {
+            set(&mut self.index_stats, name.to_string(), key, value)
+        } else if let Some(name) = key.strip_prefix(INDEX) {
+            set(&mut self.indexes, name.to_string(), key, value)
+        } else if key == INDEXES_CREATED {
+            self.indexes_created = counter(value)?;
+            Ok(())
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The state the keys of a metastore hold.
+    pub fn from_keys(entries: &BTreeMap<String, Versioned>) -> Result<Self> {
+        let mut state = Self::default();
+        for (key, v) in entries {
+            state.apply(key, Some(&v.value))?;
+        }
+        Ok(state)
+    }
+}
+
+/// Moves the whole-file catalog of earlier versions (`catalog.json` in
+/// `dir`) into an empty metastore, once; the old file is kept renamed.
+pub async fn import_catalog_json(dir: &Path, store: &dyn Metastore) -> Result<()> {
+    let path = dir.join("catalog.json");
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => {
+            return Err(DataFusionError::Execution(format!(
+                "cannot read {}: {e}",
+                path.display()
+            )));
+        }
+    };
+    if !store.range("").await?.is_empty() {
+        return Ok(());
+    }
+    let old: CatalogState = serde_json::from_slice(&bytes).map_err(|e| {
+        DataFusionError::Execution(format!(
+            "catalog {} is corrupt ({e}); restore it from a backup",
+            path.display()
+        ))
+    })?;
+    let ops = CatalogState::default().diff(&old)?;
+    if store.commit(&[], &ops).await?.is_none() {
+        return Err(DataFusionError::Execution(
+            "could not import catalog.json into the metastore; retry".into(),
+        ));
+    }
+    let done = dir.join("catalog.json.imported");
+    std::fs::rename(&path, &done).map_err(|e| {
+        DataFusionError::Execution(format!("cannot rename {}: {e}", path.display()))
+    })?;
+    tracing::info!(from = %path.display(), "imported the catalog into the metastore");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every part of the state survives its keys, and a change writes only
+    /// the keys it touches.
+    #[test]
+    fn keys_round_trip_and_diffs_are_small() {
+        let mut s = CatalogState::default();
+        s.map.epoch = 3;
+        s.external_tables.insert("e".into(), "CREATE ...".into());
+        s.decided.insert(
+            42,
+            BTreeMap::from([(
+                "worker-0".to_string(),
+                vec![StagedWrite {
+                    txn: 42,
+                    table: "t.1".into(),
+                    partition: 2,
+                }],
+            )]),
+        );
+        s.tables_created = 2;
+        s.indexes_created = 1;
+        s.stats.insert(
+            "a/b".into(),
+            BTreeMap::from([(0, SizeEstimate { rows: 5, bytes: 9 })]),
+        );
+        s.index_stats.insert(
+            "i".into(),
+            IndexStats {
+                entries: 4,
+                ..Default::default()
+            },
+        );
+        let ops = CatalogState::default().diff(&s).unwrap();
+        let mut entries = BTreeMap::new();
+        for (n, op) in ops.iter().enumerate() {
+            if let Op::Put(k, v) = op {
+                entries.insert(
+                    k.clone(),
+                    Versioned {
+                        value: v.clone(),
+                        revision: n as u64 + 1,
+                    },
+                );
+            }
+        }
+        assert_eq!(CatalogState::from_keys(&entries).unwrap(), s);
+
+        let mut next = s.clone();
+        next.decided.remove(&42);
+        next.stats
+            .get_mut("a/b")
+            .unwrap()
+            .insert(1, SizeEstimate::default());
+        let ops = s.diff(&next).unwrap();
+        let keys: Vec<&str> = ops.iter().map(Op::key).collect();
+        assert_eq!(keys, ["decided/00000000000000000042", "stats/a/b"]);
+        let mut applied = s.clone();
+        for op in &ops {
+            match op {
+                Op::Put(k, v) => applied.apply(k, Some(v)).unwrap(),
+                Op::Delete(k) => applied.apply(k, None).unwrap(),
+            }
+        }
+        assert_eq!(applied, next);
+    }
+
+    /// A data dir of an earlier version: its catalog.json moves into the
+    /// metastore once, and the old file stays, renamed.
+    #[tokio::test]
+    async fn catalog_json_is_imported_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut old = CatalogState {
+            tables_created: 4,
+            ..Default::default()
+        };
+        old.external_tables
+            .insert("e".into(), "CREATE EXTERNAL ...".into());
+        std::fs::write(
+            dir.path().join("catalog.json"),
+            serde_json::to_vec(&old).unwrap(),
+        )
+        .unwrap();
+        let store = crate::metastore::FileMetastore::open(dir.path()).unwrap();
+        import_catalog_json(dir.path(), &store).await.unwrap();
+        let state = CatalogState::from_keys(&store.range("").await.unwrap()).unwrap();
+        assert_eq!(state, old);
+        assert!(!dir.path().join("catalog.json").exists());
+        assert!(dir.path().join("catalog.json.imported").exists());
+        // Nothing to import the second time.
+        import_catalog_json(dir.path(), &store).await.unwrap();
+    }
+}
