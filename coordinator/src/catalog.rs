@@ -5,17 +5,15 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{SystemTime, UNIX_EPOCH};
 
-use async_trait::async_trait;
-use datafusion::catalog::{SchemaProvider, TableProvider};
-use datafusion::common::{DataFusionError, Result, exec_err, plan_err};
+use datafusion::catalog::TableProvider;
+use datafusion::common::{DataFusionError, Result, exec_err};
 use tessera_sql::{IndexDef, PartitionPlacement, TableDef};
 use tessera_worker::{ScanPart, SizeEstimate, Snapshot};
 
 use crate::catalog_state::{CatalogState, IndexStats, TXN_BLOCK};
+use crate::clock::now_micros;
 use crate::metastore::{Compare, Metastore, Op, reserve};
-use crate::table::TesseraTable;
 
 /// Shared catalog state of one coordinator.
 #[derive(Debug)]
@@ -76,7 +74,7 @@ pub struct Catalog {
     /// `SET tessera.compaction = 'paused'`.
     pub(crate) compaction_paused: AtomicBool,
     /// `tessera.compactions`.
-    pub(crate) compactions: crate::compact::CompactionLog,
+    pub(crate) compactions: crate::compaction_log::CompactionLog,
 }
 
 /// Holds a query's snapshot open (see [`Catalog::compaction_bound`]).
@@ -601,69 +599,4 @@ impl Catalog {
             }
         }
     }
-}
-
-/// The catalog as DataFusion's default schema.
-#[derive(Debug)]
-pub struct TesseraSchema {
-    catalog: Arc<Catalog>,
-}
-
-impl TesseraSchema {
-    pub fn new(catalog: Arc<Catalog>) -> Self {
-        Self { catalog }
-    }
-}
-
-#[async_trait]
-impl SchemaProvider for TesseraSchema {
-    fn table_names(&self) -> Vec<String> {
-        let mut names: Vec<String> = self
-            .catalog
-            .state()
-            .map(|s| s.tables.keys().cloned().collect())
-            .unwrap_or_default();
-        names.extend(self.catalog.external_names().unwrap_or_default());
-        names
-    }
-
-    async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
-        if let Some(def) = self.catalog.table_def(name)? {
-            return Ok(Some(Arc::new(TesseraTable::try_new(
-                Arc::clone(&self.catalog),
-                def,
-            )?)));
-        }
-        self.catalog.external(name)
-    }
-
-    fn register_table(
-        &self,
-        name: String,
-        table: Arc<dyn TableProvider>,
-    ) -> Result<Option<Arc<dyn TableProvider>>> {
-        if self.table_exist(&name) {
-            return plan_err!("table '{name}' already exists; DROP TABLE {name} first");
-        }
-        self.catalog.set_external(&name, Some(table))?;
-        Ok(None)
-    }
-
-    fn deregister_table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
-        let old = self.catalog.external(name)?;
-        self.catalog.set_external(name, None)?;
-        Ok(old)
-    }
-
-    fn table_exist(&self, name: &str) -> bool {
-        matches!(self.catalog.table_def(name), Ok(Some(_)))
-            || matches!(self.catalog.external(name), Ok(Some(_)))
-    }
-}
-
-/// Microseconds since the epoch: the clock transaction ids are read from.
-pub(crate) fn now_micros() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
 }

@@ -23,7 +23,7 @@ use futures::TryStreamExt;
 use tessera_sql::{CreateTable, PartitionScheme, Statement, TableDef, parse_statement};
 use tessera_worker::{TesseraCodec, WorkerClient, WorkerUnavailable};
 
-use crate::catalog::{Catalog, TesseraSchema};
+use crate::catalog::Catalog;
 use crate::colocate::ColocateJoins;
 use crate::distribution::{
     MembershipChannels, MembershipResolver, desired_task_count, route_tasks, scale_up,
@@ -31,6 +31,7 @@ use crate::distribution::{
 use crate::metastore::Metastore;
 use crate::options::{self, TesseraOptions};
 use crate::query_log::{QueryLog, QueryRecorder, SystemSchema};
+use crate::schema::TesseraSchema;
 use crate::snapshot::session_at_snapshot;
 
 /// A planned statement: rows already computed (DDL, DML, SHOW ...) or a
@@ -377,7 +378,7 @@ impl Coordinator {
                     &self.catalog,
                     &table,
                     crate::compact::EXPLICIT,
-                    crate::compact::EXPLICIT_TRIGGER,
+                    crate::compaction_log::EXPLICIT_TRIGGER,
                 )
                 .await?;
                 let batch = crate::compact::report(&done)?;

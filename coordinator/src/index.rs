@@ -237,7 +237,7 @@ pub fn show_indexes(catalog: &Catalog, table: Option<&str>) -> Result<RecordBatc
     {
         return plan_err!("table '{t}' does not exist; SHOW TABLES lists the tables");
     }
-    let now_micros = crate::catalog::now_micros();
+    let now_micros = crate::clock::now_micros();
     let mut names = vec![];
     let mut tables = vec![];
     let mut columns = vec![];

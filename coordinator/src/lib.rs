@@ -4,17 +4,21 @@
 
 mod catalog;
 mod catalog_state;
+mod clock;
 mod cluster;
 mod colocate;
 mod compact;
+mod compaction_log;
 mod distribution;
 mod engine;
+mod failpoint;
 mod flight_sql;
 mod index;
 mod metastore;
 mod options;
 mod query_log;
 mod retry;
+mod schema;
 mod snapshot;
 mod stages;
 mod table;

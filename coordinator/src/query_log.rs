@@ -356,9 +356,9 @@ impl SchemaProvider for SystemSchema {
             "compactions" => {
                 let catalog = Arc::clone(&self.catalog);
                 Some(Arc::new(SystemTable {
-                    schema: crate::compact::compactions_schema(),
+                    schema: crate::compaction_log::compactions_schema(),
                     rows: Box::new(move || {
-                        crate::compact::compactions_batch(&catalog.compactions.snapshot())
+                        crate::compaction_log::compactions_batch(&catalog.compactions.snapshot())
                     }),
                 }))
             }

@@ -2,8 +2,9 @@
 //! is down or restarting, or a connection broke when it went), or that ran
 //! while a worker rejoined (its new process knows nothing of the tasks the
 //! old one was given), run again whole, on a fresh plan, as long as no row
-//! has reached the client yet, for up to [`RETRY_WINDOW`] after the first
-//! failure. datafusion-distributed does not retry
+//! has reached the client yet: up to [`MAX_RUNS`] runs, with pauses
+//! doubling from 100 ms (about 6 s in all when each run fails at once), and
+//! never past [`RETRY_WINDOW`] after the first failure. datafusion-distributed does not retry
 //! tasks, so a query is the unit of retry; with one copy of each partition
 //! this rides out a worker restart, and a worker that stays away ends the
 //! query with an error that names it.
@@ -20,10 +21,14 @@ use tessera_worker::{WorkerUnavailable, is_worker_failure};
 
 use crate::engine::{Coordinator, Planned};
 
-/// How long after its first failure a read-only query is run again: long
-/// enough for a worker to restart, short enough that a worker that stays
-/// down is reported soon.
-pub const RETRY_WINDOW: Duration = Duration::from_secs(5);
+/// Runs of one read-only query at most: enough for a worker to restart,
+/// few enough that a worker that stays down is reported within seconds.
+pub const MAX_RUNS: u32 = 6;
+
+/// How long after its first failure a read-only query may still be run
+/// again (a run may itself wait out datafusion-distributed's 10 s for a
+/// task plan that a restarted worker never got).
+pub const RETRY_WINDOW: Duration = Duration::from_secs(30);
 
 /// For this long after a worker rejoins, any failure of a read-only query
 /// counts as one its restart may explain.
@@ -36,6 +41,7 @@ pub struct Retry {
     /// Set at the first failure.
     deadline: Option<Instant>,
     delay: Duration,
+    runs: u32,
 }
 
 impl Retry {
@@ -44,7 +50,8 @@ impl Retry {
         Self {
             epoch: coordinator.catalog().membership_epoch(),
             deadline: None,
-            delay: Duration::from_millis(50),
+            delay: Duration::from_millis(100),
+            runs: 1,
         }
     }
 
@@ -54,7 +61,7 @@ impl Retry {
         let deadline = *self
             .deadline
             .get_or_insert_with(|| Instant::now() + RETRY_WINDOW);
-        if Instant::now() + self.delay >= deadline {
+        if self.runs >= MAX_RUNS || Instant::now() + self.delay >= deadline {
             return false;
         }
         let epoch = coordinator.catalog().membership_epoch();
@@ -75,7 +82,8 @@ impl Retry {
         }
         tracing::info!(error = %e, "a worker failed or rejoined during the query; running it again");
         tokio::time::sleep(self.delay).await;
-        self.delay = (self.delay * 2).min(Duration::from_secs(1));
+        self.delay = (self.delay * 2).min(Duration::from_secs(2));
+        self.runs += 1;
         self.epoch = coordinator.catalog().membership_epoch();
         true
     }

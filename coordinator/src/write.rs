@@ -456,6 +456,8 @@ pub(crate) async fn decide_and_commit(
         return Err(e);
     }
 
+    crate::failpoint::hit("abort-after-decide");
+
     // Phase 2: make it visible everywhere. The statement is decided, so
     // it succeeds; a worker that did not confirm is retried in the
     // background until it does (commit is idempotent).

@@ -12,13 +12,15 @@ def free_port():
         return s.getsockname()[1]
 
 
-def start_server(data_dir, port):
-    """Runs `tessera serve` with 3 workers on `data_dir`; returns once it listens."""
+def start_server(data_dir, port, env=None):
+    """Runs `tessera serve` with 3 workers on `data_dir` (with `env` added to
+    its environment); returns once it listens."""
     binary = os.environ.get("TESSERA_BIN", "target/debug/tessera")
     proc = subprocess.Popen(
         [binary, "serve", "--listen", f"127.0.0.1:{port}", "--workers", "3", "--data-dir", data_dir],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
+        env={**os.environ, **(env or {})},
     )
     deadline = time.time() + 60
     while True:

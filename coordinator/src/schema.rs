@@ -1,0 +1,69 @@
+//! The catalog as DataFusion's default schema: Tessera's tables (each a
+//! [`TesseraTable`] over the partition map) and the external tables.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::catalog::{SchemaProvider, TableProvider};
+use datafusion::common::{Result, plan_err};
+
+use crate::catalog::Catalog;
+use crate::table::TesseraTable;
+
+/// The catalog as DataFusion's default schema.
+#[derive(Debug)]
+pub struct TesseraSchema {
+    catalog: Arc<Catalog>,
+}
+
+impl TesseraSchema {
+    pub fn new(catalog: Arc<Catalog>) -> Self {
+        Self { catalog }
+    }
+}
+
+#[async_trait]
+impl SchemaProvider for TesseraSchema {
+    fn table_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .catalog
+            .state()
+            .map(|s| s.tables.keys().cloned().collect())
+            .unwrap_or_default();
+        names.extend(self.catalog.external_names().unwrap_or_default());
+        names
+    }
+
+    async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
+        if let Some(def) = self.catalog.table_def(name)? {
+            return Ok(Some(Arc::new(TesseraTable::try_new(
+                Arc::clone(&self.catalog),
+                def,
+            )?)));
+        }
+        self.catalog.external(name)
+    }
+
+    fn register_table(
+        &self,
+        name: String,
+        table: Arc<dyn TableProvider>,
+    ) -> Result<Option<Arc<dyn TableProvider>>> {
+        if self.table_exist(&name) {
+            return plan_err!("table '{name}' already exists; DROP TABLE {name} first");
+        }
+        self.catalog.set_external(&name, Some(table))?;
+        Ok(None)
+    }
+
+    fn deregister_table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
+        let old = self.catalog.external(name)?;
+        self.catalog.set_external(name, None)?;
+        Ok(old)
+    }
+
+    fn table_exist(&self, name: &str) -> bool {
+        matches!(self.catalog.table_def(name), Ok(Some(_)))
+            || matches!(self.catalog.external(name), Ok(Some(_)))
+    }
+}
