@@ -2,17 +2,19 @@
 //! is down or restarting, or a connection broke when it went), or that ran
 //! while a worker rejoined (its new process knows nothing of the tasks the
 //! old one was given), run again whole, on a fresh plan, as long as no row
-//! has reached the client yet: up to [`MAX_RUNS`] runs, with pauses
+//! has reached the client yet (rows are held back up to [`HOLD_BYTES`], so
+//! a query with a small result can always be run again): up to [`MAX_RUNS`] runs, with pauses
 //! doubling from 100 ms (about 6 s in all when each run fails at once), and
 //! never past [`RETRY_WINDOW`] after the first failure. datafusion-distributed does not retry
 //! tasks, so a query is the unit of retry; with one copy of each partition
 //! this rides out a worker restart, and a worker that stays away ends the
 //! query with an error that names it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use datafusion::arrow::array::RecordBatch;
 use datafusion::common::{DataFusionError, Result};
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
@@ -107,16 +109,26 @@ pub async fn plan_query(
     }
 }
 
+/// Rows held back before any reaches the client: a query whose result fits
+/// can be run again whole if a run fails; a larger one streams on, and
+/// from then on a failure ends it.
+pub const HOLD_BYTES: usize = 8 << 20;
+
 struct Attempt {
     coordinator: Arc<Coordinator>,
     sql: String,
     stream: SendableRecordBatchStream,
-    sent_rows: bool,
+    /// Rows of this run not sent yet, and their size.
+    held: VecDeque<RecordBatch>,
+    held_bytes: usize,
+    /// Rows went to the client: no run again.
+    streaming: bool,
     retry: Retry,
 }
 
 /// `first`, the stream of `sql`'s first run, run again while
-/// [`Retry::again`] says so and no row has been sent.
+/// [`Retry::again`] says so and no row has reached the client: rows are held
+/// back until the run ends or they pass [`HOLD_BYTES`].
 pub fn retrying(
     coordinator: Arc<Coordinator>,
     sql: String,
@@ -128,23 +140,35 @@ pub fn retrying(
         coordinator,
         sql,
         stream: first,
-        sent_rows: false,
+        held: VecDeque::new(),
+        held_bytes: 0,
+        streaming: false,
         retry,
     };
     let stream = futures::stream::unfold(Some(attempt), |attempt| async move {
         let mut a = attempt?;
         loop {
+            if a.streaming
+                && let Some(batch) = a.held.pop_front()
+            {
+                return Some((Ok(batch), Some(a)));
+            }
             match a.stream.next().await {
-                None => return None,
+                None if a.held.is_empty() => return None,
+                None => a.streaming = true,
+                Some(Ok(batch)) if a.streaming => return Some((Ok(batch), Some(a))),
                 Some(Ok(batch)) => {
-                    a.sent_rows = true;
-                    return Some((Ok(batch), Some(a)));
+                    a.held_bytes += batch.get_array_memory_size();
+                    a.held.push_back(batch);
+                    a.streaming = a.held_bytes > HOLD_BYTES;
                 }
                 Some(Err(e)) => {
-                    if a.sent_rows || !a.retry.again(&a.coordinator, &e).await {
+                    if a.streaming || !a.retry.again(&a.coordinator, &e).await {
                         let e = name_missing_worker(e, &a.coordinator).await;
                         return Some((Err(e), None));
                     }
+                    a.held.clear();
+                    a.held_bytes = 0;
                     match a.coordinator.plan(&a.sql).await.and_then(|p| p.execute()) {
                         Ok(stream) => a.stream = stream,
                         Err(e) => {

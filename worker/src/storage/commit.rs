@@ -24,16 +24,40 @@ impl Storage {
         if decided.is_empty() {
             return Ok(());
         }
-        let staged = self.partition_dir(table, partition)?.join(STAGED);
-        for txn in decided {
-            if staged.join(file_name(*txn)).exists() {
-                let write = StagedWrite {
-                    txn: *txn,
-                    table: table.to_string(),
-                    partition,
-                };
-                self.commit(*txn, &[write])?;
+        let dir = self.partition_dir(table, partition)?;
+        let pending: Vec<u64> = {
+            // Looked at under the commit lock: a commit under way has moved
+            // the staged file but not yet swapped the manifest, and must be
+            // seen as not done.
+            let _guard = self.commit_lock.lock().map_err(|_| {
+                DataFusionError::Internal("commit lock poisoned by an earlier panic".into())
+            })?;
+            let mut pending = vec![];
+            let mut manifest = None;
+            for txn in decided {
+                let name = file_name(*txn);
+                if dir.join(STAGED).join(&name).exists() {
+                    pending.push(*txn);
+                } else if dir.join(&name).exists() {
+                    // Moved by a commit that stopped before the swap.
+                    let m = match &manifest {
+                        Some(m) => m,
+                        None => manifest.insert(self.manifest(table, partition)?),
+                    };
+                    if !m.files.iter().any(|f| f.name == name) {
+                        pending.push(*txn);
+                    }
+                }
             }
+            pending
+        };
+        for txn in pending {
+            let write = StagedWrite {
+                txn,
+                table: table.to_string(),
+                partition,
+            };
+            self.commit(txn, &[write])?;
         }
         Ok(())
     }
@@ -289,6 +313,28 @@ mod tests {
         // Rows that are nowhere are an error, not a silent success.
         let lost = StagedWrite { txn: 4, ..w };
         assert!(s.commit(4, &[lost]).is_err());
+    }
+
+    /// A read resolves the decided transactions of its snapshot: staged
+    /// ones, and one whose commit moved the file but did not swap the
+    /// manifest; transactions with nothing here are left alone.
+    #[test]
+    fn resolve_commits_what_a_snapshot_needs() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(dir.path()).unwrap();
+        for txn in [3, 5] {
+            let (schema, b) = batch(vec![1, 2]);
+            s.prepare(txn, "t", 0, schema, &[b]).unwrap();
+        }
+        let p = dir.path().join("t").join("p0000");
+        fs::rename(p.join(STAGED).join(file_name(5)), p.join(file_name(5))).unwrap();
+        s.resolve("t", 0, &[3, 5, 8]).unwrap();
+        let m = s.manifest("t", 0).unwrap();
+        assert_eq!((m.files.len(), m.rows()), (2, 4));
+        assert!(s.staged().unwrap().is_empty());
+        // Again: nothing left to do.
+        s.resolve("t", 0, &[3, 5, 8]).unwrap();
+        assert_eq!(s.manifest("t", 0).unwrap(), m);
     }
 
     #[test]
