@@ -3,11 +3,15 @@
 //! planned by DataFusion against the catalog and distributed by
 //! datafusion-distributed.
 
+mod ddl;
+mod errors;
+mod explain;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray, UInt32Array, UInt64Array};
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::array::{RecordBatch, UInt64Array};
+use datafusion::arrow::datatypes::{Schema, SchemaRef};
 use datafusion::catalog::MemTable;
 use datafusion::common::{DataFusionError, Result, plan_err};
 use datafusion::execution::{SendableRecordBatchStream, SessionStateBuilder, TaskContext};
@@ -15,13 +19,10 @@ use datafusion::logical_expr::{DdlStatement, LogicalPlan};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{ExecutionPlan, execute_stream};
 use datafusion::prelude::{DataFrame, SessionConfig, SessionContext};
-use datafusion_distributed::{
-    DistributedExt, DistributedMetricsFormat, SessionStateBuilderExt, display_plan_ascii,
-    rewrite_distributed_plan_with_metrics,
-};
+use datafusion_distributed::{DistributedExt, SessionStateBuilderExt};
 use futures::TryStreamExt;
-use tessera_sql::{CreateTable, PartitionScheme, Statement, TableDef, parse_statement};
-use tessera_worker::{TesseraCodec, WorkerClient, WorkerUnavailable};
+use tessera_sql::{Statement, parse_statement};
+use tessera_worker::{TesseraCodec, WorkerClient};
 
 use crate::catalog::Catalog;
 use crate::colocate::ColocateJoins;
@@ -33,6 +34,10 @@ use crate::options::{self, TesseraOptions};
 use crate::query_log::{QueryLog, QueryRecorder, SystemSchema};
 use crate::schema::TesseraSchema;
 use crate::snapshot::session_at_snapshot;
+
+use ddl::show_tessera_option;
+use errors::{name_unreachable_worker, with_hint};
+use explain::{explain_schema, strip_explain, strip_explain_analyze};
 
 /// A planned statement: rows already computed (DDL, DML, SHOW ...) or a
 /// physical plan to run when the client asks for the rows.
@@ -533,449 +538,12 @@ impl Coordinator {
         }
     }
 
-    /// `SHOW tessera` (all of Tessera's options) or `SHOW tessera.<name>`:
-    /// DataFusion's SHOW does not list extension options.
-    fn show_options(&self, name: &str) -> Result<Planned> {
-        use datafusion::common::config::ExtensionOptions;
-        let state = self.ctx.state();
-        let options = state
-            .config_options()
-            .extensions
-            .get::<TesseraOptions>()
-            .cloned()
-            .unwrap_or_default();
-        let mut names = vec![];
-        let mut values = vec![];
-        let mut descriptions = vec![];
-        for e in options.entries() {
-            let key = if e.key.starts_with("tessera.") {
-                e.key.clone()
-            } else {
-                format!("tessera.{}", e.key)
-            };
-            if name != "tessera" && !key.eq_ignore_ascii_case(name) {
-                continue;
-            }
-            names.push(key);
-            values.push(e.value.unwrap_or_default());
-            descriptions.push(e.description.trim().to_string());
-        }
-        if names.is_empty() {
-            return plan_err!("'{name}' is not an option; SHOW tessera lists Tessera's options");
-        }
-        ready(vec![
-            ("name", Arc::new(StringArray::from(names)) as ArrayRef),
-            ("value", Arc::new(StringArray::from(values))),
-            ("description", Arc::new(StringArray::from(descriptions))),
-        ])
-    }
-
-    /// `EXPLAIN q`: the logical plan and the distributed physical plan, with
-    /// stages, tasks and for every scan the partitions kept and the workers.
-    async fn explain(&self, inner: &str) -> Result<Planned> {
-        let df = self.query(inner).await?;
-        let logical = format!("{}", df.logical_plan().display_indent());
-        let physical = df.create_physical_plan().await?;
-        let distributed = display_plan_ascii(physical.as_ref(), false);
-        explained(vec![
-            ("logical_plan", logical),
-            ("physical_plan", distributed),
-        ])
-    }
-
-    /// `EXPLAIN ANALYZE`: runs the query, then shows the distributed plan
-    /// with each operator's metrics and a table of its stages.
-    async fn explain_analyze(&self, inner: &str) -> Result<Planned> {
-        let df = self.query(inner).await?;
-        let task_ctx = Arc::new(df.task_ctx());
-        let snapshot = task_ctx
-            .session_config()
-            .get_extension::<crate::snapshot::QuerySnapshot>()
-            .map(|q| q.snapshot.to_string())
-            .unwrap_or_default();
-        let plan = df.create_physical_plan().await?;
-        let members = Arc::new(self.catalog.members()?);
-        let started = std::time::Instant::now();
-        let mut stream = Planned::Plan(Arc::clone(&plan), task_ctx, None, members).execute()?;
-        let mut rows = 0usize;
-        while let Some(batch) = stream.try_next().await? {
-            rows += batch.num_rows();
-        }
-        let elapsed = started.elapsed();
-        drop(stream);
-        let plan =
-            rewrite_distributed_plan_with_metrics(plan, DistributedMetricsFormat::Aggregated)
-                .await?;
-        let text = display_plan_ascii(plan.as_ref(), true);
-        let summary = format!(
-            "{}\nSnapshot: {snapshot}",
-            crate::stages::summary(&plan, rows, elapsed)
-        );
-        explained(vec![("Plan with Metrics", text), ("Stages", summary)])
-    }
-
     /// A query planned at a snapshot taken now.
     async fn query(&self, sql: &str) -> Result<DataFrame> {
         let state = session_at_snapshot(self.ctx.state(), &self.catalog)?;
         let plan = state.create_logical_plan(sql).await.map_err(with_hint)?;
         Ok(DataFrame::new(state, plan))
     }
-
-    async fn create_table(&self, ct: CreateTable) -> Result<Planned> {
-        if self.catalog.table_def(&ct.name)?.is_some() || self.catalog.external(&ct.name)?.is_some()
-        {
-            if ct.if_not_exists {
-                return Ok(empty());
-            }
-            return plan_err!(
-                "table '{}' already exists; DROP TABLE {} first",
-                ct.name,
-                ct.name
-            );
-        }
-        let plan = self.ctx.state().create_logical_plan(&ct.base_sql).await?;
-        let LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(cmt)) = plan else {
-            return plan_err!("could not plan CREATE TABLE {}", ct.name);
-        };
-        let schema = cmt.input.schema().as_arrow().clone();
-        let scheme = match &ct.partitioning {
-            Some(spec) => spec.resolve(&schema)?,
-            None => PartitionScheme::Single,
-        };
-        let workers: Vec<String> = self.catalog.members()?.keys().cloned().collect();
-        if workers.is_empty() {
-            return plan_err!("no workers are running; start the cluster with --workers N");
-        }
-        let name = ct.name.clone();
-        // Checked again where the table is added: of two CREATE TABLE of
-        // one name at once, one wins and the other is told it exists.
-        let created = self
-            .catalog
-            .update(|s| {
-                if s.tables.contains_key(&name) {
-                    return Ok(false);
-                }
-                let def = TableDef::try_new(&name, s.tables_created, &schema, scheme.clone())?;
-                // Tables with the same partition count are placed alike, so
-                // partition i of each lives on the same worker and joins on
-                // their keys are co-located; one-partition tables are spread.
-                let offset = if def.scheme.partition_count() > 1 {
-                    0
-                } else {
-                    s.tables_created as usize
-                };
-                s.map
-                    .place_table(&name, def.scheme.partition_count(), &workers, offset);
-                s.tables.insert(name.clone(), def);
-                s.stats.insert(name.clone(), BTreeMap::new());
-                s.tables_created += 1;
-                Ok(true)
-            })
-            .await?;
-        if !created {
-            if ct.if_not_exists {
-                return Ok(empty());
-            }
-            return Err(DataFusionError::Plan(format!(
-                "table '{name}' already exists; DROP TABLE {name} first"
-            )));
-        }
-        if let Some(query) = ct.query {
-            let insert = format!("INSERT INTO {} {query}", quote_ident(&ct.name));
-            if let Err(e) = self.run(&insert).await {
-                let _ = self.drop_table(&ct.name, true).await;
-                return Err(e);
-            }
-        }
-        Ok(empty())
-    }
-
-    async fn drop_table(&self, name: &str, if_exists: bool) -> Result<Planned> {
-        if self.catalog.external(name)?.is_some() {
-            self.catalog.set_external(name, None)?;
-            self.catalog
-                .update(|s| {
-                    s.external_tables.remove(name);
-                    Ok(())
-                })
-                .await?;
-            return Ok(empty());
-        }
-        let Some(def) = self.catalog.table_def(name)? else {
-            if if_exists {
-                return Ok(empty());
-            }
-            return plan_err!("table '{name}' does not exist; SHOW TABLES lists the tables");
-        };
-        for index in self.catalog.indexes_of(name)? {
-            crate::index::drop_index(&self.catalog, &index.name, true).await?;
-        }
-        let location = def.storage_key();
-        let holders: Vec<String> = {
-            let mut h: Vec<String> = self
-                .catalog
-                .placements(name)?
-                .iter()
-                .map(|p| p.leader().to_string())
-                .collect();
-            h.sort();
-            h.dedup();
-            h
-        };
-        self.catalog
-            .update(|s| {
-                s.tables.remove(name);
-                s.stats.remove(name);
-                s.map.drop_table(name);
-                Ok(())
-            })
-            .await?;
-        let members = self.catalog.members()?;
-        for worker in holders {
-            let Some(url) = members.get(&worker) else {
-                continue;
-            };
-            if let Err(e) = WorkerClient::connect(url)?.drop_table(&location).await {
-                tracing::warn!(table = name, %worker, error = %e, "files of a dropped table were left behind");
-            }
-        }
-        Ok(empty())
-    }
-
-    fn show_tables(&self) -> Result<Planned> {
-        let state = self.catalog.state()?;
-        let mut names = vec![];
-        let mut schemes = vec![];
-        let mut counts = vec![];
-        for (name, def) in &state.tables {
-            names.push(name.clone());
-            schemes.push(def.scheme.display_with(def.schema()?.as_ref()));
-            counts.push(def.scheme.partition_count());
-        }
-        for name in self.catalog.external_names()? {
-            names.push(name);
-            schemes.push("EXTERNAL".to_string());
-            counts.push(0);
-        }
-        ready(vec![
-            ("table_name", Arc::new(StringArray::from(names)) as ArrayRef),
-            ("partitioning", Arc::new(StringArray::from(schemes))),
-            ("partitions", Arc::new(UInt32Array::from(counts))),
-        ])
-    }
-
-    fn describe(&self, table: &str) -> Result<Planned> {
-        let Some(def) = self.catalog.table_def(table)? else {
-            if let Some(ext) = self.catalog.external(table)? {
-                let schema = ext.schema();
-                let names: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
-                let types: Vec<String> = schema
-                    .fields()
-                    .iter()
-                    .map(|f| f.data_type().to_string())
-                    .collect();
-                let nulls: Vec<&str> = schema
-                    .fields()
-                    .iter()
-                    .map(|f| if f.is_nullable() { "YES" } else { "NO" })
-                    .collect();
-                let keys = vec![""; names.len()];
-                return ready(vec![
-                    (
-                        "column_name",
-                        Arc::new(StringArray::from(names)) as ArrayRef,
-                    ),
-                    ("data_type", Arc::new(StringArray::from(types))),
-                    ("is_nullable", Arc::new(StringArray::from(nulls))),
-                    ("partitioning", Arc::new(StringArray::from(keys))),
-                ]);
-            }
-            return plan_err!("table '{table}' does not exist; SHOW TABLES lists the tables");
-        };
-        let keys = def.scheme.key_columns();
-        let mut names = vec![];
-        let mut types = vec![];
-        let mut nulls = vec![];
-        let mut roles = vec![];
-        for c in &def.columns {
-            names.push(c.name.clone());
-            types.push(c.data_type.clone());
-            // NULL keys are refused on write, whatever the declaration says.
-            let nullable = c.nullable && !keys.contains(&c.name.as_str());
-            nulls.push(if nullable { "YES" } else { "NO" }.to_string());
-            let role = match &def.scheme {
-                PartitionScheme::Hash { .. } if keys.contains(&c.name.as_str()) => "hash key",
-                PartitionScheme::Range { .. } if keys.contains(&c.name.as_str()) => "range key",
-                _ if def.scheme.cluster_by().contains(&c.name) => "cluster key",
-                _ => "",
-            };
-            roles.push(role.to_string());
-        }
-        // Spark-style trailer row: the whole scheme in one line.
-        names.push("# partitioning".into());
-        types.push(def.scheme.display_with(def.schema()?.as_ref()));
-        nulls.push(String::new());
-        roles.push(format!("{} partitions", def.scheme.partition_count()));
-        ready(vec![
-            (
-                "column_name",
-                Arc::new(StringArray::from(names)) as ArrayRef,
-            ),
-            ("data_type", Arc::new(StringArray::from(types))),
-            ("is_nullable", Arc::new(StringArray::from(nulls))),
-            ("partitioning", Arc::new(StringArray::from(roles))),
-        ])
-    }
-
-    async fn show_partitions(&self, table: &str) -> Result<Planned> {
-        let Some(def) = self.catalog.table_def(table)? else {
-            return plan_err!("table '{table}' does not exist; SHOW TABLES lists the tables");
-        };
-        let schema = def.schema()?;
-        let placements = self.catalog.placements(table)?;
-        let members = self.catalog.members()?;
-        let mut by_worker: BTreeMap<String, Vec<u32>> = BTreeMap::new();
-        for p in &placements {
-            by_worker
-                .entry(p.leader().to_string())
-                .or_default()
-                .push(p.id);
-        }
-        let mut stats: BTreeMap<u32, (u64, u64)> = BTreeMap::new();
-        for (worker, parts) in by_worker {
-            let Some(url) = members.get(&worker) else {
-                return plan_err!(
-                    "worker '{worker}' holding partitions of '{table}' is not running"
-                );
-            };
-            for s in WorkerClient::connect(url)?
-                .stats(&def.storage_key(), parts)
-                .await?
-            {
-                stats.insert(s.partition, (s.rows, s.bytes));
-            }
-        }
-        let ids: Vec<u32> = placements.iter().map(|p| p.id).collect();
-        let ranges: Vec<String> = placements
-            .iter()
-            .map(|p| def.scheme.describe_partition(p.id, &schema))
-            .collect();
-        let workers: Vec<String> = placements.iter().map(|p| p.leader().to_string()).collect();
-        let rows: Vec<u64> = ids
-            .iter()
-            .map(|i| stats.get(i).map_or(0, |s| s.0))
-            .collect();
-        let bytes: Vec<u64> = ids
-            .iter()
-            .map(|i| stats.get(i).map_or(0, |s| s.1))
-            .collect();
-        ready(vec![
-            ("partition", Arc::new(UInt32Array::from(ids)) as ArrayRef),
-            ("range", Arc::new(StringArray::from(ranges))),
-            ("worker", Arc::new(StringArray::from(workers))),
-            ("rows", Arc::new(UInt64Array::from(rows))),
-            ("bytes", Arc::new(UInt64Array::from(bytes))),
-        ])
-    }
-}
-
-/// Adds what to do to DataFusion's planning errors about names.
-fn with_hint(e: DataFusionError) -> DataFusionError {
-    let text = e.to_string();
-    let hint = if text.contains("table '") && text.contains("' not found") {
-        "; SHOW TABLES lists the tables"
-    } else if text.contains("No field named") {
-        "; DESCRIBE <table> lists its columns"
-    } else {
-        return e;
-    };
-    let message = match e.find_root() {
-        DataFusionError::Plan(m) => m.clone(),
-        other => other.strip_backtrace(),
-    };
-    DataFusionError::Plan(format!("{message}{hint}"))
-}
-
-/// Names the worker behind a failed connection: the transport reports only
-/// the address it could not reach.
-fn name_unreachable_worker(
-    e: DataFusionError,
-    members: &BTreeMap<String, String>,
-) -> DataFusionError {
-    let text = e.to_string();
-    let refused = [
-        "tcp connect error",
-        "Connection refused",
-        "currently unavailable",
-    ];
-    if !refused.iter().any(|r| text.contains(r)) {
-        return e;
-    }
-    let found = members.iter().find(|(_, url)| {
-        let addr = url.split("://").last().unwrap_or(url);
-        text.contains(addr.trim_end_matches('/'))
-    });
-    let Some((id, url)) = found else {
-        return e;
-    };
-    let reason = if text.contains("Connection refused") {
-        "connection refused"
-    } else {
-        "not answering"
-    };
-    WorkerUnavailable::error(format!(
-        "worker {id} at {url} is unreachable ({reason}) and the query needs the partitions it \
-         holds; check that it is running (restart `tessera serve` on the same --data-dir), then \
-         retry"
-    ))
-}
-
-/// The option a `SHOW tessera[.name]` statement asks for.
-fn show_tessera_option(sql: &str) -> Option<String> {
-    let sql = sql.trim().trim_end_matches(';').trim();
-    let mut words = sql.split_whitespace();
-    if !words.next()?.eq_ignore_ascii_case("show") {
-        return None;
-    }
-    let name = words.next()?;
-    if words.next().is_some() {
-        return None;
-    }
-    let lower = name.to_ascii_lowercase();
-    (lower == "tessera" || lower.starts_with("tessera.")).then_some(lower)
-}
-
-/// The query of an `EXPLAIN ANALYZE <query>` (not VERBOSE or FORMAT).
-fn strip_explain_analyze(sql: &str) -> Option<&str> {
-    let mut words = sql.splitn(3, char::is_whitespace);
-    let (explain, analyze, rest) = (words.next()?, words.next()?, words.next()?);
-    if !explain.eq_ignore_ascii_case("explain") || !analyze.eq_ignore_ascii_case("analyze") {
-        return None;
-    }
-    let rest = rest.trim_start();
-    let next = rest.split_whitespace().next().unwrap_or("");
-    if next.eq_ignore_ascii_case("verbose") || next.eq_ignore_ascii_case("format") {
-        return None;
-    }
-    Some(rest)
-}
-
-fn strip_explain(sql: &str) -> Option<&str> {
-    let head = sql.get(..8)?;
-    if !head.eq_ignore_ascii_case("explain ") {
-        return None;
-    }
-    let rest = sql[8..].trim_start();
-    let next = rest
-        .split_whitespace()
-        .next()
-        .unwrap_or("")
-        .to_ascii_uppercase();
-    // EXPLAIN ANALYZE / VERBOSE / FORMAT are DataFusion's own.
-    if matches!(next.as_str(), "ANALYZE" | "VERBOSE" | "FORMAT") {
-        return None;
-    }
-    Some(rest)
 }
 
 /// The rows an INSERT reports in its `count` column; 0 for other statements.
@@ -988,45 +556,6 @@ pub fn rows_written(batches: &[RecordBatch]) -> u64 {
         .sum()
 }
 
-/// An EXPLAIN result: one (plan_type, plan) row per part.
-fn explained(parts: Vec<(&str, String)>) -> Result<Planned> {
-    let schema = explain_schema();
-    let (kinds, plans): (Vec<&str>, Vec<String>) = parts.into_iter().unzip();
-    let batch = RecordBatch::try_new(
-        Arc::clone(&schema),
-        vec![
-            Arc::new(StringArray::from(kinds)),
-            Arc::new(StringArray::from(plans)),
-        ],
-    )?;
-    Ok(Planned::Ready(schema, vec![batch]))
-}
-
-fn explain_schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
-        Field::new("plan_type", DataType::Utf8, false),
-        Field::new("plan", DataType::Utf8, false),
-    ]))
-}
-
-fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
 fn empty() -> Planned {
     Planned::Ready(Arc::new(Schema::empty()), vec![])
-}
-
-fn ready(columns: Vec<(&str, ArrayRef)>) -> Result<Planned> {
-    let schema = Arc::new(Schema::new(
-        columns
-            .iter()
-            .map(|(n, a)| Field::new(*n, a.data_type().clone(), false))
-            .collect::<Vec<_>>(),
-    ));
-    let batch = RecordBatch::try_new(
-        Arc::clone(&schema),
-        columns.into_iter().map(|(_, a)| a).collect(),
-    )?;
-    Ok(Planned::Ready(schema, vec![batch]))
 }

@@ -1,0 +1,345 @@
+//! Tessera's own DDL and SHOW statements: CREATE/DROP TABLE, SHOW TABLES,
+//! DESCRIBE, SHOW PARTITIONS and `SHOW tessera[.name]`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray, UInt32Array, UInt64Array};
+use datafusion::arrow::datatypes::{Field, Schema};
+use datafusion::common::{DataFusionError, Result, plan_err};
+use datafusion::logical_expr::{DdlStatement, LogicalPlan};
+use tessera_sql::{CreateTable, PartitionScheme, TableDef};
+use tessera_worker::WorkerClient;
+
+use crate::options::TesseraOptions;
+
+use super::{Coordinator, Planned, empty};
+
+impl Coordinator {
+    /// `SHOW tessera` (all of Tessera's options) or `SHOW tessera.<name>`:
+    /// DataFusion's SHOW does not list extension options.
+    pub(super) fn show_options(&self, name: &str) -> Result<Planned> {
+        use datafusion::common::config::ExtensionOptions;
+        let state = self.ctx.state();
+        let options = state
+            .config_options()
+            .extensions
+            .get::<TesseraOptions>()
+            .cloned()
+            .unwrap_or_default();
+        let mut names = vec![];
+        let mut values = vec![];
+        let mut descriptions = vec![];
+        for e in options.entries() {
+            let key = if e.key.starts_with("tessera.") {
+                e.key.clone()
+            } else {
+                format!("tessera.{}", e.key)
+            };
+            if name != "tessera" && !key.eq_ignore_ascii_case(name) {
+                continue;
+            }
+            names.push(key);
+            values.push(e.value.unwrap_or_default());
+            descriptions.push(e.description.trim().to_string());
+        }
+        if names.is_empty() {
+            return plan_err!("'{name}' is not an option; SHOW tessera lists Tessera's options");
+        }
+        ready(vec![
+            ("name", Arc::new(StringArray::from(names)) as ArrayRef),
+            ("value", Arc::new(StringArray::from(values))),
+            ("description", Arc::new(StringArray::from(descriptions))),
+        ])
+    }
+
+    pub(super) async fn create_table(&self, ct: CreateTable) -> Result<Planned> {
+        if self.catalog.table_def(&ct.name)?.is_some() || self.catalog.external(&ct.name)?.is_some()
+        {
+            if ct.if_not_exists {
+                return Ok(empty());
+            }
+            return plan_err!(
+                "table '{}' already exists; DROP TABLE {} first",
+                ct.name,
+                ct.name
+            );
+        }
+        let plan = self.ctx.state().create_logical_plan(&ct.base_sql).await?;
+        let LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(cmt)) = plan else {
+            return plan_err!("could not plan CREATE TABLE {}", ct.name);
+        };
+        let schema = cmt.input.schema().as_arrow().clone();
+        let scheme = match &ct.partitioning {
+            Some(spec) => spec.resolve(&schema)?,
+            None => PartitionScheme::Single,
+        };
+        let workers: Vec<String> = self.catalog.members()?.keys().cloned().collect();
+        if workers.is_empty() {
+            return plan_err!("no workers are running; start the cluster with --workers N");
+        }
+        let name = ct.name.clone();
+        // Checked again where the table is added: of two CREATE TABLE of
+        // one name at once, one wins and the other is told it exists.
+        let created = self
+            .catalog
+            .update(|s| {
+                if s.tables.contains_key(&name) {
+                    return Ok(false);
+                }
+                let def = TableDef::try_new(&name, s.tables_created, &schema, scheme.clone())?;
+                // Tables with the same partition count are placed alike, so
+                // partition i of each lives on the same worker and joins on
+                // their keys are co-located; one-partition tables are spread.
+                let offset = if def.scheme.partition_count() > 1 {
+                    0
+                } else {
+                    s.tables_created as usize
+                };
+                s.map
+                    .place_table(&name, def.scheme.partition_count(), &workers, offset);
+                s.tables.insert(name.clone(), def);
+                s.stats.insert(name.clone(), BTreeMap::new());
+                s.tables_created += 1;
+                Ok(true)
+            })
+            .await?;
+        if !created {
+            if ct.if_not_exists {
+                return Ok(empty());
+            }
+            return Err(DataFusionError::Plan(format!(
+                "table '{name}' already exists; DROP TABLE {name} first"
+            )));
+        }
+        if let Some(query) = ct.query {
+            let insert = format!("INSERT INTO {} {query}", quote_ident(&ct.name));
+            if let Err(e) = self.run(&insert).await {
+                let _ = self.drop_table(&ct.name, true).await;
+                return Err(e);
+            }
+        }
+        Ok(empty())
+    }
+
+    pub(super) async fn drop_table(&self, name: &str, if_exists: bool) -> Result<Planned> {
+        if self.catalog.external(name)?.is_some() {
+            self.catalog.set_external(name, None)?;
+            self.catalog
+                .update(|s| {
+                    s.external_tables.remove(name);
+                    Ok(())
+                })
+                .await?;
+            return Ok(empty());
+        }
+        let Some(def) = self.catalog.table_def(name)? else {
+            if if_exists {
+                return Ok(empty());
+            }
+            return plan_err!("table '{name}' does not exist; SHOW TABLES lists the tables");
+        };
+        for index in self.catalog.indexes_of(name)? {
+            crate::index::drop_index(&self.catalog, &index.name, true).await?;
+        }
+        let location = def.storage_key();
+        let holders: Vec<String> = {
+            let mut h: Vec<String> = self
+                .catalog
+                .placements(name)?
+                .iter()
+                .map(|p| p.leader().to_string())
+                .collect();
+            h.sort();
+            h.dedup();
+            h
+        };
+        self.catalog
+            .update(|s| {
+                s.tables.remove(name);
+                s.stats.remove(name);
+                s.map.drop_table(name);
+                Ok(())
+            })
+            .await?;
+        let members = self.catalog.members()?;
+        for worker in holders {
+            let Some(url) = members.get(&worker) else {
+                continue;
+            };
+            if let Err(e) = WorkerClient::connect(url)?.drop_table(&location).await {
+                tracing::warn!(table = name, %worker, error = %e, "files of a dropped table were left behind");
+            }
+        }
+        Ok(empty())
+    }
+
+    pub(super) fn show_tables(&self) -> Result<Planned> {
+        let state = self.catalog.state()?;
+        let mut names = vec![];
+        let mut schemes = vec![];
+        let mut counts = vec![];
+        for (name, def) in &state.tables {
+            names.push(name.clone());
+            schemes.push(def.scheme.display_with(def.schema()?.as_ref()));
+            counts.push(def.scheme.partition_count());
+        }
+        for name in self.catalog.external_names()? {
+            names.push(name);
+            schemes.push("EXTERNAL".to_string());
+            counts.push(0);
+        }
+        ready(vec![
+            ("table_name", Arc::new(StringArray::from(names)) as ArrayRef),
+            ("partitioning", Arc::new(StringArray::from(schemes))),
+            ("partitions", Arc::new(UInt32Array::from(counts))),
+        ])
+    }
+
+    pub(super) fn describe(&self, table: &str) -> Result<Planned> {
+        let Some(def) = self.catalog.table_def(table)? else {
+            if let Some(ext) = self.catalog.external(table)? {
+                let schema = ext.schema();
+                let names: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
+                let types: Vec<String> = schema
+                    .fields()
+                    .iter()
+                    .map(|f| f.data_type().to_string())
+                    .collect();
+                let nulls: Vec<&str> = schema
+                    .fields()
+                    .iter()
+                    .map(|f| if f.is_nullable() { "YES" } else { "NO" })
+                    .collect();
+                let keys = vec![""; names.len()];
+                return ready(vec![
+                    (
+                        "column_name",
+                        Arc::new(StringArray::from(names)) as ArrayRef,
+                    ),
+                    ("data_type", Arc::new(StringArray::from(types))),
+                    ("is_nullable", Arc::new(StringArray::from(nulls))),
+                    ("partitioning", Arc::new(StringArray::from(keys))),
+                ]);
+            }
+            return plan_err!("table '{table}' does not exist; SHOW TABLES lists the tables");
+        };
+        let keys = def.scheme.key_columns();
+        let mut names = vec![];
+        let mut types = vec![];
+        let mut nulls = vec![];
+        let mut roles = vec![];
+        for c in &def.columns {
+            names.push(c.name.clone());
+            types.push(c.data_type.clone());
+            // NULL keys are refused on write, whatever the declaration says.
+            let nullable = c.nullable && !keys.contains(&c.name.as_str());
+            nulls.push(if nullable { "YES" } else { "NO" }.to_string());
+            let role = match &def.scheme {
+                PartitionScheme::Hash { .. } if keys.contains(&c.name.as_str()) => "hash key",
+                PartitionScheme::Range { .. } if keys.contains(&c.name.as_str()) => "range key",
+                _ if def.scheme.cluster_by().contains(&c.name) => "cluster key",
+                _ => "",
+            };
+            roles.push(role.to_string());
+        }
+        // Spark-style trailer row: the whole scheme in one line.
+        names.push("# partitioning".into());
+        types.push(def.scheme.display_with(def.schema()?.as_ref()));
+        nulls.push(String::new());
+        roles.push(format!("{} partitions", def.scheme.partition_count()));
+        ready(vec![
+            (
+                "column_name",
+                Arc::new(StringArray::from(names)) as ArrayRef,
+            ),
+            ("data_type", Arc::new(StringArray::from(types))),
+            ("is_nullable", Arc::new(StringArray::from(nulls))),
+            ("partitioning", Arc::new(StringArray::from(roles))),
+        ])
+    }
+
+    pub(super) async fn show_partitions(&self, table: &str) -> Result<Planned> {
+        let Some(def) = self.catalog.table_def(table)? else {
+            return plan_err!("table '{table}' does not exist; SHOW TABLES lists the tables");
+        };
+        let schema = def.schema()?;
+        let placements = self.catalog.placements(table)?;
+        let members = self.catalog.members()?;
+        let mut by_worker: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+        for p in &placements {
+            by_worker
+                .entry(p.leader().to_string())
+                .or_default()
+                .push(p.id);
+        }
+        let mut stats: BTreeMap<u32, (u64, u64)> = BTreeMap::new();
+        for (worker, parts) in by_worker {
+            let Some(url) = members.get(&worker) else {
+                return plan_err!(
+                    "worker '{worker}' holding partitions of '{table}' is not running"
+                );
+            };
+            for s in WorkerClient::connect(url)?
+                .stats(&def.storage_key(), parts)
+                .await?
+            {
+                stats.insert(s.partition, (s.rows, s.bytes));
+            }
+        }
+        let ids: Vec<u32> = placements.iter().map(|p| p.id).collect();
+        let ranges: Vec<String> = placements
+            .iter()
+            .map(|p| def.scheme.describe_partition(p.id, &schema))
+            .collect();
+        let workers: Vec<String> = placements.iter().map(|p| p.leader().to_string()).collect();
+        let rows: Vec<u64> = ids
+            .iter()
+            .map(|i| stats.get(i).map_or(0, |s| s.0))
+            .collect();
+        let bytes: Vec<u64> = ids
+            .iter()
+            .map(|i| stats.get(i).map_or(0, |s| s.1))
+            .collect();
+        ready(vec![
+            ("partition", Arc::new(UInt32Array::from(ids)) as ArrayRef),
+            ("range", Arc::new(StringArray::from(ranges))),
+            ("worker", Arc::new(StringArray::from(workers))),
+            ("rows", Arc::new(UInt64Array::from(rows))),
+            ("bytes", Arc::new(UInt64Array::from(bytes))),
+        ])
+    }
+}
+
+/// The option a `SHOW tessera[.name]` statement asks for.
+pub(super) fn show_tessera_option(sql: &str) -> Option<String> {
+    let sql = sql.trim().trim_end_matches(';').trim();
+    let mut words = sql.split_whitespace();
+    if !words.next()?.eq_ignore_ascii_case("show") {
+        return None;
+    }
+    let name = words.next()?;
+    if words.next().is_some() {
+        return None;
+    }
+    let lower = name.to_ascii_lowercase();
+    (lower == "tessera" || lower.starts_with("tessera.")).then_some(lower)
+}
+
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+fn ready(columns: Vec<(&str, ArrayRef)>) -> Result<Planned> {
+    let schema = Arc::new(Schema::new(
+        columns
+            .iter()
+            .map(|(n, a)| Field::new(*n, a.data_type().clone(), false))
+            .collect::<Vec<_>>(),
+    ));
+    let batch = RecordBatch::try_new(
+        Arc::clone(&schema),
+        columns.into_iter().map(|(_, a)| a).collect(),
+    )?;
+    Ok(Planned::Ready(schema, vec![batch]))
+}

@@ -1,0 +1,58 @@
+//! Planning and execution errors made actionable: hints on unknown names,
+//! and the worker behind a failed connection.
+
+use std::collections::BTreeMap;
+
+use datafusion::common::DataFusionError;
+use tessera_worker::WorkerUnavailable;
+
+/// Adds what to do to DataFusion's planning errors about names.
+pub(super) fn with_hint(e: DataFusionError) -> DataFusionError {
+    let text = e.to_string();
+    let hint = if text.contains("table '") && text.contains("' not found") {
+        "; SHOW TABLES lists the tables"
+    } else if text.contains("No field named") {
+        "; DESCRIBE <table> lists its columns"
+    } else {
+        return e;
+    };
+    let message = match e.find_root() {
+        DataFusionError::Plan(m) => m.clone(),
+        other => other.strip_backtrace(),
+    };
+    DataFusionError::Plan(format!("{message}{hint}"))
+}
+
+/// Names the worker behind a failed connection: the transport reports only
+/// the address it could not reach.
+pub(super) fn name_unreachable_worker(
+    e: DataFusionError,
+    members: &BTreeMap<String, String>,
+) -> DataFusionError {
+    let text = e.to_string();
+    let refused = [
+        "tcp connect error",
+        "Connection refused",
+        "currently unavailable",
+    ];
+    if !refused.iter().any(|r| text.contains(r)) {
+        return e;
+    }
+    let found = members.iter().find(|(_, url)| {
+        let addr = url.split("://").last().unwrap_or(url);
+        text.contains(addr.trim_end_matches('/'))
+    });
+    let Some((id, url)) = found else {
+        return e;
+    };
+    let reason = if text.contains("Connection refused") {
+        "connection refused"
+    } else {
+        "not answering"
+    };
+    WorkerUnavailable::error(format!(
+        "worker {id} at {url} is unreachable ({reason}) and the query needs the partitions it \
+         holds; check that it is running (restart `tessera serve` on the same --data-dir), then \
+         retry"
+    ))
+}
