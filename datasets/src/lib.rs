@@ -5,6 +5,6 @@ mod demo;
 mod load;
 mod tpch;
 
-pub use demo::{DemoTable, demo_tables};
+pub use demo::{DemoTable, Rng, demo_tables};
 pub use load::{flight_error_text, ingest, load_tpch};
 pub use tpch::{Batches, TpchTable, tpch_query};

@@ -2,21 +2,11 @@
 rows and applying their index entries: after a restart it converges with
 nothing missing or doubled."""
 
-import shutil
-import tempfile
 import threading
 import time
 
 import adbc_driver_flightsql.dbapi as flightsql
-import pytest
 from tessera_server import free_port, start_server
-
-
-@pytest.fixture
-def data_dir():
-    d = tempfile.mkdtemp(prefix="tessera-kill-")
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 def one(cur, sql):

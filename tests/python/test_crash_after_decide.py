@@ -3,20 +3,11 @@ logged and before any worker committed it, on a table whose partitions were
 compacted: the next start commits the write, once, with its index entries,
 and nothing else changes."""
 
-import shutil
 import signal
-import tempfile
 
 import adbc_driver_flightsql.dbapi as flightsql
 import pytest
 from tessera_server import free_port, start_server, stop_server
-
-
-@pytest.fixture
-def data_dir():
-    d = tempfile.mkdtemp(prefix="tessera-crash-")
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 def rows(cur, sql):

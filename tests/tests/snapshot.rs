@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::Int64Type;
+use tessera_datasets::Rng;
 use tessera_tests::{TestCluster, plan_text, query_url};
 use tokio::sync::watch;
 
@@ -24,27 +25,10 @@ const WRITERS: u64 = 4;
 const BATCHES_PER_WRITER: u64 = 20;
 const READERS: usize = 4;
 
-/// splitmix64: a small seeded generator, so a run can be repeated.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
-
 /// Rows in batch `b` (2 to 12, spread over the table's partitions) and the
 /// sum of their keys.
 fn batch_shape(b: u64) -> (i64, i64) {
-    let rows = 2 + (Rng(b).next() % 11) as i64;
+    let rows = 2 + (Rng(b).next_u64() % 11) as i64;
     let first = b as i64 * 1000;
     (rows, (0..rows).map(|i| first + i).sum())
 }
@@ -299,7 +283,7 @@ async fn snapshot_reads_under_writes_compaction_and_a_worker_restart() {
     let readers: Vec<_> = (0..READERS)
         .map(|kind| {
             let (url, shared) = (url.clone(), Arc::clone(&shared));
-            tokio::spawn(reader(url, shared, kind, rng.next()))
+            tokio::spawn(reader(url, shared, kind, rng.next_u64()))
         })
         .collect();
     let compaction = tokio::spawn(compactor(
