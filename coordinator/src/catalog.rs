@@ -1,6 +1,6 @@
 //! The coordinator's catalog: table definitions, the partition map and
-//! cluster membership in memory (persisted through the metastore), exposed
-//! to DataFusion as the default schema.
+//! cluster membership in memory (persisted through the metastore), with
+//! transactions and snapshots in `catalog/txns.rs`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -9,11 +9,16 @@ use std::sync::{Arc, Mutex, RwLock};
 use datafusion::catalog::TableProvider;
 use datafusion::common::{DataFusionError, Result, exec_err};
 use tessera_sql::{IndexDef, PartitionPlacement, TableDef};
-use tessera_worker::{ScanPart, SizeEstimate, Snapshot};
+use tessera_worker::{ScanPart, SizeEstimate};
 
 use crate::catalog_state::{CatalogState, IndexStats, TXN_BLOCK};
 use crate::clock::now_micros;
 use crate::metastore::{Compare, Metastore, Op, reserve};
+
+mod txns;
+
+pub use txns::SnapshotPin;
+use txns::TXN_BLOCK_IDS;
 
 /// Shared catalog state of one coordinator.
 #[derive(Debug)]
@@ -77,26 +82,6 @@ pub struct Catalog {
     pub(crate) compactions: crate::compaction_log::CompactionLog,
 }
 
-/// Holds a query's snapshot open (see [`Catalog::compaction_bound`]).
-#[derive(Debug)]
-pub struct SnapshotPin {
-    open: Arc<Mutex<BTreeMap<u64, usize>>>,
-    xmin: u64,
-}
-
-impl Drop for SnapshotPin {
-    fn drop(&mut self) {
-        if let Ok(mut open) = self.open.lock()
-            && let Some(n) = open.get_mut(&self.xmin)
-        {
-            *n -= 1;
-            if *n == 0 {
-                open.remove(&self.xmin);
-            }
-        }
-    }
-}
-
 /// Counters of acknowledged INSERTs, see [`Catalog::write_fanout`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct WriteFanout {
@@ -105,27 +90,7 @@ pub struct WriteFanout {
     pub workers: u64,
 }
 
-/// A transaction in flight; finishing it (or dropping it on an error path)
-/// takes it out of the in-flight set.
-pub struct TxnGuard {
-    catalog: Arc<Catalog>,
-    pub txn: u64,
-}
-
-impl Drop for TxnGuard {
-    fn drop(&mut self) {
-        if let Ok(mut set) = self.catalog.in_flight.lock() {
-            set.remove(&self.txn);
-        }
-    }
-}
-
-/// Transaction ids reserved at a time: a minute of microseconds.
-const TXN_BLOCK_IDS: u64 = 60_000_000;
-/// A new block is reserved when the current one has less than this left.
-const TXN_BLOCK_MARGIN: u64 = 5_000_000;
-
-fn poisoned() -> DataFusionError {
+pub(crate) fn poisoned() -> DataFusionError {
     DataFusionError::Internal("catalog lock poisoned by an earlier panic".into())
 }
 
@@ -268,14 +233,6 @@ impl Catalog {
         self.membership_epoch.load(Ordering::SeqCst)
     }
 
-    /// Whether `txn` may still commit: in flight, or decided and not
-    /// confirmed everywhere. A staged file of any other is left over.
-    pub fn is_unresolved(&self, txn: u64) -> Result<bool> {
-        let state = self.state.lock().map_err(|_| poisoned())?;
-        let in_flight = self.in_flight.lock().map_err(|_| poisoned())?;
-        Ok(in_flight.contains(&txn) || state.decided.contains_key(&txn))
-    }
-
     pub fn table_def(&self, name: &str) -> Result<Option<TableDef>> {
         Ok(self
             .state
@@ -366,159 +323,6 @@ impl Catalog {
         Ok(Some(total))
     }
 
-    /// Begins a write to `table`: a new transaction and the indexes it must
-    /// maintain, chosen atomically with respect to `CREATE INDEX` (an index
-    /// covers exactly the transactions after its `since_txn`).
-    pub async fn begin_write(self: &Arc<Self>, table: &str) -> Result<(TxnGuard, Vec<IndexDef>)> {
-        loop {
-            self.reserve_txn_ids().await?;
-            let state = self.state.lock().map_err(|_| poisoned())?;
-            let Some(guard) = self.begin_locked()? else {
-                continue;
-            };
-            let indexes = state
-                .indexes
-                .values()
-                .filter(|i| i.table == table && i.since_txn < guard.txn)
-                .cloned()
-                .collect();
-            return Ok((guard, indexes));
-        }
-    }
-
-    /// Begins a transaction that writes no table rows (index backfill and apply).
-    pub async fn begin_txn(self: &Arc<Self>) -> Result<TxnGuard> {
-        loop {
-            self.reserve_txn_ids().await?;
-            let _state = self.state.lock().map_err(|_| poisoned())?;
-            if let Some(guard) = self.begin_locked()? {
-                return Ok(guard);
-            }
-        }
-    }
-
-    /// A new transaction, in flight; `None` if this coordinator's block of
-    /// ids ran out (reserve another, then try again).
-    fn begin_locked(self: &Arc<Self>) -> Result<Option<TxnGuard>> {
-        let Some(txn) = self.next_txn()? else {
-            return Ok(None);
-        };
-        if let Ok(mut set) = self.in_flight.lock() {
-            set.insert(txn);
-        }
-        Ok(Some(TxnGuard {
-            catalog: Arc::clone(self),
-            txn,
-        }))
-    }
-
-    /// Reserves the next block of transaction ids in the metastore when
-    /// the current one is about to run out: one metastore write per
-    /// [`TXN_BLOCK_IDS`] ids (a minute of microseconds).
-    async fn reserve_txn_ids(&self) -> Result<()> {
-        let ahead = |(_, end): (u64, u64)| {
-            let next = now_micros().max(self.last_txn() + 1);
-            next.saturating_add(TXN_BLOCK_MARGIN) < end
-        };
-        if ahead(*self.txn_block.lock().map_err(|_| poisoned())?) {
-            return Ok(());
-        }
-        let _one = self.reserving.lock().await;
-        if ahead(*self.txn_block.lock().map_err(|_| poisoned())?) {
-            return Ok(());
-        }
-        let floor = now_micros().max(self.last_txn() + 1);
-        let start = reserve(self.metastore.as_ref(), TXN_BLOCK, TXN_BLOCK_IDS, floor).await?;
-        *self.txn_block.lock().map_err(|_| poisoned())? =
-            (start, start.saturating_add(TXN_BLOCK_IDS));
-        Ok(())
-    }
-
-    /// The largest transaction id handed out; call with the state lock held
-    /// (inside [`Catalog::update`]) to order it against [`Catalog::begin_write`].
-    pub fn last_txn(&self) -> u64 {
-        self.last_txn.load(Ordering::SeqCst)
-    }
-
-    /// The oldest transaction not finished: in flight, or decided and
-    /// not yet confirmed committed on every worker.
-    pub fn oldest_unfinished(&self) -> Result<Option<u64>> {
-        let state = self.state.lock().map_err(|_| poisoned())?;
-        let in_flight = self.in_flight.lock().map_err(|_| poisoned())?;
-        let decided = state.decided.keys().next().copied();
-        Ok(match (in_flight.first().copied(), decided) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        })
-    }
-
-    /// Every transaction up to this id has finished: its files are
-    /// committed on every worker, or it was aborted. The ASYNC applier
-    /// never reads an outbox past it, so no entry is skipped.
-    pub fn horizon(&self) -> Result<u64> {
-        let last = self.last_txn();
-        Ok(match self.oldest_unfinished()? {
-            Some(oldest) => oldest.saturating_sub(1).min(last),
-            None => last,
-        })
-    }
-
-    /// The snapshot of a query beginning now: every statement decided
-    /// (acknowledged) so far, nothing in flight. It counts as open, for
-    /// [`Catalog::compaction_bound`], until the pin is dropped.
-    pub fn snapshot(&self) -> Result<(Snapshot, SnapshotPin)> {
-        // Registered under the state lock: a compaction bound taken after
-        // cannot pass a transaction this snapshot leaves out.
-        let state = self.state.lock().map_err(|_| poisoned())?;
-        let snapshot = self.snapshot_locked(&state)?;
-        let xmin = snapshot.xmin();
-        *self
-            .snapshots
-            .lock()
-            .map_err(|_| poisoned())?
-            .entry(xmin)
-            .or_default() += 1;
-        drop(state);
-        let pin = SnapshotPin {
-            open: Arc::clone(&self.snapshots),
-            xmin,
-        };
-        Ok((snapshot, pin))
-    }
-
-    /// What is decided right now, without holding it open: for internal
-    /// reads that keep or drop rows by a query's snapshot themselves.
-    pub fn latest_snapshot(&self) -> Result<Snapshot> {
-        let state = self.state.lock().map_err(|_| poisoned())?;
-        self.snapshot_locked(&state)
-    }
-
-    fn snapshot_locked(&self, state: &CatalogState) -> Result<Snapshot> {
-        let in_flight = self.in_flight.lock().map_err(|_| poisoned())?;
-        // A decided id is never above the last one handed out, except in a
-        // log written by hand or by an older version: it is seen all the same.
-        let last_decided = state.decided.keys().next_back().copied().unwrap_or(0);
-        Ok(Snapshot {
-            through: self.last_txn().max(last_decided),
-            in_flight: in_flight.iter().copied().collect(),
-            decided: state.decided.keys().copied().collect(),
-        })
-    }
-
-    /// Compaction may merge the files of transactions below this one:
-    /// every open snapshot, and every later one, sees them, and each is
-    /// committed on every worker (a decided one not yet confirmed keeps its
-    /// file, which its commit, retried after a crash, looks for).
-    pub fn compaction_bound(&self) -> Result<u64> {
-        let state = self.state.lock().map_err(|_| poisoned())?;
-        let mut now = self.snapshot_locked(&state)?.xmin();
-        if let Some(first) = state.decided.keys().next() {
-            now = now.min(*first);
-        }
-        let open = self.snapshots.lock().map_err(|_| poisoned())?;
-        Ok(open.keys().next().copied().map_or(now, |x| x.min(now)))
-    }
-
     /// ASYNC indexes `names` got outbox entries from acknowledged
     /// transaction `txn`: note it for the lag, and wake the applier.
     pub fn outbox_written<'a>(&self, names: impl Iterator<Item = &'a str>, txn: u64) {
@@ -575,28 +379,5 @@ impl Catalog {
             .filter(|i| i.table == table)
             .cloned()
             .collect())
-    }
-
-    /// A new transaction id from this coordinator's block, larger than any
-    /// before it in this or an earlier run: microseconds since the epoch
-    /// where the block allows (so an ASYNC index's lag in seconds holds
-    /// across restarts). `None` when the block is used up.
-    fn next_txn(&self) -> Result<Option<u64>> {
-        let (start, end) = *self.txn_block.lock().map_err(|_| poisoned())?;
-        let now = now_micros();
-        let mut last = self.last_txn.load(Ordering::SeqCst);
-        loop {
-            let next = now.max(last + 1).max(start);
-            if next >= end {
-                return Ok(None);
-            }
-            match self
-                .last_txn
-                .compare_exchange(last, next, Ordering::SeqCst, Ordering::SeqCst)
-            {
-                Ok(_) => return Ok(Some(next)),
-                Err(actual) => last = actual,
-            }
-        }
     }
 }

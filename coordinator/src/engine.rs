@@ -274,18 +274,7 @@ impl Coordinator {
             }
         }
         for (worker, url) in &members {
-            let aborted = async {
-                let client = WorkerClient::connect(url)?;
-                let mut txns: Vec<u64> = client.staged().await?.iter().map(|w| w.txn).collect();
-                txns.dedup();
-                for txn in txns.into_iter().filter(|t| !state.decided.contains_key(t)) {
-                    client.abort(txn).await?;
-                    tracing::info!(txn, %url, "aborted an undecided write");
-                }
-                Ok::<_, DataFusionError>(())
-            }
-            .await;
-            if let Err(e) = aborted {
+            if let Err(e) = self.abort_leftovers(worker, url).await {
                 tracing::warn!(%worker, error = %e, "undecided writes on this worker stay staged until the next start");
             }
         }
@@ -311,12 +300,20 @@ impl Coordinator {
                 client.commit(*txn, writes.clone()).await?;
             }
         }
+        self.abort_leftovers(id, url).await
+    }
+
+    /// Aborts the staged writes on a worker of transactions that can no
+    /// longer commit (neither in flight nor decided): left by a failed
+    /// statement, or by a crash before the decision.
+    async fn abort_leftovers(&self, worker: &str, url: &str) -> Result<()> {
+        let client = WorkerClient::connect(url)?;
         let mut txns: Vec<u64> = client.staged().await?.iter().map(|w| w.txn).collect();
         txns.dedup();
         for txn in txns {
             if !self.catalog.is_unresolved(txn)? {
                 client.abort(txn).await?;
-                tracing::info!(txn, worker = %id, "aborted a write left staged by a failed statement");
+                tracing::info!(txn, %worker, "aborted a write that was never decided");
             }
         }
         Ok(())

@@ -33,7 +33,7 @@ use tessera_worker::to_status;
 use tonic::{Request, Response, Status};
 
 use crate::engine::{Coordinator, Planned, rows_written};
-use crate::retry::{Retry, plan_query, retrying};
+use crate::retry::{Retry, plan_statement, retrying};
 
 /// Results not fetched within this time are dropped.
 const RESULT_TTL: Duration = Duration::from_secs(600);
@@ -94,12 +94,9 @@ impl TesseraFlightSql {
         // A read-only statement is planned again if a worker failure stops
         // it (a GLOBAL index is looked up while planning).
         let mut retry = Retry::begin(&self.coordinator);
-        let planned = if self.coordinator.is_read_only(sql).await {
-            plan_query(&self.coordinator, sql, &mut retry).await
-        } else {
-            self.coordinator.plan(sql).await
-        }
-        .map_err(status)?;
+        let planned = plan_statement(&self.coordinator, sql, &mut retry)
+            .await
+            .map_err(status)?;
         // DoGet sends dictionaries as their values; the FlightInfo schema
         // must say the same or clients reject the stream.
         let schema = hydrated(&planned.schema());

@@ -149,7 +149,7 @@ pub async fn backfill(catalog: Arc<Catalog>, name: String) -> Result<()> {
                 partition,
                 target,
                 batch: sort_by_columns(batch, &def.columns)?,
-                role: Role::Index,
+                role: Role::Entries,
             }]
         };
         let next = if partition + 1 == total {

@@ -91,21 +91,33 @@ impl Retry {
     }
 }
 
-/// Plans a read-only statement, again while [`Retry::again`] says so.
-pub async fn plan_query(
+/// Plans a statement; if planning fails and the statement only reads (a
+/// GLOBAL index is looked up while planning), plans it again while
+/// [`Retry::again`] says so. Whether it only reads is asked after a
+/// failure, so a statement that plans is planned once.
+pub async fn plan_statement(
     coordinator: &Coordinator,
     sql: &str,
     retry: &mut Retry,
 ) -> Result<Planned> {
+    let mut result = coordinator.plan(sql).await;
+    let mut read_only = None;
     loop {
-        match coordinator.plan(sql).await {
+        let e = match result {
             Ok(planned) => return Ok(planned),
-            Err(e) => {
-                if !retry.again(coordinator, &e).await {
-                    return Err(name_missing_worker(e, coordinator).await);
-                }
-            }
+            Err(e) => e,
+        };
+        let only_reads = match read_only {
+            Some(r) => r,
+            None => *read_only.insert(coordinator.is_read_only(sql).await),
+        };
+        if !only_reads {
+            return Err(e);
         }
+        if !retry.again(coordinator, &e).await {
+            return Err(name_missing_worker(e, coordinator).await);
+        }
+        result = coordinator.plan(sql).await;
     }
 }
 

@@ -210,10 +210,8 @@ impl DataSink for WriteSink {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
     Rows,
-    /// LOCAL or GLOBAL SYNC index entries.
-    Index,
-    /// An ASYNC index's outbox: committed with the rows.
-    Outbox,
+    /// Index entries: LOCAL, GLOBAL SYNC, or an ASYNC index's outbox.
+    Entries,
 }
 
 /// One partition's share of a transaction: rows for `location`'s partition
@@ -260,7 +258,7 @@ pub fn index_pieces(
                     partition: piece.partition,
                     target: piece.target.clone(),
                     batch: sort_by_columns(entries, &index.columns)?,
-                    role: Role::Index,
+                    role: Role::Entries,
                 });
             }
         }
@@ -271,7 +269,7 @@ pub fn index_pieces(
                     partition: piece.partition,
                     target: piece.target.clone(),
                     batch: entries,
-                    role: Role::Outbox,
+                    role: Role::Entries,
                 });
             }
         }
@@ -312,7 +310,7 @@ pub fn global_index_pieces(
             partition,
             target,
             batch: sort_by_columns(batch, &index.columns)?,
-            role: Role::Index,
+            role: Role::Entries,
         });
     }
     Ok(out)

@@ -225,7 +225,7 @@ impl FileMetastore {
                 Err(e) => {
                     let e = DataFusionError::Internal(format!("metastore encoding: {e}"));
                     for (_, reply) in accepted {
-                        let _ = reply.send(Err(e.clone_message()));
+                        let _ = reply.send(Err(for_each_waiter(&e)));
                     }
                     return;
                 }
@@ -239,7 +239,7 @@ impl FileMetastore {
             .unwrap_or_else(|e| Err(DataFusionError::Internal(format!("metastore write: {e}"))));
         if let Err(e) = written {
             for (_, reply) in accepted {
-                let _ = reply.send(Err(e.clone_message()));
+                let _ = reply.send(Err(for_each_waiter(&e)));
             }
             return;
         }
@@ -288,15 +288,9 @@ impl FileMetastore {
     }
 }
 
-trait CloneMessage {
-    fn clone_message(&self) -> DataFusionError;
-}
-
-impl CloneMessage for DataFusionError {
-    /// The same text, for each of several waiters.
-    fn clone_message(&self) -> DataFusionError {
-        DataFusionError::Execution(self.to_string())
-    }
+/// The same text, for each of several waiters on one failed write.
+fn for_each_waiter(e: &DataFusionError) -> DataFusionError {
+    DataFusionError::Execution(e.to_string())
 }
 
 /// Applies one change to `entries`; the event it makes.

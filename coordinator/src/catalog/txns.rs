@@ -1,0 +1,240 @@
+//! Transactions and snapshots: ids handed out from blocks reserved in the
+//! metastore, the set in flight, the snapshot a query reads at, and what
+//! the ASYNC applier, backfills and compaction may rely on being finished.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use datafusion::common::Result;
+use tessera_sql::IndexDef;
+use tessera_worker::Snapshot;
+
+use super::{Catalog, poisoned};
+use crate::catalog_state::{CatalogState, TXN_BLOCK};
+use crate::clock::now_micros;
+use crate::metastore::reserve;
+
+/// Transaction ids reserved at a time: a minute of microseconds.
+pub(super) const TXN_BLOCK_IDS: u64 = 60_000_000;
+/// A new block is reserved when the current one has less than this left.
+const TXN_BLOCK_MARGIN: u64 = 5_000_000;
+
+/// Holds a query's snapshot open (see [`Catalog::compaction_bound`]).
+#[derive(Debug)]
+pub struct SnapshotPin {
+    open: Arc<Mutex<BTreeMap<u64, usize>>>,
+    xmin: u64,
+}
+
+impl Drop for SnapshotPin {
+    fn drop(&mut self) {
+        if let Ok(mut open) = self.open.lock()
+            && let Some(n) = open.get_mut(&self.xmin)
+        {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.xmin);
+            }
+        }
+    }
+}
+
+/// A transaction in flight; finishing it (or dropping it on an error path)
+/// takes it out of the in-flight set.
+pub struct TxnGuard {
+    catalog: Arc<Catalog>,
+    pub txn: u64,
+}
+
+impl Drop for TxnGuard {
+    fn drop(&mut self) {
+        if let Ok(mut set) = self.catalog.in_flight.lock() {
+            set.remove(&self.txn);
+        }
+    }
+}
+
+impl Catalog {
+    /// Whether `txn` may still commit: in flight, or decided and not
+    /// confirmed everywhere. A staged file of any other is left over.
+    pub fn is_unresolved(&self, txn: u64) -> Result<bool> {
+        let state = self.state.lock().map_err(|_| poisoned())?;
+        let in_flight = self.in_flight.lock().map_err(|_| poisoned())?;
+        Ok(in_flight.contains(&txn) || state.decided.contains_key(&txn))
+    }
+
+    /// Begins a write to `table`: a new transaction and the indexes it must
+    /// maintain, chosen atomically with respect to `CREATE INDEX` (an index
+    /// covers exactly the transactions after its `since_txn`).
+    pub async fn begin_write(self: &Arc<Self>, table: &str) -> Result<(TxnGuard, Vec<IndexDef>)> {
+        self.begin(|state, txn| {
+            state
+                .indexes
+                .values()
+                .filter(|i| i.table == table && i.since_txn < txn)
+                .cloned()
+                .collect()
+        })
+        .await
+    }
+
+    /// Begins a transaction that writes no table rows (index backfill and apply).
+    pub async fn begin_txn(self: &Arc<Self>) -> Result<TxnGuard> {
+        Ok(self.begin(|_, _| ()).await?.0)
+    }
+
+    /// A new transaction, in flight, and what `read` takes from the state
+    /// at the same moment (under the state lock, so ordered against DDL).
+    async fn begin<T>(
+        self: &Arc<Self>,
+        read: impl Fn(&CatalogState, u64) -> T,
+    ) -> Result<(TxnGuard, T)> {
+        loop {
+            self.reserve_txn_ids().await?;
+            let state = self.state.lock().map_err(|_| poisoned())?;
+            // `None`: the block of ids ran out meanwhile; reserve another.
+            let Some(txn) = self.next_txn()? else {
+                continue;
+            };
+            if let Ok(mut set) = self.in_flight.lock() {
+                set.insert(txn);
+            }
+            let guard = TxnGuard {
+                catalog: Arc::clone(self),
+                txn,
+            };
+            return Ok((guard, read(&state, txn)));
+        }
+    }
+
+    /// Reserves the next block of transaction ids in the metastore when
+    /// the current one is about to run out: one metastore write per
+    /// [`TXN_BLOCK_IDS`] ids (a minute of microseconds).
+    async fn reserve_txn_ids(&self) -> Result<()> {
+        let ahead = |(_, end): (u64, u64)| {
+            let next = now_micros().max(self.last_txn() + 1);
+            next.saturating_add(TXN_BLOCK_MARGIN) < end
+        };
+        if ahead(*self.txn_block.lock().map_err(|_| poisoned())?) {
+            return Ok(());
+        }
+        let _one = self.reserving.lock().await;
+        if ahead(*self.txn_block.lock().map_err(|_| poisoned())?) {
+            return Ok(());
+        }
+        let floor = now_micros().max(self.last_txn() + 1);
+        let start = reserve(self.metastore.as_ref(), TXN_BLOCK, TXN_BLOCK_IDS, floor).await?;
+        *self.txn_block.lock().map_err(|_| poisoned())? =
+            (start, start.saturating_add(TXN_BLOCK_IDS));
+        Ok(())
+    }
+
+    /// The largest transaction id handed out; call with the state lock held
+    /// (inside [`Catalog::update`]) to order it against [`Catalog::begin_write`].
+    pub fn last_txn(&self) -> u64 {
+        self.last_txn.load(Ordering::SeqCst)
+    }
+
+    /// The oldest transaction not finished: in flight, or decided and
+    /// not yet confirmed committed on every worker.
+    pub fn oldest_unfinished(&self) -> Result<Option<u64>> {
+        let state = self.state.lock().map_err(|_| poisoned())?;
+        let in_flight = self.in_flight.lock().map_err(|_| poisoned())?;
+        let decided = state.decided.keys().next().copied();
+        Ok(match (in_flight.first().copied(), decided) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        })
+    }
+
+    /// Every transaction up to this id has finished: its files are
+    /// committed on every worker, or it was aborted. The ASYNC applier
+    /// never reads an outbox past it, so no entry is skipped.
+    pub fn horizon(&self) -> Result<u64> {
+        let last = self.last_txn();
+        Ok(match self.oldest_unfinished()? {
+            Some(oldest) => oldest.saturating_sub(1).min(last),
+            None => last,
+        })
+    }
+
+    /// The snapshot of a query beginning now: every statement decided
+    /// (acknowledged) so far, nothing in flight. It counts as open, for
+    /// [`Catalog::compaction_bound`], until the pin is dropped.
+    pub fn snapshot(&self) -> Result<(Snapshot, SnapshotPin)> {
+        // Registered under the state lock: a compaction bound taken after
+        // cannot pass a transaction this snapshot leaves out.
+        let state = self.state.lock().map_err(|_| poisoned())?;
+        let snapshot = self.snapshot_locked(&state)?;
+        let xmin = snapshot.xmin();
+        *self
+            .snapshots
+            .lock()
+            .map_err(|_| poisoned())?
+            .entry(xmin)
+            .or_default() += 1;
+        drop(state);
+        let pin = SnapshotPin {
+            open: Arc::clone(&self.snapshots),
+            xmin,
+        };
+        Ok((snapshot, pin))
+    }
+
+    /// What is decided right now, without holding it open: for internal
+    /// reads that keep or drop rows by a query's snapshot themselves.
+    pub fn latest_snapshot(&self) -> Result<Snapshot> {
+        let state = self.state.lock().map_err(|_| poisoned())?;
+        self.snapshot_locked(&state)
+    }
+
+    fn snapshot_locked(&self, state: &CatalogState) -> Result<Snapshot> {
+        let in_flight = self.in_flight.lock().map_err(|_| poisoned())?;
+        // A decided id is never above the last one handed out, except in a
+        // log written by hand or by an older version: it is seen all the same.
+        let last_decided = state.decided.keys().next_back().copied().unwrap_or(0);
+        Ok(Snapshot {
+            through: self.last_txn().max(last_decided),
+            in_flight: in_flight.iter().copied().collect(),
+            decided: state.decided.keys().copied().collect(),
+        })
+    }
+
+    /// Compaction may merge the files of transactions below this one:
+    /// every open snapshot, and every later one, sees them, and each is
+    /// committed on every worker (a decided one not yet confirmed keeps its
+    /// file, which its commit, retried after a crash, looks for).
+    pub fn compaction_bound(&self) -> Result<u64> {
+        let state = self.state.lock().map_err(|_| poisoned())?;
+        let mut now = self.snapshot_locked(&state)?.xmin();
+        if let Some(first) = state.decided.keys().next() {
+            now = now.min(*first);
+        }
+        let open = self.snapshots.lock().map_err(|_| poisoned())?;
+        Ok(open.keys().next().copied().map_or(now, |x| x.min(now)))
+    }
+
+    /// A new transaction id from this coordinator's block, larger than any
+    /// before it in this or an earlier run: microseconds since the epoch
+    /// where the block allows (so an ASYNC index's lag in seconds holds
+    /// across restarts). `None` when the block is used up.
+    fn next_txn(&self) -> Result<Option<u64>> {
+        let (start, end) = *self.txn_block.lock().map_err(|_| poisoned())?;
+        let now = now_micros();
+        let mut last = self.last_txn.load(Ordering::SeqCst);
+        loop {
+            let next = now.max(last + 1).max(start);
+            if next >= end {
+                return Ok(None);
+            }
+            match self
+                .last_txn
+                .compare_exchange(last, next, Ordering::SeqCst, Ordering::SeqCst)
+            {
+                Ok(_) => return Ok(Some(next)),
+                Err(actual) => last = actual,
+            }
+        }
+    }
+}
