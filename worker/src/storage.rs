@@ -19,6 +19,7 @@
 mod commit;
 mod compaction;
 mod manifest;
+mod open;
 mod parquet_io;
 mod pins;
 
@@ -52,16 +53,26 @@ pub struct Storage {
     /// enough at commit time that one lock costs nothing measurable.
     commit_lock: Mutex<()>,
     readers: Mutex<Readers>,
+    /// Held while this instance lives: no other process opens the directory.
+    _lock: fs::File,
 }
 
 impl Storage {
+    /// Opens a worker's directory. Within one process a directory has one
+    /// instance: a worker started again on it (while work of its stopped
+    /// server may still be finishing) shares its commit lock and read pins,
+    /// so nothing deletes a file the other still reads. Another process
+    /// holding the directory is refused.
     pub fn open(root: impl Into<PathBuf>) -> Result<Arc<Self>> {
-        let root = root.into();
-        fs::create_dir_all(&root).map_err(|e| io_err("cannot create", &root, e))?;
+        open::open_shared(root.into(), Self::open_new)
+    }
+
+    fn open_new(root: PathBuf, lock: fs::File) -> Result<Arc<Self>> {
         let storage = Arc::new(Self {
             root,
             commit_lock: Mutex::new(()),
             readers: Mutex::new(Readers::default()),
+            _lock: lock,
         });
         // Nothing reads yet: files merged away before a stop can go.
         for (table, partition, dir) in storage.partition_dirs()? {
