@@ -47,7 +47,6 @@ pub const EXPLICIT: MergeRule = MergeRule {
     min_files: 2,
     max_file_bytes: 128 << 20,
     tiered: false,
-    forward: false,
     below_txn: u64::MAX,
 };
 
@@ -58,7 +57,6 @@ pub const AUTO: MergeRule = MergeRule {
     min_files: AUTO_MIN_FILES,
     max_file_bytes: 8 << 20,
     tiered: true,
-    forward: false,
     below_txn: u64::MAX,
 };
 
@@ -194,10 +192,6 @@ async fn merge_partition(
         table: part.location.clone(),
         partition,
         rule: MergeRule {
-            // With no index begun before this merge, nothing names the
-            // merged files: an index created later is built from the files
-            // as they are then.
-            forward: part.data && !indexes.is_empty(),
             below_txn: catalog.compaction_bound()?,
             ..rule
         },

@@ -81,7 +81,10 @@ impl Storage {
                 continue;
             }
             for name in std::mem::take(&mut manifest.retired) {
-                remove_if_present(&dir.join(name))?;
+                // Never one the manifest lists again.
+                if !manifest.files.iter().any(|f| f.name == name) {
+                    remove_if_present(&dir.join(name))?;
+                }
             }
             storage.write_manifest(&dir, &manifest)?;
         }
@@ -258,18 +261,17 @@ mod test_util {
         s.commit(txn, &[w]).unwrap();
     }
 
-    pub(super) fn rule(min_files: usize, forward: bool) -> MergeRule {
+    pub(super) fn rule(min_files: usize) -> MergeRule {
         MergeRule {
             min_files,
             max_file_bytes: u64::MAX,
             tiered: false,
-            forward,
             below_txn: u64::MAX,
         }
     }
 
     pub(super) fn compact(s: &Storage, txn: u64, table: &str) -> Option<Compaction> {
-        let c = s.compact_prepare(txn, table, 0, &rule(2, true)).unwrap();
+        let c = s.compact_prepare(txn, table, 0, &rule(2)).unwrap();
         let w = StagedWrite {
             txn,
             table: table.into(),

@@ -213,10 +213,11 @@ impl Storage {
                     };
                 }
             }
-            if compaction.forward {
-                for (old, offset) in starts {
-                    manifest.moved.insert(old, Moved { to: txn, offset });
-                }
+            // Recorded for every merged file, index entries or not: a late
+            // commit of a merged-away transaction finds it here and knows
+            // it is done, instead of putting the file back.
+            for (old, offset) in starts {
+                manifest.moved.insert(old, Moved { to: txn, offset });
             }
             manifest.files.retain(|f| !gone.contains(f.name.as_str()));
             manifest.files.push(compaction.file.clone());

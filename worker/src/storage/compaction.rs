@@ -18,10 +18,6 @@ pub struct Compaction {
     pub replaces: Vec<DataFile>,
     /// The new file.
     pub file: DataFile,
-    /// Record where the rows of the merged files went (index entries may
-    /// name them).
-    #[serde(default)]
-    pub forward: bool,
 }
 
 /// Which files of a partition a compaction merges.
@@ -37,9 +33,6 @@ pub struct MergeRule {
     /// large one each time, so it waits until they add up (each row is then
     /// rewritten a logarithmic number of times, not once per merge).
     pub tiered: bool,
-    /// Record where the rows of merged files go, for index entries that
-    /// name them (a table with indexes).
-    pub forward: bool,
     /// Merge only files visible to every open snapshot: those of
     /// transactions below this one. A merged file is visible as its newest
     /// transaction, so a snapshot that does not see one of its files must
@@ -57,7 +50,14 @@ impl MergeRule {
     pub fn choose(&self, files: &[DataFile]) -> Vec<DataFile> {
         let mut chosen: Vec<&DataFile> = files
             .iter()
-            .filter(|f| f.bytes < self.max_file_bytes && f.visible_txn() < self.below_txn)
+            .filter(|f| {
+                // A compaction's output is visible as the rows it holds,
+                // but is only settled once its own transaction is below
+                // the bound too (decided everywhere): merging it earlier
+                // would let a late commit of that transaction find it gone.
+                let settled = crate::index::file_txn(&f.name).is_none_or(|t| t < self.below_txn);
+                f.bytes < self.max_file_bytes && f.visible_txn() < self.below_txn && settled
+            })
             .collect();
         if self.tiered {
             loop {
@@ -148,7 +148,6 @@ impl Storage {
         let compaction = Compaction {
             replaces: small,
             file,
-            forward: rule.forward,
         };
         let body = serde_json::to_vec(&compaction)
             .map_err(|e| DataFusionError::Internal(format!("compaction encoding: {e}")))?;
@@ -166,13 +165,13 @@ mod tests {
     use datafusion::arrow::array::Int64Array;
 
     use crate::storage::test_util::{compact, rule, write};
-    use crate::storage::{STAGED, file_name};
+    use crate::storage::{STAGED, StagedWrite, file_name};
 
     #[test]
     fn tiered_rule_waits_for_small_files_to_add_up() {
         let f = |name: &str, bytes| DataFile::new(name.into(), 1, bytes);
         let files = vec![f("big", 1000), f("a", 10), f("b", 10), f("huge", 5000)];
-        let mut r = rule(2, false);
+        let mut r = rule(2);
         r.max_file_bytes = 4000;
         let names = |v: Vec<DataFile>| v.into_iter().map(|f| f.name).collect::<Vec<_>>();
         assert_eq!(names(r.choose(&files)), ["big", "a", "b"]);
@@ -193,11 +192,7 @@ mod tests {
         let s = Storage::open(dir.path()).unwrap();
         write(&s, 1, "t", vec![10, 11, 12]);
         write(&s, 2, "t", vec![20, 21]);
-        assert!(
-            s.compact_prepare(3, "t", 0, &rule(3, true))
-                .unwrap()
-                .is_none()
-        );
+        assert!(s.compact_prepare(3, "t", 0, &rule(3)).unwrap().is_none());
         let pin = s.pin();
         let c = compact(&s, 3, "t").unwrap();
         assert_eq!((c.replaces.len(), c.file.rows), (2, 5));
@@ -245,6 +240,45 @@ mod tests {
         assert!(s.manifest("t", 0).unwrap().retired.is_empty());
     }
 
+    /// A compaction committed again after a later one merged its output
+    /// away (a retry, or a read resolving a decision it carries) is done:
+    /// its file is not put back into the manifest, to be deleted under it.
+    #[test]
+    fn late_commit_of_a_merged_away_compaction_is_done() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(dir.path()).unwrap();
+        write(&s, 1, "t", vec![1]);
+        write(&s, 2, "t", vec![2]);
+        compact(&s, 3, "t").unwrap();
+        write(&s, 4, "t", vec![4]);
+        let pin = s.pin();
+        compact(&s, 5, "t").unwrap();
+        let w = |txn| StagedWrite {
+            txn,
+            table: "t".into(),
+            partition: 0,
+        };
+        // Still on disk (pinned), no longer listed.
+        s.commit(3, &[w(3)]).unwrap();
+        s.resolve("t", 0, &[1, 3]).unwrap();
+        let names: Vec<String> = s
+            .manifest("t", 0)
+            .unwrap()
+            .files
+            .into_iter()
+            .map(|f| f.name)
+            .collect();
+        assert_eq!(names, [file_name(5)]);
+        drop(pin);
+        assert!(!dir.path().join("t/p0000").join(file_name(3)).exists());
+        // The merge bound holds back a compaction's output until its own
+        // transaction is settled.
+        write(&s, 6, "t", vec![6]);
+        let mut r = rule(2);
+        r.below_txn = 5;
+        assert!(s.compact_prepare(7, "t", 0, &r).unwrap().is_none());
+    }
+
     /// An aborted compaction leaves the partition as it was.
     #[test]
     fn aborted_compaction_changes_nothing() {
@@ -253,9 +287,7 @@ mod tests {
         write(&s, 1, "t", vec![1]);
         write(&s, 2, "t", vec![2]);
         let before = s.manifest("t", 0).unwrap();
-        s.compact_prepare(3, "t", 0, &rule(2, false))
-            .unwrap()
-            .unwrap();
+        s.compact_prepare(3, "t", 0, &rule(2)).unwrap().unwrap();
         assert_eq!(s.staged().unwrap().len(), 1);
         s.abort(3).unwrap();
         assert!(s.staged().unwrap().is_empty());
