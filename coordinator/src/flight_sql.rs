@@ -33,6 +33,7 @@ use tessera_worker::to_status;
 use tonic::{Request, Response, Status};
 
 use crate::engine::{Coordinator, Planned, rows_written};
+use crate::panic_guard::{guarded, guarded_stream};
 use crate::retry::{Retry, plan_statement, retrying};
 
 /// Results not fetched within this time are dropped.
@@ -94,7 +95,7 @@ impl TesseraFlightSql {
         // A read-only statement is planned again if a worker failure stops
         // it (a GLOBAL index is looked up while planning).
         let mut retry = Retry::begin(&self.coordinator);
-        let planned = plan_statement(&self.coordinator, sql, &mut retry)
+        let planned = guarded(plan_statement(&self.coordinator, sql, &mut retry))
             .await
             .map_err(status)?;
         // DoGet sends dictionaries as their values; the FlightInfo schema
@@ -120,7 +121,7 @@ impl TesseraFlightSql {
     }
 
     async fn update(&self, sql: &str) -> Result<i64, Status> {
-        let batches = self.coordinator.run(sql).await.map_err(status)?;
+        let batches = guarded(self.coordinator.run(sql)).await.map_err(status)?;
         Ok(rows_written(&batches) as i64)
     }
 }
@@ -188,7 +189,7 @@ impl FlightSqlService for TesseraFlightSql {
         } else {
             stream
         };
-        let batches = stream.map_err(|e| FlightError::ExternalError(Box::new(e)));
+        let batches = guarded_stream(stream).map_err(|e| FlightError::ExternalError(Box::new(e)));
         let data = FlightDataEncoderBuilder::new()
             .with_schema(schema)
             .build(batches)
@@ -263,9 +264,7 @@ impl FlightSqlService for TesseraFlightSql {
         else {
             return Ok(0);
         };
-        let rows = self
-            .coordinator
-            .load(&table, schema, batches)
+        let rows = guarded(self.coordinator.load(&table, schema, batches))
             .await
             .map_err(status)?;
         Ok(rows as i64)
@@ -288,9 +287,7 @@ impl FlightSqlService for TesseraFlightSql {
         // The handle is the SQL itself: planning happens at execution, so a
         // prepared statement sees the catalog as it is then. The dataset
         // schema tells clients (JDBC) a query from an update.
-        let dataset_schema = match self
-            .coordinator
-            .result_schema(&query.query)
+        let dataset_schema = match guarded(self.coordinator.result_schema(&query.query))
             .await
             .map_err(status)?
         {

@@ -16,6 +16,7 @@ mod flight_sql;
 mod index;
 mod metastore;
 mod options;
+mod panic_guard;
 mod query_log;
 mod retry;
 mod schema;
@@ -41,9 +42,19 @@ pub use query_log::{QueryLog, QueryRecord};
 /// cancelled query is only noticed at such a check.
 const EVENT_INTERVAL: u32 = 8;
 
+/// Stack of every runtime thread. Planning and running a statement recurse
+/// as deep as its expressions nest (bounded by
+/// `tessera_sql::MAX_EXPRESSION_DEPTH`); DataFusion's frames are large, and
+/// 2 MiB (tokio's default) overflows at a few hundred levels. Untouched
+/// stack pages cost no memory.
+const THREAD_STACK_BYTES: usize = 64 << 20;
+
 /// The runtime Tessera's processes run on.
 pub fn runtime_builder() -> tokio::runtime::Builder {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
-    builder.enable_all().event_interval(EVENT_INTERVAL);
+    builder
+        .enable_all()
+        .event_interval(EVENT_INTERVAL)
+        .thread_stack_size(THREAD_STACK_BYTES);
     builder
 }

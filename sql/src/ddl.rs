@@ -262,6 +262,7 @@ pub fn split_statements(script: &str) -> Result<Vec<ScriptStatement>> {
 /// Classifies one statement.
 pub fn parse_statement(sql: &str) -> Result<Statement> {
     let tokens = tokenize(sql)?;
+    crate::depth::check_depth(&tokens)?;
     let words: Vec<&Token> = tokens
         .iter()
         .map(|t| &t.token)

@@ -3,6 +3,7 @@
 
 mod catalog;
 mod ddl;
+mod depth;
 mod index;
 mod key;
 mod pruning;
@@ -13,6 +14,7 @@ pub use ddl::{
     CreateIndex, CreateTable, PartitionSpec, ScriptStatement, Statement, parse_statement,
     split_statements,
 };
+pub use depth::MAX_EXPRESSION_DEPTH;
 pub use index::{FILE_COLUMN, IndexDef, IndexKind, IndexState, PART_COLUMN, ROW_COLUMN};
 pub use key::{KeyValue, encode_array_value, is_key_type};
 pub use pruning::prune_partitions;

@@ -16,16 +16,20 @@ def start_server(data_dir, port, env=None):
     """Runs `tessera serve` with 3 workers on `data_dir` (with `env` added to
     its environment); returns once it listens."""
     binary = os.environ.get("TESSERA_BIN", "target/debug/tessera")
+    # A file, not a pipe: nobody reads a pipe while the server runs, and a
+    # full one would block it.
+    log = open(os.path.join(data_dir, f"serve-{port}.log"), "w+b")
     proc = subprocess.Popen(
         [binary, "serve", "--listen", f"127.0.0.1:{port}", "--workers", "3", "--data-dir", data_dir],
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stderr=log,
         env={**os.environ, **(env or {})},
     )
+    proc.log = log
     deadline = time.time() + 60
     while True:
         if proc.poll() is not None:
-            raise RuntimeError("tessera serve exited: " + proc.stderr.read().decode())
+            raise RuntimeError("tessera serve exited: " + server_log(proc))
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
             return proc
@@ -34,6 +38,13 @@ def start_server(data_dir, port, env=None):
                 proc.kill()
                 raise RuntimeError("tessera serve did not start listening in 60 s")
             time.sleep(0.2)
+
+
+def server_log(proc):
+    """What the server wrote to stderr so far."""
+    proc.log.flush()
+    proc.log.seek(0)
+    return proc.log.read().decode(errors="replace")
 
 
 def stop_server(proc):
