@@ -75,6 +75,15 @@ pub async fn create_index(catalog: &Arc<Catalog>, ci: CreateIndex) -> Result<()>
             // after this id maintain the index, the backfill covers the rest.
             def.since_txn = catalog.last_txn();
             if def.kind.is_global() {
+                if s.map.tables.contains_key(&def.map_key()) {
+                    return plan_err!(
+                        "a GLOBAL index '{}' on '{}' would share its partition map with table \
+                         '{}'; give the index another name",
+                        def.name,
+                        def.table,
+                        def.map_key()
+                    );
+                }
                 s.map
                     .place_table(&def.map_key(), def.partitions, &workers, 0);
             }

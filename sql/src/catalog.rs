@@ -9,6 +9,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::{Result, plan_err};
 use serde::{Deserialize, Serialize};
 
+use crate::ident::{check_name, first_duplicate};
 use crate::key::is_key_type;
 use crate::scheme::PartitionScheme;
 
@@ -33,18 +34,31 @@ pub struct TableDef {
     pub id: u64,
     pub columns: Vec<ColumnDef>,
     pub scheme: PartitionScheme,
+    /// The table's directory on workers, made of its id alone (any name
+    /// works as a table name; none reaches a file path). Tables created
+    /// before it was kept use `<name>.<id>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<String>,
 }
 
 impl TableDef {
     /// Validates `scheme` against `schema` and builds the definition.
     pub fn try_new(name: &str, id: u64, schema: &Schema, scheme: PartitionScheme) -> Result<Self> {
-        if name.is_empty()
-            || name.starts_with(|c: char| c.is_ascii_digit())
-            || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-        {
+        check_name("table", name)?;
+        for field in schema.fields() {
+            check_name("column", field.name())?;
+        }
+        if let Some(dup) = first_duplicate(schema.fields().iter().map(|f| f.name().as_str())) {
             return plan_err!(
-                "table name '{name}' is not allowed: use letters, digits and '_', not starting with a digit"
+                "column '{dup}' is defined more than once in table '{name}'; give each column \
+                 its own name"
             );
+        }
+        if let Some(dup) = first_duplicate(scheme.key_columns().iter().copied()) {
+            return plan_err!("column '{dup}' is listed twice in PARTITION BY of '{name}'");
+        }
+        if let Some(dup) = first_duplicate(scheme.cluster_by().iter().map(String::as_str)) {
+            return plan_err!("column '{dup}' is listed twice in CLUSTER BY of '{name}'");
         }
         if schema.fields().is_empty() {
             return plan_err!("table '{name}' needs at least one column");
@@ -105,12 +119,16 @@ impl TableDef {
             id,
             columns,
             scheme,
+            storage: Some(format!("t{id}")),
         })
     }
 
-    /// The name of the table's directory on workers: `<name>.<id>`.
+    /// The name of the table's directory on workers: `t<id>`.
     pub fn storage_key(&self) -> String {
-        format!("{}.{}", self.name, self.id)
+        match &self.storage {
+            Some(key) => key.clone(),
+            None => format!("{}.{}", self.name, self.id),
+        }
     }
 
     pub fn schema(&self) -> Result<SchemaRef> {
@@ -214,8 +232,33 @@ mod tests {
             bounds: vec![KeyValue::Int(5), KeyValue::Int(5)],
         };
         assert!(err(range).contains("strictly increasing"));
-        let bad_name = TableDef::try_new("../x", 1, &schema(), PartitionScheme::Single);
-        assert!(bad_name.unwrap_err().to_string().contains("not allowed"));
+        // Any name; the directory is made of the id alone.
+        let odd = TableDef::try_new("../x", 1, &schema(), PartitionScheme::Single).unwrap();
+        assert_eq!(odd.storage_key(), "t1");
+        let legacy = TableDef {
+            storage: None,
+            ..odd
+        };
+        assert_eq!(legacy.storage_key(), "../x.1");
+        let bad_name = TableDef::try_new("a\nb", 1, &schema(), PartitionScheme::Single);
+        assert!(
+            bad_name
+                .unwrap_err()
+                .to_string()
+                .contains("control character")
+        );
+        let twice = Schema::new(vec![
+            Field::new("a", DataType::Int64, true),
+            Field::new("a", DataType::Utf8, true),
+        ]);
+        let e = TableDef::try_new("d", 1, &twice, PartitionScheme::Single).unwrap_err();
+        assert!(e.to_string().contains("defined more than once"), "{e}");
+        let key_twice = PartitionScheme::Hash {
+            columns: vec!["k".into(), "k".into()],
+            partitions: 4,
+            cluster_by: vec![],
+        };
+        assert!(err(key_twice).contains("listed twice in PARTITION BY"));
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //! CREATE TABLE t PARTITION BY HASH (k) PARTITIONS 4 AS SELECT ...
 //! ```
 
-use datafusion::arrow::datatypes::Schema;
+use datafusion::arrow::datatypes::{DataType, Schema};
 use datafusion::common::{DataFusionError, Result, ScalarValue, plan_datafusion_err, plan_err};
 use datafusion::sql::sqlparser::ast::{
     self, Expr as SqlExpr, ObjectName, ObjectType, UnaryOperator, Value,
@@ -17,11 +17,12 @@ use datafusion::sql::sqlparser::ast::{
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::keywords::Keyword;
 use datafusion::sql::sqlparser::parser::{Parser, ParserError};
-use datafusion::sql::sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer, Whitespace};
+use datafusion::sql::sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer};
 
 use crate::index::IndexKind;
 use crate::key::KeyValue;
 use crate::scheme::PartitionScheme;
+use crate::text::Offsets;
 
 /// A statement as the coordinator dispatches it.
 #[derive(Debug, Clone, PartialEq)]
@@ -120,6 +121,14 @@ impl PartitionSpec {
                     .iter()
                     .map(|b| {
                         let literal = bound_literal(b)?;
+                        if !literal_fits(&literal, field.data_type()) {
+                            return plan_err!(
+                                "SPLIT AT bound {b} is {} but column '{column}' is {}; write \
+                                 bounds of the column's type (strings are quoted: '10')",
+                                describe_literal(&literal),
+                                field.data_type()
+                            );
+                        }
                         match KeyValue::from_scalar(&literal, field.data_type()) {
                             Ok(Some(v)) => Ok(v),
                             Ok(None) => plan_err!("SPLIT AT bounds cannot be NULL"),
@@ -136,6 +145,34 @@ impl PartitionSpec {
                 })
             }
         }
+    }
+}
+
+/// Whether a bound literal is of the key column's kind: numbers for number
+/// columns, strings for strings and (as their text form) dates and times.
+fn literal_fits(literal: &ScalarValue, column: &DataType) -> bool {
+    match literal {
+        ScalarValue::Int64(_) | ScalarValue::UInt64(_) => column.is_integer(),
+        ScalarValue::Utf8(_) => matches!(
+            column,
+            DataType::Utf8
+                | DataType::LargeUtf8
+                | DataType::Utf8View
+                | DataType::Date32
+                | DataType::Date64
+                | DataType::Timestamp(..)
+        ),
+        ScalarValue::Boolean(_) => *column == DataType::Boolean,
+        _ => false,
+    }
+}
+
+fn describe_literal(literal: &ScalarValue) -> &'static str {
+    match literal {
+        ScalarValue::Int64(_) | ScalarValue::UInt64(_) => "a number",
+        ScalarValue::Utf8(_) => "a string",
+        ScalarValue::Boolean(_) => "a boolean",
+        _ => "a literal",
     }
 }
 
@@ -217,45 +254,29 @@ pub struct ScriptStatement {
 /// statement's starting line. Comments and blank statements are dropped.
 pub fn split_statements(script: &str) -> Result<Vec<ScriptStatement>> {
     let tokens = tokenize(script)?;
+    let offsets = Offsets::new(script);
     let mut out = vec![];
-    let mut current = String::new();
-    let mut line = 0;
-    let mut has_code = false;
-    for t in tokens {
+    // Where the current statement's first code token starts, and its line.
+    let mut current: Option<(usize, u64)> = None;
+    let mut finish = |current: &mut Option<(usize, u64)>, end: usize| {
+        if let Some((start, line)) = current.take() {
+            out.push(ScriptStatement {
+                line,
+                sql: script[start..end].trim().to_string(),
+            });
+        }
+    };
+    for t in &tokens {
         match &t.token {
-            Token::SemiColon => {
-                if has_code {
-                    out.push(ScriptStatement {
-                        line,
-                        sql: current.trim().to_string(),
-                    });
-                }
-                current.clear();
-                has_code = false;
+            Token::SemiColon => finish(&mut current, offsets.of(t.span.start)),
+            Token::Whitespace(_) => {}
+            _ if current.is_none() => {
+                current = Some((offsets.of(t.span.start), t.span.start.line));
             }
-            Token::Whitespace(Whitespace::SingleLineComment { .. })
-            | Token::Whitespace(Whitespace::MultiLineComment(_)) => {
-                if has_code {
-                    current.push(' ');
-                }
-            }
-            tok => {
-                if !has_code && !is_blank(tok) {
-                    has_code = true;
-                    line = t.span.start.line;
-                }
-                if has_code {
-                    current.push_str(&tok.to_string());
-                }
-            }
+            _ => {}
         }
     }
-    if has_code {
-        out.push(ScriptStatement {
-            line,
-            sql: current.trim().to_string(),
-        });
-    }
+    finish(&mut current, script.len());
     Ok(out)
 }
 
@@ -356,6 +377,13 @@ pub fn parse_statement(sql: &str) -> Result<Statement> {
         expect_end(&mut parser)?;
         return Ok(Statement::DropIndex { name, if_exists });
     }
+    if kw(0, Keyword::CREATE) && kw(1, Keyword::UNIQUE) && kw(2, Keyword::INDEX) {
+        return plan_err!(
+            "UNIQUE indexes are not supported: Tessera does not enforce uniqueness across \
+             partitions. Create a plain index (CREATE INDEX ...) and check for duplicates with \
+             SELECT col, count(*) ... GROUP BY col HAVING count(*) > 1"
+        );
+    }
     if kw(0, Keyword::CREATE) && kw(1, Keyword::INDEX) {
         return parse_create_index(tokens).map(Statement::CreateIndex);
     }
@@ -363,7 +391,7 @@ pub fn parse_statement(sql: &str) -> Result<Statement> {
         && (kw(1, Keyword::TABLE)
             || (kw(1, Keyword::OR) && kw(2, Keyword::REPLACE) && kw(3, Keyword::TABLE)));
     if create_table {
-        return parse_create_table(tokens).map(Statement::CreateTable);
+        return parse_create_table(sql, tokens).map(Statement::CreateTable);
     }
     Ok(Statement::Sql(sql.to_string()))
 }
@@ -376,7 +404,7 @@ fn expect_end(parser: &mut Parser) -> Result<()> {
     }
 }
 
-fn parse_create_table(tokens: Vec<TokenWithSpan>) -> Result<CreateTable> {
+fn parse_create_table(sql: &str, tokens: Vec<TokenWithSpan>) -> Result<CreateTable> {
     // Find a top-level `PARTITION BY` and where its clause ends: a top-level
     // `AS` (CREATE TABLE ... AS SELECT) or the end of the statement.
     let mut depth = 0i32;
@@ -402,16 +430,23 @@ fn parse_create_table(tokens: Vec<TokenWithSpan>) -> Result<CreateTable> {
         }
     }
 
-    let (base_tokens, partitioning) = match clause {
-        None => (tokens, None),
+    // The statement without the clause, cut from the text as written.
+    let offsets = Offsets::new(sql);
+    let at = |i: usize| {
+        tokens
+            .get(i)
+            .map_or(sql.len(), |t| offsets.of(t.span.start))
+    };
+    let (base_tokens, base_sql, partitioning) = match clause {
+        None => (tokens.clone(), sql.to_string(), None),
         Some((start, end)) => {
             let clause_tokens = tokens[start..end].to_vec();
             let mut base = tokens[..start].to_vec();
             base.extend_from_slice(&tokens[end..]);
-            (base, Some(parse_partition_clause(clause_tokens)?))
+            let text = format!("{}{}", &sql[..at(start)], &sql[at(end)..]);
+            (base, text, Some(parse_partition_clause(clause_tokens)?))
         }
     };
-    let base_sql: String = base_tokens.iter().map(|t| t.token.to_string()).collect();
     let stmt = Parser::new(&GenericDialect {})
         .with_tokens_with_locations(base_tokens)
         .parse_statement()
@@ -446,7 +481,7 @@ fn parse_create_index(tokens: Vec<TokenWithSpan>) -> Result<CreateIndex> {
     p.expect_keyword(Keyword::ON)
         .map_err(|_| plan_datafusion_err!("CREATE INDEX needs ON table: {FORM}"))?;
     let table = object_name(&p.parse_object_name(false).map_err(parser_err)?);
-    let columns = column_list(&mut p)?;
+    let columns = index_columns(&mut p)?;
     let mut kind = IndexKind::Local;
     let mut partitions = None;
     if parse_word(&mut p, "GLOBAL") {
@@ -544,6 +579,26 @@ fn parse_word(p: &mut Parser, word: &str) -> bool {
         }
         _ => false,
     }
+}
+
+/// An index's columns, each with an optional `ASC | DESC` and
+/// `NULLS FIRST | LAST`. Entries are found by value (equality, IN), so the
+/// order a column is written in changes nothing; it is accepted as other
+/// databases accept it.
+fn index_columns(p: &mut Parser) -> Result<Vec<String>> {
+    p.expect_token(&Token::LParen).map_err(parser_err)?;
+    let columns = p
+        .parse_comma_separated(|p| {
+            let ident = p.parse_identifier()?;
+            let _ = p.parse_one_of_keywords(&[Keyword::ASC, Keyword::DESC]);
+            if p.parse_keyword(Keyword::NULLS) {
+                p.expect_one_of_keywords(&[Keyword::FIRST, Keyword::LAST])?;
+            }
+            Ok(ident_name(&ident))
+        })
+        .map_err(parser_err)?;
+    p.expect_token(&Token::RParen).map_err(parser_err)?;
+    Ok(columns)
 }
 
 fn column_list(p: &mut Parser) -> Result<Vec<String>> {
@@ -719,6 +774,20 @@ mod tests {
                 name: "i".into(),
                 if_exists: true
             }
+        );
+    }
+
+    #[test]
+    fn statements_keep_their_quoting() {
+        let s = split_statements("SELECT 'it''s', \"a \"\"b\"\"\" FROM t; SELECT 2").unwrap();
+        assert_eq!(s[0].sql, "SELECT 'it''s', \"a \"\"b\"\"\" FROM t");
+        let c = create(
+            "CREATE TABLE \"q \"\"x\"\"\" PARTITION BY HASH (k) PARTITIONS 2 AS SELECT 'it''s' AS k",
+        );
+        assert_eq!(c.name, "q \"x\"");
+        assert_eq!(
+            c.base_sql,
+            "CREATE TABLE \"q \"\"x\"\"\" AS SELECT 'it''s' AS k"
         );
     }
 

@@ -20,6 +20,7 @@ use datafusion::common::{Result, plan_err};
 use serde::{Deserialize, Serialize};
 
 use crate::catalog::TableDef;
+use crate::ident::check_name;
 use crate::key::is_key_type;
 use crate::scheme::PartitionScheme;
 
@@ -102,13 +103,9 @@ impl IndexDef {
         kind: IndexKind,
         partitions: Option<u64>,
     ) -> Result<Self> {
-        if name.is_empty()
-            || name.starts_with(|c: char| c.is_ascii_digit())
-            || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-        {
-            return plan_err!(
-                "index name '{name}' is not allowed: use letters, digits and '_', not starting with a digit"
-            );
+        check_name("index", name)?;
+        if let Some(dup) = crate::ident::first_duplicate(columns.iter().map(String::as_str)) {
+            return plan_err!("column '{dup}' is listed twice in index '{name}'");
         }
         if columns.is_empty() {
             return plan_err!("CREATE INDEX {name} needs at least one column");
@@ -178,8 +175,9 @@ impl IndexDef {
         format!("{}.o{}", table.storage_key(), self.id)
     }
 
-    /// The name of a global index's partitions in the partition map. Table
-    /// names have no '.', so this never names a table.
+    /// The name of a global index's partitions in the partition map. A
+    /// table named the same (`"t.i"`) is refused at CREATE TABLE and CREATE
+    /// INDEX, whichever comes second.
     pub fn map_key(&self) -> String {
         format!("{}.{}", self.table, self.name)
     }
@@ -262,8 +260,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(g.partitions, 8);
-        assert_eq!(g.storage_key(&t), "cars.3.i1");
-        assert_eq!(g.outbox_key(&t), "cars.3.o1");
+        assert_eq!(g.storage_key(&t), "t3.i1");
+        assert_eq!(g.outbox_key(&t), "t3.o1");
         let names: Vec<String> = g
             .entry_schema(&t.schema().unwrap())
             .unwrap()

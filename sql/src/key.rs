@@ -6,6 +6,7 @@
 //!
 //! | tag  | value                                  | payload                      |
 //! |------|----------------------------------------|------------------------------|
+//! | 0x00 | NULL (of any type)                     | none                         |
 //! | 0x01 | signed integers, dates, timestamps     | i64, little endian (8 bytes) |
 //! | 0x02 | unsigned integers                      | u64, little endian (8 bytes) |
 //! | 0x03 | strings (UTF-8)                        | u32 LE byte length, bytes    |
@@ -15,6 +16,10 @@
 //! `42::INT` hash alike on a `BIGINT` key. Dates are days since the epoch and
 //! timestamps are counted in their column's unit. A compound key is the
 //! concatenation of its values' encodings.
+//!
+//! A NULL key is a value like any other for placement: hash tables put it
+//! where the hash of its encoding says, range tables in the first
+//! partition (NULL sorts below every value, as `NULLS FIRST`).
 
 use std::cmp::Ordering;
 use std::fmt;
@@ -31,6 +36,8 @@ use serde::{Deserialize, Serialize};
 /// One value of a partition key, in the form the partitioner works with.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum KeyValue {
+    /// SQL NULL: placed like a value, below every other in a range.
+    Null,
     Int(i64),
     UInt(u64),
     Str(String),
@@ -41,6 +48,7 @@ impl KeyValue {
     /// Appends the canonical encoding (see the module docs) to `buf`.
     pub fn encode(&self, buf: &mut Vec<u8>) {
         match self {
+            KeyValue::Null => encode_null(buf),
             KeyValue::Int(v) => encode_i64(*v, buf),
             KeyValue::UInt(v) => encode_u64(*v, buf),
             KeyValue::Str(s) => encode_str(s, buf),
@@ -86,6 +94,9 @@ impl KeyValue {
     /// The value as a literal of the column type, for display.
     pub fn to_scalar(&self, column_type: &DataType) -> ScalarValue {
         let raw = match self {
+            KeyValue::Null => {
+                return ScalarValue::try_from(column_type).unwrap_or(ScalarValue::Null);
+            }
             KeyValue::Int(v) => ScalarValue::Int64(Some(*v)),
             KeyValue::UInt(v) => ScalarValue::UInt64(Some(*v)),
             KeyValue::Str(s) => ScalarValue::Utf8(Some(s.clone())),
@@ -151,6 +162,9 @@ impl PartialOrd for KeyValue {
     /// there is no order.
     fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
         match (self, other) {
+            (KeyValue::Null, KeyValue::Null) => Some(Ordering::Equal),
+            (KeyValue::Null, _) => Some(Ordering::Less),
+            (_, KeyValue::Null) => Some(Ordering::Greater),
             (KeyValue::Int(a), KeyValue::Int(b)) => a.partial_cmp(b),
             (KeyValue::UInt(a), KeyValue::UInt(b)) => a.partial_cmp(b),
             (KeyValue::Str(a), KeyValue::Str(b)) => a.partial_cmp(b),
@@ -163,6 +177,7 @@ impl PartialOrd for KeyValue {
 impl fmt::Display for KeyValue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            KeyValue::Null => write!(f, "NULL"),
             KeyValue::Int(v) => write!(f, "{v}"),
             KeyValue::UInt(v) => write!(f, "{v}"),
             KeyValue::Str(s) => write!(f, "'{}'", s.replace('\'', "''")),
@@ -194,8 +209,12 @@ pub fn is_key_type(data_type: &DataType) -> bool {
 }
 
 /// Appends the canonical encoding of row `row` of `array` without building a
-/// [`KeyValue`]: the hot path of write routing. Callers check NULLs first.
+/// [`KeyValue`]: the hot path of write routing.
 pub fn encode_array_value(array: &dyn Array, row: usize, buf: &mut Vec<u8>) -> Result<()> {
+    if array.is_null(row) {
+        encode_null(buf);
+        return Ok(());
+    }
     match array.data_type() {
         DataType::Int8 => encode_i64(array.as_primitive::<Int8Type>().value(row).into(), buf),
         DataType::Int16 => encode_i64(array.as_primitive::<Int16Type>().value(row).into(), buf),
@@ -229,6 +248,10 @@ pub fn encode_array_value(array: &dyn Array, row: usize, buf: &mut Vec<u8>) -> R
         other => return exec_err!("{other} cannot be a partition key"),
     }
     Ok(())
+}
+
+fn encode_null(buf: &mut Vec<u8>) {
+    buf.push(0x00);
 }
 
 fn encode_i64(v: i64, buf: &mut Vec<u8>) {

@@ -4,10 +4,12 @@
 mod catalog;
 mod ddl;
 mod depth;
+mod ident;
 mod index;
 mod key;
 mod pruning;
 mod scheme;
+mod text;
 
 pub use catalog::{ColumnDef, MAX_PARTITIONS, PartitionMap, PartitionPlacement, TableDef};
 pub use ddl::{
@@ -15,6 +17,7 @@ pub use ddl::{
     split_statements,
 };
 pub use depth::MAX_EXPRESSION_DEPTH;
+pub use ident::{MAX_NAME_BYTES, check_name};
 pub use index::{FILE_COLUMN, IndexDef, IndexKind, IndexState, PART_COLUMN, ROW_COLUMN};
 pub use key::{KeyValue, encode_array_value, is_key_type};
 pub use pruning::prune_partitions;

@@ -242,6 +242,11 @@ fn constraint(
                 _ => None,
             }
         }
+        // NULL keys live where the NULL key value hashes (or the first
+        // range partition).
+        Expr::IsNull(expr) if column_is(expr, column) => {
+            Some(Constraint::Values(vec![KeyValue::Null]))
+        }
         Expr::InList(InList {
             expr,
             list,

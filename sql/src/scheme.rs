@@ -12,9 +12,9 @@
 
 use std::fmt;
 
-use datafusion::arrow::array::{Array, ArrayRef, RecordBatch};
+use datafusion::arrow::array::{ArrayRef, RecordBatch};
 use datafusion::arrow::datatypes::Schema;
-use datafusion::common::{Result, exec_err};
+use datafusion::common::Result;
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
@@ -184,7 +184,7 @@ pub fn range_partition(bounds: &[KeyValue], value: &KeyValue) -> u32 {
     bounds.partition_point(|b| b <= value) as u32
 }
 
-/// Assigns each row of a batch to its partition. Key columns must not be NULL.
+/// Assigns each row of a batch to its partition (NULL keys included).
 pub struct Partitioner {
     scheme: PartitionScheme,
     key_indices: Vec<usize>,
@@ -206,17 +206,6 @@ impl Partitioner {
     /// The partition of every row of `batch`, in row order.
     pub fn assign(&self, batch: &RecordBatch) -> Result<Vec<u32>> {
         let keys: Vec<&ArrayRef> = self.key_indices.iter().map(|i| batch.column(*i)).collect();
-        for (key, index) in keys.iter().zip(&self.key_indices) {
-            if key.null_count() > 0 {
-                let row = (0..key.len()).find(|r| key.is_null(*r)).unwrap_or(0);
-                let name = batch.schema().field(*index).name().clone();
-                return exec_err!(
-                    "NULL in partition key column '{name}' (row {} of the batch): \
-                     partition key columns must not be NULL; filter such rows out or give them a value",
-                    row + 1
-                );
-            }
-        }
         let rows = batch.num_rows();
         match &self.scheme {
             PartitionScheme::Single => Ok(vec![0; rows]),
@@ -238,10 +227,8 @@ impl Partitioner {
             PartitionScheme::Range { bounds, .. } => {
                 let mut out = Vec::with_capacity(rows);
                 for row in 0..rows {
-                    match KeyValue::from_array(keys[0], row)? {
-                        Some(v) => out.push(range_partition(bounds, &v)),
-                        None => return exec_err!("NULL in range partition key"),
-                    }
+                    let v = KeyValue::from_array(keys[0], row)?.unwrap_or(KeyValue::Null);
+                    out.push(range_partition(bounds, &v));
                 }
                 Ok(out)
             }
@@ -300,6 +287,8 @@ mod tests {
             (vec![KeyValue::Str(String::new())], GOLDEN[5]),
             (vec![KeyValue::Bool(true)], GOLDEN[6]),
             (vec![KeyValue::Int(7), KeyValue::Str("a".into())], GOLDEN[7]),
+            (vec![KeyValue::Null], GOLDEN[8]),
+            (vec![KeyValue::Int(7), KeyValue::Null], GOLDEN[9]),
         ];
         for (i, (key, expected_hash)) in cases.into_iter().enumerate() {
             let mut buf = vec![];
@@ -360,7 +349,7 @@ mod tests {
 
     const GOLDEN_DATE_TS: (u32, u32) = (2, 1);
 
-    const GOLDEN: [u64; 8] = [
+    const GOLDEN: [u64; 10] = [
         3547760990396968576,
         4435642637180117100,
         6027492765397423756,
@@ -369,6 +358,8 @@ mod tests {
         7961179947215036646,
         4311688551350152479,
         13035669161978273023,
+        14144645293874801883,
+        14958343315218989211,
     ];
-    const GOLDEN_PARTITION_OF_8: [u32; 8] = [1, 1, 2, 5, 1, 3, 1, 5];
+    const GOLDEN_PARTITION_OF_8: [u32; 10] = [1, 1, 2, 5, 1, 3, 1, 5, 6, 6];
 }

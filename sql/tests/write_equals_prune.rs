@@ -16,15 +16,21 @@ use proptest::prelude::*;
 use tessera_sql::{KeyValue, PartitionScheme, Partitioner, prune_partitions};
 
 fn check(array: ArrayRef, literal: ScalarValue, scheme_for: impl Fn(&DataType) -> PartitionScheme) {
+    // `k = NULL` is never true; a NULL key is found with `k IS NULL`.
+    let predicate = if literal.is_null() {
+        col("k").is_null()
+    } else {
+        col("k").eq(lit(literal))
+    };
     let data_type = array.data_type().clone();
-    let schema = Arc::new(Schema::new(vec![Field::new("k", data_type.clone(), false)]));
+    let schema = Arc::new(Schema::new(vec![Field::new("k", data_type.clone(), true)]));
     let scheme = scheme_for(&data_type);
     let batch = RecordBatch::try_new(schema.clone(), vec![array]).unwrap();
     let written = Partitioner::try_new(&scheme, &schema)
         .unwrap()
         .assign(&batch)
         .unwrap();
-    let kept = prune_partitions(&scheme, &schema, &[col("k").eq(lit(literal))]);
+    let kept = prune_partitions(&scheme, &schema, &[predicate]);
     assert_eq!(kept, written, "{scheme:?}");
 }
 
@@ -87,6 +93,14 @@ proptest! {
             ScalarValue::TimestampMicrosecond(Some(t), None),
             hash,
         );
+    }
+
+    #[test]
+    fn nullable_keys(v: Option<i64>, s in proptest::option::of(".{0,10}")) {
+        let r = range_of(vec![ScalarValue::Int64(Some(-10)), ScalarValue::Int64(Some(0))]);
+        check(Arc::new(Int64Array::from(vec![v])), ScalarValue::Int64(v), hash);
+        check(Arc::new(Int64Array::from(vec![v])), ScalarValue::Int64(v), r);
+        check(Arc::new(StringArray::from(vec![s.clone()])), ScalarValue::Utf8(s), hash);
     }
 
     #[test]

@@ -24,3 +24,23 @@ async fn hash_slt() {
 async fn range_hybrid_slt() {
     run("range_hybrid.slt").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn null_keys_slt() {
+    run("null_keys.slt").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ddl_validation_slt() {
+    run("ddl_validation.slt").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn identifiers_slt() {
+    run("identifiers.slt").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn index_syntax_slt() {
+    run("index_syntax.slt").await;
+}

@@ -87,6 +87,12 @@ impl Coordinator {
                 if s.tables.contains_key(&name) {
                     return Ok(false);
                 }
+                if s.map.tables.contains_key(&name) {
+                    return plan_err!(
+                        "'{name}' names the partitions of a GLOBAL index (table.index); choose \
+                         another table name"
+                    );
+                }
                 let def = TableDef::try_new(&name, s.tables_created, &schema, scheme.clone())?;
                 // Tables with the same partition count are placed alike, so
                 // partition i of each lives on the same worker and joins on
