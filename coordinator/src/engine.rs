@@ -129,7 +129,13 @@ impl Coordinator {
             .with_physical_optimizer_rule(Arc::new(crate::yield_points::YieldPoints))
             .build();
         let ctx = SessionContext::new_with_state(state);
-        options::apply(&mut ctx.state_ref().write());
+        {
+            let state_ref = ctx.state_ref();
+            let mut state = state_ref.write();
+            options::apply(&mut state);
+            tessera_worker::register_checked(&mut state)?;
+            state.add_analyzer_rule(Arc::new(crate::ansi::AnsiArithmetic));
+        }
         let default_catalog = ctx
             .catalog("datafusion")
             .ok_or_else(|| DataFusionError::Internal("no default catalog".into()))?;

@@ -2,6 +2,7 @@
 //! datafusion-distributed with Tessera's pruning and routing, the write
 //! router, and the Flight SQL server. `Cluster` runs it with embedded workers.
 
+mod ansi;
 mod catalog;
 mod catalog_state;
 mod clock;

@@ -7,6 +7,7 @@
 //! | `tessera.index_read`                 | `eventual` | reads through a GLOBAL ASYNC index: `eventual` reads it as it is (it may miss the latest writes); `fresh` waits until it has applied every write that began before the query. |
 //! | `tessera.index_apply`                | `running` | the background apply of GLOBAL ASYNC index outboxes: `paused` stops it (rows are still acknowledged and their entries kept in the outboxes), `running` resumes it. Not kept across restarts. |
 //! | `tessera.compaction`                 | `running` | the background compactor: `paused` stops it (`COMPACT TABLE` still works), `running` resumes it. Not kept across restarts. |
+//! | `tessera.ansi`                       | `true`  | ANSI SQL arithmetic: integer overflow, invalid casts and integer division by zero are errors; `false` wraps, gives NULL and NULL (see `ansi.rs`). |
 //!
 //! The estimate is the stored (Parquet) size of the partitions a scan
 //! keeps, scaled by the share of columns it reads.
@@ -29,6 +30,10 @@ extensions_options! {
         pub index_apply: String, default = "running".to_string()
         /// The background compactor: 'running' or 'paused'.
         pub compaction: String, default = "running".to_string()
+        /// ANSI SQL arithmetic: integer overflow, invalid casts and integer
+        /// division by zero are errors. 'false' makes them wrap, NULL and
+        /// NULL.
+        pub ansi: bool, default = true
     }
 }
 

@@ -44,3 +44,8 @@ async fn identifiers_slt() {
 async fn index_syntax_slt() {
     run("index_syntax.slt").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ansi_slt() {
+    run("ansi.slt").await;
+}

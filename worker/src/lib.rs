@@ -2,6 +2,7 @@
 //! worker's Flight service, Tessera's partition scan and its codec, and the
 //! client the coordinator uses to reach a worker.
 
+mod checked;
 mod client;
 pub mod index;
 mod scan;
@@ -12,6 +13,7 @@ mod unavailable;
 pub mod wire;
 mod yielding;
 
+pub use checked::{checked_udf, register_checked};
 pub use client::{WorkerClient, call_timeout, flight_error, set_call_timeout};
 pub use scan::{
     IndexRead, LocalStore, PartitionScanExec, ScanPart, ScanSpec, SizeEstimate, TesseraCodec,

@@ -395,12 +395,17 @@ pub async fn start_worker(
     let codec_local = Arc::clone(&local);
     let worker = Worker::from_session_builder(move |ctx: WorkerQueryContext| {
         let codec = TesseraCodec::for_worker(Arc::clone(&codec_local));
-        async move { Ok(ctx.builder.with_distributed_user_codec(codec).build()) }
+        async move {
+            let mut state = ctx.builder.with_distributed_user_codec(codec).build();
+            crate::checked::register_checked(&mut state)?;
+            Ok(state)
+        }
     });
-    let session_state = SessionStateBuilder::new()
+    let mut session_state = SessionStateBuilder::new()
         .with_default_features()
         .with_distributed_user_codec(TesseraCodec::for_worker(Arc::clone(&local)))
         .build();
+    crate::checked::register_checked(&mut session_state)?;
     let flight = WorkerFlightService {
         local,
         session: SessionContext::new_with_state(session_state),

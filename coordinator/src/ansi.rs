@@ -1,0 +1,97 @@
+//! ANSI arithmetic, on by default (`SET tessera.ansi = false` relaxes it
+//! per session):
+//!
+//! | case                          | `tessera.ansi = true` (default) | `false`            |
+//! |-------------------------------|---------------------------------|--------------------|
+//! | integer `+ - *` overflow      | error                           | wraps around       |
+//! | invalid cast (`'x'::INT`)     | error                           | NULL               |
+//! | integer division by zero      | error                           | NULL               |
+//!
+//! An analyzer rule (after type coercion, so types are known) turns integer
+//! `+`, `-` and `*` into checked functions (`tessera_worker::checked_udf`);
+//! with ANSI off it turns casts into `TRY_CAST` and divisors into
+//! `NULLIF(divisor, 0)`. Floating-point division by zero follows IEEE 754
+//! (infinity or NaN) either way, as in DataFusion.
+
+use datafusion::common::config::ConfigOptions;
+use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::common::{DFSchema, Result, ScalarValue};
+use datafusion::logical_expr::expr::{Cast, ScalarFunction, TryCast};
+use datafusion::logical_expr::expr_rewriter::NamePreserver;
+use datafusion::logical_expr::utils::merge_schema;
+use datafusion::logical_expr::{BinaryExpr, Expr, ExprSchemable, LogicalPlan, Operator, lit};
+use datafusion::optimizer::AnalyzerRule;
+
+use crate::options::TesseraOptions;
+
+#[derive(Debug, Default)]
+pub struct AnsiArithmetic;
+
+impl AnalyzerRule for AnsiArithmetic {
+    fn name(&self) -> &str {
+        "tessera_ansi_arithmetic"
+    }
+
+    fn analyze(&self, plan: LogicalPlan, config: &ConfigOptions) -> Result<LogicalPlan> {
+        let ansi = config
+            .extensions
+            .get::<TesseraOptions>()
+            .is_none_or(|o| o.ansi);
+        plan.transform_up_with_subqueries(|plan| {
+            let mut schema = merge_schema(&plan.inputs());
+            if let LogicalPlan::TableScan(ts) = &plan {
+                schema.merge(&DFSchema::try_from_qualified_schema(
+                    ts.table_name.clone(),
+                    &ts.source.schema(),
+                )?);
+            }
+            // Rewritten expressions keep the names users see.
+            let names = NamePreserver::new(&plan);
+            plan.map_expressions(|e| {
+                let name = names.save(&e);
+                Ok(e.transform_up(|e| rewrite(e, ansi, &schema))?
+                    .update_data(|e| name.restore(e)))
+            })
+        })
+        .map(|t| t.data)
+    }
+}
+
+fn rewrite(e: Expr, ansi: bool, schema: &DFSchema) -> Result<Transformed<Expr>> {
+    match e {
+        Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
+            let integers = || {
+                let l = left.get_type(schema).ok()?;
+                let r = right.get_type(schema).ok()?;
+                (l == r && l.is_integer()).then_some(l)
+            };
+            if ansi && let Some(udf) = tessera_worker::checked_udf(op) {
+                if integers().is_some() {
+                    return Ok(Transformed::yes(Expr::ScalarFunction(
+                        ScalarFunction::new_udf(udf, vec![*left, *right]),
+                    )));
+                }
+            } else if !ansi
+                && matches!(op, Operator::Divide | Operator::Modulo)
+                && let Some(t) = integers()
+                && let Ok(zero) = ScalarValue::new_zero(&t)
+            {
+                let divisor = datafusion::functions::core::expr_fn::nullif(*right, lit(zero));
+                return Ok(Transformed::yes(Expr::BinaryExpr(BinaryExpr::new(
+                    left,
+                    op,
+                    Box::new(divisor),
+                ))));
+            }
+            Ok(Transformed::no(Expr::BinaryExpr(BinaryExpr {
+                left,
+                op,
+                right,
+            })))
+        }
+        Expr::Cast(Cast { expr, field }) if !ansi => {
+            Ok(Transformed::yes(Expr::TryCast(TryCast { expr, field })))
+        }
+        other => Ok(Transformed::no(other)),
+    }
+}

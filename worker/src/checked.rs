@@ -1,0 +1,136 @@
+//! Integer arithmetic that fails on overflow (ANSI SQL), where DataFusion's
+//! `+`, `-` and `*` wrap around. The coordinator rewrites integer
+//! arithmetic into these functions when `tessera.ansi` is on; every process
+//! registers them, so plans carrying them decode anywhere.
+
+use std::sync::Arc;
+
+use datafusion::arrow::compute::kernels::numeric;
+use datafusion::arrow::datatypes::DataType;
+use datafusion::common::{Result, plan_err};
+use datafusion::execution::SessionState;
+use datafusion::execution::registry::FunctionRegistry;
+use datafusion::logical_expr::{
+    ColumnarValue, Expr, Operator, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature,
+    Volatility,
+};
+use datafusion::physical_expr_common::datum::apply;
+
+/// `a + b`, `a - b` or `a * b` on integers of one type, an error on overflow.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct CheckedArithmetic {
+    op: Operator,
+    name: &'static str,
+    signature: Signature,
+}
+
+impl CheckedArithmetic {
+    fn new(op: Operator, name: &'static str) -> Self {
+        Self {
+            op,
+            name,
+            signature: Signature::any(2, Volatility::Immutable),
+        }
+    }
+}
+
+/// The checked function standing for `op`, if it has one.
+pub fn checked_udf(op: Operator) -> Option<Arc<ScalarUDF>> {
+    let name = match op {
+        Operator::Plus => "tessera_checked_add",
+        Operator::Minus => "tessera_checked_subtract",
+        Operator::Multiply => "tessera_checked_multiply",
+        _ => return None,
+    };
+    Some(Arc::new(ScalarUDF::from(CheckedArithmetic::new(op, name))))
+}
+
+/// Makes the checked functions known to a session (to plan and to decode).
+pub fn register_checked(state: &mut SessionState) -> Result<()> {
+    for op in [Operator::Plus, Operator::Minus, Operator::Multiply] {
+        if let Some(udf) = checked_udf(op) {
+            state.register_udf(udf)?;
+        }
+    }
+    Ok(())
+}
+
+impl ScalarUDFImpl for CheckedArithmetic {
+    fn name(&self) -> &str {
+        self.name
+    }
+
+    /// Named like the operator it replaces, so result columns keep the
+    /// names users wrote (`a + 1`).
+    fn schema_name(&self, args: &[Expr]) -> Result<String> {
+        match args {
+            [l, r] => Ok(format!(
+                "{} {} {}",
+                l.schema_name(),
+                self.op,
+                r.schema_name()
+            )),
+            _ => plan_err!("{} takes two arguments", self.name),
+        }
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
+        match arg_types {
+            [l, r] if l == r && l.is_integer() => Ok(l.clone()),
+            _ => plan_err!(
+                "{} takes two integers of one type, got {arg_types:?}",
+                self.name
+            ),
+        }
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let [l, r] = args.args.as_slice() else {
+            return plan_err!("{} takes two arguments", self.name);
+        };
+        match self.op {
+            Operator::Plus => apply(l, r, numeric::add),
+            Operator::Minus => apply(l, r, numeric::sub),
+            _ => apply(l, r, numeric::mul),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::Int64Array;
+    use datafusion::prelude::SessionContext;
+
+    #[tokio::test]
+    async fn overflow_is_an_error_in_range_is_exact() {
+        let ctx = SessionContext::new();
+        register_checked(&mut ctx.state_ref().write()).unwrap();
+        let ok = ctx
+            .sql("SELECT tessera_checked_add(CAST(40 AS BIGINT), CAST(2 AS BIGINT)) AS v")
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let v = ok[0]
+            .column(0)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .unwrap()
+            .value(0);
+        assert_eq!(v, 42);
+        let e = ctx
+            .sql("SELECT tessera_checked_multiply(v, v) FROM (VALUES (CAST(4294967296 AS BIGINT))) AS t(v)")
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("Overflow"), "{e}");
+    }
+}
