@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray, UInt32Array, UInt64Array};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use datafusion::common::{Result, plan_err};
+use datafusion::common::Result;
 use tessera_sql::{IndexKind, IndexState, TableDef};
 use tessera_worker::wire::CompactRequest;
 use tessera_worker::{Compaction, MergeRule, StagedWrite, WorkerClient};
@@ -85,7 +85,9 @@ pub async fn compact_table(
     trigger: &'static str,
 ) -> Result<Vec<Compacted>> {
     let Some(def) = catalog.table_def(table)? else {
-        return plan_err!("table '{table}' does not exist; SHOW TABLES lists the tables");
+        return tessera_worker::not_found_err!(
+            "table '{table}' does not exist; SHOW TABLES lists the tables"
+        );
     };
     let _one_at_a_time = catalog.compacting.lock().await;
     let log = &catalog.compactions;
@@ -176,7 +178,7 @@ async fn merge_partition(
         .iter()
         .find(|i| matches!(i.state, IndexState::Building { .. }))
     {
-        return plan_err!(
+        return tessera_worker::precondition_err!(
             "index '{}' on '{}' is still being built, and its backfill reads the table's files \
              as they are; compact once SHOW INDEXES says it is ready",
             building.name,

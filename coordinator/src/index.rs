@@ -44,7 +44,7 @@ pub use lookup::plan_index_read;
 /// before it (writes go on meanwhile and maintain it themselves).
 pub async fn create_index(catalog: &Arc<Catalog>, ci: CreateIndex) -> Result<()> {
     let Some(table) = catalog.table_def(&ci.table)? else {
-        return plan_err!(
+        return tessera_worker::not_found_err!(
             "table '{}' does not exist; SHOW TABLES lists the tables",
             ci.table
         );
@@ -56,7 +56,7 @@ pub async fn create_index(catalog: &Arc<Catalog>, ci: CreateIndex) -> Result<()>
                 if ci.if_not_exists {
                     return Ok(None);
                 }
-                return plan_err!(
+                return tessera_worker::already_exists_err!(
                     "index '{}' already exists on '{}'; DROP INDEX {} first",
                     ci.name,
                     old.table,
@@ -192,7 +192,9 @@ pub async fn drop_index(catalog: &Arc<Catalog>, name: &str, if_exists: bool) -> 
         if if_exists {
             return Ok(());
         }
-        return plan_err!("index '{name}' does not exist; SHOW INDEXES lists the indexes");
+        return tessera_worker::not_found_err!(
+            "index '{name}' does not exist; SHOW INDEXES lists the indexes"
+        );
     };
     let table = catalog.table_def(&def.table)?;
     catalog
@@ -226,7 +228,9 @@ pub fn show_indexes(catalog: &Catalog, table: Option<&str>) -> Result<RecordBatc
     if let Some(t) = table
         && !state.tables.contains_key(t)
     {
-        return plan_err!("table '{t}' does not exist; SHOW TABLES lists the tables");
+        return tessera_worker::not_found_err!(
+            "table '{t}' does not exist; SHOW TABLES lists the tables"
+        );
     }
     let now_micros = crate::clock::now_micros();
     let mut names = vec![];

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use datafusion::catalog::{SchemaProvider, TableProvider};
-use datafusion::common::{Result, plan_err};
+use datafusion::common::Result;
 
 use crate::catalog::Catalog;
 use crate::table::TesseraTable;
@@ -50,7 +50,9 @@ impl SchemaProvider for TesseraSchema {
         table: Arc<dyn TableProvider>,
     ) -> Result<Option<Arc<dyn TableProvider>>> {
         if self.table_exist(&name) {
-            return plan_err!("table '{name}' already exists; DROP TABLE {name} first");
+            return tessera_worker::already_exists_err!(
+                "table '{name}' already exists; DROP TABLE {name} first"
+            );
         }
         self.catalog.set_external(&name, Some(table))?;
         Ok(None)

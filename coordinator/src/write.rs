@@ -575,9 +575,9 @@ fn explain_not_null(e: DataFusionError, schema: &SchemaRef) -> DataFusionError {
     let Some(field) = schema.fields().get(index) else {
         return e;
     };
-    DataFusionError::Execution(format!(
-        "NULL in column '{}', which is NOT NULL (partition key columns always are): give it a \
-         value or filter such rows out; nothing was written",
+    tessera_worker::ErrorKind::InvalidArgument.error(format!(
+        "NULL in column '{}', which is NOT NULL: give it a value or filter such rows out; \
+         nothing was written",
         field.name()
     ))
 }

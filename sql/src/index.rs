@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::catalog::TableDef;
 use crate::ident::check_name;
-use crate::key::is_key_type;
+use crate::key::is_index_type;
 use crate::scheme::PartitionScheme;
 
 /// The data partition an entry points into (global indexes and outboxes).
@@ -125,9 +125,9 @@ impl IndexDef {
                     table.name
                 );
             };
-            if !is_key_type(field.data_type()) {
+            if !is_index_type(field.data_type()) {
                 return plan_err!(
-                    "column '{c}' of type {} cannot be indexed; index an integer, date, \
+                    "column '{c}' of type {} cannot be indexed; index an integer, float, date, \
                      timestamp, string or boolean column",
                     field.data_type()
                 );
@@ -221,6 +221,7 @@ mod tests {
             Field::new("k", DataType::Int64, false),
             Field::new("color", DataType::Utf8, true),
             Field::new("f", DataType::Float64, true),
+            Field::new("blob", DataType::Binary, true),
         ]);
         let scheme = PartitionScheme::Hash {
             columns: vec!["k".into()],
@@ -246,7 +247,7 @@ mod tests {
             .to_string()
         };
         assert!(err(&["nope"], IndexKind::Local, None).contains("not a column"));
-        assert!(err(&["f"], IndexKind::Local, None).contains("cannot be indexed"));
+        assert!(err(&["blob"], IndexKind::Local, None).contains("cannot be indexed"));
         assert!(err(&["k", "color"], IndexKind::GlobalSync, None).contains("one column"));
         assert!(err(&["color"], IndexKind::Local, Some(4)).contains("PARTITIONS"));
         assert!(err(&["color"], IndexKind::GlobalAsync, Some(0)).contains("between"));

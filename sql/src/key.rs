@@ -11,11 +11,16 @@
 //! | 0x02 | unsigned integers                      | u64, little endian (8 bytes) |
 //! | 0x03 | strings (UTF-8)                        | u32 LE byte length, bytes    |
 //! | 0x04 | booleans                               | 1 byte, 0 or 1               |
+//! | 0x05 | floats (index terms only)              | f64 bits, little endian      |
 //!
 //! Every value is first cast to its column's declared type, so `42` and
 //! `42::INT` hash alike on a `BIGINT` key. Dates are days since the epoch and
 //! timestamps are counted in their column's unit. A compound key is the
 //! concatenation of its values' encodings.
+//!
+//! Floats (indexed columns only: they cannot partition a table) are widened
+//! to f64 and made canonical first: `-0.0` is `0.0` and every NaN is one NaN,
+//! so values that compare equal encode alike.
 //!
 //! A NULL key is a value like any other for placement: hash tables put it
 //! where the hash of its encoding says, range tables in the first
@@ -26,9 +31,9 @@ use std::fmt;
 
 use datafusion::arrow::array::{Array, ArrayRef, AsArray};
 use datafusion::arrow::datatypes::{
-    DataType, Date32Type, Date64Type, Int8Type, Int16Type, Int32Type, Int64Type, TimeUnit,
-    TimestampMicrosecondType, TimestampMillisecondType, TimestampNanosecondType,
-    TimestampSecondType, UInt8Type, UInt16Type, UInt32Type, UInt64Type,
+    DataType, Date32Type, Date64Type, Float32Type, Float64Type, Int8Type, Int16Type, Int32Type,
+    Int64Type, TimeUnit, TimestampMicrosecondType, TimestampMillisecondType,
+    TimestampNanosecondType, TimestampSecondType, UInt8Type, UInt16Type, UInt32Type, UInt64Type,
 };
 use datafusion::common::{Result, ScalarValue, exec_err, plan_err};
 use serde::{Deserialize, Serialize};
@@ -42,9 +47,16 @@ pub enum KeyValue {
     UInt(u64),
     Str(String),
     Bool(bool),
+    /// A float's canonical f64 bits (see the module docs).
+    Float(u64),
 }
 
 impl KeyValue {
+    /// A float as its canonical value.
+    pub fn float(f: f64) -> Self {
+        KeyValue::Float(canonical_bits(f))
+    }
+
     /// Appends the canonical encoding (see the module docs) to `buf`.
     pub fn encode(&self, buf: &mut Vec<u8>) {
         match self {
@@ -53,6 +65,7 @@ impl KeyValue {
             KeyValue::UInt(v) => encode_u64(*v, buf),
             KeyValue::Str(s) => encode_str(s, buf),
             KeyValue::Bool(b) => encode_bool(*b, buf),
+            KeyValue::Float(bits) => encode_float_bits(*bits, buf),
         }
     }
 
@@ -86,6 +99,8 @@ impl KeyValue {
             | ScalarValue::LargeUtf8(Some(s))
             | ScalarValue::Utf8View(Some(s)) => KeyValue::Str(s),
             ScalarValue::Boolean(Some(b)) => KeyValue::Bool(b),
+            ScalarValue::Float32(Some(f)) => KeyValue::float(f.into()),
+            ScalarValue::Float64(Some(f)) => KeyValue::float(f),
             other => return plan_err!("{} cannot be a partition key value", other.data_type()),
         };
         Ok(Some(key))
@@ -101,6 +116,7 @@ impl KeyValue {
             KeyValue::UInt(v) => ScalarValue::UInt64(Some(*v)),
             KeyValue::Str(s) => ScalarValue::Utf8(Some(s.clone())),
             KeyValue::Bool(b) => ScalarValue::Boolean(Some(*b)),
+            KeyValue::Float(bits) => ScalarValue::Float64(Some(f64::from_bits(*bits))),
         };
         match (self, column_type) {
             (KeyValue::Int(v), DataType::Date32) => ScalarValue::Date32(i32::try_from(*v).ok()),
@@ -151,6 +167,10 @@ impl KeyValue {
             DataType::LargeUtf8 => KeyValue::Str(array.as_string::<i64>().value(row).to_string()),
             DataType::Utf8View => KeyValue::Str(array.as_string_view().value(row).to_string()),
             DataType::Boolean => KeyValue::Bool(array.as_boolean().value(row)),
+            DataType::Float32 => {
+                KeyValue::float(array.as_primitive::<Float32Type>().value(row).into())
+            }
+            DataType::Float64 => KeyValue::float(array.as_primitive::<Float64Type>().value(row)),
             other => return exec_err!("{other} cannot be a partition key"),
         };
         Ok(Some(key))
@@ -169,6 +189,9 @@ impl PartialOrd for KeyValue {
             (KeyValue::UInt(a), KeyValue::UInt(b)) => a.partial_cmp(b),
             (KeyValue::Str(a), KeyValue::Str(b)) => a.partial_cmp(b),
             (KeyValue::Bool(a), KeyValue::Bool(b)) => a.partial_cmp(b),
+            (KeyValue::Float(a), KeyValue::Float(b)) => {
+                Some(f64::from_bits(*a).total_cmp(&f64::from_bits(*b)))
+            }
             _ => None,
         }
     }
@@ -182,8 +205,14 @@ impl fmt::Display for KeyValue {
             KeyValue::UInt(v) => write!(f, "{v}"),
             KeyValue::Str(s) => write!(f, "'{}'", s.replace('\'', "''")),
             KeyValue::Bool(b) => write!(f, "{b}"),
+            KeyValue::Float(bits) => write!(f, "{}", f64::from_bits(*bits)),
         }
     }
+}
+
+/// Whether a column of this type can be indexed: a key type or a float.
+pub fn is_index_type(data_type: &DataType) -> bool {
+    is_key_type(data_type) || matches!(data_type, DataType::Float32 | DataType::Float64)
 }
 
 /// Whether a column of this type can be (part of) a partition key.
@@ -245,6 +274,14 @@ pub fn encode_array_value(array: &dyn Array, row: usize, buf: &mut Vec<u8>) -> R
         DataType::LargeUtf8 => encode_str(array.as_string::<i64>().value(row), buf),
         DataType::Utf8View => encode_str(array.as_string_view().value(row), buf),
         DataType::Boolean => encode_bool(array.as_boolean().value(row), buf),
+        DataType::Float32 => encode_float_bits(
+            canonical_bits(array.as_primitive::<Float32Type>().value(row).into()),
+            buf,
+        ),
+        DataType::Float64 => encode_float_bits(
+            canonical_bits(array.as_primitive::<Float64Type>().value(row)),
+            buf,
+        ),
         other => return exec_err!("{other} cannot be a partition key"),
     }
     Ok(())
@@ -273,7 +310,63 @@ fn encode_str(s: &str, buf: &mut Vec<u8>) {
     buf.extend_from_slice(s.as_bytes());
 }
 
+/// The bits of `f` with `-0.0` made `0.0` and every NaN one NaN.
+fn canonical_bits(f: f64) -> u64 {
+    if f == 0.0 {
+        0.0f64.to_bits()
+    } else if f.is_nan() {
+        f64::NAN.to_bits()
+    } else {
+        f.to_bits()
+    }
+}
+
+fn encode_float_bits(bits: u64, buf: &mut Vec<u8>) {
+    buf.push(0x05);
+    buf.extend_from_slice(&bits.to_le_bytes());
+}
+
 fn encode_bool(b: bool, buf: &mut Vec<u8>) {
     buf.push(0x04);
     buf.push(u8::from(b));
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use datafusion::arrow::array::{Float32Array, Float64Array};
+
+    use super::*;
+
+    fn bytes(v: &KeyValue) -> Vec<u8> {
+        let mut buf = vec![];
+        v.encode(&mut buf);
+        buf
+    }
+
+    #[test]
+    fn floats_are_canonical() {
+        assert_eq!(KeyValue::float(-0.0), KeyValue::float(0.0));
+        let other_nan = f64::from_bits(f64::NAN.to_bits() ^ 1);
+        assert!(other_nan.is_nan());
+        assert_eq!(KeyValue::float(other_nan), KeyValue::float(f64::NAN));
+        assert_ne!(KeyValue::float(1.0), KeyValue::float(-1.0));
+        // A FLOAT column and a DOUBLE literal of the same value agree, and
+        // the write path's encoding is the value's.
+        let f32s: ArrayRef = Arc::new(Float32Array::from(vec![1.5f32, -0.0]));
+        let f64s: ArrayRef = Arc::new(Float64Array::from(vec![1.5f64, 0.0]));
+        for row in 0..2 {
+            let (mut a, mut b) = (vec![], vec![]);
+            encode_array_value(f32s.as_ref(), row, &mut a).unwrap();
+            encode_array_value(f64s.as_ref(), row, &mut b).unwrap();
+            assert_eq!(a, b);
+            let v = KeyValue::from_array(&f64s, row).unwrap().unwrap();
+            assert_eq!(bytes(&v), b);
+        }
+        let lit = KeyValue::from_scalar(&ScalarValue::Int64(Some(2)), &DataType::Float64).unwrap();
+        assert_eq!(lit, Some(KeyValue::float(2.0)));
+        assert!(KeyValue::float(-1.0) < KeyValue::float(0.5));
+        assert!(is_index_type(&DataType::Float32) && !is_key_type(&DataType::Float64));
+    }
 }

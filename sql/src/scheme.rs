@@ -289,6 +289,8 @@ mod tests {
             (vec![KeyValue::Int(7), KeyValue::Str("a".into())], GOLDEN[7]),
             (vec![KeyValue::Null], GOLDEN[8]),
             (vec![KeyValue::Int(7), KeyValue::Null], GOLDEN[9]),
+            (vec![KeyValue::float(1.5)], GOLDEN[10]),
+            (vec![KeyValue::float(-0.0)], GOLDEN[11]),
         ];
         for (i, (key, expected_hash)) in cases.into_iter().enumerate() {
             let mut buf = vec![];
@@ -349,7 +351,7 @@ mod tests {
 
     const GOLDEN_DATE_TS: (u32, u32) = (2, 1);
 
-    const GOLDEN: [u64; 10] = [
+    const GOLDEN: [u64; 12] = [
         3547760990396968576,
         4435642637180117100,
         6027492765397423756,
@@ -360,6 +362,8 @@ mod tests {
         13035669161978273023,
         14144645293874801883,
         14958343315218989211,
+        8942725086946575897,
+        12260652176833672929,
     ];
-    const GOLDEN_PARTITION_OF_8: [u32; 10] = [1, 1, 2, 5, 1, 3, 1, 5, 6, 6];
+    const GOLDEN_PARTITION_OF_8: [u32; 12] = [1, 1, 2, 5, 1, 3, 1, 5, 6, 6, 3, 5];
 }

@@ -4,6 +4,7 @@
 
 mod cluster;
 mod compare;
+pub mod corpus;
 mod slt;
 
 pub use cluster::{TestCluster, TestClusterBuilder, query_url};

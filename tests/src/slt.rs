@@ -110,6 +110,45 @@ fn rows(batches: &[RecordBatch]) -> Result<Vec<Vec<String>>, SqlError> {
     Ok(out)
 }
 
+/// What a statement's batches are to sqllogictest: the row count of an
+/// INSERT, nothing for other statements without rows, else the rows.
+pub(crate) fn output(
+    sql: &str,
+    batches: &[RecordBatch],
+) -> Result<DBOutput<DefaultColumnType>, SqlError> {
+    let Some(first) = batches.first() else {
+        return Ok(DBOutput::StatementComplete(0));
+    };
+    let schema = first.schema();
+    if schema.fields().len() == 1
+        && schema.field(0).name() == "count"
+        && sql.trim_start().to_ascii_uppercase().starts_with("INSERT")
+    {
+        let n = batches
+            .iter()
+            .filter_map(|b| {
+                b.column(0)
+                    .as_any()
+                    .downcast_ref::<arrow::array::UInt64Array>()
+                    .map(|a| a.iter().flatten().sum::<u64>())
+            })
+            .sum();
+        return Ok(DBOutput::StatementComplete(n));
+    }
+    if schema.fields().is_empty() {
+        return Ok(DBOutput::StatementComplete(0));
+    }
+    let types = schema
+        .fields()
+        .iter()
+        .map(|f| column_type(f.data_type()))
+        .collect();
+    Ok(DBOutput::Rows {
+        types,
+        rows: rows(batches)?,
+    })
+}
+
 #[async_trait::async_trait]
 impl sqllogictest::AsyncDB for FlightSqlDb {
     type Error = SqlError;
@@ -127,34 +166,7 @@ impl sqllogictest::AsyncDB for FlightSqlDb {
             return Ok(DBOutput::StatementComplete(0));
         }
         let batches = run_query(&mut self.client, sql).await.map_err(SqlError)?;
-        let Some(first) = batches.first() else {
-            return Ok(DBOutput::StatementComplete(0));
-        };
-        let schema = first.schema();
-        if schema.fields().len() == 1
-            && schema.field(0).name() == "count"
-            && sql.trim_start().to_ascii_uppercase().starts_with("INSERT")
-        {
-            let n = batches
-                .iter()
-                .filter_map(|b| {
-                    b.column(0)
-                        .as_any()
-                        .downcast_ref::<arrow::array::UInt64Array>()
-                        .map(|a| a.iter().flatten().sum::<u64>())
-                })
-                .sum();
-            return Ok(DBOutput::StatementComplete(n));
-        }
-        let types = schema
-            .fields()
-            .iter()
-            .map(|f| column_type(f.data_type()))
-            .collect();
-        Ok(DBOutput::Rows {
-            types,
-            rows: rows(&batches)?,
-        })
+        output(sql, &batches)
     }
 
     async fn shutdown(&mut self) {}

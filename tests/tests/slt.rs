@@ -49,3 +49,8 @@ async fn index_syntax_slt() {
 async fn ansi_slt() {
     run("ansi.slt").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn float_index_slt() {
+    run("float_index.slt").await;
+}

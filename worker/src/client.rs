@@ -17,6 +17,7 @@ use futures::{StreamExt, TryStreamExt};
 use serde::de::DeserializeOwned;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::kind::ErrorKind;
 use crate::storage::{Compaction, DataFile, PartitionStats, StagedWrite};
 use crate::unavailable::WorkerUnavailable;
 use crate::wire::{self, MAX_MESSAGE_BYTES};
@@ -42,11 +43,11 @@ pub fn flight_error(url: &str, e: FlightError) -> DataFusionError {
                 (tonic::Code::Unavailable, false) => {
                     WorkerUnavailable::error(status.message().to_string())
                 }
-                _ => DataFusionError::Execution(status.message().to_string()),
+                (code, false) => ErrorKind::of_code(code).error(status.message()),
             }
         }
         FlightError::ExternalError(e) => DataFusionError::External(e),
-        other => DataFusionError::Execution(format!("worker {url}: {other}")),
+        other => ErrorKind::Unavailable.error(format!("worker {url}: {other}")),
     }
 }
 

@@ -5,6 +5,7 @@
 mod checked;
 mod client;
 pub mod index;
+mod kind;
 mod scan;
 mod service;
 mod snapshot;
@@ -15,6 +16,7 @@ mod yielding;
 
 pub use checked::{checked_udf, register_checked};
 pub use client::{WorkerClient, call_timeout, flight_error, set_call_timeout};
+pub use kind::{ErrorKind, KindedError, kind_of};
 pub use scan::{
     IndexRead, LocalStore, PartitionScanExec, ScanPart, ScanSpec, SizeEstimate, TesseraCodec,
 };

@@ -33,18 +33,9 @@ use crate::wire::{self, MAX_MESSAGE_BYTES};
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
-/// Maps an engine error to a gRPC status, keeping its text intact.
+/// Maps an engine error to a gRPC status of its kind, keeping its text.
 pub fn to_status(e: DataFusionError) -> Status {
-    match e {
-        DataFusionError::Plan(_) | DataFusionError::SQL(..) | DataFusionError::SchemaError(..) => {
-            Status::invalid_argument(e.to_string())
-        }
-        DataFusionError::NotImplemented(_) => Status::unimplemented(e.to_string()),
-        other if crate::unavailable::is_worker_failure(&other) => {
-            Status::unavailable(other.to_string())
-        }
-        other => Status::internal(other.to_string()),
-    }
+    Status::new(crate::kind::kind_of(&e).code(), e.to_string())
 }
 
 /// Tessera's Flight service on a worker.

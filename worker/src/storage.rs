@@ -29,7 +29,7 @@ use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use datafusion::common::{DataFusionError, Result, exec_err};
+use datafusion::common::{DataFusionError, Result, internal_err};
 
 pub use compaction::{Compaction, MergeRule};
 pub use manifest::{DataFile, Manifest, Moved, PartitionStats, StagedWrite};
@@ -105,7 +105,7 @@ impl Storage {
         let path = self.partition_dir(table, partition)?.join(MANIFEST);
         match fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
-                DataFusionError::Execution(format!(
+                crate::ErrorKind::FailedPrecondition.error(format!(
                     "manifest {} is corrupt: {e}; restore it from a replica or backup",
                     path.display()
                 ))
@@ -229,7 +229,7 @@ fn check_table_key(table: &str) -> Result<()> {
         || table.contains("..")
         || table.contains(['/', '\\', '\0']);
     if bad {
-        return exec_err!("'{table}' is not a valid table key");
+        return internal_err!("'{table}' is not a valid table key");
     }
     Ok(())
 }

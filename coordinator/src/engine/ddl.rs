@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray, UInt32Array, UInt64Array};
 use datafusion::arrow::datatypes::{Field, Schema};
-use datafusion::common::{DataFusionError, Result, plan_err};
+use datafusion::common::{Result, plan_err};
 use datafusion::logical_expr::{DdlStatement, LogicalPlan};
 use tessera_sql::{CreateTable, PartitionScheme, TableDef};
 use tessera_worker::WorkerClient;
@@ -59,7 +59,7 @@ impl Coordinator {
             if ct.if_not_exists {
                 return Ok(empty());
             }
-            return plan_err!(
+            return tessera_worker::already_exists_err!(
                 "table '{}' already exists; DROP TABLE {} first",
                 ct.name,
                 ct.name
@@ -76,7 +76,8 @@ impl Coordinator {
         };
         let workers: Vec<String> = self.catalog.members()?.keys().cloned().collect();
         if workers.is_empty() {
-            return plan_err!("no workers are running; start the cluster with --workers N");
+            return Err(tessera_worker::ErrorKind::Unavailable
+                .error("no workers are running; start the cluster with --workers N"));
         }
         let name = ct.name.clone();
         // Checked again where the table is added: of two CREATE TABLE of
@@ -114,9 +115,9 @@ impl Coordinator {
             if ct.if_not_exists {
                 return Ok(empty());
             }
-            return Err(DataFusionError::Plan(format!(
+            return tessera_worker::already_exists_err!(
                 "table '{name}' already exists; DROP TABLE {name} first"
-            )));
+            );
         }
         if let Some(query) = ct.query {
             let insert = format!("INSERT INTO {} {query}", quote_ident(&ct.name));
@@ -143,7 +144,9 @@ impl Coordinator {
             if if_exists {
                 return Ok(empty());
             }
-            return plan_err!("table '{name}' does not exist; SHOW TABLES lists the tables");
+            return tessera_worker::not_found_err!(
+                "table '{name}' does not exist; SHOW TABLES lists the tables"
+            );
         };
         for index in self.catalog.indexes_of(name)? {
             crate::index::drop_index(&self.catalog, &index.name, true).await?;
@@ -228,7 +231,9 @@ impl Coordinator {
                     ("partitioning", Arc::new(StringArray::from(keys))),
                 ]);
             }
-            return plan_err!("table '{table}' does not exist; SHOW TABLES lists the tables");
+            return tessera_worker::not_found_err!(
+                "table '{table}' does not exist; SHOW TABLES lists the tables"
+            );
         };
         let keys = def.scheme.key_columns();
         let mut names = vec![];
@@ -267,7 +272,9 @@ impl Coordinator {
 
     pub(super) async fn show_partitions(&self, table: &str) -> Result<Planned> {
         let Some(def) = self.catalog.table_def(table)? else {
-            return plan_err!("table '{table}' does not exist; SHOW TABLES lists the tables");
+            return tessera_worker::not_found_err!(
+                "table '{table}' does not exist; SHOW TABLES lists the tables"
+            );
         };
         let schema = def.schema()?;
         let placements = self.catalog.placements(table)?;

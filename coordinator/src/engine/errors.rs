@@ -3,24 +3,31 @@
 
 use std::collections::BTreeMap;
 
-use datafusion::common::DataFusionError;
-use tessera_worker::WorkerUnavailable;
+use datafusion::common::{DataFusionError, SchemaError};
+use tessera_worker::{ErrorKind, WorkerUnavailable};
 
-/// Adds what to do to DataFusion's planning errors about names.
+/// Adds what to do to DataFusion's planning errors about names: a missing
+/// column (known by its type) or table (DataFusion says so only in text),
+/// which becomes `NotFound`.
 pub(super) fn with_hint(e: DataFusionError) -> DataFusionError {
+    let root = e.find_root();
+    let missing_column = matches!(
+        root,
+        DataFusionError::SchemaError(se, _) if matches!(se.as_ref(), SchemaError::FieldNotFound { .. })
+    );
     let text = e.to_string();
-    let hint = if text.contains("table '") && text.contains("' not found") {
-        "; SHOW TABLES lists the tables"
-    } else if text.contains("No field named") {
+    let hint = if missing_column {
         "; DESCRIBE <table> lists its columns"
+    } else if text.contains("table '") && text.contains("' not found") {
+        "; SHOW TABLES lists the tables"
     } else {
         return e;
     };
-    let message = match e.find_root() {
+    let message = match root {
         DataFusionError::Plan(m) => m.clone(),
         other => other.strip_backtrace(),
     };
-    DataFusionError::Plan(format!("{message}{hint}"))
+    ErrorKind::NotFound.error(format!("{message}{hint}"))
 }
 
 /// Names the worker behind a failed connection: the transport reports only

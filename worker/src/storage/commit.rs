@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::compute::concat_batches;
 use datafusion::arrow::datatypes::SchemaRef;
-use datafusion::common::{DataFusionError, Result, exec_err};
+use datafusion::common::{DataFusionError, Result};
 
 use super::compaction::compaction_name;
 use super::parquet_io::{io_err, parquet_rows, remove_if_present, sync_dir, write_staged};
@@ -145,7 +145,7 @@ impl Storage {
             let target = dir.join(&name);
             let compaction: Option<Compaction> = match fs::read(&note) {
                 Ok(bytes) => Some(serde_json::from_slice(&bytes).map_err(|e| {
-                    DataFusionError::Execution(format!(
+                    crate::ErrorKind::FailedPrecondition.error(format!(
                         "{} is corrupt: {e}; remove it and {} to drop the compaction",
                         note.display(),
                         staged.display()
@@ -159,7 +159,7 @@ impl Storage {
             if staged.exists() {
                 fs::rename(&staged, &target).map_err(|e| io_err("cannot commit", &staged, e))?;
             } else if !target.exists() {
-                return exec_err!(
+                return crate::precondition_err!(
                     "the rows of transaction {txn} for {} partition {} are missing on this worker; \
                      restore the partition from a replica or backup",
                     w.table,
@@ -187,7 +187,7 @@ impl Storage {
                 .count()
                 != gone.len()
             {
-                return exec_err!(
+                return crate::precondition_err!(
                     "the files a compaction of {} partition {} merged are no longer all there; \
                      was it compacted twice at once? Leave {} in place and report it",
                     w.table,

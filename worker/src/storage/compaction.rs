@@ -5,7 +5,7 @@ use std::fs::{self, File};
 use std::sync::Arc;
 
 use datafusion::arrow::datatypes::SchemaRef;
-use datafusion::common::{DataFusionError, Result, exec_err};
+use datafusion::common::{DataFusionError, Result};
 use serde::{Deserialize, Serialize};
 
 use super::parquet_io::{io_err, sync_dir, write_staged, write_synced};
@@ -103,7 +103,7 @@ impl Storage {
             return Ok(None);
         }
         if small.iter().map(|f| f.rows).sum::<u64>() > u64::from(u32::MAX) {
-            return exec_err!(
+            return crate::precondition_err!(
                 "{table} partition {partition} has more rows in small files than one file can \
                  index; split the partition first"
             );
@@ -117,7 +117,7 @@ impl Storage {
             let builder = ParquetRecordBatchReaderBuilder::try_new(file)?;
             let first = schema.get_or_insert_with(|| Arc::clone(builder.schema()));
             if builder.schema().fields() != first.fields() {
-                return exec_err!(
+                return crate::precondition_err!(
                     "{} in {table} partition {partition} has another schema than {}; \
                      it cannot be merged",
                     f.name,
@@ -137,7 +137,7 @@ impl Storage {
         let expected: u64 = small.iter().map(|f| f.rows).sum();
         if file.rows != expected {
             let _ = fs::remove_file(staged.join(&file.name));
-            return exec_err!(
+            return crate::precondition_err!(
                 "merging {table} partition {partition} read {} rows where its manifest says \
                  {expected}; nothing was changed",
                 file.rows

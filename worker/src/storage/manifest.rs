@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use datafusion::common::{Result, exec_err};
+use datafusion::common::Result;
 use serde::{Deserialize, Serialize};
 
 use super::file_name;
@@ -83,7 +83,7 @@ impl Manifest {
                     .or_default()
                     .extend(positions.into_iter().map(|r| m.offset + r));
             } else {
-                return exec_err!(
+                return crate::precondition_err!(
                     "an index names rows of file {} which this partition does not have; \
                      rebuild the index (DROP INDEX, then CREATE INDEX)",
                     file_name(file)

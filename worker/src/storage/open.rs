@@ -44,7 +44,7 @@ pub(super) fn open_shared(
     match lock.try_lock() {
         Ok(()) => {}
         Err(TryLockError::WouldBlock) => {
-            return Err(DataFusionError::Execution(format!(
+            return Err(crate::ErrorKind::FailedPrecondition.error(format!(
                 "{} is in use by another process; stop that worker first, or give this one \
                  its own --data-dir",
                 root.display()

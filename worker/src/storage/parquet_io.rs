@@ -9,7 +9,7 @@ use std::sync::Arc;
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::compute::{SortColumn, lexsort_to_indices, take_record_batch};
 use datafusion::arrow::datatypes::SchemaRef;
-use datafusion::common::{DataFusionError, Result, exec_err};
+use datafusion::common::{DataFusionError, Result, internal_err};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
@@ -25,7 +25,7 @@ pub(super) fn io_err(what: &str, path: &Path, e: std::io::Error) -> DataFusionEr
         ErrorKind::PermissionDenied => " (check the data dir's permissions)",
         _ => "",
     };
-    DataFusionError::Execution(format!("{what} {}: {e}{hint}", path.display()))
+    crate::kind::ErrorKind::of_io(&e).error(format!("{what} {}: {e}{hint}", path.display()))
 }
 
 pub(super) fn sync_dir(dir: &Path) -> Result<()> {
@@ -103,15 +103,12 @@ fn write_parquet(
                 parquet::errors::ParquetError::External(inner) => {
                     match inner.downcast::<std::io::Error>() {
                         Ok(io) => io_err("cannot write", path, *io),
-                        Err(other) => DataFusionError::Execution(format!(
-                            "cannot write {}: {other}",
-                            path.display()
-                        )),
+                        Err(other) => crate::ErrorKind::FailedPrecondition
+                            .error(format!("cannot write {}: {other}", path.display())),
                     }
                 }
-                other => {
-                    DataFusionError::Execution(format!("cannot write {}: {other}", path.display()))
-                }
+                other => crate::ErrorKind::FailedPrecondition
+                    .error(format!("cannot write {}: {other}", path.display())),
             },
             other => other,
         }
@@ -137,7 +134,7 @@ pub fn sort_by_columns(batch: RecordBatch, sort_by: &[String]) -> Result<RecordB
         .iter()
         .map(|c| {
             let Ok(index) = batch.schema().index_of(c) else {
-                return exec_err!("column '{c}' to sort by is missing from the rows");
+                return internal_err!("column '{c}' to sort by is missing from the rows");
             };
             Ok(SortColumn {
                 values: Arc::clone(batch.column(index)),
@@ -178,7 +175,7 @@ impl Storage {
                 .iter()
                 .map(|c| {
                     builder.schema().index_of(c).map_err(|_| {
-                        DataFusionError::Execution(format!(
+                        crate::ErrorKind::FailedPrecondition.error(format!(
                             "indexed column '{c}' is missing from {}",
                             path.display()
                         ))
