@@ -54,3 +54,8 @@ async fn ansi_slt() {
 async fn float_index_slt() {
     run("float_index.slt").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn limits_slt() {
+    run("limits.slt").await;
+}
