@@ -67,8 +67,18 @@ fn rewrite(e: Expr, ansi: bool, schema: &DFSchema) -> Result<Transformed<Expr>> 
             };
             if ansi && let Some(udf) = tessera_worker::checked_udf(op) {
                 if integers().is_some() {
+                    // `(a + b) + c`: one call with every operand of the chain
+                    // (children are rewritten first), so the plan stays flat.
+                    let args = match *left {
+                        Expr::ScalarFunction(f) if f.func.name() == udf.name() => {
+                            let mut args = f.args;
+                            args.push(*right);
+                            args
+                        }
+                        other => vec![other, *right],
+                    };
                     return Ok(Transformed::yes(Expr::ScalarFunction(
-                        ScalarFunction::new_udf(udf, vec![*left, *right]),
+                        ScalarFunction::new_udf(udf, args),
                     )));
                 }
             } else if !ansi

@@ -16,7 +16,11 @@ use datafusion::logical_expr::{
 };
 use datafusion::physical_expr_common::datum::apply;
 
-/// `a + b`, `a - b` or `a * b` on integers of one type, an error on overflow.
+/// `a + b + ...`, `a - b - ...` or `a * b * ...` (left to right) on
+/// integers of one type, an error on overflow. A chain of one operator is
+/// one call with every operand: plans stay as shallow as DataFusion's own
+/// (it encodes chains of binary operators flat too), within the nesting
+/// that plan decoding on the workers allows.
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub struct CheckedArithmetic {
     op: Operator,
@@ -29,7 +33,7 @@ impl CheckedArithmetic {
         Self {
             op,
             name,
-            signature: Signature::any(2, Volatility::Immutable),
+            signature: Signature::variadic_any(Volatility::Immutable),
         }
     }
 }
@@ -60,18 +64,14 @@ impl ScalarUDFImpl for CheckedArithmetic {
         self.name
     }
 
-    /// Named like the operator it replaces, so result columns keep the
-    /// names users wrote (`a + 1`).
+    /// Named like the operators it replaces, so result columns keep the
+    /// names users wrote (`a + b + 1`).
     fn schema_name(&self, args: &[Expr]) -> Result<String> {
-        match args {
-            [l, r] => Ok(format!(
-                "{} {} {}",
-                l.schema_name(),
-                self.op,
-                r.schema_name()
-            )),
-            _ => plan_err!("{} takes two arguments", self.name),
+        if args.len() < 2 {
+            return plan_err!("{} takes two or more arguments", self.name);
         }
+        let names: Vec<String> = args.iter().map(|a| a.schema_name().to_string()).collect();
+        Ok(names.join(&format!(" {} ", self.op)))
     }
 
     fn signature(&self) -> &Signature {
@@ -80,23 +80,31 @@ impl ScalarUDFImpl for CheckedArithmetic {
 
     fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
         match arg_types {
-            [l, r] if l == r && l.is_integer() => Ok(l.clone()),
+            [first, rest @ ..]
+                if !rest.is_empty() && first.is_integer() && rest.iter().all(|t| t == first) =>
+            {
+                Ok(first.clone())
+            }
             _ => plan_err!(
-                "{} takes two integers of one type, got {arg_types:?}",
+                "{} takes two or more integers of one type, got {arg_types:?}",
                 self.name
             ),
         }
     }
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        let [l, r] = args.args.as_slice() else {
-            return plan_err!("{} takes two arguments", self.name);
+        let [first, rest @ ..] = args.args.as_slice() else {
+            return plan_err!("{} takes two or more arguments", self.name);
         };
-        match self.op {
-            Operator::Plus => apply(l, r, numeric::add),
-            Operator::Minus => apply(l, r, numeric::sub),
-            _ => apply(l, r, numeric::mul),
+        let mut acc = first.clone();
+        for r in rest {
+            acc = match self.op {
+                Operator::Plus => apply(&acc, r, numeric::add)?,
+                Operator::Minus => apply(&acc, r, numeric::sub)?,
+                _ => apply(&acc, r, numeric::mul)?,
+            };
         }
+        Ok(acc)
     }
 }
 
@@ -111,7 +119,9 @@ mod tests {
         let ctx = SessionContext::new();
         register_checked(&mut ctx.state_ref().write()).unwrap();
         let ok = ctx
-            .sql("SELECT tessera_checked_add(CAST(40 AS BIGINT), CAST(2 AS BIGINT)) AS v")
+            .sql(
+                "SELECT tessera_checked_add(CAST(40 AS BIGINT), CAST(1 AS BIGINT), CAST(1 AS BIGINT)) AS v",
+            )
             .await
             .unwrap()
             .collect()

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use datafusion::common::{DataFusionError, SchemaError};
+use datafusion::sql::sqlparser::parser::ParserError;
 use tessera_worker::{ErrorKind, WorkerUnavailable};
 
 /// Adds what to do to DataFusion's planning errors about names: a missing
@@ -11,6 +12,14 @@ use tessera_worker::{ErrorKind, WorkerUnavailable};
 /// which becomes `NotFound`.
 pub(super) fn with_hint(e: DataFusionError) -> DataFusionError {
     let root = e.find_root();
+    if let DataFusionError::SQL(parser, _) = root
+        && matches!(parser.as_ref(), ParserError::RecursionLimitExceeded)
+    {
+        return ErrorKind::InvalidArgument.error(
+            "the statement nests parentheses or subqueries too deeply for the SQL parser \
+             (its limit is 50 levels); flatten it, for example with a WITH clause per level",
+        );
+    }
     let missing_column = matches!(
         root,
         DataFusionError::SchemaError(se, _) if matches!(se.as_ref(), SchemaError::FieldNotFound { .. })
