@@ -22,7 +22,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use datafusion::arrow::array::{RecordBatch, UInt32Array};
 use datafusion::arrow::compute::{concat_batches, take_record_batch};
-use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::datatypes::{FieldRef, Schema, SchemaRef};
 use datafusion::common::{DataFusionError, Result};
 use datafusion::datasource::sink::DataSink;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
@@ -45,15 +45,43 @@ pub struct WriteSink {
     catalog: Arc<Catalog>,
     def: TableDef,
     schema: SchemaRef,
+    /// The schema DataFusion sees: every column nullable, so that NOT NULL
+    /// is checked here (`check_not_null`), naming the column, not by
+    /// DataFusion in words no caller can rely on.
+    accepts: SchemaRef,
 }
 
 impl WriteSink {
     pub fn new(catalog: Arc<Catalog>, def: TableDef, schema: SchemaRef) -> Self {
+        let nullable: Vec<FieldRef> = schema
+            .fields()
+            .iter()
+            .map(|f| Arc::new(f.as_ref().clone().with_nullable(true)))
+            .collect();
+        let accepts = Arc::new(Schema::new_with_metadata(
+            nullable,
+            schema.metadata().clone(),
+        ));
         Self {
             catalog,
             def,
             schema,
+            accepts,
         }
+    }
+
+    /// Refuses a NULL in a NOT NULL column, naming it.
+    fn check_not_null(&self, batch: &RecordBatch) -> Result<()> {
+        for (field, column) in self.schema.fields().iter().zip(batch.columns()) {
+            if !field.is_nullable() && column.null_count() > 0 {
+                return Err(tessera_worker::ErrorKind::InvalidArgument.error(format!(
+                    "NULL in column '{}', which is NOT NULL: give it a value or filter such rows \
+                     out; nothing was written",
+                    field.name()
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Splits rows by partition, checking them against the table's schema.
@@ -64,6 +92,7 @@ impl WriteSink {
             if batch.num_rows() == 0 {
                 continue;
             }
+            self.check_not_null(&batch)?;
             let batch = RecordBatch::try_new(Arc::clone(&self.schema), batch.columns().to_vec())
                 .map_err(|e| {
                     DataFusionError::Execution(format!(
@@ -102,7 +131,7 @@ impl DisplayAs for WriteSink {
 #[async_trait]
 impl DataSink for WriteSink {
     fn schema(&self) -> &SchemaRef {
-        &self.schema
+        &self.accepts
     }
 
     async fn write_all(
@@ -110,10 +139,7 @@ impl DataSink for WriteSink {
         data: SendableRecordBatchStream,
         _context: &Arc<TaskContext>,
     ) -> Result<u64> {
-        let batches: Vec<RecordBatch> = data
-            .try_collect()
-            .await
-            .map_err(|e| explain_not_null(e, &self.schema))?;
+        let batches: Vec<RecordBatch> = data.try_collect().await?;
         let routed = self.route(batches)?;
         let rows: u64 = routed.values().flatten().map(|b| b.num_rows() as u64).sum();
         if rows == 0 {
@@ -555,31 +581,6 @@ fn compact_views(batch: RecordBatch) -> Result<RecordBatch> {
         })
         .collect();
     Ok(RecordBatch::try_new(batch.schema(), columns)?)
-}
-
-/// DataFusion reports a NULL in a NOT NULL column by index; say which
-/// column and what to do instead.
-fn explain_not_null(e: DataFusionError, schema: &SchemaRef) -> DataFusionError {
-    let text = e.to_string();
-    let marker = "Invalid batch column at '";
-    let Some(rest) = text.split(marker).nth(1) else {
-        return e;
-    };
-    let Some(index) = rest
-        .split('\'')
-        .next()
-        .and_then(|i| i.parse::<usize>().ok())
-    else {
-        return e;
-    };
-    let Some(field) = schema.fields().get(index) else {
-        return e;
-    };
-    tessera_worker::ErrorKind::InvalidArgument.error(format!(
-        "NULL in column '{}', which is NOT NULL: give it a value or filter such rows out; \
-         nothing was written",
-        field.name()
-    ))
 }
 
 pub(crate) async fn abort(txn: u64, urls: impl Iterator<Item = &String>) {
