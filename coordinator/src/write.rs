@@ -44,7 +44,7 @@ use crate::catalog_state::CatalogState;
 pub struct WriteSink {
     catalog: Arc<Catalog>,
     def: TableDef,
-    schema: SchemaRef,
+    table_schema: SchemaRef,
     /// The schema DataFusion sees: every column nullable, so that NOT NULL
     /// is checked here (`check_not_null`), naming the column, not by
     /// DataFusion in words no caller can rely on.
@@ -65,14 +65,14 @@ impl WriteSink {
         Self {
             catalog,
             def,
-            schema,
+            table_schema: schema,
             accepts,
         }
     }
 
     /// Refuses a NULL in a NOT NULL column, naming it.
     fn check_not_null(&self, batch: &RecordBatch) -> Result<()> {
-        for (field, column) in self.schema.fields().iter().zip(batch.columns()) {
+        for (field, column) in self.table_schema.fields().iter().zip(batch.columns()) {
             if !field.is_nullable() && column.null_count() > 0 {
                 return Err(tessera_worker::ErrorKind::InvalidArgument.error(format!(
                     "NULL in column '{}', which is NOT NULL: give it a value or filter such rows \
@@ -86,20 +86,21 @@ impl WriteSink {
 
     /// Splits rows by partition, checking them against the table's schema.
     fn route(&self, batches: Vec<RecordBatch>) -> Result<BTreeMap<u32, Vec<RecordBatch>>> {
-        let partitioner = Partitioner::try_new(&self.def.scheme, &self.schema)?;
+        let partitioner = Partitioner::try_new(&self.def.scheme, &self.table_schema)?;
         let mut out: BTreeMap<u32, Vec<RecordBatch>> = BTreeMap::new();
         for batch in batches {
             if batch.num_rows() == 0 {
                 continue;
             }
             self.check_not_null(&batch)?;
-            let batch = RecordBatch::try_new(Arc::clone(&self.schema), batch.columns().to_vec())
-                .map_err(|e| {
-                    DataFusionError::Execution(format!(
-                        "rows do not fit table '{}': {e}",
-                        self.def.name
-                    ))
-                })?;
+            let batch =
+                RecordBatch::try_new(Arc::clone(&self.table_schema), batch.columns().to_vec())
+                    .map_err(|e| {
+                        DataFusionError::Execution(format!(
+                            "rows do not fit table '{}': {e}",
+                            self.def.name
+                        ))
+                    })?;
             let assigned = partitioner.assign(&batch)?;
             let mut rows_of: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
             for (row, p) in assigned.iter().enumerate() {
@@ -156,7 +157,7 @@ impl DataSink for WriteSink {
         let sort_by = self.def.scheme.cluster_by().to_vec();
         let mut pieces = vec![];
         for (target, (partition, batches)) in targets.into_iter().zip(routed) {
-            let batch = concat_batches(&self.schema, &batches)?;
+            let batch = concat_batches(&self.table_schema, &batches)?;
             let batch = sort_by_columns(batch, &sort_by)?;
             pieces.push(Piece {
                 location: self.def.storage_key(),
