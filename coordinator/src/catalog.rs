@@ -20,6 +20,13 @@ mod txns;
 pub use txns::SnapshotPin;
 use txns::TXN_BLOCK_IDS;
 
+/// The error for a table that does not exist.
+pub fn no_such_table(name: &str) -> DataFusionError {
+    tessera_worker::ErrorKind::NotFound.error(format!(
+        "table '{name}' does not exist; SHOW TABLES lists the tables"
+    ))
+}
+
 /// Shared catalog state of one coordinator.
 #[derive(Debug)]
 pub struct Catalog {

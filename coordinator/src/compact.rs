@@ -85,9 +85,7 @@ pub async fn compact_table(
     trigger: &'static str,
 ) -> Result<Vec<Compacted>> {
     let Some(def) = catalog.table_def(table)? else {
-        return tessera_worker::not_found_err!(
-            "table '{table}' does not exist; SHOW TABLES lists the tables"
-        );
+        return Err(crate::catalog::no_such_table(table));
     };
     let _one_at_a_time = catalog.compacting.lock().await;
     let log = &catalog.compactions;

@@ -44,10 +44,7 @@ pub use lookup::plan_index_read;
 /// before it (writes go on meanwhile and maintain it themselves).
 pub async fn create_index(catalog: &Arc<Catalog>, ci: CreateIndex) -> Result<()> {
     let Some(table) = catalog.table_def(&ci.table)? else {
-        return tessera_worker::not_found_err!(
-            "table '{}' does not exist; SHOW TABLES lists the tables",
-            ci.table
-        );
+        return Err(crate::catalog::no_such_table(&ci.table));
     };
     let workers: Vec<String> = catalog.members()?.keys().cloned().collect();
     let created = catalog
@@ -228,9 +225,7 @@ pub fn show_indexes(catalog: &Catalog, table: Option<&str>) -> Result<RecordBatc
     if let Some(t) = table
         && !state.tables.contains_key(t)
     {
-        return tessera_worker::not_found_err!(
-            "table '{t}' does not exist; SHOW TABLES lists the tables"
-        );
+        return Err(crate::catalog::no_such_table(t));
     }
     let now_micros = crate::clock::now_micros();
     let mut names = vec![];

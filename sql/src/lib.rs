@@ -17,9 +17,8 @@ pub use ddl::{
     split_statements,
 };
 pub use depth::MAX_EXPRESSION_DEPTH;
-pub use ident::{MAX_NAME_BYTES, check_name};
 pub use index::{FILE_COLUMN, IndexDef, IndexKind, IndexState, PART_COLUMN, ROW_COLUMN};
-pub use key::{KeyValue, encode_array_value, is_index_type, is_key_type};
+pub use key::{KeyValue, encode_array_value, is_key_type};
 pub use pruning::prune_partitions;
 pub use scheme::{
     HASH_SEED, PartitionScheme, Partitioner, hash_partition, hash_range, range_partition,

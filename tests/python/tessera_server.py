@@ -53,3 +53,5 @@ def stop_server(proc):
         proc.wait(timeout=20)
     except subprocess.TimeoutExpired:
         proc.kill()
+        proc.wait()
+    proc.log.close()

@@ -3,7 +3,7 @@
 //! arithmetic into these functions when `tessera.ansi` is on; every process
 //! registers them, so plans carrying them decode anywhere.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use datafusion::arrow::compute::kernels::numeric;
 use datafusion::arrow::datatypes::DataType;
@@ -38,15 +38,24 @@ impl CheckedArithmetic {
     }
 }
 
-/// The checked function standing for `op`, if it has one.
+/// The checked function standing for `op`, if it has one. Made once: the
+/// analyzer asks for every binary operator of every statement.
 pub fn checked_udf(op: Operator) -> Option<Arc<ScalarUDF>> {
-    let name = match op {
-        Operator::Plus => "tessera_checked_add",
-        Operator::Minus => "tessera_checked_subtract",
-        Operator::Multiply => "tessera_checked_multiply",
-        _ => return None,
-    };
-    Some(Arc::new(ScalarUDF::from(CheckedArithmetic::new(op, name))))
+    static UDFS: OnceLock<[Arc<ScalarUDF>; 3]> = OnceLock::new();
+    let [add, subtract, multiply] = UDFS.get_or_init(|| {
+        let udf = |op, name| Arc::new(ScalarUDF::from(CheckedArithmetic::new(op, name)));
+        [
+            udf(Operator::Plus, "tessera_checked_add"),
+            udf(Operator::Minus, "tessera_checked_subtract"),
+            udf(Operator::Multiply, "tessera_checked_multiply"),
+        ]
+    });
+    match op {
+        Operator::Plus => Some(Arc::clone(add)),
+        Operator::Minus => Some(Arc::clone(subtract)),
+        Operator::Multiply => Some(Arc::clone(multiply)),
+        _ => None,
+    }
 }
 
 /// Makes the checked functions known to a session (to plan and to decode).

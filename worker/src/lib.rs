@@ -16,7 +16,7 @@ mod yielding;
 
 pub use checked::{checked_udf, register_checked};
 pub use client::{WorkerClient, call_timeout, flight_error, set_call_timeout};
-pub use kind::{ErrorKind, KindedError, kind_of};
+pub use kind::ErrorKind;
 pub use scan::{
     IndexRead, LocalStore, PartitionScanExec, ScanPart, ScanSpec, SizeEstimate, TesseraCodec,
 };

@@ -144,9 +144,7 @@ impl Coordinator {
             if if_exists {
                 return Ok(empty());
             }
-            return tessera_worker::not_found_err!(
-                "table '{name}' does not exist; SHOW TABLES lists the tables"
-            );
+            return Err(crate::catalog::no_such_table(name));
         };
         for index in self.catalog.indexes_of(name)? {
             crate::index::drop_index(&self.catalog, &index.name, true).await?;
@@ -231,9 +229,7 @@ impl Coordinator {
                     ("partitioning", Arc::new(StringArray::from(keys))),
                 ]);
             }
-            return tessera_worker::not_found_err!(
-                "table '{table}' does not exist; SHOW TABLES lists the tables"
-            );
+            return Err(crate::catalog::no_such_table(table));
         };
         let keys = def.scheme.key_columns();
         let mut names = vec![];
@@ -272,9 +268,7 @@ impl Coordinator {
 
     pub(super) async fn show_partitions(&self, table: &str) -> Result<Planned> {
         let Some(def) = self.catalog.table_def(table)? else {
-            return tessera_worker::not_found_err!(
-                "table '{table}' does not exist; SHOW TABLES lists the tables"
-            );
+            return Err(crate::catalog::no_such_table(table));
         };
         let schema = def.schema()?;
         let placements = self.catalog.placements(table)?;
