@@ -6,17 +6,21 @@
 //! | integer `+ - *` overflow      | error                           | wraps around       |
 //! | invalid cast (`'x'::INT`)     | error                           | NULL               |
 //! | integer division by zero      | error                           | NULL               |
+//! | integer `SUM` overflow        | error                           | wraps around       |
 //!
 //! An analyzer rule (after type coercion, so types are known) turns integer
 //! `+`, `-` and `*` into checked functions (`tessera_worker::checked_udf`);
 //! with ANSI off it turns casts into `TRY_CAST` and divisors into
-//! `NULLIF(divisor, 0)`. Floating-point division by zero follows IEEE 754
+//! `NULLIF(divisor, 0)`. `SUM` over integers (widened to `BIGINT` by
+//! coercion) becomes `tessera_checked_sum`, checked in every partial and
+//! final aggregate; `SUM(DISTINCT ...)` and window sums keep DataFusion's. Floating-point division by zero follows IEEE 754
 //! (infinity or NaN) either way, as in DataFusion.
 
+use datafusion::arrow::datatypes::DataType;
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::{DFSchema, Result, ScalarValue};
-use datafusion::logical_expr::expr::{Cast, ScalarFunction, TryCast};
+use datafusion::logical_expr::expr::{AggregateFunction, Cast, ScalarFunction, TryCast};
 use datafusion::logical_expr::expr_rewriter::NamePreserver;
 use datafusion::logical_expr::utils::merge_schema;
 use datafusion::logical_expr::{BinaryExpr, Expr, ExprSchemable, LogicalPlan, Operator, lit};
@@ -98,6 +102,22 @@ fn rewrite(e: Expr, ansi: bool, schema: &DFSchema) -> Result<Transformed<Expr>> 
                 op,
                 right,
             })))
+        }
+        Expr::AggregateFunction(AggregateFunction { func, params })
+            if ansi
+                && func.name() == "sum"
+                && !params.distinct
+                && matches!(
+                    params.args.first().map(|a| a.get_type(schema)),
+                    Some(Ok(DataType::Int64 | DataType::UInt64))
+                ) =>
+        {
+            Ok(Transformed::yes(Expr::AggregateFunction(
+                AggregateFunction {
+                    func: tessera_worker::checked_sum_udaf(),
+                    params,
+                },
+            )))
         }
         Expr::Cast(Cast { expr, field }) if !ansi => {
             Ok(Transformed::yes(Expr::TryCast(TryCast { expr, field })))

@@ -58,13 +58,15 @@ pub fn checked_udf(op: Operator) -> Option<Arc<ScalarUDF>> {
     }
 }
 
-/// Makes the checked functions known to a session (to plan and to decode).
+/// Makes the checked functions (operators and `SUM`) known to a session,
+/// to plan and to decode.
 pub fn register_checked(state: &mut SessionState) -> Result<()> {
     for op in [Operator::Plus, Operator::Minus, Operator::Multiply] {
         if let Some(udf) = checked_udf(op) {
             state.register_udf(udf)?;
         }
     }
+    state.register_udaf(crate::checked_sum::checked_sum_udaf())?;
     Ok(())
 }
 

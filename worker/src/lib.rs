@@ -3,6 +3,7 @@
 //! client the coordinator uses to reach a worker.
 
 mod checked;
+mod checked_sum;
 mod client;
 pub mod index;
 mod kind;
@@ -15,6 +16,7 @@ pub mod wire;
 mod yielding;
 
 pub use checked::{checked_udf, register_checked};
+pub use checked_sum::checked_sum_udaf;
 pub use client::{WorkerClient, call_timeout, flight_error, set_call_timeout};
 pub use kind::ErrorKind;
 pub use scan::{
