@@ -437,12 +437,11 @@ impl Coordinator {
                 if let Some(name) = show_tessera_option(&sql) {
                     return Ok(Some(self.show_options(&name)?.schema()));
                 }
-                let plan = self
-                    .ctx
-                    .state()
+                let state = self.ctx.state();
+                let plan = state
                     .create_logical_plan(&sql)
                     .await
-                    .map_err(with_hint)?;
+                    .map_err(|e| with_hint(e, &state, &sql))?;
                 Ok(match plan {
                     LogicalPlan::Dml(_) | LogicalPlan::Ddl(_) | LogicalPlan::Statement(_) => None,
                     other => Some(Arc::new(other.schema().as_arrow().clone())),
@@ -489,7 +488,10 @@ impl Coordinator {
             return self.show_options(&name);
         }
         let state = self.ctx.state();
-        let plan = state.create_logical_plan(sql).await.map_err(with_hint)?;
+        let plan = state
+            .create_logical_plan(sql)
+            .await
+            .map_err(|e| with_hint(e, &state, sql))?;
         match &plan {
             LogicalPlan::Ddl(DdlStatement::CreateExternalTable(ext)) => {
                 let name = ext.name.table().to_string();
@@ -544,7 +546,10 @@ impl Coordinator {
     /// A query planned at a snapshot taken now.
     async fn query(&self, sql: &str) -> Result<DataFrame> {
         let state = session_at_snapshot(self.ctx.state(), &self.catalog)?;
-        let plan = state.create_logical_plan(sql).await.map_err(with_hint)?;
+        let plan = state
+            .create_logical_plan(sql)
+            .await
+            .map_err(|e| with_hint(e, &state, sql))?;
         Ok(DataFrame::new(state, plan))
     }
 }

@@ -51,6 +51,10 @@ async fn error_kinds_reach_clients_as_codes() {
         ("CREATE INDEX i ON t (v)", Code::Ok),
         ("SELEC 1", Code::InvalidArgument),
         ("SELECT * FROM nope", Code::NotFound),
+        (
+            "SELECT * FROM t WHERE k IN (SELECT k FROM nope)",
+            Code::NotFound,
+        ),
         ("SELECT nope FROM t", Code::NotFound),
         ("DROP TABLE nope", Code::NotFound),
         ("DROP INDEX nope", Code::NotFound),
@@ -61,6 +65,10 @@ async fn error_kinds_reach_clients_as_codes() {
         ("SELECT v + 1 FROM t", Code::InvalidArgument),
         ("SELECT CAST('x' AS INT)", Code::InvalidArgument),
         ("SELECT v / 0 FROM t", Code::InvalidArgument),
+        (
+            "SELECT SUM(v) FROM (SELECT v FROM t UNION ALL SELECT v FROM t)",
+            Code::InvalidArgument,
+        ),
         ("INSERT INTO t VALUES (2, NULL)", Code::InvalidArgument),
         ("CREATE UNIQUE INDEX u ON t (k)", Code::InvalidArgument),
         (deep.as_str(), Code::InvalidArgument),

@@ -4,13 +4,14 @@
 use std::collections::BTreeMap;
 
 use datafusion::common::{DataFusionError, SchemaError};
+use datafusion::execution::SessionState;
 use datafusion::sql::sqlparser::parser::ParserError;
 use tessera_worker::{ErrorKind, WorkerUnavailable};
 
 /// Adds what to do to DataFusion's planning errors about names: a missing
-/// column (known by its type) or table (DataFusion says so only in text),
-/// which becomes `NotFound`.
-pub(super) fn with_hint(e: DataFusionError) -> DataFusionError {
+/// column (known by its type) or table (asked of the catalog once planning
+/// failed), which become `NotFound`.
+pub(super) fn with_hint(e: DataFusionError, state: &SessionState, sql: &str) -> DataFusionError {
     let root = e.find_root();
     if let DataFusionError::SQL(parser, _) = root
         && matches!(parser.as_ref(), ParserError::RecursionLimitExceeded)
@@ -24,19 +25,35 @@ pub(super) fn with_hint(e: DataFusionError) -> DataFusionError {
         root,
         DataFusionError::SchemaError(se, _) if matches!(se.as_ref(), SchemaError::FieldNotFound { .. })
     );
-    let text = e.to_string();
-    let hint = if missing_column {
-        "; DESCRIBE <table> lists its columns"
-    } else if text.contains("table '") && text.contains("' not found") {
-        "; SHOW TABLES lists the tables"
-    } else {
+    if !missing_column {
+        if matches!(root, DataFusionError::Plan(_))
+            && let Some(table) = missing_table(state, sql)
+        {
+            return crate::catalog::no_such_table(&table);
+        }
         return e;
-    };
+    }
+    let hint = "; DESCRIBE <table> lists its columns";
     let message = match root {
         DataFusionError::Plan(m) => m.clone(),
         other => other.strip_backtrace(),
     };
     ErrorKind::NotFound.error(format!("{message}{hint}"))
+}
+
+/// The first table `sql` reads that its schema does not have.
+fn missing_table(state: &SessionState, sql: &str) -> Option<String> {
+    let dialect = state.config().options().sql_parser.dialect;
+    let statement = state.sql_to_statement(sql, &dialect).ok()?;
+    let references = state.resolve_table_references(&statement).ok()?;
+    references
+        .into_iter()
+        .find(|r| {
+            state
+                .schema_for_ref(r.clone())
+                .is_ok_and(|schema| !schema.table_exist(r.table()))
+        })
+        .map(|r| r.to_string())
 }
 
 /// Names the worker behind a failed connection: the transport reports only
