@@ -6,6 +6,9 @@ cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/tessera-target}
 export CARGO_TERM_COLOR=never
 
+echo "== system packages (protoc, etcd)"
+./scripts/setup-system.sh
+
 echo "== python clients"
 ./scripts/setup-python.sh
 

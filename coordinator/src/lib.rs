@@ -32,7 +32,8 @@ pub use catalog_state::{CatalogState, IndexStats, import_catalog_json};
 pub use cluster::{Cluster, ClusterConfig};
 pub use engine::{Coordinator, Planned};
 pub use metastore::{
-    Compare, FileMetastore, Metastore, Op, Versioned, WatchEvent, conformance, reserve, update_key,
+    Compare, EtcdMetastore, FileMetastore, Metastore, Op, Versioned, WatchEvent, conformance,
+    reserve, update_key,
 };
 pub use options::TesseraOptions;
 pub use query_log::{QueryLog, QueryRecord};

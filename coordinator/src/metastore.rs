@@ -12,9 +12,12 @@
 //!
 //! The embedded implementation is [`FileMetastore`]: an append-only,
 //! fsync'ed log with periodic snapshots, concurrent writes sharing fsyncs.
+//! [`EtcdMetastore`] keeps the same keys in etcd, for coordinators on
+//! several machines.
 //! [`conformance`] is the suite every implementation passes.
 
 mod conformance;
+mod etcd;
 mod file_log;
 
 use std::collections::BTreeMap;
@@ -25,6 +28,7 @@ use futures::stream::BoxStream;
 use serde::{Deserialize, Serialize};
 
 pub use conformance::conformance;
+pub use etcd::EtcdMetastore;
 pub use file_log::FileMetastore;
 
 /// A value and the revision of the write that last changed its key.

@@ -5,8 +5,10 @@
 mod cluster;
 mod compare;
 pub mod corpus;
+mod etcd;
 mod slt;
 
 pub use cluster::{TestCluster, TestClusterBuilder, query_url};
 pub use compare::{Cell, compare_rows, plan_text, rows, single_i64};
+pub use etcd::Etcd;
 pub use slt::{FlightSqlDb, run_slt_file};
