@@ -63,6 +63,7 @@ pub async fn start_cluster(workers: usize, scratch: &std::path::Path) -> Result<
         listen: "127.0.0.1:0".parse().map_err(|e| format!("{e}"))?,
         workers,
         data_dir: scratch.join("cluster"),
+        lease: tessera_coordinator::DEFAULT_LEASE,
     })
     .await
     .map_err(|e| e.to_string())

@@ -4,6 +4,7 @@
 mod bench;
 mod bench_index;
 mod client;
+mod node;
 mod output;
 mod shell;
 mod tpch;
@@ -53,6 +54,47 @@ enum Command {
         /// naming the worker (a bulk write gets one more second per 8 MiB).
         #[arg(long, default_value_t = 30.0)]
         worker_timeout: f64,
+        /// Seconds without a heartbeat after which a worker is down.
+        #[arg(long, default_value_t = 5.0)]
+        worker_lease: f64,
+    },
+    /// Run a coordinator of a cluster across machines: Flight SQL for
+    /// clients, membership for the workers that join it.
+    Coordinator {
+        /// Address to listen on (clients and workers).
+        #[arg(long, default_value = DEFAULT_ADDR)]
+        listen: SocketAddr,
+        /// HOST:PORT clients and workers reach it at, if not --listen.
+        #[arg(long)]
+        advertise: Option<String>,
+        /// Where the file metastore lives (without --metastore) [default: $XDG_DATA_HOME/tessera or ~/.local/share/tessera].
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Keep catalog, partition map and membership in etcd:
+        /// etcd://HOST:PORT[,HOST:PORT...][/NAMESPACE].
+        #[arg(long)]
+        metastore: Option<String>,
+        /// Seconds without a heartbeat after which a worker is down.
+        #[arg(long, default_value_t = 5.0)]
+        worker_lease: f64,
+        /// Seconds a call to a worker may take before the statement fails.
+        #[arg(long, default_value_t = 30.0)]
+        worker_timeout: f64,
+    },
+    /// Run a worker: it holds partitions in --data-dir and joins a coordinator.
+    Worker {
+        /// Coordinator address(es) to join: HOST:PORT[,HOST:PORT...].
+        #[arg(long, value_delimiter = ',', required = true)]
+        join: Vec<String>,
+        /// Address to listen on (port 0: any free port).
+        #[arg(long)]
+        listen: SocketAddr,
+        /// HOST:PORT the coordinator and other workers reach it at, if not --listen.
+        #[arg(long)]
+        advertise: Option<String>,
+        /// Where its partitions and its id live.
+        #[arg(long)]
+        data_dir: PathBuf,
     },
     /// Interactive SQL shell.
     Shell {
@@ -142,6 +184,16 @@ enum BenchCommand {
     },
 }
 
+/// A positive number of seconds from the command line.
+fn seconds(flag: &str, value: f64) -> Result<std::time::Duration, String> {
+    if !(value.is_finite() && value > 0.0) {
+        return Err(format!(
+            "{flag} {value} is not a positive number of seconds"
+        ));
+    }
+    Ok(std::time::Duration::from_secs_f64(value))
+}
+
 fn default_data_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("XDG_DATA_HOME") {
         return PathBuf::from(d).join("tessera");
@@ -157,11 +209,13 @@ async fn serve(
     workers: usize,
     data_dir: PathBuf,
     demo: bool,
+    lease: std::time::Duration,
 ) -> Result<(), String> {
     let cluster = Cluster::start(ClusterConfig {
         listen,
         workers,
         data_dir: data_dir.clone(),
+        lease,
     })
     .await
     .map_err(|e| e.to_string())?;
@@ -225,7 +279,7 @@ async fn load_demo(cluster: &Cluster) -> Result<(), String> {
     Ok(())
 }
 
-async fn wait_for_signal() {
+pub(crate) async fn wait_for_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
@@ -290,21 +344,49 @@ fn main() -> ExitCode {
                 data_dir,
                 demo,
                 worker_timeout,
+                worker_lease,
             } => {
-                if !(worker_timeout.is_finite() && worker_timeout > 0.0) {
-                    return Err(format!(
-                        "--worker-timeout {worker_timeout} is not a positive number of seconds"
-                    ));
-                }
-                tessera_worker::set_call_timeout(std::time::Duration::from_secs_f64(
-                    worker_timeout,
-                ));
+                tessera_worker::set_call_timeout(seconds("--worker-timeout", worker_timeout)?);
                 serve(
                     listen,
                     workers,
                     data_dir.unwrap_or_else(default_data_dir),
                     demo,
+                    seconds("--worker-lease", worker_lease)?,
                 )
+                .await
+            }
+            Command::Coordinator {
+                listen,
+                advertise,
+                data_dir,
+                metastore,
+                worker_lease,
+                worker_timeout,
+            } => {
+                let lease = seconds("--worker-lease", worker_lease)?;
+                tessera_worker::set_call_timeout(seconds("--worker-timeout", worker_timeout)?);
+                node::coordinator(node::CoordinatorArgs {
+                    listen,
+                    advertise,
+                    data_dir: data_dir.unwrap_or_else(default_data_dir),
+                    metastore,
+                    lease,
+                })
+                .await
+            }
+            Command::Worker {
+                join,
+                listen,
+                advertise,
+                data_dir,
+            } => {
+                node::worker(node::WorkerArgs {
+                    join,
+                    listen,
+                    advertise,
+                    data_dir,
+                })
                 .await
             }
             Command::Shell { connect, command } => {

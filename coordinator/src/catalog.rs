@@ -13,6 +13,7 @@ use tessera_worker::{ScanPart, SizeEstimate};
 
 use crate::catalog_state::{CatalogState, IndexStats, TXN_BLOCK};
 use crate::clock::now_micros;
+use crate::membership::{Membership, WorkerState};
 use crate::metastore::{Compare, Metastore, Op, reserve};
 
 mod txns;
@@ -43,13 +44,8 @@ pub struct Catalog {
     txn_block: Mutex<(u64, u64)>,
     /// One reservation of a new block at a time.
     reserving: tokio::sync::Mutex<()>,
-    /// Live workers: id → URL.
-    members: RwLock<BTreeMap<String, String>>,
-    /// Bumped whenever a worker (re)joins: a query that ran across a
-    /// change may have failed because of it.
-    membership_epoch: AtomicU64,
-    /// When a worker last (re)joined.
-    membership_changed: Mutex<Option<std::time::Instant>>,
+    /// Workers: where they are and whether they are alive.
+    pub(crate) membership: Membership,
     /// Read-only tables from `CREATE EXTERNAL TABLE`, by name.
     external: RwLock<BTreeMap<String, Arc<dyn TableProvider>>>,
     last_txn: AtomicU64,
@@ -102,12 +98,26 @@ pub(crate) fn poisoned() -> DataFusionError {
 }
 
 impl Catalog {
+    /// Opens the catalog in `metastore`. Workers are those that joined
+    /// before, at their last known URLs, updated by `members` (workers
+    /// started with the coordinator); `lease` decides when one is down.
     pub async fn open(
         metastore: Box<dyn Metastore>,
         members: BTreeMap<String, String>,
+        lease: std::time::Duration,
     ) -> Result<Arc<Self>> {
         let entries = metastore.range("").await?;
         let state = CatalogState::from_keys(&entries)?;
+        let mut urls: BTreeMap<String, String> = state
+            .members
+            .iter()
+            .map(|(id, m)| (id.clone(), m.url.clone()))
+            .collect();
+        urls.extend(members);
+        let membership = Membership::new(lease, urls);
+        for (id, m) in &state.members {
+            membership.set_admin(id, m.admin)?;
+        }
         let revisions = entries.into_iter().map(|(k, v)| (k, v.revision)).collect();
         // Every id handed out before lies below a new block.
         let start = reserve(metastore.as_ref(), TXN_BLOCK, TXN_BLOCK_IDS, now_micros()).await?;
@@ -118,9 +128,7 @@ impl Catalog {
             revisions: Mutex::new(revisions),
             txn_block: Mutex::new((start, start.saturating_add(TXN_BLOCK_IDS))),
             reserving: tokio::sync::Mutex::new(()),
-            members: RwLock::new(members),
-            membership_epoch: AtomicU64::new(0),
-            membership_changed: Mutex::new(None),
+            membership,
             external: RwLock::new(BTreeMap::new()),
             last_txn: AtomicU64::new(last_txn),
             in_flight: Mutex::new(BTreeSet::new()),
@@ -212,32 +220,43 @@ impl Catalog {
         }
     }
 
-    pub fn members(&self) -> Result<BTreeMap<String, String>> {
-        Ok(self.members.read().map_err(|_| poisoned())?.clone())
+    /// An id for a worker joining for the first time: `worker-<n>`, `n`
+    /// past every id handed out before (cluster-wide, from a metastore
+    /// counter).
+    pub(crate) async fn next_worker_id(&self) -> Result<String> {
+        let floor = self
+            .members()?
+            .keys()
+            .filter_map(|id| id.strip_prefix("worker-")?.parse::<u64>().ok())
+            .max()
+            .map_or(0, |n| n + 1);
+        let n = reserve(
+            self.metastore.as_ref(),
+            crate::catalog_state::WORKER_IDS,
+            1,
+            floor,
+        )
+        .await?;
+        Ok(format!("worker-{n}"))
     }
 
-    /// A worker (re)joined at `url`.
-    pub fn set_member(&self, id: &str, url: &str) -> Result<()> {
-        self.members
-            .write()
-            .map_err(|_| poisoned())?
-            .insert(id.to_string(), url.to_string());
-        self.membership_epoch.fetch_add(1, Ordering::SeqCst);
-        *self.membership_changed.lock().map_err(|_| poisoned())? = Some(std::time::Instant::now());
-        Ok(())
+    /// Every worker, alive or not: id → URL.
+    pub fn members(&self) -> Result<BTreeMap<String, String>> {
+        self.membership.urls()
+    }
+
+    pub fn membership(&self) -> &Membership {
+        &self.membership
     }
 
     /// How long ago a worker last (re)joined, if one did since the start.
     pub fn since_membership_change(&self) -> Option<std::time::Duration> {
-        self.membership_changed
-            .lock()
-            .ok()
-            .and_then(|t| t.map(|t| t.elapsed()))
+        self.membership.since_change()
     }
 
     /// Changes whenever a worker (re)joins.
     pub fn membership_epoch(&self) -> u64 {
-        self.membership_epoch.load(Ordering::SeqCst)
+        self.membership.epoch()
     }
 
     pub fn table_def(&self, name: &str) -> Result<Option<TableDef>> {
@@ -299,11 +318,19 @@ impl Catalog {
                 };
                 let worker = placement.leader();
                 let Some(url) = members.get(worker) else {
-                    return exec_err!(
-                        "partition {p} of '{table}' is held by worker '{worker}', which is not \
-                         running; start the cluster with that worker (e.g. more --workers) and retry"
-                    );
+                    return Err(tessera_worker::WorkerUnavailable::error(format!(
+                        "partition {p} of '{table}' is held by worker '{worker}', which has not \
+                         joined; start it (`tessera worker --data-dir DIR --join ...`, or more \
+                         --workers for `tessera serve`) and retry"
+                    )));
                 };
+                if self.membership.state(worker)? == WorkerState::Down {
+                    return Err(crate::membership::worker_down(
+                        worker,
+                        url,
+                        self.membership.silent_for(worker)?,
+                    ));
+                }
                 Ok(ScanPart {
                     partition: *p,
                     worker_id: worker.to_string(),

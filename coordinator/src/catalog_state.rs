@@ -8,7 +8,9 @@
 //!   external/<name>       CREATE EXTERNAL TABLE  decided/<txn>     writes to commit
 //!   stats/<table>         rows, bytes per partition
 //!   index_stats/<name>    entry and apply counters
-//!   counter/tables_created, counter/indexes_created, counter/txn_block
+//!   member/<worker id>    MemberRecord: its URL, operator state
+//!   counter/tables_created, counter/indexes_created, counter/txn_block,
+//!   counter/worker_ids
 //! ```
 
 use std::collections::BTreeMap;
@@ -48,6 +50,28 @@ pub struct CatalogState {
     /// Entry counts and, for ASYNC indexes, how far the outbox is applied.
     #[serde(default)]
     pub index_stats: BTreeMap<String, IndexStats>,
+    /// Workers that joined, by id.
+    #[serde(default)]
+    pub members: BTreeMap<String, MemberRecord>,
+}
+
+/// A worker as the catalog remembers it: where it was last seen, and what
+/// an operator set (draining, decommissioned).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberRecord {
+    pub url: String,
+    #[serde(default)]
+    pub admin: AdminState,
+}
+
+/// A worker's state as an operator sets it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AdminState {
+    #[default]
+    Active,
+    Draining,
+    Decommissioned,
 }
 
 /// Counters of one index, updated in the same metastore write that decides
@@ -78,6 +102,9 @@ const INDEX: &str = "index/";
 const INDEX_STATS: &str = "index_stats/";
 const TABLES_CREATED: &str = "counter/tables_created";
 const INDEXES_CREATED: &str = "counter/indexes_created";
+const MEMBER: &str = "member/";
+/// Ids of workers joining for the first time are numbered from here.
+pub const WORKER_IDS: &str = "counter/worker_ids";
 /// Transaction ids are handed out in blocks reserved here.
 pub const TXN_BLOCK: &str = "counter/txn_block";
 
@@ -186,6 +213,12 @@ impl CatalogState {
             |k| format!("{INDEX_STATS}{k}"),
             &mut ops,
         )?;
+        diff_map(
+            &self.members,
+            &new.members,
+            |k| format!("{MEMBER}{k}"),
+            &mut ops,
+        )?;
         Ok(ops)
     }
 
@@ -236,6 +269,8 @@ impl CatalogState {
         } else if key == INDEXES_CREATED {
             self.indexes_created = counter(value)?;
             Ok(())
+        } else if let Some(id) = key.strip_prefix(MEMBER) {
+            set(&mut self.members, id.to_string(), key, value)
         } else {
             Ok(())
         }
@@ -321,6 +356,13 @@ mod tests {
             IndexStats {
                 entries: 4,
                 ..Default::default()
+            },
+        );
+        s.members.insert(
+            "worker-7".into(),
+            MemberRecord {
+                url: "http://127.0.0.3:7000".into(),
+                admin: AdminState::Draining,
             },
         );
         let ops = CatalogState::default().diff(&s).unwrap();

@@ -1,22 +1,22 @@
 //! An embedded cluster: one coordinator serving Flight SQL plus N workers,
 //! each its own gRPC server on a loopback port, all in this process but
 //! talking only over their sockets. What `tessera serve` and the tests run.
+//! Workers join the coordinator and heartbeat as separate `tessera worker`
+//! processes do.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use arrow_flight::flight_service_server::FlightServiceServer;
 use datafusion::common::{DataFusionError, Result};
-use tessera_worker::wire::MAX_MESSAGE_BYTES;
-use tessera_worker::{Storage, WorkerHandle, nodelay_incoming, start_worker};
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use std::time::Duration;
+
+use tessera_worker::membership::{MemberHello, Membership, read_id, unix_now_ms, write_id};
+use tessera_worker::{Storage, WorkerHandle, start_worker};
 
 use crate::engine::Coordinator;
-use crate::flight_sql::TesseraFlightSql;
-use crate::metastore::FileMetastore;
+use crate::server::{CoordinatorServer, open_metastore};
 
 /// How to start an embedded cluster.
 #[derive(Debug, Clone)]
@@ -28,6 +28,8 @@ pub struct ClusterConfig {
     /// Coordinator catalog in `<data_dir>/coordinator`, worker `i`'s
     /// partitions in `<data_dir>/worker-i`.
     pub data_dir: PathBuf,
+    /// A worker not heard from for this long is down.
+    pub lease: Duration,
 }
 
 /// A running cluster.
@@ -36,8 +38,9 @@ pub struct Cluster {
     pub workers: Vec<WorkerHandle>,
     coordinator: Arc<Coordinator>,
     data_dir: PathBuf,
-    shutdown: Option<oneshot::Sender<()>>,
-    server: tokio::task::JoinHandle<()>,
+    server: Option<CoordinatorServer>,
+    /// Each worker's heartbeats, by id.
+    heartbeats: BTreeMap<String, tokio::task::JoinHandle<()>>,
 }
 
 fn worker_id(i: usize) -> String {
@@ -54,17 +57,21 @@ impl Cluster {
         let mut workers = vec![];
         let worker_addr = SocketAddr::new(config.listen.ip(), 0);
         for i in 0..config.workers {
-            let storage = Storage::open(config.data_dir.join(worker_id(i)))?;
+            let dir = config.data_dir.join(worker_id(i));
+            let storage = Storage::open(&dir)?;
+            // Worker `i` of an embedded cluster is `worker-i`.
+            if read_id(&dir)?.is_none() {
+                write_id(&dir, &worker_id(i))?;
+            }
             workers.push(start_worker(&worker_id(i), worker_addr, storage).await?);
         }
         let members: BTreeMap<String, String> = workers
             .iter()
             .map(|w| (w.id.clone(), w.url.clone()))
             .collect();
-        let dir = config.data_dir.join("coordinator");
-        let metastore = FileMetastore::open(&dir)?;
-        crate::catalog_state::import_catalog_json(&dir, &metastore).await?;
-        let coordinator = Arc::new(Coordinator::open(Box::new(metastore), members.clone()).await?);
+        let metastore = open_metastore(None, &config.data_dir.join("coordinator")).await?;
+        let coordinator =
+            Arc::new(Coordinator::open(metastore, members.clone(), config.lease).await?);
 
         // Every partition must have a running owner.
         let state = coordinator.catalog().state()?;
@@ -90,37 +97,46 @@ impl Cluster {
             )));
         }
 
-        let listener = TcpListener::bind(config.listen).await.map_err(|e| {
-            DataFusionError::Configuration(format!(
-                "cannot listen on {}: {e}; pick another address with --listen",
-                config.listen
-            ))
-        })?;
-        let addr = listener.local_addr()?;
-        let service = FlightServiceServer::new(TesseraFlightSql::new(Arc::clone(&coordinator)))
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES);
-        let (tx, rx) = oneshot::channel::<()>();
-        let server = tokio::spawn(async move {
-            let result = tonic::transport::Server::builder()
-                .add_service(service)
-                .serve_with_incoming_shutdown(nodelay_incoming(listener), async {
-                    let _ = rx.await;
-                })
-                .await;
-            if let Err(e) = result {
-                tracing::error!(error = %e, "coordinator server failed");
-            }
-        });
+        let server = CoordinatorServer::start(Arc::clone(&coordinator), config.listen).await?;
+        let addr = server.addr;
         tracing::info!(%addr, workers = workers.len(), "coordinator listening");
-        Ok(Self {
+        let mut cluster = Self {
             addr,
             workers,
             coordinator,
             data_dir: config.data_dir,
-            shutdown: Some(tx),
-            server,
-        })
+            server: Some(server),
+            heartbeats: BTreeMap::new(),
+        };
+        let started: Vec<(String, String)> = cluster
+            .workers
+            .iter()
+            .map(|w| (w.id.clone(), w.url.clone()))
+            .collect();
+        for (id, url) in started {
+            cluster.join(&id, &url).await?;
+        }
+        Ok(cluster)
+    }
+
+    /// Worker `id` at `url` joins the coordinator and heartbeats from now on.
+    async fn join(&mut self, id: &str, url: &str) -> Result<()> {
+        let mut member = Membership {
+            coordinators: vec![self.url()],
+            dir: self.data_dir.join(id),
+            hello: MemberHello {
+                id: Some(id.to_string()),
+                url: url.to_string(),
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                started_at_ms: unix_now_ms(),
+            },
+        };
+        let reply = member.join().await?;
+        let task = tokio::spawn(member.run(Some(reply)));
+        if let Some(old) = self.heartbeats.insert(id.to_string(), task) {
+            old.abort();
+        }
+        Ok(())
     }
 
     pub fn coordinator(&self) -> &Arc<Coordinator> {
@@ -140,6 +156,9 @@ impl Cluster {
         }
         let old = self.workers.remove(index);
         let stopped = (old.id.clone(), old.addr);
+        if let Some(beats) = self.heartbeats.remove(&old.id) {
+            beats.abort();
+        }
         old.stop().await;
         Some(stopped)
     }
@@ -156,16 +175,17 @@ impl Cluster {
         let url = handle.url.clone();
         self.workers.push(handle);
         self.workers.sort_by(|a, b| a.id.cmp(&b.id));
-        self.coordinator.worker_rejoined(id, &url).await
+        self.join(id, &url).await
     }
 
     /// Stops the coordinator and every worker.
     pub async fn stop(mut self) {
-        self.coordinator.close();
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
+        for (_, beats) in std::mem::take(&mut self.heartbeats) {
+            beats.abort();
         }
-        let _ = self.server.await;
+        if let Some(server) = self.server.take() {
+            server.stop().await;
+        }
         for w in self.workers.drain(..) {
             w.stop().await;
         }

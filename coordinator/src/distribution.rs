@@ -27,7 +27,8 @@ use url::Url;
 
 use crate::catalog::Catalog;
 
-/// Lists the live workers from the catalog's membership.
+/// Lists the workers queries may use (not down, not decommissioned), from
+/// the membership snapshot the coordinator keeps: never a metastore call.
 #[derive(Debug)]
 pub struct MembershipResolver {
     pub catalog: Arc<Catalog>,
@@ -36,7 +37,8 @@ pub struct MembershipResolver {
 impl WorkerResolver for MembershipResolver {
     fn get_urls(&self) -> Result<Vec<Url>> {
         self.catalog
-            .members()?
+            .membership()
+            .serving_urls()?
             .values()
             .map(|u| parse_url(u))
             .collect()

@@ -6,6 +6,7 @@
 mod ddl;
 mod errors;
 mod explain;
+mod members;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -99,12 +100,15 @@ pub struct Coordinator {
 
 impl Coordinator {
     /// Opens the catalog, finishes interrupted writes and restores external
-    /// tables. `members` maps worker ids to their URLs.
+    /// tables. `members` maps the ids of workers started with the
+    /// coordinator to their URLs (others join); a worker not heard from
+    /// for `lease` is down.
     pub async fn open(
         metastore: Box<dyn Metastore>,
         members: BTreeMap<String, String>,
+        lease: std::time::Duration,
     ) -> Result<Self> {
-        let catalog = Catalog::open(metastore, members).await?;
+        let catalog = Catalog::open(metastore, members, lease).await?;
         let mut config = SessionConfig::new()
             .with_information_schema(true)
             .with_option_extension(TesseraOptions::default());
@@ -294,21 +298,6 @@ impl Coordinator {
             .await
     }
 
-    /// A worker came back (restarted, perhaps at another address): its
-    /// decided writes are committed and the staged writes of aborted
-    /// transactions dropped, so it serves exactly what was acknowledged.
-    pub async fn worker_rejoined(&self, id: &str, url: &str) -> Result<()> {
-        self.catalog.set_member(id, url)?;
-        let client = WorkerClient::connect(url)?;
-        let state = self.catalog.state()?;
-        for (txn, by_worker) in &state.decided {
-            if let Some(writes) = by_worker.get(id) {
-                client.commit(*txn, writes.clone()).await?;
-            }
-        }
-        self.abort_leftovers(id, url).await
-    }
-
     /// Aborts the staged writes on a worker of transactions that can no
     /// longer commit (neither in flight nor decided): left by a failed
     /// statement, or by a crash before the decision.
@@ -392,6 +381,8 @@ impl Coordinator {
                 let batch = crate::compact::report(&done)?;
                 Ok(Planned::Ready(batch.schema(), vec![batch]))
             }
+            Statement::ShowWorkers => self.show_workers(),
+            Statement::AlterWorker { id, action } => self.alter_worker(&id, action).await,
             Statement::Sql(sql) => self.plan_datafusion(&sql).await,
         }
     }
@@ -424,8 +415,10 @@ impl Coordinator {
             Statement::CreateTable(_)
             | Statement::DropTable { .. }
             | Statement::CreateIndex(_)
+            | Statement::AlterWorker { .. }
             | Statement::DropIndex { .. } => Ok(None),
-            Statement::ShowTables
+            Statement::ShowWorkers
+            | Statement::ShowTables
             | Statement::ShowIndexes { .. }
             | Statement::ShowPartitions { .. }
             | Statement::Describe { .. } => Ok(Some(self.plan(sql).await?.schema())),

@@ -29,6 +29,7 @@ use datafusion::arrow::ipc::writer::IpcWriteOptions;
 use datafusion::common::DataFusionError;
 use futures::{Stream, TryStreamExt};
 use prost::Message;
+use tessera_worker::membership::{HEARTBEAT_ACTION, JOIN_ACTION, MemberHello};
 use tessera_worker::to_status;
 use tonic::{Request, Response, Status};
 
@@ -316,4 +317,38 @@ impl FlightSqlService for TesseraFlightSql {
     }
 
     async fn register_sql_info(&self, _id: i32, _result: &SqlInfo) {}
+
+    /// Workers' membership calls: join and heartbeat.
+    async fn do_action_fallback(
+        &self,
+        request: Request<Action>,
+    ) -> Result<Response<<Self as FlightService>::DoActionStream>, Status> {
+        let action = request.into_inner();
+        let hello: MemberHello = serde_json::from_slice(&action.body).map_err(|e| {
+            Status::invalid_argument(format!(
+                "'{}' carries no worker description ({e})",
+                action.r#type
+            ))
+        })?;
+        let reply = match action.r#type.as_str() {
+            JOIN_ACTION => {
+                let coordinator = Arc::clone(&self.coordinator);
+                let joined = guarded(async move { coordinator.join(hello).await })
+                    .await
+                    .map_err(status)?;
+                serde_json::to_vec(&joined)
+            }
+            HEARTBEAT_ACTION => {
+                serde_json::to_vec(&self.coordinator.heartbeat(&hello).map_err(status)?)
+            }
+            other => {
+                return Err(Status::invalid_argument(format!(
+                    "unknown action '{other}'"
+                )));
+            }
+        }
+        .map_err(|e| Status::internal(format!("membership reply: {e}")))?;
+        let result = arrow_flight::Result { body: reply.into() };
+        Ok(Response::new(Box::pin(futures::stream::iter([Ok(result)]))))
+    }
 }

@@ -15,12 +15,14 @@ mod engine;
 mod failpoint;
 mod flight_sql;
 mod index;
+mod membership;
 mod metastore;
 mod options;
 mod panic_guard;
 mod query_log;
 mod retry;
 mod schema;
+mod server;
 mod snapshot;
 mod stages;
 mod table;
@@ -28,15 +30,17 @@ mod write;
 mod yield_points;
 
 pub use catalog::{Catalog, SnapshotPin, WriteFanout};
-pub use catalog_state::{CatalogState, IndexStats, import_catalog_json};
+pub use catalog_state::{AdminState, CatalogState, IndexStats, MemberRecord, import_catalog_json};
 pub use cluster::{Cluster, ClusterConfig};
 pub use engine::{Coordinator, Planned};
+pub use membership::{DEFAULT_LEASE, MemberView, WorkerState};
 pub use metastore::{
     Compare, EtcdMetastore, FileMetastore, Metastore, Op, Versioned, WatchEvent, conformance,
     reserve, update_key,
 };
 pub use options::TesseraOptions;
 pub use query_log::{QueryLog, QueryRecord};
+pub use server::{CoordinatorServer, open_metastore};
 
 /// Scheduler ticks between two checks for network and timer events.
 /// Tokio's default is 61; a stage's poll can take up to a few hundred

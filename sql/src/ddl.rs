@@ -53,8 +53,23 @@ pub enum Statement {
     Compact {
         table: String,
     },
+    /// `SHOW WORKERS`: every worker, its state and what it holds.
+    ShowWorkers,
+    /// `ALTER WORKER id DRAIN | ACTIVATE | DECOMMISSION`.
+    AlterWorker {
+        id: String,
+        action: WorkerAction,
+    },
     /// Anything else, for DataFusion.
     Sql(String),
+}
+
+/// What `ALTER WORKER` sets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkerAction {
+    Drain,
+    Activate,
+    Decommission,
 }
 
 /// `CREATE TABLE` with its partitioning clause taken out.
@@ -194,6 +209,40 @@ pub fn parse_statement(sql: &str) -> Result<Statement> {
         };
         expect_end(&mut parser)?;
         return Ok(Statement::ShowIndexes { table });
+    }
+    let ends_at = |n: usize| {
+        words.len() == n || (words.len() == n + 1 && matches!(words[n], Token::SemiColon))
+    };
+    if kw(0, Keyword::SHOW) && word(1, "WORKERS") && ends_at(2) {
+        return Ok(Statement::ShowWorkers);
+    }
+    if kw(0, Keyword::ALTER) && word(1, "WORKER") {
+        let mut parser = Parser::new(&GenericDialect {}).with_tokens_with_locations(tokens);
+        parser.next_token();
+        parser.next_token();
+        let id = match parser.next_token().token {
+            Token::Word(w) => w.value,
+            Token::SingleQuotedString(s) => s,
+            other => {
+                return plan_err!(
+                    "ALTER WORKER takes a worker id (SHOW WORKERS lists them), not '{other}'"
+                );
+            }
+        };
+        let action = match parser.next_token().token {
+            Token::Word(w) if w.value.eq_ignore_ascii_case("DRAIN") => WorkerAction::Drain,
+            Token::Word(w) if w.value.eq_ignore_ascii_case("ACTIVATE") => WorkerAction::Activate,
+            Token::Word(w) if w.value.eq_ignore_ascii_case("DECOMMISSION") => {
+                WorkerAction::Decommission
+            }
+            other => {
+                return plan_err!(
+                    "ALTER WORKER {id} takes DRAIN, ACTIVATE or DECOMMISSION, not '{other}'"
+                );
+            }
+        };
+        expect_end(&mut parser)?;
+        return Ok(Statement::AlterWorker { id, action });
     }
     if word(0, "COMPACT") {
         let mut parser = Parser::new(&GenericDialect {}).with_tokens_with_locations(tokens);
@@ -484,6 +533,18 @@ mod tests {
             parse_statement("SHOW TABLES").unwrap(),
             Statement::ShowTables
         );
+        assert_eq!(
+            parse_statement("show workers;").unwrap(),
+            Statement::ShowWorkers
+        );
+        assert_eq!(
+            parse_statement("ALTER WORKER \"worker-2\" drain").unwrap(),
+            Statement::AlterWorker {
+                id: "worker-2".into(),
+                action: WorkerAction::Drain
+            }
+        );
+        assert!(parse_statement("ALTER WORKER w1 EXPLODE").is_err());
         assert_eq!(
             parse_statement("show partitions Foo").unwrap(),
             Statement::ShowPartitions {

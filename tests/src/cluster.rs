@@ -62,6 +62,7 @@ async fn start_cluster(dir: &Path, workers: usize) -> Result<Cluster> {
         listen,
         workers,
         data_dir: dir.to_path_buf(),
+        lease: tessera_coordinator::DEFAULT_LEASE,
     })
     .await
 }

@@ -7,6 +7,7 @@ mod checked_sum;
 mod client;
 pub mod index;
 mod kind;
+pub mod membership;
 mod scan;
 mod service;
 mod snapshot;

@@ -337,11 +337,19 @@ fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-fn ready(columns: Vec<(&str, ArrayRef)>) -> Result<Planned> {
+pub(super) fn ready(columns: Vec<(&str, ArrayRef)>) -> Result<Planned> {
+    ready_with_nulls(columns, &[])
+}
+
+/// Rows computed here; the columns named in `nullable` may hold NULLs.
+pub(super) fn ready_with_nulls(
+    columns: Vec<(&str, ArrayRef)>,
+    nullable: &[&str],
+) -> Result<Planned> {
     let schema = Arc::new(Schema::new(
         columns
             .iter()
-            .map(|(n, a)| Field::new(*n, a.data_type().clone(), false))
+            .map(|(n, a)| Field::new(*n, a.data_type().clone(), nullable.contains(n)))
             .collect::<Vec<_>>(),
     ));
     let batch = RecordBatch::try_new(

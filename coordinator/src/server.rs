@@ -1,0 +1,88 @@
+//! A coordinator serving Flight SQL (clients) and membership (workers) on
+//! one address: what `tessera coordinator` runs, and the embedded cluster.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow_flight::flight_service_server::FlightServiceServer;
+use datafusion::common::{DataFusionError, Result};
+use tessera_worker::nodelay_incoming;
+use tessera_worker::wire::MAX_MESSAGE_BYTES;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+use crate::engine::Coordinator;
+use crate::flight_sql::TesseraFlightSql;
+use crate::metastore::{EtcdMetastore, FileMetastore, Metastore};
+
+pub struct CoordinatorServer {
+    pub addr: SocketAddr,
+    coordinator: Arc<Coordinator>,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl CoordinatorServer {
+    /// Serves `coordinator` on `listen` (port 0: any free port).
+    pub async fn start(coordinator: Arc<Coordinator>, listen: SocketAddr) -> Result<Self> {
+        let listener = TcpListener::bind(listen).await.map_err(|e| {
+            DataFusionError::Configuration(format!(
+                "cannot listen on {listen}: {e}; pick another address with --listen"
+            ))
+        })?;
+        let addr = listener.local_addr()?;
+        let service = FlightServiceServer::new(TesseraFlightSql::new(Arc::clone(&coordinator)))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let result = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(nodelay_incoming(listener), async {
+                    let _ = rx.await;
+                })
+                .await;
+            if let Err(e) = result {
+                tracing::error!(error = %e, "coordinator server failed");
+            }
+        });
+        tracing::info!(%addr, "coordinator listening");
+        Ok(Self {
+            addr,
+            coordinator,
+            shutdown: Some(tx),
+            task,
+        })
+    }
+
+    pub fn coordinator(&self) -> &Arc<Coordinator> {
+        &self.coordinator
+    }
+
+    /// Stops background work and serving.
+    pub async fn stop(mut self) {
+        self.coordinator.close();
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+}
+
+/// The metastore `--metastore` names: etcd (`etcd://...`), or, without
+/// one, the file store in `dir` (an older `catalog.json` there is imported).
+pub async fn open_metastore(url: Option<&str>, dir: &Path) -> Result<Box<dyn Metastore>> {
+    match url {
+        Some(url) if url.starts_with("etcd://") => Ok(Box::new(EtcdMetastore::connect(url).await?)),
+        Some(other) => Err(tessera_worker::ErrorKind::InvalidArgument.error(format!(
+            "--metastore {other}: only etcd://HOST:PORT[,HOST:PORT...][/NAMESPACE] is known; \
+             leave it out for the file metastore in --data-dir"
+        ))),
+        None => {
+            let store = FileMetastore::open(dir)?;
+            crate::catalog_state::import_catalog_json(dir, &store).await?;
+            Ok(Box::new(store))
+        }
+    }
+}

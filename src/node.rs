@@ -1,0 +1,123 @@
+//! `tessera coordinator` and `tessera worker`: the processes of a cluster
+//! across machines. Workers join a coordinator, which keeps membership
+//! (and, with `--metastore etcd://...`, the catalog in etcd).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tessera_coordinator::{Coordinator, CoordinatorServer, open_metastore};
+use tessera_worker::membership::{MemberHello, Membership, read_id, unix_now_ms};
+use tessera_worker::{Storage, start_worker};
+
+/// `host:port` or a URL, as a URL.
+fn as_url(addr: &str) -> String {
+    if addr.contains("://") {
+        addr.trim_end_matches('/').to_string()
+    } else {
+        format!("http://{addr}")
+    }
+}
+
+pub struct CoordinatorArgs {
+    pub listen: SocketAddr,
+    pub advertise: Option<String>,
+    pub data_dir: PathBuf,
+    pub metastore: Option<String>,
+    pub lease: Duration,
+}
+
+pub async fn coordinator(args: CoordinatorArgs) -> Result<(), String> {
+    std::fs::create_dir_all(&args.data_dir)
+        .map_err(|e| format!("cannot create {}: {e}", args.data_dir.display()))?;
+    let metastore = open_metastore(args.metastore.as_deref(), &args.data_dir)
+        .await
+        .map_err(|e| e.to_string())?;
+    let coordinator = Coordinator::open(metastore, Default::default(), args.lease)
+        .await
+        .map_err(|e| e.to_string())?;
+    let server = CoordinatorServer::start(Arc::new(coordinator), args.listen)
+        .await
+        .map_err(|e| e.to_string())?;
+    let reach = args
+        .advertise
+        .clone()
+        .unwrap_or_else(|| server.addr.to_string());
+    eprintln!(
+        "Tessera coordinator on {} (Flight SQL and membership), metastore: {}",
+        server.addr,
+        args.metastore
+            .as_deref()
+            .unwrap_or(&format!("files in {}", args.data_dir.display()))
+    );
+    eprintln!("Workers join with: tessera worker --join {reach} --listen HOST:PORT --data-dir DIR");
+    eprintln!("Connect with: tessera shell --connect {reach}   (Ctrl-C stops)");
+    crate::wait_for_signal().await;
+    eprintln!("Stopping...");
+    server.stop().await;
+    Ok(())
+}
+
+pub struct WorkerArgs {
+    pub join: Vec<String>,
+    pub listen: SocketAddr,
+    pub advertise: Option<String>,
+    pub data_dir: PathBuf,
+}
+
+pub async fn worker(args: WorkerArgs) -> Result<(), String> {
+    let storage = Storage::open(&args.data_dir).map_err(|e| e.to_string())?;
+    let id = read_id(&args.data_dir).map_err(|e| e.to_string())?;
+    let label = id.clone().unwrap_or_else(|| "(joining)".to_string());
+    let handle = start_worker(&label, args.listen, storage)
+        .await
+        .map_err(|e| e.to_string())?;
+    let url = match &args.advertise {
+        Some(a) => as_url(a),
+        None if args.listen.ip().is_unspecified() => {
+            handle.stop().await;
+            return Err(format!(
+                "--listen {} is every address; say which one the others reach this worker at \
+                 with --advertise HOST:PORT",
+                args.listen
+            ));
+        }
+        None => handle.url.clone(),
+    };
+    let coordinators: Vec<String> = args.join.iter().map(|c| as_url(c)).collect();
+    let mut member = Membership {
+        coordinators: coordinators.clone(),
+        dir: args.data_dir.clone(),
+        hello: MemberHello {
+            id,
+            url: url.clone(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            started_at_ms: unix_now_ms(),
+        },
+    };
+    eprintln!(
+        "Tessera worker on {} (advertised as {url}), data dir {}, joining {}",
+        handle.addr,
+        args.data_dir.display(),
+        coordinators.join(",")
+    );
+    // The first join is awaited here only to print the id; the worker
+    // serves from the start and keeps trying if no coordinator answers.
+    let first = match member.join().await {
+        Ok(reply) => {
+            eprintln!("Joined as {}", reply.id);
+            Some(reply)
+        }
+        Err(e) => {
+            eprintln!("Not joined yet ({e}); retrying in the background");
+            None
+        }
+    };
+    let beats = tokio::spawn(member.run(first));
+    crate::wait_for_signal().await;
+    eprintln!("Stopping...");
+    beats.abort();
+    handle.stop().await;
+    Ok(())
+}
