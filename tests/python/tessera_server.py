@@ -1,4 +1,5 @@
-"""Starts real `tessera serve` processes for the client tests."""
+"""Starts real `tessera` processes (serve, coordinator, worker) and etcd for
+the client tests."""
 
 import os
 import socket
@@ -38,6 +39,62 @@ def start_server(data_dir, port, env=None):
                 proc.kill()
                 raise RuntimeError("tessera serve did not start listening in 60 s")
             time.sleep(0.2)
+
+
+def start_process(args, log_path, env=None):
+    """Runs `tessera ARGS`, its stderr in `log_path`; returns at once."""
+    binary = os.environ.get("TESSERA_BIN", "target/debug/tessera")
+    log = open(log_path, "w+b")
+    proc = subprocess.Popen(
+        [binary, *args],
+        stdout=subprocess.DEVNULL,
+        stderr=log,
+        env={**os.environ, **(env or {})},
+    )
+    proc.log = log
+    return proc
+
+
+def wait_listening(proc, host, port, what, timeout=60):
+    """Returns once `host:port` accepts connections; fails if `proc` exits."""
+    deadline = time.time() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited: " + server_log(proc))
+        try:
+            socket.create_connection((host, port), timeout=1).close()
+            return
+        except OSError:
+            if time.time() > deadline:
+                proc.kill()
+                raise RuntimeError(f"{what} did not start listening in {timeout} s")
+            time.sleep(0.1)
+
+
+def start_etcd(data_dir):
+    """A real etcd (Debian's, installed by scripts/setup-system.sh) on free
+    loopback ports; returns (process, "etcd://127.0.0.1:PORT")."""
+    client, peer = free_port(), free_port()
+    c, p = f"http://127.0.0.1:{client}", f"http://127.0.0.1:{peer}"
+    log = open(os.path.join(data_dir, "etcd.log"), "w+b")
+    proc = subprocess.Popen(
+        [
+            os.environ.get("TESSERA_ETCD", "etcd"),
+            "--name=test",
+            f"--data-dir={os.path.join(data_dir, 'etcd')}",
+            f"--listen-client-urls={c}",
+            f"--advertise-client-urls={c}",
+            f"--listen-peer-urls={p}",
+            f"--initial-advertise-peer-urls={p}",
+            f"--initial-cluster=test={p}",
+            "--max-txn-ops=4096",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=log,
+    )
+    proc.log = log
+    wait_listening(proc, "127.0.0.1", client, "etcd")
+    return proc, f"etcd://127.0.0.1:{client}"
 
 
 def server_log(proc):

@@ -1,0 +1,167 @@
+"""A cluster of separate processes: one `tessera coordinator` and three
+`tessera worker --join` on different loopback addresses (127.0.0.2-4, so
+nothing may be hard-wired to 127.0.0.1), driven through ADBC. A worker is
+SIGKILLed: it shows `down` within the lease, queries that need it fail
+naming it, the others answer; restarted at another port, everything
+answers again with exact counts."""
+
+import os
+import signal
+import time
+
+import adbc_driver_flightsql.dbapi as flightsql
+from tessera_server import free_port, server_log, start_process, stop_server, wait_listening
+
+LEASE_S = 2.0
+ROWS = 3000
+
+
+def rows(cur, sql):
+    cur.execute(sql)
+    return cur.fetch_arrow_table().to_pylist()
+
+
+def workers(cur):
+    return {w["id"]: w for w in rows(cur, "SHOW WORKERS")}
+
+
+def wait_for(what, check, timeout):
+    """Polls `check` until it returns something true; fails after `timeout`."""
+    deadline = time.time() + timeout
+    while True:
+        got = check()
+        if got:
+            return got
+        if time.time() > deadline:
+            raise AssertionError(f"{what} not within {timeout} s")
+        time.sleep(0.05)
+
+
+def start_worker(data_dir, coordinator, host, name):
+    port = free_port()
+    proc = start_process(
+        [
+            "worker",
+            "--join", coordinator,
+            "--listen", f"{host}:{port}",
+            "--data-dir", os.path.join(data_dir, name),
+        ],
+        os.path.join(data_dir, f"{name}-{port}.log"),
+    )
+    wait_listening(proc, host, port, f"worker {name}")
+    return proc, port
+
+
+def worker_id(data_dir, name):
+    return wait_for(
+        f"{name} to keep its id",
+        lambda: open(os.path.join(data_dir, name, "worker.id")).read().strip()
+        if os.path.exists(os.path.join(data_dir, name, "worker.id"))
+        else None,
+        30,
+    )
+
+
+def test_worker_processes_join_die_and_return(data_dir):
+    cport = free_port()
+    coordinator = f"127.0.0.1:{cport}"
+    coord = start_process(
+        [
+            "coordinator",
+            "--listen", coordinator,
+            "--data-dir", os.path.join(data_dir, "coordinator"),
+            "--worker-lease", str(LEASE_S),
+        ],
+        os.path.join(data_dir, "coordinator.log"),
+    )
+    procs = {}
+    try:
+        wait_listening(coord, "127.0.0.1", cport, "coordinator")
+        hosts = {"w2": "127.0.0.2", "w3": "127.0.0.3", "w4": "127.0.0.4"}
+        for name, host in hosts.items():
+            procs[name] = start_worker(data_dir, coordinator, host, name)
+        ids = {name: worker_id(data_dir, name) for name in hosts}
+        assert len(set(ids.values())) == 3, ids
+
+        with flightsql.connect(f"grpc://{coordinator}") as conn, conn.cursor() as cur:
+            wait_for(
+                "three workers up",
+                lambda: [w["state"] for w in workers(cur).values()] == ["up"] * 3,
+                30,
+            )
+            seen = workers(cur)
+            for name, host in hosts.items():
+                assert seen[ids[name]]["address"].startswith(f"http://{host}:"), seen
+
+            cur.execute("CREATE TABLE t (k BIGINT, v BIGINT) PARTITION BY HASH (k) PARTITIONS 6")
+            for lo in range(0, ROWS, 500):
+                cur.execute(f"INSERT INTO t SELECT value, value * 2 FROM range({lo}, {lo + 500})")
+            expected = (ROWS, sum(2 * k for k in range(ROWS)))
+            got = rows(cur, "SELECT count(*) AS n, sum(v) AS s FROM t")[0]
+            assert (got["n"], got["s"]) == expected
+            held = workers(cur)
+            assert sum(w["partitions"] for w in held.values()) == 6
+            assert all(w["partitions"] == 2 for w in held.values()), held
+
+            # SIGKILL the worker on 127.0.0.3.
+            victim = ids["w3"]
+            proc, old_port = procs.pop("w3")
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            killed = time.time()
+            wait_for(
+                f"{victim} down",
+                lambda: workers(cur)[victim]["state"] == "down",
+                LEASE_S * 3,
+            )
+            down_after = time.time() - killed
+            assert down_after <= LEASE_S + 1.5, down_after
+            others = [w for w in workers(cur).values() if w["id"] != victim]
+            assert [w["state"] for w in others] == ["up", "up"]
+
+            # Whole-table reads need it: a clear error naming it.
+            try:
+                cur.execute("SELECT count(*) FROM t")
+                cur.fetchall()
+                raise AssertionError("a read of the dead worker's partitions answered")
+            except flightsql.Error as e:
+                text = str(e)
+                assert victim in text and "down" in text and "start it again" in text, text
+            # Point reads on the other workers answer.
+            answered, refused = 0, 0
+            for k in range(30):
+                try:
+                    n = rows(cur, f"SELECT count(*) AS n FROM t WHERE k = {k}")[0]["n"]
+                    assert n == 1
+                    answered += 1
+                except flightsql.Error as e:
+                    assert victim in str(e), str(e)
+                    refused += 1
+            assert answered > 0 and refused > 0, (answered, refused)
+
+            # Back at another port: everything answers, nothing lost or doubled.
+            port = old_port
+            while port == old_port:
+                proc, port = start_worker(data_dir, coordinator, "127.0.0.3", "w3")
+                if port == old_port:
+                    stop_server(proc)
+            procs["w3"] = (proc, port)
+            wait_for(
+                f"{victim} up again",
+                lambda: workers(cur)[victim]["state"] == "up",
+                30,
+            )
+            assert workers(cur)[victim]["address"] == f"http://127.0.0.3:{port}"
+            got = rows(cur, "SELECT count(*) AS n, sum(v) AS s FROM t")[0]
+            assert (got["n"], got["s"]) == expected
+            cur.execute("INSERT INTO t VALUES (100000, 1)")
+            got = rows(cur, "SELECT count(*) AS n FROM t")[0]
+            assert got["n"] == ROWS + 1
+        print(f"\nkilled worker shown down after {down_after:.2f} s (lease {LEASE_S} s)")
+    except BaseException:
+        print(server_log(coord))
+        raise
+    finally:
+        for proc, _ in procs.values():
+            stop_server(proc)
+        stop_server(coord)
