@@ -80,6 +80,9 @@ enum Command {
         /// Seconds a call to a worker may take before the statement fails.
         #[arg(long, default_value_t = 30.0)]
         worker_timeout: f64,
+        /// File holding the secret every member of the cluster presents.
+        #[arg(long)]
+        cluster_secret_file: Option<PathBuf>,
     },
     /// Run a worker: it holds partitions in --data-dir and joins a coordinator.
     Worker {
@@ -95,6 +98,9 @@ enum Command {
         /// Where its partitions and its id live.
         #[arg(long)]
         data_dir: PathBuf,
+        /// File holding the secret every member of the cluster presents.
+        #[arg(long)]
+        cluster_secret_file: Option<PathBuf>,
     },
     /// Interactive SQL shell.
     Shell {
@@ -363,7 +369,9 @@ fn main() -> ExitCode {
                 metastore,
                 worker_lease,
                 worker_timeout,
+                cluster_secret_file,
             } => {
+                node::set_secret(cluster_secret_file.as_deref())?;
                 let lease = seconds("--worker-lease", worker_lease)?;
                 tessera_worker::set_call_timeout(seconds("--worker-timeout", worker_timeout)?);
                 node::coordinator(node::CoordinatorArgs {
@@ -380,7 +388,9 @@ fn main() -> ExitCode {
                 listen,
                 advertise,
                 data_dir,
+                cluster_secret_file,
             } => {
+                node::set_secret(cluster_secret_file.as_deref())?;
                 node::worker(node::WorkerArgs {
                     join,
                     listen,

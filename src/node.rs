@@ -11,6 +11,21 @@ use tessera_coordinator::{Coordinator, CoordinatorServer, open_metastore};
 use tessera_worker::membership::{MemberHello, Membership, read_id, unix_now_ms};
 use tessera_worker::{Storage, start_worker};
 
+/// Sets the cluster secret from `--cluster-secret-file`; without one, the
+/// cluster admits any process that reaches it, which is said loudly.
+pub fn set_secret(file: Option<&std::path::Path>) -> Result<(), String> {
+    match file {
+        Some(f) => tessera_worker::secret::set_cluster_secret_file(f).map_err(|e| e.to_string()),
+        None => {
+            eprintln!(
+                "Warning: no --cluster-secret-file: any process that reaches this one can join \
+                 the cluster or send it work. Give every member the same secret file."
+            );
+            Ok(())
+        }
+    }
+}
+
 /// `host:port` or a URL, as a URL.
 fn as_url(addr: &str) -> String {
     if addr.contains("://") {

@@ -54,6 +54,9 @@ impl Cluster {
                 "--workers must be at least 1".to_string(),
             ));
         }
+        // Every member lives in this process: a secret of its own keeps
+        // other processes out.
+        tessera_worker::secret::ensure_cluster_secret()?;
         let mut workers = vec![];
         let worker_addr = SocketAddr::new(config.listen.ip(), 0);
         for i in 0..config.workers {

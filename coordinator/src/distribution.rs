@@ -84,7 +84,7 @@ impl ChannelResolver for MembershipChannels {
             .http2_keep_alive_interval(std::time::Duration::from_secs(10))
             .keep_alive_timeout(std::time::Duration::from_secs(20))
             .connect_lazy();
-        let channel = BoxCloneSyncChannel::new(channel);
+        let channel = BoxCloneSyncChannel::new(tessera_worker::secret::member_channel(channel));
         cache.insert(url.to_string(), (epoch, channel.clone()));
         Ok(create_worker_client(channel))
     }

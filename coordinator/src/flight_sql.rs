@@ -323,6 +323,8 @@ impl FlightSqlService for TesseraFlightSql {
         &self,
         request: Request<Action>,
     ) -> Result<Response<<Self as FlightService>::DoActionStream>, Status> {
+        // Members only: a worker joins and heartbeats with the secret.
+        tessera_worker::secret::check_metadata(request.metadata(), request.remote_addr())?;
         let action = request.into_inner();
         let hello: MemberHello = serde_json::from_slice(&action.body).map_err(|e| {
             Status::invalid_argument(format!(

@@ -3,7 +3,8 @@
 nothing may be hard-wired to 127.0.0.1), driven through ADBC. A worker is
 SIGKILLed: it shows `down` within the lease, queries that need it fail
 naming it, the others answer; restarted at another port, everything
-answers again with exact counts."""
+answers again with exact counts. Every process presents the cluster
+secret; a worker with another one is refused."""
 
 import os
 import signal
@@ -37,7 +38,14 @@ def wait_for(what, check, timeout):
         time.sleep(0.05)
 
 
-def start_worker(data_dir, coordinator, host, name):
+def secret_file(data_dir, name, secret):
+    path = os.path.join(data_dir, name)
+    with open(path, "w") as f:
+        f.write(secret + "\n")
+    return path
+
+
+def start_worker(data_dir, coordinator, host, name, secret=None):
     port = free_port()
     proc = start_process(
         [
@@ -45,6 +53,7 @@ def start_worker(data_dir, coordinator, host, name):
             "--join", coordinator,
             "--listen", f"{host}:{port}",
             "--data-dir", os.path.join(data_dir, name),
+            "--cluster-secret-file", secret or os.path.join(data_dir, "cluster.secret"),
         ],
         os.path.join(data_dir, f"{name}-{port}.log"),
     )
@@ -65,12 +74,14 @@ def worker_id(data_dir, name):
 def test_worker_processes_join_die_and_return(data_dir):
     cport = free_port()
     coordinator = f"127.0.0.1:{cport}"
+    secret_file(data_dir, "cluster.secret", "s3cret-" + os.urandom(16).hex())
     coord = start_process(
         [
             "coordinator",
             "--listen", coordinator,
             "--data-dir", os.path.join(data_dir, "coordinator"),
             "--worker-lease", str(LEASE_S),
+            "--cluster-secret-file", os.path.join(data_dir, "cluster.secret"),
         ],
         os.path.join(data_dir, "coordinator.log"),
     )
@@ -92,6 +103,18 @@ def test_worker_processes_join_die_and_return(data_dir):
             seen = workers(cur)
             for name, host in hosts.items():
                 assert seen[ids[name]]["address"].startswith(f"http://{host}:"), seen
+
+            # A worker with another secret is refused, and says so.
+            other = secret_file(data_dir, "other.secret", "other-" + os.urandom(16).hex())
+            intruder, _ = start_worker(data_dir, coordinator, "127.0.0.5", "intruder", other)
+            wait_for(
+                "the intruder to be refused",
+                lambda: b"does not carry this cluster's secret" in server_log(intruder).encode(),
+                30,
+            )
+            stop_server(intruder)
+            assert len(workers(cur)) == 3
+            assert "refused a call without this cluster's secret" in server_log(coord)
 
             cur.execute("CREATE TABLE t (k BIGINT, v BIGINT) PARTITION BY HASH (k) PARTITIONS 6")
             for lo in range(0, ROWS, 500):

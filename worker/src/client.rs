@@ -18,6 +18,7 @@ use serde::de::DeserializeOwned;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::kind::ErrorKind;
+use crate::secret::{MemberChannel, member_channel};
 use crate::storage::{Compaction, DataFile, PartitionStats, StagedWrite};
 use crate::unavailable::WorkerUnavailable;
 use crate::wire::{self, MAX_MESSAGE_BYTES};
@@ -55,7 +56,7 @@ pub fn flight_error(url: &str, e: FlightError) -> DataFusionError {
 #[derive(Clone, Debug)]
 pub struct WorkerClient {
     url: String,
-    inner: FlightServiceClient<Channel>,
+    inner: FlightServiceClient<MemberChannel>,
 }
 
 /// How long a call to a worker may take before it fails, in milliseconds
@@ -145,7 +146,7 @@ impl WorkerClient {
                 }
             }
         };
-        let inner = FlightServiceClient::new(channel)
+        let inner = FlightServiceClient::new(member_channel(channel))
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         Ok(Self {

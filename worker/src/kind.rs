@@ -34,6 +34,11 @@ pub enum ErrorKind {
     ResourceExhausted,
     /// Not supported.
     Unimplemented,
+    /// Refused: a call without the cluster's secret, or a plan that would
+    /// touch files a worker does not serve.
+    PermissionDenied,
+    /// The caller did not prove it is a member of the cluster.
+    Unauthenticated,
     /// A bug.
     Internal,
 }
@@ -56,6 +61,8 @@ impl ErrorKind {
             ErrorKind::Unavailable => tonic::Code::Unavailable,
             ErrorKind::ResourceExhausted => tonic::Code::ResourceExhausted,
             ErrorKind::Unimplemented => tonic::Code::Unimplemented,
+            ErrorKind::PermissionDenied => tonic::Code::PermissionDenied,
+            ErrorKind::Unauthenticated => tonic::Code::Unauthenticated,
             ErrorKind::Internal => tonic::Code::Internal,
         }
     }
@@ -70,6 +77,8 @@ impl ErrorKind {
             tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => ErrorKind::Unavailable,
             tonic::Code::ResourceExhausted => ErrorKind::ResourceExhausted,
             tonic::Code::Unimplemented => ErrorKind::Unimplemented,
+            tonic::Code::PermissionDenied => ErrorKind::PermissionDenied,
+            tonic::Code::Unauthenticated => ErrorKind::Unauthenticated,
             _ => ErrorKind::Internal,
         }
     }

@@ -5,10 +5,12 @@
 mod checked;
 mod checked_sum;
 mod client;
+mod guard;
 pub mod index;
 mod kind;
 pub mod membership;
 mod scan;
+pub mod secret;
 mod service;
 mod snapshot;
 mod storage;
@@ -19,6 +21,7 @@ mod yielding;
 pub use checked::{checked_udf, register_checked};
 pub use checked_sum::checked_sum_udaf;
 pub use client::{WorkerClient, call_timeout, flight_error, set_call_timeout};
+pub use guard::check_plan;
 pub use kind::ErrorKind;
 pub use scan::{
     IndexRead, LocalStore, PartitionScanExec, ScanPart, ScanSpec, SizeEstimate, TesseraCodec,

@@ -113,7 +113,11 @@ async fn call<T: DeserializeOwned>(
         .map_err(|e| unreachable(format!("cannot connect ({e})")))?;
     let body = serde_json::to_vec(hello)
         .map_err(|e| DataFusionError::Internal(format!("membership message: {e}")))?;
-    let mut client = FlightClient::new(channel);
+    let mut client = FlightClient::new_from_inner(
+        arrow_flight::flight_service_client::FlightServiceClient::new(
+            crate::secret::member_channel(channel),
+        ),
+    );
     let mut stream = client
         .do_action(Action::new(kind, body))
         .await

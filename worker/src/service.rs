@@ -384,10 +384,19 @@ pub async fn start_worker(
     });
 
     let codec_local = Arc::clone(&local);
+    let peers: Arc<dyn datafusion_distributed::ChannelResolver + Send + Sync> =
+        Arc::new(crate::secret::PeerChannels::default());
     let worker = Worker::from_session_builder(move |ctx: WorkerQueryContext| {
         let codec = TesseraCodec::for_worker(Arc::clone(&codec_local));
+        let guard = crate::guard::plan_guard(codec_local.storage.root().to_path_buf());
+        let peers = Arc::clone(&peers);
         async move {
-            let mut state = ctx.builder.with_distributed_user_codec(codec).build();
+            let mut state = ctx
+                .builder
+                .with_distributed_user_codec(codec)
+                .with_distributed_channel_resolver(peers)
+                .with_distributed_worker_plan_rewrite_handler(guard)
+                .build();
             crate::checked::register_checked(&mut state)?;
             Ok(state)
         }
@@ -410,6 +419,9 @@ pub async fn start_worker(
     let worker_id = id.to_string();
     let task = tokio::spawn(async move {
         let result = tonic::transport::Server::builder()
+            .layer(tonic::service::InterceptorLayer::new(
+                crate::secret::check_secret as fn(_) -> _,
+            ))
             .add_service(flight)
             .add_service(worker.into_worker_server())
             .serve_with_incoming_shutdown(incoming, async {
