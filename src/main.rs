@@ -83,6 +83,10 @@ enum Command {
         /// File holding the secret every member of the cluster presents.
         #[arg(long)]
         cluster_secret_file: Option<PathBuf>,
+        /// With etcd: seconds a dead leader holds the lead before a
+        /// standby coordinator takes over.
+        #[arg(long, default_value_t = 5.0)]
+        leader_lease: f64,
     },
     /// Run a worker: it holds partitions in --data-dir and joins a coordinator.
     Worker {
@@ -370,9 +374,11 @@ fn main() -> ExitCode {
                 worker_lease,
                 worker_timeout,
                 cluster_secret_file,
+                leader_lease,
             } => {
                 node::set_secret(cluster_secret_file.as_deref())?;
                 let lease = seconds("--worker-lease", worker_lease)?;
+                let leader_lease = seconds("--leader-lease", leader_lease)?;
                 tessera_worker::set_call_timeout(seconds("--worker-timeout", worker_timeout)?);
                 node::coordinator(node::CoordinatorArgs {
                     listen,
@@ -380,6 +386,7 @@ fn main() -> ExitCode {
                     data_dir: data_dir.unwrap_or_else(default_data_dir),
                     metastore,
                     lease,
+                    leader_lease,
                 })
                 .await
             }

@@ -7,7 +7,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tessera_coordinator::{Coordinator, CoordinatorServer, open_metastore};
+use tessera_coordinator::{
+    Coordinator, CoordinatorServer, EtcdMetastore, Metastore, open_metastore,
+};
 use tessera_worker::membership::{MemberHello, Membership, read_id, unix_now_ms};
 use tessera_worker::{Storage, start_worker};
 
@@ -41,14 +43,51 @@ pub struct CoordinatorArgs {
     pub data_dir: PathBuf,
     pub metastore: Option<String>,
     pub lease: Duration,
+    /// How long a dead leader holds the lead before a standby takes over.
+    pub leader_lease: Duration,
 }
 
 pub async fn coordinator(args: CoordinatorArgs) -> Result<(), String> {
     std::fs::create_dir_all(&args.data_dir)
         .map_err(|e| format!("cannot create {}: {e}", args.data_dir.display()))?;
-    let metastore = open_metastore(args.metastore.as_deref(), &args.data_dir)
-        .await
-        .map_err(|e| e.to_string())?;
+    let me = args
+        .advertise
+        .clone()
+        .unwrap_or_else(|| args.listen.to_string());
+    let metastore: Box<dyn Metastore> = match args.metastore.as_deref() {
+        Some(url) if url.starts_with("etcd://") => {
+            let store = EtcdMetastore::connect(url)
+                .await
+                .map_err(|e| e.to_string())?;
+            // One coordinator leads; another on the same etcd waits as a
+            // standby and takes over when the leader's lease ends.
+            store
+                .lead(
+                    &me,
+                    args.leader_lease,
+                    |other| {
+                        eprintln!(
+                            "Standby: coordinator {other} leads this cluster; taking over when \
+                             it stops"
+                        )
+                    },
+                    || {
+                        eprintln!(
+                            "Error: this coordinator lost the lead of the cluster (its etcd lease \
+                             ended); stopping so that the new leader alone writes"
+                        );
+                        std::process::exit(3);
+                    },
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            eprintln!("Leading the cluster in {url}");
+            Box::new(store)
+        }
+        other => open_metastore(other, &args.data_dir)
+            .await
+            .map_err(|e| e.to_string())?,
+    };
     let coordinator = Coordinator::open(metastore, Default::default(), args.lease)
         .await
         .map_err(|e| e.to_string())?;

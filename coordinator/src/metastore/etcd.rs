@@ -8,13 +8,14 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use datafusion::common::{DataFusionError, Result};
 use etcd_client::{
     Client, Compare as EtcdCompare, CompareOp, ConnectOptions, EventType, GetOptions, KeyValue,
-    Txn, TxnOp, WatchOptions,
+    PutOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
 };
 use futures::StreamExt;
 use futures::stream::BoxStream;
@@ -32,7 +33,14 @@ pub struct EtcdMetastore {
     endpoints: Vec<String>,
     /// Prepended to every key: `<namespace>/`.
     prefix: String,
+    /// Once this coordinator leads: the leader key's create revision.
+    /// Every write then also compares it, so a coordinator that lost the
+    /// lead (its lease expired) cannot write any more.
+    fence: Arc<OnceLock<i64>>,
 }
+
+/// The key whose holder leads the cluster (outside the catalog's keys).
+const LEADER_KEY: &str = "leader";
 
 impl std::fmt::Debug for EtcdMetastore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -90,6 +98,7 @@ impl EtcdMetastore {
             client,
             endpoints,
             prefix: format!("{namespace}/"),
+            fence: Arc::new(OnceLock::new()),
         };
         // Fail now, with the address, if nobody answers there.
         store.current_revision().await?;
@@ -114,6 +123,114 @@ impl EtcdMetastore {
                 &format!("{what} took over {} s", CALL_TIMEOUT.as_secs()),
             )),
         }
+    }
+
+    /// Waits until this coordinator leads the cluster: the leader key is
+    /// created under a lease of `ttl`, kept alive from then on; while
+    /// another coordinator holds it, `waiting` is called with its holder
+    /// and this one waits for it to go. Should the lease be lost, every
+    /// later write fails (fencing) and `lost` is called.
+    pub async fn lead(
+        &self,
+        holder: &str,
+        ttl: Duration,
+        waiting: impl Fn(&str),
+        lost: impl FnOnce() + Send + 'static,
+    ) -> Result<()> {
+        let ttl_s = i64::try_from(ttl.as_secs().max(1)).unwrap_or(60);
+        let key = self.key(LEADER_KEY);
+        loop {
+            let mut client = self.client.clone();
+            let lease = self
+                .call("granting a lease", client.lease_grant(ttl_s, None))
+                .await?
+                .id();
+            let txn = Txn::new()
+                .when([EtcdCompare::create_revision(
+                    key.as_str(),
+                    CompareOp::Equal,
+                    0,
+                )])
+                .and_then([TxnOp::put(
+                    key.as_str(),
+                    holder,
+                    Some(PutOptions::new().with_lease(lease)),
+                )])
+                .or_else([TxnOp::get(key.as_str(), None)]);
+            let mut kv = self.client.kv_client();
+            let resp = self.call("campaigning", kv.txn(txn)).await?;
+            if resp.succeeded() {
+                let revision = resp.header().map_or(0, |h| h.revision());
+                let _ = self.fence.set(revision);
+                self.keep_alive(lease, ttl, lost).await?;
+                return Ok(());
+            }
+            let _ = client.lease_revoke(lease).await;
+            let current = resp.op_responses().into_iter().find_map(|r| match r {
+                TxnOpResponse::Get(g) => g
+                    .kvs()
+                    .first()
+                    .map(|kv| (kv.value_str().unwrap_or("?").to_string(), kv.mod_revision())),
+                _ => None,
+            });
+            let Some((other, revision)) = current else {
+                continue;
+            };
+            waiting(&other);
+            // Wait for the holder's key to go (its lease ends or it stops).
+            let mut watcher = self.client.watch_client();
+            let mut events = self
+                .call(
+                    "watching the leader",
+                    watcher.watch(
+                        key.as_str(),
+                        Some(WatchOptions::new().with_start_revision(revision + 1)),
+                    ),
+                )
+                .await?;
+            while let Some(Ok(resp)) = events.next().await {
+                if resp
+                    .events()
+                    .iter()
+                    .any(|e| e.event_type() == EventType::Delete)
+                {
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Keeps lease `lease` alive in the background, a third of `ttl` apart;
+    /// calls `lost` once it cannot.
+    async fn keep_alive(
+        &self,
+        lease: i64,
+        ttl: Duration,
+        lost: impl FnOnce() + Send + 'static,
+    ) -> Result<()> {
+        let mut client = self.client.clone();
+        let (mut keeper, mut responses) = self
+            .call("keeping the lease", client.lease_keep_alive(lease))
+            .await?;
+        tokio::spawn(async move {
+            let beat = (ttl / 3).max(Duration::from_millis(100));
+            let mut last_ok = std::time::Instant::now();
+            loop {
+                let ok = keeper.keep_alive().await.is_ok()
+                    && matches!(
+                        tokio::time::timeout(beat, responses.message()).await,
+                        Ok(Ok(Some(r))) if r.ttl() > 0
+                    );
+                if ok {
+                    last_ok = std::time::Instant::now();
+                } else if last_ok.elapsed() >= ttl {
+                    lost();
+                    return;
+                }
+                tokio::time::sleep(beat).await;
+            }
+        });
+        Ok(())
     }
 
     async fn current_revision(&self) -> Result<u64> {
@@ -180,7 +297,7 @@ impl Metastore for EtcdMetastore {
     }
 
     async fn commit(&self, compares: &[Compare], ops: &[Op]) -> Result<Option<u64>> {
-        let when: Vec<EtcdCompare> = compares
+        let mut when: Vec<EtcdCompare> = compares
             .iter()
             .map(|c| match c.revision {
                 // Absent: never created (or deleted since).
@@ -192,6 +309,13 @@ impl Metastore for EtcdMetastore {
                 ),
             })
             .collect();
+        if let Some(fence) = self.fence.get() {
+            when.push(EtcdCompare::create_revision(
+                self.key(LEADER_KEY),
+                CompareOp::Equal,
+                *fence,
+            ));
+        }
         let then: Vec<TxnOp> = ops
             .iter()
             .map(|op| match op {
