@@ -54,6 +54,7 @@ pub async fn coordinator(args: CoordinatorArgs) -> Result<(), String> {
         .advertise
         .clone()
         .unwrap_or_else(|| args.listen.to_string());
+    let mut leader: Option<EtcdMetastore> = None;
     let metastore: Box<dyn Metastore> = match args.metastore.as_deref() {
         Some(url) if url.starts_with("etcd://") => {
             let store = EtcdMetastore::connect(url)
@@ -82,6 +83,7 @@ pub async fn coordinator(args: CoordinatorArgs) -> Result<(), String> {
                 .await
                 .map_err(|e| e.to_string())?;
             eprintln!("Leading the cluster in {url}");
+            leader = Some(store.clone());
             Box::new(store)
         }
         other => open_metastore(other, &args.data_dir)
@@ -110,6 +112,10 @@ pub async fn coordinator(args: CoordinatorArgs) -> Result<(), String> {
     crate::wait_for_signal().await;
     eprintln!("Stopping...");
     server.stop().await;
+    if let Some(store) = leader {
+        // A standby takes over now rather than when the lease ends.
+        store.resign().await;
+    }
     Ok(())
 }
 

@@ -15,6 +15,8 @@ use std::sync::Arc;
 
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::common::{DataFusionError, Result};
+use datafusion::datasource::physical_plan::FileScanConfig;
+use datafusion::datasource::source::DataSourceExec;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion_distributed::grpc::{BoxCloneSyncChannel, create_worker_client};
 use datafusion_distributed::{
@@ -108,10 +110,20 @@ fn by_owner(parts: &[ScanPart]) -> Vec<Vec<ScanPart>> {
     groups.into_values().collect()
 }
 
-/// One task per worker that holds kept partitions.
+/// One task per worker that holds kept partitions. A scan of files (an
+/// external table) reads the coordinator's own disk, which workers neither
+/// see (on other machines) nor may read (their plan guard): one task, here.
 pub fn desired_task_count(
     ev: DesiredTaskCountEvent,
 ) -> Option<Result<DesiredTaskCountEventResponse>> {
+    if let Some(source) = ev.plan.downcast_ref::<DataSourceExec>()
+        && source
+            .data_source()
+            .downcast_ref::<FileScanConfig>()
+            .is_some()
+    {
+        return Some(Ok(DesiredTaskCountEventResponse::desired(1)));
+    }
     let scan = ev.plan.downcast_ref::<PartitionScanExec>()?;
     let owners = by_owner(scan.parts()).len().max(1);
     Some(Ok(DesiredTaskCountEventResponse::desired(owners)))

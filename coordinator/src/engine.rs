@@ -96,6 +96,9 @@ pub struct Coordinator {
     catalog: Arc<Catalog>,
     ctx: SessionContext,
     log: Arc<QueryLog>,
+    /// One worker join at a time: the checks of a join (is this id alive
+    /// elsewhere?) hold until it is recorded.
+    joining: tokio::sync::Mutex<()>,
 }
 
 impl Coordinator {
@@ -150,7 +153,12 @@ impl Coordinator {
             "tessera",
             Arc::new(SystemSchema::new(Arc::clone(&log), Arc::clone(&catalog))),
         )?;
-        let coordinator = Self { catalog, ctx, log };
+        let coordinator = Self {
+            catalog,
+            ctx,
+            log,
+            joining: tokio::sync::Mutex::new(()),
+        };
         coordinator.recover().await?;
         coordinator.restore_external_tables().await;
         crate::index::spawn_applier(&coordinator.catalog);

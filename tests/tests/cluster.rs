@@ -224,6 +224,22 @@ async fn external_parquet_tables() {
         .unwrap();
     assert_eq!(count(&cluster, "t").await, 50);
 
+    // A file scan is the coordinator's: however big it would be split,
+    // it is not sent to workers (which may not read it).
+    cluster
+        .query("SET distributed.file_scan_config_bytes_per_partition = 1")
+        .await
+        .unwrap();
+    let groups = cluster
+        .query("SELECT n % 5 AS g, count(*) FROM ext GROUP BY g")
+        .await
+        .unwrap();
+    assert_eq!(groups.iter().map(|b| b.num_rows()).sum::<usize>(), 5);
+    cluster
+        .query("SET distributed.file_scan_config_bytes_per_partition = 16777216")
+        .await
+        .unwrap();
+
     let err = cluster
         .query("CREATE EXTERNAL TABLE broken STORED AS PARQUET LOCATION '/nonexistent/x.parquet'")
         .await

@@ -135,6 +135,10 @@ async fn workers_refuse_strangers_and_plans_reading_other_files() {
         .unwrap();
     let n = tessera_tests::single_i64(&cluster.query("SELECT count(*) FROM t").await.unwrap());
     assert_eq!(n, 100);
+    // Refused tasks leave nothing behind that would hold a clean stop.
+    tokio::time::timeout(std::time::Duration::from_secs(30), cluster.stop())
+        .await
+        .expect("the cluster stops after refusing plans");
 }
 
 /// A plan that writes files is refused whatever it writes.

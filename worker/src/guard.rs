@@ -31,8 +31,8 @@ pub fn check_plan(plan: &Arc<dyn ExecutionPlan>, root: &Path) -> Result<()> {
         {
             for group in &files.file_groups {
                 for file in group.iter() {
-                    let path = PathBuf::from(format!("/{}", file.object_meta.location));
-                    if files.object_store_url.as_str() != "file:///" || !path.starts_with(root) {
+                    let location = file.object_meta.location.as_ref();
+                    if files.object_store_url.as_str() != "file:///" || !inside(root, location) {
                         return Err(ErrorKind::PermissionDenied.error(format!(
                             "a worker reads only the files in its data dir ({}), not {}{}",
                             root.display(),
@@ -48,6 +48,21 @@ pub fn check_plan(plan: &Arc<dyn ExecutionPlan>, root: &Path) -> Result<()> {
     .map(|_| ())
 }
 
+/// Whether the local file at object store path `location` lies inside
+/// `root`: judged on the path as it will be opened (escapes such as `%2E`
+/// refused outright, then both sides canonicalized, symbolic links
+/// resolved).
+fn inside(root: &Path, location: &str) -> bool {
+    if location.contains('%') || location.split('/').any(|p| p == ".." || p == ".") {
+        return false;
+    }
+    let path = PathBuf::from(format!("/{location}"));
+    match (path.canonicalize(), root.canonicalize()) {
+        (Ok(path), Ok(root)) => path.starts_with(root),
+        _ => false,
+    }
+}
+
 /// The guard as a datafusion-distributed worker plan hook.
 pub fn plan_guard(
     root: PathBuf,
@@ -58,5 +73,29 @@ pub fn plan_guard(
     move |ev: WorkerPlanRewriteEvent<'_>| {
         check_plan(&ev.plan, &root)?;
         Ok(WorkerPlanRewriteEventResponse::new(ev.plan))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_files_really_inside_the_root_pass() {
+        let root = tempfile::tempdir().unwrap();
+        let file = root.path().join("t1").join("p0.parquet");
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(&file, b"x").unwrap();
+        let rel = |p: &Path| p.to_str().unwrap().trim_start_matches('/').to_string();
+        assert!(inside(root.path(), &rel(&file)));
+        let escape = format!("{}/t1/%2E%2E/%2E%2E/etc/passwd", rel(root.path()));
+        assert!(!inside(root.path(), &escape));
+        let dots = format!("{}/t1/../../etc/passwd", rel(root.path()));
+        assert!(!inside(root.path(), &dots));
+        assert!(!inside(root.path(), "etc/passwd"));
+        // A link inside the root to a file outside it.
+        let link = root.path().join("link");
+        std::os::unix::fs::symlink("/etc/hostname", &link).unwrap();
+        assert!(!inside(root.path(), &rel(&link)));
     }
 }

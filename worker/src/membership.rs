@@ -99,6 +99,7 @@ async fn call<T: DeserializeOwned>(
     coordinator: &str,
     kind: &str,
     hello: &MemberHello,
+    timeout: Duration,
 ) -> Result<T> {
     let unreachable =
         |why: String| ErrorKind::Unavailable.error(format!("coordinator {coordinator}: {why}"));
@@ -106,8 +107,8 @@ async fn call<T: DeserializeOwned>(
         .map_err(|e| {
             ErrorKind::InvalidArgument.error(format!("bad coordinator address {coordinator}: {e}"))
         })?
-        .connect_timeout(Duration::from_secs(3))
-        .timeout(Duration::from_secs(30))
+        .connect_timeout(timeout.min(Duration::from_secs(3)))
+        .timeout(timeout)
         .connect()
         .await
         .map_err(|e| unreachable(format!("cannot connect ({e})")))?;
@@ -152,17 +153,27 @@ pub struct Membership {
 }
 
 impl Membership {
-    /// Joins the first coordinator that accepts; keeps a newly given id.
+    /// Joins the first coordinator that accepts (the one that answered
+    /// last, first); keeps a newly given id. A join may take a while: the
+    /// coordinator commits the writes this worker missed first.
     pub async fn join(&mut self) -> Result<JoinReply> {
+        let reply: JoinReply = self.ask(JOIN_ACTION, Duration::from_secs(60)).await?;
+        if self.hello.id.as_deref() != Some(reply.id.as_str()) {
+            write_id(&self.dir, &reply.id)?;
+            self.hello.id = Some(reply.id.clone());
+        }
+        Ok(reply)
+    }
+
+    /// Asks the coordinators in turn, the one that answered last first,
+    /// and remembers which answered.
+    async fn ask<T: DeserializeOwned>(&mut self, kind: &str, timeout: Duration) -> Result<T> {
         let mut last = None;
-        for c in &self.coordinators {
-            match call::<JoinReply>(c, JOIN_ACTION, &self.hello).await {
-                Ok(reply) => {
-                    if self.hello.id.as_deref() != Some(reply.id.as_str()) {
-                        write_id(&self.dir, &reply.id)?;
-                        self.hello.id = Some(reply.id.clone());
-                    }
-                    return Ok(reply);
+        for i in 0..self.coordinators.len() {
+            match call::<T>(&self.coordinators[i], kind, &self.hello, timeout).await {
+                Ok(r) => {
+                    self.coordinators[..=i].rotate_right(1);
+                    return Ok(r);
                 }
                 Err(e) => last = Some(e),
             }
@@ -170,17 +181,6 @@ impl Membership {
         Err(last.unwrap_or_else(|| {
             ErrorKind::InvalidArgument.error("no coordinator to join (--join is empty)")
         }))
-    }
-
-    async fn heartbeat(&self) -> Result<HeartbeatReply> {
-        let mut last = None;
-        for c in &self.coordinators {
-            match call::<HeartbeatReply>(c, HEARTBEAT_ACTION, &self.hello).await {
-                Ok(r) => return Ok(r),
-                Err(e) => last = Some(e),
-            }
-        }
-        Err(last.unwrap_or_else(|| ErrorKind::InvalidArgument.error("no coordinator")))
     }
 
     /// Joins (retrying until a coordinator accepts), then heartbeats every
@@ -208,7 +208,10 @@ impl Membership {
                 },
             };
             tokio::time::sleep(interval).await;
-            match self.heartbeat().await {
+            // A beat that takes longer than the interval is as good as lost.
+            let beat = self
+                .ask::<HeartbeatReply>(HEARTBEAT_ACTION, interval.max(Duration::from_millis(500)));
+            match beat.await {
                 Ok(HeartbeatReply { known: true }) => {}
                 Ok(HeartbeatReply { known: false }) => {
                     tracing::info!("the coordinator does not know this worker; joining again");

@@ -37,8 +37,9 @@ pub fn set_cluster_secret(secret: &str) -> Result<()> {
              spaces; make one with `head -c 32 /dev/urandom | base64 > cluster.secret`"
         )));
     }
-    let value = http::HeaderValue::from_str(secret)
+    let mut value = http::HeaderValue::from_str(secret)
         .map_err(|e| ErrorKind::InvalidArgument.error(format!("cluster secret: {e}")))?;
+    value.set_sensitive(true);
     let set = SECRET.get_or_init(|| value.clone());
     if !bool::from(set.as_bytes().ct_eq(value.as_bytes())) {
         return Err(ErrorKind::InvalidArgument
@@ -68,7 +69,10 @@ pub fn ensure_cluster_secret() -> Result<()> {
             uuid::Uuid::new_v4().simple()
         );
         // 64 hex digits: always a valid header value.
-        http::HeaderValue::from_str(&random).unwrap_or(http::HeaderValue::from_static("-"))
+        let mut value =
+            http::HeaderValue::from_str(&random).unwrap_or(http::HeaderValue::from_static("-"));
+        value.set_sensitive(true);
+        value
     });
     Ok(())
 }

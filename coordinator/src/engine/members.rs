@@ -41,6 +41,7 @@ impl Coordinator {
     /// dropped) before it serves reads.
     pub async fn join(&self, hello: MemberHello) -> Result<JoinReply> {
         check_url(&hello.url)?;
+        let _one_at_a_time = self.joining.lock().await;
         let membership = self.catalog.membership();
         let id = match &hello.id {
             Some(id) => id.clone(),
@@ -52,10 +53,7 @@ impl Coordinator {
             && current != &hello.url
             && membership.state(&id)? != WorkerState::Down
             && membership
-                .view()?
-                .iter()
-                .find(|m| m.id == id)
-                .and_then(|m| m.liveness.as_ref())
+                .liveness(&id)?
                 .is_some_and(|l| l.started_at_ms != hello.started_at_ms)
         {
             return Err(ErrorKind::AlreadyExists.error(format!(
@@ -64,6 +62,9 @@ impl Coordinator {
                 hello.url
             )));
         }
+        // Reachable and caught up first: a worker that cannot be called
+        // back is not recorded at all.
+        self.resolve_writes_on(&id, &hello.url).await?;
         self.catalog
             .update(|s| {
                 let record = s.members.entry(id.clone()).or_insert(MemberRecord {
@@ -74,7 +75,6 @@ impl Coordinator {
                 Ok(())
             })
             .await?;
-        self.resolve_writes_on(&id, &hello.url).await?;
         membership.joined(&id, &hello.url, &hello.version, hello.started_at_ms)?;
         tracing::info!(worker = %id, url = %hello.url, "worker joined");
         Ok(JoinReply {

@@ -37,6 +37,13 @@ pub struct EtcdMetastore {
     /// Every write then also compares it, so a coordinator that lost the
     /// lead (its lease expired) cannot write any more.
     fence: Arc<OnceLock<i64>>,
+    /// The lease the leader key lives under, once this coordinator leads.
+    lease: Arc<OnceLock<i64>>,
+}
+
+enum Campaign {
+    Won(i64),
+    Held { by: String, from_revision: i64 },
 }
 
 /// The key whose holder leads the cluster (outside the catalog's keys).
@@ -99,6 +106,7 @@ impl EtcdMetastore {
             endpoints,
             prefix: format!("{namespace}/"),
             fence: Arc::new(OnceLock::new()),
+            lease: Arc::new(OnceLock::new()),
         };
         // Fail now, with the address, if nobody answers there.
         store.current_revision().await?;
@@ -128,8 +136,9 @@ impl EtcdMetastore {
     /// Waits until this coordinator leads the cluster: the leader key is
     /// created under a lease of `ttl`, kept alive from then on; while
     /// another coordinator holds it, `waiting` is called with its holder
-    /// and this one waits for it to go. Should the lease be lost, every
-    /// later write fails (fencing) and `lost` is called.
+    /// and this one waits for the key to go. etcd being away meanwhile is
+    /// waited out. Should the lease be lost, every later write fails
+    /// (fencing) and `lost` is called.
     pub async fn lead(
         &self,
         holder: &str,
@@ -137,95 +146,162 @@ impl EtcdMetastore {
         waiting: impl Fn(&str),
         lost: impl FnOnce() + Send + 'static,
     ) -> Result<()> {
-        let ttl_s = i64::try_from(ttl.as_secs().max(1)).unwrap_or(60);
-        let key = self.key(LEADER_KEY);
+        let ttl_s = i64::try_from(ttl.as_secs_f64().ceil() as u64)
+            .unwrap_or(60)
+            .max(1);
+        let ttl = Duration::from_secs(ttl_s as u64);
+        let mut told = None;
         loop {
-            let mut client = self.client.clone();
-            let lease = self
-                .call("granting a lease", client.lease_grant(ttl_s, None))
-                .await?
-                .id();
-            let txn = Txn::new()
-                .when([EtcdCompare::create_revision(
-                    key.as_str(),
-                    CompareOp::Equal,
-                    0,
-                )])
-                .and_then([TxnOp::put(
-                    key.as_str(),
-                    holder,
-                    Some(PutOptions::new().with_lease(lease)),
-                )])
-                .or_else([TxnOp::get(key.as_str(), None)]);
-            let mut kv = self.client.kv_client();
-            let resp = self.call("campaigning", kv.txn(txn)).await?;
-            if resp.succeeded() {
-                let revision = resp.header().map_or(0, |h| h.revision());
-                let _ = self.fence.set(revision);
-                self.keep_alive(lease, ttl, lost).await?;
-                return Ok(());
-            }
-            let _ = client.lease_revoke(lease).await;
-            let current = resp.op_responses().into_iter().find_map(|r| match r {
-                TxnOpResponse::Get(g) => g
-                    .kvs()
-                    .first()
-                    .map(|kv| (kv.value_str().unwrap_or("?").to_string(), kv.mod_revision())),
-                _ => None,
-            });
-            let Some((other, revision)) = current else {
-                continue;
-            };
-            waiting(&other);
-            // Wait for the holder's key to go (its lease ends or it stops).
-            let mut watcher = self.client.watch_client();
-            let mut events = self
-                .call(
-                    "watching the leader",
-                    watcher.watch(
-                        key.as_str(),
-                        Some(WatchOptions::new().with_start_revision(revision + 1)),
-                    ),
-                )
-                .await?;
-            while let Some(Ok(resp)) = events.next().await {
-                if resp
-                    .events()
-                    .iter()
-                    .any(|e| e.event_type() == EventType::Delete)
-                {
-                    break;
+            match self.campaign(holder, ttl_s).await {
+                Ok(Campaign::Won(lease)) => {
+                    self.keep_alive(lease, ttl, lost).await?;
+                    return Ok(());
+                }
+                Ok(Campaign::Held { by, from_revision }) => {
+                    if told.as_deref() != Some(by.as_str()) {
+                        waiting(&by);
+                        told = Some(by);
+                    }
+                    if let Err(e) = self.wait_for_leader_to_go(from_revision).await {
+                        tracing::warn!(error = %e, "watching the leader failed; campaigning again");
+                        tokio::time::sleep(ttl / 4).await;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot campaign for the lead yet; retrying");
+                    tokio::time::sleep(ttl / 4).await;
                 }
             }
         }
     }
 
-    /// Keeps lease `lease` alive in the background, a third of `ttl` apart;
-    /// calls `lost` once it cannot.
+    /// One attempt to create the leader key under a new lease.
+    async fn campaign(&self, holder: &str, ttl_s: i64) -> Result<Campaign> {
+        let key = self.key(LEADER_KEY);
+        let mut client = self.client.clone();
+        let lease = self
+            .call("granting a lease", client.lease_grant(ttl_s, None))
+            .await?
+            .id();
+        let txn = Txn::new()
+            .when([EtcdCompare::create_revision(
+                key.as_str(),
+                CompareOp::Equal,
+                0,
+            )])
+            .and_then([TxnOp::put(
+                key.as_str(),
+                holder,
+                Some(PutOptions::new().with_lease(lease)),
+            )])
+            .or_else([TxnOp::get(key.as_str(), None)]);
+        let mut kv = self.client.kv_client();
+        let resp = self.call("campaigning", kv.txn(txn)).await?;
+        let revision = resp.header().map_or(0, |h| h.revision());
+        if resp.succeeded() {
+            let _ = self.fence.set(revision);
+            let _ = self.lease.set(lease);
+            return Ok(Campaign::Won(lease));
+        }
+        let _ = client.lease_revoke(lease).await;
+        let by = resp
+            .op_responses()
+            .into_iter()
+            .find_map(|r| match r {
+                TxnOpResponse::Get(g) => g
+                    .kvs()
+                    .first()
+                    .map(|kv| kv.value_str().unwrap_or("?").to_string()),
+                _ => None,
+            })
+            .unwrap_or_else(|| "(gone already)".to_string());
+        Ok(Campaign::Held {
+            by,
+            from_revision: revision + 1,
+        })
+    }
+
+    /// Returns once the leader key is deleted at or after `from_revision`
+    /// (its holder's lease ended, or it resigned), or the watch ends.
+    async fn wait_for_leader_to_go(&self, from_revision: i64) -> Result<()> {
+        let mut watcher = self.client.watch_client();
+        let mut events = self
+            .call(
+                "watching the leader",
+                watcher.watch(
+                    self.key(LEADER_KEY),
+                    Some(WatchOptions::new().with_start_revision(from_revision)),
+                ),
+            )
+            .await?;
+        while let Some(resp) = events.next().await {
+            let resp = resp.map_err(|e| unreachable_etcd(&self.endpoints, &e.to_string()))?;
+            if resp.canceled()
+                || resp
+                    .events()
+                    .iter()
+                    .any(|e| e.event_type() == EventType::Delete)
+            {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    /// Gives up the lead (a clean stop): a standby takes over at once.
+    pub async fn resign(&self) {
+        if let Some(lease) = self.lease.get() {
+            let mut client = self.client.clone();
+            let _ = tokio::time::timeout(Duration::from_secs(2), client.lease_revoke(*lease)).await;
+        }
+    }
+
+    /// Keeps lease `lease` alive in the background, a third of `ttl` apart,
+    /// opening the keep-alive stream again after a broken connection; calls
+    /// `lost` once etcd says the lease ended, or nothing renewed it for
+    /// `ttl`.
     async fn keep_alive(
         &self,
         lease: i64,
         ttl: Duration,
         lost: impl FnOnce() + Send + 'static,
     ) -> Result<()> {
-        let mut client = self.client.clone();
-        let (mut keeper, mut responses) = self
-            .call("keeping the lease", client.lease_keep_alive(lease))
-            .await?;
+        let this = self.clone();
         tokio::spawn(async move {
             let beat = (ttl / 3).max(Duration::from_millis(100));
             let mut last_ok = std::time::Instant::now();
+            let mut stream = None;
             loop {
-                let ok = keeper.keep_alive().await.is_ok()
-                    && matches!(
-                        tokio::time::timeout(beat, responses.message()).await,
-                        Ok(Ok(Some(r))) if r.ttl() > 0
-                    );
-                if ok {
+                if stream.is_none() {
+                    let mut client = this.client.clone();
+                    stream = tokio::time::timeout(beat, client.lease_keep_alive(lease))
+                        .await
+                        .ok()
+                        .and_then(|r| r.ok());
+                }
+                let renewed = match stream.as_mut() {
+                    Some((keeper, responses)) => {
+                        keeper.keep_alive().await.is_ok()
+                            && match tokio::time::timeout(beat, responses.message()).await {
+                                Ok(Ok(Some(r))) if r.ttl() > 0 => true,
+                                Ok(Ok(Some(_))) => {
+                                    // etcd says the lease is gone.
+                                    lost();
+                                    return;
+                                }
+                                _ => false,
+                            }
+                    }
+                    None => false,
+                };
+                if renewed {
                     last_ok = std::time::Instant::now();
-                } else if last_ok.elapsed() >= ttl {
-                    lost();
-                    return;
+                } else {
+                    stream = None;
+                    if last_ok.elapsed() >= ttl {
+                        lost();
+                        return;
+                    }
                 }
                 tokio::time::sleep(beat).await;
             }
