@@ -13,7 +13,7 @@
 //! with ANSI off it turns casts into `TRY_CAST` and divisors into
 //! `NULLIF(divisor, 0)`. `SUM` over integers (widened to `BIGINT` by
 //! coercion) becomes `tessera_checked_sum`, checked in every partial and
-//! final aggregate; `SUM(DISTINCT ...)` and window sums keep DataFusion's. Floating-point division by zero follows IEEE 754
+//! final aggregate (`SUM(DISTINCT ...)` too); window sums keep DataFusion's. Floating-point division by zero follows IEEE 754
 //! (infinity or NaN) either way, as in DataFusion.
 
 use datafusion::arrow::datatypes::DataType;
@@ -106,7 +106,6 @@ fn rewrite(e: Expr, ansi: bool, schema: &DFSchema) -> Result<Transformed<Expr>> 
         Expr::AggregateFunction(AggregateFunction { func, params })
             if ansi
                 && func.name() == "sum"
-                && !params.distinct
                 && matches!(
                     params.args.first().map(|a| a.get_type(schema)),
                     Some(Ok(DataType::Int64 | DataType::UInt64))

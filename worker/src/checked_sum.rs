@@ -1,5 +1,5 @@
-//! `SUM` over integers that fails on overflow (ANSI SQL), where DataFusion's
-//! wraps around. The coordinator's ANSI rule puts it in place of `sum` over
+//! `SUM` and `SUM(DISTINCT)` over integers that fail on overflow (ANSI
+//! SQL), where DataFusion's wrap around. The coordinator's ANSI rule puts it in place of `sum` over
 //! `BIGINT` and `BIGINT UNSIGNED` (smaller integers are widened to those
 //! first); every process registers it, so partial and final aggregates run
 //! it wherever the plan sends them. Partial sums merge with the same check,
@@ -72,6 +72,13 @@ impl AggregateUDFImpl for CheckedSum {
     }
 
     fn accumulator(&self, args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
+        if args.is_distinct {
+            return match args.return_field.data_type() {
+                DataType::Int64 => Ok(Box::new(DistinctSum::<Int64Type>::new(DataType::Int64))),
+                DataType::UInt64 => Ok(Box::new(DistinctSum::<UInt64Type>::new(DataType::UInt64))),
+                other => plan_err!("{NAME} cannot sum {other}"),
+            };
+        }
         match args.return_field.data_type() {
             DataType::Int64 => Ok(Box::new(SumAccumulator::<Int64Type>::new(DataType::Int64))),
             DataType::UInt64 => Ok(Box::new(SumAccumulator::<UInt64Type>::new(
@@ -82,6 +89,17 @@ impl AggregateUDFImpl for CheckedSum {
     }
 
     fn state_fields(&self, args: StateFieldsArgs) -> Result<Vec<FieldRef>> {
+        if args.is_distinct {
+            // The distinct values seen so far.
+            return Ok(vec![
+                Field::new_list(
+                    format_state_name(args.name, "sum distinct"),
+                    Field::new_list_field(args.return_type().clone(), true),
+                    false,
+                )
+                .into(),
+            ]);
+        }
         Ok(vec![
             Field::new(
                 format_state_name(args.name, "sum"),
@@ -160,6 +178,80 @@ impl<T: ArrowNumericType> Accumulator for SumAccumulator<T> {
 
     fn size(&self) -> usize {
         size_of_val(self)
+    }
+}
+
+/// `SUM(DISTINCT x)` of one group: the distinct values, summed checked at
+/// the end (partial states carry the values, so stages merge them).
+struct DistinctSum<T: ArrowNumericType> {
+    values: std::collections::HashSet<T::Native>,
+    data_type: DataType,
+}
+
+impl<T: ArrowNumericType> std::fmt::Debug for DistinctSum<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DistinctSum({})", self.data_type)
+    }
+}
+
+impl<T: ArrowNumericType> DistinctSum<T>
+where
+    T::Native: std::hash::Hash + Eq,
+{
+    fn new(data_type: DataType) -> Self {
+        Self {
+            values: Default::default(),
+            data_type,
+        }
+    }
+
+    fn add(&mut self, values: &ArrayRef) {
+        self.values
+            .extend(values.as_primitive::<T>().iter().flatten());
+    }
+}
+
+impl<T: ArrowNumericType> Accumulator for DistinctSum<T>
+where
+    T::Native: std::hash::Hash + Eq,
+{
+    fn update_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
+        self.add(&values[0]);
+        Ok(())
+    }
+
+    fn merge_batch(&mut self, states: &[ArrayRef]) -> Result<()> {
+        for list in states[0].as_list::<i32>().iter().flatten() {
+            self.add(&list);
+        }
+        Ok(())
+    }
+
+    fn state(&mut self) -> Result<Vec<ScalarValue>> {
+        let values: Vec<ScalarValue> = self
+            .values
+            .iter()
+            .map(|v| ScalarValue::new_primitive::<T>(Some(*v), &self.data_type))
+            .collect::<Result<_>>()?;
+        Ok(vec![ScalarValue::List(ScalarValue::new_list_nullable(
+            &values,
+            &self.data_type,
+        ))])
+    }
+
+    fn evaluate(&mut self) -> Result<ScalarValue> {
+        let mut sum: Option<T::Native> = None;
+        for v in &self.values {
+            sum = Some(match sum {
+                None => *v,
+                Some(s) => s.add_checked(*v).map_err(|_| overflow(&self.data_type))?,
+            });
+        }
+        ScalarValue::new_primitive::<T>(sum, &self.data_type)
+    }
+
+    fn size(&self) -> usize {
+        size_of_val(self) + self.values.capacity() * size_of::<T::Native>()
     }
 }
 
