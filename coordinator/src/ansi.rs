@@ -13,7 +13,8 @@
 //! with ANSI off it turns casts into `TRY_CAST` and divisors into
 //! `NULLIF(divisor, 0)`. `SUM` over integers (widened to `BIGINT` by
 //! coercion) becomes `tessera_checked_sum`, checked in every partial and
-//! final aggregate (`SUM(DISTINCT ...)` too); window sums keep DataFusion's. Floating-point division by zero follows IEEE 754
+//! final aggregate (`SUM(DISTINCT ...)` too), and in window sums (sliding
+//! frames retract with checks as well). Floating-point division by zero follows IEEE 754
 //! (infinity or NaN) either way, as in DataFusion.
 
 use datafusion::arrow::datatypes::DataType;
@@ -23,7 +24,9 @@ use datafusion::common::{DFSchema, Result, ScalarValue};
 use datafusion::logical_expr::expr::{AggregateFunction, Cast, ScalarFunction, TryCast};
 use datafusion::logical_expr::expr_rewriter::NamePreserver;
 use datafusion::logical_expr::utils::merge_schema;
-use datafusion::logical_expr::{BinaryExpr, Expr, ExprSchemable, LogicalPlan, Operator, lit};
+use datafusion::logical_expr::{
+    BinaryExpr, Expr, ExprSchemable, LogicalPlan, Operator, WindowFunctionDefinition, lit,
+};
 use datafusion::optimizer::AnalyzerRule;
 
 use crate::options::TesseraOptions;
@@ -117,6 +120,19 @@ fn rewrite(e: Expr, ansi: bool, schema: &DFSchema) -> Result<Transformed<Expr>> 
                     params,
                 },
             )))
+        }
+        Expr::WindowFunction(w)
+            if ansi
+                && !w.params.distinct
+                && matches!(&w.fun, WindowFunctionDefinition::AggregateUDF(f) if f.name() == "sum")
+                && matches!(
+                    w.params.args.first().map(|a| a.get_type(schema)),
+                    Some(Ok(DataType::Int64 | DataType::UInt64))
+                ) =>
+        {
+            let mut w = w;
+            w.fun = WindowFunctionDefinition::AggregateUDF(tessera_worker::checked_sum_udaf());
+            Ok(Transformed::yes(Expr::WindowFunction(w)))
         }
         Expr::Cast(Cast { expr, field }) if !ansi => {
             Ok(Transformed::yes(Expr::TryCast(TryCast { expr, field })))

@@ -1,5 +1,5 @@
-//! `SUM` and `SUM(DISTINCT)` over integers that fail on overflow (ANSI
-//! SQL), where DataFusion's wrap around. The coordinator's ANSI rule puts it in place of `sum` over
+//! `SUM` and `SUM(DISTINCT)` over integers, window sums included, that
+//! fail on overflow (ANSI SQL), where DataFusion's wrap around. The coordinator's ANSI rule puts it in place of `sum` over
 //! `BIGINT` and `BIGINT UNSIGNED` (smaller integers are widened to those
 //! first); every process registers it, so partial and final aggregates run
 //! it wherever the plan sends them. Partial sums merge with the same check,
@@ -7,7 +7,7 @@
 
 use std::sync::{Arc, OnceLock};
 
-use arrow::array::{ArrayRef, AsArray, BooleanArray, PrimitiveArray};
+use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, PrimitiveArray};
 use arrow::compute::kernels::boolean::not;
 use arrow::compute::sum_checked;
 use arrow::compute::{nullif, prep_null_mask_filter};
@@ -130,10 +130,16 @@ impl AggregateUDFImpl for CheckedSum {
     }
 }
 
-/// One group's sum (aggregates without GROUP BY).
+/// One group's sum (aggregates without GROUP BY, and window frames),
+/// kept in 128 bits and checked against the result type when it is read:
+/// a sliding frame adds the rows entering before it retracts those
+/// leaving, and that passing excess is no overflow of the frame's sum.
 struct SumAccumulator<T: ArrowNumericType> {
-    sum: Option<T::Native>,
+    sum: i128,
+    /// Values summed and not retracted: none left is NULL, not 0.
+    count: u64,
     data_type: DataType,
+    _type: std::marker::PhantomData<fn() -> T>,
 }
 
 impl<T: ArrowNumericType> std::fmt::Debug for SumAccumulator<T> {
@@ -142,25 +148,40 @@ impl<T: ArrowNumericType> std::fmt::Debug for SumAccumulator<T> {
     }
 }
 
-impl<T: ArrowNumericType> SumAccumulator<T> {
+impl<T: ArrowNumericType> SumAccumulator<T>
+where
+    T::Native: Into<i128> + TryFrom<i128>,
+{
     fn new(data_type: DataType) -> Self {
         Self {
-            sum: None,
+            sum: 0,
+            count: 0,
             data_type,
+            _type: std::marker::PhantomData,
         }
+    }
+
+    /// The values' sum and count: Arrow's vectorized sum, or 128-bit
+    /// arithmetic when that overflows the type.
+    fn batch(values: &ArrayRef) -> (i128, u64) {
+        let values = values.as_primitive::<T>();
+        let count = (values.len() - values.null_count()) as u64;
+        let sum = match sum_checked(values) {
+            Ok(sum) => sum.map_or(0, Into::into),
+            Err(_) => values.iter().flatten().map(Into::<i128>::into).sum(),
+        };
+        (sum, count)
     }
 }
 
-impl<T: ArrowNumericType> Accumulator for SumAccumulator<T> {
+impl<T: ArrowNumericType> Accumulator for SumAccumulator<T>
+where
+    T::Native: Into<i128> + TryFrom<i128>,
+{
     fn update_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
-        let values = values[0].as_primitive::<T>();
-        let batch = sum_checked(values).map_err(|_| overflow(&self.data_type))?;
-        if let Some(x) = batch {
-            self.sum = Some(match self.sum {
-                None => x,
-                Some(s) => s.add_checked(x).map_err(|_| overflow(&self.data_type))?,
-            });
-        }
+        let (sum, count) = Self::batch(&values[0]);
+        self.sum += sum;
+        self.count += count;
         Ok(())
     }
 
@@ -173,11 +194,28 @@ impl<T: ArrowNumericType> Accumulator for SumAccumulator<T> {
     }
 
     fn evaluate(&mut self) -> Result<ScalarValue> {
-        ScalarValue::new_primitive::<T>(self.sum, &self.data_type)
+        let sum = if self.count == 0 {
+            None
+        } else {
+            Some(T::Native::try_from(self.sum).map_err(|_| overflow(&self.data_type))?)
+        };
+        ScalarValue::new_primitive::<T>(sum, &self.data_type)
     }
 
     fn size(&self) -> usize {
         size_of_val(self)
+    }
+
+    /// Values leaving a sliding window frame.
+    fn retract_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
+        let (sum, count) = Self::batch(&values[0]);
+        self.sum -= sum;
+        self.count = self.count.saturating_sub(count);
+        Ok(())
+    }
+
+    fn supports_retract_batch(&self) -> bool {
+        true
     }
 }
 
@@ -352,7 +390,7 @@ impl<T: ArrowNumericType + Send> GroupsAccumulator for SumGroups<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arrow::array::Array;
+
     use datafusion::prelude::SessionContext;
 
     async fn run(sql: &str) -> Result<Vec<arrow::record_batch::RecordBatch>> {
