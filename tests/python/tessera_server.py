@@ -71,12 +71,13 @@ def wait_listening(proc, host, port, what, timeout=60):
             time.sleep(0.1)
 
 
-def start_etcd(data_dir):
+def start_etcd(data_dir, ports=None):
     """A real etcd (Debian's, installed by scripts/setup-system.sh) on free
-    loopback ports; returns (process, "etcd://127.0.0.1:PORT")."""
-    client, peer = free_port(), free_port()
+    loopback ports (or `ports`, (client, peer), to start it again on the
+    same data); returns (process, "etcd://127.0.0.1:PORT")."""
+    client, peer = ports or (free_port(), free_port())
     c, p = f"http://127.0.0.1:{client}", f"http://127.0.0.1:{peer}"
-    log = open(os.path.join(data_dir, "etcd.log"), "w+b")
+    log = open(os.path.join(data_dir, "etcd.log"), "a+b")
     proc = subprocess.Popen(
         [
             os.environ.get("TESSERA_ETCD", "etcd"),
@@ -93,6 +94,7 @@ def start_etcd(data_dir):
         stderr=log,
     )
     proc.log = log
+    proc.ports = (client, peer)
     wait_listening(proc, "127.0.0.1", client, "etcd")
     return proc, f"etcd://127.0.0.1:{client}"
 

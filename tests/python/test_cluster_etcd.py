@@ -104,3 +104,61 @@ def test_standby_coordinator_takes_over_on_etcd(data_dir):
             if p is not None and p.poll() is None:
                 stop_server(p)
         stop_server(etcd)
+
+
+def test_leader_and_standby_ride_out_an_etcd_restart(data_dir):
+    """etcd SIGKILLed and started again on its data within the leader lease:
+    the leader keeps the lead (its keep-alive reconnects), the standby keeps
+    waiting, and writes go on once etcd is back."""
+    etcd, etcd_url = start_etcd(data_dir)
+    secret_file(data_dir, "cluster.secret", "s3cret-" + os.urandom(16).hex())
+    pa, pb = free_port(), free_port()
+    a = start_coordinator(data_dir, "coord-a", pa, etcd_url)
+    b = None
+    procs = []
+    try:
+        wait_listening(a, "127.0.0.1", pa, "coordinator a")
+        b = start_coordinator(data_dir, "coord-b", pb, etcd_url)
+        wait_for("b to stand by", lambda: "Standby: coordinator" in server_log(b), 30)
+        procs.append(start_worker(data_dir, f"127.0.0.1:{pa},127.0.0.1:{pb}", "127.0.0.2", "w2")[0])
+        with flightsql.connect(f"grpc://127.0.0.1:{pa}") as conn, conn.cursor() as cur:
+            wait_for("the worker up", lambda: len(workers(cur)) == 1, 30)
+            cur.execute("CREATE TABLE t (k BIGINT) PARTITION BY HASH (k) PARTITIONS 2")
+            cur.execute("INSERT INTO t SELECT value FROM range(100)")
+
+            ports = etcd.ports
+            etcd.send_signal(signal.SIGKILL)
+            etcd.wait()
+            etcd, _ = start_etcd(data_dir, ports)
+
+            # Writes go on once etcd answers again (a statement in the gap
+            # may fail: the metastore is away).
+            def insert():
+                try:
+                    cur.execute("INSERT INTO t VALUES (1000)")
+                    return True
+                except flightsql.Error:
+                    return False
+
+            wait_for("a write after etcd is back", insert, 30)
+            # Longer than the leader lease: a lost lead would show by now.
+            deadline = time.time() + 2 * LEADER_LEASE_S
+            while time.time() < deadline:
+                assert a.poll() is None, "the leader stopped: " + server_log(a)
+                assert b.poll() is None, "the standby stopped: " + server_log(b)
+                time.sleep(0.2)
+            assert "Leading the cluster" not in server_log(b)
+            got = rows(cur, "SELECT count(*) AS n FROM t")[0]
+            assert got["n"] == 101
+    except BaseException:
+        for p in (a, b):
+            if p is not None:
+                print(server_log(p))
+        raise
+    finally:
+        for p in procs:
+            stop_server(p)
+        for p in (a, b):
+            if p is not None and p.poll() is None:
+                stop_server(p)
+        stop_server(etcd)
