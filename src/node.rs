@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tessera_coordinator::{
-    Coordinator, CoordinatorServer, EtcdMetastore, Metastore, open_metastore,
+    Coordinator, CoordinatorServer, EtcdMetastore, Metastore, open_file_metastore,
 };
 use tessera_worker::membership::{MemberHello, Membership, read_id, unix_now_ms};
 use tessera_worker::{Storage, start_worker};
@@ -86,7 +86,13 @@ pub async fn coordinator(args: CoordinatorArgs) -> Result<(), String> {
             leader = Some(store.clone());
             Box::new(store)
         }
-        other => open_metastore(other, &args.data_dir)
+        Some(other) => {
+            return Err(format!(
+                "--metastore {other}: only etcd://HOST:PORT[,HOST:PORT...][/NAMESPACE] is known; \
+                 leave it out for the file metastore in --data-dir"
+            ));
+        }
+        None => open_file_metastore(&args.data_dir)
             .await
             .map_err(|e| e.to_string())?,
     };

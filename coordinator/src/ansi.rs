@@ -64,6 +64,16 @@ impl AnalyzerRule for AnsiArithmetic {
     }
 }
 
+/// Whether `name(args)` is DataFusion's `sum` over integers (widened to
+/// 64 bits by coercion): what the checked sum stands in for.
+fn integer_sum(name: &str, args: &[Expr], schema: &DFSchema) -> bool {
+    name == "sum"
+        && matches!(
+            args.first().map(|a| a.get_type(schema)),
+            Some(Ok(DataType::Int64 | DataType::UInt64))
+        )
+}
+
 fn rewrite(e: Expr, ansi: bool, schema: &DFSchema) -> Result<Transformed<Expr>> {
     match e {
         Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
@@ -107,12 +117,7 @@ fn rewrite(e: Expr, ansi: bool, schema: &DFSchema) -> Result<Transformed<Expr>> 
             })))
         }
         Expr::AggregateFunction(AggregateFunction { func, params })
-            if ansi
-                && func.name() == "sum"
-                && matches!(
-                    params.args.first().map(|a| a.get_type(schema)),
-                    Some(Ok(DataType::Int64 | DataType::UInt64))
-                ) =>
+            if ansi && integer_sum(func.name(), &params.args, schema) =>
         {
             Ok(Transformed::yes(Expr::AggregateFunction(
                 AggregateFunction {
@@ -124,11 +129,8 @@ fn rewrite(e: Expr, ansi: bool, schema: &DFSchema) -> Result<Transformed<Expr>> 
         Expr::WindowFunction(w)
             if ansi
                 && !w.params.distinct
-                && matches!(&w.fun, WindowFunctionDefinition::AggregateUDF(f) if f.name() == "sum")
-                && matches!(
-                    w.params.args.first().map(|a| a.get_type(schema)),
-                    Some(Ok(DataType::Int64 | DataType::UInt64))
-                ) =>
+                && matches!(&w.fun, WindowFunctionDefinition::AggregateUDF(f)
+                    if integer_sum(f.name(), &w.params.args, schema)) =>
         {
             let mut w = w;
             w.fun = WindowFunctionDefinition::AggregateUDF(tessera_worker::checked_sum_udaf());

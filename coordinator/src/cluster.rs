@@ -16,7 +16,7 @@ use tessera_worker::membership::{MemberHello, Membership, read_id, unix_now_ms, 
 use tessera_worker::{Storage, WorkerHandle, start_worker};
 
 use crate::engine::Coordinator;
-use crate::server::{CoordinatorServer, open_metastore};
+use crate::server::{CoordinatorServer, open_file_metastore};
 
 /// How to start an embedded cluster.
 #[derive(Debug, Clone)]
@@ -72,7 +72,7 @@ impl Cluster {
             .iter()
             .map(|w| (w.id.clone(), w.url.clone()))
             .collect();
-        let metastore = open_metastore(None, &config.data_dir.join("coordinator")).await?;
+        let metastore = open_file_metastore(&config.data_dir.join("coordinator")).await?;
         let coordinator =
             Arc::new(Coordinator::open(metastore, members.clone(), config.lease).await?);
 

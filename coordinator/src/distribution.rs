@@ -54,14 +54,15 @@ impl WorkerResolver for MembershipResolver {
 /// datafusion-distributed's 10 s before failing.
 pub struct MembershipChannels {
     pub catalog: Arc<Catalog>,
-    cache: std::sync::Mutex<BTreeMap<String, (u64, BoxCloneSyncChannel)>>,
+    /// The membership epoch each URL's shared channel was made at.
+    made: std::sync::Mutex<BTreeMap<String, u64>>,
 }
 
 impl MembershipChannels {
     pub fn new(catalog: Arc<Catalog>) -> Self {
         Self {
             catalog,
-            cache: std::sync::Mutex::new(BTreeMap::new()),
+            made: std::sync::Mutex::new(BTreeMap::new()),
         }
     }
 }
@@ -70,24 +71,15 @@ impl MembershipChannels {
 impl ChannelResolver for MembershipChannels {
     async fn get_worker_client_for_url(&self, url: &Url) -> Result<Box<dyn WorkerChannel>> {
         let epoch = self.catalog.membership_epoch();
-        let mut cache = self
-            .cache
-            .lock()
-            .map_err(|_| DataFusionError::Internal("channel cache poisoned".into()))?;
-        if let Some((made, channel)) = cache.get(url.as_str())
-            && *made == epoch
-        {
-            return Ok(create_worker_client(channel.clone()));
-        }
-        let channel = tonic::transport::Endpoint::from_shared(url.to_string())
-            .map_err(|e| DataFusionError::Configuration(format!("bad worker url {url}: {e}")))?
-            .tcp_nodelay(true)
-            .connect_timeout(std::time::Duration::from_secs(5))
-            .http2_keep_alive_interval(std::time::Duration::from_secs(10))
-            .keep_alive_timeout(std::time::Duration::from_secs(20))
-            .connect_lazy();
+        let fresh = {
+            let mut made = self
+                .made
+                .lock()
+                .map_err(|_| DataFusionError::Internal("channel cache poisoned".into()))?;
+            made.insert(url.to_string(), epoch) != Some(epoch)
+        };
+        let channel = tessera_worker::shared_channel(url.as_str(), fresh)?;
         let channel = BoxCloneSyncChannel::new(tessera_worker::secret::member_channel(channel));
-        cache.insert(url.to_string(), (epoch, channel.clone()));
         Ok(create_worker_client(channel))
     }
 }

@@ -40,7 +40,7 @@ pub use metastore::{
 };
 pub use options::TesseraOptions;
 pub use query_log::{QueryLog, QueryRecord};
-pub use server::{CoordinatorServer, open_metastore};
+pub use server::{CoordinatorServer, open_file_metastore};
 
 /// Scheduler ticks between two checks for network and timer events.
 /// Tokio's default is 61; a stage's poll can take up to a few hundred

@@ -14,7 +14,7 @@ use tokio::sync::oneshot;
 
 use crate::engine::Coordinator;
 use crate::flight_sql::TesseraFlightSql;
-use crate::metastore::{EtcdMetastore, FileMetastore, Metastore};
+use crate::metastore::{FileMetastore, Metastore};
 
 pub struct CoordinatorServer {
     pub addr: SocketAddr,
@@ -70,19 +70,10 @@ impl CoordinatorServer {
     }
 }
 
-/// The metastore `--metastore` names: etcd (`etcd://...`), or, without
-/// one, the file store in `dir` (an older `catalog.json` there is imported).
-pub async fn open_metastore(url: Option<&str>, dir: &Path) -> Result<Box<dyn Metastore>> {
-    match url {
-        Some(url) if url.starts_with("etcd://") => Ok(Box::new(EtcdMetastore::connect(url).await?)),
-        Some(other) => Err(tessera_worker::ErrorKind::InvalidArgument.error(format!(
-            "--metastore {other}: only etcd://HOST:PORT[,HOST:PORT...][/NAMESPACE] is known; \
-             leave it out for the file metastore in --data-dir"
-        ))),
-        None => {
-            let store = FileMetastore::open(dir)?;
-            crate::catalog_state::import_catalog_json(dir, &store).await?;
-            Ok(Box::new(store))
-        }
-    }
+/// The file metastore in `dir` (an older `catalog.json` there is
+/// imported once).
+pub async fn open_file_metastore(dir: &Path) -> Result<Box<dyn Metastore>> {
+    let store = FileMetastore::open(dir)?;
+    crate::catalog_state::import_catalog_json(dir, &store).await?;
+    Ok(Box::new(store))
 }

@@ -1,6 +1,8 @@
 //! Tessera's statements on top of sqlparser: the partitioning clause of
-//! `CREATE TABLE`, `SHOW PARTITIONS`, `SHOW TABLES`, `DESCRIBE` and
-//! `DROP TABLE`. Everything else is left to DataFusion's SQL planner.
+//! `CREATE TABLE` (`partition.rs`), `CREATE INDEX` (`index.rs`), `SHOW
+//! PARTITIONS`, `SHOW TABLES`, `SHOW WORKERS`, `ALTER WORKER`, `DESCRIBE`,
+//! `COMPACT TABLE` and `DROP TABLE`. Everything else is left to
+//! DataFusion's SQL planner.
 //!
 //! ```sql
 //! CREATE TABLE t (k BIGINT, v VARCHAR) PARTITION BY HASH (k) PARTITIONS 8
@@ -16,12 +18,14 @@ use datafusion::sql::sqlparser::keywords::Keyword;
 use datafusion::sql::sqlparser::parser::{Parser, ParserError};
 use datafusion::sql::sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer};
 
-use crate::index::IndexKind;
 use crate::text::Offsets;
 
+mod index;
 mod partition;
 mod script;
 
+pub use index::CreateIndex;
+use index::parse_create_index;
 pub use partition::PartitionSpec;
 use partition::parse_partition_clause;
 pub use script::{ScriptStatement, split_statements};
@@ -83,18 +87,6 @@ pub struct CreateTable {
     /// The `AS SELECT ...` query, if any.
     pub query: Option<String>,
     pub partitioning: Option<PartitionSpec>,
-}
-
-/// `CREATE INDEX [IF NOT EXISTS] name ON table (col, ...) [LOCAL | GLOBAL [SYNC | ASYNC] [PARTITIONS n]]`.
-/// Without a kind the index is LOCAL; GLOBAL without a mode is SYNC.
-#[derive(Debug, Clone, PartialEq)]
-pub struct CreateIndex {
-    pub name: String,
-    pub table: String,
-    pub columns: Vec<String>,
-    pub kind: IndexKind,
-    pub partitions: Option<u64>,
-    pub if_not_exists: bool,
 }
 
 fn parser_err(e: ParserError) -> DataFusionError {
@@ -354,54 +346,6 @@ fn parse_create_table(sql: &str, tokens: Vec<TokenWithSpan>) -> Result<CreateTab
     })
 }
 
-fn parse_create_index(tokens: Vec<TokenWithSpan>) -> Result<CreateIndex> {
-    const FORM: &str = "CREATE INDEX name ON table (column, ...) [LOCAL | GLOBAL [SYNC | ASYNC] \
-                        [PARTITIONS n]]";
-    let mut p = Parser::new(&GenericDialect {}).with_tokens_with_locations(tokens);
-    p.expect_keywords(&[Keyword::CREATE, Keyword::INDEX])
-        .map_err(parser_err)?;
-    let if_not_exists = p.parse_keywords(&[Keyword::IF, Keyword::NOT, Keyword::EXISTS]);
-    let name = p
-        .parse_identifier()
-        .map_err(|_| plan_datafusion_err!("CREATE INDEX needs a name: {FORM}"))?;
-    p.expect_keyword(Keyword::ON)
-        .map_err(|_| plan_datafusion_err!("CREATE INDEX needs ON table: {FORM}"))?;
-    let table = object_name(&p.parse_object_name(false).map_err(parser_err)?);
-    let columns = index_columns(&mut p)?;
-    let mut kind = IndexKind::Local;
-    let mut partitions = None;
-    if parse_word(&mut p, "GLOBAL") {
-        kind = if parse_word(&mut p, "ASYNC") {
-            IndexKind::GlobalAsync
-        } else {
-            let _ = parse_word(&mut p, "SYNC");
-            IndexKind::GlobalSync
-        };
-    } else if parse_word(&mut p, "LOCAL") {
-        kind = IndexKind::Local;
-    }
-    if p.parse_keyword(Keyword::PARTITIONS) {
-        partitions = Some(match p.parse_literal_uint() {
-            Ok(n) => n,
-            Err(_) => return plan_err!("PARTITIONS must be followed by a number: {FORM}"),
-        });
-    }
-    if !matches!(p.peek_token().token, Token::EOF | Token::SemiColon) {
-        return plan_err!(
-            "unexpected '{}' in CREATE INDEX; the form is {FORM}",
-            p.peek_token().token
-        );
-    }
-    Ok(CreateIndex {
-        name: ident_name(&name),
-        table,
-        columns,
-        kind,
-        partitions,
-        if_not_exists,
-    })
-}
-
 /// Consumes the next token if it is the (non-reserved) word `word`.
 fn parse_word(p: &mut Parser, word: &str) -> bool {
     match p.peek_token().token {
@@ -411,26 +355,6 @@ fn parse_word(p: &mut Parser, word: &str) -> bool {
         }
         _ => false,
     }
-}
-
-/// An index's columns, each with an optional `ASC | DESC` and
-/// `NULLS FIRST | LAST`. Entries are found by value (equality, IN), so the
-/// order a column is written in changes nothing; it is accepted as other
-/// databases accept it.
-fn index_columns(p: &mut Parser) -> Result<Vec<String>> {
-    p.expect_token(&Token::LParen).map_err(parser_err)?;
-    let columns = p
-        .parse_comma_separated(|p| {
-            let ident = p.parse_identifier()?;
-            let _ = p.parse_one_of_keywords(&[Keyword::ASC, Keyword::DESC]);
-            if p.parse_keyword(Keyword::NULLS) {
-                p.expect_one_of_keywords(&[Keyword::FIRST, Keyword::LAST])?;
-            }
-            Ok(ident_name(&ident))
-        })
-        .map_err(parser_err)?;
-    p.expect_token(&Token::RParen).map_err(parser_err)?;
-    Ok(columns)
 }
 
 fn column_list(p: &mut Parser) -> Result<Vec<String>> {
@@ -445,6 +369,7 @@ fn column_list(p: &mut Parser) -> Result<Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::index::IndexKind;
     use crate::key::KeyValue;
     use crate::scheme::PartitionScheme;
     use datafusion::arrow::datatypes::Schema;

@@ -16,33 +16,19 @@ def free_port():
 def start_server(data_dir, port, env=None):
     """Runs `tessera serve` with 3 workers on `data_dir` (with `env` added to
     its environment); returns once it listens."""
-    binary = os.environ.get("TESSERA_BIN", "target/debug/tessera")
-    # A file, not a pipe: nobody reads a pipe while the server runs, and a
-    # full one would block it.
-    log = open(os.path.join(data_dir, f"serve-{port}.log"), "w+b")
-    proc = subprocess.Popen(
-        [binary, "serve", "--listen", f"127.0.0.1:{port}", "--workers", "3", "--data-dir", data_dir],
-        stdout=subprocess.DEVNULL,
-        stderr=log,
-        env={**os.environ, **(env or {})},
+    proc = start_process(
+        ["serve", "--listen", f"127.0.0.1:{port}", "--workers", "3", "--data-dir", data_dir],
+        os.path.join(data_dir, f"serve-{port}.log"),
+        env,
     )
-    proc.log = log
-    deadline = time.time() + 60
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError("tessera serve exited: " + server_log(proc))
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return proc
-        except OSError:
-            if time.time() > deadline:
-                proc.kill()
-                raise RuntimeError("tessera serve did not start listening in 60 s")
-            time.sleep(0.2)
+    wait_listening(proc, "127.0.0.1", port, "tessera serve")
+    return proc
 
 
 def start_process(args, log_path, env=None):
-    """Runs `tessera ARGS`, its stderr in `log_path`; returns at once."""
+    """Runs `tessera ARGS`, its stderr in `log_path` (a file, not a pipe:
+    nobody reads a pipe while the process runs, and a full one would block
+    it); returns at once."""
     binary = os.environ.get("TESSERA_BIN", "target/debug/tessera")
     log = open(log_path, "w+b")
     proc = subprocess.Popen(

@@ -38,6 +38,21 @@ def start_coordinator(data_dir, name, port, etcd):
     )
 
 
+def print_logs(*coordinators):
+    for p in coordinators:
+        if p is not None:
+            print(server_log(p))
+
+
+def stop_all(workers, coordinators, etcd):
+    for p in workers:
+        stop_server(p)
+    for p in coordinators:
+        if p is not None and p.poll() is None:
+            stop_server(p)
+    stop_server(etcd)
+
+
 def test_standby_coordinator_takes_over_on_etcd(data_dir):
     etcd, etcd_url = start_etcd(data_dir)
     secret_file(data_dir, "cluster.secret", "s3cret-" + os.urandom(16).hex())
@@ -93,17 +108,10 @@ def test_standby_coordinator_takes_over_on_etcd(data_dir):
         print(f"\nstandby took over {took_over:.2f} s after the leader was killed "
               f"(leader lease {LEADER_LEASE_S} s)")
     except BaseException:
-        for p in (a, b):
-            if p is not None:
-                print(server_log(p))
+        print_logs(a, b)
         raise
     finally:
-        for p in procs:
-            stop_server(p)
-        for p in (a, b):
-            if p is not None and p.poll() is None:
-                stop_server(p)
-        stop_server(etcd)
+        stop_all(procs, [a, b], etcd)
 
 
 def test_leader_and_standby_ride_out_an_etcd_restart(data_dir):
@@ -151,14 +159,7 @@ def test_leader_and_standby_ride_out_an_etcd_restart(data_dir):
             got = rows(cur, "SELECT count(*) AS n FROM t")[0]
             assert got["n"] == 101
     except BaseException:
-        for p in (a, b):
-            if p is not None:
-                print(server_log(p))
+        print_logs(a, b)
         raise
     finally:
-        for p in procs:
-            stop_server(p)
-        for p in (a, b):
-            if p is not None and p.poll() is None:
-                stop_server(p)
-        stop_server(etcd)
+        stop_all(procs, [a, b], etcd)

@@ -113,7 +113,7 @@ async fn workers_refuse_strangers_and_plans_reading_other_files() {
     // it reads files that are not the worker's.
     let e = distributed_scan(
         workers,
-        Arc::new(tessera_worker::secret::PeerChannels::default()),
+        Arc::new(tessera_worker::secret::PeerChannels),
         dir.path(),
     )
     .await

@@ -107,6 +107,31 @@ fn channels() -> &'static Mutex<HashMap<String, Channel>> {
     CHANNELS.get_or_init(Default::default)
 }
 
+/// The process's one lazily connected channel to `url` (a worker or a
+/// coordinator), shared by every client of it; `fresh` replaces it with a
+/// new connection (the peer restarted).
+pub fn shared_channel(url: &str, fresh: bool) -> Result<Channel> {
+    let mut map = channels()
+        .lock()
+        .map_err(|_| DataFusionError::Internal("channel cache poisoned".into()))?;
+    if fresh {
+        map.remove(url);
+    }
+    if let Some(c) = map.get(url) {
+        return Ok(c.clone());
+    }
+    let c = Endpoint::from_shared(url.to_string())
+        .map_err(|e| DataFusionError::Configuration(format!("bad address {url}: {e}")))?
+        .tcp_nodelay(true)
+        .connect_timeout(Duration::from_secs(5))
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(20))
+        .keep_alive_while_idle(true)
+        .connect_lazy();
+    map.insert(url.to_string(), c.clone());
+    Ok(c)
+}
+
 impl WorkerClient {
     /// Connects lazily: the first call opens the connection, later ones share it.
     pub fn connect(url: &str) -> Result<Self> {
@@ -121,31 +146,7 @@ impl WorkerClient {
     }
 
     fn open(url: &str, fresh: bool) -> Result<Self> {
-        let channel = {
-            let mut map = channels()
-                .lock()
-                .map_err(|_| DataFusionError::Internal("channel cache poisoned".into()))?;
-            if fresh {
-                map.remove(url);
-            }
-            match map.get(url) {
-                Some(c) => c.clone(),
-                None => {
-                    let c = Endpoint::from_shared(url.to_string())
-                        .map_err(|e| {
-                            DataFusionError::Configuration(format!("bad worker url {url}: {e}"))
-                        })?
-                        .tcp_nodelay(true)
-                        .connect_timeout(Duration::from_secs(5))
-                        .http2_keep_alive_interval(Duration::from_secs(10))
-                        .keep_alive_timeout(Duration::from_secs(20))
-                        .keep_alive_while_idle(true)
-                        .connect_lazy();
-                    map.insert(url.to_string(), c.clone());
-                    c
-                }
-            }
-        };
+        let channel = shared_channel(url, fresh)?;
         let inner = FlightServiceClient::new(member_channel(channel))
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);

@@ -20,7 +20,7 @@ mod yielding;
 
 pub use checked::{checked_udf, register_checked};
 pub use checked_sum::checked_sum_udaf;
-pub use client::{WorkerClient, call_timeout, flight_error, set_call_timeout};
+pub use client::{WorkerClient, call_timeout, flight_error, set_call_timeout, shared_channel};
 pub use guard::check_plan;
 pub use kind::ErrorKind;
 pub use scan::{

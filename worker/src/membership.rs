@@ -22,7 +22,6 @@ use datafusion::common::{DataFusionError, Result};
 use futures::TryStreamExt;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use tonic::transport::Endpoint;
 
 use crate::kind::ErrorKind;
 
@@ -95,23 +94,37 @@ pub fn unix_now_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
+/// One membership call on the process's shared channel to `coordinator`,
+/// within `timeout`; a failed call drops that channel, so the next one
+/// connects anew (the coordinator may have restarted).
 async fn call<T: DeserializeOwned>(
     coordinator: &str,
     kind: &str,
     hello: &MemberHello,
     timeout: Duration,
 ) -> Result<T> {
+    let result = tokio::time::timeout(timeout, call_once(coordinator, kind, hello))
+        .await
+        .unwrap_or_else(|_| {
+            Err(ErrorKind::Unavailable.error(format!(
+                "coordinator {coordinator}: no answer within {} ms",
+                timeout.as_millis()
+            )))
+        });
+    if result.is_err() {
+        crate::client::shared_channel(coordinator, true)?;
+    }
+    result
+}
+
+async fn call_once<T: DeserializeOwned>(
+    coordinator: &str,
+    kind: &str,
+    hello: &MemberHello,
+) -> Result<T> {
     let unreachable =
         |why: String| ErrorKind::Unavailable.error(format!("coordinator {coordinator}: {why}"));
-    let channel = Endpoint::from_shared(coordinator.to_string())
-        .map_err(|e| {
-            ErrorKind::InvalidArgument.error(format!("bad coordinator address {coordinator}: {e}"))
-        })?
-        .connect_timeout(timeout.min(Duration::from_secs(3)))
-        .timeout(timeout)
-        .connect()
-        .await
-        .map_err(|e| unreachable(format!("cannot connect ({e})")))?;
+    let channel = crate::client::shared_channel(coordinator, false)?;
     let body = serde_json::to_vec(hello)
         .map_err(|e| DataFusionError::Internal(format!("membership message: {e}")))?;
     let mut client = FlightClient::new_from_inner(

@@ -128,14 +128,8 @@ pub fn check_secret(req: Request<()>) -> Result<Request<()>, Status> {
 }
 
 /// Workers' connections to their peers (datafusion-distributed's shuffles
-/// between stages), carrying the secret; one lazily connected channel per
-/// peer URL.
-#[derive(Default)]
-pub struct PeerChannels {
-    cache: std::sync::Mutex<
-        std::collections::HashMap<String, datafusion_distributed::grpc::BoxCloneSyncChannel>,
-    >,
-}
+/// between stages), carrying the secret, on the process's shared channels.
+pub struct PeerChannels;
 
 #[async_trait::async_trait]
 impl datafusion_distributed::ChannelResolver for PeerChannels {
@@ -144,21 +138,9 @@ impl datafusion_distributed::ChannelResolver for PeerChannels {
         url: &url::Url,
     ) -> Result<Box<dyn datafusion_distributed::WorkerChannel>> {
         use datafusion_distributed::grpc::{BoxCloneSyncChannel, create_worker_client};
-        let mut cache = self.cache.lock().map_err(|_| {
-            datafusion::common::DataFusionError::Internal("peer channel cache poisoned".into())
-        })?;
-        if let Some(channel) = cache.get(url.as_str()) {
-            return Ok(create_worker_client(channel.clone()));
-        }
-        let channel = tonic::transport::Endpoint::from_shared(url.to_string())
-            .map_err(|e| ErrorKind::InvalidArgument.error(format!("bad peer url {url}: {e}")))?
-            .tcp_nodelay(true)
-            .connect_timeout(std::time::Duration::from_secs(5))
-            .http2_keep_alive_interval(std::time::Duration::from_secs(10))
-            .keep_alive_timeout(std::time::Duration::from_secs(20))
-            .connect_lazy();
-        let channel = BoxCloneSyncChannel::new(member_channel(channel));
-        cache.insert(url.to_string(), channel.clone());
-        Ok(create_worker_client(channel))
+        let channel = crate::client::shared_channel(url.as_str(), false)?;
+        Ok(create_worker_client(BoxCloneSyncChannel::new(
+            member_channel(channel),
+        )))
     }
 }

@@ -385,7 +385,7 @@ pub async fn start_worker(
 
     let codec_local = Arc::clone(&local);
     let peers: Arc<dyn datafusion_distributed::ChannelResolver + Send + Sync> =
-        Arc::new(crate::secret::PeerChannels::default());
+        Arc::new(crate::secret::PeerChannels);
     let worker = Worker::from_session_builder(move |ctx: WorkerQueryContext| {
         let codec = TesseraCodec::for_worker(Arc::clone(&codec_local));
         let guard = crate::guard::plan_guard(codec_local.storage.root().to_path_buf());
