@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Starts a cluster of separate processes on this machine, for a try:
-# etcd, two coordinators (one leads, one stands by) and three workers on
+# etcd, two coordinators (both serve clients; one leads) and three workers on
 # 127.0.0.2-4, sharing a cluster secret. Ctrl-C stops them all.
 #
 #   scripts/cluster.sh [DIR]        # data under DIR (default: a new temp dir)
@@ -66,7 +66,7 @@ for i in 2 3 4; do
 done
 
 echo "Data and logs: $dir"
-echo "Coordinators: $coordinators (with etcd, the first to start leads; the other takes over if it stops)"
+echo "Coordinators: $coordinators (with etcd, both serve clients; the first to start leads, the other takes over if it stops)"
 echo "Try: $bin shell --connect 127.0.0.1:50051 -c 'SHOW WORKERS'"
 echo "Ctrl-C stops the cluster."
 wait

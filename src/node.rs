@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tessera_coordinator::{
-    Coordinator, CoordinatorServer, EtcdMetastore, Metastore, open_file_metastore,
+    Coordinator, CoordinatorServer, EtcdMetastore, Follower, open_file_metastore,
 };
 use tessera_worker::membership::{MemberHello, Membership, read_id, unix_now_ms};
 use tessera_worker::{Storage, start_worker};
@@ -50,26 +50,83 @@ pub struct CoordinatorArgs {
 pub async fn coordinator(args: CoordinatorArgs) -> Result<(), String> {
     std::fs::create_dir_all(&args.data_dir)
         .map_err(|e| format!("cannot create {}: {e}", args.data_dir.display()))?;
-    let me = args
-        .advertise
-        .clone()
-        .unwrap_or_else(|| args.listen.to_string());
-    let mut leader: Option<EtcdMetastore> = None;
-    let metastore: Box<dyn Metastore> = match args.metastore.as_deref() {
+    match args.metastore.as_deref() {
         Some(url) if url.starts_with("etcd://") => {
             let store = EtcdMetastore::connect(url)
                 .await
                 .map_err(|e| e.to_string())?;
-            // One coordinator leads; another on the same etcd waits as a
-            // standby and takes over when the leader's lease ends.
-            store
+            with_etcd(&args, url, store).await
+        }
+        Some(other) => Err(format!(
+            "--metastore {other}: only etcd://HOST:PORT[,HOST:PORT...][/NAMESPACE] is known; \
+             leave it out for the file metastore in --data-dir"
+        )),
+        None => {
+            let metastore = open_file_metastore(&args.data_dir)
+                .await
+                .map_err(|e| e.to_string())?;
+            let coordinator = Coordinator::open(metastore, Default::default(), args.lease)
+                .await
+                .map_err(|e| e.to_string())?;
+            let server = CoordinatorServer::start(Arc::new(coordinator), args.listen)
+                .await
+                .map_err(|e| e.to_string())?;
+            let metastore = format!("files in {}", args.data_dir.display());
+            greet(&args, &server, &metastore);
+            crate::wait_for_signal().await;
+            eprintln!("Stopping...");
+            server.stop().await;
+            Ok(())
+        }
+    }
+}
+
+fn greet(args: &CoordinatorArgs, server: &CoordinatorServer, metastore: &str) {
+    let reach = args
+        .advertise
+        .clone()
+        .unwrap_or_else(|| server.addr.to_string());
+    eprintln!(
+        "Tessera coordinator on {} (Flight SQL and membership), metastore: {metastore}",
+        server.addr
+    );
+    eprintln!("Workers join with: tessera worker --join {reach} --listen HOST:PORT --data-dir DIR");
+    eprintln!("Connect with: tessera shell --connect {reach}   (Ctrl-C stops)");
+}
+
+/// Every coordinator on one etcd serves clients; one leads. This one
+/// serves as a follower of the leader at once, campaigns for the lead in
+/// the background, and serves as the leader from when it wins.
+async fn with_etcd(args: &CoordinatorArgs, url: &str, store: EtcdMetastore) -> Result<(), String> {
+    let me = args
+        .advertise
+        .clone()
+        .unwrap_or_else(|| args.listen.to_string());
+    let follower = Follower::new(store.clone(), &me);
+    let following = Coordinator::open_follower(follower, args.lease)
+        .await
+        .map_err(|e| e.to_string())?;
+    let server = Arc::new(
+        CoordinatorServer::start(Arc::new(following), args.listen)
+            .await
+            .map_err(|e| e.to_string())?,
+    );
+    greet(args, &server, url);
+    let campaign = {
+        let server = Arc::clone(&server);
+        let store = store.clone();
+        let lease = args.lease;
+        let leader_lease = args.leader_lease;
+        tokio::spawn(async move {
+            let led = store
                 .lead(
                     &me,
-                    args.leader_lease,
+                    leader_lease,
                     |other| {
                         eprintln!(
-                            "Standby: coordinator {other} leads this cluster; taking over when \
-                             it stops"
+                            "Following coordinator {other}, which leads this cluster: serving \
+                             queries here, passing writes and DDL to it; taking over the lead \
+                             when it stops"
                         )
                     },
                     || {
@@ -80,48 +137,33 @@ pub async fn coordinator(args: CoordinatorArgs) -> Result<(), String> {
                         std::process::exit(3);
                     },
                 )
-                .await
-                .map_err(|e| e.to_string())?;
-            eprintln!("Leading the cluster in {url}");
-            leader = Some(store.clone());
-            Box::new(store)
-        }
-        Some(other) => {
-            return Err(format!(
-                "--metastore {other}: only etcd://HOST:PORT[,HOST:PORT...][/NAMESPACE] is known; \
-                 leave it out for the file metastore in --data-dir"
-            ));
-        }
-        None => open_file_metastore(&args.data_dir)
-            .await
-            .map_err(|e| e.to_string())?,
+                .await;
+            if let Err(e) = led {
+                eprintln!("Error: campaigning for the lead failed: {e}");
+                std::process::exit(3);
+            }
+            match Coordinator::open(Box::new(store), Default::default(), lease).await {
+                Ok(leading) => {
+                    server.replace(Arc::new(leading));
+                    eprintln!("Leading the cluster");
+                }
+                Err(e) => {
+                    eprintln!("Error: cannot take over the lead: {e}");
+                    std::process::exit(3);
+                }
+            }
+        })
     };
-    let coordinator = Coordinator::open(metastore, Default::default(), args.lease)
-        .await
-        .map_err(|e| e.to_string())?;
-    let server = CoordinatorServer::start(Arc::new(coordinator), args.listen)
-        .await
-        .map_err(|e| e.to_string())?;
-    let reach = args
-        .advertise
-        .clone()
-        .unwrap_or_else(|| server.addr.to_string());
-    eprintln!(
-        "Tessera coordinator on {} (Flight SQL and membership), metastore: {}",
-        server.addr,
-        args.metastore
-            .as_deref()
-            .unwrap_or(&format!("files in {}", args.data_dir.display()))
-    );
-    eprintln!("Workers join with: tessera worker --join {reach} --listen HOST:PORT --data-dir DIR");
-    eprintln!("Connect with: tessera shell --connect {reach}   (Ctrl-C stops)");
     crate::wait_for_signal().await;
     eprintln!("Stopping...");
-    server.stop().await;
-    if let Some(store) = leader {
-        // A standby takes over now rather than when the lease ends.
-        store.resign().await;
+    campaign.abort();
+    let _ = campaign.await;
+    match Arc::try_unwrap(server) {
+        Ok(server) => server.stop().await,
+        Err(server) => server.coordinator().close(),
     }
+    // A follower takes over now rather than when the lease ends.
+    store.resign().await;
     Ok(())
 }
 

@@ -13,12 +13,14 @@ use tessera_worker::{ScanPart, SizeEstimate};
 
 use crate::catalog_state::{CatalogState, IndexStats, TXN_BLOCK};
 use crate::clock::now_micros;
+use crate::follow::Follower;
 use crate::membership::{Membership, WorkerState};
 use crate::metastore::{Compare, Metastore, Op, reserve};
 
+mod follow;
 mod txns;
 
-pub use txns::SnapshotPin;
+pub use txns::{SnapshotHold, SnapshotPin};
 use txns::TXN_BLOCK_IDS;
 
 /// The error for a table that does not exist.
@@ -83,6 +85,16 @@ pub struct Catalog {
     pub(crate) compaction_paused: AtomicBool,
     /// `tessera.compactions`.
     pub(crate) compactions: crate::compaction_log::CompactionLog,
+    /// Set on a coordinator that follows the leader: it writes nothing to
+    /// the metastore and takes its snapshots from the leader.
+    follower: Option<Arc<Follower>>,
+    /// The metastore revision of the catalog held here: the leader's last
+    /// change, or the last one a follower applied.
+    revision: AtomicU64,
+    revision_moved: tokio::sync::Notify,
+    /// Turns true when the coordinator stops (ends pinned snapshot calls).
+    pub(crate) stopped: tokio::sync::watch::Sender<bool>,
+    follow_task: Mutex<Option<tokio::task::AbortHandle>>,
 }
 
 /// Counters of acknowledged INSERTs, see [`Catalog::write_fanout`].
@@ -106,6 +118,15 @@ impl Catalog {
         members: BTreeMap<String, String>,
         lease: std::time::Duration,
     ) -> Result<Arc<Self>> {
+        Self::open_as(metastore, members, lease, None).await
+    }
+
+    async fn open_as(
+        metastore: Box<dyn Metastore>,
+        members: BTreeMap<String, String>,
+        lease: std::time::Duration,
+        follower: Option<Arc<Follower>>,
+    ) -> Result<Arc<Self>> {
         let entries = metastore.range("").await?;
         let state = CatalogState::from_keys(&entries)?;
         let mut urls: BTreeMap<String, String> = state
@@ -118,15 +139,23 @@ impl Catalog {
         for (id, m) in &state.members {
             membership.set_admin(id, m.admin)?;
         }
+        let revision = entries.values().map(|v| v.revision).max().unwrap_or(0);
         let revisions = entries.into_iter().map(|(k, v)| (k, v.revision)).collect();
-        // Every id handed out before lies below a new block.
-        let start = reserve(metastore.as_ref(), TXN_BLOCK, TXN_BLOCK_IDS, now_micros()).await?;
+        // Every id handed out before lies below a new block; a follower
+        // hands out none.
+        let (start, end) = if follower.is_some() {
+            (0, 0)
+        } else {
+            let start =
+                reserve(metastore.as_ref(), TXN_BLOCK, TXN_BLOCK_IDS, now_micros()).await?;
+            (start, start.saturating_add(TXN_BLOCK_IDS))
+        };
         let last_txn = start.saturating_sub(1);
-        Ok(Arc::new(Self {
+        let catalog = Arc::new(Self {
             metastore,
             state: Mutex::new(state),
             revisions: Mutex::new(revisions),
-            txn_block: Mutex::new((start, start.saturating_add(TXN_BLOCK_IDS))),
+            txn_block: Mutex::new((start, end)),
             reserving: tokio::sync::Mutex::new(()),
             membership,
             external: RwLock::new(BTreeMap::new()),
@@ -145,7 +174,49 @@ impl Catalog {
             compacting: tokio::sync::Mutex::new(()),
             compaction_paused: AtomicBool::new(false),
             compactions: Default::default(),
-        }))
+            follower,
+            revision: AtomicU64::new(revision),
+            revision_moved: tokio::sync::Notify::new(),
+            stopped: tokio::sync::watch::Sender::new(false),
+            follow_task: Mutex::new(None),
+        });
+        if catalog.follower.is_some() {
+            follow::spawn(&catalog);
+        }
+        Ok(catalog)
+    }
+
+    /// Opens the catalog of a coordinator that follows the leader: kept
+    /// up to date by a watch on the metastore, never written from here.
+    pub async fn open_follower(
+        follower: Arc<Follower>,
+        lease: std::time::Duration,
+    ) -> Result<Arc<Self>> {
+        let metastore = Box::new(follower.store().clone());
+        Self::open_as(metastore, BTreeMap::new(), lease, Some(follower)).await
+    }
+
+    /// The leader this coordinator follows, if it does not lead.
+    pub fn follower(&self) -> Option<&Arc<Follower>> {
+        self.follower.as_ref()
+    }
+
+    /// Stops background work and a follower's watch; pinned snapshots
+    /// handed to followers are let go.
+    pub fn stop(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        self.stopped.send_replace(true);
+        self.apply_wanted.notify_one();
+        if let Ok(mut task) = self.follow_task.lock()
+            && let Some(task) = task.take()
+        {
+            task.abort();
+        }
+    }
+
+    /// The metastore revision of the catalog held here.
+    pub fn revision(&self) -> u64 {
+        self.revision.load(Ordering::SeqCst)
     }
 
     /// A snapshot of the persisted state.
@@ -168,6 +239,12 @@ impl Catalog {
                 // overwrite what the next one on the same metastore writes.
                 if self.closed.load(Ordering::SeqCst) {
                     return exec_err!("the coordinator is stopping; retry on the running one");
+                }
+                if self.follower.is_some() {
+                    return Err(tessera_worker::ErrorKind::FailedPrecondition.error(
+                        "this coordinator follows the cluster's leader and changes nothing \
+                         itself; the statement should have gone to the leader: retry",
+                    ));
                 }
                 let mut next = guard.clone();
                 let out = change(&mut next)?;
@@ -193,6 +270,7 @@ impl Catalog {
             };
             let mut guard = self.state.lock().map_err(|_| poisoned())?;
             let mut revisions = self.revisions.lock().map_err(|_| poisoned())?;
+            self.revision.fetch_max(revision, Ordering::SeqCst);
             let mut decided = vec![];
             for op in &ops {
                 match op {

@@ -6,6 +6,7 @@
 mod ddl;
 mod errors;
 mod explain;
+mod follow;
 mod members;
 
 use std::collections::BTreeMap;
@@ -26,6 +27,7 @@ use tessera_sql::{Statement, parse_statement};
 use tessera_worker::{TesseraCodec, WorkerClient};
 
 use crate::catalog::Catalog;
+use crate::follow::Follower;
 use crate::colocate::ColocateJoins;
 use crate::distribution::{
     MembershipChannels, MembershipResolver, desired_task_count, route_tasks, scale_up,
@@ -112,6 +114,27 @@ impl Coordinator {
         lease: std::time::Duration,
     ) -> Result<Self> {
         let catalog = Catalog::open(metastore, members, lease).await?;
+        let coordinator = Self::with_catalog(catalog)?;
+        coordinator.recover().await?;
+        coordinator.restore_external_tables().await;
+        crate::index::spawn_applier(&coordinator.catalog);
+        crate::compact::spawn_compactor(&coordinator.catalog);
+        coordinator.resume_backfills();
+        Ok(coordinator)
+    }
+
+    /// A coordinator that follows the cluster's leader (see
+    /// [`crate::follow`]): it serves clients, plans and runs queries, and
+    /// passes every statement with effects to the leader; it runs no
+    /// background work.
+    pub async fn open_follower(follower: Arc<Follower>, lease: std::time::Duration) -> Result<Self> {
+        let catalog = Catalog::open_follower(follower, lease).await?;
+        let coordinator = Self::with_catalog(catalog)?;
+        coordinator.restore_external_tables().await;
+        Ok(coordinator)
+    }
+
+    fn with_catalog(catalog: Arc<Catalog>) -> Result<Self> {
         let mut config = SessionConfig::new()
             .with_information_schema(true)
             .with_option_extension(TesseraOptions::default());
@@ -153,18 +176,12 @@ impl Coordinator {
             "tessera",
             Arc::new(SystemSchema::new(Arc::clone(&log), Arc::clone(&catalog))),
         )?;
-        let coordinator = Self {
+        Ok(Self {
             catalog,
             ctx,
             log,
             joining: tokio::sync::Mutex::new(()),
-        };
-        coordinator.recover().await?;
-        coordinator.restore_external_tables().await;
-        crate::index::spawn_applier(&coordinator.catalog);
-        crate::compact::spawn_compactor(&coordinator.catalog);
-        coordinator.resume_backfills();
-        Ok(coordinator)
+        })
     }
 
     /// Finishes backfills a stop interrupted, in the background.
@@ -242,10 +259,7 @@ impl Coordinator {
 
     /// Stops background work (the ASYNC applier); called when the cluster stops.
     pub fn close(&self) {
-        self.catalog
-            .closed
-            .store(true, std::sync::atomic::Ordering::SeqCst);
-        self.catalog.apply_wanted.notify_one();
+        self.catalog.stop();
     }
 
     pub fn catalog(&self) -> &Arc<Catalog> {
@@ -359,7 +373,18 @@ impl Coordinator {
     }
 
     async fn plan_statement(&self, sql: &str) -> Result<Planned> {
-        match parse_statement(sql)? {
+        let statement = parse_statement(sql)?;
+        match self.catalog.follower() {
+            Some(follower) => {
+                let follower = Arc::clone(follower);
+                self.plan_following(&follower, sql, statement).await
+            }
+            None => self.plan_parsed(statement).await,
+        }
+    }
+
+    async fn plan_parsed(&self, statement: Statement) -> Result<Planned> {
+        match statement {
             // Boxed: CREATE TABLE ... AS SELECT plans an INSERT in turn.
             Statement::CreateTable(ct) => Box::pin(self.create_table(ct)).await,
             Statement::DropTable { name, if_exists } => self.drop_table(&name, if_exists).await,
@@ -419,6 +444,10 @@ impl Coordinator {
     /// The schema of the rows a statement returns, without running it;
     /// `None` for statements that return no rows of their own (DDL, DML).
     pub async fn result_schema(&self, sql: &str) -> Result<Option<SchemaRef>> {
+        if self.catalog.follower().is_some() {
+            // Plan against the catalog as the leader has it.
+            self.catalog.current_snapshot().await?;
+        }
         match parse_statement(sql)? {
             Statement::CreateTable(_)
             | Statement::DropTable { .. }
@@ -515,7 +544,7 @@ impl Coordinator {
                 plan_err!("CREATE TABLE is handled by Tessera; this form is not supported")
             }
             LogicalPlan::Dml(_) => {
-                let state = session_at_snapshot(self.ctx.state(), &self.catalog)?;
+                let state = session_at_snapshot(self.ctx.state(), &self.catalog).await?;
                 let df = DataFrame::new(state, plan);
                 let schema = Arc::new(df.schema().as_arrow().clone());
                 let batches = df.collect().await?;
@@ -534,7 +563,7 @@ impl Coordinator {
                 Ok(Planned::Ready(schema, batches))
             }
             _ => {
-                let state = session_at_snapshot(self.ctx.state(), &self.catalog)?;
+                let state = session_at_snapshot(self.ctx.state(), &self.catalog).await?;
                 let df = DataFrame::new(state, plan);
                 let task_ctx = df.task_ctx();
                 let physical = df.create_physical_plan().await?;
@@ -546,7 +575,7 @@ impl Coordinator {
 
     /// A query planned at a snapshot taken now.
     async fn query(&self, sql: &str) -> Result<DataFrame> {
-        let state = session_at_snapshot(self.ctx.state(), &self.catalog)?;
+        let state = session_at_snapshot(self.ctx.state(), &self.catalog).await?;
         let plan = state
             .create_logical_plan(sql)
             .await

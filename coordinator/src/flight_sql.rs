@@ -27,13 +27,14 @@ use datafusion::arrow::datatypes::{DataType, FieldRef, Schema, SchemaRef};
 use datafusion::arrow::error::ArrowError;
 use datafusion::arrow::ipc::writer::IpcWriteOptions;
 use datafusion::common::DataFusionError;
-use futures::{Stream, TryStreamExt};
+use futures::{Stream, StreamExt, TryStreamExt};
 use prost::Message;
 use tessera_worker::membership::{HEARTBEAT_ACTION, JOIN_ACTION, MemberHello};
 use tessera_worker::to_status;
 use tonic::{Request, Response, Status};
 
 use crate::engine::{Coordinator, Planned, rows_written};
+use crate::follow::{PIN, SNAPSHOT_ACTION, SnapshotReply};
 use crate::panic_guard::{guarded, guarded_stream};
 use crate::retry::{Retry, plan_statement, retrying};
 
@@ -44,8 +45,12 @@ const MAX_ERROR_BYTES: usize = 4000;
 
 type DoGetStream = Pin<Box<dyn Stream<Item = Result<arrow_flight::FlightData, Status>> + Send>>;
 
+/// The coordinator serving clients; a follower is replaced by a leader
+/// when it takes over the lead.
+pub type Serving = Arc<std::sync::RwLock<Arc<Coordinator>>>;
+
 pub struct TesseraFlightSql {
-    coordinator: Arc<Coordinator>,
+    serving: Serving,
     /// Planned statements waiting for their DoGet, with their SQL (a query
     /// a worker failure stops is planned again).
     results: Mutex<HashMap<String, (Instant, Planned, String, Retry)>>,
@@ -65,10 +70,17 @@ fn status(e: DataFusionError) -> Status {
 }
 
 impl TesseraFlightSql {
-    pub fn new(coordinator: Arc<Coordinator>) -> Self {
+    pub fn new(serving: Serving) -> Self {
         Self {
-            coordinator,
+            serving,
             results: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn coordinator(&self) -> Arc<Coordinator> {
+        match self.serving.read() {
+            Ok(c) => Arc::clone(&c),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
         }
     }
 
@@ -95,8 +107,9 @@ impl TesseraFlightSql {
         let _enter = span.enter();
         // A read-only statement is planned again if a worker failure stops
         // it (a GLOBAL index is looked up while planning).
-        let mut retry = Retry::begin(&self.coordinator);
-        let planned = guarded(plan_statement(&self.coordinator, sql, &mut retry))
+        let coordinator = self.coordinator();
+        let mut retry = Retry::begin(&coordinator);
+        let planned = guarded(plan_statement(&coordinator, sql, &mut retry))
             .await
             .map_err(status)?;
         // DoGet sends dictionaries as their values; the FlightInfo schema
@@ -122,7 +135,9 @@ impl TesseraFlightSql {
     }
 
     async fn update(&self, sql: &str) -> Result<i64, Status> {
-        let batches = guarded(self.coordinator.run(sql)).await.map_err(status)?;
+        let batches = guarded(self.coordinator().run(sql))
+            .await
+            .map_err(status)?;
         Ok(rows_written(&batches) as i64)
     }
 }
@@ -186,7 +201,7 @@ impl FlightSqlService for TesseraFlightSql {
         let is_query = matches!(planned, Planned::Plan(..));
         let stream = planned.execute().map_err(status)?;
         let stream = if is_query {
-            retrying(Arc::clone(&self.coordinator), sql, stream, retry)
+            retrying(self.coordinator(), sql, stream, retry)
         } else {
             stream
         };
@@ -222,6 +237,14 @@ impl FlightSqlService for TesseraFlightSql {
     ) -> Result<i64, Status> {
         use arrow_flight::decode::FlightRecordBatchStream;
         use arrow_flight::sql::TableExistsOption;
+        let coordinator = self.coordinator();
+        if let Some(follower) = coordinator.follower() {
+            // The leader writes; the rows stream through as they come.
+            return follower
+                .forward_put(request.into_inner())
+                .await
+                .map_err(status);
+        }
         let table = cmd.table;
         if cmd.temporary {
             return Err(Status::invalid_argument(
@@ -235,8 +258,7 @@ impl FlightSqlService for TesseraFlightSql {
                 "ingest can only append; to replace '{table}', DROP TABLE and CREATE TABLE it first"
             )));
         }
-        if self
-            .coordinator
+        if coordinator
             .catalog()
             .table_def(&table)
             .map_err(status)?
@@ -265,7 +287,7 @@ impl FlightSqlService for TesseraFlightSql {
         else {
             return Ok(0);
         };
-        let rows = guarded(self.coordinator.load(&table, schema, batches))
+        let rows = guarded(coordinator.load(&table, schema, batches))
             .await
             .map_err(status)?;
         Ok(rows as i64)
@@ -288,7 +310,7 @@ impl FlightSqlService for TesseraFlightSql {
         // The handle is the SQL itself: planning happens at execution, so a
         // prepared statement sees the catalog as it is then. The dataset
         // schema tells clients (JDBC) a query from an update.
-        let dataset_schema = match guarded(self.coordinator.result_schema(&query.query))
+        let dataset_schema = match guarded(self.coordinator().result_schema(&query.query))
             .await
             .map_err(status)?
         {
@@ -318,14 +340,31 @@ impl FlightSqlService for TesseraFlightSql {
 
     async fn register_sql_info(&self, _id: i32, _result: &SqlInfo) {}
 
-    /// Workers' membership calls: join and heartbeat.
+    /// Members' calls: workers joining and heartbeating, and followers
+    /// taking snapshots.
     async fn do_action_fallback(
         &self,
         request: Request<Action>,
     ) -> Result<Response<<Self as FlightService>::DoActionStream>, Status> {
-        // Members only: a worker joins and heartbeats with the secret.
+        // Members only: every one of these carries the cluster's secret.
         tessera_worker::secret::check_metadata(request.metadata(), request.remote_addr())?;
         let action = request.into_inner();
+        let coordinator = self.coordinator();
+        if action.r#type == SNAPSHOT_ACTION {
+            return snapshot_for_follower(&coordinator, &action.body).map(Response::new);
+        }
+        if let Some(follower) = coordinator.follower() {
+            if !matches!(action.r#type.as_str(), JOIN_ACTION | HEARTBEAT_ACTION) {
+                return Err(Status::invalid_argument(format!(
+                    "unknown action '{}'",
+                    action.r#type
+                )));
+            }
+            // The leader keeps membership; a worker may know only this one.
+            let body = follower.forward_action(action).await.map_err(status)?;
+            let result = arrow_flight::Result { body };
+            return Ok(Response::new(Box::pin(futures::stream::iter([Ok(result)]))));
+        }
         let hello: MemberHello = serde_json::from_slice(&action.body).map_err(|e| {
             Status::invalid_argument(format!(
                 "'{}' carries no worker description ({e})",
@@ -334,15 +373,12 @@ impl FlightSqlService for TesseraFlightSql {
         })?;
         let reply = match action.r#type.as_str() {
             JOIN_ACTION => {
-                let coordinator = Arc::clone(&self.coordinator);
                 let joined = guarded(async move { coordinator.join(hello).await })
                     .await
                     .map_err(status)?;
                 serde_json::to_vec(&joined)
             }
-            HEARTBEAT_ACTION => {
-                serde_json::to_vec(&self.coordinator.heartbeat(&hello).map_err(status)?)
-            }
+            HEARTBEAT_ACTION => serde_json::to_vec(&coordinator.heartbeat(&hello).map_err(status)?),
             other => {
                 return Err(Status::invalid_argument(format!(
                     "unknown action '{other}'"
@@ -353,4 +389,40 @@ impl FlightSqlService for TesseraFlightSql {
         let result = arrow_flight::Result { body: reply.into() };
         Ok(Response::new(Box::pin(futures::stream::iter([Ok(result)]))))
     }
+}
+
+type ActionStream =
+    Pin<Box<dyn Stream<Item = Result<arrow_flight::Result, Status>> + Send + 'static>>;
+
+/// A snapshot for a follower's query, with the leader's catalog revision
+/// and members. Pinned (`body` is [`PIN`]): the call stays open, and the
+/// snapshot with it, until the follower drops it or this coordinator stops.
+fn snapshot_for_follower(coordinator: &Coordinator, body: &[u8]) -> Result<ActionStream, Status> {
+    let catalog = coordinator.catalog();
+    if coordinator.follower().is_some() {
+        return Err(Status::failed_precondition(
+            "this coordinator does not lead the cluster; ask the leader for snapshots",
+        ));
+    }
+    let (snapshot, pin) = catalog.snapshot().map_err(status)?;
+    let reply = SnapshotReply {
+        snapshot,
+        revision: catalog.revision(),
+        members: catalog.membership().wire().map_err(status)?,
+    };
+    let encoded = serde_json::to_vec(&reply)
+        .map_err(|e| Status::internal(format!("snapshot reply: {e}")))?;
+    let first = futures::stream::iter([Ok(arrow_flight::Result {
+        body: encoded.into(),
+    })]);
+    if body != PIN {
+        return Ok(Box::pin(first));
+    }
+    let mut stopped = catalog.stopped.subscribe();
+    let hold = futures::stream::once(async move {
+        let _ = stopped.wait_for(|s| *s).await;
+        drop(pin);
+    })
+    .filter_map(|()| std::future::ready(None));
+    Ok(Box::pin(first.chain(hold)))
 }

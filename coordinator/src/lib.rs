@@ -14,6 +14,7 @@ mod distribution;
 mod engine;
 mod failpoint;
 mod flight_sql;
+mod follow;
 mod index;
 mod membership;
 mod metastore;
@@ -33,6 +34,7 @@ pub use catalog::{Catalog, SnapshotPin, WriteFanout};
 pub use catalog_state::{AdminState, CatalogState, IndexStats, MemberRecord, import_catalog_json};
 pub use cluster::{Cluster, ClusterConfig};
 pub use engine::{Coordinator, Planned};
+pub use follow::Follower;
 pub use membership::{DEFAULT_LEASE, MemberView, WorkerState};
 pub use metastore::{
     Compare, EtcdMetastore, FileMetastore, Metastore, Op, Versioned, WatchEvent, conformance,

@@ -322,3 +322,96 @@ mod tests {
         assert_eq!(m.urls().unwrap().len(), 1);
     }
 }
+
+/// One worker as the leading coordinator sees it, sent to the coordinators
+/// that follow it (they route queries by it).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct MemberWire {
+    pub id: String,
+    pub url: String,
+    pub admin: AdminState,
+    /// Down for a reason other than silence (another worker took its address).
+    pub displaced: bool,
+    /// Milliseconds since the leader last heard from it.
+    pub silent_ms: u64,
+    pub version: String,
+    pub started_at_ms: u64,
+    pub last_heartbeat_unix_ms: i64,
+}
+
+impl Membership {
+    /// Every member as this coordinator sees it, for its followers.
+    pub fn wire(&self) -> Result<Vec<MemberWire>> {
+        let urls = self.urls()?;
+        let admin = self.admin.read().map_err(|_| poisoned())?.clone();
+        let displaced = self.displaced.lock().map_err(|_| poisoned())?.clone();
+        let live = self.live.lock().map_err(|_| poisoned())?.clone();
+        urls.into_iter()
+            .map(|(id, url)| {
+                let heard = live.get(&id);
+                let silence = heard.map_or(self.started, |l| l.last_heartbeat).elapsed();
+                Ok(MemberWire {
+                    admin: admin.get(&id).copied().unwrap_or_default(),
+                    displaced: displaced.contains(&id),
+                    silent_ms: u64::try_from(silence.as_millis()).unwrap_or(u64::MAX),
+                    version: heard.map(|l| l.version.clone()).unwrap_or_default(),
+                    started_at_ms: heard.map_or(0, |l| l.started_at_ms),
+                    last_heartbeat_unix_ms: heard.map_or(0, |l| l.last_heartbeat_unix_ms),
+                    id,
+                    url,
+                })
+            })
+            .collect()
+    }
+
+    /// Takes the leader's view of the members as this coordinator's own: a
+    /// follower hears no heartbeats, the leader does.
+    pub fn adopt(&self, members: &[MemberWire]) -> Result<()> {
+        let now = Instant::now();
+        let next: BTreeMap<String, String> = members
+            .iter()
+            .map(|m| (m.id.clone(), m.url.clone()))
+            .collect();
+        let mut changed = {
+            let mut urls = self.urls.write().map_err(|_| poisoned())?;
+            let changed = *urls != next;
+            *urls = next;
+            changed
+        };
+        {
+            let mut admin = self.admin.write().map_err(|_| poisoned())?;
+            let mut live = self.live.lock().map_err(|_| poisoned())?;
+            let mut displaced = self.displaced.lock().map_err(|_| poisoned())?;
+            // A worker that restarted where it was is a change too.
+            changed |= members.iter().any(|m| {
+                live.get(&m.id)
+                    .is_some_and(|l| l.started_at_ms != m.started_at_ms)
+            });
+            admin.clear();
+            live.clear();
+            displaced.clear();
+            for m in members {
+                admin.insert(m.id.clone(), m.admin);
+                if m.displaced {
+                    displaced.insert(m.id.clone());
+                }
+                live.insert(
+                    m.id.clone(),
+                    Liveness {
+                        last_heartbeat: now
+                            .checked_sub(Duration::from_millis(m.silent_ms))
+                            .unwrap_or(self.started),
+                        last_heartbeat_unix_ms: m.last_heartbeat_unix_ms,
+                        version: m.version.clone(),
+                        started_at_ms: m.started_at_ms,
+                    },
+                );
+            }
+        }
+        if changed {
+            self.epoch.fetch_add(1, Ordering::SeqCst);
+            *self.changed.lock().map_err(|_| poisoned())? = Some(Instant::now());
+        }
+        Ok(())
+    }
+}

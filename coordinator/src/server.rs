@@ -13,12 +13,12 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
 use crate::engine::Coordinator;
-use crate::flight_sql::TesseraFlightSql;
+use crate::flight_sql::{Serving, TesseraFlightSql};
 use crate::metastore::{FileMetastore, Metastore};
 
 pub struct CoordinatorServer {
     pub addr: SocketAddr,
-    coordinator: Arc<Coordinator>,
+    serving: Serving,
     shutdown: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -32,7 +32,8 @@ impl CoordinatorServer {
             ))
         })?;
         let addr = listener.local_addr()?;
-        let service = FlightServiceServer::new(TesseraFlightSql::new(Arc::clone(&coordinator)))
+        let serving: Serving = Arc::new(std::sync::RwLock::new(coordinator));
+        let service = FlightServiceServer::new(TesseraFlightSql::new(Arc::clone(&serving)))
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         let (tx, rx) = oneshot::channel::<()>();
@@ -50,19 +51,33 @@ impl CoordinatorServer {
         tracing::info!(%addr, "coordinator listening");
         Ok(Self {
             addr,
-            coordinator,
+            serving,
             shutdown: Some(tx),
             task,
         })
     }
 
-    pub fn coordinator(&self) -> &Arc<Coordinator> {
-        &self.coordinator
+    /// The coordinator serving now.
+    pub fn coordinator(&self) -> Arc<Coordinator> {
+        match self.serving.read() {
+            Ok(c) => Arc::clone(&c),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    /// Serves `next` from now on (a follower that took over the lead) and
+    /// stops the one before; statements it is running finish.
+    pub fn replace(&self, next: Arc<Coordinator>) {
+        let before = match self.serving.write() {
+            Ok(mut c) => std::mem::replace(&mut *c, next),
+            Err(poisoned) => std::mem::replace(&mut *poisoned.into_inner(), next),
+        };
+        before.close();
     }
 
     /// Stops background work and serving.
     pub async fn stop(mut self) {
-        self.coordinator.close();
+        self.coordinator().close();
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }

@@ -8,32 +8,57 @@ use datafusion::common::Result;
 use datafusion::execution::SessionState;
 use tessera_worker::Snapshot;
 
-use crate::catalog::{Catalog, SnapshotPin};
+use crate::catalog::{Catalog, SnapshotHold};
 
-/// The snapshot of one statement, and the pin that holds it open for as
+/// The snapshot of one statement, and the hold that keeps it open for as
 /// long as the statement's session config (and its task contexts) live.
 #[derive(Debug)]
 pub struct QuerySnapshot {
     pub snapshot: Arc<Snapshot>,
-    _pin: SnapshotPin,
+    _hold: Arc<SnapshotHold>,
 }
 
-/// A copy of `base` that plans one statement at a snapshot taken now.
-pub fn session_at_snapshot(base: SessionState, catalog: &Catalog) -> Result<SessionState> {
-    let (snapshot, pin) = catalog.snapshot()?;
+/// A snapshot taken for a whole statement.
+pub type Taken = (Arc<Snapshot>, Arc<SnapshotHold>);
+
+tokio::task_local! {
+    /// The snapshot a follower took before planning a statement (which
+    /// also caught its catalog up): every query the statement plans reads
+    /// at it.
+    static TAKEN: Taken;
+}
+
+/// Runs `f` with every query it plans reading at `taken`.
+pub async fn with_snapshot<F: Future>(taken: Taken, f: F) -> F::Output {
+    TAKEN.scope(taken, f).await
+}
+
+/// Takes a snapshot for a whole statement.
+pub async fn take(catalog: &Catalog) -> Result<Taken> {
+    let (snapshot, hold) = catalog.take_snapshot().await?;
+    Ok((Arc::new(snapshot), Arc::new(hold)))
+}
+
+/// A copy of `base` that plans one statement at a snapshot taken now (or
+/// the one taken for the statement, see [`with_snapshot`]).
+pub async fn session_at_snapshot(base: SessionState, catalog: &Catalog) -> Result<SessionState> {
+    let (snapshot, hold) = match TAKEN.try_with(|(s, h)| (Arc::clone(s), Arc::clone(h))) {
+        Ok(taken) => taken,
+        Err(_) => take(catalog).await?,
+    };
     let mut state = base;
     state.config_mut().set_extension(Arc::new(QuerySnapshot {
-        snapshot: Arc::new(snapshot),
-        _pin: pin,
+        snapshot,
+        _hold: hold,
     }));
     Ok(state)
 }
 
-/// The snapshot a statement planned in `session` reads at; one taken now
+/// The snapshot a statement planned in `session` reads at; the current one
 /// if it has none (a statement planned outside the engine's paths).
-pub fn snapshot_of(session: &dyn Session, catalog: &Catalog) -> Result<Arc<Snapshot>> {
+pub async fn snapshot_of(session: &dyn Session, catalog: &Catalog) -> Result<Arc<Snapshot>> {
     match session.config().get_extension::<QuerySnapshot>() {
         Some(q) => Ok(Arc::clone(&q.snapshot)),
-        None => Ok(Arc::new(catalog.latest_snapshot()?)),
+        None => Ok(Arc::new(catalog.current_snapshot().await?)),
     }
 }

@@ -65,7 +65,7 @@ impl TableProvider for TesseraTable {
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let mut kept = prune_partitions(&self.def.scheme, &self.schema, filters);
-        let snapshot = crate::snapshot::snapshot_of(state, &self.catalog)?;
+        let snapshot = crate::snapshot::snapshot_of(state, &self.catalog).await?;
         let index = crate::index::plan_index_read(
             &self.catalog,
             state,

@@ -1,11 +1,16 @@
 """A cluster on a real etcd: two `tessera coordinator --metastore etcd://...`
-(one leads, the other stands by) and three `tessera worker` joining both.
-The leader is SIGKILLed with an ASYNC index behind: the standby takes over
-within the leader lease, the workers heartbeat to it, every acknowledged row
-is there exactly once and the index converges."""
+(one leads, the other follows; both serve clients) and three `tessera
+worker` joining both. DDL and writes through either coordinator are read
+through the other at once, with writers and readers on both; the leader is
+SIGKILLed with an ASYNC index behind: the follower takes over within the
+leader lease, the workers heartbeat to it, every acknowledged row is there
+exactly once and the index converges."""
 
 import os
+import random
 import signal
+import statistics
+import threading
 import time
 
 import adbc_driver_flightsql.dbapi as flightsql
@@ -53,37 +58,129 @@ def stop_all(workers, coordinators, etcd):
     stop_server(etcd)
 
 
-def test_standby_coordinator_takes_over_on_etcd(data_dir):
-    etcd, etcd_url = start_etcd(data_dir)
-    secret_file(data_dir, "cluster.secret", "s3cret-" + os.urandom(16).hex())
+def start_pair(data_dir, etcd_url):
+    """Coordinator a, leading once it says so, and b, following it."""
     pa, pb = free_port(), free_port()
     a = start_coordinator(data_dir, "coord-a", pa, etcd_url)
+    wait_listening(a, "127.0.0.1", pa, "coordinator a")
+    wait_for("a to lead", lambda: "Leading the cluster" in server_log(a), 30)
+    b = start_coordinator(data_dir, "coord-b", pb, etcd_url)
+    wait_listening(b, "127.0.0.1", pb, "coordinator b")
+    wait_for("b to follow", lambda: "Following coordinator" in server_log(b), 30)
+    return a, pa, b, pb
+
+
+def point_query_ms(cur, n=60):
+    """Median wall time of a one-partition read, in milliseconds."""
+    times = []
+    for i in range(n):
+        started = time.perf_counter()
+        rows(cur, f"SELECT * FROM t WHERE k = {i}")
+        times.append((time.perf_counter() - started) * 1000)
+    return statistics.median(times)
+
+
+def writers_and_readers(urls, batches, seed):
+    """One writer and one reader per coordinator: every writer inserts
+    `batches` batches of 10 rows (one batch id per statement), every reader
+    checks until the writers are done that each batch it sees is whole.
+    Returns the acknowledged batch ids and the reads that saw half a batch
+    or failed."""
+    rng = random.Random(seed)
+    acked, bad, stop = [], [], threading.Event()
+    next_batch = iter(range(100_000, 10**9))
+    lock = threading.Lock()
+
+    def writer(url):
+        with flightsql.connect(url) as conn, conn.cursor() as cur:
+            for _ in range(batches):
+                with lock:
+                    b = next(next_batch)
+                lo = b * 10
+                cur.execute(
+                    f"INSERT INTO w SELECT value, {b} FROM range({lo}, {lo + 10})"
+                )
+                with lock:
+                    acked.append(b)
+
+    def reader(url):
+        with flightsql.connect(url) as conn, conn.cursor() as cur:
+            while not stop.is_set():
+                try:
+                    seen = rows(cur, "SELECT b, count(*) AS n FROM w GROUP BY b")
+                except flightsql.Error as e:
+                    bad.append(f"{url}: {e}")
+                    continue
+                bad.extend(f"{url}: batch {r['b']} seen with {r['n']} rows"
+                           for r in seen if r["n"] != 10)
+
+    writers = [threading.Thread(target=writer, args=(u,)) for u in urls]
+    readers = [threading.Thread(target=reader, args=(u,)) for u in urls]
+    order = writers + readers
+    rng.shuffle(order)
+    for t in order:
+        t.start()
+    for t in writers:
+        t.join()
+    stop.set()
+    for t in readers:
+        t.join()
+    return acked, bad
+
+
+def test_two_coordinators_serve_and_the_follower_takes_over(data_dir):
+    """Both coordinators serve clients: DDL and writes through either are
+    read through the other at once; SIGKILL the leader (its ASYNC index
+    behind) and the follower takes over within the leader lease."""
+    etcd, etcd_url = start_etcd(data_dir)
+    secret_file(data_dir, "cluster.secret", "s3cret-" + os.urandom(16).hex())
     procs = []
-    b = None
+    a = b = None
     try:
-        wait_listening(a, "127.0.0.1", pa, "coordinator a")
-        b = start_coordinator(data_dir, "coord-b", pb, etcd_url)
-        wait_for("b to stand by", lambda: "Standby: coordinator" in server_log(b), 30)
-        join = f"127.0.0.1:{pa},127.0.0.1:{pb}"
+        a, pa, b, pb = start_pair(data_dir, etcd_url)
+        # Joining through the follower first: it passes joins to the leader.
+        join = f"127.0.0.1:{pb},127.0.0.1:{pa}"
         for name, host in {"w2": "127.0.0.2", "w3": "127.0.0.3", "w4": "127.0.0.4"}.items():
             procs.append(start_worker(data_dir, join, host, name)[0])
-
-        with flightsql.connect(f"grpc://127.0.0.1:{pa}") as conn, conn.cursor() as cur:
-            wait_for("three workers up", lambda: len(workers(cur)) == 3, 30)
-            cur.execute("CREATE TABLE t (k BIGINT, g BIGINT) PARTITION BY HASH (k) PARTITIONS 6")
-            cur.execute("CREATE INDEX by_g ON t (g) GLOBAL ASYNC PARTITIONS 2")
-            cur.execute("SET tessera.index_apply = 'paused'")
+        ua, ub = f"grpc://127.0.0.1:{pa}", f"grpc://127.0.0.1:{pb}"
+        with flightsql.connect(ua) as ca, ca.cursor() as cur_a, \
+                flightsql.connect(ub) as cb, cb.cursor() as cur_b:
+            wait_for("three workers up", lambda: len(workers(cur_b)) == 3, 30)
+            assert all(w["state"] == "up" for w in workers(cur_b).values())
+            # DDL through the follower, seen by the leader at once, and back.
+            cur_b.execute("CREATE TABLE t (k BIGINT, g BIGINT) PARTITION BY HASH (k) PARTITIONS 6")
+            assert rows(cur_a, "SELECT count(*) AS n FROM t")[0]["n"] == 0
+            cur_a.execute("CREATE INDEX by_g ON t (g) GLOBAL ASYNC PARTITIONS 2")
+            assert [i["index_name"] for i in rows(cur_b, "SHOW INDEXES")] == ["by_g"]
+            # The switch of the leader's applier, set through the follower.
+            cur_b.execute("SET tessera.index_apply = 'paused'")
             for lo in range(0, 1000, 250):
+                cur = cur_a if lo % 500 == 0 else cur_b
                 cur.execute(f"INSERT INTO t SELECT value, value % 10 FROM range({lo}, {lo + 250})")
+                # Each coordinator reads what either acknowledged.
+                for reader in (cur_a, cur_b):
+                    got = rows(reader, "SELECT count(*) AS n FROM t")[0]["n"]
+                    assert got == lo + 250
+            # Paused on the leader: the ASYNC index has applied nothing yet.
+            assert rows(cur_b, "SELECT count(*) AS n FROM t WHERE g = 3")[0]["n"] == 0
+            ms_a, ms_b = point_query_ms(cur_a), point_query_ms(cur_b)
+
+            cur_a.execute("CREATE TABLE w (k BIGINT, b BIGINT) PARTITION BY HASH (k) PARTITIONS 6")
+            seed = int(os.environ.get("TESSERA_SEED", random.randrange(1 << 30)))
+            acked, bad = writers_and_readers([ua, ub], 40, seed)
+            assert not bad, f"seed {seed}: {bad[:5]}"
+            for reader in (cur_a, cur_b):
+                seen = rows(reader, "SELECT b, count(*) AS n FROM w GROUP BY b")
+                assert sorted(r["b"] for r in seen) == sorted(acked), f"seed {seed}"
+                assert all(r["n"] == 10 for r in seen), f"seed {seed}"
 
         a.send_signal(signal.SIGKILL)
         a.wait()
         killed = time.time()
-        wait_listening(b, "127.0.0.1", pb, "coordinator b", timeout=30)
+        wait_for("b to lead", lambda: "Leading the cluster" in server_log(b), 30)
         took_over = time.time() - killed
-        assert "Leading the cluster" in server_log(b)
 
-        with flightsql.connect(f"grpc://127.0.0.1:{pb}") as conn, conn.cursor() as cur:
+        with flightsql.connect(ub) as conn, conn.cursor() as cur:
             # Heard from since b took over (no heartbeat yet: NULL).
             wait_for(
                 "the workers heartbeating to b",
@@ -96,6 +193,7 @@ def test_standby_coordinator_takes_over_on_etcd(data_dir):
             )
             got = rows(cur, "SELECT count(*) AS n, sum(k) AS s FROM t")[0]
             assert (got["n"], got["s"]) == (1000, sum(range(1000)))
+            assert rows(cur, "SELECT count(*) AS n FROM w")[0]["n"] == 10 * len(acked)
             # The index applier runs on the new leader: the index converges.
             wait_for(
                 "the ASYNC index to converge",
@@ -105,7 +203,10 @@ def test_standby_coordinator_takes_over_on_etcd(data_dir):
             cur.execute("INSERT INTO t VALUES (5000, 3)")
             got = rows(cur, "SELECT count(*) AS n FROM t")[0]
             assert got["n"] == 1001
-        print(f"\nstandby took over {took_over:.2f} s after the leader was killed "
+        print(f"\npoint query through the leader {ms_a:.2f} ms, through the follower "
+              f"{ms_b:.2f} ms (median of 60); {len(acked)} batches written through both "
+              f"with readers on both, none seen half")
+        print(f"follower took over {took_over:.2f} s after the leader was killed "
               f"(leader lease {LEADER_LEASE_S} s)")
     except BaseException:
         print_logs(a, b)
@@ -114,20 +215,16 @@ def test_standby_coordinator_takes_over_on_etcd(data_dir):
         stop_all(procs, [a, b], etcd)
 
 
-def test_leader_and_standby_ride_out_an_etcd_restart(data_dir):
+def test_leader_and_follower_ride_out_an_etcd_restart(data_dir):
     """etcd SIGKILLed and started again on its data within the leader lease:
-    the leader keeps the lead (its keep-alive reconnects), the standby keeps
-    waiting, and writes go on once etcd is back."""
+    the leader keeps the lead (its keep-alive reconnects), the follower keeps
+    following, and writes go on once etcd is back."""
     etcd, etcd_url = start_etcd(data_dir)
     secret_file(data_dir, "cluster.secret", "s3cret-" + os.urandom(16).hex())
-    pa, pb = free_port(), free_port()
-    a = start_coordinator(data_dir, "coord-a", pa, etcd_url)
-    b = None
+    a = b = None
     procs = []
     try:
-        wait_listening(a, "127.0.0.1", pa, "coordinator a")
-        b = start_coordinator(data_dir, "coord-b", pb, etcd_url)
-        wait_for("b to stand by", lambda: "Standby: coordinator" in server_log(b), 30)
+        a, pa, b, pb = start_pair(data_dir, etcd_url)
         procs.append(start_worker(data_dir, f"127.0.0.1:{pa},127.0.0.1:{pb}", "127.0.0.2", "w2")[0])
         with flightsql.connect(f"grpc://127.0.0.1:{pa}") as conn, conn.cursor() as cur:
             wait_for("the worker up", lambda: len(workers(cur)) == 1, 30)
@@ -153,7 +250,7 @@ def test_leader_and_standby_ride_out_an_etcd_restart(data_dir):
             deadline = time.time() + 2 * LEADER_LEASE_S
             while time.time() < deadline:
                 assert a.poll() is None, "the leader stopped: " + server_log(a)
-                assert b.poll() is None, "the standby stopped: " + server_log(b)
+                assert b.poll() is None, "the follower stopped: " + server_log(b)
                 time.sleep(0.2)
             assert "Leading the cluster" not in server_log(b)
             got = rows(cur, "SELECT count(*) AS n FROM t")[0]

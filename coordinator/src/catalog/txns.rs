@@ -40,6 +40,13 @@ impl Drop for SnapshotPin {
     }
 }
 
+/// Holds a query's snapshot open: here, or on the leader for a follower.
+#[derive(Debug)]
+pub enum SnapshotHold {
+    Local(SnapshotPin),
+    Remote(Option<crate::follow::RemotePin>),
+}
+
 /// A transaction in flight; finishing it (or dropping it on an error path)
 /// takes it out of the in-flight set.
 pub struct TxnGuard {
@@ -180,6 +187,36 @@ impl Catalog {
             xmin,
         };
         Ok((snapshot, pin))
+    }
+
+    /// The snapshot of a query beginning now, held open until the hold is
+    /// dropped: taken here, or from the leader on a follower (whose
+    /// catalog and members are then caught up with the leader's).
+    pub async fn take_snapshot(&self) -> Result<(Snapshot, SnapshotHold)> {
+        match &self.follower {
+            None => {
+                let (snapshot, pin) = self.snapshot()?;
+                Ok((snapshot, SnapshotHold::Local(pin)))
+            }
+            Some(follower) => {
+                let (reply, pin) = follower.snapshot(true).await?;
+                self.follow_leader(&reply).await?;
+                Ok((reply.snapshot, SnapshotHold::Remote(pin)))
+            }
+        }
+    }
+
+    /// What is decided right now (from the leader, on a follower), not
+    /// held open.
+    pub async fn current_snapshot(&self) -> Result<Snapshot> {
+        match &self.follower {
+            None => self.latest_snapshot(),
+            Some(follower) => {
+                let (reply, _) = follower.snapshot(false).await?;
+                self.follow_leader(&reply).await?;
+                Ok(reply.snapshot)
+            }
+        }
     }
 
     /// What is decided right now, without holding it open: for internal

@@ -203,7 +203,7 @@ pub async fn plan_index_read(
                 // The index as decided now (an ASYNC index's entries are
                 // applied by later transactions than the rows they name);
                 // entries count when the query's snapshot sees their row.
-                snapshot: Some(Arc::new(catalog.latest_snapshot()?)),
+                snapshot: Some(Arc::new(catalog.current_snapshot().await?)),
             };
             let parts = catalog.scan_parts(&def.map_key(), &ips)?;
             let entries = collect_scan(spec, parts).await?;
@@ -302,7 +302,8 @@ fn wants_fresh(state: &dyn Session) -> Result<bool> {
 
 /// Waits until an ASYNC index has applied every write that began before now.
 async fn wait_fresh(catalog: &Arc<Catalog>, def: &IndexDef) -> Result<()> {
-    let target = catalog.last_txn();
+    // Every write begun before now (on a follower: as the leader sees it).
+    let target = catalog.current_snapshot().await?.through;
     catalog.fresh_wanted.fetch_max(target, Ordering::SeqCst);
     let start = Instant::now();
     loop {

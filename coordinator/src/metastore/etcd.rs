@@ -248,6 +248,14 @@ impl EtcdMetastore {
         Ok(())
     }
 
+    /// Who leads the cluster now (what the leader passed to [`Self::lead`]),
+    /// if anyone does.
+    pub async fn leader(&self) -> Result<Option<String>> {
+        Ok(Metastore::get(self, LEADER_KEY)
+            .await?
+            .map(|v| v.value))
+    }
+
     /// Gives up the lead (a clean stop): a standby takes over at once.
     pub async fn resign(&self) {
         if let Some(lease) = self.lease.get() {

@@ -1,0 +1,188 @@
+//! What a coordinator that follows the leader runs itself, and what it
+//! passes to the leader (see [`crate::follow`]).
+
+use datafusion::common::Result;
+use datafusion::sql::parser::{DFParser, Statement as DfStatement};
+use datafusion::sql::sqlparser::ast::{Set, Statement as SqlStatement};
+use tessera_sql::Statement;
+
+use super::{Coordinator, Planned};
+use crate::follow::Follower;
+
+/// Where a follower runs a statement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Route {
+    /// Reads only: planned and run here.
+    Here,
+    /// Has effects: run by the leader.
+    Leader,
+    /// A switch of the leader's background work (`SET
+    /// tessera.index_apply`, `tessera.compaction`): set on both.
+    Both,
+}
+
+/// The options that switch background work, which only the leader runs.
+const LEADER_SWITCHES: [&str; 2] = ["tessera.index_apply", "tessera.compaction"];
+
+pub(super) fn route(statement: &Statement) -> Route {
+    match statement {
+        Statement::ShowTables
+        | Statement::ShowPartitions { .. }
+        | Statement::Describe { .. }
+        | Statement::ShowIndexes { .. } => Route::Here,
+        // The leader hears the heartbeats: its SHOW WORKERS is exact.
+        Statement::ShowWorkers
+        | Statement::CreateTable(_)
+        | Statement::DropTable { .. }
+        | Statement::CreateIndex(_)
+        | Statement::DropIndex { .. }
+        | Statement::Compact { .. }
+        | Statement::AlterWorker { .. } => Route::Leader,
+        Statement::Sql(sql) => route_sql(sql),
+    }
+}
+
+/// Queries, EXPLAIN, SET and COPY ... TO run here; everything else (DML,
+/// DDL, EXPLAIN ANALYZE of a write) on the leader. A statement that does
+/// not parse runs here, where it fails with the parser's error.
+fn route_sql(sql: &str) -> Route {
+    let Ok(mut statements) = DFParser::parse_sql(sql) else {
+        return Route::Here;
+    };
+    match statements.pop_front() {
+        Some(statement) => route_df(&statement),
+        None => Route::Here,
+    }
+}
+
+fn route_df(statement: &DfStatement) -> Route {
+    match statement {
+        DfStatement::Statement(s) => route_ast(s),
+        DfStatement::Explain(e) if e.options.analyze => match route_df(&e.statement) {
+            Route::Here => Route::Here,
+            _ => Route::Leader,
+        },
+        DfStatement::Explain(_) | DfStatement::CopyTo(_) | DfStatement::Reset(_) => Route::Here,
+        DfStatement::CreateExternalTable(_) => Route::Leader,
+    }
+}
+
+fn route_ast(statement: &SqlStatement) -> Route {
+    match statement {
+        SqlStatement::Query(_)
+        | SqlStatement::ShowVariable { .. }
+        | SqlStatement::ShowVariables { .. }
+        | SqlStatement::ShowTables { .. }
+        | SqlStatement::ShowColumns { .. }
+        | SqlStatement::ShowFunctions { .. }
+        | SqlStatement::ExplainTable { .. } => Route::Here,
+        SqlStatement::Explain {
+            analyze, statement, ..
+        } => match (analyze, route_ast(statement)) {
+            (true, Route::Leader | Route::Both) => Route::Leader,
+            _ => Route::Here,
+        },
+        SqlStatement::Set(set) => {
+            let names: Vec<String> = match set {
+                Set::SingleAssignment { variable, .. } => vec![variable.to_string()],
+                Set::ParenthesizedAssignments { variables, .. } => {
+                    variables.iter().map(|v| v.to_string()).collect()
+                }
+                Set::MultipleAssignments { assignments } => {
+                    assignments.iter().map(|a| a.name.to_string()).collect()
+                }
+                _ => vec![],
+            };
+            if names
+                .iter()
+                .any(|n| LEADER_SWITCHES.contains(&n.to_ascii_lowercase().as_str()))
+            {
+                Route::Both
+            } else {
+                Route::Here
+            }
+        }
+        _ => Route::Leader,
+    }
+}
+
+impl Coordinator {
+    /// The leader this coordinator follows, if it does not lead.
+    pub fn follower(&self) -> Option<&std::sync::Arc<Follower>> {
+        self.catalog.follower()
+    }
+
+    /// On a follower, plans `sql` (parsed as `statement`): passed to the
+    /// leader if it has effects, otherwise planned here at a snapshot the
+    /// leader hands out.
+    pub(super) async fn plan_following(
+        &self,
+        follower: &Follower,
+        sql: &str,
+        statement: Statement,
+    ) -> Result<Planned> {
+        let route = route(&statement);
+        if route != Route::Here {
+            let (schema, batches) = follower.forward(sql).await?;
+            if route == Route::Leader {
+                return Ok(Planned::Ready(schema, batches));
+            }
+        }
+        let taken = crate::snapshot::take(&self.catalog).await?;
+        self.sync_external_tables().await;
+        crate::snapshot::with_snapshot(taken, self.plan_parsed(statement)).await
+    }
+
+    /// Registers here the external tables the leader created, and drops
+    /// those it dropped.
+    async fn sync_external_tables(&self) {
+        let Ok(state) = self.catalog.state() else {
+            return;
+        };
+        let here = self.catalog.external_names().unwrap_or_default();
+        for name in &here {
+            if !state.external_tables.contains_key(name) && !name.starts_with("__load_") {
+                let _ = self.catalog.set_external(name, None);
+            }
+        }
+        for (name, sql) in &state.external_tables {
+            if !here.contains(name)
+                && let Err(e) = self.ctx.sql(sql).await
+            {
+                tracing::warn!(table = %name, error = %e, "external table could not be opened here");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_run_here_and_writes_on_the_leader() {
+        for sql in [
+            "SELECT 1",
+            "WITH x AS (SELECT 1) SELECT * FROM x",
+            "EXPLAIN SELECT * FROM t",
+            "EXPLAIN ANALYZE SELECT * FROM t",
+            "SET tessera.ansi = false",
+            "SHOW tessera.ansi",
+            "COPY (SELECT 1) TO '/tmp/x.parquet'",
+            "not sql at all",
+        ] {
+            assert_eq!(route_sql(sql), Route::Here, "{sql}");
+        }
+        for sql in [
+            "INSERT INTO t VALUES (1)",
+            "DELETE FROM t",
+            "EXPLAIN ANALYZE INSERT INTO t VALUES (1)",
+            "CREATE EXTERNAL TABLE e STORED AS PARQUET LOCATION '/tmp/e'",
+            "CREATE VIEW v AS SELECT 1",
+        ] {
+            assert_eq!(route_sql(sql), Route::Leader, "{sql}");
+        }
+        assert_eq!(route_sql("SET tessera.compaction = 'paused'"), Route::Both);
+        assert_eq!(route_sql("SET tessera.index_apply = 'running'"), Route::Both);
+    }
+}

@@ -1,0 +1,302 @@
+//! Coordinators that follow the leader. Every coordinator on one etcd
+//! serves clients; one of them leads (see [`EtcdMetastore::lead`]):
+//!
+//! ```text
+//!   client ──► follower ── statement with effects (DDL, INSERT, ...) ──► leader
+//!                 │  ◄──────────────── its result ─────────────────────────┘
+//!                 │
+//!                 ├── query: snapshot + catalog revision + members ◄── leader
+//!                 │          (the snapshot stays pinned on the leader while
+//!                 │           the follower's query runs)
+//!                 └── plans and runs the query itself, on the workers
+//! ```
+//!
+//! Only the leader writes the metastore and decides transactions, so one
+//! place knows what is in flight and what is decided: a follower's query
+//! reads at a snapshot the leader hands out, after its own catalog (kept
+//! by a watch on the metastore) has caught up with the leader's last
+//! change. A client therefore reads its own writes through any coordinator,
+//! and sees every statement whole or not at all.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arrow_flight::flight_service_client::FlightServiceClient;
+use arrow_flight::sql::{CommandStatementQuery, ProstMessageExt};
+use arrow_flight::{Action, FlightClient, FlightData, FlightDescriptor, PutResult};
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::common::{DataFusionError, Result};
+use futures::{Stream, StreamExt, TryStreamExt};
+use prost::Message;
+use serde::{Deserialize, Serialize};
+use tessera_worker::{ErrorKind, Snapshot, call_timeout, shared_channel};
+
+use crate::membership::MemberWire;
+use crate::metastore::EtcdMetastore;
+
+/// The Flight action a follower takes a snapshot with (members only).
+pub const SNAPSHOT_ACTION: &str = "tessera.snapshot";
+/// Its body when the snapshot is to stay pinned while the call stays open.
+pub const PIN: &[u8] = b"pin";
+
+/// The leader's answer to [`SNAPSHOT_ACTION`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SnapshotReply {
+    pub snapshot: Snapshot,
+    /// The metastore revision of the leader's last catalog change.
+    pub revision: u64,
+    pub members: Vec<MemberWire>,
+}
+
+/// Holds a snapshot pinned on the leader: the call that took it stays
+/// open until this is dropped.
+pub struct RemotePin(#[allow(dead_code)] Mutex<Pin<Box<dyn Stream<Item = ()> + Send>>>);
+
+impl std::fmt::Debug for RemotePin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RemotePin")
+    }
+}
+
+/// A coordinator's link to the leader it follows.
+#[derive(Debug)]
+pub struct Follower {
+    store: EtcdMetastore,
+    /// This coordinator's own URL: it never forwards to itself.
+    me: String,
+    /// The leader's URL, as last read from etcd.
+    leader: Mutex<Option<String>>,
+}
+
+/// `host:port` or a URL, as a URL.
+pub fn as_url(addr: &str) -> String {
+    if addr.contains("://") {
+        addr.trim_end_matches('/').to_string()
+    } else {
+        format!("http://{addr}")
+    }
+}
+
+/// Whether `status` was made by this process's transport (no answer from
+/// the peer) rather than sent by the peer.
+fn is_transport(status: &tonic::Status) -> bool {
+    status.code() == tonic::Code::Unavailable && std::error::Error::source(status).is_some()
+}
+
+impl Follower {
+    pub fn new(store: EtcdMetastore, me: &str) -> Arc<Self> {
+        Arc::new(Self {
+            store,
+            me: as_url(me),
+            leader: Mutex::new(None),
+        })
+    }
+
+    pub fn store(&self) -> &EtcdMetastore {
+        &self.store
+    }
+
+    /// The leader's URL; `fresh` reads it from etcd again.
+    async fn leader(&self, fresh: bool) -> Result<String> {
+        if !fresh
+            && let Some(url) = self.leader.lock().ok().and_then(|l| l.clone())
+        {
+            return Ok(url);
+        }
+        let Some(holder) = self.store.leader().await? else {
+            return Err(ErrorKind::Unavailable.error(
+                "no coordinator leads the cluster right now (the leader stopped); a standby takes \
+                 over within the leader lease: retry in a few seconds",
+            ));
+        };
+        let url = as_url(&holder);
+        if url == self.me {
+            return Err(ErrorKind::Unavailable.error(
+                "this coordinator is taking over the lead of the cluster; retry in a moment",
+            ));
+        }
+        if let Ok(mut l) = self.leader.lock() {
+            *l = Some(url.clone());
+        }
+        Ok(url)
+    }
+
+    /// The error for a failed call to the leader at `url`; a transport
+    /// failure makes the next call look the leader up again.
+    fn failed(&self, url: &str, e: arrow_flight::error::FlightError) -> DataFusionError {
+        use arrow_flight::error::FlightError;
+        match e {
+            FlightError::Tonic(s) if is_transport(&s) => {
+                if let Ok(mut l) = self.leader.lock() {
+                    *l = None;
+                }
+                let _ = shared_channel(url, true);
+                ErrorKind::Unavailable.error(format!(
+                    "the leading coordinator at {url} does not answer ({}); if it stopped, a \
+                     standby takes over within the leader lease: retry then",
+                    s.message()
+                ))
+            }
+            FlightError::Tonic(s) => ErrorKind::of_code(s.code()).error(s.message().to_string()),
+            other => ErrorKind::Unavailable.error(format!(
+                "the leading coordinator at {url} answered badly: {other}"
+            )),
+        }
+    }
+
+    /// Runs a statement with effects on the leader, and returns its rows.
+    pub async fn forward(&self, sql: &str) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+        let url = self.leader(false).await?;
+        let run = async {
+            let mut client = FlightClient::new(shared_channel(&url, false)?);
+            let cmd = CommandStatementQuery {
+                query: sql.to_string(),
+                transaction_id: None,
+            };
+            let info = client
+                .get_flight_info(FlightDescriptor::new_cmd(cmd.as_any().encode_to_vec()))
+                .await
+                .map_err(|e| self.failed(&url, e))?;
+            let schema = Arc::new(info.clone().try_decode_schema()?);
+            let mut batches = vec![];
+            for endpoint in info.endpoint {
+                let Some(ticket) = endpoint.ticket else {
+                    continue;
+                };
+                let stream = client
+                    .do_get(ticket)
+                    .await
+                    .map_err(|e| self.failed(&url, e))?;
+                let mut part: Vec<RecordBatch> = stream
+                    .try_collect()
+                    .await
+                    .map_err(|e| self.failed(&url, e))?;
+                batches.append(&mut part);
+            }
+            Ok::<_, DataFusionError>((schema, batches))
+        };
+        run.await
+    }
+
+    /// Passes a DoPut (bulk ingest) to the leader as it streams in, and
+    /// returns the rows it wrote.
+    pub async fn forward_put(
+        &self,
+        data: impl Stream<Item = std::result::Result<FlightData, tonic::Status>> + Send + 'static,
+    ) -> Result<i64> {
+        let url = self.leader(false).await?;
+        let mut client = FlightClient::new(shared_channel(&url, false)?);
+        let data = data.map_err(|s| arrow_flight::error::FlightError::Tonic(Box::new(s)));
+        let results: Vec<PutResult> = client
+            .do_put(data)
+            .await
+            .map_err(|e| self.failed(&url, e))?
+            .try_collect()
+            .await
+            .map_err(|e| self.failed(&url, e))?;
+        let count = results
+            .first()
+            .map(|r| arrow_flight::sql::DoPutUpdateResult::decode(r.app_metadata.as_ref()))
+            .transpose()
+            .map_err(|e| {
+                DataFusionError::Execution(format!("the leader's ingest result is unreadable: {e}"))
+            })?
+            .map_or(0, |r| r.record_count);
+        Ok(count)
+    }
+
+    /// Passes a worker's membership call to the leader (with this
+    /// cluster's secret: the caller's was checked here) and returns its answer.
+    pub async fn forward_action(&self, action: Action) -> Result<bytes::Bytes> {
+        let url = self.leader(false).await?;
+        let mut stream = self.action(&url, action).await?;
+        let first = stream
+            .next()
+            .await
+            .ok_or_else(|| ErrorKind::Unavailable.error(format!("{url} answered nothing")))??;
+        Ok(first.body)
+    }
+
+    async fn action(
+        &self,
+        url: &str,
+        action: Action,
+    ) -> Result<
+        Pin<Box<dyn Stream<Item = Result<arrow_flight::Result>> + Send>>,
+    > {
+        let channel = tessera_worker::secret::member_channel(shared_channel(url, false)?);
+        let mut client = FlightServiceClient::new(channel);
+        let call = tokio::time::timeout(call_timeout(), client.do_action(action));
+        let stream = match call.await {
+            Ok(Ok(r)) => r.into_inner(),
+            Ok(Err(s)) => {
+                return Err(self.failed(url, arrow_flight::error::FlightError::Tonic(Box::new(s))));
+            }
+            Err(_) => {
+                let _ = shared_channel(url, true);
+                if let Ok(mut l) = self.leader.lock() {
+                    *l = None;
+                }
+                return Err(ErrorKind::Unavailable.error(format!(
+                    "the leading coordinator at {url} did not answer within {} s; if it hangs or \
+                     stopped, a standby takes over within the leader lease: retry then",
+                    call_timeout().as_secs()
+                )));
+            }
+        };
+        let url = url.to_string();
+        Ok(stream
+            .map_err(move |s| {
+                ErrorKind::of_code(s.code()).error(format!("leader {url}: {}", s.message()))
+            })
+            .boxed())
+    }
+
+    /// A snapshot from the leader, pinned there until the returned pin is
+    /// dropped if `pin`; the leader is looked up again once if it does not
+    /// answer (a new one may have taken over).
+    pub async fn snapshot(&self, pin: bool) -> Result<(SnapshotReply, Option<RemotePin>)> {
+        let url = self.leader(false).await?;
+        match self.snapshot_from(&url, pin).await {
+            Ok(v) => Ok(v),
+            Err(_) => {
+                let url = self.leader(true).await?;
+                self.snapshot_from(&url, pin).await
+            }
+        }
+    }
+
+    async fn snapshot_from(
+        &self,
+        url: &str,
+        pin: bool,
+    ) -> Result<(SnapshotReply, Option<RemotePin>)> {
+        let body = if pin { PIN } else { b"" };
+        let mut stream = self
+            .action(url, Action::new(SNAPSHOT_ACTION, body.to_vec()))
+            .await?;
+        let first = tokio::time::timeout(call_timeout(), stream.next())
+            .await
+            .map_err(|_| {
+                ErrorKind::Unavailable.error(format!(
+                    "the leading coordinator at {url} gave no snapshot within {} s; retry",
+                    call_timeout().as_secs()
+                ))
+            })?
+            .ok_or_else(|| ErrorKind::Unavailable.error(format!("{url} answered nothing")))??;
+        let reply: SnapshotReply = serde_json::from_slice(&first.body).map_err(|e| {
+            DataFusionError::Execution(format!(
+                "the leading coordinator at {url} sent an unreadable snapshot ({e}); run the same \
+                 Tessera version on every coordinator"
+            ))
+        })?;
+        let pin = pin.then(|| RemotePin(Mutex::new(stream.map(|_| ()).boxed())));
+        Ok((reply, pin))
+    }
+}
+
+/// How long a follower waits for its watch to bring the catalog up to
+/// the leader's revision before it reads the keys itself.
+pub const CATCH_UP_WAIT: Duration = Duration::from_millis(500);
