@@ -20,8 +20,8 @@ use crate::metastore::{Compare, Metastore, Op, reserve};
 mod follow;
 mod txns;
 
-pub use txns::{SnapshotHold, SnapshotPin};
 use txns::TXN_BLOCK_IDS;
+pub use txns::{SnapshotHold, SnapshotPin};
 
 /// The error for a table that does not exist.
 pub fn no_such_table(name: &str) -> DataFusionError {
@@ -146,8 +146,7 @@ impl Catalog {
         let (start, end) = if follower.is_some() {
             (0, 0)
         } else {
-            let start =
-                reserve(metastore.as_ref(), TXN_BLOCK, TXN_BLOCK_IDS, now_micros()).await?;
+            let start = reserve(metastore.as_ref(), TXN_BLOCK, TXN_BLOCK_IDS, now_micros()).await?;
             (start, start.saturating_add(TXN_BLOCK_IDS))
         };
         let last_txn = start.saturating_sub(1);

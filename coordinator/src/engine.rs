@@ -27,11 +27,11 @@ use tessera_sql::{Statement, parse_statement};
 use tessera_worker::{TesseraCodec, WorkerClient};
 
 use crate::catalog::Catalog;
-use crate::follow::Follower;
 use crate::colocate::ColocateJoins;
 use crate::distribution::{
     MembershipChannels, MembershipResolver, desired_task_count, route_tasks, scale_up,
 };
+use crate::follow::Follower;
 use crate::metastore::Metastore;
 use crate::options::{self, TesseraOptions};
 use crate::query_log::{QueryLog, QueryRecorder, SystemSchema};
@@ -127,7 +127,10 @@ impl Coordinator {
     /// [`crate::follow`]): it serves clients, plans and runs queries, and
     /// passes every statement with effects to the leader; it runs no
     /// background work.
-    pub async fn open_follower(follower: Arc<Follower>, lease: std::time::Duration) -> Result<Self> {
+    pub async fn open_follower(
+        follower: Arc<Follower>,
+        lease: std::time::Duration,
+    ) -> Result<Self> {
         let catalog = Catalog::open_follower(follower, lease).await?;
         let coordinator = Self::with_catalog(catalog)?;
         coordinator.restore_external_tables().await;

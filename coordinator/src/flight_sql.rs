@@ -135,9 +135,7 @@ impl TesseraFlightSql {
     }
 
     async fn update(&self, sql: &str) -> Result<i64, Status> {
-        let batches = guarded(self.coordinator().run(sql))
-            .await
-            .map_err(status)?;
+        let batches = guarded(self.coordinator().run(sql)).await.map_err(status)?;
         Ok(rows_written(&batches) as i64)
     }
 }
@@ -410,8 +408,8 @@ fn snapshot_for_follower(coordinator: &Coordinator, body: &[u8]) -> Result<Actio
         revision: catalog.revision(),
         members: catalog.membership().wire().map_err(status)?,
     };
-    let encoded = serde_json::to_vec(&reply)
-        .map_err(|e| Status::internal(format!("snapshot reply: {e}")))?;
+    let encoded =
+        serde_json::to_vec(&reply).map_err(|e| Status::internal(format!("snapshot reply: {e}")))?;
     let first = futures::stream::iter([Ok(arrow_flight::Result {
         body: encoded.into(),
     })]);

@@ -100,9 +100,7 @@ impl Follower {
 
     /// The leader's URL; `fresh` reads it from etcd again.
     async fn leader(&self, fresh: bool) -> Result<String> {
-        if !fresh
-            && let Some(url) = self.leader.lock().ok().and_then(|l| l.clone())
-        {
+        if !fresh && let Some(url) = self.leader.lock().ok().and_then(|l| l.clone()) {
             return Ok(url);
         }
         let Some(holder) = self.store.leader().await? else {
@@ -223,9 +221,7 @@ impl Follower {
         &self,
         url: &str,
         action: Action,
-    ) -> Result<
-        Pin<Box<dyn Stream<Item = Result<arrow_flight::Result>> + Send>>,
-    > {
+    ) -> Result<Pin<Box<dyn Stream<Item = Result<arrow_flight::Result>> + Send>>> {
         let channel = tessera_worker::secret::member_channel(shared_channel(url, false)?);
         let mut client = FlightServiceClient::new(channel);
         let call = tokio::time::timeout(call_timeout(), client.do_action(action));

@@ -98,8 +98,7 @@ impl Catalog {
                 revisions.remove(&key);
             }
         }
-        self.revision
-            .fetch_max(top.max(at_least), Ordering::SeqCst);
+        self.revision.fetch_max(top.max(at_least), Ordering::SeqCst);
         self.revision_moved.notify_waiters();
         Ok(())
     }
@@ -120,7 +119,11 @@ impl Catalog {
                 break;
             }
         }
-        tracing::debug!(target, at = self.revision(), "the metastore watch lags; reading the keys");
+        tracing::debug!(
+            target,
+            at = self.revision(),
+            "the metastore watch lags; reading the keys"
+        );
         self.reload(target).await
     }
 }

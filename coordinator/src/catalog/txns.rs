@@ -219,6 +219,15 @@ impl Catalog {
         }
     }
 
+    /// Snapshots held open now (by queries here and, on the leader, by
+    /// followers' queries).
+    pub fn open_snapshots(&self) -> usize {
+        self.snapshots
+            .lock()
+            .map(|open| open.values().sum())
+            .unwrap_or(0)
+    }
+
     /// What is decided right now, without holding it open: for internal
     /// reads that keep or drop rows by a query's snapshot themselves.
     pub fn latest_snapshot(&self) -> Result<Snapshot> {

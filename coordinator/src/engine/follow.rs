@@ -183,6 +183,9 @@ mod tests {
             assert_eq!(route_sql(sql), Route::Leader, "{sql}");
         }
         assert_eq!(route_sql("SET tessera.compaction = 'paused'"), Route::Both);
-        assert_eq!(route_sql("SET tessera.index_apply = 'running'"), Route::Both);
+        assert_eq!(
+            route_sql("SET tessera.index_apply = 'running'"),
+            Route::Both
+        );
     }
 }

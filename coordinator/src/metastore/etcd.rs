@@ -251,9 +251,7 @@ impl EtcdMetastore {
     /// Who leads the cluster now (what the leader passed to [`Self::lead`]),
     /// if anyone does.
     pub async fn leader(&self) -> Result<Option<String>> {
-        Ok(Metastore::get(self, LEADER_KEY)
-            .await?
-            .map(|v| v.value))
+        Ok(Metastore::get(self, LEADER_KEY).await?.map(|v| v.value))
     }
 
     /// Gives up the lead (a clean stop): a standby takes over at once.
