@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tessera_coordinator::{
-    Coordinator, CoordinatorServer, EtcdMetastore, Follower, open_file_metastore,
+    Coordinator, CoordinatorServer, EtcdMetastore, Follower, TAKEOVER_GRACE, open_file_metastore,
 };
 use tessera_worker::membership::{MemberHello, Membership, read_id, unix_now_ms};
 use tessera_worker::{Storage, start_worker};
@@ -98,6 +98,13 @@ fn greet(args: &CoordinatorArgs, server: &CoordinatorServer, metastore: &str) {
 /// serves as a follower of the leader at once, campaigns for the lead in
 /// the background, and serves as the leader from when it wins.
 async fn with_etcd(args: &CoordinatorArgs, url: &str, store: EtcdMetastore) -> Result<(), String> {
+    if args.advertise.is_none() && args.listen.ip().is_unspecified() {
+        return Err(format!(
+            "--listen {} is every address; say which one the other coordinators and the \
+             workers reach this one at with --advertise HOST:PORT",
+            args.listen
+        ));
+    }
     let me = args
         .advertise
         .clone()
@@ -144,6 +151,18 @@ async fn with_etcd(args: &CoordinatorArgs, url: &str, store: EtcdMetastore) -> R
             }
             match Coordinator::open(Box::new(store), Default::default(), lease).await {
                 Ok(leading) => {
+                    // Queries this coordinator runs as a follower keep
+                    // reading at their snapshots: pinned here now.
+                    let running = server.coordinator();
+                    if let Some(follower) = running.follower() {
+                        for pin in follower.open_pins() {
+                            match leading.catalog().pin_xmin(pin.xmin()) {
+                                Ok(local) => pin.hold(Box::new(local)),
+                                Err(e) => eprintln!("Warning: a running query's snapshot: {e}"),
+                            }
+                        }
+                    }
+                    leading.catalog().hold_compaction(TAKEOVER_GRACE);
                     server.replace(Arc::new(leading));
                     eprintln!("Leading the cluster");
                 }

@@ -92,9 +92,18 @@ pub struct Catalog {
     /// change, or the last one a follower applied.
     revision: AtomicU64,
     revision_moved: tokio::sync::Notify,
+    /// A follower's keys deleted while it reads every key again (see
+    /// `catalog/follow.rs`), and one such read at a time.
+    tombstones: Mutex<Option<BTreeMap<String, u64>>>,
+    reloading: tokio::sync::Mutex<()>,
     /// Turns true when the coordinator stops (ends pinned snapshot calls).
     pub(crate) stopped: tokio::sync::watch::Sender<bool>,
     follow_task: Mutex<Option<tokio::task::AbortHandle>>,
+    /// The last sequence number of a snapshot reply to a follower.
+    replies: AtomicU64,
+    /// Until when compaction merges nothing (a leader that just took over
+    /// waits for followers to pin their queries' snapshots on it).
+    compaction_held_until: Mutex<Option<std::time::Instant>>,
 }
 
 /// Counters of acknowledged INSERTs, see [`Catalog::write_fanout`].
@@ -176,11 +185,17 @@ impl Catalog {
             follower,
             revision: AtomicU64::new(revision),
             revision_moved: tokio::sync::Notify::new(),
+            tombstones: Mutex::new(None),
+            reloading: tokio::sync::Mutex::new(()),
             stopped: tokio::sync::watch::Sender::new(false),
             follow_task: Mutex::new(None),
+            replies: AtomicU64::new(0),
+            compaction_held_until: Mutex::new(None),
         });
         if catalog.follower.is_some() {
             follow::spawn(&catalog);
+        } else if catalog.metastore.shared() {
+            catalog.hold_compaction(crate::follow::TAKEOVER_GRACE);
         }
         Ok(catalog)
     }
@@ -211,6 +226,39 @@ impl Catalog {
         {
             task.abort();
         }
+    }
+
+    /// A number larger than every one before it, for a snapshot reply:
+    /// microseconds of the clock where they do not repeat.
+    pub fn next_reply_sequence(&self) -> u64 {
+        let now = now_micros();
+        let mut last = self.replies.load(Ordering::SeqCst);
+        loop {
+            let next = now.max(last + 1);
+            match self
+                .replies
+                .compare_exchange(last, next, Ordering::SeqCst, Ordering::SeqCst)
+            {
+                Ok(_) => return next,
+                Err(actual) => last = actual,
+            }
+        }
+    }
+
+    /// Merges no files for `grace` from now (or longer, if held so already).
+    pub fn hold_compaction(&self, grace: std::time::Duration) {
+        if let Ok(mut until) = self.compaction_held_until.lock() {
+            let next = std::time::Instant::now() + grace;
+            *until = Some(until.map_or(next, |u| u.max(next)));
+        }
+    }
+
+    pub(crate) fn compaction_held(&self) -> bool {
+        self.compaction_held_until
+            .lock()
+            .ok()
+            .and_then(|u| *u)
+            .is_some_and(|u| std::time::Instant::now() < u)
     }
 
     /// The metastore revision of the catalog held here.

@@ -34,7 +34,7 @@ use tessera_worker::to_status;
 use tonic::{Request, Response, Status};
 
 use crate::engine::{Coordinator, Planned, rows_written};
-use crate::follow::{PIN, SNAPSHOT_ACTION, SnapshotReply};
+use crate::follow::{PIN_ACTION, PinRequest, SNAPSHOT_ACTION, SnapshotReply, SnapshotRequest};
 use crate::panic_guard::{guarded, guarded_stream};
 use crate::retry::{Retry, plan_statement, retrying};
 
@@ -351,6 +351,9 @@ impl FlightSqlService for TesseraFlightSql {
         if action.r#type == SNAPSHOT_ACTION {
             return snapshot_for_follower(&coordinator, &action.body).map(Response::new);
         }
+        if action.r#type == PIN_ACTION {
+            return pin_for_follower(&coordinator, &action.body).map(Response::new);
+        }
         if let Some(follower) = coordinator.follower() {
             if !matches!(action.r#type.as_str(), JOIN_ACTION | HEARTBEAT_ACTION) {
                 return Err(Status::invalid_argument(format!(
@@ -392,35 +395,77 @@ impl FlightSqlService for TesseraFlightSql {
 type ActionStream =
     Pin<Box<dyn Stream<Item = Result<arrow_flight::Result, Status>> + Send + 'static>>;
 
+/// A follower's running query's snapshot, taken from the leader before
+/// this one, pinned here while the call stays open.
+fn pin_for_follower(coordinator: &Coordinator, body: &[u8]) -> Result<ActionStream, Status> {
+    if coordinator.follower().is_some() {
+        return Err(Status::unavailable(
+            "this coordinator is taking over the lead of the cluster; retry in a moment",
+        ));
+    }
+    let request: PinRequest = serde_json::from_slice(body)
+        .map_err(|e| Status::invalid_argument(format!("unreadable pin request ({e})")))?;
+    let catalog = coordinator.catalog();
+    let pin = catalog.pin_xmin(request.xmin).map_err(status)?;
+    Ok(held_open(catalog, pin, arrow_flight::Result::default()))
+}
+
+/// A call's answer `first`, then nothing until the caller drops the call
+/// or this coordinator stops: `hold` is kept as long.
+fn held_open<H: Send + 'static>(
+    catalog: &crate::catalog::Catalog,
+    hold: H,
+    first: arrow_flight::Result,
+) -> ActionStream {
+    let mut stopped = catalog.stopped.subscribe();
+    let rest = futures::stream::once(async move {
+        let _ = stopped.wait_for(|s| *s).await;
+        drop(hold);
+    })
+    .filter_map(|()| std::future::ready(None));
+    Box::pin(futures::stream::iter([Ok(first)]).chain(rest))
+}
+
 /// A snapshot for a follower's query, with the leader's catalog revision
-/// and members. Pinned (`body` is [`PIN`]): the call stays open, and the
-/// snapshot with it, until the follower drops it or this coordinator stops.
+/// and members. Pinned: the call stays open, and the snapshot with it,
+/// until the follower drops it or this coordinator stops.
 fn snapshot_for_follower(coordinator: &Coordinator, body: &[u8]) -> Result<ActionStream, Status> {
+    let request: SnapshotRequest = if body.is_empty() {
+        SnapshotRequest::default()
+    } else {
+        serde_json::from_slice(body).map_err(|e| {
+            Status::invalid_argument(format!(
+                "unreadable snapshot request ({e}); run the same Tessera version on every \
+                 coordinator"
+            ))
+        })?
+    };
     let catalog = coordinator.catalog();
     if coordinator.follower().is_some() {
-        return Err(Status::failed_precondition(
-            "this coordinator does not lead the cluster; ask the leader for snapshots",
+        // A follower that just won the lead answers so until it leads.
+        return Err(Status::unavailable(
+            "this coordinator is taking over the lead of the cluster; retry in a moment",
         ));
+    }
+    if let Some(target) = request.fresh {
+        catalog.want_fresh(target);
     }
     let (snapshot, pin) = catalog.snapshot().map_err(status)?;
     let reply = SnapshotReply {
         snapshot,
         revision: catalog.revision(),
         members: catalog.membership().wire().map_err(status)?,
+        sequence: catalog.next_reply_sequence(),
+        from: String::new(),
     };
     let encoded =
         serde_json::to_vec(&reply).map_err(|e| Status::internal(format!("snapshot reply: {e}")))?;
-    let first = futures::stream::iter([Ok(arrow_flight::Result {
+    let first = arrow_flight::Result {
         body: encoded.into(),
-    })]);
-    if body != PIN {
-        return Ok(Box::pin(first));
-    }
-    let mut stopped = catalog.stopped.subscribe();
-    let hold = futures::stream::once(async move {
-        let _ = stopped.wait_for(|s| *s).await;
+    };
+    if !request.pin {
         drop(pin);
-    })
-    .filter_map(|()| std::future::ready(None));
-    Ok(Box::pin(first.chain(hold)))
+        return Ok(Box::pin(futures::stream::iter([Ok(first)])));
+    }
+    Ok(held_open(catalog, pin, first))
 }

@@ -18,8 +18,9 @@
 //! change. A client therefore reads its own writes through any coordinator,
 //! and sees every statement whole or not at all.
 
+use std::any::Any;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use arrow_flight::flight_service_client::FlightServiceClient;
@@ -38,8 +39,15 @@ use crate::metastore::EtcdMetastore;
 
 /// The Flight action a follower takes a snapshot with (members only).
 pub const SNAPSHOT_ACTION: &str = "tessera.snapshot";
-/// Its body when the snapshot is to stay pinned while the call stays open.
-pub const PIN: &[u8] = b"pin";
+/// What a follower asks for with [`SNAPSHOT_ACTION`].
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct SnapshotRequest {
+    /// Keep the snapshot pinned while the call stays open.
+    pub pin: bool,
+    /// A `fresh` read of an ASYNC index waits for the leader's applier to
+    /// pass this transaction: wake it.
+    pub fresh: Option<u64>,
+}
 
 /// The leader's answer to [`SNAPSHOT_ACTION`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -48,17 +56,56 @@ pub struct SnapshotReply {
     /// The metastore revision of the leader's last catalog change.
     pub revision: u64,
     pub members: Vec<MemberWire>,
+    /// Increases with every reply of one leader: replies to concurrent
+    /// statements may arrive out of order, the members of an older one
+    /// are not taken.
+    pub sequence: u64,
+    /// The leader that answered (filled in by the follower).
+    #[serde(skip)]
+    pub from: String,
 }
 
 /// Holds a snapshot pinned on the leader: the call that took it stays
-/// open until this is dropped.
-pub struct RemotePin(#[allow(dead_code)] Mutex<Pin<Box<dyn Stream<Item = ()> + Send>>>);
+/// open until this is dropped. When another coordinator takes over the
+/// lead, the snapshot is pinned there too (see [`Follower::repin`]).
+pub struct RemotePin {
+    xmin: u64,
+    holds: Mutex<Vec<Box<dyn Any + Send>>>,
+}
+
+impl RemotePin {
+    /// Every transaction below this one is visible to the snapshot.
+    pub fn xmin(&self) -> u64 {
+        self.xmin
+    }
+
+    /// Keeps `hold` (an open pinning call, a pin) for as long as this.
+    pub fn hold(&self, hold: Box<dyn Any + Send>) {
+        if let Ok(mut holds) = self.holds.lock() {
+            holds.push(hold);
+        }
+    }
+}
 
 impl std::fmt::Debug for RemotePin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("RemotePin")
+        write!(f, "RemotePin(xmin {})", self.xmin)
     }
 }
+
+/// The Flight action that pins a snapshot a follower holds on a new
+/// leader (members only), for as long as the call stays open.
+pub const PIN_ACTION: &str = "tessera.snapshot.pin";
+
+/// The body of [`PIN_ACTION`].
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct PinRequest {
+    pub xmin: u64,
+}
+
+/// How long a new leader merges no files, so that followers can pin their
+/// running queries' snapshots on it first.
+pub const TAKEOVER_GRACE: Duration = Duration::from_secs(10);
 
 /// A coordinator's link to the leader it follows.
 #[derive(Debug)]
@@ -68,6 +115,8 @@ pub struct Follower {
     me: String,
     /// The leader's URL, as last read from etcd.
     leader: Mutex<Option<String>>,
+    /// The snapshots this coordinator's running queries hold.
+    pins: Mutex<Vec<Weak<RemotePin>>>,
 }
 
 /// `host:port` or a URL, as a URL.
@@ -91,7 +140,13 @@ impl Follower {
             store,
             me: as_url(me),
             leader: Mutex::new(None),
+            pins: Mutex::new(vec![]),
         })
+    }
+
+    /// Whether `holder` (a leader key's value) is this coordinator.
+    pub fn is_me(&self, holder: &str) -> bool {
+        as_url(holder) == self.me
     }
 
     pub fn store(&self) -> &EtcdMetastore {
@@ -144,6 +199,25 @@ impl Follower {
         }
     }
 
+    /// As [`Self::failed`], for a statement with effects passed to the
+    /// leader: if the leader went away, it may have run it.
+    fn failed_after_send(&self, url: &str, e: arrow_flight::error::FlightError) -> DataFusionError {
+        use arrow_flight::error::FlightError;
+        match e {
+            FlightError::Tonic(s) if is_transport(&s) => {
+                let _ = self.failed(url, FlightError::Tonic(s.clone()));
+                ErrorKind::Unavailable.error(format!(
+                    "the leading coordinator at {url} stopped answering ({}) after the statement \
+                     was passed to it: it may or may not have been applied. Check (for example \
+                     with a SELECT) before running it again; if the leader stopped, a standby \
+                     takes over within the leader lease",
+                    s.message()
+                ))
+            }
+            other => self.failed(url, other),
+        }
+    }
+
     /// Runs a statement with effects on the leader, and returns its rows.
     pub async fn forward(&self, sql: &str) -> Result<(SchemaRef, Vec<RecordBatch>)> {
         let url = self.leader(false).await?;
@@ -156,7 +230,7 @@ impl Follower {
             let info = client
                 .get_flight_info(FlightDescriptor::new_cmd(cmd.as_any().encode_to_vec()))
                 .await
-                .map_err(|e| self.failed(&url, e))?;
+                .map_err(|e| self.failed_after_send(&url, e))?;
             let schema = Arc::new(info.clone().try_decode_schema()?);
             let mut batches = vec![];
             for endpoint in info.endpoint {
@@ -166,11 +240,11 @@ impl Follower {
                 let stream = client
                     .do_get(ticket)
                     .await
-                    .map_err(|e| self.failed(&url, e))?;
+                    .map_err(|e| self.failed_after_send(&url, e))?;
                 let mut part: Vec<RecordBatch> = stream
                     .try_collect()
                     .await
-                    .map_err(|e| self.failed(&url, e))?;
+                    .map_err(|e| self.failed_after_send(&url, e))?;
                 batches.append(&mut part);
             }
             Ok::<_, DataFusionError>((schema, batches))
@@ -190,10 +264,10 @@ impl Follower {
         let results: Vec<PutResult> = client
             .do_put(data)
             .await
-            .map_err(|e| self.failed(&url, e))?
+            .map_err(|e| self.failed_after_send(&url, e))?
             .try_collect()
             .await
-            .map_err(|e| self.failed(&url, e))?;
+            .map_err(|e| self.failed_after_send(&url, e))?;
         let count = results
             .first()
             .map(|r| arrow_flight::sql::DoPutUpdateResult::decode(r.app_metadata.as_ref()))
@@ -253,13 +327,16 @@ impl Follower {
     /// A snapshot from the leader, pinned there until the returned pin is
     /// dropped if `pin`; the leader is looked up again once if it does not
     /// answer (a new one may have taken over).
-    pub async fn snapshot(&self, pin: bool) -> Result<(SnapshotReply, Option<RemotePin>)> {
+    pub async fn snapshot(
+        &self,
+        request: SnapshotRequest,
+    ) -> Result<(SnapshotReply, Option<Arc<RemotePin>>)> {
         let url = self.leader(false).await?;
-        match self.snapshot_from(&url, pin).await {
+        match self.snapshot_from(&url, request).await {
             Ok(v) => Ok(v),
             Err(_) => {
                 let url = self.leader(true).await?;
-                self.snapshot_from(&url, pin).await
+                self.snapshot_from(&url, request).await
             }
         }
     }
@@ -267,12 +344,11 @@ impl Follower {
     async fn snapshot_from(
         &self,
         url: &str,
-        pin: bool,
-    ) -> Result<(SnapshotReply, Option<RemotePin>)> {
-        let body = if pin { PIN } else { b"" };
-        let mut stream = self
-            .action(url, Action::new(SNAPSHOT_ACTION, body.to_vec()))
-            .await?;
+        request: SnapshotRequest,
+    ) -> Result<(SnapshotReply, Option<Arc<RemotePin>>)> {
+        let body = serde_json::to_vec(&request)
+            .map_err(|e| DataFusionError::Internal(format!("snapshot request: {e}")))?;
+        let mut stream = self.action(url, Action::new(SNAPSHOT_ACTION, body)).await?;
         let first = tokio::time::timeout(call_timeout(), stream.next())
             .await
             .map_err(|_| {
@@ -282,14 +358,83 @@ impl Follower {
                 ))
             })?
             .ok_or_else(|| ErrorKind::Unavailable.error(format!("{url} answered nothing")))??;
-        let reply: SnapshotReply = serde_json::from_slice(&first.body).map_err(|e| {
+        let mut reply: SnapshotReply = serde_json::from_slice(&first.body).map_err(|e| {
             DataFusionError::Execution(format!(
                 "the leading coordinator at {url} sent an unreadable snapshot ({e}); run the same \
                  Tessera version on every coordinator"
             ))
         })?;
-        let pin = pin.then(|| RemotePin(Mutex::new(stream.map(|_| ()).boxed())));
+        reply.from = url.to_string();
+        let pin = request.pin.then(|| {
+            let pin = Arc::new(RemotePin {
+                xmin: reply.snapshot.xmin(),
+                holds: Mutex::new(vec![Box::new(stream)]),
+            });
+            if let Ok(mut pins) = self.pins.lock() {
+                pins.retain(|p| p.strong_count() > 0);
+                pins.push(Arc::downgrade(&pin));
+            }
+            pin
+        });
         Ok((reply, pin))
+    }
+}
+
+impl Follower {
+    /// The snapshots this coordinator's running queries hold now.
+    pub fn open_pins(&self) -> Vec<Arc<RemotePin>> {
+        let Ok(mut pins) = self.pins.lock() else {
+            return vec![];
+        };
+        pins.retain(|p| p.strong_count() > 0);
+        pins.iter().filter_map(Weak::upgrade).collect()
+    }
+
+    /// Pins every snapshot this coordinator's running queries hold on the
+    /// leader that just took over, so that its compaction keeps their
+    /// files; tried until it answers, for up to [`TAKEOVER_GRACE`].
+    pub async fn repin(self: Arc<Self>) {
+        let deadline = tokio::time::Instant::now() + TAKEOVER_GRACE;
+        let mut pending = self.open_pins();
+        while !pending.is_empty() && tokio::time::Instant::now() < deadline {
+            let url = match self.leader(true).await {
+                Ok(url) => url,
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let mut failed = vec![];
+            for pin in pending {
+                match self.pin_on(&url, pin.xmin).await {
+                    Ok(stream) => pin.hold(stream),
+                    Err(_) => failed.push(pin),
+                }
+            }
+            pending = failed;
+            if !pending.is_empty() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        if !pending.is_empty() {
+            tracing::warn!(
+                queries = pending.len(),
+                "running queries' snapshots could not be pinned on the new leader; they may \
+                 fail if it compacts their files"
+            );
+        }
+    }
+
+    async fn pin_on(&self, url: &str, xmin: u64) -> Result<Box<dyn Any + Send>> {
+        let body = serde_json::to_vec(&PinRequest { xmin })
+            .map_err(|e| DataFusionError::Internal(format!("pin request: {e}")))?;
+        let mut stream = self.action(url, Action::new(PIN_ACTION, body)).await?;
+        // The first answer says the pin is in place.
+        tokio::time::timeout(call_timeout(), stream.next())
+            .await
+            .map_err(|_| ErrorKind::Unavailable.error(format!("{url} did not pin in time")))?
+            .ok_or_else(|| ErrorKind::Unavailable.error(format!("{url} answered nothing")))??;
+        Ok(Box::new(stream))
     }
 }
 

@@ -34,7 +34,7 @@ pub use catalog::{Catalog, SnapshotPin, WriteFanout};
 pub use catalog_state::{AdminState, CatalogState, IndexStats, MemberRecord, import_catalog_json};
 pub use cluster::{Cluster, ClusterConfig};
 pub use engine::{Coordinator, Planned};
-pub use follow::Follower;
+pub use follow::{Follower, TAKEOVER_GRACE};
 pub use membership::{DEFAULT_LEASE, MemberView, WorkerState};
 pub use metastore::{
     Compare, EtcdMetastore, FileMetastore, Metastore, Op, Versioned, WatchEvent, conformance,

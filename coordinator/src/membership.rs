@@ -94,6 +94,8 @@ pub struct Membership {
     /// across a change may have failed because of it.
     epoch: AtomicU64,
     changed: Mutex<Option<Instant>>,
+    /// On a follower: the leader and sequence of the view taken last.
+    adopted: Mutex<(String, u64)>,
 }
 
 impl Membership {
@@ -107,6 +109,7 @@ impl Membership {
             displaced: Mutex::new(std::collections::BTreeSet::new()),
             epoch: AtomicU64::new(0),
             changed: Mutex::new(None),
+            adopted: Mutex::new((String::new(), 0)),
         }
     }
 
@@ -364,9 +367,16 @@ impl Membership {
             .collect()
     }
 
-    /// Takes the leader's view of the members as this coordinator's own: a
-    /// follower hears no heartbeats, the leader does.
-    pub fn adopt(&self, members: &[MemberWire]) -> Result<()> {
+    /// Takes the leader's view of the members as this coordinator's own (a
+    /// follower hears no heartbeats, the leader does), unless a later view
+    /// of the same leader (`sequence`) was taken already.
+    pub fn adopt(&self, members: &[MemberWire], leader: &str, sequence: u64) -> Result<()> {
+        // Held to the end: two views are taken one after the other.
+        let mut adopted = self.adopted.lock().map_err(|_| poisoned())?;
+        if adopted.0 == leader && adopted.1 >= sequence {
+            return Ok(());
+        }
+        *adopted = (leader.to_string(), sequence);
         let now = Instant::now();
         let next: BTreeMap<String, String> = members
             .iter()
@@ -400,6 +410,7 @@ impl Membership {
                     Liveness {
                         last_heartbeat: now
                             .checked_sub(Duration::from_millis(m.silent_ms))
+                            .or_else(|| now.checked_sub(2 * self.lease))
                             .unwrap_or(self.started),
                         last_heartbeat_unix_ms: m.last_heartbeat_unix_ms,
                         version: m.version.clone(),

@@ -28,7 +28,7 @@ use futures::stream::BoxStream;
 use serde::{Deserialize, Serialize};
 
 pub use conformance::conformance;
-pub use etcd::EtcdMetastore;
+pub use etcd::{EtcdMetastore, LEADER_KEY};
 pub use file_log::FileMetastore;
 
 /// A value and the revision of the write that last changed its key.
@@ -86,6 +86,12 @@ pub trait Metastore: Send + Sync + std::fmt::Debug {
 
     /// The changes under `prefix` from now on, in revision order.
     async fn watch(&self, prefix: &str) -> Result<BoxStream<'static, WatchEvent>>;
+
+    /// Whether other coordinators may share this store (and read at
+    /// snapshots this one must respect after taking over the lead).
+    fn shared(&self) -> bool {
+        false
+    }
 }
 
 /// Reads `key`, computes its next value with `change` (`None` deletes it)

@@ -22,7 +22,14 @@ from tessera_server import (
     stop_server,
     wait_listening,
 )
-from test_cluster_processes import rows, secret_file, start_worker, wait_for, workers
+from test_cluster_processes import (
+    rows,
+    secret_file,
+    start_worker,
+    wait_for,
+    worker_id,
+    workers,
+)
 
 LEADER_LEASE_S = 4.0
 WORKER_LEASE_S = 2.0
@@ -140,8 +147,10 @@ def test_two_coordinators_serve_and_the_follower_takes_over(data_dir):
         a, pa, b, pb = start_pair(data_dir, etcd_url)
         # Joining through the follower first: it passes joins to the leader.
         join = f"127.0.0.1:{pb},127.0.0.1:{pa}"
+        started = {}
         for name, host in {"w2": "127.0.0.2", "w3": "127.0.0.3", "w4": "127.0.0.4"}.items():
-            procs.append(start_worker(data_dir, join, host, name)[0])
+            started[name] = start_worker(data_dir, join, host, name)
+            procs.append(started[name][0])
         ua, ub = f"grpc://127.0.0.1:{pa}", f"grpc://127.0.0.1:{pb}"
         with flightsql.connect(ua) as ca, ca.cursor() as cur_a, \
                 flightsql.connect(ub) as cb, cb.cursor() as cur_b:
@@ -173,6 +182,31 @@ def test_two_coordinators_serve_and_the_follower_takes_over(data_dir):
                 seen = rows(reader, "SELECT b, count(*) AS n FROM w GROUP BY b")
                 assert sorted(r["b"] for r in seen) == sorted(acked), f"seed {seed}"
                 assert all(r["n"] == 10 for r in seen), f"seed {seed}"
+
+            # SIGKILL a worker: the follower routes by the leader's view.
+            victim = worker_id(data_dir, "w3")
+            proc, old_port = started["w3"]
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            killed = time.time()
+            wait_for(f"{victim} down", lambda: workers(cur_b)[victim]["state"] == "down",
+                     WORKER_LEASE_S * 3)
+            down_after = time.time() - killed
+            for cur in (cur_a, cur_b):
+                try:
+                    rows(cur, "SELECT count(*) AS n FROM t")
+                    raise AssertionError("a read of the dead worker's partitions answered")
+                except flightsql.Error as e:
+                    assert victim in str(e) and "down" in str(e), str(e)
+            # Back at another port: everything answers through both.
+            port = old_port
+            while port == old_port:
+                proc, port = start_worker(data_dir, join, "127.0.0.3", "w3")
+                procs.append(proc)
+            wait_for(f"{victim} up again", lambda: workers(cur_b)[victim]["state"] == "up", 30)
+            for cur in (cur_a, cur_b):
+                got = rows(cur, "SELECT count(*) AS n, sum(k) AS s FROM t")[0]
+                assert (got["n"], got["s"]) == (1000, sum(range(1000)))
 
         a.send_signal(signal.SIGKILL)
         a.wait()
@@ -207,7 +241,8 @@ def test_two_coordinators_serve_and_the_follower_takes_over(data_dir):
               f"{ms_b:.2f} ms (median of 60); {len(acked)} batches written through both "
               f"with readers on both, none seen half")
         print(f"follower took over {took_over:.2f} s after the leader was killed "
-              f"(leader lease {LEADER_LEASE_S} s)")
+              f"(leader lease {LEADER_LEASE_S} s); a killed worker was down after "
+              f"{down_after:.2f} s (worker lease {WORKER_LEASE_S} s)")
     except BaseException:
         print_logs(a, b)
         raise

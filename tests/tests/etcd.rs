@@ -112,3 +112,73 @@ async fn a_followers_queries_read_at_snapshots_pinned_on_the_leader() {
     assert!(e.contains("no coordinator leads the cluster"), "{e}");
     following.close();
 }
+
+#[tokio::test]
+async fn a_new_leader_keeps_the_snapshots_of_queries_running_on_followers() {
+    use std::sync::Arc;
+    use std::time::Duration;
+    use tessera_coordinator::{Coordinator, CoordinatorServer, DEFAULT_LEASE, Follower};
+
+    let etcd = Etcd::start().await;
+    let url = etcd.namespace("takeover");
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    };
+    let lead = |addr: std::net::SocketAddr| {
+        let url = url.clone();
+        async move {
+            let store = EtcdMetastore::connect(&url).await.unwrap();
+            store
+                .lead(&addr.to_string(), Duration::from_secs(5), |_| {}, || {})
+                .await
+                .unwrap();
+            let coordinator =
+                Coordinator::open(Box::new(store.clone()), Default::default(), DEFAULT_LEASE)
+                    .await
+                    .unwrap();
+            let server = CoordinatorServer::start(Arc::new(coordinator), addr)
+                .await
+                .unwrap();
+            (store, server)
+        }
+    };
+    let (store_a, server_a) = lead(free()).await;
+    let follower = Follower::new(EtcdMetastore::connect(&url).await.unwrap(), "127.0.0.1:1");
+    let following = Coordinator::open_follower(follower, DEFAULT_LEASE)
+        .await
+        .unwrap();
+    // A query planned under leader a, its rows not read yet.
+    let running = following.plan("SELECT 1").await.unwrap();
+    assert_eq!(server_a.coordinator().catalog().open_snapshots(), 1);
+    server_a.stop().await;
+    store_a.resign().await;
+
+    // b takes over: it merges nothing at first, and the follower pins its
+    // running query's snapshot on it.
+    let (store_b, server_b) = lead(free()).await;
+    let b = Arc::clone(server_b.coordinator().catalog());
+    assert_eq!(
+        b.compaction_bound().unwrap(),
+        0,
+        "a new leader merges nothing at first"
+    );
+    eventually("the follower's pin on b", Duration::from_secs(10), || {
+        b.open_snapshots() == 1
+    })
+    .await;
+    drop(running);
+    eventually("the pin on b let go", Duration::from_secs(10), || {
+        b.open_snapshots() == 0
+    })
+    .await;
+    // New queries read at b's snapshots.
+    let planned = following.plan("SELECT 2").await.unwrap();
+    assert_eq!(b.open_snapshots(), 1);
+    drop(planned);
+    following.close();
+    server_b.stop().await;
+    store_b.resign().await;
+}

@@ -33,57 +33,108 @@ pub(super) fn spawn(catalog: &Arc<Catalog>) {
     }
 }
 
+/// Watch events applied at a time; a chunk cut at this size leaves its
+/// last revision unfinished until the next chunk.
+const WATCH_CHUNK: usize = 1024;
+
 /// One watch: started first, then every key read, so that no change falls
 /// between the two (a change seen twice is applied once, by revision).
 async fn follow_once(weak: &Weak<Catalog>) -> Result<()> {
     let Some(catalog) = weak.upgrade() else {
         return Ok(());
     };
-    let mut events = catalog.metastore.watch("").await?;
+    let events = catalog.metastore.watch("").await?;
     catalog.reload(0).await?;
     drop(catalog);
-    while let Some(event) = events.next().await {
+    // etcd sends the changes of one transaction together: applied together,
+    // so no statement planned meanwhile sees half of them.
+    let mut chunks = events.ready_chunks(WATCH_CHUNK);
+    while let Some(chunk) = chunks.next().await {
         let Some(catalog) = weak.upgrade() else {
             return Ok(());
         };
-        catalog.apply_event(&event)?;
+        catalog.apply_events(&chunk, chunk.len() < WATCH_CHUNK)?;
     }
     Ok(())
 }
 
 impl Catalog {
-    /// Applies one change another coordinator made, unless the key is
-    /// already at that revision or later.
-    fn apply_event(&self, event: &WatchEvent) -> Result<()> {
+    /// Applies changes another coordinator made (a key already at that
+    /// revision or later is left alone); the catalog is then at the last
+    /// one's revision if `complete`, else just below it.
+    fn apply_events(&self, events: &[WatchEvent], complete: bool) -> Result<()> {
+        let Some(last) = events.last() else {
+            return Ok(());
+        };
         {
             let mut state = self.state.lock().map_err(|_| poisoned())?;
             let mut revisions = self.revisions.lock().map_err(|_| poisoned())?;
-            let known = revisions.get(&event.key).copied().unwrap_or(0);
-            if event.revision > known {
+            let mut tombstones = self.tombstones.lock().map_err(|_| poisoned())?;
+            for event in events {
+                let known = revisions.get(&event.key).copied().unwrap_or(0);
+                if event.revision <= known {
+                    continue;
+                }
                 state.apply(&event.key, event.value.as_deref())?;
                 match event.value {
-                    Some(_) => revisions.insert(event.key.clone(), event.revision),
-                    None => revisions.remove(&event.key),
-                };
+                    Some(_) => {
+                        revisions.insert(event.key.clone(), event.revision);
+                    }
+                    None => {
+                        revisions.remove(&event.key);
+                        // A reload reading meanwhile must not bring it back.
+                        if let Some(t) = tombstones.as_mut() {
+                            t.insert(event.key.clone(), event.revision);
+                        }
+                    }
+                }
             }
         }
-        self.revision.fetch_max(event.revision, Ordering::SeqCst);
+        // Another coordinator took over the lead: pin the snapshots of the
+        // queries running here on it.
+        if let Some(follower) = &self.follower
+            && events.iter().any(|e| {
+                e.key == crate::metastore::LEADER_KEY
+                    && e.value.as_deref().is_some_and(|v| !follower.is_me(v))
+            })
+        {
+            tokio::spawn(Arc::clone(follower).repin());
+        }
+        let applied = if complete {
+            last.revision
+        } else {
+            last.revision.saturating_sub(1)
+        };
+        self.revision.fetch_max(applied, Ordering::SeqCst);
         self.revision_moved.notify_waiters();
         Ok(())
     }
 
     /// Reads every key again; the catalog is then at least at `at_least`
-    /// (a revision written before this read began). A key a watch event
-    /// brought to a later revision meanwhile keeps that.
+    /// (a revision written before this read began). What the watch applied
+    /// meanwhile stays: a key put at a later revision, or deleted after
+    /// the read.
     async fn reload(&self, at_least: u64) -> Result<()> {
-        let entries = self.metastore.range("").await?;
+        let _one = self.reloading.lock().await;
+        *self.tombstones.lock().map_err(|_| poisoned())? = Some(Default::default());
+        let read = self.metastore.range("").await;
+        // Locked in the order `apply_events` locks them.
+        let mut state = self.state.lock().map_err(|_| poisoned())?;
+        let mut revisions = self.revisions.lock().map_err(|_| poisoned())?;
+        let deleted = self
+            .tombstones
+            .lock()
+            .map_err(|_| poisoned())?
+            .take()
+            .unwrap_or_default();
+        let entries = read?;
         // Every key the read saw was written at or before its revision.
         let top = entries.values().map(|v| v.revision).max().unwrap_or(0);
         {
-            let mut state = self.state.lock().map_err(|_| poisoned())?;
-            let mut revisions = self.revisions.lock().map_err(|_| poisoned())?;
             for (key, v) in &entries {
-                if v.revision >= revisions.get(key).copied().unwrap_or(0) {
+                let newer = revisions.get(key).is_some_and(|r| *r > v.revision)
+                    || deleted.get(key).is_some_and(|r| *r > v.revision);
+                if !newer {
                     state.apply(key, Some(&v.value))?;
                     revisions.insert(key.clone(), v.revision);
                 }
@@ -98,6 +149,8 @@ impl Catalog {
                 revisions.remove(&key);
             }
         }
+        drop(revisions);
+        drop(state);
         self.revision.fetch_max(top.max(at_least), Ordering::SeqCst);
         self.revision_moved.notify_waiters();
         Ok(())
@@ -107,7 +160,8 @@ impl Catalog {
     /// the leader's revision: by the watch, or by reading the keys if the
     /// watch lags.
     pub(super) async fn follow_leader(&self, reply: &SnapshotReply) -> Result<()> {
-        self.membership.adopt(&reply.members)?;
+        self.membership
+            .adopt(&reply.members, &reply.from, reply.sequence)?;
         let target = reply.revision;
         let deadline = tokio::time::Instant::now() + CATCH_UP_WAIT;
         loop {

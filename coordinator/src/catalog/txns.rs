@@ -44,7 +44,7 @@ impl Drop for SnapshotPin {
 #[derive(Debug)]
 pub enum SnapshotHold {
     Local(SnapshotPin),
-    Remote(Option<crate::follow::RemotePin>),
+    Remote(Option<Arc<crate::follow::RemotePin>>),
 }
 
 /// A transaction in flight; finishing it (or dropping it on an error path)
@@ -199,7 +199,11 @@ impl Catalog {
                 Ok((snapshot, SnapshotHold::Local(pin)))
             }
             Some(follower) => {
-                let (reply, pin) = follower.snapshot(true).await?;
+                let request = crate::follow::SnapshotRequest {
+                    pin: true,
+                    fresh: None,
+                };
+                let (reply, pin) = follower.snapshot(request).await?;
                 self.follow_leader(&reply).await?;
                 Ok((reply.snapshot, SnapshotHold::Remote(pin)))
             }
@@ -212,11 +216,52 @@ impl Catalog {
         match &self.follower {
             None => self.latest_snapshot(),
             Some(follower) => {
-                let (reply, _) = follower.snapshot(false).await?;
+                let (reply, _) = follower.snapshot(Default::default()).await?;
                 self.follow_leader(&reply).await?;
                 Ok(reply.snapshot)
             }
         }
+    }
+
+    /// Asks the ASYNC index applier (the leader's, from a follower) to
+    /// apply every transaction through `target` now; on a follower the
+    /// catalog then holds the leader's index counters.
+    pub async fn wake_applier_for(&self, target: u64) -> Result<()> {
+        match &self.follower {
+            None => {
+                self.want_fresh(target);
+                Ok(())
+            }
+            Some(follower) => {
+                let request = crate::follow::SnapshotRequest {
+                    pin: false,
+                    fresh: Some(target),
+                };
+                let (reply, _) = follower.snapshot(request).await?;
+                self.follow_leader(&reply).await
+            }
+        }
+    }
+
+    /// A `fresh` read waits for the applier to pass `target`: wake it.
+    pub fn want_fresh(&self, target: u64) {
+        self.fresh_wanted.fetch_max(target, Ordering::SeqCst);
+        self.apply_wanted.notify_one();
+    }
+
+    /// Pins a snapshot a follower's query reads at (taken from the leader
+    /// before this one): compaction keeps what it sees until the pin drops.
+    pub fn pin_xmin(&self, xmin: u64) -> Result<SnapshotPin> {
+        *self
+            .snapshots
+            .lock()
+            .map_err(|_| poisoned())?
+            .entry(xmin)
+            .or_default() += 1;
+        Ok(SnapshotPin {
+            open: Arc::clone(&self.snapshots),
+            xmin,
+        })
     }
 
     /// Snapshots held open now (by queries here and, on the leader, by
@@ -256,6 +301,9 @@ impl Catalog {
         let mut now = self.snapshot_locked(&state)?.xmin();
         if let Some(first) = state.decided.keys().next() {
             now = now.min(*first);
+        }
+        if self.compaction_held() {
+            return Ok(0);
         }
         let open = self.snapshots.lock().map_err(|_| poisoned())?;
         Ok(open.keys().next().copied().map_or(now, |x| x.min(now)))

@@ -3,7 +3,7 @@
 
 use datafusion::common::Result;
 use datafusion::sql::parser::{DFParser, Statement as DfStatement};
-use datafusion::sql::sqlparser::ast::{Set, Statement as SqlStatement};
+use datafusion::sql::sqlparser::ast::{ObjectType, Set, Statement as SqlStatement};
 use tessera_sql::Statement;
 
 use super::{Coordinator, Planned};
@@ -23,6 +23,17 @@ pub(super) enum Route {
 
 /// The options that switch background work, which only the leader runs.
 const LEADER_SWITCHES: [&str; 2] = ["tessera.index_apply", "tessera.compaction"];
+
+/// Whether `text` (an option's name, or a RESET of one) names one of
+/// [`LEADER_SWITCHES`], quoted or not.
+fn is_leader_switch(text: &str) -> bool {
+    let plain: String = text
+        .chars()
+        .filter(|c| !matches!(c, '"' | '`' | '\''))
+        .collect::<String>()
+        .to_ascii_lowercase();
+    LEADER_SWITCHES.iter().any(|s| plain.contains(s))
+}
 
 pub(super) fn route(statement: &Statement) -> Route {
     match statement {
@@ -62,7 +73,14 @@ fn route_df(statement: &DfStatement) -> Route {
             Route::Here => Route::Here,
             _ => Route::Leader,
         },
-        DfStatement::Explain(_) | DfStatement::CopyTo(_) | DfStatement::Reset(_) => Route::Here,
+        DfStatement::Reset(reset) => {
+            if is_leader_switch(&reset.to_string()) {
+                Route::Both
+            } else {
+                Route::Here
+            }
+        }
+        DfStatement::Explain(_) | DfStatement::CopyTo(_) => Route::Here,
         DfStatement::CreateExternalTable(_) => Route::Leader,
     }
 }
@@ -75,7 +93,13 @@ fn route_ast(statement: &SqlStatement) -> Route {
         | SqlStatement::ShowTables { .. }
         | SqlStatement::ShowColumns { .. }
         | SqlStatement::ShowFunctions { .. }
-        | SqlStatement::ExplainTable { .. } => Route::Here,
+        | SqlStatement::ExplainTable { .. }
+        // Views live in the session of the coordinator that made them.
+        | SqlStatement::CreateView { .. } => Route::Here,
+        SqlStatement::Drop {
+            object_type: ObjectType::View,
+            ..
+        } => Route::Here,
         SqlStatement::Explain {
             analyze, statement, ..
         } => match (analyze, route_ast(statement)) {
@@ -93,10 +117,7 @@ fn route_ast(statement: &SqlStatement) -> Route {
                 }
                 _ => vec![],
             };
-            if names
-                .iter()
-                .any(|n| LEADER_SWITCHES.contains(&n.to_ascii_lowercase().as_str()))
-            {
+            if names.iter().any(|n| is_leader_switch(n)) {
                 Route::Both
             } else {
                 Route::Here
@@ -169,6 +190,9 @@ mod tests {
             "SET tessera.ansi = false",
             "SHOW tessera.ansi",
             "COPY (SELECT 1) TO '/tmp/x.parquet'",
+            "CREATE VIEW v AS SELECT 1",
+            "DROP VIEW v",
+            "RESET tessera.ansi",
             "not sql at all",
         ] {
             assert_eq!(route_sql(sql), Route::Here, "{sql}");
@@ -178,7 +202,7 @@ mod tests {
             "DELETE FROM t",
             "EXPLAIN ANALYZE INSERT INTO t VALUES (1)",
             "CREATE EXTERNAL TABLE e STORED AS PARQUET LOCATION '/tmp/e'",
-            "CREATE VIEW v AS SELECT 1",
+            "DROP TABLE t",
         ] {
             assert_eq!(route_sql(sql), Route::Leader, "{sql}");
         }

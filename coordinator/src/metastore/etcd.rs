@@ -47,7 +47,7 @@ enum Campaign {
 }
 
 /// The key whose holder leads the cluster (outside the catalog's keys).
-const LEADER_KEY: &str = "leader";
+pub const LEADER_KEY: &str = "leader";
 
 impl std::fmt::Debug for EtcdMetastore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -358,6 +358,10 @@ fn corrupt(e: &etcd_client::Error) -> DataFusionError {
 
 #[async_trait]
 impl Metastore for EtcdMetastore {
+    fn shared(&self) -> bool {
+        true
+    }
+
     async fn get(&self, key: &str) -> Result<Option<Versioned>> {
         let mut kv = self.client.kv_client();
         let resp = self.call("a read", kv.get(self.key(key), None)).await?;
@@ -432,10 +436,11 @@ impl Metastore for EtcdMetastore {
             )
             .await?;
         let this = self.clone();
-        // The stream ends when etcd's does (an error, a cancelled watch):
+        // The stream ends when etcd's does (an error, a watch etcd cancelled,
+        // e.g. after compacting the revisions it was to start from):
         // readers start a new watch then.
         let events = stream
-            .take_while(|r| std::future::ready(r.is_ok()))
+            .take_while(|r| std::future::ready(matches!(r, Ok(resp) if !resp.canceled())))
             .flat_map(move |r| {
                 let events: Vec<WatchEvent> = r
                     .map(|resp| {
