@@ -8,6 +8,7 @@ mod errors;
 mod explain;
 mod follow;
 mod members;
+mod metadata;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -37,6 +38,8 @@ use crate::options::{self, TesseraOptions};
 use crate::query_log::{QueryLog, QueryRecorder, SystemSchema};
 use crate::schema::TesseraSchema;
 use crate::snapshot::session_at_snapshot;
+
+pub use metadata::{FunctionNames, TABLE_TYPES};
 
 use ddl::show_tessera_option;
 use errors::{name_unreachable_worker, with_hint};

@@ -13,28 +13,31 @@ use std::time::{Duration, Instant};
 use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::error::FlightError;
 use arrow_flight::flight_service_server::FlightService;
+use arrow_flight::sql::metadata::SqlInfoData;
 use arrow_flight::sql::server::{FlightSqlService, PeekableFlightDataStream};
 use arrow_flight::sql::{
     ActionClosePreparedStatementRequest, ActionCreatePreparedStatementRequest,
-    ActionCreatePreparedStatementResult, CommandPreparedStatementQuery,
-    CommandPreparedStatementUpdate, CommandStatementIngest, CommandStatementQuery,
-    CommandStatementUpdate, ProstMessageExt, SqlInfo, TicketStatementQuery,
+    ActionCreatePreparedStatementResult, CommandGetCatalogs, CommandGetCrossReference,
+    CommandGetDbSchemas, CommandGetExportedKeys, CommandGetImportedKeys, CommandGetPrimaryKeys,
+    CommandGetSqlInfo, CommandGetTableTypes, CommandGetTables, CommandGetXdbcTypeInfo,
+    CommandPreparedStatementQuery, CommandPreparedStatementUpdate, CommandStatementIngest,
+    CommandStatementQuery, CommandStatementUpdate, ProstMessageExt, SqlInfo, TicketStatementQuery,
 };
 use arrow_flight::{
     Action, FlightDescriptor, FlightEndpoint, FlightInfo, IpcMessage, SchemaAsIpc, Ticket,
 };
+use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::{DataType, FieldRef, Schema, SchemaRef};
 use datafusion::arrow::error::ArrowError;
 use datafusion::arrow::ipc::writer::IpcWriteOptions;
 use datafusion::common::DataFusionError;
-use futures::{Stream, StreamExt, TryStreamExt};
+use futures::{Stream, TryStreamExt};
 use prost::Message;
-use tessera_worker::membership::{HEARTBEAT_ACTION, JOIN_ACTION, MemberHello};
 use tessera_worker::to_status;
 use tonic::{Request, Response, Status};
 
-use crate::engine::{Coordinator, Planned, rows_written};
-use crate::follow::{PIN_ACTION, PinRequest, SNAPSHOT_ACTION, SnapshotReply, SnapshotRequest};
+use crate::engine::{Coordinator, Planned, TABLE_TYPES, rows_written};
+use crate::flight_meta::{foreign_keys_schema, primary_keys_schema, sql_info, xdbc_types};
 use crate::panic_guard::{guarded, guarded_stream};
 use crate::retry::{Retry, plan_statement, retrying};
 
@@ -54,9 +57,10 @@ pub struct TesseraFlightSql {
     /// Planned statements waiting for their DoGet, with their SQL (a query
     /// a worker failure stops is planned again).
     results: Mutex<HashMap<String, (Instant, Planned, String, Retry)>>,
+    sql_info: std::sync::OnceLock<Arc<SqlInfoData>>,
 }
 
-fn status(e: DataFusionError) -> Status {
+pub(crate) fn status(e: DataFusionError) -> Status {
     let s = to_status(e);
     let msg = s.message();
     if msg.len() <= MAX_ERROR_BYTES {
@@ -74,7 +78,18 @@ impl TesseraFlightSql {
         Self {
             serving,
             results: Mutex::new(HashMap::new()),
+            sql_info: std::sync::OnceLock::new(),
         }
+    }
+
+    /// GetSqlInfo's answers, made once.
+    fn sql_info(&self) -> Result<Arc<SqlInfoData>, Status> {
+        if let Some(info) = self.sql_info.get() {
+            return Ok(Arc::clone(info));
+        }
+        let functions = self.coordinator().function_names();
+        let info = Arc::new(sql_info(&functions).map_err(flight_status)?);
+        Ok(Arc::clone(self.sql_info.get_or_init(|| info)))
     }
 
     fn coordinator(&self) -> Arc<Coordinator> {
@@ -138,6 +153,35 @@ impl TesseraFlightSql {
         let batches = guarded(self.coordinator().run(sql)).await.map_err(status)?;
         Ok(rows_written(&batches) as i64)
     }
+}
+
+/// A metadata command's FlightInfo: its schema, and a ticket carrying the
+/// command back to DoGet.
+fn command_info(
+    command: arrow_flight::sql::Any,
+    schema: &Schema,
+    descriptor: FlightDescriptor,
+) -> Result<Response<FlightInfo>, Status> {
+    let info = FlightInfo::new()
+        .try_with_schema(schema)
+        .map_err(|e| Status::internal(e.to_string()))?
+        .with_endpoint(FlightEndpoint::new().with_ticket(Ticket::new(command.encode_to_vec())))
+        .with_descriptor(descriptor);
+    Ok(Response::new(info))
+}
+
+fn flight_status(e: FlightError) -> Status {
+    Status::internal(e.to_string())
+}
+
+/// One batch as a DoGet stream.
+fn batch_stream(batch: Result<RecordBatch, FlightError>) -> Result<Response<DoGetStream>, Status> {
+    let batch = batch.map_err(flight_status)?;
+    let data = FlightDataEncoderBuilder::new()
+        .with_schema(batch.schema())
+        .build(futures::stream::iter([Ok(batch)]))
+        .map_err(flight_status);
+    Ok(Response::new(Box::pin(data)))
 }
 
 /// The schema with dictionary columns as their value types, as DoGet sends them.
@@ -338,134 +382,218 @@ impl FlightSqlService for TesseraFlightSql {
 
     async fn register_sql_info(&self, _id: i32, _result: &SqlInfo) {}
 
+    async fn get_flight_info_sql_info(
+        &self,
+        query: CommandGetSqlInfo,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let info = self.sql_info()?;
+        let schema = query.clone().into_builder(&info).schema();
+        command_info(query.as_any(), &schema, request.into_inner())
+    }
+
+    async fn do_get_sql_info(
+        &self,
+        query: CommandGetSqlInfo,
+        _request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        let info = self.sql_info()?;
+        batch_stream(query.into_builder(&info).build())
+    }
+
+    async fn get_flight_info_xdbc_type_info(
+        &self,
+        query: CommandGetXdbcTypeInfo,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let types = xdbc_types().map_err(flight_status)?;
+        let schema = query.into_builder(&types).schema();
+        command_info(query.as_any(), &schema, request.into_inner())
+    }
+
+    async fn do_get_xdbc_type_info(
+        &self,
+        query: CommandGetXdbcTypeInfo,
+        _request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        let types = xdbc_types().map_err(flight_status)?;
+        batch_stream(query.into_builder(&types).build())
+    }
+
+    async fn get_flight_info_catalogs(
+        &self,
+        query: CommandGetCatalogs,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let schema = query.into_builder().schema();
+        command_info(query.as_any(), &schema, request.into_inner())
+    }
+
+    async fn do_get_catalogs(
+        &self,
+        query: CommandGetCatalogs,
+        _request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        let coordinator = self.coordinator();
+        coordinator.catch_up().await.map_err(status)?;
+        let mut builder = query.into_builder();
+        let mut last = None;
+        for (catalog, _) in coordinator.schema_names() {
+            if last.as_ref() != Some(&catalog) {
+                builder.append(catalog.clone());
+                last = Some(catalog);
+            }
+        }
+        batch_stream(builder.build())
+    }
+
+    async fn get_flight_info_schemas(
+        &self,
+        query: CommandGetDbSchemas,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let schema = query.clone().into_builder().schema();
+        command_info(query.as_any(), &schema, request.into_inner())
+    }
+
+    async fn do_get_schemas(
+        &self,
+        query: CommandGetDbSchemas,
+        _request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        let coordinator = self.coordinator();
+        coordinator.catch_up().await.map_err(status)?;
+        let mut builder = query.into_builder();
+        for (catalog, schema) in coordinator.schema_names() {
+            builder.append(catalog, schema);
+        }
+        batch_stream(builder.build())
+    }
+
+    async fn get_flight_info_tables(
+        &self,
+        query: CommandGetTables,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let schema = query.clone().into_builder().schema();
+        command_info(query.as_any(), &schema, request.into_inner())
+    }
+
+    async fn do_get_tables(
+        &self,
+        query: CommandGetTables,
+        _request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        let coordinator = self.coordinator();
+        coordinator.catch_up().await.map_err(status)?;
+        let mut builder = query.into_builder();
+        for t in coordinator.table_entries().await.map_err(status)? {
+            builder
+                .append(
+                    &t.catalog,
+                    &t.schema,
+                    &t.name,
+                    t.table_type,
+                    &hydrated(&t.arrow_schema),
+                )
+                .map_err(flight_status)?;
+        }
+        batch_stream(builder.build())
+    }
+
+    async fn get_flight_info_table_types(
+        &self,
+        query: CommandGetTableTypes,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let schema = query.into_builder().schema();
+        command_info(query.as_any(), &schema, request.into_inner())
+    }
+
+    async fn do_get_table_types(
+        &self,
+        query: CommandGetTableTypes,
+        _request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        let mut builder = query.into_builder();
+        for t in TABLE_TYPES {
+            builder.append(t);
+        }
+        batch_stream(builder.build())
+    }
+
+    async fn get_flight_info_primary_keys(
+        &self,
+        query: CommandGetPrimaryKeys,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        command_info(query.as_any(), &primary_keys_schema(), request.into_inner())
+    }
+
+    async fn do_get_primary_keys(
+        &self,
+        _query: CommandGetPrimaryKeys,
+        _request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        batch_stream(Ok(RecordBatch::new_empty(primary_keys_schema())))
+    }
+
+    async fn get_flight_info_imported_keys(
+        &self,
+        query: CommandGetImportedKeys,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        command_info(query.as_any(), &foreign_keys_schema(), request.into_inner())
+    }
+
+    async fn do_get_imported_keys(
+        &self,
+        _query: CommandGetImportedKeys,
+        _request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        batch_stream(Ok(RecordBatch::new_empty(foreign_keys_schema())))
+    }
+
+    async fn get_flight_info_exported_keys(
+        &self,
+        query: CommandGetExportedKeys,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        command_info(query.as_any(), &foreign_keys_schema(), request.into_inner())
+    }
+
+    async fn do_get_exported_keys(
+        &self,
+        _query: CommandGetExportedKeys,
+        _request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        batch_stream(Ok(RecordBatch::new_empty(foreign_keys_schema())))
+    }
+
+    async fn get_flight_info_cross_reference(
+        &self,
+        query: CommandGetCrossReference,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        command_info(query.as_any(), &foreign_keys_schema(), request.into_inner())
+    }
+
+    async fn do_get_cross_reference(
+        &self,
+        _query: CommandGetCrossReference,
+        _request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        batch_stream(Ok(RecordBatch::new_empty(foreign_keys_schema())))
+    }
+
     /// Members' calls: workers joining and heartbeating, and followers
     /// taking snapshots.
     async fn do_action_fallback(
         &self,
         request: Request<Action>,
     ) -> Result<Response<<Self as FlightService>::DoActionStream>, Status> {
-        // Members only: every one of these carries the cluster's secret.
-        tessera_worker::secret::check_metadata(request.metadata(), request.remote_addr())?;
-        let action = request.into_inner();
-        let coordinator = self.coordinator();
-        if action.r#type == SNAPSHOT_ACTION {
-            return snapshot_for_follower(&coordinator, &action.body).map(Response::new);
-        }
-        if action.r#type == PIN_ACTION {
-            return pin_for_follower(&coordinator, &action.body).map(Response::new);
-        }
-        if let Some(follower) = coordinator.follower() {
-            if !matches!(action.r#type.as_str(), JOIN_ACTION | HEARTBEAT_ACTION) {
-                return Err(Status::invalid_argument(format!(
-                    "unknown action '{}'",
-                    action.r#type
-                )));
-            }
-            // The leader keeps membership; a worker may know only this one.
-            let body = follower.forward_action(action).await.map_err(status)?;
-            let result = arrow_flight::Result { body };
-            return Ok(Response::new(Box::pin(futures::stream::iter([Ok(result)]))));
-        }
-        let hello: MemberHello = serde_json::from_slice(&action.body).map_err(|e| {
-            Status::invalid_argument(format!(
-                "'{}' carries no worker description ({e})",
-                action.r#type
-            ))
-        })?;
-        let reply = match action.r#type.as_str() {
-            JOIN_ACTION => {
-                let joined = guarded(async move { coordinator.join(hello).await })
-                    .await
-                    .map_err(status)?;
-                serde_json::to_vec(&joined)
-            }
-            HEARTBEAT_ACTION => serde_json::to_vec(&coordinator.heartbeat(&hello).map_err(status)?),
-            other => {
-                return Err(Status::invalid_argument(format!(
-                    "unknown action '{other}'"
-                )));
-            }
-        }
-        .map_err(|e| Status::internal(format!("membership reply: {e}")))?;
-        let result = arrow_flight::Result { body: reply.into() };
-        Ok(Response::new(Box::pin(futures::stream::iter([Ok(result)]))))
+        crate::flight_members::member_action(self.coordinator(), request)
+            .await
+            .map(Response::new)
     }
-}
-
-type ActionStream =
-    Pin<Box<dyn Stream<Item = Result<arrow_flight::Result, Status>> + Send + 'static>>;
-
-/// A follower's running query's snapshot, taken from the leader before
-/// this one, pinned here while the call stays open.
-fn pin_for_follower(coordinator: &Coordinator, body: &[u8]) -> Result<ActionStream, Status> {
-    if coordinator.follower().is_some() {
-        return Err(Status::unavailable(
-            "this coordinator is taking over the lead of the cluster; retry in a moment",
-        ));
-    }
-    let request: PinRequest = serde_json::from_slice(body)
-        .map_err(|e| Status::invalid_argument(format!("unreadable pin request ({e})")))?;
-    let catalog = coordinator.catalog();
-    let pin = catalog.pin_xmin(request.xmin).map_err(status)?;
-    Ok(held_open(catalog, pin, arrow_flight::Result::default()))
-}
-
-/// A call's answer `first`, then nothing until the caller drops the call
-/// or this coordinator stops: `hold` is kept as long.
-fn held_open<H: Send + 'static>(
-    catalog: &crate::catalog::Catalog,
-    hold: H,
-    first: arrow_flight::Result,
-) -> ActionStream {
-    let mut stopped = catalog.stopped.subscribe();
-    let rest = futures::stream::once(async move {
-        let _ = stopped.wait_for(|s| *s).await;
-        drop(hold);
-    })
-    .filter_map(|()| std::future::ready(None));
-    Box::pin(futures::stream::iter([Ok(first)]).chain(rest))
-}
-
-/// A snapshot for a follower's query, with the leader's catalog revision
-/// and members. Pinned: the call stays open, and the snapshot with it,
-/// until the follower drops it or this coordinator stops.
-fn snapshot_for_follower(coordinator: &Coordinator, body: &[u8]) -> Result<ActionStream, Status> {
-    let request: SnapshotRequest = if body.is_empty() {
-        SnapshotRequest::default()
-    } else {
-        serde_json::from_slice(body).map_err(|e| {
-            Status::invalid_argument(format!(
-                "unreadable snapshot request ({e}); run the same Tessera version on every \
-                 coordinator"
-            ))
-        })?
-    };
-    let catalog = coordinator.catalog();
-    if coordinator.follower().is_some() {
-        // A follower that just won the lead answers so until it leads.
-        return Err(Status::unavailable(
-            "this coordinator is taking over the lead of the cluster; retry in a moment",
-        ));
-    }
-    if let Some(target) = request.fresh {
-        catalog.want_fresh(target);
-    }
-    let (snapshot, pin) = catalog.snapshot().map_err(status)?;
-    let reply = SnapshotReply {
-        snapshot,
-        revision: catalog.revision(),
-        members: catalog.membership().wire().map_err(status)?,
-        sequence: catalog.next_reply_sequence(),
-        from: String::new(),
-    };
-    let encoded =
-        serde_json::to_vec(&reply).map_err(|e| Status::internal(format!("snapshot reply: {e}")))?;
-    let first = arrow_flight::Result {
-        body: encoded.into(),
-    };
-    if !request.pin {
-        drop(pin);
-        return Ok(Box::pin(futures::stream::iter([Ok(first)])));
-    }
-    Ok(held_open(catalog, pin, first))
 }

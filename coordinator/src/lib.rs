@@ -13,6 +13,8 @@ mod compaction_log;
 mod distribution;
 mod engine;
 mod failpoint;
+mod flight_members;
+mod flight_meta;
 mod flight_sql;
 mod follow;
 mod index;

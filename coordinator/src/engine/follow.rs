@@ -156,7 +156,7 @@ impl Coordinator {
 
     /// Registers here the external tables the leader created, and drops
     /// those it dropped.
-    async fn sync_external_tables(&self) {
+    pub(super) async fn sync_external_tables(&self) {
         let Ok(state) = self.catalog.state() else {
             return;
         };
