@@ -9,6 +9,7 @@ mod explain;
 mod follow;
 mod members;
 mod metadata;
+mod params;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -40,6 +41,7 @@ use crate::schema::TesseraSchema;
 use crate::snapshot::session_at_snapshot;
 
 pub use metadata::{FunctionNames, TABLE_TYPES};
+pub use params::{ParamRow, param_rows};
 
 use ddl::show_tessera_option;
 use errors::{name_unreachable_worker, with_hint};
@@ -361,8 +363,14 @@ impl Coordinator {
     /// Plans (and, for statements with effects, runs) one SQL statement; it
     /// enters the query log when its rows have been sent.
     pub async fn plan(&self, sql: &str) -> Result<Planned> {
+        self.plan_with(sql, &[]).await
+    }
+
+    /// As [`Self::plan`], with parameter values: one row binds them, more
+    /// run the statement for each row (an INSERT as one statement).
+    pub async fn plan_with(&self, sql: &str, rows: &[ParamRow]) -> Result<Planned> {
         let recorder = self.log.begin(sql);
-        match self.plan_statement(sql).await {
+        match self.plan_statement(sql, rows).await {
             Ok(Planned::Plan(plan, ctx, _, members)) => {
                 Ok(Planned::Plan(plan, ctx, Some(recorder), members))
             }
@@ -378,18 +386,23 @@ impl Coordinator {
         }
     }
 
-    async fn plan_statement(&self, sql: &str) -> Result<Planned> {
+    async fn plan_statement(&self, sql: &str, rows: &[ParamRow]) -> Result<Planned> {
         let statement = parse_statement(sql)?;
         match self.catalog.follower() {
             Some(follower) => {
                 let follower = Arc::clone(follower);
-                self.plan_following(&follower, sql, statement).await
+                self.plan_following(&follower, sql, statement, rows).await
             }
-            None => self.plan_parsed(statement).await,
+            None => self.plan_parsed(statement, rows).await,
         }
     }
 
-    async fn plan_parsed(&self, statement: Statement) -> Result<Planned> {
+    async fn plan_parsed(&self, statement: Statement, rows: &[ParamRow]) -> Result<Planned> {
+        if !rows.is_empty() && !matches!(statement, Statement::Sql(_)) {
+            return plan_err!(
+                "this statement takes no parameters; only queries, INSERT, UPDATE and DELETE do"
+            );
+        }
         match statement {
             // Boxed: CREATE TABLE ... AS SELECT plans an INSERT in turn.
             Statement::CreateTable(ct) => Box::pin(self.create_table(ct)).await,
@@ -422,7 +435,8 @@ impl Coordinator {
             }
             Statement::ShowWorkers => self.show_workers(),
             Statement::AlterWorker { id, action } => self.alter_worker(&id, action).await,
-            Statement::Sql(sql) => self.plan_datafusion(&sql).await,
+            Statement::Sql(sql) if rows.len() > 1 => self.plan_many(&sql, rows).await,
+            Statement::Sql(sql) => self.plan_datafusion(&sql, rows.first()).await,
         }
     }
 
@@ -512,7 +526,7 @@ impl Coordinator {
         self.plan(sql).await?.execute()?.try_collect().await
     }
 
-    async fn plan_datafusion(&self, sql: &str) -> Result<Planned> {
+    async fn plan_datafusion(&self, sql: &str, params: Option<&ParamRow>) -> Result<Planned> {
         let trimmed = sql.trim_start();
         if let Some(inner) = strip_explain(trimmed) {
             return self.explain(inner).await;
@@ -528,6 +542,15 @@ impl Coordinator {
             .create_logical_plan(sql)
             .await
             .map_err(|e| with_hint(e, &state, sql))?;
+        let plan = match params {
+            Some(values) => params::bind(plan, values)?,
+            None => plan,
+        };
+        self.plan_logical(sql, plan).await
+    }
+
+    /// Runs or plans a statement DataFusion planned (`sql` is its text).
+    async fn plan_logical(&self, sql: &str, plan: LogicalPlan) -> Result<Planned> {
         match &plan {
             LogicalPlan::Ddl(DdlStatement::CreateExternalTable(ext)) => {
                 let name = ext.name.table().to_string();

@@ -15,7 +15,20 @@ use arrow_flight::sql::{
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 
+use arrow_flight::encode::FlightDataEncoderBuilder;
+use arrow_flight::{FlightDescriptor, FlightEndpoint, FlightInfo, IpcMessage, SchemaAsIpc, Ticket};
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::error::ArrowError;
+use datafusion::arrow::ipc::writer::IpcWriteOptions;
+use futures::TryStreamExt;
+use prost::Message;
+use tonic::{Response, Status};
+
 use crate::engine::FunctionNames;
+
+/// What DoGet answers with.
+pub type DoGetStream =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<arrow_flight::FlightData, Status>> + Send>>;
 
 /// A bitmask with the bits of `values` set.
 fn bits(values: &[i32]) -> i32 {
@@ -345,4 +358,43 @@ pub fn foreign_keys_schema() -> SchemaRef {
         Field::new("update_rule", DataType::UInt8, false),
         Field::new("delete_rule", DataType::UInt8, false),
     ]))
+}
+
+/// A schema as Flight SQL sends it in a prepared statement's description.
+pub fn ipc_schema(schema: &Schema) -> Result<bytes::Bytes, Status> {
+    let IpcMessage(bytes) = SchemaAsIpc::new(schema, &IpcWriteOptions::default())
+        .try_into()
+        .map_err(|e: ArrowError| Status::internal(e.to_string()))?;
+    Ok(bytes)
+}
+
+/// A metadata command's FlightInfo: its schema, and a ticket carrying the
+/// command back to DoGet.
+pub fn command_info(
+    command: arrow_flight::sql::Any,
+    schema: &Schema,
+    descriptor: FlightDescriptor,
+) -> Result<Response<FlightInfo>, Status> {
+    let info = FlightInfo::new()
+        .try_with_schema(schema)
+        .map_err(|e| Status::internal(e.to_string()))?
+        .with_endpoint(FlightEndpoint::new().with_ticket(Ticket::new(command.encode_to_vec())))
+        .with_descriptor(descriptor);
+    Ok(Response::new(info))
+}
+
+pub fn flight_status(e: FlightError) -> Status {
+    Status::internal(e.to_string())
+}
+
+/// One batch as a DoGet stream.
+pub fn batch_stream(
+    batch: Result<RecordBatch, FlightError>,
+) -> Result<Response<DoGetStream>, Status> {
+    let batch = batch.map_err(flight_status)?;
+    let data = FlightDataEncoderBuilder::new()
+        .with_schema(batch.schema())
+        .build(futures::stream::iter([Ok(batch)]))
+        .map_err(flight_status);
+    Ok(Response::new(Box::pin(data)))
 }

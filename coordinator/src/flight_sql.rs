@@ -6,7 +6,6 @@
 //! streams the rows. Prepared statements carry their SQL as the handle.
 
 use std::collections::HashMap;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -21,23 +20,25 @@ use arrow_flight::sql::{
     CommandGetDbSchemas, CommandGetExportedKeys, CommandGetImportedKeys, CommandGetPrimaryKeys,
     CommandGetSqlInfo, CommandGetTableTypes, CommandGetTables, CommandGetXdbcTypeInfo,
     CommandPreparedStatementQuery, CommandPreparedStatementUpdate, CommandStatementIngest,
-    CommandStatementQuery, CommandStatementUpdate, ProstMessageExt, SqlInfo, TicketStatementQuery,
+    CommandStatementQuery, CommandStatementUpdate, DoPutPreparedStatementResult, ProstMessageExt,
+    SqlInfo, TicketStatementQuery,
 };
-use arrow_flight::{
-    Action, FlightDescriptor, FlightEndpoint, FlightInfo, IpcMessage, SchemaAsIpc, Ticket,
-};
+use arrow_flight::{Action, FlightDescriptor, FlightEndpoint, FlightInfo, Ticket};
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::{DataType, FieldRef, Schema, SchemaRef};
-use datafusion::arrow::error::ArrowError;
-use datafusion::arrow::ipc::writer::IpcWriteOptions;
 use datafusion::common::DataFusionError;
-use futures::{Stream, TryStreamExt};
+use futures::TryStreamExt;
 use prost::Message;
+use tessera_sql::number_placeholders;
 use tessera_worker::to_status;
 use tonic::{Request, Response, Status};
 
-use crate::engine::{Coordinator, Planned, TABLE_TYPES, rows_written};
-use crate::flight_meta::{foreign_keys_schema, primary_keys_schema, sql_info, xdbc_types};
+use crate::engine::{Coordinator, ParamRow, Planned, TABLE_TYPES, rows_written};
+use crate::flight_meta::{
+    DoGetStream, batch_stream, command_info, flight_status, foreign_keys_schema, ipc_schema,
+    primary_keys_schema, sql_info, xdbc_types,
+};
+use crate::flight_prepared::{PreparedStatements, read_params};
 use crate::panic_guard::{guarded, guarded_stream};
 use crate::retry::{Retry, plan_statement, retrying};
 
@@ -46,7 +47,15 @@ const RESULT_TTL: Duration = Duration::from_secs(600);
 /// gRPC carries error text in a header; keep it well under its 16 KiB limit.
 const MAX_ERROR_BYTES: usize = 4000;
 
-type DoGetStream = Pin<Box<dyn Stream<Item = Result<arrow_flight::FlightData, Status>> + Send>>;
+/// A planned statement waiting for its DoGet: with what to plan it again
+/// from if a worker failure stops it.
+struct Parked {
+    at: Instant,
+    planned: Planned,
+    sql: String,
+    params: Vec<ParamRow>,
+    retry: Retry,
+}
 
 /// The coordinator serving clients; a follower is replaced by a leader
 /// when it takes over the lead.
@@ -56,7 +65,8 @@ pub struct TesseraFlightSql {
     serving: Serving,
     /// Planned statements waiting for their DoGet, with their SQL (a query
     /// a worker failure stops is planned again).
-    results: Mutex<HashMap<String, (Instant, Planned, String, Retry)>>,
+    results: Mutex<HashMap<String, Parked>>,
+    prepared: PreparedStatements,
     sql_info: std::sync::OnceLock<Arc<SqlInfoData>>,
 }
 
@@ -78,6 +88,7 @@ impl TesseraFlightSql {
         Self {
             serving,
             results: Mutex::new(HashMap::new()),
+            prepared: PreparedStatements::default(),
             sql_info: std::sync::OnceLock::new(),
         }
     }
@@ -99,16 +110,28 @@ impl TesseraFlightSql {
         }
     }
 
-    fn park(&self, planned: Planned, sql: &str, retry: Retry) -> Result<String, Status> {
+    fn park(
+        &self,
+        planned: Planned,
+        sql: &str,
+        params: Vec<ParamRow>,
+        retry: Retry,
+    ) -> Result<String, Status> {
         let handle = uuid::Uuid::new_v4().to_string();
         let mut results = self
             .results
             .lock()
             .map_err(|_| Status::internal("result cache poisoned"))?;
-        results.retain(|_, (at, ..)| at.elapsed() < RESULT_TTL);
+        results.retain(|_, p| p.at.elapsed() < RESULT_TTL);
         results.insert(
             handle.clone(),
-            (Instant::now(), planned, sql.to_string(), retry),
+            Parked {
+                at: Instant::now(),
+                planned,
+                sql: sql.to_string(),
+                params,
+                retry,
+            },
         );
         Ok(handle)
     }
@@ -116,6 +139,7 @@ impl TesseraFlightSql {
     async fn flight_info(
         &self,
         sql: &str,
+        params: Vec<ParamRow>,
         descriptor: FlightDescriptor,
     ) -> Result<Response<FlightInfo>, Status> {
         let span = tracing::info_span!("query", sql = %sql.chars().take(200).collect::<String>());
@@ -124,7 +148,7 @@ impl TesseraFlightSql {
         // it (a GLOBAL index is looked up while planning).
         let coordinator = self.coordinator();
         let mut retry = Retry::begin(&coordinator);
-        let planned = guarded(plan_statement(&coordinator, sql, &mut retry))
+        let planned = guarded(plan_statement(&coordinator, sql, &params, &mut retry))
             .await
             .map_err(status)?;
         // DoGet sends dictionaries as their values; the FlightInfo schema
@@ -134,7 +158,7 @@ impl TesseraFlightSql {
             Planned::Ready(_, batches) => batches.iter().map(|b| b.num_rows() as i64).sum(),
             Planned::Plan(..) => -1,
         };
-        let handle = self.park(planned, sql, retry)?;
+        let handle = self.park(planned, sql, params, retry)?;
         let ticket = TicketStatementQuery {
             statement_handle: handle.into_bytes().into(),
         };
@@ -149,39 +173,19 @@ impl TesseraFlightSql {
         Ok(Response::new(info))
     }
 
-    async fn update(&self, sql: &str) -> Result<i64, Status> {
-        let batches = guarded(self.coordinator().run(sql)).await.map_err(status)?;
+    async fn update(&self, sql: &str, params: &[ParamRow]) -> Result<i64, Status> {
+        let coordinator = self.coordinator();
+        let run = async {
+            coordinator
+                .plan_with(sql, params)
+                .await?
+                .execute()?
+                .try_collect::<Vec<_>>()
+                .await
+        };
+        let batches = guarded(run).await.map_err(status)?;
         Ok(rows_written(&batches) as i64)
     }
-}
-
-/// A metadata command's FlightInfo: its schema, and a ticket carrying the
-/// command back to DoGet.
-fn command_info(
-    command: arrow_flight::sql::Any,
-    schema: &Schema,
-    descriptor: FlightDescriptor,
-) -> Result<Response<FlightInfo>, Status> {
-    let info = FlightInfo::new()
-        .try_with_schema(schema)
-        .map_err(|e| Status::internal(e.to_string()))?
-        .with_endpoint(FlightEndpoint::new().with_ticket(Ticket::new(command.encode_to_vec())))
-        .with_descriptor(descriptor);
-    Ok(Response::new(info))
-}
-
-fn flight_status(e: FlightError) -> Status {
-    Status::internal(e.to_string())
-}
-
-/// One batch as a DoGet stream.
-fn batch_stream(batch: Result<RecordBatch, FlightError>) -> Result<Response<DoGetStream>, Status> {
-    let batch = batch.map_err(flight_status)?;
-    let data = FlightDataEncoderBuilder::new()
-        .with_schema(batch.schema())
-        .build(futures::stream::iter([Ok(batch)]))
-        .map_err(flight_status);
-    Ok(Response::new(Box::pin(data)))
 }
 
 /// The schema with dictionary columns as their value types, as DoGet sends them.
@@ -212,7 +216,8 @@ impl FlightSqlService for TesseraFlightSql {
         query: CommandStatementQuery,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.flight_info(&query.query, request.into_inner()).await
+        self.flight_info(&query.query, vec![], request.into_inner())
+            .await
     }
 
     async fn get_flight_info_prepared_statement(
@@ -220,8 +225,8 @@ impl FlightSqlService for TesseraFlightSql {
         cmd: CommandPreparedStatementQuery,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let sql = utf8(&cmd.prepared_statement_handle)?.to_string();
-        self.flight_info(&sql, request.into_inner()).await
+        let (sql, params) = self.prepared.get(&cmd.prepared_statement_handle)?;
+        self.flight_info(&sql, params, request.into_inner()).await
     }
 
     async fn do_get_statement(
@@ -238,12 +243,18 @@ impl FlightSqlService for TesseraFlightSql {
             .ok_or_else(|| {
                 Status::not_found("unknown or expired result handle; run the statement again")
             })?;
-        let (_, planned, sql, retry) = planned;
+        let Parked {
+            planned,
+            sql,
+            params,
+            retry,
+            ..
+        } = planned;
         let schema = planned.schema();
         let is_query = matches!(planned, Planned::Plan(..));
         let stream = planned.execute().map_err(status)?;
         let stream = if is_query {
-            retrying(self.coordinator(), sql, stream, retry)
+            retrying(self.coordinator(), sql, params, stream, retry)
         } else {
             stream
         };
@@ -267,7 +278,7 @@ impl FlightSqlService for TesseraFlightSql {
         ticket: CommandStatementUpdate,
         _request: Request<PeekableFlightDataStream>,
     ) -> Result<i64, Status> {
-        self.update(&ticket.query).await
+        self.update(&ticket.query, &[]).await
     }
 
     /// Bulk ingestion (ADBC `adbc_ingest`, `tessera load`): appends the
@@ -338,10 +349,13 @@ impl FlightSqlService for TesseraFlightSql {
     async fn do_put_prepared_statement_update(
         &self,
         query: CommandPreparedStatementUpdate,
-        _request: Request<PeekableFlightDataStream>,
+        request: Request<PeekableFlightDataStream>,
     ) -> Result<i64, Status> {
-        let sql = utf8(&query.prepared_statement_handle)?.to_string();
-        self.update(&sql).await
+        let (sql, bound) = self.prepared.get(&query.prepared_statement_handle)?;
+        // The values come with the call (or were bound before it).
+        let sent = read_params(request.into_inner()).await?;
+        let params = if sent.is_empty() { bound } else { sent };
+        self.update(&sql, &params).await
     }
 
     async fn do_action_create_prepared_statement(
@@ -349,35 +363,54 @@ impl FlightSqlService for TesseraFlightSql {
         query: ActionCreatePreparedStatementRequest,
         _request: Request<Action>,
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
-        // The handle is the SQL itself: planning happens at execution, so a
-        // prepared statement sees the catalog as it is then. The dataset
-        // schema tells clients (JDBC) a query from an update.
-        let dataset_schema = match guarded(self.coordinator().result_schema(&query.query))
+        // Planning happens at execution, so a prepared statement sees the
+        // catalog as it is then. The dataset schema tells clients (JDBC) a
+        // query from an update; the parameter schema says what to bind.
+        let (sql, _) = number_placeholders(&query.query).map_err(status)?;
+        let coordinator = self.coordinator();
+        let dataset_schema = match guarded(coordinator.result_schema(&sql))
             .await
             .map_err(status)?
         {
-            Some(schema) => {
-                let IpcMessage(bytes) =
-                    SchemaAsIpc::new(&hydrated(&schema), &IpcWriteOptions::default())
-                        .try_into()
-                        .map_err(|e: ArrowError| Status::internal(e.to_string()))?;
-                bytes
-            }
+            Some(schema) => ipc_schema(&hydrated(&schema))?,
             None => Default::default(),
         };
+        let parameters = guarded(coordinator.parameter_schema(&sql))
+            .await
+            .map_err(status)?;
+        let parameter_schema = if parameters.fields().is_empty() {
+            Default::default()
+        } else {
+            ipc_schema(&parameters)?
+        };
         Ok(ActionCreatePreparedStatementResult {
-            prepared_statement_handle: query.query.into_bytes().into(),
+            prepared_statement_handle: self.prepared.create(sql)?.into_bytes().into(),
             dataset_schema,
-            parameter_schema: Default::default(),
+            parameter_schema,
+        })
+    }
+
+    /// Parameter values for a prepared query (or an update sent as one),
+    /// kept with it until it runs.
+    async fn do_put_prepared_statement_query(
+        &self,
+        query: CommandPreparedStatementQuery,
+        request: Request<PeekableFlightDataStream>,
+    ) -> Result<DoPutPreparedStatementResult, Status> {
+        let params = read_params(request.into_inner()).await?;
+        self.prepared
+            .bind(&query.prepared_statement_handle, params)?;
+        Ok(DoPutPreparedStatementResult {
+            prepared_statement_handle: Some(query.prepared_statement_handle),
         })
     }
 
     async fn do_action_close_prepared_statement(
         &self,
-        _query: ActionClosePreparedStatementRequest,
+        query: ActionClosePreparedStatementRequest,
         _request: Request<Action>,
     ) -> Result<(), Status> {
-        Ok(())
+        self.prepared.close(&query.prepared_statement_handle)
     }
 
     async fn register_sql_info(&self, _id: i32, _result: &SqlInfo) {}

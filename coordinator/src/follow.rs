@@ -26,9 +26,9 @@ use std::time::Duration;
 use arrow_flight::flight_service_client::FlightServiceClient;
 use arrow_flight::sql::{CommandStatementQuery, ProstMessageExt};
 use arrow_flight::{Action, FlightClient, FlightData, FlightDescriptor, PutResult};
-use datafusion::arrow::array::RecordBatch;
-use datafusion::arrow::datatypes::SchemaRef;
-use datafusion::common::{DataFusionError, Result};
+use datafusion::arrow::array::{RecordBatch, RecordBatchOptions};
+use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
+use datafusion::common::{DataFusionError, Result, ScalarValue};
 use futures::{Stream, StreamExt, TryStreamExt};
 use prost::Message;
 use serde::{Deserialize, Serialize};
@@ -252,6 +252,95 @@ impl Follower {
         run.await
     }
 
+    /// Runs a statement with effects and parameter values on the leader
+    /// (as a prepared statement there), and returns its rows.
+    pub async fn forward_prepared(
+        &self,
+        sql: &str,
+        rows: &[crate::engine::ParamRow],
+    ) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+        use arrow_flight::sql::{
+            ActionClosePreparedStatementRequest, ActionCreatePreparedStatementRequest,
+            ActionCreatePreparedStatementResult, Any, CommandPreparedStatementQuery,
+        };
+        let url = self.leader(false).await?;
+        let mut client = FlightClient::new(shared_channel(&url, false)?);
+        let request = ActionCreatePreparedStatementRequest {
+            query: sql.to_string(),
+            transaction_id: None,
+        };
+        let mut created = client
+            .do_action(Action::new(
+                "CreatePreparedStatement",
+                request.as_any().encode_to_vec(),
+            ))
+            .await
+            .map_err(|e| self.failed(&url, e))?;
+        let body = created
+            .try_next()
+            .await
+            .map_err(|e| self.failed(&url, e))?
+            .ok_or_else(|| ErrorKind::Unavailable.error(format!("{url} answered nothing")))?;
+        let prepared: ActionCreatePreparedStatementResult = Any::decode(body)
+            .ok()
+            .and_then(|any| any.unpack().ok().flatten())
+            .ok_or_else(|| {
+                DataFusionError::Execution(format!(
+                    "the leader at {url} answered CreatePreparedStatement with something else"
+                ))
+            })?;
+        let handle = prepared.prepared_statement_handle;
+        let values = params_batch(rows)?;
+        let command = CommandPreparedStatementQuery {
+            prepared_statement_handle: handle.clone(),
+        };
+        let descriptor = FlightDescriptor::new_cmd(command.as_any().encode_to_vec());
+        let data = arrow_flight::encode::FlightDataEncoderBuilder::new()
+            .with_flight_descriptor(Some(descriptor.clone()))
+            .build(futures::stream::iter([Ok(values)]));
+        let run = async {
+            let _: Vec<PutResult> = client
+                .do_put(data)
+                .await
+                .map_err(|e| self.failed(&url, e))?
+                .try_collect()
+                .await
+                .map_err(|e| self.failed(&url, e))?;
+            let info = client
+                .get_flight_info(descriptor)
+                .await
+                .map_err(|e| self.failed_after_send(&url, e))?;
+            let schema = Arc::new(info.clone().try_decode_schema()?);
+            let mut batches = vec![];
+            for endpoint in info.endpoint {
+                let Some(ticket) = endpoint.ticket else {
+                    continue;
+                };
+                let stream = client
+                    .do_get(ticket)
+                    .await
+                    .map_err(|e| self.failed_after_send(&url, e))?;
+                let mut part: Vec<RecordBatch> = stream
+                    .try_collect()
+                    .await
+                    .map_err(|e| self.failed_after_send(&url, e))?;
+                batches.append(&mut part);
+            }
+            Ok::<_, DataFusionError>((schema, batches))
+        };
+        let result = run.await;
+        let close = ActionClosePreparedStatementRequest {
+            prepared_statement_handle: handle,
+        };
+        let _ = client
+            .do_action(Action::new(
+                "ClosePreparedStatement",
+                close.as_any().encode_to_vec(),
+            ))
+            .await;
+        result
+    }
+
     /// Passes a DoPut (bulk ingest) to the leader as it streams in, and
     /// returns the rows it wrote.
     pub async fn forward_put(
@@ -436,6 +525,30 @@ impl Follower {
             .ok_or_else(|| ErrorKind::Unavailable.error(format!("{url} answered nothing")))??;
         Ok(Box::new(stream))
     }
+}
+
+/// Rows of parameter values as one batch: a column per parameter.
+fn params_batch(rows: &[crate::engine::ParamRow]) -> Result<RecordBatch> {
+    let width = rows.first().map_or(0, Vec::len);
+    let mut fields = vec![];
+    let mut columns = vec![];
+    for i in 0..width {
+        let column = ScalarValue::iter_to_array(
+            rows.iter()
+                .map(|r| r.get(i).cloned().unwrap_or(ScalarValue::Null)),
+        )?;
+        fields.push(Field::new(
+            format!("${}", i + 1),
+            column.data_type().clone(),
+            true,
+        ));
+        columns.push(column);
+    }
+    let schema = Arc::new(Schema::new(fields));
+    let options = RecordBatchOptions::new().with_row_count(Some(rows.len()));
+    Ok(RecordBatch::try_new_with_options(
+        schema, columns, &options,
+    )?)
 }
 
 /// How long a follower waits for its watch to bring the catalog up to

@@ -15,6 +15,7 @@ mod engine;
 mod failpoint;
 mod flight_members;
 mod flight_meta;
+mod flight_prepared;
 mod flight_sql;
 mod follow;
 mod index;

@@ -21,7 +21,7 @@ use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use futures::StreamExt;
 use tessera_worker::{WorkerUnavailable, is_worker_failure};
 
-use crate::engine::{Coordinator, Planned};
+use crate::engine::{Coordinator, ParamRow, Planned};
 
 /// Runs of one read-only query at most: enough for a worker to restart,
 /// few enough that a worker that stays down is reported within seconds.
@@ -98,9 +98,10 @@ impl Retry {
 pub async fn plan_statement(
     coordinator: &Coordinator,
     sql: &str,
+    params: &[ParamRow],
     retry: &mut Retry,
 ) -> Result<Planned> {
-    let mut result = coordinator.plan(sql).await;
+    let mut result = coordinator.plan_with(sql, params).await;
     let mut read_only = None;
     loop {
         let e = match result {
@@ -117,7 +118,7 @@ pub async fn plan_statement(
         if !retry.again(coordinator, &e).await {
             return Err(name_missing_worker(e, coordinator).await);
         }
-        result = coordinator.plan(sql).await;
+        result = coordinator.plan_with(sql, params).await;
     }
 }
 
@@ -129,6 +130,7 @@ pub const HOLD_BYTES: usize = 8 << 20;
 struct Attempt {
     coordinator: Arc<Coordinator>,
     sql: String,
+    params: Vec<ParamRow>,
     stream: SendableRecordBatchStream,
     /// Rows of this run not sent yet, and their size.
     held: VecDeque<RecordBatch>,
@@ -144,6 +146,7 @@ struct Attempt {
 pub fn retrying(
     coordinator: Arc<Coordinator>,
     sql: String,
+    params: Vec<ParamRow>,
     first: SendableRecordBatchStream,
     retry: Retry,
 ) -> SendableRecordBatchStream {
@@ -151,6 +154,7 @@ pub fn retrying(
     let attempt = Attempt {
         coordinator,
         sql,
+        params,
         stream: first,
         held: VecDeque::new(),
         held_bytes: 0,
@@ -181,7 +185,12 @@ pub fn retrying(
                     }
                     a.held.clear();
                     a.held_bytes = 0;
-                    match a.coordinator.plan(&a.sql).await.and_then(|p| p.execute()) {
+                    match a
+                        .coordinator
+                        .plan_with(&a.sql, &a.params)
+                        .await
+                        .and_then(|p| p.execute())
+                    {
                         Ok(stream) => a.stream = stream,
                         Err(e) => {
                             let schema = a.stream.schema();

@@ -7,6 +7,7 @@ mod depth;
 mod ident;
 mod index;
 mod key;
+mod placeholders;
 mod pruning;
 mod scheme;
 mod text;
@@ -19,6 +20,7 @@ pub use ddl::{
 pub use depth::MAX_EXPRESSION_DEPTH;
 pub use index::{FILE_COLUMN, IndexDef, IndexKind, IndexState, PART_COLUMN, ROW_COLUMN};
 pub use key::{KeyValue, encode_array_value, is_key_type};
+pub use placeholders::number_placeholders;
 pub use pruning::prune_partitions;
 pub use scheme::{
     HASH_SEED, PartitionScheme, Partitioner, hash_partition, hash_range, range_partition,

@@ -174,6 +174,15 @@ def test_two_coordinators_serve_and_the_follower_takes_over(data_dir):
             assert rows(cur_b, "SELECT count(*) AS n FROM t WHERE g = 3")[0]["n"] == 0
             ms_a, ms_b = point_query_ms(cur_a), point_query_ms(cur_b)
 
+            # Parameters through the follower: the leader runs the writes.
+            cur_b.execute("CREATE TABLE p (k BIGINT, v VARCHAR) PARTITION BY HASH (k) PARTITIONS 3")
+            cur_b.executemany("INSERT INTO p VALUES (?, ?)", [(i, f"v{i}") for i in range(20)])
+            cur_b.execute("INSERT INTO p VALUES (?, ?)", (20, None))
+            for cur in (cur_a, cur_b):
+                assert rows(cur, "SELECT count(*) AS n FROM p")[0]["n"] == 21
+                cur.execute("SELECT v FROM p WHERE k = ?", (7,))
+                assert cur.fetch_arrow_table().to_pylist() == [{"v": "v7"}]
+
             cur_a.execute("CREATE TABLE w (k BIGINT, b BIGINT) PARTITION BY HASH (k) PARTITIONS 6")
             seed = int(os.environ.get("TESSERA_SEED", random.randrange(1 << 30)))
             acked, bad = writers_and_readers([ua, ub], 40, seed)

@@ -6,7 +6,7 @@ use datafusion::sql::parser::{DFParser, Statement as DfStatement};
 use datafusion::sql::sqlparser::ast::{ObjectType, Set, Statement as SqlStatement};
 use tessera_sql::Statement;
 
-use super::{Coordinator, Planned};
+use super::{Coordinator, ParamRow, Planned};
 use crate::follow::Follower;
 
 /// Where a follower runs a statement.
@@ -141,17 +141,22 @@ impl Coordinator {
         follower: &Follower,
         sql: &str,
         statement: Statement,
+        rows: &[ParamRow],
     ) -> Result<Planned> {
         let route = route(&statement);
         if route != Route::Here {
-            let (schema, batches) = follower.forward(sql).await?;
+            let (schema, batches) = if rows.is_empty() {
+                follower.forward(sql).await?
+            } else {
+                follower.forward_prepared(sql, rows).await?
+            };
             if route == Route::Leader {
                 return Ok(Planned::Ready(schema, batches));
             }
         }
         let taken = crate::snapshot::take(&self.catalog).await?;
         self.sync_external_tables().await;
-        crate::snapshot::with_snapshot(taken, self.plan_parsed(statement)).await
+        crate::snapshot::with_snapshot(taken, self.plan_parsed(statement, rows)).await
     }
 
     /// Registers here the external tables the leader created, and drops
