@@ -288,8 +288,6 @@ impl FlightSqlService for TesseraFlightSql {
         cmd: CommandStatementIngest,
         request: Request<PeekableFlightDataStream>,
     ) -> Result<i64, Status> {
-        use arrow_flight::decode::FlightRecordBatchStream;
-        use arrow_flight::sql::TableExistsOption;
         let coordinator = self.coordinator();
         if let Some(follower) = coordinator.follower() {
             // The leader writes; the rows stream through as they come.
@@ -298,52 +296,7 @@ impl FlightSqlService for TesseraFlightSql {
                 .await
                 .map_err(status);
         }
-        let table = cmd.table;
-        if cmd.temporary {
-            return Err(Status::invalid_argument(
-                "temporary tables are not supported; ingest into a table made with CREATE TABLE",
-            ));
-        }
-        if let Some(opts) = cmd.table_definition_options
-            && opts.if_exists == TableExistsOption::Replace as i32
-        {
-            return Err(Status::invalid_argument(format!(
-                "ingest can only append; to replace '{table}', DROP TABLE and CREATE TABLE it first"
-            )));
-        }
-        if coordinator
-            .catalog()
-            .table_def(&table)
-            .map_err(status)?
-            .is_none()
-        {
-            return Err(Status::not_found(format!(
-                "table '{table}' does not exist; CREATE TABLE {table} (...) PARTITION BY ... first, \
-                 then ingest into it"
-            )));
-        }
-        let mut stream = FlightRecordBatchStream::new_from_flight_data(
-            request
-                .into_inner()
-                .map_err(|s| FlightError::Tonic(Box::new(s))),
-        );
-        let mut batches = vec![];
-        while let Some(batch) = stream.try_next().await.map_err(|e| {
-            Status::invalid_argument(format!("bad Arrow data in the ingest stream: {e}"))
-        })? {
-            batches.push(batch);
-        }
-        let Some(schema) = stream
-            .schema()
-            .cloned()
-            .or_else(|| batches.first().map(|b| b.schema()))
-        else {
-            return Ok(0);
-        };
-        let rows = guarded(coordinator.load(&table, schema, batches))
-            .await
-            .map_err(status)?;
-        Ok(rows as i64)
+        crate::flight_ingest::ingest(&coordinator, cmd, request.into_inner()).await
     }
 
     async fn do_put_prepared_statement_update(

@@ -13,6 +13,7 @@ mod compaction_log;
 mod distribution;
 mod engine;
 mod failpoint;
+mod flight_ingest;
 mod flight_members;
 mod flight_meta;
 mod flight_prepared;
