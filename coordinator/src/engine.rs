@@ -12,6 +12,7 @@ mod metadata;
 mod params;
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{RecordBatch, UInt64Array};
@@ -96,6 +97,16 @@ impl Planned {
             }
         }
     }
+}
+
+tokio::task_local! {
+    /// The session of the client whose statement runs.
+    static SESSION: SessionContext;
+}
+
+/// Runs `f` in a client's session: `SET` changes that session alone.
+pub async fn in_session<F: Future>(session: SessionContext, f: F) -> F::Output {
+    SESSION.scope(session, f).await
 }
 
 /// One coordinator: catalog plus a distributed DataFusion session.
@@ -221,7 +232,7 @@ impl Coordinator {
     /// an unknown value is refused and the option keeps its state.
     fn follow_switches(&self) -> Result<()> {
         use std::sync::atomic::Ordering;
-        let state = self.ctx.state_ref();
+        let state = self.ctx().state_ref();
         let mut state = state.write();
         let Some(opts) = state
             .config_mut()
@@ -272,6 +283,20 @@ impl Coordinator {
 
     pub fn catalog(&self) -> &Arc<Catalog> {
         &self.catalog
+    }
+
+    /// The session of the client whose statement runs now (see
+    /// [`in_session`]), or the coordinator's own.
+    fn ctx(&self) -> SessionContext {
+        SESSION
+            .try_with(SessionContext::clone)
+            .unwrap_or_else(|_| self.ctx.clone())
+    }
+
+    /// A new client session: the coordinator's settings as they are at
+    /// the start, its catalog shared.
+    pub fn new_session(&self) -> SessionContext {
+        SessionContext::new_with_state(self.ctx.state())
     }
 
     /// Resolves writes a crash left between prepare and commit: decided
@@ -349,7 +374,7 @@ impl Coordinator {
             return;
         };
         for (name, sql) in state.external_tables {
-            if let Err(e) = self.ctx.sql(&sql).await {
+            if let Err(e) = self.ctx().sql(&sql).await {
                 tracing::warn!(table = %name, error = %e, "external table could not be restored");
             }
         }
@@ -448,7 +473,7 @@ impl Coordinator {
         };
         use datafusion::common::tree_node::TreeNode;
         // EXPLAIN ANALYZE runs what it explains: look inside.
-        match self.ctx.state().create_logical_plan(&sql).await {
+        match self.ctx().state().create_logical_plan(&sql).await {
             Ok(plan) => !plan
                 .exists(|p| {
                     Ok(matches!(
@@ -487,7 +512,7 @@ impl Coordinator {
                 if let Some(name) = show_tessera_option(&sql) {
                     return Ok(Some(self.show_options(&name)?.schema()));
                 }
-                let state = self.ctx.state();
+                let state = self.ctx().state();
                 let plan = state
                     .create_logical_plan(&sql)
                     .await
@@ -537,7 +562,7 @@ impl Coordinator {
         if let Some(name) = show_tessera_option(trimmed) {
             return self.show_options(&name);
         }
-        let state = self.ctx.state();
+        let state = self.ctx().state();
         let plan = state
             .create_logical_plan(sql)
             .await
@@ -555,7 +580,7 @@ impl Coordinator {
             LogicalPlan::Ddl(DdlStatement::CreateExternalTable(ext)) => {
                 let name = ext.name.table().to_string();
                 let location = ext.locations.join(", ");
-                self.ctx.execute_logical_plan(plan).await.map_err(|e| {
+                self.ctx().execute_logical_plan(plan).await.map_err(|e| {
                     DataFusionError::Plan(format!(
                         "cannot create external table '{name}' from '{location}': {e}; check that \
                          LOCATION names readable files of the STORED AS format"
@@ -573,7 +598,7 @@ impl Coordinator {
                 plan_err!("CREATE TABLE is handled by Tessera; this form is not supported")
             }
             LogicalPlan::Dml(_) => {
-                let state = session_at_snapshot(self.ctx.state(), &self.catalog).await?;
+                let state = session_at_snapshot(self.ctx().state(), &self.catalog).await?;
                 let df = DataFrame::new(state, plan);
                 let schema = Arc::new(df.schema().as_arrow().clone());
                 let batches = df.collect().await?;
@@ -581,18 +606,18 @@ impl Coordinator {
             }
             LogicalPlan::Ddl(_) | LogicalPlan::Statement(_) => {
                 let is_statement = matches!(plan, LogicalPlan::Statement(_));
-                let df = self.ctx.execute_logical_plan(plan).await?;
+                let df = self.ctx().execute_logical_plan(plan).await?;
                 let schema = Arc::new(df.schema().as_arrow().clone());
                 let batches = df.collect().await?;
                 if is_statement {
                     // SET tessera.* may have changed what DataFusion must do.
-                    options::apply(&mut self.ctx.state_ref().write());
+                    options::apply(&mut self.ctx().state_ref().write());
                     self.follow_switches()?;
                 }
                 Ok(Planned::Ready(schema, batches))
             }
             _ => {
-                let state = session_at_snapshot(self.ctx.state(), &self.catalog).await?;
+                let state = session_at_snapshot(self.ctx().state(), &self.catalog).await?;
                 let df = DataFrame::new(state, plan);
                 let task_ctx = df.task_ctx();
                 let physical = df.create_physical_plan().await?;
@@ -604,7 +629,7 @@ impl Coordinator {
 
     /// A query planned at a snapshot taken now.
     async fn query(&self, sql: &str) -> Result<DataFrame> {
-        let state = session_at_snapshot(self.ctx.state(), &self.catalog).await?;
+        let state = session_at_snapshot(self.ctx().state(), &self.catalog).await?;
         let plan = state
             .create_logical_plan(sql)
             .await

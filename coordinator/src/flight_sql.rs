@@ -27,13 +27,14 @@ use arrow_flight::{Action, FlightDescriptor, FlightEndpoint, FlightInfo, Ticket}
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::{DataType, FieldRef, Schema, SchemaRef};
 use datafusion::common::DataFusionError;
+use datafusion::prelude::SessionContext;
 use futures::TryStreamExt;
 use prost::Message;
 use tessera_sql::number_placeholders;
 use tessera_worker::to_status;
 use tonic::{Request, Response, Status};
 
-use crate::engine::{Coordinator, ParamRow, Planned, TABLE_TYPES, rows_written};
+use crate::engine::{Coordinator, ParamRow, Planned, TABLE_TYPES, in_session, rows_written};
 use crate::flight_meta::{
     DoGetStream, batch_stream, command_info, flight_status, foreign_keys_schema, ipc_schema,
     primary_keys_schema, sql_info, xdbc_types,
@@ -54,7 +55,33 @@ struct Parked {
     planned: Planned,
     sql: String,
     params: Vec<ParamRow>,
+    session: SessionContext,
     retry: Retry,
+}
+
+/// A client's session, made by the coordinator serving it then (a new
+/// leader starts new sessions).
+struct Session {
+    coordinator: Arc<Coordinator>,
+    context: SessionContext,
+    used: Instant,
+}
+
+/// A session nobody used for this long is dropped.
+const SESSION_IDLE: Duration = Duration::from_secs(3600);
+
+/// Who a call comes from: its bearer token if it has one, else its
+/// connection (one per client: ADBC, JDBC and the shell each hold one).
+fn client_key(
+    metadata: &tonic::metadata::MetadataMap,
+    peer: Option<std::net::SocketAddr>,
+) -> String {
+    if let Some(auth) = metadata.get("authorization").and_then(|v| v.to_str().ok())
+        && let Some(token) = auth.strip_prefix("Bearer ")
+    {
+        return format!("token {token}");
+    }
+    peer.map_or_else(|| "unknown".to_string(), |p| format!("connection {p}"))
 }
 
 /// The coordinator serving clients; a follower is replaced by a leader
@@ -67,6 +94,8 @@ pub struct TesseraFlightSql {
     /// a worker failure stops is planned again).
     results: Mutex<HashMap<String, Parked>>,
     prepared: PreparedStatements,
+    /// Each client's session (its SET options), by client.
+    sessions: Mutex<HashMap<String, Session>>,
     sql_info: std::sync::OnceLock<Arc<SqlInfoData>>,
 }
 
@@ -89,6 +118,7 @@ impl TesseraFlightSql {
             serving,
             results: Mutex::new(HashMap::new()),
             prepared: PreparedStatements::default(),
+            sessions: Mutex::new(HashMap::new()),
             sql_info: std::sync::OnceLock::new(),
         }
     }
@@ -103,6 +133,59 @@ impl TesseraFlightSql {
         Ok(Arc::clone(self.sql_info.get_or_init(|| info)))
     }
 
+    /// The session of the client `request` comes from.
+    fn session<T>(&self, request: &Request<T>) -> Result<SessionContext, Status> {
+        let key = client_key(request.metadata(), request.remote_addr());
+        let coordinator = self.coordinator();
+        let mut sessions = self
+            .sessions
+            .lock()
+            .map_err(|_| Status::internal("sessions poisoned"))?;
+        sessions.retain(|_, s| s.used.elapsed() < SESSION_IDLE);
+        let session = sessions.entry(key).or_insert_with(|| Session {
+            coordinator: Arc::clone(&coordinator),
+            context: coordinator.new_session(),
+            used: Instant::now(),
+        });
+        if !Arc::ptr_eq(&session.coordinator, &coordinator) {
+            session.coordinator = Arc::clone(&coordinator);
+            session.context = coordinator.new_session();
+        }
+        session.used = Instant::now();
+        Ok(session.context.clone())
+    }
+
+    async fn prepare(
+        &self,
+        query: ActionCreatePreparedStatementRequest,
+    ) -> Result<ActionCreatePreparedStatementResult, Status> {
+        // Planning happens at execution, so a prepared statement sees the
+        // catalog as it is then. The dataset schema tells clients (JDBC) a
+        // query from an update; the parameter schema says what to bind.
+        let (sql, _) = number_placeholders(&query.query).map_err(status)?;
+        let coordinator = self.coordinator();
+        let dataset_schema = match guarded(coordinator.result_schema(&sql))
+            .await
+            .map_err(status)?
+        {
+            Some(schema) => ipc_schema(&hydrated(&schema))?,
+            None => Default::default(),
+        };
+        let parameters = guarded(coordinator.parameter_schema(&sql))
+            .await
+            .map_err(status)?;
+        let parameter_schema = if parameters.fields().is_empty() {
+            Default::default()
+        } else {
+            ipc_schema(&parameters)?
+        };
+        Ok(ActionCreatePreparedStatementResult {
+            prepared_statement_handle: self.prepared.create(sql)?.into_bytes().into(),
+            dataset_schema,
+            parameter_schema,
+        })
+    }
+
     fn coordinator(&self) -> Arc<Coordinator> {
         match self.serving.read() {
             Ok(c) => Arc::clone(&c),
@@ -115,6 +198,7 @@ impl TesseraFlightSql {
         planned: Planned,
         sql: &str,
         params: Vec<ParamRow>,
+        session: SessionContext,
         retry: Retry,
     ) -> Result<String, Status> {
         let handle = uuid::Uuid::new_v4().to_string();
@@ -130,6 +214,7 @@ impl TesseraFlightSql {
                 planned,
                 sql: sql.to_string(),
                 params,
+                session,
                 retry,
             },
         );
@@ -140,6 +225,7 @@ impl TesseraFlightSql {
         &self,
         sql: &str,
         params: Vec<ParamRow>,
+        session: SessionContext,
         descriptor: FlightDescriptor,
     ) -> Result<Response<FlightInfo>, Status> {
         let span = tracing::info_span!("query", sql = %sql.chars().take(200).collect::<String>());
@@ -158,7 +244,7 @@ impl TesseraFlightSql {
             Planned::Ready(_, batches) => batches.iter().map(|b| b.num_rows() as i64).sum(),
             Planned::Plan(..) => -1,
         };
-        let handle = self.park(planned, sql, params, retry)?;
+        let handle = self.park(planned, sql, params, session, retry)?;
         let ticket = TicketStatementQuery {
             statement_handle: handle.into_bytes().into(),
         };
@@ -216,8 +302,12 @@ impl FlightSqlService for TesseraFlightSql {
         query: CommandStatementQuery,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.flight_info(&query.query, vec![], request.into_inner())
-            .await
+        let session = self.session(&request)?;
+        in_session(
+            session.clone(),
+            self.flight_info(&query.query, vec![], session, request.into_inner()),
+        )
+        .await
     }
 
     async fn get_flight_info_prepared_statement(
@@ -226,7 +316,12 @@ impl FlightSqlService for TesseraFlightSql {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let (sql, params) = self.prepared.get(&cmd.prepared_statement_handle)?;
-        self.flight_info(&sql, params, request.into_inner()).await
+        let session = self.session(&request)?;
+        in_session(
+            session.clone(),
+            self.flight_info(&sql, params, session, request.into_inner()),
+        )
+        .await
     }
 
     async fn do_get_statement(
@@ -247,6 +342,7 @@ impl FlightSqlService for TesseraFlightSql {
             planned,
             sql,
             params,
+            session,
             retry,
             ..
         } = planned;
@@ -254,7 +350,7 @@ impl FlightSqlService for TesseraFlightSql {
         let is_query = matches!(planned, Planned::Plan(..));
         let stream = planned.execute().map_err(status)?;
         let stream = if is_query {
-            retrying(self.coordinator(), sql, params, stream, retry)
+            retrying(self.coordinator(), sql, params, session, stream, retry)
         } else {
             stream
         };
@@ -276,9 +372,10 @@ impl FlightSqlService for TesseraFlightSql {
     async fn do_put_statement_update(
         &self,
         ticket: CommandStatementUpdate,
-        _request: Request<PeekableFlightDataStream>,
+        request: Request<PeekableFlightDataStream>,
     ) -> Result<i64, Status> {
-        self.update(&ticket.query, &[]).await
+        let session = self.session(&request)?;
+        in_session(session, self.update(&ticket.query, &[])).await
     }
 
     /// Bulk ingestion (ADBC `adbc_ingest`, `tessera load`): appends the
@@ -306,41 +403,27 @@ impl FlightSqlService for TesseraFlightSql {
     ) -> Result<i64, Status> {
         let (sql, bound) = self.prepared.get(&query.prepared_statement_handle)?;
         // The values come with the call (or were bound before it).
+        let session = self.session(&request)?;
         let sent = read_params(request.into_inner()).await?;
         let params = if sent.is_empty() { bound } else { sent };
-        self.update(&sql, &params).await
+        in_session(session, self.update(&sql, &params)).await
     }
 
     async fn do_action_create_prepared_statement(
         &self,
         query: ActionCreatePreparedStatementRequest,
-        _request: Request<Action>,
+        request: Request<Action>,
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
-        // Planning happens at execution, so a prepared statement sees the
-        // catalog as it is then. The dataset schema tells clients (JDBC) a
-        // query from an update; the parameter schema says what to bind.
-        let (sql, _) = number_placeholders(&query.query).map_err(status)?;
-        let coordinator = self.coordinator();
-        let dataset_schema = match guarded(coordinator.result_schema(&sql))
-            .await
-            .map_err(status)?
-        {
-            Some(schema) => ipc_schema(&hydrated(&schema))?,
-            None => Default::default(),
-        };
-        let parameters = guarded(coordinator.parameter_schema(&sql))
-            .await
-            .map_err(status)?;
-        let parameter_schema = if parameters.fields().is_empty() {
-            Default::default()
-        } else {
-            ipc_schema(&parameters)?
-        };
-        Ok(ActionCreatePreparedStatementResult {
-            prepared_statement_handle: self.prepared.create(sql)?.into_bytes().into(),
-            dataset_schema,
-            parameter_schema,
-        })
+        let session = self.session(&request)?;
+        in_session(session, self.prepare(query)).await
+    }
+
+    async fn do_action_close_prepared_statement(
+        &self,
+        query: ActionClosePreparedStatementRequest,
+        _request: Request<Action>,
+    ) -> Result<(), Status> {
+        self.prepared.close(&query.prepared_statement_handle)
     }
 
     /// Parameter values for a prepared query (or an update sent as one),
@@ -356,14 +439,6 @@ impl FlightSqlService for TesseraFlightSql {
         Ok(DoPutPreparedStatementResult {
             prepared_statement_handle: Some(query.prepared_statement_handle),
         })
-    }
-
-    async fn do_action_close_prepared_statement(
-        &self,
-        query: ActionClosePreparedStatementRequest,
-        _request: Request<Action>,
-    ) -> Result<(), Status> {
-        self.prepared.close(&query.prepared_statement_handle)
     }
 
     async fn register_sql_info(&self, _id: i32, _result: &SqlInfo) {}

@@ -37,7 +37,7 @@ mod yield_points;
 pub use catalog::{Catalog, SnapshotPin, WriteFanout};
 pub use catalog_state::{AdminState, CatalogState, IndexStats, MemberRecord, import_catalog_json};
 pub use cluster::{Cluster, ClusterConfig};
-pub use engine::{Coordinator, Planned};
+pub use engine::{Coordinator, Planned, in_session};
 pub use follow::{Follower, TAKEOVER_GRACE};
 pub use membership::{DEFAULT_LEASE, MemberView, WorkerState};
 pub use metastore::{

@@ -21,7 +21,8 @@ use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use futures::StreamExt;
 use tessera_worker::{WorkerUnavailable, is_worker_failure};
 
-use crate::engine::{Coordinator, ParamRow, Planned};
+use crate::engine::{Coordinator, ParamRow, Planned, in_session};
+use datafusion::prelude::SessionContext;
 
 /// Runs of one read-only query at most: enough for a worker to restart,
 /// few enough that a worker that stays down is reported within seconds.
@@ -131,6 +132,7 @@ struct Attempt {
     coordinator: Arc<Coordinator>,
     sql: String,
     params: Vec<ParamRow>,
+    session: SessionContext,
     stream: SendableRecordBatchStream,
     /// Rows of this run not sent yet, and their size.
     held: VecDeque<RecordBatch>,
@@ -147,6 +149,7 @@ pub fn retrying(
     coordinator: Arc<Coordinator>,
     sql: String,
     params: Vec<ParamRow>,
+    session: SessionContext,
     first: SendableRecordBatchStream,
     retry: Retry,
 ) -> SendableRecordBatchStream {
@@ -155,6 +158,7 @@ pub fn retrying(
         coordinator,
         sql,
         params,
+        session,
         stream: first,
         held: VecDeque::new(),
         held_bytes: 0,
@@ -185,12 +189,11 @@ pub fn retrying(
                     }
                     a.held.clear();
                     a.held_bytes = 0;
-                    match a
-                        .coordinator
-                        .plan_with(&a.sql, &a.params)
-                        .await
-                        .and_then(|p| p.execute())
-                    {
+                    let again = in_session(
+                        a.session.clone(),
+                        a.coordinator.plan_with(&a.sql, &a.params),
+                    );
+                    match again.await.and_then(|p| p.execute()) {
                         Ok(stream) => a.stream = stream,
                         Err(e) => {
                             let schema = a.stream.schema();

@@ -52,6 +52,7 @@ impl TestClusterBuilder {
             stopped: vec![],
             dir,
             _tmp: tmp,
+            session: Default::default(),
         }
     }
 }
@@ -74,6 +75,9 @@ pub struct TestCluster {
     stopped: Vec<(String, SocketAddr)>,
     dir: PathBuf,
     _tmp: Option<TempDir>,
+    /// The connection `query` uses: one client session, as a user's
+    /// shell or script holds (SET carries over from one query to the next).
+    session: std::sync::Mutex<Option<FlightSqlServiceClient<Channel>>>,
 }
 
 impl TestCluster {
@@ -106,9 +110,19 @@ impl TestCluster {
         FlightSqlServiceClient::new(channel)
     }
 
-    /// Runs one statement through Flight SQL; the error is the server's text.
+    /// Runs one statement through Flight SQL, in this test's session (one
+    /// connection, shared by concurrent queries); the error is the
+    /// server's text.
     pub async fn query(&self, sql: &str) -> std::result::Result<Vec<RecordBatch>, String> {
-        let mut client = self.client().await;
+        let held = self.session.lock().expect("session lock").clone();
+        let mut client = match held {
+            Some(client) => client,
+            None => {
+                let client = self.client().await;
+                *self.session.lock().expect("session lock") = Some(client.clone());
+                client
+            }
+        };
         run_query(&mut client, sql).await
     }
 
@@ -131,6 +145,8 @@ impl TestCluster {
                 .await
                 .expect("restart"),
         );
+        // A new server: a new connection, and a new session.
+        *self.session.lock().expect("session lock") = None;
         self
     }
 

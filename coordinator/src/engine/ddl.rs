@@ -20,7 +20,7 @@ impl Coordinator {
     /// DataFusion's SHOW does not list extension options.
     pub(super) fn show_options(&self, name: &str) -> Result<Planned> {
         use datafusion::common::config::ExtensionOptions;
-        let state = self.ctx.state();
+        let state = self.ctx().state();
         let options = state
             .config_options()
             .extensions
@@ -39,8 +39,22 @@ impl Coordinator {
             if name != "tessera" && !key.eq_ignore_ascii_case(name) {
                 continue;
             }
+            // The switches of background work hold for the coordinator,
+            // whichever session set them last.
+            let value = match key.as_str() {
+                "tessera.index_apply" => Some(&self.catalog.apply_paused),
+                "tessera.compaction" => Some(&self.catalog.compaction_paused),
+                _ => None,
+            }
+            .map(|paused| {
+                if paused.load(std::sync::atomic::Ordering::SeqCst) {
+                    "paused".to_string()
+                } else {
+                    "running".to_string()
+                }
+            });
             names.push(key);
-            values.push(e.value.unwrap_or_default());
+            values.push(value.or(e.value).unwrap_or_default());
             descriptions.push(e.description.trim().to_string());
         }
         if names.is_empty() {
@@ -65,7 +79,7 @@ impl Coordinator {
                 ct.name
             );
         }
-        let plan = self.ctx.state().create_logical_plan(&ct.base_sql).await?;
+        let plan = self.ctx().state().create_logical_plan(&ct.base_sql).await?;
         let LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(cmt)) = plan else {
             return plan_err!("could not plan CREATE TABLE {}", ct.name);
         };

@@ -173,7 +173,7 @@ impl Coordinator {
         }
         for (name, sql) in &state.external_tables {
             if !here.contains(name)
-                && let Err(e) = self.ctx.sql(sql).await
+                && let Err(e) = self.ctx().sql(sql).await
             {
                 tracing::warn!(table = %name, error = %e, "external table could not be opened here");
             }

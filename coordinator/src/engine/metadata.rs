@@ -53,10 +53,10 @@ impl Coordinator {
     /// Every (catalog, schema), in order.
     pub fn schema_names(&self) -> Vec<(String, String)> {
         let mut out = vec![];
-        let mut catalogs = self.ctx.catalog_names();
+        let mut catalogs = self.ctx().catalog_names();
         catalogs.sort();
         for catalog in catalogs {
-            let Some(c) = self.ctx.catalog(&catalog) else {
+            let Some(c) = self.ctx().catalog(&catalog) else {
                 continue;
             };
             let mut schemas = c.schema_names();
@@ -75,10 +75,10 @@ impl Coordinator {
         for (catalog, schema) in self.schema_names() {
             let found = if schema == INFORMATION_SCHEMA {
                 // Made up by the session for each catalog, not held in it.
-                let list = Arc::clone(self.ctx.state().catalog_list());
+                let list = Arc::clone(self.ctx().state().catalog_list());
                 Some(Arc::new(InformationSchemaProvider::new(list)) as Arc<dyn SchemaProvider>)
             } else {
-                self.ctx.catalog(&catalog).and_then(|c| c.schema(&schema))
+                self.ctx().catalog(&catalog).and_then(|c| c.schema(&schema))
             };
             let Some(s) = found else {
                 continue;
@@ -117,7 +117,7 @@ impl Coordinator {
     /// they are in.
     pub fn function_names(&self) -> FunctionNames {
         let mut out = FunctionNames::default();
-        let state = self.ctx.state();
+        let state = self.ctx().state();
         for (name, udf) in state.scalar_functions() {
             // Tessera's own (checked arithmetic) stand in for operators.
             if name.starts_with("tessera_") {

@@ -141,7 +141,7 @@ impl Coordinator {
         let Statement::Sql(sql) = parse_statement(sql)? else {
             return Ok(Arc::new(Schema::empty()));
         };
-        let state = self.ctx.state();
+        let state = self.ctx().state();
         let plan = match state.create_logical_plan(&sql).await {
             Ok(plan) => plan,
             Err(e) => return Err(with_hint(e, &state, &sql)),
@@ -156,7 +156,7 @@ impl Coordinator {
     /// Runs a statement once per row of parameters: an INSERT ... VALUES
     /// as one statement (all rows or none), anything else row by row.
     pub(super) async fn plan_many(&self, sql: &str, rows: &[ParamRow]) -> Result<Planned> {
-        let state = self.ctx.state();
+        let state = self.ctx().state();
         let plan = state
             .create_logical_plan(sql)
             .await
