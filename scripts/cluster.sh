@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Starts a cluster of separate processes on this machine, for a try:
 # etcd, two coordinators (both serve clients; one leads) and three workers on
-# 127.0.0.2-4, sharing a cluster secret. Ctrl-C stops them all.
+# 127.0.0.2-4, sharing a cluster secret, clients let in without signing in
+# (--insecure: a try on one machine). Ctrl-C stops them all.
 #
 #   scripts/cluster.sh [DIR]        # data under DIR (default: a new temp dir)
 #   scripts/cluster.sh --files DIR  # one coordinator on the file metastore, no etcd
@@ -36,7 +37,7 @@ trap cleanup EXIT INT TERM
 
 if $files; then
     coordinators="127.0.0.1:50051"
-    "$bin" coordinator --listen 127.0.0.1:50051 --data-dir "$dir/coordinator" \
+    "$bin" coordinator --insecure --listen 127.0.0.1:50051 --data-dir "$dir/coordinator" \
         --cluster-secret-file "$secret" 2> "$dir/coordinator.log" &
     pids+=($!)
 else
@@ -53,7 +54,7 @@ else
     done
     coordinators="127.0.0.1:50051,127.0.0.1:50052"
     for port in 50051 50052; do
-        "$bin" coordinator --listen "127.0.0.1:$port" --data-dir "$dir/coordinator-$port" \
+        "$bin" coordinator --insecure --listen "127.0.0.1:$port" --data-dir "$dir/coordinator-$port" \
             --metastore etcd://127.0.0.1:2379/tessera --cluster-secret-file "$secret" \
             2> "$dir/coordinator-$port.log" &
         pids+=($!)

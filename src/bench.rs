@@ -64,6 +64,8 @@ pub async fn start_cluster(workers: usize, scratch: &std::path::Path) -> Result<
         workers,
         data_dir: scratch.join("cluster"),
         lease: tessera_coordinator::DEFAULT_LEASE,
+        access: tessera_coordinator::Access::Insecure,
+        first_password: None,
     })
     .await
     .map_err(|e| e.to_string())

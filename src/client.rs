@@ -15,6 +15,8 @@ pub struct QueryResult {
 pub struct Client {
     inner: FlightSqlServiceClient<Channel>,
     addr: String,
+    /// Who signed in, to sign in again on a new connection.
+    user: Option<(String, String)>,
 }
 
 pub use tessera_datasets::flight_error_text as error_text;
@@ -37,12 +39,42 @@ impl Client {
         Ok(Self {
             inner,
             addr: addr.to_string(),
+            user: None,
         })
     }
 
-    /// A second connection to the same server.
+    /// Connects and, with `user`, signs in: the password comes from
+    /// TESSERA_PASSWORD, or is asked for on the terminal.
+    pub async fn connect_as(addr: &str, user: Option<&str>) -> Result<Self, String> {
+        let mut client = Self::connect(addr).await?;
+        if let Some(user) = user {
+            let password = match std::env::var("TESSERA_PASSWORD") {
+                Ok(p) if !p.is_empty() => p,
+                _ => rpassword::prompt_password(format!("Password for {user}: "))
+                    .map_err(|e| format!("cannot read the password: {e}; set TESSERA_PASSWORD"))?,
+            };
+            client
+                .inner
+                .handshake(user, &password)
+                .await
+                .map_err(|e| format!("cannot sign in as {user}: {}", error_text(e)))?;
+            client.user = Some((user.to_string(), password));
+        }
+        Ok(client)
+    }
+
+    /// A second connection to the same server, signed in as this one.
     pub async fn reconnect(&self) -> Result<Self, String> {
-        Self::connect(&self.addr).await
+        let mut client = Self::connect(&self.addr).await?;
+        if let Some((user, password)) = &self.user {
+            client
+                .inner
+                .handshake(user, password)
+                .await
+                .map_err(|e| format!("cannot sign in as {user}: {}", error_text(e)))?;
+            client.user = self.user.clone();
+        }
+        Ok(client)
     }
 
     /// The underlying Flight SQL client.

@@ -57,6 +57,13 @@ enum Command {
         /// Seconds without a heartbeat after which a worker is down.
         #[arg(long, default_value_t = 5.0)]
         worker_lease: f64,
+        /// Let anyone who reaches the port in, without signing in (for a
+        /// try on one machine; `--demo` on loopback implies it).
+        #[arg(long)]
+        insecure: bool,
+        /// Seconds a sign-in's bearer token stays good.
+        #[arg(long, default_value_t = 43200.0)]
+        token_ttl: f64,
     },
     /// Run a coordinator of a cluster across machines: Flight SQL for
     /// clients, membership for the workers that join it.
@@ -87,6 +94,13 @@ enum Command {
         /// standby coordinator takes over.
         #[arg(long, default_value_t = 5.0)]
         leader_lease: f64,
+        /// Let anyone who reaches the port in, without signing in (for a
+        /// try on one machine; `--demo` on loopback implies it).
+        #[arg(long)]
+        insecure: bool,
+        /// Seconds a sign-in's bearer token stays good.
+        #[arg(long, default_value_t = 43200.0)]
+        token_ttl: f64,
     },
     /// Run a worker: it holds partitions in --data-dir and joins a coordinator.
     Worker {
@@ -110,6 +124,9 @@ enum Command {
     Shell {
         #[arg(long, default_value = DEFAULT_ADDR)]
         connect: String,
+        /// Sign in as this user (password from TESSERA_PASSWORD, or asked).
+        #[arg(long)]
+        user: Option<String>,
         /// Run these statements, print the results and exit.
         #[arg(short = 'c')]
         command: Option<String>,
@@ -128,6 +145,9 @@ enum Command {
     Run {
         #[arg(long, default_value = DEFAULT_ADDR)]
         connect: String,
+        /// Sign in as this user (password from TESSERA_PASSWORD, or asked).
+        #[arg(long)]
+        user: Option<String>,
         #[arg(long, value_enum, default_value = "table")]
         format: Format,
         file: PathBuf,
@@ -220,15 +240,19 @@ async fn serve(
     data_dir: PathBuf,
     demo: bool,
     lease: std::time::Duration,
+    access: tessera_coordinator::Access,
 ) -> Result<(), String> {
     let cluster = Cluster::start(ClusterConfig {
         listen,
         workers,
         data_dir: data_dir.clone(),
         lease,
+        access,
+        first_password: node::given_password(),
     })
     .await
     .map_err(|e| e.to_string())?;
+    node::tell_first_admin(access, cluster.generated_password.as_deref());
     eprintln!(
         "Tessera coordinator on {} (Flight SQL), {} workers: {}",
         cluster.addr,
@@ -306,7 +330,12 @@ pub(crate) async fn wait_for_signal() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
-async fn run_file(connect: &str, format: Format, file: &PathBuf) -> Result<(), String> {
+async fn run_file(
+    connect: &str,
+    user: Option<&str>,
+    format: Format,
+    file: &PathBuf,
+) -> Result<(), String> {
     let mut script = String::new();
     if file.as_os_str() == "-" {
         std::io::stdin()
@@ -317,7 +346,7 @@ async fn run_file(connect: &str, format: Format, file: &PathBuf) -> Result<(), S
             .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
     }
     let statements = split_statements(&script).map_err(|e| e.to_string())?;
-    let mut client = Client::connect(connect).await?;
+    let mut client = Client::connect_as(connect, user).await?;
     let stdout = std::io::stdout();
     for s in statements {
         let result = client
@@ -355,14 +384,18 @@ fn main() -> ExitCode {
                 demo,
                 worker_timeout,
                 worker_lease,
+                insecure,
+                token_ttl,
             } => {
                 tessera_worker::set_call_timeout(seconds("--worker-timeout", worker_timeout)?);
+                let access = node::access(insecure, demo, &listen, token_ttl)?;
                 serve(
                     listen,
                     workers,
                     data_dir.unwrap_or_else(default_data_dir),
                     demo,
                     seconds("--worker-lease", worker_lease)?,
+                    access,
                 )
                 .await
             }
@@ -375,8 +408,11 @@ fn main() -> ExitCode {
                 worker_timeout,
                 cluster_secret_file,
                 leader_lease,
+                insecure,
+                token_ttl,
             } => {
                 node::set_secret(cluster_secret_file.as_deref())?;
+                let access = node::access(insecure, false, &listen, token_ttl)?;
                 let lease = seconds("--worker-lease", worker_lease)?;
                 let leader_lease = seconds("--leader-lease", leader_lease)?;
                 tessera_worker::set_call_timeout(seconds("--worker-timeout", worker_timeout)?);
@@ -387,6 +423,7 @@ fn main() -> ExitCode {
                     metastore,
                     lease,
                     leader_lease,
+                    access,
                 })
                 .await
             }
@@ -406,8 +443,12 @@ fn main() -> ExitCode {
                 })
                 .await
             }
-            Command::Shell { connect, command } => {
-                let mut client = Client::connect(&connect).await?;
+            Command::Shell {
+                connect,
+                user,
+                command,
+            } => {
+                let mut client = Client::connect_as(&connect, user.as_deref()).await?;
                 match command {
                     Some(sql) => shell::run_statements(&mut client, &sql, false).await,
                     None => shell::interactive(client, &connect).await,
@@ -415,9 +456,10 @@ fn main() -> ExitCode {
             }
             Command::Run {
                 connect,
+                user,
                 format,
                 file,
-            } => run_file(&connect, format, &file).await,
+            } => run_file(&connect, user.as_deref(), format, &file).await,
             Command::Bench {
                 bench:
                     BenchCommand::Tpch {

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tessera_coordinator::{
-    Coordinator, CoordinatorServer, EtcdMetastore, Follower, TAKEOVER_GRACE, open_file_metastore,
+    Access, Coordinator, CoordinatorServer, EtcdMetastore, Follower, TAKEOVER_GRACE,
+    open_file_metastore,
 };
 use tessera_worker::membership::{MemberHello, Membership, read_id, unix_now_ms};
 use tessera_worker::{Storage, start_worker};
@@ -37,6 +38,74 @@ fn as_url(addr: &str) -> String {
     }
 }
 
+/// How a coordinator lets clients in: signing in, unless `--insecure` (or
+/// `--demo` on a loopback address), which is said when it starts.
+pub fn access(
+    insecure: bool,
+    demo: bool,
+    listen: &SocketAddr,
+    token_ttl: f64,
+) -> Result<Access, String> {
+    if insecure || (demo && listen.ip().is_loopback()) {
+        eprintln!(
+            "Warning: {}: anyone who reaches {listen} may run anything, without signing in",
+            if insecure {
+                "--insecure"
+            } else {
+                "--demo on a loopback address implies --insecure"
+            }
+        );
+        return Ok(Access::Insecure);
+    }
+    if !(token_ttl.is_finite() && token_ttl > 0.0) {
+        return Err(format!(
+            "--token-ttl {token_ttl}: give a positive number of seconds"
+        ));
+    }
+    Ok(Access::SignIn {
+        token_ttl: Duration::from_secs_f64(token_ttl),
+    })
+}
+
+/// The first admin's password, from TESSERA_PASSWORD.
+pub fn given_password() -> Option<String> {
+    std::env::var("TESSERA_PASSWORD")
+        .ok()
+        .filter(|p| !p.is_empty())
+}
+
+/// Says how to sign in as the first admin.
+pub fn tell_first_admin(access: Access, generated: Option<&str>) {
+    if matches!(access, Access::Insecure) {
+        return;
+    }
+    match generated {
+        Some(password) => eprintln!(
+            "Created the first user, admin (role admin), with password {password}\n  (shown \
+             this once: sign in with `tessera shell --user admin`; change it with ALTER USER \
+             admin PASSWORD '...')"
+        ),
+        None if given_password().is_some() => {
+            eprintln!("Users: sign in as admin with the password in TESSERA_PASSWORD")
+        }
+        None => eprintln!("Users: sign in as a user of this cluster (SHOW USERS lists them)"),
+    }
+}
+
+/// Makes the first admin of a cluster that has no users: user `admin`,
+/// with the password in TESSERA_PASSWORD, or a generated one shown once.
+pub async fn first_admin(coordinator: &Coordinator, access: Access) -> Result<(), String> {
+    if matches!(access, Access::Insecure) {
+        return Ok(());
+    }
+    let generated = coordinator
+        .ensure_admin(given_password().as_deref())
+        .await
+        .map_err(|e| e.to_string())?;
+    tell_first_admin(access, generated.as_deref());
+    Ok(())
+}
+
 pub struct CoordinatorArgs {
     pub listen: SocketAddr,
     pub advertise: Option<String>,
@@ -45,6 +114,7 @@ pub struct CoordinatorArgs {
     pub lease: Duration,
     /// How long a dead leader holds the lead before a standby takes over.
     pub leader_lease: Duration,
+    pub access: Access,
 }
 
 pub async fn coordinator(args: CoordinatorArgs) -> Result<(), String> {
@@ -68,9 +138,11 @@ pub async fn coordinator(args: CoordinatorArgs) -> Result<(), String> {
             let coordinator = Coordinator::open(metastore, Default::default(), args.lease)
                 .await
                 .map_err(|e| e.to_string())?;
-            let server = CoordinatorServer::start(Arc::new(coordinator), args.listen)
-                .await
-                .map_err(|e| e.to_string())?;
+            first_admin(&coordinator, args.access).await?;
+            let server =
+                CoordinatorServer::start_with(Arc::new(coordinator), args.listen, args.access)
+                    .await
+                    .map_err(|e| e.to_string())?;
             let metastore = format!("files in {}", args.data_dir.display());
             greet(&args, &server, &metastore);
             crate::wait_for_signal().await;
@@ -114,7 +186,7 @@ async fn with_etcd(args: &CoordinatorArgs, url: &str, store: EtcdMetastore) -> R
         .await
         .map_err(|e| e.to_string())?;
     let server = Arc::new(
-        CoordinatorServer::start(Arc::new(following), args.listen)
+        CoordinatorServer::start_with(Arc::new(following), args.listen, args.access)
             .await
             .map_err(|e| e.to_string())?,
     );
@@ -124,6 +196,7 @@ async fn with_etcd(args: &CoordinatorArgs, url: &str, store: EtcdMetastore) -> R
         let store = store.clone();
         let lease = args.lease;
         let leader_lease = args.leader_lease;
+        let access = args.access;
         tokio::spawn(async move {
             let led = store
                 .lead(
@@ -163,6 +236,9 @@ async fn with_etcd(args: &CoordinatorArgs, url: &str, store: EtcdMetastore) -> R
                         }
                     }
                     leading.catalog().hold_compaction(TAKEOVER_GRACE);
+                    if let Err(e) = first_admin(&leading, access).await {
+                        eprintln!("Warning: the first admin could not be made: {e}");
+                    }
                     server.replace(Arc::new(leading));
                     eprintln!("Leading the cluster");
                 }

@@ -9,6 +9,7 @@
 //!   stats/<table>         rows, bytes per partition
 //!   index_stats/<name>    entry and apply counters
 //!   member/<worker id>    MemberRecord: its URL, operator state
+//!   user/<name>           UserRecord: password hash, role
 //!   counter/tables_created, counter/indexes_created, counter/txn_block,
 //!   counter/worker_ids
 //! ```
@@ -53,6 +54,20 @@ pub struct CatalogState {
     /// Workers that joined, by id.
     #[serde(default)]
     pub members: BTreeMap<String, MemberRecord>,
+    /// Users who may sign in, by name.
+    #[serde(default)]
+    pub users: BTreeMap<String, UserRecord>,
+}
+
+/// A user: a salted password hash (argon2, PHC string), a role, and a
+/// generation that every change of either bumps (tokens of an older one
+/// are refused).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserRecord {
+    pub password_hash: String,
+    pub role: tessera_sql::UserRole,
+    pub generation: u64,
+    pub created_ms: u64,
 }
 
 /// A worker as the catalog remembers it: where it was last seen, and what
@@ -103,6 +118,7 @@ const INDEX_STATS: &str = "index_stats/";
 const TABLES_CREATED: &str = "counter/tables_created";
 const INDEXES_CREATED: &str = "counter/indexes_created";
 const MEMBER: &str = "member/";
+const USER: &str = "user/";
 /// Ids of workers joining for the first time are numbered from here.
 pub const WORKER_IDS: &str = "counter/worker_ids";
 /// Transaction ids are handed out in blocks reserved here.
@@ -219,6 +235,7 @@ impl CatalogState {
             |k| format!("{MEMBER}{k}"),
             &mut ops,
         )?;
+        diff_map(&self.users, &new.users, |k| format!("{USER}{k}"), &mut ops)?;
         Ok(ops)
     }
 
@@ -271,6 +288,8 @@ impl CatalogState {
             Ok(())
         } else if let Some(id) = key.strip_prefix(MEMBER) {
             set(&mut self.members, id.to_string(), key, value)
+        } else if let Some(name) = key.strip_prefix(USER) {
+            set(&mut self.users, name.to_string(), key, value)
         } else {
             Ok(())
         }

@@ -30,6 +30,11 @@ pub struct ClusterConfig {
     pub data_dir: PathBuf,
     /// A worker not heard from for this long is down.
     pub lease: Duration,
+    /// Who may call the coordinator.
+    pub access: crate::flight_auth::Access,
+    /// The first admin's password, if users sign in and there are none yet
+    /// (`None`: one is generated, see [`Cluster::generated_password`]).
+    pub first_password: Option<String>,
 }
 
 /// A running cluster.
@@ -41,6 +46,8 @@ pub struct Cluster {
     server: Option<CoordinatorServer>,
     /// Each worker's heartbeats, by id.
     heartbeats: BTreeMap<String, tokio::task::JoinHandle<()>>,
+    /// The first admin's password, when this start made it up.
+    pub generated_password: Option<String>,
 }
 
 fn worker_id(i: usize) -> String {
@@ -100,7 +107,18 @@ impl Cluster {
             )));
         }
 
-        let server = CoordinatorServer::start(Arc::clone(&coordinator), config.listen).await?;
+        // Users exist before anyone can try to sign in.
+        let generated_password = match config.access {
+            crate::flight_auth::Access::SignIn { .. } => {
+                coordinator
+                    .ensure_admin(config.first_password.as_deref())
+                    .await?
+            }
+            crate::flight_auth::Access::Insecure => None,
+        };
+        let server =
+            CoordinatorServer::start_with(Arc::clone(&coordinator), config.listen, config.access)
+                .await?;
         let addr = server.addr;
         tracing::info!(%addr, workers = workers.len(), "coordinator listening");
         let mut cluster = Self {
@@ -110,6 +128,7 @@ impl Cluster {
             data_dir: config.data_dir,
             server: Some(server),
             heartbeats: BTreeMap::new(),
+            generated_password,
         };
         let started: Vec<(String, String)> = cluster
             .workers

@@ -10,6 +10,7 @@ mod follow;
 mod members;
 mod metadata;
 mod params;
+mod users;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -41,6 +42,7 @@ use crate::query_log::{QueryLog, QueryRecorder, SystemSchema};
 use crate::schema::TesseraSchema;
 use crate::snapshot::session_at_snapshot;
 
+pub use follow::only_reads;
 pub use metadata::{FunctionNames, TABLE_TYPES};
 pub use params::{ParamRow, param_rows};
 
@@ -459,6 +461,15 @@ impl Coordinator {
                 Ok(Planned::Ready(batch.schema(), vec![batch]))
             }
             Statement::ShowWorkers => self.show_workers(),
+            Statement::CreateUser {
+                name,
+                password,
+                role,
+            } => self.create_user(&name, &password, role).await,
+            Statement::AlterUser { name, password } => self.alter_user(&name, &password).await,
+            Statement::DropUser { name, if_exists } => self.drop_user(&name, if_exists).await,
+            Statement::Grant { role, user } => self.grant(role, &user).await,
+            Statement::ShowUsers => self.show_users(),
             Statement::AlterWorker { id, action } => self.alter_worker(&id, action).await,
             Statement::Sql(sql) if rows.len() > 1 => self.plan_many(&sql, rows).await,
             Statement::Sql(sql) => self.plan_datafusion(&sql, rows.first()).await,
@@ -498,8 +509,13 @@ impl Coordinator {
             | Statement::DropTable { .. }
             | Statement::CreateIndex(_)
             | Statement::AlterWorker { .. }
+            | Statement::CreateUser { .. }
+            | Statement::AlterUser { .. }
+            | Statement::DropUser { .. }
+            | Statement::Grant { .. }
             | Statement::DropIndex { .. } => Ok(None),
             Statement::ShowWorkers
+            | Statement::ShowUsers
             | Statement::ShowTables
             | Statement::ShowIndexes { .. }
             | Statement::ShowPartitions { .. }

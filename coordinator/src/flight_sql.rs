@@ -23,7 +23,10 @@ use arrow_flight::sql::{
     CommandStatementQuery, CommandStatementUpdate, DoPutPreparedStatementResult, ProstMessageExt,
     SqlInfo, TicketStatementQuery,
 };
-use arrow_flight::{Action, FlightDescriptor, FlightEndpoint, FlightInfo, Ticket};
+use arrow_flight::{
+    Action, FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest, HandshakeResponse,
+    Ticket,
+};
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::{DataType, FieldRef, Schema, SchemaRef};
 use datafusion::common::DataFusionError;
@@ -35,6 +38,7 @@ use tessera_worker::to_status;
 use tonic::{Request, Response, Status};
 
 use crate::engine::{Coordinator, ParamRow, Planned, TABLE_TYPES, in_session, rows_written};
+use crate::flight_auth::{Auth, allow, principal};
 use crate::flight_meta::{
     DoGetStream, batch_stream, command_info, flight_status, foreign_keys_schema, ipc_schema,
     primary_keys_schema, sql_info, xdbc_types,
@@ -47,6 +51,9 @@ use crate::retry::{Retry, plan_statement, retrying};
 const RESULT_TTL: Duration = Duration::from_secs(600);
 /// gRPC carries error text in a header; keep it well under its 16 KiB limit.
 const MAX_ERROR_BYTES: usize = 4000;
+
+type HandshakeStream =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<HandshakeResponse, Status>> + Send>>;
 
 /// A planned statement waiting for its DoGet: with what to plan it again
 /// from if a worker failure stops it.
@@ -90,6 +97,7 @@ pub type Serving = Arc<std::sync::RwLock<Arc<Coordinator>>>;
 
 pub struct TesseraFlightSql {
     serving: Serving,
+    auth: Arc<Auth>,
     /// Planned statements waiting for their DoGet, with their SQL (a query
     /// a worker failure stops is planned again).
     results: Mutex<HashMap<String, Parked>>,
@@ -113,9 +121,10 @@ pub(crate) fn status(e: DataFusionError) -> Status {
 }
 
 impl TesseraFlightSql {
-    pub fn new(serving: Serving) -> Self {
+    pub fn new(serving: Serving, auth: Arc<Auth>) -> Self {
         Self {
             serving,
+            auth,
             results: Mutex::new(HashMap::new()),
             prepared: PreparedStatements::default(),
             sessions: Mutex::new(HashMap::new()),
@@ -302,6 +311,7 @@ impl FlightSqlService for TesseraFlightSql {
         query: CommandStatementQuery,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
+        allow(&principal(&request), &query.query)?;
         let session = self.session(&request)?;
         in_session(
             session.clone(),
@@ -316,6 +326,7 @@ impl FlightSqlService for TesseraFlightSql {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let (sql, params) = self.prepared.get(&cmd.prepared_statement_handle)?;
+        allow(&principal(&request), &sql)?;
         let session = self.session(&request)?;
         in_session(
             session.clone(),
@@ -374,6 +385,7 @@ impl FlightSqlService for TesseraFlightSql {
         ticket: CommandStatementUpdate,
         request: Request<PeekableFlightDataStream>,
     ) -> Result<i64, Status> {
+        allow(&principal(&request), &ticket.query)?;
         let session = self.session(&request)?;
         in_session(session, self.update(&ticket.query, &[])).await
     }
@@ -385,6 +397,15 @@ impl FlightSqlService for TesseraFlightSql {
         cmd: CommandStatementIngest,
         request: Request<PeekableFlightDataStream>,
     ) -> Result<i64, Status> {
+        let who = principal(&request);
+        if who.reads_only() {
+            return Err(Status::permission_denied(format!(
+                "user '{}' may only read (role reader) and cannot ingest rows; an admin can \
+                 GRANT admin TO {}",
+                who.name(),
+                who.name()
+            )));
+        }
         let coordinator = self.coordinator();
         if let Some(follower) = coordinator.follower() {
             // The leader writes; the rows stream through as they come.
@@ -402,6 +423,7 @@ impl FlightSqlService for TesseraFlightSql {
         request: Request<PeekableFlightDataStream>,
     ) -> Result<i64, Status> {
         let (sql, bound) = self.prepared.get(&query.prepared_statement_handle)?;
+        allow(&principal(&request), &sql)?;
         // The values come with the call (or were bound before it).
         let session = self.session(&request)?;
         let sent = read_params(request.into_inner()).await?;
@@ -442,6 +464,30 @@ impl FlightSqlService for TesseraFlightSql {
     }
 
     async fn register_sql_info(&self, _id: i32, _result: &SqlInfo) {}
+
+    /// Sign-in: basic credentials (checked as the call came in) get a
+    /// bearer token, in the `authorization` header and as the payload.
+    async fn do_handshake(
+        &self,
+        request: Request<tonic::Streaming<HandshakeRequest>>,
+    ) -> Result<Response<HandshakeStream>, Status> {
+        let who = principal(&request);
+        let token = self.auth.issue(&who);
+        let payload = token.clone().unwrap_or_default();
+        let reply = HandshakeResponse {
+            protocol_version: 0,
+            payload: payload.into_bytes().into(),
+        };
+        let mut response: Response<HandshakeStream> =
+            Response::new(Box::pin(futures::stream::iter([Ok(reply)])));
+        if let Some(token) = token {
+            let value = format!("Bearer {token}")
+                .parse()
+                .map_err(|_| Status::internal("token header"))?;
+            response.metadata_mut().insert("authorization", value);
+        }
+        Ok(response)
+    }
 
     async fn get_flight_info_sql_info(
         &self,

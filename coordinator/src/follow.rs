@@ -32,6 +32,7 @@ use datafusion::common::{DataFusionError, Result, ScalarValue};
 use futures::{Stream, StreamExt, TryStreamExt};
 use prost::Message;
 use serde::{Deserialize, Serialize};
+use tessera_worker::secret::member_channel;
 use tessera_worker::{ErrorKind, Snapshot, call_timeout, shared_channel};
 
 use crate::membership::MemberWire;
@@ -222,7 +223,7 @@ impl Follower {
     pub async fn forward(&self, sql: &str) -> Result<(SchemaRef, Vec<RecordBatch>)> {
         let url = self.leader(false).await?;
         let run = async {
-            let mut client = FlightClient::new(shared_channel(&url, false)?);
+            let mut client = FlightClient::new(member_channel(shared_channel(&url, false)?));
             let cmd = CommandStatementQuery {
                 query: sql.to_string(),
                 transaction_id: None,
@@ -264,7 +265,7 @@ impl Follower {
             ActionCreatePreparedStatementResult, Any, CommandPreparedStatementQuery,
         };
         let url = self.leader(false).await?;
-        let mut client = FlightClient::new(shared_channel(&url, false)?);
+        let mut client = FlightClient::new(member_channel(shared_channel(&url, false)?));
         let request = ActionCreatePreparedStatementRequest {
             query: sql.to_string(),
             transaction_id: None,
@@ -348,7 +349,7 @@ impl Follower {
         data: impl Stream<Item = std::result::Result<FlightData, tonic::Status>> + Send + 'static,
     ) -> Result<i64> {
         let url = self.leader(false).await?;
-        let mut client = FlightClient::new(shared_channel(&url, false)?);
+        let mut client = FlightClient::new(member_channel(shared_channel(&url, false)?));
         let data = data.map_err(|s| arrow_flight::error::FlightError::Tonic(Box::new(s)));
         let results: Vec<PutResult> = client
             .do_put(data)
@@ -385,7 +386,7 @@ impl Follower {
         url: &str,
         action: Action,
     ) -> Result<Pin<Box<dyn Stream<Item = Result<arrow_flight::Result>> + Send>>> {
-        let channel = tessera_worker::secret::member_channel(shared_channel(url, false)?);
+        let channel = member_channel(shared_channel(url, false)?);
         let mut client = FlightServiceClient::new(channel);
         let call = tokio::time::timeout(call_timeout(), client.do_action(action));
         let stream = match call.await {

@@ -3,6 +3,7 @@
 //! router, and the Flight SQL server. `Cluster` runs it with embedded workers.
 
 mod ansi;
+mod auth;
 mod catalog;
 mod catalog_state;
 mod clock;
@@ -13,6 +14,7 @@ mod compaction_log;
 mod distribution;
 mod engine;
 mod failpoint;
+mod flight_auth;
 mod flight_ingest;
 mod flight_members;
 mod flight_meta;
@@ -34,10 +36,12 @@ mod table;
 mod write;
 mod yield_points;
 
+pub use auth::DEFAULT_TOKEN_TTL;
 pub use catalog::{Catalog, SnapshotPin, WriteFanout};
 pub use catalog_state::{AdminState, CatalogState, IndexStats, MemberRecord, import_catalog_json};
 pub use cluster::{Cluster, ClusterConfig};
 pub use engine::{Coordinator, Planned, in_session};
+pub use flight_auth::Access;
 pub use follow::{Follower, TAKEOVER_GRACE};
 pub use membership::{DEFAULT_LEASE, MemberView, WorkerState};
 pub use metastore::{

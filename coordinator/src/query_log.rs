@@ -87,7 +87,12 @@ impl QueryLog {
             record: QueryRecord {
                 query_id,
                 started_micros,
-                sql: sql.trim().chars().take(MAX_SQL_CHARS).collect(),
+                // Passwords of user statements never reach the log.
+                sql: tessera_sql::redact(sql)
+                    .trim()
+                    .chars()
+                    .take(MAX_SQL_CHARS)
+                    .collect(),
                 ..Default::default()
             },
         }

@@ -11,8 +11,10 @@ use tessera_worker::nodelay_incoming;
 use tessera_worker::wire::MAX_MESSAGE_BYTES;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
+use tonic::service::interceptor::InterceptedService;
 
 use crate::engine::Coordinator;
+use crate::flight_auth::{Access, Auth};
 use crate::flight_sql::{Serving, TesseraFlightSql};
 use crate::metastore::{FileMetastore, Metastore};
 
@@ -24,8 +26,18 @@ pub struct CoordinatorServer {
 }
 
 impl CoordinatorServer {
-    /// Serves `coordinator` on `listen` (port 0: any free port).
+    /// Serves `coordinator` on `listen` (port 0: any free port) to anyone
+    /// who reaches it (the embedded cluster of tests and benchmarks).
     pub async fn start(coordinator: Arc<Coordinator>, listen: SocketAddr) -> Result<Self> {
+        Self::start_with(coordinator, listen, Access::Insecure).await
+    }
+
+    /// Serves `coordinator` on `listen`, letting clients in as `access` says.
+    pub async fn start_with(
+        coordinator: Arc<Coordinator>,
+        listen: SocketAddr,
+        access: Access,
+    ) -> Result<Self> {
         let listener = TcpListener::bind(listen).await.map_err(|e| {
             DataFusionError::Configuration(format!(
                 "cannot listen on {listen}: {e}; pick another address with --listen"
@@ -33,9 +45,14 @@ impl CoordinatorServer {
         })?;
         let addr = listener.local_addr()?;
         let serving: Serving = Arc::new(std::sync::RwLock::new(coordinator));
-        let service = FlightServiceServer::new(TesseraFlightSql::new(Arc::clone(&serving)))
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let auth = Auth::new(access, Arc::clone(&serving));
+        let service = FlightServiceServer::new(TesseraFlightSql::new(
+            Arc::clone(&serving),
+            Arc::clone(&auth),
+        ))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let service = InterceptedService::new(service, move |request| auth.admit(request));
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             let result = tonic::transport::Server::builder()

@@ -23,12 +23,15 @@ use crate::text::Offsets;
 mod index;
 mod partition;
 mod script;
+mod users;
 
 pub use index::CreateIndex;
 use index::parse_create_index;
 pub use partition::PartitionSpec;
 use partition::parse_partition_clause;
 pub use script::{ScriptStatement, split_statements};
+use users::parse_user_statement;
+pub use users::{UserRole, redact};
 
 /// A statement as the coordinator dispatches it.
 #[derive(Debug, Clone, PartialEq)]
@@ -64,6 +67,29 @@ pub enum Statement {
         id: String,
         action: WorkerAction,
     },
+    /// `CREATE USER u PASSWORD '...' [ROLE admin | reader]`.
+    CreateUser {
+        name: String,
+        password: String,
+        role: Option<UserRole>,
+    },
+    /// `ALTER USER u PASSWORD '...'`.
+    AlterUser {
+        name: String,
+        password: String,
+    },
+    /// `DROP USER [IF EXISTS] u`.
+    DropUser {
+        name: String,
+        if_exists: bool,
+    },
+    /// `GRANT admin | reader TO u`: the user's role from now on.
+    Grant {
+        role: UserRole,
+        user: String,
+    },
+    /// `SHOW USERS`.
+    ShowUsers,
     /// Anything else, for DataFusion.
     Sql(String),
 }
@@ -135,6 +161,9 @@ pub fn parse_statement(sql: &str) -> Result<Statement> {
         .collect();
     let kw = |i: usize, k: Keyword| words.get(i).is_some_and(|t| is_word(t, k));
 
+    if let Some(user) = parse_user_statement(&tokens) {
+        return user;
+    }
     if kw(0, Keyword::SHOW) && kw(1, Keyword::TABLES) && words.len() == 2 {
         return Ok(Statement::ShowTables);
     }

@@ -13,11 +13,14 @@ def free_port():
         return s.getsockname()[1]
 
 
-def start_server(data_dir, port, env=None):
+def start_server(data_dir, port, env=None, sign_in=False, args=()):
     """Runs `tessera serve` with 3 workers on `data_dir` (with `env` added to
-    its environment); returns once it listens."""
+    its environment; without sign-in unless `sign_in`); returns once it
+    listens."""
+    access = [] if sign_in else ["--insecure"]
     proc = start_process(
-        ["serve", "--listen", f"127.0.0.1:{port}", "--workers", "3", "--data-dir", data_dir],
+        ["serve", *access, *args, "--listen", f"127.0.0.1:{port}", "--workers", "3",
+         "--data-dir", data_dir],
         os.path.join(data_dir, f"serve-{port}.log"),
         env,
     )

@@ -39,6 +39,7 @@ def start_coordinator(data_dir, name, port, etcd):
     return start_process(
         [
             "coordinator",
+            "--insecure",
             "--listen", f"127.0.0.1:{port}",
             "--data-dir", os.path.join(data_dir, name),
             "--metastore", f"{etcd}/cluster",

@@ -78,6 +78,7 @@ def test_worker_processes_join_die_and_return(data_dir):
     coord = start_process(
         [
             "coordinator",
+            "--insecure",
             "--listen", coordinator,
             "--data-dir", os.path.join(data_dir, "coordinator"),
             "--worker-lease", str(LEASE_S),

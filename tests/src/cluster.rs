@@ -64,6 +64,8 @@ async fn start_cluster(dir: &Path, workers: usize) -> Result<Cluster> {
         workers,
         data_dir: dir.to_path_buf(),
         lease: tessera_coordinator::DEFAULT_LEASE,
+        access: tessera_coordinator::Access::Insecure,
+        first_password: None,
     })
     .await
 }

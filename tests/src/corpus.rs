@@ -118,7 +118,7 @@ impl Drop for Server {
 }
 
 impl Server {
-    /// Starts `binary serve --workers 3` on a free loopback port.
+    /// Starts `binary serve --insecure --workers 3` on a free loopback port.
     pub fn start(binary: &Path) -> Result<Self, String> {
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -128,7 +128,15 @@ impl Server {
         let addr = format!("127.0.0.1:{port}");
         let log = std::fs::File::create(dir.path().join("serve.log")).map_err(|e| e.to_string())?;
         let mut child = Command::new(binary)
-            .args(["serve", "--workers", "3", "--listen", &addr, "--data-dir"])
+            .args([
+                "serve",
+                "--insecure",
+                "--workers",
+                "3",
+                "--listen",
+                &addr,
+                "--data-dir",
+            ])
             .arg(dir.path().join("data"))
             .stdout(Stdio::null())
             .stderr(log)

@@ -97,6 +97,17 @@ pub fn member_channel(channel: Channel) -> MemberChannel {
     tower::ServiceExt::map_request(channel, add_secret as fn(_) -> _)
 }
 
+/// Whether `metadata` carries this process's secret (a secret is set, and
+/// the call presents it): a call from another process of the cluster.
+pub fn presents_secret(metadata: &MetadataMap) -> bool {
+    let Some(secret) = SECRET.get() else {
+        return false;
+    };
+    metadata
+        .get(SECRET_HEADER)
+        .is_some_and(|v| bool::from(v.as_bytes().ct_eq(secret.as_bytes())))
+}
+
 /// Whether `metadata` carries this process's secret (always, if none is
 /// set); logs a refusal.
 pub fn check_metadata(
