@@ -411,8 +411,17 @@ fn main() -> ExitCode {
                 insecure,
                 token_ttl,
             } => {
-                node::set_secret(cluster_secret_file.as_deref())?;
                 let access = node::access(insecure, false, &listen, token_ttl)?;
+                if cluster_secret_file.is_none() && !insecure {
+                    return Err(
+                        "signing in needs the cluster secret too (other coordinators \
+                         and workers present it instead of a user): give --cluster-secret-file \
+                         F, the same file on every coordinator and worker, or run with \
+                         --insecure"
+                            .to_string(),
+                    );
+                }
+                node::set_secret(cluster_secret_file.as_deref())?;
                 let lease = seconds("--worker-lease", worker_lease)?;
                 let leader_lease = seconds("--leader-lease", leader_lease)?;
                 tessera_worker::set_call_timeout(seconds("--worker-timeout", worker_timeout)?);

@@ -89,7 +89,10 @@ pub fn generate_password() -> String {
 struct Issued {
     secret: String,
     user: String,
+    /// The user's generation and creation: a user dropped and made again
+    /// is another user, whose tokens these are not.
     generation: u64,
+    created_ms: u64,
     expires: Instant,
 }
 
@@ -119,6 +122,7 @@ impl Tokens {
                     secret: secret.clone(),
                     user: user.to_string(),
                     generation: record.generation,
+                    created_ms: record.created_ms,
                     expires: Instant::now() + self.ttl,
                 },
             );
@@ -145,10 +149,12 @@ impl Tokens {
             return Err("the token expired");
         }
         match users.get(&t.user) {
-            Some(u) if u.generation == t.generation => Ok(Principal::User {
-                name: t.user.clone(),
-                role: u.role,
-            }),
+            Some(u) if u.generation == t.generation && u.created_ms == t.created_ms => {
+                Ok(Principal::User {
+                    name: t.user.clone(),
+                    role: u.role,
+                })
+            }
             _ => Err("the token was revoked (its user changed or was dropped)"),
         }
     }
@@ -203,6 +209,10 @@ mod tests {
         let (id, _) = t.split_once('.').unwrap();
         assert!(tokens.check(&format!("{id}.forged"), &users).is_err());
         assert!(tokens.check("garbage", &users).is_err());
+        // Dropped and made again: another user.
+        let mut again = users.clone();
+        again.get_mut("ana").unwrap().created_ms = 5;
+        assert!(tokens.check(&t, &again).is_err());
         users.get_mut("ana").unwrap().generation = 2;
         assert_eq!(
             tokens.check(&t, &users),

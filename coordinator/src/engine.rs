@@ -3,6 +3,7 @@
 //! planned by DataFusion against the catalog and distributed by
 //! datafusion-distributed.
 
+mod access;
 mod ddl;
 mod errors;
 mod explain;
@@ -21,7 +22,7 @@ use datafusion::arrow::datatypes::{Schema, SchemaRef};
 use datafusion::catalog::MemTable;
 use datafusion::common::{DataFusionError, Result, plan_err};
 use datafusion::execution::{SendableRecordBatchStream, SessionStateBuilder, TaskContext};
-use datafusion::logical_expr::{DdlStatement, LogicalPlan};
+use datafusion::logical_expr::{DdlStatement, LogicalPlan, Statement as DfStatement};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{ExecutionPlan, execute_stream};
 use datafusion::prelude::{DataFrame, SessionConfig, SessionContext};
@@ -42,7 +43,6 @@ use crate::query_log::{QueryLog, QueryRecorder, SystemSchema};
 use crate::schema::TesseraSchema;
 use crate::snapshot::session_at_snapshot;
 
-pub use follow::only_reads;
 pub use metadata::{FunctionNames, TABLE_TYPES};
 pub use params::{ParamRow, param_rows};
 
@@ -230,9 +230,10 @@ impl Coordinator {
         self.catalog.apply_wanted.notify_one();
     }
 
-    /// Carries out `SET tessera.index_apply` and `SET tessera.compaction`;
+    /// Carries out `SET tessera.index_apply` and `SET tessera.compaction`
+    /// (`variable` is the one a SET or RESET named: no other is touched);
     /// an unknown value is refused and the option keeps its state.
-    fn follow_switches(&self) -> Result<()> {
+    fn follow_switch(&self, variable: &str) -> Result<()> {
         use std::sync::atomic::Ordering;
         let state = self.ctx().state_ref();
         let mut state = state.write();
@@ -256,7 +257,11 @@ impl Coordinator {
                 &self.catalog.compaction_paused,
             ),
         ];
+        let variable = variable.trim_matches('"').to_ascii_lowercase();
         for (name, value, paused) in switches {
+            if variable != format!("tessera.{name}") {
+                continue;
+            }
             match value.to_ascii_lowercase().as_str() {
                 "running" => paused.store(false, Ordering::SeqCst),
                 "paused" => paused.store(true, Ordering::SeqCst),
@@ -622,13 +627,22 @@ impl Coordinator {
             }
             LogicalPlan::Ddl(_) | LogicalPlan::Statement(_) => {
                 let is_statement = matches!(plan, LogicalPlan::Statement(_));
+                let variable = match &plan {
+                    LogicalPlan::Statement(DfStatement::SetVariable(v)) => Some(v.variable.clone()),
+                    LogicalPlan::Statement(DfStatement::ResetVariable(v)) => {
+                        Some(v.variable.clone())
+                    }
+                    _ => None,
+                };
                 let df = self.ctx().execute_logical_plan(plan).await?;
                 let schema = Arc::new(df.schema().as_arrow().clone());
                 let batches = df.collect().await?;
                 if is_statement {
                     // SET tessera.* may have changed what DataFusion must do.
                     options::apply(&mut self.ctx().state_ref().write());
-                    self.follow_switches()?;
+                    if let Some(variable) = variable {
+                        self.follow_switch(&variable)?;
+                    }
                 }
                 Ok(Planned::Ready(schema, batches))
             }

@@ -116,6 +116,14 @@ impl Auth {
     /// them (a [`Principal`] in the request's extensions).
     pub fn admit(self: &Arc<Self>, mut request: Request<()>) -> Result<Request<()>, Status> {
         let principal = self.identify(&request)?;
+        let with_password = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|a| a.starts_with("Basic "));
+        if with_password && matches!(principal, Principal::User { .. }) {
+            request.extensions_mut().insert(PasswordChecked);
+        }
         request.extensions_mut().insert(principal);
         Ok(request)
     }
@@ -132,18 +140,28 @@ impl Auth {
     }
 }
 
-/// Who makes the call `request` (anyone, on a server without sign-in).
-pub fn principal<T>(request: &Request<T>) -> Principal {
+/// Who makes the call `request`; a call nobody admitted is refused.
+pub fn principal<T>(request: &Request<T>) -> Result<Principal, Status> {
     request
         .extensions()
         .get::<Principal>()
         .cloned()
-        .unwrap_or(Principal::Anyone)
+        .ok_or_else(|| Status::unauthenticated(format!("not signed in; {HOW_TO_SIGN_IN}")))
 }
 
-/// Refuses `sql` to a user who may only read, unless it only reads.
-pub fn allow(principal: &Principal, sql: &str) -> Result<(), Status> {
-    if principal.reads_only() && !crate::engine::only_reads(sql) {
+/// Whether the call was signed in with a password (not a token): only
+/// such a sign-in gets a new token.
+#[derive(Debug, Clone, Copy)]
+pub struct PasswordChecked;
+
+/// Refuses `sql` to a user who may only read, unless it only reads (as
+/// the session it runs in plans it: call inside that session).
+pub async fn allow(
+    coordinator: &crate::engine::Coordinator,
+    principal: &Principal,
+    sql: &str,
+) -> Result<(), Status> {
+    if principal.reads_only() && !coordinator.reader_may_run(sql).await {
         return Err(Status::permission_denied(format!(
             "user '{}' may only read (role reader), and this statement changes data or the \
              server; an admin can GRANT admin TO {}",

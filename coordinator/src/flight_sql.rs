@@ -38,7 +38,7 @@ use tessera_worker::to_status;
 use tonic::{Request, Response, Status};
 
 use crate::engine::{Coordinator, ParamRow, Planned, TABLE_TYPES, in_session, rows_written};
-use crate::flight_auth::{Auth, allow, principal};
+use crate::flight_auth::{Auth, PasswordChecked, allow, principal};
 use crate::flight_meta::{
     DoGetStream, batch_stream, command_info, flight_status, foreign_keys_schema, ipc_schema,
     primary_keys_schema, sql_info, xdbc_types,
@@ -237,7 +237,10 @@ impl TesseraFlightSql {
         session: SessionContext,
         descriptor: FlightDescriptor,
     ) -> Result<Response<FlightInfo>, Status> {
-        let span = tracing::info_span!("query", sql = %sql.chars().take(200).collect::<String>());
+        let span = tracing::info_span!(
+            "query",
+            sql = %tessera_sql::redact(sql).chars().take(200).collect::<String>()
+        );
         let _enter = span.enter();
         // A read-only statement is planned again if a worker failure stops
         // it (a GLOBAL index is looked up while planning).
@@ -311,13 +314,14 @@ impl FlightSqlService for TesseraFlightSql {
         query: CommandStatementQuery,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        allow(&principal(&request), &query.query)?;
+        let who = principal(&request)?;
         let session = self.session(&request)?;
-        in_session(
-            session.clone(),
-            self.flight_info(&query.query, vec![], session, request.into_inner()),
-        )
-        .await
+        let run = async {
+            allow(&self.coordinator(), &who, &query.query).await?;
+            self.flight_info(&query.query, vec![], session.clone(), request.into_inner())
+                .await
+        };
+        in_session(session.clone(), run).await
     }
 
     async fn get_flight_info_prepared_statement(
@@ -326,13 +330,14 @@ impl FlightSqlService for TesseraFlightSql {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let (sql, params) = self.prepared.get(&cmd.prepared_statement_handle)?;
-        allow(&principal(&request), &sql)?;
+        let who = principal(&request)?;
         let session = self.session(&request)?;
-        in_session(
-            session.clone(),
-            self.flight_info(&sql, params, session, request.into_inner()),
-        )
-        .await
+        let run = async {
+            allow(&self.coordinator(), &who, &sql).await?;
+            self.flight_info(&sql, params, session.clone(), request.into_inner())
+                .await
+        };
+        in_session(session.clone(), run).await
     }
 
     async fn do_get_statement(
@@ -385,9 +390,13 @@ impl FlightSqlService for TesseraFlightSql {
         ticket: CommandStatementUpdate,
         request: Request<PeekableFlightDataStream>,
     ) -> Result<i64, Status> {
-        allow(&principal(&request), &ticket.query)?;
+        let who = principal(&request)?;
         let session = self.session(&request)?;
-        in_session(session, self.update(&ticket.query, &[])).await
+        let run = async {
+            allow(&self.coordinator(), &who, &ticket.query).await?;
+            self.update(&ticket.query, &[]).await
+        };
+        in_session(session, run).await
     }
 
     /// Bulk ingestion (ADBC `adbc_ingest`, `tessera load`): appends the
@@ -397,7 +406,7 @@ impl FlightSqlService for TesseraFlightSql {
         cmd: CommandStatementIngest,
         request: Request<PeekableFlightDataStream>,
     ) -> Result<i64, Status> {
-        let who = principal(&request);
+        let who = principal(&request)?;
         if who.reads_only() {
             return Err(Status::permission_denied(format!(
                 "user '{}' may only read (role reader) and cannot ingest rows; an admin can \
@@ -423,12 +432,16 @@ impl FlightSqlService for TesseraFlightSql {
         request: Request<PeekableFlightDataStream>,
     ) -> Result<i64, Status> {
         let (sql, bound) = self.prepared.get(&query.prepared_statement_handle)?;
-        allow(&principal(&request), &sql)?;
-        // The values come with the call (or were bound before it).
+        let who = principal(&request)?;
         let session = self.session(&request)?;
+        // The values come with the call (or were bound before it).
         let sent = read_params(request.into_inner()).await?;
         let params = if sent.is_empty() { bound } else { sent };
-        in_session(session, self.update(&sql, &params)).await
+        let run = async {
+            allow(&self.coordinator(), &who, &sql).await?;
+            self.update(&sql, &params).await
+        };
+        in_session(session, run).await
     }
 
     async fn do_action_create_prepared_statement(
@@ -471,8 +484,13 @@ impl FlightSqlService for TesseraFlightSql {
         &self,
         request: Request<tonic::Streaming<HandshakeRequest>>,
     ) -> Result<Response<HandshakeStream>, Status> {
-        let who = principal(&request);
-        let token = self.auth.issue(&who);
+        let who = principal(&request)?;
+        // A token is had for a password, not for another token.
+        let token = if request.extensions().get::<PasswordChecked>().is_some() {
+            self.auth.issue(&who)
+        } else {
+            None
+        };
         let payload = token.clone().unwrap_or_default();
         let reply = HandshakeResponse {
             protocol_version: 0,

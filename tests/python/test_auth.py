@@ -38,7 +38,7 @@ def server(data_dir):
     stop_server(proc)
 
 
-def test_sign_in_roles_and_tokens(server):
+def test_sign_in_roles_and_tokens(server, data_dir):
     port, proc = server
     wait_for("the sign-in hint", lambda: "password in TESSERA_PASSWORD" in server_log(proc), 30)
 
@@ -62,14 +62,26 @@ def test_sign_in_roles_and_tokens(server):
         assert logged and all("first-pw" not in s and "'***'" in s for s in logged)
 
         # A reader reads, and nothing else.
+        admin.execute("SET tessera.compaction = 'paused'")
+        out = os.path.join(data_dir, "never.csv")
         with connect(port, "ana", "first-pw") as c2, c2.cursor() as ana:
             assert rows(ana, "SELECT count(*) AS n FROM t")[0]["n"] == 2
+            assert rows(ana, "EXPLAIN SELECT * FROM t WHERE k = 1")
             for sql in ["DROP TABLE t", "INSERT INTO t VALUES (3, 'x')", "CREATE USER eve PASSWORD 'x'",
-                        "COPY (SELECT 1) TO '/tmp/out.parquet'"]:
+                        f"COPY (SELECT 1) TO '{out}'",
+                        f"EXPLAIN ANALYZE COPY (SELECT 'x') TO '{out}' STORED AS CSV",
+                        "EXPLAIN ANALYZE INSERT INTO t VALUES (4, 'y')",
+                        "SET tessera.compaction = 'running'", "SHOW USERS",
+                        "SET datafusion.runtime.temp_directory = '/tmp'"]:
                 with pytest.raises(flightsql.Error, match="may only read") as e:
                     ana.execute(sql)
                 assert "PERMISSION" in str(e.value).upper()
+            assert not os.path.exists(out)
+            # Her own settings are hers, and leave the server's switches alone.
+            ana.execute("SET datafusion.execution.batch_size = 100")
+            assert rows(admin, "SHOW tessera.compaction")[0]["value"] == "paused"
             assert rows(ana, "SELECT count(*) AS n FROM t")[0]["n"] == 2
+        admin.execute("SET tessera.compaction = 'running'")
 
         # A token dies with a change of its user.
         client = flight.FlightClient(f"grpc://127.0.0.1:{port}")
@@ -87,6 +99,12 @@ def test_sign_in_roles_and_tokens(server):
         admin.execute("GRANT admin TO ana")
         with connect(port, "ana", "second-pw") as c3, c3.cursor() as ana:
             ana.execute("INSERT INTO t VALUES (3, 'three')")
+        # Dropped and made again, she is another user: old tokens die.
+        token = client.authenticate_basic_token("ana", "second-pw")
+        admin.execute("DROP USER ana")
+        admin.execute("CREATE USER ana PASSWORD 'second-pw'")
+        with pytest.raises(flight.FlightUnauthenticatedError, match="revoked"):
+            list(client.list_actions(flight.FlightCallOptions(headers=[token])))
         admin.execute("DROP USER ana")
         # The last admin stays one.
         for sql in ["GRANT reader TO admin", "DROP USER admin"]:

@@ -32,6 +32,9 @@ from test_cluster_processes import (
 )
 
 LEADER_LEASE_S = 4.0
+# Clients sign in; the coordinators and workers present the cluster secret.
+ADMIN_PASSWORD = "admin-" + os.urandom(6).hex()
+CREDS = {"username": "admin", "password": ADMIN_PASSWORD}
 WORKER_LEASE_S = 2.0
 
 
@@ -39,7 +42,6 @@ def start_coordinator(data_dir, name, port, etcd):
     return start_process(
         [
             "coordinator",
-            "--insecure",
             "--listen", f"127.0.0.1:{port}",
             "--data-dir", os.path.join(data_dir, name),
             "--metastore", f"{etcd}/cluster",
@@ -48,6 +50,7 @@ def start_coordinator(data_dir, name, port, etcd):
             "--cluster-secret-file", os.path.join(data_dir, "cluster.secret"),
         ],
         os.path.join(data_dir, f"{name}.log"),
+        env={"TESSERA_PASSWORD": ADMIN_PASSWORD},
     )
 
 
@@ -100,7 +103,7 @@ def writers_and_readers(urls, batches, seed):
     lock = threading.Lock()
 
     def writer(url):
-        with flightsql.connect(url) as conn, conn.cursor() as cur:
+        with flightsql.connect(url, db_kwargs=CREDS) as conn, conn.cursor() as cur:
             for _ in range(batches):
                 with lock:
                     b = next(next_batch)
@@ -112,7 +115,7 @@ def writers_and_readers(urls, batches, seed):
                     acked.append(b)
 
     def reader(url):
-        with flightsql.connect(url) as conn, conn.cursor() as cur:
+        with flightsql.connect(url, db_kwargs=CREDS) as conn, conn.cursor() as cur:
             while not stop.is_set():
                 try:
                     seen = rows(cur, "SELECT b, count(*) AS n FROM w GROUP BY b")
@@ -153,8 +156,8 @@ def test_two_coordinators_serve_and_the_follower_takes_over(data_dir):
             started[name] = start_worker(data_dir, join, host, name)
             procs.append(started[name][0])
         ua, ub = f"grpc://127.0.0.1:{pa}", f"grpc://127.0.0.1:{pb}"
-        with flightsql.connect(ua) as ca, ca.cursor() as cur_a, \
-                flightsql.connect(ub) as cb, cb.cursor() as cur_b:
+        with flightsql.connect(ua, db_kwargs=CREDS) as ca, ca.cursor() as cur_a, \
+                flightsql.connect(ub, db_kwargs=CREDS) as cb, cb.cursor() as cur_b:
             wait_for("three workers up", lambda: len(workers(cur_b)) == 3, 30)
             assert all(w["state"] == "up" for w in workers(cur_b).values())
             # DDL through the follower, seen by the leader at once, and back.
@@ -224,7 +227,7 @@ def test_two_coordinators_serve_and_the_follower_takes_over(data_dir):
         wait_for("b to lead", lambda: "Leading the cluster" in server_log(b), 30)
         took_over = time.time() - killed
 
-        with flightsql.connect(ub) as conn, conn.cursor() as cur:
+        with flightsql.connect(ub, db_kwargs=CREDS) as conn, conn.cursor() as cur:
             # Heard from since b took over (no heartbeat yet: NULL).
             wait_for(
                 "the workers heartbeating to b",
@@ -271,7 +274,7 @@ def test_leader_and_follower_ride_out_an_etcd_restart(data_dir):
     try:
         a, pa, b, pb = start_pair(data_dir, etcd_url)
         procs.append(start_worker(data_dir, f"127.0.0.1:{pa},127.0.0.1:{pb}", "127.0.0.2", "w2")[0])
-        with flightsql.connect(f"grpc://127.0.0.1:{pa}") as conn, conn.cursor() as cur:
+        with flightsql.connect(f"grpc://127.0.0.1:{pa}", db_kwargs=CREDS) as conn, conn.cursor() as cur:
             wait_for("the worker up", lambda: len(workers(cur)) == 1, 30)
             cur.execute("CREATE TABLE t (k BIGINT) PARTITION BY HASH (k) PARTITIONS 2")
             cur.execute("INSERT INTO t SELECT value FROM range(100)")

@@ -58,38 +58,6 @@ pub(super) fn route(statement: &Statement) -> Route {
     }
 }
 
-/// Whether `sql` only reads (a reader may run it): a query, EXPLAIN of
-/// one, SHOW, DESCRIBE, SET. Not COPY ... TO (it writes files on the
-/// server), views, or SHOW USERS.
-pub fn only_reads(sql: &str) -> bool {
-    match tessera_sql::parse_statement(sql) {
-        Ok(Statement::Sql(sql)) => route_sql(&sql) == Route::Here && plain_read(&sql),
-        Ok(Statement::ShowUsers) => false,
-        Ok(statement) => route(&statement) == Route::Here,
-        // It fails as it runs.
-        Err(_) => true,
-    }
-}
-
-/// A statement the sqlparser AST says only reads.
-fn plain_read(sql: &str) -> bool {
-    let Ok(mut statements) = DFParser::parse_sql(sql) else {
-        return true;
-    };
-    match statements.pop_front() {
-        Some(DfStatement::Statement(s)) => !matches!(
-            *s,
-            SqlStatement::CreateView { .. }
-                | SqlStatement::Drop {
-                    object_type: ObjectType::View,
-                    ..
-                }
-        ),
-        Some(DfStatement::CopyTo(_)) => false,
-        _ => true,
-    }
-}
-
 /// Queries, EXPLAIN, SET and COPY ... TO run here; everything else (DML,
 /// DDL, EXPLAIN ANALYZE of a write) on the leader. A statement that does
 /// not parse runs here, where it fails with the parser's error.
@@ -221,33 +189,6 @@ impl Coordinator {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn readers_only_read() {
-        for sql in [
-            "SELECT 1",
-            "SHOW TABLES",
-            "DESCRIBE t",
-            "EXPLAIN SELECT 1",
-            "SET x.y = 1",
-        ] {
-            assert!(only_reads(sql), "{sql}");
-        }
-        for sql in [
-            "INSERT INTO t VALUES (1)",
-            "DROP TABLE t",
-            "CREATE TABLE t (k INT)",
-            "COPY (SELECT 1) TO '/tmp/x.parquet'",
-            "CREATE VIEW v AS SELECT 1",
-            "CREATE USER u PASSWORD 'p'",
-            "GRANT admin TO u",
-            "SHOW USERS",
-            "SET tessera.compaction = 'paused'",
-            "EXPLAIN ANALYZE INSERT INTO t VALUES (1)",
-        ] {
-            assert!(!only_reads(sql), "{sql}");
-        }
-    }
 
     #[test]
     fn reads_run_here_and_writes_on_the_leader() {
