@@ -171,7 +171,8 @@ pub async fn interactive(mut client: Client, addr: &str) -> Result<(), String> {
                 buffer.push_str(&line);
                 buffer.push('\n');
                 if trimmed.ends_with(';') {
-                    let _ = editor.add_history_entry(buffer.trim());
+                    // Passwords of user statements stay out of the history file.
+                    let _ = editor.add_history_entry(tessera_sql::redact(buffer.trim()));
                     // Ctrl-C while a statement runs drops its result
                     // stream: the server cancels the query's tasks on
                     // every worker, and the shell stays open.

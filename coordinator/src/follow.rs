@@ -32,7 +32,7 @@ use datafusion::common::{DataFusionError, Result, ScalarValue};
 use futures::{Stream, StreamExt, TryStreamExt};
 use prost::Message;
 use serde::{Deserialize, Serialize};
-use tessera_worker::secret::member_channel;
+use tessera_worker::secret::{MemberChannel, member_channel};
 use tessera_worker::{ErrorKind, Snapshot, call_timeout, shared_channel};
 
 use crate::membership::MemberWire;
@@ -232,25 +232,35 @@ impl Follower {
                 .get_flight_info(FlightDescriptor::new_cmd(cmd.as_any().encode_to_vec()))
                 .await
                 .map_err(|e| self.failed_after_send(&url, e))?;
-            let schema = Arc::new(info.clone().try_decode_schema()?);
-            let mut batches = vec![];
-            for endpoint in info.endpoint {
-                let Some(ticket) = endpoint.ticket else {
-                    continue;
-                };
-                let stream = client
-                    .do_get(ticket)
-                    .await
-                    .map_err(|e| self.failed_after_send(&url, e))?;
-                let mut part: Vec<RecordBatch> = stream
-                    .try_collect()
-                    .await
-                    .map_err(|e| self.failed_after_send(&url, e))?;
-                batches.append(&mut part);
-            }
-            Ok::<_, DataFusionError>((schema, batches))
+            self.rows_of(&mut client, &url, info).await
         };
         run.await
+    }
+
+    /// The rows of a statement the leader ran (its FlightInfo).
+    async fn rows_of(
+        &self,
+        client: &mut FlightClient<MemberChannel>,
+        url: &str,
+        info: arrow_flight::FlightInfo,
+    ) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+        let schema = Arc::new(info.clone().try_decode_schema()?);
+        let mut batches = vec![];
+        for endpoint in info.endpoint {
+            let Some(ticket) = endpoint.ticket else {
+                continue;
+            };
+            let stream = client
+                .do_get(ticket)
+                .await
+                .map_err(|e| self.failed_after_send(url, e))?;
+            let mut part: Vec<RecordBatch> = stream
+                .try_collect()
+                .await
+                .map_err(|e| self.failed_after_send(url, e))?;
+            batches.append(&mut part);
+        }
+        Ok((schema, batches))
     }
 
     /// Runs a statement with effects and parameter values on the leader
@@ -311,23 +321,7 @@ impl Follower {
                 .get_flight_info(descriptor)
                 .await
                 .map_err(|e| self.failed_after_send(&url, e))?;
-            let schema = Arc::new(info.clone().try_decode_schema()?);
-            let mut batches = vec![];
-            for endpoint in info.endpoint {
-                let Some(ticket) = endpoint.ticket else {
-                    continue;
-                };
-                let stream = client
-                    .do_get(ticket)
-                    .await
-                    .map_err(|e| self.failed_after_send(&url, e))?;
-                let mut part: Vec<RecordBatch> = stream
-                    .try_collect()
-                    .await
-                    .map_err(|e| self.failed_after_send(&url, e))?;
-                batches.append(&mut part);
-            }
-            Ok::<_, DataFusionError>((schema, batches))
+            self.rows_of(&mut client, &url, info).await
         };
         let result = run.await;
         let close = ActionClosePreparedStatementRequest {

@@ -32,6 +32,19 @@ fn no_such_user(name: &str) -> datafusion::common::DataFusionError {
     ))
 }
 
+/// Refuses a change (to `name`) that leaves the cluster without an admin.
+fn an_admin_remains(
+    users: &std::collections::BTreeMap<String, UserRecord>,
+    name: &str,
+) -> Result<()> {
+    if users.values().any(|u| u.role == UserRole::Admin) {
+        return Ok(());
+    }
+    Err(ErrorKind::FailedPrecondition.error(format!(
+        "'{name}' is the last admin; GRANT admin TO another user first"
+    )))
+}
+
 impl Coordinator {
     pub(super) async fn create_user(
         &self,
@@ -83,17 +96,7 @@ impl Coordinator {
                 if s.users.remove(name).is_none() && !if_exists {
                     return Err(no_such_user(name));
                 }
-                let admins = s
-                    .users
-                    .values()
-                    .filter(|u| u.role == UserRole::Admin)
-                    .count();
-                if admins == 0 {
-                    return Err(ErrorKind::FailedPrecondition.error(format!(
-                        "'{name}' is the last admin; GRANT admin TO another user first"
-                    )));
-                }
-                Ok(())
+                an_admin_remains(&s.users, name)
             })
             .await?;
         Ok(empty())
@@ -107,17 +110,7 @@ impl Coordinator {
                     user.role = role;
                     user.generation += 1;
                 }
-                let admins = s
-                    .users
-                    .values()
-                    .filter(|u| u.role == UserRole::Admin)
-                    .count();
-                if admins == 0 {
-                    return Err(ErrorKind::FailedPrecondition.error(format!(
-                        "'{name}' is the last admin; GRANT admin TO another user first"
-                    )));
-                }
-                Ok(())
+                an_admin_remains(&s.users, name)
             })
             .await?;
         Ok(empty())
