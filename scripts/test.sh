@@ -22,5 +22,8 @@ echo "== cargo test"
 cargo test --workspace
 
 echo "== python client tests (ADBC Flight SQL)"
-cargo build --bin tessera
+# Every target, as `cargo test` built them: the binary then shares their
+# dependencies (`cargo build --bin tessera` alone resolves features
+# differently and builds DataFusion a second time).
+cargo build --workspace --all-targets
 TESSERA_BIN="$CARGO_TARGET_DIR/debug/tessera" .venv/bin/python -m pytest -q tests/python
