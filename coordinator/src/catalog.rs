@@ -384,6 +384,22 @@ impl Catalog {
         self.membership.epoch()
     }
 
+    /// The users who may sign in (a copy of that part of the state only:
+    /// asked on every call a client makes).
+    pub fn users(&self) -> Result<BTreeMap<String, crate::catalog_state::UserRecord>> {
+        Ok(self.state.lock().map_err(|_| poisoned())?.users.clone())
+    }
+
+    /// `CREATE EXTERNAL TABLE` statements by table name.
+    pub fn external_table_sql(&self) -> Result<BTreeMap<String, String>> {
+        Ok(self
+            .state
+            .lock()
+            .map_err(|_| poisoned())?
+            .external_tables
+            .clone())
+    }
+
     pub fn table_def(&self, name: &str) -> Result<Option<TableDef>> {
         Ok(self
             .state

@@ -11,6 +11,7 @@ mod follow;
 mod members;
 mod metadata;
 mod params;
+mod recover;
 mod users;
 
 use std::collections::BTreeMap;
@@ -29,7 +30,7 @@ use datafusion::prelude::{DataFrame, SessionConfig, SessionContext};
 use datafusion_distributed::{DistributedExt, SessionStateBuilderExt};
 use futures::TryStreamExt;
 use tessera_sql::{Statement, parse_statement};
-use tessera_worker::{TesseraCodec, WorkerClient};
+use tessera_worker::TesseraCodec;
 
 use crate::catalog::Catalog;
 use crate::colocate::ColocateJoins;
@@ -304,87 +305,6 @@ impl Coordinator {
     /// the start, its catalog shared.
     pub fn new_session(&self) -> SessionContext {
         SessionContext::new_with_state(self.ctx.state())
-    }
-
-    /// Resolves writes a crash left between prepare and commit: decided
-    /// ones are committed on every worker they touched (whether or not a
-    /// staged file is left: commit is idempotent), undecided ones aborted.
-    /// A worker that is down or fails does not stop the start: its decided
-    /// writes are retried in the background until it confirms (reads
-    /// resolve them meanwhile), and its undecided ones wait for the next
-    /// start.
-    async fn recover(&self) -> Result<()> {
-        let state = self.catalog.state()?;
-        let members = self.catalog.members()?;
-        let mut finished = vec![];
-        for (txn, by_worker) in &state.decided {
-            let mut pending = BTreeMap::new();
-            for (worker, writes) in by_worker {
-                let result = match members.get(worker) {
-                    Some(url) => match WorkerClient::connect(url) {
-                        Ok(client) => client.commit(*txn, writes.clone()).await,
-                        Err(e) => Err(e),
-                    },
-                    None => Err(DataFusionError::Execution(format!(
-                        "worker {worker} is not a member"
-                    ))),
-                };
-                if let Err(e) = result {
-                    tracing::warn!(txn, %worker, error = %e, "a decided write is not committed yet; retrying in the background");
-                    pending.insert(worker.clone(), writes.clone());
-                }
-            }
-            if pending.is_empty() {
-                tracing::info!(txn, "finished a decided write");
-                finished.push(*txn);
-            } else {
-                tokio::spawn(crate::write::retry_commit(
-                    Arc::clone(&self.catalog),
-                    *txn,
-                    pending,
-                ));
-            }
-        }
-        for (worker, url) in &members {
-            if let Err(e) = self.abort_leftovers(worker, url).await {
-                tracing::warn!(%worker, error = %e, "undecided writes on this worker stay staged until the next start");
-            }
-        }
-        self.catalog
-            .update(|s| {
-                for txn in &finished {
-                    s.decided.remove(txn);
-                }
-                Ok(())
-            })
-            .await
-    }
-
-    /// Aborts the staged writes on a worker of transactions that can no
-    /// longer commit (neither in flight nor decided): left by a failed
-    /// statement, or by a crash before the decision.
-    async fn abort_leftovers(&self, worker: &str, url: &str) -> Result<()> {
-        let client = WorkerClient::connect(url)?;
-        let mut txns: Vec<u64> = client.staged().await?.iter().map(|w| w.txn).collect();
-        txns.dedup();
-        for txn in txns {
-            if !self.catalog.is_unresolved(txn)? {
-                client.abort(txn).await?;
-                tracing::info!(txn, %worker, "aborted a write that was never decided");
-            }
-        }
-        Ok(())
-    }
-
-    async fn restore_external_tables(&self) {
-        let Ok(state) = self.catalog.state() else {
-            return;
-        };
-        for (name, sql) in state.external_tables {
-            if let Err(e) = self.ctx().sql(&sql).await {
-                tracing::warn!(table = %name, error = %e, "external table could not be restored");
-            }
-        }
     }
 
     /// The log of queries run (`tessera.queries`).

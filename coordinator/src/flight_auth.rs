@@ -49,14 +49,9 @@ impl Auth {
     }
 
     fn users(&self) -> std::collections::BTreeMap<String, UserRecord> {
-        let coordinator = match self.serving.read() {
-            Ok(c) => Arc::clone(&c),
-            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
-        };
-        coordinator
+        crate::flight_sql::current(&self.serving)
             .catalog()
-            .state()
-            .map(|s| s.users)
+            .users()
             .unwrap_or_default()
     }
 

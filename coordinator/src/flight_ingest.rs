@@ -13,16 +13,14 @@
 //! option `tessera.partition_by` gives (`HASH (k) PARTITIONS 8`), or the
 //! replaced table's, or one partition.
 
-use arrow_flight::decode::FlightRecordBatchStream;
-use arrow_flight::error::FlightError;
 use arrow_flight::sql::server::PeekableFlightDataStream;
 use arrow_flight::sql::{CommandStatementIngest, TableExistsOption, TableNotExistOption};
 use datafusion::arrow::datatypes::{DataType, Schema, TimeUnit};
-use futures::TryStreamExt;
 use tessera_sql::PartitionScheme;
 use tonic::Status;
 
 use crate::engine::Coordinator;
+use crate::flight_prepared::read_batches;
 use crate::flight_sql::status;
 use crate::panic_guard::guarded;
 
@@ -140,20 +138,8 @@ pub async fn ingest(
         }
         _ => {}
     }
-    let mut stream = FlightRecordBatchStream::new_from_flight_data(
-        data.map_err(|s| FlightError::Tonic(Box::new(s))),
-    );
-    let mut batches = vec![];
-    while let Some(batch) = stream.try_next().await.map_err(|e| {
-        Status::invalid_argument(format!("bad Arrow data in the ingest stream: {e}"))
-    })? {
-        batches.push(batch);
-    }
-    let Some(schema) = stream
-        .schema()
-        .cloned()
-        .or_else(|| batches.first().map(|b| b.schema()))
-    else {
+    let (schema, batches) = read_batches(data, "the ingest stream").await?;
+    let Some(schema) = schema else {
         return Err(Status::invalid_argument(
             "the ingest stream carries no schema; send at least the schema of the rows",
         ));

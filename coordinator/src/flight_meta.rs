@@ -24,7 +24,8 @@ use futures::TryStreamExt;
 use prost::Message;
 use tonic::{Response, Status};
 
-use crate::engine::FunctionNames;
+use crate::engine::{Coordinator, FunctionNames};
+use crate::flight_sql::{hydrated, status};
 
 /// What DoGet answers with.
 pub type DoGetStream =
@@ -397,4 +398,55 @@ pub fn batch_stream(
         .build(futures::stream::iter([Ok(batch)]))
         .map_err(flight_status);
     Ok(Response::new(Box::pin(data)))
+}
+
+/// GetCatalogs: every catalog, as a follower's catalog has caught up.
+pub async fn catalogs(
+    coordinator: &Coordinator,
+    query: arrow_flight::sql::CommandGetCatalogs,
+) -> Result<Response<DoGetStream>, Status> {
+    coordinator.catch_up().await.map_err(status)?;
+    let mut builder = query.into_builder();
+    let mut last = None;
+    for (catalog, _) in coordinator.schema_names() {
+        if last.as_ref() != Some(&catalog) {
+            builder.append(catalog.clone());
+            last = Some(catalog);
+        }
+    }
+    batch_stream(builder.build())
+}
+
+/// GetDbSchemas: every schema the command's filters keep.
+pub async fn db_schemas(
+    coordinator: &Coordinator,
+    query: arrow_flight::sql::CommandGetDbSchemas,
+) -> Result<Response<DoGetStream>, Status> {
+    coordinator.catch_up().await.map_err(status)?;
+    let mut builder = query.into_builder();
+    for (catalog, schema) in coordinator.schema_names() {
+        builder.append(catalog, schema);
+    }
+    batch_stream(builder.build())
+}
+
+/// GetTables: every table the command's filters keep, with its schema if asked.
+pub async fn tables(
+    coordinator: &Coordinator,
+    query: arrow_flight::sql::CommandGetTables,
+) -> Result<Response<DoGetStream>, Status> {
+    coordinator.catch_up().await.map_err(status)?;
+    let mut builder = query.into_builder();
+    for t in coordinator.table_entries().await.map_err(status)? {
+        builder
+            .append(
+                &t.catalog,
+                &t.schema,
+                &t.name,
+                t.table_type,
+                &hydrated(&t.arrow_schema),
+            )
+            .map_err(flight_status)?;
+    }
+    batch_stream(builder.build())
 }

@@ -10,10 +10,20 @@ use std::time::{Duration, Instant};
 use arrow_flight::decode::FlightRecordBatchStream;
 use arrow_flight::error::FlightError;
 use arrow_flight::sql::server::PeekableFlightDataStream;
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::SchemaRef;
 use futures::TryStreamExt;
 use tonic::Status;
 
-use crate::engine::{ParamRow, param_rows};
+use arrow_flight::sql::{
+    ActionCreatePreparedStatementRequest, ActionCreatePreparedStatementResult,
+};
+use tessera_sql::number_placeholders;
+
+use crate::engine::{Coordinator, ParamRow, param_rows};
+use crate::flight_meta::ipc_schema;
+use crate::flight_sql::{hydrated, status};
+use crate::panic_guard::guarded;
 
 /// A prepared statement nobody used for this long is dropped.
 const IDLE_LIMIT: Duration = Duration::from_secs(24 * 3600);
@@ -87,16 +97,69 @@ impl PreparedStatements {
     }
 }
 
-/// The rows of parameter values a client's DoPut carries.
-pub async fn read_params(stream: PeekableFlightDataStream) -> Result<Vec<ParamRow>, Status> {
-    let mut batches = FlightRecordBatchStream::new_from_flight_data(
+/// Prepares a statement for a client: its handle, the schema of the rows
+/// it returns (if any) and of the parameters it takes.
+pub async fn prepare(
+    coordinator: &Coordinator,
+    prepared: &PreparedStatements,
+    query: ActionCreatePreparedStatementRequest,
+) -> Result<ActionCreatePreparedStatementResult, Status> {
+    // Planning happens at execution, so a prepared statement sees the
+    // catalog as it is then. The dataset schema tells clients (JDBC) a
+    // query from an update; the parameter schema says what to bind.
+    let (sql, _) = number_placeholders(&query.query).map_err(status)?;
+    let dataset_schema = match guarded(coordinator.result_schema(&sql))
+        .await
+        .map_err(status)?
+    {
+        Some(schema) => ipc_schema(&hydrated(&schema))?,
+        None => Default::default(),
+    };
+    let parameters = guarded(coordinator.parameter_schema(&sql))
+        .await
+        .map_err(status)?;
+    let parameter_schema = if parameters.fields().is_empty() {
+        Default::default()
+    } else {
+        ipc_schema(&parameters)?
+    };
+    Ok(ActionCreatePreparedStatementResult {
+        prepared_statement_handle: prepared.create(sql)?.into_bytes().into(),
+        dataset_schema,
+        parameter_schema,
+    })
+}
+
+/// The record batches a client's DoPut carries (`what` names them in an
+/// error), and their schema if the stream gave one.
+pub async fn read_batches(
+    stream: PeekableFlightDataStream,
+    what: &str,
+) -> Result<(Option<SchemaRef>, Vec<RecordBatch>), Status> {
+    let mut decoded = FlightRecordBatchStream::new_from_flight_data(
         stream.map_err(|s| FlightError::Tonic(Box::new(s))),
     );
+    let mut batches = vec![];
+    while let Some(batch) = decoded
+        .try_next()
+        .await
+        .map_err(|e| Status::invalid_argument(format!("bad Arrow data in {what}: {e}")))?
+    {
+        batches.push(batch);
+    }
+    let schema = decoded
+        .schema()
+        .cloned()
+        .or_else(|| batches.first().map(|b| b.schema()));
+    Ok((schema, batches))
+}
+
+/// The rows of parameter values a client's DoPut carries.
+pub async fn read_params(stream: PeekableFlightDataStream) -> Result<Vec<ParamRow>, Status> {
+    let (_, batches) = read_batches(stream, "the parameter values").await?;
     let mut rows = vec![];
-    while let Some(batch) = batches.try_next().await.map_err(|e| {
-        Status::invalid_argument(format!("bad Arrow data in the parameter values: {e}"))
-    })? {
-        rows.extend(param_rows(&batch).map_err(|e| Status::invalid_argument(e.to_string()))?);
+    for batch in &batches {
+        rows.extend(param_rows(batch).map_err(|e| Status::invalid_argument(e.to_string()))?);
     }
     Ok(rows)
 }

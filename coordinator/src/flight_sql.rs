@@ -33,17 +33,17 @@ use datafusion::common::DataFusionError;
 use datafusion::prelude::SessionContext;
 use futures::TryStreamExt;
 use prost::Message;
-use tessera_sql::number_placeholders;
 use tessera_worker::to_status;
 use tonic::{Request, Response, Status};
 
 use crate::engine::{Coordinator, ParamRow, Planned, TABLE_TYPES, in_session, rows_written};
 use crate::flight_auth::{Auth, PasswordChecked, allow, principal};
 use crate::flight_meta::{
-    DoGetStream, batch_stream, command_info, flight_status, foreign_keys_schema, ipc_schema,
+    DoGetStream, batch_stream, command_info, flight_status, foreign_keys_schema,
     primary_keys_schema, sql_info, xdbc_types,
 };
-use crate::flight_prepared::{PreparedStatements, read_params};
+use crate::flight_prepared::{PreparedStatements, prepare, read_params};
+use crate::flight_sessions::Sessions;
 use crate::panic_guard::{guarded, guarded_stream};
 use crate::retry::{Retry, plan_statement, retrying};
 
@@ -66,34 +66,17 @@ struct Parked {
     retry: Retry,
 }
 
-/// A client's session, made by the coordinator serving it then (a new
-/// leader starts new sessions).
-struct Session {
-    coordinator: Arc<Coordinator>,
-    context: SessionContext,
-    used: Instant,
-}
-
-/// A session nobody used for this long is dropped.
-const SESSION_IDLE: Duration = Duration::from_secs(3600);
-
-/// Who a call comes from: its bearer token if it has one, else its
-/// connection (one per client: ADBC, JDBC and the shell each hold one).
-fn client_key(
-    metadata: &tonic::metadata::MetadataMap,
-    peer: Option<std::net::SocketAddr>,
-) -> String {
-    if let Some(auth) = metadata.get("authorization").and_then(|v| v.to_str().ok())
-        && let Some(token) = auth.strip_prefix("Bearer ")
-    {
-        return format!("token {token}");
-    }
-    peer.map_or_else(|| "unknown".to_string(), |p| format!("connection {p}"))
-}
-
 /// The coordinator serving clients; a follower is replaced by a leader
 /// when it takes over the lead.
 pub type Serving = Arc<std::sync::RwLock<Arc<Coordinator>>>;
+
+/// The coordinator serving now.
+pub fn current(serving: &Serving) -> Arc<Coordinator> {
+    match serving.read() {
+        Ok(c) => Arc::clone(&c),
+        Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+    }
+}
 
 pub struct TesseraFlightSql {
     serving: Serving,
@@ -102,8 +85,7 @@ pub struct TesseraFlightSql {
     /// a worker failure stops is planned again).
     results: Mutex<HashMap<String, Parked>>,
     prepared: PreparedStatements,
-    /// Each client's session (its SET options), by client.
-    sessions: Mutex<HashMap<String, Session>>,
+    sessions: Sessions,
     sql_info: std::sync::OnceLock<Arc<SqlInfoData>>,
 }
 
@@ -127,7 +109,7 @@ impl TesseraFlightSql {
             auth,
             results: Mutex::new(HashMap::new()),
             prepared: PreparedStatements::default(),
-            sessions: Mutex::new(HashMap::new()),
+            sessions: Sessions::default(),
             sql_info: std::sync::OnceLock::new(),
         }
     }
@@ -144,62 +126,11 @@ impl TesseraFlightSql {
 
     /// The session of the client `request` comes from.
     fn session<T>(&self, request: &Request<T>) -> Result<SessionContext, Status> {
-        let key = client_key(request.metadata(), request.remote_addr());
-        let coordinator = self.coordinator();
-        let mut sessions = self
-            .sessions
-            .lock()
-            .map_err(|_| Status::internal("sessions poisoned"))?;
-        sessions.retain(|_, s| s.used.elapsed() < SESSION_IDLE);
-        let session = sessions.entry(key).or_insert_with(|| Session {
-            coordinator: Arc::clone(&coordinator),
-            context: coordinator.new_session(),
-            used: Instant::now(),
-        });
-        if !Arc::ptr_eq(&session.coordinator, &coordinator) {
-            session.coordinator = Arc::clone(&coordinator);
-            session.context = coordinator.new_session();
-        }
-        session.used = Instant::now();
-        Ok(session.context.clone())
-    }
-
-    async fn prepare(
-        &self,
-        query: ActionCreatePreparedStatementRequest,
-    ) -> Result<ActionCreatePreparedStatementResult, Status> {
-        // Planning happens at execution, so a prepared statement sees the
-        // catalog as it is then. The dataset schema tells clients (JDBC) a
-        // query from an update; the parameter schema says what to bind.
-        let (sql, _) = number_placeholders(&query.query).map_err(status)?;
-        let coordinator = self.coordinator();
-        let dataset_schema = match guarded(coordinator.result_schema(&sql))
-            .await
-            .map_err(status)?
-        {
-            Some(schema) => ipc_schema(&hydrated(&schema))?,
-            None => Default::default(),
-        };
-        let parameters = guarded(coordinator.parameter_schema(&sql))
-            .await
-            .map_err(status)?;
-        let parameter_schema = if parameters.fields().is_empty() {
-            Default::default()
-        } else {
-            ipc_schema(&parameters)?
-        };
-        Ok(ActionCreatePreparedStatementResult {
-            prepared_statement_handle: self.prepared.create(sql)?.into_bytes().into(),
-            dataset_schema,
-            parameter_schema,
-        })
+        self.sessions.of(request, &self.coordinator())
     }
 
     fn coordinator(&self) -> Arc<Coordinator> {
-        match self.serving.read() {
-            Ok(c) => Arc::clone(&c),
-            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
-        }
+        current(&self.serving)
     }
 
     fn park(
@@ -287,7 +218,7 @@ impl TesseraFlightSql {
 }
 
 /// The schema with dictionary columns as their value types, as DoGet sends them.
-fn hydrated(schema: &SchemaRef) -> SchemaRef {
+pub(crate) fn hydrated(schema: &SchemaRef) -> SchemaRef {
     let fields: Vec<FieldRef> = schema
         .fields()
         .iter()
@@ -450,7 +381,8 @@ impl FlightSqlService for TesseraFlightSql {
         request: Request<Action>,
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
         let session = self.session(&request)?;
-        in_session(session, self.prepare(query)).await
+        let coordinator = self.coordinator();
+        in_session(session, prepare(&coordinator, &self.prepared, query)).await
     }
 
     async fn do_action_close_prepared_statement(
@@ -559,17 +491,7 @@ impl FlightSqlService for TesseraFlightSql {
         query: CommandGetCatalogs,
         _request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        let coordinator = self.coordinator();
-        coordinator.catch_up().await.map_err(status)?;
-        let mut builder = query.into_builder();
-        let mut last = None;
-        for (catalog, _) in coordinator.schema_names() {
-            if last.as_ref() != Some(&catalog) {
-                builder.append(catalog.clone());
-                last = Some(catalog);
-            }
-        }
-        batch_stream(builder.build())
+        crate::flight_meta::catalogs(&self.coordinator(), query).await
     }
 
     async fn get_flight_info_schemas(
@@ -586,13 +508,7 @@ impl FlightSqlService for TesseraFlightSql {
         query: CommandGetDbSchemas,
         _request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        let coordinator = self.coordinator();
-        coordinator.catch_up().await.map_err(status)?;
-        let mut builder = query.into_builder();
-        for (catalog, schema) in coordinator.schema_names() {
-            builder.append(catalog, schema);
-        }
-        batch_stream(builder.build())
+        crate::flight_meta::db_schemas(&self.coordinator(), query).await
     }
 
     async fn get_flight_info_tables(
@@ -609,21 +525,7 @@ impl FlightSqlService for TesseraFlightSql {
         query: CommandGetTables,
         _request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        let coordinator = self.coordinator();
-        coordinator.catch_up().await.map_err(status)?;
-        let mut builder = query.into_builder();
-        for t in coordinator.table_entries().await.map_err(status)? {
-            builder
-                .append(
-                    &t.catalog,
-                    &t.schema,
-                    &t.name,
-                    t.table_type,
-                    &hydrated(&t.arrow_schema),
-                )
-                .map_err(flight_status)?;
-        }
-        batch_stream(builder.build())
+        crate::flight_meta::tables(&self.coordinator(), query).await
     }
 
     async fn get_flight_info_table_types(

@@ -19,6 +19,7 @@ mod flight_ingest;
 mod flight_members;
 mod flight_meta;
 mod flight_prepared;
+mod flight_sessions;
 mod flight_sql;
 mod follow;
 mod index;

@@ -15,7 +15,7 @@ use tonic::service::interceptor::InterceptedService;
 
 use crate::engine::Coordinator;
 use crate::flight_auth::{Access, Auth};
-use crate::flight_sql::{Serving, TesseraFlightSql};
+use crate::flight_sql::{Serving, TesseraFlightSql, current};
 use crate::metastore::{FileMetastore, Metastore};
 
 pub struct CoordinatorServer {
@@ -76,10 +76,7 @@ impl CoordinatorServer {
 
     /// The coordinator serving now.
     pub fn coordinator(&self) -> Arc<Coordinator> {
-        match self.serving.read() {
-            Ok(c) => Arc::clone(&c),
-            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
-        }
+        current(&self.serving)
     }
 
     /// Serves `next` from now on (a follower that took over the lead) and

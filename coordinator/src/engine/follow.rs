@@ -167,16 +167,16 @@ impl Coordinator {
     /// Registers here the external tables the leader created, and drops
     /// those it dropped.
     pub(super) async fn sync_external_tables(&self) {
-        let Ok(state) = self.catalog.state() else {
+        let Ok(external) = self.catalog.external_table_sql() else {
             return;
         };
         let here = self.catalog.external_names().unwrap_or_default();
         for name in &here {
-            if !state.external_tables.contains_key(name) && !name.starts_with("__load_") {
+            if !external.contains_key(name) && !name.starts_with("__load_") {
                 let _ = self.catalog.set_external(name, None);
             }
         }
-        for (name, sql) in &state.external_tables {
+        for (name, sql) in &external {
             if !here.contains(name)
                 && let Err(e) = self.ctx().sql(sql).await
             {

@@ -1,0 +1,93 @@
+//! What a leading coordinator finishes when it opens: writes a crash left
+//! between prepare and commit, and the external tables of the catalog.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use datafusion::common::{DataFusionError, Result};
+use tessera_worker::WorkerClient;
+
+use super::Coordinator;
+
+impl Coordinator {
+    /// Resolves writes a crash left between prepare and commit: decided
+    /// ones are committed on every worker they touched (whether or not a
+    /// staged file is left: commit is idempotent), undecided ones aborted.
+    /// A worker that is down or fails does not stop the start: its decided
+    /// writes are retried in the background until it confirms (reads
+    /// resolve them meanwhile), and its undecided ones wait for the next
+    /// start.
+    pub(super) async fn recover(&self) -> Result<()> {
+        let state = self.catalog.state()?;
+        let members = self.catalog.members()?;
+        let mut finished = vec![];
+        for (txn, by_worker) in &state.decided {
+            let mut pending = BTreeMap::new();
+            for (worker, writes) in by_worker {
+                let result = match members.get(worker) {
+                    Some(url) => match WorkerClient::connect(url) {
+                        Ok(client) => client.commit(*txn, writes.clone()).await,
+                        Err(e) => Err(e),
+                    },
+                    None => Err(DataFusionError::Execution(format!(
+                        "worker {worker} is not a member"
+                    ))),
+                };
+                if let Err(e) = result {
+                    tracing::warn!(txn, %worker, error = %e, "a decided write is not committed yet; retrying in the background");
+                    pending.insert(worker.clone(), writes.clone());
+                }
+            }
+            if pending.is_empty() {
+                tracing::info!(txn, "finished a decided write");
+                finished.push(*txn);
+            } else {
+                tokio::spawn(crate::write::retry_commit(
+                    Arc::clone(&self.catalog),
+                    *txn,
+                    pending,
+                ));
+            }
+        }
+        for (worker, url) in &members {
+            if let Err(e) = self.abort_leftovers(worker, url).await {
+                tracing::warn!(%worker, error = %e, "undecided writes on this worker stay staged until the next start");
+            }
+        }
+        self.catalog
+            .update(|s| {
+                for txn in &finished {
+                    s.decided.remove(txn);
+                }
+                Ok(())
+            })
+            .await
+    }
+
+    /// Aborts the staged writes on a worker of transactions that can no
+    /// longer commit (neither in flight nor decided): left by a failed
+    /// statement, or by a crash before the decision.
+    pub(super) async fn abort_leftovers(&self, worker: &str, url: &str) -> Result<()> {
+        let client = WorkerClient::connect(url)?;
+        let mut txns: Vec<u64> = client.staged().await?.iter().map(|w| w.txn).collect();
+        txns.dedup();
+        for txn in txns {
+            if !self.catalog.is_unresolved(txn)? {
+                client.abort(txn).await?;
+                tracing::info!(txn, %worker, "aborted a write that was never decided");
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) async fn restore_external_tables(&self) {
+        let Ok(state) = self.catalog.state() else {
+            return;
+        };
+        for (name, sql) in state.external_tables {
+            if let Err(e) = self.ctx().sql(&sql).await {
+                tracing::warn!(table = %name, error = %e, "external table could not be restored");
+            }
+        }
+    }
+}
