@@ -52,7 +52,9 @@ pub(super) fn open_shared(
         }
         Err(TryLockError::Error(e)) => return Err(io_err("cannot lock", &path, e)),
     }
-    let storage = make(root, lock)?;
+    // Files are read by absolute path (object store URLs): a relative
+    // --data-dir is resolved once, here.
+    let storage = make(key.clone(), lock)?;
     open.insert(key, Arc::downgrade(&storage));
     Ok(storage)
 }
