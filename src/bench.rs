@@ -66,6 +66,7 @@ pub async fn start_cluster(workers: usize, scratch: &std::path::Path) -> Result<
         lease: tessera_coordinator::DEFAULT_LEASE,
         access: tessera_coordinator::Access::Insecure,
         first_password: None,
+        tls: None,
     })
     .await
     .map_err(|e| e.to_string())
@@ -92,7 +93,12 @@ async fn bench(
         "bench: cluster of {} workers on {}, TPC-H SF {}",
         b.workers, cluster.addr, b.sf
     );
-    tpch::load(&cluster.addr.to_string(), b.sf, b.partitions).await?;
+    let to = crate::ConnectArgs {
+        connect: cluster.addr.to_string(),
+        user: None,
+        tls_ca: None,
+    };
+    tpch::load(&to, b.sf, b.partitions).await?;
     let have_parquet = TpchTable::ALL
         .iter()
         .all(|t| parquet_dir.join(format!("{}.parquet", t.name())).exists());

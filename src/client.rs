@@ -1,10 +1,12 @@
 //! A Flight SQL client for the shell and the script runner.
 
+use std::path::{Path, PathBuf};
+
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use arrow_flight::sql::client::FlightSqlServiceClient;
 use futures::TryStreamExt;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 /// One statement's result.
 pub struct QueryResult {
@@ -15,6 +17,8 @@ pub struct QueryResult {
 pub struct Client {
     inner: FlightSqlServiceClient<Channel>,
     addr: String,
+    /// The CA the server's certificate is checked against (TLS).
+    tls_ca: Option<PathBuf>,
     /// Who signed in, to sign in again on a new connection.
     user: Option<(String, String)>,
 }
@@ -22,32 +26,53 @@ pub struct Client {
 pub use tessera_datasets::flight_error_text as error_text;
 
 impl Client {
+    /// Connects without TLS or signing in (a cluster this process runs).
     pub async fn connect(addr: &str) -> Result<Self, String> {
-        let url = if addr.contains("://") {
-            addr.to_string()
-        } else {
-            format!("http://{addr}")
-        };
-        let channel = Endpoint::from_shared(url.clone())
-            .map_err(|e| format!("bad address {addr}: {e}"))?
-            .connect()
-            .await
-            .map_err(|e| {
-                format!("cannot connect to {url}: {e}; is `tessera serve` running there?")
-            })?;
+        Self::open(addr, None).await
+    }
+
+    async fn open(addr: &str, tls_ca: Option<&Path>) -> Result<Self, String> {
+        let url = client_url(addr, tls_ca.is_some());
+        let mut endpoint =
+            Endpoint::from_shared(url.clone()).map_err(|e| format!("bad address {addr}: {e}"))?;
+        if url.starts_with("https://") {
+            let Some(ca) = tls_ca else {
+                return Err(format!(
+                    "{addr} is a TLS address: give the CA that signed the server's certificate \
+                     with --tls-ca FILE"
+                ));
+            };
+            let pem = std::fs::read(ca)
+                .map_err(|e| format!("cannot read the CA certificate {}: {e}", ca.display()))?;
+            endpoint = endpoint
+                .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)))
+                .map_err(|e| format!("TLS with the CA {}: {e}", ca.display()))?;
+        }
+        let channel = endpoint.connect().await.map_err(|e| {
+            let why = error_chain(&e);
+            if url.starts_with("https://") {
+                format!(
+                    "cannot connect to {url} with TLS: {why}; is the server serving TLS \
+                     (--tls-cert), and did the CA given with --tls-ca sign its certificate?"
+                )
+            } else {
+                format!("cannot connect to {url}: {why}; is `tessera serve` running there?")
+            }
+        })?;
         let inner = FlightSqlServiceClient::new(channel);
         Ok(Self {
             inner,
             addr: addr.to_string(),
+            tls_ca: tls_ca.map(Path::to_path_buf),
             user: None,
         })
     }
 
-    /// Connects and, with `user`, signs in: the password comes from
-    /// TESSERA_PASSWORD, or is asked for on the terminal.
-    pub async fn connect_as(addr: &str, user: Option<&str>) -> Result<Self, String> {
-        let mut client = Self::connect(addr).await?;
-        if let Some(user) = user {
+    /// Connects as `to` says and, with a user, signs in: the password comes
+    /// from TESSERA_PASSWORD, or is asked for on the terminal.
+    pub async fn connect_as(to: &crate::ConnectArgs) -> Result<Self, String> {
+        let mut client = Self::open(&to.connect, to.tls_ca.as_deref()).await?;
+        if let Some(user) = &to.user {
             let password = match std::env::var("TESSERA_PASSWORD") {
                 Ok(p) if !p.is_empty() => p,
                 _ => rpassword::prompt_password(format!("Password for {user}: "))
@@ -65,7 +90,7 @@ impl Client {
 
     /// A second connection to the same server, signed in as this one.
     pub async fn reconnect(&self) -> Result<Self, String> {
-        let mut client = Self::connect(&self.addr).await?;
+        let mut client = Self::open(&self.addr, self.tls_ca.as_deref()).await?;
         if let Some((user, password)) = &self.user {
             client
                 .inner
@@ -104,4 +129,29 @@ impl Client {
         }
         Ok(QueryResult { schema, batches })
     }
+}
+
+/// `addr` as a URL: `HOST:PORT` is `https://` with a CA to check the server
+/// against, `http://` without; Flight's `grpc+tls://` and `grpc://` are
+/// understood.
+fn client_url(addr: &str, tls: bool) -> String {
+    match addr.split_once("://") {
+        Some(("grpc+tls", rest)) => format!("https://{rest}"),
+        Some(("grpc" | "grpc+tcp", rest)) => format!("http://{rest}"),
+        Some(_) => addr.to_string(),
+        None if tls => format!("https://{addr}"),
+        None => format!("http://{addr}"),
+    }
+}
+
+/// An error with its causes, which a transport error keeps out of its own text.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }

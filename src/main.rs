@@ -3,6 +3,7 @@
 
 mod bench;
 mod bench_index;
+mod cert;
 mod client;
 mod node;
 mod output;
@@ -32,6 +33,46 @@ const DEFAULT_ADDR: &str = "127.0.0.1:50051";
 struct Cli {
     #[command(subcommand)]
     command: Command,
+}
+
+/// A server's TLS.
+#[derive(clap::Args, Clone, Debug, Default)]
+struct TlsArgs {
+    /// Serve TLS with this certificate (PEM; `tessera cert create-node`).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// The CA that signed the members' certificates: the other members are
+    /// checked against it and present theirs (mutual TLS).
+    #[arg(long, requires = "tls_cert")]
+    tls_ca: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    fn files(&self) -> Option<tessera_worker::tls::TlsFiles> {
+        Some(tessera_worker::tls::TlsFiles {
+            cert: self.tls_cert.clone()?,
+            key: self.tls_key.clone()?,
+            ca: self.tls_ca.clone(),
+        })
+    }
+}
+
+/// Where a client connects, and as whom.
+#[derive(clap::Args, Clone, Debug)]
+pub struct ConnectArgs {
+    /// HOST:PORT, or a URL (http://, https://, grpc://, grpc+tls://).
+    #[arg(long, default_value = DEFAULT_ADDR)]
+    pub connect: String,
+    /// Sign in as this user (password from TESSERA_PASSWORD, or asked).
+    #[arg(long)]
+    pub user: Option<String>,
+    /// Connect with TLS, checking the server's certificate against this CA
+    /// (PEM; `tessera cert create-ca`).
+    #[arg(long)]
+    pub tls_ca: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -64,6 +105,8 @@ enum Command {
         /// Seconds a sign-in's bearer token stays good.
         #[arg(long, default_value_t = 43200.0)]
         token_ttl: f64,
+        #[command(flatten)]
+        tls: TlsArgs,
     },
     /// Run a coordinator of a cluster across machines: Flight SQL for
     /// clients, membership for the workers that join it.
@@ -101,6 +144,8 @@ enum Command {
         /// Seconds a sign-in's bearer token stays good.
         #[arg(long, default_value_t = 43200.0)]
         token_ttl: f64,
+        #[command(flatten)]
+        tls: TlsArgs,
     },
     /// Run a worker: it holds partitions in --data-dir and joins a coordinator.
     Worker {
@@ -119,14 +164,19 @@ enum Command {
         /// File holding the secret every member of the cluster presents.
         #[arg(long)]
         cluster_secret_file: Option<PathBuf>,
+        #[command(flatten)]
+        tls: TlsArgs,
+    },
+    /// Make TLS certificates: a CA, and certificates it signs for the
+    /// processes of a cluster and for clients.
+    Cert {
+        #[command(subcommand)]
+        command: cert::CertCommand,
     },
     /// Interactive SQL shell.
     Shell {
-        #[arg(long, default_value = DEFAULT_ADDR)]
-        connect: String,
-        /// Sign in as this user (password from TESSERA_PASSWORD, or asked).
-        #[arg(long)]
-        user: Option<String>,
+        #[command(flatten)]
+        to: ConnectArgs,
         /// Run these statements, print the results and exit.
         #[arg(short = 'c')]
         command: Option<String>,
@@ -143,11 +193,8 @@ enum Command {
     },
     /// Run the statements of a SQL file in order (`-` reads stdin).
     Run {
-        #[arg(long, default_value = DEFAULT_ADDR)]
-        connect: String,
-        /// Sign in as this user (password from TESSERA_PASSWORD, or asked).
-        #[arg(long)]
-        user: Option<String>,
+        #[command(flatten)]
+        to: ConnectArgs,
         #[arg(long, value_enum, default_value = "table")]
         format: Format,
         file: PathBuf,
@@ -161,8 +208,8 @@ enum Dataset {
         /// Scale factor (1 = about 1 GB of data, 6M lineitem rows).
         #[arg(long, default_value_t = 1.0)]
         sf: f64,
-        #[arg(long, default_value = DEFAULT_ADDR)]
-        connect: String,
+        #[command(flatten)]
+        to: ConnectArgs,
         /// Hash partitions per table (nation and region have one).
         #[arg(long, default_value_t = 8)]
         partitions: u32,
@@ -241,7 +288,13 @@ async fn serve(
     demo: bool,
     lease: std::time::Duration,
     access: tessera_coordinator::Access,
+    tls: Option<tessera_worker::tls::NodeTls>,
 ) -> Result<(), String> {
+    let (scheme, ca) = if tls.is_some() {
+        ("grpc+tls", " --tls-ca ca.crt")
+    } else {
+        ("grpc", "")
+    };
     let cluster = Cluster::start(ClusterConfig {
         listen,
         workers,
@@ -249,6 +302,7 @@ async fn serve(
         lease,
         access,
         first_password: node::given_password(),
+        tls,
     })
     .await
     .map_err(|e| e.to_string())?;
@@ -269,7 +323,7 @@ async fn serve(
         load_demo(&cluster).await?;
     }
     eprintln!(
-        "Connect with: tessera shell --connect {}   (Ctrl-C stops)",
+        "Connect with: tessera shell --connect {scheme}://{}{ca}   (Ctrl-C stops)",
         cluster.addr
     );
     wait_for_signal().await;
@@ -330,12 +384,7 @@ pub(crate) async fn wait_for_signal() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
-async fn run_file(
-    connect: &str,
-    user: Option<&str>,
-    format: Format,
-    file: &PathBuf,
-) -> Result<(), String> {
+async fn run_file(to: &ConnectArgs, format: Format, file: &PathBuf) -> Result<(), String> {
     let mut script = String::new();
     if file.as_os_str() == "-" {
         std::io::stdin()
@@ -346,7 +395,7 @@ async fn run_file(
             .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
     }
     let statements = split_statements(&script).map_err(|e| e.to_string())?;
-    let mut client = Client::connect_as(connect, user).await?;
+    let mut client = Client::connect_as(to).await?;
     let stdout = std::io::stdout();
     for s in statements {
         let result = client
@@ -386,9 +435,11 @@ fn main() -> ExitCode {
                 worker_lease,
                 insecure,
                 token_ttl,
+                tls,
             } => {
                 tessera_worker::set_call_timeout(seconds("--worker-timeout", worker_timeout)?);
                 let access = node::access(insecure, demo, &listen, token_ttl)?;
+                let tls = node::server_tls(tls.files(), false)?;
                 serve(
                     listen,
                     workers,
@@ -396,6 +447,7 @@ fn main() -> ExitCode {
                     demo,
                     seconds("--worker-lease", worker_lease)?,
                     access,
+                    tls,
                 )
                 .await
             }
@@ -410,8 +462,10 @@ fn main() -> ExitCode {
                 leader_lease,
                 insecure,
                 token_ttl,
+                tls,
             } => {
                 let access = node::access(insecure, false, &listen, token_ttl)?;
+                let tls = node::server_tls(tls.files(), true)?;
                 if cluster_secret_file.is_none() && !insecure {
                     return Err(
                         "signing in needs the cluster secret too (other coordinators \
@@ -433,6 +487,7 @@ fn main() -> ExitCode {
                     lease,
                     leader_lease,
                     access,
+                    tls,
                 })
                 .await
             }
@@ -442,33 +497,28 @@ fn main() -> ExitCode {
                 advertise,
                 data_dir,
                 cluster_secret_file,
+                tls,
             } => {
                 node::set_secret(cluster_secret_file.as_deref())?;
+                let tls = node::server_tls(tls.files(), true)?;
                 node::worker(node::WorkerArgs {
                     join,
                     listen,
                     advertise,
                     data_dir,
+                    tls,
                 })
                 .await
             }
-            Command::Shell {
-                connect,
-                user,
-                command,
-            } => {
-                let mut client = Client::connect_as(&connect, user.as_deref()).await?;
+            Command::Cert { command } => cert::run(command),
+            Command::Shell { to, command } => {
+                let mut client = Client::connect_as(&to).await?;
                 match command {
                     Some(sql) => shell::run_statements(&mut client, &sql, false).await,
-                    None => shell::interactive(client, &connect).await,
+                    None => shell::interactive(client, &to.connect).await,
                 }
             }
-            Command::Run {
-                connect,
-                user,
-                format,
-                file,
-            } => run_file(&connect, user.as_deref(), format, &file).await,
+            Command::Run { to, format, file } => run_file(&to, format, &file).await,
             Command::Bench {
                 bench:
                     BenchCommand::Tpch {
@@ -513,13 +563,13 @@ fn main() -> ExitCode {
                 dataset:
                     Dataset::Tpch {
                         sf,
-                        connect,
+                        to,
                         partitions,
                         parquet,
                     },
             } => match parquet {
                 Some(dir) => tpch::write_parquet(sf, &dir),
-                None => tpch::load(&connect, sf, partitions).await,
+                None => tpch::load(&to, sf, partitions).await,
             },
         }
     });

@@ -12,7 +12,8 @@ use tessera_coordinator::{
     open_file_metastore,
 };
 use tessera_worker::membership::{MemberHello, Membership, read_id, unix_now_ms};
-use tessera_worker::{Storage, start_worker};
+use tessera_worker::tls::{NodeTls, TlsFiles, member_url, set_member_tls};
+use tessera_worker::{Storage, start_worker_with};
 
 /// Sets the cluster secret from `--cluster-secret-file`; without one, the
 /// cluster admits any process that reaches it, which is said loudly.
@@ -29,13 +30,25 @@ pub fn set_secret(file: Option<&std::path::Path>) -> Result<(), String> {
     }
 }
 
-/// `host:port` or a URL, as a URL.
-fn as_url(addr: &str) -> String {
-    if addr.contains("://") {
-        addr.trim_end_matches('/').to_string()
-    } else {
-        format!("http://{addr}")
+/// The TLS a server serves with, from `--tls-cert/--tls-key/--tls-ca`.
+/// A member of a cluster across machines (`members`) calls the others
+/// over TLS too, so it needs the CA that signed their certificates.
+pub fn server_tls(files: Option<TlsFiles>, members: bool) -> Result<Option<NodeTls>, String> {
+    let Some(files) = files else {
+        return Ok(None);
+    };
+    if members && files.ca.is_none() {
+        return Err(
+            "--tls-cert needs --tls-ca here: the CA that signed the certificates of the other \
+             coordinators and workers, which this process calls over TLS"
+                .to_string(),
+        );
     }
+    let tls = NodeTls::load(&files).map_err(|e| e.to_string())?;
+    if members {
+        set_member_tls(tls.clone());
+    }
+    Ok(Some(tls))
 }
 
 /// How a coordinator lets clients in: signing in, unless `--insecure` (or
@@ -115,6 +128,7 @@ pub struct CoordinatorArgs {
     /// How long a dead leader holds the lead before a standby takes over.
     pub leader_lease: Duration,
     pub access: Access,
+    pub tls: Option<NodeTls>,
 }
 
 pub async fn coordinator(args: CoordinatorArgs) -> Result<(), String> {
@@ -139,10 +153,14 @@ pub async fn coordinator(args: CoordinatorArgs) -> Result<(), String> {
                 .await
                 .map_err(|e| e.to_string())?;
             first_admin(&coordinator, args.access).await?;
-            let server =
-                CoordinatorServer::start_with(Arc::new(coordinator), args.listen, args.access)
-                    .await
-                    .map_err(|e| e.to_string())?;
+            let server = CoordinatorServer::start_with(
+                Arc::new(coordinator),
+                args.listen,
+                args.access,
+                args.tls.as_ref(),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
             let metastore = format!("files in {}", args.data_dir.display());
             greet(&args, &server, &metastore);
             crate::wait_for_signal().await;
@@ -162,8 +180,21 @@ fn greet(args: &CoordinatorArgs, server: &CoordinatorServer, metastore: &str) {
         "Tessera coordinator on {} (Flight SQL and membership), metastore: {metastore}",
         server.addr
     );
-    eprintln!("Workers join with: tessera worker --join {reach} --listen HOST:PORT --data-dir DIR");
-    eprintln!("Connect with: tessera shell --connect {reach}   (Ctrl-C stops)");
+    if args.tls.is_some() {
+        eprintln!(
+            "Workers join with: tessera worker --join {reach} --listen HOST:PORT --data-dir DIR \
+             --tls-cert node.crt --tls-key node.key --tls-ca ca.crt"
+        );
+        eprintln!(
+            "Connect with: tessera shell --connect grpc+tls://{reach} --tls-ca ca.crt   (Ctrl-C \
+             stops)"
+        );
+    } else {
+        eprintln!(
+            "Workers join with: tessera worker --join {reach} --listen HOST:PORT --data-dir DIR"
+        );
+        eprintln!("Connect with: tessera shell --connect {reach}   (Ctrl-C stops)");
+    }
 }
 
 /// Every coordinator on one etcd serves clients; one leads. This one
@@ -186,9 +217,14 @@ async fn with_etcd(args: &CoordinatorArgs, url: &str, store: EtcdMetastore) -> R
         .await
         .map_err(|e| e.to_string())?;
     let server = Arc::new(
-        CoordinatorServer::start_with(Arc::new(following), args.listen, args.access)
-            .await
-            .map_err(|e| e.to_string())?,
+        CoordinatorServer::start_with(
+            Arc::new(following),
+            args.listen,
+            args.access,
+            args.tls.as_ref(),
+        )
+        .await
+        .map_err(|e| e.to_string())?,
     );
     greet(args, &server, url);
     let campaign = {
@@ -267,17 +303,18 @@ pub struct WorkerArgs {
     pub listen: SocketAddr,
     pub advertise: Option<String>,
     pub data_dir: PathBuf,
+    pub tls: Option<NodeTls>,
 }
 
 pub async fn worker(args: WorkerArgs) -> Result<(), String> {
     let storage = Storage::open(&args.data_dir).map_err(|e| e.to_string())?;
     let id = read_id(&args.data_dir).map_err(|e| e.to_string())?;
     let label = id.clone().unwrap_or_else(|| "(joining)".to_string());
-    let handle = start_worker(&label, args.listen, storage)
+    let handle = start_worker_with(&label, args.listen, storage, args.tls.as_ref())
         .await
         .map_err(|e| e.to_string())?;
     let url = match &args.advertise {
-        Some(a) => as_url(a),
+        Some(a) => member_url(a),
         None if args.listen.ip().is_unspecified() => {
             handle.stop().await;
             return Err(format!(
@@ -288,7 +325,7 @@ pub async fn worker(args: WorkerArgs) -> Result<(), String> {
         }
         None => handle.url.clone(),
     };
-    let coordinators: Vec<String> = args.join.iter().map(|c| as_url(c)).collect();
+    let coordinators: Vec<String> = args.join.iter().map(|c| member_url(c)).collect();
     let mut member = Membership {
         coordinators: coordinators.clone(),
         dir: args.data_dir.clone(),

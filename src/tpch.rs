@@ -31,12 +31,12 @@ fn check_sf(sf: f64) -> Result<(), String> {
 }
 
 /// Creates and loads the 8 tables into the cluster at `connect`.
-pub async fn load(connect: &str, sf: f64, partitions: u32) -> Result<(), String> {
+pub async fn load(to: &crate::ConnectArgs, sf: f64, partitions: u32) -> Result<(), String> {
     check_sf(sf)?;
     if partitions == 0 {
         return Err("--partitions must be at least 1".into());
     }
-    let mut client = Client::connect(connect).await?;
+    let mut client = Client::connect_as(to).await?;
     let started = Instant::now();
     let mut current: Option<(TpchTable, ProgressBar)> = None;
     let mut total = 0;

@@ -35,6 +35,9 @@ pub struct ClusterConfig {
     /// The first admin's password, if users sign in and there are none yet
     /// (`None`: one is generated, see [`Cluster::generated_password`]).
     pub first_password: Option<String>,
+    /// Serve Flight SQL over TLS with this certificate (the workers, in
+    /// this process and on loopback, are reached in plaintext).
+    pub tls: Option<tessera_worker::tls::NodeTls>,
 }
 
 /// A running cluster.
@@ -44,10 +47,16 @@ pub struct Cluster {
     coordinator: Arc<Coordinator>,
     data_dir: PathBuf,
     server: Option<CoordinatorServer>,
+    /// With TLS to clients: the coordinator again, in plaintext on a
+    /// loopback port, where this process's own workers send their
+    /// heartbeats (they carry the cluster secret like any member).
+    members: Option<CoordinatorServer>,
     /// Each worker's heartbeats, by id.
     heartbeats: BTreeMap<String, tokio::task::JoinHandle<()>>,
     /// The first admin's password, when this start made it up.
     pub generated_password: Option<String>,
+    /// Whether clients connect with TLS.
+    tls: bool,
 }
 
 fn worker_id(i: usize) -> String {
@@ -116,10 +125,26 @@ impl Cluster {
             }
             crate::flight_auth::Access::Insecure => None,
         };
-        let server =
-            CoordinatorServer::start_with(Arc::clone(&coordinator), config.listen, config.access)
-                .await?;
+        let server = CoordinatorServer::start_with(
+            Arc::clone(&coordinator),
+            config.listen,
+            config.access,
+            config.tls.as_ref(),
+        )
+        .await?;
         let addr = server.addr;
+        let members = match config.tls {
+            Some(_) => Some(
+                CoordinatorServer::start_with(
+                    Arc::clone(&coordinator),
+                    SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), 0),
+                    config.access,
+                    None,
+                )
+                .await?,
+            ),
+            None => None,
+        };
         tracing::info!(%addr, workers = workers.len(), "coordinator listening");
         let mut cluster = Self {
             addr,
@@ -127,8 +152,10 @@ impl Cluster {
             coordinator,
             data_dir: config.data_dir,
             server: Some(server),
+            members,
             heartbeats: BTreeMap::new(),
             generated_password,
+            tls: config.tls.is_some(),
         };
         let started: Vec<(String, String)> = cluster
             .workers
@@ -144,7 +171,10 @@ impl Cluster {
     /// Worker `id` at `url` joins the coordinator and heartbeats from now on.
     async fn join(&mut self, id: &str, url: &str) -> Result<()> {
         let mut member = Membership {
-            coordinators: vec![self.url()],
+            coordinators: vec![match &self.members {
+                Some(m) => format!("http://{}", m.addr),
+                None => self.url(),
+            }],
             dir: self.data_dir.join(id),
             hello: MemberHello {
                 id: Some(id.to_string()),
@@ -167,7 +197,8 @@ impl Cluster {
 
     /// The Flight SQL address clients connect to, as a URL.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// Stops one worker, as if its process died; the others keep running.
@@ -207,6 +238,9 @@ impl Cluster {
         }
         if let Some(server) = self.server.take() {
             server.stop().await;
+        }
+        if let Some(members) = self.members.take() {
+            members.stop().await;
         }
         for w in self.workers.drain(..) {
             w.stop().await;

@@ -33,6 +33,7 @@ use futures::{Stream, StreamExt, TryStreamExt};
 use prost::Message;
 use serde::{Deserialize, Serialize};
 use tessera_worker::secret::{MemberChannel, member_channel};
+use tessera_worker::tls::member_url;
 use tessera_worker::{ErrorKind, Snapshot, call_timeout, shared_channel};
 
 use crate::membership::MemberWire;
@@ -120,15 +121,6 @@ pub struct Follower {
     pins: Mutex<Vec<Weak<RemotePin>>>,
 }
 
-/// `host:port` or a URL, as a URL.
-pub fn as_url(addr: &str) -> String {
-    if addr.contains("://") {
-        addr.trim_end_matches('/').to_string()
-    } else {
-        format!("http://{addr}")
-    }
-}
-
 /// Whether `status` was made by this process's transport (no answer from
 /// the peer) rather than sent by the peer.
 fn is_transport(status: &tonic::Status) -> bool {
@@ -139,7 +131,7 @@ impl Follower {
     pub fn new(store: EtcdMetastore, me: &str) -> Arc<Self> {
         Arc::new(Self {
             store,
-            me: as_url(me),
+            me: member_url(me),
             leader: Mutex::new(None),
             pins: Mutex::new(vec![]),
         })
@@ -147,7 +139,7 @@ impl Follower {
 
     /// Whether `holder` (a leader key's value) is this coordinator.
     pub fn is_me(&self, holder: &str) -> bool {
-        as_url(holder) == self.me
+        member_url(holder) == self.me
     }
 
     pub fn store(&self) -> &EtcdMetastore {
@@ -165,7 +157,7 @@ impl Follower {
                  over within the leader lease: retry in a few seconds",
             ));
         };
-        let url = as_url(&holder);
+        let url = member_url(&holder);
         if url == self.me {
             return Err(ErrorKind::Unavailable.error(
                 "this coordinator is taking over the lead of the cluster; retry in a moment",

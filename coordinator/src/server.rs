@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use arrow_flight::flight_service_server::FlightServiceServer;
 use datafusion::common::{DataFusionError, Result};
-use tessera_worker::nodelay_incoming;
+use tessera_worker::tls::{ClientCerts, NodeTls, incoming};
 use tessera_worker::wire::MAX_MESSAGE_BYTES;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -29,15 +29,28 @@ impl CoordinatorServer {
     /// Serves `coordinator` on `listen` (port 0: any free port) to anyone
     /// who reaches it (the embedded cluster of tests and benchmarks).
     pub async fn start(coordinator: Arc<Coordinator>, listen: SocketAddr) -> Result<Self> {
-        Self::start_with(coordinator, listen, Access::Insecure).await
+        Self::start_with(coordinator, listen, Access::Insecure, None).await
     }
 
-    /// Serves `coordinator` on `listen`, letting clients in as `access` says.
+    /// Serves `coordinator` on `listen`, letting clients in as `access`
+    /// says; with `tls`, over TLS only (callers' certificates are checked
+    /// against its CA when they present one).
     pub async fn start_with(
         coordinator: Arc<Coordinator>,
         listen: SocketAddr,
         access: Access,
+        tls: Option<&NodeTls>,
     ) -> Result<Self> {
+        let mut server = tonic::transport::Server::builder();
+        if let Some(tls) = tls {
+            server = server
+                .tls_config(tls.server(ClientCerts::Optional))
+                .map_err(|e| {
+                    DataFusionError::Configuration(format!(
+                        "the TLS certificate or key is not usable: {e}"
+                    ))
+                })?;
+        }
         let listener = TcpListener::bind(listen).await.map_err(|e| {
             DataFusionError::Configuration(format!(
                 "cannot listen on {listen}: {e}; pick another address with --listen"
@@ -54,10 +67,11 @@ impl CoordinatorServer {
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
         let service = InterceptedService::new(service, move |request| auth.admit(request));
         let (tx, rx) = oneshot::channel::<()>();
+        let tls_on = tls.is_some();
         let task = tokio::spawn(async move {
-            let result = tonic::transport::Server::builder()
+            let result = server
                 .add_service(service)
-                .serve_with_incoming_shutdown(nodelay_incoming(listener), async {
+                .serve_with_incoming_shutdown(incoming(listener, tls_on), async {
                     let _ = rx.await;
                 })
                 .await;

@@ -66,6 +66,7 @@ async fn start_cluster(dir: &Path, workers: usize) -> Result<Cluster> {
         lease: tessera_coordinator::DEFAULT_LEASE,
         access: tessera_coordinator::Access::Insecure,
         first_password: None,
+        tls: None,
     })
     .await
 }

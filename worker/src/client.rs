@@ -120,8 +120,14 @@ pub fn shared_channel(url: &str, fresh: bool) -> Result<Channel> {
     if let Some(c) = map.get(url) {
         return Ok(c.clone());
     }
-    let c = Endpoint::from_shared(url.to_string())
-        .map_err(|e| DataFusionError::Configuration(format!("bad address {url}: {e}")))?
+    let mut endpoint = Endpoint::from_shared(url.to_string())
+        .map_err(|e| DataFusionError::Configuration(format!("bad address {url}: {e}")))?;
+    if let Some(tls) = crate::tls::client_tls_for(url)? {
+        endpoint = endpoint
+            .tls_config(tls)
+            .map_err(|e| DataFusionError::Configuration(format!("TLS for {url}: {e}")))?;
+    }
+    let c = endpoint
         .tcp_nodelay(true)
         .connect_timeout(Duration::from_secs(5))
         .http2_keep_alive_interval(Duration::from_secs(10))

@@ -14,6 +14,7 @@ pub mod secret;
 mod service;
 mod snapshot;
 mod storage;
+pub mod tls;
 mod unavailable;
 pub mod wire;
 mod yielding;
@@ -26,7 +27,7 @@ pub use kind::ErrorKind;
 pub use scan::{
     IndexRead, LocalStore, PartitionScanExec, ScanPart, ScanSpec, SizeEstimate, TesseraCodec,
 };
-pub use service::{WorkerHandle, nodelay_incoming, start_worker, to_status};
+pub use service::{WorkerHandle, nodelay_incoming, start_worker, start_worker_with, to_status};
 pub use snapshot::Snapshot;
 pub use storage::{
     Compaction, DataFile, Manifest, MergeRule, PartitionStats, StagedWrite, Storage,

@@ -371,11 +371,32 @@ pub async fn start_worker(
     listen: SocketAddr,
     storage: Arc<Storage>,
 ) -> datafusion::common::Result<WorkerHandle> {
+    start_worker_with(id, listen, storage, None).await
+}
+
+/// [`start_worker`], serving TLS with `tls`; with a CA in it, every
+/// caller presents a certificate the CA signed.
+pub async fn start_worker_with(
+    id: &str,
+    listen: SocketAddr,
+    storage: Arc<Storage>,
+    tls: Option<&crate::tls::NodeTls>,
+) -> datafusion::common::Result<WorkerHandle> {
     let listener = TcpListener::bind(listen).await.map_err(|e| {
         DataFusionError::Execution(format!("worker {id} cannot listen on {listen}: {e}"))
     })?;
     let addr = listener.local_addr()?;
-    let url = format!("http://{addr}");
+    let url = format!("{}://{addr}", if tls.is_some() { "https" } else { "http" });
+    let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        server = server
+            .tls_config(tls.server(crate::tls::ClientCerts::Required))
+            .map_err(|e| {
+                DataFusionError::Configuration(format!(
+                    "worker {id}: the TLS certificate or key is not usable: {e}"
+                ))
+            })?;
+    }
     let active_scans = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let local = Arc::new(LocalStore {
         url: url.clone(),
@@ -415,10 +436,10 @@ pub async fn start_worker(
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
 
     let (tx, rx) = oneshot::channel::<()>();
-    let incoming = nodelay_incoming(listener);
+    let incoming = crate::tls::incoming(listener, tls.is_some());
     let worker_id = id.to_string();
     let task = tokio::spawn(async move {
-        let result = tonic::transport::Server::builder()
+        let result = server
             .layer(tonic::service::InterceptorLayer::new(
                 crate::secret::check_secret as fn(_) -> _,
             ))
