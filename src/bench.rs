@@ -67,6 +67,7 @@ pub async fn start_cluster(workers: usize, scratch: &std::path::Path) -> Result<
         access: tessera_coordinator::Access::Insecure,
         first_password: None,
         tls: None,
+        files: Default::default(),
     })
     .await
     .map_err(|e| e.to_string())

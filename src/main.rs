@@ -60,6 +60,37 @@ impl TlsArgs {
     }
 }
 
+/// Where clients may read and write files on the server's machine.
+#[derive(clap::Args, Clone, Debug, Default)]
+struct FileArgs {
+    /// Clients (admins) may read files under DIR with CREATE EXTERNAL
+    /// TABLE ... LOCATION (repeatable; none by default outside --demo).
+    #[arg(long = "import-dir", value_name = "DIR")]
+    import_dirs: Vec<PathBuf>,
+    /// Clients (admins) may write files under DIR with COPY ... TO
+    /// (repeatable; none by default outside --demo).
+    #[arg(long = "export-dir", value_name = "DIR")]
+    export_dirs: Vec<PathBuf>,
+}
+
+impl FileArgs {
+    /// The directories; with `--demo` and none given, the current one.
+    fn dirs(&self, demo: bool) -> Result<tessera_coordinator::FileDirs, String> {
+        let (mut import, mut export) = (self.import_dirs.clone(), self.export_dirs.clone());
+        if demo && import.is_empty() && export.is_empty() {
+            let here = std::env::current_dir().map_err(|e| e.to_string())?;
+            eprintln!(
+                "--demo: clients may read and write files under {} (give --import-dir and \
+                 --export-dir to choose)",
+                here.display()
+            );
+            import.push(here.clone());
+            export.push(here);
+        }
+        tessera_coordinator::FileDirs::new(&import, &export).map_err(|e| e.to_string())
+    }
+}
+
 /// Where a client connects, and as whom.
 #[derive(clap::Args, Clone, Debug)]
 pub struct ConnectArgs {
@@ -107,6 +138,8 @@ enum Command {
         token_ttl: f64,
         #[command(flatten)]
         tls: TlsArgs,
+        #[command(flatten)]
+        files: FileArgs,
     },
     /// Run a coordinator of a cluster across machines: Flight SQL for
     /// clients, membership for the workers that join it.
@@ -146,6 +179,8 @@ enum Command {
         token_ttl: f64,
         #[command(flatten)]
         tls: TlsArgs,
+        #[command(flatten)]
+        files: FileArgs,
     },
     /// Run a worker: it holds partitions in --data-dir and joins a coordinator.
     Worker {
@@ -281,31 +316,14 @@ fn default_data_dir() -> PathBuf {
     }
 }
 
-async fn serve(
-    listen: SocketAddr,
-    workers: usize,
-    data_dir: PathBuf,
-    demo: bool,
-    lease: std::time::Duration,
-    access: tessera_coordinator::Access,
-    tls: Option<tessera_worker::tls::NodeTls>,
-) -> Result<(), String> {
-    let (scheme, ca) = if tls.is_some() {
+async fn serve(config: ClusterConfig, demo: bool) -> Result<(), String> {
+    let (scheme, ca) = if config.tls.is_some() {
         ("grpc+tls", " --tls-ca ca.crt")
     } else {
         ("grpc", "")
     };
-    let cluster = Cluster::start(ClusterConfig {
-        listen,
-        workers,
-        data_dir: data_dir.clone(),
-        lease,
-        access,
-        first_password: node::given_password(),
-        tls,
-    })
-    .await
-    .map_err(|e| e.to_string())?;
+    let (data_dir, access) = (config.data_dir.clone(), config.access);
+    let cluster = Cluster::start(config).await.map_err(|e| e.to_string())?;
     node::tell_first_admin(access, cluster.generated_password.as_deref());
     eprintln!(
         "Tessera coordinator on {} (Flight SQL), {} workers: {}",
@@ -436,20 +454,23 @@ fn main() -> ExitCode {
                 insecure,
                 token_ttl,
                 tls,
+                files,
             } => {
                 tessera_worker::set_call_timeout(seconds("--worker-timeout", worker_timeout)?);
                 let access = node::access(insecure, demo, &listen, token_ttl)?;
                 let tls = node::server_tls(tls.files(), false)?;
-                serve(
+                let files = files.dirs(demo)?;
+                let config = ClusterConfig {
                     listen,
                     workers,
-                    data_dir.unwrap_or_else(default_data_dir),
-                    demo,
-                    seconds("--worker-lease", worker_lease)?,
+                    data_dir: data_dir.unwrap_or_else(default_data_dir),
+                    lease: seconds("--worker-lease", worker_lease)?,
                     access,
+                    first_password: node::given_password(),
                     tls,
-                )
-                .await
+                    files,
+                };
+                serve(config, demo).await
             }
             Command::Coordinator {
                 listen,
@@ -463,9 +484,11 @@ fn main() -> ExitCode {
                 insecure,
                 token_ttl,
                 tls,
+                files,
             } => {
                 let access = node::access(insecure, false, &listen, token_ttl)?;
                 let tls = node::server_tls(tls.files(), true)?;
+                let files = files.dirs(false)?;
                 if cluster_secret_file.is_none() && !insecure {
                     return Err(
                         "signing in needs the cluster secret too (other coordinators \
@@ -488,6 +511,7 @@ fn main() -> ExitCode {
                     leader_lease,
                     access,
                     tls,
+                    files,
                 })
                 .await
             }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tessera_coordinator::{
-    Access, Coordinator, CoordinatorServer, EtcdMetastore, Follower, TAKEOVER_GRACE,
+    Access, Coordinator, CoordinatorServer, EtcdMetastore, FileDirs, Follower, TAKEOVER_GRACE,
     open_file_metastore,
 };
 use tessera_worker::membership::{MemberHello, Membership, read_id, unix_now_ms};
@@ -129,6 +129,7 @@ pub struct CoordinatorArgs {
     pub leader_lease: Duration,
     pub access: Access,
     pub tls: Option<NodeTls>,
+    pub files: FileDirs,
 }
 
 pub async fn coordinator(args: CoordinatorArgs) -> Result<(), String> {
@@ -152,6 +153,7 @@ pub async fn coordinator(args: CoordinatorArgs) -> Result<(), String> {
             let coordinator = Coordinator::open(metastore, Default::default(), args.lease)
                 .await
                 .map_err(|e| e.to_string())?;
+            coordinator.set_file_dirs(args.files.clone());
             first_admin(&coordinator, args.access).await?;
             let server = CoordinatorServer::start_with(
                 Arc::new(coordinator),
@@ -216,6 +218,7 @@ async fn with_etcd(args: &CoordinatorArgs, url: &str, store: EtcdMetastore) -> R
     let following = Coordinator::open_follower(follower, args.lease)
         .await
         .map_err(|e| e.to_string())?;
+    following.set_file_dirs(args.files.clone());
     let server = Arc::new(
         CoordinatorServer::start_with(
             Arc::new(following),
@@ -233,6 +236,7 @@ async fn with_etcd(args: &CoordinatorArgs, url: &str, store: EtcdMetastore) -> R
         let lease = args.lease;
         let leader_lease = args.leader_lease;
         let access = args.access;
+        let files = args.files.clone();
         tokio::spawn(async move {
             let led = store
                 .lead(
@@ -260,6 +264,7 @@ async fn with_etcd(args: &CoordinatorArgs, url: &str, store: EtcdMetastore) -> R
             }
             match Coordinator::open(Box::new(store), Default::default(), lease).await {
                 Ok(leading) => {
+                    leading.set_file_dirs(files);
                     // Queries this coordinator runs as a follower keep
                     // reading at their snapshots: pinned here now.
                     let running = server.coordinator();

@@ -38,6 +38,8 @@ pub struct ClusterConfig {
     /// Serve Flight SQL over TLS with this certificate (the workers, in
     /// this process and on loopback, are reached in plaintext).
     pub tls: Option<tessera_worker::tls::NodeTls>,
+    /// Where clients may read (EXTERNAL TABLE) and write (COPY TO) files.
+    pub files: crate::files::FileDirs,
 }
 
 /// A running cluster.
@@ -91,6 +93,7 @@ impl Cluster {
         let metastore = open_file_metastore(&config.data_dir.join("coordinator")).await?;
         let coordinator =
             Arc::new(Coordinator::open(metastore, members.clone(), config.lease).await?);
+        coordinator.set_file_dirs(config.files.clone());
 
         // Every partition must have a running owner.
         let state = coordinator.catalog().state()?;

@@ -120,6 +120,9 @@ pub struct Coordinator {
     /// One worker join at a time: the checks of a join (is this id alive
     /// elsewhere?) hold until it is recorded.
     joining: tokio::sync::Mutex<()>,
+    /// Where clients may read and write files on this machine (nowhere
+    /// until set).
+    files: std::sync::OnceLock<crate::files::FileDirs>,
 }
 
 impl Coordinator {
@@ -203,6 +206,7 @@ impl Coordinator {
             ctx,
             log,
             joining: tokio::sync::Mutex::new(()),
+            files: Default::default(),
         })
     }
 
@@ -515,8 +519,26 @@ impl Coordinator {
         self.plan_logical(sql, plan).await
     }
 
+    /// Lets clients read files under `dirs.import_dirs()` and write under
+    /// `dirs.export_dirs()` (once; before that, nowhere).
+    pub fn set_file_dirs(&self, dirs: crate::files::FileDirs) {
+        let _ = self.files.set(dirs);
+    }
+
+    /// Refuses a plan that touches files clients may not (see
+    /// [`crate::files`]).
+    fn check_files(&self, plan: &LogicalPlan) -> Result<()> {
+        let external = self.catalog.external_table_sql()?;
+        self.files
+            .get()
+            .cloned()
+            .unwrap_or_default()
+            .check_plan(plan, |name| external.contains_key(name))
+    }
+
     /// Runs or plans a statement DataFusion planned (`sql` is its text).
     async fn plan_logical(&self, sql: &str, plan: LogicalPlan) -> Result<Planned> {
+        self.check_files(&plan)?;
         match &plan {
             LogicalPlan::Ddl(DdlStatement::CreateExternalTable(ext)) => {
                 let name = ext.name.table().to_string();
@@ -584,6 +606,7 @@ impl Coordinator {
             .create_logical_plan(sql)
             .await
             .map_err(|e| with_hint(e, &state, sql))?;
+        self.check_files(&plan)?;
         Ok(DataFrame::new(state, plan))
     }
 }

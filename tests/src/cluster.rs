@@ -67,6 +67,8 @@ async fn start_cluster(dir: &Path, workers: usize) -> Result<Cluster> {
         access: tessera_coordinator::Access::Insecure,
         first_password: None,
         tls: None,
+        // Tests read and write files of their own under the cluster's dir.
+        files: tessera_coordinator::FileDirs::new(&[dir.to_path_buf()], &[dir.to_path_buf()])?,
     })
     .await
 }
