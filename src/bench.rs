@@ -40,12 +40,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 /// collected its metrics from the workers.
 async fn record_after(log: &QueryLog, after: u64) -> Option<QueryRecord> {
     for _ in 0..200 {
-        if let Some(r) = log
-            .snapshot()
-            .into_iter()
-            .rev()
-            .find(|r| r.query_id > after)
-        {
+        if let Some(r) = log.snapshot().into_iter().rev().find(|r| r.seq > after) {
             return Some(r);
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -54,7 +49,7 @@ async fn record_after(log: &QueryLog, after: u64) -> Option<QueryRecord> {
 }
 
 fn last_id(log: &QueryLog) -> u64 {
-    log.snapshot().last().map_or(0, |r| r.query_id)
+    log.snapshot().last().map_or(0, |r| r.seq)
 }
 
 /// A benchmark's own cluster on loopback, its data under `scratch`.

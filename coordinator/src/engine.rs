@@ -60,12 +60,20 @@ pub enum Planned {
     Plan(
         Arc<dyn ExecutionPlan>,
         Arc<TaskContext>,
-        Option<QueryRecorder>,
+        Option<Box<QueryRecorder>>,
         Arc<BTreeMap<String, String>>,
     ),
 }
 
 impl Planned {
+    /// The query log's number of a query that streams its rows.
+    pub fn query_seq(&self) -> Option<u64> {
+        match self {
+            Planned::Plan(_, _, Some(recorder), _) => Some(recorder.seq()),
+            _ => None,
+        }
+    }
+
     pub fn schema(&self) -> SchemaRef {
         match self {
             Planned::Ready(s, _) => Arc::clone(s),
@@ -94,7 +102,7 @@ impl Planned {
                     }),
                 ));
                 Ok(match recorder {
-                    Some(r) => r.watch(plan, stream),
+                    Some(r) => (*r).watch(plan, stream),
                     None => stream,
                 })
             }
@@ -328,7 +336,7 @@ impl Coordinator {
         let recorder = self.log.begin(sql);
         match self.plan_statement(sql, rows).await {
             Ok(Planned::Plan(plan, ctx, _, members)) => {
-                Ok(Planned::Plan(plan, ctx, Some(recorder), members))
+                Ok(Planned::Plan(plan, ctx, Some(Box::new(recorder)), members))
             }
             Ok(Planned::Ready(schema, batches)) => {
                 let rows = batches.iter().map(|b| b.num_rows() as u64).sum();
@@ -399,6 +407,10 @@ impl Coordinator {
             Statement::DropUser { name, if_exists } => self.drop_user(&name, if_exists).await,
             Statement::Grant { role, user } => self.grant(role, &user).await,
             Statement::ShowUsers => self.show_users(),
+            Statement::CancelQuery { id } => {
+                self.log.cancel(&id, &crate::query_log::current_caller())?;
+                Ok(empty())
+            }
             Statement::AlterWorker { id, action } => self.alter_worker(&id, action).await,
             Statement::Sql(sql) if rows.len() > 1 => self.plan_many(&sql, rows).await,
             Statement::Sql(sql) => self.plan_datafusion(&sql, rows.first()).await,
@@ -442,6 +454,7 @@ impl Coordinator {
             | Statement::AlterUser { .. }
             | Statement::DropUser { .. }
             | Statement::Grant { .. }
+            | Statement::CancelQuery { .. }
             | Statement::DropIndex { .. } => Ok(None),
             Statement::ShowWorkers
             | Statement::ShowUsers

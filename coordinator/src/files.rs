@@ -180,7 +180,8 @@ mod tests {
         std::fs::write(outside.join("secret.parquet"), b"x").unwrap();
         #[cfg(unix)]
         std::os::unix::fs::symlink(&outside, inside.join("link")).unwrap();
-        let dirs = FileDirs::new(&[inside.clone()], &[inside.clone()]).unwrap();
+        let dirs =
+            FileDirs::new(std::slice::from_ref(&inside), std::slice::from_ref(&inside)).unwrap();
         let at = |p: &Path| p.display().to_string();
 
         assert!(

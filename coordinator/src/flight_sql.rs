@@ -15,17 +15,17 @@ use arrow_flight::flight_service_server::FlightService;
 use arrow_flight::sql::metadata::SqlInfoData;
 use arrow_flight::sql::server::{FlightSqlService, PeekableFlightDataStream};
 use arrow_flight::sql::{
-    ActionClosePreparedStatementRequest, ActionCreatePreparedStatementRequest,
-    ActionCreatePreparedStatementResult, CommandGetCatalogs, CommandGetCrossReference,
-    CommandGetDbSchemas, CommandGetExportedKeys, CommandGetImportedKeys, CommandGetPrimaryKeys,
-    CommandGetSqlInfo, CommandGetTableTypes, CommandGetTables, CommandGetXdbcTypeInfo,
-    CommandPreparedStatementQuery, CommandPreparedStatementUpdate, CommandStatementIngest,
-    CommandStatementQuery, CommandStatementUpdate, DoPutPreparedStatementResult, ProstMessageExt,
-    SqlInfo, TicketStatementQuery,
+    ActionCancelQueryRequest, ActionCancelQueryResult, ActionClosePreparedStatementRequest,
+    ActionCreatePreparedStatementRequest, ActionCreatePreparedStatementResult, CommandGetCatalogs,
+    CommandGetCrossReference, CommandGetDbSchemas, CommandGetExportedKeys, CommandGetImportedKeys,
+    CommandGetPrimaryKeys, CommandGetSqlInfo, CommandGetTableTypes, CommandGetTables,
+    CommandGetXdbcTypeInfo, CommandPreparedStatementQuery, CommandPreparedStatementUpdate,
+    CommandStatementIngest, CommandStatementQuery, CommandStatementUpdate,
+    DoPutPreparedStatementResult, ProstMessageExt, SqlInfo, TicketStatementQuery,
 };
 use arrow_flight::{
-    Action, FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest, HandshakeResponse,
-    Ticket,
+    Action, CancelFlightInfoRequest, CancelFlightInfoResult, CancelStatus, FlightDescriptor,
+    FlightEndpoint, FlightInfo, HandshakeRequest, HandshakeResponse, Ticket,
 };
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::{DataType, FieldRef, Schema, SchemaRef};
@@ -37,7 +37,7 @@ use tessera_worker::to_status;
 use tonic::{Request, Response, Status};
 
 use crate::engine::{Coordinator, ParamRow, Planned, TABLE_TYPES, in_session, rows_written};
-use crate::flight_auth::{Auth, PasswordChecked, allow, principal};
+use crate::flight_auth::{Auth, PasswordChecked, allow, caller, principal};
 use crate::flight_meta::{
     DoGetStream, batch_stream, command_info, flight_status, foreign_keys_schema,
     primary_keys_schema, sql_info, xdbc_types,
@@ -45,7 +45,11 @@ use crate::flight_meta::{
 use crate::flight_prepared::{PreparedStatements, prepare, read_params};
 use crate::flight_sessions::Sessions;
 use crate::panic_guard::{guarded, guarded_stream};
+use crate::query_log::{Caller, Cancelled, as_caller, current_caller};
 use crate::retry::{Retry, plan_statement, retrying};
+
+/// Flight's action that cancels the statement of a FlightInfo.
+const CANCEL_FLIGHT_INFO: &str = "CancelFlightInfo";
 
 /// Results not fetched within this time are dropped.
 const RESULT_TTL: Duration = Duration::from_secs(600);
@@ -63,6 +67,7 @@ struct Parked {
     sql: String,
     params: Vec<ParamRow>,
     session: SessionContext,
+    caller: Caller,
     retry: Retry,
 }
 
@@ -142,6 +147,9 @@ impl TesseraFlightSql {
         retry: Retry,
     ) -> Result<String, Status> {
         let handle = uuid::Uuid::new_v4().to_string();
+        if let Some(seq) = planned.query_seq() {
+            self.coordinator().query_log().attach_handle(seq, &handle);
+        }
         let mut results = self
             .results
             .lock()
@@ -155,6 +163,7 @@ impl TesseraFlightSql {
                 sql: sql.to_string(),
                 params,
                 session,
+                caller: current_caller(),
                 retry,
             },
         );
@@ -202,6 +211,40 @@ impl TesseraFlightSql {
         Ok(Response::new(info))
     }
 
+    /// Cancels the statement `info` was the answer for: one whose rows
+    /// were not fetched yet is dropped; one streaming them stops.
+    fn cancel_info(&self, info: &FlightInfo, by: &Caller) -> Result<CancelStatus, Status> {
+        let mut outcome = CancelStatus::NotCancellable;
+        for ticket in info.endpoint.iter().filter_map(|e| e.ticket.as_ref()) {
+            let Ok(any) = arrow_flight::sql::Any::decode(ticket.ticket.clone()) else {
+                continue;
+            };
+            let Ok(Some(query)) = any.unpack::<TicketStatementQuery>() else {
+                continue;
+            };
+            let handle = utf8(&query.statement_handle)?.to_string();
+            let log = Arc::clone(self.coordinator().query_log());
+            // Its rows not fetched yet: it goes now.
+            let parked = self
+                .results
+                .lock()
+                .map_err(|_| Status::internal("result cache poisoned"))?
+                .remove(&handle);
+            if let Some(p) = parked {
+                if let Some(seq) = p.planned.query_seq() {
+                    log.cancel_seq(seq, by).map_err(status)?;
+                }
+                drop(p);
+                outcome = CancelStatus::Cancelled;
+                continue;
+            }
+            if log.cancel_handle(&handle, by).map_err(status)? == Cancelled::Yes {
+                outcome = CancelStatus::Cancelling;
+            }
+        }
+        Ok(outcome)
+    }
+
     async fn update(&self, sql: &str, params: &[ParamRow]) -> Result<i64, Status> {
         let coordinator = self.coordinator();
         let run = async {
@@ -246,13 +289,14 @@ impl FlightSqlService for TesseraFlightSql {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let who = principal(&request)?;
+        let by = caller(&request)?;
         let session = self.session(&request)?;
         let run = async {
             allow(&self.coordinator(), &who, &query.query).await?;
             self.flight_info(&query.query, vec![], session.clone(), request.into_inner())
                 .await
         };
-        in_session(session.clone(), run).await
+        in_session(session.clone(), as_caller(by, run)).await
     }
 
     async fn get_flight_info_prepared_statement(
@@ -262,13 +306,14 @@ impl FlightSqlService for TesseraFlightSql {
     ) -> Result<Response<FlightInfo>, Status> {
         let (sql, params) = self.prepared.get(&cmd.prepared_statement_handle)?;
         let who = principal(&request)?;
+        let by = caller(&request)?;
         let session = self.session(&request)?;
         let run = async {
             allow(&self.coordinator(), &who, &sql).await?;
             self.flight_info(&sql, params, session.clone(), request.into_inner())
                 .await
         };
-        in_session(session.clone(), run).await
+        in_session(session.clone(), as_caller(by, run)).await
     }
 
     async fn do_get_statement(
@@ -290,14 +335,26 @@ impl FlightSqlService for TesseraFlightSql {
             sql,
             params,
             session,
+            caller,
             retry,
             ..
         } = planned;
+        if let Some(seq) = planned.query_seq() {
+            self.coordinator().query_log().fetching(seq);
+        }
         let schema = planned.schema();
         let is_query = matches!(planned, Planned::Plan(..));
         let stream = planned.execute().map_err(status)?;
         let stream = if is_query {
-            retrying(self.coordinator(), sql, params, session, stream, retry)
+            retrying(
+                self.coordinator(),
+                sql,
+                params,
+                session,
+                caller,
+                stream,
+                retry,
+            )
         } else {
             stream
         };
@@ -322,12 +379,13 @@ impl FlightSqlService for TesseraFlightSql {
         request: Request<PeekableFlightDataStream>,
     ) -> Result<i64, Status> {
         let who = principal(&request)?;
+        let by = caller(&request)?;
         let session = self.session(&request)?;
         let run = async {
             allow(&self.coordinator(), &who, &ticket.query).await?;
             self.update(&ticket.query, &[]).await
         };
-        in_session(session, run).await
+        in_session(session, as_caller(by, run)).await
     }
 
     /// Bulk ingestion (ADBC `adbc_ingest`, `tessera load`): appends the
@@ -364,6 +422,7 @@ impl FlightSqlService for TesseraFlightSql {
     ) -> Result<i64, Status> {
         let (sql, bound) = self.prepared.get(&query.prepared_statement_handle)?;
         let who = principal(&request)?;
+        let by = caller(&request)?;
         let session = self.session(&request)?;
         // The values come with the call (or were bound before it).
         let sent = read_params(request.into_inner()).await?;
@@ -372,7 +431,7 @@ impl FlightSqlService for TesseraFlightSql {
             allow(&self.coordinator(), &who, &sql).await?;
             self.update(&sql, &params).await
         };
-        in_session(session, run).await
+        in_session(session, as_caller(by, run)).await
     }
 
     async fn do_action_create_prepared_statement(
@@ -613,14 +672,45 @@ impl FlightSqlService for TesseraFlightSql {
         batch_stream(Ok(RecordBatch::new_empty(foreign_keys_schema())))
     }
 
-    /// Members' calls: workers joining and heartbeating, and followers
-    /// taking snapshots.
+    /// Flight's `CancelFlightInfo`; members' calls: workers joining and
+    /// heartbeating, and followers taking snapshots.
     async fn do_action_fallback(
         &self,
         request: Request<Action>,
     ) -> Result<Response<<Self as FlightService>::DoActionStream>, Status> {
+        if request.get_ref().r#type == CANCEL_FLIGHT_INFO {
+            let by = caller(&request)?;
+            let cancel = CancelFlightInfoRequest::decode(request.get_ref().body.clone())
+                .map_err(|e| Status::invalid_argument(format!("CancelFlightInfo: {e}")))?;
+            let info = cancel
+                .info
+                .ok_or_else(|| Status::invalid_argument("CancelFlightInfo without a FlightInfo"))?;
+            let result = CancelFlightInfoResult {
+                status: self.cancel_info(&info, &by)? as i32,
+            };
+            let body = arrow_flight::Result {
+                body: result.encode_to_vec().into(),
+            };
+            return Ok(Response::new(Box::pin(futures::stream::iter([Ok(body)]))));
+        }
         crate::flight_members::member_action(self.coordinator(), request)
             .await
             .map(Response::new)
+    }
+
+    /// The older `CancelQuery` action of Flight SQL.
+    #[allow(deprecated)]
+    async fn do_action_cancel_query(
+        &self,
+        query: ActionCancelQueryRequest,
+        request: Request<Action>,
+    ) -> Result<ActionCancelQueryResult, Status> {
+        let by = caller(&request)?;
+        let info = FlightInfo::decode(query.info)
+            .map_err(|e| Status::invalid_argument(format!("CancelQuery: {e}")))?;
+        // CancelResult numbers its outcomes as CancelStatus does.
+        Ok(ActionCancelQueryResult {
+            result: self.cancel_info(&info, &by)? as i32,
+        })
     }
 }

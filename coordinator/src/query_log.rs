@@ -3,11 +3,14 @@
 //!
 //! | column             | meaning                                                    |
 //! |--------------------|------------------------------------------------------------|
-//! | query_id           | increasing number, per coordinator run                     |
+//! | query_id           | `<coordinator>-<n>`: unique in the cluster (`CANCEL QUERY`) |
 //! | started            | wall-clock start (UTC)                                     |
+//! | user_name          | who ran it (NULL without sign-in)                          |
+//! | client             | the client's address (NULL for the server's own work)      |
 //! | sql                | the statement (first 4000 characters)                      |
-//! | status             | `ok`, `error: ...` or `cancelled`                          |
-//! | elapsed_ms         | from planning to the last row sent                         |
+//! | status             | `waiting` (rows not asked for yet), `running`, `ok`,       |
+//! |                    | `error: ...` or `cancelled`                                |
+//! | elapsed_ms         | from planning to the last row sent (so far, if running)    |
 //! | rows               | rows returned                                              |
 //! | partitions_touched | table partitions read (sum over the query's scans)         |
 //! | stages             | distributed stages run on workers                          |
@@ -16,9 +19,11 @@
 //! | bytes_gathered     | bytes sent from workers to the coordinator                 |
 //!
 //! Byte counts are encoded Arrow Flight data as it crossed the network.
-//! The log keeps the last [`KEEP`] queries.
+//! The log keeps the last [`KEEP`] queries, and every running one. A user
+//! of role reader sees its own queries only, and cancels only those.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -41,17 +46,67 @@ use datafusion_distributed::{
     rewrite_distributed_plan_with_metrics,
 };
 use futures::Stream;
-use tessera_worker::PartitionScanExec;
+use tessera_worker::{ErrorKind, PartitionScanExec};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 /// Queries kept in the log.
 pub const KEEP: usize = 1000;
 const MAX_SQL_CHARS: usize = 4000;
 
-/// One finished query.
+/// Who runs a statement: shown in `tessera.queries`, and deciding whose
+/// queries it sees and may cancel.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// The signed-in user (`None` on a server without sign-in).
+    pub user: Option<String>,
+    /// The client's address.
+    pub client: Option<String>,
+    /// Whether it sees and cancels every query (an admin, anyone on a
+    /// server without sign-in, the server itself).
+    pub admin: bool,
+}
+
+impl Caller {
+    /// The server's own work.
+    fn server() -> Self {
+        Self {
+            user: None,
+            client: None,
+            admin: true,
+        }
+    }
+
+    fn may_see(&self, record: &QueryRecord) -> bool {
+        self.admin || (self.user.is_some() && record.user == self.user)
+    }
+}
+
+tokio::task_local! {
+    static CALLER: Caller;
+}
+
+/// Runs `f` on behalf of `caller`.
+pub async fn as_caller<F: Future>(caller: Caller, f: F) -> F::Output {
+    CALLER.scope(caller, f).await
+}
+
+/// Who runs the statement running now.
+pub fn current_caller() -> Caller {
+    CALLER
+        .try_with(Caller::clone)
+        .unwrap_or_else(|_| Caller::server())
+}
+
+/// One query, finished or running.
 #[derive(Debug, Clone, Default)]
 pub struct QueryRecord {
-    pub query_id: u64,
+    /// Order of start on this coordinator.
+    pub seq: u64,
+    /// `<coordinator>-<seq>`: unique in the cluster.
+    pub query_id: String,
     pub started_micros: i64,
+    pub user: Option<String>,
+    pub client: Option<String>,
     pub sql: String,
     pub status: String,
     pub elapsed_ms: f64,
@@ -63,16 +118,52 @@ pub struct QueryRecord {
     pub bytes_gathered: u64,
 }
 
-#[derive(Debug, Default)]
+/// A query that has not ended.
+#[derive(Debug)]
+struct Running {
+    record: QueryRecord,
+    started: Instant,
+    cancel: CancellationToken,
+    /// The Flight SQL result handle its rows are fetched with.
+    handle: Option<String>,
+    /// Planned, its rows not asked for yet.
+    waiting: bool,
+}
+
+#[derive(Debug)]
 pub struct QueryLog {
+    /// This coordinator's part of every query id: random per start.
+    tag: String,
     next_id: Mutex<u64>,
     records: Mutex<VecDeque<QueryRecord>>,
+    running: Mutex<BTreeMap<u64, Running>>,
+}
+
+impl Default for QueryLog {
+    fn default() -> Self {
+        Self {
+            tag: uuid::Uuid::new_v4().simple().to_string()[..8].to_string(),
+            next_id: Mutex::default(),
+            records: Mutex::default(),
+            running: Mutex::default(),
+        }
+    }
+}
+
+/// How a cancellation went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cancelled {
+    /// Asked to stop; it ends with a `cancelled` error.
+    Yes,
+    /// Not running here (ended, or never known).
+    NotRunning,
 }
 
 impl QueryLog {
-    /// Starts a record for `sql`; it enters the log when the query ends.
+    /// Starts a record for `sql`, run by the current caller; it is listed
+    /// as running until it ends.
     pub fn begin(self: &Arc<Self>, sql: &str) -> QueryRecorder {
-        let query_id = {
+        let seq = {
             let mut next = self.next_id.lock().unwrap_or_else(|e| e.into_inner());
             *next += 1;
             *next
@@ -81,24 +172,66 @@ impl QueryLog {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_micros() as i64)
             .unwrap_or(0);
+        let caller = current_caller();
+        let record = QueryRecord {
+            seq,
+            query_id: format!("{}-{seq}", self.tag),
+            started_micros,
+            user: caller.user,
+            client: caller.client,
+            // Passwords of user statements never reach the log.
+            sql: tessera_sql::redact(sql)
+                .trim()
+                .chars()
+                .take(MAX_SQL_CHARS)
+                .collect(),
+            ..Default::default()
+        };
+        let cancel = CancellationToken::new();
+        let started = Instant::now();
+        self.running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                seq,
+                Running {
+                    record: record.clone(),
+                    started,
+                    cancel: cancel.clone(),
+                    handle: None,
+                    waiting: false,
+                },
+            );
         QueryRecorder {
             log: Arc::clone(self),
-            started: Instant::now(),
-            record: QueryRecord {
-                query_id,
-                started_micros,
-                // Passwords of user statements never reach the log.
-                sql: tessera_sql::redact(sql)
-                    .trim()
-                    .chars()
-                    .take(MAX_SQL_CHARS)
-                    .collect(),
-                ..Default::default()
-            },
+            started,
+            record: Some(record),
+            cancel,
+        }
+    }
+
+    /// Notes the result handle query `seq` is fetched with.
+    pub fn attach_handle(&self, seq: u64, handle: &str) {
+        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(r) = running.get_mut(&seq) {
+            r.handle = Some(handle.to_string());
+            r.waiting = true;
+        }
+    }
+
+    /// Notes that the client asks for query `seq`'s rows now.
+    pub fn fetching(&self, seq: u64) {
+        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(r) = running.get_mut(&seq) {
+            r.waiting = false;
         }
     }
 
     fn push(&self, record: QueryRecord) {
+        self.running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&record.seq);
         let mut records = self.records.lock().unwrap_or_else(|e| e.into_inner());
         if records.len() == KEEP {
             records.pop_front();
@@ -106,50 +239,145 @@ impl QueryLog {
         records.push_back(record);
     }
 
-    /// The logged queries, oldest first.
+    /// The finished queries, oldest first.
     pub fn snapshot(&self) -> Vec<QueryRecord> {
         let records = self.records.lock().unwrap_or_else(|e| e.into_inner());
         records.iter().cloned().collect()
     }
+
+    /// The running queries, oldest first, as far as they got.
+    pub fn running(&self) -> Vec<QueryRecord> {
+        let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        running
+            .values()
+            .map(|r| QueryRecord {
+                status: if r.waiting { "waiting" } else { "running" }.into(),
+                elapsed_ms: r.started.elapsed().as_secs_f64() * 1000.0,
+                ..r.record.clone()
+            })
+            .collect()
+    }
+
+    /// Finished and running queries `caller` may see, in order of start.
+    fn visible(&self, caller: &Caller) -> Vec<QueryRecord> {
+        let mut all = self.snapshot();
+        all.extend(self.running());
+        all.retain(|r| caller.may_see(r));
+        all.sort_by_key(|r| r.seq);
+        all
+    }
+
+    /// Cancels the running query `query_id` for `by` (an admin, or the
+    /// user who runs it).
+    pub fn cancel(&self, query_id: &str, by: &Caller) -> Result<()> {
+        let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(query) = running.values().find(|r| r.record.query_id == query_id) else {
+            return Err(ErrorKind::NotFound.error(format!(
+                "no query '{query_id}' is running on this coordinator: it ended, or another \
+                 coordinator runs it (SELECT query_id FROM tessera.queries WHERE status = \
+                 'running' on each lists theirs)"
+            )));
+        };
+        if !by.may_see(&query.record) {
+            return Err(ErrorKind::PermissionDenied.error(format!(
+                "query '{query_id}' is not yours to cancel: a user of role reader cancels only \
+                 its own queries"
+            )));
+        }
+        query.cancel.cancel();
+        Ok(())
+    }
+
+    /// Cancels the running query `seq` of this coordinator, for `by`.
+    pub fn cancel_seq(&self, seq: u64, by: &Caller) -> Result<Cancelled> {
+        let id = {
+            let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+            running.get(&seq).map(|r| r.record.query_id.clone())
+        };
+        match id {
+            Some(id) => self.cancel(&id, by).map(|()| Cancelled::Yes),
+            None => Ok(Cancelled::NotRunning),
+        }
+    }
+
+    /// Cancels the running query fetched with result `handle`, for `by`.
+    pub fn cancel_handle(&self, handle: &str, by: &Caller) -> Result<Cancelled> {
+        let id = {
+            let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+            running
+                .values()
+                .find(|r| r.handle.as_deref() == Some(handle))
+                .map(|r| r.record.query_id.clone())
+        };
+        match id {
+            Some(id) => self.cancel(&id, by).map(|()| Cancelled::Yes),
+            None => Ok(Cancelled::NotRunning),
+        }
+    }
 }
 
-/// A query being timed.
+/// A query being timed. Dropped before it ends (its rows never fetched),
+/// it is logged as cancelled.
 pub struct QueryRecorder {
     log: Arc<QueryLog>,
     started: Instant,
-    record: QueryRecord,
+    record: Option<QueryRecord>,
+    cancel: CancellationToken,
+}
+
+impl Drop for QueryRecorder {
+    fn drop(&mut self) {
+        if let Some(mut record) = self.record.take() {
+            record.elapsed_ms = self.started.elapsed().as_secs_f64() * 1000.0;
+            record.status = "cancelled".into();
+            self.log.push(record);
+        }
+    }
 }
 
 impl QueryRecorder {
+    /// This query's order of start on this coordinator.
+    pub fn seq(&self) -> u64 {
+        self.record.as_ref().map_or(0, |r| r.seq)
+    }
+
     /// Logs a query that returned its rows without a distributed plan
     /// (DDL, SET, SHOW ...) or failed before running.
     pub fn finish(mut self, result: std::result::Result<u64, &DataFusionError>) {
-        self.record.elapsed_ms = self.started.elapsed().as_secs_f64() * 1000.0;
+        let Some(mut record) = self.record.take() else {
+            return;
+        };
+        record.elapsed_ms = self.started.elapsed().as_secs_f64() * 1000.0;
         match result {
             Ok(rows) => {
-                self.record.rows = rows;
-                self.record.status = "ok".into();
+                record.rows = rows;
+                record.status = "ok".into();
             }
-            Err(e) => self.record.status = format!("error: {e}"),
+            Err(e) => record.status = format!("error: {e}"),
         }
-        self.log.push(self.record);
+        self.log.push(record);
     }
 
-    /// Wraps the result stream of `plan`: counts rows, and when the stream
-    /// ends collects the plan's metrics from the workers and logs the query.
+    /// Wraps the result stream of `plan`: counts rows, stops with an error
+    /// when the query is cancelled, and when the stream ends collects the
+    /// plan's metrics from the workers and logs the query.
     pub fn watch(
         mut self,
         plan: Arc<dyn ExecutionPlan>,
         stream: SendableRecordBatchStream,
     ) -> SendableRecordBatchStream {
         let shape = PlanShape::of(&plan);
-        self.record.partitions_touched = shape.partitions;
-        self.record.stages = shape.stages;
-        self.record.tasks = shape.tasks;
+        if let Some(r) = self.record.as_mut() {
+            r.partitions_touched = shape.partitions;
+            r.stages = shape.stages;
+            r.tasks = shape.tasks;
+        }
+        let cancelled = Box::pin(self.cancel.clone().cancelled_owned());
         Box::pin(WatchedStream {
             inner: stream,
             recorder: Some(self),
             plan,
+            cancelled,
         })
     }
 }
@@ -216,43 +444,41 @@ struct WatchedStream {
     inner: SendableRecordBatchStream,
     recorder: Option<QueryRecorder>,
     plan: Arc<dyn ExecutionPlan>,
+    cancelled: Pin<Box<WaitForCancellationFutureOwned>>,
 }
 
 impl WatchedStream {
-    fn end(&mut self, error: Option<&DataFusionError>) {
+    fn end(&mut self, error: Option<&DataFusionError>, status: &str) {
         let Some(mut recorder) = self.recorder.take() else {
             return;
         };
-        recorder.record.elapsed_ms = recorder.started.elapsed().as_secs_f64() * 1000.0;
+        let Some(mut record) = recorder.record.take() else {
+            return;
+        };
+        record.elapsed_ms = recorder.started.elapsed().as_secs_f64() * 1000.0;
         if let Some(e) = error {
-            recorder.record.status = format!("error: {e}");
-            recorder.log.push(recorder.record);
+            record.status = match status {
+                "cancelled" => status.to_string(),
+                _ => format!("error: {e}"),
+            };
+            recorder.log.push(record);
             return;
         }
-        recorder.record.status = "ok".into();
+        record.status = status.into();
         let plan = Arc::clone(&self.plan);
+        let log = Arc::clone(&recorder.log);
         // Workers send their metrics when their tasks end; wait for them
         // off the result path.
         tokio::spawn(async move {
             match bytes_moved(plan).await {
                 Ok((shuffled, gathered)) => {
-                    recorder.record.bytes_shuffled = shuffled;
-                    recorder.record.bytes_gathered = gathered;
+                    record.bytes_shuffled = shuffled;
+                    record.bytes_gathered = gathered;
                 }
                 Err(e) => tracing::debug!(error = %e, "no metrics for a query"),
             }
-            recorder.log.push(recorder.record);
+            log.push(record);
         });
-    }
-}
-
-impl Drop for WatchedStream {
-    fn drop(&mut self) {
-        if let Some(mut recorder) = self.recorder.take() {
-            recorder.record.elapsed_ms = recorder.started.elapsed().as_secs_f64() * 1000.0;
-            recorder.record.status = "cancelled".into();
-            recorder.log.push(recorder.record);
-        }
     }
 }
 
@@ -260,15 +486,29 @@ impl Stream for WatchedStream {
     type Item = Result<RecordBatch>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let Some(id) = self
+            .recorder
+            .as_ref()
+            .and_then(|r| r.record.as_ref())
+            .map(|r| r.query_id.clone())
+        else {
+            // Ended (or cancelled): nothing more.
+            return Poll::Ready(None);
+        };
+        if self.cancelled.as_mut().poll(cx).is_ready() {
+            let e = ErrorKind::Cancelled.error(format!("query {id} was cancelled"));
+            self.end(Some(&e), "cancelled");
+            return Poll::Ready(Some(Err(e)));
+        }
         let poll = self.inner.as_mut().poll_next(cx);
         match &poll {
             Poll::Ready(Some(Ok(batch))) => {
-                if let Some(r) = self.recorder.as_mut() {
-                    r.record.rows += batch.num_rows() as u64;
+                if let Some(r) = self.recorder.as_mut().and_then(|r| r.record.as_mut()) {
+                    r.rows += batch.num_rows() as u64;
                 }
             }
-            Poll::Ready(Some(Err(e))) => self.end(Some(e)),
-            Poll::Ready(None) => self.end(None),
+            Poll::Ready(Some(Err(e))) => self.end(Some(e), "error"),
+            Poll::Ready(None) => self.end(None, "ok"),
             Poll::Pending => {}
         }
         poll
@@ -283,12 +523,14 @@ impl RecordBatchStream for WatchedStream {
 
 fn queries_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
-        Field::new("query_id", DataType::UInt64, false),
+        Field::new("query_id", DataType::Utf8, false),
         Field::new(
             "started",
             DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
             false,
         ),
+        Field::new("user_name", DataType::Utf8, true),
+        Field::new("client", DataType::Utf8, true),
         Field::new("sql", DataType::Utf8, false),
         Field::new("status", DataType::Utf8, false),
         Field::new("elapsed_ms", DataType::Float64, false),
@@ -306,11 +548,19 @@ fn queries_batch(records: &[QueryRecord]) -> Result<RecordBatch> {
         Arc::new(UInt64Array::from_iter_values(records.iter().map(f)))
     };
     let columns: Vec<ArrayRef> = vec![
-        u(|r| r.query_id),
+        Arc::new(StringArray::from_iter_values(
+            records.iter().map(|r| r.query_id.as_str()),
+        )),
         Arc::new(
             TimestampMicrosecondArray::from_iter_values(records.iter().map(|r| r.started_micros))
                 .with_timezone("UTC"),
         ),
+        Arc::new(StringArray::from_iter(
+            records.iter().map(|r| r.user.as_deref()),
+        )),
+        Arc::new(StringArray::from_iter(
+            records.iter().map(|r| r.client.as_deref()),
+        )),
         Arc::new(StringArray::from_iter_values(
             records.iter().map(|r| r.sql.as_str()),
         )),
@@ -355,7 +605,8 @@ impl SchemaProvider for SystemSchema {
                 let log = Arc::clone(&self.log);
                 Some(Arc::new(SystemTable {
                     schema: queries_schema(),
-                    rows: Box::new(move || queries_batch(&log.snapshot())),
+                    // As the caller planning the query may see it.
+                    rows: Box::new(move || queries_batch(&log.visible(&current_caller()))),
                 }))
             }
             "compactions" => {
@@ -426,9 +677,40 @@ mod tests {
         let all = log.snapshot();
         assert_eq!(all.len(), KEEP);
         assert_eq!(all[0].sql, "SELECT 5");
-        assert_eq!(all[0].query_id, 6);
+        assert_eq!(all[0].seq, 6);
+        assert!(all[0].query_id.ends_with("-6"), "{}", all[0].query_id);
         assert_eq!(all[KEEP - 1].status, "ok");
         let batch = queries_batch(&all).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(batch.num_rows(), KEEP);
+    }
+
+    #[tokio::test]
+    async fn running_queries_are_listed_seen_and_cancelled_by_their_owner() {
+        let log = Arc::new(QueryLog::default());
+        let user = |name: &str, admin: bool| Caller {
+            user: Some(name.to_string()),
+            client: Some("127.0.0.1:5".into()),
+            admin,
+        };
+        let recorder = as_caller(user("ana", false), async { log.begin("SELECT 1") }).await;
+        let running = log.running();
+        assert_eq!(running.len(), 1);
+        assert_eq!(running[0].status, "running");
+        assert_eq!(running[0].user.as_deref(), Some("ana"));
+        let id = running[0].query_id.clone();
+
+        assert!(log.visible(&user("bo", false)).is_empty());
+        assert_eq!(log.visible(&user("root", true)).len(), 1);
+        let e = log.cancel(&id, &user("bo", false)).unwrap_err();
+        assert!(e.to_string().contains("not yours"), "{e}");
+        assert!(!recorder.cancel.is_cancelled());
+        log.cancel(&id, &user("ana", false)).unwrap();
+        assert!(recorder.cancel.is_cancelled());
+        assert!(log.cancel("nope-1", &user("root", true)).is_err());
+
+        // Dropped before its end: logged as cancelled, no longer running.
+        drop(recorder);
+        assert!(log.running().is_empty());
+        assert_eq!(log.snapshot()[0].status, "cancelled");
     }
 }

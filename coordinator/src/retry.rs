@@ -22,6 +22,7 @@ use futures::StreamExt;
 use tessera_worker::{WorkerUnavailable, is_worker_failure};
 
 use crate::engine::{Coordinator, ParamRow, Planned, in_session};
+use crate::query_log::{Caller, as_caller};
 use datafusion::prelude::SessionContext;
 
 /// Runs of one read-only query at most: enough for a worker to restart,
@@ -133,6 +134,8 @@ struct Attempt {
     sql: String,
     params: Vec<ParamRow>,
     session: SessionContext,
+    /// Who runs it: the run again is theirs too.
+    caller: Caller,
     stream: SendableRecordBatchStream,
     /// Rows of this run not sent yet, and their size.
     held: VecDeque<RecordBatch>,
@@ -150,6 +153,7 @@ pub fn retrying(
     sql: String,
     params: Vec<ParamRow>,
     session: SessionContext,
+    caller: Caller,
     first: SendableRecordBatchStream,
     retry: Retry,
 ) -> SendableRecordBatchStream {
@@ -159,6 +163,7 @@ pub fn retrying(
         sql,
         params,
         session,
+        caller,
         stream: first,
         held: VecDeque::new(),
         held_bytes: 0,
@@ -191,7 +196,7 @@ pub fn retrying(
                     a.held_bytes = 0;
                     let again = in_session(
                         a.session.clone(),
-                        a.coordinator.plan_with(&a.sql, &a.params),
+                        as_caller(a.caller.clone(), a.coordinator.plan_with(&a.sql, &a.params)),
                     );
                     match again.await.and_then(|p| p.execute()) {
                         Ok(stream) => a.stream = stream,

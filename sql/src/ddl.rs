@@ -90,6 +90,10 @@ pub enum Statement {
     },
     /// `SHOW USERS`.
     ShowUsers,
+    /// `CANCEL QUERY 'id'`: stop a running query (ids in `tessera.queries`).
+    CancelQuery {
+        id: String,
+    },
     /// Anything else, for DataFusion.
     Sql(String),
 }
@@ -264,6 +268,22 @@ pub fn parse_statement(sql: &str) -> Result<Statement> {
         };
         expect_end(&mut parser)?;
         return Ok(Statement::AlterWorker { id, action });
+    }
+    if word(0, "CANCEL") && word(1, "QUERY") {
+        let mut parser = Parser::new(&GenericDialect {}).with_tokens_with_locations(tokens);
+        parser.next_token();
+        parser.next_token();
+        let id = match parser.next_token().token {
+            Token::SingleQuotedString(s) => s,
+            other => {
+                return plan_err!(
+                    "CANCEL QUERY takes a query id in quotes, as SELECT query_id FROM \
+                     tessera.queries WHERE status = 'running' shows it, not '{other}'"
+                );
+            }
+        };
+        expect_end(&mut parser)?;
+        return Ok(Statement::CancelQuery { id });
     }
     if word(0, "COMPACT") {
         let mut parser = Parser::new(&GenericDialect {}).with_tokens_with_locations(tokens);
@@ -499,6 +519,14 @@ mod tests {
             }
         );
         assert!(parse_statement("ALTER WORKER w1 EXPLODE").is_err());
+        assert_eq!(
+            parse_statement("cancel query '3fa2b1c0-17';").unwrap(),
+            Statement::CancelQuery {
+                id: "3fa2b1c0-17".into()
+            }
+        );
+        assert!(parse_statement("CANCEL QUERY 17").is_err());
+        assert!(parse_statement("CANCEL QUERY 'a' 'b'").is_err());
         assert_eq!(
             parse_statement("show partitions Foo").unwrap(),
             Statement::ShowPartitions {

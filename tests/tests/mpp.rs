@@ -14,7 +14,7 @@ async fn logged(cluster: &TestCluster, prefix: &str) -> (u64, u64, u64) {
         let rows = cluster
             .query(&format!(
                 "SELECT partitions_touched, tasks, bytes_shuffled FROM tessera.queries \
-                 WHERE starts_with(sql, '{prefix}') ORDER BY query_id DESC LIMIT 1"
+                 WHERE starts_with(sql, '{prefix}') AND status = 'ok' ORDER BY started DESC LIMIT 1"
             ))
             .await
             .unwrap();

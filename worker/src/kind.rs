@@ -39,6 +39,8 @@ pub enum ErrorKind {
     PermissionDenied,
     /// The caller did not prove it is a member of the cluster.
     Unauthenticated,
+    /// The statement was cancelled (`CANCEL QUERY`, `CancelFlightInfo`).
+    Cancelled,
     /// A bug.
     Internal,
 }
@@ -63,6 +65,7 @@ impl ErrorKind {
             ErrorKind::Unimplemented => tonic::Code::Unimplemented,
             ErrorKind::PermissionDenied => tonic::Code::PermissionDenied,
             ErrorKind::Unauthenticated => tonic::Code::Unauthenticated,
+            ErrorKind::Cancelled => tonic::Code::Cancelled,
             ErrorKind::Internal => tonic::Code::Internal,
         }
     }
@@ -79,6 +82,7 @@ impl ErrorKind {
             tonic::Code::Unimplemented => ErrorKind::Unimplemented,
             tonic::Code::PermissionDenied => ErrorKind::PermissionDenied,
             tonic::Code::Unauthenticated => ErrorKind::Unauthenticated,
+            tonic::Code::Cancelled => ErrorKind::Cancelled,
             _ => ErrorKind::Internal,
         }
     }

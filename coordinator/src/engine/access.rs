@@ -29,7 +29,9 @@ impl Coordinator {
                 | Statement::ShowPartitions { .. }
                 | Statement::Describe { .. }
                 | Statement::ShowIndexes { .. }
-                | Statement::ShowWorkers,
+                | Statement::ShowWorkers
+                // Its own queries only (checked when it cancels).
+                | Statement::CancelQuery { .. },
             ) => true,
             Ok(Statement::Sql(sql)) => Box::pin(self.sql_only_reads(&sql)).await,
             // Anything else changes something; what does not parse may not run.

@@ -41,7 +41,9 @@ pub(super) fn route(statement: &Statement) -> Route {
         | Statement::ShowPartitions { .. }
         | Statement::Describe { .. }
         | Statement::ShowIndexes { .. }
-        | Statement::ShowUsers => Route::Here,
+        | Statement::ShowUsers
+        // A query is cancelled where it runs.
+        | Statement::CancelQuery { .. } => Route::Here,
         // The leader hears the heartbeats: its SHOW WORKERS is exact.
         Statement::ShowWorkers
         | Statement::CreateTable(_)
