@@ -1,6 +1,8 @@
 //! Bulk ingestion (ADBC `adbc_ingest`, `tessera load`): Flight SQL's
-//! `CommandStatementIngest` in the modes ADBC defines. The rows go through
-//! the normal write path as one atomic write.
+//! `CommandStatementIngest` in the modes ADBC defines. The rows are one
+//! atomic write, sent on to the workers as they arrive (see
+//! [`crate::write_stream`]; a table with CLUSTER BY or indexes takes them
+//! through the buffered write path).
 //!
 //! | mode          | table missing        | table there          |
 //! |---------------|----------------------|----------------------|
@@ -13,16 +15,21 @@
 //! option `tessera.partition_by` gives (`HASH (k) PARTITIONS 8`), or the
 //! replaced table's, or one partition.
 
+use arrow_flight::decode::FlightRecordBatchStream;
+use arrow_flight::error::FlightError;
 use arrow_flight::sql::server::PeekableFlightDataStream;
 use arrow_flight::sql::{CommandStatementIngest, TableExistsOption, TableNotExistOption};
+use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::{DataType, Schema, TimeUnit};
+use futures::{StreamExt, TryStreamExt};
 use tessera_sql::PartitionScheme;
+use tessera_worker::ErrorKind;
 use tonic::Status;
 
 use crate::engine::Coordinator;
-use crate::flight_prepared::read_batches;
 use crate::flight_sql::status;
 use crate::panic_guard::guarded;
+use crate::write_stream::{streams, write_stream};
 
 /// The statement option naming a created table's partitioning.
 pub const PARTITION_BY_OPTION: &str = "tessera.partition_by";
@@ -138,7 +145,14 @@ pub async fn ingest(
         }
         _ => {}
     }
-    let (schema, batches) = read_batches(data, "the ingest stream").await?;
+    let mut decoded = FlightRecordBatchStream::new_from_flight_data(
+        data.map_err(|s| FlightError::Tonic(Box::new(s))),
+    );
+    let first = decoded.try_next().await.map_err(bad_data)?;
+    let schema = decoded
+        .schema()
+        .cloned()
+        .or_else(|| first.as_ref().map(|b| b.schema()));
     let Some(schema) = schema else {
         return Err(Status::invalid_argument(
             "the ingest stream carries no schema; send at least the schema of the rows",
@@ -146,6 +160,14 @@ pub async fn ingest(
     };
     let partition_by = cmd.options.get(PARTITION_BY_OPTION).cloned();
     let replacing = existing.is_some() && if_exists == TableExistsOption::Replace;
+    let mut rows = Box::pin(futures::stream::iter(first.map(Ok)).chain(
+        decoded.map_err(|e| ErrorKind::InvalidArgument.error(bad_data(e).message().to_string())),
+    ));
+    // The rows of a table replaced stay until the upload is all here.
+    let mut held: Option<Vec<RecordBatch>> = None;
+    if replacing {
+        held = Some((&mut rows).try_collect().await.map_err(status)?);
+    }
     if existing.is_none() || replacing {
         let scheme = partition_by.or_else(|| {
             existing
@@ -160,8 +182,40 @@ pub async fn ingest(
         }
         guarded(coordinator.run(&create)).await.map_err(status)?;
     }
+    let def = coordinator
+        .catalog()
+        .table_def(&table)
+        .map_err(status)?
+        .ok_or_else(|| Status::not_found(format!("table '{table}' was dropped meanwhile")))?;
+    // Sent on to the workers as the rows come, unless the table sorts its
+    // rows or has indexes, or replaces one (read whole above).
+    if streams(&def) && held.is_none() {
+        let written = guarded(write_stream(coordinator.catalog(), &def, &mut rows)).await;
+        match written {
+            Ok(Some(written)) => return Ok(written as i64),
+            Ok(None) => {}
+            Err(e) => {
+                // A table this ingest made goes again: nothing changed.
+                if existing.is_none() {
+                    let drop = format!("DROP TABLE IF EXISTS {}", quoted(&table));
+                    if let Err(e) = guarded(coordinator.run(&drop)).await {
+                        tracing::warn!(%table, error = %e, "cannot drop the table a failed ingest made");
+                    }
+                }
+                return Err(status(e));
+            }
+        }
+    }
+    let batches: Vec<RecordBatch> = match held {
+        Some(batches) => batches,
+        None => rows.try_collect().await.map_err(status)?,
+    };
     let rows = guarded(coordinator.load(&table, schema, batches))
         .await
         .map_err(status)?;
     Ok(rows as i64)
+}
+
+fn bad_data(e: FlightError) -> Status {
+    Status::invalid_argument(format!("bad Arrow data in the ingest stream: {e}"))
 }

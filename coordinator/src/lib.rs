@@ -36,6 +36,7 @@ mod snapshot;
 mod stages;
 mod table;
 mod write;
+mod write_stream;
 mod yield_points;
 
 pub use auth::DEFAULT_TOKEN_TTL;

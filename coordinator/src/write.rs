@@ -70,6 +70,11 @@ impl WriteSink {
         }
     }
 
+    /// The schema rows are accepted in: the table's, every column nullable.
+    pub(crate) fn accepts(&self) -> &SchemaRef {
+        &self.accepts
+    }
+
     /// Refuses a NULL in a NOT NULL column, naming it.
     fn check_not_null(&self, batch: &RecordBatch) -> Result<()> {
         for (field, column) in self.table_schema.fields().iter().zip(batch.columns()) {
@@ -85,7 +90,10 @@ impl WriteSink {
     }
 
     /// Splits rows by partition, checking them against the table's schema.
-    fn route(&self, batches: Vec<RecordBatch>) -> Result<BTreeMap<u32, Vec<RecordBatch>>> {
+    pub(crate) fn route(
+        &self,
+        batches: Vec<RecordBatch>,
+    ) -> Result<BTreeMap<u32, Vec<RecordBatch>>> {
         let partitioner = Partitioner::try_new(&self.def.scheme, &self.table_schema)?;
         let mut out: BTreeMap<u32, Vec<RecordBatch>> = BTreeMap::new();
         for batch in batches {

@@ -75,8 +75,177 @@ def test_ingest_modes(cur):
     assert cur.adbc_ingest("ca", data(10, 30), mode="create_append") == 20
     assert rows(cur, "SELECT count(*) AS n FROM ca")[0]["n"] == 30
 
+    # A value that does not fit its column is refused, not stored as NULL.
+    cur.execute("CREATE TABLE narrow (id INT)")
+    with pytest.raises(flightsql.Error, match="column 'id'"):
+        cur.adbc_ingest("narrow", pa.table({"id": pa.array([1, 2**40], pa.int64())}),
+                        mode="append")
+    assert rows(cur, "SELECT count(*) AS n FROM narrow")[0]["n"] == 0
+
     # A column no table can hold is refused with what to do.
     nested = pa.table({"id": pa.array([1], pa.int64()),
                        "tags": pa.array([["a"]], pa.list_(pa.string()))})
     with pytest.raises(flightsql.Error, match="cast it"):
         cur.adbc_ingest("nested", nested, mode="create")
+
+
+def memory_kib(pid, field):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise AssertionError(f"no {field} for process {pid}")
+
+
+def test_ingest_streams_in_bounded_memory(data_dir):
+    """An upload larger than the coordinator may hold goes through it in
+    pieces: its peak memory grows by a fraction of the upload, and the
+    rows all arrive, exactly once."""
+    import os
+
+    from tessera_server import start_process, wait_listening
+    from test_cluster_processes import secret_file, start_worker, wait_for, workers
+
+    cport = free_port()
+    coordinator = f"127.0.0.1:{cport}"
+    secret_file(data_dir, "cluster.secret", "s3cret-" + os.urandom(16).hex())
+    coord = start_process(
+        ["coordinator", "--insecure", "--listen", coordinator,
+         "--data-dir", os.path.join(data_dir, "coordinator"),
+         "--cluster-secret-file", os.path.join(data_dir, "cluster.secret")],
+        os.path.join(data_dir, "coordinator.log"),
+    )
+    procs = [coord]
+    try:
+        wait_listening(coord, "127.0.0.1", cport, "coordinator")
+        for name, host in (("w2", "127.0.0.2"), ("w3", "127.0.0.3")):
+            procs.append(start_worker(data_dir, coordinator, host, name)[0])
+        # 256 MiB of rows, made as they are sent.
+        batches, rows_per_batch = 128, 65536
+        schema = pa.schema([("id", pa.int64()), ("a", pa.int64()), ("b", pa.int64()),
+                            ("c", pa.int64())])
+
+        def upload():
+            for i in range(batches):
+                ids = pa.array(range(i * rows_per_batch, (i + 1) * rows_per_batch), pa.int64())
+                yield pa.record_batch([ids, ids, ids, ids], schema=schema)
+
+        upload_bytes = batches * rows_per_batch * 4 * 8
+        with flightsql.connect(f"grpc://{coordinator}") as conn, conn.cursor() as cur:
+            wait_for("two workers", lambda: len(workers(cur)) == 2, 30)
+            cur.execute("CREATE TABLE big (id BIGINT, a BIGINT, b BIGINT, c BIGINT) "
+                        "PARTITION BY HASH (id) PARTITIONS 4")
+            before = memory_kib(coord.pid, "VmRSS")
+            reader = pa.RecordBatchReader.from_batches(schema, upload())
+            assert cur.adbc_ingest("big", reader, mode="append") == batches * rows_per_batch
+            grew = (memory_kib(coord.pid, "VmHWM") - before) * 1024
+            assert grew < upload_bytes / 2, (
+                f"the coordinator grew by {grew >> 20} MiB for a {upload_bytes >> 20} MiB upload")
+            got = rows(cur, "SELECT count(*) AS n, count(DISTINCT id) AS d, sum(a) AS s FROM big")
+            n = batches * rows_per_batch
+            assert got == [{"n": n, "d": n, "s": n * (n - 1) // 2}]
+    finally:
+        for p in procs:
+            stop_server(p)
+
+
+def test_a_worker_killed_mid_ingest_changes_nothing(data_dir):
+    """SIGKILL a worker while an upload streams to it: the ingest fails
+    naming it, readers meanwhile see all of the table's earlier rows and
+    none of the upload, and after the worker's restart the upload's rows are
+    nowhere; the same upload then goes in whole, exactly once."""
+    import glob
+    import os
+    import signal
+    import threading
+
+    from tessera_server import start_process, wait_listening
+    from test_cluster_processes import secret_file, start_worker, wait_for, workers
+
+    cport = free_port()
+    coordinator = f"127.0.0.1:{cport}"
+    secret_file(data_dir, "cluster.secret", "s3cret-" + os.urandom(16).hex())
+    coord = start_process(
+        ["coordinator", "--insecure", "--listen", coordinator, "--worker-lease", "2",
+         "--data-dir", os.path.join(data_dir, "coordinator"),
+         "--cluster-secret-file", os.path.join(data_dir, "cluster.secret")],
+        os.path.join(data_dir, "coordinator.log"),
+    )
+    procs = {"coordinator": coord}
+    try:
+        wait_listening(coord, "127.0.0.1", cport, "coordinator")
+        for name, host in (("w2", "127.0.0.2"), ("w3", "127.0.0.3")):
+            procs[name] = start_worker(data_dir, coordinator, host, name)[0]
+        schema = pa.schema([("id", pa.int64()), ("v", pa.int64())])
+        rows_per_batch = 65536
+        started = threading.Event()
+
+        def upload(batches, first):
+            for i in range(batches):
+                if i == 8:
+                    started.set()
+                ids = pa.array(range(first + i * rows_per_batch, first + (i + 1) * rows_per_batch),
+                               pa.int64())
+                yield pa.record_batch([ids, ids], schema=schema)
+
+        with flightsql.connect(f"grpc://{coordinator}") as conn, conn.cursor() as cur:
+            wait_for("two workers", lambda: len(workers(cur)) == 2, 30)
+            cur.execute("CREATE TABLE t (id BIGINT, v BIGINT) PARTITION BY HASH (id) PARTITIONS 4")
+            cur.execute("INSERT INTO t SELECT value AS id, value AS v FROM range(1000)")
+
+            # A long upload (it never ends by itself before the kill).
+            outcome = {}
+
+            def ingest():
+                with flightsql.connect(f"grpc://{coordinator}") as c, c.cursor() as k:
+                    try:
+                        reader = pa.RecordBatchReader.from_batches(schema, upload(100000, 10**6))
+                        outcome["rows"] = k.adbc_ingest("t", reader, mode="append")
+                    except flightsql.Error as e:
+                        outcome["error"] = str(e)
+
+            seen = []
+            stop = threading.Event()
+
+            def read():
+                with flightsql.connect(f"grpc://{coordinator}") as c, c.cursor() as r:
+                    while not stop.is_set():
+                        try:
+                            seen.append(rows(r, "SELECT count(*) AS n FROM t")[0]["n"])
+                        except flightsql.Error:
+                            pass  # a partition on the killed worker
+
+            writer = threading.Thread(target=ingest, daemon=True)
+            reader_thread = threading.Thread(target=read, daemon=True)
+            writer.start()
+            reader_thread.start()
+            assert started.wait(60)
+            staged = os.path.join(data_dir, "w2", "t*", "p*", "staged", "*")
+            wait_for("rows staged on w2", lambda: glob.glob(staged), 60)
+            procs["w2"].send_signal(signal.SIGKILL)
+            procs["w2"].wait()
+            writer.join(120)
+            assert not writer.is_alive()
+            assert "rows" not in outcome, outcome
+            assert "changed nothing" in outcome["error"], outcome["error"]
+            stop.set()
+            reader_thread.join(30)
+            assert seen and set(seen) == {1000}, set(seen)
+
+            # Back: the upload's rows are nowhere, its staged files gone.
+            procs["w2"] = start_worker(data_dir, coordinator, "127.0.0.2", "w2")[0]
+            wait_for("w2 up again",
+                     lambda: [w["state"] for w in workers(cur).values()] == ["up", "up"], 30)
+            assert rows(cur, "SELECT count(*) AS n FROM t") == [{"n": 1000}]
+            wait_for("staged files dropped", lambda: not glob.glob(staged), 30)
+
+            reader = pa.RecordBatchReader.from_batches(schema, upload(16, 10**6))
+            assert cur.adbc_ingest("t", reader, mode="append") == 16 * rows_per_batch
+            got = rows(cur, "SELECT count(*) AS n, count(DISTINCT id) AS d FROM t")
+            assert got == [{"n": 1000 + 16 * rows_per_batch, "d": 1000 + 16 * rows_per_batch}]
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                stop_server(p)
+            else:
+                p.log.close()

@@ -220,6 +220,42 @@ impl WorkerClient {
         }
     }
 
+    /// Sends this worker's pieces of a transaction as they come (several
+    /// pieces of one partition go to one file); durable on return, the
+    /// files in the order each partition first came. Not retried: the
+    /// pieces are gone once sent.
+    pub async fn prepare_stream(
+        &self,
+        request: &wire::PrepareRequest,
+        pieces: impl futures::Stream<Item = (wire::PieceHeader, RecordBatch)> + Send + 'static,
+    ) -> Result<Vec<DataFile>> {
+        let mut descriptor = Some(FlightDescriptor::new_cmd(wire::encode(request)?));
+        let data = pieces
+            .map(move |(header, batch)| {
+                let metadata = wire::encode(&header).map(bytes::Bytes::from);
+                match metadata {
+                    Ok(metadata) => FlightDataEncoderBuilder::new()
+                        .with_flight_descriptor(descriptor.take())
+                        .with_metadata(metadata)
+                        .build(futures::stream::iter([Ok(batch)]))
+                        .boxed(),
+                    Err(e) => futures::stream::iter([Err(FlightError::ExternalError(Box::new(e)))])
+                        .boxed(),
+                }
+            })
+            .flatten();
+        let mut client = FlightClient::new_from_inner(self.inner.clone());
+        let mut results = client.do_put(data).await.map_err(|e| self.err(e))?;
+        match results.next().await {
+            Some(Ok(r)) => wire::decode(&r.app_metadata),
+            Some(Err(e)) => Err(self.err(e)),
+            None => Err(DataFusionError::Execution(format!(
+                "worker {} closed the write without an answer",
+                self.url
+            ))),
+        }
+    }
+
     /// Runs an action; every action is idempotent, so one retry on a new
     /// connection is safe.
     async fn action<T: DeserializeOwned>(&self, kind: &str, body: Vec<u8>) -> Result<Option<T>> {

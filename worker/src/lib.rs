@@ -21,9 +21,11 @@ mod yielding;
 
 pub use checked::{checked_udf, register_checked};
 pub use checked_sum::checked_sum_udaf;
-pub use client::{WorkerClient, call_timeout, flight_error, set_call_timeout, shared_channel};
+pub use client::{
+    WorkerClient, call_timeout, deadline_for_bytes, flight_error, set_call_timeout, shared_channel,
+};
 pub use guard::check_plan;
-pub use kind::ErrorKind;
+pub use kind::{ErrorKind, kind_of};
 pub use scan::{
     IndexRead, LocalStore, PartitionScanExec, ScanPart, ScanSpec, SizeEstimate, TesseraCodec,
 };

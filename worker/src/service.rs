@@ -15,7 +15,6 @@ use arrow_flight::{
     HandshakeRequest, HandshakeResponse, PollInfo, PutResult, SchemaResult, Ticket,
 };
 use datafusion::arrow::array::RecordBatch;
-use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::common::DataFusionError;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::physical_plan::ExecutionPlan;
@@ -28,7 +27,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::scan::{LocalStore, TesseraCodec, decode_scan};
-use crate::storage::Storage;
+use crate::storage::{StagedFile, Storage};
 use crate::wire::{self, MAX_MESSAGE_BYTES};
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
@@ -169,56 +168,70 @@ impl FlightService for WorkerFlightService {
         let data = futures::stream::once(async { Ok(first) })
             .chain(input.map_err(FlightError::from))
             .boxed();
-        // Each schema message starts a piece and names where it goes.
+        // Each schema message starts a piece and names where it goes. The
+        // pieces of one partition (a large write comes in several) go to
+        // one staged file, each batch written as it arrives (on a blocking
+        // thread of its own, while the next is read): memory holds a row
+        // group per partition, not the write.
         let mut decoder = FlightDataDecoder::new(data);
-        let mut pieces: Vec<(wire::PieceHeader, SchemaRef, Vec<RecordBatch>)> = vec![];
-        while let Some(d) = decoder.next().await {
-            let d = d.map_err(|e| Status::invalid_argument(format!("bad rows: {e}")))?;
-            match d.payload {
-                DecodedPayload::Schema(schema) => {
-                    let header: wire::PieceHeader =
-                        wire::decode(&d.inner.app_metadata).map_err(to_status)?;
-                    pieces.push((header, schema, vec![]));
+        let mut pieces: Vec<Piece> = vec![];
+        let mut current: Option<usize> = None;
+        let written = async {
+            while let Some(d) = decoder.next().await {
+                let d = d.map_err(|e| Status::invalid_argument(format!("bad rows: {e}")))?;
+                match d.payload {
+                    DecodedPayload::Schema(schema) => {
+                        let header: wire::PieceHeader =
+                            wire::decode(&d.inner.app_metadata).map_err(to_status)?;
+                        let at = pieces.iter().position(|p| {
+                            p.header.table == header.table && p.header.partition == header.partition
+                        });
+                        current = Some(match at {
+                            Some(i) => i,
+                            None => {
+                                let storage = Arc::clone(&self.local.storage);
+                                let (txn, h) = (req.txn, header.clone());
+                                let file = tokio::task::spawn_blocking(move || {
+                                    storage.staged_file(txn, &h.table, h.partition, schema)
+                                })
+                                .await
+                                .map_err(|e| Status::internal(format!("write task failed: {e}")))?
+                                .map_err(to_status)?;
+                                pieces.push(Piece {
+                                    header,
+                                    state: PieceState::Idle(Box::new(file)),
+                                });
+                                pieces.len() - 1
+                            }
+                        });
+                    }
+                    DecodedPayload::RecordBatch(batch) => {
+                        let Some(piece) = current.and_then(|i| pieces.get_mut(i)) else {
+                            return Err(Status::invalid_argument("rows before their schema"));
+                        };
+                        piece.write(batch).await?;
+                    }
+                    DecodedPayload::None => {}
                 }
-                DecodedPayload::RecordBatch(batch) => match pieces.last_mut() {
-                    Some((_, _, batches)) => batches.push(batch),
-                    None => return Err(Status::invalid_argument("rows before their schema")),
-                },
-                DecodedPayload::None => {}
             }
-        }
-        if pieces.is_empty() {
-            return Err(Status::invalid_argument("a write carried no schema"));
-        }
-        let storage = Arc::clone(&self.local.storage);
-        // The pieces are written side by side, each ending with its own
-        // fsync: the first on this thread, any others on threads of their own.
-        let files = tokio::task::spawn_blocking(move || {
-            let prepare =
-                |(h, schema, batches): (wire::PieceHeader, SchemaRef, Vec<RecordBatch>)| {
-                    storage.prepare(req.txn, &h.table, h.partition, schema, &batches)
-                };
-            let mut pieces = pieces.into_iter();
-            let first = pieces.next();
-            std::thread::scope(|scope| {
-                let others: Vec<_> = pieces.map(|p| scope.spawn(|| prepare(p))).collect();
-                let mut files = vec![];
-                files.extend(first.map(prepare));
-                for other in others {
-                    files.push(other.join().unwrap_or_else(|_| {
-                        Err(DataFusionError::Internal(
-                            "a piece's writer panicked".into(),
-                        ))
-                    }));
-                }
-                files
-                    .into_iter()
-                    .collect::<datafusion::common::Result<Vec<_>>>()
-            })
-        })
-        .await
-        .map_err(|e| Status::internal(format!("write task failed: {e}")))?
-        .map_err(to_status)?;
+            if pieces.is_empty() {
+                return Err(Status::invalid_argument("a write carried no schema"));
+            }
+            // Every piece's file ends, and is synced, once its rows are in.
+            let finishing: Vec<_> = pieces
+                .drain(..)
+                .map(|p| async move {
+                    let file = p.idle().await?;
+                    tokio::task::spawn_blocking(move || file.finish())
+                        .await
+                        .map_err(|e| Status::internal(format!("write task failed: {e}")))?
+                        .map_err(to_status)
+                })
+                .collect();
+            futures::future::try_join_all(finishing).await
+        };
+        // On failure, the pieces' unfinished files are dropped (removed).
+        let files = written.await?;
         let result = PutResult {
             app_metadata: wire::encode(&files).map_err(to_status)?.into(),
         };
@@ -323,6 +336,55 @@ impl FlightService for WorkerFlightService {
             })
         });
         Ok(Response::new(Box::pin(futures::stream::iter(actions))))
+    }
+}
+
+/// One partition's staged file of a write.
+struct Piece {
+    header: wire::PieceHeader,
+    state: PieceState,
+}
+
+enum PieceState {
+    /// Nothing being written.
+    Idle(Box<StagedFile>),
+    /// A batch being written on a blocking thread.
+    Writing(tokio::task::JoinHandle<datafusion::common::Result<Box<StagedFile>>>),
+    /// A write failed.
+    Failed,
+}
+
+impl Piece {
+    /// The file once the batch being written (if any) is in.
+    async fn idle(self) -> Result<Box<StagedFile>, Status> {
+        match self.state {
+            PieceState::Idle(file) => Ok(file),
+            PieceState::Writing(task) => task
+                .await
+                .map_err(|e| Status::internal(format!("write task failed: {e}")))?
+                .map_err(to_status),
+            PieceState::Failed => Err(Status::internal("a staged file's write failed before")),
+        }
+    }
+
+    /// Starts writing `batch` once the one before is in.
+    async fn write(&mut self, batch: RecordBatch) -> Result<(), Status> {
+        let state = std::mem::replace(&mut self.state, PieceState::Failed);
+        let mut file = match state {
+            PieceState::Idle(file) => file,
+            PieceState::Writing(task) => task
+                .await
+                .map_err(|e| Status::internal(format!("write task failed: {e}")))?
+                .map_err(to_status)?,
+            PieceState::Failed => {
+                return Err(Status::internal("a staged file's write failed before"));
+            }
+        };
+        self.state = PieceState::Writing(tokio::task::spawn_blocking(move || {
+            file.write(&batch)?;
+            Ok(file)
+        }));
+        Ok(())
     }
 }
 

@@ -33,7 +33,7 @@ use datafusion::common::{DataFusionError, Result, internal_err};
 
 pub use compaction::{Compaction, MergeRule};
 pub use manifest::{DataFile, Manifest, Moved, PartitionStats, StagedWrite};
-pub use parquet_io::sort_by_columns;
+pub use parquet_io::{StagedFile, sort_by_columns};
 
 use parquet_io::{io_err, remove_if_present, sync_dir, write_synced};
 use pins::Readers;

@@ -49,9 +49,11 @@ fn missing_table(state: &SessionState, sql: &str) -> Option<String> {
     references
         .into_iter()
         .find(|r| {
-            state
-                .schema_for_ref(r.clone())
-                .is_ok_and(|schema| !schema.table_exist(r.table()))
+            // A table function (range, generate_series) is no table.
+            !state.table_functions().contains_key(r.table())
+                && state
+                    .schema_for_ref(r.clone())
+                    .is_ok_and(|schema| !schema.table_exist(r.table()))
         })
         .map(|r| r.to_string())
 }

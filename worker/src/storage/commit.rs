@@ -12,7 +12,9 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::common::{DataFusionError, Result};
 
 use super::compaction::compaction_name;
-use super::parquet_io::{io_err, parquet_rows, remove_if_present, sync_dir, write_staged};
+use super::parquet_io::{
+    StagedFile, io_err, parquet_rows, remove_if_present, sync_dir, write_staged,
+};
 use super::{Compaction, DataFile, Moved, STAGED, StagedWrite, Storage, file_name};
 use crate::snapshot::Snapshot;
 
@@ -123,6 +125,18 @@ impl Storage {
         let file = write_staged(&dir, txn, schema, std::iter::once(Ok(batch)))?;
         sync_dir(&dir)?;
         Ok(file)
+    }
+
+    /// A staged file of `txn` for one partition, written as its rows arrive
+    /// (see [`StagedFile`]); preparing it again starts it anew.
+    pub fn staged_file(
+        &self,
+        txn: u64,
+        table: &str,
+        partition: u32,
+        schema: SchemaRef,
+    ) -> Result<StagedFile> {
+        StagedFile::create(&self.staged_dir(table, partition)?, txn, schema)
     }
 
     /// Makes the staged files of `txn` part of their partitions. Idempotent:

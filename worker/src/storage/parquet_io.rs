@@ -3,7 +3,7 @@
 
 use std::fs::{self, File};
 use std::io::ErrorKind;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use datafusion::arrow::array::RecordBatch;
@@ -68,6 +68,16 @@ pub(super) fn remove_if_present(path: &Path) -> Result<()> {
     }
 }
 
+/// LZ4 decompresses several times faster than ZSTD, and pages of at most
+/// 8192 rows let page statistics and index row selections skip most of a
+/// file instead of decoding 1 MB pages for a few rows.
+fn writer_properties() -> WriterProperties {
+    WriterProperties::builder()
+        .set_compression(Compression::LZ4_RAW)
+        .set_data_page_row_count_limit(PAGE_ROWS)
+        .build()
+}
+
 /// Writes `batches` to a new Parquet file at `path` and fsyncs it; the
 /// rows written. The file is removed again if anything fails.
 fn write_parquet(
@@ -76,15 +86,9 @@ fn write_parquet(
     batches: impl Iterator<Item = Result<RecordBatch>>,
 ) -> Result<u64> {
     let file = File::create(path).map_err(|e| io_err("cannot create", path, e))?;
-    // LZ4 decompresses several times faster than ZSTD, and pages of at
-    // most 8192 rows let page statistics and index row selections skip
-    // most of a file instead of decoding 1 MB pages for a few rows.
-    let props = WriterProperties::builder()
-        .set_compression(Compression::LZ4_RAW)
-        .set_data_page_row_count_limit(PAGE_ROWS)
-        .build();
     let result = (|| -> Result<u64> {
-        let mut writer = ArrowWriter::try_new(file.try_clone()?, schema, Some(props))?;
+        let mut writer =
+            ArrowWriter::try_new(file.try_clone()?, schema, Some(writer_properties()))?;
         let mut rows = 0u64;
         for batch in batches {
             let batch = batch?;
@@ -97,22 +101,116 @@ fn write_parquet(
     })();
     result.map_err(|e| {
         let _ = fs::remove_file(path);
-        match e {
-            DataFusionError::IoError(io) => io_err("cannot write", path, io),
-            DataFusionError::ParquetError(p) => match *p {
-                parquet::errors::ParquetError::External(inner) => {
-                    match inner.downcast::<std::io::Error>() {
-                        Ok(io) => io_err("cannot write", path, *io),
-                        Err(other) => crate::ErrorKind::FailedPrecondition
-                            .error(format!("cannot write {}: {other}", path.display())),
-                    }
-                }
-                other => crate::ErrorKind::FailedPrecondition
-                    .error(format!("cannot write {}: {other}", path.display())),
-            },
-            other => other,
-        }
+        write_error(path, e)
     })
+}
+
+/// A failed write of `path`, as an I/O error of its kind where it is one.
+fn write_error(path: &Path, e: DataFusionError) -> DataFusionError {
+    match e {
+        DataFusionError::IoError(io) => io_err("cannot write", path, io),
+        DataFusionError::ParquetError(p) => match *p {
+            parquet::errors::ParquetError::External(inner) => {
+                match inner.downcast::<std::io::Error>() {
+                    Ok(io) => io_err("cannot write", path, *io),
+                    Err(other) => crate::ErrorKind::FailedPrecondition
+                        .error(format!("cannot write {}: {other}", path.display())),
+                }
+            }
+            other => crate::ErrorKind::FailedPrecondition
+                .error(format!("cannot write {}: {other}", path.display())),
+        },
+        other => other,
+    }
+}
+
+/// Bytes of rows a staged file being written holds in memory before they
+/// go to disk as a row group.
+const STAGED_ROW_GROUP_BYTES: usize = 32 << 20;
+
+/// A staged file written a batch at a time (rows that arrive over a
+/// stream); [`StagedFile::finish`] makes it durable, dropping it unfinished
+/// removes it.
+pub struct StagedFile {
+    dir: PathBuf,
+    path: PathBuf,
+    name: String,
+    file: File,
+    writer: Option<ArrowWriter<File>>,
+    rows: u64,
+}
+
+impl StagedFile {
+    pub(super) fn create(dir: &Path, txn: u64, schema: SchemaRef) -> Result<Self> {
+        let name = file_name(txn);
+        let path = dir.join(&name);
+        let file = File::create(&path).map_err(|e| io_err("cannot create", &path, e))?;
+        let writer = file
+            .try_clone()
+            .map_err(DataFusionError::from)
+            .and_then(|f| Ok(ArrowWriter::try_new(f, schema, Some(writer_properties()))?))
+            .map_err(|e| {
+                let _ = fs::remove_file(&path);
+                write_error(&path, e)
+            })?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            path,
+            name,
+            file,
+            writer: Some(writer),
+            rows: 0,
+        })
+    }
+
+    /// Appends `batch`; a row group goes to disk once enough is held.
+    pub fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        let Some(writer) = self.writer.as_mut() else {
+            return internal_err!("a staged file written after it was finished");
+        };
+        let written = writer.write(batch).and_then(|()| {
+            if writer.in_progress_size() >= STAGED_ROW_GROUP_BYTES {
+                writer.flush()?;
+            }
+            Ok(())
+        });
+        written.map_err(|e| write_error(&self.path, e.into()))?;
+        self.rows += batch.num_rows() as u64;
+        Ok(())
+    }
+
+    /// Closes the file and makes it (and its directory entry) durable.
+    pub fn finish(mut self) -> Result<DataFile> {
+        let Some(writer) = self.writer.take() else {
+            return internal_err!("a staged file finished twice");
+        };
+        let closed = writer
+            .close()
+            .map_err(DataFusionError::from)
+            .and_then(|_| Ok(self.file.sync_all()?));
+        if let Err(e) = closed {
+            let _ = fs::remove_file(&self.path);
+            return Err(write_error(&self.path, e));
+        }
+        let bytes = fs::metadata(&self.path)
+            .map_err(|e| io_err("cannot stat", &self.path, e))?
+            .len();
+        sync_dir(&self.dir)?;
+        Ok(DataFile::new(
+            std::mem::take(&mut self.name),
+            self.rows,
+            bytes,
+        ))
+    }
+}
+
+impl Drop for StagedFile {
+    fn drop(&mut self) {
+        // Unfinished: the write it was part of failed.
+        if self.writer.take().is_some() {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
 }
 
 pub(super) fn parquet_rows(path: &Path) -> Result<u64> {
