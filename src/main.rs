@@ -5,6 +5,7 @@ mod bench;
 mod bench_index;
 mod cert;
 mod client;
+mod load_files;
 mod node;
 mod output;
 mod shell;
@@ -217,9 +218,33 @@ enum Command {
         command: Option<String>,
     },
     /// Generate a dataset and load it into a running cluster (or write Parquet).
+    #[command(args_conflicts_with_subcommands = true)]
     Load {
         #[command(subcommand)]
-        dataset: Dataset,
+        dataset: Option<Dataset>,
+        /// Files on this machine to load: CSV, Parquet or JSON lines (by
+        /// their extension, or --format), all into --table as one write.
+        files: Vec<PathBuf>,
+        /// The table to load into.
+        #[arg(long)]
+        table: Option<String>,
+        /// Make the table, with the first file's columns (it must not exist).
+        #[arg(long)]
+        create: bool,
+        /// With --create: how the new table is partitioned, e.g.
+        /// 'HASH (id) PARTITIONS 8' [default: one partition].
+        #[arg(long, requires = "create")]
+        partition_by: Option<String>,
+        #[arg(long, value_enum)]
+        format: Option<load_files::FileFormat>,
+        /// CSV: the field delimiter.
+        #[arg(long, default_value_t = ',')]
+        delimiter: char,
+        /// CSV: the first line is data, not column names.
+        #[arg(long)]
+        no_header: bool,
+        #[command(flatten)]
+        to: ConnectArgs,
     },
     /// Benchmarks against single-process engines on the same data.
     Bench {
@@ -585,16 +610,52 @@ fn main() -> ExitCode {
             }
             Command::Load {
                 dataset:
-                    Dataset::Tpch {
+                    Some(Dataset::Tpch {
                         sf,
                         to,
                         partitions,
                         parquet,
-                    },
+                    }),
+                ..
             } => match parquet {
                 Some(dir) => tpch::write_parquet(sf, &dir),
                 None => tpch::load(&to, sf, partitions).await,
             },
+            Command::Load {
+                dataset: None,
+                files,
+                table,
+                create,
+                partition_by,
+                format,
+                delimiter,
+                no_header,
+                to,
+            } => {
+                let Some(table) = table else {
+                    return Err(
+                        "give the table to load into: --table NAME (with --create to \
+                                make it)"
+                            .to_string(),
+                    );
+                };
+                let delimiter = u8::try_from(delimiter)
+                    .map_err(|_| format!("--delimiter '{delimiter}' is not one byte"))?;
+                let mut client = Client::connect_as(&to).await?;
+                load_files::load(
+                    &mut client,
+                    load_files::LoadFiles {
+                        files,
+                        table,
+                        create,
+                        partition_by,
+                        format,
+                        delimiter,
+                        header: !no_header,
+                    },
+                )
+                .await
+            }
         }
     });
     match result {

@@ -407,6 +407,11 @@ impl Coordinator {
             Statement::DropUser { name, if_exists } => self.drop_user(&name, if_exists).await,
             Statement::Grant { role, user } => self.grant(role, &user).await,
             Statement::ShowUsers => self.show_users(),
+            Statement::CopyFrom {
+                table,
+                path,
+                options,
+            } => Box::pin(self.copy_from(&table, &path, &options)).await,
             Statement::CancelQuery { id } => {
                 self.log.cancel(&id, &crate::query_log::current_caller())?;
                 Ok(empty())
@@ -455,6 +460,7 @@ impl Coordinator {
             | Statement::DropUser { .. }
             | Statement::Grant { .. }
             | Statement::CancelQuery { .. }
+            | Statement::CopyFrom { .. }
             | Statement::DropIndex { .. } => Ok(None),
             Statement::ShowWorkers
             | Statement::ShowUsers
@@ -538,14 +544,16 @@ impl Coordinator {
         let _ = self.files.set(dirs);
     }
 
+    /// Where clients may read and write files (nowhere until set).
+    fn file_dirs(&self) -> crate::files::FileDirs {
+        self.files.get().cloned().unwrap_or_default()
+    }
+
     /// Refuses a plan that touches files clients may not (see
     /// [`crate::files`]).
     fn check_files(&self, plan: &LogicalPlan) -> Result<()> {
         let external = self.catalog.external_table_sql()?;
-        self.files
-            .get()
-            .cloned()
-            .unwrap_or_default()
+        self.file_dirs()
             .check_plan(plan, |name| external.contains_key(name))
     }
 

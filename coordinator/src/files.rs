@@ -56,6 +56,11 @@ impl FileDirs {
         &self.export
     }
 
+    /// Refuses to read `location` unless it is under an import directory.
+    pub fn check_import(&self, location: &str) -> Result<()> {
+        self.check(location, Access::Read)
+    }
+
     /// Refuses a plan that reads or writes files outside the allowed
     /// directories, or writes into an external table (`external` says
     /// whether a table name is one).

@@ -90,6 +90,14 @@ pub enum Statement {
     },
     /// `SHOW USERS`.
     ShowUsers,
+    /// `COPY t FROM 'path' [WITH] [(FORMAT csv|parquet|json, HEADER [b],
+    /// DELIMITER 'c')]`: the rows of files on the server into a table.
+    CopyFrom {
+        table: String,
+        path: String,
+        /// Option names upper-cased, values as written (`HEADER` alone: "true").
+        options: Vec<(String, String)>,
+    },
     /// `CANCEL QUERY 'id'`: stop a running query (ids in `tessera.queries`).
     CancelQuery {
         id: String,
@@ -269,6 +277,11 @@ pub fn parse_statement(sql: &str) -> Result<Statement> {
         expect_end(&mut parser)?;
         return Ok(Statement::AlterWorker { id, action });
     }
+    // COPY t FROM ...; COPY (query) TO and COPY t TO are DataFusion's.
+    if kw(0, Keyword::COPY) && matches!(words.get(1), Some(Token::Word(_))) && kw(2, Keyword::FROM)
+    {
+        return parse_copy_from(tokens);
+    }
     if word(0, "CANCEL") && word(1, "QUERY") {
         let mut parser = Parser::new(&GenericDialect {}).with_tokens_with_locations(tokens);
         parser.next_token();
@@ -321,6 +334,54 @@ pub fn parse_statement(sql: &str) -> Result<Statement> {
         return parse_create_table(sql, tokens).map(Statement::CreateTable);
     }
     Ok(Statement::Sql(sql.to_string()))
+}
+
+fn parse_copy_from(tokens: Vec<TokenWithSpan>) -> Result<Statement> {
+    let mut parser = Parser::new(&GenericDialect {}).with_tokens_with_locations(tokens);
+    parser.next_token();
+    let table = object_name(&parser.parse_object_name(false).map_err(parser_err)?);
+    parser.next_token();
+    let path = match parser.next_token().token {
+        Token::SingleQuotedString(s) => s,
+        other => {
+            return plan_err!(
+                "COPY {table} FROM takes a path in quotes: COPY {table} FROM '/data/file.csv', \
+                 not {other}"
+            );
+        }
+    };
+    let _ = parser.parse_keyword(Keyword::WITH);
+    let mut options = vec![];
+    if parser.consume_token(&Token::LParen) {
+        loop {
+            let name = match parser.next_token().token {
+                Token::Word(w) => w.value.to_ascii_uppercase(),
+                other => return plan_err!("COPY FROM options are NAME value pairs, not {other}"),
+            };
+            let value = match parser.peek_token().token {
+                Token::Comma | Token::RParen => "true".to_string(),
+                _ => match parser.next_token().token {
+                    Token::Word(w) => w.value,
+                    Token::SingleQuotedString(s) => s,
+                    Token::Number(n, _) => n,
+                    other => return plan_err!("COPY FROM option {name}: {other} is no value"),
+                },
+            };
+            options.push((name, value));
+            if parser.consume_token(&Token::RParen) {
+                break;
+            }
+            if !parser.consume_token(&Token::Comma) {
+                return plan_err!("COPY FROM options are separated by commas and end with ')'");
+            }
+        }
+    }
+    expect_end(&mut parser)?;
+    Ok(Statement::CopyFrom {
+        table,
+        path,
+        options,
+    })
 }
 
 fn expect_end(parser: &mut Parser) -> Result<()> {
@@ -526,6 +587,27 @@ mod tests {
             }
         );
         assert!(parse_statement("CANCEL QUERY 17").is_err());
+        assert_eq!(
+            parse_statement("COPY Lines FROM '/d/a.csv' WITH (FORMAT csv, HEADER, DELIMITER '|')")
+                .unwrap(),
+            Statement::CopyFrom {
+                table: "lines".into(),
+                path: "/d/a.csv".into(),
+                options: vec![
+                    ("FORMAT".into(), "csv".into()),
+                    ("HEADER".into(), "true".into()),
+                    ("DELIMITER".into(), "|".into())
+                ],
+            }
+        );
+        assert!(matches!(
+            parse_statement("COPY t FROM '/d/x.parquet'").unwrap(),
+            Statement::CopyFrom { options, .. } if options.is_empty()
+        ));
+        assert!(matches!(
+            parse_statement("COPY t TO '/d/x.parquet'").unwrap(),
+            Statement::Sql(_)
+        ));
         assert!(parse_statement("CANCEL QUERY 'a' 'b'").is_err());
         assert_eq!(
             parse_statement("show partitions Foo").unwrap(),

@@ -9,7 +9,7 @@ use datafusion::arrow::datatypes::{Field, Schema};
 use datafusion::common::{Result, plan_err};
 use datafusion::logical_expr::{DdlStatement, LogicalPlan};
 use tessera_sql::{CreateTable, PartitionScheme, TableDef};
-use tessera_worker::WorkerClient;
+use tessera_worker::{ErrorKind, WorkerClient};
 
 use crate::options::TesseraOptions;
 
@@ -90,7 +90,7 @@ impl Coordinator {
         };
         let workers: Vec<String> = self.catalog.members()?.keys().cloned().collect();
         if workers.is_empty() {
-            return Err(tessera_worker::ErrorKind::Unavailable
+            return Err(ErrorKind::Unavailable
                 .error("no workers are running; start the cluster with --workers N"));
         }
         let name = ct.name.clone();
@@ -141,6 +141,119 @@ impl Coordinator {
             }
         }
         Ok(empty())
+    }
+
+    /// `COPY t FROM 'path' (...)`: the file's rows (under an import
+    /// directory) into `t`, as one INSERT.
+    pub(super) async fn copy_from(
+        &self,
+        table: &str,
+        path: &str,
+        options: &[(String, String)],
+    ) -> Result<Planned> {
+        if self.catalog.table_def(table)?.is_none() {
+            return Err(crate::catalog::no_such_table(table));
+        }
+        self.file_dirs().check_import(path)?;
+        let (mut format, mut header, mut delimiter) = (None, true, None);
+        for (name, value) in options {
+            match name.as_str() {
+                "FORMAT" => format = Some(value.to_ascii_lowercase()),
+                "HEADER" => {
+                    header = match value.to_ascii_lowercase().as_str() {
+                        "true" | "on" | "1" => true,
+                        "false" | "off" | "0" => false,
+                        other => {
+                            return Err(ErrorKind::InvalidArgument.error(format!(
+                                "COPY FROM HEADER takes true or false, not {other}"
+                            )));
+                        }
+                    }
+                }
+                "DELIMITER" => {
+                    if value.len() != 1 {
+                        return Err(ErrorKind::InvalidArgument.error(format!(
+                            "COPY FROM DELIMITER is one character, not '{value}'"
+                        )));
+                    }
+                    delimiter = Some(value.clone());
+                }
+                other => {
+                    return Err(ErrorKind::InvalidArgument.error(format!(
+                        "COPY FROM knows the options FORMAT, HEADER and DELIMITER, not {other}"
+                    )));
+                }
+            }
+        }
+        let format = format.or_else(|| {
+            let lower = path.to_ascii_lowercase();
+            [
+                ("csv", ".csv"),
+                ("parquet", ".parquet"),
+                ("json", ".json"),
+                ("json", ".jsonl"),
+            ]
+            .iter()
+            .find(|(_, ext)| lower.ends_with(ext))
+            .map(|(f, _)| f.to_string())
+        });
+        let stored = match format.as_deref() {
+            Some("csv") => "CSV",
+            Some("parquet") => "PARQUET",
+            Some("json") => "JSON",
+            Some(other) => {
+                return Err(ErrorKind::InvalidArgument.error(format!(
+                    "COPY FROM reads FORMAT csv, parquet or json, not {other}"
+                )));
+            }
+            None => {
+                return Err(ErrorKind::InvalidArgument.error(format!(
+                    "cannot tell the format of '{path}' from its name; add (FORMAT csv), \
+                     (FORMAT parquet) or (FORMAT json)"
+                )));
+            }
+        };
+        let mut file_options = vec![];
+        if stored == "CSV" {
+            file_options.push(format!("'format.has_header' '{header}'"));
+            if let Some(d) = delimiter {
+                file_options.push(format!("'format.delimiter' '{}'", d.replace('\'', "''")));
+            }
+        }
+        let source = format!("__copy_{}", uuid::Uuid::new_v4().simple());
+        let create = format!(
+            "CREATE EXTERNAL TABLE \"{source}\" STORED AS {stored} LOCATION '{}' {}",
+            path.replace('\'', "''"),
+            if file_options.is_empty() {
+                String::new()
+            } else {
+                format!("OPTIONS ({})", file_options.join(", "))
+            }
+        );
+        // The file, as a table of this coordinator for the one statement.
+        self.ctx()
+            .sql(&create)
+            .await?
+            .collect()
+            .await
+            .map_err(|e| {
+                ErrorKind::InvalidArgument.error(format!(
+                    "cannot read '{path}' as {stored}: {e}; check the path and FORMAT"
+                ))
+            })?;
+        let inserted = self
+            .run(&format!(
+                "INSERT INTO \"{}\" SELECT * FROM \"{source}\"",
+                table.replace('"', "\"\"")
+            ))
+            .await;
+        self.catalog.set_external(&source, None)?;
+        let batches = inserted?;
+        let schema = batches
+            .first()
+            .map(|b| b.schema())
+            .unwrap_or_else(|| Arc::new(Schema::empty()));
+        Ok(Planned::Ready(schema, batches))
     }
 
     pub(super) async fn drop_table(&self, name: &str, if_exists: bool) -> Result<Planned> {

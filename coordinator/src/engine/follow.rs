@@ -46,6 +46,8 @@ pub(super) fn route(statement: &Statement) -> Route {
         | Statement::CancelQuery { .. } => Route::Here,
         // The leader hears the heartbeats: its SHOW WORKERS is exact.
         Statement::ShowWorkers
+        // Files on the leader's machine, into a table (a write).
+        | Statement::CopyFrom { .. }
         | Statement::CreateTable(_)
         | Statement::DropTable { .. }
         | Statement::CreateIndex(_)
