@@ -8,20 +8,19 @@ mod client;
 mod load_files;
 mod node;
 mod output;
+mod run;
 mod shell;
 mod tpch;
 
-use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use tessera_coordinator::{Cluster, ClusterConfig};
-use tessera_sql::split_statements;
 
 use crate::client::Client;
-use crate::output::{Format, write_result};
+use crate::output::Format;
 
 const DEFAULT_ADDR: &str = "127.0.0.1:50051";
 
@@ -255,6 +254,20 @@ enum Command {
     Run {
         #[command(flatten)]
         to: ConnectArgs,
+        /// Run every statement even after one fails (the exit status is
+        /// still non-zero, with a summary of the failed ones).
+        #[arg(long)]
+        continue_on_error: bool,
+        /// A variable the script uses as :NAME or ${NAME} (repeatable).
+        #[arg(short = 'v', long = "var", value_name = "NAME=VALUE", value_parser = run::parse_var)]
+        vars: Vec<(String, String)>,
+        /// Print each statement before its result.
+        #[arg(long)]
+        echo: bool,
+        /// Write each statement's result to DIR/001.<format>, 002... instead
+        /// of stdout (needed for --format arrow with several statements).
+        #[arg(long, value_name = "DIR")]
+        output_dir: Option<PathBuf>,
         #[arg(long, value_enum, default_value = "table")]
         format: Format,
         file: PathBuf,
@@ -427,31 +440,6 @@ pub(crate) async fn wait_for_signal() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
-async fn run_file(to: &ConnectArgs, format: Format, file: &PathBuf) -> Result<(), String> {
-    let mut script = String::new();
-    if file.as_os_str() == "-" {
-        std::io::stdin()
-            .read_to_string(&mut script)
-            .map_err(|e| format!("cannot read stdin: {e}"))?;
-    } else {
-        script = std::fs::read_to_string(file)
-            .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
-    }
-    let statements = split_statements(&script).map_err(|e| e.to_string())?;
-    let mut client = Client::connect_as(to).await?;
-    let stdout = std::io::stdout();
-    for s in statements {
-        let result = client
-            .query(&s.sql)
-            .await
-            .map_err(|e| format!("statement at line {} failed: {e}", s.line))?;
-        let mut out = stdout.lock();
-        write_result(&mut out, &result, format)?;
-        out.flush().map_err(|e| e.to_string())?;
-    }
-    Ok(())
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -567,7 +555,26 @@ fn main() -> ExitCode {
                     None => shell::interactive(client, &to.connect).await,
                 }
             }
-            Command::Run { to, format, file } => run_file(&to, format, &file).await,
+            Command::Run {
+                to,
+                continue_on_error,
+                vars,
+                echo,
+                output_dir,
+                format,
+                file,
+            } => {
+                run::run(run::RunArgs {
+                    to,
+                    format,
+                    file,
+                    continue_on_error,
+                    vars,
+                    echo,
+                    output_dir,
+                })
+                .await
+            }
             Command::Bench {
                 bench:
                     BenchCommand::Tpch {
