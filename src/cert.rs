@@ -128,6 +128,14 @@ fn validity(params: &mut CertificateParams, days: i64) -> Result<(), String> {
     Ok(())
 }
 
+/// A certificate's subject: organization Tessera, and `common_name`.
+fn subject(common_name: &str) -> DistinguishedName {
+    let mut name = DistinguishedName::new();
+    name.push(DnType::OrganizationName, "Tessera");
+    name.push(DnType::CommonName, common_name);
+    name
+}
+
 fn leaf(
     sans: Vec<String>,
     common_name: &str,
@@ -136,13 +144,7 @@ fn leaf(
 ) -> Result<CertificateParams, String> {
     let mut params =
         CertificateParams::new(sans).map_err(|e| format!("bad host name or address: {e}"))?;
-    params.distinguished_name = DistinguishedName::new();
-    params
-        .distinguished_name
-        .push(DnType::OrganizationName, "Tessera");
-    params
-        .distinguished_name
-        .push(DnType::CommonName, common_name);
+    params.distinguished_name = subject(common_name);
     params.key_usages = vec![
         KeyUsagePurpose::DigitalSignature,
         KeyUsagePurpose::KeyEncipherment,
@@ -155,13 +157,7 @@ fn leaf(
 
 fn create_ca(dirs: &CertDirs, days: i64) -> Result<(), String> {
     let mut params = CertificateParams::default();
-    params.distinguished_name = DistinguishedName::new();
-    params
-        .distinguished_name
-        .push(DnType::OrganizationName, "Tessera");
-    params
-        .distinguished_name
-        .push(DnType::CommonName, "Tessera CA");
+    params.distinguished_name = subject("Tessera CA");
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     params.key_usages = vec![
         KeyUsagePurpose::KeyCertSign,

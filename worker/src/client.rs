@@ -196,28 +196,8 @@ impl WorkerClient {
         request: &wire::PrepareRequest,
         pieces: Vec<(wire::PieceHeader, RecordBatch)>,
     ) -> Result<Vec<DataFile>> {
-        let mut descriptor = Some(FlightDescriptor::new_cmd(wire::encode(request)?));
-        let mut streams = vec![];
-        for (header, batch) in pieces {
-            // A new encoder per piece: its first message is the piece's
-            // schema, tagged with where the rows go.
-            let encoder = FlightDataEncoderBuilder::new()
-                .with_flight_descriptor(descriptor.take())
-                .with_metadata(wire::encode(&header)?.into())
-                .build(futures::stream::iter([Ok(batch)]));
-            streams.push(encoder);
-        }
-        let data = futures::stream::iter(streams).flatten();
-        let mut client = FlightClient::new_from_inner(self.inner.clone());
-        let mut results = client.do_put(data).await.map_err(|e| self.err(e))?;
-        match results.next().await {
-            Some(Ok(r)) => wire::decode(&r.app_metadata),
-            Some(Err(e)) => Err(self.err(e)),
-            None => Err(DataFusionError::Execution(format!(
-                "worker {} closed the write without an answer",
-                self.url
-            ))),
-        }
+        self.prepare_stream(request, futures::stream::iter(pieces))
+            .await
     }
 
     /// Sends this worker's pieces of a transaction as they come (several
