@@ -1,12 +1,26 @@
 #!/usr/bin/env bash
 # Installs the system packages Tessera builds and tests with, from Debian:
-# protobuf-compiler (the etcd client's build compiles etcd's protocol) and
-# etcd-server (the cluster metastore; tests start their own on loopback).
-# Does nothing when both are there already.
+# a C compiler (ring, zstd and lzma build C code), protobuf-compiler (the
+# etcd client's build compiles etcd's protocol), etcd-server (the cluster
+# metastore; tests start their own on loopback) and python3-venv (the
+# client tests' .venv). Does nothing when all are there already. Rust itself
+# is checked, not installed: it comes from rustup.
 set -euo pipefail
+min_rust=$(sed -n 's/^rust-version = "\(.*\)"/\1/p' "$(dirname "$0")/../Cargo.toml")
+have_rust=$(rustc --version 2>/dev/null | awk '{print $2}')
+if [ -z "$have_rust" ]; then
+    echo "error: Rust is not installed; install Rust $min_rust or newer with rustup (https://rustup.rs), then run this again" >&2
+    exit 1
+fi
+if [ "$(printf '%s\n%s\n' "$min_rust" "$have_rust" | sort -V | head -n1)" != "$min_rust" ]; then
+    echo "error: Rust $have_rust is older than the $min_rust Tessera needs; run \`rustup update\`, then this again" >&2
+    exit 1
+fi
 need=()
+command -v cc >/dev/null 2>&1 || need+=(gcc libc6-dev)
 command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
 command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
 if [ ${#need[@]} -eq 0 ]; then
     exit 0
 fi
@@ -25,4 +39,4 @@ fi
 if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet etcd 2>/dev/null; then
     $sudo systemctl stop etcd || true
 fi
-command -v protoc >/dev/null && command -v etcd >/dev/null
+command -v cc >/dev/null && command -v protoc >/dev/null && command -v etcd >/dev/null
