@@ -170,9 +170,7 @@ fn create_ca(dirs: &CertDirs, days: i64) -> Result<(), String> {
         .self_signed(&key)
         .map_err(|e| format!("cannot make the CA certificate: {e}"))?;
     let (cert_path, key_path) = (dirs.ca_cert(), dirs.ca_key());
-    check_free(&[&cert_path, &key_path], dirs.overwrite)?;
-    write(&key_path, &key.serialize_pem(), true)?;
-    write(&cert_path, &cert.pem(), false)?;
+    save(dirs, &cert_path, &cert, &key_path, &key)?;
     println!("CA certificate: {}", cert_path.display());
     println!("CA key:         {}  (keep it safe)", key_path.display());
     Ok(())
@@ -199,25 +197,31 @@ fn sign(dirs: &CertDirs, params: CertificateParams, name: &str) -> Result<(), St
         .map_err(|e| format!("cannot sign the certificate: {e}"))?;
     let cert_path = dirs.certs_dir.join(format!("{name}.crt"));
     let key_path = dirs.certs_dir.join(format!("{name}.key"));
-    check_free(&[&cert_path, &key_path], dirs.overwrite)?;
-    write(&key_path, &key.serialize_pem(), true)?;
-    write(&cert_path, &cert.pem(), false)?;
+    save(dirs, &cert_path, &cert, &key_path, &key)?;
     println!("Certificate: {}", cert_path.display());
     println!("Key:         {}", key_path.display());
     Ok(())
 }
 
-fn check_free(paths: &[&Path], overwrite: bool) -> Result<(), String> {
-    if overwrite {
-        return Ok(());
-    }
-    match paths.iter().find(|p| p.exists()) {
-        Some(p) => Err(format!(
+/// Writes a certificate and its key (readable by its owner only), unless
+/// either file exists and `--overwrite` was not given.
+fn save(
+    dirs: &CertDirs,
+    cert_path: &Path,
+    cert: &rcgen::Certificate,
+    key_path: &Path,
+    key: &KeyPair,
+) -> Result<(), String> {
+    if !dirs.overwrite
+        && let Some(p) = [cert_path, key_path].iter().find(|p| p.exists())
+    {
+        return Err(format!(
             "{} exists; remove it or give --overwrite",
             p.display()
-        )),
-        None => Ok(()),
+        ));
     }
+    write(key_path, &key.serialize_pem(), true)?;
+    write(cert_path, &cert.pem(), false)
 }
 
 /// Writes `text` to `path`; a key readable by its owner only.

@@ -32,7 +32,7 @@ impl Client {
     }
 
     async fn open(addr: &str, tls_ca: Option<&Path>) -> Result<Self, String> {
-        let url = client_url(addr, tls_ca.is_some());
+        let url = tessera_worker::tls::url(addr, tls_ca.is_some());
         let mut endpoint =
             Endpoint::from_shared(url.clone()).map_err(|e| format!("bad address {addr}: {e}"))?;
         if url.starts_with("https://") {
@@ -128,19 +128,6 @@ impl Client {
             batches.append(&mut part);
         }
         Ok(QueryResult { schema, batches })
-    }
-}
-
-/// `addr` as a URL: `HOST:PORT` is `https://` with a CA to check the server
-/// against, `http://` without; Flight's `grpc+tls://` and `grpc://` are
-/// understood.
-fn client_url(addr: &str, tls: bool) -> String {
-    match addr.split_once("://") {
-        Some(("grpc+tls", rest)) => format!("https://{rest}"),
-        Some(("grpc" | "grpc+tcp", rest)) => format!("http://{rest}"),
-        Some(_) => addr.to_string(),
-        None if tls => format!("https://{addr}"),
-        None => format!("http://{addr}"),
     }
 }
 

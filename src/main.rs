@@ -35,6 +35,44 @@ struct Cli {
     command: Command,
 }
 
+/// How a coordinator lets clients in, and what files they may touch.
+#[derive(clap::Args, Clone, Debug)]
+struct ClientArgs {
+    /// Let anyone who reaches the port in, without signing in (for a
+    /// try on one machine; `--demo` on loopback implies it).
+    #[arg(long)]
+    insecure: bool,
+    /// Seconds a sign-in's bearer token stays good.
+    #[arg(long, default_value_t = 43200.0)]
+    token_ttl: f64,
+    #[command(flatten)]
+    tls: TlsArgs,
+    #[command(flatten)]
+    files: FileArgs,
+}
+
+impl ClientArgs {
+    /// Who may call, the TLS served (`members`: a process that calls the
+    /// other members over TLS too) and the files clients may touch.
+    fn resolve(
+        &self,
+        demo: bool,
+        listen: &SocketAddr,
+        members: bool,
+    ) -> Result<
+        (
+            tessera_coordinator::Access,
+            Option<tessera_worker::tls::NodeTls>,
+            tessera_coordinator::FileDirs,
+        ),
+        String,
+    > {
+        let access = node::access(self.insecure, demo, listen, self.token_ttl)?;
+        let tls = node::server_tls(self.tls.files(), members)?;
+        Ok((access, tls, self.files.dirs(demo)?))
+    }
+}
+
 /// A server's TLS.
 #[derive(clap::Args, Clone, Debug, Default)]
 struct TlsArgs {
@@ -129,17 +167,8 @@ enum Command {
         /// Seconds without a heartbeat after which a worker is down.
         #[arg(long, default_value_t = 5.0)]
         worker_lease: f64,
-        /// Let anyone who reaches the port in, without signing in (for a
-        /// try on one machine; `--demo` on loopback implies it).
-        #[arg(long)]
-        insecure: bool,
-        /// Seconds a sign-in's bearer token stays good.
-        #[arg(long, default_value_t = 43200.0)]
-        token_ttl: f64,
         #[command(flatten)]
-        tls: TlsArgs,
-        #[command(flatten)]
-        files: FileArgs,
+        clients: ClientArgs,
     },
     /// Run a coordinator of a cluster across machines: Flight SQL for
     /// clients, membership for the workers that join it.
@@ -170,17 +199,8 @@ enum Command {
         /// standby coordinator takes over.
         #[arg(long, default_value_t = 5.0)]
         leader_lease: f64,
-        /// Let anyone who reaches the port in, without signing in (for a
-        /// try on one machine; `--demo` on loopback implies it).
-        #[arg(long)]
-        insecure: bool,
-        /// Seconds a sign-in's bearer token stays good.
-        #[arg(long, default_value_t = 43200.0)]
-        token_ttl: f64,
         #[command(flatten)]
-        tls: TlsArgs,
-        #[command(flatten)]
-        files: FileArgs,
+        clients: ClientArgs,
     },
     /// Run a worker: it holds partitions in --data-dir and joins a coordinator.
     Worker {
@@ -464,15 +484,10 @@ fn main() -> ExitCode {
                 demo,
                 worker_timeout,
                 worker_lease,
-                insecure,
-                token_ttl,
-                tls,
-                files,
+                clients,
             } => {
                 tessera_worker::set_call_timeout(seconds("--worker-timeout", worker_timeout)?);
-                let access = node::access(insecure, demo, &listen, token_ttl)?;
-                let tls = node::server_tls(tls.files(), false)?;
-                let files = files.dirs(demo)?;
+                let (access, tls, files) = clients.resolve(demo, &listen, false)?;
                 let config = ClusterConfig {
                     listen,
                     workers,
@@ -494,15 +509,10 @@ fn main() -> ExitCode {
                 worker_timeout,
                 cluster_secret_file,
                 leader_lease,
-                insecure,
-                token_ttl,
-                tls,
-                files,
+                clients,
             } => {
-                let access = node::access(insecure, false, &listen, token_ttl)?;
-                let tls = node::server_tls(tls.files(), true)?;
-                let files = files.dirs(false)?;
-                if cluster_secret_file.is_none() && !insecure {
+                let (access, tls, files) = clients.resolve(false, &listen, true)?;
+                if cluster_secret_file.is_none() && !clients.insecure {
                     return Err(
                         "signing in needs the cluster secret too (other coordinators \
                          and workers present it instead of a user): give --cluster-secret-file \

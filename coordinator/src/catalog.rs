@@ -390,6 +390,16 @@ impl Catalog {
         Ok(self.state.lock().map_err(|_| poisoned())?.users.clone())
     }
 
+    /// Whether `name` is an external table (made by CREATE EXTERNAL TABLE).
+    pub fn is_external_table(&self, name: &str) -> Result<bool> {
+        Ok(self
+            .state
+            .lock()
+            .map_err(|_| poisoned())?
+            .external_tables
+            .contains_key(name))
+    }
+
     /// `CREATE EXTERNAL TABLE` statements by table name.
     pub fn external_table_sql(&self) -> Result<BTreeMap<String, String>> {
         Ok(self

@@ -40,9 +40,10 @@ use crate::distribution::{
 use crate::follow::Follower;
 use crate::metastore::Metastore;
 use crate::options::{self, TesseraOptions};
-use crate::query_log::{QueryLog, QueryRecorder, SystemSchema};
+use crate::query_log::{QueryLog, QueryRecorder};
 use crate::schema::TesseraSchema;
 use crate::snapshot::session_at_snapshot;
+use crate::system_schema::SystemSchema;
 
 pub use metadata::{FunctionNames, TABLE_TYPES};
 pub use params::{ParamRow, param_rows};
@@ -545,16 +546,16 @@ impl Coordinator {
     }
 
     /// Where clients may read and write files (nowhere until set).
-    fn file_dirs(&self) -> crate::files::FileDirs {
-        self.files.get().cloned().unwrap_or_default()
+    fn file_dirs(&self) -> &crate::files::FileDirs {
+        self.files.get().unwrap_or(&crate::files::NO_FILES)
     }
 
     /// Refuses a plan that touches files clients may not (see
     /// [`crate::files`]).
     fn check_files(&self, plan: &LogicalPlan) -> Result<()> {
-        let external = self.catalog.external_table_sql()?;
-        self.file_dirs()
-            .check_plan(plan, |name| external.contains_key(name))
+        self.file_dirs().check_plan(plan, |name| {
+            self.catalog.is_external_table(name).unwrap_or(false)
+        })
     }
 
     /// Runs or plans a statement DataFusion planned (`sql` is its text).

@@ -18,6 +18,12 @@ pub struct FileDirs {
     export: Vec<PathBuf>,
 }
 
+/// No directories: clients read and write no files.
+pub static NO_FILES: FileDirs = FileDirs {
+    import: Vec::new(),
+    export: Vec::new(),
+};
+
 fn resolve_dir(dir: &Path, flag: &str) -> Result<PathBuf> {
     let resolved = std::fs::canonicalize(dir).map_err(|e| {
         ErrorKind::InvalidArgument.error(format!(

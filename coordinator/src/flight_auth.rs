@@ -146,16 +146,15 @@ pub fn principal<T>(request: &Request<T>) -> Result<Principal, Status> {
 
 /// Who makes the call, for the query log: the user, the client's address,
 /// and whether it sees every query.
-pub fn caller<T>(request: &Request<T>) -> Result<crate::query_log::Caller, Status> {
-    let who = principal(request)?;
-    Ok(crate::query_log::Caller {
-        user: match &who {
+pub fn caller<T>(who: &Principal, request: &Request<T>) -> crate::query_log::Caller {
+    crate::query_log::Caller {
+        user: match who {
             Principal::User { name, .. } => Some(name.clone()),
             Principal::Member | Principal::Anyone => None,
         },
         client: request.remote_addr().map(|a| a.to_string()),
         admin: !who.reads_only(),
-    })
+    }
 }
 
 /// Whether the call was signed in with a password (not a token): only

@@ -215,6 +215,8 @@ impl TesseraFlightSql {
     /// were not fetched yet is dropped; one streaming them stops.
     fn cancel_info(&self, info: &FlightInfo, by: &Caller) -> Result<CancelStatus, Status> {
         let mut outcome = CancelStatus::NotCancellable;
+        let coordinator = self.coordinator();
+        let log = coordinator.query_log();
         for ticket in info.endpoint.iter().filter_map(|e| e.ticket.as_ref()) {
             let Ok(any) = arrow_flight::sql::Any::decode(ticket.ticket.clone()) else {
                 continue;
@@ -223,7 +225,6 @@ impl TesseraFlightSql {
                 continue;
             };
             let handle = utf8(&query.statement_handle)?.to_string();
-            let log = Arc::clone(self.coordinator().query_log());
             // Its rows not fetched yet: it goes now.
             let parked = self
                 .results
@@ -289,7 +290,7 @@ impl FlightSqlService for TesseraFlightSql {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let who = principal(&request)?;
-        let by = caller(&request)?;
+        let by = caller(&who, &request);
         let session = self.session(&request)?;
         let run = async {
             allow(&self.coordinator(), &who, &query.query).await?;
@@ -306,7 +307,7 @@ impl FlightSqlService for TesseraFlightSql {
     ) -> Result<Response<FlightInfo>, Status> {
         let (sql, params) = self.prepared.get(&cmd.prepared_statement_handle)?;
         let who = principal(&request)?;
-        let by = caller(&request)?;
+        let by = caller(&who, &request);
         let session = self.session(&request)?;
         let run = async {
             allow(&self.coordinator(), &who, &sql).await?;
@@ -379,7 +380,7 @@ impl FlightSqlService for TesseraFlightSql {
         request: Request<PeekableFlightDataStream>,
     ) -> Result<i64, Status> {
         let who = principal(&request)?;
-        let by = caller(&request)?;
+        let by = caller(&who, &request);
         let session = self.session(&request)?;
         let run = async {
             allow(&self.coordinator(), &who, &ticket.query).await?;
@@ -422,7 +423,7 @@ impl FlightSqlService for TesseraFlightSql {
     ) -> Result<i64, Status> {
         let (sql, bound) = self.prepared.get(&query.prepared_statement_handle)?;
         let who = principal(&request)?;
-        let by = caller(&request)?;
+        let by = caller(&who, &request);
         let session = self.session(&request)?;
         // The values come with the call (or were bound before it).
         let sent = read_params(request.into_inner()).await?;
@@ -679,7 +680,7 @@ impl FlightSqlService for TesseraFlightSql {
         request: Request<Action>,
     ) -> Result<Response<<Self as FlightService>::DoActionStream>, Status> {
         if request.get_ref().r#type == CANCEL_FLIGHT_INFO {
-            let by = caller(&request)?;
+            let by = caller(&principal(&request)?, &request);
             let cancel = CancelFlightInfoRequest::decode(request.get_ref().body.clone())
                 .map_err(|e| Status::invalid_argument(format!("CancelFlightInfo: {e}")))?;
             let info = cancel
@@ -705,7 +706,7 @@ impl FlightSqlService for TesseraFlightSql {
         query: ActionCancelQueryRequest,
         request: Request<Action>,
     ) -> Result<ActionCancelQueryResult, Status> {
-        let by = caller(&request)?;
+        let by = caller(&principal(&request)?, &request);
         let info = FlightInfo::decode(query.info)
             .map_err(|e| Status::invalid_argument(format!("CancelQuery: {e}")))?;
         // CancelResult numbers its outcomes as CancelStatus does.

@@ -34,6 +34,7 @@ mod schema;
 mod server;
 mod snapshot;
 mod stages;
+mod system_schema;
 mod table;
 mod write;
 mod write_stream;

@@ -29,17 +29,13 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use async_trait::async_trait;
 use datafusion::arrow::array::{
     ArrayRef, Float64Array, RecordBatch, StringArray, TimestampMicrosecondArray, UInt64Array,
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use datafusion::catalog::{MemTable, SchemaProvider, Session, TableProvider};
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::common::{DataFusionError, Result};
-use datafusion::datasource::TableType;
 use datafusion::execution::{RecordBatchStream, SendableRecordBatchStream};
-use datafusion::logical_expr::Expr;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion_distributed::{
     DistributedLeafExec, DistributedMetricsFormat, NetworkBoundaryExt,
@@ -259,7 +255,7 @@ impl QueryLog {
     }
 
     /// Finished and running queries `caller` may see, in order of start.
-    fn visible(&self, caller: &Caller) -> Vec<QueryRecord> {
+    pub(crate) fn visible(&self, caller: &Caller) -> Vec<QueryRecord> {
         let mut all = self.snapshot();
         all.extend(self.running());
         all.retain(|r| caller.may_see(r));
@@ -270,49 +266,41 @@ impl QueryLog {
     /// Cancels the running query `query_id` for `by` (an admin, or the
     /// user who runs it).
     pub fn cancel(&self, query_id: &str, by: &Caller) -> Result<()> {
-        let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(query) = running.values().find(|r| r.record.query_id == query_id) else {
-            return Err(ErrorKind::NotFound.error(format!(
+        match self.cancel_where(|r| r.record.query_id == query_id, by)? {
+            Cancelled::Yes => Ok(()),
+            Cancelled::NotRunning => Err(ErrorKind::NotFound.error(format!(
                 "no query '{query_id}' is running on this coordinator: it ended, or another \
                  coordinator runs it (SELECT query_id FROM tessera.queries WHERE status = \
                  'running' on each lists theirs)"
-            )));
-        };
-        if !by.may_see(&query.record) {
-            return Err(ErrorKind::PermissionDenied.error(format!(
-                "query '{query_id}' is not yours to cancel: a user of role reader cancels only \
-                 its own queries"
-            )));
+            ))),
         }
-        query.cancel.cancel();
-        Ok(())
     }
 
     /// Cancels the running query `seq` of this coordinator, for `by`.
     pub fn cancel_seq(&self, seq: u64, by: &Caller) -> Result<Cancelled> {
-        let id = {
-            let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
-            running.get(&seq).map(|r| r.record.query_id.clone())
-        };
-        match id {
-            Some(id) => self.cancel(&id, by).map(|()| Cancelled::Yes),
-            None => Ok(Cancelled::NotRunning),
-        }
+        self.cancel_where(|r| r.record.seq == seq, by)
     }
 
     /// Cancels the running query fetched with result `handle`, for `by`.
     pub fn cancel_handle(&self, handle: &str, by: &Caller) -> Result<Cancelled> {
-        let id = {
-            let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
-            running
-                .values()
-                .find(|r| r.handle.as_deref() == Some(handle))
-                .map(|r| r.record.query_id.clone())
+        self.cancel_where(|r| r.handle.as_deref() == Some(handle), by)
+    }
+
+    /// Cancels the running query `which` finds, if `by` may.
+    fn cancel_where(&self, which: impl Fn(&Running) -> bool, by: &Caller) -> Result<Cancelled> {
+        let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(query) = running.values().find(|r| which(r)) else {
+            return Ok(Cancelled::NotRunning);
         };
-        match id {
-            Some(id) => self.cancel(&id, by).map(|()| Cancelled::Yes),
-            None => Ok(Cancelled::NotRunning),
+        if !by.may_see(&query.record) {
+            return Err(ErrorKind::PermissionDenied.error(format!(
+                "query '{}' is not yours to cancel: a user of role reader cancels only its own \
+                 queries",
+                query.record.query_id
+            )));
         }
+        query.cancel.cancel();
+        Ok(Cancelled::Yes)
     }
 }
 
@@ -448,6 +436,11 @@ struct WatchedStream {
 }
 
 impl WatchedStream {
+    /// The query's record, until it is logged.
+    fn record(&self) -> Option<&QueryRecord> {
+        self.recorder.as_ref().and_then(|r| r.record.as_ref())
+    }
+
     fn end(&mut self, error: Option<&DataFusionError>, status: &str) {
         let Some(mut recorder) = self.recorder.take() else {
             return;
@@ -486,16 +479,15 @@ impl Stream for WatchedStream {
     type Item = Result<RecordBatch>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let Some(id) = self
-            .recorder
-            .as_ref()
-            .and_then(|r| r.record.as_ref())
-            .map(|r| r.query_id.clone())
-        else {
+        if self.record().is_none() {
             // Ended (or cancelled): nothing more.
             return Poll::Ready(None);
-        };
+        }
         if self.cancelled.as_mut().poll(cx).is_ready() {
+            let id = self
+                .record()
+                .map(|r| r.query_id.clone())
+                .unwrap_or_default();
             let e = ErrorKind::Cancelled.error(format!("query {id} was cancelled"));
             self.end(Some(&e), "cancelled");
             return Poll::Ready(Some(Err(e)));
@@ -521,7 +513,7 @@ impl RecordBatchStream for WatchedStream {
     }
 }
 
-fn queries_schema() -> SchemaRef {
+pub(crate) fn queries_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("query_id", DataType::Utf8, false),
         Field::new(
@@ -543,7 +535,7 @@ fn queries_schema() -> SchemaRef {
     ]))
 }
 
-fn queries_batch(records: &[QueryRecord]) -> Result<RecordBatch> {
+pub(crate) fn queries_batch(records: &[QueryRecord]) -> Result<RecordBatch> {
     let u = |f: fn(&QueryRecord) -> u64| -> ArrayRef {
         Arc::new(UInt64Array::from_iter_values(records.iter().map(f)))
     };
@@ -578,90 +570,6 @@ fn queries_batch(records: &[QueryRecord]) -> Result<RecordBatch> {
         u(|r| r.bytes_gathered),
     ];
     Ok(RecordBatch::try_new(queries_schema(), columns)?)
-}
-
-/// The `tessera` schema: system tables.
-#[derive(Debug)]
-pub struct SystemSchema {
-    log: Arc<QueryLog>,
-    catalog: Arc<crate::catalog::Catalog>,
-}
-
-impl SystemSchema {
-    pub fn new(log: Arc<QueryLog>, catalog: Arc<crate::catalog::Catalog>) -> Self {
-        Self { log, catalog }
-    }
-}
-
-#[async_trait]
-impl SchemaProvider for SystemSchema {
-    fn table_names(&self) -> Vec<String> {
-        vec!["queries".into(), "compactions".into()]
-    }
-
-    async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
-        Ok(match name {
-            "queries" => {
-                let log = Arc::clone(&self.log);
-                Some(Arc::new(SystemTable {
-                    schema: queries_schema(),
-                    // As the caller planning the query may see it.
-                    rows: Box::new(move || queries_batch(&log.visible(&current_caller()))),
-                }))
-            }
-            "compactions" => {
-                let catalog = Arc::clone(&self.catalog);
-                Some(Arc::new(SystemTable {
-                    schema: crate::compaction_log::compactions_schema(),
-                    rows: Box::new(move || {
-                        crate::compaction_log::compactions_batch(&catalog.compactions.snapshot())
-                    }),
-                }))
-            }
-            _ => None,
-        })
-    }
-
-    fn table_exist(&self, name: &str) -> bool {
-        name == "queries" || name == "compactions"
-    }
-}
-
-/// A table of the `tessera` schema: a snapshot of `rows` when the query
-/// is planned.
-struct SystemTable {
-    schema: SchemaRef,
-    rows: Box<dyn Fn() -> Result<RecordBatch> + Send + Sync>,
-}
-
-impl std::fmt::Debug for SystemTable {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SystemTable")
-            .field("schema", &self.schema)
-            .finish_non_exhaustive()
-    }
-}
-
-#[async_trait]
-impl TableProvider for SystemTable {
-    fn schema(&self) -> SchemaRef {
-        Arc::clone(&self.schema)
-    }
-
-    fn table_type(&self) -> TableType {
-        TableType::View
-    }
-
-    async fn scan(
-        &self,
-        state: &dyn Session,
-        projection: Option<&Vec<usize>>,
-        filters: &[Expr],
-        limit: Option<usize>,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        let mem = MemTable::try_new(self.schema(), vec![vec![(self.rows)()?]])?;
-        mem.scan(state, projection, filters, limit).await
-    }
 }
 
 #[cfg(test)]

@@ -201,12 +201,7 @@ impl DataSink for WriteSink {
             .map(|(i, p)| (p.partition, i))
             .collect();
         let result = write_pieces(&self.catalog, txn, pieces, |s, files| {
-            let stats = s.stats.entry(table.to_string()).or_default();
-            for (partition, i) in &stats_of {
-                let p = stats.entry(*partition).or_default();
-                p.rows += files[*i].rows;
-                p.bytes += files[*i].bytes;
-            }
+            add_stats(s, table, stats_of.iter().map(|(p, i)| (*p, &files[*i])));
             for (name, kind, entries) in &counts {
                 let st = s.index_stats.entry(name.clone()).or_default();
                 match kind {
@@ -238,6 +233,21 @@ impl DataSink for WriteSink {
             self.catalog.outbox_written(outboxes.into_iter(), txn);
         }
         Ok(rows)
+    }
+}
+
+/// Counts the rows and bytes of the files a write adds to `table`'s
+/// partitions, in the catalog state the write decides.
+pub(crate) fn add_stats<'a>(
+    s: &mut CatalogState,
+    table: &str,
+    files: impl Iterator<Item = (u32, &'a DataFile)>,
+) {
+    let stats = s.stats.entry(table.to_string()).or_default();
+    for (partition, file) in files {
+        let p = stats.entry(partition).or_default();
+        p.rows += file.rows;
+        p.bytes += file.bytes;
     }
 }
 

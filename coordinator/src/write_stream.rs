@@ -26,7 +26,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::catalog::Catalog;
-use crate::write::{WriteSink, abort, decide_and_commit, name_worker};
+use crate::write::{WriteSink, abort, add_stats, decide_and_commit, name_worker};
 
 /// Rows of one partition gathered before they are sent on.
 const FLUSH_BYTES: usize = 2 << 20;
@@ -59,6 +59,8 @@ struct Upload {
 struct Uploads {
     txn: u64,
     open: BTreeMap<String, Upload>,
+    /// The worker each partition sent so far goes to.
+    owners: BTreeMap<u32, String>,
     armed: bool,
 }
 
@@ -113,6 +115,7 @@ pub async fn write_stream(
     let mut uploads = Uploads {
         txn,
         open: BTreeMap::new(),
+        owners: BTreeMap::new(),
         armed: true,
     };
     let prepared = match route_all(catalog, def, &sink, &accepts, txn, input, &mut uploads).await {
@@ -150,12 +153,7 @@ pub async fn write_stream(
     let touched = prepared.len() as u64;
     let workers = writes.len() as u64;
     decide_and_commit(catalog, txn, writes, urls, |s| {
-        let stats = s.stats.entry(table.clone()).or_default();
-        for (_, partition, file) in &prepared {
-            let p = stats.entry(*partition).or_default();
-            p.rows += file.rows;
-            p.bytes += file.bytes;
-        }
+        add_stats(s, &table, prepared.iter().map(|(_, p, f)| (*p, f)));
         Ok(())
     })
     .await
@@ -303,33 +301,13 @@ async fn send(
         return Ok(());
     };
     let batch = concat_batches(&first.schema(), &rows)?;
-    let Some(target) = catalog.scan_parts(&def.name, &[partition])?.pop() else {
-        return Err(DataFusionError::Internal(format!(
-            "no owner for partition {partition} of '{}'",
-            def.name
-        )));
+    let worker = match uploads.owners.get(&partition) {
+        Some(worker) => worker.clone(),
+        None => open_upload(catalog, def, txn, partition, uploads)?,
     };
-    let worker = target.worker_id.clone();
-    let upload = uploads.open.entry(worker.clone()).or_insert_with(|| {
-        let (pieces, queue) = mpsc::channel(WORKER_QUEUE);
-        let url = target.url.clone();
-        let task = tokio::spawn(async move {
-            let client = WorkerClient::connect(&url)?;
-            client
-                .prepare_stream(&PrepareRequest { txn }, ReceiverStream::new(queue))
-                .await
-        });
-        Upload {
-            url: target.url.clone(),
-            pieces,
-            task,
-            partitions: vec![],
-            bytes: 0,
-        }
-    });
-    if !upload.partitions.contains(&partition) {
-        upload.partitions.push(partition);
-    }
+    let Some(upload) = uploads.open.get_mut(&worker) else {
+        return Err(DataFusionError::Internal("an upload vanished".into()));
+    };
     upload.bytes += batch.get_array_memory_size() as u64;
     let header = PieceHeader {
         table: def.storage_key(),
@@ -357,6 +335,47 @@ async fn send(
             call_timeout().as_secs()
         ))),
     }
+}
+
+/// The worker that holds `partition`, its upload opened on the first of
+/// its partitions, and the partition noted as its (the order of the files
+/// it answers with).
+fn open_upload(
+    catalog: &Arc<Catalog>,
+    def: &TableDef,
+    txn: u64,
+    partition: u32,
+    uploads: &mut Uploads,
+) -> Result<String> {
+    let Some(target) = catalog.scan_parts(&def.name, &[partition])?.pop() else {
+        return Err(DataFusionError::Internal(format!(
+            "no owner for partition {partition} of '{}'",
+            def.name
+        )));
+    };
+    let upload = uploads
+        .open
+        .entry(target.worker_id.clone())
+        .or_insert_with(|| {
+            let (pieces, queue) = mpsc::channel(WORKER_QUEUE);
+            let url = target.url.clone();
+            let task = tokio::spawn(async move {
+                let client = WorkerClient::connect(&url)?;
+                client
+                    .prepare_stream(&PrepareRequest { txn }, ReceiverStream::new(queue))
+                    .await
+            });
+            Upload {
+                url: target.url.clone(),
+                pieces,
+                task,
+                partitions: vec![],
+                bytes: 0,
+            }
+        });
+    upload.partitions.push(partition);
+    uploads.owners.insert(partition, target.worker_id.clone());
+    Ok(target.worker_id)
 }
 
 /// `batch` with the table's column types (by position; `schema` is the

@@ -220,8 +220,8 @@ impl FlightService for WorkerFlightService {
             // Every piece's file ends, and is synced, once its rows are in.
             let finishing: Vec<_> = pieces
                 .drain(..)
-                .map(|p| async move {
-                    let file = p.idle().await?;
+                .map(|mut p| async move {
+                    let file = p.take().await?;
                     tokio::task::spawn_blocking(move || file.finish())
                         .await
                         .map_err(|e| Status::internal(format!("write task failed: {e}")))?
@@ -355,9 +355,10 @@ enum PieceState {
 }
 
 impl Piece {
-    /// The file once the batch being written (if any) is in.
-    async fn idle(self) -> Result<Box<StagedFile>, Status> {
-        match self.state {
+    /// The file, once the batch being written (if any) is in; the piece
+    /// is left failed until it is given a batch again.
+    async fn take(&mut self) -> Result<Box<StagedFile>, Status> {
+        match std::mem::replace(&mut self.state, PieceState::Failed) {
             PieceState::Idle(file) => Ok(file),
             PieceState::Writing(task) => task
                 .await
@@ -369,17 +370,7 @@ impl Piece {
 
     /// Starts writing `batch` once the one before is in.
     async fn write(&mut self, batch: RecordBatch) -> Result<(), Status> {
-        let state = std::mem::replace(&mut self.state, PieceState::Failed);
-        let mut file = match state {
-            PieceState::Idle(file) => file,
-            PieceState::Writing(task) => task
-                .await
-                .map_err(|e| Status::internal(format!("write task failed: {e}")))?
-                .map_err(to_status)?,
-            PieceState::Failed => {
-                return Err(Status::internal("a staged file's write failed before"));
-            }
-        };
+        let mut file = self.take().await?;
         self.state = PieceState::Writing(tokio::task::spawn_blocking(move || {
             file.write(&batch)?;
             Ok(file)

@@ -128,9 +128,10 @@ pub fn has_member_tls() -> bool {
     MEMBER_TLS.get().is_some()
 }
 
-/// `host:port` or a URL, as the URL this process calls a member at:
-/// `https://` once it has TLS.
-pub fn member_url(addr: &str) -> String {
+/// `host:port` or a URL, as the URL a gRPC channel connects to: Flight's
+/// `grpc+tls://` and `grpc://` as `https://` and `http://`; `host:port`
+/// with TLS (`tls`) or without.
+pub fn url(addr: &str, tls: bool) -> String {
     if let Some((scheme, rest)) = addr.split_once("://") {
         let rest = rest.trim_end_matches('/');
         return match scheme {
@@ -139,8 +140,14 @@ pub fn member_url(addr: &str) -> String {
             _ => format!("{scheme}://{rest}"),
         };
     }
-    let scheme = if has_member_tls() { "https" } else { "http" };
+    let scheme = if tls { "https" } else { "http" };
     format!("{scheme}://{addr}")
+}
+
+/// `host:port` or a URL, as the URL this process calls a member at:
+/// `https://` once it has TLS.
+pub fn member_url(addr: &str) -> String {
+    url(addr, has_member_tls())
 }
 
 /// The client TLS for a channel to `url`: none for `http://`; for

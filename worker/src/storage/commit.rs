@@ -6,15 +6,13 @@ use std::fs;
 use std::io::ErrorKind;
 use std::path::PathBuf;
 
+#[cfg(test)]
 use datafusion::arrow::array::RecordBatch;
-use datafusion::arrow::compute::concat_batches;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::common::{DataFusionError, Result};
 
 use super::compaction::compaction_name;
-use super::parquet_io::{
-    StagedFile, io_err, parquet_rows, remove_if_present, sync_dir, write_staged,
-};
+use super::parquet_io::{StagedFile, io_err, parquet_rows, remove_if_present};
 use super::{Compaction, DataFile, Moved, STAGED, StagedWrite, Storage, file_name};
 use crate::snapshot::Snapshot;
 
@@ -110,9 +108,9 @@ impl Storage {
     }
 
     /// Writes the rows of `txn` for one partition to a staged file, in the
-    /// order given (the coordinator sorts them by CLUSTER BY, and index
-    /// entries name rows by position), and fsyncs it.
-    pub fn prepare(
+    /// order given, and fsyncs it (what a worker's prepare does, for tests).
+    #[cfg(test)]
+    pub(crate) fn prepare(
         &self,
         txn: u64,
         table: &str,
@@ -120,11 +118,11 @@ impl Storage {
         schema: SchemaRef,
         batches: &[RecordBatch],
     ) -> Result<DataFile> {
-        let dir = self.staged_dir(table, partition)?;
-        let batch = concat_batches(&schema, batches)?;
-        let file = write_staged(&dir, txn, schema, std::iter::once(Ok(batch)))?;
-        sync_dir(&dir)?;
-        Ok(file)
+        let mut file = self.staged_file(txn, table, partition, schema)?;
+        for b in batches {
+            file.write(b)?;
+        }
+        file.finish()
     }
 
     /// A staged file of `txn` for one partition, written as its rows arrive
