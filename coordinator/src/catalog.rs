@@ -30,6 +30,15 @@ pub fn no_such_table(name: &str) -> DataFusionError {
     ))
 }
 
+/// The start of the names of tables a replacing ingest fills before they
+/// take the replaced table's place: never listed, not creatable by name,
+/// and dropped when a leading coordinator starts (a crash left them).
+pub const STAGING_PREFIX: &str = "tessera$staging$";
+
+pub fn is_staging(name: &str) -> bool {
+    name.starts_with(STAGING_PREFIX)
+}
+
 /// Shared catalog state of one coordinator.
 #[derive(Debug)]
 pub struct Catalog {

@@ -370,6 +370,10 @@ impl Coordinator {
         }
         match statement {
             // Boxed: CREATE TABLE ... AS SELECT plans an INSERT in turn.
+            Statement::CreateTable(ct) if crate::catalog::is_staging(&ct.name) => plan_err!(
+                "table names starting with '{}' are reserved; choose another name",
+                crate::catalog::STAGING_PREFIX
+            ),
             Statement::CreateTable(ct) => Box::pin(self.create_table(ct)).await,
             Statement::DropTable { name, if_exists } => self.drop_table(&name, if_exists).await,
             Statement::ShowTables => self.show_tables(),

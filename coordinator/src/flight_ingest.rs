@@ -2,30 +2,36 @@
 //! `CommandStatementIngest` in the modes ADBC defines. The rows are one
 //! atomic write, sent on to the workers as they arrive (see
 //! [`crate::write_stream`]; a table with CLUSTER BY or indexes takes them
-//! through the buffered write path).
+//! through the buffered write path). A replaced table keeps its rows until
+//! the new ones are all written (to a staging table that then takes its
+//! place in one catalog write): a failed replace changes nothing.
 //!
 //! | mode          | table missing        | table there          |
 //! |---------------|----------------------|----------------------|
 //! | create        | created, rows added  | refused              |
 //! | append        | refused              | rows added           |
-//! | replace       | created, rows added  | dropped, created, rows added |
+//! | replace       | created, rows added  | replaced (schema, rows) |
 //! | create_append | created, rows added  | rows added           |
 //!
 //! A table ingest creates has the uploaded schema and the partitioning the
 //! option `tessera.partition_by` gives (`HASH (k) PARTITIONS 8`), or the
 //! replaced table's, or one partition.
 
+use std::sync::Arc;
+
 use arrow_flight::decode::FlightRecordBatchStream;
 use arrow_flight::error::FlightError;
 use arrow_flight::sql::server::PeekableFlightDataStream;
 use arrow_flight::sql::{CommandStatementIngest, TableExistsOption, TableNotExistOption};
 use datafusion::arrow::array::RecordBatch;
-use datafusion::arrow::datatypes::{DataType, Schema, TimeUnit};
-use futures::{StreamExt, TryStreamExt};
+use datafusion::arrow::datatypes::{DataType, Schema, SchemaRef, TimeUnit};
+use datafusion::common::Result;
+use futures::{Stream, StreamExt, TryStreamExt};
 use tessera_sql::PartitionScheme;
 use tessera_worker::ErrorKind;
 use tonic::Status;
 
+use crate::catalog::STAGING_PREFIX;
 use crate::engine::Coordinator;
 use crate::flight_sql::status;
 use crate::panic_guard::guarded;
@@ -114,7 +120,7 @@ fn kept_scheme(scheme: &PartitionScheme, schema: &Schema) -> Option<String> {
 
 /// Ingests the stream's rows into `cmd.table` as `cmd`'s mode says.
 pub async fn ingest(
-    coordinator: &Coordinator,
+    coordinator: &Arc<Coordinator>,
     cmd: CommandStatementIngest,
     data: PeekableFlightDataStream,
 ) -> Result<i64, Status> {
@@ -160,57 +166,90 @@ pub async fn ingest(
     };
     let partition_by = cmd.options.get(PARTITION_BY_OPTION).cloned();
     let replacing = existing.is_some() && if_exists == TableExistsOption::Replace;
-    let mut rows = Box::pin(futures::stream::iter(first.map(Ok)).chain(
+    let rows = Box::pin(futures::stream::iter(first.map(Ok)).chain(
         decoded.map_err(|e| ErrorKind::InvalidArgument.error(bad_data(e).message().to_string())),
     ));
-    // The rows of a table replaced stay until the upload is all here.
-    let mut held: Option<Vec<RecordBatch>> = None;
+    if existing.is_some() && !replacing {
+        return write_rows(coordinator, &table, schema, rows).await;
+    }
+    let scheme = partition_by.or_else(|| {
+        existing
+            .as_ref()
+            .and_then(|def| kept_scheme(&def.scheme, &schema))
+    });
+    // A replaced table's rows stay until the new ones are all written, to
+    // a staging table that then takes its place in one catalog write.
+    let target = match replacing {
+        true => format!("{STAGING_PREFIX}{:016x}", rand::random::<u64>()),
+        false => table.clone(),
+    };
+    let create = create_sql(&target, &schema, scheme.as_deref())?;
+    let created = match replacing {
+        true => guarded(coordinator.create_staging_table(&create)).await,
+        false => guarded(coordinator.run(&create)).await.map(drop),
+    };
+    created.map_err(status)?;
+    // Until the rows are in (and a replace is done), the table this ingest
+    // made goes again on any failure, or if the client goes away (this
+    // call then stops where it is): nothing changed.
+    let mut made = MadeTable {
+        coordinator: Arc::clone(coordinator),
+        name: Some(target.clone()),
+    };
+    let written = write_rows(coordinator, &target, schema, rows).await?;
     if replacing {
-        held = Some((&mut rows).try_collect().await.map_err(status)?);
+        guarded(coordinator.replace_table(&table, &target))
+            .await
+            .map_err(status)?;
     }
-    if existing.is_none() || replacing {
-        let scheme = partition_by.or_else(|| {
-            existing
-                .as_ref()
-                .and_then(|def| kept_scheme(&def.scheme, &schema))
+    made.name = None;
+    Ok(written)
+}
+
+/// A table an ingest made, dropped again unless the ingest succeeded.
+struct MadeTable {
+    coordinator: Arc<Coordinator>,
+    name: Option<String>,
+}
+
+impl Drop for MadeTable {
+    fn drop(&mut self) {
+        let (Some(name), Ok(runtime)) = (self.name.take(), tokio::runtime::Handle::try_current())
+        else {
+            return;
+        };
+        let coordinator = Arc::clone(&self.coordinator);
+        runtime.spawn(async move {
+            let drop = format!("DROP TABLE IF EXISTS {}", quoted(&name));
+            if let Err(e) = guarded(coordinator.run(&drop)).await {
+                tracing::warn!(table = %name, error = %e, "cannot drop the table a failed ingest made");
+            }
         });
-        let create = create_sql(&table, &schema, scheme.as_deref())?;
-        if replacing {
-            guarded(coordinator.run(&format!("DROP TABLE {}", quoted(&table))))
-                .await
-                .map_err(status)?;
-        }
-        guarded(coordinator.run(&create)).await.map_err(status)?;
     }
+}
+
+/// Writes `rows` into `table`: sent on to the workers as they come, unless
+/// the table sorts its rows or has indexes.
+async fn write_rows(
+    coordinator: &Coordinator,
+    table: &str,
+    schema: SchemaRef,
+    mut rows: impl Stream<Item = Result<RecordBatch>> + Unpin,
+) -> Result<i64, Status> {
     let def = coordinator
         .catalog()
-        .table_def(&table)
+        .table_def(table)
         .map_err(status)?
         .ok_or_else(|| Status::not_found(format!("table '{table}' was dropped meanwhile")))?;
-    // Sent on to the workers as the rows come, unless the table sorts its
-    // rows or has indexes, or replaces one (read whole above).
-    if streams(&def) && held.is_none() {
-        let written = guarded(write_stream(coordinator.catalog(), &def, &mut rows)).await;
-        match written {
-            Ok(Some(written)) => return Ok(written as i64),
-            Ok(None) => {}
-            Err(e) => {
-                // A table this ingest made goes again: nothing changed.
-                if existing.is_none() {
-                    let drop = format!("DROP TABLE IF EXISTS {}", quoted(&table));
-                    if let Err(e) = guarded(coordinator.run(&drop)).await {
-                        tracing::warn!(%table, error = %e, "cannot drop the table a failed ingest made");
-                    }
-                }
-                return Err(status(e));
-            }
-        }
+    if streams(&def)
+        && let Some(written) = guarded(write_stream(coordinator.catalog(), &def, &mut rows))
+            .await
+            .map_err(status)?
+    {
+        return Ok(written as i64);
     }
-    let batches: Vec<RecordBatch> = match held {
-        Some(batches) => batches,
-        None => rows.try_collect().await.map_err(status)?,
-    };
-    let rows = guarded(coordinator.load(&table, schema, batches))
+    let batches: Vec<RecordBatch> = rows.try_collect().await.map_err(status)?;
+    let rows = guarded(coordinator.load(table, schema, batches))
         .await
         .map_err(status)?;
     Ok(rows as i64)

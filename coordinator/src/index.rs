@@ -30,7 +30,7 @@ use datafusion::arrow::array::{
 use datafusion::arrow::compute::concat_batches;
 use datafusion::arrow::datatypes::{Field, Schema};
 use datafusion::common::{DataFusionError, Result, plan_err};
-use tessera_sql::{CreateIndex, IndexDef, IndexKind, IndexState};
+use tessera_sql::{CreateIndex, IndexDef, IndexKind, IndexState, TableDef};
 use tessera_worker::wire::EntriesRequest;
 use tessera_worker::{WorkerClient, sort_by_columns};
 
@@ -202,21 +202,35 @@ pub async fn drop_index(catalog: &Arc<Catalog>, name: &str, if_exists: bool) -> 
             Ok(())
         })
         .await?;
-    if let Ok(mut pending) = catalog.outbox_pending.lock() {
-        pending.remove(name);
+    if let Some(table) = table {
+        remove_index_files(catalog, std::slice::from_ref(&def), &table).await;
     }
-    let Some(table) = table else {
-        return Ok(());
+    Ok(())
+}
+
+/// Removes the files of `table`'s indexes no longer in the catalog from
+/// every worker (one that cannot be reached keeps them).
+pub(crate) async fn remove_index_files(catalog: &Catalog, indexes: &[IndexDef], table: &TableDef) {
+    if let Ok(mut pending) = catalog.outbox_pending.lock() {
+        for index in indexes {
+            pending.remove(&index.name);
+        }
+    }
+    let Ok(members) = catalog.members() else {
+        return;
     };
-    for url in catalog.members()?.values() {
-        let client = WorkerClient::connect(url)?;
-        for location in [def.storage_key(&table), def.outbox_key(&table)] {
-            if let Err(e) = client.drop_table(&location).await {
-                tracing::warn!(index = name, %url, error = %e, "files of a dropped index were left behind");
+    for url in members.values() {
+        let Ok(client) = WorkerClient::connect(url) else {
+            continue;
+        };
+        for index in indexes {
+            for location in [index.storage_key(table), index.outbox_key(table)] {
+                if let Err(e) = client.drop_table(&location).await {
+                    tracing::warn!(index = %index.name, %url, error = %e, "files of a dropped index were left behind");
+                }
             }
         }
     }
-    Ok(())
 }
 
 /// `SHOW INDEXES [ON t]`: one row per index.

@@ -28,7 +28,13 @@ impl SchemaProvider for TesseraSchema {
         let mut names: Vec<String> = self
             .catalog
             .state()
-            .map(|s| s.tables.keys().cloned().collect())
+            .map(|s| {
+                s.tables
+                    .keys()
+                    .filter(|name| !crate::catalog::is_staging(name))
+                    .cloned()
+                    .collect()
+            })
             .unwrap_or_default();
         names.extend(self.catalog.external_names().unwrap_or_default());
         names

@@ -194,6 +194,14 @@ impl PartitionMap {
         }
     }
 
+    /// Moves `from`'s placements to the name `to` (whose own go).
+    pub fn rename_table(&mut self, from: &str, to: &str) {
+        if let Some(placements) = self.tables.remove(from) {
+            self.tables.insert(to.to_string(), placements);
+            self.epoch += 1;
+        }
+    }
+
     pub fn table(&self, table: &str) -> Option<&[PartitionPlacement]> {
         self.tables.get(table).map(Vec::as_slice)
     }

@@ -7,17 +7,23 @@ import datetime
 
 import adbc_driver_flightsql.dbapi as flightsql
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 from tessera_server import free_port, start_server, stop_server
 
 
 @pytest.fixture
-def cur(data_dir):
+def uri(data_dir):
     port = free_port()
     proc = start_server(data_dir, port)
-    with flightsql.connect(f"grpc://127.0.0.1:{port}") as conn, conn.cursor() as cursor:
-        yield cursor
+    yield f"grpc://127.0.0.1:{port}"
     stop_server(proc)
+
+
+@pytest.fixture
+def cur(uri):
+    with flightsql.connect(uri) as conn, conn.cursor() as cursor:
+        yield cursor
 
 
 def rows(cur, sql):
@@ -69,6 +75,16 @@ def test_ingest_modes(cur):
     assert len(rows(cur, "SHOW PARTITIONS part")) == 4
     # replace of a missing table creates it.
     assert cur.adbc_ingest("fresh", data(0, 3), mode="replace") == 3
+    # The old table's index goes with a replace.
+    cur.execute("CREATE INDEX part_name ON part (name)")
+    new = pa.table({"id": pa.array([1], pa.int64()), "name": pa.array(["x"])})
+    assert cur.adbc_ingest("part", new, mode="replace") == 1
+    assert rows(cur, "SELECT id, name FROM part") == [{"id": 1, "name": "x"}]
+    assert rows(cur, "SHOW INDEXES ON part") == []
+    tables = [r["table_name"] for r in rows(cur, "SHOW TABLES")]
+    assert not [t for t in tables if "staging" in t], tables
+    with pytest.raises(flightsql.Error, match="reserved"):
+        cur.execute('CREATE TABLE "tessera$staging$1" (id BIGINT)')
 
     # create_append: creates, then appends.
     assert cur.adbc_ingest("ca", data(0, 10), mode="create_append") == 10
@@ -89,6 +105,73 @@ def test_ingest_modes(cur):
         cur.adbc_ingest("nested", nested, mode="create")
 
 
+def varint(n):
+    out = b""
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out += bytes([byte | (0x80 if n else 0)])
+        if not n:
+            return out
+
+
+def pb_field(number, payload):
+    """A length-delimited protobuf field."""
+    return varint(number << 3 | 2) + varint(len(payload)) + payload
+
+
+def ingest_command(table, replace):
+    """Flight SQL's CommandStatementIngest (create if missing; replace or
+    append if there), packed in a protobuf Any, as a client sends it."""
+    options = varint(1 << 3) + varint(1) + varint(2 << 3) + varint(3 if replace else 2)
+    command = pb_field(1, options) + pb_field(2, table.encode())
+    url = b"type.googleapis.com/arrow.flight.protocol.sql.CommandStatementIngest"
+    return pb_field(1, url) + pb_field(2, command)
+
+
+def test_a_replace_the_client_abandons_changes_nothing(uri, cur, data_dir):
+    """A client that goes away in the middle of a replacing upload (its
+    rows already on the workers): the old table stays whole, and the rows
+    staged for its replacement are dropped."""
+    import glob
+    import os
+    import subprocess
+    import sys
+
+    from test_cluster_processes import wait_for
+
+    cur.execute("CREATE TABLE t (id BIGINT, v BIGINT) PARTITION BY HASH (id) PARTITIONS 4")
+    cur.execute("INSERT INTO t SELECT value AS id, value AS v FROM range(1000)")
+    tables = lambda: set(glob.glob(os.path.join(data_dir, "worker-*", "t*")))  # noqa: E731
+    before = tables()
+    # The client: another process, killed mid-upload.
+    client = subprocess.Popen([sys.executable, "-c", f"""
+import sys, time
+sys.path.insert(0, {os.path.dirname(__file__)!r})
+import pyarrow as pa, pyarrow.flight as flight
+from test_ingest import ingest_command
+schema = pa.schema([("id", pa.int64()), ("v", pa.int64())])
+client = flight.FlightClient({uri!r})
+descriptor = flight.FlightDescriptor.for_command(ingest_command("t", replace=True))
+writer, _ = client.do_put(descriptor, schema)
+ids = pa.array(range(10**6, 10**6 + 65536), pa.int64())
+for _ in range(16):
+    writer.write_batch(pa.record_batch([ids, ids], schema=schema))
+time.sleep(600)
+"""])
+    try:
+        # The coordinator sends rows on in 2 MiB pieces: they reach the workers.
+        wait_for("rows staged for the replacement",
+                 lambda: [d for d in tables() - before
+                          if glob.glob(os.path.join(d, "p*", "staged", "*"))], 60)
+    finally:
+        client.kill()
+        client.wait()
+    wait_for("the replacement's rows dropped", lambda: tables() == before, 30)
+    assert rows(cur, "SELECT count(*) AS n, sum(v) AS s FROM t") == [
+        {"n": 1000, "s": sum(range(1000))}]
+    assert [r["table_name"] for r in rows(cur, "SHOW TABLES")] == ["t"]
+
+
 def memory_kib(pid, field):
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -100,8 +183,10 @@ def memory_kib(pid, field):
 def test_ingest_streams_in_bounded_memory(data_dir):
     """An upload larger than the coordinator may hold goes through it in
     pieces: its peak memory grows by a fraction of the upload, and the
-    rows all arrive, exactly once."""
+    rows all arrive, exactly once. A replace of the table streams as
+    well, and readers see the old rows or the new ones."""
     import os
+    import threading
 
     from tessera_server import start_process, wait_listening
     from test_cluster_processes import secret_file, start_worker, wait_for, workers
@@ -144,6 +229,41 @@ def test_ingest_streams_in_bounded_memory(data_dir):
             got = rows(cur, "SELECT count(*) AS n, count(DISTINCT id) AS d, sum(a) AS s FROM big")
             n = batches * rows_per_batch
             assert got == [{"n": n, "d": n, "s": n * (n - 1) // 2}]
+
+            # replace streams too, and readers see the old rows or the new
+            # ones (a = id + 1), whole, never a mix or an error.
+            seen, stop = [], threading.Event()
+
+            def read():
+                with flightsql.connect(f"grpc://{coordinator}") as c, c.cursor() as r:
+                    while not stop.is_set():
+                        try:
+                            seen.append(rows(r, "SELECT sum(a) AS s FROM big")[0]["s"])
+                        except flightsql.Error as e:
+                            seen.append(str(e))
+
+            def replacement():
+                for batch in upload():
+                    ids = batch.column(0)
+                    yield pa.record_batch([ids, pc.add(ids, 1), ids, ids], schema=schema)
+
+            old_sum, new_sum = n * (n - 1) // 2, n * (n + 1) // 2
+            reader_thread = threading.Thread(target=read, daemon=True)
+            reader_thread.start()
+            wait_for("a read before the replace", lambda: seen, 30)
+            before = memory_kib(coord.pid, "VmHWM")
+            reader = pa.RecordBatchReader.from_batches(schema, replacement())
+            assert cur.adbc_ingest("big", reader, mode="replace") == n
+            grew = (memory_kib(coord.pid, "VmHWM") - before) * 1024
+            assert grew < upload_bytes / 2, (
+                f"the coordinator grew by {grew >> 20} MiB for a {upload_bytes >> 20} MiB replace")
+            wait_for("a read after the replace", lambda: seen[-1] == new_sum, 30)
+            stop.set()
+            reader_thread.join(30)
+            assert set(seen) == {old_sum, new_sum} and seen[0] == old_sum, set(seen)
+            assert rows(cur, "SELECT count(*) AS n, sum(a) AS s FROM big") == [
+                {"n": n, "s": new_sum}]
+            assert len(rows(cur, "SHOW PARTITIONS big")) == 4
     finally:
         for p in procs:
             stop_server(p)

@@ -1,14 +1,14 @@
 //! Tessera's own DDL and SHOW statements: CREATE/DROP TABLE, SHOW TABLES,
 //! DESCRIBE, SHOW PARTITIONS and `SHOW tessera[.name]`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray, UInt32Array, UInt64Array};
 use datafusion::arrow::datatypes::{Field, Schema};
-use datafusion::common::{Result, plan_err};
+use datafusion::common::{Result, exec_err, plan_err};
 use datafusion::logical_expr::{DdlStatement, LogicalPlan};
-use tessera_sql::{CreateTable, PartitionScheme, TableDef};
+use tessera_sql::{CreateTable, PartitionScheme, Statement, TableDef, parse_statement};
 use tessera_worker::{ErrorKind, WorkerClient};
 
 use crate::options::TesseraOptions;
@@ -276,18 +276,7 @@ impl Coordinator {
         for index in self.catalog.indexes_of(name)? {
             crate::index::drop_index(&self.catalog, &index.name, true).await?;
         }
-        let location = def.storage_key();
-        let holders: Vec<String> = {
-            let mut h: Vec<String> = self
-                .catalog
-                .placements(name)?
-                .iter()
-                .map(|p| p.leader().to_string())
-                .collect();
-            h.sort();
-            h.dedup();
-            h
-        };
+        let holders = self.holders(name)?;
         self.catalog
             .update(|s| {
                 s.tables.remove(name);
@@ -296,16 +285,92 @@ impl Coordinator {
                 Ok(())
             })
             .await?;
-        let members = self.catalog.members()?;
+        self.remove_files(name, &def.storage_key(), holders).await;
+        Ok(empty())
+    }
+
+    /// The workers holding a copy of some partition of `table`.
+    fn holders(&self, table: &str) -> Result<BTreeSet<String>> {
+        Ok(self
+            .catalog
+            .placements(table)?
+            .iter()
+            .flat_map(|p| p.replicas.iter().cloned())
+            .collect())
+    }
+
+    /// Removes the files of a table no longer in the catalog from the
+    /// workers that held them (a worker that cannot be reached keeps them).
+    async fn remove_files(&self, table: &str, location: &str, holders: BTreeSet<String>) {
+        let Ok(members) = self.catalog.members() else {
+            return;
+        };
         for worker in holders {
             let Some(url) = members.get(&worker) else {
                 continue;
             };
-            if let Err(e) = WorkerClient::connect(url)?.drop_table(&location).await {
-                tracing::warn!(table = name, %worker, error = %e, "files of a dropped table were left behind");
+            let dropped = match WorkerClient::connect(url) {
+                Ok(client) => client.drop_table(location).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = dropped {
+                tracing::warn!(%table, %worker, error = %e, "files of a dropped table were left behind");
             }
         }
-        Ok(empty())
+    }
+
+    /// Creates the staging table a replacing ingest fills (`sql` is its
+    /// CREATE TABLE, its name under [`crate::catalog::STAGING_PREFIX`]).
+    pub async fn create_staging_table(&self, sql: &str) -> Result<()> {
+        match parse_statement(sql)? {
+            Statement::CreateTable(ct) if crate::catalog::is_staging(&ct.name) => {
+                Box::pin(self.create_table(ct)).await?;
+                Ok(())
+            }
+            _ => plan_err!("not a staging table's CREATE TABLE: {sql}"),
+        }
+    }
+
+    /// Puts the table `staged` in the place of `name`, in one metastore
+    /// write: `name`'s rows and indexes go, `staged`'s rows are `name`'s
+    /// from then on (a snapshot sees either the old table or the new one).
+    /// The old files are removed afterwards.
+    pub async fn replace_table(&self, name: &str, staged: &str) -> Result<()> {
+        let old = self.catalog.table_def(name)?;
+        let old_indexes = self.catalog.indexes_of(name)?;
+        let holders = self.holders(name)?;
+        self.catalog
+            .update(|s| {
+                let Some(mut def) = s.tables.remove(staged) else {
+                    return exec_err!(
+                        "the rows uploaded to replace '{name}' are gone (was the upload's \
+                         table dropped?); nothing changed: upload again"
+                    );
+                };
+                s.tables.remove(name);
+                s.stats.remove(name);
+                s.map.drop_table(name);
+                for index in &old_indexes {
+                    s.indexes.remove(&index.name);
+                    s.index_stats.remove(&index.name);
+                    s.map.drop_table(&index.map_key());
+                }
+                // The files stay where they are: under the staged table's key.
+                def.storage = Some(def.storage_key());
+                def.name = name.to_string();
+                s.tables.insert(name.to_string(), def);
+                let stats = s.stats.remove(staged).unwrap_or_default();
+                s.stats.insert(name.to_string(), stats);
+                s.map.rename_table(staged, name);
+                Ok(())
+            })
+            .await?;
+        let Some(old) = old else {
+            return Ok(());
+        };
+        crate::index::remove_index_files(&self.catalog, &old_indexes, &old).await;
+        self.remove_files(name, &old.storage_key(), holders).await;
+        Ok(())
     }
 
     pub(super) fn show_tables(&self) -> Result<Planned> {
@@ -314,6 +379,9 @@ impl Coordinator {
         let mut schemes = vec![];
         let mut counts = vec![];
         for (name, def) in &state.tables {
+            if crate::catalog::is_staging(name) {
+                continue;
+            }
             names.push(name.clone());
             schemes.push(def.scheme.display_with(def.schema()?.as_ref()));
             counts.push(def.scheme.partition_count());

@@ -1,5 +1,6 @@
 //! What a leading coordinator finishes when it opens: writes a crash left
-//! between prepare and commit, and the external tables of the catalog.
+//! between prepare and commit, the staging tables of replacing ingests it
+//! stopped, and the external tables of the catalog.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -61,7 +62,18 @@ impl Coordinator {
                 }
                 Ok(())
             })
-            .await
+            .await?;
+        // A replacing ingest that a crash stopped before its swap.
+        for name in state
+            .tables
+            .keys()
+            .filter(|n| crate::catalog::is_staging(n))
+        {
+            if let Err(e) = self.drop_table(name, true).await {
+                tracing::warn!(table = %name, error = %e, "a stopped ingest's rows stay until the next start");
+            }
+        }
+        Ok(())
     }
 
     /// Aborts the staged writes on a worker of transactions that can no
