@@ -39,6 +39,17 @@ pub fn is_staging(name: &str) -> bool {
     name.starts_with(STAGING_PREFIX)
 }
 
+/// Where one partition's share of a write goes.
+#[derive(Debug, Clone)]
+pub struct WriteTarget {
+    pub map_key: String,
+    pub partition: u32,
+    /// The in-sync replicas, leader first: reachable, or (worker, why not).
+    pub replicas: Vec<std::result::Result<ScanPart, (String, String)>>,
+    /// Replicas that must hold the write before it is acknowledged.
+    pub needed: usize,
+}
+
 /// Shared catalog state of one coordinator.
 #[derive(Debug)]
 pub struct Catalog {
@@ -65,8 +76,13 @@ pub struct Catalog {
     /// worker confirmed its commit.
     in_flight: Mutex<BTreeSet<u64>>,
     /// Snapshots of running queries, by their `xmin` (every transaction
-    /// below it visible): compaction merges only files all of them see.
-    snapshots: Arc<Mutex<BTreeMap<u64, usize>>>,
+    /// below it visible) and the generation they were taken in:
+    /// compaction merges only files all of them see, and the files of a
+    /// dropped or replaced table stay until those taken before are gone.
+    snapshots: Arc<Mutex<BTreeMap<(u64, u64), usize>>>,
+    /// The generation snapshots are taken in now (see
+    /// [`Catalog::new_generation`]).
+    generation: AtomicU64,
     /// Wakes the ASYNC index applier.
     pub(crate) apply_wanted: tokio::sync::Notify,
     /// The largest transaction a `fresh` index read waits for.
@@ -179,6 +195,7 @@ impl Catalog {
             last_txn: AtomicU64::new(last_txn),
             in_flight: Mutex::new(BTreeSet::new()),
             snapshots: Arc::new(Mutex::new(BTreeMap::new())),
+            generation: AtomicU64::new(0),
             apply_wanted: tokio::sync::Notify::new(),
             fresh_wanted: AtomicU64::new(0),
             apply_paused: AtomicBool::new(false),
@@ -466,7 +483,8 @@ impl Catalog {
         }
     }
 
-    /// Resolves partitions to the URL of the worker holding them.
+    /// Resolves partitions to the worker each is read from: the first
+    /// in-sync replica (the leader unless it missed a write) that is up.
     pub fn scan_parts(&self, table: &str, partitions: &[u32]) -> Result<Vec<ScanPart>> {
         let placements = self.placements(table)?;
         let members = self.members()?;
@@ -476,28 +494,107 @@ impl Catalog {
                 let Some(placement) = placements.get(*p as usize) else {
                     return exec_err!("partition {p} of '{table}' is not in the partition map");
                 };
-                let worker = placement.leader();
-                let Some(url) = members.get(worker) else {
-                    return Err(tessera_worker::WorkerUnavailable::error(format!(
-                        "partition {p} of '{table}' is held by worker '{worker}', which has not \
-                         joined; start it (`tessera worker --data-dir DIR --join ...`, or more \
-                         --workers for `tessera serve`) and retry"
-                    )));
-                };
-                if self.membership.state(worker)? == WorkerState::Down {
-                    return Err(crate::membership::worker_down(
-                        worker,
-                        url,
-                        self.membership.silent_for(worker)?,
-                    ));
+                // A copy whose heartbeats are late (killed a moment ago,
+                // say) is read only when no other is at hand.
+                let mut first_error = None;
+                let mut late = None;
+                for worker in placement.in_sync() {
+                    match self.reachable(table, *p, worker, &members) {
+                        Ok(part) if self.membership.state(worker)? == WorkerState::Suspect => {
+                            late.get_or_insert(part);
+                        }
+                        Ok(part) => return Ok(part),
+                        Err(e) => {
+                            first_error.get_or_insert(e);
+                        }
+                    }
                 }
-                Ok(ScanPart {
+                if let Some(part) = late {
+                    return Ok(part);
+                }
+                Err(first_error.unwrap_or_else(|| {
+                    DataFusionError::Internal(format!(
+                        "partition {p} of '{table}' has no in-sync replica"
+                    ))
+                }))
+            })
+            .collect()
+    }
+
+    /// `worker` as the holder of `table`'s `partition`, if it has joined
+    /// and is not down.
+    fn reachable(
+        &self,
+        table: &str,
+        partition: u32,
+        worker: &str,
+        members: &BTreeMap<String, String>,
+    ) -> Result<ScanPart> {
+        let Some(url) = members.get(worker) else {
+            return Err(tessera_worker::WorkerUnavailable::error(format!(
+                "partition {partition} of '{table}' is held by worker '{worker}', which has not \
+                 joined; start it (`tessera worker --data-dir DIR --join ...`, or more \
+                 --workers for `tessera serve`) and retry"
+            )));
+        };
+        if self.membership.state(worker)? == WorkerState::Down {
+            return Err(crate::membership::worker_down(
+                worker,
+                url,
+                self.membership.silent_for(worker)?,
+            ));
+        }
+        Ok(ScanPart {
+            partition,
+            worker_id: worker.to_string(),
+            url: url.clone(),
+        })
+    }
+
+    /// Where a write to partitions of `map_key` (a table, or a GLOBAL
+    /// index's partitions) goes: every in-sync replica of each, and how
+    /// many of them must hold it. A replica that has not joined or is down
+    /// is named with the error its write would meet.
+    pub fn write_targets(&self, map_key: &str, partitions: &[u32]) -> Result<Vec<WriteTarget>> {
+        let placements = self.placements(map_key)?;
+        let replication = self.replication_of(map_key)?;
+        let members = self.members()?;
+        partitions
+            .iter()
+            .map(|p| {
+                let Some(placement) = placements.get(*p as usize) else {
+                    return exec_err!("partition {p} of '{map_key}' is not in the partition map");
+                };
+                let mut replicas = vec![];
+                for worker in placement.in_sync() {
+                    replicas.push(match self.reachable(map_key, *p, worker, &members) {
+                        Ok(part) => Ok(part),
+                        Err(e) => Err((worker.to_string(), e.to_string())),
+                    });
+                }
+                Ok(WriteTarget {
+                    map_key: map_key.to_string(),
                     partition: *p,
-                    worker_id: worker.to_string(),
-                    url: url.clone(),
+                    needed: replication.needed().min(placement.replicas.len()),
+                    replicas,
                 })
             })
             .collect()
+    }
+
+    /// The copies and write quorum of the table `map_key` names, or whose
+    /// GLOBAL index's partitions it names.
+    pub fn replication_of(&self, map_key: &str) -> Result<tessera_sql::Replication> {
+        let state = self.state.lock().map_err(|_| poisoned())?;
+        if let Some(def) = state.tables.get(map_key) {
+            return Ok(def.replication);
+        }
+        let table = state
+            .indexes
+            .values()
+            .find(|i| i.map_key() == map_key)
+            .and_then(|i| state.tables.get(&i.table));
+        Ok(table.map(|t| t.replication).unwrap_or_default())
     }
 
     /// Rows and stored bytes of some partitions of a table; `None` when the

@@ -184,9 +184,24 @@ async fn merge_partition(
         );
     }
     let txn = guard.txn;
-    let Some(target) = catalog.scan_parts(&part.map_key, &[partition])?.pop() else {
+    let Some(target) = catalog.write_targets(&part.map_key, &[partition])?.pop() else {
         return Ok(None);
     };
+    // Every in-sync copy merges the same files (their manifests are the
+    // same), or none does: copies of a partition stay file for file alike.
+    let mut copies = vec![];
+    for replica in target.replicas {
+        match replica {
+            Ok(part) => copies.push(part),
+            Err((worker, why)) => {
+                return Err(tessera_worker::WorkerUnavailable::error(format!(
+                    "partition {partition} of '{}' is not compacted while its copy on {worker} \
+                     is away: {why}",
+                    part.map_key
+                )));
+            }
+        }
+    }
     let request = CompactRequest {
         txn,
         table: part.location.clone(),
@@ -196,23 +211,62 @@ async fn merge_partition(
             ..rule
         },
     };
-    let urls = BTreeMap::from([(target.worker_id.clone(), target.url.clone())]);
-    let merged = match WorkerClient::connect(&target.url)?.compact(&request).await {
-        Ok(Some(m)) => m,
-        Ok(None) => return Ok(None),
-        Err(e) => {
-            abort(txn, urls.values()).await;
-            return Err(name_worker(&target.worker_id, &target.url, e));
-        }
+    let urls: BTreeMap<String, String> = copies
+        .iter()
+        .map(|c| (c.worker_id.clone(), c.url.clone()))
+        .collect();
+    let answers = futures::future::join_all(copies.iter().map(|c| async {
+        let merged = async { WorkerClient::connect(&c.url)?.compact(&request).await };
+        merged
+            .await
+            .map_err(|e| name_worker(&c.worker_id, &c.url, e))
+    }))
+    .await;
+    let names = |m: &Option<Compaction>| {
+        m.as_ref().map(|m| {
+            m.replaces
+                .iter()
+                .map(|f| f.name.clone())
+                .collect::<Vec<_>>()
+        })
     };
-    let writes = BTreeMap::from([(
-        target.worker_id,
-        vec![StagedWrite {
-            txn,
-            table: part.location.clone(),
-            partition,
-        }],
-    )]);
+    let mut first: Option<Option<Compaction>> = None;
+    let mut alike = true;
+    for answer in answers {
+        let answer = match answer {
+            Ok(answer) => answer,
+            Err(e) => {
+                abort(txn, urls.values()).await;
+                return Err(e);
+            }
+        };
+        match &first {
+            None => first = Some(answer),
+            Some(seen) => alike &= names(seen) == names(&answer),
+        }
+    }
+    let merged = first.flatten();
+    let Some(merged) = merged.filter(|_| alike) else {
+        // Nothing to merge, or copies that would merge different files.
+        abort(txn, urls.values()).await;
+        if !alike {
+            tracing::warn!(table = %part.map_key, partition, "copies of a partition would merge different files; not compacted");
+        }
+        return Ok(None);
+    };
+    let writes: BTreeMap<String, Vec<StagedWrite>> = urls
+        .keys()
+        .map(|w| {
+            (
+                w.clone(),
+                vec![StagedWrite {
+                    txn,
+                    table: part.location.clone(),
+                    partition,
+                }],
+            )
+        })
+        .collect();
     let before: u64 = merged.replaces.iter().map(|f| f.bytes).sum();
     let after = merged.file.bytes;
     decide_and_commit(catalog, txn, writes, urls, |s| {

@@ -358,7 +358,14 @@ impl Coordinator {
                 let follower = Arc::clone(follower);
                 self.plan_following(&follower, sql, statement, rows).await
             }
-            None => self.plan_parsed(statement, rows).await,
+            None => {
+                // Taken before any table is looked up: a query finds the
+                // tables its snapshot sees (a table replaced or dropped
+                // keeps its files until the snapshots taken before are
+                // gone, see `Catalog::snapshots_before`).
+                let taken = crate::snapshot::take(&self.catalog).await?;
+                crate::snapshot::with_snapshot(taken, self.plan_parsed(statement, rows)).await
+            }
         }
     }
 

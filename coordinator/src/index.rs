@@ -81,8 +81,20 @@ pub async fn create_index(catalog: &Arc<Catalog>, ci: CreateIndex) -> Result<()>
                         def.map_key()
                     );
                 }
+                let replicas = s
+                    .tables
+                    .get(&def.table)
+                    .map_or(1, |t| t.replication.replicas);
+                if replicas > 1 {
+                    return tessera_worker::precondition_err!(
+                        "GLOBAL indexes on a table with REPLICAS > 1 are not supported yet \
+                         (their entries name rows by file, and copies compact apart); use a \
+                         LOCAL index on '{}'",
+                        def.table
+                    );
+                }
                 s.map
-                    .place_table(&def.map_key(), def.partitions, &workers, 0);
+                    .place_table(&def.map_key(), def.partitions, replicas, &workers, 0)?;
             }
             s.indexes_created += 1;
             s.index_stats.insert(def.name.clone(), Default::default());
@@ -129,7 +141,7 @@ pub async fn backfill(catalog: Arc<Catalog>, name: String) -> Result<()> {
         })
         .collect::<Result<_>>()?;
     for partition in done..total {
-        let target = catalog
+        let source = catalog
             .scan_parts(&table.name, &[partition])?
             .pop()
             .ok_or_else(|| DataFusionError::Internal("no partition target".into()))?;
@@ -140,7 +152,7 @@ pub async fn backfill(catalog: Arc<Catalog>, name: String) -> Result<()> {
             with_part: def.kind.is_global(),
             max_txn: def.since_txn,
         };
-        let entries = WorkerClient::connect(&target.url)?
+        let entries = WorkerClient::connect(&source.url)?
             .index_entries(&request)
             .await?;
         let count: u64 = entries.iter().map(|b| b.num_rows() as u64).sum();
@@ -150,6 +162,10 @@ pub async fn backfill(catalog: Arc<Catalog>, name: String) -> Result<()> {
             global_index_pieces(&catalog, &table, &def, &entry_schema, &entries)?
         } else {
             let batch = concat_batches(&entry_schema, &entries)?;
+            let target = catalog
+                .write_targets(&table.name, &[partition])?
+                .pop()
+                .ok_or_else(|| DataFusionError::Internal("no partition target".into()))?;
             vec![Piece {
                 location: def.storage_key(&table),
                 partition,

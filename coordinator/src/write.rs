@@ -33,10 +33,10 @@ use tessera_sql::{IndexDef, IndexKind, Partitioner, TableDef};
 use tessera_worker::index::entries_of;
 use tessera_worker::wire::{PieceHeader, PrepareRequest};
 use tessera_worker::{
-    DataFile, ScanPart, StagedWrite, WorkerClient, WorkerUnavailable, sort_by_columns,
+    DataFile, StagedWrite, WorkerClient, WorkerUnavailable, is_worker_failure, sort_by_columns,
 };
 
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, WriteTarget};
 use crate::catalog_state::CatalogState;
 
 /// Where the rows of an INSERT go.
@@ -158,7 +158,7 @@ impl DataSink for WriteSink {
         let (guard, indexes) = self.catalog.begin_write(table).await?;
         let txn = guard.txn;
         let parts: Vec<u32> = routed.keys().copied().collect();
-        let targets = self.catalog.scan_parts(table, &parts)?;
+        let targets = self.catalog.write_targets(table, &parts)?;
 
         // Each partition's rows as one batch, in the order they are stored
         // (sorted by CLUSTER BY): an index entry names a row by position.
@@ -191,7 +191,8 @@ impl DataSink for WriteSink {
 
         let workers = pieces
             .iter()
-            .map(|p| p.target.worker_id.as_str())
+            .flat_map(|p| p.target.replicas.iter().flatten())
+            .map(|r| r.worker_id.as_str())
             .collect::<std::collections::BTreeSet<_>>()
             .len() as u64;
         let stats_of: Vec<(u32, usize)> = pieces
@@ -260,12 +261,12 @@ pub enum Role {
 }
 
 /// One partition's share of a transaction: rows for `location`'s partition
-/// `partition`, held by `target`.
+/// `partition`, for the copies `target` names.
 #[derive(Debug, Clone)]
 pub struct Piece {
     pub location: String,
     pub partition: u32,
-    pub target: ScanPart,
+    pub target: WriteTarget,
     pub batch: RecordBatch,
     pub role: Role,
 }
@@ -346,7 +347,7 @@ pub fn global_index_pieces(
         rows_of.entry(*p).or_default().push(row as u32);
     }
     let parts: Vec<u32> = rows_of.keys().copied().collect();
-    let targets = catalog.scan_parts(&index.map_key(), &parts)?;
+    let targets = catalog.write_targets(&index.map_key(), &parts)?;
     let mut out = vec![];
     for (target, (partition, rows)) in targets.into_iter().zip(rows_of) {
         let batch = compact_views(take_record_batch(&all, &UInt32Array::from(rows))?)?;
@@ -390,31 +391,44 @@ pub async fn write_pieces(
     mut decide: impl FnMut(&mut CatalogState, &[DataFile]) -> Result<()>,
 ) -> Result<()> {
     // Keyed by worker id: URLs change across restarts, ids do not.
-    let mut writes: BTreeMap<String, Vec<StagedWrite>> = BTreeMap::new();
     let mut urls: BTreeMap<String, String> = BTreeMap::new();
+    // Workers a piece should reach and cannot: why, and whether because
+    // they could not be reached.
+    let mut failed: BTreeMap<String, (String, bool)> = BTreeMap::new();
     // One prepare per worker, carrying all its pieces (a partition's rows
-    // and its LOCAL index entries travel together): worker → (piece
-    // number, where, rows).
-    let count = pieces.len();
+    // and its LOCAL index entries travel together; each copy of a
+    // partition gets the same pieces): worker → (piece number, where, rows).
     let mut by_worker: BTreeMap<String, Vec<(usize, PieceHeader, RecordBatch)>> = BTreeMap::new();
+    let mut shares = vec![];
     for (i, piece) in pieces.into_iter().enumerate() {
-        urls.insert(piece.target.worker_id.clone(), piece.target.url.clone());
-        writes
-            .entry(piece.target.worker_id.clone())
-            .or_default()
-            .push(StagedWrite {
-                txn,
-                table: piece.location.clone(),
-                partition: piece.partition,
-            });
-        by_worker.entry(piece.target.worker_id).or_default().push((
-            i,
-            PieceHeader {
-                table: piece.location,
-                partition: piece.partition,
-            },
-            piece.batch,
-        ));
+        let mut replicas = vec![];
+        for replica in &piece.target.replicas {
+            match replica {
+                Ok(part) => {
+                    urls.insert(part.worker_id.clone(), part.url.clone());
+                    by_worker.entry(part.worker_id.clone()).or_default().push((
+                        i,
+                        PieceHeader {
+                            table: piece.location.clone(),
+                            partition: piece.partition,
+                        },
+                        piece.batch.clone(),
+                    ));
+                    replicas.push(part.worker_id.clone());
+                }
+                Err((worker, why)) => {
+                    failed.insert(worker.clone(), (why.clone(), true));
+                    replicas.push(worker.clone());
+                }
+            }
+        }
+        shares.push(Share {
+            location: piece.location,
+            map_key: piece.target.map_key,
+            partition: piece.partition,
+            needed: piece.target.needed,
+            replicas,
+        });
     }
     let request = PrepareRequest { txn };
     let prepares = by_worker.into_iter().map(|(worker, pieces)| {
@@ -427,51 +441,138 @@ pub async fn write_pieces(
                 let client = WorkerClient::connect(&url)?;
                 client.prepare(request, pieces).await
             };
-            let files = prepared.await.map_err(|e| name_worker(&worker, &url, e))?;
-            if files.len() != order.len() {
-                return Err(DataFusionError::Execution(format!(
-                    "worker {worker} at {url} prepared {} pieces of {}",
-                    files.len(),
-                    order.len()
-                )));
-            }
-            Ok(order.into_iter().zip(files).collect::<Vec<_>>())
+            let files = match prepared.await {
+                Ok(files) if files.len() == order.len() => files,
+                Ok(files) => {
+                    let why = format!(
+                        "worker {worker} at {url} prepared {} pieces of {}",
+                        files.len(),
+                        order.len()
+                    );
+                    return (worker, Err((why, false)));
+                }
+                Err(e) => {
+                    let unreachable = is_worker_failure(&e);
+                    let why = name_worker(&worker, &url, e).to_string();
+                    return (worker, Err((why, unreachable)));
+                }
+            };
+            (worker, Ok(order.into_iter().zip(files).collect::<Vec<_>>()))
         }
     });
-    // Phase 1: every piece durable on its owner.
-    let mut files: Vec<Option<DataFile>> = vec![None; count];
-    for result in join_all(prepares).await {
+    // Phase 1: every piece durable on its in-sync copies.
+    let mut files: Vec<BTreeMap<String, DataFile>> = vec![BTreeMap::new(); shares.len()];
+    for (worker, result) in join_all(prepares).await {
         match result {
             Ok(prepared) => {
                 for (i, f) in prepared {
-                    files[i] = Some(f);
+                    files[i].insert(worker.clone(), f);
                 }
             }
-            Err(err) => {
-                abort(txn, urls.values()).await;
-                return Err(match err {
-                    DataFusionError::Execution(m) => {
-                        DataFusionError::Execution(format!("{m}; nothing was written"))
-                    }
-                    DataFusionError::External(inner) => {
-                        match inner.downcast::<WorkerUnavailable>() {
-                            Ok(u) => {
-                                WorkerUnavailable::error(format!("{}; nothing was written", u.0))
-                            }
-                            Err(other) => DataFusionError::External(other),
-                        }
-                    }
-                    other => other,
-                });
+            Err(why) => {
+                failed.insert(worker, why);
             }
         }
     }
-    let files: Vec<DataFile> = files.into_iter().flatten().collect();
-    decide_and_commit(catalog, txn, writes, urls, |s| decide(s, &files)).await?;
+    // Each piece on enough copies, or nothing changes.
+    for (share, held) in shares.iter().zip(&files) {
+        if held.len() < share.needed {
+            abort(txn, urls.values()).await;
+            let why: Vec<String> = share
+                .replicas
+                .iter()
+                .filter_map(|w| failed.get(w).map(|(why, _)| format!("{w}: {why}")))
+                .collect();
+            let unreachable = share
+                .replicas
+                .iter()
+                .any(|w| failed.get(w).is_some_and(|(_, u)| *u));
+            return Err(short_of_quorum(
+                &share.map_key,
+                share.partition,
+                share.needed,
+                held.len(),
+                &why,
+                unreachable,
+            ));
+        }
+    }
+    // Copies that missed the write leave the in-sync set as it is decided.
+    let mut leaving: Vec<(String, u32, Vec<String>)> = vec![];
+    let mut writes: BTreeMap<String, Vec<StagedWrite>> = BTreeMap::new();
+    for (share, held) in shares.iter().zip(&files) {
+        let missed: Vec<String> = share
+            .replicas
+            .iter()
+            .filter(|w| !held.contains_key(*w))
+            .cloned()
+            .collect();
+        if !missed.is_empty() {
+            tracing::warn!(txn, table = %share.map_key, partition = share.partition, ?missed, "copies missed a write and leave the in-sync set");
+            leaving.push((share.map_key.clone(), share.partition, missed));
+        }
+        for worker in held.keys() {
+            writes.entry(worker.clone()).or_default().push(StagedWrite {
+                txn,
+                table: share.location.clone(),
+                partition: share.partition,
+            });
+        }
+    }
+    // The failed workers may have staged some pieces: they go.
+    let failed_urls: Vec<String> = failed.keys().filter_map(|w| urls.get(w).cloned()).collect();
+    abort(txn, failed_urls.iter()).await;
+    urls.retain(|w, _| writes.contains_key(w));
+    // A piece's stats from its first copy (every copy holds the same rows).
+    let first: Vec<DataFile> = files
+        .into_iter()
+        .filter_map(|held| held.into_values().next())
+        .collect();
+    decide_and_commit(catalog, txn, writes, urls, |s| {
+        for (map_key, partition, missed) in &leaving {
+            s.map.leave_in_sync(map_key, *partition, missed);
+        }
+        decide(s, &first)
+    })
+    .await?;
     catalog
         .files_added
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     Ok(())
+}
+
+/// The error of a write that fewer than `needed` copies of a partition
+/// took (`why`: each missing copy's failure).
+pub(crate) fn short_of_quorum(
+    map_key: &str,
+    partition: u32,
+    needed: usize,
+    held: usize,
+    why: &[String],
+    unreachable: bool,
+) -> DataFusionError {
+    let message = format!(
+        "partition {partition} of '{map_key}' needs its write on {needed} in-sync {} and {held} \
+         took it ({}); nothing was written. Start the workers that are down, or lower the \
+         table's WRITE QUORUM",
+        if needed == 1 { "copy" } else { "copies" },
+        why.join("; ")
+    );
+    if unreachable {
+        WorkerUnavailable::error(message)
+    } else {
+        DataFusionError::Execution(message)
+    }
+}
+
+/// One piece of a write as its copies take it.
+struct Share {
+    location: String,
+    map_key: String,
+    partition: u32,
+    needed: usize,
+    /// The in-sync replicas it goes to, reachable or not.
+    replicas: Vec<String>,
 }
 
 /// The second half of a transaction whose writes are all prepared (staged

@@ -21,12 +21,13 @@ use tessera_sql::TableDef;
 use tessera_worker::wire::{PieceHeader, PrepareRequest};
 use tessera_worker::{
     DataFile, ErrorKind, StagedWrite, WorkerClient, call_timeout, deadline_for_bytes,
+    is_worker_failure,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::catalog::Catalog;
-use crate::write::{WriteSink, abort, add_stats, decide_and_commit, name_worker};
+use crate::write::{WriteSink, abort, add_stats, decide_and_commit, name_worker, short_of_quorum};
 
 /// Rows of one partition gathered before they are sent on.
 const FLUSH_BYTES: usize = 2 << 20;
@@ -59,8 +60,12 @@ struct Upload {
 struct Uploads {
     txn: u64,
     open: BTreeMap<String, Upload>,
-    /// The worker each partition sent so far goes to.
-    owners: BTreeMap<u32, String>,
+    /// Each partition sent so far: its in-sync copies (whether reachable
+    /// or not) and how many must take the write.
+    owners: BTreeMap<u32, (Vec<String>, usize)>,
+    /// Copies that could not be reached or stopped taking rows, and why
+    /// (with whether they could not be reached).
+    failed: BTreeMap<String, (String, bool)>,
     armed: bool,
 }
 
@@ -70,6 +75,35 @@ impl Uploads {
             .iter()
             .map(|(worker, u)| (worker.clone(), u.url.clone()))
             .collect()
+    }
+
+    /// Fails unless every partition sent so far still has enough copies
+    /// taking its rows.
+    fn check_quorum(&self, table: &str) -> Result<()> {
+        for (partition, (replicas, needed)) in &self.owners {
+            let live = replicas
+                .iter()
+                .filter(|w| !self.failed.contains_key(*w))
+                .count();
+            if live < *needed {
+                let why: Vec<String> = replicas
+                    .iter()
+                    .filter_map(|w| self.failed.get(w).map(|(why, _)| format!("{w}: {why}")))
+                    .collect();
+                let unreachable = replicas
+                    .iter()
+                    .any(|w| self.failed.get(w).is_some_and(|(_, u)| *u));
+                return Err(short_of_quorum(
+                    table,
+                    *partition,
+                    *needed,
+                    live,
+                    &why,
+                    unreachable,
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn disarm(&mut self) {
@@ -116,10 +150,11 @@ pub async fn write_stream(
         txn,
         open: BTreeMap::new(),
         owners: BTreeMap::new(),
+        failed: BTreeMap::new(),
         armed: true,
     };
     let prepared = match route_all(catalog, def, &sink, &accepts, txn, input, &mut uploads).await {
-        Ok(()) => finish_uploads(&mut uploads).await,
+        Ok(()) => finish_uploads(&mut uploads, &table).await,
         Err(e) => Err(e),
     };
     let prepared = match prepared {
@@ -136,9 +171,35 @@ pub async fn write_stream(
             return Err(changed_nothing(&table, e));
         }
     };
-    let urls = uploads.urls();
+    let mut urls = uploads.urls();
     uploads.disarm();
-    let rows: u64 = prepared.iter().map(|(_, _, f)| f.rows).sum();
+    // Copies that missed the write leave the in-sync set as it is decided;
+    // a copy that failed may have staged some rows: they go.
+    let failed_urls: Vec<String> = uploads
+        .failed
+        .keys()
+        .filter_map(|w| urls.get(w).cloned())
+        .collect();
+    abort(txn, failed_urls.iter()).await;
+    urls.retain(|w, _| !uploads.failed.contains_key(w));
+    let mut leaving: Vec<(u32, Vec<String>)> = vec![];
+    for (partition, (replicas, _)) in &uploads.owners {
+        let missed: Vec<String> = replicas
+            .iter()
+            .filter(|w| !prepared.iter().any(|(x, p, _)| x == *w && p == partition))
+            .cloned()
+            .collect();
+        if !missed.is_empty() {
+            tracing::warn!(txn, %table, partition, ?missed, "copies missed a write and leave the in-sync set");
+            leaving.push((*partition, missed));
+        }
+    }
+    // Each partition's rows counted once, from its first copy.
+    let mut first: BTreeMap<u32, &DataFile> = BTreeMap::new();
+    for (_, partition, file) in &prepared {
+        first.entry(*partition).or_insert(file);
+    }
+    let rows: u64 = first.values().map(|f| f.rows).sum();
     if prepared.is_empty() {
         return Ok(Some(0));
     }
@@ -150,10 +211,13 @@ pub async fn write_stream(
             partition: *partition,
         });
     }
-    let touched = prepared.len() as u64;
+    let touched = first.len() as u64;
     let workers = writes.len() as u64;
     decide_and_commit(catalog, txn, writes, urls, |s| {
-        add_stats(s, &table, prepared.iter().map(|(_, p, f)| (*p, f)));
+        for (partition, missed) in &leaving {
+            s.map.leave_in_sync(&table, *partition, missed);
+        }
+        add_stats(s, &table, first.iter().map(|(p, f)| (*p, *f)));
         Ok(())
     })
     .await
@@ -167,8 +231,12 @@ pub async fn write_stream(
 }
 
 /// Ends every upload (all at once) and collects the files each worker
-/// staged: (worker, partition, file).
-async fn finish_uploads(uploads: &mut Uploads) -> Result<Vec<(String, u32, DataFile)>> {
+/// staged: (worker, partition, file). A worker that fails is noted in
+/// `failed`; the write fails if a partition is then short of copies.
+async fn finish_uploads(
+    uploads: &mut Uploads,
+    table: &str,
+) -> Result<Vec<(String, u32, DataFile)>> {
     let mut waits = vec![];
     for (worker, upload) in &mut uploads.open {
         // The end of its rows: the worker finishes and syncs its files.
@@ -177,8 +245,9 @@ async fn finish_uploads(uploads: &mut Uploads) -> Result<Vec<(String, u32, DataF
         let limit = deadline_for_bytes(upload.bytes);
         let (worker, url) = (worker.clone(), upload.url.clone());
         let task = &mut upload.task;
+        let expected = upload.partitions.len();
         waits.push(async move {
-            match tokio::time::timeout(limit, task).await {
+            let files = match tokio::time::timeout(limit, task).await {
                 Ok(Ok(files)) => files.map_err(|e| name_worker(&worker, &url, e)),
                 Ok(Err(e)) => Err(DataFusionError::Internal(format!(
                     "the upload to worker {worker} failed: {e}"
@@ -188,29 +257,39 @@ async fn finish_uploads(uploads: &mut Uploads) -> Result<Vec<(String, u32, DataF
                      it is running and its disk is healthy, then retry",
                     limit.as_secs()
                 ))),
+            }?;
+            if files.len() != expected {
+                return Err(DataFusionError::Execution(format!(
+                    "worker {worker} at {url} prepared {} pieces of {expected}",
+                    files.len(),
+                )));
             }
+            Ok(files)
         });
     }
     let answers = futures::future::join_all(waits).await;
     let mut prepared = vec![];
     for ((worker, upload), files) in uploads.open.iter().zip(answers) {
-        let files = files?;
-        if files.len() != upload.partitions.len() {
-            return Err(DataFusionError::Execution(format!(
-                "worker {worker} at {} prepared {} pieces of {}",
-                upload.url,
-                files.len(),
-                upload.partitions.len()
-            )));
+        if uploads.failed.contains_key(worker) {
+            continue;
         }
-        prepared.extend(
-            upload
-                .partitions
-                .iter()
-                .zip(files)
-                .map(|(p, f)| (worker.clone(), *p, f)),
-        );
+        match files {
+            Ok(files) => prepared.extend(
+                upload
+                    .partitions
+                    .iter()
+                    .zip(files)
+                    .map(|(p, f)| (worker.clone(), *p, f)),
+            ),
+            Err(e) => {
+                let unreachable = is_worker_failure(&e);
+                uploads
+                    .failed
+                    .insert(worker.clone(), (e.to_string(), unreachable));
+            }
+        }
     }
+    uploads.check_quorum(table)?;
     Ok(prepared)
 }
 
@@ -287,8 +366,10 @@ async fn route_all(
     Ok(())
 }
 
-/// Sends one piece of `partition`'s rows to the worker that holds it,
-/// opening that worker's upload on its first piece.
+/// Sends one piece of `partition`'s rows to each in-sync copy of it,
+/// opening a worker's upload on its first piece. A copy that stopped
+/// taking rows is noted; the write fails once a partition is short of
+/// copies.
 async fn send(
     catalog: &Arc<Catalog>,
     def: &TableDef,
@@ -301,81 +382,107 @@ async fn send(
         return Ok(());
     };
     let batch = concat_batches(&first.schema(), &rows)?;
-    let worker = match uploads.owners.get(&partition) {
-        Some(worker) => worker.clone(),
-        None => open_upload(catalog, def, txn, partition, uploads)?,
-    };
-    let Some(upload) = uploads.open.get_mut(&worker) else {
-        return Err(DataFusionError::Internal("an upload vanished".into()));
-    };
-    upload.bytes += batch.get_array_memory_size() as u64;
-    let header = PieceHeader {
-        table: def.storage_key(),
-        partition,
-    };
-    let sent = tokio::time::timeout(call_timeout(), upload.pieces.send((header, batch))).await;
-    match sent {
-        Ok(Ok(())) => Ok(()),
-        // The upload ended early: its task says why.
-        Ok(Err(_)) => {
-            let why = match tokio::time::timeout(call_timeout(), &mut upload.task).await {
-                Ok(Ok(Err(e))) => e.to_string(),
-                _ => "it stopped taking rows".to_string(),
-            };
-            Err(name_worker(
-                &worker,
-                &upload.url,
-                ErrorKind::Unavailable.error(why),
-            ))
-        }
-        Err(_) => Err(ErrorKind::Unavailable.error(format!(
-            "worker {worker} at {} took no rows for {} s; check that it is running and its \
-             disk is healthy, then retry",
-            upload.url,
-            call_timeout().as_secs()
-        ))),
+    if !uploads.owners.contains_key(&partition) {
+        open_uploads(catalog, def, txn, partition, uploads)?;
     }
+    let replicas = uploads
+        .owners
+        .get(&partition)
+        .map(|(r, _)| r.clone())
+        .unwrap_or_default();
+    for worker in replicas {
+        if uploads.failed.contains_key(&worker) {
+            continue;
+        }
+        let Some(upload) = uploads.open.get_mut(&worker) else {
+            continue;
+        };
+        upload.bytes += batch.get_array_memory_size() as u64;
+        let header = PieceHeader {
+            table: def.storage_key(),
+            partition,
+        };
+        let sent =
+            tokio::time::timeout(call_timeout(), upload.pieces.send((header, batch.clone()))).await;
+        let failure = match sent {
+            Ok(Ok(())) => continue,
+            // The upload ended early: its task says why.
+            Ok(Err(_)) => {
+                let why = match tokio::time::timeout(call_timeout(), &mut upload.task).await {
+                    Ok(Ok(Err(e))) => e.to_string(),
+                    _ => "it stopped taking rows".to_string(),
+                };
+                name_worker(&worker, &upload.url, ErrorKind::Unavailable.error(why))
+            }
+            Err(_) => ErrorKind::Unavailable.error(format!(
+                "worker {worker} at {} took no rows for {} s; check that it is running and its \
+                 disk is healthy, then retry",
+                upload.url,
+                call_timeout().as_secs()
+            )),
+        };
+        tracing::warn!(txn, %worker, error = %failure, "a copy stopped taking the upload's rows");
+        upload.task.abort();
+        uploads.failed.insert(worker, (failure.to_string(), true));
+        uploads.check_quorum(&def.name)?;
+    }
+    Ok(())
 }
 
-/// The worker that holds `partition`, its upload opened on the first of
-/// its partitions, and the partition noted as its (the order of the files
-/// it answers with).
-fn open_upload(
+/// Notes `partition`'s in-sync copies and opens the upload of each that
+/// has none yet (the partition noted as its: the order of the files it
+/// answers with).
+fn open_uploads(
     catalog: &Arc<Catalog>,
     def: &TableDef,
     txn: u64,
     partition: u32,
     uploads: &mut Uploads,
-) -> Result<String> {
-    let Some(target) = catalog.scan_parts(&def.name, &[partition])?.pop() else {
+) -> Result<()> {
+    let Some(target) = catalog.write_targets(&def.name, &[partition])?.pop() else {
         return Err(DataFusionError::Internal(format!(
             "no owner for partition {partition} of '{}'",
             def.name
         )));
     };
-    let upload = uploads
-        .open
-        .entry(target.worker_id.clone())
-        .or_insert_with(|| {
-            let (pieces, queue) = mpsc::channel(WORKER_QUEUE);
-            let url = target.url.clone();
-            let task = tokio::spawn(async move {
-                let client = WorkerClient::connect(&url)?;
-                client
-                    .prepare_stream(&PrepareRequest { txn }, ReceiverStream::new(queue))
-                    .await
-            });
-            Upload {
-                url: target.url.clone(),
-                pieces,
-                task,
-                partitions: vec![],
-                bytes: 0,
+    let mut replicas = vec![];
+    for replica in target.replicas {
+        let part = match replica {
+            Ok(part) => part,
+            Err((worker, why)) => {
+                uploads.failed.insert(worker.clone(), (why, true));
+                replicas.push(worker);
+                continue;
             }
-        });
-    upload.partitions.push(partition);
-    uploads.owners.insert(partition, target.worker_id.clone());
-    Ok(target.worker_id)
+        };
+        replicas.push(part.worker_id.clone());
+        if uploads.failed.contains_key(&part.worker_id) {
+            continue;
+        }
+        let upload = uploads
+            .open
+            .entry(part.worker_id.clone())
+            .or_insert_with(|| {
+                let (pieces, queue) = mpsc::channel(WORKER_QUEUE);
+                let url = part.url.clone();
+                let task = tokio::spawn(async move {
+                    let client = WorkerClient::connect(&url)?;
+                    client
+                        .prepare_stream(&PrepareRequest { txn }, ReceiverStream::new(queue))
+                        .await
+                });
+                Upload {
+                    url: part.url.clone(),
+                    pieces,
+                    task,
+                    partitions: vec![],
+                    bytes: 0,
+                }
+            });
+        upload.partitions.push(partition);
+    }
+    uploads.owners.insert(partition, (replicas, target.needed));
+    uploads.check_quorum(&def.name)
 }
 
 /// `batch` with the table's column types (by position; `schema` is the

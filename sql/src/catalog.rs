@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ident::{check_name, first_duplicate};
 use crate::key::is_key_type;
+use crate::replication::Replication;
 use crate::scheme::PartitionScheme;
 
 /// Most partitions one table may have.
@@ -39,6 +40,9 @@ pub struct TableDef {
     /// before it was kept use `<name>.<id>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage: Option<String>,
+    /// Copies of each partition, and how many a write needs.
+    #[serde(default)]
+    pub replication: Replication,
 }
 
 impl TableDef {
@@ -120,6 +124,7 @@ impl TableDef {
             columns,
             scheme,
             storage: Some(format!("t{id}")),
+            replication: Replication::default(),
         })
     }
 
@@ -154,11 +159,28 @@ fn column_list(schema: &Schema) -> String {
 pub struct PartitionPlacement {
     pub id: u32,
     pub replicas: Vec<String>,
+    /// Replicas that missed a write (they failed to prepare or commit it):
+    /// they serve no reads and take no writes until they have caught up.
+    /// The others are the in-sync set.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub out_of_sync: Vec<String>,
 }
 
 impl PartitionPlacement {
     pub fn leader(&self) -> &str {
         self.replicas.first().map(String::as_str).unwrap_or("")
+    }
+
+    /// The replicas that hold every write acknowledged so far, leader first.
+    pub fn in_sync(&self) -> impl Iterator<Item = &str> {
+        self.replicas
+            .iter()
+            .filter(|r| !self.out_of_sync.contains(r))
+            .map(String::as_str)
+    }
+
+    pub fn is_in_sync(&self, worker: &str) -> bool {
+        self.replicas.iter().any(|r| r == worker) && !self.out_of_sync.iter().any(|r| r == worker)
     }
 }
 
@@ -171,21 +193,47 @@ pub struct PartitionMap {
 }
 
 impl PartitionMap {
-    /// Places the partitions of a new table over `workers` round-robin,
-    /// starting at `offset` so small tables do not all land on one worker.
-    pub fn place_table(&mut self, table: &str, partitions: u32, workers: &[String], offset: usize) {
-        let placements = (0..partitions)
-            .map(|p| PartitionPlacement {
-                id: p,
-                replicas: if workers.is_empty() {
-                    vec![]
-                } else {
-                    vec![workers[(p as usize + offset) % workers.len()].clone()]
-                },
+    /// Places the partitions of a new table, `replicas` copies each on
+    /// distinct workers (see [`crate::place`]), leaders round the workers
+    /// from `offset` so small tables do not all land on one worker.
+    pub fn place_table(
+        &mut self,
+        table: &str,
+        partitions: u32,
+        replicas: u32,
+        workers: &[String],
+        offset: usize,
+    ) -> Result<()> {
+        let placed = crate::replication::place(partitions, replicas, workers, offset)?;
+        let placements = placed
+            .into_iter()
+            .zip(0..)
+            .map(|(replicas, id)| PartitionPlacement {
+                id,
+                replicas,
+                out_of_sync: vec![],
             })
             .collect();
         self.tables.insert(table.to_string(), placements);
         self.epoch += 1;
+        Ok(())
+    }
+
+    /// Takes `workers` out of the in-sync set of `table`'s `partition`.
+    pub fn leave_in_sync(&mut self, table: &str, partition: u32, workers: &[String]) {
+        let Some(placement) = self
+            .tables
+            .get_mut(table)
+            .and_then(|p| p.get_mut(partition as usize))
+        else {
+            return;
+        };
+        for w in workers {
+            if placement.is_in_sync(w) {
+                placement.out_of_sync.push(w.clone());
+                self.epoch += 1;
+            }
+        }
     }
 
     pub fn drop_table(&mut self, table: &str) {
@@ -286,7 +334,7 @@ mod tests {
     fn placement_bumps_epoch() {
         let mut map = PartitionMap::default();
         let workers = vec!["w0".to_string(), "w1".to_string(), "w2".to_string()];
-        map.place_table("t", 4, &workers, 1);
+        map.place_table("t", 4, 1, &workers, 1).unwrap();
         assert_eq!(map.epoch, 1);
         let leaders: Vec<&str> = map.table("t").unwrap().iter().map(|p| p.leader()).collect();
         assert_eq!(leaders, ["w1", "w2", "w0", "w1"]);

@@ -18,6 +18,7 @@ use datafusion::sql::sqlparser::keywords::Keyword;
 use datafusion::sql::sqlparser::parser::{Parser, ParserError};
 use datafusion::sql::sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer};
 
+use crate::replication::{Replication, WriteQuorum};
 use crate::text::Offsets;
 
 mod index;
@@ -125,6 +126,8 @@ pub struct CreateTable {
     /// The `AS SELECT ...` query, if any.
     pub query: Option<String>,
     pub partitioning: Option<PartitionSpec>,
+    /// `REPLICAS r [WRITE QUORUM ...]`, if given.
+    pub replication: Option<Replication>,
 }
 
 fn parser_err(e: ParserError) -> DataFusionError {
@@ -331,7 +334,11 @@ pub fn parse_statement(sql: &str) -> Result<Statement> {
         && (kw(1, Keyword::TABLE)
             || (kw(1, Keyword::OR) && kw(2, Keyword::REPLACE) && kw(3, Keyword::TABLE)));
     if create_table {
-        return parse_create_table(sql, tokens).map(Statement::CreateTable);
+        let (sql, replication) = take_replicas_clause(sql, &tokens)?;
+        let tokens = tokenize(&sql)?;
+        let mut ct = parse_create_table(&sql, tokens)?;
+        ct.replication = replication;
+        return Ok(Statement::CreateTable(ct));
     }
     Ok(Statement::Sql(sql.to_string()))
 }
@@ -390,6 +397,72 @@ fn expect_end(parser: &mut Parser) -> Result<()> {
         Token::EOF => Ok(()),
         other => plan_err!("unexpected '{other}' at the end of the statement"),
     }
+}
+
+/// A CREATE TABLE's `REPLICAS r [WRITE QUORUM ALL | MAJORITY | ONE]`
+/// clause (anywhere at the top level before `AS`), and the statement with
+/// the clause blanked out.
+fn take_replicas_clause(
+    sql: &str,
+    tokens: &[TokenWithSpan],
+) -> Result<(String, Option<Replication>)> {
+    let words: Vec<(usize, &Token)> = tokens
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| !is_blank(&t.token))
+        .map(|(i, t)| (i, &t.token))
+        .collect();
+    let word = |at: usize, w: &str| {
+        words.get(at).is_some_and(
+            |(_, t)| matches!(t, Token::Word(x) if x.quote_style.is_none() && x.value.eq_ignore_ascii_case(w)),
+        )
+    };
+    let mut depth = 0i32;
+    for (at, (_, token)) in words.iter().enumerate() {
+        match token {
+            Token::LParen => depth += 1,
+            Token::RParen => depth -= 1,
+            t if depth == 0 && is_word(t, Keyword::AS) => break,
+            _ if depth == 0 && word(at, "REPLICAS") => {
+                let Some((_, Token::Number(n, _))) = words.get(at + 1) else {
+                    return plan_err!(
+                        "REPLICAS takes the number of copies of each partition: REPLICAS 3"
+                    );
+                };
+                let Ok(replicas) = n.parse::<u32>() else {
+                    return plan_err!("REPLICAS takes a whole number of copies, got {n}");
+                };
+                let mut end = at + 2;
+                let mut quorum = None;
+                if word(end, "WRITE") {
+                    if !word(end + 1, "QUORUM") {
+                        return plan_err!("expected WRITE QUORUM ALL | MAJORITY | ONE");
+                    }
+                    let chosen = match words.get(end + 2) {
+                        Some((_, Token::Word(w))) if w.quote_style.is_none() => {
+                            WriteQuorum::parse(&w.value)
+                        }
+                        _ => None,
+                    };
+                    let Some(chosen) = chosen else {
+                        return plan_err!("expected WRITE QUORUM ALL | MAJORITY | ONE");
+                    };
+                    quorum = Some(chosen);
+                    end += 3;
+                }
+                let replication = Replication::try_new(replicas, quorum)?;
+                let offsets = Offsets::new(sql);
+                let from = offsets.of(tokens[words[at].0].span.start);
+                let to = words
+                    .get(end)
+                    .map_or(sql.len(), |(i, _)| offsets.of(tokens[*i].span.start));
+                let blanked = format!("{}{}{}", &sql[..from], " ".repeat(to - from), &sql[to..]);
+                return Ok((blanked, Some(replication)));
+            }
+            _ => {}
+        }
+    }
+    Ok((sql.to_string(), None))
 }
 
 fn parse_create_table(sql: &str, tokens: Vec<TokenWithSpan>) -> Result<CreateTable> {
@@ -453,6 +526,7 @@ fn parse_create_table(sql: &str, tokens: Vec<TokenWithSpan>) -> Result<CreateTab
         base_sql: base_sql.trim().trim_end_matches(';').to_string(),
         query: ct.query.map(|q| q.to_string()),
         partitioning,
+        replication: None,
     })
 }
 
@@ -504,6 +578,37 @@ mod tests {
                 cluster_by: vec![]
             })
         );
+    }
+
+    #[test]
+    fn replicas_clause() {
+        let c = create(
+            "CREATE TABLE t (k BIGINT) PARTITION BY HASH (k) PARTITIONS 8 REPLICAS 3 WRITE QUORUM all",
+        );
+        assert_eq!(
+            c.replication,
+            Some(Replication {
+                replicas: 3,
+                quorum: WriteQuorum::All
+            })
+        );
+        assert!(matches!(
+            c.partitioning,
+            Some(PartitionSpec::Hash { partitions: 8, .. })
+        ));
+        // Before PARTITION BY, without a quorum, and with AS SELECT.
+        let c =
+            create("create table t replicas 2 partition by hash (k) partitions 4 as select 1 as k");
+        assert_eq!(c.replication, Some(Replication::try_new(2, None).unwrap()));
+        assert_eq!(c.query.as_deref(), Some("SELECT 1 AS k"));
+        assert!(c.partitioning.is_some());
+        assert_eq!(create("CREATE TABLE t (k INT)").replication, None);
+        // A column named replicas is a column.
+        assert_eq!(create("CREATE TABLE t (replicas INT)").replication, None);
+        let err = |sql: &str| parse_statement(sql).unwrap_err().to_string();
+        assert!(err("CREATE TABLE t (k INT) REPLICAS 0").contains("between 1 and"));
+        assert!(err("CREATE TABLE t (k INT) REPLICAS two").contains("REPLICAS 3"));
+        assert!(err("CREATE TABLE t (k INT) REPLICAS 2 WRITE QUORUM SOME").contains("MAJORITY"));
     }
 
     #[test]

@@ -9,6 +9,7 @@ mod index;
 mod key;
 mod placeholders;
 mod pruning;
+mod replication;
 mod scheme;
 mod text;
 
@@ -22,6 +23,7 @@ pub use index::{FILE_COLUMN, IndexDef, IndexKind, IndexState, PART_COLUMN, ROW_C
 pub use key::{KeyValue, encode_array_value, is_key_type};
 pub use placeholders::number_placeholders;
 pub use pruning::prune_partitions;
+pub use replication::{MAX_REPLICAS, Replication, WriteQuorum, place};
 pub use scheme::{
     HASH_SEED, PartitionScheme, Partitioner, hash_partition, hash_range, range_partition,
 };

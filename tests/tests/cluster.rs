@@ -78,7 +78,13 @@ async fn hash_table_end_to_end() {
     let parts = cluster.query("SHOW PARTITIONS t").await.unwrap();
     let rows: Vec<u64> = parts
         .iter()
-        .flat_map(|b| b.column(3).as_primitive::<UInt64Type>().values().to_vec())
+        .flat_map(|b| {
+            b.column_by_name("rows")
+                .unwrap()
+                .as_primitive::<UInt64Type>()
+                .values()
+                .to_vec()
+        })
         .collect();
     assert_eq!(rows.len(), 8);
     assert_eq!(rows.iter().sum::<u64>(), 100_000);

@@ -23,18 +23,19 @@ const TXN_BLOCK_MARGIN: u64 = 5_000_000;
 /// Holds a query's snapshot open (see [`Catalog::compaction_bound`]).
 #[derive(Debug)]
 pub struct SnapshotPin {
-    open: Arc<Mutex<BTreeMap<u64, usize>>>,
-    xmin: u64,
+    open: Arc<Mutex<BTreeMap<(u64, u64), usize>>>,
+    /// The snapshot's xmin and generation.
+    key: (u64, u64),
 }
 
 impl Drop for SnapshotPin {
     fn drop(&mut self) {
         if let Ok(mut open) = self.open.lock()
-            && let Some(n) = open.get_mut(&self.xmin)
+            && let Some(n) = open.get_mut(&self.key)
         {
             *n -= 1;
             if *n == 0 {
-                open.remove(&self.xmin);
+                open.remove(&self.key);
             }
         }
     }
@@ -174,18 +175,8 @@ impl Catalog {
         // cannot pass a transaction this snapshot leaves out.
         let state = self.state.lock().map_err(|_| poisoned())?;
         let snapshot = self.snapshot_locked(&state)?;
-        let xmin = snapshot.xmin();
-        *self
-            .snapshots
-            .lock()
-            .map_err(|_| poisoned())?
-            .entry(xmin)
-            .or_default() += 1;
+        let pin = self.pin_xmin(snapshot.xmin())?;
         drop(state);
-        let pin = SnapshotPin {
-            open: Arc::clone(&self.snapshots),
-            xmin,
-        };
         Ok((snapshot, pin))
     }
 
@@ -252,16 +243,40 @@ impl Catalog {
     /// Pins a snapshot a follower's query reads at (taken from the leader
     /// before this one): compaction keeps what it sees until the pin drops.
     pub fn pin_xmin(&self, xmin: u64) -> Result<SnapshotPin> {
+        let key = (xmin, self.generation.load(Ordering::SeqCst));
         *self
             .snapshots
             .lock()
             .map_err(|_| poisoned())?
-            .entry(xmin)
+            .entry(key)
             .or_default() += 1;
         Ok(SnapshotPin {
             open: Arc::clone(&self.snapshots),
-            xmin,
+            key,
         })
+    }
+
+    /// Starts a new generation of snapshots, after a change of the catalog
+    /// that queries planned before it must not outlive (a table's files
+    /// removed): [`Catalog::snapshots_before`] waits for the older ones.
+    pub fn new_generation(&self) -> u64 {
+        self.generation.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    /// Returns once no snapshot taken before `generation` is open. Queries
+    /// plan after taking their snapshot, so every query still running
+    /// then planned after the change that began `generation`.
+    pub async fn snapshots_before(&self, generation: u64) {
+        loop {
+            let older = match self.snapshots.lock() {
+                Ok(open) => open.keys().any(|(_, g)| *g < generation),
+                Err(_) => false,
+            };
+            if !older {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
     }
 
     /// Snapshots held open now (by queries here and, on the leader, by
@@ -306,7 +321,7 @@ impl Catalog {
             return Ok(0);
         }
         let open = self.snapshots.lock().map_err(|_| poisoned())?;
-        Ok(open.keys().next().copied().map_or(now, |x| x.min(now)))
+        Ok(open.keys().next().map_or(now, |(x, _)| (*x).min(now)))
     }
 
     /// A new transaction id from this coordinator's block, larger than any

@@ -8,9 +8,11 @@ use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray, UInt32Array, 
 use datafusion::arrow::datatypes::{Field, Schema};
 use datafusion::common::{Result, exec_err, plan_err};
 use datafusion::logical_expr::{DdlStatement, LogicalPlan};
-use tessera_sql::{CreateTable, PartitionScheme, Statement, TableDef, parse_statement};
+use tessera_sql::{CreateTable, IndexDef, PartitionScheme, Statement, TableDef, parse_statement};
 use tessera_worker::{ErrorKind, WorkerClient};
 
+use crate::catalog::Catalog;
+use crate::membership::WorkerState;
 use crate::options::TesseraOptions;
 
 use super::{Coordinator, Planned, empty};
@@ -88,7 +90,7 @@ impl Coordinator {
             Some(spec) => spec.resolve(&schema)?,
             None => PartitionScheme::Single,
         };
-        let workers: Vec<String> = self.catalog.members()?.keys().cloned().collect();
+        let workers = self.live_workers()?;
         if workers.is_empty() {
             return Err(ErrorKind::Unavailable
                 .error("no workers are running; start the cluster with --workers N"));
@@ -108,7 +110,8 @@ impl Coordinator {
                          another table name"
                     );
                 }
-                let def = TableDef::try_new(&name, s.tables_created, &schema, scheme.clone())?;
+                let mut def = TableDef::try_new(&name, s.tables_created, &schema, scheme.clone())?;
+                def.replication = ct.replication.unwrap_or_default();
                 // Tables with the same partition count are placed alike, so
                 // partition i of each lives on the same worker and joins on
                 // their keys are co-located; one-partition tables are spread.
@@ -117,8 +120,13 @@ impl Coordinator {
                 } else {
                     s.tables_created as usize
                 };
-                s.map
-                    .place_table(&name, def.scheme.partition_count(), &workers, offset);
+                s.map.place_table(
+                    &name,
+                    def.scheme.partition_count(),
+                    def.replication.replicas,
+                    &workers,
+                    offset,
+                )?;
                 s.tables.insert(name.clone(), def);
                 s.stats.insert(name.clone(), BTreeMap::new());
                 s.tables_created += 1;
@@ -285,8 +293,19 @@ impl Coordinator {
                 Ok(())
             })
             .await?;
-        self.remove_files(name, &def.storage_key(), holders).await;
+        remove_files_later(&self.catalog, &def, vec![], holders);
         Ok(empty())
+    }
+
+    /// The workers that have joined and are not down, by id.
+    pub(super) fn live_workers(&self) -> Result<Vec<String>> {
+        let mut live = vec![];
+        for id in self.catalog.members()?.keys() {
+            if self.catalog.membership().state(id)? != WorkerState::Down {
+                live.push(id.clone());
+            }
+        }
+        Ok(live)
     }
 
     /// The workers holding a copy of some partition of `table`.
@@ -297,26 +316,6 @@ impl Coordinator {
             .iter()
             .flat_map(|p| p.replicas.iter().cloned())
             .collect())
-    }
-
-    /// Removes the files of a table no longer in the catalog from the
-    /// workers that held them (a worker that cannot be reached keeps them).
-    async fn remove_files(&self, table: &str, location: &str, holders: BTreeSet<String>) {
-        let Ok(members) = self.catalog.members() else {
-            return;
-        };
-        for worker in holders {
-            let Some(url) = members.get(&worker) else {
-                continue;
-            };
-            let dropped = match WorkerClient::connect(url) {
-                Ok(client) => client.drop_table(location).await,
-                Err(e) => Err(e),
-            };
-            if let Err(e) = dropped {
-                tracing::warn!(%table, %worker, error = %e, "files of a dropped table were left behind");
-            }
-        }
     }
 
     /// Creates the staging table a replacing ingest fills (`sql` is its
@@ -336,6 +335,11 @@ impl Coordinator {
     /// from then on (a snapshot sees either the old table or the new one).
     /// The old files are removed afterwards.
     pub async fn replace_table(&self, name: &str, staged: &str) -> Result<()> {
+        // Every query running once this returns took its snapshot after
+        // the staged rows were decided: whichever table a query finds under
+        // the name, its snapshot sees that table's rows.
+        let generation = self.catalog.new_generation();
+        self.catalog.snapshots_before(generation).await;
         let old = self.catalog.table_def(name)?;
         let old_indexes = self.catalog.indexes_of(name)?;
         let holders = self.holders(name)?;
@@ -368,8 +372,7 @@ impl Coordinator {
         let Some(old) = old else {
             return Ok(());
         };
-        crate::index::remove_index_files(&self.catalog, &old_indexes, &old).await;
-        self.remove_files(name, &old.storage_key(), holders).await;
+        remove_files_later(&self.catalog, &old, old_indexes, holders);
         Ok(())
     }
 
@@ -468,52 +471,118 @@ impl Coordinator {
         let schema = def.schema()?;
         let placements = self.catalog.placements(table)?;
         let members = self.catalog.members()?;
-        let mut by_worker: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+        // Sizes from the copy a read would use; none when every in-sync
+        // copy is down.
+        let mut by_worker: BTreeMap<(String, String), Vec<u32>> = BTreeMap::new();
         for p in &placements {
-            by_worker
-                .entry(p.leader().to_string())
-                .or_default()
-                .push(p.id);
-        }
-        let mut stats: BTreeMap<u32, (u64, u64)> = BTreeMap::new();
-        for (worker, parts) in by_worker {
-            let Some(url) = members.get(&worker) else {
-                return plan_err!(
-                    "worker '{worker}' holding partitions of '{table}' is not running"
-                );
-            };
-            for s in WorkerClient::connect(url)?
-                .stats(&def.storage_key(), parts)
-                .await?
-            {
-                stats.insert(s.partition, (s.rows, s.bytes));
+            if let Ok(Some(part)) = self.catalog.scan_parts(table, &[p.id]).map(|mut v| v.pop()) {
+                by_worker
+                    .entry((part.worker_id, part.url))
+                    .or_default()
+                    .push(p.id);
             }
         }
+        let mut stats: BTreeMap<u32, (u64, u64)> = BTreeMap::new();
+        for ((worker, url), parts) in by_worker {
+            let asked = async {
+                WorkerClient::connect(&url)?
+                    .stats(&def.storage_key(), parts)
+                    .await
+            };
+            match asked.await {
+                Ok(sizes) => {
+                    for s in sizes {
+                        stats.insert(s.partition, (s.rows, s.bytes));
+                    }
+                }
+                // Its partitions' sizes stay empty: the states say why.
+                Err(e) => tracing::info!(%worker, error = %e, "no partition sizes from a worker"),
+            }
+        }
+        let state_of = |p: &tessera_sql::PartitionPlacement, w: &str| -> Result<&'static str> {
+            let up =
+                members.contains_key(w) && self.catalog.membership().state(w)? != WorkerState::Down;
+            Ok(match (up, p.is_in_sync(w)) {
+                (false, _) => "down",
+                (true, true) => "in_sync",
+                (true, false) => "out_of_sync",
+            })
+        };
         let ids: Vec<u32> = placements.iter().map(|p| p.id).collect();
         let ranges: Vec<String> = placements
             .iter()
             .map(|p| def.scheme.describe_partition(p.id, &schema))
             .collect();
         let workers: Vec<String> = placements.iter().map(|p| p.leader().to_string()).collect();
-        let rows: Vec<u64> = ids
+        let replicas: Vec<String> = placements.iter().map(|p| p.replicas.join(", ")).collect();
+        let in_sync: Vec<String> = placements
             .iter()
-            .map(|i| stats.get(i).map_or(0, |s| s.0))
+            .map(|p| p.in_sync().collect::<Vec<_>>().join(", "))
             .collect();
-        let bytes: Vec<u64> = ids
+        let states: Vec<String> = placements
             .iter()
-            .map(|i| stats.get(i).map_or(0, |s| s.1))
-            .collect();
-        ready(vec![
-            ("partition", Arc::new(UInt32Array::from(ids)) as ArrayRef),
-            ("range", Arc::new(StringArray::from(ranges))),
-            ("worker", Arc::new(StringArray::from(workers))),
-            ("rows", Arc::new(UInt64Array::from(rows))),
-            ("bytes", Arc::new(UInt64Array::from(bytes))),
-        ])
+            .map(|p| {
+                let states = p
+                    .replicas
+                    .iter()
+                    .map(|w| Ok(format!("{w} {}", state_of(p, w)?)))
+                    .collect::<Result<Vec<_>>>()?;
+                Ok(states.join(", "))
+            })
+            .collect::<Result<_>>()?;
+        let rows: Vec<Option<u64>> = ids.iter().map(|i| stats.get(i).map(|s| s.0)).collect();
+        let bytes: Vec<Option<u64>> = ids.iter().map(|i| stats.get(i).map(|s| s.1)).collect();
+        ready_with_nulls(
+            vec![
+                ("partition", Arc::new(UInt32Array::from(ids)) as ArrayRef),
+                ("range", Arc::new(StringArray::from(ranges))),
+                ("worker", Arc::new(StringArray::from(workers))),
+                ("replicas", Arc::new(StringArray::from(replicas))),
+                ("in_sync", Arc::new(StringArray::from(in_sync))),
+                ("states", Arc::new(StringArray::from(states))),
+                ("rows", Arc::new(UInt64Array::from(rows))),
+                ("bytes", Arc::new(UInt64Array::from(bytes))),
+            ],
+            &["rows", "bytes"],
+        )
     }
 }
 
 /// The option a `SHOW tessera[.name]` statement asks for.
+/// Removes the files of `table` and of its `indexes`, no longer in the
+/// catalog, from the workers that held them (a worker that cannot be
+/// reached keeps them), once every query that may have planned a read of
+/// them has ended.
+fn remove_files_later(
+    catalog: &Arc<Catalog>,
+    table: &TableDef,
+    indexes: Vec<IndexDef>,
+    holders: BTreeSet<String>,
+) {
+    let generation = catalog.new_generation();
+    let (catalog, table) = (Arc::clone(catalog), table.clone());
+    tokio::spawn(async move {
+        catalog.snapshots_before(generation).await;
+        crate::index::remove_index_files(&catalog, &indexes, &table).await;
+        let Ok(members) = catalog.members() else {
+            return;
+        };
+        let location = table.storage_key();
+        for worker in holders {
+            let Some(url) = members.get(&worker) else {
+                continue;
+            };
+            let dropped = match WorkerClient::connect(url) {
+                Ok(client) => client.drop_table(&location).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = dropped {
+                tracing::warn!(table = %table.name, %worker, error = %e, "files of a dropped table were left behind");
+            }
+        }
+    });
+}
+
 pub(super) fn show_tessera_option(sql: &str) -> Option<String> {
     let sql = sql.trim().trim_end_matches(';').trim();
     let mut words = sql.split_whitespace();

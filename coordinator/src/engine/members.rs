@@ -113,7 +113,10 @@ impl Coordinator {
     /// `SHOW WORKERS`.
     pub(super) fn show_workers(&self) -> Result<Planned> {
         let state = self.catalog.state()?;
+        // Partitions led, copies held (the leader's included), and the
+        // bytes of the copies held.
         let mut partitions: BTreeMap<&str, u64> = BTreeMap::new();
+        let mut held: BTreeMap<&str, u64> = BTreeMap::new();
         let mut bytes: BTreeMap<&str, u64> = BTreeMap::new();
         for (table, placements) in &state.map.tables {
             for p in placements {
@@ -123,7 +126,10 @@ impl Coordinator {
                     .get(table)
                     .and_then(|s| s.get(&p.id))
                     .map_or(0, |s| s.bytes);
-                *bytes.entry(p.leader()).or_default() += b;
+                for w in &p.replicas {
+                    *held.entry(w.as_str()).or_default() += 1;
+                    *bytes.entry(w.as_str()).or_default() += b;
+                }
             }
         }
         let view = self.catalog.membership().view()?;
@@ -141,6 +147,13 @@ impl Coordinator {
                     Arc::new(UInt64Array::from_iter_values(
                         view.iter()
                             .map(|m| partitions.get(m.id.as_str()).copied().unwrap_or(0)),
+                    )),
+                ),
+                (
+                    "held",
+                    Arc::new(UInt64Array::from_iter_values(
+                        view.iter()
+                            .map(|m| held.get(m.id.as_str()).copied().unwrap_or(0)),
                     )),
                 ),
                 (

@@ -1,0 +1,191 @@
+"""Replicas on separate worker processes: copies of each partition on
+distinct workers, writes acknowledged once the write quorum of every
+partition holds them, reads from in-sync copies. A worker is SIGKILLed
+while a writer loads batches and a reader aggregates: no acknowledged
+batch is lost or doubled, no statement is seen in part, the reader keeps
+answering, and the dead worker's copies leave the in-sync set."""
+
+import os
+import random
+import signal
+import threading
+
+import adbc_driver_flightsql.dbapi as flightsql
+import pyarrow as pa
+import pytest
+from tessera_server import free_port, start_process, stop_server, wait_listening
+from test_cluster_processes import rows, secret_file, start_worker, wait_for, workers
+
+BATCH = 500
+
+
+@pytest.fixture
+def cluster(data_dir):
+    """A coordinator and three workers (127.0.0.2-4); yields
+    (coordinator address, {name: process}, start(name))."""
+    cport = free_port()
+    coordinator = f"127.0.0.1:{cport}"
+    secret_file(data_dir, "cluster.secret", "s3cret-" + os.urandom(16).hex())
+    coord = start_process(
+        ["coordinator", "--insecure", "--listen", coordinator, "--worker-lease", "2",
+         "--data-dir", os.path.join(data_dir, "coordinator"),
+         "--cluster-secret-file", os.path.join(data_dir, "cluster.secret")],
+        os.path.join(data_dir, "coordinator.log"),
+    )
+    procs = {"coordinator": coord}
+    hosts = {"w2": "127.0.0.2", "w3": "127.0.0.3", "w4": "127.0.0.4"}
+
+    def start(name):
+        procs[name] = start_worker(data_dir, coordinator, hosts[name], name)[0]
+
+    try:
+        wait_listening(coord, "127.0.0.1", cport, "coordinator")
+        for name in hosts:
+            start(name)
+        yield coordinator, procs, start
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                stop_server(p)
+            else:
+                p.log.close()
+
+
+def kill(procs, name):
+    procs[name].send_signal(signal.SIGKILL)
+    procs[name].wait()
+
+
+def worker_of(data_dir, name):
+    with open(os.path.join(data_dir, name, "worker.id")) as f:
+        return f.read().strip()
+
+
+def partitions(cur, table):
+    return rows(cur, f"SHOW PARTITIONS {table}")
+
+
+def test_placement_and_quorums(cluster, data_dir):
+    coordinator, procs, _ = cluster
+    with flightsql.connect(f"grpc://{coordinator}") as conn, conn.cursor() as cur:
+        wait_for("three workers", lambda: len(workers(cur)) == 3, 30)
+        with pytest.raises(flightsql.Error, match="REPLICAS 4 needs 4 workers and 3 are"):
+            cur.execute("CREATE TABLE big (k BIGINT) PARTITION BY HASH (k) PARTITIONS 4 "
+                        "REPLICAS 4")
+        cur.execute("CREATE TABLE t_all (k BIGINT) PARTITION BY HASH (k) PARTITIONS 6 "
+                    "REPLICAS 2 WRITE QUORUM ALL")
+        cur.execute("CREATE TABLE t_maj (k BIGINT) PARTITION BY HASH (k) PARTITIONS 6 "
+                    "REPLICAS 3")
+        for table, copies in (("t_all", 2), ("t_maj", 3)):
+            placed = partitions(cur, table)
+            assert len(placed) == 6
+            for p in placed:
+                replicas = p["replicas"].split(", ")
+                assert len(set(replicas)) == copies, p
+                assert replicas[0] == p["worker"] and p["in_sync"] == p["replicas"]
+                assert all(s.endswith(" in_sync") for s in p["states"].split(", ")), p
+            led = [p["worker"] for p in placed]
+            assert sorted(led.count(w) for w in set(led)) == [2, 2, 2], led
+        shown = workers(cur)
+        assert sorted(w["held"] for w in shown.values()) == [10, 10, 10], shown
+        cur.execute("INSERT INTO t_all SELECT value AS k FROM range(1000)")
+        cur.execute("INSERT INTO t_maj SELECT value AS k FROM range(1000)")
+
+        w2 = worker_of(data_dir, "w2")
+        kill(procs, "w2")
+        # ALL: a write to partitions w2 holds fails, naming it, changing nothing.
+        with pytest.raises(flightsql.Error, match=f"needs its write on 2 in-sync copies.*{w2}"):
+            cur.execute("INSERT INTO t_all SELECT value AS k FROM range(1000, 2000)")
+        assert rows(cur, "SELECT count(*) AS n FROM t_all") == [{"n": 1000}]
+        # MAJORITY of 3: writes go on, and w2 leaves the in-sync sets.
+        cur.execute("INSERT INTO t_maj SELECT value AS k FROM range(1000, 2000)")
+        assert rows(cur, "SELECT count(*) AS n, count(DISTINCT k) AS d FROM t_maj") == [
+            {"n": 2000, "d": 2000}]
+        wait_for("w2 down", lambda: workers(cur)[w2]["state"] == "down", 30)
+        for p in partitions(cur, "t_maj"):
+            assert w2 not in p["in_sync"].split(", "), p
+            assert f"{w2} down" in p["states"], p
+        # Bulk ingest (streamed) goes on as well.
+        table = pa.table({"k": pa.array(range(2000, 102000), pa.int64())})
+        assert cur.adbc_ingest("t_maj", table, mode="append") == 100000
+        assert rows(cur, "SELECT count(*) AS n, count(DISTINCT k) AS d FROM t_maj") == [
+            {"n": 102000, "d": 102000}]
+        # Reads of t_all find the copies that are up.
+        assert rows(cur, "SELECT count(*) AS n, sum(k) AS s FROM t_all") == [
+            {"n": 1000, "s": sum(range(1000))}]
+
+
+def test_a_worker_killed_mid_load_loses_nothing(cluster, data_dir):
+    """REPLICAS 2, WRITE QUORUM ONE: a writer keeps loading batches while
+    a reader aggregates; one worker is SIGKILLed mid-load. Each batch is
+    there whole or not at all, every acknowledged one exactly once, the
+    reader never fails, and the dead worker leaves the in-sync sets."""
+    coordinator, procs, _ = cluster
+    seed = int(os.environ.get("TESSERA_TEST_SEED", random.randrange(1 << 30)))
+    print(f"seed {seed}")
+    rng = random.Random(seed)
+    with flightsql.connect(f"grpc://{coordinator}") as conn, conn.cursor() as cur:
+        wait_for("three workers", lambda: len(workers(cur)) == 3, 30)
+        cur.execute("CREATE TABLE t (id BIGINT, b BIGINT) PARTITION BY HASH (id) PARTITIONS 6 "
+                    "REPLICAS 2 WRITE QUORUM ONE")
+        acked, failed = [], []
+        stop = threading.Event()
+        loaded = threading.Event()
+
+        def write():
+            with flightsql.connect(f"grpc://{coordinator}") as c, c.cursor() as w:
+                b = 0
+                while not stop.is_set():
+                    try:
+                        w.execute(f"INSERT INTO t SELECT value AS id, {b} AS b FROM "
+                                  f"range({b * BATCH}, {(b + 1) * BATCH})")
+                        acked.append(b)
+                    except flightsql.Error as e:
+                        failed.append((b, str(e)))
+                    b += 1
+                    if len(acked) >= 10:
+                        loaded.set()
+
+        seen, errors = [], []
+
+        def read():
+            with flightsql.connect(f"grpc://{coordinator}") as c, c.cursor() as r:
+                while not stop.is_set():
+                    try:
+                        got = rows(r, "SELECT count(*) AS n, count(DISTINCT b) AS d FROM t")[0]
+                        seen.append(got)
+                    except flightsql.Error as e:
+                        errors.append(str(e))
+
+        threads = [threading.Thread(target=write, daemon=True),
+                   threading.Thread(target=read, daemon=True)]
+        for t in threads:
+            t.start()
+        assert loaded.wait(120), failed[-3:]
+        victim = rng.choice(["w2", "w3", "w4"])
+        dead = worker_of(data_dir, victim)
+        kill(procs, victim)
+        before = len(acked)
+        wait_for("ten more acknowledged batches", lambda: len(acked) >= before + 10, 120)
+        stop.set()
+        for t in threads:
+            t.join(60)
+        print(f"{len(acked)} batches acknowledged, {len(failed)} failed, {len(seen)} reads")
+        assert not errors, errors[:3]
+        # Every read saw whole statements: as many rows as batches times BATCH.
+        assert all(s["n"] == s["d"] * BATCH for s in seen), [s for s in seen if
+                                                             s["n"] != s["d"] * BATCH][:3]
+        got = rows(cur, "SELECT b, count(*) AS n, count(DISTINCT id) AS d FROM t GROUP BY b")
+        present = {r["b"]: r for r in got}
+        assert all(r["n"] == BATCH and r["d"] == BATCH for r in got), got
+        assert set(acked) <= set(present), sorted(set(acked) - set(present))
+        for b, why in failed:
+            if b in present:
+                assert "changed nothing" not in why and "nothing was written" not in why, why
+        wait_for("the victim down", lambda: workers(cur)[dead]["state"] == "down", 30)
+        placed = partitions(cur, "t")
+        held = [p for p in placed if dead in p["replicas"].split(", ")]
+        assert held
+        for p in held:
+            assert dead not in p["in_sync"].split(", "), p
+            assert f"{dead} down" in p["states"], p
