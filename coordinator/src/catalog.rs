@@ -43,11 +43,27 @@ pub fn is_staging(name: &str) -> bool {
 #[derive(Debug, Clone)]
 pub struct WriteTarget {
     pub map_key: String,
+    /// The id of the table written (the partitions' owner, for a GLOBAL
+    /// index): a write decided after the table was dropped or replaced
+    /// under its name fails.
+    pub table_id: Option<u64>,
     pub partition: u32,
     /// The in-sync replicas, leader first: reachable, or (worker, why not).
     pub replicas: Vec<std::result::Result<ScanPart, (String, String)>>,
     /// Replicas that must hold the write before it is acknowledged.
     pub needed: usize,
+}
+
+/// The table `map_key` names, or whose GLOBAL index's partitions it names.
+pub fn owner_of<'a>(state: &'a CatalogState, map_key: &str) -> Option<&'a TableDef> {
+    if let Some(def) = state.tables.get(map_key) {
+        return Some(def);
+    }
+    state
+        .indexes
+        .values()
+        .find(|i| i.map_key() == map_key)
+        .and_then(|i| state.tables.get(&i.table))
 }
 
 /// Shared catalog state of one coordinator.
@@ -75,6 +91,10 @@ pub struct Catalog {
     /// them. A decided one is in the persisted `decided` log until every
     /// worker confirmed its commit.
     in_flight: Mutex<BTreeSet<u64>>,
+    /// The table each transaction in flight writes (`None`: it may write
+    /// any, as an index backfill does): a copy catching up rejoins only
+    /// while no write it would miss is in flight.
+    writing: Mutex<BTreeMap<u64, Option<String>>>,
     /// Snapshots of running queries, by their `xmin` (every transaction
     /// below it visible) and the generation they were taken in:
     /// compaction merges only files all of them see, and the files of a
@@ -194,6 +214,7 @@ impl Catalog {
             external: RwLock::new(BTreeMap::new()),
             last_txn: AtomicU64::new(last_txn),
             in_flight: Mutex::new(BTreeSet::new()),
+            writing: Mutex::new(BTreeMap::new()),
             snapshots: Arc::new(Mutex::new(BTreeMap::new())),
             generation: AtomicU64::new(0),
             apply_wanted: tokio::sync::Notify::new(),
@@ -363,8 +384,10 @@ impl Catalog {
             if !decided.is_empty()
                 && let Ok(mut set) = self.in_flight.lock()
             {
+                let mut writing = self.writing.lock().map_err(|_| poisoned())?;
                 for txn in decided {
                     set.remove(&txn);
+                    writing.remove(&txn);
                 }
             }
             return Ok(out);
@@ -474,6 +497,18 @@ impl Catalog {
         Ok(())
     }
 
+    /// Whether a transaction that may write `table` is in flight (begun,
+    /// not decided); call with the state lock held (inside
+    /// [`Catalog::update`]) to order it against transactions beginning.
+    pub(crate) fn writing(&self, table: &str) -> Result<bool> {
+        Ok(self
+            .writing
+            .lock()
+            .map_err(|_| poisoned())?
+            .values()
+            .any(|t| t.as_deref().is_none_or(|t| t == table)))
+    }
+
     /// The placement of a table's partitions.
     pub fn placements(&self, table: &str) -> Result<Vec<PartitionPlacement>> {
         let state = self.state.lock().map_err(|_| poisoned())?;
@@ -557,7 +592,14 @@ impl Catalog {
     /// is named with the error its write would meet.
     pub fn write_targets(&self, map_key: &str, partitions: &[u32]) -> Result<Vec<WriteTarget>> {
         let placements = self.placements(map_key)?;
-        let replication = self.replication_of(map_key)?;
+        let (replication, table_id) = {
+            let state = self.state.lock().map_err(|_| poisoned())?;
+            let owner = owner_of(&state, map_key);
+            (
+                owner.map(|t| t.replication).unwrap_or_default(),
+                owner.map(|t| t.id),
+            )
+        };
         let members = self.members()?;
         partitions
             .iter()
@@ -574,6 +616,7 @@ impl Catalog {
                 }
                 Ok(WriteTarget {
                     map_key: map_key.to_string(),
+                    table_id,
                     partition: *p,
                     needed: replication.needed().min(placement.replicas.len()),
                     replicas,
@@ -586,15 +629,9 @@ impl Catalog {
     /// GLOBAL index's partitions it names.
     pub fn replication_of(&self, map_key: &str) -> Result<tessera_sql::Replication> {
         let state = self.state.lock().map_err(|_| poisoned())?;
-        if let Some(def) = state.tables.get(map_key) {
-            return Ok(def.replication);
-        }
-        let table = state
-            .indexes
-            .values()
-            .find(|i| i.map_key() == map_key)
-            .and_then(|i| state.tables.get(&i.table));
-        Ok(table.map(|t| t.replication).unwrap_or_default())
+        Ok(owner_of(&state, map_key)
+            .map(|t| t.replication)
+            .unwrap_or_default())
     }
 
     /// Rows and stored bytes of some partitions of a table; `None` when the

@@ -368,7 +368,14 @@ mod tests {
         s.indexes_created = 1;
         s.stats.insert(
             "a/b".into(),
-            BTreeMap::from([(0, SizeEstimate { rows: 5, bytes: 9 })]),
+            BTreeMap::from([(
+                0,
+                SizeEstimate {
+                    rows: 5,
+                    bytes: 9,
+                    writes: 1,
+                },
+            )]),
         );
         s.index_stats.insert(
             "i".into(),

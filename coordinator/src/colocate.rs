@@ -213,14 +213,30 @@ impl ColocateJoins {
                 return Ok(None);
             }
         }
-        // Partition i of both tables on the same worker.
+        // Partition i of both tables read from the same worker (with
+        // replicas: the copy each side would read, which is in sync).
         let lplace = self.catalog.placements(&ldef.name)?;
         let rplace = self.catalog.placements(&rdef.name)?;
-        if lplace.len() != rplace.len()
-            || lplace
-                .iter()
-                .zip(&rplace)
-                .any(|(a, b)| a.id != b.id || a.leader() != b.leader())
+        if lplace.len() != rplace.len() || lplace.iter().zip(&rplace).any(|(a, b)| a.id != b.id) {
+            return Ok(None);
+        }
+        let all: Vec<u32> = lplace.iter().map(|p| p.id).collect();
+        let (Ok(lread), Ok(rread)) = (
+            self.catalog.scan_parts(&ldef.name, &all),
+            self.catalog.scan_parts(&rdef.name, &all),
+        ) else {
+            return Ok(None);
+        };
+        let chosen = lscan.parts().iter().chain(rscan.parts());
+        if lread
+            .iter()
+            .zip(&rread)
+            .any(|(a, b)| a.worker_id != b.worker_id)
+            || chosen.into_iter().any(|p| {
+                lread
+                    .get(p.partition as usize)
+                    .is_none_or(|r| r.worker_id != p.worker_id)
+            })
         {
             return Ok(None);
         }

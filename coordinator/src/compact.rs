@@ -141,7 +141,15 @@ async fn compact_parts(
             bytes_after: 0,
         };
         for partition in 0..count {
-            let merged = merge_partition(catalog, def, &part, partition, rule).await?;
+            let merged = match merge_partition(catalog, def, &part, partition, rule).await {
+                Ok(merged) => merged,
+                // A copy away: this partition waits, the others go on.
+                Err(e) if tessera_worker::is_worker_failure(&e) => {
+                    tracing::info!(table = %part.map_key, partition, error = %e, "partition not compacted");
+                    None
+                }
+                Err(e) => return Err(e),
+            };
             log.update(id, |r| {
                 r.partitions_done += 1;
                 if let Some(m) = &merged {
@@ -270,6 +278,13 @@ async fn merge_partition(
     let before: u64 = merged.replaces.iter().map(|f| f.bytes).sum();
     let after = merged.file.bytes;
     decide_and_commit(catalog, txn, writes, urls, |s| {
+        if s.tables.get(&def.name).map(|t| t.id) != Some(def.id) {
+            return tessera_worker::precondition_err!(
+                "'{}' was dropped or replaced while it was compacted",
+                def.name
+            );
+        }
+        crate::write::bump_writes(s, &def.name, partition);
         if part.data
             && let Some(p) = s
                 .stats

@@ -150,6 +150,7 @@ impl Coordinator {
         coordinator.restore_external_tables().await;
         crate::index::spawn_applier(&coordinator.catalog);
         crate::compact::spawn_compactor(&coordinator.catalog);
+        crate::catch_up::spawn_catch_up(&coordinator.catalog);
         coordinator.resume_backfills();
         Ok(coordinator)
     }

@@ -177,31 +177,28 @@ pub async fn ingest(
             .as_ref()
             .and_then(|def| kept_scheme(&def.scheme, &schema))
     });
-    // A replaced table's rows stay until the new ones are all written, to
-    // a staging table that then takes its place in one catalog write.
-    let target = match replacing {
-        true => format!("{STAGING_PREFIX}{:016x}", rand::random::<u64>()),
-        false => table.clone(),
-    };
-    let create = create_sql(&target, &schema, scheme.as_deref())?;
-    let created = match replacing {
-        true => guarded(coordinator.create_staging_table(&create)).await,
-        false => guarded(coordinator.run(&create)).await.map(drop),
-    };
-    created.map_err(status)?;
-    // Until the rows are in (and a replace is done), the table this ingest
-    // made goes again on any failure, or if the client goes away (this
-    // call then stops where it is): nothing changed.
+    // The rows go to a staging table that takes the name in one catalog
+    // write once they are all in: a replaced table's rows stay until then,
+    // and a failed upload never drops a table another client made or
+    // wrote to meanwhile.
+    let target = format!("{STAGING_PREFIX}{:016x}", rand::random::<u64>());
+    let mut create = create_sql(&target, &schema, scheme.as_deref())?;
+    if let Some(def) = existing.as_ref().filter(|d| d.replication.replicas > 1) {
+        create.push_str(&format!(" {}", def.replication));
+    }
+    guarded(coordinator.create_staging_table(&create))
+        .await
+        .map_err(status)?;
+    // Until then the staging table goes again on any failure, or if the
+    // client goes away (this call then stops where it is): nothing changed.
     let mut made = MadeTable {
         coordinator: Arc::clone(coordinator),
         name: Some(target.clone()),
     };
     let written = write_rows(coordinator, &target, schema, rows).await?;
-    if replacing {
-        guarded(coordinator.replace_table(&table, &target))
-            .await
-            .map_err(status)?;
-    }
+    guarded(coordinator.replace_table(&table, &target, replacing))
+        .await
+        .map_err(status)?;
     made.name = None;
     Ok(written)
 }

@@ -6,6 +6,7 @@ mod ansi;
 mod auth;
 mod catalog;
 mod catalog_state;
+mod catch_up;
 mod clock;
 mod cluster;
 mod colocate;

@@ -424,9 +424,10 @@ pub async fn write_pieces(
         }
         shares.push(Share {
             location: piece.location,
-            map_key: piece.target.map_key,
             partition: piece.partition,
             needed: piece.target.needed,
+            map_key: piece.target.map_key.clone(),
+            target: piece.target,
             replicas,
         });
     }
@@ -497,20 +498,8 @@ pub async fn write_pieces(
             ));
         }
     }
-    // Copies that missed the write leave the in-sync set as it is decided.
-    let mut leaving: Vec<(String, u32, Vec<String>)> = vec![];
     let mut writes: BTreeMap<String, Vec<StagedWrite>> = BTreeMap::new();
     for (share, held) in shares.iter().zip(&files) {
-        let missed: Vec<String> = share
-            .replicas
-            .iter()
-            .filter(|w| !held.contains_key(*w))
-            .cloned()
-            .collect();
-        if !missed.is_empty() {
-            tracing::warn!(txn, table = %share.map_key, partition = share.partition, ?missed, "copies missed a write and leave the in-sync set");
-            leaving.push((share.map_key.clone(), share.partition, missed));
-        }
         for worker in held.keys() {
             writes.entry(worker.clone()).or_default().push(StagedWrite {
                 txn,
@@ -525,12 +514,14 @@ pub async fn write_pieces(
     urls.retain(|w, _| writes.contains_key(w));
     // A piece's stats from its first copy (every copy holds the same rows).
     let first: Vec<DataFile> = files
-        .into_iter()
-        .filter_map(|held| held.into_values().next())
+        .iter()
+        .filter_map(|held| held.values().next().cloned())
         .collect();
+    // Copies that missed the write leave the in-sync set as it is decided.
+    let holders: Vec<Vec<String>> = files.iter().map(|h| h.keys().cloned().collect()).collect();
     decide_and_commit(catalog, txn, writes, urls, |s| {
-        for (map_key, partition, missed) in &leaving {
-            s.map.leave_in_sync(map_key, *partition, missed);
+        for (share, held) in shares.iter().zip(&holders) {
+            settle_copies(s, &share.target, held)?;
         }
         decide(s, &first)
     })
@@ -539,6 +530,94 @@ pub async fn write_pieces(
         .files_added
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     Ok(())
+}
+
+/// In the catalog write that decides a transaction: the write is still
+/// to the table it was planned for, and at least `target.needed` of the
+/// copies now in sync for `target`'s partition hold it (`held`); the other
+/// in-sync copies leave the in-sync set, and their commits still pending
+/// for that partition are dropped (a copy out of sync takes the partition
+/// whole when it catches up). Run again on a newer state if the catalog
+/// changed meanwhile, so two writes that each missed a copy never empty
+/// the in-sync set between them.
+pub(crate) fn settle_copies(
+    s: &mut CatalogState,
+    target: &WriteTarget,
+    held: &[String],
+) -> Result<()> {
+    let map_key = target.map_key.as_str();
+    let partition = target.partition;
+    let owner = crate::catalog::owner_of(s, map_key);
+    if owner.map(|t| t.id) != target.table_id {
+        return Err(tessera_worker::ErrorKind::FailedPrecondition.error(format!(
+            "'{map_key}' was dropped or replaced while the statement ran; nothing was written"
+        )));
+    }
+    let Some(placement) = s
+        .map
+        .tables
+        .get(map_key)
+        .and_then(|p| p.get(partition as usize))
+    else {
+        return Err(DataFusionError::Internal(format!(
+            "partition {partition} of '{map_key}' is not in the partition map"
+        )));
+    };
+    let in_sync: Vec<String> = placement.in_sync().map(String::from).collect();
+    if let Some(table) = owner.filter(|t| t.name == map_key).map(|t| t.name.clone()) {
+        bump_writes(s, &table, partition);
+    }
+    let holding = in_sync.iter().filter(|w| held.contains(w)).count();
+    if holding < target.needed {
+        return Err(WorkerUnavailable::error(format!(
+            "partition {partition} of '{map_key}' needs its write on {} in-sync copies and only \
+             {holding} of those that took it are still in sync (another write found the others \
+             out of sync meanwhile); nothing was written. Retry once the workers are back",
+            target.needed
+        )));
+    }
+    let missed: Vec<String> = in_sync.into_iter().filter(|w| !held.contains(w)).collect();
+    if missed.is_empty() {
+        return Ok(());
+    }
+    // Where the partition's files are: the table's and its LOCAL indexes',
+    // or the GLOBAL index's.
+    let mut locations = vec![];
+    if let Some(def) = s.tables.get(map_key) {
+        locations.push(def.storage_key());
+        for index in s.indexes.values() {
+            if index.table == map_key && index.kind == IndexKind::Local {
+                locations.push(index.storage_key(def));
+            }
+        }
+    } else if let Some(index) = s.indexes.values().find(|i| i.map_key() == map_key)
+        && let Some(def) = s.tables.get(&index.table)
+    {
+        locations.push(index.storage_key(def));
+    }
+    s.map.leave_in_sync(map_key, partition, &missed);
+    for writes in s.decided.values_mut() {
+        for worker in &missed {
+            if let Some(list) = writes.get_mut(worker) {
+                list.retain(|w| !(w.partition == partition && locations.contains(&w.table)));
+                if list.is_empty() {
+                    writes.remove(worker);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Counts a transaction decided on `table`'s `partition`.
+pub(crate) fn bump_writes(s: &mut CatalogState, table: &str, partition: u32) {
+    let p = s
+        .stats
+        .entry(table.to_string())
+        .or_default()
+        .entry(partition)
+        .or_default();
+    p.writes += 1;
 }
 
 /// The error of a write that fewer than `needed` copies of a partition
@@ -553,8 +632,8 @@ pub(crate) fn short_of_quorum(
 ) -> DataFusionError {
     let message = format!(
         "partition {partition} of '{map_key}' needs its write on {needed} in-sync {} and {held} \
-         took it ({}); nothing was written. Start the workers that are down, or lower the \
-         table's WRITE QUORUM",
+         took it ({}); nothing was written. Start the workers that are down and retry (copies \
+         out of sync count again once they have caught up)",
         if needed == 1 { "copy" } else { "copies" },
         why.join("; ")
     );
@@ -568,9 +647,10 @@ pub(crate) fn short_of_quorum(
 /// One piece of a write as its copies take it.
 struct Share {
     location: String,
-    map_key: String,
+    target: WriteTarget,
     partition: u32,
     needed: usize,
+    map_key: String,
     /// The in-sync replicas it goes to, reachable or not.
     replicas: Vec<String>,
 }
@@ -657,7 +737,9 @@ async fn forget(catalog: &Catalog, txn: u64) {
 
 /// Keeps committing on workers that did not confirm, backing off up to 5 s,
 /// until all have (at the URL each has then: a restarted worker may listen
-/// elsewhere); the next start's recovery covers a stop before that.
+/// elsewhere), or have left the in-sync set of what they hold of it (their
+/// writes then leave the decision log); the next start's recovery covers a
+/// stop before that.
 pub(crate) async fn retry_commit(
     catalog: Arc<Catalog>,
     txn: u64,
@@ -670,6 +752,10 @@ pub(crate) async fn retry_commit(
             return;
         }
         delay = (delay * 2).min(std::time::Duration::from_secs(5));
+        if let Ok(state) = catalog.state() {
+            let logged = state.decided.get(&txn);
+            pending.retain(|worker, _| logged.is_some_and(|l| l.contains_key(worker)));
+        }
         let urls = catalog.members().unwrap_or_default();
         pending = commit_all(txn, &pending, &urls).await;
     }

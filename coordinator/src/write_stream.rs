@@ -26,8 +26,10 @@ use tessera_worker::{
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::catalog::Catalog;
-use crate::write::{WriteSink, abort, add_stats, decide_and_commit, name_worker, short_of_quorum};
+use crate::catalog::{Catalog, WriteTarget};
+use crate::write::{
+    WriteSink, abort, add_stats, decide_and_commit, name_worker, settle_copies, short_of_quorum,
+};
 
 /// Rows of one partition gathered before they are sent on.
 const FLUSH_BYTES: usize = 2 << 20;
@@ -61,8 +63,8 @@ struct Uploads {
     txn: u64,
     open: BTreeMap<String, Upload>,
     /// Each partition sent so far: its in-sync copies (whether reachable
-    /// or not) and how many must take the write.
-    owners: BTreeMap<u32, (Vec<String>, usize)>,
+    /// or not), how many must take the write, and its target.
+    owners: BTreeMap<u32, (Vec<String>, usize, WriteTarget)>,
     /// Copies that could not be reached or stopped taking rows, and why
     /// (with whether they could not be reached).
     failed: BTreeMap<String, (String, bool)>,
@@ -80,7 +82,7 @@ impl Uploads {
     /// Fails unless every partition sent so far still has enough copies
     /// taking its rows.
     fn check_quorum(&self, table: &str) -> Result<()> {
-        for (partition, (replicas, needed)) in &self.owners {
+        for (partition, (replicas, needed, _)) in &self.owners {
             let live = replicas
                 .iter()
                 .filter(|w| !self.failed.contains_key(*w))
@@ -182,17 +184,15 @@ pub async fn write_stream(
         .collect();
     abort(txn, failed_urls.iter()).await;
     urls.retain(|w, _| !uploads.failed.contains_key(w));
-    let mut leaving: Vec<(u32, Vec<String>)> = vec![];
-    for (partition, (replicas, _)) in &uploads.owners {
-        let missed: Vec<String> = replicas
+    // Copies that missed the write leave the in-sync set as it is decided.
+    let mut settled: Vec<(WriteTarget, Vec<String>)> = vec![];
+    for (partition, (_, _, target)) in &uploads.owners {
+        let held: Vec<String> = prepared
             .iter()
-            .filter(|w| !prepared.iter().any(|(x, p, _)| x == *w && p == partition))
-            .cloned()
+            .filter(|(_, p, _)| p == partition)
+            .map(|(w, ..)| w.clone())
             .collect();
-        if !missed.is_empty() {
-            tracing::warn!(txn, %table, partition, ?missed, "copies missed a write and leave the in-sync set");
-            leaving.push((*partition, missed));
-        }
+        settled.push((target.clone(), held));
     }
     // Each partition's rows counted once, from its first copy.
     let mut first: BTreeMap<u32, &DataFile> = BTreeMap::new();
@@ -214,8 +214,8 @@ pub async fn write_stream(
     let touched = first.len() as u64;
     let workers = writes.len() as u64;
     decide_and_commit(catalog, txn, writes, urls, |s| {
-        for (partition, missed) in &leaving {
-            s.map.leave_in_sync(&table, *partition, missed);
+        for (target, held) in &settled {
+            settle_copies(s, target, held)?;
         }
         add_stats(s, &table, first.iter().map(|(p, f)| (*p, *f)));
         Ok(())
@@ -388,7 +388,7 @@ async fn send(
     let replicas = uploads
         .owners
         .get(&partition)
-        .map(|(r, _)| r.clone())
+        .map(|(r, ..)| r.clone())
         .unwrap_or_default();
     for worker in replicas {
         if uploads.failed.contains_key(&worker) {
@@ -446,7 +446,7 @@ fn open_uploads(
         )));
     };
     let mut replicas = vec![];
-    for replica in target.replicas {
+    for replica in target.replicas.clone() {
         let part = match replica {
             Ok(part) => part,
             Err((worker, why)) => {
@@ -481,7 +481,8 @@ fn open_uploads(
             });
         upload.partitions.push(partition);
     }
-    uploads.owners.insert(partition, (replicas, target.needed));
+    let needed = target.needed;
+    uploads.owners.insert(partition, (replicas, needed, target));
     uploads.check_quorum(&def.name)
 }
 

@@ -119,8 +119,10 @@ def test_a_worker_killed_mid_load_loses_nothing(cluster, data_dir):
     """REPLICAS 2, WRITE QUORUM ONE: a writer keeps loading batches while
     a reader aggregates; one worker is SIGKILLed mid-load. Each batch is
     there whole or not at all, every acknowledged one exactly once, the
-    reader never fails, and the dead worker leaves the in-sync sets."""
-    coordinator, procs, _ = cluster
+    reader never fails, and the dead worker leaves the in-sync sets.
+    Restarted, it catches up and rejoins them; then another worker dies
+    and every row is still there, once."""
+    coordinator, procs, start = cluster
     seed = int(os.environ.get("TESSERA_TEST_SEED", random.randrange(1 << 30)))
     print(f"seed {seed}")
     rng = random.Random(seed)
@@ -189,3 +191,13 @@ def test_a_worker_killed_mid_load_loses_nothing(cluster, data_dir):
         for p in held:
             assert dead not in p["in_sync"].split(", "), p
             assert f"{dead} down" in p["states"], p
+
+        # Back: its copies catch up and rejoin the in-sync sets.
+        start(victim)
+        wait_for("every copy in sync", lambda: all(
+            p["in_sync"] == p["replicas"] for p in partitions(cur, "t")), 60)
+        # Then another worker dies: every row is still there, once.
+        other = rng.choice([w for w in ["w2", "w3", "w4"] if w != victim])
+        kill(procs, other)
+        got = rows(cur, "SELECT b, count(*) AS n, count(DISTINCT id) AS d FROM t GROUP BY b")
+        assert {r["b"]: r for r in got} == present

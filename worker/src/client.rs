@@ -67,6 +67,9 @@ static CALL_TIMEOUT_MS: AtomicU64 = AtomicU64::new(30_000);
 /// bulk write's deadline grows by one second per this many bytes.
 const SLOWEST_BYTES_PER_SEC: u64 = 8 << 20;
 
+/// Bytes of a file one `read_file` call returns at most.
+pub const COPY_CHUNK_BYTES: usize = 4 << 20;
+
 /// Sets the deadline of every call to a worker (`--worker-timeout`).
 pub fn set_call_timeout(timeout: Duration) {
     let ms = u64::try_from(timeout.as_millis())
@@ -317,6 +320,67 @@ impl WorkerClient {
         self.action::<()>(wire::ACTION_TRUNCATE, body)
             .await
             .map(|_| ())
+    }
+
+    /// A partition's manifest: the files it is made of.
+    pub async fn manifest(&self, table: &str, partition: u32) -> Result<crate::storage::Manifest> {
+        let body = wire::encode(&wire::PartitionRequest {
+            table: table.to_string(),
+            partition,
+        })?;
+        Ok(self
+            .action(wire::ACTION_MANIFEST, body)
+            .await?
+            .unwrap_or_default())
+    }
+
+    /// Up to [`COPY_CHUNK_BYTES`] of a partition's file from `offset` on.
+    pub async fn read_file(
+        &self,
+        table: &str,
+        partition: u32,
+        name: &str,
+        offset: u64,
+    ) -> Result<bytes::Bytes> {
+        let body = wire::encode(&wire::FileRequest {
+            table: table.to_string(),
+            partition,
+            name: name.to_string(),
+            offset,
+        })?;
+        within(&self.url, "a file read", call_timeout(), async {
+            let mut client = FlightClient::new_from_inner(self.inner.clone());
+            let mut stream = client
+                .do_action(Action::new(wire::ACTION_READ_FILE, body))
+                .await
+                .map_err(|e| self.err(e))?;
+            Ok(stream
+                .try_next()
+                .await
+                .map_err(|e| self.err(e))?
+                .unwrap_or_default())
+        })
+        .await
+    }
+
+    /// Has this worker take `request.manifest` for a partition, copying the
+    /// files it lacks from `request.source`; waits as long as copying the
+    /// manifest's bytes may take.
+    pub async fn install(&self, request: &wire::InstallRequest) -> Result<wire::Installed> {
+        let bytes: u64 = request.manifest.files.iter().map(|f| f.bytes).sum();
+        let body = wire::encode(request)?;
+        within(
+            &self.url,
+            "a partition copy",
+            deadline_for_bytes(bytes) * 2,
+            async {
+                Ok(self
+                    .action_once(wire::ACTION_INSTALL, body)
+                    .await?
+                    .unwrap_or_default())
+            },
+        )
+        .await
     }
 
     pub async fn drop_table(&self, table: &str) -> Result<()> {

@@ -166,6 +166,10 @@ impl IndexRead {
 pub struct SizeEstimate {
     pub rows: u64,
     pub bytes: u64,
+    /// Transactions decided on the partition (writes and compactions): a
+    /// copy catching up rejoins the in-sync set only if none came between.
+    #[serde(default)]
+    pub writes: u64,
 }
 
 impl PartitionScanExec {

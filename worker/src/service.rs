@@ -298,6 +298,36 @@ impl FlightService for WorkerFlightService {
                 .map_err(to_status)?;
                 Some(wire::encode(&compaction).map_err(to_status)?)
             }
+            wire::ACTION_MANIFEST => {
+                let req: wire::PartitionRequest = wire::decode(&action.body).map_err(to_status)?;
+                let manifest = self
+                    .storage()
+                    .manifest(&req.table, req.partition)
+                    .map_err(to_status)?;
+                Some(wire::encode(&manifest).map_err(to_status)?)
+            }
+            wire::ACTION_READ_FILE => {
+                let req: wire::FileRequest = wire::decode(&action.body).map_err(to_status)?;
+                let storage = Arc::clone(&self.local.storage);
+                let bytes = tokio::task::spawn_blocking(move || {
+                    storage.read_file(
+                        &req.table,
+                        req.partition,
+                        &req.name,
+                        req.offset,
+                        crate::client::COPY_CHUNK_BYTES,
+                    )
+                })
+                .await
+                .map_err(|e| Status::internal(format!("read task failed: {e}")))?
+                .map_err(to_status)?;
+                Some(bytes)
+            }
+            wire::ACTION_INSTALL => {
+                let req: wire::InstallRequest = wire::decode(&action.body).map_err(to_status)?;
+                let installed = self.install(req).await.map_err(to_status)?;
+                Some(wire::encode(&installed).map_err(to_status)?)
+            }
             wire::ACTION_DROP_TABLE => {
                 let req: wire::TableRequest = wire::decode(&action.body).map_err(to_status)?;
                 self.storage().drop_table(&req.table).map_err(to_status)?;
@@ -328,6 +358,9 @@ impl FlightService for WorkerFlightService {
             wire::ACTION_DROP_TABLE,
             wire::ACTION_TRUNCATE,
             wire::ACTION_COMPACT,
+            wire::ACTION_MANIFEST,
+            wire::ACTION_READ_FILE,
+            wire::ACTION_INSTALL,
         ]
         .map(|a| {
             Ok(ActionType {
@@ -336,6 +369,62 @@ impl FlightService for WorkerFlightService {
             })
         });
         Ok(Response::new(Box::pin(futures::stream::iter(actions))))
+    }
+}
+
+impl WorkerFlightService {
+    /// Copies the files of `req.manifest` this worker lacks from the
+    /// replica at `req.source`, a chunk at a time, then takes the manifest.
+    async fn install(
+        &self,
+        req: wire::InstallRequest,
+    ) -> datafusion::common::Result<wire::Installed> {
+        let source = crate::WorkerClient::connect(&req.source)?;
+        let mut installed = wire::Installed::default();
+        for f in &req.manifest.files {
+            let storage = Arc::clone(&self.local.storage);
+            let (table, name, bytes) = (req.table.clone(), f.name.clone(), f.bytes);
+            let target = tokio::task::spawn_blocking(move || {
+                storage.copy_target(&table, req.partition, &name, bytes)
+            })
+            .await
+            .map_err(|e| DataFusionError::Internal(e.to_string()))??;
+            let Some(target) = target else {
+                continue;
+            };
+            let mut file = crate::storage::CopiedFile::create(target)?;
+            let mut offset = 0u64;
+            while offset < f.bytes {
+                let chunk = source
+                    .read_file(&req.table, req.partition, &f.name, offset)
+                    .await?;
+                if chunk.is_empty() {
+                    return crate::precondition_err!(
+                        "{} of partition {} ends at {offset} bytes on {}, not {}",
+                        f.name,
+                        req.partition,
+                        req.source,
+                        f.bytes
+                    );
+                }
+                offset += chunk.len() as u64;
+                file = tokio::task::spawn_blocking(move || file.write(&chunk).map(|()| file))
+                    .await
+                    .map_err(|e| DataFusionError::Internal(e.to_string()))??;
+            }
+            tokio::task::spawn_blocking(move || file.finish())
+                .await
+                .map_err(|e| DataFusionError::Internal(e.to_string()))??;
+            installed.files += 1;
+            installed.bytes += f.bytes;
+        }
+        let storage = Arc::clone(&self.local.storage);
+        tokio::task::spawn_blocking(move || {
+            storage.install(&req.table, req.partition, req.manifest)
+        })
+        .await
+        .map_err(|e| DataFusionError::Internal(e.to_string()))??;
+        Ok(installed)
     }
 }
 

@@ -18,6 +18,7 @@
 
 mod commit;
 mod compaction;
+mod copy;
 mod manifest;
 mod open;
 mod parquet_io;
@@ -32,6 +33,7 @@ use std::sync::{Arc, Mutex};
 use datafusion::common::{DataFusionError, Result, internal_err};
 
 pub use compaction::{Compaction, MergeRule};
+pub use copy::CopiedFile;
 pub use manifest::{DataFile, Manifest, Moved, PartitionStats, StagedWrite};
 pub use parquet_io::{StagedFile, sort_by_columns};
 
@@ -230,6 +232,16 @@ fn check_table_key(table: &str) -> Result<()> {
         || table.contains(['/', '\\', '\0']);
     if bad {
         return internal_err!("'{table}' is not a valid table key");
+    }
+    Ok(())
+}
+
+/// Refuses file names that could name a path outside a partition's
+/// directory (a manifest copied from another worker names them).
+fn check_file_name(name: &str) -> Result<()> {
+    let bad = name.is_empty() || name.starts_with('.') || name.contains(['/', '\\', '\0']);
+    if bad {
+        return internal_err!("'{name}' is not a valid data file name");
     }
     Ok(())
 }

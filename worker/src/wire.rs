@@ -11,6 +11,9 @@
 //! | DoAction `drop_table`| [`TableRequest`]            | nothing                |
 //! | DoAction `truncate`  | [`TruncateRequest`]         | nothing                |
 //! | DoAction `compact`   | [`CompactRequest`]          | `Option<Compaction>`   |
+//! | DoAction `manifest`  | [`PartitionRequest`]        | `Manifest`             |
+//! | DoAction `read_file` | [`FileRequest`]             | the bytes (raw)        |
+//! | DoAction `install`   | [`InstallRequest`]          | [`Installed`]          |
 //! | DoGet                | a partition scan (protobuf) | rows                   |
 //! | DoGet                | [`ENTRIES_TICKET`] + [`EntriesRequest`] | index entries |
 
@@ -27,6 +30,9 @@ pub const ACTION_STATS: &str = "stats";
 pub const ACTION_DROP_TABLE: &str = "drop_table";
 pub const ACTION_TRUNCATE: &str = "truncate";
 pub const ACTION_COMPACT: &str = "compact";
+pub const ACTION_MANIFEST: &str = "manifest";
+pub const ACTION_READ_FILE: &str = "read_file";
+pub const ACTION_INSTALL: &str = "install";
 
 /// Starts a `DoGet` ticket asking for the index entries of a partition's
 /// older rows (a backfill); other tickets are partition scans.
@@ -129,6 +135,39 @@ pub struct CompactRequest {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TableRequest {
     pub table: String,
+}
+
+/// One partition of a table (or index) key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PartitionRequest {
+    pub table: String,
+    pub partition: u32,
+}
+
+/// A piece of a partition's file, from `offset` on.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FileRequest {
+    pub table: String,
+    pub partition: u32,
+    pub name: String,
+    pub offset: u64,
+}
+
+/// Take `manifest` (the replica at `source`'s) as this partition's,
+/// copying from `source` the files it lists that are not here.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InstallRequest {
+    pub table: String,
+    pub partition: u32,
+    pub source: String,
+    pub manifest: crate::storage::Manifest,
+}
+
+/// What an install copied.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Installed {
+    pub files: u64,
+    pub bytes: u64,
 }
 
 pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {

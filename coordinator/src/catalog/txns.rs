@@ -60,6 +60,9 @@ impl Drop for TxnGuard {
         if let Ok(mut set) = self.catalog.in_flight.lock() {
             set.remove(&self.txn);
         }
+        if let Ok(mut writing) = self.catalog.writing.lock() {
+            writing.remove(&self.txn);
+        }
     }
 }
 
@@ -76,7 +79,7 @@ impl Catalog {
     /// maintain, chosen atomically with respect to `CREATE INDEX` (an index
     /// covers exactly the transactions after its `since_txn`).
     pub async fn begin_write(self: &Arc<Self>, table: &str) -> Result<(TxnGuard, Vec<IndexDef>)> {
-        self.begin(|state, txn| {
+        self.begin(Some(table), |state, txn| {
             state
                 .indexes
                 .values()
@@ -89,13 +92,14 @@ impl Catalog {
 
     /// Begins a transaction that writes no table rows (index backfill and apply).
     pub async fn begin_txn(self: &Arc<Self>) -> Result<TxnGuard> {
-        Ok(self.begin(|_, _| ()).await?.0)
+        Ok(self.begin(None, |_, _| ()).await?.0)
     }
 
     /// A new transaction, in flight, and what `read` takes from the state
     /// at the same moment (under the state lock, so ordered against DDL).
     async fn begin<T>(
         self: &Arc<Self>,
+        table: Option<&str>,
         read: impl Fn(&CatalogState, u64) -> T,
     ) -> Result<(TxnGuard, T)> {
         loop {
@@ -107,6 +111,9 @@ impl Catalog {
             };
             if let Ok(mut set) = self.in_flight.lock() {
                 set.insert(txn);
+            }
+            if let Ok(mut writing) = self.writing.lock() {
+                writing.insert(txn, table.map(String::from));
             }
             let guard = TxnGuard {
                 catalog: Arc::clone(self),

@@ -331,27 +331,56 @@ impl Coordinator {
     }
 
     /// Puts the table `staged` in the place of `name`, in one metastore
-    /// write: `name`'s rows and indexes go, `staged`'s rows are `name`'s
-    /// from then on (a snapshot sees either the old table or the new one).
-    /// The old files are removed afterwards.
-    pub async fn replace_table(&self, name: &str, staged: &str) -> Result<()> {
+    /// write: `name`'s rows and indexes go (unless `replace` is false: then
+    /// a table of that name made meanwhile is an error), `staged`'s rows
+    /// are `name`'s from then on (a snapshot sees either the old table or
+    /// the new one). The old files are removed afterwards.
+    pub async fn replace_table(&self, name: &str, staged: &str, replace: bool) -> Result<()> {
         // Every query running once this returns took its snapshot after
         // the staged rows were decided: whichever table a query finds under
         // the name, its snapshot sees that table's rows.
         let generation = self.catalog.new_generation();
-        self.catalog.snapshots_before(generation).await;
-        let old = self.catalog.table_def(name)?;
-        let old_indexes = self.catalog.indexes_of(name)?;
-        let holders = self.holders(name)?;
-        self.catalog
+        let waited =
+            tokio::time::timeout(REPLACE_WAIT, self.catalog.snapshots_before(generation)).await;
+        if waited.is_err() {
+            return Err(ErrorKind::Unavailable.error(format!(
+                "replacing '{name}' waited {} s for queries that began before the new rows were \
+                 written; nothing was changed. Find them with SELECT * FROM tessera.queries \
+                 WHERE status = 'running', end them (CANCEL QUERY 'id'), and ingest again",
+                REPLACE_WAIT.as_secs()
+            )));
+        }
+        // What goes is read in the catalog write that removes it.
+        let replaced = self
+            .catalog
             .update(|s| {
+                if !replace && (s.tables.contains_key(name) || s.external_tables.contains_key(name))
+                {
+                    return tessera_worker::already_exists_err!(
+                        "table '{name}' was created by another statement while the rows were \
+                         uploaded; nothing was written: ingest again with mode 'append'"
+                    );
+                }
                 let Some(mut def) = s.tables.remove(staged) else {
                     return exec_err!(
                         "the rows uploaded to replace '{name}' are gone (was the upload's \
                          table dropped?); nothing changed: upload again"
                     );
                 };
-                s.tables.remove(name);
+                let old = s.tables.remove(name);
+                let old_indexes: Vec<IndexDef> = s
+                    .indexes
+                    .values()
+                    .filter(|i| i.table == name)
+                    .cloned()
+                    .collect();
+                let holders: BTreeSet<String> = s
+                    .map
+                    .table(name)
+                    .unwrap_or_default()
+                    .iter()
+                    .flat_map(|p| p.replicas.iter().cloned())
+                    .collect();
                 s.stats.remove(name);
                 s.map.drop_table(name);
                 for index in &old_indexes {
@@ -366,13 +395,12 @@ impl Coordinator {
                 let stats = s.stats.remove(staged).unwrap_or_default();
                 s.stats.insert(name.to_string(), stats);
                 s.map.rename_table(staged, name);
-                Ok(())
+                Ok(old.map(|old| (old, old_indexes, holders)))
             })
             .await?;
-        let Some(old) = old else {
-            return Ok(());
-        };
-        remove_files_later(&self.catalog, &old, old_indexes, holders);
+        if let Some((old, old_indexes, holders)) = replaced {
+            remove_files_later(&self.catalog, &old, old_indexes, holders);
+        }
         Ok(())
     }
 
@@ -505,7 +533,7 @@ impl Coordinator {
             Ok(match (up, p.is_in_sync(w)) {
                 (false, _) => "down",
                 (true, true) => "in_sync",
-                (true, false) => "out_of_sync",
+                (true, false) => "catching_up",
             })
         };
         let ids: Vec<u32> = placements.iter().map(|p| p.id).collect();
@@ -549,6 +577,10 @@ impl Coordinator {
 }
 
 /// The option a `SHOW tessera[.name]` statement asks for.
+/// How long a replace waits for queries that began before its rows were
+/// written.
+const REPLACE_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Removes the files of `table` and of its `indexes`, no longer in the
 /// catalog, from the workers that held them (a worker that cannot be
 /// reached keeps them), once every query that may have planned a read of

@@ -1,0 +1,201 @@
+//! Copies that missed writes catch up. A copy out of a partition's in-sync
+//! set that is up again takes the manifest of an in-sync copy and the files
+//! it lacks (files are immutable and named by the transaction that wrote
+//! them, so copying a file is the whole log entry), then rejoins the in-sync
+//! set by compare-and-swap: only if no transaction was decided on the
+//! partition since the copy began, none that may write it is in flight, and
+//! every decided one is committed everywhere it went (so the copied
+//! manifest holds all of them).
+//!
+//! The leading coordinator looks for such copies every [`ROUND`].
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use datafusion::common::{DataFusionError, Result};
+use tessera_sql::{IndexKind, TableDef};
+use tessera_worker::WorkerClient;
+use tessera_worker::wire::{InstallRequest, Installed};
+
+use crate::catalog::Catalog;
+use crate::catalog_state::CatalogState;
+use crate::membership::WorkerState;
+
+/// How often the leader looks for copies to catch up.
+const ROUND: Duration = Duration::from_secs(1);
+/// Copies of one partition in a row before a round gives up on it (writes
+/// kept landing meanwhile); the next round tries again.
+const ATTEMPTS: u32 = 5;
+
+/// Runs catch-up rounds until the coordinator stops.
+pub fn spawn_catch_up(catalog: &Arc<Catalog>) {
+    let catalog = Arc::clone(catalog);
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(ROUND).await;
+            if catalog.closed.load(std::sync::atomic::Ordering::SeqCst) {
+                return;
+            }
+            if let Err(e) = round(&catalog).await {
+                tracing::info!(error = %e, "a catch-up round stopped early");
+            }
+        }
+    });
+}
+
+/// Catches up every copy out of sync whose worker is up.
+pub async fn round(catalog: &Arc<Catalog>) -> Result<()> {
+    let state = catalog.state()?;
+    for (name, def) in &state.tables {
+        let Some(placements) = state.map.tables.get(name) else {
+            continue;
+        };
+        for placement in placements {
+            for worker in &placement.out_of_sync {
+                if catalog.membership().state(worker)? != WorkerState::Up {
+                    continue;
+                }
+                match catch_up(catalog, def, placement.id, worker).await {
+                    Ok(Some(done)) => tracing::info!(
+                        table = %name, partition = placement.id, %worker,
+                        files = done.installed.files, bytes = done.installed.bytes,
+                        seconds = done.took.as_secs_f64(),
+                        "a copy caught up and rejoined the in-sync set"
+                    ),
+                    Ok(None) => {}
+                    Err(e) => tracing::info!(
+                        table = %name, partition = placement.id, %worker, error = %e,
+                        "a copy could not catch up yet"
+                    ),
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What one catch-up copied, and how long it took.
+#[derive(Debug, Clone, Default)]
+pub struct CaughtUp {
+    pub installed: Installed,
+    pub took: Duration,
+}
+
+/// Where a partition of `def` keeps files: the table's and its LOCAL
+/// indexes' keys.
+fn locations(state: &CatalogState, def: &TableDef) -> Vec<String> {
+    let mut out = vec![def.storage_key()];
+    for index in state.indexes.values() {
+        if index.table == def.name && index.kind == IndexKind::Local {
+            out.push(index.storage_key(def));
+        }
+    }
+    out
+}
+
+/// Decided transactions not yet committed everywhere that wrote
+/// `partition` of one of `locations`.
+fn pending(state: &CatalogState, locations: &[String], partition: u32) -> bool {
+    state.decided.values().any(|by_worker| {
+        by_worker
+            .values()
+            .flatten()
+            .any(|w| w.partition == partition && locations.contains(&w.table))
+    })
+}
+
+/// Copies `def`'s `partition` to `worker` from an in-sync copy and puts
+/// `worker` back in the in-sync set; `None` when the partition keeps
+/// changing (the next round tries again) or `worker` is in sync already.
+pub async fn catch_up(
+    catalog: &Arc<Catalog>,
+    def: &TableDef,
+    partition: u32,
+    worker: &str,
+) -> Result<Option<CaughtUp>> {
+    let started = Instant::now();
+    let mut done = CaughtUp::default();
+    for _ in 0..ATTEMPTS {
+        let state = catalog.state()?;
+        let out_of_sync = state
+            .map
+            .tables
+            .get(&def.name)
+            .and_then(|p| p.get(partition as usize))
+            .is_some_and(|p| p.out_of_sync.iter().any(|w| w == worker));
+        if !out_of_sync || state.tables.get(&def.name).map(|t| t.id) != Some(def.id) {
+            return Ok(None);
+        }
+        let locations = locations(&state, def);
+        if pending(&state, &locations, partition) {
+            // Commits still landing: the copy's manifest might miss one.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        }
+        let writes = writes_on(&state, &def.name, partition);
+        let Some(source) = catalog.scan_parts(&def.name, &[partition])?.pop() else {
+            return Ok(None);
+        };
+        let Some(url) = catalog.members()?.get(worker).cloned() else {
+            return Ok(None);
+        };
+        let from = WorkerClient::connect(&source.url)?;
+        let to = WorkerClient::connect(&url)?;
+        for location in &locations {
+            let manifest = from.manifest(location, partition).await?;
+            let request = InstallRequest {
+                table: location.clone(),
+                partition,
+                source: source.url.clone(),
+                manifest,
+            };
+            let installed = to.install(&request).await.map_err(|e| {
+                DataFusionError::Execution(format!(
+                    "copying partition {partition} of '{}' from {} to {worker} failed: {e}",
+                    def.name, source.worker_id
+                ))
+            })?;
+            done.installed.files += installed.files;
+            done.installed.bytes += installed.bytes;
+        }
+        let (name, id) = (def.name.clone(), def.id);
+        let rejoined = catalog
+            .update(|s| {
+                let still = s.tables.get(&name).map(|t| t.id) == Some(id)
+                    && writes_on(s, &name, partition) == writes
+                    && !pending(s, &locations, partition)
+                    && !catalog.writing(&name)?;
+                let Some(placement) = s
+                    .map
+                    .tables
+                    .get_mut(&name)
+                    .and_then(|p| p.get_mut(partition as usize))
+                else {
+                    return Ok(false);
+                };
+                if !still || !placement.out_of_sync.iter().any(|w| w == worker) {
+                    return Ok(false);
+                }
+                placement.out_of_sync.retain(|w| w != worker);
+                s.map.epoch += 1;
+                Ok(true)
+            })
+            .await?;
+        if rejoined {
+            done.took = started.elapsed();
+            return Ok(Some(done));
+        }
+        // Something landed meanwhile: copy what is new.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(None)
+}
+
+/// Transactions decided on `table`'s `partition` so far.
+fn writes_on(state: &CatalogState, table: &str, partition: u32) -> u64 {
+    state
+        .stats
+        .get(table)
+        .and_then(|s| s.get(&partition))
+        .map_or(0, |p| p.writes)
+}
