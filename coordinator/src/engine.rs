@@ -12,6 +12,7 @@ mod members;
 mod metadata;
 mod params;
 mod recover;
+mod replicas;
 mod users;
 
 use std::collections::BTreeMap;
@@ -411,6 +412,7 @@ impl Coordinator {
                 Ok(Planned::Ready(batch.schema(), vec![batch]))
             }
             Statement::ShowWorkers => self.show_workers(),
+            Statement::SetReplicas { table, replicas } => self.set_replicas(&table, replicas).await,
             Statement::CreateUser {
                 name,
                 password,
@@ -482,6 +484,7 @@ impl Coordinator {
             | Statement::ShowPartitions { .. }
             | Statement::Describe { .. } => Ok(Some(self.plan(sql).await?.schema())),
             Statement::Compact { .. } => Ok(Some(crate::compact::report_schema())),
+            Statement::SetReplicas { .. } => Ok(None),
             Statement::Sql(sql) => {
                 if strip_explain(sql.trim_start()).is_some() {
                     return Ok(Some(explain_schema()));

@@ -63,6 +63,11 @@ pub enum Statement {
     },
     /// `SHOW WORKERS`: every worker, its state and what it holds.
     ShowWorkers,
+    /// `ALTER TABLE t SET REPLICAS r`: copies added or removed.
+    SetReplicas {
+        table: String,
+        replicas: u32,
+    },
     /// `ALTER WORKER id DRAIN | ACTIVATE | DECOMMISSION`.
     AlterWorker {
         id: String,
@@ -251,6 +256,29 @@ pub fn parse_statement(sql: &str) -> Result<Statement> {
     };
     if kw(0, Keyword::SHOW) && word(1, "WORKERS") && ends_at(2) {
         return Ok(Statement::ShowWorkers);
+    }
+    if kw(0, Keyword::ALTER) && kw(1, Keyword::TABLE) && words.iter().any(|t| {
+        matches!(t, Token::Word(w) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case("REPLICAS"))
+    }) {
+        let mut parser = Parser::new(&GenericDialect {}).with_tokens_with_locations(tokens);
+        parser
+            .expect_keywords(&[Keyword::ALTER, Keyword::TABLE])
+            .map_err(parser_err)?;
+        let table = object_name(&parser.parse_object_name(false).map_err(parser_err)?);
+        parser.expect_keyword(Keyword::SET).map_err(parser_err)?;
+        if !parse_word(&mut parser, "REPLICAS") {
+            return plan_err!("expected ALTER TABLE {table} SET REPLICAS n");
+        }
+        let replicas = match parser.next_token().token {
+            Token::Number(n, _) => n.parse::<u32>().ok(),
+            _ => None,
+        };
+        let Some(replicas) = replicas else {
+            return plan_err!("ALTER TABLE {table} SET REPLICAS takes a number of copies: REPLICAS 3");
+        };
+        Replication::try_new(replicas, None)?;
+        expect_end(&mut parser)?;
+        return Ok(Statement::SetReplicas { table, replicas });
     }
     if kw(0, Keyword::ALTER) && word(1, "WORKER") {
         let mut parser = Parser::new(&GenericDialect {}).with_tokens_with_locations(tokens);
@@ -609,6 +637,19 @@ mod tests {
         assert!(err("CREATE TABLE t (k INT) REPLICAS 0").contains("between 1 and"));
         assert!(err("CREATE TABLE t (k INT) REPLICAS two").contains("REPLICAS 3"));
         assert!(err("CREATE TABLE t (k INT) REPLICAS 2 WRITE QUORUM SOME").contains("MAJORITY"));
+    }
+
+    #[test]
+    fn set_replicas() {
+        assert_eq!(
+            parse_statement("alter table T set replicas 3;").unwrap(),
+            Statement::SetReplicas {
+                table: "t".into(),
+                replicas: 3
+            }
+        );
+        assert!(parse_statement("ALTER TABLE t SET REPLICAS 0").is_err());
+        assert!(parse_statement("ALTER TABLE t SET REPLICAS x").is_err());
     }
 
     #[test]

@@ -201,3 +201,33 @@ def test_a_worker_killed_mid_load_loses_nothing(cluster, data_dir):
         kill(procs, other)
         got = rows(cur, "SELECT b, count(*) AS n, count(DISTINCT id) AS d FROM t GROUP BY b")
         assert {r["b"]: r for r in got} == present
+
+
+def test_set_replicas_adds_and_removes_copies(cluster, data_dir):
+    """ALTER TABLE SET REPLICAS 2 on a table of one copy: the new copies
+    are caught up before it returns (bytes copied), so any one worker may
+    then die with every row still readable; SET REPLICAS 1 takes the
+    copies away again."""
+    coordinator, procs, _ = cluster
+    with flightsql.connect(f"grpc://{coordinator}") as conn, conn.cursor() as cur:
+        wait_for("three workers", lambda: len(workers(cur)) == 3, 30)
+        cur.execute("CREATE TABLE s (k BIGINT, v VARCHAR) PARTITION BY HASH (k) PARTITIONS 6")
+        cur.execute("INSERT INTO s SELECT value AS k, 'v' || CAST(value AS VARCHAR) AS v "
+                    "FROM range(20000)")
+        done = rows(cur, "ALTER TABLE s SET REPLICAS 2")[0]
+        assert done["copies_added"] == 6 and done["copies_removed"] == 0, done
+        assert done["bytes_copied"] > 0, done
+        for p in partitions(cur, "s"):
+            assert len(p["replicas"].split(", ")) == 2 and p["in_sync"] == p["replicas"], p
+        with pytest.raises(flightsql.Error, match="REPLICAS 4 needs 4 live workers"):
+            cur.execute("ALTER TABLE s SET REPLICAS 4")
+        kill(procs, "w3")
+        assert rows(cur, "SELECT count(*) AS n, count(DISTINCT k) AS d FROM s") == [
+            {"n": 20000, "d": 20000}]
+        w3 = worker_of(data_dir, "w3")
+        wait_for("w3 down", lambda: workers(cur)[w3]["state"] == "down", 30)
+        done = rows(cur, "ALTER TABLE s SET REPLICAS 1")[0]
+        assert done["copies_removed"] == 6, done
+        placed = partitions(cur, "s")
+        assert all(p["replicas"] != w3 for p in placed), placed
+        assert rows(cur, "SELECT count(*) AS n FROM s") == [{"n": 20000}]

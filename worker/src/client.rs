@@ -383,6 +383,17 @@ impl WorkerClient {
         .await
     }
 
+    /// Removes one partition's files from this worker.
+    pub async fn drop_partition(&self, table: &str, partition: u32) -> Result<()> {
+        let body = wire::encode(&wire::PartitionRequest {
+            table: table.to_string(),
+            partition,
+        })?;
+        self.action::<()>(wire::ACTION_DROP_PARTITION, body)
+            .await
+            .map(|_| ())
+    }
+
     pub async fn drop_table(&self, table: &str) -> Result<()> {
         let body = wire::encode(&wire::TableRequest {
             table: table.to_string(),

@@ -328,6 +328,13 @@ impl FlightService for WorkerFlightService {
                 let installed = self.install(req).await.map_err(to_status)?;
                 Some(wire::encode(&installed).map_err(to_status)?)
             }
+            wire::ACTION_DROP_PARTITION => {
+                let req: wire::PartitionRequest = wire::decode(&action.body).map_err(to_status)?;
+                self.storage()
+                    .drop_partition(&req.table, req.partition)
+                    .map_err(to_status)?;
+                None
+            }
             wire::ACTION_DROP_TABLE => {
                 let req: wire::TableRequest = wire::decode(&action.body).map_err(to_status)?;
                 self.storage().drop_table(&req.table).map_err(to_status)?;
@@ -361,6 +368,7 @@ impl FlightService for WorkerFlightService {
             wire::ACTION_MANIFEST,
             wire::ACTION_READ_FILE,
             wire::ACTION_INSTALL,
+            wire::ACTION_DROP_PARTITION,
         ]
         .map(|a| {
             Ok(ActionType {

@@ -214,6 +214,19 @@ impl Storage {
         }
     }
 
+    /// Removes one partition's files (a copy this worker no longer holds).
+    pub fn drop_partition(&self, table: &str, partition: u32) -> Result<()> {
+        let _guard = self.commit_lock.lock().map_err(|_| {
+            DataFusionError::Internal("commit lock poisoned by an earlier panic".into())
+        })?;
+        let dir = self.partition_dir(table, partition)?;
+        match fs::remove_dir_all(&dir) {
+            Ok(()) => sync_dir(&self.root.join(table)),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err("cannot remove", &dir, e)),
+        }
+    }
+
     /// Tables with at least one partition directory here.
     pub fn tables(&self) -> Result<BTreeMap<String, Vec<u32>>> {
         let mut out: BTreeMap<String, Vec<u32>> = BTreeMap::new();

@@ -14,6 +14,7 @@
 //! | DoAction `manifest`  | [`PartitionRequest`]        | `Manifest`             |
 //! | DoAction `read_file` | [`FileRequest`]             | the bytes (raw)        |
 //! | DoAction `install`   | [`InstallRequest`]          | [`Installed`]          |
+//! | DoAction `drop_partition` | [`PartitionRequest`]   | nothing                |
 //! | DoGet                | a partition scan (protobuf) | rows                   |
 //! | DoGet                | [`ENTRIES_TICKET`] + [`EntriesRequest`] | index entries |
 
@@ -33,6 +34,7 @@ pub const ACTION_COMPACT: &str = "compact";
 pub const ACTION_MANIFEST: &str = "manifest";
 pub const ACTION_READ_FILE: &str = "read_file";
 pub const ACTION_INSTALL: &str = "install";
+pub const ACTION_DROP_PARTITION: &str = "drop_partition";
 
 /// Starts a `DoGet` ticket asking for the index entries of a partition's
 /// older rows (a backfill); other tickets are partition scans.

@@ -53,6 +53,7 @@ pub(super) fn route(statement: &Statement) -> Route {
         | Statement::CreateIndex(_)
         | Statement::DropIndex { .. }
         | Statement::Compact { .. }
+        | Statement::SetReplicas { .. }
         | Statement::AlterWorker { .. }
         | Statement::CreateUser { .. }
         | Statement::AlterUser { .. }

@@ -1,0 +1,200 @@
+"""Replicas, measured on a cluster of separate processes: a coordinator and
+three workers on 127.0.0.2-4, each on a data dir of its own under a fresh
+temporary directory.
+
+1. Bulk INSERT throughput at REPLICAS 1, 2 and 3 (WRITE QUORUM MAJORITY):
+   `INSERT INTO t SELECT ... FROM range(ROWS)` into a 6-partition table, as
+   MB/s of the bytes one copy stores (SHOW PARTITIONS) and rows/s.
+2. Writes after a SIGKILL: REPLICAS 3 (MAJORITY); a client runs one-row
+   INSERTs back to back; one worker is SIGKILLed; reported is the gap from
+   the last write acknowledged before the kill to the first one after it,
+   and how many writes failed in between.
+3. Catch-up: REPLICAS 2, WRITE QUORUM ONE; one worker is SIGKILLed, ROWS
+   rows are inserted while it is down, then it is started again; reported
+   is the time from its start until every copy is in sync, and the bytes
+   its copies took (from the coordinator's log), as MB/s.
+
+    .venv/bin/python bench/replicas.py [ROWS] [TESSERA_BIN]
+"""
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import adbc_driver_flightsql.dbapi as flightsql
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROWS = int(sys.argv[1]) if len(sys.argv) > 1 else 4_000_000
+BIN = sys.argv[2] if len(sys.argv) > 2 else os.path.expanduser(
+    "~/.cache/tessera-target/release/tessera")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(host: str, port: int, proc: subprocess.Popen) -> None:
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"{proc.args} exited with {proc.returncode}")
+        try:
+            with socket.create_connection((host, port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"nothing listens on {host}:{port}")
+
+
+class Cluster:
+    def __init__(self, root: str):
+        self.root = root
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        with open(os.path.join(root, "secret"), "w") as f:
+            f.write(os.urandom(16).hex() + "\n")
+        self.log = open(os.path.join(root, "coordinator.log"), "wb")
+        self.coordinator = subprocess.Popen(
+            [BIN, "coordinator", "--insecure", "--listen", self.address, "--worker-lease", "2",
+             "--data-dir", os.path.join(root, "coordinator"),
+             "--cluster-secret-file", os.path.join(root, "secret")],
+            stdout=self.log, stderr=subprocess.STDOUT)
+        wait_port("127.0.0.1", self.port, self.coordinator)
+        self.workers = {}
+        for name, host in (("w2", "127.0.0.2"), ("w3", "127.0.0.3"), ("w4", "127.0.0.4")):
+            self.start(name, host)
+
+    def start(self, name: str, host: str | None = None) -> None:
+        host = host or {"w2": "127.0.0.2", "w3": "127.0.0.3", "w4": "127.0.0.4"}[name]
+        port = free_port()
+        log = open(os.path.join(self.root, f"{name}.log"), "ab")
+        proc = subprocess.Popen(
+            [BIN, "worker", "--join", self.address, "--listen", f"{host}:{port}",
+             "--data-dir", os.path.join(self.root, name),
+             "--cluster-secret-file", os.path.join(self.root, "secret")],
+            stdout=log, stderr=subprocess.STDOUT)
+        wait_port(host, port, proc)
+        self.workers[name] = proc
+
+    def kill(self, name: str) -> None:
+        self.workers[name].send_signal(signal.SIGKILL)
+        self.workers[name].wait()
+
+    def stop(self) -> None:
+        for p in [*self.workers.values(), self.coordinator]:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                try:
+                    p.wait(30)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+
+
+def rows(cur, sql):
+    cur.execute(sql)
+    return cur.fetch_arrow_table().to_pylist()
+
+
+def wait_for(check, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if check():
+            return
+        time.sleep(0.02)
+    raise SystemExit("timed out")
+
+
+INSERT = ("INSERT INTO {t} SELECT value AS id, value * 7 AS a, value % 1000 AS b, "
+          "'comment ' || CAST(value % 9973 AS VARCHAR) AS c FROM range({lo}, {hi})")
+COLUMNS = "(id BIGINT, a BIGINT, b BIGINT, c VARCHAR) PARTITION BY HASH (id) PARTITIONS 6"
+
+
+def throughput(cur) -> None:
+    print(f"bulk INSERT of {ROWS:,} rows into 6 partitions, 3 workers:")
+    print(f"{'replicas':>8} {'seconds':>8} {'MB (one copy)':>14} {'MB/s':>8} {'rows/s':>12}")
+    for r in (1, 2, 3):
+        t = f"t{r}"
+        cur.execute(f"CREATE TABLE {t} {COLUMNS} REPLICAS {r}")
+        start = time.perf_counter()
+        cur.execute(INSERT.format(t=t, lo=0, hi=ROWS))
+        took = time.perf_counter() - start
+        mb = sum(p["bytes"] or 0 for p in rows(cur, f"SHOW PARTITIONS {t}")) / 1e6
+        print(f"{r:>8} {took:>8.2f} {mb:>14.1f} {mb / took:>8.1f} {ROWS / took:>12,.0f}")
+
+
+def writes_after_kill(cluster: Cluster, cur) -> None:
+    cur.execute(f"CREATE TABLE k {COLUMNS} REPLICAS 3")
+    acked, failed = [], 0
+    killed_at = None
+    i = 0
+    while True:
+        try:
+            cur.execute(INSERT.format(t="k", lo=i, hi=i + 1))
+            acked.append(time.perf_counter())
+        except flightsql.Error:
+            failed += 1
+        i += 1
+        if killed_at is None and len(acked) == 50:
+            killed_at = time.perf_counter()
+            cluster.kill("w3")
+        if killed_at is not None and acked[-1] > killed_at and len(
+                [a for a in acked if a > killed_at]) >= 50:
+            break
+    before = max(a for a in acked if a <= killed_at)
+    after = min(a for a in acked if a > killed_at)
+    typical = sorted(b - a for a, b in zip(acked, acked[1:]) if b <= killed_at)[25]
+    print(f"REPLICAS 3, one-row INSERTs, one worker SIGKILLed: last write before the kill to "
+          f"first after: {(after - before) * 1000:.0f} ms (median gap between writes before: "
+          f"{typical * 1000:.1f} ms; {failed} writes failed)")
+    cluster.start("w3")
+
+
+def catch_up(cluster: Cluster, cur) -> None:
+    cur.execute(f"CREATE TABLE c {COLUMNS} REPLICAS 2 WRITE QUORUM ONE")
+    cur.execute(INSERT.format(t="c", lo=0, hi=1000))
+    cluster.kill("w4")
+    cur.execute(INSERT.format(t="c", lo=1000, hi=ROWS))
+    mark = os.path.getsize(os.path.join(cluster.root, "coordinator.log"))
+    start = time.perf_counter()
+    cluster.start("w4")
+    wait_for(lambda: all(p["in_sync"] == p["replicas"] for p in rows(cur, "SHOW PARTITIONS c")),
+             600)
+    took = time.perf_counter() - start
+    with open(os.path.join(cluster.root, "coordinator.log"), "rb") as f:
+        f.seek(mark)
+        log = re.sub(r"\x1b\[[0-9;]*m", "", f.read().decode(errors="replace"))
+    copied = [int(m) for m in re.findall(r"caught up.*?bytes=(\d+)", log)]
+    mb = sum(copied) / 1e6
+    print(f"catch-up: {len(copied)} partition copies, {mb:.1f} MB copied; from the worker's "
+          f"start to every copy in sync {took:.2f} s ({mb / took:.1f} MB/s)")
+
+
+def main() -> None:
+    if not os.path.exists(BIN):
+        raise SystemExit(f"no binary at {BIN}: cargo build --release")
+    root = tempfile.mkdtemp(prefix="tessera-bench-replicas-")
+    cluster = Cluster(root)
+    try:
+        with flightsql.connect(f"grpc://{cluster.address}") as conn, conn.cursor() as cur:
+            wait_for(lambda: len([w for w in rows(cur, "SHOW WORKERS") if w["state"] == "up"])
+                     == 3)
+            throughput(cur)
+            writes_after_kill(cluster, cur)
+            wait_for(lambda: len([w for w in rows(cur, "SHOW WORKERS") if w["state"] == "up"])
+                     == 3)
+            catch_up(cluster, cur)
+    finally:
+        cluster.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
