@@ -70,6 +70,7 @@ class Cluster:
             stdout=self.log, stderr=subprocess.STDOUT)
         wait_port("127.0.0.1", self.port, self.coordinator)
         self.workers = {}
+        self.ports = {}
         for name, host in (("w2", "127.0.0.2"), ("w3", "127.0.0.3"), ("w4", "127.0.0.4")):
             self.start(name, host)
 
@@ -84,6 +85,7 @@ class Cluster:
             stdout=log, stderr=subprocess.STDOUT)
         wait_port(host, port, proc)
         self.workers[name] = proc
+        self.ports[name] = port
 
     def kill(self, name: str) -> None:
         self.workers[name].send_signal(signal.SIGKILL)
@@ -156,12 +158,20 @@ def writes_after_kill(cluster: Cluster, cur) -> None:
           f"first after: {(after - before) * 1000:.0f} ms (median gap between writes before: "
           f"{typical * 1000:.1f} ms; {failed} writes failed)")
     cluster.start("w3")
+    # Joined again (once the coordinator holds the old process down) and
+    # caught up.
+    port = f":{cluster.ports['w3']}"
+    wait_for(lambda: any(w["address"].endswith(port) and w["state"] == "up"
+                         for w in rows(cur, "SHOW WORKERS")), 120)
+    wait_for(lambda: all(p["in_sync"] == p["replicas"] for p in rows(cur, "SHOW PARTITIONS k")),
+             120)
 
 
 def catch_up(cluster: Cluster, cur) -> None:
     # A copy that missed ROWS rows while its worker was down.
     cur.execute(f"CREATE TABLE c {COLUMNS} REPLICAS 2 WRITE QUORUM ONE")
     cur.execute(INSERT.format(t="c", lo=0, hi=1000))
+    assert all(p["in_sync"] == p["replicas"] for p in rows(cur, "SHOW PARTITIONS c"))
     cluster.kill("w4")
     cur.execute(INSERT.format(t="c", lo=1000, hi=ROWS))
     w4 = open(os.path.join(cluster.root, "w4", "worker.id")).read().strip()
@@ -169,12 +179,16 @@ def catch_up(cluster: Cluster, cur) -> None:
                  if w4 in p["replicas"].split(", ")) / 1e6
     start = time.perf_counter()
     cluster.start("w4")
+    port = f":{cluster.ports['w4']}"
+    wait_for(lambda: any(w["address"].endswith(port) and w["state"] == "up"
+                         for w in rows(cur, "SHOW WORKERS")), 120)
+    joined = time.perf_counter() - start
     wait_for(lambda: all(p["in_sync"] == p["replicas"] for p in rows(cur, "SHOW PARTITIONS c")),
              600)
     took = time.perf_counter() - start
     print(f"catch-up after a restart: {behind:.1f} MB behind; from the worker's start to every "
-          f"copy in sync {took:.2f} s ({behind / took:.1f} MB/s, rejoining and the first "
-          f"heartbeat included)")
+          f"copy in sync {took:.2f} s ({behind / took:.1f} MB/s), of which {joined:.2f} s until "
+          f"it had joined again")
     # A new copy of every partition, copied while the statement waits.
     cur.execute(f"CREATE TABLE n {COLUMNS}")
     cur.execute(INSERT.format(t="n", lo=0, hi=ROWS))
@@ -195,8 +209,6 @@ def main() -> None:
                      == 3)
             throughput(cur)
             writes_after_kill(cluster, cur)
-            wait_for(lambda: len([w for w in rows(cur, "SHOW WORKERS") if w["state"] == "up"])
-                     == 3)
             catch_up(cluster, cur)
     finally:
         cluster.stop()

@@ -8,18 +8,20 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use datafusion::catalog::TableProvider;
 use datafusion::common::{DataFusionError, Result, exec_err};
-use tessera_sql::{IndexDef, PartitionPlacement, TableDef};
-use tessera_worker::{ScanPart, SizeEstimate};
+use tessera_sql::{IndexDef, TableDef};
+use tessera_worker::SizeEstimate;
 
 use crate::catalog_state::{CatalogState, IndexStats, TXN_BLOCK};
 use crate::clock::now_micros;
 use crate::follow::Follower;
-use crate::membership::{Membership, WorkerState};
+use crate::membership::Membership;
 use crate::metastore::{Compare, Metastore, Op, reserve};
 
 mod follow;
+mod placement;
 mod txns;
 
+pub use placement::{WriteTarget, owner_of};
 use txns::TXN_BLOCK_IDS;
 pub use txns::{SnapshotHold, SnapshotPin};
 
@@ -37,33 +39,6 @@ pub const STAGING_PREFIX: &str = "tessera$staging$";
 
 pub fn is_staging(name: &str) -> bool {
     name.starts_with(STAGING_PREFIX)
-}
-
-/// Where one partition's share of a write goes.
-#[derive(Debug, Clone)]
-pub struct WriteTarget {
-    pub map_key: String,
-    /// The id of the table written (the partitions' owner, for a GLOBAL
-    /// index): a write decided after the table was dropped or replaced
-    /// under its name fails.
-    pub table_id: Option<u64>,
-    pub partition: u32,
-    /// The in-sync replicas, leader first: reachable, or (worker, why not).
-    pub replicas: Vec<std::result::Result<ScanPart, (String, String)>>,
-    /// Replicas that must hold the write before it is acknowledged.
-    pub needed: usize,
-}
-
-/// The table `map_key` names, or whose GLOBAL index's partitions it names.
-pub fn owner_of<'a>(state: &'a CatalogState, map_key: &str) -> Option<&'a TableDef> {
-    if let Some(def) = state.tables.get(map_key) {
-        return Some(def);
-    }
-    state
-        .indexes
-        .values()
-        .find(|i| i.map_key() == map_key)
-        .and_then(|i| state.tables.get(&i.table))
 }
 
 /// Shared catalog state of one coordinator.
@@ -507,131 +482,6 @@ impl Catalog {
             .map_err(|_| poisoned())?
             .values()
             .any(|t| t.as_deref().is_none_or(|t| t == table)))
-    }
-
-    /// The placement of a table's partitions.
-    pub fn placements(&self, table: &str) -> Result<Vec<PartitionPlacement>> {
-        let state = self.state.lock().map_err(|_| poisoned())?;
-        match state.map.table(table) {
-            Some(p) => Ok(p.to_vec()),
-            None => exec_err!("table '{table}' has no partition map entry"),
-        }
-    }
-
-    /// Resolves partitions to the worker each is read from: the first
-    /// in-sync replica (the leader unless it missed a write) that is up.
-    pub fn scan_parts(&self, table: &str, partitions: &[u32]) -> Result<Vec<ScanPart>> {
-        let placements = self.placements(table)?;
-        let members = self.members()?;
-        partitions
-            .iter()
-            .map(|p| {
-                let Some(placement) = placements.get(*p as usize) else {
-                    return exec_err!("partition {p} of '{table}' is not in the partition map");
-                };
-                // A copy whose heartbeats are late (killed a moment ago,
-                // say) is read only when no other is at hand.
-                let mut first_error = None;
-                let mut late = None;
-                for worker in placement.in_sync() {
-                    match self.reachable(table, *p, worker, &members) {
-                        Ok(part) if self.membership.state(worker)? == WorkerState::Suspect => {
-                            late.get_or_insert(part);
-                        }
-                        Ok(part) => return Ok(part),
-                        Err(e) => {
-                            first_error.get_or_insert(e);
-                        }
-                    }
-                }
-                if let Some(part) = late {
-                    return Ok(part);
-                }
-                Err(first_error.unwrap_or_else(|| {
-                    DataFusionError::Internal(format!(
-                        "partition {p} of '{table}' has no in-sync replica"
-                    ))
-                }))
-            })
-            .collect()
-    }
-
-    /// `worker` as the holder of `table`'s `partition`, if it has joined
-    /// and is not down.
-    fn reachable(
-        &self,
-        table: &str,
-        partition: u32,
-        worker: &str,
-        members: &BTreeMap<String, String>,
-    ) -> Result<ScanPart> {
-        let Some(url) = members.get(worker) else {
-            return Err(tessera_worker::WorkerUnavailable::error(format!(
-                "partition {partition} of '{table}' is held by worker '{worker}', which has not \
-                 joined; start it (`tessera worker --data-dir DIR --join ...`, or more \
-                 --workers for `tessera serve`) and retry"
-            )));
-        };
-        if self.membership.state(worker)? == WorkerState::Down {
-            return Err(crate::membership::worker_down(
-                worker,
-                url,
-                self.membership.silent_for(worker)?,
-            ));
-        }
-        Ok(ScanPart {
-            partition,
-            worker_id: worker.to_string(),
-            url: url.clone(),
-        })
-    }
-
-    /// Where a write to partitions of `map_key` (a table, or a GLOBAL
-    /// index's partitions) goes: every in-sync replica of each, and how
-    /// many of them must hold it. A replica that has not joined or is down
-    /// is named with the error its write would meet.
-    pub fn write_targets(&self, map_key: &str, partitions: &[u32]) -> Result<Vec<WriteTarget>> {
-        let placements = self.placements(map_key)?;
-        let (replication, table_id) = {
-            let state = self.state.lock().map_err(|_| poisoned())?;
-            let owner = owner_of(&state, map_key);
-            (
-                owner.map(|t| t.replication).unwrap_or_default(),
-                owner.map(|t| t.id),
-            )
-        };
-        let members = self.members()?;
-        partitions
-            .iter()
-            .map(|p| {
-                let Some(placement) = placements.get(*p as usize) else {
-                    return exec_err!("partition {p} of '{map_key}' is not in the partition map");
-                };
-                let mut replicas = vec![];
-                for worker in placement.in_sync() {
-                    replicas.push(match self.reachable(map_key, *p, worker, &members) {
-                        Ok(part) => Ok(part),
-                        Err(e) => Err((worker.to_string(), e.to_string())),
-                    });
-                }
-                Ok(WriteTarget {
-                    map_key: map_key.to_string(),
-                    table_id,
-                    partition: *p,
-                    needed: replication.needed().min(placement.replicas.len()),
-                    replicas,
-                })
-            })
-            .collect()
-    }
-
-    /// The copies and write quorum of the table `map_key` names, or whose
-    /// GLOBAL index's partitions it names.
-    pub fn replication_of(&self, map_key: &str) -> Result<tessera_sql::Replication> {
-        let state = self.state.lock().map_err(|_| poisoned())?;
-        Ok(owner_of(&state, map_key)
-            .map(|t| t.replication)
-            .unwrap_or_default())
     }
 
     /// Rows and stored bytes of some partitions of a table; `None` when the

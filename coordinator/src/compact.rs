@@ -284,7 +284,7 @@ async fn merge_partition(
                 def.name
             );
         }
-        crate::write::bump_writes(s, &def.name, partition);
+        crate::copies::bump_writes(s, &def.name, partition);
         if part.data
             && let Some(p) = s
                 .stats

@@ -12,6 +12,7 @@ mod cluster;
 mod colocate;
 mod compact;
 mod compaction_log;
+mod copies;
 mod distribution;
 mod engine;
 mod failpoint;

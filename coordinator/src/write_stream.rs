@@ -27,9 +27,8 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::catalog::{Catalog, WriteTarget};
-use crate::write::{
-    WriteSink, abort, add_stats, decide_and_commit, name_worker, settle_copies, short_of_quorum,
-};
+use crate::copies::{settle_copies, short_of_quorum};
+use crate::write::{WriteSink, abort, add_stats, decide_and_commit, name_worker};
 
 /// Rows of one partition gathered before they are sent on.
 const FLUSH_BYTES: usize = 2 << 20;

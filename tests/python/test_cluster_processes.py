@@ -45,6 +45,26 @@ def secret_file(data_dir, name, secret):
     return path
 
 
+def start_coordinator(data_dir, lease=None):
+    """An insecure `tessera coordinator` on 127.0.0.1 with a new cluster
+    secret in data_dir; returns (process, address) once it listens."""
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    secret_file(data_dir, "cluster.secret", "s3cret-" + os.urandom(16).hex())
+    args = ["coordinator", "--insecure", "--listen", address,
+            "--data-dir", os.path.join(data_dir, "coordinator"),
+            "--cluster-secret-file", os.path.join(data_dir, "cluster.secret")]
+    if lease:
+        args += ["--worker-lease", str(lease)]
+    proc = start_process(args, os.path.join(data_dir, "coordinator.log"))
+    try:
+        wait_listening(proc, "127.0.0.1", port, "coordinator")
+    except BaseException:
+        stop_server(proc)
+        raise
+    return proc, address
+
+
 def start_worker(data_dir, coordinator, host, name, secret=None):
     port = free_port()
     proc = start_process(

@@ -185,24 +185,13 @@ def test_ingest_streams_in_bounded_memory(data_dir):
     pieces: its peak memory grows by a fraction of the upload, and the
     rows all arrive, exactly once. A replace of the table streams as
     well, and readers see the old rows or the new ones."""
-    import os
     import threading
 
-    from tessera_server import start_process, wait_listening
-    from test_cluster_processes import secret_file, start_worker, wait_for, workers
+    from test_cluster_processes import start_coordinator, start_worker, wait_for, workers
 
-    cport = free_port()
-    coordinator = f"127.0.0.1:{cport}"
-    secret_file(data_dir, "cluster.secret", "s3cret-" + os.urandom(16).hex())
-    coord = start_process(
-        ["coordinator", "--insecure", "--listen", coordinator,
-         "--data-dir", os.path.join(data_dir, "coordinator"),
-         "--cluster-secret-file", os.path.join(data_dir, "cluster.secret")],
-        os.path.join(data_dir, "coordinator.log"),
-    )
+    coord, coordinator = start_coordinator(data_dir)
     procs = [coord]
     try:
-        wait_listening(coord, "127.0.0.1", cport, "coordinator")
         for name, host in (("w2", "127.0.0.2"), ("w3", "127.0.0.3")):
             procs.append(start_worker(data_dir, coordinator, host, name)[0])
         # 256 MiB of rows, made as they are sent.
@@ -279,21 +268,11 @@ def test_a_worker_killed_mid_ingest_changes_nothing(data_dir):
     import signal
     import threading
 
-    from tessera_server import start_process, wait_listening
-    from test_cluster_processes import secret_file, start_worker, wait_for, workers
+    from test_cluster_processes import start_coordinator, start_worker, wait_for, workers
 
-    cport = free_port()
-    coordinator = f"127.0.0.1:{cport}"
-    secret_file(data_dir, "cluster.secret", "s3cret-" + os.urandom(16).hex())
-    coord = start_process(
-        ["coordinator", "--insecure", "--listen", coordinator, "--worker-lease", "2",
-         "--data-dir", os.path.join(data_dir, "coordinator"),
-         "--cluster-secret-file", os.path.join(data_dir, "cluster.secret")],
-        os.path.join(data_dir, "coordinator.log"),
-    )
+    coord, coordinator = start_coordinator(data_dir, lease=2)
     procs = {"coordinator": coord}
     try:
-        wait_listening(coord, "127.0.0.1", cport, "coordinator")
         for name, host in (("w2", "127.0.0.2"), ("w3", "127.0.0.3")):
             procs[name] = start_worker(data_dir, coordinator, host, name)[0]
         schema = pa.schema([("id", pa.int64()), ("v", pa.int64())])

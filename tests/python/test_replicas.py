@@ -13,8 +13,8 @@ import threading
 import adbc_driver_flightsql.dbapi as flightsql
 import pyarrow as pa
 import pytest
-from tessera_server import free_port, start_process, stop_server, wait_listening
-from test_cluster_processes import rows, secret_file, start_worker, wait_for, workers
+from tessera_server import stop_server
+from test_cluster_processes import rows, start_coordinator, start_worker, wait_for, workers
 
 BATCH = 500
 
@@ -23,15 +23,7 @@ BATCH = 500
 def cluster(data_dir):
     """A coordinator and three workers (127.0.0.2-4); yields
     (coordinator address, {name: process}, start(name))."""
-    cport = free_port()
-    coordinator = f"127.0.0.1:{cport}"
-    secret_file(data_dir, "cluster.secret", "s3cret-" + os.urandom(16).hex())
-    coord = start_process(
-        ["coordinator", "--insecure", "--listen", coordinator, "--worker-lease", "2",
-         "--data-dir", os.path.join(data_dir, "coordinator"),
-         "--cluster-secret-file", os.path.join(data_dir, "cluster.secret")],
-        os.path.join(data_dir, "coordinator.log"),
-    )
+    coord, coordinator = start_coordinator(data_dir, lease=2)
     procs = {"coordinator": coord}
     hosts = {"w2": "127.0.0.2", "w3": "127.0.0.3", "w4": "127.0.0.4"}
 
@@ -39,7 +31,6 @@ def cluster(data_dir):
         procs[name] = start_worker(data_dir, coordinator, hosts[name], name)[0]
 
     try:
-        wait_listening(coord, "127.0.0.1", cport, "coordinator")
         for name in hosts:
             start(name)
         yield coordinator, procs, start

@@ -1,0 +1,123 @@
+//! The copies of a partition at a write's decision: whether enough of
+//! those in sync took it (the write quorum), which leave the in-sync set,
+//! and the per-partition count of decided transactions a copy catching up
+//! checks before it rejoins.
+
+use datafusion::common::{DataFusionError, Result};
+use tessera_sql::IndexKind;
+use tessera_worker::WorkerUnavailable;
+
+use crate::catalog::WriteTarget;
+use crate::catalog_state::CatalogState;
+
+/// In the catalog write that decides a transaction: the write is still
+/// to the table it was planned for, and at least `target.needed` of the
+/// copies now in sync for `target`'s partition hold it (`held`); the other
+/// in-sync copies leave the in-sync set, and their commits still pending
+/// for that partition are dropped (a copy out of sync takes the partition
+/// whole when it catches up). Run again on a newer state if the catalog
+/// changed meanwhile, so two writes that each missed a copy never empty
+/// the in-sync set between them.
+pub(crate) fn settle_copies(
+    s: &mut CatalogState,
+    target: &WriteTarget,
+    held: &[String],
+) -> Result<()> {
+    let map_key = target.map_key.as_str();
+    let partition = target.partition;
+    let owner = crate::catalog::owner_of(s, map_key);
+    if owner.map(|t| t.id) != target.table_id {
+        return Err(tessera_worker::ErrorKind::FailedPrecondition.error(format!(
+            "'{map_key}' was dropped or replaced while the statement ran; nothing was written"
+        )));
+    }
+    let Some(placement) = s
+        .map
+        .tables
+        .get(map_key)
+        .and_then(|p| p.get(partition as usize))
+    else {
+        return Err(DataFusionError::Internal(format!(
+            "partition {partition} of '{map_key}' is not in the partition map"
+        )));
+    };
+    let in_sync: Vec<String> = placement.in_sync().map(String::from).collect();
+    if let Some(table) = owner.filter(|t| t.name == map_key).map(|t| t.name.clone()) {
+        bump_writes(s, &table, partition);
+    }
+    let holding = in_sync.iter().filter(|w| held.contains(w)).count();
+    if holding < target.needed {
+        return Err(WorkerUnavailable::error(format!(
+            "partition {partition} of '{map_key}' needs its write on {} in-sync copies and only \
+             {holding} of those that took it are still in sync (another write found the others \
+             out of sync meanwhile); nothing was written. Retry once the workers are back",
+            target.needed
+        )));
+    }
+    let missed: Vec<String> = in_sync.into_iter().filter(|w| !held.contains(w)).collect();
+    if missed.is_empty() {
+        return Ok(());
+    }
+    // Where the partition's files are: the table's and its LOCAL indexes',
+    // or the GLOBAL index's.
+    let mut locations = vec![];
+    if let Some(def) = s.tables.get(map_key) {
+        locations.push(def.storage_key());
+        for index in s.indexes.values() {
+            if index.table == map_key && index.kind == IndexKind::Local {
+                locations.push(index.storage_key(def));
+            }
+        }
+    } else if let Some(index) = s.indexes.values().find(|i| i.map_key() == map_key)
+        && let Some(def) = s.tables.get(&index.table)
+    {
+        locations.push(index.storage_key(def));
+    }
+    s.map.leave_in_sync(map_key, partition, &missed);
+    for writes in s.decided.values_mut() {
+        for worker in &missed {
+            if let Some(list) = writes.get_mut(worker) {
+                list.retain(|w| !(w.partition == partition && locations.contains(&w.table)));
+                if list.is_empty() {
+                    writes.remove(worker);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Counts a transaction decided on `table`'s `partition`.
+pub(crate) fn bump_writes(s: &mut CatalogState, table: &str, partition: u32) {
+    let p = s
+        .stats
+        .entry(table.to_string())
+        .or_default()
+        .entry(partition)
+        .or_default();
+    p.writes += 1;
+}
+
+/// The error of a write that fewer than `needed` copies of a partition
+/// took (`why`: each missing copy's failure).
+pub(crate) fn short_of_quorum(
+    map_key: &str,
+    partition: u32,
+    needed: usize,
+    held: usize,
+    why: &[String],
+    unreachable: bool,
+) -> DataFusionError {
+    let message = format!(
+        "partition {partition} of '{map_key}' needs its write on {needed} in-sync {} and {held} \
+         took it ({}); nothing was written. Start the workers that are down and retry (copies \
+         out of sync count again once they have caught up)",
+        if needed == 1 { "copy" } else { "copies" },
+        why.join("; ")
+    );
+    if unreachable {
+        WorkerUnavailable::error(message)
+    } else {
+        DataFusionError::Execution(message)
+    }
+}
