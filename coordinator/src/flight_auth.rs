@@ -154,6 +154,7 @@ pub fn caller<T>(who: &Principal, request: &Request<T>) -> crate::query_log::Cal
         },
         client: request.remote_addr().map(|a| a.to_string()),
         admin: !who.reads_only(),
+        run: 0,
     }
 }
 

@@ -8,6 +8,8 @@
 //! | user_name          | who ran it (NULL without sign-in)                          |
 //! | client             | the client's address (NULL for the server's own work)      |
 //! | sql                | the statement (first 4000 characters)                      |
+//! | run                | 1; n for the n-th run of a read-only query run again after |
+//! |                    | a worker failed (the failed runs are listed too)           |
 //! | status             | `waiting` (rows not asked for yet), `running`, `ok`,       |
 //! |                    | `error: ...` or `cancelled`                                |
 //! | elapsed_ms         | from planning to the last row sent (so far, if running)    |
@@ -30,7 +32,8 @@ use std::task::{Context, Poll};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use datafusion::arrow::array::{
-    ArrayRef, Float64Array, RecordBatch, StringArray, TimestampMicrosecondArray, UInt64Array,
+    ArrayRef, Float64Array, RecordBatch, StringArray, TimestampMicrosecondArray, UInt32Array,
+    UInt64Array,
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
@@ -60,6 +63,9 @@ pub struct Caller {
     /// Whether it sees and cancels every query (an admin, anyone on a
     /// server without sign-in, the server itself).
     pub admin: bool,
+    /// Which run of its statement this is: 0 or 1 for the first, more for
+    /// a read-only query run again after a worker failed.
+    pub run: u32,
 }
 
 impl Caller {
@@ -69,6 +75,7 @@ impl Caller {
             user: None,
             client: None,
             admin: true,
+            run: 0,
         }
     }
 
@@ -104,6 +111,8 @@ pub struct QueryRecord {
     pub user: Option<String>,
     pub client: Option<String>,
     pub sql: String,
+    /// 1, or the n-th run of a query run again after a worker failed.
+    pub run: u32,
     pub status: String,
     pub elapsed_ms: f64,
     pub rows: u64,
@@ -175,6 +184,7 @@ impl QueryLog {
             started_micros,
             user: caller.user,
             client: caller.client,
+            run: caller.run.max(1),
             // Passwords of user statements never reach the log.
             sql: tessera_sql::redact(sql)
                 .trim()
@@ -524,6 +534,7 @@ pub(crate) fn queries_schema() -> SchemaRef {
         Field::new("user_name", DataType::Utf8, true),
         Field::new("client", DataType::Utf8, true),
         Field::new("sql", DataType::Utf8, false),
+        Field::new("run", DataType::UInt32, false),
         Field::new("status", DataType::Utf8, false),
         Field::new("elapsed_ms", DataType::Float64, false),
         Field::new("rows", DataType::UInt64, false),
@@ -556,6 +567,7 @@ pub(crate) fn queries_batch(records: &[QueryRecord]) -> Result<RecordBatch> {
         Arc::new(StringArray::from_iter_values(
             records.iter().map(|r| r.sql.as_str()),
         )),
+        Arc::new(UInt32Array::from_iter_values(records.iter().map(|r| r.run))),
         Arc::new(StringArray::from_iter_values(
             records.iter().map(|r| r.status.as_str()),
         )),
@@ -599,6 +611,7 @@ mod tests {
             user: Some(name.to_string()),
             client: Some("127.0.0.1:5".into()),
             admin,
+            run: 0,
         };
         let recorder = as_caller(user("ana", false), async { log.begin("SELECT 1") }).await;
         let running = log.running();

@@ -120,7 +120,11 @@ pub async fn plan_statement(
         if !retry.again(coordinator, &e).await {
             return Err(name_missing_worker(e, coordinator).await);
         }
-        result = coordinator.plan_with(sql, params).await;
+        let caller = Caller {
+            run: retry.runs,
+            ..crate::query_log::current_caller()
+        };
+        result = as_caller(caller, coordinator.plan_with(sql, params)).await;
     }
 }
 
@@ -196,7 +200,13 @@ pub fn retrying(
                     a.held_bytes = 0;
                     let again = in_session(
                         a.session.clone(),
-                        as_caller(a.caller.clone(), a.coordinator.plan_with(&a.sql, &a.params)),
+                        as_caller(
+                            Caller {
+                                run: a.retry.runs,
+                                ..a.caller.clone()
+                            },
+                            a.coordinator.plan_with(&a.sql, &a.params),
+                        ),
                     );
                     match again.await.and_then(|p| p.execute()) {
                         Ok(stream) => a.stream = stream,

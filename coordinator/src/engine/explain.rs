@@ -51,10 +51,16 @@ impl Coordinator {
             rewrite_distributed_plan_with_metrics(plan, DistributedMetricsFormat::Aggregated)
                 .await?;
         let text = display_plan_ascii(plan.as_ref(), true);
-        let summary = format!(
+        let mut summary = format!(
             "{}\nSnapshot: {snapshot}",
             crate::stages::summary(&plan, rows, elapsed)
         );
+        let run = crate::query_log::current_caller().run;
+        if run > 1 {
+            summary.push_str(&format!(
+                "\nRun: {run} (run again on a fresh plan: a worker failed during the run before)"
+            ));
+        }
         explained(vec![("Plan with Metrics", text), ("Stages", summary)])
     }
 }
