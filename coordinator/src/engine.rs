@@ -310,6 +310,17 @@ impl Coordinator {
 
     /// The session of the client whose statement runs now (see
     /// [`in_session`]), or the coordinator's own.
+    /// Tessera's options in the session of the statement running now.
+    pub(crate) fn options(&self) -> TesseraOptions {
+        self.ctx()
+            .state()
+            .config_options()
+            .extensions
+            .get::<TesseraOptions>()
+            .cloned()
+            .unwrap_or_default()
+    }
+
     fn ctx(&self) -> SessionContext {
         SESSION
             .try_with(SessionContext::clone)

@@ -34,6 +34,9 @@ extensions_options! {
         /// division by zero are errors. 'false' makes them wrap, NULL and
         /// NULL.
         pub ansi: bool, default = true
+        /// Runs of a read-only query at most when a worker fails under it
+        /// (each on a fresh plan, over the copies left): 1 runs it once.
+        pub query_runs: u32, default = 6
     }
 }
 

@@ -25,8 +25,9 @@ use crate::engine::{Coordinator, ParamRow, Planned, in_session};
 use crate::query_log::{Caller, as_caller};
 use datafusion::prelude::SessionContext;
 
-/// Runs of one read-only query at most: enough for a worker to restart,
-/// few enough that a worker that stays down is reported within seconds.
+/// Runs of one read-only query at most (`tessera.query_runs` may ask for
+/// fewer): enough for a worker to restart, few enough that a worker that
+/// stays down is reported within seconds.
 pub const MAX_RUNS: u32 = 6;
 
 /// How long after its first failure a read-only query may still be run
@@ -46,6 +47,8 @@ pub struct Retry {
     deadline: Option<Instant>,
     delay: Duration,
     runs: u32,
+    /// Runs at most (`SET tessera.query_runs`).
+    max_runs: u32,
 }
 
 impl Retry {
@@ -56,6 +59,7 @@ impl Retry {
             deadline: None,
             delay: Duration::from_millis(100),
             runs: 1,
+            max_runs: coordinator.options().query_runs.clamp(1, MAX_RUNS),
         }
     }
 
@@ -65,7 +69,7 @@ impl Retry {
         let deadline = *self
             .deadline
             .get_or_insert_with(|| Instant::now() + RETRY_WINDOW);
-        if self.runs >= MAX_RUNS || Instant::now() + self.delay >= deadline {
+        if self.runs >= self.max_runs || Instant::now() + self.delay >= deadline {
             return false;
         }
         let epoch = coordinator.catalog().membership_epoch();

@@ -212,10 +212,16 @@ def test_set_replicas_adds_and_removes_copies(cluster, data_dir):
             assert len(p["replicas"].split(", ")) == 2 and p["in_sync"] == p["replicas"], p
         with pytest.raises(flightsql.Error, match="REPLICAS 4 needs 4 live workers"):
             cur.execute("ALTER TABLE s SET REPLICAS 4")
-        kill(procs, "w3")
-        # At once, while w3's heartbeats still look on time: the first run
-        # reads w3's partitions from it and fails; the query runs again on
-        # the other copies, and tessera.queries shows both runs.
+        w3 = worker_of(data_dir, "w3")
+        # Right after the kill, while w3's heartbeats still look on time: the
+        # first run reads w3's partitions from it and fails. A session that
+        # allows one run gets that error; the default runs the query again
+        # on the other copies, and tessera.queries shows both runs.
+        with flightsql.connect(f"grpc://{coordinator}") as once, once.cursor() as once_cur:
+            once_cur.execute("SET tessera.query_runs = 1")
+            kill(procs, "w3")
+            with pytest.raises(flightsql.Error, match=w3):
+                rows(once_cur, "SELECT count(*) AS n FROM s")
         assert rows(cur, "SELECT count(*) AS n, count(DISTINCT k) AS d FROM s") == [
             {"n": 20000, "d": 20000}]
         runs = rows(cur, "SELECT run, status FROM tessera.queries WHERE sql = "
@@ -223,7 +229,6 @@ def test_set_replicas_adds_and_removes_copies(cluster, data_dir):
         assert runs[-1]["status"] == "ok" and runs[-1]["run"] > 1, runs
         assert [r["run"] for r in runs] == list(range(1, len(runs) + 1)), runs
         assert all(r["status"].startswith("error") for r in runs[:-1]), runs
-        w3 = worker_of(data_dir, "w3")
         wait_for("w3 down", lambda: workers(cur)[w3]["state"] == "down", 30)
         done = rows(cur, "ALTER TABLE s SET REPLICAS 1")[0]
         assert done["copies_removed"] == 6, done
