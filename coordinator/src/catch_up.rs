@@ -9,7 +9,8 @@
 //!
 //! The leading coordinator looks for such copies every [`ROUND`].
 
-use std::sync::Arc;
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use datafusion::common::{DataFusionError, Result};
@@ -83,7 +84,7 @@ pub struct CaughtUp {
 
 /// Where a partition of `def` keeps files: the table's and its LOCAL
 /// indexes' keys.
-fn locations(state: &CatalogState, def: &TableDef) -> Vec<String> {
+pub(crate) fn locations(state: &CatalogState, def: &TableDef) -> Vec<String> {
     let mut out = vec![def.storage_key()];
     for index in state.indexes.values() {
         if index.table == def.name && index.kind == IndexKind::Local {
@@ -113,6 +114,11 @@ pub async fn catch_up(
     partition: u32,
     worker: &str,
 ) -> Result<Option<CaughtUp>> {
+    // One catch-up of a copy at a time (the background round and ALTER
+    // TABLE ... SET REPLICAS may both try).
+    let Some(_one) = Copying::claim(&def.storage_key(), partition, worker) else {
+        return Ok(None);
+    };
     let started = Instant::now();
     let mut done = CaughtUp::default();
     for _ in 0..ATTEMPTS {
@@ -178,6 +184,10 @@ pub async fn catch_up(
                 }
                 placement.out_of_sync.retain(|w| w != worker);
                 s.map.epoch += 1;
+                // Written by every decision on the partition too: a write
+                // decided while this one is being stored makes one of the
+                // two run again (this one then sees it and copies again).
+                crate::copies::bump_writes(s, &name, partition);
                 Ok(true)
             })
             .await?;
@@ -189,6 +199,28 @@ pub async fn catch_up(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     Ok(None)
+}
+
+/// Copies being caught up now: (table key, partition, worker).
+static COPYING: Mutex<BTreeSet<(String, u32, String)>> = Mutex::new(BTreeSet::new());
+
+/// A copy being caught up; released when dropped.
+struct Copying((String, u32, String));
+
+impl Copying {
+    fn claim(table: &str, partition: u32, worker: &str) -> Option<Self> {
+        let key = (table.to_string(), partition, worker.to_string());
+        let mut copying = COPYING.lock().ok()?;
+        copying.insert(key.clone()).then_some(Self(key))
+    }
+}
+
+impl Drop for Copying {
+    fn drop(&mut self) {
+        if let Ok(mut copying) = COPYING.lock() {
+            copying.remove(&self.0);
+        }
+    }
 }
 
 /// Transactions decided on `table`'s `partition` so far.

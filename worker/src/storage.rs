@@ -249,11 +249,14 @@ fn check_table_key(table: &str) -> Result<()> {
     Ok(())
 }
 
-/// Refuses file names that could name a path outside a partition's
-/// directory (a manifest copied from another worker names them).
+/// Refuses any name but a data file's (`<digits>.parquet`), as a manifest
+/// copied from another worker names them: nothing outside the partition's
+/// directory, and not its manifest or staging.
 fn check_file_name(name: &str) -> Result<()> {
-    let bad = name.is_empty() || name.starts_with('.') || name.contains(['/', '\\', '\0']);
-    if bad {
+    let good = name
+        .strip_suffix(".parquet")
+        .is_some_and(|stem| !stem.is_empty() && stem.bytes().all(|b| b.is_ascii_digit()));
+    if !good {
         return internal_err!("'{name}' is not a valid data file name");
     }
     Ok(())

@@ -28,6 +28,19 @@ impl Coordinator {
             return Err(crate::catalog::no_such_table(table));
         };
         let replication = Replication::try_new(replicas, Some(def.replication.quorum))?;
+        if replicas > 1
+            && let Some(global) = self
+                .catalog
+                .indexes_of(table)?
+                .into_iter()
+                .find(|i| i.kind.is_global())
+        {
+            return Err(ErrorKind::FailedPrecondition.error(format!(
+                "'{table}' has the GLOBAL index '{}', and GLOBAL indexes on a table with \
+                 REPLICAS > 1 are not supported yet; DROP INDEX {} (a LOCAL index works) first",
+                global.name, global.name
+            )));
+        }
         let live = self.live_workers()?;
         if replicas as usize > live.len() {
             return Err(ErrorKind::FailedPrecondition.error(format!(
@@ -104,21 +117,34 @@ impl Coordinator {
         if !removed.is_empty() {
             let generation = self.catalog.new_generation();
             let catalog = Arc::clone(&self.catalog);
-            let location = def.storage_key();
             let removed = removed.clone();
+            let def = def.clone();
             tokio::spawn(async move {
                 catalog.snapshots_before(generation).await;
+                let Ok(state) = catalog.state() else {
+                    return;
+                };
                 let members = catalog.members().unwrap_or_default();
+                let locations = crate::catch_up::locations(&state, &def);
                 for (partition, worker) in removed {
-                    let Some(url) = members.get(&worker) else {
+                    // Given a copy of it again meanwhile: its files stay.
+                    let holds_again = state.tables.get(&def.name).map(|t| t.id) != Some(def.id)
+                        || state
+                            .map
+                            .table(&def.name)
+                            .and_then(|p| p.get(partition as usize))
+                            .is_some_and(|p| p.replicas.contains(&worker));
+                    let Some(url) = members.get(&worker).filter(|_| !holds_again) else {
                         continue;
                     };
-                    let dropped = match WorkerClient::connect(url) {
-                        Ok(client) => client.drop_partition(&location, partition).await,
-                        Err(e) => Err(e),
-                    };
-                    if let Err(e) = dropped {
-                        tracing::warn!(%worker, partition, error = %e, "files of a removed copy were left behind");
+                    for location in &locations {
+                        let dropped = match WorkerClient::connect(url) {
+                            Ok(client) => client.drop_partition(location, partition).await,
+                            Err(e) => Err(e),
+                        };
+                        if let Err(e) = dropped {
+                            tracing::warn!(%worker, partition, error = %e, "files of a removed copy were left behind");
+                        }
                     }
                 }
             });

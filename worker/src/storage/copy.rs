@@ -96,7 +96,17 @@ impl Storage {
     }
 }
 
-/// A file being copied in: written to `<name>.copying`, synced, then
+/// A suffix no other copy in this process uses.
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    nanos ^ NEXT.fetch_add(1, Ordering::Relaxed).rotate_left(48)
+}
+
+/// A file being copied in: written to `<name>.<n>.copying`, synced, then
 /// renamed into place; dropped unfinished, it is removed.
 pub struct CopiedFile {
     path: PathBuf,
@@ -106,7 +116,10 @@ pub struct CopiedFile {
 
 impl CopiedFile {
     pub fn create(path: PathBuf) -> Result<Self> {
-        let tmp = path.with_extension("copying");
+        // Unique per copy: two copies of one file never share a temp file.
+        let mut tmp = path.clone().into_os_string();
+        tmp.push(format!(".{:016x}.copying", rand_suffix()));
+        let tmp = PathBuf::from(tmp);
         let file = fs::File::create(&tmp).map_err(|e| io_err("cannot create", &tmp, e))?;
         Ok(Self {
             path,
