@@ -13,7 +13,7 @@ import threading
 import adbc_driver_flightsql.dbapi as flightsql
 import pyarrow as pa
 import pytest
-from tessera_server import stop_server
+from tessera_server import server_log, stop_server
 from test_cluster_processes import rows, start_coordinator, start_worker, wait_for, workers
 
 BATCH = 500
@@ -42,6 +42,16 @@ def cluster(data_dir):
                 p.log.close()
 
 
+def wait_joined(cur, procs):
+    """Waits for the three workers to have joined; says what their logs
+    say if they do not."""
+    try:
+        wait_for("three workers", lambda: len(workers(cur)) == 3, 30)
+    except AssertionError as e:
+        logs = {n: server_log(p)[-2000:] for n, p in procs.items()}
+        raise AssertionError(f"{e}: {workers(cur)}; logs: {logs}") from None
+
+
 def kill(procs, name):
     procs[name].send_signal(signal.SIGKILL)
     procs[name].wait()
@@ -59,7 +69,7 @@ def partitions(cur, table):
 def test_placement_and_quorums(cluster, data_dir):
     coordinator, procs, _ = cluster
     with flightsql.connect(f"grpc://{coordinator}") as conn, conn.cursor() as cur:
-        wait_for("three workers", lambda: len(workers(cur)) == 3, 30)
+        wait_joined(cur, procs)
         with pytest.raises(flightsql.Error, match="REPLICAS 4 needs 4 workers and 3 are"):
             cur.execute("CREATE TABLE big (k BIGINT) PARTITION BY HASH (k) PARTITIONS 4 "
                         "REPLICAS 4")
@@ -118,7 +128,7 @@ def test_a_worker_killed_mid_load_loses_nothing(cluster, data_dir):
     print(f"seed {seed}")
     rng = random.Random(seed)
     with flightsql.connect(f"grpc://{coordinator}") as conn, conn.cursor() as cur:
-        wait_for("three workers", lambda: len(workers(cur)) == 3, 30)
+        wait_joined(cur, procs)
         cur.execute("CREATE TABLE t (id BIGINT, b BIGINT) PARTITION BY HASH (id) PARTITIONS 6 "
                     "REPLICAS 2 WRITE QUORUM ONE")
         acked, failed = [], []
@@ -201,7 +211,7 @@ def test_set_replicas_adds_and_removes_copies(cluster, data_dir):
     copies away again."""
     coordinator, procs, _ = cluster
     with flightsql.connect(f"grpc://{coordinator}") as conn, conn.cursor() as cur:
-        wait_for("three workers", lambda: len(workers(cur)) == 3, 30)
+        wait_joined(cur, procs)
         cur.execute("CREATE TABLE s (k BIGINT, v VARCHAR) PARTITION BY HASH (k) PARTITIONS 6")
         cur.execute("INSERT INTO s SELECT value AS k, 'v' || CAST(value AS VARCHAR) AS v "
                     "FROM range(20000)")
