@@ -268,7 +268,13 @@ def test_a_worker_killed_mid_ingest_changes_nothing(data_dir):
     import signal
     import threading
 
-    from test_cluster_processes import start_coordinator, start_worker, wait_for, workers
+    from test_cluster_processes import (
+        start_coordinator,
+        start_worker,
+        stop_all,
+        wait_for,
+        workers,
+    )
 
     coord, coordinator = start_coordinator(data_dir, lease=2)
     procs = {"coordinator": coord}
@@ -343,8 +349,4 @@ def test_a_worker_killed_mid_ingest_changes_nothing(data_dir):
             got = rows(cur, "SELECT count(*) AS n, count(DISTINCT id) AS d FROM t")
             assert got == [{"n": 1000 + 16 * rows_per_batch, "d": 1000 + 16 * rows_per_batch}]
     finally:
-        for p in procs.values():
-            if p.poll() is None:
-                stop_server(p)
-            else:
-                p.log.close()
+        stop_all(procs.values())

@@ -13,8 +13,15 @@ import threading
 import adbc_driver_flightsql.dbapi as flightsql
 import pyarrow as pa
 import pytest
-from tessera_server import server_log, stop_server
-from test_cluster_processes import rows, start_coordinator, start_worker, wait_for, workers
+from tessera_server import server_log
+from test_cluster_processes import (
+    rows,
+    start_coordinator,
+    start_worker,
+    stop_all,
+    wait_for,
+    workers,
+)
 
 BATCH = 500
 
@@ -35,11 +42,7 @@ def cluster(data_dir):
             start(name)
         yield coordinator, procs, start
     finally:
-        for p in procs.values():
-            if p.poll() is None:
-                stop_server(p)
-            else:
-                p.log.close()
+        stop_all(procs.values())
 
 
 def wait_joined(cur, procs):
