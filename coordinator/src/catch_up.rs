@@ -14,12 +14,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use datafusion::common::{DataFusionError, Result};
-use tessera_sql::{IndexKind, TableDef};
+use tessera_sql::TableDef;
 use tessera_worker::WorkerClient;
 use tessera_worker::wire::{InstallRequest, Installed};
 
 use crate::catalog::Catalog;
 use crate::catalog_state::CatalogState;
+use crate::copies::locations;
 use crate::membership::WorkerState;
 
 /// How often the leader looks for copies to catch up.
@@ -80,18 +81,6 @@ pub async fn round(catalog: &Arc<Catalog>) -> Result<()> {
 pub struct CaughtUp {
     pub installed: Installed,
     pub took: Duration,
-}
-
-/// Where a partition of `def` keeps files: the table's and its LOCAL
-/// indexes' keys.
-pub(crate) fn locations(state: &CatalogState, def: &TableDef) -> Vec<String> {
-    let mut out = vec![def.storage_key()];
-    for index in state.indexes.values() {
-        if index.table == def.name && index.kind == IndexKind::Local {
-            out.push(index.storage_key(def));
-        }
-    }
-    out
 }
 
 /// Decided transactions not yet committed everywhere that wrote

@@ -3,8 +3,10 @@
 //! and the per-partition count of decided transactions a copy catching up
 //! checks before it rejoins.
 
+use std::collections::BTreeMap;
+
 use datafusion::common::{DataFusionError, Result};
-use tessera_sql::IndexKind;
+use tessera_sql::{IndexKind, TableDef};
 use tessera_worker::WorkerUnavailable;
 
 use crate::catalog::WriteTarget;
@@ -60,19 +62,16 @@ pub(crate) fn settle_copies(
     }
     // Where the partition's files are: the table's and its LOCAL indexes',
     // or the GLOBAL index's.
-    let mut locations = vec![];
-    if let Some(def) = s.tables.get(map_key) {
-        locations.push(def.storage_key());
-        for index in s.indexes.values() {
-            if index.table == map_key && index.kind == IndexKind::Local {
-                locations.push(index.storage_key(def));
-            }
-        }
-    } else if let Some(index) = s.indexes.values().find(|i| i.map_key() == map_key)
-        && let Some(def) = s.tables.get(&index.table)
-    {
-        locations.push(index.storage_key(def));
-    }
+    let locations = match s.tables.get(map_key) {
+        Some(def) => locations(s, def),
+        None => s
+            .indexes
+            .values()
+            .find(|i| i.map_key() == map_key)
+            .and_then(|i| Some(i.storage_key(s.tables.get(&i.table)?)))
+            .into_iter()
+            .collect(),
+    };
     s.map.leave_in_sync(map_key, partition, &missed);
     for writes in s.decided.values_mut() {
         for worker in &missed {
@@ -98,16 +97,26 @@ pub(crate) fn bump_writes(s: &mut CatalogState, table: &str, partition: u32) {
     p.writes += 1;
 }
 
-/// The error of a write that fewer than `needed` copies of a partition
-/// took (`why`: each missing copy's failure).
+/// Copies a write could not reach or that failed it, by worker: why, and
+/// whether the worker could not be reached.
+pub(crate) type Failures = BTreeMap<String, (String, bool)>;
+
+/// The error of a write that only `held` of `target`'s in-sync copies took,
+/// fewer than it needs (`failed` says why of each missing one).
 pub(crate) fn short_of_quorum(
-    map_key: &str,
-    partition: u32,
-    needed: usize,
+    target: &WriteTarget,
     held: usize,
-    why: &[String],
-    unreachable: bool,
+    failed: &Failures,
 ) -> DataFusionError {
+    let (map_key, partition, needed) = (&target.map_key, target.partition, target.needed);
+    let missing: Vec<(&str, &(String, bool))> = target
+        .workers()
+        .filter_map(|w| failed.get(w).map(|f| (w, f)))
+        .collect();
+    let why: Vec<String> = missing
+        .iter()
+        .map(|(w, (why, _))| format!("{w}: {why}"))
+        .collect();
     let message = format!(
         "partition {partition} of '{map_key}' needs its write on {needed} in-sync {} and {held} \
          took it ({}); nothing was written. Start the workers that are down and retry (copies \
@@ -115,9 +124,21 @@ pub(crate) fn short_of_quorum(
         if needed == 1 { "copy" } else { "copies" },
         why.join("; ")
     );
-    if unreachable {
+    if missing.iter().any(|(_, (_, unreachable))| *unreachable) {
         WorkerUnavailable::error(message)
     } else {
         DataFusionError::Execution(message)
     }
+}
+
+/// Where a partition of `def` keeps files: the table's and its LOCAL
+/// indexes' keys.
+pub(crate) fn locations(state: &CatalogState, def: &TableDef) -> Vec<String> {
+    let mut out = vec![def.storage_key()];
+    for index in state.indexes.values() {
+        if index.table == def.name && index.kind == IndexKind::Local {
+            out.push(index.storage_key(def));
+        }
+    }
+    out
 }

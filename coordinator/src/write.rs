@@ -38,7 +38,7 @@ use tessera_worker::{
 
 use crate::catalog::{Catalog, WriteTarget};
 use crate::catalog_state::CatalogState;
-use crate::copies::{settle_copies, short_of_quorum};
+use crate::copies::{Failures, settle_copies, short_of_quorum};
 
 /// Where the rows of an INSERT go.
 #[derive(Debug)]
@@ -395,14 +395,13 @@ pub async fn write_pieces(
     let mut urls: BTreeMap<String, String> = BTreeMap::new();
     // Workers a piece should reach and cannot: why, and whether because
     // they could not be reached.
-    let mut failed: BTreeMap<String, (String, bool)> = BTreeMap::new();
+    let mut failed = Failures::new();
     // One prepare per worker, carrying all its pieces (a partition's rows
     // and its LOCAL index entries travel together; each copy of a
     // partition gets the same pieces): worker → (piece number, where, rows).
     let mut by_worker: BTreeMap<String, Vec<(usize, PieceHeader, RecordBatch)>> = BTreeMap::new();
     let mut shares = vec![];
     for (i, piece) in pieces.into_iter().enumerate() {
-        let mut replicas = vec![];
         for replica in &piece.target.replicas {
             match replica {
                 Ok(part) => {
@@ -415,21 +414,15 @@ pub async fn write_pieces(
                         },
                         piece.batch.clone(),
                     ));
-                    replicas.push(part.worker_id.clone());
                 }
                 Err((worker, why)) => {
                     failed.insert(worker.clone(), (why.clone(), true));
-                    replicas.push(worker.clone());
                 }
             }
         }
         shares.push(Share {
             location: piece.location,
-            partition: piece.partition,
-            needed: piece.target.needed,
-            map_key: piece.target.map_key.clone(),
             target: piece.target,
-            replicas,
         });
     }
     let request = PrepareRequest { txn };
@@ -478,25 +471,9 @@ pub async fn write_pieces(
     }
     // Each piece on enough copies, or nothing changes.
     for (share, held) in shares.iter().zip(&files) {
-        if held.len() < share.needed {
+        if held.len() < share.target.needed {
             abort(txn, urls.values()).await;
-            let why: Vec<String> = share
-                .replicas
-                .iter()
-                .filter_map(|w| failed.get(w).map(|(why, _)| format!("{w}: {why}")))
-                .collect();
-            let unreachable = share
-                .replicas
-                .iter()
-                .any(|w| failed.get(w).is_some_and(|(_, u)| *u));
-            return Err(short_of_quorum(
-                &share.map_key,
-                share.partition,
-                share.needed,
-                held.len(),
-                &why,
-                unreachable,
-            ));
+            return Err(short_of_quorum(&share.target, held.len(), &failed));
         }
     }
     let mut writes: BTreeMap<String, Vec<StagedWrite>> = BTreeMap::new();
@@ -505,7 +482,7 @@ pub async fn write_pieces(
             writes.entry(worker.clone()).or_default().push(StagedWrite {
                 txn,
                 table: share.location.clone(),
-                partition: share.partition,
+                partition: share.target.partition,
             });
         }
     }
@@ -536,12 +513,8 @@ pub async fn write_pieces(
 /// One piece of a write as its copies take it.
 struct Share {
     location: String,
+    /// The partition and the in-sync copies it goes to.
     target: WriteTarget,
-    partition: u32,
-    needed: usize,
-    map_key: String,
-    /// The in-sync replicas it goes to, reachable or not.
-    replicas: Vec<String>,
 }
 
 /// The second half of a transaction whose writes are all prepared (staged

@@ -27,7 +27,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::catalog::{Catalog, WriteTarget};
-use crate::copies::{settle_copies, short_of_quorum};
+use crate::copies::{Failures, settle_copies, short_of_quorum};
 use crate::write::{WriteSink, abort, add_stats, decide_and_commit, name_worker};
 
 /// Rows of one partition gathered before they are sent on.
@@ -61,12 +61,10 @@ struct Upload {
 struct Uploads {
     txn: u64,
     open: BTreeMap<String, Upload>,
-    /// Each partition sent so far: its in-sync copies (whether reachable
-    /// or not), how many must take the write, and its target.
-    owners: BTreeMap<u32, (Vec<String>, usize, WriteTarget)>,
-    /// Copies that could not be reached or stopped taking rows, and why
-    /// (with whether they could not be reached).
-    failed: BTreeMap<String, (String, bool)>,
+    /// Each partition sent so far: its in-sync copies and quorum.
+    owners: BTreeMap<u32, WriteTarget>,
+    /// Copies that could not be reached or stopped taking rows.
+    failed: Failures,
     armed: bool,
 }
 
@@ -80,28 +78,14 @@ impl Uploads {
 
     /// Fails unless every partition sent so far still has enough copies
     /// taking its rows.
-    fn check_quorum(&self, table: &str) -> Result<()> {
-        for (partition, (replicas, needed, _)) in &self.owners {
-            let live = replicas
-                .iter()
+    fn check_quorum(&self) -> Result<()> {
+        for target in self.owners.values() {
+            let live = target
+                .workers()
                 .filter(|w| !self.failed.contains_key(*w))
                 .count();
-            if live < *needed {
-                let why: Vec<String> = replicas
-                    .iter()
-                    .filter_map(|w| self.failed.get(w).map(|(why, _)| format!("{w}: {why}")))
-                    .collect();
-                let unreachable = replicas
-                    .iter()
-                    .any(|w| self.failed.get(w).is_some_and(|(_, u)| *u));
-                return Err(short_of_quorum(
-                    table,
-                    *partition,
-                    *needed,
-                    live,
-                    &why,
-                    unreachable,
-                ));
+            if live < target.needed {
+                return Err(short_of_quorum(target, live, &self.failed));
             }
         }
         Ok(())
@@ -151,11 +135,11 @@ pub async fn write_stream(
         txn,
         open: BTreeMap::new(),
         owners: BTreeMap::new(),
-        failed: BTreeMap::new(),
+        failed: Failures::new(),
         armed: true,
     };
     let prepared = match route_all(catalog, def, &sink, &accepts, txn, input, &mut uploads).await {
-        Ok(()) => finish_uploads(&mut uploads, &table).await,
+        Ok(()) => finish_uploads(&mut uploads).await,
         Err(e) => Err(e),
     };
     let prepared = match prepared {
@@ -185,7 +169,7 @@ pub async fn write_stream(
     urls.retain(|w, _| !uploads.failed.contains_key(w));
     // Copies that missed the write leave the in-sync set as it is decided.
     let mut settled: Vec<(WriteTarget, Vec<String>)> = vec![];
-    for (partition, (_, _, target)) in &uploads.owners {
+    for (partition, target) in &uploads.owners {
         let held: Vec<String> = prepared
             .iter()
             .filter(|(_, p, _)| p == partition)
@@ -232,10 +216,7 @@ pub async fn write_stream(
 /// Ends every upload (all at once) and collects the files each worker
 /// staged: (worker, partition, file). A worker that fails is noted in
 /// `failed`; the write fails if a partition is then short of copies.
-async fn finish_uploads(
-    uploads: &mut Uploads,
-    table: &str,
-) -> Result<Vec<(String, u32, DataFile)>> {
+async fn finish_uploads(uploads: &mut Uploads) -> Result<Vec<(String, u32, DataFile)>> {
     let mut waits = vec![];
     for (worker, upload) in &mut uploads.open {
         // The end of its rows: the worker finishes and syncs its files.
@@ -288,7 +269,7 @@ async fn finish_uploads(
             }
         }
     }
-    uploads.check_quorum(table)?;
+    uploads.check_quorum()?;
     Ok(prepared)
 }
 
@@ -384,12 +365,12 @@ async fn send(
     if !uploads.owners.contains_key(&partition) {
         open_uploads(catalog, def, txn, partition, uploads)?;
     }
-    let replicas = uploads
+    let workers: Vec<String> = uploads
         .owners
         .get(&partition)
-        .map(|(r, ..)| r.clone())
+        .map(|t| t.workers().map(String::from).collect())
         .unwrap_or_default();
-    for worker in replicas {
+    for worker in workers {
         if uploads.failed.contains_key(&worker) {
             continue;
         }
@@ -423,7 +404,7 @@ async fn send(
         tracing::warn!(txn, %worker, error = %failure, "a copy stopped taking the upload's rows");
         upload.task.abort();
         uploads.failed.insert(worker, (failure.to_string(), true));
-        uploads.check_quorum(&def.name)?;
+        uploads.check_quorum()?;
     }
     Ok(())
 }
@@ -444,17 +425,14 @@ fn open_uploads(
             def.name
         )));
     };
-    let mut replicas = vec![];
-    for replica in target.replicas.clone() {
+    for replica in &target.replicas {
         let part = match replica {
             Ok(part) => part,
             Err((worker, why)) => {
-                uploads.failed.insert(worker.clone(), (why, true));
-                replicas.push(worker);
+                uploads.failed.insert(worker.clone(), (why.clone(), true));
                 continue;
             }
         };
-        replicas.push(part.worker_id.clone());
         if uploads.failed.contains_key(&part.worker_id) {
             continue;
         }
@@ -480,9 +458,8 @@ fn open_uploads(
             });
         upload.partitions.push(partition);
     }
-    let needed = target.needed;
-    uploads.owners.insert(partition, (replicas, needed, target));
-    uploads.check_quorum(&def.name)
+    uploads.owners.insert(partition, target);
+    uploads.check_quorum()
 }
 
 /// `batch` with the table's column types (by position; `schema` is the

@@ -27,6 +27,16 @@ pub struct WriteTarget {
     pub needed: usize,
 }
 
+impl WriteTarget {
+    /// The in-sync copies' workers, reachable or not.
+    pub fn workers(&self) -> impl Iterator<Item = &str> {
+        self.replicas.iter().map(|r| match r {
+            Ok(part) => part.worker_id.as_str(),
+            Err((worker, _)) => worker.as_str(),
+        })
+    }
+}
+
 /// The table `map_key` names, or whose GLOBAL index's partitions it names.
 pub fn owner_of<'a>(state: &'a CatalogState, map_key: &str) -> Option<&'a TableDef> {
     if let Some(def) = state.tables.get(map_key) {
@@ -154,14 +164,5 @@ impl Catalog {
                 })
             })
             .collect()
-    }
-
-    /// The copies and write quorum of the table `map_key` names, or whose
-    /// GLOBAL index's partitions it names.
-    pub fn replication_of(&self, map_key: &str) -> Result<tessera_sql::Replication> {
-        let state = self.state.lock().map_err(|_| poisoned())?;
-        Ok(owner_of(&state, map_key)
-            .map(|t| t.replication)
-            .unwrap_or_default())
     }
 }

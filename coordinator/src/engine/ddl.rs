@@ -8,7 +8,10 @@ use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray, UInt32Array, 
 use datafusion::arrow::datatypes::{Field, Schema};
 use datafusion::common::{Result, exec_err, plan_err};
 use datafusion::logical_expr::{DdlStatement, LogicalPlan};
-use tessera_sql::{CreateTable, IndexDef, PartitionScheme, Statement, TableDef, parse_statement};
+use tessera_sql::{
+    CreateTable, IndexDef, PartitionPlacement, PartitionScheme, Statement, TableDef,
+    parse_statement,
+};
 use tessera_worker::{ErrorKind, WorkerClient};
 
 use crate::catalog::Catalog;
@@ -284,7 +287,7 @@ impl Coordinator {
         for index in self.catalog.indexes_of(name)? {
             crate::index::drop_index(&self.catalog, &index.name, true).await?;
         }
-        let holders = self.holders(name)?;
+        let holders = held_by(&self.catalog.placements(name)?);
         self.catalog
             .update(|s| {
                 s.tables.remove(name);
@@ -306,16 +309,6 @@ impl Coordinator {
             }
         }
         Ok(live)
-    }
-
-    /// The workers holding a copy of some partition of `table`.
-    fn holders(&self, table: &str) -> Result<BTreeSet<String>> {
-        Ok(self
-            .catalog
-            .placements(table)?
-            .iter()
-            .flat_map(|p| p.replicas.iter().cloned())
-            .collect())
     }
 
     /// Creates the staging table a replacing ingest fills (`sql` is its
@@ -374,13 +367,7 @@ impl Coordinator {
                     .filter(|i| i.table == name)
                     .cloned()
                     .collect();
-                let holders: BTreeSet<String> = s
-                    .map
-                    .table(name)
-                    .unwrap_or_default()
-                    .iter()
-                    .flat_map(|p| p.replicas.iter().cloned())
-                    .collect();
+                let holders = held_by(s.map.table(name).unwrap_or_default());
                 s.stats.remove(name);
                 s.map.drop_table(name);
                 for index in &old_indexes {
@@ -527,7 +514,7 @@ impl Coordinator {
                 Err(e) => tracing::info!(%worker, error = %e, "no partition sizes from a worker"),
             }
         }
-        let state_of = |p: &tessera_sql::PartitionPlacement, w: &str| -> Result<&'static str> {
+        let state_of = |p: &PartitionPlacement, w: &str| -> Result<&'static str> {
             let up =
                 members.contains_key(w) && self.catalog.membership().state(w)? != WorkerState::Down;
             Ok(match (up, p.is_in_sync(w)) {
@@ -577,6 +564,14 @@ impl Coordinator {
 }
 
 /// The option a `SHOW tessera[.name]` statement asks for.
+/// The workers holding a copy of some partition of a table.
+fn held_by(placements: &[PartitionPlacement]) -> BTreeSet<String> {
+    placements
+        .iter()
+        .flat_map(|p| p.replicas.iter().cloned())
+        .collect()
+}
+
 /// How long a replace waits for queries that began before its rows were
 /// written.
 const REPLACE_WAIT: std::time::Duration = std::time::Duration::from_secs(60);

@@ -125,7 +125,7 @@ impl Coordinator {
                     return;
                 };
                 let members = catalog.members().unwrap_or_default();
-                let locations = crate::catch_up::locations(&state, &def);
+                let locations = crate::copies::locations(&state, &def);
                 for (partition, worker) in removed {
                     // Given a copy of it again meanwhile: its files stay.
                     let holds_again = state.tables.get(&def.name).map(|t| t.id) != Some(def.id)
