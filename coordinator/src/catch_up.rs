@@ -14,13 +14,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use datafusion::common::{DataFusionError, Result};
-use tessera_sql::TableDef;
 use tessera_worker::WorkerClient;
 use tessera_worker::wire::{InstallRequest, Installed};
 
 use crate::catalog::Catalog;
 use crate::catalog_state::CatalogState;
-use crate::copies::locations;
+use crate::copies::files_of;
 use crate::membership::WorkerState;
 
 /// How often the leader looks for copies to catch up.
@@ -45,11 +44,12 @@ pub fn spawn_catch_up(catalog: &Arc<Catalog>) {
     });
 }
 
-/// Catches up every copy out of sync whose worker is up.
+/// Catches up every copy out of sync whose worker is up: of tables'
+/// partitions and of GLOBAL indexes' partitions.
 pub async fn round(catalog: &Arc<Catalog>) -> Result<()> {
     let state = catalog.state()?;
-    for (name, def) in &state.tables {
-        let Some(placements) = state.map.tables.get(name) else {
+    for (map_key, placements) in &state.map.tables {
+        let Some(owner) = crate::catalog::owner_of(&state, map_key) else {
             continue;
         };
         for placement in placements {
@@ -57,16 +57,16 @@ pub async fn round(catalog: &Arc<Catalog>) -> Result<()> {
                 if catalog.membership().state(worker)? != WorkerState::Up {
                     continue;
                 }
-                match catch_up(catalog, def, placement.id, worker).await {
+                match catch_up(catalog, map_key, owner.id, placement.id, worker).await {
                     Ok(Some(done)) => tracing::info!(
-                        table = %name, partition = placement.id, %worker,
+                        table = %map_key, partition = placement.id, %worker,
                         files = done.installed.files, bytes = done.installed.bytes,
                         seconds = done.took.as_secs_f64(),
                         "a copy caught up and rejoined the in-sync set"
                     ),
                     Ok(None) => {}
                     Err(e) => tracing::info!(
-                        table = %name, partition = placement.id, %worker, error = %e,
+                        table = %map_key, partition = placement.id, %worker, error = %e,
                         "a copy could not catch up yet"
                     ),
                 }
@@ -94,18 +94,21 @@ fn pending(state: &CatalogState, locations: &[String], partition: u32) -> bool {
     })
 }
 
-/// Copies `def`'s `partition` to `worker` from an in-sync copy and puts
-/// `worker` back in the in-sync set; `None` when the partition keeps
-/// changing (the next round tries again) or `worker` is in sync already.
+/// Copies `partition` of `map_key` (a table, or a GLOBAL index's
+/// partitions; `table_id` is its table's id) to `worker` from an in-sync
+/// copy and puts `worker` back in the in-sync set; `None` when the
+/// partition keeps changing (the next round tries again), `worker` is in
+/// sync already or the table is gone.
 pub async fn catch_up(
     catalog: &Arc<Catalog>,
-    def: &TableDef,
+    map_key: &str,
+    table_id: u64,
     partition: u32,
     worker: &str,
 ) -> Result<Option<CaughtUp>> {
     // One catch-up of a copy at a time (the background round and ALTER
     // TABLE ... SET REPLICAS may both try).
-    let Some(_one) = Copying::claim(&def.storage_key(), partition, worker) else {
+    let Some(_one) = Copying::claim(map_key, partition, worker) else {
         return Ok(None);
     };
     let started = Instant::now();
@@ -115,20 +118,22 @@ pub async fn catch_up(
         let out_of_sync = state
             .map
             .tables
-            .get(&def.name)
+            .get(map_key)
             .and_then(|p| p.get(partition as usize))
             .is_some_and(|p| p.out_of_sync.iter().any(|w| w == worker));
-        if !out_of_sync || state.tables.get(&def.name).map(|t| t.id) != Some(def.id) {
+        let Some((def, locations)) = files_of(&state, map_key) else {
+            return Ok(None);
+        };
+        if !out_of_sync || def.id != table_id {
             return Ok(None);
         }
-        let locations = locations(&state, def);
         if pending(&state, &locations, partition) {
             // Commits still landing: the copy's manifest might miss one.
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         }
-        let writes = writes_on(&state, &def.name, partition);
-        let Some(source) = catalog.scan_parts(&def.name, &[partition])?.pop() else {
+        let writes = writes_on(&state, map_key, partition);
+        let Some(source) = catalog.scan_parts(map_key, &[partition])?.pop() else {
             return Ok(None);
         };
         let Some(url) = catalog.members()?.get(worker).cloned() else {
@@ -146,24 +151,25 @@ pub async fn catch_up(
             };
             let installed = to.install(&request).await.map_err(|e| {
                 DataFusionError::Execution(format!(
-                    "copying partition {partition} of '{}' from {} to {worker} failed: {e}",
-                    def.name, source.worker_id
+                    "copying partition {partition} of '{map_key}' from {} to {worker} failed: {e}",
+                    source.worker_id
                 ))
             })?;
             done.installed.files += installed.files;
             done.installed.bytes += installed.bytes;
         }
-        let (name, id) = (def.name.clone(), def.id);
         let rejoined = catalog
             .update(|s| {
-                let still = s.tables.get(&name).map(|t| t.id) == Some(id)
-                    && writes_on(s, &name, partition) == writes
+                // No write decided on the partition since the copy began,
+                // none still committing, none of the table in flight.
+                let still = crate::catalog::owner_of(s, map_key).map(|t| t.id) == Some(table_id)
+                    && writes_on(s, map_key, partition) == writes
                     && !pending(s, &locations, partition)
-                    && !catalog.writing(&name)?;
+                    && !catalog.writing(&def.name)?;
                 let Some(placement) = s
                     .map
                     .tables
-                    .get_mut(&name)
+                    .get_mut(map_key)
                     .and_then(|p| p.get_mut(partition as usize))
                 else {
                     return Ok(false);
@@ -176,7 +182,7 @@ pub async fn catch_up(
                 // Written by every decision on the partition too: a write
                 // decided while this one is being stored makes one of the
                 // two run again (this one then sees it and copies again).
-                crate::copies::bump_writes(s, &name, partition);
+                crate::copies::bump_writes(s, map_key, partition);
                 Ok(true)
             })
             .await?;
@@ -190,7 +196,7 @@ pub async fn catch_up(
     Ok(None)
 }
 
-/// Copies being caught up now: (table key, partition, worker).
+/// Copies being caught up now: (map key, partition, worker).
 static COPYING: Mutex<BTreeSet<(String, u32, String)>> = Mutex::new(BTreeSet::new());
 
 /// A copy being caught up; released when dropped.
@@ -212,11 +218,11 @@ impl Drop for Copying {
     }
 }
 
-/// Transactions decided on `table`'s `partition` so far.
-fn writes_on(state: &CatalogState, table: &str, partition: u32) -> u64 {
+/// Transactions decided on a partition of `map_key` so far.
+fn writes_on(state: &CatalogState, map_key: &str, partition: u32) -> u64 {
     state
         .stats
-        .get(table)
+        .get(map_key)
         .and_then(|s| s.get(&partition))
         .map_or(0, |p| p.writes)
 }

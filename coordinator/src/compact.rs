@@ -7,8 +7,9 @@
 //! (partitions with >= 16 files < 8 MB, tiered)
 //!   per partition of the table, of its LOCAL index parts and of its
 //!   GLOBAL index partitions:
-//!     txn ─► worker merges those files into staged/<txn>.parquet
-//!            and notes which files it replaces
+//!     txn ─► the rule chooses files on one copy's manifest
+//!         ─► every in-sync copy merges exactly those files into
+//!            staged/<txn>.parquet and notes which files it replaces
 //!         ─► decide (logged like any write) ─► commit swaps the files
 //! ```
 //!
@@ -195,8 +196,9 @@ async fn merge_partition(
     let Some(target) = catalog.write_targets(&part.map_key, &[partition])?.pop() else {
         return Ok(None);
     };
-    // Every in-sync copy merges the same files (their manifests are the
-    // same), or none does: copies of a partition stay file for file alike.
+    // The files to merge are chosen here, on one copy's manifest, and
+    // every in-sync copy merges exactly those: copies of a partition stay
+    // file for file alike (index entries name rows by file and offset).
     let mut copies = vec![];
     for replica in target.replicas {
         match replica {
@@ -210,19 +212,38 @@ async fn merge_partition(
             }
         }
     }
-    let request = CompactRequest {
-        txn,
-        table: part.location.clone(),
-        partition,
-        rule: MergeRule {
-            below_txn: catalog.compaction_bound()?,
-            ..rule
-        },
+    let Some(first) = copies.first() else {
+        return Ok(None);
     };
     let urls: BTreeMap<String, String> = copies
         .iter()
         .map(|c| (c.worker_id.clone(), c.url.clone()))
         .collect();
+    let manifest = async {
+        WorkerClient::connect(&first.url)?
+            .manifest(&part.location, partition)
+            .await
+    }
+    .await
+    .map_err(|e| name_worker(&first.worker_id, &first.url, e))?;
+    let rule = MergeRule {
+        below_txn: catalog.compaction_bound()?,
+        ..rule
+    };
+    let files: Vec<String> = rule
+        .choose(&manifest.files)
+        .into_iter()
+        .map(|f| f.name)
+        .collect();
+    if files.is_empty() {
+        return Ok(None);
+    }
+    let request = CompactRequest {
+        txn,
+        table: part.location.clone(),
+        partition,
+        files,
+    };
     let answers = futures::future::join_all(copies.iter().map(|c| async {
         let merged = async { WorkerClient::connect(&c.url)?.compact(&request).await };
         merged
@@ -230,36 +251,33 @@ async fn merge_partition(
             .map_err(|e| name_worker(&c.worker_id, &c.url, e))
     }))
     .await;
-    let names = |m: &Option<Compaction>| {
-        m.as_ref().map(|m| {
-            m.replaces
-                .iter()
-                .map(|f| f.name.clone())
-                .collect::<Vec<_>>()
-        })
-    };
-    let mut first: Option<Option<Compaction>> = None;
-    let mut alike = true;
+    let mut merged: Option<Compaction> = None;
     for answer in answers {
-        let answer = match answer {
-            Ok(answer) => answer,
+        match answer {
+            // Each copy merged the named files into one of the same rows.
+            Ok(Some(m))
+                if merged
+                    .as_ref()
+                    .is_none_or(|seen| seen.file.rows == m.file.rows) =>
+            {
+                merged = Some(m)
+            }
+            Ok(_) => {
+                abort(txn, urls.values()).await;
+                return tessera_worker::precondition_err!(
+                    "copies of partition {partition} of '{}' merged different rows; \
+                     nothing was compacted",
+                    part.map_key
+                );
+            }
             Err(e) => {
                 abort(txn, urls.values()).await;
                 return Err(e);
             }
-        };
-        match &first {
-            None => first = Some(answer),
-            Some(seen) => alike &= names(seen) == names(&answer),
         }
     }
-    let merged = first.flatten();
-    let Some(merged) = merged.filter(|_| alike) else {
-        // Nothing to merge, or copies that would merge different files.
+    let Some(merged) = merged else {
         abort(txn, urls.values()).await;
-        if !alike {
-            tracing::warn!(table = %part.map_key, partition, "copies of a partition would merge different files; not compacted");
-        }
         return Ok(None);
     };
     let writes: BTreeMap<String, Vec<StagedWrite>> = urls
@@ -284,7 +302,7 @@ async fn merge_partition(
                 def.name
             );
         }
-        crate::copies::bump_writes(s, &def.name, partition);
+        crate::copies::bump_writes(s, &part.map_key, partition);
         if part.data
             && let Some(p) = s
                 .stats

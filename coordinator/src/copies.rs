@@ -44,9 +44,7 @@ pub(crate) fn settle_copies(
         )));
     };
     let in_sync: Vec<String> = placement.in_sync().map(String::from).collect();
-    if let Some(table) = owner.filter(|t| t.name == map_key).map(|t| t.name.clone()) {
-        bump_writes(s, &table, partition);
-    }
+    bump_writes(s, map_key, partition);
     let holding = in_sync.iter().filter(|w| held.contains(w)).count();
     if holding < target.needed {
         return Err(WorkerUnavailable::error(format!(
@@ -60,18 +58,7 @@ pub(crate) fn settle_copies(
     if missed.is_empty() {
         return Ok(());
     }
-    // Where the partition's files are: the table's and its LOCAL indexes',
-    // or the GLOBAL index's.
-    let locations = match s.tables.get(map_key) {
-        Some(def) => locations(s, def),
-        None => s
-            .indexes
-            .values()
-            .find(|i| i.map_key() == map_key)
-            .and_then(|i| Some(i.storage_key(s.tables.get(&i.table)?)))
-            .into_iter()
-            .collect(),
-    };
+    let locations = files_of(s, map_key).map(|(_, l)| l).unwrap_or_default();
     s.map.leave_in_sync(map_key, partition, &missed);
     for writes in s.decided.values_mut() {
         for worker in &missed {
@@ -86,11 +73,12 @@ pub(crate) fn settle_copies(
     Ok(())
 }
 
-/// Counts a transaction decided on `table`'s `partition`.
-pub(crate) fn bump_writes(s: &mut CatalogState, table: &str, partition: u32) {
+/// Counts a transaction decided on a partition of `map_key` (a table, or
+/// a GLOBAL index's partitions).
+pub(crate) fn bump_writes(s: &mut CatalogState, map_key: &str, partition: u32) {
     let p = s
         .stats
-        .entry(table.to_string())
+        .entry(map_key.to_string())
         .or_default()
         .entry(partition)
         .or_default();
@@ -131,14 +119,27 @@ pub(crate) fn short_of_quorum(
     }
 }
 
-/// Where a partition of `def` keeps files: the table's and its LOCAL
-/// indexes' keys.
+/// Where a partition of `def` keeps files: the table's, its LOCAL
+/// indexes' and its ASYNC indexes' outboxes' keys.
 pub(crate) fn locations(state: &CatalogState, def: &TableDef) -> Vec<String> {
     let mut out = vec![def.storage_key()];
-    for index in state.indexes.values() {
-        if index.table == def.name && index.kind == IndexKind::Local {
-            out.push(index.storage_key(def));
+    for index in state.indexes.values().filter(|i| i.table == def.name) {
+        match index.kind {
+            IndexKind::Local => out.push(index.storage_key(def)),
+            IndexKind::GlobalAsync => out.push(index.outbox_key(def)),
+            IndexKind::GlobalSync => {}
         }
     }
     out
+}
+
+/// The table whose partitions (or GLOBAL index partitions) `map_key`
+/// names, and where such a partition keeps files.
+pub(crate) fn files_of(state: &CatalogState, map_key: &str) -> Option<(TableDef, Vec<String>)> {
+    if let Some(def) = state.tables.get(map_key) {
+        return Some((def.clone(), locations(state, def)));
+    }
+    let index = state.indexes.values().find(|i| i.map_key() == map_key)?;
+    let def = state.tables.get(&index.table)?;
+    Some((def.clone(), vec![index.storage_key(def)]))
 }

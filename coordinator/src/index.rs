@@ -81,18 +81,11 @@ pub async fn create_index(catalog: &Arc<Catalog>, ci: CreateIndex) -> Result<()>
                         def.map_key()
                     );
                 }
+                // As many copies of its partitions as the table has of its.
                 let replicas = s
                     .tables
                     .get(&def.table)
                     .map_or(1, |t| t.replication.replicas);
-                if replicas > 1 {
-                    return tessera_worker::precondition_err!(
-                        "GLOBAL indexes on a table with REPLICAS > 1 are not supported yet \
-                         (their entries name rows by file, and copies compact apart); use a \
-                         LOCAL index on '{}'",
-                        def.table
-                    );
-                }
                 s.map
                     .place_table(&def.map_key(), def.partitions, replicas, &workers, 0)?;
             }
@@ -214,6 +207,7 @@ pub async fn drop_index(catalog: &Arc<Catalog>, name: &str, if_exists: bool) -> 
         .update(|s| {
             s.indexes.remove(name);
             s.index_stats.remove(name);
+            s.stats.remove(&def.map_key());
             s.map.drop_table(&def.map_key());
             Ok(())
         })

@@ -5,8 +5,11 @@ while a writer loads batches and a reader aggregates: no acknowledged
 batch is lost or doubled, no statement is seen in part, the reader keeps
 answering, and the dead worker's copies leave the in-sync set."""
 
+import glob
+import json
 import os
 import random
+import re
 import signal
 import threading
 
@@ -69,6 +72,31 @@ def partitions(cur, table):
     return rows(cur, f"SHOW PARTITIONS {table}")
 
 
+def manifests(data_dir):
+    """{partition directory: {worker: [file names]}} of the copies of the
+    tables' partitions (directories t<id>), read off the workers' data
+    directories."""
+    out = {}
+    for path in glob.glob(os.path.join(data_dir, "w*", "t[0-9]*", "p*", "manifest.json")):
+        part = os.path.relpath(os.path.dirname(path), os.path.join(data_dir))
+        worker, rest = part.split(os.sep, 1)
+        with open(path) as f:
+            out.setdefault(rest, {})[worker] = [x["name"] for x in json.load(f)["files"]]
+    return out
+
+
+def reads_per_worker(cur, sql, table):
+    """How many partitions of `table` each worker reads for `sql`, from
+    its EXPLAIN."""
+    plan = "\n".join(str(v) for r in rows(cur, f"EXPLAIN {sql}") for v in r.values())
+    counts = {}
+    pattern = rf"PartitionScanExec: table={table}, [^\n]*?workers=\[([^\]]*)\], read=\[([^\]]*)\]"
+    for found, read in re.findall(pattern, plan):
+        assert ", " not in found, f"one task reads from one worker: {found}"
+        counts[found] = counts.get(found, 0) + len(read.split(", "))
+    return counts
+
+
 def test_placement_and_quorums(cluster, data_dir):
     coordinator, procs, _ = cluster
     with flightsql.connect(f"grpc://{coordinator}") as conn, conn.cursor() as cur:
@@ -92,6 +120,8 @@ def test_placement_and_quorums(cluster, data_dir):
             assert sorted(led.count(w) for w in set(led)) == [2, 2, 2], led
         shown = workers(cur)
         assert sorted(w["held"] for w in shown.values()) == [10, 10, 10], shown
+        count = "SELECT count(*) FROM t_maj"
+        assert sorted(reads_per_worker(cur, count, "t_maj").values()) == [2, 2, 2]
         cur.execute("INSERT INTO t_all SELECT value AS k FROM range(1000)")
         cur.execute("INSERT INTO t_maj SELECT value AS k FROM range(1000)")
 
@@ -109,6 +139,8 @@ def test_placement_and_quorums(cluster, data_dir):
         for p in partitions(cur, "t_maj"):
             assert w2 not in p["in_sync"].split(", "), p
             assert f"{w2} down" in p["states"], p
+        # The dead leader's reads are shared by the two copies left.
+        assert sorted(reads_per_worker(cur, count, "t_maj").values()) == [3, 3]
         # Bulk ingest (streamed) goes on as well.
         table = pa.table({"k": pa.array(range(2000, 102000), pa.int64())})
         assert cur.adbc_ingest("t_maj", table, mode="append") == 100000
@@ -200,6 +232,15 @@ def test_a_worker_killed_mid_load_loses_nothing(cluster, data_dir):
         start(victim)
         wait_for("every copy in sync", lambda: all(
             p["in_sync"] == p["replicas"] for p in partitions(cur, "t")), 60)
+        # Compaction merges the same files on every copy: after COMPACT
+        # TABLE each copy of a partition lists one file, the same one.
+        cur.execute("COMPACT TABLE t")
+        alike = manifests(data_dir)
+        assert len(alike) == 6, alike
+        for part, copies in alike.items():
+            assert len(copies) == 2, (part, copies)
+            names = list(copies.values())
+            assert len(names[0]) == 1 and names[0] == names[1], (part, copies)
         # Then another worker dies: every row is still there, once.
         other = rng.choice([w for w in ["w2", "w3", "w4"] if w != victim])
         kill(procs, other)
@@ -248,3 +289,72 @@ def test_set_replicas_adds_and_removes_copies(cluster, data_dir):
         placed = partitions(cur, "s")
         assert all(p["replicas"] != w3 for p in placed), placed
         assert rows(cur, "SELECT count(*) AS n FROM s") == [{"n": 20000}]
+
+
+def test_global_indexes_on_replicated_tables(cluster, data_dir):
+    """GLOBAL SYNC and ASYNC indexes on a REPLICAS 2 table: their
+    partitions have two copies too. With a worker dead, writes and index
+    lookups go on; back, its copies of the table's partitions, outboxes
+    and index partitions catch up; then with another worker dead every
+    lookup still finds every row. SET REPLICAS changes the index
+    partitions' copies with the table's."""
+    coordinator, procs, start = cluster
+    with flightsql.connect(f"grpc://{coordinator}") as conn, conn.cursor() as cur:
+        wait_joined(cur, procs)
+        cur.execute("CREATE TABLE g (id BIGINT, email VARCHAR, c VARCHAR) PARTITION BY HASH (id) "
+                    "PARTITIONS 6 REPLICAS 2 WRITE QUORUM ONE")
+        load = ("INSERT INTO g SELECT value AS id, 'u' || CAST(value AS VARCHAR) AS email, "
+                "'c' || CAST(value % 5 AS VARCHAR) AS c FROM range({}, {})")
+        cur.execute(load.format(0, 3000))
+        cur.execute("CREATE INDEX g_email ON g (email) GLOBAL SYNC PARTITIONS 4")
+        cur.execute("CREATE INDEX g_c ON g (c) GLOBAL ASYNC PARTITIONS 4")
+        cur.execute("SET tessera.index_read = 'fresh'")
+        for index in ("g_email", "g_c"):
+            for p in partitions(cur, index):
+                assert len(p["replicas"].split(", ")) == 2 and p["in_sync"] == p["replicas"], p
+        assert sum(w["held"] for w in workers(cur).values()) == 6 * 2 + 4 * 2 + 4 * 2
+
+        def lookups(total):
+            by_email = "SELECT id FROM g WHERE email = 'u1234'"
+            plan = "\n".join(str(v) for r in rows(cur, f"EXPLAIN {by_email}") for v in r.values())
+            assert "index=" in plan, plan
+            assert rows(cur, by_email) == [{"id": 1234}]
+            assert rows(cur, f"SELECT id FROM g WHERE email = 'u{total - 1}'") == [
+                {"id": total - 1}]
+            assert rows(cur, "SELECT count(*) AS n FROM g WHERE c = 'c3'") == [{"n": total // 5}]
+
+        lookups(3000)
+        victim = "w3"
+        dead = worker_of(data_dir, victim)
+        kill(procs, victim)
+        cur.execute(load.format(3000, 4000))
+        lookups(4000)
+        wait_for("the victim down", lambda: workers(cur)[dead]["state"] == "down", 30)
+        assert any(dead not in p["in_sync"] for p in partitions(cur, "g_email")
+                   if dead in p["replicas"])
+        cur.execute(load.format(4000, 5000))
+
+        # Back: every copy it holds catches up, index partitions included.
+        start(victim)
+        try:
+            wait_for("every copy in sync", lambda: all(
+                p["in_sync"] == p["replicas"]
+                for name in ("g", "g_email", "g_c") for p in partitions(cur, name)), 60)
+        except AssertionError as e:
+            shown = {n: partitions(cur, n) for n in ("g", "g_email", "g_c")}
+            raise AssertionError(f"{e}: {shown}; {server_log(procs['coordinator'])[-3000:]}")
+        other = "w2" if victim != "w2" else "w4"
+        kill(procs, other)
+        lookups(5000)
+        assert rows(cur, "SELECT count(*) AS n, count(DISTINCT email) AS d FROM g") == [
+            {"n": 5000, "d": 5000}]
+
+        # Down to one copy of everything, the dead worker's copies first.
+        wait_for("the other down",
+                 lambda: workers(cur)[worker_of(data_dir, other)]["state"] == "down", 30)
+        done = rows(cur, "ALTER TABLE g SET REPLICAS 1")[0]
+        assert done["copies_removed"] == 6 + 4 + 4, done
+        for name in ("g", "g_email", "g_c"):
+            for p in partitions(cur, name):
+                assert p["replicas"] == p["in_sync"] and ", " not in p["replicas"], p
+        lookups(5000)

@@ -291,7 +291,7 @@ impl FlightService for WorkerFlightService {
                 let req: wire::CompactRequest = wire::decode(&action.body).map_err(to_status)?;
                 let storage = Arc::clone(&self.local.storage);
                 let compaction = tokio::task::spawn_blocking(move || {
-                    storage.compact_prepare(req.txn, &req.table, req.partition, &req.rule)
+                    storage.compact_prepare(req.txn, &req.table, req.partition, &req.files)
                 })
                 .await
                 .map_err(|e| Status::internal(format!("compaction task failed: {e}")))?

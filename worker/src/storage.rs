@@ -298,8 +298,23 @@ mod test_util {
         }
     }
 
+    /// Prepares a compaction of what `rule` chooses in partition 0.
+    pub(super) fn prepare(
+        s: &Storage,
+        txn: u64,
+        table: &str,
+        rule: &MergeRule,
+    ) -> Option<Compaction> {
+        let names: Vec<String> = rule
+            .choose(&s.manifest(table, 0).unwrap().files)
+            .into_iter()
+            .map(|f| f.name)
+            .collect();
+        s.compact_prepare(txn, table, 0, &names).unwrap()
+    }
+
     pub(super) fn compact(s: &Storage, txn: u64, table: &str) -> Option<Compaction> {
-        let c = s.compact_prepare(txn, table, 0, &rule(2)).unwrap();
+        let c = prepare(s, txn, table, &rule(2));
         let w = StagedWrite {
             txn,
             table: table.into(),

@@ -124,14 +124,14 @@ pub struct TruncateRequest {
     pub max_txn: u64,
 }
 
-/// Merge the files of one partition that `rule` chooses into a staged
-/// file of `txn` (committed like a write).
+/// Merge the named files of one partition into a staged file of `txn`
+/// (committed like a write).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CompactRequest {
     pub txn: u64,
     pub table: String,
     pub partition: u32,
-    pub rule: crate::storage::MergeRule,
+    pub files: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

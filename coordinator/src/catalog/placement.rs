@@ -59,42 +59,66 @@ impl Catalog {
         }
     }
 
-    /// Resolves partitions to the worker each is read from: the first
-    /// in-sync replica (the leader unless it missed a write) that is up.
+    /// Resolves partitions to the worker each is read from: an in-sync
+    /// replica that is up, the leader unless another copy of the
+    /// partition has fewer of the table's reads (so a worker leading more
+    /// partitions than others, or standing in for a dead leader, hands
+    /// reads to its followers). The choice is made over all of the table's
+    /// partitions at once, so partition i is read from the same copy
+    /// whichever partitions a query keeps (co-located joins rely on it).
     pub fn scan_parts(&self, table: &str, partitions: &[u32]) -> Result<Vec<ScanPart>> {
         let placements = self.placements(table)?;
         let members = self.members()?;
-        partitions
-            .iter()
-            .map(|p| {
-                let Some(placement) = placements.get(*p as usize) else {
-                    return exec_err!("partition {p} of '{table}' is not in the partition map");
-                };
-                // A copy whose heartbeats are late (killed a moment ago,
-                // say) is read only when no other is at hand.
-                let mut first_error = None;
-                let mut late = None;
-                for worker in placement.in_sync() {
-                    match self.reachable(table, *p, worker, &members) {
-                        Ok(part) if self.membership.state(worker)? == WorkerState::Suspect => {
-                            late.get_or_insert(part);
-                        }
-                        Ok(part) => return Ok(part),
-                        Err(e) => {
-                            first_error.get_or_insert(e);
+        let mut reads: BTreeMap<String, usize> = BTreeMap::new();
+        let mut chosen: Vec<Result<ScanPart>> = Vec::with_capacity(placements.len());
+        for (p, placement) in placements.iter().enumerate() {
+            let p = p as u32;
+            // A copy whose heartbeats are late (killed a moment ago,
+            // say) is read only when no other is at hand.
+            let mut first_error = None;
+            let mut late = None;
+            let mut best: Option<ScanPart> = None;
+            for worker in placement.in_sync() {
+                match self.reachable(table, p, worker, &members) {
+                    Ok(part) if self.membership.state(worker)? == WorkerState::Suspect => {
+                        late.get_or_insert(part);
+                    }
+                    Ok(part) => {
+                        let load = |w: &str| reads.get(w).copied().unwrap_or(0);
+                        if best
+                            .as_ref()
+                            .is_none_or(|b| load(worker) < load(&b.worker_id))
+                        {
+                            best = Some(part);
                         }
                     }
+                    Err(e) => {
+                        first_error.get_or_insert(e);
+                    }
                 }
-                if let Some(part) = late {
-                    return Ok(part);
+            }
+            chosen.push(match best.or(late) {
+                Some(part) => {
+                    *reads.entry(part.worker_id.clone()).or_default() += 1;
+                    Ok(part)
                 }
-                Err(first_error.unwrap_or_else(|| {
+                None => Err(first_error.unwrap_or_else(|| {
                     DataFusionError::Internal(format!(
                         "partition {p} of '{table}' has no in-sync replica"
                     ))
-                }))
-            })
-            .collect()
+                })),
+            });
+        }
+        let mut out = Vec::with_capacity(partitions.len());
+        for p in partitions {
+            match chosen.get(*p as usize) {
+                None => return exec_err!("partition {p} of '{table}' is not in the partition map"),
+                Some(Ok(part)) => out.push(part.clone()),
+                // The partition's error, moved out.
+                Some(Err(_)) => return chosen.swap_remove(*p as usize).map(|part| vec![part]),
+            }
+        }
+        Ok(out)
     }
 
     /// `worker` as the holder of `table`'s `partition`, if it has joined

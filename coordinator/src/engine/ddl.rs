@@ -373,6 +373,7 @@ impl Coordinator {
                 for index in &old_indexes {
                     s.indexes.remove(&index.name);
                     s.index_stats.remove(&index.name);
+                    s.stats.remove(&index.map_key());
                     s.map.drop_table(&index.map_key());
                 }
                 // The files stay where they are: under the staged table's key.
@@ -479,11 +480,33 @@ impl Coordinator {
         ])
     }
 
-    pub(super) async fn show_partitions(&self, table: &str) -> Result<Planned> {
-        let Some(def) = self.catalog.table_def(table)? else {
-            return Err(crate::catalog::no_such_table(table));
+    /// `SHOW PARTITIONS t`: the partitions of table `t`, or of the GLOBAL
+    /// index named `t`.
+    pub(super) async fn show_partitions(&self, name: &str) -> Result<Planned> {
+        let state = self.catalog.state()?;
+        let (table, location, scheme, schema) = match state.tables.get(name) {
+            Some(def) => (
+                name.to_string(),
+                def.storage_key(),
+                def.scheme.clone(),
+                def.schema()?,
+            ),
+            None => {
+                let global = state.indexes.get(name).filter(|i| i.kind.is_global());
+                let Some((index, def)) =
+                    global.and_then(|i| Some((i, state.tables.get(&i.table)?)))
+                else {
+                    return Err(crate::catalog::no_such_table(name));
+                };
+                (
+                    index.map_key(),
+                    index.storage_key(def),
+                    index.scheme(),
+                    index.entry_schema(def.schema()?.as_ref())?,
+                )
+            }
         };
-        let schema = def.schema()?;
+        let table = table.as_str();
         let placements = self.catalog.placements(table)?;
         let members = self.catalog.members()?;
         // Sizes from the copy a read would use; none when every in-sync
@@ -499,11 +522,7 @@ impl Coordinator {
         }
         let mut stats: BTreeMap<u32, (u64, u64)> = BTreeMap::new();
         for ((worker, url), parts) in by_worker {
-            let asked = async {
-                WorkerClient::connect(&url)?
-                    .stats(&def.storage_key(), parts)
-                    .await
-            };
+            let asked = async { WorkerClient::connect(&url)?.stats(&location, parts).await };
             match asked.await {
                 Ok(sizes) => {
                     for s in sizes {
@@ -526,7 +545,7 @@ impl Coordinator {
         let ids: Vec<u32> = placements.iter().map(|p| p.id).collect();
         let ranges: Vec<String> = placements
             .iter()
-            .map(|p| def.scheme.describe_partition(p.id, &schema))
+            .map(|p| scheme.describe_partition(p.id, &schema))
             .collect();
         let workers: Vec<String> = placements.iter().map(|p| p.leader().to_string()).collect();
         let replicas: Vec<String> = placements.iter().map(|p| p.replicas.join(", ")).collect();

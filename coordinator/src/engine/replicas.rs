@@ -1,5 +1,5 @@
 //! `ALTER TABLE t SET REPLICAS r`: copies added to or removed from every
-//! partition of a table. Added copies go to the live workers holding fewest
+//! partition of a table and of its GLOBAL indexes. Added copies go to the live workers holding fewest
 //! copies, start out of sync and are caught up (their files copied from an
 //! in-sync copy) before the statement returns; removed copies are the ones
 //! out of sync first, then those on workers that are down, then the last
@@ -17,6 +17,10 @@ use tessera_worker::{ErrorKind, WorkerClient};
 
 use super::ddl::ready;
 use super::{Coordinator, Planned};
+use crate::copies::files_of;
+
+/// A copy added or removed: (map key, partition, worker).
+type Copy = (String, u32, String);
 
 /// How long the statement waits for the added copies to catch up.
 const CATCH_UP_WAIT: Duration = Duration::from_secs(600);
@@ -28,19 +32,6 @@ impl Coordinator {
             return Err(crate::catalog::no_such_table(table));
         };
         let replication = Replication::try_new(replicas, Some(def.replication.quorum))?;
-        if replicas > 1
-            && let Some(global) = self
-                .catalog
-                .indexes_of(table)?
-                .into_iter()
-                .find(|i| i.kind.is_global())
-        {
-            return Err(ErrorKind::FailedPrecondition.error(format!(
-                "'{table}' has the GLOBAL index '{}', and GLOBAL indexes on a table with \
-                 REPLICAS > 1 are not supported yet; DROP INDEX {} (a LOCAL index works) first",
-                global.name, global.name
-            )));
-        }
         let live = self.live_workers()?;
         if replicas as usize > live.len() {
             return Err(ErrorKind::FailedPrecondition.error(format!(
@@ -71,42 +62,52 @@ impl Coordinator {
                     return Err(crate::catalog::no_such_table(&name));
                 }
                 t.replication = replication;
-                let mut added: Vec<(u32, String)> = vec![];
-                let mut removed: Vec<(u32, String)> = vec![];
-                let Some(placements) = s.map.tables.get_mut(&name) else {
-                    return Err(crate::catalog::no_such_table(&name));
-                };
-                for p in placements.iter_mut() {
-                    while p.replicas.len() < replicas as usize {
-                        let next = held
-                            .iter()
-                            .filter(|(w, _)| !p.replicas.contains(w))
-                            .min_by_key(|(_, n)| **n)
-                            .map(|(w, _)| w.clone());
-                        let Some(next) = next else {
-                            break;
-                        };
-                        *held.entry(next.clone()).or_default() += 1;
-                        p.replicas.push(next.clone());
-                        p.out_of_sync.push(next.clone());
-                        added.push((p.id, next));
-                    }
-                    while p.replicas.len() > replicas as usize {
-                        let gone = p
-                            .out_of_sync
-                            .last()
-                            .or_else(|| p.replicas.iter().rev().find(|w| !live.contains(w)))
-                            .or_else(|| p.replicas.last())
-                            .cloned();
-                        let Some(gone) = gone else {
-                            break;
-                        };
-                        if p.in_sync().count() == 1 && p.is_in_sync(&gone) {
-                            break;
+                // The table's partitions and its GLOBAL indexes' partitions.
+                let mut keys = vec![name.clone()];
+                keys.extend(
+                    s.indexes
+                        .values()
+                        .filter(|i| i.table == name && i.kind.is_global())
+                        .map(|i| i.map_key()),
+                );
+                let mut added: Vec<Copy> = vec![];
+                let mut removed: Vec<Copy> = vec![];
+                for key in keys {
+                    let Some(placements) = s.map.tables.get_mut(&key) else {
+                        continue;
+                    };
+                    for p in placements.iter_mut() {
+                        while p.replicas.len() < replicas as usize {
+                            let next = held
+                                .iter()
+                                .filter(|(w, _)| !p.replicas.contains(w))
+                                .min_by_key(|(_, n)| **n)
+                                .map(|(w, _)| w.clone());
+                            let Some(next) = next else {
+                                break;
+                            };
+                            *held.entry(next.clone()).or_default() += 1;
+                            p.replicas.push(next.clone());
+                            p.out_of_sync.push(next.clone());
+                            added.push((key.clone(), p.id, next));
                         }
-                        p.replicas.retain(|w| *w != gone);
-                        p.out_of_sync.retain(|w| *w != gone);
-                        removed.push((p.id, gone));
+                        while p.replicas.len() > replicas as usize {
+                            let gone = p
+                                .out_of_sync
+                                .last()
+                                .or_else(|| p.replicas.iter().rev().find(|w| !live.contains(w)))
+                                .or_else(|| p.replicas.last())
+                                .cloned();
+                            let Some(gone) = gone else {
+                                break;
+                            };
+                            if p.in_sync().count() == 1 && p.is_in_sync(&gone) {
+                                break;
+                            }
+                            p.replicas.retain(|w| *w != gone);
+                            p.out_of_sync.retain(|w| *w != gone);
+                            removed.push((key.clone(), p.id, gone));
+                        }
                     }
                 }
                 s.map.epoch += 1;
@@ -125,13 +126,15 @@ impl Coordinator {
                     return;
                 };
                 let members = catalog.members().unwrap_or_default();
-                let locations = crate::copies::locations(&state, &def);
-                for (partition, worker) in removed {
+                for (key, partition, worker) in removed {
                     // Given a copy of it again meanwhile: its files stay.
-                    let holds_again = state.tables.get(&def.name).map(|t| t.id) != Some(def.id)
+                    let Some((owner, locations)) = files_of(&state, &key) else {
+                        continue;
+                    };
+                    let holds_again = owner.id != def.id
                         || state
                             .map
-                            .table(&def.name)
+                            .table(&key)
                             .and_then(|p| p.get(partition as usize))
                             .is_some_and(|p| p.replicas.contains(&worker));
                     let Some(url) = members.get(&worker).filter(|_| !holds_again) else {
@@ -155,26 +158,24 @@ impl Coordinator {
         let deadline = Instant::now() + CATCH_UP_WAIT;
         let mut pending = added.clone();
         while !pending.is_empty() {
-            let def = self
-                .catalog
-                .table_def(&name)?
-                .ok_or_else(|| crate::catalog::no_such_table(&name))?;
             let mut left = vec![];
-            for (partition, worker) in pending {
-                match crate::catch_up::catch_up(&self.catalog, &def, partition, &worker).await {
+            for (key, partition, worker) in pending {
+                match crate::catch_up::catch_up(&self.catalog, &key, def.id, partition, &worker)
+                    .await
+                {
                     Ok(Some(done)) => bytes += done.installed.bytes,
                     Ok(None) => {
-                        let placement = self.catalog.placements(&name)?;
-                        let still = placement
-                            .get(partition as usize)
-                            .is_some_and(|p| p.out_of_sync.contains(&worker));
+                        let still = self.catalog.placements(&key).is_ok_and(|p| {
+                            p.get(partition as usize)
+                                .is_some_and(|p| p.out_of_sync.contains(&worker))
+                        });
                         if still {
-                            left.push((partition, worker));
+                            left.push((key, partition, worker));
                         }
                     }
                     Err(e) => {
                         tracing::info!(%worker, partition, error = %e, "an added copy is not caught up yet");
-                        left.push((partition, worker));
+                        left.push((key, partition, worker));
                     }
                 }
             }

@@ -170,12 +170,16 @@ async fn apply_round(catalog: &Arc<Catalog>, name: &str) -> Result<()> {
 
 async fn truncate_outbox(catalog: &Catalog, table: &TableDef, def: &IndexDef, upto: u64) {
     let all: Vec<u32> = (0..table.scheme.partition_count()).collect();
-    let Ok(parts) = catalog.scan_parts(&table.name, &all) else {
+    let Ok(targets) = catalog.write_targets(&table.name, &all) else {
         return;
     };
+    // Every in-sync copy drops the same files (those of transactions up
+    // to `upto`); a copy catching up takes its source's manifest whole.
     let mut by_url: BTreeMap<String, Vec<u32>> = BTreeMap::new();
-    for p in parts {
-        by_url.entry(p.url).or_default().push(p.partition);
+    for target in targets {
+        for p in target.replicas.into_iter().flatten() {
+            by_url.entry(p.url).or_default().push(target.partition);
+        }
     }
     let location = def.outbox_key(table);
     for (url, partitions) in by_url {

@@ -84,22 +84,34 @@ pub(super) fn compaction_name(txn: u64) -> String {
 }
 
 impl Storage {
-    /// Merges the files of a partition that `rule` chooses (in manifest
-    /// order) into a staged file of `txn`; notes beside it which files it
-    /// replaces. The
-    /// commit of `txn` swaps them; their rows keep their order, so index
-    /// entries naming the old files are forwarded by an offset.
+    /// Merges the named files of a partition (the coordinator chose them
+    /// with a [`MergeRule`] on one copy, so every copy merges the same
+    /// ones) into a staged file of `txn`, in manifest order; notes beside
+    /// it which files it replaces. The commit of `txn` swaps them; their
+    /// rows keep their order, so index entries naming the old files are
+    /// forwarded by an offset.
     pub fn compact_prepare(
         &self,
         txn: u64,
         table: &str,
         partition: u32,
-        rule: &MergeRule,
+        names: &[String],
     ) -> Result<Option<Compaction>> {
         use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
         let dir = self.partition_dir(table, partition)?;
-        let small = rule.choose(&self.manifest(table, partition)?.files);
-        if small.is_empty() {
+        let small: Vec<DataFile> = self
+            .manifest(table, partition)?
+            .files
+            .into_iter()
+            .filter(|f| names.contains(&f.name))
+            .collect();
+        if let Some(missing) = names.iter().find(|n| !small.iter().any(|f| &f.name == *n)) {
+            return crate::precondition_err!(
+                "{table} partition {partition} here does not list {missing}, which the \
+                 compaction was asked to merge; this copy is not in sync, nothing was merged"
+            );
+        }
+        if small.len() < 2 {
             return Ok(None);
         }
         if small.iter().map(|f| f.rows).sum::<u64>() > u64::from(u32::MAX) {
@@ -164,7 +176,7 @@ mod tests {
 
     use datafusion::arrow::array::Int64Array;
 
-    use crate::storage::test_util::{compact, rule, write};
+    use crate::storage::test_util::{compact, prepare, rule, write};
     use crate::storage::{STAGED, StagedWrite, file_name};
 
     #[test]
@@ -192,7 +204,7 @@ mod tests {
         let s = Storage::open(dir.path()).unwrap();
         write(&s, 1, "t", vec![10, 11, 12]);
         write(&s, 2, "t", vec![20, 21]);
-        assert!(s.compact_prepare(3, "t", 0, &rule(3)).unwrap().is_none());
+        assert!(prepare(&s, 3, "t", &rule(3)).is_none());
         let pin = s.pin();
         let c = compact(&s, 3, "t").unwrap();
         assert_eq!((c.replaces.len(), c.file.rows), (2, 5));
@@ -276,7 +288,7 @@ mod tests {
         write(&s, 6, "t", vec![6]);
         let mut r = rule(2);
         r.below_txn = 5;
-        assert!(s.compact_prepare(7, "t", 0, &r).unwrap().is_none());
+        assert!(prepare(&s, 7, "t", &r).is_none());
     }
 
     /// An aborted compaction leaves the partition as it was.
@@ -287,7 +299,7 @@ mod tests {
         write(&s, 1, "t", vec![1]);
         write(&s, 2, "t", vec![2]);
         let before = s.manifest("t", 0).unwrap();
-        s.compact_prepare(3, "t", 0, &rule(2)).unwrap().unwrap();
+        prepare(&s, 3, "t", &rule(2)).unwrap();
         assert_eq!(s.staged().unwrap().len(), 1);
         s.abort(3).unwrap();
         assert!(s.staged().unwrap().is_empty());

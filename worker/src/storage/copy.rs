@@ -64,6 +64,11 @@ impl Storage {
             DataFusionError::Internal("commit lock poisoned by an earlier panic".into())
         })?;
         let dir = self.partition_dir(table, partition)?;
+        if manifest.files.is_empty() && !dir.exists() {
+            // Nothing there, nothing to hold (an outbox emptied by the
+            // applier, say).
+            return Ok(());
+        }
         for f in &manifest.files {
             check_file_name(&f.name)?;
             let path = dir.join(&f.name);
