@@ -16,7 +16,8 @@ const HELP: &str = "\
 Statements end with ';' and may span lines.
   SHOW TABLES;                      tables and their partitioning
   DESCRIBE t;                       columns and partition scheme of t
-  SHOW PARTITIONS t;                partitions of t: range, worker, rows, bytes
+  SHOW PARTITIONS t;                partitions of t: range, copies and their states, rows, bytes
+  ALTER TABLE t SET REPLICAS 2;     copies of each partition (caught up before it returns)
   EXPLAIN SELECT ...;               distributed plan with partitions kept
   CREATE TABLE t (...) PARTITION BY HASH (k) PARTITIONS 8;
   CREATE TABLE t (...) PARTITION BY RANGE (ts) SPLIT AT (v1, v2);
@@ -35,6 +36,7 @@ pub async fn run_statements(client: &mut Client, sql: &str, timing: bool) -> Res
             Ok(tessera_sql::Statement::CreateIndex(ci)) => {
                 let watch = Watch {
                     label: format!("backfill {}", ci.name),
+                    unit: "partitions",
                     poll: format!("SHOW INDEXES ON {}", ci.table),
                     progress: Box::new(move |b| building(b, &ci.name)),
                 };
@@ -43,12 +45,22 @@ pub async fn run_statements(client: &mut Client, sql: &str, timing: bool) -> Res
             Ok(tessera_sql::Statement::Compact { table }) => {
                 let watch = Watch {
                     label: format!("compact {table}"),
+                    unit: "partitions",
                     poll: format!(
                         "SELECT partitions_done, partitions_total FROM tessera.compactions \
                          WHERE table_name = '{}' AND state = 'running' AND trigger = 'COMPACT TABLE'",
                         table.replace('\'', "''")
                     ),
                     progress: Box::new(compacting),
+                };
+                with_progress(client, &s.sql, watch).await?
+            }
+            Ok(tessera_sql::Statement::SetReplicas { table, .. }) => {
+                let watch = Watch {
+                    label: format!("copy {table}"),
+                    unit: "copies in sync",
+                    poll: format!("SHOW PARTITIONS {table}"),
+                    progress: Box::new(copies_in_sync),
                 };
                 with_progress(client, &s.sql, watch).await?
             }
@@ -72,6 +84,8 @@ type ReadProgress = Box<dyn Fn(&[arrow::array::RecordBatch]) -> Option<(u32, u32
 /// connection, and how to read its result.
 struct Watch {
     label: String,
+    /// What is counted.
+    unit: &'static str,
     poll: String,
     progress: ReadProgress,
 }
@@ -84,9 +98,12 @@ async fn with_progress(
     watch: Watch,
 ) -> Result<QueryResult, String> {
     let mut watcher = client.reconnect().await.ok();
+    let template = format!(
+        "{{msg}} [{{bar:30}}] {{pos}}/{{len}} {} {{elapsed}}",
+        watch.unit
+    );
     let bar = ProgressBar::new(0).with_style(
-        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} partitions {elapsed}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template(&template).unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     bar.set_message(watch.label);
     let show = watch.poll;
@@ -134,6 +151,23 @@ fn compacting(batches: &[arrow::array::RecordBatch]) -> Option<(u32, u32)> {
     let b = batches.iter().find(|b| b.num_rows() > 0)?;
     let done = b.column(0).as_primitive_opt::<UInt32Type>()?.value(0);
     let total = b.column(1).as_primitive_opt::<UInt32Type>()?.value(0);
+    Some((done, total))
+}
+
+/// `(in sync, all)` copies of a table's partitions in `SHOW PARTITIONS`
+/// output (its `states` column: `worker state, ...`).
+fn copies_in_sync(batches: &[arrow::array::RecordBatch]) -> Option<(u32, u32)> {
+    use arrow::array::{Array, AsArray};
+    let (mut done, mut total) = (0, 0);
+    for b in batches {
+        let states = b.column_by_name("states")?.as_string_opt::<i32>()?;
+        for i in 0..states.len() {
+            for copy in states.value(i).split(", ") {
+                total += 1;
+                done += u32::from(copy.ends_with(" in_sync"));
+            }
+        }
+    }
     Some((done, total))
 }
 
@@ -200,4 +234,22 @@ pub async fn interactive(mut client: Client, addr: &str) -> Result<(), String> {
         let _ = editor.save_history(&p);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow::array::{RecordBatch, StringArray};
+
+    #[test]
+    fn copies_in_sync_counts_each_copy() {
+        let states = StringArray::from(vec![
+            "w1 in_sync, w2 catching_up",
+            "w2 in_sync, w3 in_sync",
+            "w3 down, w1 in_sync",
+        ]);
+        let b = RecordBatch::try_from_iter([("states", Arc::new(states) as _)]).unwrap();
+        assert_eq!(super::copies_in_sync(&[b]), Some((4, 6)));
+    }
 }

@@ -75,6 +75,8 @@ struct Part {
     /// Data partitions: stats to update, and index entries that may name
     /// their files. Nothing names an index file.
     data: bool,
+    /// An index's id: its compaction commits only if it still exists.
+    index: Option<u64>,
 }
 
 /// Merges the files `rule` chooses in every partition of `table` (rows,
@@ -110,6 +112,7 @@ async fn compact_parts(
         location: def.storage_key(),
         map_key: def.name.clone(),
         data: true,
+        index: None,
     }];
     for index in state.indexes.values().filter(|i| i.table == def.name) {
         parts.push(Part {
@@ -122,6 +125,7 @@ async fn compact_parts(
                 index.map_key()
             },
             data: false,
+            index: Some(index.id),
         });
     }
     let mut counts = vec![];
@@ -251,30 +255,34 @@ async fn merge_partition(
             .map_err(|e| name_worker(&c.worker_id, &c.url, e))
     }))
     .await;
+    // Every copy must have merged the same files, in the same order, into
+    // the same rows; else none commits (the partition waits, with a
+    // warning, and the others go on).
+    let same = |a: &Compaction, b: &Compaction| {
+        a.file.rows == b.file.rows
+            && a.replaces.len() == b.replaces.len()
+            && a.replaces
+                .iter()
+                .zip(&b.replaces)
+                .all(|(x, y)| x.name == y.name)
+    };
     let mut merged: Option<Compaction> = None;
-    for answer in answers {
+    let mut differ = None;
+    for (copy, answer) in copies.iter().zip(answers) {
         match answer {
-            // Each copy merged the named files into one of the same rows.
-            Ok(Some(m))
-                if merged
-                    .as_ref()
-                    .is_none_or(|seen| seen.file.rows == m.file.rows) =>
-            {
-                merged = Some(m)
-            }
-            Ok(_) => {
-                abort(txn, urls.values()).await;
-                return tessera_worker::precondition_err!(
-                    "copies of partition {partition} of '{}' merged different rows; \
-                     nothing was compacted",
-                    part.map_key
-                );
-            }
-            Err(e) => {
+            Ok(Some(m)) if merged.as_ref().is_none_or(|seen| same(seen, &m)) => merged = Some(m),
+            Ok(_) => differ = Some(format!("{} merged other files", copy.worker_id)),
+            Err(e) if tessera_worker::is_worker_failure(&e) => {
                 abort(txn, urls.values()).await;
                 return Err(e);
             }
+            Err(e) => differ = Some(e.to_string()),
         }
+    }
+    if let Some(why) = differ {
+        abort(txn, urls.values()).await;
+        tracing::warn!(table = %part.map_key, partition, %why, "copies of a partition would merge different files; not compacted");
+        return Ok(None);
     }
     let Some(merged) = merged else {
         abort(txn, urls.values()).await;
@@ -296,10 +304,13 @@ async fn merge_partition(
     let before: u64 = merged.replaces.iter().map(|f| f.bytes).sum();
     let after = merged.file.bytes;
     decide_and_commit(catalog, txn, writes, urls, |s| {
-        if s.tables.get(&def.name).map(|t| t.id) != Some(def.id) {
+        let same_index = part
+            .index
+            .is_none_or(|id| s.indexes.get(&part.name).map(|i| i.id) == Some(id));
+        if s.tables.get(&def.name).map(|t| t.id) != Some(def.id) || !same_index {
             return tessera_worker::precondition_err!(
                 "'{}' was dropped or replaced while it was compacted",
-                def.name
+                part.name
             );
         }
         crate::copies::bump_writes(s, &part.map_key, partition);

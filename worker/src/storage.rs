@@ -76,8 +76,10 @@ impl Storage {
             readers: Mutex::new(Readers::default()),
             _lock: lock,
         });
-        // Nothing reads yet: files merged away before a stop can go.
+        // Nothing reads or copies yet: files merged away before a stop,
+        // and files a copy was writing when it stopped, can go.
         for (table, partition, dir) in storage.partition_dirs()? {
+            copy::remove_unfinished(&dir)?;
             let mut manifest = storage.manifest(&table, partition)?;
             if manifest.retired.is_empty() {
                 continue;

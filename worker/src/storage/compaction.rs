@@ -86,7 +86,7 @@ pub(super) fn compaction_name(txn: u64) -> String {
 impl Storage {
     /// Merges the named files of a partition (the coordinator chose them
     /// with a [`MergeRule`] on one copy, so every copy merges the same
-    /// ones) into a staged file of `txn`, in manifest order; notes beside
+    /// ones) into a staged file of `txn`, in the order named; notes beside
     /// it which files it replaces. The commit of `txn` swaps them; their
     /// rows keep their order, so index entries naming the old files are
     /// forwarded by an offset.
@@ -99,17 +99,19 @@ impl Storage {
     ) -> Result<Option<Compaction>> {
         use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
         let dir = self.partition_dir(table, partition)?;
-        let small: Vec<DataFile> = self
-            .manifest(table, partition)?
-            .files
-            .into_iter()
-            .filter(|f| names.contains(&f.name))
-            .collect();
-        if let Some(missing) = names.iter().find(|n| !small.iter().any(|f| &f.name == *n)) {
-            return crate::precondition_err!(
-                "{table} partition {partition} here does not list {missing}, which the \
-                 compaction was asked to merge; this copy is not in sync, nothing was merged"
-            );
+        // In the order named (not this copy's manifest order, which
+        // commits landing in another order may have made different): every
+        // copy writes the same rows in the same order.
+        let files = self.manifest(table, partition)?.files;
+        let mut small: Vec<DataFile> = Vec::with_capacity(names.len());
+        for name in names {
+            let Some(f) = files.iter().find(|f| &f.name == name) else {
+                return crate::precondition_err!(
+                    "{table} partition {partition} here does not list {name}, which the \
+                     compaction was asked to merge; this copy is not in sync, nothing was merged"
+                );
+            };
+            small.push(f.clone());
         }
         if small.len() < 2 {
             return Ok(None);

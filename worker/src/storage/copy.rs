@@ -111,6 +111,21 @@ fn rand_suffix() -> u64 {
     nanos ^ NEXT.fetch_add(1, Ordering::Relaxed).rotate_left(48)
 }
 
+/// Removes the files of copies that stopped half-way (`*.copying`) from a
+/// partition's directory.
+pub(super) fn remove_unfinished(dir: &std::path::Path) -> Result<()> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Ok(());
+    };
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().ends_with(".copying") {
+            let path = entry.path();
+            fs::remove_file(&path).map_err(|e| io_err("cannot remove", &path, e))?;
+        }
+    }
+    Ok(())
+}
+
 /// A file being copied in: written to `<name>.<n>.copying`, synced, then
 /// renamed into place; dropped unfinished, it is removed.
 pub struct CopiedFile {
@@ -164,5 +179,29 @@ impl Drop for CopiedFile {
         if self.file.take().is_some() {
             let _ = remove_if_present(&self.tmp);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::test_util::write;
+
+    /// A copy stopped half-way leaves a `.copying` file; the next start
+    /// removes it and keeps the partition's own files.
+    #[test]
+    fn unfinished_copies_go_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(dir.path()).unwrap();
+        write(&s, 1, "t", vec![1, 2]);
+        let part = dir.path().join("t/p0000");
+        let stray = part.join("00000000000000000002.parquet.00000000000000ab.copying");
+        fs::write(&stray, b"half").unwrap();
+        drop(s);
+        let s = Storage::open(dir.path()).unwrap();
+        assert!(!stray.exists());
+        let m = s.manifest("t", 0).unwrap();
+        assert_eq!(m.files.len(), 1);
+        assert!(part.join(&m.files[0].name).exists());
     }
 }
