@@ -11,6 +11,7 @@ mod placeholders;
 mod pruning;
 mod replication;
 mod scheme;
+pub mod simulate;
 mod text;
 
 pub use catalog::{ColumnDef, MAX_PARTITIONS, PartitionMap, PartitionPlacement, TableDef};
