@@ -120,20 +120,25 @@ impl Placement for Fixed {
         let new = self.workers;
         self.workers += 1;
         let fair = self.partitions / self.workers;
+        let share = self.rows.iter().sum::<u64>() / u64::from(self.workers);
         let mut moved = 0;
         loop {
             let loads = self.loads();
-            if loads[new as usize].0 >= fair {
+            let (count, rows) = loads[new as usize];
+            if count >= fair {
                 return moved;
             }
-            // From the worker with most partitions (then most rows), its
-            // largest partition.
+            // From the worker with most partitions (then most rows), the
+            // partition closest in rows to what the new worker still lacks
+            // per partition it still takes (so a hot partition does not
+            // land on it with a full share besides).
             let Some(donor) = (0..new).max_by_key(|w| loads[*w as usize]) else {
                 return moved;
             };
+            let want = share.saturating_sub(rows) / u64::from(fair - count);
             let Some(p) = (0..self.owner.len())
                 .filter(|p| self.owner[*p] == donor)
-                .max_by_key(|p| self.rows[*p])
+                .min_by_key(|p| self.rows[*p].abs_diff(want))
             else {
                 return moved;
             };
