@@ -62,14 +62,16 @@ pub struct Catalog {
     /// Read-only tables from `CREATE EXTERNAL TABLE`, by name.
     external: RwLock<BTreeMap<String, Arc<dyn TableProvider>>>,
     last_txn: AtomicU64,
-    /// Transactions begun and not yet decided or aborted: no snapshot sees
-    /// them. A decided one is in the persisted `decided` log until every
-    /// worker confirmed its commit.
-    in_flight: Mutex<BTreeSet<u64>>,
-    /// The table each transaction in flight writes (`None`: it may write
-    /// any, as an index backfill does): a copy catching up rejoins only
-    /// while no write it would miss is in flight.
-    writing: Mutex<BTreeMap<u64, Option<String>>>,
+    /// Transactions begun and not yet decided or aborted (no snapshot sees
+    /// them), with the table each writes (`None`: it may write any, as an
+    /// index backfill does; a copy catching up rejoins only while no write
+    /// it would miss is in flight). A decided one is in the persisted
+    /// `decided` log until every worker confirmed its commit.
+    in_flight: Mutex<BTreeMap<u64, Option<String>>>,
+    /// Per table: a write holds it shared from its start to its end; a
+    /// copy that cannot catch up between writes holds it alone for a
+    /// moment (new writes wait, those in flight finish first).
+    gates: Mutex<BTreeMap<String, Arc<tokio::sync::RwLock<()>>>>,
     /// Snapshots of running queries, by their `xmin` (every transaction
     /// below it visible) and the generation they were taken in:
     /// compaction merges only files all of them see, and the files of a
@@ -188,8 +190,8 @@ impl Catalog {
             membership,
             external: RwLock::new(BTreeMap::new()),
             last_txn: AtomicU64::new(last_txn),
-            in_flight: Mutex::new(BTreeSet::new()),
-            writing: Mutex::new(BTreeMap::new()),
+            in_flight: Mutex::new(BTreeMap::new()),
+            gates: Mutex::new(BTreeMap::new()),
             snapshots: Arc::new(Mutex::new(BTreeMap::new())),
             generation: AtomicU64::new(0),
             apply_wanted: tokio::sync::Notify::new(),
@@ -359,10 +361,8 @@ impl Catalog {
             if !decided.is_empty()
                 && let Ok(mut set) = self.in_flight.lock()
             {
-                let mut writing = self.writing.lock().map_err(|_| poisoned())?;
                 for txn in decided {
                     set.remove(&txn);
-                    writing.remove(&txn);
                 }
             }
             return Ok(out);
@@ -472,12 +472,18 @@ impl Catalog {
         Ok(())
     }
 
+    /// The write gate of `table` (see the `gates` field).
+    pub(crate) fn gate(&self, table: &str) -> Result<Arc<tokio::sync::RwLock<()>>> {
+        let mut gates = self.gates.lock().map_err(|_| poisoned())?;
+        Ok(Arc::clone(gates.entry(table.to_string()).or_default()))
+    }
+
     /// Whether a transaction that may write `table` is in flight (begun,
     /// not decided); call with the state lock held (inside
     /// [`Catalog::update`]) to order it against transactions beginning.
     pub(crate) fn writing(&self, table: &str) -> Result<bool> {
         Ok(self
-            .writing
+            .in_flight
             .lock()
             .map_err(|_| poisoned())?
             .values()

@@ -5,7 +5,10 @@
 //! set by compare-and-swap: only if no transaction was decided on the
 //! partition since the copy began, none that may write it is in flight, and
 //! every decided one is committed everywhere it went (so the copied
-//! manifest holds all of them).
+//! manifest holds all of them). When writes keep landing between copies,
+//! the last attempts hold new writes to the table back (its gate, see
+//! [`Catalog::gate`]) until those in flight are done and the copy has
+//! rejoined: writes pause for about one commit round.
 //!
 //! The leading coordinator looks for such copies every [`ROUND`].
 
@@ -113,7 +116,88 @@ pub async fn catch_up(
     };
     let started = Instant::now();
     let mut done = CaughtUp::default();
+    let copy = Copy {
+        map_key,
+        table_id,
+        partition,
+        worker,
+    };
     for _ in 0..ATTEMPTS {
+        match copy.attempt(catalog, &mut done).await? {
+            Try::Rejoined => {
+                done.took = started.elapsed();
+                return Ok(Some(done));
+            }
+            Try::Gone => return Ok(None),
+            // Something landed meanwhile: copy what is new.
+            Try::Busy => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+    // Writes kept landing between copies: new writes to the table wait a
+    // moment (those in flight finish first) while the copy takes the last
+    // difference and rejoins.
+    let Some((def, _)) = files_of(&catalog.state()?, map_key) else {
+        return Ok(None);
+    };
+    let gate = catalog.gate(&def.name)?;
+    let Ok(_alone) = tokio::time::timeout(GATE_WAIT, gate.write_owned()).await else {
+        return Ok(None);
+    };
+    let held = Instant::now();
+    while held.elapsed() < GATE_HOLD {
+        match copy.attempt(catalog, &mut done).await? {
+            Try::Rejoined => {
+                tracing::info!(
+                    table = %def.name, partition, %worker,
+                    held_ms = held.elapsed().as_secs_f64() * 1e3,
+                    "writes were held back while a copy took its last difference and rejoined"
+                );
+                done.took = started.elapsed();
+                return Ok(Some(done));
+            }
+            Try::Gone => return Ok(None),
+            // An index backfill or apply of another table, or a commit
+            // still landing.
+            Try::Busy => tokio::time::sleep(Duration::from_millis(5)).await,
+        }
+    }
+    Ok(None)
+}
+
+/// How long a catch-up waits for the writes in flight to finish before
+/// giving up on holding new ones back (they wait meanwhile).
+const GATE_WAIT: Duration = Duration::from_secs(2);
+/// How long it holds new writes back at most.
+const GATE_HOLD: Duration = Duration::from_secs(2);
+
+/// One copy of a partition being caught up.
+struct Copy<'a> {
+    map_key: &'a str,
+    table_id: u64,
+    partition: u32,
+    worker: &'a str,
+}
+
+/// How an attempt to catch a copy up ended.
+enum Try {
+    Rejoined,
+    /// The partition changed meanwhile (or a write that may change it is
+    /// in flight): try again.
+    Busy,
+    /// In sync already, or its table is gone.
+    Gone,
+}
+
+impl Copy<'_> {
+    /// Copies the files the copy lacks from an in-sync copy, then rejoins
+    /// it if nothing was decided on the partition meanwhile.
+    async fn attempt(&self, catalog: &Arc<Catalog>, done: &mut CaughtUp) -> Result<Try> {
+        let Copy {
+            map_key,
+            table_id,
+            partition,
+            worker,
+        } = *self;
         let state = catalog.state()?;
         let out_of_sync = state
             .map
@@ -122,22 +206,22 @@ pub async fn catch_up(
             .and_then(|p| p.get(partition as usize))
             .is_some_and(|p| p.out_of_sync.iter().any(|w| w == worker));
         let Some((def, locations)) = files_of(&state, map_key) else {
-            return Ok(None);
+            return Ok(Try::Gone);
         };
         if !out_of_sync || def.id != table_id {
-            return Ok(None);
+            return Ok(Try::Gone);
         }
         if pending(&state, &locations, partition) {
             // Commits still landing: the copy's manifest might miss one.
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            return Ok(Try::Busy);
         }
         let writes = writes_on(&state, map_key, partition);
         let Some(source) = catalog.scan_parts(map_key, &[partition])?.pop() else {
-            return Ok(None);
+            return Ok(Try::Gone);
         };
         let Some(url) = catalog.members()?.get(worker).cloned() else {
-            return Ok(None);
+            return Ok(Try::Gone);
         };
         let from = WorkerClient::connect(&source.url)?;
         let to = WorkerClient::connect(&url)?;
@@ -186,14 +270,8 @@ pub async fn catch_up(
                 Ok(true)
             })
             .await?;
-        if rejoined {
-            done.took = started.elapsed();
-            return Ok(Some(done));
-        }
-        // Something landed meanwhile: copy what is new.
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        Ok(if rejoined { Try::Rejoined } else { Try::Busy })
     }
-    Ok(None)
 }
 
 /// Copies being caught up now: (map key, partition, worker).

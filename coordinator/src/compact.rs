@@ -184,7 +184,7 @@ async fn merge_partition(
     partition: u32,
     rule: MergeRule,
 ) -> Result<Option<Compaction>> {
-    let (guard, indexes) = catalog.begin_write(&def.name).await?;
+    let (guard, indexes) = catalog.begin_merge(&def.name).await?;
     if let Some(building) = indexes
         .iter()
         .find(|i| matches!(i.state, IndexState::Building { .. }))

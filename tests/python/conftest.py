@@ -1,5 +1,6 @@
 """Fixtures shared by the client tests."""
 
+import os
 import shutil
 import tempfile
 
@@ -8,7 +9,11 @@ import pytest
 
 @pytest.fixture
 def data_dir():
-    """A fresh data dir for one test's server, removed afterwards."""
+    """A fresh data dir for one test's server, removed afterwards (kept,
+    logs and all, with TESSERA_TEST_KEEP=1)."""
     d = tempfile.mkdtemp(prefix="tessera-test-")
     yield d
-    shutil.rmtree(d, ignore_errors=True)
+    if os.environ.get("TESSERA_TEST_KEEP") == "1":
+        print(f"kept {d}")
+    else:
+        shutil.rmtree(d, ignore_errors=True)

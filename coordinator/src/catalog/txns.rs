@@ -53,6 +53,8 @@ pub enum SnapshotHold {
 pub struct TxnGuard {
     catalog: Arc<Catalog>,
     pub txn: u64,
+    /// A write's share of its table's gate.
+    _gate: Option<tokio::sync::OwnedRwLockReadGuard<()>>,
 }
 
 impl Drop for TxnGuard {
@@ -60,9 +62,18 @@ impl Drop for TxnGuard {
         if let Ok(mut set) = self.catalog.in_flight.lock() {
             set.remove(&self.txn);
         }
-        if let Ok(mut writing) = self.catalog.writing.lock() {
-            writing.remove(&self.txn);
-        }
+    }
+}
+
+/// The indexes a write to `table` beginning as `txn` maintains.
+fn maintained(table: &str) -> impl Fn(&CatalogState, u64) -> Vec<IndexDef> + '_ {
+    move |state, txn| {
+        state
+            .indexes
+            .values()
+            .filter(|i| i.table == table && i.since_txn < txn)
+            .cloned()
+            .collect()
     }
 }
 
@@ -72,22 +83,24 @@ impl Catalog {
     pub fn is_unresolved(&self, txn: u64) -> Result<bool> {
         let state = self.state.lock().map_err(|_| poisoned())?;
         let in_flight = self.in_flight.lock().map_err(|_| poisoned())?;
-        Ok(in_flight.contains(&txn) || state.decided.contains_key(&txn))
+        Ok(in_flight.contains_key(&txn) || state.decided.contains_key(&txn))
     }
 
     /// Begins a write to `table`: a new transaction and the indexes it must
     /// maintain, chosen atomically with respect to `CREATE INDEX` (an index
     /// covers exactly the transactions after its `since_txn`).
     pub async fn begin_write(self: &Arc<Self>, table: &str) -> Result<(TxnGuard, Vec<IndexDef>)> {
-        self.begin(Some(table), |state, txn| {
-            state
-                .indexes
-                .values()
-                .filter(|i| i.table == table && i.since_txn < txn)
-                .cloned()
-                .collect()
-        })
-        .await
+        let gate = self.gate(table)?.read_owned().await;
+        self.begin_gated(Some(table), Some(gate), maintained(table))
+            .await
+    }
+
+    /// [`Catalog::begin_write`] for a compaction: it does not hold the
+    /// table's gate (a long merge would hold back a copy catching up, and
+    /// new writes waiting behind that copy), so a copy may have to copy
+    /// again after one.
+    pub async fn begin_merge(self: &Arc<Self>, table: &str) -> Result<(TxnGuard, Vec<IndexDef>)> {
+        self.begin(Some(table), maintained(table)).await
     }
 
     /// Begins a transaction that writes no table rows (index backfill and apply).
@@ -102,6 +115,15 @@ impl Catalog {
         table: Option<&str>,
         read: impl Fn(&CatalogState, u64) -> T,
     ) -> Result<(TxnGuard, T)> {
+        self.begin_gated(table, None, read).await
+    }
+
+    async fn begin_gated<T>(
+        self: &Arc<Self>,
+        table: Option<&str>,
+        mut gate: Option<tokio::sync::OwnedRwLockReadGuard<()>>,
+        read: impl Fn(&CatalogState, u64) -> T,
+    ) -> Result<(TxnGuard, T)> {
         loop {
             self.reserve_txn_ids().await?;
             let state = self.state.lock().map_err(|_| poisoned())?;
@@ -110,14 +132,12 @@ impl Catalog {
                 continue;
             };
             if let Ok(mut set) = self.in_flight.lock() {
-                set.insert(txn);
-            }
-            if let Ok(mut writing) = self.writing.lock() {
-                writing.insert(txn, table.map(String::from));
+                set.insert(txn, table.map(String::from));
             }
             let guard = TxnGuard {
                 catalog: Arc::clone(self),
                 txn,
+                _gate: gate.take(),
             };
             return Ok((guard, read(&state, txn)));
         }
@@ -157,7 +177,7 @@ impl Catalog {
         let state = self.state.lock().map_err(|_| poisoned())?;
         let in_flight = self.in_flight.lock().map_err(|_| poisoned())?;
         let decided = state.decided.keys().next().copied();
-        Ok(match (in_flight.first().copied(), decided) {
+        Ok(match (in_flight.keys().next().copied(), decided) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         })
@@ -309,7 +329,7 @@ impl Catalog {
         let last_decided = state.decided.keys().next_back().copied().unwrap_or(0);
         Ok(Snapshot {
             through: self.last_txn().max(last_decided),
-            in_flight: in_flight.iter().copied().collect(),
+            in_flight: in_flight.keys().copied().collect(),
             decided: state.decided.keys().copied().collect(),
         })
     }
