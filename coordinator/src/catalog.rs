@@ -41,6 +41,14 @@ pub fn is_staging(name: &str) -> bool {
     name.starts_with(STAGING_PREFIX)
 }
 
+/// A transaction in flight: the table it writes (`None`: it may write
+/// any, as an index backfill does) and when it began.
+#[derive(Debug)]
+pub(crate) struct InFlight {
+    pub table: Option<String>,
+    pub began: std::time::Instant,
+}
+
 /// Shared catalog state of one coordinator.
 #[derive(Debug)]
 pub struct Catalog {
@@ -67,7 +75,7 @@ pub struct Catalog {
     /// index backfill does; a copy catching up rejoins only while no write
     /// it would miss is in flight). A decided one is in the persisted
     /// `decided` log until every worker confirmed its commit.
-    in_flight: Mutex<BTreeMap<u64, Option<String>>>,
+    in_flight: Mutex<BTreeMap<u64, InFlight>>,
     /// Per table: a write holds it shared from its start to its end; a
     /// copy that cannot catch up between writes holds it alone for a
     /// moment (new writes wait, those in flight finish first).
@@ -475,7 +483,21 @@ impl Catalog {
     /// The write gate of `table` (see the `gates` field).
     pub(crate) fn gate(&self, table: &str) -> Result<Arc<tokio::sync::RwLock<()>>> {
         let mut gates = self.gates.lock().map_err(|_| poisoned())?;
+        // Gates no one holds or waits on go (dropped tables, staging ones).
+        gates.retain(|_, g| Arc::strong_count(g) > 1);
         Ok(Arc::clone(gates.entry(table.to_string()).or_default()))
+    }
+
+    /// Whether a write to `table` has been in flight for longer than
+    /// `age` (a bulk upload, say): holding its gate would keep every other
+    /// writer waiting that long.
+    pub(crate) fn long_write(&self, table: &str, age: std::time::Duration) -> Result<bool> {
+        Ok(self
+            .in_flight
+            .lock()
+            .map_err(|_| poisoned())?
+            .values()
+            .any(|t| t.table.as_deref() == Some(table) && t.began.elapsed() > age))
     }
 
     /// Whether a transaction that may write `table` is in flight (begun,
@@ -487,7 +509,7 @@ impl Catalog {
             .lock()
             .map_err(|_| poisoned())?
             .values()
-            .any(|t| t.as_deref().is_none_or(|t| t == table)))
+            .any(|t| t.table.as_deref().is_none_or(|t| t == table)))
     }
 
     /// Rows and stored bytes of some partitions of a table; `None` when the

@@ -12,7 +12,7 @@
 //!
 //! The leading coordinator looks for such copies every [`ROUND`].
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -123,29 +123,35 @@ pub async fn catch_up(
         worker,
     };
     for _ in 0..ATTEMPTS {
-        match copy.attempt(catalog, &mut done).await? {
+        match copy.attempt(catalog, &mut done, None).await? {
             Try::Rejoined => {
                 done.took = started.elapsed();
                 return Ok(Some(done));
             }
             Try::Gone => return Ok(None),
             // Something landed meanwhile: copy what is new.
-            Try::Busy => tokio::time::sleep(Duration::from_millis(20)).await,
+            Try::Busy | Try::Pending => tokio::time::sleep(Duration::from_millis(20)).await,
         }
     }
     // Writes kept landing between copies: new writes to the table wait a
     // moment (those in flight finish first) while the copy takes the last
-    // difference and rejoins.
+    // difference and rejoins. Not while a long write (a bulk upload) is in
+    // flight, which every writer would wait for, nor again soon after the
+    // gate could not be had.
     let Some((def, _)) = files_of(&catalog.state()?, map_key) else {
         return Ok(None);
     };
+    if catalog.long_write(&def.name, LONG_WRITE)? || Backoff::active(&def.name) {
+        return Ok(None);
+    }
     let gate = catalog.gate(&def.name)?;
     let Ok(_alone) = tokio::time::timeout(GATE_WAIT, gate.write_owned()).await else {
+        Backoff::start(&def.name);
         return Ok(None);
     };
     let held = Instant::now();
-    while held.elapsed() < GATE_HOLD {
-        match copy.attempt(catalog, &mut done).await? {
+    while let Some(left) = GATE_HOLD.checked_sub(held.elapsed()) {
+        match copy.attempt(catalog, &mut done, Some(left)).await? {
             Try::Rejoined => {
                 tracing::info!(
                     table = %def.name, partition, %worker,
@@ -155,20 +161,49 @@ pub async fn catch_up(
                 done.took = started.elapsed();
                 return Ok(Some(done));
             }
-            Try::Gone => return Ok(None),
-            // An index backfill or apply of another table, or a commit
-            // still landing.
+            // A commit still landing (a worker away, say) could take long:
+            // writes go on meanwhile.
+            Try::Gone | Try::Pending => return Ok(None),
+            // An index backfill or apply, or a compaction, of the table.
             Try::Busy => tokio::time::sleep(Duration::from_millis(5)).await,
         }
     }
+    Backoff::start(&def.name);
     Ok(None)
 }
 
 /// How long a catch-up waits for the writes in flight to finish before
-/// giving up on holding new ones back (they wait meanwhile).
-const GATE_WAIT: Duration = Duration::from_secs(2);
+/// giving up on holding new ones back (they wait meanwhile): about a
+/// commit round.
+const GATE_WAIT: Duration = Duration::from_millis(300);
 /// How long it holds new writes back at most.
-const GATE_HOLD: Duration = Duration::from_secs(2);
+const GATE_HOLD: Duration = Duration::from_secs(1);
+/// A write in flight this long is a long one (a bulk upload).
+const LONG_WRITE: Duration = Duration::from_secs(1);
+/// How long a table's gate is left alone after it could not be had or
+/// held long enough.
+const BACKOFF: Duration = Duration::from_secs(10);
+
+/// Tables whose gate catch-ups leave alone until then.
+static BACKOFFS: Mutex<BTreeMap<String, Instant>> = Mutex::new(BTreeMap::new());
+
+struct Backoff;
+
+impl Backoff {
+    fn active(table: &str) -> bool {
+        BACKOFFS
+            .lock()
+            .is_ok_and(|b| b.get(table).is_some_and(|until| Instant::now() < *until))
+    }
+
+    fn start(table: &str) {
+        if let Ok(mut b) = BACKOFFS.lock() {
+            let now = Instant::now();
+            b.retain(|_, until| *until > now);
+            b.insert(table.to_string(), now + BACKOFF);
+        }
+    }
+}
 
 /// One copy of a partition being caught up.
 struct Copy<'a> {
@@ -184,14 +219,22 @@ enum Try {
     /// The partition changed meanwhile (or a write that may change it is
     /// in flight): try again.
     Busy,
+    /// A decided write is still being committed on the partition.
+    Pending,
     /// In sync already, or its table is gone.
     Gone,
 }
 
 impl Copy<'_> {
-    /// Copies the files the copy lacks from an in-sync copy, then rejoins
-    /// it if nothing was decided on the partition meanwhile.
-    async fn attempt(&self, catalog: &Arc<Catalog>, done: &mut CaughtUp) -> Result<Try> {
+    /// Copies the files the copy lacks from an in-sync copy (given up
+    /// after `limit`, if any: copying again is safe), then rejoins it if
+    /// nothing was decided on the partition meanwhile.
+    async fn attempt(
+        &self,
+        catalog: &Arc<Catalog>,
+        done: &mut CaughtUp,
+        limit: Option<Duration>,
+    ) -> Result<Try> {
         let Copy {
             map_key,
             table_id,
@@ -214,7 +257,7 @@ impl Copy<'_> {
         if pending(&state, &locations, partition) {
             // Commits still landing: the copy's manifest might miss one.
             tokio::time::sleep(Duration::from_millis(30)).await;
-            return Ok(Try::Busy);
+            return Ok(Try::Pending);
         }
         let writes = writes_on(&state, map_key, partition);
         let Some(source) = catalog.scan_parts(map_key, &[partition])?.pop() else {
@@ -223,24 +266,35 @@ impl Copy<'_> {
         let Some(url) = catalog.members()?.get(worker).cloned() else {
             return Ok(Try::Gone);
         };
-        let from = WorkerClient::connect(&source.url)?;
-        let to = WorkerClient::connect(&url)?;
-        for location in &locations {
-            let manifest = from.manifest(location, partition).await?;
-            let request = InstallRequest {
-                table: location.clone(),
-                partition,
-                source: source.url.clone(),
-                manifest,
-            };
-            let installed = to.install(&request).await.map_err(|e| {
-                DataFusionError::Execution(format!(
-                    "copying partition {partition} of '{map_key}' from {} to {worker} failed: {e}",
-                    source.worker_id
-                ))
-            })?;
-            done.installed.files += installed.files;
-            done.installed.bytes += installed.bytes;
+        let copying = async {
+            let from = WorkerClient::connect(&source.url)?;
+            let to = WorkerClient::connect(&url)?;
+            for location in &locations {
+                let manifest = from.manifest(location, partition).await?;
+                let request = InstallRequest {
+                    table: location.clone(),
+                    partition,
+                    source: source.url.clone(),
+                    manifest,
+                };
+                let installed = to.install(&request).await.map_err(|e| {
+                    DataFusionError::Execution(format!(
+                        "copying partition {partition} of '{map_key}' from {} to {worker} \
+                         failed: {e}",
+                        source.worker_id
+                    ))
+                })?;
+                done.installed.files += installed.files;
+                done.installed.bytes += installed.bytes;
+            }
+            Ok::<_, DataFusionError>(())
+        };
+        match limit {
+            Some(limit) => match tokio::time::timeout(limit, copying).await {
+                Ok(copied) => copied?,
+                Err(_) => return Ok(Try::Gone),
+            },
+            None => copying.await?,
         }
         let rejoined = catalog
             .update(|s| {

@@ -132,7 +132,9 @@ impl Catalog {
                 continue;
             };
             if let Ok(mut set) = self.in_flight.lock() {
-                set.insert(txn, table.map(String::from));
+                let began = std::time::Instant::now();
+                let table = table.map(String::from);
+                set.insert(txn, super::InFlight { table, began });
             }
             let guard = TxnGuard {
                 catalog: Arc::clone(self),
