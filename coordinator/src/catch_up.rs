@@ -123,7 +123,7 @@ pub async fn catch_up(
         worker,
     };
     for _ in 0..ATTEMPTS {
-        match copy.attempt(catalog, &mut done, None).await? {
+        match copy.attempt(catalog, &mut done, None, false).await? {
             Try::Rejoined => {
                 done.took = started.elapsed();
                 return Ok(Some(done));
@@ -151,7 +151,7 @@ pub async fn catch_up(
     };
     let held = Instant::now();
     while let Some(left) = GATE_HOLD.checked_sub(held.elapsed()) {
-        match copy.attempt(catalog, &mut done, Some(left)).await? {
+        match copy.attempt(catalog, &mut done, Some(left), true).await? {
             Try::Rejoined => {
                 tracing::info!(
                     table = %def.name, partition, %worker,
@@ -234,6 +234,7 @@ impl Copy<'_> {
         catalog: &Arc<Catalog>,
         done: &mut CaughtUp,
         limit: Option<Duration>,
+        holding_gate: bool,
     ) -> Result<Try> {
         let Copy {
             map_key,
@@ -296,6 +297,17 @@ impl Copy<'_> {
             },
             None => copying.await?,
         }
+        // The rejoin holds the table's gate (taken only if no write holds
+        // it: nothing waits), so no write starts while it is being stored
+        // and finds the copy still out of sync.
+        let _alone = if holding_gate {
+            None
+        } else {
+            match catalog.gate(&def.name)?.try_write_owned() {
+                Ok(alone) => Some(alone),
+                Err(_) => return Ok(Try::Busy),
+            }
+        };
         let rejoined = catalog
             .update(|s| {
                 // No write decided on the partition since the copy began,

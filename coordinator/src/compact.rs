@@ -303,7 +303,24 @@ async fn merge_partition(
         .collect();
     let before: u64 = merged.replaces.iter().map(|f| f.bytes).sum();
     let after = merged.file.bytes;
+    let merging: Vec<String> = urls.keys().cloned().collect();
     decide_and_commit(catalog, txn, writes, urls, |s| {
+        // Every copy in sync now merged: one that rejoined meanwhile (it
+        // caught up while this ran) would be left with the old files.
+        let in_sync: Vec<String> = s
+            .map
+            .tables
+            .get(&part.map_key)
+            .and_then(|p| p.get(partition as usize))
+            .map(|p| p.in_sync().map(String::from).collect())
+            .unwrap_or_default();
+        if let Some(w) = in_sync.iter().find(|w| !merging.contains(w)) {
+            return Err(tessera_worker::WorkerUnavailable::error(format!(
+                "the copy of partition {partition} of '{}' on {w} rejoined while it was \
+                 compacted; nothing was merged",
+                part.map_key
+            )));
+        }
         let same_index = part
             .index
             .is_none_or(|id| s.indexes.get(&part.name).map(|i| i.id) == Some(id));

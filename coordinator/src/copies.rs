@@ -143,3 +143,51 @@ pub(crate) fn files_of(state: &CatalogState, map_key: &str) -> Option<(TableDef,
     let def = state.tables.get(&index.table)?;
     Some((def.clone(), vec![index.storage_key(def)]))
 }
+
+/// A copy of a partition: (map key, partition, worker).
+pub(crate) type Copy = (String, u32, String);
+
+/// Removes the files of copies taken out of the partition map (of the
+/// table with id `table_id`) once no query that began before may read
+/// them; a copy given the partition again meanwhile keeps its files.
+pub(crate) fn drop_files_later(
+    catalog: &std::sync::Arc<crate::catalog::Catalog>,
+    table_id: u64,
+    removed: Vec<Copy>,
+) {
+    if removed.is_empty() {
+        return;
+    }
+    let generation = catalog.new_generation();
+    let catalog = std::sync::Arc::clone(catalog);
+    tokio::spawn(async move {
+        catalog.snapshots_before(generation).await;
+        let Ok(state) = catalog.state() else {
+            return;
+        };
+        let members = catalog.members().unwrap_or_default();
+        for (key, partition, worker) in removed {
+            let Some((owner, locations)) = files_of(&state, &key) else {
+                continue;
+            };
+            let holds_again = owner.id != table_id
+                || state
+                    .map
+                    .table(&key)
+                    .and_then(|p| p.get(partition as usize))
+                    .is_some_and(|p| p.replicas.contains(&worker));
+            let Some(url) = members.get(&worker).filter(|_| !holds_again) else {
+                continue;
+            };
+            for location in &locations {
+                let dropped = match tessera_worker::WorkerClient::connect(url) {
+                    Ok(client) => client.drop_partition(location, partition).await,
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = dropped {
+                    tracing::warn!(%worker, partition, error = %e, "files of a removed copy were left behind");
+                }
+            }
+        }
+    });
+}

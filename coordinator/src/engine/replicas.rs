@@ -13,14 +13,12 @@ use std::time::{Duration, Instant};
 use datafusion::arrow::array::{ArrayRef, Float64Array, UInt32Array, UInt64Array};
 use datafusion::common::Result;
 use tessera_sql::Replication;
-use tessera_worker::{ErrorKind, WorkerClient};
+use tessera_worker::ErrorKind;
 
 use super::ddl::ready;
 use super::{Coordinator, Planned};
-use crate::copies::files_of;
 
-/// A copy added or removed: (map key, partition, worker).
-type Copy = (String, u32, String);
+use crate::copies::Copy;
 
 /// How long the statement waits for the added copies to catch up.
 const CATCH_UP_WAIT: Duration = Duration::from_secs(600);
@@ -115,43 +113,7 @@ impl Coordinator {
             })
             .await?;
         // Copies dropped: their files go once no running query may read them.
-        if !removed.is_empty() {
-            let generation = self.catalog.new_generation();
-            let catalog = Arc::clone(&self.catalog);
-            let removed = removed.clone();
-            let def = def.clone();
-            tokio::spawn(async move {
-                catalog.snapshots_before(generation).await;
-                let Ok(state) = catalog.state() else {
-                    return;
-                };
-                let members = catalog.members().unwrap_or_default();
-                for (key, partition, worker) in removed {
-                    // Given a copy of it again meanwhile: its files stay.
-                    let Some((owner, locations)) = files_of(&state, &key) else {
-                        continue;
-                    };
-                    let holds_again = owner.id != def.id
-                        || state
-                            .map
-                            .table(&key)
-                            .and_then(|p| p.get(partition as usize))
-                            .is_some_and(|p| p.replicas.contains(&worker));
-                    let Some(url) = members.get(&worker).filter(|_| !holds_again) else {
-                        continue;
-                    };
-                    for location in &locations {
-                        let dropped = match WorkerClient::connect(url) {
-                            Ok(client) => client.drop_partition(location, partition).await,
-                            Err(e) => Err(e),
-                        };
-                        if let Err(e) = dropped {
-                            tracing::warn!(%worker, partition, error = %e, "files of a removed copy were left behind");
-                        }
-                    }
-                }
-            });
-        }
+        crate::copies::drop_files_later(&self.catalog, def.id, removed.clone());
         // Added copies: caught up here (the background rounds finish any
         // left over, e.g. after writes kept landing).
         let mut bytes = 0u64;
