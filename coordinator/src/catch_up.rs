@@ -350,7 +350,9 @@ impl Copying {
     fn claim(table: &str, partition: u32, worker: &str) -> Option<Self> {
         let key = (table.to_string(), partition, worker.to_string());
         let mut copying = COPYING.lock().ok()?;
-        copying.insert(key.clone()).then_some(Self(key))
+        // Made only if claimed: a `Copying` dropped here, under the lock,
+        // would take the lock again in its `drop`.
+        copying.insert(key.clone()).then(|| Self(key))
     }
 }
 
@@ -369,4 +371,21 @@ fn writes_on(state: &CatalogState, map_key: &str, partition: u32) -> u64 {
         .get(map_key)
         .and_then(|s| s.get(&partition))
         .map_or(0, |p| p.writes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Copying;
+
+    /// A second claim of a copy being caught up is refused (and does not
+    /// deadlock); once the first is done it can be claimed again.
+    #[test]
+    fn a_copy_is_caught_up_once_at_a_time() {
+        let first = Copying::claim("t", 3, "w1").unwrap();
+        assert!(Copying::claim("t", 3, "w1").is_none());
+        let other = Copying::claim("t", 3, "w2");
+        assert!(other.is_some());
+        drop(first);
+        assert!(Copying::claim("t", 3, "w1").is_some());
+    }
 }
