@@ -18,6 +18,8 @@ Statements end with ';' and may span lines.
   DESCRIBE t;                       columns and partition scheme of t
   SHOW PARTITIONS t;                partitions of t: range, copies and their states, rows, bytes
   ALTER TABLE t SET REPLICAS 2;     copies of each partition (caught up before it returns)
+  EXPLAIN REBALANCE [t];            the moves that would even the workers out (nothing moves)
+  REBALANCE APPLY [t];              run them in the background (SHOW REBALANCE, REBALANCE CANCEL)
   EXPLAIN SELECT ...;               distributed plan with partitions kept
   CREATE TABLE t (...) PARTITION BY HASH (k) PARTITIONS 8;
   CREATE TABLE t (...) PARTITION BY RANGE (ts) SPLIT AT (v1, v2);
@@ -63,6 +65,12 @@ pub async fn run_statements(client: &mut Client, sql: &str, timing: bool) -> Res
                     progress: Box::new(copies_in_sync),
                 };
                 with_progress(client, &s.sql, watch).await?
+            }
+            Ok(tessera_sql::Statement::RebalanceApply { .. }) => {
+                let plan = client.query(&s.sql).await?;
+                write_result(&mut stdout.lock(), &plan, Format::Table)?;
+                follow_rebalance(client).await?;
+                client.query("SHOW REBALANCE").await?
             }
             _ => client.query(&s.sql).await?,
         };
@@ -152,6 +160,50 @@ fn compacting(batches: &[arrow::array::RecordBatch]) -> Option<(u32, u32)> {
     let done = b.column(0).as_primitive_opt::<UInt32Type>()?.value(0);
     let total = b.column(1).as_primitive_opt::<UInt32Type>()?.value(0);
     Some((done, total))
+}
+
+/// Shows a running rebalance's steps as they finish (`SHOW REBALANCE`
+/// every 200 ms) until none is left to run; Ctrl-C stops watching, not
+/// the rebalance.
+async fn follow_rebalance(client: &mut Client) -> Result<(), String> {
+    let bar = ProgressBar::new(0).with_style(
+        ProgressStyle::with_template("rebalance [{bar:30}] {pos}/{len} steps {msg} {elapsed}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    loop {
+        let shown = client.query("SHOW REBALANCE").await?;
+        let Some((done, total, copied)) = rebalance_progress(&shown.batches) else {
+            break;
+        };
+        bar.set_length(total);
+        bar.set_position(done);
+        bar.set_message(format!("{:.1} MB copied", copied as f64 / 1e6));
+        if done == total {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    bar.finish_and_clear();
+    Ok(())
+}
+
+/// `(finished, all, bytes copied)` steps in `SHOW REBALANCE` output.
+fn rebalance_progress(batches: &[arrow::array::RecordBatch]) -> Option<(u64, u64, u64)> {
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::UInt64Type;
+    let (mut done, mut total, mut copied) = (0, 0, 0);
+    for b in batches {
+        let states = b.column_by_name("state")?.as_string_opt::<i32>()?;
+        let bytes = b
+            .column_by_name("bytes_copied")?
+            .as_primitive_opt::<UInt64Type>()?;
+        for i in 0..states.len() {
+            total += 1;
+            done += u64::from(!matches!(states.value(i), "pending" | "running"));
+            copied += bytes.value(i);
+        }
+    }
+    Some((done, total, copied))
 }
 
 /// `(in sync, all)` copies of a table's partitions in `SHOW PARTITIONS`

@@ -115,6 +115,8 @@ pub struct Catalog {
     pub(crate) compaction_paused: AtomicBool,
     /// `tessera.compactions`.
     pub(crate) compactions: crate::compaction_log::CompactionLog,
+    /// The steps of the running (or last) rebalance.
+    pub(crate) rebalances: crate::rebalance::RebalanceLog,
     /// Set on a coordinator that follows the leader: it writes nothing to
     /// the metastore and takes its snapshots from the leader.
     follower: Option<Arc<Follower>>,
@@ -214,6 +216,7 @@ impl Catalog {
             compacting: tokio::sync::Mutex::new(()),
             compaction_paused: AtomicBool::new(false),
             compactions: Default::default(),
+            rebalances: Default::default(),
             follower,
             revision: AtomicU64::new(revision),
             revision_moved: tokio::sync::Notify::new(),

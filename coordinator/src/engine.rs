@@ -11,6 +11,7 @@ mod follow;
 mod members;
 mod metadata;
 mod params;
+mod rebalance;
 mod recover;
 mod replicas;
 mod users;
@@ -443,6 +444,10 @@ impl Coordinator {
                 Ok(empty())
             }
             Statement::AlterWorker { id, action } => self.alter_worker(&id, action).await,
+            Statement::ExplainRebalance { table } => self.explain_rebalance(table.as_deref()),
+            Statement::RebalanceApply { table } => self.rebalance_apply(table.as_deref()),
+            Statement::ShowRebalance => self.show_rebalance(),
+            Statement::RebalanceCancel => self.rebalance_cancel(),
             Statement::Sql(sql) if rows.len() > 1 => self.plan_many(&sql, rows).await,
             Statement::Sql(sql) => self.plan_datafusion(&sql, rows.first()).await,
         }
@@ -487,8 +492,15 @@ impl Coordinator {
             | Statement::Grant { .. }
             | Statement::CancelQuery { .. }
             | Statement::CopyFrom { .. }
+            | Statement::RebalanceCancel
             | Statement::DropIndex { .. } => Ok(None),
-            Statement::ShowWorkers
+            Statement::ShowRebalance => Ok(Some(crate::rebalance::show_schema())),
+            // Planned, not applied: the same columns.
+            Statement::RebalanceApply { table } => {
+                Ok(Some(self.explain_rebalance(table.as_deref())?.schema()))
+            }
+            Statement::ExplainRebalance { .. }
+            | Statement::ShowWorkers
             | Statement::ShowUsers
             | Statement::ShowTables
             | Statement::ShowIndexes { .. }

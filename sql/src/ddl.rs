@@ -23,6 +23,7 @@ use crate::text::Offsets;
 
 mod index;
 mod partition;
+mod rebalance;
 mod script;
 mod users;
 
@@ -30,6 +31,7 @@ pub use index::CreateIndex;
 use index::parse_create_index;
 pub use partition::PartitionSpec;
 use partition::parse_partition_clause;
+use rebalance::parse_rebalance_statement;
 pub use script::{ScriptStatement, split_statements};
 use users::parse_user_statement;
 pub use users::{UserRole, redact};
@@ -108,6 +110,18 @@ pub enum Statement {
     CancelQuery {
         id: String,
     },
+    /// `EXPLAIN REBALANCE [t]`: the moves that would even the workers out.
+    ExplainRebalance {
+        table: Option<String>,
+    },
+    /// `REBALANCE APPLY [t]`: run that plan in the background.
+    RebalanceApply {
+        table: Option<String>,
+    },
+    /// `SHOW REBALANCE`: the steps of the running (or last) rebalance.
+    ShowRebalance,
+    /// `REBALANCE CANCEL`: stop after the running steps.
+    RebalanceCancel,
     /// Anything else, for DataFusion.
     Sql(String),
 }
@@ -183,6 +197,9 @@ pub fn parse_statement(sql: &str) -> Result<Statement> {
 
     if let Some(user) = parse_user_statement(&tokens) {
         return user;
+    }
+    if let Some(rebalance) = parse_rebalance_statement(&tokens) {
+        return rebalance;
     }
     if kw(0, Keyword::SHOW) && kw(1, Keyword::TABLES) && words.len() == 2 {
         return Ok(Statement::ShowTables);

@@ -30,6 +30,8 @@ impl Coordinator {
                 | Statement::Describe { .. }
                 | Statement::ShowIndexes { .. }
                 | Statement::ShowWorkers
+                | Statement::ExplainRebalance { .. }
+                | Statement::ShowRebalance
                 // Its own queries only (checked when it cancels).
                 | Statement::CancelQuery { .. },
             ) => true,

@@ -55,6 +55,11 @@ pub(super) fn route(statement: &Statement) -> Route {
         | Statement::Compact { .. }
         | Statement::SetReplicas { .. }
         | Statement::AlterWorker { .. }
+        // The leader runs the rebalance and knows its steps.
+        | Statement::ExplainRebalance { .. }
+        | Statement::RebalanceApply { .. }
+        | Statement::ShowRebalance
+        | Statement::RebalanceCancel
         | Statement::CreateUser { .. }
         | Statement::AlterUser { .. }
         | Statement::DropUser { .. }

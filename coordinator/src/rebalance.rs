@@ -1,0 +1,399 @@
+//! Rebalancing, planned then applied. The plan evens out the copies of
+//! each table's partitions (and of its GLOBAL indexes' partitions) over
+//! the workers that are up and active: a copy on a draining or
+//! decommissioned worker moves off it; then, per table, whole copies move
+//! from the worker holding most to the one holding fewest until the counts
+//! differ by at most one (the FIXED strategy: the partition count never
+//! changes); a partition with more copies than the table asks for (a move
+//! cut short) loses the extra one. A worker that is merely down moves
+//! nothing. The choice of partition goes by the placement alone, so tables
+//! placed alike (co-located for joins) move partition i together.
+//!
+//! ```text
+//! move p from A to B:  add B as a copy out of sync ─► catch it up (files
+//!   copied from an in-sync copy; writes held back a moment at the end)
+//!   ─► switch: B takes A's place (new epoch, one compare-and-swap, with
+//!   the table's writes held back for it) ─► A's files go once no running
+//!   query may read them
+//! ```
+
+mod apply;
+
+use std::collections::BTreeMap;
+
+use tessera_sql::PartitionPlacement;
+
+use crate::catalog_state::CatalogState;
+
+pub use apply::{RebalanceLog, apply, show_schema};
+
+/// What a step does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    /// A copy goes from one worker to another.
+    Move,
+    /// A copy beyond the table's count goes.
+    DropCopy,
+}
+
+impl Operation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Operation::Move => "move",
+            Operation::DropCopy => "drop copy",
+        }
+    }
+}
+
+/// One step of a plan.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Step {
+    /// The partition map entry: a table, or a GLOBAL index's partitions.
+    pub map_key: String,
+    /// The table it belongs to, and its id when planned.
+    pub table: String,
+    pub table_id: u64,
+    pub partition: u32,
+    pub operation: Operation,
+    pub bytes: u64,
+    pub from: String,
+    pub to: Option<String>,
+}
+
+/// How evenly the workers hold the data: most over mean, of bytes and of
+/// copies.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Skew {
+    pub bytes: f64,
+    pub partitions: f64,
+}
+
+/// The steps, and the skew before and after them.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Plan {
+    pub steps: Vec<Step>,
+    pub before: Skew,
+    pub after: Skew,
+    /// The least that must move for every eligible worker to hold a fair
+    /// share of the bytes (and nothing to stay on a draining one).
+    pub optimum_bytes: u64,
+}
+
+impl Plan {
+    pub fn moved_bytes(&self) -> u64 {
+        self.steps
+            .iter()
+            .filter(|s| s.operation == Operation::Move)
+            .map(|s| s.bytes)
+            .sum()
+    }
+}
+
+/// How each worker is treated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Up and active: takes copies.
+    Eligible,
+    /// Draining or decommissioned: copies move off it.
+    Drain,
+    /// Down: nothing moves because of it.
+    Down,
+}
+
+/// Plans the moves for every table (or `only` one) of `state`, given what
+/// each worker is.
+pub fn plan(state: &CatalogState, roles: &BTreeMap<String, Role>, only: Option<&str>) -> Plan {
+    let mut optimum_bytes = 0;
+    let mut after: BTreeMap<String, Vec<PartitionPlacement>> = state.map.tables.clone();
+    let mut steps = vec![];
+    for (key, placements) in after.iter_mut() {
+        let Some(owner) = crate::catalog::owner_of(state, key) else {
+            continue;
+        };
+        if only.is_some_and(|t| t != owner.name) {
+            continue;
+        }
+        let wanted = owner.replication.replicas as usize;
+        optimum_bytes += lacking(state, key, placements, roles);
+        let mut step = |partition: u32, operation, from: &str, to: Option<&str>| {
+            steps.push(Step {
+                map_key: key.clone(),
+                table: owner.name.clone(),
+                table_id: owner.id,
+                partition,
+                operation,
+                bytes: bytes_of(state, key, partition),
+                from: from.to_string(),
+                to: to.map(String::from),
+            })
+        };
+        let eligible: Vec<&String> = roles
+            .iter()
+            .filter(|(_, r)| **r == Role::Eligible)
+            .map(|(w, _)| w)
+            .collect();
+        let count = |placements: &[PartitionPlacement], w: &str| {
+            placements
+                .iter()
+                .filter(|p| p.replicas.iter().any(|r| r == w))
+                .count()
+        };
+        // Copies beyond the table's count: the one out of sync, else the
+        // last on the worker holding most.
+        for p in placements.iter_mut() {
+            while p.replicas.len() > wanted.max(1) {
+                let gone = p
+                    .out_of_sync
+                    .last()
+                    .cloned()
+                    .unwrap_or_else(|| p.replicas.last().cloned().unwrap_or_default());
+                p.replicas.retain(|w| *w != gone);
+                p.out_of_sync.retain(|w| *w != gone);
+                step(p.id, Operation::DropCopy, &gone, None);
+            }
+        }
+        // Off draining workers: to the eligible one with fewest copies of
+        // this table that does not hold the partition.
+        for i in 0..placements.len() {
+            let draining: Vec<String> = placements[i]
+                .replicas
+                .iter()
+                .filter(|w| roles.get(*w) == Some(&Role::Drain))
+                .cloned()
+                .collect();
+            for from in draining {
+                let to = eligible
+                    .iter()
+                    .filter(|w| !placements[i].replicas.contains(w))
+                    .min_by_key(|w| count(placements, w))
+                    .map(|w| (*w).clone());
+                let Some(to) = to else {
+                    continue;
+                };
+                replace(&mut placements[i], &from, &to);
+                step(placements[i].id, Operation::Move, &from, Some(&to));
+            }
+        }
+        // Even the counts: from the eligible worker holding most to the one
+        // holding fewest, the highest-numbered partition it can take.
+        loop {
+            let most = eligible.iter().max_by_key(|w| count(placements, w));
+            let fewest = eligible.iter().min_by_key(|w| count(placements, w));
+            let (Some(most), Some(fewest)) = (most, fewest) else {
+                break;
+            };
+            if count(placements, most) <= count(placements, fewest) + 1 {
+                break;
+            }
+            let Some(i) = (0..placements.len()).rev().find(|i| {
+                let r = &placements[*i].replicas;
+                r.contains(most) && !r.contains(fewest)
+            }) else {
+                break;
+            };
+            replace(&mut placements[i], most, fewest);
+            step(placements[i].id, Operation::Move, most, Some(fewest));
+        }
+    }
+    Plan {
+        steps,
+        before: skew(state, &state.map.tables, roles),
+        after: skew(state, &after, roles),
+        optimum_bytes,
+    }
+}
+
+/// `to` takes `from`'s place among the copies (a leader stays leader).
+fn replace(p: &mut PartitionPlacement, from: &str, to: &str) {
+    for w in p.replicas.iter_mut() {
+        if w == from {
+            *w = to.to_string();
+        }
+    }
+    p.out_of_sync.retain(|w| w != from);
+}
+
+/// The skew of `placements` over the eligible workers and those still
+/// holding something.
+fn skew(
+    state: &CatalogState,
+    placements: &BTreeMap<String, Vec<PartitionPlacement>>,
+    roles: &BTreeMap<String, Role>,
+) -> Skew {
+    let mut bytes: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut copies: BTreeMap<&str, u64> = BTreeMap::new();
+    for (w, role) in roles {
+        if *role == Role::Eligible {
+            bytes.insert(w, 0);
+            copies.insert(w, 0);
+        }
+    }
+    for (key, parts) in placements {
+        for p in parts {
+            for w in &p.replicas {
+                *bytes.entry(w).or_default() += bytes_of(state, key, p.id);
+                *copies.entry(w).or_default() += 1;
+            }
+        }
+    }
+    let ratio = |m: &BTreeMap<&str, u64>| {
+        let total: u64 = m.values().sum();
+        let max = m.values().copied().max().unwrap_or(0);
+        if total == 0 {
+            1.0
+        } else {
+            max as f64 * m.len() as f64 / total as f64
+        }
+    };
+    Skew {
+        bytes: ratio(&bytes),
+        partitions: ratio(&copies),
+    }
+}
+
+/// What the eligible workers lack of a fair share of `key`'s bytes: the
+/// least that must move to them.
+fn lacking(
+    state: &CatalogState,
+    key: &str,
+    placements: &[PartitionPlacement],
+    roles: &BTreeMap<String, Role>,
+) -> u64 {
+    let eligible: Vec<&String> = roles
+        .iter()
+        .filter(|(_, r)| **r == Role::Eligible)
+        .map(|(w, _)| w)
+        .collect();
+    let held = |w: &str| -> u64 {
+        placements
+            .iter()
+            .filter(|p| p.replicas.iter().any(|r| r == w))
+            .map(|p| bytes_of(state, key, p.id))
+            .sum()
+    };
+    let total: u64 = placements
+        .iter()
+        .map(|p| bytes_of(state, key, p.id) * p.replicas.len() as u64)
+        .sum();
+    let fair = total.checked_div(eligible.len() as u64).unwrap_or(0);
+    eligible.iter().map(|w| fair.saturating_sub(held(w))).sum()
+}
+
+fn bytes_of(state: &CatalogState, key: &str, partition: u32) -> u64 {
+    state
+        .stats
+        .get(key)
+        .and_then(|s| s.get(&partition))
+        .map_or(0, |s| s.bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog_state::CatalogState;
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    use tessera_sql::{PartitionScheme, Replication, TableDef};
+
+    fn state(tables: &[(&str, u32, u32)], workers: &[&str]) -> CatalogState {
+        let mut s = CatalogState::default();
+        let names: Vec<String> = workers.iter().map(|w| w.to_string()).collect();
+        for (i, (name, partitions, replicas)) in tables.iter().enumerate() {
+            let scheme = PartitionScheme::Hash {
+                columns: vec!["k".into()],
+                partitions: *partitions,
+                cluster_by: vec![],
+            };
+            let schema = Schema::new(vec![Field::new("k", DataType::Int64, false)]);
+            let mut def = TableDef::try_new(name, i as u64, &schema, scheme).unwrap();
+            def.replication = Replication::try_new(*replicas, None).unwrap();
+            s.tables.insert(name.to_string(), def);
+            s.map
+                .place_table(name, *partitions, *replicas, &names, 0)
+                .unwrap();
+            let stats = s.stats.entry(name.to_string()).or_default();
+            for p in 0..*partitions {
+                stats.entry(p).or_default().bytes = 1000;
+            }
+        }
+        s
+    }
+
+    fn roles(eligible: &[&str], drain: &[&str]) -> BTreeMap<String, Role> {
+        let mut r: BTreeMap<String, Role> = eligible
+            .iter()
+            .map(|w| (w.to_string(), Role::Eligible))
+            .collect();
+        r.extend(drain.iter().map(|w| (w.to_string(), Role::Drain)));
+        r
+    }
+
+    fn apply_steps(s: &mut CatalogState, plan: &Plan) {
+        for step in &plan.steps {
+            let p = &mut s.map.tables.get_mut(&step.map_key).unwrap()[step.partition as usize];
+            match &step.to {
+                Some(to) => replace(p, &step.from, to),
+                None => p.replicas.retain(|w| *w != step.from),
+            }
+        }
+    }
+
+    /// A fourth worker joins three: it takes a fair count of every table's
+    /// copies, co-located tables move the same partitions, and the bytes
+    /// moved are the optimum.
+    #[test]
+    fn a_joining_worker_takes_a_fair_share() {
+        let mut s = state(
+            &[("a", 8, 1), ("b", 8, 1), ("c", 6, 2)],
+            &["w1", "w2", "w3"],
+        );
+        let r = roles(&["w1", "w2", "w3", "w4"], &[]);
+        let plan = plan(&s, &r, None);
+        let moved = |t: &str| -> Vec<u32> {
+            plan.steps
+                .iter()
+                .filter(|x| x.table == t)
+                .map(|x| x.partition)
+                .collect()
+        };
+        assert_eq!(moved("a"), moved("b"), "co-located tables move together");
+        assert!(plan.steps.iter().all(|x| x.to.as_deref() == Some("w4")));
+        assert!(
+            plan.after.partitions <= 1.25 && plan.after.bytes <= 1.25,
+            "{plan:?}"
+        );
+        assert!(
+            plan.moved_bytes() as f64 <= plan.optimum_bytes as f64 * 1.15,
+            "{plan:?}"
+        );
+        apply_steps(&mut s, &plan);
+        for placements in s.map.tables.values() {
+            for p in placements {
+                let mut r = p.replicas.clone();
+                r.sort();
+                r.dedup();
+                assert_eq!(r.len(), p.replicas.len(), "two copies on one worker: {p:?}");
+            }
+        }
+        // Planned again: nothing left to do.
+        assert!(super::plan(&s, &r, None).steps.is_empty());
+    }
+
+    /// A draining worker ends with nothing; a down one moves nothing.
+    #[test]
+    fn draining_empties_a_worker() {
+        let mut s = state(&[("a", 8, 2)], &["w1", "w2", "w3", "w4"]);
+        let r = roles(&["w1", "w2", "w3"], &["w4"]);
+        let plan = plan(&s, &r, None);
+        assert!(plan.steps.iter().all(|x| x.from == "w4"));
+        apply_steps(&mut s, &plan);
+        assert!(
+            s.map.tables["a"]
+                .iter()
+                .all(|p| !p.replicas.contains(&"w4".to_string()))
+        );
+        let mut down = roles(&["w1", "w2", "w3"], &[]);
+        down.insert("w4".into(), Role::Down);
+        let s = state(&[("a", 8, 2)], &["w1", "w2", "w3", "w4"]);
+        assert!(super::plan(&s, &down, None).steps.is_empty());
+    }
+}

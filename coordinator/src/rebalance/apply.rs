@@ -1,0 +1,396 @@
+//! Applying a rebalance plan in the background, a step at a time, and the
+//! record of its steps that `SHOW REBALANCE` lists. `REBALANCE CANCEL`
+//! stops it after the running step (a move cut short rolls its new copy
+//! back). A move's progress is in the partition map at every moment, so
+//! a coordinator that dies mid-move leaves the old copy serving: the new
+//! one is an extra copy that a later plan drops, or finishes moving.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use datafusion::arrow::array::{
+    ArrayRef, Float64Array, RecordBatch, StringArray, UInt32Array, UInt64Array,
+};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::common::{DataFusionError, Result};
+use tessera_worker::ErrorKind;
+
+use super::{Operation, Step};
+use crate::catalog::Catalog;
+
+/// How long a move waits for its new copy to catch up.
+const CATCH_UP_WAIT: Duration = Duration::from_secs(600);
+/// How long a switch waits for the table's writes in flight, each try.
+const SWITCH_WAIT: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Clone, PartialEq)]
+enum State {
+    Pending,
+    Running,
+    Done,
+    Skipped(String),
+    Failed(String),
+    Cancelled,
+}
+
+impl State {
+    fn label(&self) -> String {
+        match self {
+            State::Pending => "pending".into(),
+            State::Running => "running".into(),
+            State::Done => "done".into(),
+            State::Skipped(why) => format!("skipped: {why}"),
+            State::Failed(why) => format!("failed: {why}"),
+            State::Cancelled => "cancelled".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Record {
+    step: Step,
+    state: State,
+    bytes_copied: u64,
+    seconds: f64,
+}
+
+/// The steps of the running (or last) rebalance.
+#[derive(Debug, Default)]
+pub struct RebalanceLog {
+    steps: Mutex<Vec<Record>>,
+    running: AtomicBool,
+    cancel: AtomicBool,
+}
+
+impl RebalanceLog {
+    /// Stops the running rebalance after its running step; whether one ran.
+    pub fn cancel(&self) -> bool {
+        let running = self.running.load(Ordering::SeqCst);
+        if running {
+            self.cancel.store(true, Ordering::SeqCst);
+        }
+        running
+    }
+
+    fn set(&self, i: usize, f: impl FnOnce(&mut Record)) {
+        if let Ok(mut steps) = self.steps.lock()
+            && let Some(r) = steps.get_mut(i)
+        {
+            f(r);
+        }
+    }
+
+    /// `SHOW REBALANCE`: one row per step.
+    pub fn show(&self) -> Result<RecordBatch> {
+        let steps = self
+            .steps
+            .lock()
+            .map_err(|_| DataFusionError::Internal("rebalance log poisoned".into()))?
+            .clone();
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(UInt32Array::from_iter_values(1..=steps.len() as u32)),
+            Arc::new(StringArray::from_iter_values(
+                steps.iter().map(|r| &r.step.table),
+            )),
+            Arc::new(UInt32Array::from_iter_values(
+                steps.iter().map(|r| r.step.partition),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                steps.iter().map(|r| r.step.operation.as_str()),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                steps.iter().map(|r| &r.step.from),
+            )),
+            Arc::new(StringArray::from_iter(
+                steps.iter().map(|r| r.step.to.as_deref()),
+            )),
+            Arc::new(UInt64Array::from_iter_values(
+                steps.iter().map(|r| r.step.bytes),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                steps.iter().map(|r| r.state.label()),
+            )),
+            Arc::new(UInt64Array::from_iter_values(
+                steps.iter().map(|r| r.bytes_copied),
+            )),
+            Arc::new(Float64Array::from_iter_values(
+                steps.iter().map(|r| r.seconds),
+            )),
+        ];
+        Ok(RecordBatch::try_new(show_schema(), columns)?)
+    }
+}
+
+pub fn show_schema() -> SchemaRef {
+    let field = |n: &str, t: DataType, null: bool| Field::new(n, t, null);
+    Arc::new(Schema::new(vec![
+        field("step", DataType::UInt32, false),
+        field("table_name", DataType::Utf8, false),
+        field("partition", DataType::UInt32, false),
+        field("operation", DataType::Utf8, false),
+        field("from_worker", DataType::Utf8, false),
+        field("to_worker", DataType::Utf8, true),
+        field("bytes", DataType::UInt64, false),
+        field("state", DataType::Utf8, false),
+        field("bytes_copied", DataType::UInt64, false),
+        field("seconds", DataType::Float64, false),
+    ]))
+}
+
+/// Starts applying `steps` in the background; refused while a rebalance
+/// runs.
+pub fn apply(catalog: &Arc<Catalog>, steps: Vec<Step>) -> Result<()> {
+    let log = &catalog.rebalances;
+    if log.running.swap(true, Ordering::SeqCst) {
+        return Err(ErrorKind::FailedPrecondition.error(
+            "a rebalance is running; SHOW REBALANCE shows its steps and REBALANCE CANCEL \
+             stops it",
+        ));
+    }
+    log.cancel.store(false, Ordering::SeqCst);
+    if let Ok(mut records) = log.steps.lock() {
+        *records = steps
+            .iter()
+            .map(|step| Record {
+                step: step.clone(),
+                state: State::Pending,
+                bytes_copied: 0,
+                seconds: 0.0,
+            })
+            .collect();
+    }
+    let catalog = Arc::clone(catalog);
+    tokio::spawn(async move {
+        let log = &catalog.rebalances;
+        for (i, step) in steps.into_iter().enumerate() {
+            if log.cancel.load(Ordering::SeqCst) || catalog.closed.load(Ordering::SeqCst) {
+                log.set(i, |r| r.state = State::Cancelled);
+                continue;
+            }
+            log.set(i, |r| r.state = State::Running);
+            let started = Instant::now();
+            let outcome = match step.operation {
+                Operation::Move => move_copy(&catalog, &step, i).await,
+                Operation::DropCopy => drop_copy(&catalog, &step).await,
+            };
+            let state = match outcome {
+                Ok(state) => state,
+                Err(e) => {
+                    tracing::warn!(table = %step.table, partition = step.partition, error = %e, "a rebalance step failed");
+                    State::Failed(e.strip_backtrace().to_string())
+                }
+            };
+            log.set(i, |r| {
+                r.state = state;
+                r.seconds = started.elapsed().as_secs_f64();
+            });
+        }
+        log.running.store(false, Ordering::SeqCst);
+    });
+    Ok(())
+}
+
+/// Whether `step` still applies to the partition as it is now: the table
+/// is the one planned and `from` holds a copy.
+fn still_there(s: &crate::catalog_state::CatalogState, step: &Step) -> Option<String> {
+    if crate::catalog::owner_of(s, &step.map_key).map(|t| t.id) != Some(step.table_id) {
+        return Some(format!("'{}' was dropped or replaced", step.table));
+    }
+    let placement = s
+        .map
+        .tables
+        .get(&step.map_key)
+        .and_then(|p| p.get(step.partition as usize))?;
+    if !placement.replicas.contains(&step.from) {
+        return Some(format!("{} no longer holds the partition", step.from));
+    }
+    None
+}
+
+/// Adds `to` as a copy, catches it up, switches it in for `from` and
+/// drops `from`'s files once no query may read them.
+async fn move_copy(catalog: &Arc<Catalog>, step: &Step, i: usize) -> Result<State> {
+    let Some(to) = step.to.clone() else {
+        return Ok(State::Skipped("no target".into()));
+    };
+    let (key, partition) = (step.map_key.clone(), step.partition);
+    // 1. The new copy, out of sync (a move cut short may have added it).
+    let skipped = catalog
+        .update(|s| {
+            if let Some(why) = still_there(s, step) {
+                return Ok(Some(why));
+            }
+            let Some(p) = s
+                .map
+                .tables
+                .get_mut(&key)
+                .and_then(|p| p.get_mut(partition as usize))
+            else {
+                return Ok(Some("the partition is gone".into()));
+            };
+            if !p.replicas.contains(&to) {
+                p.replicas.push(to.clone());
+                p.out_of_sync.push(to.clone());
+                s.map.epoch += 1;
+            }
+            Ok(None)
+        })
+        .await?;
+    if let Some(why) = skipped {
+        return Ok(State::Skipped(why));
+    }
+    // 2. Caught up: files copied from an in-sync copy, then in sync.
+    let deadline = Instant::now() + CATCH_UP_WAIT;
+    loop {
+        let in_sync = catalog
+            .placements(&key)?
+            .get(partition as usize)
+            .is_some_and(|p| p.is_in_sync(&to));
+        if in_sync {
+            break;
+        }
+        if catalog.rebalances.cancel.load(Ordering::SeqCst) || Instant::now() > deadline {
+            roll_back(catalog, step, &to).await?;
+            if Instant::now() > deadline {
+                return Err(ErrorKind::Unavailable.error(format!(
+                    "the copy on {to} did not catch up within {} s; the old copy stays",
+                    CATCH_UP_WAIT.as_secs()
+                )));
+            }
+            return Ok(State::Cancelled);
+        }
+        match crate::catch_up::catch_up(catalog, &key, step.table_id, partition, &to).await {
+            Ok(Some(done)) => catalog
+                .rebalances
+                .set(i, |r| r.bytes_copied += done.installed.bytes),
+            Ok(None) => tokio::time::sleep(Duration::from_millis(100)).await,
+            Err(e) => {
+                tracing::info!(%to, partition, error = %e, "a moving copy is not caught up yet");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    // 3. The switch, with the table's writes held back for it (those in
+    // flight finish first; none then misses the new copy or goes to the
+    // old one alone).
+    let gate = catalog.gate(&step.table)?;
+    let _alone = loop {
+        if let Ok(alone) = tokio::time::timeout(SWITCH_WAIT, Arc::clone(&gate).write_owned()).await
+        {
+            break alone;
+        }
+        if catalog.rebalances.cancel.load(Ordering::SeqCst) {
+            roll_back(catalog, step, &to).await?;
+            return Ok(State::Cancelled);
+        }
+    };
+    let switched = catalog
+        .update(|s| {
+            if let Some(why) = still_there(s, step) {
+                return Ok(Err(why));
+            }
+            let Some(p) = s
+                .map
+                .tables
+                .get_mut(&key)
+                .and_then(|p| p.get_mut(partition as usize))
+            else {
+                return Ok(Err("the partition is gone".into()));
+            };
+            if !p.is_in_sync(&to) {
+                return Ok(Err(format!("the copy on {to} fell out of sync")));
+            }
+            // `to` takes `from`'s place (a leader stays leader).
+            p.replicas.retain(|w| *w != to);
+            for w in p.replicas.iter_mut() {
+                if *w == step.from {
+                    *w = to.clone();
+                }
+            }
+            p.out_of_sync.retain(|w| *w != step.from);
+            s.map.epoch += 1;
+            Ok(Ok(()))
+        })
+        .await?;
+    drop(_alone);
+    if let Err(why) = switched {
+        return Ok(State::Skipped(why));
+    }
+    // 4. The old copy's files, once no running query may read them.
+    crate::copies::drop_files_later(
+        catalog,
+        step.table_id,
+        vec![(key, partition, step.from.clone())],
+    );
+    Ok(State::Done)
+}
+
+/// Takes a move's new copy out again (the old one never left).
+async fn roll_back(catalog: &Arc<Catalog>, step: &Step, to: &str) -> Result<()> {
+    let (key, partition) = (step.map_key.clone(), step.partition);
+    catalog
+        .update(|s| {
+            if let Some(p) = s
+                .map
+                .tables
+                .get_mut(&key)
+                .and_then(|p| p.get_mut(partition as usize))
+                && p.replicas.iter().any(|w| w == &step.from)
+                && p.replicas.iter().any(|w| w == to)
+            {
+                p.replicas.retain(|w| w != to);
+                p.out_of_sync.retain(|w| w != to);
+                s.map.epoch += 1;
+            }
+            Ok(())
+        })
+        .await?;
+    crate::copies::drop_files_later(
+        catalog,
+        step.table_id,
+        vec![(key, partition, to.to_string())],
+    );
+    Ok(())
+}
+
+/// Takes a copy beyond the table's count out (never the last in-sync
+/// one).
+async fn drop_copy(catalog: &Arc<Catalog>, step: &Step) -> Result<State> {
+    let (key, partition) = (step.map_key.clone(), step.partition);
+    let dropped = catalog
+        .update(|s| {
+            if let Some(why) = still_there(s, step) {
+                return Ok(Err(why));
+            }
+            let wanted = crate::catalog::owner_of(s, &key)
+                .map_or(1, |t| t.replication.replicas as usize)
+                .max(1);
+            let Some(p) = s
+                .map
+                .tables
+                .get_mut(&key)
+                .and_then(|p| p.get_mut(partition as usize))
+            else {
+                return Ok(Err("the partition is gone".into()));
+            };
+            let last_in_sync = p.is_in_sync(&step.from) && p.in_sync().count() == 1;
+            if p.replicas.len() <= wanted || last_in_sync {
+                return Ok(Err("the partition has no copy to spare".into()));
+            }
+            p.replicas.retain(|w| *w != step.from);
+            p.out_of_sync.retain(|w| *w != step.from);
+            s.map.epoch += 1;
+            Ok(Ok(()))
+        })
+        .await?;
+    if let Err(why) = dropped {
+        return Ok(State::Skipped(why));
+    }
+    crate::copies::drop_files_later(
+        catalog,
+        step.table_id,
+        vec![(key, partition, step.from.clone())],
+    );
+    Ok(State::Done)
+}

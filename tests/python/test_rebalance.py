@@ -1,0 +1,152 @@
+"""Rebalancing on separate worker processes while a writer and a reader
+run: a fourth worker joins three, EXPLAIN REBALANCE shows the moves
+without making them, REBALANCE APPLY makes them (a copy added, caught
+up, switched in, the old one dropped); every read meanwhile sees whole
+statements, no acknowledged batch is lost or doubled, and the workers end
+evenly loaded. Then the new worker is drained: it ends holding nothing."""
+
+import glob
+import os
+import random
+import threading
+
+import adbc_driver_flightsql.dbapi as flightsql
+from test_cluster_processes import (
+    rows,
+    start_coordinator,
+    start_worker,
+    stop_all,
+    wait_for,
+    workers,
+)
+
+BATCH = 200
+HOSTS = {"w2": "127.0.0.2", "w3": "127.0.0.3", "w4": "127.0.0.4", "w5": "127.0.0.5"}
+
+
+def worker_of(data_dir, name):
+    with open(os.path.join(data_dir, name, "worker.id")) as f:
+        return f.read().strip()
+
+
+def placements(cur, table):
+    return {p["partition"]: p["replicas"] for p in rows(cur, f"SHOW PARTITIONS {table}")}
+
+
+def total_row(plan):
+    (total,) = [r for r in plan if r["operation"] == "total"]
+    return total
+
+
+def finished(cur):
+    steps = rows(cur, "SHOW REBALANCE")
+    return steps and all(s["state"] not in ("pending", "running") for s in steps)
+
+
+def test_rebalance_and_drain_under_load(data_dir):
+    seed = int(os.environ.get("TESSERA_TEST_SEED", random.randrange(1 << 30)))
+    print(f"seed {seed}")
+    rng = random.Random(seed)
+    coord, coordinator = start_coordinator(data_dir, lease=2)
+    procs = {"coordinator": coord}
+    try:
+        for name in ("w2", "w3", "w4"):
+            procs[name] = start_worker(data_dir, coordinator, HOSTS[name], name)[0]
+        with flightsql.connect(f"grpc://{coordinator}") as conn, conn.cursor() as cur:
+            wait_for("three workers", lambda: len(workers(cur)) == 3, 30)
+            cur.execute("CREATE TABLE h (id BIGINT, b BIGINT) PARTITION BY HASH (id) "
+                        "PARTITIONS 8")
+            cur.execute("CREATE TABLE r (id BIGINT, b BIGINT) PARTITION BY HASH (id) "
+                        "PARTITIONS 6 REPLICAS 2")
+            for t in ("h", "r"):
+                cur.execute(f"INSERT INTO {t} SELECT value AS id, -1 AS b FROM range(20000)")
+
+            acked = {"h": [], "r": []}
+            failed, seen, errors = [], [], []
+            stop = threading.Event()
+
+            def write():
+                with flightsql.connect(f"grpc://{coordinator}") as c, c.cursor() as w:
+                    b = 0
+                    while not stop.is_set():
+                        t = rng.choice(["h", "r"])
+                        lo = 100000 + b * BATCH
+                        try:
+                            w.execute(f"INSERT INTO {t} SELECT value AS id, {b} AS b FROM "
+                                      f"range({lo}, {lo + BATCH})")
+                            acked[t].append(b)
+                        except flightsql.Error as e:
+                            failed.append((t, b, str(e)))
+                        b += 1
+
+            def read():
+                with flightsql.connect(f"grpc://{coordinator}") as c, c.cursor() as rd:
+                    while not stop.is_set():
+                        for t in ("h", "r"):
+                            try:
+                                seen.append(rows(rd, f"SELECT count(*) AS n, count(DISTINCT b) "
+                                                     f"AS d FROM {t} WHERE b >= 0")[0])
+                            except flightsql.Error as e:
+                                errors.append(str(e))
+
+            threads = [threading.Thread(target=write, daemon=True),
+                       threading.Thread(target=read, daemon=True)]
+            for t in threads:
+                t.start()
+
+            # A fourth worker: the plan moves copies to it, and only to it.
+            procs["w5"] = start_worker(data_dir, coordinator, HOSTS["w5"], "w5")[0]
+            wait_for("four workers", lambda: len(workers(cur)) == 4, 30)
+            new = worker_of(data_dir, "w5")
+            before = {t: placements(cur, t) for t in ("h", "r")}
+            plan = rows(cur, "EXPLAIN REBALANCE")
+            steps = [s for s in plan if s["operation"] != "total"]
+            assert steps and all(s["operation"] == "move" and s["to_worker"] == new
+                                 for s in steps), plan
+            total = total_row(plan)
+            assert total["skew_partitions_after"] <= 1.25, total
+            assert total["moved_vs_optimum"] <= 1.15, total
+            assert {t: placements(cur, t) for t in ("h", "r")} == before, "EXPLAIN moved"
+
+            applied = rows(cur, "REBALANCE APPLY")
+            assert len(applied) == len(plan)
+            wait_for("the rebalance", lambda: finished(cur), 120)
+            done = rows(cur, "SHOW REBALANCE")
+            assert all(s["state"] == "done" for s in done), done
+            assert sum(s["bytes_copied"] for s in done) > 0, done
+            # Nothing left to do, and the new worker holds its share.
+            assert [r["operation"] for r in rows(cur, "EXPLAIN REBALANCE")] == ["total"]
+            held = {w: v["held"] for w, v in workers(cur).items()}
+            assert held[new] >= (8 + 6 * 2) // 4, held
+            after = total_row(rows(cur, "EXPLAIN REBALANCE"))
+            assert after["skew_partitions_before"] <= 1.25, after
+
+            # Drained under load: it ends holding nothing.
+            cur.execute(f"ALTER WORKER '{new}' DRAIN")
+            drain = rows(cur, "REBALANCE APPLY")
+            assert all(s["from_worker"] == new for s in drain if s["operation"] != "total")
+            wait_for("the drain", lambda: finished(cur), 120)
+            assert all(s["state"] == "done" for s in rows(cur, "SHOW REBALANCE"))
+            assert workers(cur)[new]["held"] == 0, workers(cur)
+
+            stop.set()
+            for t in threads:
+                t.join(60)
+            print(f"{sum(len(a) for a in acked.values())} batches acknowledged, "
+                  f"{len(failed)} failed, {len(seen)} reads")
+            assert not errors, errors[:3]
+            assert not failed, failed[:3]
+            assert all(s["n"] == s["d"] * BATCH for s in seen), [
+                s for s in seen if s["n"] != s["d"] * BATCH][:3]
+            for t in ("h", "r"):
+                got = rows(cur, f"SELECT b, count(*) AS n, count(DISTINCT id) AS d FROM {t} "
+                                "WHERE b >= 0 GROUP BY b")
+                assert sorted(g["b"] for g in got) == sorted(acked[t]), t
+                assert all(g["n"] == BATCH and g["d"] == BATCH for g in got), got
+                assert rows(cur, f"SELECT count(*) AS n FROM {t} WHERE b = -1") == [
+                    {"n": 20000}]
+            # The drained worker's files go once no query may read them.
+            wait_for("the drained worker's files gone", lambda: not glob.glob(
+                os.path.join(data_dir, "w5", "t*", "p*", "*.parquet")), 30)
+    finally:
+        stop_all(procs.values())
