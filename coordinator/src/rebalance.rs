@@ -138,15 +138,23 @@ pub fn plan(state: &CatalogState, roles: &BTreeMap<String, Role>, only: Option<&
                 .filter(|p| p.replicas.iter().any(|r| r == w))
                 .count()
         };
-        // Copies beyond the table's count: the one out of sync, else the
-        // last on the worker holding most.
+        // Copies beyond the table's count: one out of sync, else one on a
+        // worker that is down or draining, else the last (never the
+        // leader while another copy is left).
         for p in placements.iter_mut() {
             while p.replicas.len() > wanted.max(1) {
+                let away = p
+                    .replicas
+                    .iter()
+                    .rev()
+                    .find(|w| roles.get(*w).is_none_or(|r| *r != Role::Eligible));
                 let gone = p
                     .out_of_sync
                     .last()
+                    .or(away)
+                    .or(p.replicas.last())
                     .cloned()
-                    .unwrap_or_else(|| p.replicas.last().cloned().unwrap_or_default());
+                    .unwrap_or_default();
                 p.replicas.retain(|w| *w != gone);
                 p.out_of_sync.retain(|w| *w != gone);
                 step(p.id, Operation::DropCopy, &gone, None);

@@ -8,7 +8,9 @@ evenly loaded. Then the new worker is drained: it ends holding nothing."""
 import glob
 import os
 import random
+import signal
 import threading
+import time
 
 import adbc_driver_flightsql.dbapi as flightsql
 from test_cluster_processes import (
@@ -148,5 +150,54 @@ def test_rebalance_and_drain_under_load(data_dir):
             # The drained worker's files go once no query may read them.
             wait_for("the drained worker's files gone", lambda: not glob.glob(
                 os.path.join(data_dir, "w5", "t*", "p*", "*.parquet")), 30)
+    finally:
+        stop_all(procs.values())
+
+
+def test_target_killed_mid_move(data_dir):
+    """The worker copies move to is SIGKILLed while the moves run: reads
+    keep answering from the old copies (REPLICAS 2), the moves to it fail
+    or roll back, nothing acknowledged is lost; back again, REBALANCE
+    APPLY finishes the job."""
+    coord, coordinator = start_coordinator(data_dir, lease=2)
+    procs = {"coordinator": coord}
+    try:
+        for name in ("w2", "w3", "w4"):
+            procs[name] = start_worker(data_dir, coordinator, HOSTS[name], name)[0]
+        with flightsql.connect(f"grpc://{coordinator}") as conn, conn.cursor() as cur:
+            wait_for("three workers", lambda: len(workers(cur)) == 3, 30)
+            cur.execute("CREATE TABLE r (id BIGINT, b BIGINT) PARTITION BY HASH (id) "
+                        "PARTITIONS 12 REPLICAS 2")
+            cur.execute("INSERT INTO r SELECT value AS id, value % 7 AS b FROM range(300000)")
+            procs["w5"] = start_worker(data_dir, coordinator, HOSTS["w5"], "w5")[0]
+            wait_for("four workers", lambda: len(workers(cur)) == 4, 30)
+            new = worker_of(data_dir, "w5")
+            planned = [s for s in rows(cur, "REBALANCE APPLY") if s["operation"] == "move"]
+            assert planned
+            procs["w5"].send_signal(signal.SIGKILL)
+            procs["w5"].wait()
+            # Reads answer throughout, from the copies left.
+            deadline = time.time() + 60
+            while not finished(cur):
+                assert rows(cur, "SELECT count(*) AS n FROM r") == [{"n": 300000}]
+                assert time.time() < deadline, rows(cur, "SHOW REBALANCE")
+            states = [s["state"] for s in rows(cur, "SHOW REBALANCE")]
+            assert any(not s.startswith("done") for s in states), states
+            assert rows(cur, "SELECT count(*) AS n, count(DISTINCT id) AS d FROM r") == [
+                {"n": 300000, "d": 300000}]
+            for p in rows(cur, "SHOW PARTITIONS r"):
+                assert len([w for w in p["in_sync"].split(", ") if w != new]) >= 1, p
+
+            # Back: applied again, the moves finish.
+            procs["w5"] = start_worker(data_dir, coordinator, HOSTS["w5"], "w5")[0]
+            wait_for("w5 up", lambda: workers(cur)[new]["state"] == "up", 60)
+            wait_for("w5's copies in sync", lambda: all(
+                p["in_sync"] == p["replicas"] for p in rows(cur, "SHOW PARTITIONS r")), 60)
+            rows(cur, "REBALANCE APPLY")
+            wait_for("the rebalance", lambda: finished(cur), 120)
+            assert all(s["state"] == "done" for s in rows(cur, "SHOW REBALANCE"))
+            assert [r["operation"] for r in rows(cur, "EXPLAIN REBALANCE")] == ["total"]
+            assert rows(cur, "SELECT count(*) AS n, count(DISTINCT id) AS d FROM r") == [
+                {"n": 300000, "d": 300000}]
     finally:
         stop_all(procs.values())

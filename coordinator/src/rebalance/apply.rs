@@ -18,11 +18,14 @@ use tessera_worker::ErrorKind;
 
 use super::{Operation, Step};
 use crate::catalog::Catalog;
+use crate::membership::WorkerState;
 
 /// How long a move waits for its new copy to catch up.
 const CATCH_UP_WAIT: Duration = Duration::from_secs(600);
 /// How long a switch waits for the table's writes in flight, each try.
-const SWITCH_WAIT: Duration = Duration::from_secs(2);
+const SWITCH_WAIT: Duration = Duration::from_millis(500);
+/// How long a switch tries before the move is given up.
+const SWITCH_DEADLINE: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone, PartialEq)]
 enum State {
@@ -163,6 +166,9 @@ pub fn apply(catalog: &Arc<Catalog>, steps: Vec<Step>) -> Result<()> {
     let catalog = Arc::clone(catalog);
     tokio::spawn(async move {
         let log = &catalog.rebalances;
+        // Cleared however the task ends (a panic included): a step left
+        // running is marked failed.
+        let _done = Running(&catalog);
         for (i, step) in steps.into_iter().enumerate() {
             if log.cancel.load(Ordering::SeqCst) || catalog.closed.load(Ordering::SeqCst) {
                 log.set(i, |r| r.state = State::Cancelled);
@@ -186,9 +192,23 @@ pub fn apply(catalog: &Arc<Catalog>, steps: Vec<Step>) -> Result<()> {
                 r.seconds = started.elapsed().as_secs_f64();
             });
         }
-        log.running.store(false, Ordering::SeqCst);
     });
     Ok(())
+}
+
+/// Marks the rebalance finished when dropped.
+struct Running<'a>(&'a Catalog);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        let log = &self.0.rebalances;
+        if let Ok(mut steps) = log.steps.lock() {
+            for r in steps.iter_mut().filter(|r| r.state == State::Running) {
+                r.state = State::Failed("the rebalance stopped during this step".into());
+            }
+        }
+        log.running.store(false, Ordering::SeqCst);
+    }
 }
 
 /// Whether `step` still applies to the partition as it is now: the table
@@ -215,12 +235,14 @@ async fn move_copy(catalog: &Arc<Catalog>, step: &Step, i: usize) -> Result<Stat
         return Ok(State::Skipped("no target".into()));
     };
     let (key, partition) = (step.map_key.clone(), step.partition);
-    // 1. The new copy, out of sync (a move cut short may have added it).
+    // 1. The new copy, out of sync. One already there is taken over only
+    // if it is an extra copy out of sync (a move cut short).
     let skipped = catalog
         .update(|s| {
             if let Some(why) = still_there(s, step) {
                 return Ok(Some(why));
             }
+            let wanted = wanted(s, &key);
             let Some(p) = s
                 .map
                 .tables
@@ -229,11 +251,13 @@ async fn move_copy(catalog: &Arc<Catalog>, step: &Step, i: usize) -> Result<Stat
             else {
                 return Ok(Some("the partition is gone".into()));
             };
-            if !p.replicas.contains(&to) {
-                p.replicas.push(to.clone());
-                p.out_of_sync.push(to.clone());
-                s.map.epoch += 1;
+            if p.replicas.contains(&to) {
+                let extra = p.replicas.len() > wanted && !p.is_in_sync(&to);
+                return Ok((!extra).then(|| format!("{to} holds the partition already")));
             }
+            p.replicas.push(to.clone());
+            p.out_of_sync.push(to.clone());
+            s.map.epoch += 1;
             Ok(None)
         })
         .await?;
@@ -243,29 +267,45 @@ async fn move_copy(catalog: &Arc<Catalog>, step: &Step, i: usize) -> Result<Stat
     // 2. Caught up: files copied from an in-sync copy, then in sync.
     let deadline = Instant::now() + CATCH_UP_WAIT;
     loop {
-        let in_sync = catalog
-            .placements(&key)?
-            .get(partition as usize)
+        let state = catalog.state()?;
+        if let Some(why) = still_there(&state, step) {
+            roll_back(catalog, step, &to).await?;
+            return Ok(State::Skipped(why));
+        }
+        let in_sync = state
+            .map
+            .tables
+            .get(&key)
+            .and_then(|p| p.get(partition as usize))
             .is_some_and(|p| p.is_in_sync(&to));
         if in_sync {
             break;
         }
-        if catalog.rebalances.cancel.load(Ordering::SeqCst) || Instant::now() > deadline {
+        if catalog.rebalances.cancel.load(Ordering::SeqCst) {
             roll_back(catalog, step, &to).await?;
-            if Instant::now() > deadline {
-                return Err(ErrorKind::Unavailable.error(format!(
-                    "the copy on {to} did not catch up within {} s; the old copy stays",
-                    CATCH_UP_WAIT.as_secs()
-                )));
-            }
             return Ok(State::Cancelled);
         }
-        match crate::catch_up::catch_up(catalog, &key, step.table_id, partition, &to).await {
-            Ok(Some(done)) => catalog
+        if catalog.membership().state(&to)? == WorkerState::Down {
+            roll_back(catalog, step, &to).await?;
+            return Err(ErrorKind::Unavailable.error(format!(
+                "{to} went down before its copy caught up; the old copy stays (REBALANCE \
+                 APPLY again once it is back)"
+            )));
+        }
+        let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+            roll_back(catalog, step, &to).await?;
+            return Err(ErrorKind::Unavailable.error(format!(
+                "the copy on {to} did not catch up within {} s; the old copy stays",
+                CATCH_UP_WAIT.as_secs()
+            )));
+        };
+        let caught = crate::catch_up::catch_up(catalog, &key, step.table_id, partition, &to);
+        match tokio::time::timeout(left, caught).await {
+            Ok(Ok(Some(done))) => catalog
                 .rebalances
                 .set(i, |r| r.bytes_copied += done.installed.bytes),
-            Ok(None) => tokio::time::sleep(Duration::from_millis(100)).await,
-            Err(e) => {
+            Ok(Ok(None)) | Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            Ok(Err(e)) => {
                 tracing::info!(%to, partition, error = %e, "a moving copy is not caught up yet");
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
@@ -273,18 +313,32 @@ async fn move_copy(catalog: &Arc<Catalog>, step: &Step, i: usize) -> Result<Stat
     }
     // 3. The switch, with the table's writes held back for it (those in
     // flight finish first; none then misses the new copy or goes to the
-    // old one alone).
+    // old one alone). Not while a long write (a bulk upload) runs, which
+    // every writer would wait behind.
     let gate = catalog.gate(&step.table)?;
+    let deadline = Instant::now() + SWITCH_DEADLINE;
     let _alone = loop {
-        if let Ok(alone) = tokio::time::timeout(SWITCH_WAIT, Arc::clone(&gate).write_owned()).await
+        if !catalog.long_write(&step.table, SWITCH_WAIT)?
+            && let Ok(alone) =
+                tokio::time::timeout(SWITCH_WAIT, Arc::clone(&gate).write_owned()).await
         {
             break alone;
         }
-        if catalog.rebalances.cancel.load(Ordering::SeqCst) {
+        let cancelled = catalog.rebalances.cancel.load(Ordering::SeqCst);
+        if cancelled || Instant::now() > deadline {
             roll_back(catalog, step, &to).await?;
-            return Ok(State::Cancelled);
+            if cancelled {
+                return Ok(State::Cancelled);
+            }
+            return Err(ErrorKind::Unavailable.error(format!(
+                "the table's writes could not be held back for the switch within {} s (a long \
+                 write?); the old copy stays",
+                SWITCH_DEADLINE.as_secs()
+            )));
         }
+        tokio::time::sleep(SWITCH_WAIT).await;
     };
+    let up = catalog.membership().state(&to)? == WorkerState::Up;
     let switched = catalog
         .update(|s| {
             if let Some(why) = still_there(s, step) {
@@ -298,8 +352,8 @@ async fn move_copy(catalog: &Arc<Catalog>, step: &Step, i: usize) -> Result<Stat
             else {
                 return Ok(Err("the partition is gone".into()));
             };
-            if !p.is_in_sync(&to) {
-                return Ok(Err(format!("the copy on {to} fell out of sync")));
+            if !p.is_in_sync(&to) || !up {
+                return Ok(Err(format!("the copy on {to} is not in sync and up")));
             }
             // `to` takes `from`'s place (a leader stays leader).
             p.replicas.retain(|w| *w != to);
@@ -315,6 +369,7 @@ async fn move_copy(catalog: &Arc<Catalog>, step: &Step, i: usize) -> Result<Stat
         .await?;
     drop(_alone);
     if let Err(why) = switched {
+        roll_back(catalog, step, &to).await?;
         return Ok(State::Skipped(why));
     }
     // 4. The old copy's files, once no running query may read them.
@@ -326,31 +381,47 @@ async fn move_copy(catalog: &Arc<Catalog>, step: &Step, i: usize) -> Result<Stat
     Ok(State::Done)
 }
 
-/// Takes a move's new copy out again (the old one never left).
+/// The copies the table owning `key` asks for.
+fn wanted(s: &crate::catalog_state::CatalogState, key: &str) -> usize {
+    crate::catalog::owner_of(s, key)
+        .map_or(1, |t| t.replication.replicas as usize)
+        .max(1)
+}
+
+/// Takes a move's new copy out again while it is out of sync (the old
+/// one never left). One in sync stays, an extra copy a later plan drops:
+/// it may hold writes the old copy missed.
 async fn roll_back(catalog: &Arc<Catalog>, step: &Step, to: &str) -> Result<()> {
     let (key, partition) = (step.map_key.clone(), step.partition);
-    catalog
+    let removed = catalog
         .update(|s| {
-            if let Some(p) = s
+            if still_there(s, step).is_some() {
+                return Ok(false);
+            }
+            let Some(p) = s
                 .map
                 .tables
                 .get_mut(&key)
                 .and_then(|p| p.get_mut(partition as usize))
-                && p.replicas.iter().any(|w| w == &step.from)
-                && p.replicas.iter().any(|w| w == to)
-            {
-                p.replicas.retain(|w| w != to);
-                p.out_of_sync.retain(|w| w != to);
-                s.map.epoch += 1;
+            else {
+                return Ok(false);
+            };
+            if !p.replicas.iter().any(|w| w == to) || p.is_in_sync(to) {
+                return Ok(false);
             }
-            Ok(())
+            p.replicas.retain(|w| w != to);
+            p.out_of_sync.retain(|w| w != to);
+            s.map.epoch += 1;
+            Ok(true)
         })
         .await?;
-    crate::copies::drop_files_later(
-        catalog,
-        step.table_id,
-        vec![(key, partition, to.to_string())],
-    );
+    if removed {
+        crate::copies::drop_files_later(
+            catalog,
+            step.table_id,
+            vec![(key, partition, to.to_string())],
+        );
+    }
     Ok(())
 }
 
@@ -358,14 +429,13 @@ async fn roll_back(catalog: &Arc<Catalog>, step: &Step, to: &str) -> Result<()> 
 /// one).
 async fn drop_copy(catalog: &Arc<Catalog>, step: &Step) -> Result<State> {
     let (key, partition) = (step.map_key.clone(), step.partition);
+    let membership = catalog.membership();
     let dropped = catalog
         .update(|s| {
             if let Some(why) = still_there(s, step) {
                 return Ok(Err(why));
             }
-            let wanted = crate::catalog::owner_of(s, &key)
-                .map_or(1, |t| t.replication.replicas as usize)
-                .max(1);
+            let wanted = wanted(s, &key);
             let Some(p) = s
                 .map
                 .tables
@@ -374,8 +444,12 @@ async fn drop_copy(catalog: &Arc<Catalog>, step: &Step) -> Result<State> {
             else {
                 return Ok(Err("the partition is gone".into()));
             };
-            let last_in_sync = p.is_in_sync(&step.from) && p.in_sync().count() == 1;
-            if p.replicas.len() <= wanted || last_in_sync {
+            // Another copy in sync on a worker that is up stays.
+            let kept = p
+                .in_sync()
+                .filter(|w| *w != step.from)
+                .any(|w| membership.state(w).is_ok_and(|s| s == WorkerState::Up));
+            if p.replicas.len() <= wanted || !kept {
                 return Ok(Err("the partition has no copy to spare".into()));
             }
             p.replicas.retain(|w| *w != step.from);
