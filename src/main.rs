@@ -297,27 +297,7 @@ enum Command {
     /// moved against the optimum, skew, partitions per worker and the
     /// fan-out of range scans and point reads while workers join one by
     /// one and then leave.
-    Simulate {
-        /// uniform, zipf:EXPONENT (as zipf:1.1) or timeseries.
-        #[arg(long, default_value = "uniform")]
-        keys: String,
-        #[arg(long, default_value_t = 1_000_000)]
-        rows: u64,
-        /// FROM..TO: workers at the start, and how many join.
-        #[arg(long, default_value = "4..12")]
-        workers: String,
-        /// all, or a comma list of mod, fixed (64 and 256), fixed:P,
-        /// dynamic, proportional, proportional:n.
-        #[arg(long, default_value = "all")]
-        strategy: String,
-        /// DYNAMIC: split a key range past this many rows [default: rows/64].
-        #[arg(long)]
-        split_rows: Option<u64>,
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-        #[arg(long, value_enum, default_value = "table")]
-        format: Format,
-    },
+    Simulate(simulate::SimulateArgs),
 }
 
 #[derive(Subcommand)]
@@ -584,23 +564,7 @@ fn main() -> ExitCode {
                 .await
             }
             Command::Cert { command } => cert::run(command),
-            Command::Simulate {
-                keys,
-                rows,
-                workers,
-                strategy,
-                split_rows,
-                seed,
-                format,
-            } => simulate::run(simulate::SimulateArgs {
-                keys,
-                rows,
-                workers,
-                strategy,
-                split_rows,
-                seed,
-                format,
-            }),
+            Command::Simulate(args) => simulate::run(args),
             Command::Shell { to, command } => {
                 let mut client = Client::connect_as(&to).await?;
                 match command {

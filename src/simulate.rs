@@ -11,14 +11,27 @@ use tessera_sql::simulate::{Config, Keys, Step, Strategy, simulate_with};
 use crate::client::QueryResult;
 use crate::output::{Format, write_result};
 
+#[derive(clap::Args)]
 pub struct SimulateArgs {
-    pub keys: String,
-    pub rows: u64,
-    pub workers: String,
-    pub strategy: String,
-    pub split_rows: Option<u64>,
-    pub seed: u64,
-    pub format: Format,
+    /// uniform, zipf:EXPONENT (as zipf:1.1) or timeseries.
+    #[arg(long, default_value = "uniform")]
+    keys: String,
+    #[arg(long, default_value_t = 1_000_000)]
+    rows: u64,
+    /// FROM..TO: workers at the start, and how many join.
+    #[arg(long, default_value = "4..12")]
+    workers: String,
+    /// all, or a comma list of mod, fixed (64 and 256), fixed:P,
+    /// dynamic, proportional, proportional:n.
+    #[arg(long, default_value = "all")]
+    strategy: String,
+    /// DYNAMIC: split a key range past this many rows [default: rows/64].
+    #[arg(long)]
+    split_rows: Option<u64>,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    #[arg(long, value_enum, default_value = "table")]
+    format: Format,
 }
 
 /// `FROM..TO` (or one count, which joins nobody).

@@ -243,12 +243,7 @@ async fn move_copy(catalog: &Arc<Catalog>, step: &Step, i: usize) -> Result<Stat
                 return Ok(Some(why));
             }
             let wanted = wanted(s, &key);
-            let Some(p) = s
-                .map
-                .tables
-                .get_mut(&key)
-                .and_then(|p| p.get_mut(partition as usize))
-            else {
+            let Some(p) = placement_mut(s, &key, partition) else {
                 return Ok(Some("the partition is gone".into()));
             };
             if p.replicas.contains(&to) {
@@ -344,12 +339,7 @@ async fn move_copy(catalog: &Arc<Catalog>, step: &Step, i: usize) -> Result<Stat
             if let Some(why) = still_there(s, step) {
                 return Ok(Err(why));
             }
-            let Some(p) = s
-                .map
-                .tables
-                .get_mut(&key)
-                .and_then(|p| p.get_mut(partition as usize))
-            else {
+            let Some(p) = placement_mut(s, &key, partition) else {
                 return Ok(Err("the partition is gone".into()));
             };
             if !p.is_in_sync(&to) || !up {
@@ -381,6 +371,18 @@ async fn move_copy(catalog: &Arc<Catalog>, step: &Step, i: usize) -> Result<Stat
     Ok(State::Done)
 }
 
+/// The placement of `key`'s `partition`, to change.
+fn placement_mut<'a>(
+    s: &'a mut crate::catalog_state::CatalogState,
+    key: &str,
+    partition: u32,
+) -> Option<&'a mut tessera_sql::PartitionPlacement> {
+    s.map
+        .tables
+        .get_mut(key)
+        .and_then(|p| p.get_mut(partition as usize))
+}
+
 /// The copies the table owning `key` asks for.
 fn wanted(s: &crate::catalog_state::CatalogState, key: &str) -> usize {
     crate::catalog::owner_of(s, key)
@@ -398,12 +400,7 @@ async fn roll_back(catalog: &Arc<Catalog>, step: &Step, to: &str) -> Result<()> 
             if still_there(s, step).is_some() {
                 return Ok(false);
             }
-            let Some(p) = s
-                .map
-                .tables
-                .get_mut(&key)
-                .and_then(|p| p.get_mut(partition as usize))
-            else {
+            let Some(p) = placement_mut(s, &key, partition) else {
                 return Ok(false);
             };
             if !p.replicas.iter().any(|w| w == to) || p.is_in_sync(to) {
@@ -436,12 +433,7 @@ async fn drop_copy(catalog: &Arc<Catalog>, step: &Step) -> Result<State> {
                 return Ok(Err(why));
             }
             let wanted = wanted(s, &key);
-            let Some(p) = s
-                .map
-                .tables
-                .get_mut(&key)
-                .and_then(|p| p.get_mut(partition as usize))
-            else {
+            let Some(p) = placement_mut(s, &key, partition) else {
                 return Ok(Err("the partition is gone".into()));
             };
             // Another copy in sync on a worker that is up stays.
