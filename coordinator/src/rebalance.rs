@@ -114,7 +114,7 @@ pub fn plan(state: &CatalogState, roles: &BTreeMap<String, Role>, only: Option<&
             continue;
         }
         let wanted = owner.replication.replicas as usize;
-        optimum_bytes += lacking(state, key, placements, roles);
+        optimum_bytes += lacking(state, key, placements, roles, wanted.max(1));
         let mut step = |partition: u32, operation, from: &str, to: Option<&str>| {
             steps.push(Step {
                 map_key: key.clone(),
@@ -266,6 +266,7 @@ fn lacking(
     key: &str,
     placements: &[PartitionPlacement],
     roles: &BTreeMap<String, Role>,
+    wanted: usize,
 ) -> u64 {
     let eligible: Vec<&String> = roles
         .iter()
@@ -279,9 +280,19 @@ fn lacking(
             .map(|p| bytes_of(state, key, p.id))
             .sum()
     };
+    // The copies to share out: those the table asks for, not counting
+    // copies on workers that are down (they stay where they are).
     let total: u64 = placements
         .iter()
-        .map(|p| bytes_of(state, key, p.id) * p.replicas.len() as u64)
+        .map(|p| {
+            let movable = p
+                .replicas
+                .iter()
+                .filter(|w| roles.get(*w).is_some_and(|r| *r != Role::Down))
+                .count()
+                .min(wanted);
+            bytes_of(state, key, p.id) * movable as u64
+        })
         .sum();
     let fair = total.checked_div(eligible.len() as u64).unwrap_or(0);
     eligible.iter().map(|w| fair.saturating_sub(held(w))).sum()

@@ -45,12 +45,17 @@ def secret_file(data_dir, name, secret):
     return path
 
 
-def start_coordinator(data_dir, lease=None):
+def start_coordinator(data_dir, lease=None, address=None):
     """An insecure `tessera coordinator` on 127.0.0.1 with a new cluster
-    secret in data_dir; returns (process, address) once it listens."""
-    port = free_port()
-    address = f"127.0.0.1:{port}"
-    secret_file(data_dir, "cluster.secret", "s3cret-" + os.urandom(16).hex())
+    secret in data_dir; returns (process, address) once it listens. Given
+    the address of one that stopped, starts it again there, on its data
+    and secret."""
+    if address is None:
+        port = free_port()
+        address = f"127.0.0.1:{port}"
+        secret_file(data_dir, "cluster.secret", "s3cret-" + os.urandom(16).hex())
+    else:
+        port = int(address.rsplit(":", 1)[1])
     args = ["coordinator", "--insecure", "--listen", address,
             "--data-dir", os.path.join(data_dir, "coordinator"),
             "--cluster-secret-file", os.path.join(data_dir, "cluster.secret")]

@@ -204,3 +204,39 @@ def test_target_killed_mid_move(cluster, data_dir):
         assert [r["operation"] for r in rows(cur, "EXPLAIN REBALANCE")] == ["total"]
         assert rows(cur, "SELECT count(*) AS n, count(DISTINCT id) AS d FROM r") == [
             {"n": 300000, "d": 300000}]
+
+
+def test_coordinator_killed_mid_move(cluster, data_dir):
+    """The coordinator is SIGKILLed while moves run. Started again, every
+    row is there once, the copies a move had added catch up, and REBALANCE
+    APPLY finishes: each partition ends with its two copies."""
+    coordinator, procs = cluster
+    with flightsql.connect(f"grpc://{coordinator}") as conn, conn.cursor() as cur:
+        cur.execute("CREATE TABLE r (id BIGINT, b BIGINT) PARTITION BY HASH (id) "
+                    "PARTITIONS 12 REPLICAS 2")
+        cur.execute("INSERT INTO r SELECT value AS id, value % 7 AS b FROM range(300000)")
+        procs["w5"] = start_worker(data_dir, coordinator, HOSTS["w5"], "w5")[0]
+        wait_for("four workers", lambda: len(workers(cur)) == 4, 30)
+        assert [s for s in rows(cur, "REBALANCE APPLY") if s["operation"] == "move"]
+    procs["coordinator"].send_signal(signal.SIGKILL)
+    procs["coordinator"].wait()
+    procs["coordinator"].log.close()
+    procs["coordinator"] = start_coordinator(data_dir, lease=2, address=coordinator)[0]
+    with flightsql.connect(f"grpc://{coordinator}") as conn, conn.cursor() as cur:
+        wait_for("four workers up", lambda: [w["state"] for w in workers(cur).values()]
+                 == ["up"] * 4, 60)
+        assert rows(cur, "SELECT count(*) AS n, count(DISTINCT id) AS d FROM r") == [
+            {"n": 300000, "d": 300000}]
+        wait_for("every copy in sync", lambda: all(
+            p["in_sync"] == p["replicas"] for p in rows(cur, "SHOW PARTITIONS r")), 60)
+        # Killed mid-way: work is left (moves, or copies to drop).
+        left = [s for s in rows(cur, "EXPLAIN REBALANCE") if s["operation"] != "total"]
+        assert left
+        rows(cur, "REBALANCE APPLY")
+        wait_for("the rebalance", lambda: finished(cur), 120)
+        assert all(s["state"] == "done" for s in rows(cur, "SHOW REBALANCE"))
+        assert [r["operation"] for r in rows(cur, "EXPLAIN REBALANCE")] == ["total"]
+        for p in rows(cur, "SHOW PARTITIONS r"):
+            assert len(p["replicas"].split(", ")) == 2 and p["in_sync"] == p["replicas"], p
+        assert rows(cur, "SELECT count(*) AS n, count(DISTINCT id) AS d FROM r") == [
+            {"n": 300000, "d": 300000}]
