@@ -164,6 +164,17 @@ def test_rebalance_and_drain_under_load(cluster, data_dir):
             os.path.join(data_dir, "w5", "t*", "p*", "*.parquet")), 30)
 
 
+def load_then_join_w5(cur, data_dir, coordinator, procs):
+    """Table r (12 partitions, REPLICAS 2, 300k rows), then a fourth worker
+    (w5) joins; its id."""
+    cur.execute("CREATE TABLE r (id BIGINT, b BIGINT) PARTITION BY HASH (id) "
+                "PARTITIONS 12 REPLICAS 2")
+    cur.execute("INSERT INTO r SELECT value AS id, value % 7 AS b FROM range(300000)")
+    procs["w5"] = start_worker(data_dir, coordinator, HOSTS["w5"], "w5")[0]
+    wait_for("four workers", lambda: len(workers(cur)) == 4, 30)
+    return worker_of(data_dir, "w5")
+
+
 def test_target_killed_mid_move(cluster, data_dir):
     """The worker copies move to is SIGKILLed while the moves run: reads
     keep answering from the old copies (REPLICAS 2), the moves to it fail
@@ -171,12 +182,7 @@ def test_target_killed_mid_move(cluster, data_dir):
     APPLY finishes the job."""
     coordinator, procs = cluster
     with flightsql.connect(f"grpc://{coordinator}") as conn, conn.cursor() as cur:
-        cur.execute("CREATE TABLE r (id BIGINT, b BIGINT) PARTITION BY HASH (id) "
-                    "PARTITIONS 12 REPLICAS 2")
-        cur.execute("INSERT INTO r SELECT value AS id, value % 7 AS b FROM range(300000)")
-        procs["w5"] = start_worker(data_dir, coordinator, HOSTS["w5"], "w5")[0]
-        wait_for("four workers", lambda: len(workers(cur)) == 4, 30)
-        new = worker_of(data_dir, "w5")
+        new = load_then_join_w5(cur, data_dir, coordinator, procs)
         planned = [s for s in rows(cur, "REBALANCE APPLY") if s["operation"] == "move"]
         assert planned
         procs["w5"].send_signal(signal.SIGKILL)
@@ -212,11 +218,7 @@ def test_coordinator_killed_mid_move(cluster, data_dir):
     APPLY finishes: each partition ends with its two copies."""
     coordinator, procs = cluster
     with flightsql.connect(f"grpc://{coordinator}") as conn, conn.cursor() as cur:
-        cur.execute("CREATE TABLE r (id BIGINT, b BIGINT) PARTITION BY HASH (id) "
-                    "PARTITIONS 12 REPLICAS 2")
-        cur.execute("INSERT INTO r SELECT value AS id, value % 7 AS b FROM range(300000)")
-        procs["w5"] = start_worker(data_dir, coordinator, HOSTS["w5"], "w5")[0]
-        wait_for("four workers", lambda: len(workers(cur)) == 4, 30)
+        load_then_join_w5(cur, data_dir, coordinator, procs)
         assert [s for s in rows(cur, "REBALANCE APPLY") if s["operation"] == "move"]
     procs["coordinator"].send_signal(signal.SIGKILL)
     procs["coordinator"].wait()
