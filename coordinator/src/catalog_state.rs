@@ -181,6 +181,16 @@ fn diff_value<V: PartialEq + Serialize>(
 }
 
 impl CatalogState {
+    /// What the write path counted of `map_key`'s `partition`: rows,
+    /// bytes, and decisions made on it (all 0 if nothing was counted).
+    pub fn partition_stats(&self, map_key: &str, partition: u32) -> SizeEstimate {
+        self.stats
+            .get(map_key)
+            .and_then(|s| s.get(&partition))
+            .copied()
+            .unwrap_or_default()
+    }
+
     /// The writes that turn `self` into `new`: only the keys that differ.
     pub fn diff(&self, new: &CatalogState) -> Result<Vec<Op>> {
         let mut ops = vec![];

@@ -366,11 +366,7 @@ impl Drop for Copying {
 
 /// Transactions decided on a partition of `map_key` so far.
 fn writes_on(state: &CatalogState, map_key: &str, partition: u32) -> u64 {
-    state
-        .stats
-        .get(map_key)
-        .and_then(|s| s.get(&partition))
-        .map_or(0, |p| p.writes)
+    state.partition_stats(map_key, partition).writes
 }
 
 #[cfg(test)]

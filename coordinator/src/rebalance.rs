@@ -299,11 +299,7 @@ fn lacking(
 }
 
 fn bytes_of(state: &CatalogState, key: &str, partition: u32) -> u64 {
-    state
-        .stats
-        .get(key)
-        .and_then(|s| s.get(&partition))
-        .map_or(0, |s| s.bytes)
+    state.partition_stats(key, partition).bytes
 }
 
 #[cfg(test)]

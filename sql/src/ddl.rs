@@ -178,6 +178,20 @@ fn is_blank(t: &Token) -> bool {
     matches!(t, Token::Whitespace(_))
 }
 
+/// A statement's tokens without the whitespace.
+fn non_blank(tokens: &[TokenWithSpan]) -> Vec<&Token> {
+    tokens
+        .iter()
+        .map(|t| &t.token)
+        .filter(|t| !is_blank(t))
+        .collect()
+}
+
+/// Whether `t` is the unquoted word `w`, in any case.
+fn word_is(t: &Token, w: &str) -> bool {
+    matches!(t, Token::Word(x) if x.value.eq_ignore_ascii_case(w) && x.quote_style.is_none())
+}
+
 fn tokenize(sql: &str) -> Result<Vec<TokenWithSpan>> {
     Tokenizer::new(&GenericDialect {}, sql)
         .tokenize_with_location()
@@ -188,11 +202,7 @@ fn tokenize(sql: &str) -> Result<Vec<TokenWithSpan>> {
 pub fn parse_statement(sql: &str) -> Result<Statement> {
     let tokens = tokenize(sql)?;
     crate::depth::check_depth(&tokens)?;
-    let words: Vec<&Token> = tokens
-        .iter()
-        .map(|t| &t.token)
-        .filter(|t| !is_blank(t))
-        .collect();
+    let words = non_blank(&tokens);
     let kw = |i: usize, k: Keyword| words.get(i).is_some_and(|t| is_word(t, k));
 
     if let Some(user) = parse_user_statement(&tokens) {

@@ -67,6 +67,22 @@ impl Catalog {
     /// partitions at once, so partition i is read from the same copy
     /// whichever partitions a query keeps (co-located joins rely on it).
     pub fn scan_parts(&self, table: &str, partitions: &[u32]) -> Result<Vec<ScanPart>> {
+        let mut chosen = self.read_copies(table)?;
+        let mut out = Vec::with_capacity(partitions.len());
+        for p in partitions {
+            match chosen.get(*p as usize) {
+                None => return exec_err!("partition {p} of '{table}' is not in the partition map"),
+                Some(Ok(part)) => out.push(part.clone()),
+                // The partition's error, moved out.
+                Some(Err(_)) => return chosen.swap_remove(*p as usize).map(|part| vec![part]),
+            }
+        }
+        Ok(out)
+    }
+
+    /// The copy each partition of `table` is read from (see
+    /// [`Catalog::scan_parts`]), or why none can be, in partition order.
+    pub fn read_copies(&self, table: &str) -> Result<Vec<Result<ScanPart>>> {
         let placements = self.placements(table)?;
         let members = self.members()?;
         let mut reads: BTreeMap<String, usize> = BTreeMap::new();
@@ -109,16 +125,7 @@ impl Catalog {
                 })),
             });
         }
-        let mut out = Vec::with_capacity(partitions.len());
-        for p in partitions {
-            match chosen.get(*p as usize) {
-                None => return exec_err!("partition {p} of '{table}' is not in the partition map"),
-                Some(Ok(part)) => out.push(part.clone()),
-                // The partition's error, moved out.
-                Some(Err(_)) => return chosen.swap_remove(*p as usize).map(|part| vec![part]),
-            }
-        }
-        Ok(out)
+        Ok(chosen)
     }
 
     /// `worker` as the holder of `table`'s `partition`, if it has joined

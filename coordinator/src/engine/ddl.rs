@@ -512,13 +512,11 @@ impl Coordinator {
         // Sizes from the copy a read would use; none when every in-sync
         // copy is down.
         let mut by_worker: BTreeMap<(String, String), Vec<u32>> = BTreeMap::new();
-        for p in &placements {
-            if let Ok(Some(part)) = self.catalog.scan_parts(table, &[p.id]).map(|mut v| v.pop()) {
-                by_worker
-                    .entry((part.worker_id, part.url))
-                    .or_default()
-                    .push(p.id);
-            }
+        for part in self.catalog.read_copies(table)?.into_iter().flatten() {
+            by_worker
+                .entry((part.worker_id, part.url))
+                .or_default()
+                .push(part.partition);
         }
         let mut stats: BTreeMap<u32, (u64, u64)> = BTreeMap::new();
         for ((worker, url), parts) in by_worker {

@@ -121,11 +121,7 @@ impl Coordinator {
         for (table, placements) in &state.map.tables {
             for p in placements {
                 *partitions.entry(p.leader()).or_default() += 1;
-                let b = state
-                    .stats
-                    .get(table)
-                    .and_then(|s| s.get(&p.id))
-                    .map_or(0, |s| s.bytes);
+                let b = state.partition_stats(table, p.id).bytes;
                 for w in &p.replicas {
                     *held.entry(w.as_str()).or_default() += 1;
                     *bytes.entry(w.as_str()).or_default() += b;

@@ -363,11 +363,7 @@ async fn move_copy(catalog: &Arc<Catalog>, step: &Step, i: usize) -> Result<Stat
         return Ok(State::Skipped(why));
     }
     // 4. The old copy's files, once no running query may read them.
-    crate::copies::drop_files_later(
-        catalog,
-        step.table_id,
-        vec![(key, partition, step.from.clone())],
-    );
+    retire(catalog, step, &step.from);
     Ok(State::Done)
 }
 
@@ -413,11 +409,7 @@ async fn roll_back(catalog: &Arc<Catalog>, step: &Step, to: &str) -> Result<()> 
         })
         .await?;
     if removed {
-        crate::copies::drop_files_later(
-            catalog,
-            step.table_id,
-            vec![(key, partition, to.to_string())],
-        );
+        retire(catalog, step, to);
     }
     Ok(())
 }
@@ -453,10 +445,13 @@ async fn drop_copy(catalog: &Arc<Catalog>, step: &Step) -> Result<State> {
     if let Err(why) = dropped {
         return Ok(State::Skipped(why));
     }
-    crate::copies::drop_files_later(
-        catalog,
-        step.table_id,
-        vec![(key, partition, step.from.clone())],
-    );
+    retire(catalog, step, &step.from);
     Ok(State::Done)
+}
+
+/// `worker`'s copy of the step's partition, taken out of the map: its
+/// files go once no running query may read them.
+fn retire(catalog: &Arc<Catalog>, step: &Step, worker: &str) {
+    let copy = (step.map_key.clone(), step.partition, worker.to_string());
+    crate::copies::drop_files_later(catalog, step.table_id, vec![copy]);
 }

@@ -7,19 +7,11 @@ use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::parser::Parser;
 use datafusion::sql::sqlparser::tokenizer::{Token, TokenWithSpan};
 
-use super::{Statement, expect_end, is_blank, object_name, parser_err};
-
-fn word_is(t: &Token, w: &str) -> bool {
-    matches!(t, Token::Word(x) if x.value.eq_ignore_ascii_case(w) && x.quote_style.is_none())
-}
+use super::{Statement, expect_end, non_blank, object_name, parser_err, word_is};
 
 /// A rebalancing statement, if `tokens` is one.
 pub(super) fn parse_rebalance_statement(tokens: &[TokenWithSpan]) -> Option<Result<Statement>> {
-    let words: Vec<&Token> = tokens
-        .iter()
-        .map(|t| &t.token)
-        .filter(|t| !is_blank(t))
-        .collect();
+    let words = non_blank(tokens);
     let at = |i: usize, w: &str| words.get(i).is_some_and(|t| word_is(t, w));
     let rebalance = at(0, "EXPLAIN") && at(1, "REBALANCE")
         || at(0, "REBALANCE") && (at(1, "APPLY") || at(1, "CANCEL"))

@@ -9,7 +9,7 @@ use datafusion::sql::sqlparser::parser::Parser;
 use datafusion::sql::sqlparser::tokenizer::{Token, TokenWithSpan};
 use serde::{Deserialize, Serialize};
 
-use super::{Statement, expect_end, is_blank, object_name, parser_err};
+use super::{Statement, expect_end, is_blank, non_blank, object_name, parser_err, word_is};
 use crate::text::Offsets;
 
 /// What a user may do.
@@ -32,10 +32,6 @@ impl UserRole {
     }
 }
 
-fn word_is(t: &Token, w: &str) -> bool {
-    matches!(t, Token::Word(x) if x.value.eq_ignore_ascii_case(w) && x.quote_style.is_none())
-}
-
 fn role(parser: &mut Parser) -> Result<UserRole> {
     match parser.next_token().token {
         Token::Word(w) if w.value.eq_ignore_ascii_case("admin") => Ok(UserRole::Admin),
@@ -56,11 +52,7 @@ fn password(parser: &mut Parser, user: &str) -> Result<String> {
 
 /// A user statement, if `tokens` is one.
 pub(super) fn parse_user_statement(tokens: &[TokenWithSpan]) -> Option<Result<Statement>> {
-    let words: Vec<&Token> = tokens
-        .iter()
-        .map(|t| &t.token)
-        .filter(|t| !is_blank(t))
-        .collect();
+    let words = non_blank(tokens);
     let at = |i: usize, w: &str| words.get(i).is_some_and(|t| word_is(t, w));
     let user_statement = (at(0, "CREATE") || at(0, "ALTER") || at(0, "DROP")) && at(1, "USER")
         || at(0, "GRANT")
