@@ -18,6 +18,8 @@ use crate::membership::Membership;
 use crate::metastore::{Compare, Metastore, Op, reserve};
 
 mod follow;
+#[cfg(test)]
+mod interrupted;
 mod placement;
 mod txns;
 
@@ -52,6 +54,10 @@ pub(crate) struct InFlight {
 /// Shared catalog state of one coordinator.
 #[derive(Debug)]
 pub struct Catalog {
+    /// This catalog itself, for work that must finish even when the
+    /// statement that began it is dropped (a metastore commit and its
+    /// application to `state`).
+    me: std::sync::Weak<Catalog>,
     metastore: Box<dyn Metastore>,
     /// The persisted state as the metastore holds it (a cache: every
     /// change is written there first).
@@ -191,7 +197,8 @@ impl Catalog {
             (start, start.saturating_add(TXN_BLOCK_IDS))
         };
         let last_txn = start.saturating_sub(1);
-        let catalog = Arc::new(Self {
+        let catalog = Arc::new_cyclic(|me| Self {
+            me: me.clone(),
             metastore,
             state: Mutex::new(state),
             revisions: Mutex::new(revisions),
@@ -344,40 +351,63 @@ impl Catalog {
                     .collect();
                 (out, ops, compares)
             };
-            let Some(revision) = self.metastore.commit(&compares, &ops).await? else {
+            // The commit and its application to `state` run as a task of
+            // their own: a statement dropped half-way (its client went
+            // away) must not leave keys committed in the metastore that
+            // this coordinator never applied, or every later change of
+            // them would fail its compare-and-swap for ever.
+            let Some(me) = self.me.upgrade() else {
+                return exec_err!("the coordinator is stopping; retry on the running one");
+            };
+            let committed = tokio::spawn(async move {
+                let Some(revision) = me.metastore.commit(&compares, &ops).await? else {
+                    return Ok(false);
+                };
+                me.apply_committed(&ops, revision)?;
+                Ok::<_, DataFusionError>(true)
+            })
+            .await
+            .map_err(|e| DataFusionError::Execution(format!("catalog commit failed: {e}")))??;
+            if !committed {
                 // Another change of the same keys landed first; its new
                 // state is in memory once its writer applies it.
                 tokio::task::yield_now().await;
                 continue;
-            };
-            let mut guard = self.state.lock().map_err(|_| poisoned())?;
-            let mut revisions = self.revisions.lock().map_err(|_| poisoned())?;
-            self.revision.fetch_max(revision, Ordering::SeqCst);
-            let mut decided = vec![];
-            for op in &ops {
-                match op {
-                    Op::Put(key, value) => {
-                        guard.apply(key, Some(value))?;
-                        revisions.insert(key.clone(), revision);
-                        decided.extend(crate::catalog_state::decided_txn(key));
-                    }
-                    Op::Delete(key) => {
-                        guard.apply(key, None)?;
-                        revisions.remove(key);
-                    }
-                }
-            }
-            // Decided now: visible to every snapshot taken from here on
-            // (under the state lock, so no snapshot sees it half-way).
-            if !decided.is_empty()
-                && let Ok(mut set) = self.in_flight.lock()
-            {
-                for txn in decided {
-                    set.remove(&txn);
-                }
             }
             return Ok(out);
         }
+    }
+
+    /// Applies ops the metastore committed at `revision` to the state held
+    /// here.
+    fn apply_committed(&self, ops: &[Op], revision: u64) -> Result<()> {
+        let mut guard = self.state.lock().map_err(|_| poisoned())?;
+        let mut revisions = self.revisions.lock().map_err(|_| poisoned())?;
+        self.revision.fetch_max(revision, Ordering::SeqCst);
+        let mut decided = vec![];
+        for op in ops {
+            match op {
+                Op::Put(key, value) => {
+                    guard.apply(key, Some(value))?;
+                    revisions.insert(key.clone(), revision);
+                    decided.extend(crate::catalog_state::decided_txn(key));
+                }
+                Op::Delete(key) => {
+                    guard.apply(key, None)?;
+                    revisions.remove(key);
+                }
+            }
+        }
+        // Decided now: visible to every snapshot taken from here on
+        // (under the state lock, so no snapshot sees it half-way).
+        if !decided.is_empty()
+            && let Ok(mut set) = self.in_flight.lock()
+        {
+            for txn in decided {
+                set.remove(&txn);
+            }
+        }
+        Ok(())
     }
 
     /// An id for a worker joining for the first time: `worker-<n>`, `n`
