@@ -119,6 +119,14 @@ pub struct Catalog {
     pub(crate) compacting: tokio::sync::Mutex<()>,
     /// `SET tessera.compaction = 'paused'`.
     pub(crate) compaction_paused: AtomicBool,
+    /// `SET tessera.rebalance_rate`: bytes per second a partition copy
+    /// into one worker may take (0: no limit).
+    pub(crate) copy_rate: AtomicU64,
+    /// `SET tessera.auto_rebalance = 'on'`.
+    pub(crate) auto_rebalance: AtomicBool,
+    /// Wakes the automatic rebalance (a worker joined or drains, or it
+    /// was switched on).
+    pub(crate) rebalance_wanted: tokio::sync::Notify,
     /// `tessera.compactions`.
     pub(crate) compactions: crate::compaction_log::CompactionLog,
     /// The steps of the running (or last) rebalance.
@@ -222,6 +230,9 @@ impl Catalog {
             files_added: AtomicU64::new(0),
             compacting: tokio::sync::Mutex::new(()),
             compaction_paused: AtomicBool::new(false),
+            copy_rate: AtomicU64::new(0),
+            auto_rebalance: AtomicBool::new(false),
+            rebalance_wanted: tokio::sync::Notify::new(),
             compactions: Default::default(),
             rebalances: Default::default(),
             follower,

@@ -277,6 +277,7 @@ impl Copy<'_> {
                     partition,
                     source: source.url.clone(),
                     manifest,
+                    rate: catalog.copy_rate.load(std::sync::atomic::Ordering::Relaxed),
                 };
                 let installed = to.install(&request).await.map_err(|e| {
                     DataFusionError::Execution(format!(

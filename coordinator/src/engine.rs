@@ -14,6 +14,7 @@ mod params;
 mod rebalance;
 mod recover;
 mod replicas;
+mod switches;
 mod users;
 
 use std::collections::BTreeMap;
@@ -153,6 +154,7 @@ impl Coordinator {
         crate::index::spawn_applier(&coordinator.catalog);
         crate::compact::spawn_compactor(&coordinator.catalog);
         crate::catch_up::spawn_catch_up(&coordinator.catalog);
+        crate::rebalance::spawn_auto_rebalance(&coordinator.catalog);
         coordinator.resume_backfills();
         Ok(coordinator)
     }
@@ -245,59 +247,6 @@ impl Coordinator {
             .apply_paused
             .store(paused, std::sync::atomic::Ordering::SeqCst);
         self.catalog.apply_wanted.notify_one();
-    }
-
-    /// Carries out `SET tessera.index_apply` and `SET tessera.compaction`
-    /// (`variable` is the one a SET or RESET named: no other is touched);
-    /// an unknown value is refused and the option keeps its state.
-    fn follow_switch(&self, variable: &str) -> Result<()> {
-        use std::sync::atomic::Ordering;
-        let state = self.ctx().state_ref();
-        let mut state = state.write();
-        let Some(opts) = state
-            .config_mut()
-            .options_mut()
-            .extensions
-            .get_mut::<TesseraOptions>()
-        else {
-            return Ok(());
-        };
-        let switches = [
-            (
-                "index_apply",
-                &mut opts.index_apply,
-                &self.catalog.apply_paused,
-            ),
-            (
-                "compaction",
-                &mut opts.compaction,
-                &self.catalog.compaction_paused,
-            ),
-        ];
-        let variable = variable.trim_matches('"').to_ascii_lowercase();
-        for (name, value, paused) in switches {
-            if variable != format!("tessera.{name}") {
-                continue;
-            }
-            match value.to_ascii_lowercase().as_str() {
-                "running" => paused.store(false, Ordering::SeqCst),
-                "paused" => paused.store(true, Ordering::SeqCst),
-                other => {
-                    let bad = other.to_string();
-                    *value = if paused.load(Ordering::SeqCst) {
-                        "paused"
-                    } else {
-                        "running"
-                    }
-                    .to_string();
-                    return plan_err!(
-                        "tessera.{name} is '{bad}'; set it to 'running' (the default) or 'paused'"
-                    );
-                }
-            }
-        }
-        self.catalog.apply_wanted.notify_one();
-        Ok(())
     }
 
     /// Stops background work (the ASYNC applier); called when the cluster stops.

@@ -7,6 +7,8 @@
 //! | `tessera.index_read`                 | `eventual` | reads through a GLOBAL ASYNC index: `eventual` reads it as it is (it may miss the latest writes); `fresh` waits until it has applied every write that began before the query. |
 //! | `tessera.index_apply`                | `running` | the background apply of GLOBAL ASYNC index outboxes: `paused` stops it (rows are still acknowledged and their entries kept in the outboxes), `running` resumes it. Not kept across restarts. |
 //! | `tessera.compaction`                 | `running` | the background compactor: `paused` stops it (`COMPACT TABLE` still works), `running` resumes it. Not kept across restarts. |
+//! | `tessera.rebalance_rate`             | `unlimited` | bytes per second a partition copy into one worker may take, shared by every copy into it (rebalance moves, added copies, catch-ups): `'64MB/s'`, `'64MiB/s'`, `'unlimited'`. For the coordinator, not kept across restarts. |
+//! | `tessera.auto_rebalance`             | `off`   | `on` applies a rebalance plan by itself when a worker joins or drains (a worker that is merely down moves nothing). For the coordinator, not kept across restarts. |
 //! | `tessera.ansi`                       | `true`  | ANSI SQL arithmetic: integer overflow, invalid casts and integer division by zero are errors; `false` wraps, gives NULL and NULL (see `ansi.rs`). |
 //!
 //! The estimate is the stored (Parquet) size of the partitions a scan
@@ -30,6 +32,12 @@ extensions_options! {
         pub index_apply: String, default = "running".to_string()
         /// The background compactor: 'running' or 'paused'.
         pub compaction: String, default = "running".to_string()
+        /// Bytes per second a partition copy into one worker may take
+        /// ('64MB/s'), shared by every copy into it; 'unlimited' by default.
+        pub rebalance_rate: String, default = "unlimited".to_string()
+        /// 'on' applies a rebalance plan by itself when a worker joins or
+        /// drains; 'off' (the default) waits for REBALANCE APPLY.
+        pub auto_rebalance: String, default = "off".to_string()
         /// ANSI SQL arithmetic: integer overflow, invalid casts and integer
         /// division by zero are errors. 'false' makes them wrap, NULL and
         /// NULL.

@@ -18,6 +18,7 @@
 //! ```
 
 mod apply;
+mod auto;
 
 use std::collections::BTreeMap;
 
@@ -26,6 +27,7 @@ use tessera_sql::PartitionPlacement;
 use crate::catalog_state::CatalogState;
 
 pub use apply::{RebalanceLog, apply, show_schema};
+pub use auto::spawn_auto_rebalance;
 
 /// What a step does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,6 +100,25 @@ pub enum Role {
     Drain,
     /// Down: nothing moves because of it.
     Down,
+}
+
+/// What each worker is to the planner: up and active ones take copies,
+/// draining and decommissioned ones give theirs away, down ones are left
+/// as they are.
+pub fn roles(
+    catalog: &crate::catalog::Catalog,
+) -> datafusion::common::Result<BTreeMap<String, Role>> {
+    use crate::membership::WorkerState;
+    let mut roles = BTreeMap::new();
+    for id in catalog.members()?.keys() {
+        let role = match catalog.membership().state(id)? {
+            WorkerState::Up | WorkerState::Suspect => Role::Eligible,
+            WorkerState::Draining | WorkerState::Decommissioned => Role::Drain,
+            WorkerState::Down => Role::Down,
+        };
+        roles.insert(id.clone(), role);
+    }
+    Ok(roles)
 }
 
 /// Plans the moves for every table (or `only` one) of `state`, given what

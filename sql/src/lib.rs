@@ -12,6 +12,7 @@ mod pruning;
 mod replication;
 mod scheme;
 pub mod simulate;
+pub mod size;
 mod text;
 
 pub use catalog::{ColumnDef, MAX_PARTITIONS, PartitionMap, PartitionPlacement, TableDef};

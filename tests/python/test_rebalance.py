@@ -242,3 +242,56 @@ def test_coordinator_killed_mid_move(cluster, data_dir):
             assert len(p["replicas"].split(", ")) == 2 and p["in_sync"] == p["replicas"], p
         assert rows(cur, "SELECT count(*) AS n, count(DISTINCT id) AS d FROM r") == [
             {"n": 300000, "d": 300000}]
+
+
+def test_auto_rebalance_on_join_and_drain_never_on_down(cluster, data_dir):
+    """With tessera.auto_rebalance on, a joining worker gets its share and a
+    draining one is emptied, with nobody typing REBALANCE APPLY; a worker
+    that is merely down keeps its copies (they would move only once it is
+    drained). tessera.rebalance_rate is a coordinator-wide setting."""
+    coordinator, procs = cluster
+    with flightsql.connect(f"grpc://{coordinator}") as conn, conn.cursor() as cur:
+        cur.execute("CREATE TABLE h (id BIGINT, b BIGINT) PARTITION BY HASH (id) "
+                    "PARTITIONS 8")
+        cur.execute("INSERT INTO h SELECT value AS id, value % 7 AS b FROM range(50000)")
+        cur.execute("SET tessera.rebalance_rate = '200MB/s'")
+        with pytest.raises(flightsql.Error, match="not a unit of size"):
+            cur.execute("SET tessera.rebalance_rate = '64 parsecs'")
+        with pytest.raises(flightsql.Error, match="'on' or 'off'"):
+            cur.execute("SET tessera.auto_rebalance = 'maybe'")
+        cur.execute("SET tessera.auto_rebalance = 'on'")
+        with flightsql.connect(f"grpc://{coordinator}") as other, other.cursor() as oc:
+            shown = {r["name"]: r["value"] for r in rows(oc, "SHOW tessera")}
+        assert shown["tessera.rebalance_rate"] == "200MB/s", shown
+        assert shown["tessera.auto_rebalance"] == "on", shown
+
+        # A fifth worker joins: it gets its share by itself.
+        procs["w5"] = start_worker(data_dir, coordinator, HOSTS["w5"], "w5")[0]
+        new = worker_of(data_dir, "w5")
+        wait_for("the automatic rebalance", lambda: finished(cur), 120)
+        done = rows(cur, "SHOW REBALANCE")
+        assert all(s["state"] == "done" and s["to_worker"] == new for s in done), done
+        assert workers(cur)[new]["held"] == 2, workers(cur)
+        assert [r["operation"] for r in rows(cur, "EXPLAIN REBALANCE")] == ["total"]
+
+        # A worker killed is down, not gone: its copies stay. Draining
+        # another one then moves only that one's copies.
+        w2, w3 = worker_of(data_dir, "w2"), worker_of(data_dir, "w3")
+        on_w2 = {p: r for p, r in placements(cur, "h").items() if r == w2}
+        assert on_w2
+        procs["w2"].send_signal(signal.SIGKILL)
+        procs["w2"].wait()
+        wait_for("w2 down", lambda: workers(cur)[w2]["state"] == "down", 30)
+        cur.execute(f"ALTER WORKER '{w3}' DRAIN")
+        wait_for("the drain", lambda: finished(cur) and workers(cur)[w3]["held"] == 0, 120)
+        drained = rows(cur, "SHOW REBALANCE")
+        assert all(s["state"] == "done" and s["from_worker"] == w3 for s in drained), [
+            (s["state"], s["from_worker"], s["to_worker"]) for s in drained]
+        assert workers(cur)[w3]["held"] == 0, workers(cur)
+        now = placements(cur, "h")
+        assert {p: now[p] for p in on_w2} == on_w2, now
+        # Back again, it serves its partitions: every row is there once.
+        procs["w2"] = start_worker(data_dir, coordinator, HOSTS["w2"], "w2")[0]
+        wait_for("w2 up", lambda: workers(cur)[w2]["state"] == "up", 60)
+        assert rows(cur, "SELECT count(*) AS n, count(DISTINCT id) AS d FROM h") == [
+            {"n": 50000, "d": 50000}]

@@ -358,7 +358,7 @@ async fn index_statements_and_errors() {
     let value = shown[0].column_by_name("value").unwrap().as_string::<i32>();
     assert_eq!(value.value(0), "fresh");
     let all = cluster.query("SHOW tessera").await.unwrap();
-    assert_eq!(all.iter().map(|b| b.num_rows()).sum::<usize>(), 6);
+    assert_eq!(all.iter().map(|b| b.num_rows()).sum::<usize>(), 8);
     for switch in ["index_apply", "compaction"] {
         assert!(
             cluster

@@ -372,7 +372,12 @@ impl WorkerClient {
         within(
             &self.url,
             "a partition copy",
-            deadline_for_bytes(bytes) * 2,
+            // Paced copies take their time, and share it with others.
+            deadline_for_bytes(bytes) * 2
+                + match request.rate {
+                    0 => Duration::ZERO,
+                    rate => Duration::from_secs(bytes.saturating_mul(4) / rate),
+                },
             async {
                 Ok(self
                     .action_once(wire::ACTION_INSTALL, body)
@@ -440,6 +445,6 @@ impl WorkerClient {
 
 /// A call that failed before reaching the peer because the shared
 /// connection was to a server that has since gone: worth one retry.
-fn is_stale_connection(e: &DataFusionError) -> bool {
+pub(crate) fn is_stale_connection(e: &DataFusionError) -> bool {
     e.to_string().contains("Service was not ready")
 }

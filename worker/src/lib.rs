@@ -9,6 +9,7 @@ mod guard;
 pub mod index;
 mod kind;
 pub mod membership;
+mod pacer;
 mod scan;
 pub mod secret;
 mod service;

@@ -103,18 +103,26 @@ async fn call<T: DeserializeOwned>(
     hello: &MemberHello,
     timeout: Duration,
 ) -> Result<T> {
-    let result = tokio::time::timeout(timeout, call_once(coordinator, kind, hello))
-        .await
-        .unwrap_or_else(|_| {
-            Err(ErrorKind::Unavailable.error(format!(
-                "coordinator {coordinator}: no answer within {} ms",
-                timeout.as_millis()
-            )))
-        });
-    if result.is_err() {
-        crate::client::shared_channel(coordinator, true)?;
+    let attempt = || async {
+        let result = tokio::time::timeout(timeout, call_once(coordinator, kind, hello))
+            .await
+            .unwrap_or_else(|_| {
+                Err(ErrorKind::Unavailable.error(format!(
+                    "coordinator {coordinator}: no answer within {} ms",
+                    timeout.as_millis()
+                )))
+            });
+        if result.is_err() {
+            crate::client::shared_channel(coordinator, true)?;
+        }
+        result
+    };
+    match attempt().await {
+        // The shared connection was to a server since gone (a coordinator
+        // restarted on the same port): once more, on the new connection.
+        Err(e) if crate::client::is_stale_connection(&e) => attempt().await,
+        other => other,
     }
-    result
 }
 
 async fn call_once<T: DeserializeOwned>(

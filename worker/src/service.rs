@@ -41,6 +41,8 @@ pub fn to_status(e: DataFusionError) -> Status {
 pub struct WorkerFlightService {
     local: Arc<LocalStore>,
     session: SessionContext,
+    /// Paces the partition copies into this worker.
+    copies: crate::pacer::Pacer,
 }
 
 impl WorkerFlightService {
@@ -403,6 +405,8 @@ impl WorkerFlightService {
             let mut file = crate::storage::CopiedFile::create(target)?;
             let mut offset = 0u64;
             while offset < f.bytes {
+                let next = (f.bytes - offset).min(crate::client::COPY_CHUNK_BYTES as u64);
+                self.copies.take(next, req.rate).await;
                 let chunk = source
                     .read_file(&req.table, req.partition, &f.name, offset)
                     .await?;
@@ -580,6 +584,7 @@ pub async fn start_worker_with(
     let flight = WorkerFlightService {
         local,
         session: SessionContext::new_with_state(session_state),
+        copies: crate::pacer::Pacer::default(),
     };
     let flight = FlightServiceServer::new(flight)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)

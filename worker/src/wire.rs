@@ -163,6 +163,10 @@ pub struct InstallRequest {
     pub partition: u32,
     pub source: String,
     pub manifest: crate::storage::Manifest,
+    /// Bytes per second this copy may take at most, shared with every
+    /// other copy into the worker (0: no limit).
+    #[serde(default)]
+    pub rate: u64,
 }
 
 /// What an install copied.

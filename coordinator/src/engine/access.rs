@@ -15,9 +15,10 @@ use super::explain::{strip_explain, strip_explain_analyze};
 /// memory it may take.
 fn reader_may_set(variable: &str) -> bool {
     let v = variable.trim_matches('"').to_ascii_lowercase();
-    !(v == "tessera.index_apply"
-        || v == "tessera.compaction"
-        || v.starts_with("datafusion.runtime."))
+    let switch = v
+        .strip_prefix("tessera.")
+        .is_some_and(|n| super::switches::SWITCHES.contains(&n));
+    !(switch || v.starts_with("datafusion.runtime."))
 }
 
 impl Coordinator {

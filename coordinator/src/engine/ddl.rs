@@ -46,18 +46,9 @@ impl Coordinator {
             }
             // The switches of background work hold for the coordinator,
             // whichever session set them last.
-            let value = match key.as_str() {
-                "tessera.index_apply" => Some(&self.catalog.apply_paused),
-                "tessera.compaction" => Some(&self.catalog.compaction_paused),
-                _ => None,
-            }
-            .map(|paused| {
-                if paused.load(std::sync::atomic::Ordering::SeqCst) {
-                    "paused".to_string()
-                } else {
-                    "running".to_string()
-                }
-            });
+            let value = key
+                .strip_prefix("tessera.")
+                .and_then(|n| super::switches::switch_value(&self.catalog, n));
             names.push(key);
             values.push(value.or(e.value).unwrap_or_default());
             descriptions.push(e.description.trim().to_string());

@@ -17,22 +17,23 @@ pub(super) enum Route {
     /// Has effects: run by the leader.
     Leader,
     /// A switch of the leader's background work (`SET
-    /// tessera.index_apply`, `tessera.compaction`): set on both.
+    /// tessera.index_apply`, `tessera.compaction`, `tessera.rebalance_rate`,
+    /// `tessera.auto_rebalance`): set on both.
     Both,
 }
 
-/// The options that switch background work, which only the leader runs.
-const LEADER_SWITCHES: [&str; 2] = ["tessera.index_apply", "tessera.compaction"];
-
 /// Whether `text` (an option's name, or a RESET of one) names one of
-/// [`LEADER_SWITCHES`], quoted or not.
+/// the switches of background work, which only the leader runs
+/// ([`super::switches::SWITCHES`]), quoted or not.
 fn is_leader_switch(text: &str) -> bool {
     let plain: String = text
         .chars()
         .filter(|c| !matches!(c, '"' | '`' | '\''))
         .collect::<String>()
         .to_ascii_lowercase();
-    LEADER_SWITCHES.iter().any(|s| plain.contains(s))
+    super::switches::SWITCHES
+        .iter()
+        .any(|s| plain.contains(&format!("tessera.{s}")))
 }
 
 pub(super) fn route(statement: &Statement) -> Route {

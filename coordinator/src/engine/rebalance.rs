@@ -1,7 +1,6 @@
 //! `EXPLAIN REBALANCE [t]`, `REBALANCE APPLY [t]`, `SHOW REBALANCE` and
 //! `REBALANCE CANCEL` (see [`crate::rebalance`]).
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{ArrayRef, Float64Array, StringArray, UInt32Array, UInt64Array};
@@ -9,8 +8,7 @@ use datafusion::common::Result;
 
 use super::ddl::ready_with_nulls;
 use super::{Coordinator, Planned};
-use crate::membership::WorkerState;
-use crate::rebalance::{Plan, Role};
+use crate::rebalance::Plan;
 
 /// The copy rate a plan's time estimate assumes, bytes a second.
 const ESTIMATED_RATE: f64 = 100e6;
@@ -18,22 +16,6 @@ const ESTIMATED_RATE: f64 = 100e6;
 const STEP_OVERHEAD_S: f64 = 0.5;
 
 impl Coordinator {
-    /// What each worker is to the planner: up and active ones take copies,
-    /// draining and decommissioned ones give theirs away, down ones are
-    /// left as they are.
-    fn roles(&self) -> Result<BTreeMap<String, Role>> {
-        let mut roles = BTreeMap::new();
-        for id in self.catalog.members()?.keys() {
-            let role = match self.catalog.membership().state(id)? {
-                WorkerState::Up | WorkerState::Suspect => Role::Eligible,
-                WorkerState::Draining | WorkerState::Decommissioned => Role::Drain,
-                WorkerState::Down => Role::Down,
-            };
-            roles.insert(id.clone(), role);
-        }
-        Ok(roles)
-    }
-
     fn rebalance_plan(&self, table: Option<&str>) -> Result<Plan> {
         if let Some(t) = table
             && self.catalog.table_def(t)?.is_none()
@@ -42,7 +24,7 @@ impl Coordinator {
         }
         Ok(crate::rebalance::plan(
             &self.catalog.state()?,
-            &self.roles()?,
+            &crate::rebalance::roles(&self.catalog)?,
             table,
         ))
     }

@@ -67,6 +67,20 @@ pub struct RebalanceLog {
 }
 
 impl RebalanceLog {
+    /// Whether a rebalance is running.
+    pub fn is_running(&self) -> bool {
+        self.running.load(Ordering::SeqCst)
+    }
+
+    /// Whether the last rebalance, finished, left a step failed.
+    pub fn last_failed(&self) -> bool {
+        !self.is_running()
+            && self
+                .steps
+                .lock()
+                .is_ok_and(|steps| steps.iter().any(|r| matches!(r.state, State::Failed(_))))
+    }
+
     /// Stops the running rebalance after its running step; whether one ran.
     pub fn cancel(&self) -> bool {
         let running = self.running.load(Ordering::SeqCst);
