@@ -21,98 +21,17 @@ temporary directory.
 
 import os
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
 
 import adbc_driver_flightsql.dbapi as flightsql
+from procs import Cluster, rows, wait_for
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROWS = int(sys.argv[1]) if len(sys.argv) > 1 else 4_000_000
 BIN = sys.argv[2] if len(sys.argv) > 2 else os.path.expanduser(
     "~/.cache/tessera-target/release/tessera")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(host: str, port: int, proc: subprocess.Popen) -> None:
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"{proc.args} exited with {proc.returncode}")
-        try:
-            with socket.create_connection((host, port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"nothing listens on {host}:{port}")
-
-
-class Cluster:
-    def __init__(self, root: str):
-        self.root = root
-        self.port = free_port()
-        self.address = f"127.0.0.1:{self.port}"
-        with open(os.path.join(root, "secret"), "w") as f:
-            f.write(os.urandom(16).hex() + "\n")
-        self.log = open(os.path.join(root, "coordinator.log"), "wb")
-        self.coordinator = subprocess.Popen(
-            [BIN, "coordinator", "--insecure", "--listen", self.address, "--worker-lease", "2",
-             "--data-dir", os.path.join(root, "coordinator"),
-             "--cluster-secret-file", os.path.join(root, "secret")],
-            stdout=self.log, stderr=subprocess.STDOUT)
-        wait_port("127.0.0.1", self.port, self.coordinator)
-        self.workers = {}
-        self.ports = {}
-        for name, host in (("w2", "127.0.0.2"), ("w3", "127.0.0.3"), ("w4", "127.0.0.4")):
-            self.start(name, host)
-
-    def start(self, name: str, host: str | None = None) -> None:
-        host = host or {"w2": "127.0.0.2", "w3": "127.0.0.3", "w4": "127.0.0.4"}[name]
-        port = free_port()
-        log = open(os.path.join(self.root, f"{name}.log"), "ab")
-        proc = subprocess.Popen(
-            [BIN, "worker", "--join", self.address, "--listen", f"{host}:{port}",
-             "--data-dir", os.path.join(self.root, name),
-             "--cluster-secret-file", os.path.join(self.root, "secret")],
-            stdout=log, stderr=subprocess.STDOUT)
-        wait_port(host, port, proc)
-        self.workers[name] = proc
-        self.ports[name] = port
-
-    def kill(self, name: str) -> None:
-        self.workers[name].send_signal(signal.SIGKILL)
-        self.workers[name].wait()
-
-    def stop(self) -> None:
-        for p in [*self.workers.values(), self.coordinator]:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-                try:
-                    p.wait(30)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-
-
-def rows(cur, sql):
-    cur.execute(sql)
-    return cur.fetch_arrow_table().to_pylist()
-
-
-def wait_for(check, timeout=120):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if check():
-            return
-        time.sleep(0.02)
-    raise SystemExit("timed out")
 
 
 INSERT = ("INSERT INTO {t} SELECT value AS id, value * 7 AS a, value % 1000 AS b, "
@@ -202,7 +121,7 @@ def main() -> None:
     if not os.path.exists(BIN):
         raise SystemExit(f"no binary at {BIN}: cargo build --release")
     root = tempfile.mkdtemp(prefix="tessera-bench-replicas-")
-    cluster = Cluster(root)
+    cluster = Cluster(root, BIN)
     try:
         with flightsql.connect(f"grpc://{cluster.address}") as conn, conn.cursor() as cur:
             wait_for(lambda: len([w for w in rows(cur, "SHOW WORKERS") if w["state"] == "up"])

@@ -63,9 +63,11 @@ pub struct ColocateJoins {
 }
 
 /// What a rewrite needs from the session.
-struct Settings {
+struct Settings<'a> {
     broadcast_threshold: u64,
     target_partitions: usize,
+    /// The config the query was planned in: its partition map.
+    config: &'a ConfigOptions,
 }
 
 impl ColocateJoins {
@@ -111,7 +113,7 @@ impl ColocateJoins {
             Some(partitioned) => partitioned,
             None => plan,
         };
-        let colocated = match self.colocate(&plan)? {
+        let colocated = match self.colocate(&plan, settings.config)? {
             Some(joined) => Some(joined),
             None => self.local_aggregate(&plan)?,
         };
@@ -128,7 +130,11 @@ impl ColocateJoins {
 
     /// The join with both sides' scans paired partition by partition, or
     /// `None` if the two tables are not co-located on the join keys.
-    fn colocate(&self, plan: &Arc<dyn ExecutionPlan>) -> Result<Option<Arc<dyn ExecutionPlan>>> {
+    fn colocate(
+        &self,
+        plan: &Arc<dyn ExecutionPlan>,
+        config: &ConfigOptions,
+    ) -> Result<Option<Arc<dyn ExecutionPlan>>> {
         let Some(join) = plan.downcast_ref::<HashJoinExec>() else {
             return Ok(None);
         };
@@ -215,15 +221,15 @@ impl ColocateJoins {
         }
         // Partition i of both tables read from the same worker (with
         // replicas: the copy each side would read, which is in sync).
-        let lplace = self.catalog.placements(&ldef.name)?;
-        let rplace = self.catalog.placements(&rdef.name)?;
+        let lplace = crate::query_map::placements(config, &self.catalog, &ldef.name)?;
+        let rplace = crate::query_map::placements(config, &self.catalog, &rdef.name)?;
         if lplace.len() != rplace.len() || lplace.iter().zip(&rplace).any(|(a, b)| a.id != b.id) {
             return Ok(None);
         }
         let all: Vec<u32> = lplace.iter().map(|p| p.id).collect();
         let (Ok(lread), Ok(rread)) = (
-            self.catalog.scan_parts(&ldef.name, &all),
-            self.catalog.scan_parts(&rdef.name, &all),
+            self.catalog.scan_parts_at(&ldef.name, &lplace, &all),
+            self.catalog.scan_parts_at(&rdef.name, &rplace, &all),
         ) else {
             return Ok(None);
         };
@@ -675,6 +681,7 @@ impl PhysicalOptimizerRule for ColocateJoins {
                     o.broadcast_threshold_bytes
                 }),
             target_partitions: config.execution.target_partitions,
+            config,
         };
         self.rewrite(plan, false, &settings)
     }

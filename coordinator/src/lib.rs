@@ -31,6 +31,7 @@ mod metastore;
 mod options;
 mod panic_guard;
 mod query_log;
+mod query_map;
 mod rebalance;
 mod retry;
 mod schema;

@@ -51,6 +51,9 @@ pub async fn session_at_snapshot(base: SessionState, catalog: &Catalog) -> Resul
         snapshot,
         _hold: hold,
     }));
+    // The partition map every scan of the statement reads, taken once.
+    let map = catalog.map_now()?;
+    state.config_mut().options_mut().extensions.insert(map);
     Ok(state)
 }
 

@@ -80,7 +80,11 @@ impl TableProvider for TesseraTable {
             kept = data;
             read
         });
-        let parts = self.catalog.scan_parts(&self.def.name, &kept)?;
+        let placements =
+            crate::query_map::placements(state.config_options(), &self.catalog, &self.def.name)?;
+        let parts = self
+            .catalog
+            .scan_parts_at(&self.def.name, &placements, &kept)?;
         let df_schema = DFSchema::try_from(Arc::clone(&self.schema))?;
         let predicate = conjunction(filters.to_vec())
             .map(|e| state.create_physical_expr(e, &df_schema))

@@ -50,6 +50,16 @@ pub fn owner_of<'a>(state: &'a CatalogState, map_key: &str) -> Option<&'a TableD
 }
 
 impl Catalog {
+    /// Every partition map entry as it is now, and the metastore revision
+    /// it is at: what one query plans against.
+    pub fn map_now(&self) -> Result<crate::query_map::QueryMap> {
+        let state = self.state.lock().map_err(|_| poisoned())?;
+        Ok(crate::query_map::QueryMap::new(
+            self.revision(),
+            state.map.tables.clone(),
+        ))
+    }
+
     /// The placement of a table's partitions.
     pub fn placements(&self, table: &str) -> Result<Vec<PartitionPlacement>> {
         let state = self.state.lock().map_err(|_| poisoned())?;
@@ -67,7 +77,18 @@ impl Catalog {
     /// partitions at once, so partition i is read from the same copy
     /// whichever partitions a query keeps (co-located joins rely on it).
     pub fn scan_parts(&self, table: &str, partitions: &[u32]) -> Result<Vec<ScanPart>> {
-        let mut chosen = self.read_copies(table)?;
+        self.scan_parts_at(table, &self.placements(table)?, partitions)
+    }
+
+    /// [`Catalog::scan_parts`] with the table's partitions placed as
+    /// `placements` say (a query's map, see [`crate::query_map`]).
+    pub fn scan_parts_at(
+        &self,
+        table: &str,
+        placements: &[PartitionPlacement],
+        partitions: &[u32],
+    ) -> Result<Vec<ScanPart>> {
+        let mut chosen = self.read_copies_at(table, placements)?;
         let mut out = Vec::with_capacity(partitions.len());
         for p in partitions {
             match chosen.get(*p as usize) {
@@ -83,7 +104,16 @@ impl Catalog {
     /// The copy each partition of `table` is read from (see
     /// [`Catalog::scan_parts`]), or why none can be, in partition order.
     pub fn read_copies(&self, table: &str) -> Result<Vec<Result<ScanPart>>> {
-        let placements = self.placements(table)?;
+        self.read_copies_at(table, &self.placements(table)?)
+    }
+
+    /// [`Catalog::read_copies`] with the partitions placed as `placements`
+    /// say.
+    pub fn read_copies_at(
+        &self,
+        table: &str,
+        placements: &[PartitionPlacement],
+    ) -> Result<Vec<Result<ScanPart>>> {
         let members = self.members()?;
         let mut reads: BTreeMap<String, usize> = BTreeMap::new();
         let mut chosen: Vec<Result<ScanPart>> = Vec::with_capacity(placements.len());

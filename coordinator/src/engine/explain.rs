@@ -37,6 +37,12 @@ impl Coordinator {
             .get_extension::<crate::snapshot::QuerySnapshot>()
             .map(|q| q.snapshot.to_string())
             .unwrap_or_default();
+        let map = task_ctx
+            .session_config()
+            .options()
+            .extensions
+            .get::<crate::query_map::QueryMap>()
+            .map_or(0, |m| m.revision());
         let plan = df.create_physical_plan().await?;
         let members = Arc::new(self.catalog.members()?);
         let started = std::time::Instant::now();
@@ -52,7 +58,7 @@ impl Coordinator {
                 .await?;
         let text = display_plan_ascii(plan.as_ref(), true);
         let mut summary = format!(
-            "{}\nSnapshot: {snapshot}",
+            "{}\nSnapshot: {snapshot}; partition map at catalog revision {map}",
             crate::stages::summary(&plan, rows, elapsed)
         );
         let run = crate::query_log::current_caller().run;

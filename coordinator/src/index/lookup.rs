@@ -205,7 +205,9 @@ pub async fn plan_index_read(
                 // entries count when the query's snapshot sees their row.
                 snapshot: Some(Arc::new(catalog.current_snapshot().await?)),
             };
-            let parts = catalog.scan_parts(&def.map_key(), &ips)?;
+            let key = def.map_key();
+            let placements = crate::query_map::placements(state.config_options(), catalog, &key)?;
+            let parts = catalog.scan_parts_at(&key, &placements, &ips)?;
             let entries = collect_scan(spec, parts).await?;
             let mut rows = locate(&entries)?;
             let kept_set: BTreeSet<u32> = kept.iter().copied().collect();
