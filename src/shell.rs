@@ -1,16 +1,29 @@
-//! `tessera shell`: an interactive SQL prompt with history, multi-line
-//! statements ending in `;`, aligned results, row counts and timings.
+//! `tessera shell`: an interactive SQL prompt. Statements end where the
+//! SQL lexer finds a `;` (not one inside a string or a comment) and may
+//! span lines; each goes into the history file as it runs. Results are
+//! aligned tables of at most `.maxrows` rows cut to the terminal's width,
+//! or records, CSV, JSON or Markdown; `\` and `.` commands list tables,
+//! describe them, switch the display, read scripts and write results to
+//! files (see `\help`).
 
-use std::time::{Duration, Instant};
+mod display;
+mod helper;
+mod progress;
 
-use indicatif::{ProgressBar, ProgressStyle};
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
-use rustyline::DefaultEditor;
 use rustyline::error::ReadlineError;
+use rustyline::history::DefaultHistory;
+use rustyline::{Config, Editor};
 use tessera_sql::split_statements;
 
 use crate::client::{Client, QueryResult};
 use crate::output::{Format, write_result};
+use display::{Display, Mode};
+use helper::{Names, ShellHelper};
+use progress::{Watch, building, compacting, copies_in_sync, follow_rebalance, with_progress};
 
 const HELP: &str = "\
 Statements end with ';' and may span lines.
@@ -26,12 +39,50 @@ Statements end with ';' and may span lines.
   CREATE INDEX i ON t (c) LOCAL | GLOBAL [SYNC | ASYNC] [PARTITIONS n];
   SHOW INDEXES [ON t];              kind, entries, state, ASYNC lag
   COMPACT TABLE t;                  merge small files now (tessera.compactions lists merges)
-Commands: \\help  this text    \\q  quit";
+Commands:
+  \\dt  .tables                      tables
+  \\d t  .schema t                   columns of t
+  \\di [t]                          indexes (of t)
+  \\dw                              workers
+  \\x  .mode line                    one record per block (\\x again: back to the table)
+  .mode table|line|csv|json|markdown how results are shown
+  .maxrows N                        rows shown at most (first and last; 0: all) [40]
+  .maxwidth N                       width tables are cut to (0: no limit) [the terminal's]
+  \\timing  .timer on|off             row counts and times after each statement
+  \\i FILE  .read FILE               run the statements of FILE
+  \\o [FILE]  .output [FILE]         results into FILE (none: back to the screen)
+  \\help  this text    \\q  quit";
 
-/// Runs each statement of `sql`, printing results; stops at the first error.
+/// Where an interactive session's results go and how they look.
+struct Session {
+    display: Display,
+    /// `\o FILE`: results go there instead of the screen.
+    output: Option<std::fs::File>,
+}
+
+impl Session {
+    fn show(&mut self, result: &QueryResult) -> Result<(), String> {
+        match &mut self.output {
+            Some(file) => self.display.show(file, result),
+            None => self.display.show(&mut std::io::stdout().lock(), result),
+        }
+    }
+}
+
+/// Runs each statement of `sql`, printing results; stops at the first
+/// error. Without a session (`tessera shell -c`), results are plain
+/// aligned tables.
 pub async fn run_statements(client: &mut Client, sql: &str, timing: bool) -> Result<(), String> {
+    run_in(client, sql, timing, None).await
+}
+
+async fn run_in(
+    client: &mut Client,
+    sql: &str,
+    timing: bool,
+    mut session: Option<&mut Session>,
+) -> Result<(), String> {
     let statements = split_statements(sql).map_err(|e| e.to_string())?;
-    let stdout = std::io::stdout();
     for s in statements {
         let start = Instant::now();
         let result = match tessera_sql::parse_statement(&s.sql) {
@@ -68,14 +119,19 @@ pub async fn run_statements(client: &mut Client, sql: &str, timing: bool) -> Res
             }
             Ok(tessera_sql::Statement::RebalanceApply { .. }) => {
                 let plan = client.query(&s.sql).await?;
-                write_result(&mut stdout.lock(), &plan, Format::Table)?;
+                match session.as_deref_mut() {
+                    Some(session) => session.show(&plan)?,
+                    None => write_result(&mut std::io::stdout().lock(), &plan, Format::Table)?,
+                }
                 follow_rebalance(client).await?;
                 client.query("SHOW REBALANCE").await?
             }
             _ => client.query(&s.sql).await?,
         };
-        let mut out = stdout.lock();
-        write_result(&mut out, &result, Format::Table)?;
+        match session.as_deref_mut() {
+            Some(session) => session.show(&result)?,
+            None => write_result(&mut std::io::stdout().lock(), &result, Format::Table)?,
+        }
         if timing {
             let rows: usize = result.batches.iter().map(|b| b.num_rows()).sum();
             let noun = if rows == 1 { "row" } else { "rows" };
@@ -85,142 +141,97 @@ pub async fn run_statements(client: &mut Client, sql: &str, timing: bool) -> Res
     Ok(())
 }
 
-/// Reads (done, total) partitions off the result of a progress query.
-type ReadProgress = Box<dyn Fn(&[arrow::array::RecordBatch]) -> Option<(u32, u32)>>;
-
-/// What a long statement's progress is read from: a query on a second
-/// connection, and how to read its result.
-struct Watch {
-    label: String,
-    /// What is counted.
-    unit: &'static str,
-    poll: String,
-    progress: ReadProgress,
+/// What a `\` or `.` command line asks for.
+enum Command {
+    Quit,
+    Help,
+    /// Run this SQL.
+    Sql(String),
+    Timing(Option<bool>),
+    Expanded(Option<bool>),
+    Mode(Mode),
+    MaxRows(usize),
+    MaxWidth(u16),
+    Read(String),
+    Output(Option<String>),
 }
 
-/// Runs a statement, showing its progress (partitions done) as `watch`
-/// reads it every 200 ms on a second connection.
-async fn with_progress(
-    client: &mut Client,
-    sql: &str,
-    watch: Watch,
-) -> Result<QueryResult, String> {
-    let mut watcher = client.reconnect().await.ok();
-    let template = format!(
-        "{{msg}} [{{bar:30}}] {{pos}}/{{len}} {} {{elapsed}}",
-        watch.unit
-    );
-    let bar = ProgressBar::new(0).with_style(
-        ProgressStyle::with_template(&template).unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    bar.set_message(watch.label);
-    let show = watch.poll;
-    let query = client.query(sql);
-    tokio::pin!(query);
-    loop {
-        tokio::select! {
-            result = &mut query => {
-                bar.finish_and_clear();
-                return result;
-            }
-            _ = tokio::time::sleep(Duration::from_millis(200)) => {
-                let Some(w) = watcher.as_mut() else { continue };
-                let Ok(shown) = w.query(&show).await else { continue };
-                if let Some((done, total)) = (watch.progress)(&shown.batches) {
-                    bar.set_length(u64::from(total));
-                    bar.set_position(u64::from(done));
-                }
-            }
-        }
+/// `on`, `off`, or nothing (toggle).
+fn switch(arg: &str) -> Result<Option<bool>, String> {
+    match arg.to_ascii_lowercase().as_str() {
+        "" => Ok(None),
+        "on" | "true" | "1" => Ok(Some(true)),
+        "off" | "false" | "0" => Ok(Some(false)),
+        other => Err(format!("'{other}': say on or off")),
     }
 }
 
-/// `(done, total)` of an index's backfill in `SHOW INDEXES` output.
-fn building(batches: &[arrow::array::RecordBatch], index: &str) -> Option<(u32, u32)> {
-    use arrow::array::{Array, AsArray};
-    for b in batches {
-        let names = b.column_by_name("index_name")?.as_string::<i32>();
-        let states = b.column_by_name("state")?.as_string::<i32>();
-        for i in 0..names.len() {
-            if names.value(i) == index {
-                let (done, total) = states.value(i).strip_prefix("building ")?.split_once('/')?;
-                return Some((done.parse().ok()?, total.parse().ok()?));
-            }
-        }
-    }
-    None
+/// Reads a command line (`\dt`, `.mode csv`, ...).
+fn command(line: &str) -> Result<Command, String> {
+    let line = line.trim().trim_end_matches(';').trim();
+    let (name, arg) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
+    let arg = arg.trim();
+    let number = |what: &str| {
+        arg.parse::<usize>()
+            .map_err(|_| format!("{name} takes a number of {what}: {name} 40"))
+    };
+    Ok(match name {
+        "\\q" | "quit" | "exit" | ".quit" | ".exit" => Command::Quit,
+        "\\help" | "\\h" | "\\?" | "help" | ".help" => Command::Help,
+        "\\dt" | ".tables" => Command::Sql("SHOW TABLES".into()),
+        "\\d" | ".schema" if arg.is_empty() => Command::Sql("SHOW TABLES".into()),
+        "\\d" | ".schema" => Command::Sql(format!("DESCRIBE {arg}")),
+        "\\di" | ".indexes" if arg.is_empty() => Command::Sql("SHOW INDEXES".into()),
+        "\\di" | ".indexes" => Command::Sql(format!("SHOW INDEXES ON {arg}")),
+        "\\dw" | ".workers" => Command::Sql("SHOW WORKERS".into()),
+        "\\timing" | ".timer" => Command::Timing(switch(arg)?),
+        "\\x" => Command::Expanded(switch(arg)?),
+        ".mode" => Command::Mode(Mode::parse(arg).ok_or_else(|| {
+            format!("'{arg}' is not a mode: .mode table, line, csv, json or markdown")
+        })?),
+        ".maxrows" => Command::MaxRows(number("rows")?),
+        ".maxwidth" => Command::MaxWidth(
+            u16::try_from(number("characters")?).map_err(|_| "at most 65535".to_string())?,
+        ),
+        "\\i" | ".read" if !arg.is_empty() => Command::Read(arg.to_string()),
+        "\\o" | ".output" => Command::Output((!arg.is_empty()).then(|| arg.to_string())),
+        _ => return Err(format!("unknown command '{name}'; \\help lists them")),
+    })
 }
 
-/// `(done, total)` partitions of a running `COMPACT TABLE` in
-/// `tessera.compactions`.
-fn compacting(batches: &[arrow::array::RecordBatch]) -> Option<(u32, u32)> {
+/// Asks the server for its tables' and columns' names (for Tab).
+async fn refresh_names(client: &mut Client, names: &Mutex<Names>) {
+    let Ok(result) = client
+        .query(
+            "SELECT table_name, column_name FROM information_schema.columns \
+             WHERE table_schema = 'public'",
+        )
+        .await
+    else {
+        return;
+    };
     use arrow::array::AsArray;
-    use arrow::datatypes::UInt32Type;
-    let b = batches.iter().find(|b| b.num_rows() > 0)?;
-    let done = b.column(0).as_primitive_opt::<UInt32Type>()?.value(0);
-    let total = b.column(1).as_primitive_opt::<UInt32Type>()?.value(0);
-    Some((done, total))
-}
-
-/// Shows a running rebalance's steps as they finish (`SHOW REBALANCE`
-/// every 200 ms) until none is left to run; Ctrl-C stops watching, not
-/// the rebalance.
-async fn follow_rebalance(client: &mut Client) -> Result<(), String> {
-    let bar = ProgressBar::new(0).with_style(
-        ProgressStyle::with_template("rebalance [{bar:30}] {pos}/{len} steps {msg} {elapsed}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    loop {
-        let shown = client.query("SHOW REBALANCE").await?;
-        let Some((done, total, copied)) = rebalance_progress(&shown.batches) else {
-            break;
+    let mut tables = vec![];
+    let mut columns = vec![];
+    for b in &result.batches {
+        let (Some(t), Some(c)) = (
+            b.column(0).as_string_opt::<i32>(),
+            b.column(1).as_string_opt::<i32>(),
+        ) else {
+            continue;
         };
-        bar.set_length(total);
-        bar.set_position(done);
-        bar.set_message(format!("{:.1} MB copied", copied as f64 / 1e6));
-        if done == total {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    bar.finish_and_clear();
-    Ok(())
-}
-
-/// `(finished, all, bytes copied)` steps in `SHOW REBALANCE` output.
-fn rebalance_progress(batches: &[arrow::array::RecordBatch]) -> Option<(u64, u64, u64)> {
-    use arrow::array::{Array, AsArray};
-    use arrow::datatypes::UInt64Type;
-    let (mut done, mut total, mut copied) = (0, 0, 0);
-    for b in batches {
-        let states = b.column_by_name("state")?.as_string_opt::<i32>()?;
-        let bytes = b
-            .column_by_name("bytes_copied")?
-            .as_primitive_opt::<UInt64Type>()?;
-        for i in 0..states.len() {
-            total += 1;
-            done += u64::from(!matches!(states.value(i), "pending" | "running"));
-            copied += bytes.value(i);
+        for i in 0..b.num_rows() {
+            tables.push(t.value(i).to_string());
+            columns.push(c.value(i).to_string());
         }
     }
-    Some((done, total, copied))
-}
-
-/// `(in sync, all)` copies of a table's partitions in `SHOW PARTITIONS`
-/// output (its `states` column: `worker state, ...`).
-fn copies_in_sync(batches: &[arrow::array::RecordBatch]) -> Option<(u32, u32)> {
-    use arrow::array::{Array, AsArray};
-    let (mut done, mut total) = (0, 0);
-    for b in batches {
-        let states = b.column_by_name("states")?.as_string_opt::<i32>()?;
-        for i in 0..states.len() {
-            for copy in states.value(i).split(", ") {
-                total += 1;
-                done += u32::from(copy.ends_with(" in_sync"));
-            }
-        }
+    for v in [&mut tables, &mut columns] {
+        v.sort();
+        v.dedup();
     }
-    Some((done, total))
+    if let Ok(mut n) = names.lock() {
+        *n = Names { tables, columns };
+    }
 }
 
 fn history_path() -> Option<std::path::PathBuf> {
@@ -228,80 +239,172 @@ fn history_path() -> Option<std::path::PathBuf> {
 }
 
 pub async fn interactive(mut client: Client, addr: &str) -> Result<(), String> {
-    let mut editor = DefaultEditor::new().map_err(|e| e.to_string())?;
-    if let Some(p) = history_path() {
-        let _ = editor.load_history(&p);
+    let names = Arc::new(Mutex::new(Names::default()));
+    let config = Config::builder()
+        .auto_add_history(false)
+        .completion_type(rustyline::CompletionType::List)
+        .build();
+    let mut editor: Editor<ShellHelper, DefaultHistory> =
+        Editor::with_config(config).map_err(|e| e.to_string())?;
+    editor.set_helper(Some(ShellHelper::new(Arc::clone(&names))));
+    let history = history_path();
+    if let Some(p) = &history {
+        let _ = editor.load_history(p);
     }
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let mut session = Session {
+        display: Display {
+            color: tty && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+            ..Display::default()
+        },
+        output: None,
+    };
+    refresh_names(&mut client, &names).await;
     println!("Connected to Tessera at {addr}. Type \\help for help, \\q to quit.");
-    let mut buffer = String::new();
     loop {
-        let prompt = if buffer.is_empty() {
-            "tessera> "
-        } else {
-            "     ...> "
-        };
-        match editor.readline(prompt) {
-            Ok(line) => {
-                let trimmed = line.trim();
-                if buffer.is_empty() {
-                    match trimmed {
-                        "\\q" | "quit" | "exit" => break,
-                        "\\help" | "\\h" | "\\?" | "help" => {
-                            println!("{HELP}");
-                            continue;
-                        }
-                        "" => continue,
-                        _ => {}
-                    }
-                }
-                buffer.push_str(&line);
-                buffer.push('\n');
-                if trimmed.ends_with(';') {
-                    // Passwords of user statements stay out of the history file.
-                    let _ = editor.add_history_entry(tessera_sql::redact(buffer.trim()));
-                    // Ctrl-C while a statement runs drops its result
-                    // stream: the server cancels the query's tasks on
-                    // every worker, and the shell stays open.
-                    tokio::select! {
-                        result = run_statements(&mut client, &buffer, true) => {
-                            if let Err(e) = result {
-                                eprintln!("Error: {e}");
-                            }
-                        }
-                        _ = tokio::signal::ctrl_c() => {
-                            eprintln!("Cancelled.");
-                        }
-                    }
-                    buffer.clear();
-                }
-            }
-            Err(ReadlineError::Interrupted) => {
-                buffer.clear();
-            }
+        let input = match editor.readline("tessera> ") {
+            Ok(input) => input,
+            Err(ReadlineError::Interrupted) => continue,
             Err(ReadlineError::Eof) => break,
             Err(e) => return Err(e.to_string()),
+        };
+        let text = input.trim();
+        if text.is_empty() {
+            continue;
         }
-    }
-    if let Some(p) = history_path() {
-        let _ = editor.save_history(&p);
+        // Each statement goes into the history file as it runs (passwords
+        // of user statements left out).
+        let _ = editor.add_history_entry(tessera_sql::redact(text));
+        if let Some(p) = &history {
+            let _ = editor.append_history(p);
+        }
+        let is_command = text.starts_with('\\')
+            || text.starts_with('.')
+            || matches!(text, "quit" | "exit" | "help");
+        let sql = if is_command {
+            match command(text) {
+                Ok(Command::Quit) => break,
+                Ok(Command::Help) => {
+                    println!("{HELP}");
+                    continue;
+                }
+                Ok(Command::Sql(sql)) => sql,
+                Ok(Command::Read(path)) => match std::fs::read_to_string(&path) {
+                    Ok(script) => script,
+                    Err(e) => {
+                        report(&session, &format!("cannot read {path}: {e}"));
+                        continue;
+                    }
+                },
+                Ok(other) => {
+                    if let Err(e) = set(&mut session, other) {
+                        report(&session, &e);
+                    }
+                    continue;
+                }
+                Err(e) => {
+                    report(&session, &e);
+                    continue;
+                }
+            }
+        } else {
+            text.to_string()
+        };
+        let changes_names = {
+            let upper = sql.trim_start().to_ascii_uppercase();
+            ["CREATE", "DROP", "ALTER"]
+                .iter()
+                .any(|w| upper.starts_with(w))
+        };
+        let timing = session.display.timing;
+        // Ctrl-C while a statement runs drops its result stream: the
+        // server cancels the query's tasks on every worker, and the shell
+        // stays open.
+        tokio::select! {
+            result = run_in(&mut client, &sql, timing, Some(&mut session)) => {
+                if let Err(e) = result {
+                    report(&session, &e);
+                    if let Some(caret) = caret(&sql, &e) {
+                        eprintln!("{caret}");
+                    }
+                }
+            }
+            _ = tokio::signal::ctrl_c() => {
+                eprintln!("Cancelled.");
+            }
+        }
+        if changes_names {
+            refresh_names(&mut client, &names).await;
+        }
     }
     Ok(())
 }
 
+/// Applies a display command.
+fn set(session: &mut Session, command: Command) -> Result<(), String> {
+    let display = &mut session.display;
+    match command {
+        Command::Timing(on) => {
+            display.timing = on.unwrap_or(!display.timing);
+            println!("Timing is {}.", if display.timing { "on" } else { "off" });
+        }
+        Command::Expanded(on) => {
+            let line = on.unwrap_or(display.mode != Mode::Line);
+            display.mode = if line { Mode::Line } else { Mode::Table };
+            println!("Expanded display is {}.", if line { "on" } else { "off" });
+        }
+        Command::Mode(mode) => display.mode = mode,
+        Command::MaxRows(n) => display.max_rows = n,
+        Command::MaxWidth(w) => display.max_width = Some(w),
+        Command::Output(None) => session.output = None,
+        Command::Output(Some(path)) => {
+            let file =
+                std::fs::File::create(&path).map_err(|e| format!("cannot write {path}: {e}"))?;
+            session.output = Some(file);
+        }
+        Command::Quit | Command::Help | Command::Sql(_) | Command::Read(_) => {}
+    }
+    Ok(())
+}
+
+/// Where in `sql` an error's `Line: n, Column: m` points, as psql shows
+/// it: the line, and a caret under the column.
+fn caret(sql: &str, error: &str) -> Option<String> {
+    let at = error.rfind("Line: ")?;
+    let (line, rest) = error[at + 6..].split_once(", Column: ")?;
+    let line: usize = line.trim().parse().ok()?;
+    let column: usize = rest
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .ok()?;
+    let text = sql.lines().nth(line.checked_sub(1)?)?;
+    let prefix = format!("LINE {line}: ");
+    let pad = prefix.chars().count() + text.chars().take(column.saturating_sub(1)).count();
+    Some(format!("{prefix}{text}\n{}^", " ".repeat(pad)))
+}
+
+/// Prints an error (in red on a terminal that takes colours).
+fn report(session: &Session, error: &str) {
+    let mut err = std::io::stderr().lock();
+    let _ = if session.display.color {
+        writeln!(err, "\x1b[1;31mError:\x1b[0m {error}")
+    } else {
+        writeln!(err, "Error: {error}")
+    };
+}
+
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
-    use arrow::array::{RecordBatch, StringArray};
-
     #[test]
-    fn copies_in_sync_counts_each_copy() {
-        let states = StringArray::from(vec![
-            "w1 in_sync, w2 catching_up",
-            "w2 in_sync, w3 in_sync",
-            "w3 down, w1 in_sync",
-        ]);
-        let b = RecordBatch::try_from_iter([("states", Arc::new(states) as _)]).unwrap();
-        assert_eq!(super::copies_in_sync(&[b]), Some((4, 6)));
+    fn a_caret_under_the_column() {
+        let error = "sql parser error: Expected: an SQL statement, found: SELEC at Line: 2, \
+                     Column: 3";
+        assert_eq!(
+            super::caret("-- x\n  SELEC 1;", error).unwrap(),
+            "LINE 2:   SELEC 1;\n          ^"
+        );
+        assert!(super::caret("SELECT 1", "no position").is_none());
     }
 }

@@ -32,7 +32,7 @@ use index::parse_create_index;
 pub use partition::PartitionSpec;
 use partition::parse_partition_clause;
 use rebalance::parse_rebalance_statement;
-pub use script::{ScriptStatement, split_statements};
+pub use script::{ScriptStatement, ends_statement, split_statements};
 use users::parse_user_statement;
 pub use users::{UserRole, redact};
 

@@ -44,9 +44,52 @@ pub fn split_statements(script: &str) -> Result<Vec<ScriptStatement>> {
     Ok(out)
 }
 
+/// Whether `text` is one or more whole statements: its last token other
+/// than whitespace and comments is a `;` (one inside a string literal,
+/// a quoted name or a comment does not count). Text the lexer stops at
+/// for want of more (an open string or comment) is not whole; text it
+/// refuses otherwise is, so that the server says what is wrong with it.
+pub fn ends_statement(text: &str) -> bool {
+    match tokenize(text) {
+        Ok(tokens) => tokens
+            .iter()
+            .rev()
+            .find(|t| !super::is_blank(&t.token))
+            .is_some_and(|t| t.token == Token::SemiColon),
+        Err(e) => {
+            let e = e.to_string();
+            !(e.contains("Unterminated") || e.contains("EOF"))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn statements_end_where_the_lexer_says() {
+        for whole in [
+            "SELECT 1;",
+            "SELECT 1; -- note",
+            "SELECT 1 /* a; b */ ;\n",
+            "SELECT ';\n';",
+            "SELECT 1;\nSELECT 2;",
+        ] {
+            assert!(ends_statement(whole), "{whole}");
+        }
+        for open in [
+            "SELECT 1",
+            "SELECT 'a;",
+            "SELECT 'a;\n",
+            "SELECT 1 -- ;",
+            "SELECT 1 /* ; ",
+            "SELECT \"a;",
+            "",
+        ] {
+            assert!(!ends_statement(open), "{open}");
+        }
+    }
 
     #[test]
     fn splits_scripts_with_lines() {

@@ -1,0 +1,164 @@
+//! Progress of long statements in the shell: a second connection polls
+//! what the server reports while the statement runs.
+
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::client::{Client, QueryResult};
+
+/// Reads (done, total) partitions off the result of a progress query.
+pub(super) type ReadProgress = Box<dyn Fn(&[arrow::array::RecordBatch]) -> Option<(u32, u32)>>;
+
+/// What a long statement's progress is read from: a query on a second
+/// connection, and how to read its result.
+pub(super) struct Watch {
+    pub label: String,
+    /// What is counted.
+    pub unit: &'static str,
+    pub poll: String,
+    pub progress: ReadProgress,
+}
+
+/// Runs a statement, showing its progress (partitions done) as `watch`
+/// reads it every 200 ms on a second connection.
+pub(super) async fn with_progress(
+    client: &mut Client,
+    sql: &str,
+    watch: Watch,
+) -> Result<QueryResult, String> {
+    let mut watcher = client.reconnect().await.ok();
+    let template = format!(
+        "{{msg}} [{{bar:30}}] {{pos}}/{{len}} {} {{elapsed}}",
+        watch.unit
+    );
+    let bar = ProgressBar::new(0).with_style(
+        ProgressStyle::with_template(&template).unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.set_message(watch.label);
+    let show = watch.poll;
+    let query = client.query(sql);
+    tokio::pin!(query);
+    loop {
+        tokio::select! {
+            result = &mut query => {
+                bar.finish_and_clear();
+                return result;
+            }
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {
+                let Some(w) = watcher.as_mut() else { continue };
+                let Ok(shown) = w.query(&show).await else { continue };
+                if let Some((done, total)) = (watch.progress)(&shown.batches) {
+                    bar.set_length(u64::from(total));
+                    bar.set_position(u64::from(done));
+                }
+            }
+        }
+    }
+}
+
+/// `(done, total)` of an index's backfill in `SHOW INDEXES` output.
+pub(super) fn building(batches: &[arrow::array::RecordBatch], index: &str) -> Option<(u32, u32)> {
+    use arrow::array::{Array, AsArray};
+    for b in batches {
+        let names = b.column_by_name("index_name")?.as_string::<i32>();
+        let states = b.column_by_name("state")?.as_string::<i32>();
+        for i in 0..names.len() {
+            if names.value(i) == index {
+                let (done, total) = states.value(i).strip_prefix("building ")?.split_once('/')?;
+                return Some((done.parse().ok()?, total.parse().ok()?));
+            }
+        }
+    }
+    None
+}
+
+/// `(done, total)` partitions of a running `COMPACT TABLE` in
+/// `tessera.compactions`.
+pub(super) fn compacting(batches: &[arrow::array::RecordBatch]) -> Option<(u32, u32)> {
+    use arrow::array::AsArray;
+    use arrow::datatypes::UInt32Type;
+    let b = batches.iter().find(|b| b.num_rows() > 0)?;
+    let done = b.column(0).as_primitive_opt::<UInt32Type>()?.value(0);
+    let total = b.column(1).as_primitive_opt::<UInt32Type>()?.value(0);
+    Some((done, total))
+}
+
+/// Shows a running rebalance's steps as they finish (`SHOW REBALANCE`
+/// every 200 ms) until none is left to run; Ctrl-C stops watching, not
+/// the rebalance.
+pub(super) async fn follow_rebalance(client: &mut Client) -> Result<(), String> {
+    let bar = ProgressBar::new(0).with_style(
+        ProgressStyle::with_template("rebalance [{bar:30}] {pos}/{len} steps {msg} {elapsed}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    loop {
+        let shown = client.query("SHOW REBALANCE").await?;
+        let Some((done, total, copied)) = rebalance_progress(&shown.batches) else {
+            break;
+        };
+        bar.set_length(total);
+        bar.set_position(done);
+        bar.set_message(format!("{:.1} MB copied", copied as f64 / 1e6));
+        if done == total {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    bar.finish_and_clear();
+    Ok(())
+}
+
+/// `(finished, all, bytes copied)` steps in `SHOW REBALANCE` output.
+fn rebalance_progress(batches: &[arrow::array::RecordBatch]) -> Option<(u64, u64, u64)> {
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::UInt64Type;
+    let (mut done, mut total, mut copied) = (0, 0, 0);
+    for b in batches {
+        let states = b.column_by_name("state")?.as_string_opt::<i32>()?;
+        let bytes = b
+            .column_by_name("bytes_copied")?
+            .as_primitive_opt::<UInt64Type>()?;
+        for i in 0..states.len() {
+            total += 1;
+            done += u64::from(!matches!(states.value(i), "pending" | "running"));
+            copied += bytes.value(i);
+        }
+    }
+    Some((done, total, copied))
+}
+
+/// `(in sync, all)` copies of a table's partitions in `SHOW PARTITIONS`
+/// output (its `states` column: `worker state, ...`).
+pub(super) fn copies_in_sync(batches: &[arrow::array::RecordBatch]) -> Option<(u32, u32)> {
+    use arrow::array::{Array, AsArray};
+    let (mut done, mut total) = (0, 0);
+    for b in batches {
+        let states = b.column_by_name("states")?.as_string_opt::<i32>()?;
+        for i in 0..states.len() {
+            for copy in states.value(i).split(", ") {
+                total += 1;
+                done += u32::from(copy.ends_with(" in_sync"));
+            }
+        }
+    }
+    Some((done, total))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow::array::{RecordBatch, StringArray};
+
+    #[test]
+    fn copies_in_sync_counts_each_copy() {
+        let states = StringArray::from(vec![
+            "w1 in_sync, w2 catching_up",
+            "w2 in_sync, w3 in_sync",
+            "w3 down, w1 in_sync",
+        ]);
+        let b = RecordBatch::try_from_iter([("states", Arc::new(states) as _)]).unwrap();
+        assert_eq!(super::copies_in_sync(&[b]), Some((4, 6)));
+    }
+}

@@ -1,0 +1,94 @@
+"""`tessera shell` under a pseudo-terminal, as a person types into it: Tab
+completes a table and a column, `\\dt` and `\\d t` list and describe,
+long results show their first and last rows with a footer, `\\x` shows
+records, a statement with `;` inside a string spans lines and runs once
+it ends, a comment after the `;` does not hold it back, EXPLAIN prints
+the plan as text, and every statement is in the history file at once."""
+
+import os
+
+import pexpect
+import pytest
+from tessera_server import free_port, start_server, stop_server
+
+PROMPT = "tessera> "
+
+
+@pytest.fixture
+def shell(data_dir):
+    port = free_port()
+    proc = start_server(data_dir, port)
+    binary = os.environ.get("TESSERA_BIN", "target/debug/tessera")
+    env = dict(os.environ, HOME=str(data_dir), NO_COLOR="1", TERM="xterm")
+    child = pexpect.spawn(binary, ["shell", "--connect", f"127.0.0.1:{port}"], env=env,
+                          encoding="utf-8", timeout=60, dimensions=(50, 200))
+    child.expect_exact(PROMPT)
+    yield child
+    child.sendline("\\q")
+    child.expect(pexpect.EOF)
+    stop_server(proc)
+
+
+def run(child, line):
+    """Types `line` and Enter; the output up to the next prompt (the line
+    editor redraws the prompt while a line is typed: only one after the
+    Enter counts)."""
+    child.sendline(line)
+    child.expect_exact("\r\n")
+    child.expect_exact(PROMPT)
+    return child.before
+
+
+def test_the_shell_as_typed(shell, data_dir):
+    out = run(shell, "CREATE TABLE readings (sensor BIGINT, reading_value DOUBLE) "
+                     "PARTITION BY HASH (sensor) PARTITIONS 4;")
+    assert "Error" not in out, out
+    run(shell, "INSERT INTO readings SELECT value, value * 0.5 FROM range(1000);")
+
+    # Tab completes a table, then a column (names asked after the CREATE).
+    shell.send("SELECT count(*) FROM read\t")
+    shell.expect_exact("readings")
+    out = run(shell, " WHERE reading_v\t > 100;")
+    assert "799" in out, out
+
+    # \dt and \d t.
+    out = run(shell, "\\dt")
+    assert "readings" in out and "HASH" in out, out
+    out = run(shell, "\\d readings")
+    assert "reading_value" in out and "Float64" in out, out
+
+    # A long result: first and last rows, and how many there are.
+    out = run(shell, "SELECT sensor FROM readings ORDER BY sensor;")
+    assert "1000 rows (40 shown" in out, out
+    assert "│ 0 " in out.replace("  ", " ") or " 0 │" in out, out
+    assert "999" in out and "500" not in out, out
+    run(shell, ".maxrows 4")
+    out = run(shell, "SELECT sensor FROM readings ORDER BY sensor;")
+    assert "1000 rows (4 shown" in out and "│    998 │" in out, out
+    assert "│      2 │" not in out and "│    997 │" not in out, out
+
+    # \x: one record per block.
+    run(shell, "\\x")
+    out = run(shell, "SELECT sensor, reading_value FROM readings WHERE sensor = 3;")
+    assert "-[ RECORD 1 ]-" in out and "reading_value | 1.5" in out, out
+    run(shell, "\\x")
+
+    # A ';' inside a string does not end the statement; the one after it does,
+    # even with a comment behind it.
+    shell.sendline("SELECT 'a;")
+    out = run(shell, "b' AS s; -- the end")
+    assert "a;\\nb" in out and "Error" not in out, out
+
+    # EXPLAIN prints the plan's text, not a table around it.
+    out = run(shell, "EXPLAIN SELECT count(*) FROM readings;")
+    assert "physical_plan:" in out and "│ physical_plan" not in out, out
+
+    # A syntax error says where.
+    out = run(shell, "SELEC 1;")
+    assert "Error" in out and "LINE 1: SELEC 1;\r\n        ^" in out, out
+
+    # Every statement is in the history file already.
+    with open(os.path.join(data_dir, ".tessera_history")) as f:
+        history = f.read()
+    assert "SELECT sensor, reading_value FROM readings WHERE sensor = 3;" in history
+    assert "\\dt" in history
