@@ -2,8 +2,8 @@
 # Installs the system packages Tessera builds and tests with, from Debian:
 # a C compiler (ring, zstd and lzma build C code), protobuf-compiler (the
 # etcd client's build compiles etcd's protocol), etcd-server (the cluster
-# metastore; tests start their own on loopback) and python3-venv (the
-# client tests' .venv). Does nothing when all are there already. Rust itself
+# metastore; tests start their own on loopback), python3-venv (the
+# client tests' .venv) and binutils (scripts/install.sh strips the binary). Does nothing when all are there already. Rust itself
 # is checked, not installed: it comes from rustup.
 set -euo pipefail
 min_rust=$(sed -n 's/^rust-version = "\(.*\)"/\1/p' "$(dirname "$0")/../Cargo.toml")
@@ -18,6 +18,7 @@ if [ "$(printf '%s\n%s\n' "$min_rust" "$have_rust" | sort -V | head -n1)" != "$m
 fi
 need=()
 command -v cc >/dev/null 2>&1 || need+=(gcc libc6-dev)
+command -v objcopy >/dev/null 2>&1 || need+=(binutils)
 command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
 command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)

@@ -259,6 +259,11 @@ pub async fn interactive(mut client: Client, addr: &str) -> Result<(), String> {
         },
         output: None,
     };
+    // Ctrl-C while a statement runs (the terminal is not in the line
+    // editor's raw mode then) cancels it. Registered once, now: a Ctrl-C
+    // that came before a statement's wait began must not end the shell.
+    let mut interrupts = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .map_err(|e| format!("cannot catch Ctrl-C: {e}"))?;
     refresh_names(&mut client, &names).await;
     println!("Connected to Tessera at {addr}. Type \\help for help, \\q to quit.");
     loop {
@@ -317,6 +322,9 @@ pub async fn interactive(mut client: Client, addr: &str) -> Result<(), String> {
                 .any(|w| upper.starts_with(w))
         };
         let timing = session.display.timing;
+        // One pressed at the prompt, or after the last statement ended, is
+        // not for this one.
+        while futures::FutureExt::now_or_never(interrupts.recv()).is_some() {}
         // Ctrl-C while a statement runs drops its result stream: the
         // server cancels the query's tasks on every worker, and the shell
         // stays open.
@@ -329,7 +337,7 @@ pub async fn interactive(mut client: Client, addr: &str) -> Result<(), String> {
                     }
                 }
             }
-            _ = tokio::signal::ctrl_c() => {
+            _ = interrupts.recv() => {
                 eprintln!("Cancelled.");
             }
         }

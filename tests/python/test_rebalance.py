@@ -121,6 +121,12 @@ def test_rebalance_and_drain_under_load(cluster, data_dir):
         assert total["skew_partitions_after"] <= 1.25, total
         assert total["moved_vs_optimum"] <= 1.15, total
         assert {t: placements(cur, t) for t in ("h", "r")} == before, "EXPLAIN moved"
+        # The time estimate follows tessera.rebalance_rate when it is lower.
+        cur.execute("SET tessera.rebalance_rate = '10KB/s'")
+        slow = total_row(rows(cur, "EXPLAIN REBALANCE"))
+        cur.execute("SET tessera.rebalance_rate = 'unlimited'")
+        assert slow["est_seconds"] >= slow["bytes"] / 10e3, slow
+        assert total["est_seconds"] < slow["est_seconds"], (total, slow)
 
         applied = rows(cur, "REBALANCE APPLY")
         assert len(applied) == len(plan)

@@ -92,3 +92,13 @@ def test_the_shell_as_typed(shell, data_dir):
         history = f.read()
     assert "SELECT sensor, reading_value FROM readings WHERE sensor = 3;" in history
     assert "\\dt" in history
+
+
+def test_ctrl_c_cancels_the_statement_and_keeps_the_shell(shell):
+    shell.sendline("SELECT count(*) FROM range(100000000000) AS a WHERE value % 7 = 3;")
+    shell.expect_exact("\r\n")
+    shell.sendintr()
+    shell.expect_exact("Cancelled.")
+    shell.expect_exact(PROMPT)
+    out = run(shell, "SELECT 41 + 1 AS answer;")
+    assert "42" in out, out

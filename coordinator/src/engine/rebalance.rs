@@ -10,7 +10,8 @@ use super::ddl::ready_with_nulls;
 use super::{Coordinator, Planned};
 use crate::rebalance::Plan;
 
-/// The copy rate a plan's time estimate assumes, bytes a second.
+/// The copy rate a plan's time estimate assumes, bytes a second, unless
+/// `tessera.rebalance_rate` is lower.
 const ESTIMATED_RATE: f64 = 100e6;
 /// What each step costs besides copying (catch-up round, switch).
 const STEP_OVERHEAD_S: f64 = 0.5;
@@ -29,15 +30,28 @@ impl Coordinator {
         ))
     }
 
+    /// The copy rate a plan's time estimate assumes: 100 MB/s, or
+    /// `tessera.rebalance_rate` when lower.
+    fn copy_rate(&self) -> f64 {
+        match self
+            .catalog
+            .copy_rate
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            0 => ESTIMATED_RATE,
+            limit => ESTIMATED_RATE.min(limit as f64),
+        }
+    }
+
     pub(super) fn explain_rebalance(&self, table: Option<&str>) -> Result<Planned> {
-        plan_rows(&self.rebalance_plan(table)?)
+        plan_rows(&self.rebalance_plan(table)?, self.copy_rate())
     }
 
     /// Starts the plan in the background and returns it.
     pub(super) fn rebalance_apply(&self, table: Option<&str>) -> Result<Planned> {
         let plan = self.rebalance_plan(table)?;
         crate::rebalance::apply(&self.catalog, plan.steps.clone())?;
-        plan_rows(&plan)
+        plan_rows(&plan, self.copy_rate())
     }
 
     pub(super) fn show_rebalance(&self) -> Result<Planned> {
@@ -56,9 +70,9 @@ impl Coordinator {
 
 /// One row per step, then a `total` row with the bytes moved, the skew
 /// before and after and the bytes moved over the optimum.
-fn plan_rows(plan: &Plan) -> Result<Planned> {
+fn plan_rows(plan: &Plan, rate: f64) -> Result<Planned> {
     let n = plan.steps.len();
-    let seconds = |bytes: u64| bytes as f64 / ESTIMATED_RATE + STEP_OVERHEAD_S;
+    let seconds = |bytes: u64| bytes as f64 / rate + STEP_OVERHEAD_S;
     let total_seconds: f64 = plan.steps.iter().map(|s| seconds(s.bytes)).sum();
     let moved = plan.moved_bytes();
     let mut step: Vec<Option<u32>> = (1..=n as u32).map(Some).collect();
