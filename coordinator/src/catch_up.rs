@@ -345,10 +345,12 @@ impl Copy<'_> {
 static COPYING: Mutex<BTreeSet<(String, u32, String)>> = Mutex::new(BTreeSet::new());
 
 /// A copy being caught up; released when dropped.
-struct Copying((String, u32, String));
+pub(crate) struct Copying((String, u32, String));
 
 impl Copying {
-    fn claim(table: &str, partition: u32, worker: &str) -> Option<Self> {
+    /// Claims the copy of `partition` of `table` on `worker`: `None` while
+    /// it is caught up (or its files removed) elsewhere.
+    pub(crate) fn claim(table: &str, partition: u32, worker: &str) -> Option<Self> {
         let key = (table.to_string(), partition, worker.to_string());
         let mut copying = COPYING.lock().ok()?;
         // Made only if claimed: a `Copying` dropped here, under the lock,

@@ -162,11 +162,19 @@ pub(crate) fn drop_files_later(
     let catalog = std::sync::Arc::clone(catalog);
     tokio::spawn(async move {
         catalog.snapshots_before(generation).await;
-        let Ok(state) = catalog.state() else {
-            return;
-        };
-        let members = catalog.members().unwrap_or_default();
         for (key, partition, worker) in removed {
+            // Claimed as a catch-up claims it, and the map read again under
+            // the claim: a move back to this worker either sees it holds
+            // the partition again (its files stay) or copies the partition
+            // whole after the files are gone, never while they go.
+            let Some(_claim) = crate::catch_up::Copying::claim(&key, partition, &worker) else {
+                // Being caught up: it holds the partition again.
+                continue;
+            };
+            let Ok(state) = catalog.state() else {
+                return;
+            };
+            let members = catalog.members().unwrap_or_default();
             let Some((owner, locations)) = files_of(&state, &key) else {
                 continue;
             };

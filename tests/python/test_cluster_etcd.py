@@ -308,3 +308,61 @@ def test_leader_and_follower_ride_out_an_etcd_restart(data_dir):
         raise
     finally:
         stop_all(procs, [a, b], etcd)
+
+
+def test_the_follower_takes_over_mid_rebalance(data_dir):
+    """The leader is SIGKILLed while a rebalance moves copies to a fourth
+    worker (paced, so that it is mid-way): the follower takes over; reads
+    through it answer with every row once; the copies a move had
+    added catch up; REBALANCE APPLY through the new leader finishes the job
+    with each partition's two copies."""
+    etcd, etcd_url = start_etcd(data_dir)
+    secret_file(data_dir, "cluster.secret", "s3cret-" + os.urandom(16).hex())
+    procs = []
+    a = b = None
+    try:
+        a, pa, b, pb = start_pair(data_dir, etcd_url)
+        join = f"127.0.0.1:{pa},127.0.0.1:{pb}"
+        for name, host in {"w2": "127.0.0.2", "w3": "127.0.0.3", "w4": "127.0.0.4"}.items():
+            procs.append(start_worker(data_dir, join, host, name)[0])
+        ua, ub = f"grpc://127.0.0.1:{pa}", f"grpc://127.0.0.1:{pb}"
+        with flightsql.connect(ua, db_kwargs=CREDS) as ca, ca.cursor() as cur_a:
+            wait_for("three workers up", lambda: len(workers(cur_a)) == 3, 30)
+            cur_a.execute("CREATE TABLE r (id BIGINT, b BIGINT) PARTITION BY HASH (id) "
+                          "PARTITIONS 12 REPLICAS 2")
+            cur_a.execute("INSERT INTO r SELECT value AS id, value % 7 AS b FROM range(300000)")
+            procs.append(start_worker(data_dir, join, "127.0.0.5", "w5")[0])
+            wait_for("four workers up", lambda: len(workers(cur_a)) == 4, 30)
+            new = worker_id(data_dir, "w5")
+            cur_a.execute("SET tessera.rebalance_rate = '200KB/s'")
+            moves = [s for s in rows(cur_a, "REBALANCE APPLY") if s["operation"] == "move"]
+            assert moves
+            wait_for("a move under way", lambda: any(
+                s["state"] != "pending" for s in rows(cur_a, "SHOW REBALANCE")), 30)
+        a.send_signal(signal.SIGKILL)
+        a.wait()
+        with flightsql.connect(ub, db_kwargs=CREDS) as cb, cb.cursor() as cur:
+            # Until b leads, its reads say to retry (it takes snapshots from
+            # the leader); then every row is there once.
+            whole = {"n": 300000, "d": 300000}
+            wait_for("b to lead", lambda: "Leading the cluster" in server_log(b), 30)
+            assert rows(cur, "SELECT count(*) AS n, count(DISTINCT id) AS d FROM r") == [whole]
+            wait_for("four workers heartbeating to b", lambda: [
+                w["state"] for w in workers(cur).values()] == ["up"] * 4, 30)
+            wait_for("every copy in sync", lambda: all(
+                p["in_sync"] == p["replicas"] for p in rows(cur, "SHOW PARTITIONS r")), 120)
+            rows(cur, "REBALANCE APPLY")
+            wait_for("the rebalance", lambda: all(
+                s["state"] not in ("pending", "running")
+                for s in rows(cur, "SHOW REBALANCE")), 120)
+            assert all(s["state"] == "done" for s in rows(cur, "SHOW REBALANCE"))
+            assert [r["operation"] for r in rows(cur, "EXPLAIN REBALANCE")] == ["total"]
+            for p in rows(cur, "SHOW PARTITIONS r"):
+                assert len(p["replicas"].split(", ")) == 2 and p["in_sync"] == p["replicas"], p
+            assert workers(cur)[new]["held"] >= 12 * 2 // 4, workers(cur)
+            assert rows(cur, "SELECT count(*) AS n, count(DISTINCT id) AS d FROM r") == [whole]
+    except BaseException:
+        print_logs(a, b)
+        raise
+    finally:
+        stop_all(procs, [a, b], etcd)
