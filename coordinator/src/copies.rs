@@ -147,6 +147,36 @@ pub(crate) fn files_of(state: &CatalogState, map_key: &str) -> Option<(TableDef,
 /// A copy of a partition: (map key, partition, worker).
 pub(crate) type Copy = (String, u32, String);
 
+/// The generation of the last removal of each copy whose files are yet
+/// to go.
+static REMOVALS: std::sync::Mutex<BTreeMap<Copy, u64>> = std::sync::Mutex::new(BTreeMap::new());
+
+struct Removals;
+
+impl Removals {
+    fn record(copy: &Copy, generation: u64) {
+        if let Ok(mut r) = REMOVALS.lock() {
+            let at = r.entry(copy.clone()).or_insert(generation);
+            *at = (*at).max(generation);
+        }
+    }
+
+    /// Whether the removal of `copy` made in `generation` is its last one
+    /// (then forgotten: this removal carries it out).
+    fn latest(copy: &Copy, generation: u64) -> bool {
+        let Ok(mut r) = REMOVALS.lock() else {
+            return true;
+        };
+        match r.get(copy) {
+            Some(at) if *at > generation => false,
+            _ => {
+                r.remove(copy);
+                true
+            }
+        }
+    }
+}
+
 /// Removes the files of copies taken out of the partition map (of the
 /// table with id `table_id`) once no query that began before may read
 /// them; a copy given the partition again meanwhile keeps its files.
@@ -159,6 +189,9 @@ pub(crate) fn drop_files_later(
         return;
     }
     let generation = catalog.new_generation();
+    for copy in &removed {
+        Removals::record(copy, generation);
+    }
     let catalog = std::sync::Arc::clone(catalog);
     tokio::spawn(async move {
         catalog.snapshots_before(generation).await;
@@ -167,13 +200,27 @@ pub(crate) fn drop_files_later(
             // the claim: a move back to this worker either sees it holds
             // the partition again (its files stay) or copies the partition
             // whole after the files are gone, never while they go.
-            let Some(_claim) = crate::catch_up::Copying::claim(&key, partition, &worker) else {
-                // Being caught up: it holds the partition again.
-                continue;
+            // A copy being caught up is waited for: it may be one taken
+            // off meanwhile (a rolled-back move), whose files still go.
+            let _claim = loop {
+                if let Some(claim) = crate::catch_up::Copying::claim(&key, partition, &worker) {
+                    break claim;
+                }
+                if catalog.closed.load(std::sync::atomic::Ordering::SeqCst) {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             };
             let Ok(state) = catalog.state() else {
                 return;
             };
+            // A later removal of the same copy (it was given the partition
+            // back, then taken off again) waits for the queries of its own
+            // time: this one stands down for it.
+            let copy = (key.clone(), partition, worker.clone());
+            if !Removals::latest(&copy, generation) {
+                continue;
+            }
             let members = catalog.members().unwrap_or_default();
             let Some((owner, locations)) = files_of(&state, &key) else {
                 continue;

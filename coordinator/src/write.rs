@@ -546,15 +546,21 @@ pub(crate) async fn decide_and_commit(
 
     // Phase 2: make it visible everywhere. The statement is decided, so
     // it succeeds; a worker that did not confirm is retried in the
-    // background until it does (commit is idempotent).
-    let failed = commit_all(txn, &writes, &urls).await;
-    if failed.is_empty() {
-        forget(catalog, txn).await;
-    } else {
-        let catalog = Arc::clone(catalog);
-        tokio::spawn(retry_commit(catalog, txn, failed));
-    }
-    Ok(())
+    // background until it does (commit is idempotent). A task of its own:
+    // a statement dropped now (its client gone) must still commit and
+    // forget the decision, or it would hold back compaction, the ASYNC
+    // applier and catch-ups of its partitions until a restart.
+    let catalog = Arc::clone(catalog);
+    tokio::spawn(async move {
+        let failed = commit_all(txn, &writes, &urls).await;
+        if failed.is_empty() {
+            forget(&catalog, txn).await;
+        } else {
+            tokio::spawn(retry_commit(catalog, txn, failed));
+        }
+    })
+    .await
+    .map_err(|e| DataFusionError::Execution(format!("committing a decided write failed: {e}")))
 }
 
 /// Commits `txn` on every worker; returns the writes of workers that failed.

@@ -39,7 +39,7 @@ pub fn spawn_auto_rebalance(catalog: &Arc<Catalog>) {
     tokio::spawn(async move {
         // The workers the last plan was made for; `None` until one is.
         let mut planned_for: Option<BTreeMap<String, AdminState>> = None;
-        let mut retry_at: Option<tokio::time::Instant> = None;
+        let mut retry = Retry::default();
         loop {
             let _ = tokio::time::timeout(TICK, catalog.rebalance_wanted.notified()).await;
             if catalog.closed.load(Ordering::SeqCst) {
@@ -48,33 +48,32 @@ pub fn spawn_auto_rebalance(catalog: &Arc<Catalog>) {
             if !catalog.auto_rebalance.load(Ordering::SeqCst) || catalog.rebalances.is_running() {
                 continue;
             }
-            match round(&catalog, &mut planned_for, &mut retry_at) {
+            match round(&catalog, &mut planned_for, &mut retry) {
                 Ok(()) => {}
-                Err(e) => tracing::info!(error = %e, "the automatic rebalance could not plan"),
+                Err(e) => tracing::info!(error = %e, "the automatic rebalance could not start"),
             }
         }
     });
 }
 
-/// Plans and applies when the workers changed since the last plan (or
-/// when the last run left failed steps and its retry is due).
+/// Plans and applies when the workers changed since the last plan, or
+/// again (a few times, further apart each time) when the last run left
+/// failed steps.
 fn round(
     catalog: &Arc<Catalog>,
     planned_for: &mut Option<BTreeMap<String, AdminState>>,
-    retry_at: &mut Option<tokio::time::Instant>,
+    retry: &mut Retry,
 ) -> Result<()> {
     let now = members(catalog)?;
-    if catalog.rebalances.last_failed() && retry_at.is_none() {
-        *retry_at = Some(tokio::time::Instant::now() + RETRY);
-    }
-    let retry = retry_at.is_some_and(|at| tokio::time::Instant::now() >= at);
-    if planned_for.as_ref() == Some(&now) && !retry {
+    let changed = planned_for.as_ref() != Some(&now);
+    if changed {
+        *retry = Retry::default();
+    } else if !retry.due(catalog.rebalances.last_failed()) {
         return Ok(());
     }
     let plan = super::plan(&catalog.state()?, &super::roles(catalog)?, None);
-    *planned_for = Some(now);
-    *retry_at = None;
     if plan.steps.is_empty() {
+        *planned_for = Some(now);
         return Ok(());
     }
     tracing::info!(
@@ -82,5 +81,42 @@ fn round(
         bytes = plan.moved_bytes(),
         "the workers changed: applying a rebalance (tessera.auto_rebalance is on)"
     );
-    super::apply(catalog, plan.steps)
+    // Refused while another rebalance (REBALANCE APPLY) runs: planned
+    // again once it is over.
+    super::apply(catalog, plan.steps)?;
+    *planned_for = Some(now);
+    Ok(())
+}
+
+/// Plans again after a run with failed steps: at most `RETRIES` times,
+/// `RETRY` apart and twice that each time after.
+#[derive(Debug, Default)]
+pub struct Retry {
+    tries: u32,
+    at: Option<tokio::time::Instant>,
+}
+
+/// Plans made again at most after failed runs, until the workers change.
+const RETRIES: u32 = 3;
+
+impl Retry {
+    fn due(&mut self, failed: bool) -> bool {
+        if !failed || self.tries >= RETRIES {
+            self.at = None;
+            return false;
+        }
+        let now = tokio::time::Instant::now();
+        match self.at {
+            None => {
+                self.at = Some(now + RETRY * 2u32.pow(self.tries));
+                false
+            }
+            Some(at) if now >= at => {
+                self.tries += 1;
+                self.at = None;
+                true
+            }
+            Some(_) => false,
+        }
+    }
 }
