@@ -93,3 +93,9 @@ def wait_for(check, timeout=120):
             return
         time.sleep(0.02)
     raise SystemExit("timed out")
+
+
+def workers_up(cur, n, timeout=120):
+    """Waits until `n` workers are up."""
+    wait_for(lambda: len([w for w in rows(cur, "SHOW WORKERS") if w["state"] == "up"]) == n,
+             timeout)

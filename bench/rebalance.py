@@ -27,7 +27,7 @@ import threading
 import time
 
 import adbc_driver_flightsql.dbapi as flightsql
-from procs import Cluster, rows, wait_for
+from procs import Cluster, rows, wait_for, workers_up
 
 SF = sys.argv[1] if len(sys.argv) > 1 else "1"
 BIN = sys.argv[2] if len(sys.argv) > 2 else os.path.expanduser(
@@ -104,8 +104,7 @@ def main() -> None:
     cluster = Cluster(root, BIN)
     try:
         with flightsql.connect(f"grpc://{cluster.address}") as conn, conn.cursor() as cur:
-            wait_for(lambda: len([w for w in rows(cur, "SHOW WORKERS") if w["state"] == "up"])
-                     == 3)
+            workers_up(cur, 3)
             started = time.perf_counter()
             subprocess.run([BIN, "load", "tpch", "--sf", SF, "--partitions", str(PARTITIONS),
                             "--connect", cluster.address], check=True,
@@ -120,8 +119,7 @@ def main() -> None:
             time.sleep(BASELINE_S)
 
             cluster.start("w5")
-            wait_for(lambda: len([w for w in rows(cur, "SHOW WORKERS") if w["state"] == "up"])
-                     == 4)
+            workers_up(cur, 4)
             plan = rows(cur, "EXPLAIN REBALANCE")
             planned = total(plan)
             clients.phase = "during"

@@ -26,7 +26,7 @@ import tempfile
 import time
 
 import adbc_driver_flightsql.dbapi as flightsql
-from procs import Cluster, rows, wait_for
+from procs import Cluster, rows, wait_for, workers_up
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROWS = int(sys.argv[1]) if len(sys.argv) > 1 else 4_000_000
@@ -124,8 +124,7 @@ def main() -> None:
     cluster = Cluster(root, BIN)
     try:
         with flightsql.connect(f"grpc://{cluster.address}") as conn, conn.cursor() as cur:
-            wait_for(lambda: len([w for w in rows(cur, "SHOW WORKERS") if w["state"] == "up"])
-                     == 3)
+            workers_up(cur, 3)
             throughput(cur)
             writes_after_kill(cluster, cur)
             catch_up(cluster, cur)

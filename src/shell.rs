@@ -267,6 +267,11 @@ pub async fn interactive(mut client: Client, addr: &str) -> Result<(), String> {
     refresh_names(&mut client, &names).await;
     println!("Connected to Tessera at {addr}. Type \\help for help, \\q to quit.");
     loop {
+        // A Ctrl-C that came while the last statement's results were being
+        // shown is not for the next one (at the prompt the line editor
+        // reads Ctrl-C itself; one pressed after Enter is for the
+        // statement it ends).
+        while futures::FutureExt::now_or_never(interrupts.recv()).is_some() {}
         let input = match editor.readline("tessera> ") {
             Ok(input) => input,
             Err(ReadlineError::Interrupted) => continue,
@@ -322,9 +327,6 @@ pub async fn interactive(mut client: Client, addr: &str) -> Result<(), String> {
                 .any(|w| upper.starts_with(w))
         };
         let timing = session.display.timing;
-        // One pressed at the prompt, or after the last statement ended, is
-        // not for this one.
-        while futures::FutureExt::now_or_never(interrupts.recv()).is_some() {}
         // Ctrl-C while a statement runs drops its result stream: the
         // server cancels the query's tasks on every worker, and the shell
         // stays open.

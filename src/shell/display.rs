@@ -99,14 +99,7 @@ impl Display {
             }
         }
         table.set_truncation_indicator("…");
-        table.set_header(
-            result
-                .schema
-                .fields()
-                .iter()
-                .map(|f| f.name().as_str())
-                .collect::<Vec<_>>(),
-        );
+        table.set_header(column_names(result));
         let numeric: Vec<bool> = result
             .schema
             .fields()
@@ -152,12 +145,7 @@ impl Display {
     /// One block per row, a `name | value` line per column (psql's `\x`).
     fn records(&self, out: &mut dyn Write, result: &QueryResult) -> Result<(), String> {
         let (rows, total) = shown_rows(result, self.max_rows)?;
-        let names: Vec<&str> = result
-            .schema
-            .fields()
-            .iter()
-            .map(|f| f.name().as_str())
-            .collect();
+        let names = column_names(result);
         let width = names.iter().map(|n| n.chars().count()).max().unwrap_or(0);
         let head = rows_head(rows.len(), total);
         let shown = rows.len();
@@ -177,6 +165,15 @@ impl Display {
         }
         Ok(())
     }
+}
+
+fn column_names(result: &QueryResult) -> Vec<&str> {
+    result
+        .schema
+        .fields()
+        .iter()
+        .map(|f| f.name().as_str())
+        .collect()
 }
 
 /// Where the rows after the first half start, when `shown` of `total`
@@ -233,13 +230,7 @@ fn shown_rows(result: &QueryResult, max_rows: usize) -> Result<(Vec<Vec<String>>
 /// then the plan's lines.
 fn explain_text(result: &QueryResult) -> Option<String> {
     use arrow::array::AsArray;
-    let names: Vec<&str> = result
-        .schema
-        .fields()
-        .iter()
-        .map(|f| f.name().as_str())
-        .collect();
-    if names != ["plan_type", "plan"] {
+    if column_names(result) != ["plan_type", "plan"] {
         return None;
     }
     let mut text = String::new();

@@ -81,6 +81,12 @@ def start_pair(data_dir, etcd_url):
     return a, pa, b, pb
 
 
+def start_three_workers(data_dir, join):
+    """w2-w4 on 127.0.0.2-4, joining `join`: {name: (process, port)}."""
+    return {name: start_worker(data_dir, join, host, name)
+            for name, host in {"w2": "127.0.0.2", "w3": "127.0.0.3", "w4": "127.0.0.4"}.items()}
+
+
 def point_query_ms(cur, n=60):
     """Median wall time of a one-partition read, in milliseconds."""
     times = []
@@ -151,10 +157,8 @@ def test_two_coordinators_serve_and_the_follower_takes_over(data_dir):
         a, pa, b, pb = start_pair(data_dir, etcd_url)
         # Joining through the follower first: it passes joins to the leader.
         join = f"127.0.0.1:{pb},127.0.0.1:{pa}"
-        started = {}
-        for name, host in {"w2": "127.0.0.2", "w3": "127.0.0.3", "w4": "127.0.0.4"}.items():
-            started[name] = start_worker(data_dir, join, host, name)
-            procs.append(started[name][0])
+        started = start_three_workers(data_dir, join)
+        procs.extend(p for p, _ in started.values())
         ua, ub = f"grpc://127.0.0.1:{pa}", f"grpc://127.0.0.1:{pb}"
         with flightsql.connect(ua, db_kwargs=CREDS) as ca, ca.cursor() as cur_a, \
                 flightsql.connect(ub, db_kwargs=CREDS) as cb, cb.cursor() as cur_b:
@@ -323,8 +327,7 @@ def test_the_follower_takes_over_mid_rebalance(data_dir):
     try:
         a, pa, b, pb = start_pair(data_dir, etcd_url)
         join = f"127.0.0.1:{pa},127.0.0.1:{pb}"
-        for name, host in {"w2": "127.0.0.2", "w3": "127.0.0.3", "w4": "127.0.0.4"}.items():
-            procs.append(start_worker(data_dir, join, host, name)[0])
+        procs.extend(p for p, _ in start_three_workers(data_dir, join).values())
         ua, ub = f"grpc://127.0.0.1:{pa}", f"grpc://127.0.0.1:{pb}"
         with flightsql.connect(ua, db_kwargs=CREDS) as ca, ca.cursor() as cur_a:
             wait_for("three workers up", lambda: len(workers(cur_a)) == 3, 30)
