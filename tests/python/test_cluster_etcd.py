@@ -69,6 +69,13 @@ def stop_all(workers, coordinators, etcd):
     stop_server(etcd)
 
 
+def start_etcd_with_secret(data_dir):
+    """A fresh etcd, and the cluster secret the processes present."""
+    etcd, etcd_url = start_etcd(data_dir)
+    secret_file(data_dir, "cluster.secret", "s3cret-" + os.urandom(16).hex())
+    return etcd, etcd_url
+
+
 def start_pair(data_dir, etcd_url):
     """Coordinator a, leading once it says so, and b, following it."""
     pa, pb = free_port(), free_port()
@@ -149,8 +156,7 @@ def test_two_coordinators_serve_and_the_follower_takes_over(data_dir):
     """Both coordinators serve clients: DDL and writes through either are
     read through the other at once; SIGKILL the leader (its ASYNC index
     behind) and the follower takes over within the leader lease."""
-    etcd, etcd_url = start_etcd(data_dir)
-    secret_file(data_dir, "cluster.secret", "s3cret-" + os.urandom(16).hex())
+    etcd, etcd_url = start_etcd_with_secret(data_dir)
     procs = []
     a = b = None
     try:
@@ -320,8 +326,7 @@ def test_the_follower_takes_over_mid_rebalance(data_dir):
     through it answer with every row once; the copies a move had
     added catch up; REBALANCE APPLY through the new leader finishes the job
     with each partition's two copies."""
-    etcd, etcd_url = start_etcd(data_dir)
-    secret_file(data_dir, "cluster.secret", "s3cret-" + os.urandom(16).hex())
+    etcd, etcd_url = start_etcd_with_secret(data_dir)
     procs = []
     a = b = None
     try:
