@@ -19,14 +19,14 @@ use crate::catalog::Catalog;
 #[derive(Debug, Clone, Default)]
 pub struct QueryMap {
     revision: u64,
-    tables: Option<Arc<BTreeMap<String, Vec<PartitionPlacement>>>>,
+    tables: Arc<BTreeMap<String, Vec<PartitionPlacement>>>,
 }
 
 impl QueryMap {
     pub fn new(revision: u64, tables: BTreeMap<String, Vec<PartitionPlacement>>) -> Self {
         Self {
             revision,
-            tables: Some(Arc::new(tables)),
+            tables: Arc::new(tables),
         }
     }
 
@@ -68,9 +68,9 @@ impl ConfigExtension for QueryMap {
 }
 
 /// The placement of `map_key`'s partitions for the query planned with
-/// `config`: from its map, or the catalog's current one when it has none
-/// (a statement planned outside a query's path) or the entry is newer
-/// than the query.
+/// `config`: from its map, or the catalog's current one when the map has
+/// no such entry or there is none (a statement planned outside a query's
+/// path).
 pub fn placements(
     config: &ConfigOptions,
     catalog: &Catalog,
@@ -79,8 +79,7 @@ pub fn placements(
     let taken = config
         .extensions
         .get::<QueryMap>()
-        .and_then(|m| m.tables.as_ref())
-        .and_then(|t| t.get(map_key));
+        .and_then(|m| m.tables.get(map_key));
     match taken {
         Some(p) => Ok(p.clone()),
         None => catalog.placements(map_key),

@@ -47,11 +47,21 @@ impl Metastore for HeldCommits {
     }
 }
 
-fn member(url: &str) -> MemberRecord {
-    MemberRecord {
-        url: url.to_string(),
-        admin: AdminState::Active,
-    }
+/// A statement that sets worker w1's URL, run as a task of its own.
+fn set_url(catalog: &Arc<Catalog>, url: &'static str) -> tokio::task::JoinHandle<Result<()>> {
+    let catalog = catalog.clone();
+    tokio::spawn(async move {
+        catalog
+            .update(|s| {
+                let record = MemberRecord {
+                    url: url.to_string(),
+                    admin: AdminState::Active,
+                };
+                s.members.insert("w1".into(), record);
+                Ok(())
+            })
+            .await
+    })
 }
 
 #[tokio::test]
@@ -76,34 +86,14 @@ async fn dropped_mid_commit() {
 
     // The statement is dropped once its change is in the metastore and
     // before the commit call returns.
-    let first = {
-        let catalog = catalog.clone();
-        tokio::spawn(async move {
-            catalog
-                .update(|s| {
-                    s.members.insert("w1".into(), member("http://127.0.0.2:1"));
-                    Ok(())
-                })
-                .await
-        })
-    };
+    let first = set_url(&catalog, "http://127.0.0.2:1");
     committed.notified().await;
     first.abort();
     assert!(first.await.unwrap_err().is_cancelled());
     release.notify_one();
 
     // A later change of the same key must not spin on a stale revision.
-    let second = {
-        let catalog = catalog.clone();
-        tokio::spawn(async move {
-            catalog
-                .update(|s| {
-                    s.members.insert("w1".into(), member("http://127.0.0.3:1"));
-                    Ok(())
-                })
-                .await
-        })
-    };
+    let second = set_url(&catalog, "http://127.0.0.3:1");
     committed.notified().await;
     release.notify_one();
     tokio::time::timeout(Duration::from_secs(20), second)

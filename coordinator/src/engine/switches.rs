@@ -126,8 +126,11 @@ impl Coordinator {
             *value = now;
         }
         set?;
-        self.catalog.apply_wanted.notify_one();
-        self.catalog.rebalance_wanted.notify_one();
+        match name {
+            "index_apply" => self.catalog.apply_wanted.notify_one(),
+            "auto_rebalance" => self.catalog.rebalance_wanted.notify_one(),
+            _ => {}
+        }
         Ok(())
     }
 }

@@ -19,17 +19,6 @@ const TICK: Duration = Duration::from_secs(2);
 /// How long after a rebalance with failed steps it plans again.
 const RETRY: Duration = Duration::from_secs(30);
 
-/// The workers as an operator sees them: who joined, and which drain.
-/// Liveness is left out on purpose.
-fn members(catalog: &Catalog) -> Result<BTreeMap<String, AdminState>> {
-    Ok(catalog
-        .state()?
-        .members
-        .into_iter()
-        .map(|(id, m)| (id, m.admin))
-        .collect())
-}
-
 /// Runs the automatic rebalance on the leader until it stops.
 pub fn spawn_auto_rebalance(catalog: &Arc<Catalog>) {
     if catalog.follower().is_some() {
@@ -64,7 +53,9 @@ fn round(
     planned_for: &mut Option<BTreeMap<String, AdminState>>,
     retry: &mut Retry,
 ) -> Result<()> {
-    let now = members(catalog)?;
+    // The workers as an operator sees them: who joined, and which drain
+    // (liveness left out on purpose).
+    let now = catalog.member_admin()?;
     let changed = planned_for.as_ref() != Some(&now);
     if changed {
         *retry = Retry::default();
@@ -91,7 +82,7 @@ fn round(
 /// Plans again after a run with failed steps: at most `RETRIES` times,
 /// `RETRY` apart and twice that each time after.
 #[derive(Debug, Default)]
-pub struct Retry {
+struct Retry {
     tries: u32,
     at: Option<tokio::time::Instant>,
 }
