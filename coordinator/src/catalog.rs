@@ -26,7 +26,7 @@ mod update;
 
 pub use placement::{WriteTarget, owner_of};
 use txns::TXN_BLOCK_IDS;
-pub use txns::{SnapshotHold, SnapshotPin};
+pub use txns::{SnapshotHold, SnapshotPin, TxnGuard};
 
 /// The error for a table that does not exist.
 pub fn no_such_table(name: &str) -> DataFusionError {

@@ -65,6 +65,7 @@ pub const AUTO: MergeRule = MergeRule {
 const AUTO_EVERY: Duration = Duration::from_secs(2);
 
 /// The directories of a table on workers that compaction merges.
+#[derive(Clone)]
 struct Part {
     name: String,
     kind: String,
@@ -304,7 +305,8 @@ async fn merge_partition(
     let before: u64 = merged.replaces.iter().map(|f| f.bytes).sum();
     let after = merged.file.bytes;
     let merging: Vec<String> = urls.keys().cloned().collect();
-    decide_and_commit(catalog, txn, writes, urls, |s| {
+    let (def, part) = (def.clone(), part.clone());
+    decide_and_commit(catalog, guard, writes, urls, move |s| {
         // Every copy in sync now merged: one that rejoined meanwhile (it
         // caught up while this ran) would be left with the old files.
         let in_sync: Vec<String> = s
@@ -342,7 +344,6 @@ async fn merge_partition(
         Ok(())
     })
     .await?;
-    drop(guard);
     Ok(Some(merged))
 }
 

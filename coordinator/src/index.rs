@@ -175,18 +175,19 @@ pub async fn backfill(catalog: Arc<Catalog>, name: String) -> Result<()> {
                 total,
             }
         };
-        let record = |s: &mut crate::catalog_state::CatalogState| {
-            if let Some(d) = s.indexes.get_mut(&name) {
+        let index = name.clone();
+        let record = move |s: &mut crate::catalog_state::CatalogState| {
+            if let Some(d) = s.indexes.get_mut(&index) {
                 d.state = next;
             }
-            s.index_stats.entry(name.clone()).or_default().entries += count;
+            s.index_stats.entry(index.clone()).or_default().entries += count;
             Ok(())
         };
         if pieces.is_empty() {
             catalog.update(record).await?;
         } else {
             let guard = catalog.begin_txn().await?;
-            write_pieces(&catalog, guard.txn, pieces, |s, _| record(s)).await?;
+            write_pieces(&catalog, guard, pieces, move |s, _| record(s)).await?;
         }
     }
     Ok(())

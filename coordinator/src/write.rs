@@ -36,7 +36,7 @@ use tessera_worker::{
     DataFile, StagedWrite, WorkerClient, WorkerUnavailable, is_worker_failure, sort_by_columns,
 };
 
-use crate::catalog::{Catalog, WriteTarget};
+use crate::catalog::{Catalog, TxnGuard, WriteTarget};
 use crate::catalog_state::CatalogState;
 use crate::copies::{Failures, settle_copies, short_of_quorum};
 
@@ -202,9 +202,10 @@ impl DataSink for WriteSink {
             .filter(|(_, p)| p.role == Role::Rows)
             .map(|(i, p)| (p.partition, i))
             .collect();
-        let result = write_pieces(&self.catalog, txn, pieces, |s, files| {
-            add_stats(s, table, stats_of.iter().map(|(p, i)| (*p, &files[*i])));
-            for (name, kind, entries) in &counts {
+        let (owned, indexed) = (table.to_string(), counts.clone());
+        let result = write_pieces(&self.catalog, guard, pieces, move |s, files| {
+            add_stats(s, &owned, stats_of.iter().map(|(p, i)| (*p, &files[*i])));
+            for (name, kind, entries) in &indexed {
                 let st = s.index_stats.entry(name.clone()).or_default();
                 match kind {
                     IndexKind::GlobalAsync => {
@@ -224,7 +225,6 @@ impl DataSink for WriteSink {
                 "INSERT into '{table}' failed and changed nothing: {e}"
             )));
         }
-        drop(guard);
         self.catalog.count_write(touched, workers);
         let outboxes: Vec<&str> = counts
             .iter()
@@ -387,10 +387,11 @@ pub(crate) fn name_worker(id: &str, url: &str, e: DataFusionError) -> DataFusion
 /// first. Once decided the write lands, even across a crash.
 pub async fn write_pieces(
     catalog: &Arc<Catalog>,
-    txn: u64,
+    guard: TxnGuard,
     pieces: Vec<Piece>,
-    mut decide: impl FnMut(&mut CatalogState, &[DataFile]) -> Result<()>,
+    mut decide: impl FnMut(&mut CatalogState, &[DataFile]) -> Result<()> + Send + 'static,
 ) -> Result<()> {
+    let txn = guard.txn;
     // Keyed by worker id: URLs change across restarts, ids do not.
     let mut urls: BTreeMap<String, String> = BTreeMap::new();
     // Workers a piece should reach and cannot: why, and whether because
@@ -497,9 +498,10 @@ pub async fn write_pieces(
         .collect();
     // Copies that missed the write leave the in-sync set as it is decided.
     let holders: Vec<Vec<String>> = files.iter().map(|h| h.keys().cloned().collect()).collect();
-    decide_and_commit(catalog, txn, writes, urls, |s| {
-        for (share, held) in shares.iter().zip(&holders) {
-            settle_copies(s, &share.target, held)?;
+    let targets: Vec<WriteTarget> = shares.into_iter().map(|s| s.target).collect();
+    decide_and_commit(catalog, guard, writes, urls, move |s| {
+        for (target, held) in targets.iter().zip(&holders) {
+            settle_copies(s, target, held)?;
         }
         decide(s, &first)
     })
@@ -523,44 +525,53 @@ struct Share {
 /// call per worker. Once decided the write lands, even across a crash, and
 /// every snapshot taken from then on sees all of it: the order in which
 /// workers commit does not matter (a read resolves what has not landed).
+///
+/// The decision and the commits run as one task that owns `guard`: a
+/// statement dropped at any point here (its client gone) still has its
+/// decision either land and be committed and forgotten, or fail and be
+/// aborted, and its transaction stays in flight until then (so a worker
+/// that rejoins meanwhile does not have its staged files taken for
+/// leftovers). Otherwise a decision landing after the drop would hold back
+/// compaction, the ASYNC applier and catch-ups of its partitions until a
+/// restart.
 pub(crate) async fn decide_and_commit(
     catalog: &Arc<Catalog>,
-    txn: u64,
+    guard: TxnGuard,
     writes: BTreeMap<String, Vec<StagedWrite>>,
     urls: BTreeMap<String, String>,
-    mut decide: impl FnMut(&mut CatalogState) -> Result<()>,
+    mut decide: impl FnMut(&mut CatalogState) -> Result<()> + Send + 'static,
 ) -> Result<()> {
-    // Decide: once logged, the write will land even across a crash.
-    if let Err(e) = catalog
-        .update(|s| {
-            s.decided.insert(txn, writes.clone());
-            decide(s)
-        })
-        .await
-    {
-        abort(txn, urls.values()).await;
-        return Err(e);
-    }
-
-    crate::failpoint::hit("abort-after-decide");
-
-    // Phase 2: make it visible everywhere. The statement is decided, so
-    // it succeeds; a worker that did not confirm is retried in the
-    // background until it does (commit is idempotent). A task of its own:
-    // a statement dropped now (its client gone) must still commit and
-    // forget the decision, or it would hold back compaction, the ASYNC
-    // applier and catch-ups of its partitions until a restart.
     let catalog = Arc::clone(catalog);
     tokio::spawn(async move {
+        let txn = guard.txn;
+        // Decide: once logged, the write will land even across a crash.
+        let decided = catalog
+            .update(|s| {
+                s.decided.insert(txn, writes.clone());
+                decide(s)
+            })
+            .await;
+        if let Err(e) = decided {
+            abort(txn, urls.values()).await;
+            return Err(e);
+        }
+
+        crate::failpoint::hit("abort-after-decide");
+
+        // Phase 2: make it visible everywhere. The statement is decided,
+        // so it succeeds; a worker that did not confirm is retried in the
+        // background until it does (commit is idempotent).
         let failed = commit_all(txn, &writes, &urls).await;
         if failed.is_empty() {
             forget(&catalog, txn).await;
         } else {
-            tokio::spawn(retry_commit(catalog, txn, failed));
+            tokio::spawn(retry_commit(Arc::clone(&catalog), txn, failed));
         }
+        drop(guard);
+        Ok(())
     })
     .await
-    .map_err(|e| DataFusionError::Execution(format!("committing a decided write failed: {e}")))
+    .map_err(|e| DataFusionError::Execution(format!("committing a decided write failed: {e}")))?
 }
 
 /// Commits `txn` on every worker; returns the writes of workers that failed.

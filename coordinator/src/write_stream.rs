@@ -196,11 +196,13 @@ pub async fn write_stream(
     }
     let touched = first.len() as u64;
     let workers = writes.len() as u64;
-    decide_and_commit(catalog, txn, writes, urls, |s| {
+    let first: BTreeMap<u32, DataFile> = first.into_iter().map(|(p, f)| (p, f.clone())).collect();
+    let owned = table.clone();
+    decide_and_commit(catalog, guard, writes, urls, move |s| {
         for (target, held) in &settled {
             settle_copies(s, target, held)?;
         }
-        add_stats(s, &table, first.iter().map(|(p, f)| (*p, *f)));
+        add_stats(s, &owned, first.iter().map(|(p, f)| (*p, f)));
         Ok(())
     })
     .await
@@ -208,7 +210,6 @@ pub async fn write_stream(
     catalog
         .files_added
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    drop(guard);
     catalog.count_write(touched, workers);
     Ok(Some(rows))
 }

@@ -1,5 +1,7 @@
 //! A catalog change whose statement is dropped while the metastore commits
-//! it still reaches the state held in memory.
+//! it still reaches the state held in memory, and a write dropped while
+//! its decision is committed stays in flight until it is committed and
+//! forgotten.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -15,13 +17,15 @@ use tokio::sync::Notify;
 use crate::catalog::Catalog;
 use crate::catalog_state::{AdminState, MemberRecord};
 use crate::metastore::{Compare, FileMetastore, Metastore, Op, Versioned, WatchEvent};
+use crate::write::decide_and_commit;
 
-/// A file metastore whose commits of `member/` keys, once written, wait
-/// for `release` before they return: the window in which a statement can
-/// be dropped between the commit and its application.
+/// A file metastore whose commits of keys under `prefix`, once written,
+/// wait for `release` before they return: the window in which a statement
+/// can be dropped between the commit and its application.
 #[derive(Debug)]
 struct HeldCommits {
     inner: FileMetastore,
+    prefix: &'static str,
     committed: Arc<Notify>,
     release: Arc<Notify>,
 }
@@ -36,7 +40,7 @@ impl Metastore for HeldCommits {
     }
     async fn commit(&self, compares: &[Compare], ops: &[Op]) -> Result<Option<u64>> {
         let out = self.inner.commit(compares, ops).await?;
-        if out.is_some() && ops.iter().any(|op| op.key().starts_with("member/")) {
+        if out.is_some() && ops.iter().any(|op| op.key().starts_with(self.prefix)) {
             self.committed.notify_one();
             self.release.notified().await;
         }
@@ -45,6 +49,26 @@ impl Metastore for HeldCommits {
     async fn watch(&self, prefix: &str) -> Result<BoxStream<'static, WatchEvent>> {
         self.inner.watch(prefix).await
     }
+}
+
+/// A catalog over a metastore that holds commits of keys under `prefix`,
+/// with the signal that one was written and the one that lets it return.
+async fn held(
+    dir: &tempfile::TempDir,
+    prefix: &'static str,
+) -> (Arc<Catalog>, Arc<Notify>, Arc<Notify>) {
+    let committed = Arc::new(Notify::new());
+    let release = Arc::new(Notify::new());
+    let store = HeldCommits {
+        inner: FileMetastore::open(dir.path()).unwrap(),
+        prefix,
+        committed: committed.clone(),
+        release: release.clone(),
+    };
+    let catalog = Catalog::open(Box::new(store), BTreeMap::new(), Duration::from_secs(5))
+        .await
+        .unwrap();
+    (catalog, committed, release)
 }
 
 /// A statement that sets worker w1's URL, run as a task of its own.
@@ -73,16 +97,7 @@ async fn a_change_dropped_mid_commit_is_still_applied() {
 
 async fn dropped_mid_commit() {
     let dir = tempfile::tempdir().unwrap();
-    let committed = Arc::new(Notify::new());
-    let release = Arc::new(Notify::new());
-    let store = HeldCommits {
-        inner: FileMetastore::open(dir.path()).unwrap(),
-        committed: committed.clone(),
-        release: release.clone(),
-    };
-    let catalog = Catalog::open(Box::new(store), BTreeMap::new(), Duration::from_secs(5))
-        .await
-        .unwrap();
+    let (catalog, committed, release) = held(&dir, "member/").await;
 
     // The statement is dropped once its change is in the metastore and
     // before the commit call returns.
@@ -103,4 +118,42 @@ async fn dropped_mid_commit() {
         .unwrap();
     let state = catalog.state().unwrap();
     assert_eq!(state.members["w1"].url, "http://127.0.0.3:1");
+}
+
+#[tokio::test]
+async fn a_write_dropped_while_it_is_decided_stays_in_flight_and_is_forgotten() {
+    tokio::time::timeout(Duration::from_secs(60), dropped_while_decided())
+        .await
+        .expect("the test ends within a minute");
+}
+
+async fn dropped_while_decided() {
+    let dir = tempfile::tempdir().unwrap();
+    let (catalog, committed, release) = held(&dir, "decided/").await;
+    let guard = catalog.begin_txn().await.unwrap();
+    let txn = guard.txn;
+    let statement = {
+        let catalog = catalog.clone();
+        tokio::spawn(async move {
+            let writes = BTreeMap::new();
+            decide_and_commit(&catalog, guard, writes, BTreeMap::new(), |_| Ok(())).await
+        })
+    };
+    // The statement goes while its decision is being written: the
+    // transaction must stay unresolved (a worker rejoining now would
+    // otherwise have its staged files aborted as leftovers).
+    committed.notified().await;
+    statement.abort();
+    assert!(statement.await.unwrap_err().is_cancelled());
+    assert!(catalog.is_unresolved(txn).unwrap());
+    release.notify_one();
+
+    // The decision is committed and then forgotten (its own metastore
+    // write), without a restart.
+    committed.notified().await;
+    release.notify_one();
+    while catalog.is_unresolved(txn).unwrap() {
+        tokio::task::yield_now().await;
+    }
+    assert!(catalog.state().unwrap().decided.is_empty());
 }

@@ -136,8 +136,9 @@ async fn apply_round(catalog: &Arc<Catalog>, name: &str) -> Result<()> {
         .ok()
         .and_then(|p| p.get(name)?.range(horizon + 1..).next().copied())
         .unwrap_or(horizon + 1);
-    let record = |s: &mut crate::catalog_state::CatalogState| {
-        let st = s.index_stats.entry(name.to_string()).or_default();
+    let index = name.to_string();
+    let record = move |s: &mut crate::catalog_state::CatalogState| {
+        let st = s.index_stats.entry(index.clone()).or_default();
         st.applied_through = st.applied_through.max(horizon);
         st.applied_rows += count;
         st.entries += count;
@@ -153,7 +154,7 @@ async fn apply_round(catalog: &Arc<Catalog>, name: &str) -> Result<()> {
         catalog.update(record).await?;
     } else {
         let guard = catalog.begin_txn().await?;
-        write_pieces(catalog, guard.txn, pieces, |s, _| record(s)).await?;
+        write_pieces(catalog, guard, pieces, move |s, _| record(s)).await?;
     }
     if let Ok(mut p) = catalog.outbox_pending.lock()
         && let Some(p) = p.get_mut(name)
