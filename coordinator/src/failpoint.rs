@@ -5,6 +5,7 @@
 //! | name                  | where                                              |
 //! |-----------------------|----------------------------------------------------|
 //! | `abort-after-decide`  | a write's decision is logged, no worker committed  |
+//! | `abort-before-file-removal` | a table is dropped from the catalog, its files are all still on workers |
 
 use std::sync::OnceLock;
 

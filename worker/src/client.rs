@@ -399,6 +399,14 @@ impl WorkerClient {
             .map(|_| ())
     }
 
+    /// The storage keys of the tables this worker holds partitions of.
+    pub async fn tables(&self) -> Result<Vec<String>> {
+        Ok(self
+            .action(wire::ACTION_TABLES, vec![])
+            .await?
+            .unwrap_or_default())
+    }
+
     pub async fn drop_table(&self, table: &str) -> Result<()> {
         let body = wire::encode(&wire::TableRequest {
             table: table.to_string(),

@@ -337,6 +337,15 @@ impl FlightService for WorkerFlightService {
                     .map_err(to_status)?;
                 None
             }
+            wire::ACTION_TABLES => {
+                let tables: Vec<String> = self
+                    .storage()
+                    .tables()
+                    .map_err(to_status)?
+                    .into_keys()
+                    .collect();
+                Some(wire::encode(&tables).map_err(to_status)?)
+            }
             wire::ACTION_DROP_TABLE => {
                 let req: wire::TableRequest = wire::decode(&action.body).map_err(to_status)?;
                 self.storage().drop_table(&req.table).map_err(to_status)?;

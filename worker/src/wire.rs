@@ -35,6 +35,8 @@ pub const ACTION_MANIFEST: &str = "manifest";
 pub const ACTION_READ_FILE: &str = "read_file";
 pub const ACTION_INSTALL: &str = "install";
 pub const ACTION_DROP_PARTITION: &str = "drop_partition";
+/// The table directories a worker holds (their storage keys).
+pub const ACTION_TABLES: &str = "tables";
 
 /// Starts a `DoGet` ticket asking for the index entries of a partition's
 /// older rows (a backfill); other tickets are partition scans.

@@ -598,6 +598,7 @@ fn remove_files_later(
     let (catalog, table) = (Arc::clone(catalog), table.clone());
     tokio::spawn(async move {
         catalog.snapshots_before(generation).await;
+        crate::failpoint::hit("abort-before-file-removal");
         crate::index::remove_index_files(&catalog, &indexes, &table).await;
         let Ok(members) = catalog.members() else {
             return;

@@ -65,6 +65,12 @@ impl Coordinator {
         // Reachable and caught up first: a worker that cannot be called
         // back is not recorded at all.
         self.resolve_writes_on(&id, &hello.url).await?;
+        // A member coming back may hold files of tables dropped while it
+        // was away. A worker new to this catalog is left alone: whatever it
+        // holds is not this cluster's to remove.
+        if self.catalog.members()?.contains_key(&id) {
+            self.remove_orphans_later(&id, &hello.url);
+        }
         self.catalog
             .update(|s| {
                 let record = s.members.entry(id.clone()).or_insert(MemberRecord {

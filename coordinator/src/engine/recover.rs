@@ -2,13 +2,14 @@
 //! between prepare and commit, the staging tables of replacing ingests it
 //! stopped, and the external tables of the catalog.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use datafusion::common::{DataFusionError, Result};
 use tessera_worker::WorkerClient;
 
 use super::Coordinator;
+use crate::catalog::Catalog;
 
 impl Coordinator {
     /// Resolves writes a crash left between prepare and commit: decided
@@ -54,6 +55,7 @@ impl Coordinator {
             if let Err(e) = self.abort_leftovers(worker, url).await {
                 tracing::warn!(%worker, error = %e, "undecided writes on this worker stay staged until the next start");
             }
+            self.remove_orphans_later(worker, url);
         }
         self.catalog
             .update(|s| {
@@ -92,6 +94,21 @@ impl Coordinator {
         Ok(())
     }
 
+    /// Removes, in the background, the directories on a worker that no
+    /// table or index of the catalog names: those of a table dropped or
+    /// replaced (or an index dropped) when this coordinator stopped before
+    /// it removed their files. They go once no query that began before
+    /// may read them.
+    pub(super) fn remove_orphans_later(&self, worker: &str, url: &str) {
+        let catalog = Arc::clone(&self.catalog);
+        let (worker, url) = (worker.to_string(), url.to_string());
+        tokio::spawn(async move {
+            if let Err(e) = remove_orphans(&catalog, &worker, &url).await {
+                tracing::warn!(%worker, error = %e, "files of dropped tables on this worker stay until it rejoins or the next start");
+            }
+        });
+    }
+
     pub(super) async fn restore_external_tables(&self) {
         let Ok(state) = self.catalog.state() else {
             return;
@@ -102,4 +119,37 @@ impl Coordinator {
             }
         }
     }
+}
+
+async fn remove_orphans(catalog: &Arc<Catalog>, worker: &str, url: &str) -> Result<()> {
+    let client = WorkerClient::connect(url)?;
+    // Listed before the catalog is read: a table or index is in the
+    // catalog before any of its files is written, so one made meanwhile
+    // is named there.
+    let held = client.tables().await?;
+    let named = |state: &crate::catalog_state::CatalogState| {
+        let mut keys = BTreeSet::new();
+        for def in state.tables.values() {
+            keys.insert(def.storage_key());
+        }
+        for index in state.indexes.values() {
+            if let Some(def) = state.tables.get(&index.table) {
+                keys.insert(index.storage_key(def));
+                keys.insert(index.outbox_key(def));
+            }
+        }
+        keys
+    };
+    let live = named(&catalog.state()?);
+    let orphans: Vec<String> = held.into_iter().filter(|k| !live.contains(k)).collect();
+    if orphans.is_empty() {
+        return Ok(());
+    }
+    let generation = catalog.new_generation();
+    catalog.snapshots_before(generation).await;
+    for key in orphans {
+        client.drop_table(&key).await?;
+        tracing::info!(%worker, table = %key, "removed the files of a table the catalog no longer names");
+    }
+    Ok(())
 }
