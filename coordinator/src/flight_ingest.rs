@@ -24,7 +24,7 @@ use arrow_flight::error::FlightError;
 use arrow_flight::sql::server::PeekableFlightDataStream;
 use arrow_flight::sql::{CommandStatementIngest, TableExistsOption, TableNotExistOption};
 use datafusion::arrow::array::RecordBatch;
-use datafusion::arrow::datatypes::{DataType, Schema, SchemaRef, TimeUnit};
+use datafusion::arrow::datatypes::{DataType, Schema, TimeUnit};
 use datafusion::common::Result;
 use futures::{Stream, StreamExt, TryStreamExt};
 use tessera_sql::PartitionScheme;
@@ -35,7 +35,7 @@ use crate::catalog::STAGING_PREFIX;
 use crate::engine::Coordinator;
 use crate::flight_sql::status;
 use crate::panic_guard::guarded;
-use crate::write_stream::{streams, write_stream};
+use crate::write_stream::write_stream;
 
 /// The statement option naming a created table's partitioning.
 pub const PARTITION_BY_OPTION: &str = "tessera.partition_by";
@@ -170,7 +170,7 @@ pub async fn ingest(
         decoded.map_err(|e| ErrorKind::InvalidArgument.error(bad_data(e).message().to_string())),
     ));
     if existing.is_some() && !replacing {
-        return write_rows(coordinator, &table, schema, rows).await;
+        return write_rows(coordinator, &table, rows).await;
     }
     let scheme = partition_by.or_else(|| {
         existing
@@ -195,7 +195,7 @@ pub async fn ingest(
         coordinator: Arc::clone(coordinator),
         name: Some(target.clone()),
     };
-    let written = write_rows(coordinator, &target, schema, rows).await?;
+    let written = write_rows(coordinator, &target, rows).await?;
     guarded(coordinator.replace_table(&table, &target, replacing))
         .await
         .map_err(status)?;
@@ -225,12 +225,10 @@ impl Drop for MadeTable {
     }
 }
 
-/// Writes `rows` into `table`: sent on to the workers as they come, unless
-/// the table sorts its rows or has indexes.
+/// Writes `rows` into `table`, sent on to the workers as they come.
 async fn write_rows(
     coordinator: &Coordinator,
     table: &str,
-    schema: SchemaRef,
     mut rows: impl Stream<Item = Result<RecordBatch>> + Unpin,
 ) -> Result<i64, Status> {
     let def = coordinator
@@ -238,18 +236,10 @@ async fn write_rows(
         .table_def(table)
         .map_err(status)?
         .ok_or_else(|| Status::not_found(format!("table '{table}' was dropped meanwhile")))?;
-    if streams(&def)
-        && let Some(written) = guarded(write_stream(coordinator.catalog(), &def, &mut rows))
-            .await
-            .map_err(status)?
-    {
-        return Ok(written as i64);
-    }
-    let batches: Vec<RecordBatch> = rows.try_collect().await.map_err(status)?;
-    let rows = guarded(coordinator.load(table, schema, batches))
+    let written = guarded(write_stream(coordinator.catalog(), &def, &mut rows))
         .await
         .map_err(status)?;
-    Ok(rows as i64)
+    Ok(written as i64)
 }
 
 fn bad_data(e: FlightError) -> Status {

@@ -205,18 +205,7 @@ impl DataSink for WriteSink {
         let (owned, indexed) = (table.to_string(), counts.clone());
         let result = write_pieces(&self.catalog, guard, pieces, move |s, files| {
             add_stats(s, &owned, stats_of.iter().map(|(p, i)| (*p, &files[*i])));
-            for (name, kind, entries) in &indexed {
-                let st = s.index_stats.entry(name.clone()).or_default();
-                match kind {
-                    IndexKind::GlobalAsync => {
-                        if *entries > 0 && st.outbox_rows == st.applied_rows {
-                            st.pending_since = txn;
-                        }
-                        st.outbox_rows += entries;
-                    }
-                    _ => st.entries += entries,
-                }
-            }
+            add_index_stats(s, txn, &indexed);
             Ok(())
         })
         .await;
@@ -250,6 +239,23 @@ pub(crate) fn add_stats<'a>(
         let p = stats.entry(partition).or_default();
         p.rows += file.rows;
         p.bytes += file.bytes;
+    }
+}
+
+/// Counts the entries a write (transaction `txn`) adds to each index:
+/// (name, kind, entries); an ASYNC index's go to its outbox.
+pub(crate) fn add_index_stats(s: &mut CatalogState, txn: u64, counts: &[(String, IndexKind, u64)]) {
+    for (name, kind, entries) in counts {
+        let st = s.index_stats.entry(name.clone()).or_default();
+        match kind {
+            IndexKind::GlobalAsync => {
+                if *entries > 0 && st.outbox_rows == st.applied_rows {
+                    st.pending_since = txn;
+                }
+                st.outbox_rows += entries;
+            }
+            _ => st.entries += entries,
+        }
     }
 }
 

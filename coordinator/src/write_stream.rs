@@ -5,19 +5,24 @@
 //! rows to staged files as they arrive, and the write is decided and
 //! committed (or aborted, changing nothing) once the stream ends.
 //!
-//! Rows are stored in the order they arrive, so a table that sorts them
-//! (CLUSTER BY) or has secondary indexes (whose entries name rows by
-//! position) is written by the buffered path instead.
+//! Each piece of a partition's rows is appended to the partition's staged
+//! file as it comes: a CLUSTER BY table's piece is sorted first (the file
+//! is then sorted in runs, one per piece, as a merged file is), and the
+//! entries of the table's secondary indexes are made from the piece as it
+//! is stored (a row's position is the rows sent before it in its
+//! partition) and sent on with it: LOCAL entries and an ASYNC index's
+//! outbox to the partition's copies, GLOBAL SYNC entries to the index
+//! partitions their terms hash to.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{ArrayRef, RecordBatch};
-use datafusion::arrow::compute::{CastOptions, cast_with_options, concat_batches};
+use datafusion::arrow::compute::{CastOptions, cast_with_options};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::common::{DataFusionError, Result};
 use futures::{Stream, StreamExt};
-use tessera_sql::TableDef;
+use tessera_sql::{IndexKind, TableDef};
 use tessera_worker::wire::{PieceHeader, PrepareRequest};
 use tessera_worker::{
     DataFile, ErrorKind, StagedWrite, WorkerClient, call_timeout, deadline_for_bytes,
@@ -28,7 +33,10 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::catalog::{Catalog, WriteTarget};
 use crate::copies::{Failures, settle_copies, short_of_quorum};
-use crate::write::{WriteSink, abort, add_stats, decide_and_commit, name_worker};
+use crate::write::{WriteSink, abort, add_index_stats, add_stats, decide_and_commit, name_worker};
+
+mod pieces;
+use pieces::Pieces;
 
 /// Rows of one partition gathered before they are sent on.
 const FLUSH_BYTES: usize = 2 << 20;
@@ -39,18 +47,17 @@ const IDLE_CALLS: u32 = 10;
 /// Pieces one worker's upload may fall behind by before the router waits.
 const WORKER_QUEUE: usize = 2;
 
-/// Whether `def`'s rows may be written as they arrive.
-pub fn streams(def: &TableDef) -> bool {
-    def.scheme.cluster_by().is_empty()
-}
+/// Where pieces of the write go: a directory on workers (the table's, a
+/// LOCAL index's, an outbox's or a GLOBAL index's) and its partition.
+type Slot = (String, u32);
 
 /// One worker's share of the write: an open prepare call fed as rows come.
 struct Upload {
     url: String,
     pieces: mpsc::Sender<(PieceHeader, RecordBatch)>,
     task: tokio::task::JoinHandle<Result<Vec<DataFile>>>,
-    /// Partitions in the order first sent: the order of the files back.
-    partitions: Vec<u32>,
+    /// Slots in the order first sent: the order of the files back.
+    slots: Vec<Slot>,
     /// Bytes sent, for the deadline of the answer.
     bytes: u64,
 }
@@ -61,8 +68,8 @@ struct Upload {
 struct Uploads {
     txn: u64,
     open: BTreeMap<String, Upload>,
-    /// Each partition sent so far: its in-sync copies and quorum.
-    owners: BTreeMap<u32, WriteTarget>,
+    /// Each slot sent so far: its in-sync copies and quorum.
+    owners: BTreeMap<Slot, WriteTarget>,
     /// Copies that could not be reached or stopped taking rows.
     failed: Failures,
     armed: bool,
@@ -113,20 +120,16 @@ impl Drop for Uploads {
 }
 
 /// Writes the rows of `input` (in the table's column order) into `def` as
-/// one transaction; the rows written. `Ok(None)` when the table has
-/// secondary indexes (found once the transaction began): nothing was read
-/// from `input`, and the caller writes it the buffered way.
+/// one transaction, with the entries of its secondary indexes; the rows
+/// written.
 pub async fn write_stream(
     catalog: &Arc<Catalog>,
     def: &TableDef,
     input: impl Stream<Item = Result<RecordBatch>> + Unpin,
-) -> Result<Option<u64>> {
+) -> Result<u64> {
     let table = def.name.clone();
     let table_schema = def.schema()?;
     let (guard, indexes) = catalog.begin_write(&table).await?;
-    if !indexes.is_empty() {
-        return Ok(None);
-    }
     let txn = guard.txn;
     let sink = WriteSink::new(Arc::clone(catalog), def.clone(), Arc::clone(&table_schema));
     // NOT NULL is checked when rows are routed, naming the column.
@@ -138,7 +141,8 @@ pub async fn write_stream(
         failed: Failures::new(),
         armed: true,
     };
-    let prepared = match route_all(catalog, def, &sink, &accepts, txn, input, &mut uploads).await {
+    let mut pieces = Pieces::new(catalog, def, indexes, txn)?;
+    let prepared = match route_all(&sink, &accepts, input, &mut pieces, &mut uploads).await {
         Ok(()) => finish_uploads(&mut uploads).await,
         Err(e) => Err(e),
     };
@@ -169,40 +173,50 @@ pub async fn write_stream(
     urls.retain(|w, _| !uploads.failed.contains_key(w));
     // Copies that missed the write leave the in-sync set as it is decided.
     let mut settled: Vec<(WriteTarget, Vec<String>)> = vec![];
-    for (partition, target) in &uploads.owners {
+    for (slot, target) in &uploads.owners {
         let held: Vec<String> = prepared
             .iter()
-            .filter(|(_, p, _)| p == partition)
+            .filter(|(_, s, _)| s == slot)
             .map(|(w, ..)| w.clone())
             .collect();
         settled.push((target.clone(), held));
     }
     // Each partition's rows counted once, from its first copy.
-    let mut first: BTreeMap<u32, &DataFile> = BTreeMap::new();
-    for (_, partition, file) in &prepared {
-        first.entry(*partition).or_insert(file);
+    let location = def.storage_key();
+    let mut first: BTreeMap<u32, DataFile> = BTreeMap::new();
+    for (_, (at, partition), file) in &prepared {
+        if *at == location {
+            first.entry(*partition).or_insert_with(|| file.clone());
+        }
     }
     let rows: u64 = first.values().map(|f| f.rows).sum();
     if prepared.is_empty() {
-        return Ok(Some(0));
+        return Ok(0);
     }
     let mut writes: BTreeMap<String, Vec<StagedWrite>> = BTreeMap::new();
-    for (worker, partition, _) in &prepared {
+    for (worker, (at, partition), _) in &prepared {
         writes.entry(worker.clone()).or_default().push(StagedWrite {
             txn,
-            table: def.storage_key(),
+            table: at.clone(),
             partition: *partition,
         });
     }
-    let touched = first.len() as u64;
+    // Partitions written before the acknowledgement: the data ones and
+    // those of GLOBAL SYNC indexes.
+    let touched = uploads
+        .owners
+        .keys()
+        .filter(|(at, _)| *at == location || pieces.synced.contains(at))
+        .count() as u64;
     let workers = writes.len() as u64;
-    let first: BTreeMap<u32, DataFile> = first.into_iter().map(|(p, f)| (p, f.clone())).collect();
-    let owned = table.clone();
+    let counts = pieces.counts();
+    let (owned, indexed) = (table.clone(), counts.clone());
     decide_and_commit(catalog, guard, writes, urls, move |s| {
         for (target, held) in &settled {
             settle_copies(s, target, held)?;
         }
         add_stats(s, &owned, first.iter().map(|(p, f)| (*p, f)));
+        add_index_stats(s, txn, &indexed);
         Ok(())
     })
     .await
@@ -211,13 +225,18 @@ pub async fn write_stream(
         .files_added
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     catalog.count_write(touched, workers);
-    Ok(Some(rows))
+    let outboxes = counts
+        .iter()
+        .filter(|(_, k, n)| *k == IndexKind::GlobalAsync && *n > 0)
+        .map(|(name, ..)| name.as_str());
+    catalog.outbox_written(outboxes, txn);
+    Ok(rows)
 }
 
 /// Ends every upload (all at once) and collects the files each worker
 /// staged: (worker, partition, file). A worker that fails is noted in
 /// `failed`; the write fails if a partition is then short of copies.
-async fn finish_uploads(uploads: &mut Uploads) -> Result<Vec<(String, u32, DataFile)>> {
+async fn finish_uploads(uploads: &mut Uploads) -> Result<Vec<(String, Slot, DataFile)>> {
     let mut waits = vec![];
     for (worker, upload) in &mut uploads.open {
         // The end of its rows: the worker finishes and syncs its files.
@@ -226,7 +245,7 @@ async fn finish_uploads(uploads: &mut Uploads) -> Result<Vec<(String, u32, DataF
         let limit = deadline_for_bytes(upload.bytes);
         let (worker, url) = (worker.clone(), upload.url.clone());
         let task = &mut upload.task;
-        let expected = upload.partitions.len();
+        let expected = upload.slots.len();
         waits.push(async move {
             let files = match tokio::time::timeout(limit, task).await {
                 Ok(Ok(files)) => files.map_err(|e| name_worker(&worker, &url, e)),
@@ -257,10 +276,10 @@ async fn finish_uploads(uploads: &mut Uploads) -> Result<Vec<(String, u32, DataF
         match files {
             Ok(files) => prepared.extend(
                 upload
-                    .partitions
+                    .slots
                     .iter()
                     .zip(files)
-                    .map(|(p, f)| (worker.clone(), *p, f)),
+                    .map(|(slot, f)| (worker.clone(), slot.clone(), f)),
             ),
             Err(e) => {
                 let unreachable = is_worker_failure(&e);
@@ -292,12 +311,10 @@ fn changed_nothing(table: &str, e: DataFusionError) -> DataFusionError {
 /// in pieces of about [`FLUSH_BYTES`] (and the largest held piece whenever
 /// all held rows reach [`HELD_BYTES`]).
 async fn route_all(
-    catalog: &Arc<Catalog>,
-    def: &TableDef,
     sink: &WriteSink,
     accepts: &SchemaRef,
-    txn: u64,
     mut input: impl Stream<Item = Result<RecordBatch>> + Unpin,
+    pieces: &mut Pieces<'_>,
     uploads: &mut Uploads,
 ) -> Result<()> {
     let mut held: BTreeMap<u32, (Vec<RecordBatch>, usize)> = BTreeMap::new();
@@ -315,7 +332,7 @@ async fn route_all(
         let Some(batch) = next else {
             break;
         };
-        let batch = conform(&batch?, accepts, &def.name)?;
+        let batch = conform(&batch?, accepts, &pieces.def.name)?;
         for (partition, batches) in sink.route(vec![batch])? {
             let (pending, bytes) = held.entry(partition).or_default();
             for b in batches {
@@ -337,40 +354,35 @@ async fn route_all(
                 held_bytes -= *bytes;
                 *bytes = 0;
                 let rows = std::mem::take(rows);
-                send(catalog, def, txn, p, rows, uploads).await?;
+                pieces.send(p, rows, uploads).await?;
             }
         }
     }
     for (partition, (rows, _)) in held {
-        send(catalog, def, txn, partition, rows, uploads).await?;
+        pieces.send(partition, rows, uploads).await?;
     }
     Ok(())
 }
 
-/// Sends one piece of `partition`'s rows to each in-sync copy of it,
-/// opening a worker's upload on its first piece. A copy that stopped
-/// taking rows is noted; the write fails once a partition is short of
+/// Sends `batch` to each in-sync copy of `slot` (`target` names them the
+/// first time), opening a worker's upload on its first piece. A copy that
+/// stopped taking rows is noted; the write fails once a slot is short of
 /// copies.
 async fn send(
-    catalog: &Arc<Catalog>,
-    def: &TableDef,
-    txn: u64,
-    partition: u32,
-    rows: Vec<RecordBatch>,
     uploads: &mut Uploads,
+    slot: Slot,
+    target: &WriteTarget,
+    batch: &RecordBatch,
 ) -> Result<()> {
-    let Some(first) = rows.first() else {
-        return Ok(());
-    };
-    let batch = concat_batches(&first.schema(), &rows)?;
-    if !uploads.owners.contains_key(&partition) {
-        open_uploads(catalog, def, txn, partition, uploads)?;
+    if !uploads.owners.contains_key(&slot) {
+        open_uploads(uploads, slot.clone(), target.clone())?;
     }
     let workers: Vec<String> = uploads
         .owners
-        .get(&partition)
+        .get(&slot)
         .map(|t| t.workers().map(String::from).collect())
         .unwrap_or_default();
+    let txn = uploads.txn;
     for worker in workers {
         if uploads.failed.contains_key(&worker) {
             continue;
@@ -380,8 +392,8 @@ async fn send(
         };
         upload.bytes += batch.get_array_memory_size() as u64;
         let header = PieceHeader {
-            table: def.storage_key(),
-            partition,
+            table: slot.0.clone(),
+            partition: slot.1,
         };
         let sent =
             tokio::time::timeout(call_timeout(), upload.pieces.send((header, batch.clone()))).await;
@@ -410,22 +422,11 @@ async fn send(
     Ok(())
 }
 
-/// Notes `partition`'s in-sync copies and opens the upload of each that
-/// has none yet (the partition noted as its: the order of the files it
+/// Notes `slot`'s in-sync copies (`target`) and opens the upload of each
+/// that has none yet (the slot noted as its: the order of the files it
 /// answers with).
-fn open_uploads(
-    catalog: &Arc<Catalog>,
-    def: &TableDef,
-    txn: u64,
-    partition: u32,
-    uploads: &mut Uploads,
-) -> Result<()> {
-    let Some(target) = catalog.write_targets(&def.name, &[partition])?.pop() else {
-        return Err(DataFusionError::Internal(format!(
-            "no owner for partition {partition} of '{}'",
-            def.name
-        )));
-    };
+fn open_uploads(uploads: &mut Uploads, slot: Slot, target: WriteTarget) -> Result<()> {
+    let txn = uploads.txn;
     for replica in &target.replicas {
         let part = match replica {
             Ok(part) => part,
@@ -453,13 +454,13 @@ fn open_uploads(
                     url: part.url.clone(),
                     pieces,
                     task,
-                    partitions: vec![],
+                    slots: vec![],
                     bytes: 0,
                 }
             });
-        upload.partitions.push(partition);
+        upload.slots.push(slot.clone());
     }
-    uploads.owners.insert(partition, target);
+    uploads.owners.insert(slot, target);
     uploads.check_quorum()
 }
 

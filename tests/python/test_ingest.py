@@ -258,6 +258,67 @@ def test_ingest_streams_in_bounded_memory(data_dir):
             stop_server(p)
 
 
+def test_ingest_into_a_clustered_indexed_table_streams(data_dir):
+    """A CLUSTER BY table with a LOCAL, a GLOBAL SYNC and a GLOBAL ASYNC
+    index takes an upload in pieces too: the coordinator grows by a
+    fraction of it, and every index finds exactly the rows a full scan
+    finds (entries name the rows where the pieces put them)."""
+    from test_cluster_processes import start_coordinator, start_worker, wait_for, workers
+
+    coord, coordinator = start_coordinator(data_dir)
+    procs = [coord]
+    try:
+        for name, host in (("w2", "127.0.0.2"), ("w3", "127.0.0.3")):
+            procs.append(start_worker(data_dir, coordinator, host, name)[0])
+        # 128 MiB of rows, made as they are sent; ts runs backwards so
+        # that CLUSTER BY has to sort every piece.
+        batches, rows_per_batch = 64, 65536
+        n = batches * rows_per_batch
+        schema = pa.schema([("id", pa.int64()), ("ts", pa.int64()), ("b", pa.int64()),
+                            ("c", pa.int64()), ("d", pa.int64())])
+
+        def upload():
+            for i in range(batches):
+                ids = pa.array(range(i * rows_per_batch, (i + 1) * rows_per_batch), pa.int64())
+                yield pa.record_batch(
+                    [ids, pc.subtract(n, ids), pc.divide(ids, 4096), pc.divide(ids, 8192),
+                     pc.divide(ids, 2048)],
+                    schema=schema)
+
+        upload_bytes = n * 5 * 8
+        with flightsql.connect(f"grpc://{coordinator}") as conn, conn.cursor() as cur:
+            wait_for("two workers", lambda: len(workers(cur)) == 2, 30)
+            cur.execute("CREATE TABLE ci (id BIGINT, ts BIGINT, b BIGINT, c BIGINT, d BIGINT) "
+                        "PARTITION BY HASH (id) PARTITIONS 4 CLUSTER BY (ts)")
+            cur.execute("CREATE INDEX ci_local ON ci (b) LOCAL")
+            cur.execute("CREATE INDEX ci_sync ON ci (c) GLOBAL SYNC PARTITIONS 3")
+            cur.execute("CREATE INDEX ci_async ON ci (d) GLOBAL ASYNC PARTITIONS 2")
+            before = memory_kib(coord.pid, "VmRSS")
+            reader = pa.RecordBatchReader.from_batches(schema, upload())
+            assert cur.adbc_ingest("ci", reader, mode="append") == n
+            grew = (memory_kib(coord.pid, "VmHWM") - before) * 1024
+            assert grew < upload_bytes / 2, (
+                f"the coordinator grew by {grew >> 20} MiB for a {upload_bytes >> 20} MiB upload")
+            assert rows(cur, "SELECT count(*) AS n, sum(id) AS s, min(ts) AS lo FROM ci") == [
+                {"n": n, "s": n * (n - 1) // 2, "lo": 1}]
+
+            # Each index finds what a full scan (`+ 0` uses no index) finds.
+            cur.execute("SET tessera.index_read = 'fresh'")
+            for index, column, width in (("ci_local", "b", 4096), ("ci_sync", "c", 8192),
+                                         ("ci_async", "d", 2048)):
+                for term in (0, 7, n // width - 1):
+                    ids = range(term * width, (term + 1) * width)
+                    want = [{"n": width, "s": sum(ids), "t": sum(n - i for i in ids)}]
+                    query = "SELECT count(*) AS n, sum(id) AS s, sum(ts) AS t FROM ci WHERE "
+                    plan = rows(cur, f"EXPLAIN {query} {column} = {term}")
+                    assert index in str(plan), plan
+                    assert rows(cur, f"{query} {column} = {term}") == want, (index, term)
+                    assert rows(cur, f"{query} {column} + 0 = {term}") == want, (index, term)
+    finally:
+        for p in procs:
+            stop_server(p)
+
+
 def test_a_worker_killed_mid_ingest_changes_nothing(data_dir):
     """SIGKILL a worker while an upload streams to it: the ingest fails
     naming it, readers meanwhile see all of the table's earlier rows and
@@ -296,6 +357,8 @@ def test_a_worker_killed_mid_ingest_changes_nothing(data_dir):
         with flightsql.connect(f"grpc://{coordinator}") as conn, conn.cursor() as cur:
             wait_for("two workers", lambda: len(workers(cur)) == 2, 30)
             cur.execute("CREATE TABLE t (id BIGINT, v BIGINT) PARTITION BY HASH (id) PARTITIONS 4")
+            cur.execute("CREATE INDEX t_v ON t (v) GLOBAL SYNC PARTITIONS 2")
+            cur.execute("CREATE INDEX t_local ON t (id) LOCAL")
             cur.execute("INSERT INTO t SELECT value AS id, value AS v FROM range(1000)")
 
             # A long upload (it never ends by itself before the kill).
@@ -317,6 +380,10 @@ def test_a_worker_killed_mid_ingest_changes_nothing(data_dir):
                     while not stop.is_set():
                         try:
                             seen.append(rows(r, "SELECT count(*) AS n FROM t")[0]["n"])
+                            # Through the GLOBAL index: an early row, and
+                            # one of the upload's.
+                            seen.append(rows(r, "SELECT count(*) AS n FROM t WHERE v = 5 "
+                                                "OR v = 1000005")[0]["n"] + 999)
                         except flightsql.Error:
                             pass  # a partition on the killed worker
 
@@ -348,5 +415,10 @@ def test_a_worker_killed_mid_ingest_changes_nothing(data_dir):
             assert cur.adbc_ingest("t", reader, mode="append") == 16 * rows_per_batch
             got = rows(cur, "SELECT count(*) AS n, count(DISTINCT id) AS d FROM t")
             assert got == [{"n": 1000 + 16 * rows_per_batch, "d": 1000 + 16 * rows_per_batch}]
+            # Each index names the upload's rows once, the aborted one's never.
+            for column in ("v", "id"):
+                got = rows(cur, f"SELECT count(*) AS n FROM t WHERE {column} IN "
+                                f"(5, 1000005, {10**6 + 16 * rows_per_batch - 1})")
+                assert got == [{"n": 3}], (column, got)
     finally:
         stop_all(procs.values())
