@@ -210,8 +210,23 @@ pub async fn write_stream(
         .count() as u64;
     let workers = writes.len() as u64;
     let counts = pieces.counts();
-    let (owned, indexed) = (table.clone(), counts.clone());
+    let (owned, indexed, ids, table_id) = (table.clone(), counts.clone(), pieces.ids(), def.id);
     decide_and_commit(catalog, guard, writes, urls, move |s| {
+        // An upload takes a while: the table or an index it wrote entries
+        // for may have been dropped (or made again) meanwhile.
+        if s.tables.get(&owned).map(|t| t.id) != Some(table_id) {
+            return tessera_worker::precondition_err!(
+                "table '{owned}' was dropped while the rows were uploaded"
+            );
+        }
+        if let Some((name, _)) = ids
+            .iter()
+            .find(|(name, id)| s.indexes.get(name).map(|i| i.id) != Some(*id))
+        {
+            return tessera_worker::precondition_err!(
+                "index '{name}' was dropped while the rows were uploaded; upload them again"
+            );
+        }
         for (target, held) in &settled {
             settle_copies(s, target, held)?;
         }

@@ -140,16 +140,86 @@ async fn remove_orphans(catalog: &Arc<Catalog>, worker: &str, url: &str) -> Resu
         }
         keys
     };
-    let live = named(&catalog.state()?);
-    let orphans: Vec<String> = held.into_iter().filter(|k| !live.contains(k)).collect();
+    let state = catalog.state()?;
+    let live = named(&state);
+    let orphans: Vec<String> = held
+        .into_iter()
+        .filter(|k| !live.contains(k) && handed_out(k, &state))
+        .collect();
     if orphans.is_empty() {
         return Ok(());
     }
     let generation = catalog.new_generation();
     catalog.snapshots_before(generation).await;
     for key in orphans {
-        client.drop_table(&key).await?;
-        tracing::info!(%worker, table = %key, "removed the files of a table the catalog no longer names");
+        match client.drop_table(&key).await {
+            Ok(()) => {
+                tracing::info!(%worker, table = %key, "removed the files of a table the catalog no longer names");
+            }
+            Err(e) => {
+                tracing::warn!(%worker, table = %key, error = %e, "files of a dropped table stay until the worker rejoins or the next start");
+            }
+        }
     }
     Ok(())
+}
+
+/// Whether the storage key `key` is one this catalog handed out: its
+/// table's id (and its index's) below the counters that give them. A
+/// directory of a table made after the catalog's state was saved (a
+/// coordinator started on a backup of its data dir, or on none) is not
+/// this catalog's to remove, nor is one whose name it does not know.
+fn handed_out(key: &str, state: &crate::catalog_state::CatalogState) -> bool {
+    let digits = |s: &str| -> Option<u64> {
+        (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| s.parse().ok())
+            .flatten()
+    };
+    // An index's directory: `<table key>.i<id>` or `<table key>.o<id>`.
+    let (table, index) = match key.rsplit_once('.') {
+        Some((t, i)) if (i.starts_with('i') || i.starts_with('o')) && digits(&i[1..]).is_some() => {
+            (t, digits(&i[1..]))
+        }
+        _ => (key, None),
+    };
+    // A table's: `t<id>`, or `<name>.<id>` of an earlier version.
+    let id = match table.strip_prefix('t').and_then(digits) {
+        Some(id) => Some(id),
+        None => table.rsplit_once('.').and_then(|(_, id)| digits(id)),
+    };
+    let Some(id) = id else {
+        return false;
+    };
+    id < state.tables_created && index.is_none_or(|i| i < state.indexes_created)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::handed_out;
+    use crate::catalog_state::CatalogState;
+
+    #[test]
+    fn only_keys_of_ids_the_catalog_gave_are_removable() {
+        let state = CatalogState {
+            tables_created: 5,
+            indexes_created: 3,
+            ..Default::default()
+        };
+        for key in ["t0", "t4", "t4.i2", "t1.o0", "old.name.4", "old.4.i1"] {
+            assert!(handed_out(key, &state), "{key}");
+        }
+        for key in [
+            "t5",
+            "t12",
+            "t4.i3",
+            "t1.o7",
+            "old.name.5",
+            "tx",
+            "t",
+            "t1.x2",
+            "name",
+        ] {
+            assert!(!handed_out(key, &state), "{key}");
+        }
+    }
 }

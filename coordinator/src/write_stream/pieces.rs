@@ -62,6 +62,14 @@ impl<'a> Pieces<'a> {
         })
     }
 
+    /// The indexes the write maintains: (name, id).
+    pub(super) fn ids(&self) -> Vec<(String, u64)> {
+        self.indexes
+            .iter()
+            .map(|(i, ..)| (i.name.clone(), i.id))
+            .collect()
+    }
+
     /// Entries made per index: (name, kind, count).
     pub(super) fn counts(&self) -> Vec<(String, IndexKind, u64)> {
         self.indexes
