@@ -77,12 +77,31 @@ def manifests(data_dir):
     tables' partitions (directories t<id>), read off the workers' data
     directories."""
     out = {}
-    for path in glob.glob(os.path.join(data_dir, "w*", "t[0-9]*", "p*", "manifest.json")):
-        part = os.path.relpath(os.path.dirname(path), os.path.join(data_dir))
+    for path in glob.glob(os.path.join(data_dir, "w*", "t[0-9]*", "p*")):
+        manifest = read_manifest(path)
+        if manifest is None:
+            continue
+        part = os.path.relpath(path, os.path.join(data_dir))
         worker, rest = part.split(os.sep, 1)
-        with open(path) as f:
-            out.setdefault(rest, {})[worker] = [x["name"] for x in json.load(f)["files"]]
+        out.setdefault(rest, {})[worker] = [x["name"] for x in manifest["files"]]
     return out
+
+
+def read_manifest(partition_dir):
+    """A partition's manifest: of its two slots (manifest.0 and .1, each
+    a line of JSON and a line with the xxh3 checksum of it), the whole one
+    with the higher sequence number; None if there is none. The checksum
+    is not checked here: a slot that parses is taken as whole."""
+    newest = None
+    for name in ("manifest.0", "manifest.1"):
+        try:
+            with open(os.path.join(partition_dir, name)) as f:
+                slot = json.loads(f.read().rstrip("\n").rsplit("\n", 1)[0])
+        except (FileNotFoundError, ValueError):
+            continue
+        if newest is None or slot["seq"] > newest["seq"]:
+            newest = slot
+    return newest and newest["manifest"]
 
 
 def reads_per_worker(cur, sql, table):

@@ -33,7 +33,7 @@ pub use scan::{
 pub use service::{WorkerHandle, nodelay_incoming, start_worker, start_worker_with, to_status};
 pub use snapshot::Snapshot;
 pub use storage::{
-    Compaction, DataFile, Manifest, MergeRule, PartitionStats, StagedWrite, Storage,
+    Compaction, DataFile, Manifest, MergeRule, PartitionStats, StagedWrite, Storage, read_manifest,
     sort_by_columns,
 };
 pub use unavailable::{WorkerUnavailable, is_worker_failure};

@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! <worker dir>/<table>/p0003/
-//!     manifest.json          files that make up the partition (swapped by rename)
+//!     manifest.0, manifest.1 files that make up the partition (two slots
+//!                            written in turn, see `manifest_file`)
 //!     00000000000000000007.parquet
 //!     staged/00000000000000000009.parquet   prepared by txn 9, not yet committed
 //! ```
@@ -12,7 +13,7 @@
 //! partition to a staged Parquet file and fsyncs it: this is the write-ahead
 //! record, and once every partition of a statement is prepared the
 //! coordinator decides. `commit` moves the staged file into the partition and
-//! swaps in a manifest naming it (write, fsync, rename, fsync the directory);
+//! writes a manifest naming it (into its older slot, synced);
 //! `abort` deletes the staged file. A staged file found after a restart is
 //! resolved by the coordinator, which logged its decision before committing.
 
@@ -20,11 +21,12 @@ mod commit;
 mod compaction;
 mod copy;
 mod manifest;
+mod manifest_file;
 mod open;
 mod parquet_io;
 mod pins;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
@@ -37,11 +39,16 @@ pub use copy::CopiedFile;
 pub use manifest::{DataFile, Manifest, Moved, PartitionStats, StagedWrite};
 pub use parquet_io::{StagedFile, sort_by_columns};
 
-use parquet_io::{io_err, remove_if_present, sync_dir, write_synced};
+use parquet_io::{io_err, remove_if_present, sync_dir};
 use pins::Readers;
 
-const MANIFEST: &str = "manifest.json";
 const STAGED: &str = "staged";
+
+/// The manifest of the partition directory `dir`, read off the disk (for
+/// tools and tests; a running worker reads its own through [`Storage`]).
+pub fn read_manifest(dir: &Path) -> Result<Manifest> {
+    Ok(manifest_file::read(dir)?.1)
+}
 
 fn file_name(txn: u64) -> String {
     format!("{txn:020}.parquet")
@@ -54,6 +61,9 @@ pub struct Storage {
     /// Serialises manifest swaps; writes to distinct partitions are rare
     /// enough at commit time that one lock costs nothing measurable.
     commit_lock: Mutex<()>,
+    /// Each partition's manifest as last read or written (this instance
+    /// is the only writer of its directory), with its sequence number.
+    manifests: Mutex<HashMap<PathBuf, (u64, Manifest)>>,
     readers: Mutex<Readers>,
     /// Held while this instance lives: no other process opens the directory.
     _lock: fs::File,
@@ -73,6 +83,7 @@ impl Storage {
         let storage = Arc::new(Self {
             root,
             commit_lock: Mutex::new(()),
+            manifests: Mutex::new(HashMap::new()),
             readers: Mutex::new(Readers::default()),
             _lock: lock,
         });
@@ -106,17 +117,19 @@ impl Storage {
 
     /// The manifest of a partition; empty if nothing was ever committed.
     pub fn manifest(&self, table: &str, partition: u32) -> Result<Manifest> {
-        let path = self.partition_dir(table, partition)?.join(MANIFEST);
-        match fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
-                crate::ErrorKind::FailedPrecondition.error(format!(
-                    "manifest {} is corrupt: {e}; restore it from a replica or backup",
-                    path.display()
-                ))
-            }),
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(Manifest::default()),
-            Err(e) => Err(io_err("cannot read", &path, e)),
+        let dir = self.partition_dir(table, partition)?;
+        // Held while a missing one is read: a write's update of the
+        // cache waits, and so replaces what this read.
+        let mut cache = self
+            .manifests
+            .lock()
+            .map_err(|_| poisoned("manifest cache"))?;
+        if let Some((_, m)) = cache.get(&dir) {
+            return Ok(m.clone());
         }
+        let (seq, m) = manifest_file::read(&dir)?;
+        cache.insert(dir, (seq, m.clone()));
+        Ok(m)
     }
 
     /// Paths and sizes of the Parquet files of a partition.
@@ -157,13 +170,35 @@ impl Storage {
         Ok(dir)
     }
 
+    /// Writes a partition's manifest (under the commit lock: one writer at
+    /// a time).
     fn write_manifest(&self, dir: &Path, manifest: &Manifest) -> Result<()> {
-        let tmp = dir.join("manifest.json.tmp");
-        let bytes = serde_json::to_vec_pretty(manifest)
-            .map_err(|e| DataFusionError::Internal(format!("manifest encoding: {e}")))?;
-        write_synced(&tmp, &bytes)?;
-        fs::rename(&tmp, dir.join(MANIFEST)).map_err(|e| io_err("cannot swap", &tmp, e))?;
-        sync_dir(dir)
+        let cached = self
+            .manifests
+            .lock()
+            .map_err(|_| poisoned("manifest cache"))?
+            .get(dir)
+            .map(|(seq, _)| *seq);
+        let seq = match cached {
+            Some(seq) => seq,
+            None => manifest_file::read(dir)?.0,
+        };
+        manifest_file::write(dir, seq + 1, manifest)?;
+        self.manifests
+            .lock()
+            .map_err(|_| poisoned("manifest cache"))?
+            .insert(dir.to_path_buf(), (seq + 1, manifest.clone()));
+        Ok(())
+    }
+
+    /// Forgets the cached manifests of the partitions under `dir`, once
+    /// it is removed.
+    fn forget_manifests(&self, dir: &Path) -> Result<()> {
+        self.manifests
+            .lock()
+            .map_err(|_| poisoned("manifest cache"))?
+            .retain(|d, _| !d.starts_with(dir));
+        Ok(())
     }
 
     fn partition_dirs(&self) -> Result<Vec<(String, u32, PathBuf)>> {
@@ -209,11 +244,13 @@ impl Storage {
     pub fn drop_table(&self, table: &str) -> Result<()> {
         check_table_key(table)?;
         let dir = self.root.join(table);
-        match fs::remove_dir_all(&dir) {
+        let removed = match fs::remove_dir_all(&dir) {
             Ok(()) => sync_dir(&self.root),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
             Err(e) => Err(io_err("cannot remove", &dir, e)),
-        }
+        };
+        self.forget_manifests(&dir)?;
+        removed
     }
 
     /// Removes one partition's files (a copy this worker no longer holds).
@@ -222,11 +259,13 @@ impl Storage {
             DataFusionError::Internal("commit lock poisoned by an earlier panic".into())
         })?;
         let dir = self.partition_dir(table, partition)?;
-        match fs::remove_dir_all(&dir) {
+        let removed = match fs::remove_dir_all(&dir) {
             Ok(()) => sync_dir(&self.root.join(table)),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
             Err(e) => Err(io_err("cannot remove", &dir, e)),
-        }
+        };
+        self.forget_manifests(&dir)?;
+        removed
     }
 
     /// Tables with at least one partition directory here.
@@ -240,6 +279,10 @@ impl Storage {
 }
 
 /// Refuses table keys that could name a path outside the worker's directory.
+fn poisoned(what: &str) -> DataFusionError {
+    DataFusionError::Internal(format!("{what} poisoned by an earlier panic"))
+}
+
 fn check_table_key(table: &str) -> Result<()> {
     let bad = table.is_empty()
         || table.starts_with('.')
