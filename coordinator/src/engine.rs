@@ -133,8 +133,8 @@ pub struct Coordinator {
     /// elsewhere?) hold until it is recorded.
     joining: tokio::sync::Mutex<()>,
     /// Where clients may read and write files on this machine (nowhere
-    /// until set).
-    files: std::sync::OnceLock<crate::files::FileDirs>,
+    /// until set; shared with the file functions, `read_csv` and the like).
+    files: Arc<std::sync::OnceLock<crate::files::FileDirs>>,
 }
 
 impl Coordinator {
@@ -205,6 +205,11 @@ impl Coordinator {
             tessera_worker::register_checked(&mut state)?;
             state.add_analyzer_rule(Arc::new(crate::ansi::AnsiArithmetic));
         }
+        let files: Arc<std::sync::OnceLock<crate::files::FileDirs>> = Arc::default();
+        for kind in crate::file_functions::FileKind::ALL {
+            let function = crate::file_functions::ReadFileFunction::new(kind, Arc::clone(&files));
+            ctx.register_udtf(kind.function(), Arc::new(function));
+        }
         let default_catalog = ctx
             .catalog("datafusion")
             .ok_or_else(|| DataFusionError::Internal("no default catalog".into()))?;
@@ -220,7 +225,7 @@ impl Coordinator {
             ctx,
             log,
             joining: tokio::sync::Mutex::new(()),
-            files: Default::default(),
+            files,
         })
     }
 

@@ -172,8 +172,8 @@ pub async fn allow(
 ) -> Result<(), Status> {
     if principal.reads_only() && !coordinator.reader_may_run(sql).await {
         return Err(Status::permission_denied(format!(
-            "user '{}' may only read (role reader), and this statement changes data or the \
-             server; an admin can GRANT admin TO {}",
+            "user '{}' may only read tables (role reader), and this statement changes data or \
+             the server, or reads files on it; an admin can GRANT admin TO {}",
             principal.name(),
             principal.name()
         )));

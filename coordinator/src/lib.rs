@@ -16,6 +16,7 @@ mod copies;
 mod distribution;
 mod engine;
 mod failpoint;
+mod file_functions;
 mod files;
 mod flight_auth;
 mod flight_ingest;

@@ -78,3 +78,85 @@ def test_no_files_by_default(data_dir):
             assert not os.path.exists(target)
     finally:
         stop_server(proc)
+
+
+def test_read_file_functions(data_dir):
+    """read_csv, read_parquet and read_json read files under --import-dir as
+    tables (a query, a join with a table, INSERT ... SELECT), refuse a path
+    elsewhere or a bad argument with a clear error, and are for admins
+    only, as CREATE EXTERNAL TABLE is."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    imports = os.path.join(data_dir, "imports")
+    elsewhere = os.path.join(data_dir, "elsewhere")
+    for d in (imports, elsewhere):
+        os.makedirs(d)
+    with open(os.path.join(imports, "cities.csv"), "w") as f:
+        f.write("id,name,pop\n1,Oslo,709000\n2,Bergen,291000\n3,\"Ålesund, By\",67000\n")
+    with open(os.path.join(imports, "events.jsonl"), "w") as f:
+        for i in range(5):
+            f.write(f'{{"id": {i % 3 + 1}, "kind": "k{i}"}}\n')
+    pq.write_table(pa.table({"id": [1, 2, 3], "area": [454.0, 465.3, 98.6]}),
+                   os.path.join(imports, "areas.parquet"))
+    with open(os.path.join(elsewhere, "secret.csv"), "w") as f:
+        f.write("a\n1\n")
+    os.makedirs(os.path.join(imports, "parts"))
+    for i in range(3):
+        pq.write_table(pa.table({"n": list(range(i * 10, i * 10 + 10))}),
+                       os.path.join(imports, "parts", f"part-{i}.parquet"))
+
+    server_dir = os.path.join(data_dir, "server")
+    os.makedirs(server_dir)
+    port = free_port()
+    password = "admin-" + os.urandom(6).hex()
+    proc = start_server(server_dir, port, sign_in=True, env={"TESSERA_PASSWORD": password},
+                        args=("--import-dir", imports))
+    url = f"grpc://127.0.0.1:{port}"
+    try:
+        admin_conn = flightsql.connect(url, db_kwargs={"username": "admin", "password": password})
+        with admin_conn as conn, conn.cursor() as cur:
+            csv = os.path.join(imports, "cities.csv")
+            assert rows(cur, f"SELECT id, name, pop FROM read_csv('{csv}') ORDER BY id") == [
+                {"id": 1, "name": "Oslo", "pop": 709000},
+                {"id": 2, "name": "Bergen", "pop": 291000},
+                {"id": 3, "name": "Ålesund, By", "pop": 67000},
+            ]
+            areas = os.path.join(imports, "areas.parquet")
+            events = os.path.join(imports, "events.jsonl")
+            got = rows(cur, f"SELECT c.name, a.area, count(e.kind) AS n "
+                            f"FROM read_csv('{csv}') c JOIN read_parquet('{areas}') a USING (id) "
+                            f"JOIN read_json('{events}') e USING (id) "
+                            f"GROUP BY c.name, a.area ORDER BY c.name")
+            assert got == [{"name": "Bergen", "area": 465.3, "n": 2},
+                           {"name": "Oslo", "area": 454.0, "n": 2},
+                           {"name": "Ålesund, By", "area": 98.6, "n": 1}]
+            # Into a partitioned table, as one INSERT.
+            cur.execute("CREATE TABLE cities (id BIGINT, name VARCHAR, pop BIGINT) "
+                        "PARTITION BY HASH (id) PARTITIONS 3")
+            cur.execute(f"INSERT INTO cities SELECT id, name, pop FROM read_csv('{csv}')")
+            assert rows(cur, "SELECT count(*) AS n, sum(pop) AS p FROM cities") == [
+                {"n": 3, "p": 1067000}]
+
+            # A glob, or a directory: all of its files.
+            for where in ("parts/part-*.parquet", "parts"):
+                got = rows(cur, "SELECT count(*) AS c, sum(n) AS s FROM "
+                                f"read_parquet('{os.path.join(imports, where)}')")
+                assert got == [{"c": 30, "s": sum(range(30))}], where
+
+            secret = os.path.join(elsewhere, "secret.csv")
+            with pytest.raises(flightsql.Error, match="outside the directories"):
+                cur.execute(f"SELECT * FROM read_csv('{secret}')")
+            with pytest.raises(flightsql.Error, match="takes one argument"):
+                cur.execute("SELECT * FROM read_csv(1)")
+            with pytest.raises(flightsql.Error, match="read_parquet"):
+                cur.execute(f"SELECT * FROM read_parquet('{os.path.join(imports, 'none.parquet')}')")
+            cur.execute("CREATE USER ana PASSWORD 'ana-pw'")
+
+        reader = flightsql.connect(url, db_kwargs={"username": "ana", "password": "ana-pw"})
+        with reader as conn, conn.cursor() as cur:
+            assert rows(cur, "SELECT count(*) AS n FROM cities") == [{"n": 3}]
+            with pytest.raises(flightsql.Error, match="reads files on it"):
+                cur.execute(f"SELECT * FROM read_csv('{csv}')")
+    finally:
+        stop_server(proc)

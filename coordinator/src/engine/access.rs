@@ -54,6 +54,10 @@ impl Coordinator {
         let Ok(plan) = self.ctx().state().create_logical_plan(sql).await else {
             return false;
         };
+        // Files on the server are for admins, as CREATE EXTERNAL TABLE is.
+        if crate::file_functions::reads_files(&plan).is_some() {
+            return false;
+        }
         let writes = plan.exists(|p| {
             Ok(match p {
                 LogicalPlan::Dml(_) | LogicalPlan::Ddl(_) | LogicalPlan::Copy(_) => true,
