@@ -5,13 +5,21 @@ use std::path::{Path, PathBuf};
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use arrow_flight::sql::client::FlightSqlServiceClient;
-use futures::TryStreamExt;
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 /// One statement's result.
 pub struct QueryResult {
     pub schema: SchemaRef,
     pub batches: Vec<RecordBatch>,
+}
+
+/// One statement's result as it arrives: its schema, then its rows as the
+/// server sends them.
+pub struct QueryStream {
+    pub schema: SchemaRef,
+    pub batches: BoxStream<'static, Result<RecordBatch, String>>,
 }
 
 pub struct Client {
@@ -108,6 +116,16 @@ impl Client {
     }
 
     pub async fn query(&mut self, sql: &str) -> Result<QueryResult, String> {
+        let result = self.query_stream(sql).await?;
+        let batches = result.batches.try_collect().await?;
+        Ok(QueryResult {
+            schema: result.schema,
+            batches,
+        })
+    }
+
+    /// Runs `sql`; its rows are fetched as the stream is read.
+    pub async fn query_stream(&mut self, sql: &str) -> Result<QueryStream, String> {
         let info = self
             .inner
             .execute(sql.to_string(), None)
@@ -118,16 +136,20 @@ impl Client {
                 .try_decode_schema()
                 .map_err(|e| format!("bad schema from server: {e}"))?,
         );
-        let mut batches = vec![];
-        for endpoint in info.endpoint {
-            let Some(ticket) = endpoint.ticket else {
-                continue;
-            };
-            let stream = self.inner.do_get(ticket).await.map_err(error_text)?;
-            let mut part: Vec<RecordBatch> = stream.try_collect().await.map_err(error_text)?;
-            batches.append(&mut part);
-        }
-        Ok(QueryResult { schema, batches })
+        let tickets: Vec<_> = info.endpoint.into_iter().filter_map(|e| e.ticket).collect();
+        // A clone shares the connection and the sign-in token.
+        let client = self.inner.clone();
+        let batches = futures::stream::iter(tickets)
+            .then(move |ticket| {
+                let mut client = client.clone();
+                async move {
+                    let stream = client.do_get(ticket).await.map_err(error_text)?;
+                    Ok::<_, String>(stream.map_err(error_text))
+                }
+            })
+            .try_flatten()
+            .boxed();
+        Ok(QueryStream { schema, batches })
     }
 }
 

@@ -7,7 +7,7 @@ use arrow::util::display::FormatOptions;
 use arrow::util::pretty::pretty_format_batches_with_options;
 use clap::ValueEnum;
 
-use crate::client::QueryResult;
+use crate::client::{QueryResult, QueryStream};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Format {
@@ -67,4 +67,63 @@ pub fn write_result(
             w.finish().map_err(err)
         }
     }
+}
+
+/// Writes a result in `format` as its rows arrive (CSV, JSON and Arrow IPC
+/// need no more than a batch at a time; a table needs all its rows, and is
+/// written once they are in). The rows written.
+pub async fn write_stream(
+    out: &mut dyn Write,
+    result: QueryStream,
+    format: Format,
+) -> Result<usize, String> {
+    use futures::TryStreamExt;
+    let QueryStream {
+        schema,
+        mut batches,
+    } = result;
+    let err = |e: arrow::error::ArrowError| e.to_string();
+    let mut rows = 0;
+    if schema.fields().is_empty() || format == Format::Table {
+        let batches: Vec<_> = batches.try_collect().await?;
+        rows = batches.iter().map(|b| b.num_rows()).sum();
+        write_result(out, &QueryResult { schema, batches }, format)?;
+        return Ok(rows);
+    }
+    match format {
+        Format::Csv => {
+            let mut w = arrow::csv::WriterBuilder::new()
+                .with_header(true)
+                .build(out);
+            let mut any = false;
+            while let Some(b) = batches.try_next().await? {
+                w.write(&b).map_err(err)?;
+                rows += b.num_rows();
+                any = true;
+            }
+            if !any {
+                // The header alone.
+                w.write(&arrow::array::RecordBatch::new_empty(schema))
+                    .map_err(err)?;
+            }
+        }
+        Format::Json => {
+            let mut w = arrow::json::LineDelimitedWriter::new(out);
+            while let Some(b) = batches.try_next().await? {
+                w.write(&b).map_err(err)?;
+                rows += b.num_rows();
+            }
+            w.finish().map_err(err)?;
+        }
+        Format::Arrow => {
+            let mut w = arrow::ipc::writer::StreamWriter::try_new(out, &schema).map_err(err)?;
+            while let Some(b) = batches.try_next().await? {
+                w.write(&b).map_err(err)?;
+                rows += b.num_rows();
+            }
+            w.finish().map_err(err)?;
+        }
+        Format::Table => {}
+    }
+    Ok(rows)
 }

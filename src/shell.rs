@@ -19,8 +19,8 @@ use rustyline::history::DefaultHistory;
 use rustyline::{Config, Editor};
 use tessera_sql::split_statements;
 
-use crate::client::{Client, QueryResult};
-use crate::output::{Format, write_result};
+use crate::client::{Client, QueryResult, QueryStream};
+use crate::output::{Format, write_result, write_stream};
 use display::{Display, Mode};
 use helper::{Names, ShellHelper};
 use progress::{Watch, building, compacting, copies_in_sync, follow_rebalance, with_progress};
@@ -65,6 +65,18 @@ impl Session {
         match &mut self.output {
             Some(file) => self.display.show(file, result),
             None => self.display.show(&mut std::io::stdout().lock(), result),
+        }
+    }
+
+    /// Shows a result as its rows arrive; the rows there were.
+    async fn show_stream(&mut self, result: QueryStream) -> Result<usize, String> {
+        match &mut self.output {
+            Some(file) => self.display.show_stream(file, result).await,
+            None => {
+                self.display
+                    .show_stream(&mut std::io::stdout(), result)
+                    .await
+            }
         }
     }
 }
@@ -126,7 +138,20 @@ async fn run_in(
                 follow_rebalance(client).await?;
                 client.query("SHOW REBALANCE").await?
             }
-            _ => client.query(&s.sql).await?,
+            _ => {
+                // Shown as the rows arrive: a session keeps only what it
+                // shows; `-c` prints every row, as a table needs them all.
+                let result = client.query_stream(&s.sql).await?;
+                let rows = match session.as_deref_mut() {
+                    Some(session) => session.show_stream(result).await?,
+                    None => write_stream(&mut std::io::stdout(), result, Format::Table).await?,
+                };
+                if timing {
+                    let noun = if rows == 1 { "row" } else { "rows" };
+                    println!("{rows} {noun} in {:.3} s", start.elapsed().as_secs_f64());
+                }
+                continue;
+            }
         };
         match session.as_deref_mut() {
             Some(session) => session.show(&result)?,

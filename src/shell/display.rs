@@ -9,8 +9,10 @@ use arrow::array::{Array, RecordBatch};
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 use comfy_table::{CellAlignment, ContentArrangement, Table, presets};
 
-use crate::client::QueryResult;
-use crate::output::{Format, write_result};
+use std::collections::VecDeque;
+
+use crate::client::{QueryResult, QueryStream};
+use crate::output::{Format, write_result, write_stream};
 
 /// How results are laid out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,6 +65,49 @@ impl Default for Display {
 impl Display {
     /// Writes `result` to `out` as set.
     pub fn show(&self, out: &mut dyn Write, result: &QueryResult) -> Result<(), String> {
+        let total = result.batches.iter().map(RecordBatch::num_rows).sum();
+        self.show_kept(out, result, total)
+    }
+
+    /// Writes a result to `out` as its rows arrive: CSV and JSON row by
+    /// row; a table or records keep only the rows they show (the first
+    /// and last `max_rows`), whatever the result's size. The rows there
+    /// were.
+    pub async fn show_stream(
+        &self,
+        out: &mut dyn Write,
+        result: QueryStream,
+    ) -> Result<usize, String> {
+        use futures::TryStreamExt;
+        match self.mode {
+            Mode::Csv => return write_stream(out, result, Format::Csv).await,
+            Mode::Json => return write_stream(out, result, Format::Json).await,
+            Mode::Line | Mode::Table | Mode::Markdown => {}
+        }
+        let QueryStream {
+            schema,
+            mut batches,
+        } = result;
+        let mut kept = Kept::default();
+        while let Some(batch) = batches.try_next().await? {
+            kept.push(batch, self.max_rows);
+        }
+        let total = kept.total;
+        let result = QueryResult {
+            schema,
+            batches: kept.head.into_iter().chain(kept.tail).collect(),
+        };
+        self.show_kept(out, &result, total)?;
+        Ok(total)
+    }
+
+    /// Writes `result`, which holds the first and last rows of `total`.
+    fn show_kept(
+        &self,
+        out: &mut dyn Write,
+        result: &QueryResult,
+        total: usize,
+    ) -> Result<(), String> {
         if result.schema.fields().is_empty() {
             return Ok(());
         }
@@ -72,13 +117,13 @@ impl Display {
         match self.mode {
             Mode::Csv => write_result(out, result, Format::Csv),
             Mode::Json => write_result(out, result, Format::Json),
-            Mode::Line => self.records(out, result),
-            Mode::Table | Mode::Markdown => self.table(out, result),
+            Mode::Line => self.records(out, result, total),
+            Mode::Table | Mode::Markdown => self.table(out, result, total),
         }
     }
 
-    fn table(&self, out: &mut dyn Write, result: &QueryResult) -> Result<(), String> {
-        let (rows, total) = shown_rows(result, self.max_rows)?;
+    fn table(&self, out: &mut dyn Write, result: &QueryResult, total: usize) -> Result<(), String> {
+        let (rows, total) = shown_rows(result, self.max_rows, total)?;
         let mut table = Table::new();
         if self.mode == Mode::Markdown {
             table.load_preset(presets::ASCII_MARKDOWN);
@@ -143,8 +188,13 @@ impl Display {
     }
 
     /// One block per row, a `name | value` line per column (psql's `\x`).
-    fn records(&self, out: &mut dyn Write, result: &QueryResult) -> Result<(), String> {
-        let (rows, total) = shown_rows(result, self.max_rows)?;
+    fn records(
+        &self,
+        out: &mut dyn Write,
+        result: &QueryResult,
+        total: usize,
+    ) -> Result<(), String> {
+        let (rows, total) = shown_rows(result, self.max_rows, total)?;
         let names = column_names(result);
         let width = names.iter().map(|n| n.chars().count()).max().unwrap_or(0);
         let head = rows_head(rows.len(), total);
@@ -187,15 +237,20 @@ fn rows_head(shown: usize, total: usize) -> usize {
 }
 
 /// The rows to show as text (all, or the first and last `max_rows / 2`)
-/// and how many there are.
-fn shown_rows(result: &QueryResult, max_rows: usize) -> Result<(Vec<Vec<String>>, usize), String> {
-    let total: usize = result.batches.iter().map(RecordBatch::num_rows).sum();
-    let keep: Vec<usize> = if max_rows == 0 || total <= max_rows {
-        (0..total).collect()
+/// and how many there are: `result` holds the first and last rows of
+/// `total` (at least `max_rows` of each end when it does not hold all).
+fn shown_rows(
+    result: &QueryResult,
+    max_rows: usize,
+    total: usize,
+) -> Result<(Vec<Vec<String>>, usize), String> {
+    let held: usize = result.batches.iter().map(RecordBatch::num_rows).sum();
+    let keep: Vec<usize> = if max_rows == 0 || held <= max_rows {
+        (0..held).collect()
     } else {
         let head = max_rows.div_ceil(2);
         let tail = max_rows - head;
-        (0..head).chain(total - tail..total).collect()
+        (0..head).chain(held - tail..held).collect()
     };
     let options = FormatOptions::default().with_null("NULL");
     let mut out = Vec::with_capacity(keep.len());
@@ -224,6 +279,48 @@ fn shown_rows(result: &QueryResult, max_rows: usize) -> Result<(Vec<Vec<String>>
         start = end;
     }
     Ok((out, total))
+}
+
+/// The rows of a result a table shows, kept as they arrive: the first
+/// `max_rows` and at least the last `max_rows` (all with `max_rows` 0).
+#[derive(Default)]
+struct Kept {
+    head: Vec<RecordBatch>,
+    head_rows: usize,
+    tail: VecDeque<RecordBatch>,
+    tail_rows: usize,
+    total: usize,
+}
+
+impl Kept {
+    fn push(&mut self, batch: RecordBatch, max_rows: usize) {
+        let n = batch.num_rows();
+        self.total += n;
+        if max_rows == 0 {
+            self.head.push(batch);
+            return;
+        }
+        let mut rest = batch;
+        if self.head_rows < max_rows {
+            let take = (max_rows - self.head_rows).min(n);
+            self.head.push(rest.slice(0, take));
+            self.head_rows += take;
+            if take == n {
+                return;
+            }
+            rest = rest.slice(take, n - take);
+        }
+        self.tail_rows += rest.num_rows();
+        self.tail.push_back(rest);
+        // Batches no longer among the last `max_rows` go.
+        while let Some(front) = self.tail.front() {
+            if self.tail_rows - front.num_rows() < max_rows {
+                break;
+            }
+            self.tail_rows -= front.num_rows();
+            self.tail.pop_front();
+        }
+    }
 }
 
 /// An EXPLAIN's plans as their own text: each plan type as a heading,
@@ -259,6 +356,7 @@ mod tests {
     use std::sync::Arc;
 
     use arrow::array::{Int64Array, StringArray};
+    use arrow::compute::concat_batches;
     use arrow::datatypes::{DataType, Field, Schema};
 
     use super::*;
@@ -291,6 +389,46 @@ mod tests {
         let mut out = vec![];
         display.show(&mut out, result).unwrap();
         String::from_utf8(out).unwrap()
+    }
+
+    /// A result read as a stream, in batches of `size` rows, shows as the
+    /// whole of it does, holding only a few batches.
+    #[test]
+    fn a_streamed_result_shows_as_the_whole_one() {
+        let whole = numbers(1000);
+        for (max_rows, size) in [(4, 7), (40, 1), (40, 1000), (3, 2), (0, 9), (40, 13)] {
+            for mode in [Mode::Table, Mode::Line] {
+                let display = Display {
+                    mode,
+                    max_rows,
+                    max_width: Some(0),
+                    ..Display::default()
+                };
+                let all = concat_batches(&whole.schema, &whole.batches).unwrap();
+                let mut kept = Kept::default();
+                let mut at = 0;
+                while at < all.num_rows() {
+                    let n = size.min(all.num_rows() - at);
+                    kept.push(all.slice(at, n), max_rows);
+                    at += n;
+                }
+                assert_eq!(kept.total, 1000);
+                if max_rows > 0 {
+                    assert!(kept.tail_rows < max_rows + size, "{max_rows} {size}");
+                }
+                let held = QueryResult {
+                    schema: whole.schema.clone(),
+                    batches: kept.head.into_iter().chain(kept.tail).collect(),
+                };
+                let mut out = vec![];
+                display.show_kept(&mut out, &held, kept.total).unwrap();
+                assert_eq!(
+                    String::from_utf8(out).unwrap(),
+                    shown(&display, &whole),
+                    "{max_rows} {size} {mode:?}"
+                );
+            }
+        }
     }
 
     #[test]

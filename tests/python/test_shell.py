@@ -102,3 +102,21 @@ def test_ctrl_c_cancels_the_statement_and_keeps_the_shell(shell):
     shell.expect_exact(PROMPT)
     out = run(shell, "SELECT 41 + 1 AS answer;")
     assert "42" in out, out
+
+
+def test_a_large_result_streams_through_the_shell(shell):
+    """Ten million rows (80 MB of values) through the shell: it shows the
+    first and last rows and the count, and holds only those (its peak
+    memory grows by a small part of the result)."""
+    from test_ingest import memory_kib
+
+    before = memory_kib(shell.pid, "VmHWM")
+    out = run(shell, "SELECT value AS v FROM range(10000000);")
+    assert "10000000 rows (40 shown" in out, out
+    assert "9999999" in out and "5000000" not in out, out
+    grew = (memory_kib(shell.pid, "VmHWM") - before) * 1024
+    assert grew < 40 << 20, f"the shell grew by {grew >> 20} MiB for an 80 MB result"
+    # CSV streams too, and is exact.
+    run(shell, ".mode csv")
+    out = run(shell, "SELECT value AS v FROM range(3);")
+    assert out.split("\r\n")[:4] == ["v", "0", "1", "2"], out
