@@ -60,12 +60,12 @@ use explain::{explain_schema, strip_explain, strip_explain_analyze};
 pub enum Planned {
     Ready(SchemaRef, Vec<RecordBatch>),
     /// The plan, its context, the query log entry it ends in, and the
-    /// workers (id to URL) it may reach, to name them in errors.
+    /// catalog, whose workers are named in errors.
     Plan(
         Arc<dyn ExecutionPlan>,
         Arc<TaskContext>,
         Option<Box<QueryRecorder>>,
-        Arc<BTreeMap<String, String>>,
+        Arc<Catalog>,
     ),
 }
 
@@ -91,18 +91,18 @@ impl Planned {
                 schema,
                 futures::stream::iter(batches.into_iter().map(Ok)),
             ))),
-            Planned::Plan(plan, ctx, recorder, members) => {
+            Planned::Plan(plan, ctx, recorder, catalog) => {
                 // The context holds the query's snapshot open (see
                 // `QuerySnapshot`) until the stream is dropped.
                 let held = Arc::clone(&ctx);
                 let stream = execute_stream(Arc::clone(&plan), ctx)
-                    .map_err(|e| name_unreachable_worker(e, &members))?;
+                    .map_err(|e| name_unreachable_worker(e, &catalog))?;
                 let schema = stream.schema();
                 let stream = Box::pin(RecordBatchStreamAdapter::new(
                     schema,
                     stream.map_err(move |e| {
                         let _ = &held;
-                        name_unreachable_worker(e, &members)
+                        name_unreachable_worker(e, &catalog)
                     }),
                 ));
                 Ok(match recorder {
@@ -304,8 +304,8 @@ impl Coordinator {
     pub async fn plan_with(&self, sql: &str, rows: &[ParamRow]) -> Result<Planned> {
         let recorder = self.log.begin(sql);
         match self.plan_statement(sql, rows).await {
-            Ok(Planned::Plan(plan, ctx, _, members)) => {
-                Ok(Planned::Plan(plan, ctx, Some(Box::new(recorder)), members))
+            Ok(Planned::Plan(plan, ctx, _, catalog)) => {
+                Ok(Planned::Plan(plan, ctx, Some(Box::new(recorder)), catalog))
             }
             Ok(Planned::Ready(schema, batches)) => {
                 let rows = batches.iter().map(|b| b.num_rows() as u64).sum();
@@ -607,8 +607,8 @@ impl Coordinator {
                 let df = DataFrame::new(state, plan);
                 let task_ctx = df.task_ctx();
                 let physical = df.create_physical_plan().await?;
-                let members = Arc::new(self.catalog.members()?);
-                Ok(Planned::Plan(physical, Arc::new(task_ctx), None, members))
+                let catalog = Arc::clone(&self.catalog);
+                Ok(Planned::Plan(physical, Arc::new(task_ctx), None, catalog))
             }
         }
     }

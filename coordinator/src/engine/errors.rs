@@ -62,8 +62,9 @@ fn missing_table(state: &SessionState, sql: &str) -> Option<String> {
 /// the address it could not reach.
 pub(super) fn name_unreachable_worker(
     e: DataFusionError,
-    members: &BTreeMap<String, String>,
+    catalog: &crate::catalog::Catalog,
 ) -> DataFusionError {
+    let members = catalog.members().unwrap_or_default();
     let text = e.to_string();
     let refused = [
         "tcp connect error",
@@ -71,7 +72,7 @@ pub(super) fn name_unreachable_worker(
         "currently unavailable",
     ];
     if !refused.iter().any(|r| text.contains(r)) {
-        return e;
+        return name_silent_worker(e, &text, catalog, &members);
     }
     let found = members.iter().find(|(_, url)| {
         let addr = url.split("://").last().unwrap_or(url);
@@ -89,5 +90,45 @@ pub(super) fn name_unreachable_worker(
         "worker {id} at {url} is unreachable ({reason}) and the query needs the partitions it \
          holds; check that it is running (restart `tessera serve` on the same --data-dir), then \
          retry"
+    ))
+}
+
+/// A connection to a worker that broke while the query read from it (the
+/// worker stopped answering, and HTTP/2 keepalive gave up on it): the
+/// error carries no address, so the workers the membership no longer sees
+/// as up are named.
+fn name_silent_worker(
+    e: DataFusionError,
+    text: &str,
+    catalog: &crate::catalog::Catalog,
+    members: &BTreeMap<String, String>,
+) -> DataFusionError {
+    let broke = [
+        "error reading a body from connection",
+        "stream closed because of a broken pipe",
+        "connection reset",
+        "keep-alive timed out",
+    ];
+    if !broke.iter().any(|b| text.contains(b)) {
+        return e;
+    }
+    let membership = catalog.membership();
+    let silent: Vec<String> = members
+        .iter()
+        .filter(|(id, _)| {
+            membership
+                .state(id)
+                .is_ok_and(|s| s != crate::membership::WorkerState::Up)
+        })
+        .map(|(id, url)| format!("{id} at {url}"))
+        .collect();
+    let who = match silent.as_slice() {
+        [] => "a worker".to_string(),
+        [one] => format!("worker {one}"),
+        many => format!("one of the workers {}", many.join(", ")),
+    };
+    WorkerUnavailable::error(format!(
+        "{who} stopped answering while the query read from it (its connection broke); check \
+         that it is running and not stopped or overloaded (SHOW WORKERS), then retry"
     ))
 }

@@ -44,9 +44,9 @@ impl Coordinator {
             .get::<crate::query_map::QueryMap>()
             .map_or(0, |m| m.revision());
         let plan = df.create_physical_plan().await?;
-        let members = Arc::new(self.catalog.members()?);
         let started = std::time::Instant::now();
-        let mut stream = Planned::Plan(Arc::clone(&plan), task_ctx, None, members).execute()?;
+        let catalog = Arc::clone(&self.catalog);
+        let mut stream = Planned::Plan(Arc::clone(&plan), task_ctx, None, catalog).execute()?;
         let mut rows = 0usize;
         while let Some(batch) = stream.try_next().await? {
             rows += batch.num_rows();
