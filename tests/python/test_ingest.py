@@ -180,6 +180,22 @@ def memory_kib(pid, field):
     raise AssertionError(f"no {field} for process {pid}")
 
 
+def two_worker_cluster(data_dir):
+    """A `tessera coordinator` and two workers (127.0.0.2 and .3) as
+    processes: (coordinator process, its address, every process)."""
+    from test_cluster_processes import start_coordinator, start_worker, stop_all
+
+    coord, coordinator = start_coordinator(data_dir)
+    procs = [coord]
+    try:
+        for name, host in (("w2", "127.0.0.2"), ("w3", "127.0.0.3")):
+            procs.append(start_worker(data_dir, coordinator, host, name)[0])
+    except Exception:
+        stop_all(procs)
+        raise
+    return coord, coordinator, procs
+
+
 def test_ingest_streams_in_bounded_memory(data_dir):
     """An upload larger than the coordinator may hold goes through it in
     pieces: its peak memory grows by a fraction of the upload, and the
@@ -187,13 +203,10 @@ def test_ingest_streams_in_bounded_memory(data_dir):
     well, and readers see the old rows or the new ones."""
     import threading
 
-    from test_cluster_processes import start_coordinator, start_worker, wait_for, workers
+    from test_cluster_processes import wait_for, workers
 
-    coord, coordinator = start_coordinator(data_dir)
-    procs = [coord]
+    coord, coordinator, procs = two_worker_cluster(data_dir)
     try:
-        for name, host in (("w2", "127.0.0.2"), ("w3", "127.0.0.3")):
-            procs.append(start_worker(data_dir, coordinator, host, name)[0])
         # 256 MiB of rows, made as they are sent.
         batches, rows_per_batch = 128, 65536
         schema = pa.schema([("id", pa.int64()), ("a", pa.int64()), ("b", pa.int64()),
@@ -263,13 +276,10 @@ def test_ingest_into_a_clustered_indexed_table_streams(data_dir):
     index takes an upload in pieces too: the coordinator grows by a
     fraction of it, and every index finds exactly the rows a full scan
     finds (entries name the rows where the pieces put them)."""
-    from test_cluster_processes import start_coordinator, start_worker, wait_for, workers
+    from test_cluster_processes import wait_for, workers
 
-    coord, coordinator = start_coordinator(data_dir)
-    procs = [coord]
+    coord, coordinator, procs = two_worker_cluster(data_dir)
     try:
-        for name, host in (("w2", "127.0.0.2"), ("w3", "127.0.0.3")):
-            procs.append(start_worker(data_dir, coordinator, host, name)[0])
         # 128 MiB of rows, made as they are sent; ts runs backwards so
         # that CLUSTER BY has to sort every piece.
         batches, rows_per_batch = 64, 65536
