@@ -196,6 +196,19 @@ def two_worker_cluster(data_dir):
     return coord, coordinator, procs
 
 
+def ingest_bounded(cur, coord, table, schema, batches, mode, upload_bytes):
+    """Ingests `batches` into `table` in `mode`, and fails if the
+    coordinator's peak memory grows by half the upload or more; the rows
+    written."""
+    before = memory_kib(coord.pid, "VmHWM")
+    reader = pa.RecordBatchReader.from_batches(schema, batches)
+    written = cur.adbc_ingest(table, reader, mode=mode)
+    grew = (memory_kib(coord.pid, "VmHWM") - before) * 1024
+    assert grew < upload_bytes / 2, (
+        f"the coordinator grew by {grew >> 20} MiB for a {upload_bytes >> 20} MiB {mode}")
+    return written
+
+
 def test_ingest_streams_in_bounded_memory(data_dir):
     """An upload larger than the coordinator may hold goes through it in
     pieces: its peak memory grows by a fraction of the upload, and the
@@ -222,12 +235,8 @@ def test_ingest_streams_in_bounded_memory(data_dir):
             wait_for("two workers", lambda: len(workers(cur)) == 2, 30)
             cur.execute("CREATE TABLE big (id BIGINT, a BIGINT, b BIGINT, c BIGINT) "
                         "PARTITION BY HASH (id) PARTITIONS 4")
-            before = memory_kib(coord.pid, "VmRSS")
-            reader = pa.RecordBatchReader.from_batches(schema, upload())
-            assert cur.adbc_ingest("big", reader, mode="append") == batches * rows_per_batch
-            grew = (memory_kib(coord.pid, "VmHWM") - before) * 1024
-            assert grew < upload_bytes / 2, (
-                f"the coordinator grew by {grew >> 20} MiB for a {upload_bytes >> 20} MiB upload")
+            assert ingest_bounded(cur, coord, "big", schema, upload(), "append",
+                                  upload_bytes) == batches * rows_per_batch
             got = rows(cur, "SELECT count(*) AS n, count(DISTINCT id) AS d, sum(a) AS s FROM big")
             n = batches * rows_per_batch
             assert got == [{"n": n, "d": n, "s": n * (n - 1) // 2}]
@@ -253,12 +262,8 @@ def test_ingest_streams_in_bounded_memory(data_dir):
             reader_thread = threading.Thread(target=read, daemon=True)
             reader_thread.start()
             wait_for("a read before the replace", lambda: seen, 30)
-            before = memory_kib(coord.pid, "VmHWM")
-            reader = pa.RecordBatchReader.from_batches(schema, replacement())
-            assert cur.adbc_ingest("big", reader, mode="replace") == n
-            grew = (memory_kib(coord.pid, "VmHWM") - before) * 1024
-            assert grew < upload_bytes / 2, (
-                f"the coordinator grew by {grew >> 20} MiB for a {upload_bytes >> 20} MiB replace")
+            assert ingest_bounded(cur, coord, "big", schema, replacement(), "replace",
+                                  upload_bytes) == n
             wait_for("a read after the replace", lambda: seen[-1] == new_sum, 30)
             stop.set()
             reader_thread.join(30)
@@ -303,12 +308,7 @@ def test_ingest_into_a_clustered_indexed_table_streams(data_dir):
             cur.execute("CREATE INDEX ci_local ON ci (b) LOCAL")
             cur.execute("CREATE INDEX ci_sync ON ci (c) GLOBAL SYNC PARTITIONS 3")
             cur.execute("CREATE INDEX ci_async ON ci (d) GLOBAL ASYNC PARTITIONS 2")
-            before = memory_kib(coord.pid, "VmRSS")
-            reader = pa.RecordBatchReader.from_batches(schema, upload())
-            assert cur.adbc_ingest("ci", reader, mode="append") == n
-            grew = (memory_kib(coord.pid, "VmHWM") - before) * 1024
-            assert grew < upload_bytes / 2, (
-                f"the coordinator grew by {grew >> 20} MiB for a {upload_bytes >> 20} MiB upload")
+            assert ingest_bounded(cur, coord, "ci", schema, upload(), "append", upload_bytes) == n
             assert rows(cur, "SELECT count(*) AS n, sum(id) AS s, min(ts) AS lo FROM ci") == [
                 {"n": n, "s": n * (n - 1) // 2, "lo": 1}]
 
