@@ -43,6 +43,8 @@ use parquet_io::{io_err, remove_if_present, sync_dir};
 use pins::Readers;
 
 const STAGED: &str = "staged";
+/// The suffix of a directory being removed (after a leading `.`).
+const DROPPING: &str = ".dropping";
 
 /// The manifest of the partition directory `dir`, read off the disk (for
 /// tools and tests; a running worker reads its own through [`Storage`]).
@@ -87,8 +89,10 @@ impl Storage {
             readers: Mutex::new(Readers::default()),
             _lock: lock,
         });
-        // Nothing reads or copies yet: files merged away before a stop,
-        // and files a copy was writing when it stopped, can go.
+        // Nothing reads or copies yet: what a removal left, files merged
+        // away before a stop, and files a copy was writing when it
+        // stopped, can go.
+        storage.remove_leftover_drops()?;
         for (table, partition, dir) in storage.partition_dirs()? {
             copy::remove_unfinished(&dir)?;
             let mut manifest = storage.manifest(&table, partition)?;
@@ -183,11 +187,74 @@ impl Storage {
             Some(seq) => seq,
             None => manifest_file::read(dir)?.0,
         };
-        manifest_file::write(dir, seq + 1, manifest)?;
-        self.manifests
+        let written = manifest_file::write(dir, seq + 1, manifest);
+        let mut cache = self
+            .manifests
             .lock()
-            .map_err(|_| poisoned("manifest cache"))?
-            .insert(dir.to_path_buf(), (seq + 1, manifest.clone()));
+            .map_err(|_| poisoned("manifest cache"))?;
+        match written {
+            Ok(()) => {
+                cache.insert(dir.to_path_buf(), (seq + 1, manifest.clone()));
+                Ok(())
+            }
+            Err(e) => {
+                // The slot may hold the new manifest or not: the next
+                // access reads what the disk has.
+                cache.remove(dir);
+                Err(e)
+            }
+        }
+    }
+
+    /// Renames a directory of partitions away (one atomic, synced step,
+    /// under the commit lock) and forgets its cached manifests; the caller
+    /// removes what it returns, outside the lock. A crash part way through
+    /// that removal never leaves an older manifest slot to be read: what
+    /// is left goes at the next open.
+    fn rename_away(&self, dir: &Path) -> Result<Option<PathBuf>> {
+        let (Some(parent), Some(name)) = (dir.parent(), dir.file_name()) else {
+            return internal_err!("cannot remove {}", dir.display());
+        };
+        // Unique: a partition removed again while an earlier removal of it
+        // is still under way.
+        static REMOVALS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = REMOVALS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let gone = parent.join(format!(".{}.{n}{DROPPING}", name.to_string_lossy()));
+        let renamed = match fs::rename(dir, &gone) {
+            Ok(()) => sync_dir(parent).map(|()| Some(gone)),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err("cannot remove", dir, e)),
+        };
+        self.forget_manifests(dir)?;
+        renamed
+    }
+
+    /// Removes what removals a stop cut short left: directories renamed
+    /// away (see [`Storage::remove_dir`]) of tables and of partitions.
+    fn remove_leftover_drops(&self) -> Result<()> {
+        let dropping = |e: &fs::DirEntry| {
+            let name = e.file_name().to_string_lossy().to_string();
+            name.starts_with('.') && name.ends_with(DROPPING)
+        };
+        let Ok(entries) = fs::read_dir(&self.root) else {
+            return Ok(());
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if !path.is_dir() {
+                continue;
+            }
+            if dropping(&entry) {
+                fs::remove_dir_all(&path).map_err(|e| io_err("cannot remove", &path, e))?;
+                continue;
+            }
+            for part in fs::read_dir(&path).into_iter().flatten().flatten() {
+                if dropping(&part) {
+                    let p = part.path();
+                    fs::remove_dir_all(&p).map_err(|e| io_err("cannot remove", &p, e))?;
+                }
+            }
+        }
         Ok(())
     }
 
@@ -208,10 +275,11 @@ impl Storage {
             Err(e) => return Err(io_err("cannot list", &self.root, e)),
         };
         for table in tables.flatten() {
-            if !table.path().is_dir() {
+            let table_name = table.file_name().to_string_lossy().to_string();
+            // Not a table's: a removal's leftovers, or hidden files.
+            if !table.path().is_dir() || table_name.starts_with('.') {
                 continue;
             }
-            let table_name = table.file_name().to_string_lossy().to_string();
             let Ok(parts) = fs::read_dir(table.path()) else {
                 continue;
             };
@@ -243,14 +311,15 @@ impl Storage {
     /// Removes every partition of a table held here.
     pub fn drop_table(&self, table: &str) -> Result<()> {
         check_table_key(table)?;
-        let dir = self.root.join(table);
-        let removed = match fs::remove_dir_all(&dir) {
-            Ok(()) => sync_dir(&self.root),
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io_err("cannot remove", &dir, e)),
+        // Under the commit lock: a manifest write of one of its partitions
+        // finishes before, and none starts during, the removal.
+        let gone = {
+            let _guard = self.commit_lock.lock().map_err(|_| {
+                DataFusionError::Internal("commit lock poisoned by an earlier panic".into())
+            })?;
+            self.rename_away(&self.root.join(table))?
         };
-        self.forget_manifests(&dir)?;
-        removed
+        remove_renamed(gone)
     }
 
     /// Removes one partition's files (a copy this worker no longer holds).
@@ -258,14 +327,9 @@ impl Storage {
         let _guard = self.commit_lock.lock().map_err(|_| {
             DataFusionError::Internal("commit lock poisoned by an earlier panic".into())
         })?;
-        let dir = self.partition_dir(table, partition)?;
-        let removed = match fs::remove_dir_all(&dir) {
-            Ok(()) => sync_dir(&self.root.join(table)),
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io_err("cannot remove", &dir, e)),
-        };
-        self.forget_manifests(&dir)?;
-        removed
+        let gone = self.rename_away(&self.partition_dir(table, partition)?)?;
+        drop(_guard);
+        remove_renamed(gone)
     }
 
     /// Tables with at least one partition directory here.
@@ -279,6 +343,14 @@ impl Storage {
 }
 
 /// Refuses table keys that could name a path outside the worker's directory.
+/// Removes a directory [`Storage::rename_away`] renamed, if there was one.
+fn remove_renamed(gone: Option<PathBuf>) -> Result<()> {
+    match gone {
+        Some(path) => fs::remove_dir_all(&path).map_err(|e| io_err("cannot remove", &path, e)),
+        None => Ok(()),
+    }
+}
+
 fn poisoned(what: &str) -> DataFusionError {
     DataFusionError::Internal(format!("{what} poisoned by an earlier panic"))
 }

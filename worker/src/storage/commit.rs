@@ -398,5 +398,42 @@ mod tests {
         assert!(s.tables().unwrap().is_empty());
         assert!(s.drop_table("..").is_err());
         assert!(s.manifest("../x", 0).is_err());
+        // Nothing of the removal is left, and a table of that key starts
+        // afresh (no manifest of the dropped one is remembered).
+        assert_eq!(
+            fs::read_dir(dir.path())
+                .unwrap()
+                .flatten()
+                .filter(|e| e.path().is_dir())
+                .count(),
+            0
+        );
+        super::super::test_util::write(&s, 9, "t", vec![4]);
+        let m = s.manifest("t", 0).unwrap();
+        assert_eq!((m.files.len(), m.rows()), (1, 1));
+        s.drop_partition("t", 0).unwrap();
+        assert_eq!(s.manifest("t", 0).unwrap().files.len(), 0);
+    }
+
+    /// A removal a crash cut short (its directory renamed away, not yet
+    /// deleted) is not a table, and goes at the next open.
+    #[test]
+    fn a_removal_cut_short_is_finished_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = Storage::open(dir.path()).unwrap();
+            super::super::test_util::write(&s, 3, "t", vec![1, 2]);
+            super::super::test_util::write(&s, 4, "u", vec![5]);
+        }
+        fs::rename(dir.path().join("t"), dir.path().join(".t.0.dropping")).unwrap();
+        fs::rename(
+            dir.path().join("u/p0000"),
+            dir.path().join("u/.p0000.7.dropping"),
+        )
+        .unwrap();
+        let s = Storage::open(dir.path()).unwrap();
+        assert!(s.tables().unwrap().is_empty());
+        assert!(!dir.path().join(".t.0.dropping").exists());
+        assert!(!dir.path().join("u/.p0000.7.dropping").exists());
     }
 }

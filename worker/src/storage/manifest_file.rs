@@ -50,6 +50,15 @@ pub(super) fn read(dir: &Path) -> Result<(u64, Manifest)> {
         }
     }
     if let Some(slot) = newest {
+        // A write a crash cut short, or damage: the two look the same.
+        for path in &torn {
+            tracing::warn!(
+                slot = %path.display(),
+                seq = slot.seq,
+                "a manifest slot fails its checksum (a write cut short, or damage); the other \
+                 slot is read"
+            );
+        }
         return Ok((slot.seq, slot.manifest));
     }
     // One slot never written whole is the first write cut short: what
@@ -84,7 +93,9 @@ pub(super) fn write(dir: &Path, seq: u64, manifest: &Manifest) -> Result<()> {
     };
     let bytes = encode(&slot)?;
     let path = dir.join(SLOTS[(seq % 2) as usize]);
-    let existed = path.exists();
+    // A slot's first whole write makes its directory entry durable too
+    // (a first write that failed may have left the file without it).
+    let first = seq <= 2 || !path.exists();
     (|| {
         let mut f = fs::OpenOptions::new()
             .write(true)
@@ -96,7 +107,7 @@ pub(super) fn write(dir: &Path, seq: u64, manifest: &Manifest) -> Result<()> {
         f.sync_data()
     })()
     .map_err(|e| io_err("cannot write", &path, e))?;
-    if !existed {
+    if first {
         // A new directory entry must survive a power loss too; the
         // earlier version's file is not read once a slot exists.
         sync_dir(dir)?;
