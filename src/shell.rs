@@ -97,7 +97,7 @@ async fn run_in(
     let statements = split_statements(sql).map_err(|e| e.to_string())?;
     for s in statements {
         let start = Instant::now();
-        let result = match tessera_sql::parse_statement(&s.sql) {
+        let whole = match tessera_sql::parse_statement(&s.sql) {
             Ok(tessera_sql::Statement::CreateIndex(ci)) => {
                 let watch = Watch {
                     label: format!("backfill {}", ci.name),
@@ -131,10 +131,7 @@ async fn run_in(
             }
             Ok(tessera_sql::Statement::RebalanceApply { .. }) => {
                 let plan = client.query(&s.sql).await?;
-                match session.as_deref_mut() {
-                    Some(session) => session.show(&plan)?,
-                    None => write_result(&mut std::io::stdout().lock(), &plan, Format::Table)?,
-                }
+                show_whole(session.as_deref_mut(), &plan)?;
                 follow_rebalance(client).await?;
                 client.query("SHOW REBALANCE").await?
             }
@@ -146,24 +143,32 @@ async fn run_in(
                     Some(session) => session.show_stream(result).await?,
                     None => write_stream(&mut std::io::stdout(), result, Format::Table).await?,
                 };
-                if timing {
-                    let noun = if rows == 1 { "row" } else { "rows" };
-                    println!("{rows} {noun} in {:.3} s", start.elapsed().as_secs_f64());
-                }
+                report_timing(timing, rows, start);
                 continue;
             }
         };
-        match session.as_deref_mut() {
-            Some(session) => session.show(&result)?,
-            None => write_result(&mut std::io::stdout().lock(), &result, Format::Table)?,
-        }
-        if timing {
-            let rows: usize = result.batches.iter().map(|b| b.num_rows()).sum();
-            let noun = if rows == 1 { "row" } else { "rows" };
-            println!("{rows} {noun} in {:.3} s", start.elapsed().as_secs_f64());
-        }
+        let rows = show_whole(session.as_deref_mut(), &whole)?;
+        report_timing(timing, rows, start);
     }
     Ok(())
+}
+
+/// Shows a result held whole: in the session's layout, or (`-c`) as a
+/// table; the rows it had.
+fn show_whole(session: Option<&mut Session>, result: &QueryResult) -> Result<usize, String> {
+    match session {
+        Some(session) => session.show(result)?,
+        None => write_result(&mut std::io::stdout().lock(), result, Format::Table)?,
+    }
+    Ok(result.batches.iter().map(|b| b.num_rows()).sum())
+}
+
+/// `\timing`: the statement's rows and time.
+fn report_timing(timing: bool, rows: usize, start: Instant) {
+    if timing {
+        let noun = if rows == 1 { "row" } else { "rows" };
+        println!("{rows} {noun} in {:.3} s", start.elapsed().as_secs_f64());
+    }
 }
 
 /// What a `\` or `.` command line asks for.

@@ -127,21 +127,15 @@ async fn remove_orphans(catalog: &Arc<Catalog>, worker: &str, url: &str) -> Resu
     // catalog before any of its files is written, so one made meanwhile
     // is named there.
     let held = client.tables().await?;
-    let named = |state: &crate::catalog_state::CatalogState| {
-        let mut keys = BTreeSet::new();
-        for def in state.tables.values() {
-            keys.insert(def.storage_key());
-        }
-        for index in state.indexes.values() {
-            if let Some(def) = state.tables.get(&index.table) {
-                keys.insert(index.storage_key(def));
-                keys.insert(index.outbox_key(def));
-            }
-        }
-        keys
-    };
     let state = catalog.state()?;
-    let live = named(&state);
+    // Every directory a table or index of the catalog may have.
+    let mut live: BTreeSet<String> = state.tables.values().map(|d| d.storage_key()).collect();
+    for index in state.indexes.values() {
+        if let Some(def) = state.tables.get(&index.table) {
+            live.insert(index.storage_key(def));
+            live.insert(index.outbox_key(def));
+        }
+    }
     let orphans: Vec<String> = held
         .into_iter()
         .filter(|k| !live.contains(k) && handed_out(k, &state))

@@ -25,10 +25,18 @@ use super::parquet_io::{io_err, remove_if_present, sync_dir};
 const SLOTS: [&str; 2] = ["manifest.0", "manifest.1"];
 const LEGACY: &str = "manifest.json";
 
-#[derive(Serialize, Deserialize)]
+/// A slot as read.
+#[derive(Deserialize)]
 struct Slot {
     seq: u64,
     manifest: Manifest,
+}
+
+/// A slot as written (the manifest borrowed, not copied).
+#[derive(Serialize)]
+struct SlotRef<'a> {
+    seq: u64,
+    manifest: &'a Manifest,
 }
 
 /// The partition's manifest in `dir` and its sequence number (0 for none
@@ -87,11 +95,7 @@ pub(super) fn read(dir: &Path) -> Result<(u64, Manifest)> {
 /// Writes `manifest` as number `seq` (one more than the current one) into
 /// the slot the current one is not in, and syncs it.
 pub(super) fn write(dir: &Path, seq: u64, manifest: &Manifest) -> Result<()> {
-    let slot = Slot {
-        seq,
-        manifest: manifest.clone(),
-    };
-    let bytes = encode(&slot)?;
+    let bytes = encode(&SlotRef { seq, manifest })?;
     let path = dir.join(SLOTS[(seq % 2) as usize]);
     // A slot's first whole write makes its directory entry durable too
     // (a first write that failed may have left the file without it).
@@ -116,7 +120,7 @@ pub(super) fn write(dir: &Path, seq: u64, manifest: &Manifest) -> Result<()> {
     Ok(())
 }
 
-fn encode(slot: &Slot) -> Result<Vec<u8>> {
+fn encode(slot: &SlotRef<'_>) -> Result<Vec<u8>> {
     let mut bytes = serde_json::to_vec(slot).map_err(|e| {
         datafusion::common::DataFusionError::Internal(format!("manifest encoding: {e}"))
     })?;
@@ -164,9 +168,9 @@ mod tests {
         assert_eq!(read(dir.path()).unwrap(), (3, manifest(&["c"])));
 
         // Write 4 cut short: its slot (manifest.0) holds half of it.
-        let whole = encode(&Slot {
+        let whole = encode(&SlotRef {
             seq: 4,
-            manifest: manifest(&["d", "e"]),
+            manifest: &manifest(&["d", "e"]),
         })
         .unwrap();
         for cut in [1, whole.len() / 2, whole.len() - 2] {
