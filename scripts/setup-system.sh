@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the system packages Tessera builds and tests with, from Debian:
-# a C compiler (ring, zstd and lzma build C code), protobuf-compiler (the
-# etcd client's build compiles etcd's protocol), etcd-server (the cluster
+# a C compiler (ring, zstd and lzma build C code), protobuf-compiler and
+# libprotobuf-dev (the etcd client's build compiles etcd's protocol, which
+# imports protobuf's well-known types from /usr/include), etcd-server (the cluster
 # metastore; tests start their own on loopback), python3-venv (the
 # client tests' .venv) and binutils (scripts/install.sh strips the binary). Does nothing when all are there already. Rust itself
 # is checked, not installed: it comes from rustup.
@@ -20,6 +21,7 @@ need=()
 command -v cc >/dev/null 2>&1 || need+=(gcc libc6-dev)
 command -v objcopy >/dev/null 2>&1 || need+=(binutils)
 command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
+[ -f /usr/include/google/protobuf/descriptor.proto ] || need+=(libprotobuf-dev)
 command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
 if [ ${#need[@]} -eq 0 ]; then
@@ -40,4 +42,5 @@ fi
 if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet etcd 2>/dev/null; then
     $sudo systemctl stop etcd || true
 fi
-command -v cc >/dev/null && command -v protoc >/dev/null && command -v etcd >/dev/null
+command -v cc >/dev/null && command -v protoc >/dev/null && command -v etcd >/dev/null &&
+    [ -f /usr/include/google/protobuf/descriptor.proto ]
