@@ -17,6 +17,7 @@ use crate::follow::Follower;
 use crate::membership::Membership;
 use crate::metastore::{Metastore, reserve};
 
+mod finish;
 mod follow;
 #[cfg(test)]
 mod interrupted;
@@ -83,6 +84,9 @@ pub struct Catalog {
     /// it would miss is in flight). A decided one is in the persisted
     /// `decided` log until every worker confirmed its commit.
     in_flight: Mutex<BTreeMap<u64, InFlight>>,
+    /// Decided transactions committed everywhere, waiting to leave the
+    /// decision log (see `catalog/finish.rs`).
+    finishing: Mutex<finish::Finishing>,
     /// Per table: a write holds it shared from its start to its end; a
     /// copy that cannot catch up between writes holds it alone for a
     /// moment (new writes wait, those in flight finish first).
@@ -217,6 +221,7 @@ impl Catalog {
             external: RwLock::new(BTreeMap::new()),
             last_txn: AtomicU64::new(last_txn),
             in_flight: Mutex::new(BTreeMap::new()),
+            finishing: Mutex::new(Default::default()),
             gates: Mutex::new(BTreeMap::new()),
             snapshots: Arc::new(Mutex::new(BTreeMap::new())),
             generation: AtomicU64::new(0),
@@ -475,7 +480,7 @@ impl Catalog {
     /// write path has not counted them (tables from before counting began).
     pub fn size_estimate(&self, table: &str, partitions: &[u32]) -> Result<Option<SizeEstimate>> {
         let state = self.state.lock().map_err(|_| poisoned())?;
-        let Some(stats) = state.stats.get(table) else {
+        let Some(stats) = state.table_stats(table) else {
             return Ok(None);
         };
         let mut total = SizeEstimate::default();

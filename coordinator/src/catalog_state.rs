@@ -7,6 +7,7 @@
 //!   index/<name>          IndexDef               map_epoch         the map's epoch
 //!   external/<name>       CREATE EXTERNAL TABLE  decided/<txn>     writes to commit
 //!   stats/<table>         rows, bytes per partition
+//!   stats_delta/<txn>     what a decided write adds to stats/, until folded in
 //!   index_stats/<name>    entry and apply counters
 //!   member/<worker id>    MemberRecord: its URL, operator state
 //!   user/<name>           UserRecord: password hash, role
@@ -42,6 +43,14 @@ pub struct CatalogState {
     /// decided write: the planner's size estimates.
     #[serde(default)]
     pub stats: BTreeMap<String, BTreeMap<u32, SizeEstimate>>,
+    /// What each write decided under its table's gate adds to `stats`, by
+    /// transaction, until it is folded in once the write is finished:
+    /// concurrent writes to one table then write no common key, so their
+    /// decisions share a metastore write instead of taking turns. Read
+    /// `stats` through [`CatalogState::partition_stats`] and
+    /// [`CatalogState::table_stats`], which add these.
+    #[serde(default)]
+    pub stats_deltas: BTreeMap<u64, StatsDelta>,
     /// Secondary indexes by name.
     #[serde(default)]
     pub indexes: BTreeMap<String, IndexDef>,
@@ -57,6 +66,24 @@ pub struct CatalogState {
     /// Users who may sign in, by name.
     #[serde(default)]
     pub users: BTreeMap<String, UserRecord>,
+}
+
+/// Rows, bytes and decisions a write adds, by map key.
+pub type StatsDelta = BTreeMap<String, PartsDelta>;
+
+/// What a write adds to the partitions of one map key, and the id of the
+/// table that owned the key then: the counts are dropped, not folded, if
+/// that table was dropped (or replaced by one of the same name) meanwhile.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PartsDelta {
+    pub owner: u64,
+    pub parts: BTreeMap<u32, SizeEstimate>,
+}
+
+fn add_to(total: &mut SizeEstimate, more: &SizeEstimate) {
+    total.rows += more.rows;
+    total.bytes += more.bytes;
+    total.writes += more.writes;
 }
 
 /// A user: a salted password hash (argon2, PHC string), a role, and a
@@ -108,11 +135,17 @@ pub struct IndexStats {
 }
 
 const TABLE: &str = "table/";
+
+/// The key of table `name`'s definition.
+pub fn table_key(name: &str) -> String {
+    format!("{TABLE}{name}")
+}
 const MAP: &str = "map/";
 const MAP_EPOCH: &str = "map_epoch";
 const EXTERNAL: &str = "external/";
 const DECIDED: &str = "decided/";
 const STATS: &str = "stats/";
+const STATS_DELTA: &str = "stats_delta/";
 const INDEX: &str = "index/";
 const INDEX_STATS: &str = "index_stats/";
 const TABLES_CREATED: &str = "counter/tables_created";
@@ -184,22 +217,97 @@ impl CatalogState {
     /// What the write path counted of `map_key`'s `partition`: rows,
     /// bytes, and decisions made on it (all 0 if nothing was counted).
     pub fn partition_stats(&self, map_key: &str, partition: u32) -> SizeEstimate {
-        self.stats
+        let mut total = self
+            .stats
             .get(map_key)
             .and_then(|s| s.get(&partition))
             .copied()
-            .unwrap_or_default()
+            .unwrap_or_default();
+        for parts in self.deltas_of(map_key) {
+            if let Some(more) = parts.get(&partition) {
+                add_to(&mut total, more);
+            }
+        }
+        total
+    }
+
+    /// The pending counts of `map_key` that still count: of writes to the
+    /// table that owns it now.
+    fn deltas_of<'a>(
+        &'a self,
+        map_key: &'a str,
+    ) -> impl Iterator<Item = &'a BTreeMap<u32, SizeEstimate>> + 'a {
+        let owner = crate::catalog::owner_of(self, map_key).map(|t| t.id);
+        self.stats_deltas
+            .values()
+            .filter_map(move |delta| delta.get(map_key))
+            .filter(move |d| owner == Some(d.owner))
+            .map(|d| &d.parts)
+    }
+
+    /// What the write path counted of each partition of `map_key`; `None`
+    /// when it counts nothing of it (a table from before counting began).
+    pub fn table_stats(&self, map_key: &str) -> Option<BTreeMap<u32, SizeEstimate>> {
+        let mut total = self.stats.get(map_key).cloned();
+        for more in self.deltas_of(map_key) {
+            let total = total.get_or_insert_with(BTreeMap::new);
+            for (p, m) in more {
+                add_to(total.entry(*p).or_default(), m);
+            }
+        }
+        total
+    }
+
+    /// Adds the pending counts of transactions `txns` to `stats` (see
+    /// `stats_deltas`); those of a table dropped since are dropped.
+    pub fn fold_stats_deltas(&mut self, txns: impl IntoIterator<Item = u64>) {
+        for txn in txns {
+            let Some(delta) = self.stats_deltas.remove(&txn) else {
+                continue;
+            };
+            for (map_key, d) in delta {
+                self.fold_parts(map_key, d);
+            }
+        }
+    }
+
+    /// Adds every pending count of `map_key` to `stats`.
+    pub fn fold_stats_deltas_of(&mut self, map_key: &str) {
+        let mut found = vec![];
+        self.stats_deltas.retain(|_, delta| {
+            found.extend(delta.remove(map_key));
+            !delta.is_empty()
+        });
+        for d in found {
+            self.fold_parts(map_key.to_string(), d);
+        }
+    }
+
+    fn fold_parts(&mut self, map_key: String, d: PartsDelta) {
+        if crate::catalog::owner_of(self, &map_key).map(|t| t.id) != Some(d.owner) {
+            return;
+        }
+        let stats = self.stats.entry(map_key).or_default();
+        for (p, more) in d.parts {
+            add_to(stats.entry(p).or_default(), &more);
+        }
+    }
+
+    /// Forgets the counts of `map_key` (dropped), pending deltas included.
+    pub fn remove_stats(&mut self, map_key: &str) -> Option<BTreeMap<u32, SizeEstimate>> {
+        let total = self.table_stats(map_key);
+        self.stats.remove(map_key);
+        self.stats_deltas.retain(|_, delta| {
+            delta.remove(map_key);
+            !delta.is_empty()
+        });
+        total
     }
 
     /// The writes that turn `self` into `new`: only the keys that differ.
     pub fn diff(&self, new: &CatalogState) -> Result<Vec<Op>> {
         let mut ops = vec![];
-        diff_map(
-            &self.tables,
-            &new.tables,
-            |k| format!("{TABLE}{k}"),
-            &mut ops,
-        )?;
+        diff_map(&self.tables, &new.tables, |k| table_key(k), &mut ops)?;
         diff_map(
             &self.map.tables,
             &new.map.tables,
@@ -221,6 +329,12 @@ impl CatalogState {
             &mut ops,
         )?;
         diff_map(&self.stats, &new.stats, |k| format!("{STATS}{k}"), &mut ops)?;
+        diff_map(
+            &self.stats_deltas,
+            &new.stats_deltas,
+            |t| format!("{STATS_DELTA}{t:020}"),
+            &mut ops,
+        )?;
         diff_map(
             &self.indexes,
             &new.indexes,
@@ -289,6 +403,11 @@ impl CatalogState {
             Ok(())
         } else if let Some(name) = key.strip_prefix(STATS) {
             set(&mut self.stats, name.to_string(), key, value)
+        } else if let Some(txn) = key.strip_prefix(STATS_DELTA) {
+            let txn = txn.parse::<u64>().map_err(|e| {
+                DataFusionError::Execution(format!("metastore key {key} is malformed ({e})"))
+            })?;
+            set(&mut self.stats_deltas, txn, key, value)
         } else if let Some(name) = key.strip_prefix(INDEX_STATS) {
             set(&mut self.index_stats, name.to_string(), key, value)
         } else if let Some(name) = key.strip_prefix(INDEX) {
@@ -387,6 +506,23 @@ mod tests {
                 },
             )]),
         );
+        s.stats_deltas.insert(
+            42,
+            BTreeMap::from([(
+                "a/b".to_string(),
+                PartsDelta {
+                    owner: 3,
+                    parts: BTreeMap::from([(
+                        0,
+                        SizeEstimate {
+                            rows: 1,
+                            bytes: 2,
+                            writes: 1,
+                        },
+                    )]),
+                },
+            )]),
+        );
         s.index_stats.insert(
             "i".into(),
             IndexStats {
@@ -433,6 +569,90 @@ mod tests {
             }
         }
         assert_eq!(applied, next);
+    }
+
+    /// A write's counts are seen before they are folded into `stats`,
+    /// and the same after; a dropped table's pending counts go with it,
+    /// and those of a table replaced since (another id) never count.
+    #[test]
+    fn pending_counts_are_seen_folded_and_dropped() {
+        let count = |rows, bytes| SizeEstimate {
+            rows,
+            bytes,
+            writes: 1,
+        };
+        let mut s = CatalogState::default();
+        use datafusion::arrow::datatypes::{DataType, Field, Schema};
+        let schema = Schema::new(vec![Field::new("k", DataType::Int64, false)]);
+        let scheme = tessera_sql::PartitionScheme::Hash {
+            columns: vec!["k".into()],
+            partitions: 2,
+            cluster_by: vec![],
+        };
+        for (id, name) in [(1, "t"), (2, "u")] {
+            let def = TableDef::try_new(name, id, &schema, scheme.clone()).unwrap();
+            s.tables.insert(name.into(), def);
+        }
+        s.stats
+            .insert("t".into(), BTreeMap::from([(0, count(10, 100))]));
+        let delta = |owner, p, n| PartsDelta {
+            owner,
+            parts: BTreeMap::from([(p, count(n, 10 * n))]),
+        };
+        for (txn, p) in [(7, 0), (8, 1)] {
+            s.stats_deltas.insert(
+                txn,
+                BTreeMap::from([
+                    ("t".to_string(), delta(1, p, 1)),
+                    ("u".to_string(), delta(2, 0, 2)),
+                ]),
+            );
+        }
+        // Of an earlier table 'u' (id 9), dropped: never counted.
+        s.stats_deltas
+            .insert(3, BTreeMap::from([("u".to_string(), delta(9, 0, 50))]));
+        let seen = |s: &CatalogState| {
+            (
+                s.partition_stats("t", 0),
+                s.partition_stats("t", 1),
+                s.table_stats("u"),
+            )
+        };
+        let before = seen(&s);
+        assert_eq!(
+            before.0,
+            SizeEstimate {
+                rows: 11,
+                bytes: 110,
+                writes: 2
+            }
+        );
+        assert_eq!(before.1, count(1, 10));
+        assert_eq!(
+            before.2,
+            Some(BTreeMap::from([(
+                0,
+                SizeEstimate {
+                    rows: 4,
+                    bytes: 40,
+                    writes: 2
+                }
+            )]))
+        );
+        let mut folded = s.clone();
+        folded.fold_stats_deltas([3, 7]);
+        assert_eq!(folded.stats_deltas.keys().collect::<Vec<_>>(), [&8]);
+        assert_eq!(seen(&folded), before);
+        folded.fold_stats_deltas_of("u");
+        assert_eq!(folded.stats_deltas[&8].keys().collect::<Vec<_>>(), ["t"]);
+        assert_eq!(seen(&folded), before);
+
+        let removed = s.remove_stats("t").unwrap();
+        assert_eq!(removed[&0].rows, 11);
+        assert_eq!(s.table_stats("t"), None);
+        assert_eq!(s.stats_deltas.len(), 3);
+        s.remove_stats("u");
+        assert!(s.stats_deltas.is_empty());
     }
 
     /// A data dir of an earlier version: its catalog.json moves into the

@@ -330,9 +330,12 @@ impl Copy<'_> {
                 }
                 placement.out_of_sync.retain(|w| w != worker);
                 s.map.epoch += 1;
-                // Written by every decision on the partition too: a write
-                // decided while this one is being stored makes one of the
-                // two run again (this one then sees it and copies again).
+                // Written by every decision on the partition made without
+                // the table's gate too (compactions, index backfills and
+                // applies): one decided while this one is being stored
+                // makes one of the two run again (this one then sees it
+                // and copies again). A write holds the gate, which this
+                // holds alone, and counts in a key of its own.
                 crate::copies::bump_writes(s, map_key, partition);
                 Ok(true)
             })

@@ -333,6 +333,11 @@ async fn merge_partition(
             );
         }
         crate::copies::bump_writes(s, &part.map_key, partition);
+        if part.data {
+            // The bytes below are the partition's as counted so far,
+            // pending counts of writes included.
+            s.fold_stats_deltas_of(&def.name);
+        }
         if part.data
             && let Some(p) = s
                 .stats

@@ -1,7 +1,8 @@
 //! The copies of a partition at a write's decision: whether enough of
 //! those in sync took it (the write quorum), which leave the in-sync set,
 //! and the per-partition count of decided transactions a copy catching up
-//! checks before it rejoins.
+//! checks before it rejoins (a write holding its table's gate counts it in
+//! a `stats_delta/` key of its own; see `write::decide_and_commit`).
 
 use std::collections::BTreeMap;
 

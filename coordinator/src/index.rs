@@ -208,7 +208,7 @@ pub async fn drop_index(catalog: &Arc<Catalog>, name: &str, if_exists: bool) -> 
         .update(|s| {
             s.indexes.remove(name);
             s.index_stats.remove(name);
-            s.stats.remove(&def.map_key());
+            s.remove_stats(&def.map_key());
             s.map.drop_table(&def.map_key());
             Ok(())
         })

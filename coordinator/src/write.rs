@@ -9,7 +9,9 @@
 //!        ─► decide  (txn logged in the metastore, fsync)   ◄─ any prepare failed? abort all
 //!        ─► commit  (each owner swaps its manifests; a query sees the statement
 //!                    from its decision on, resolving what has not landed yet)
-//!        ─► forget  (txn removed from the log)
+//!        ─► acknowledge
+//!        ─► forget  (txn removed from the log, in one metastore write with
+//!                    the others finished meanwhile; its counts join stats/)
 //! ```
 //!
 //! A crash after "decide" is finished by recovery at the next start: staged
@@ -37,7 +39,7 @@ use tessera_worker::{
 };
 
 use crate::catalog::{Catalog, TxnGuard, WriteTarget};
-use crate::catalog_state::CatalogState;
+use crate::catalog_state::{CatalogState, PartsDelta, StatsDelta, table_key};
 use crate::copies::{Failures, settle_copies, short_of_quorum};
 
 /// Where the rows of an INSERT go.
@@ -534,12 +536,22 @@ struct Share {
 ///
 /// The decision and the commits run as one task that owns `guard`: a
 /// statement dropped at any point here (its client gone) still has its
-/// decision either land and be committed and forgotten, or fail and be
-/// aborted, and its transaction stays in flight until then (so a worker
-/// that rejoins meanwhile does not have its staged files taken for
-/// leftovers). Otherwise a decision landing after the drop would hold back
-/// compaction, the ASYNC applier and catch-ups of its partitions until a
-/// restart.
+/// decision either land and be committed (then handed to the catalog to
+/// forget, with the guard), or fail and be aborted, and its transaction
+/// stays in flight until then (so a worker that rejoins meanwhile does not
+/// have its staged files taken for leftovers). Otherwise a decision landing
+/// after the drop would hold back compaction, the ASYNC applier and
+/// catch-ups of its partitions until a restart.
+///
+/// A write holding its table's gate (INSERT, ingest) counts what it adds
+/// to the table's statistics in a key of its own transaction
+/// (`stats_delta/`), folded in once it is forgotten: concurrent writes to
+/// one table then write no common key, so their decisions share a
+/// metastore write instead of taking turns. The statistics key is also
+/// what a copy rejoining its in-sync set would race on; the gate keeps
+/// such a rejoin out instead. The decision holds only while the table's
+/// definition is the one it read (a DROP that landed first makes it fail,
+/// changing nothing).
 pub(crate) async fn decide_and_commit(
     catalog: &Arc<Catalog>,
     guard: TxnGuard,
@@ -550,11 +562,33 @@ pub(crate) async fn decide_and_commit(
     let catalog = Arc::clone(catalog);
     tokio::spawn(async move {
         let txn = guard.txn;
+        let gated = guard.gated_table().is_some();
+        let reads: Vec<String> = guard.gated_table().map(table_key).into_iter().collect();
         // Decide: once logged, the write will land even across a crash.
         let decided = catalog
-            .update(|s| {
+            .update_reading(&reads, |s| {
                 s.decided.insert(txn, writes.clone());
-                decide(s)
+                if !gated {
+                    return decide(s);
+                }
+                // `decide` only adds to `stats` here (`add_stats`,
+                // `bump_writes`), so it starts from nothing and what it
+                // leaves is the delta.
+                let stored = std::mem::take(&mut s.stats);
+                let decided = decide(s);
+                let added = std::mem::replace(&mut s.stats, stored);
+                decided?;
+                let delta: StatsDelta = added
+                    .into_iter()
+                    .filter_map(|(key, parts)| {
+                        let owner = crate::catalog::owner_of(s, &key)?.id;
+                        Some((key, PartsDelta { owner, parts }))
+                    })
+                    .collect();
+                if !delta.is_empty() {
+                    s.stats_deltas.insert(txn, delta);
+                }
+                Ok(())
             })
             .await;
         if let Err(e) = decided {
@@ -569,11 +603,14 @@ pub(crate) async fn decide_and_commit(
         // background until it does (commit is idempotent).
         let failed = commit_all(txn, &writes, &urls).await;
         if failed.is_empty() {
-            forget(&catalog, txn).await;
+            // The guard (its gate share) goes once the decision is
+            // forgotten: a copy waiting to rejoin takes the gate when no
+            // write of the table is still in the decision log.
+            catalog.finished(txn, Some(guard));
         } else {
             tokio::spawn(retry_commit(Arc::clone(&catalog), txn, failed));
+            drop(guard);
         }
-        drop(guard);
         Ok(())
     })
     .await
@@ -606,20 +643,6 @@ async fn commit_all(
     failed
 }
 
-/// Drops a finished transaction from the decision log. If that cannot be
-/// saved the entry stays, which is harmless: recovery commits it again.
-async fn forget(catalog: &Catalog, txn: u64) {
-    if let Err(e) = catalog
-        .update(|s| {
-            s.decided.remove(&txn);
-            Ok(())
-        })
-        .await
-    {
-        tracing::warn!(txn, error = %e, "could not clear a finished write from the log");
-    }
-}
-
 /// Keeps committing on workers that did not confirm, backing off up to 5 s,
 /// until all have (at the URL each has then: a restarted worker may listen
 /// elsewhere), or have left the in-sync set of what they hold of it (their
@@ -644,7 +667,7 @@ pub(crate) async fn retry_commit(
         let urls = catalog.members().unwrap_or_default();
         pending = commit_all(txn, &pending, &urls).await;
     }
-    forget(&catalog, txn).await;
+    catalog.finished(txn, None);
 }
 
 /// Copies the strings a view column still points at into buffers of its

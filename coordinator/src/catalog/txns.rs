@@ -53,8 +53,26 @@ pub enum SnapshotHold {
 pub struct TxnGuard {
     catalog: Arc<Catalog>,
     pub txn: u64,
-    /// A write's share of its table's gate.
-    _gate: Option<tokio::sync::OwnedRwLockReadGuard<()>>,
+    /// A write's share of its table's gate, and the table.
+    gate: Option<(String, tokio::sync::OwnedRwLockReadGuard<()>)>,
+}
+
+impl std::fmt::Debug for TxnGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TxnGuard")
+            .field("txn", &self.txn)
+            .field("gated", &self.gated_table())
+            .finish()
+    }
+}
+
+impl TxnGuard {
+    /// The table whose gate it holds shared (a write does; a compaction,
+    /// a backfill or an apply does not): while it does, no copy of the
+    /// table rejoins its in-sync set.
+    pub fn gated_table(&self) -> Option<&str> {
+        self.gate.as_ref().map(|(table, _)| table.as_str())
+    }
 }
 
 impl Drop for TxnGuard {
@@ -91,8 +109,8 @@ impl Catalog {
     /// covers exactly the transactions after its `since_txn`).
     pub async fn begin_write(self: &Arc<Self>, table: &str) -> Result<(TxnGuard, Vec<IndexDef>)> {
         let gate = self.gate(table)?.read_owned().await;
-        self.begin_gated(Some(table), Some(gate), maintained(table))
-            .await
+        let gate = Some((table.to_string(), gate));
+        self.begin_gated(Some(table), gate, maintained(table)).await
     }
 
     /// [`Catalog::begin_write`] for a compaction: it does not hold the
@@ -121,7 +139,7 @@ impl Catalog {
     async fn begin_gated<T>(
         self: &Arc<Self>,
         table: Option<&str>,
-        mut gate: Option<tokio::sync::OwnedRwLockReadGuard<()>>,
+        mut gate: Option<(String, tokio::sync::OwnedRwLockReadGuard<()>)>,
         read: impl Fn(&CatalogState, u64) -> T,
     ) -> Result<(TxnGuard, T)> {
         loop {
@@ -139,7 +157,7 @@ impl Catalog {
             let guard = TxnGuard {
                 catalog: Arc::clone(self),
                 txn,
-                _gate: gate.take(),
+                gate: gate.take(),
             };
             return Ok((guard, read(&state, txn)));
         }

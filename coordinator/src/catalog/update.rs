@@ -15,8 +15,16 @@ impl Catalog {
     /// compare-and-swap on their revisions: if another change got to one
     /// of them first, `change` runs again on the newer state. If writing
     /// fails, the state is left as it was.
-    pub async fn update<T>(
+    pub async fn update<T>(&self, change: impl FnMut(&mut CatalogState) -> Result<T>) -> Result<T> {
+        self.update_reading(&[], change).await
+    }
+
+    /// [`Catalog::update`] that also holds if none of the keys `reads` was
+    /// changed meanwhile (by compare-and-swap on their revisions, as the
+    /// keys it writes): `change` read them and writes none of them.
+    pub async fn update_reading<T>(
         &self,
+        reads: &[String],
         mut change: impl FnMut(&mut CatalogState) -> Result<T>,
     ) -> Result<T> {
         loop {
@@ -40,11 +48,17 @@ impl Catalog {
                     return Ok(out);
                 }
                 let revisions = self.revisions.lock().map_err(|_| poisoned())?;
+                let read = reads
+                    .iter()
+                    .map(String::as_str)
+                    .filter(|key| ops.iter().all(|op| op.key() != *key));
                 let compares: Vec<Compare> = ops
                     .iter()
-                    .map(|op| Compare {
-                        key: op.key().to_string(),
-                        revision: revisions.get(op.key()).copied().unwrap_or(0),
+                    .map(Op::key)
+                    .chain(read)
+                    .map(|key| Compare {
+                        key: key.to_string(),
+                        revision: revisions.get(key).copied().unwrap_or(0),
                     })
                     .collect();
                 (out, ops, compares)

@@ -282,7 +282,7 @@ impl Coordinator {
         self.catalog
             .update(|s| {
                 s.tables.remove(name);
-                s.stats.remove(name);
+                s.remove_stats(name);
                 s.map.drop_table(name);
                 Ok(())
             })
@@ -345,6 +345,9 @@ impl Coordinator {
                          uploaded; nothing was written: ingest again with mode 'append'"
                     );
                 }
+                // Counted while the staged table is still its key's owner
+                // (pending counts of the upload included).
+                let stats = s.remove_stats(staged).unwrap_or_default();
                 let Some(mut def) = s.tables.remove(staged) else {
                     return exec_err!(
                         "the rows uploaded to replace '{name}' are gone (was the upload's \
@@ -359,19 +362,18 @@ impl Coordinator {
                     .cloned()
                     .collect();
                 let holders = held_by(s.map.table(name).unwrap_or_default());
-                s.stats.remove(name);
+                s.remove_stats(name);
                 s.map.drop_table(name);
                 for index in &old_indexes {
                     s.indexes.remove(&index.name);
                     s.index_stats.remove(&index.name);
-                    s.stats.remove(&index.map_key());
+                    s.remove_stats(&index.map_key());
                     s.map.drop_table(&index.map_key());
                 }
                 // The files stay where they are: under the staged table's key.
                 def.storage = Some(def.storage_key());
                 def.name = name.to_string();
                 s.tables.insert(name.to_string(), def);
-                let stats = s.stats.remove(staged).unwrap_or_default();
                 s.stats.insert(name.to_string(), stats);
                 s.map.rename_table(staged, name);
                 Ok(old.map(|old| (old, old_indexes, holders)))

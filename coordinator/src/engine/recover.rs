@@ -62,6 +62,8 @@ impl Coordinator {
                 for txn in &finished {
                     s.decided.remove(txn);
                 }
+                let pending: Vec<u64> = s.stats_deltas.keys().copied().collect();
+                s.fold_stats_deltas(pending);
                 Ok(())
             })
             .await?;
