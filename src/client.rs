@@ -7,6 +7,7 @@ use arrow::datatypes::SchemaRef;
 use arrow_flight::sql::client::FlightSqlServiceClient;
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
+use tessera_coordinator::progress::ProgressReport;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 /// One statement's result.
@@ -110,6 +111,17 @@ impl Client {
         Ok(client)
     }
 
+    /// A second handle on this connection and sign-in (calls on it run
+    /// beside those on this one).
+    pub fn clone_shared(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            addr: self.addr.clone(),
+            tls_ca: self.tls_ca.clone(),
+            user: self.user.clone(),
+        }
+    }
+
     /// The underlying Flight SQL client.
     pub fn flight(&mut self) -> &mut FlightSqlServiceClient<Channel> {
         &mut self.inner
@@ -122,6 +134,34 @@ impl Client {
             schema: result.schema,
             batches,
         })
+    }
+
+    /// Tags the statements run from now on with `tag`, to ask the server
+    /// how far they got ([`Client::progress`]).
+    pub fn tag_statements(&mut self, tag: &str) {
+        self.inner
+            .set_header(tessera_coordinator::progress::TAG_HEADER, tag);
+    }
+
+    /// How far the running statement tagged `tag` got, as the server
+    /// reports it (`running: false` once it ended there).
+    pub async fn progress(&self, tag: &str) -> Result<ProgressReport, String> {
+        use tessera_coordinator::progress::{ACTION, ProgressRequest};
+        let body = serde_json::to_vec(&ProgressRequest {
+            tag: tag.to_string(),
+        })
+        .map_err(|e| e.to_string())?;
+        let action = arrow_flight::Action {
+            r#type: ACTION.to_string(),
+            body: body.into(),
+        };
+        let mut client = self.inner.clone();
+        let mut results = client.do_action(action).await.map_err(error_text)?;
+        let next = results.try_next().await;
+        let Some(result) = next.map_err(|e| format!("{ACTION}: {}", e.message()))? else {
+            return Err(format!("{ACTION} answered nothing"));
+        };
+        serde_json::from_slice(&result.body).map_err(|e| format!("{ACTION}: {e}"))
     }
 
     /// Runs `sql`; its rows are fetched as the stream is read.

@@ -23,7 +23,9 @@ use crate::client::{Client, QueryResult, QueryStream};
 use crate::output::{Format, write_result, write_stream};
 use display::{Display, Mode};
 use helper::{Names, ShellHelper};
-use progress::{Watch, building, compacting, copies_in_sync, follow_rebalance, with_progress};
+use progress::{
+    StatementBar, Watch, building, compacting, copies_in_sync, follow_rebalance, with_progress,
+};
 
 const HELP: &str = "\
 Statements end with ';' and may span lines.
@@ -138,7 +140,15 @@ async fn run_in(
             _ => {
                 // Shown as the rows arrive: a session keeps only what it
                 // shows; `-c` prints every row, as a table needs them all.
-                let result = client.query_stream(&s.sql).await?;
+                let bar = StatementBar::start(client);
+                let mut result = client.query_stream(&s.sql).await?;
+                if let Some(bar) = &bar {
+                    // Rows printed as they arrive take the bar's place.
+                    let progressive = session
+                        .as_deref()
+                        .is_none_or(|s| s.output.is_none() && s.display.prints_as_rows_arrive());
+                    bar.stop_with(&mut result, progressive);
+                }
                 let rows = match session.as_deref_mut() {
                     Some(session) => session.show_stream(result).await?,
                     None => write_stream(&mut std::io::stdout(), result, Format::Table).await?,

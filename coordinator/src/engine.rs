@@ -303,7 +303,9 @@ impl Coordinator {
     /// run the statement for each row (an INSERT as one statement).
     pub async fn plan_with(&self, sql: &str, rows: &[ParamRow]) -> Result<Planned> {
         let recorder = self.log.begin(sql);
-        match self.plan_statement(sql, rows).await {
+        let planned =
+            crate::progress::counting(recorder.progress(), self.plan_statement(sql, rows)).await;
+        match planned {
             Ok(Planned::Plan(plan, ctx, _, catalog)) => {
                 Ok(Planned::Plan(plan, ctx, Some(Box::new(recorder)), catalog))
             }

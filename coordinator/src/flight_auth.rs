@@ -155,6 +155,11 @@ pub fn caller<T>(who: &Principal, request: &Request<T>) -> crate::query_log::Cal
         client: request.remote_addr().map(|a| a.to_string()),
         admin: !who.reads_only(),
         run: 0,
+        tag: request
+            .metadata()
+            .get(crate::progress::TAG_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(|t| t.chars().take(64).collect()),
     }
 }
 

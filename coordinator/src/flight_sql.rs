@@ -679,6 +679,27 @@ impl FlightSqlService for TesseraFlightSql {
         &self,
         request: Request<Action>,
     ) -> Result<Response<<Self as FlightService>::DoActionStream>, Status> {
+        if request.get_ref().r#type == crate::progress::ACTION {
+            let by = caller(&principal(&request)?, &request);
+            let asked: crate::progress::ProgressRequest =
+                serde_json::from_slice(&request.get_ref().body).map_err(|e| {
+                    Status::invalid_argument(format!(
+                        "{}: the body must be JSON {{\"tag\": ...}}: {e}",
+                        crate::progress::ACTION
+                    ))
+                })?;
+            let coordinator = self.coordinator();
+            let report = match coordinator.query_log().progress_of(&asked.tag, &by) {
+                Some((progress, elapsed)) => {
+                    crate::progress::report(coordinator.catalog(), &progress, elapsed).await
+                }
+                None => Default::default(),
+            };
+            let body = serde_json::to_vec(&report)
+                .map_err(|e| Status::internal(format!("progress: {e}")))?;
+            let body = arrow_flight::Result { body: body.into() };
+            return Ok(Response::new(Box::pin(futures::stream::iter([Ok(body)]))));
+        }
         if request.get_ref().r#type == CANCEL_FLIGHT_INFO {
             let by = caller(&principal(&request)?, &request);
             let cancel = CancelFlightInfoRequest::decode(request.get_ref().body.clone())

@@ -31,6 +31,7 @@ mod membership;
 mod metastore;
 mod options;
 mod panic_guard;
+pub mod progress;
 mod query_log;
 mod query_map;
 mod rebalance;

@@ -66,6 +66,8 @@ pub struct Caller {
     /// Which run of its statement this is: 0 or 1 for the first, more for
     /// a read-only query run again after a worker failed.
     pub run: u32,
+    /// The client's name for the statement (see `progress`).
+    pub tag: Option<String>,
 }
 
 impl Caller {
@@ -76,6 +78,7 @@ impl Caller {
             client: None,
             admin: true,
             run: 0,
+            tag: None,
         }
     }
 
@@ -133,6 +136,9 @@ struct Running {
     handle: Option<String>,
     /// Planned, its rows not asked for yet.
     waiting: bool,
+    /// The client's tag, and how far it got.
+    tag: Option<String>,
+    progress: Arc<crate::progress::Progress>,
 }
 
 #[derive(Debug)]
@@ -195,6 +201,7 @@ impl QueryLog {
         };
         let cancel = CancellationToken::new();
         let started = Instant::now();
+        let progress = Arc::new(crate::progress::Progress::new(&record.query_id));
         self.running
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -206,6 +213,8 @@ impl QueryLog {
                     cancel: cancel.clone(),
                     handle: None,
                     waiting: false,
+                    tag: caller.tag,
+                    progress: Arc::clone(&progress),
                 },
             );
         QueryRecorder {
@@ -213,6 +222,7 @@ impl QueryLog {
             started,
             record: Some(record),
             cancel,
+            progress,
         }
     }
 
@@ -223,6 +233,21 @@ impl QueryLog {
             r.handle = Some(handle.to_string());
             r.waiting = true;
         }
+    }
+
+    /// The progress of `caller`'s running statement tagged `tag`, and how
+    /// long it has run.
+    pub fn progress_of(
+        &self,
+        tag: &str,
+        caller: &Caller,
+    ) -> Option<(Arc<crate::progress::Progress>, std::time::Duration)> {
+        let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        running
+            .values()
+            .filter(|r| r.tag.as_deref() == Some(tag) && caller.may_see(&r.record))
+            .max_by_key(|r| r.record.seq)
+            .map(|r| (Arc::clone(&r.progress), r.started.elapsed()))
     }
 
     /// Notes that the client asks for query `seq`'s rows now.
@@ -321,6 +346,7 @@ pub struct QueryRecorder {
     started: Instant,
     record: Option<QueryRecord>,
     cancel: CancellationToken,
+    progress: Arc<crate::progress::Progress>,
 }
 
 impl Drop for QueryRecorder {
@@ -334,6 +360,11 @@ impl Drop for QueryRecorder {
 }
 
 impl QueryRecorder {
+    /// How far this query got.
+    pub fn progress(&self) -> Arc<crate::progress::Progress> {
+        Arc::clone(&self.progress)
+    }
+
     /// This query's order of start on this coordinator.
     pub fn seq(&self) -> u64 {
         self.record.as_ref().map_or(0, |r| r.seq)
@@ -612,6 +643,7 @@ mod tests {
             client: Some("127.0.0.1:5".into()),
             admin,
             run: 0,
+            tag: None,
         };
         let recorder = as_caller(user("ana", false), async { log.begin("SELECT 1") }).await;
         let running = log.running();

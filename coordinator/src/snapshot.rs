@@ -51,6 +51,10 @@ pub async fn session_at_snapshot(base: SessionState, catalog: &Catalog) -> Resul
         snapshot,
         _hold: hold,
     }));
+    // How far the statement got, counted by its scans and writes.
+    if let Some(progress) = crate::progress::current() {
+        state.config_mut().set_extension(progress);
+    }
     // The partition map every scan of the statement reads, taken once.
     let map = catalog.map_now()?;
     state.config_mut().options_mut().extensions.insert(map);

@@ -90,6 +90,10 @@ impl TableProvider for TesseraTable {
             .map(|e| state.create_physical_expr(e, &df_schema))
             .transpose()?;
         let estimate = self.catalog.size_estimate(&self.def.name, &kept)?;
+        let progress = state.config().get_extension::<crate::progress::Progress>();
+        if let (Some(progress), Some(estimate)) = (&progress, estimate) {
+            progress.expect(estimate.rows);
+        }
         let spec = ScanSpec {
             table: self.def.name.clone(),
             location: self.def.storage_key(),
@@ -103,6 +107,7 @@ impl TableProvider for TesseraTable {
             colocated_on: None,
             index,
             snapshot: Some(snapshot),
+            query: progress.map(|p| Arc::from(p.query_id.as_str())),
         };
         let outputs = parts.len();
         Ok(Arc::new(PartitionScanExec::try_new(spec, parts, outputs)?))

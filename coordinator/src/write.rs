@@ -149,9 +149,19 @@ impl DataSink for WriteSink {
     async fn write_all(
         &self,
         data: SendableRecordBatchStream,
-        _context: &Arc<TaskContext>,
+        context: &Arc<TaskContext>,
     ) -> Result<u64> {
-        let batches: Vec<RecordBatch> = data.try_collect().await?;
+        let progress = context
+            .session_config()
+            .get_extension::<crate::progress::Progress>();
+        let batches: Vec<RecordBatch> = data
+            .inspect_ok(|b| {
+                if let Some(p) = &progress {
+                    p.wrote(b.num_rows() as u64);
+                }
+            })
+            .try_collect()
+            .await?;
         let routed = self.route(batches)?;
         let rows: u64 = routed.values().flatten().map(|b| b.num_rows() as u64).sum();
         if rows == 0 {

@@ -63,6 +63,12 @@ impl Default for Display {
 }
 
 impl Display {
+    /// Whether results are printed row by row as they arrive (CSV, JSON),
+    /// not once they are all in (the table modes keep the first and last).
+    pub fn prints_as_rows_arrive(&self) -> bool {
+        matches!(self.mode, Mode::Csv | Mode::Json)
+    }
+
     /// Writes `result` to `out` as set.
     pub fn show(&self, out: &mut dyn Write, result: &QueryResult) -> Result<(), String> {
         let total = result.batches.iter().map(RecordBatch::num_rows).sum();

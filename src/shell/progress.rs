@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::client::{Client, QueryResult};
+use crate::client::{Client, QueryResult, QueryStream};
 
 /// Reads (done, total) partitions off the result of a progress query.
 pub(super) type ReadProgress = Box<dyn Fn(&[arrow::array::RecordBatch]) -> Option<(u32, u32)>>;
@@ -161,4 +161,135 @@ mod tests {
         let b = RecordBatch::try_from_iter([("states", Arc::new(states) as _)]).unwrap();
         assert_eq!(super::copies_in_sync(&[b]), Some((4, 6)));
     }
+}
+
+/// How long a statement runs before its progress bar shows (as duckdb).
+const QUIET_FOR: Duration = Duration::from_secs(2);
+/// How often the server is asked.
+const POLL_EVERY: Duration = Duration::from_millis(300);
+
+/// The progress bar of any statement running longer than [`QUIET_FOR`],
+/// on stderr when it is a terminal: rows its scans read of those expected,
+/// bytes read, rows written, as the server reports them for the
+/// statement's tag. Cleared by [`StatementBar::stop`] (before rows are
+/// printed) or when any of its clones is dropped.
+#[derive(Clone)]
+pub(super) struct StatementBar {
+    shown: std::sync::Arc<std::sync::Mutex<Option<ProgressBar>>>,
+    task: tokio::task::AbortHandle,
+}
+
+impl StatementBar {
+    /// Tags the next statement `client` runs and starts watching it.
+    pub(super) fn start(client: &mut Client) -> Option<Self> {
+        use std::io::IsTerminal;
+        if !std::io::stderr().is_terminal() {
+            return None;
+        }
+        let tag = format!(
+            "{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0)
+        );
+        client.tag_statements(&tag);
+        let asker = client.clone_shared();
+        let shown = std::sync::Arc::new(std::sync::Mutex::new(None::<ProgressBar>));
+        let task = tokio::spawn(watch_statement(asker, tag, std::sync::Arc::clone(&shown)));
+        Some(Self {
+            shown,
+            task: task.abort_handle(),
+        })
+    }
+
+    /// Stops the bar when `result` ends, or at its first rows if they are
+    /// printed as they arrive (`progressive`).
+    pub(super) fn stop_with(&self, result: &mut QueryStream, progressive: bool) {
+        use futures::StreamExt;
+        let stopper = self.clone();
+        let batches = std::mem::replace(&mut result.batches, futures::stream::empty().boxed());
+        result.batches = if progressive {
+            batches.inspect(move |_| stopper.stop()).boxed()
+        } else {
+            let end = futures::stream::poll_fn(move |_| {
+                stopper.stop();
+                std::task::Poll::Ready(None)
+            });
+            batches.chain(end).boxed()
+        };
+    }
+
+    /// Clears the bar, if shown, and stops watching.
+    pub(super) fn stop(&self) {
+        self.task.abort();
+        if let Ok(mut shown) = self.shown.lock()
+            && let Some(bar) = shown.take()
+        {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+impl Drop for StatementBar {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+async fn watch_statement(
+    client: Client,
+    tag: String,
+    shown: std::sync::Arc<std::sync::Mutex<Option<ProgressBar>>>,
+) {
+    tokio::time::sleep(QUIET_FOR).await;
+    loop {
+        if let Ok(report) = client.progress(&tag).await
+            && report.running
+            && let Ok(mut shown) = shown.lock()
+        {
+            draw(shown.get_or_insert_with(|| ProgressBar::new(0)), &report);
+        }
+        tokio::time::sleep(POLL_EVERY).await;
+    }
+}
+
+/// Shows `report` on `bar`: a bar when the rows to read are known, a
+/// spinner otherwise.
+fn draw(bar: &ProgressBar, report: &tessera_coordinator::progress::ProgressReport) {
+    use indicatif::{HumanBytes, HumanCount};
+    let style = |template: &str| {
+        ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar())
+    };
+    let seconds = format!("{:.1} s", report.elapsed_ms as f64 / 1000.0);
+    if report.rows_expected == 0 && report.rows_scanned == 0 && report.rows_written == 0 {
+        // Nothing it reads or writes is counted (a table function).
+        bar.set_style(style("{spinner} {msg}"));
+        bar.set_message(format!("running, {seconds}"));
+        bar.tick();
+        return;
+    }
+    let mut message = HumanCount(report.rows_scanned).to_string();
+    if report.rows_expected > 0 {
+        bar.set_style(style("[{bar:30}] {percent:>3}% {msg}"));
+        bar.set_length(report.rows_expected.max(report.rows_scanned));
+        bar.set_position(report.rows_scanned);
+        message.push_str(&format!(" of ~{}", HumanCount(report.rows_expected)));
+    } else {
+        bar.set_style(style("{spinner} {msg}"));
+        bar.tick();
+    }
+    message.push_str(&format!(
+        " rows scanned ({})",
+        HumanBytes(report.bytes_scanned)
+    ));
+    if report.rows_written > 0 {
+        message.push_str(&format!(
+            ", {} rows to write",
+            HumanCount(report.rows_written)
+        ));
+    }
+    message.push_str(&format!(", {seconds}"));
+    bar.set_message(message);
 }

@@ -120,3 +120,47 @@ def test_a_large_result_streams_through_the_shell(shell):
     run(shell, ".mode csv")
     out = run(shell, "SELECT value AS v FROM range(3);")
     assert out.split("\r\n")[:4] == ["v", "0", "1", "2"], out
+
+
+def test_a_long_statement_shows_its_progress(data_dir):
+    """A statement running longer than 2 s shows a progress bar: the rows
+    its scans read of those the table holds. One worker is stopped
+    (SIGSTOP) so the statement cannot end before the bar shows; once it
+    runs again the statement ends with the exact answer."""
+    import signal
+
+    import adbc_driver_flightsql.dbapi as flightsql
+    from test_cluster_processes import (start_coordinator, start_worker, stop_all, wait_for,
+                                        workers)
+
+    coord, coordinator = start_coordinator(data_dir, lease=60)
+    procs = {"coordinator": coord}
+    child = None
+    try:
+        for name, host in (("w2", "127.0.0.2"), ("w3", "127.0.0.3")):
+            procs[name] = start_worker(data_dir, coordinator, host, name)[0]
+        with flightsql.connect(f"grpc://{coordinator}") as conn, conn.cursor() as cur:
+            wait_for("two workers", lambda: len(workers(cur)) == 2, 30)
+            cur.execute("CREATE TABLE t (k BIGINT, v BIGINT) PARTITION BY HASH (k) PARTITIONS 4")
+            cur.execute("INSERT INTO t SELECT value AS k, value AS v FROM range(200000)")
+        binary = os.environ.get("TESSERA_BIN", "target/debug/tessera")
+        env = dict(os.environ, HOME=str(data_dir), NO_COLOR="1", TERM="xterm")
+        child = pexpect.spawn(binary, ["shell", "--connect", coordinator], env=env,
+                              encoding="utf-8", timeout=60, dimensions=(50, 200))
+        child.expect_exact(PROMPT)
+        procs["w2"].send_signal(signal.SIGSTOP)
+        try:
+            child.sendline("SELECT count(*) AS n, sum(v) AS s FROM t;")
+            child.expect(r"\d[\d,]* of ~200,000 rows scanned \(", timeout=30)
+        finally:
+            procs["w2"].send_signal(signal.SIGCONT)
+        child.expect_exact(PROMPT, timeout=120)
+        out = child.before
+        assert "200000" in out and str(sum(range(200000))) in out, out
+        assert "Error" not in out, out
+        child.sendline("\\q")
+        child.expect(pexpect.EOF)
+    finally:
+        if child is not None and child.isalive():
+            child.terminate(force=True)
+        stop_all(procs.values())

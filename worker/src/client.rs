@@ -400,6 +400,15 @@ impl WorkerClient {
     }
 
     /// The storage keys of the tables this worker holds partitions of.
+    /// What the scans of each of `queries` read on this worker so far.
+    pub async fn progress(&self, queries: Vec<String>) -> Result<Vec<crate::ScanCount>> {
+        let body = wire::encode(&wire::ProgressRequest { queries })?;
+        Ok(self
+            .action(wire::ACTION_PROGRESS, body)
+            .await?
+            .unwrap_or_default())
+    }
+
     pub async fn tables(&self) -> Result<Vec<String>> {
         Ok(self
             .action(wire::ACTION_TABLES, vec![])

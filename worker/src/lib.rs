@@ -10,6 +10,7 @@ pub mod index;
 mod kind;
 pub mod membership;
 mod pacer;
+mod progress;
 mod scan;
 pub mod secret;
 mod service;
@@ -27,6 +28,7 @@ pub use client::{
 };
 pub use guard::check_plan;
 pub use kind::{ErrorKind, kind_of};
+pub use progress::{ScanCount, ScanProgress};
 pub use scan::{
     IndexRead, LocalStore, PartitionScanExec, ScanPart, ScanSpec, SizeEstimate, TesseraCodec,
 };

@@ -60,6 +60,8 @@ pub struct LocalStore {
     pub storage: Arc<Storage>,
     /// Partition scans reading this worker's disk right now.
     pub active_scans: Arc<std::sync::atomic::AtomicUsize>,
+    /// What each running query's scans read here so far.
+    pub progress: Arc<crate::progress::ScanProgress>,
 }
 
 /// Counts a running local scan until its stream is dropped (finished,
@@ -97,6 +99,7 @@ pub struct PartitionScanExec {
     colocated_on: Option<Vec<Arc<dyn PhysicalExpr>>>,
     index: Option<IndexRead>,
     snapshot: Option<Arc<Snapshot>>,
+    query: Option<Arc<str>>,
     local: Option<Arc<LocalStore>>,
     properties: Arc<PlanProperties>,
     metrics: ExecutionPlanMetricsSet,
@@ -129,6 +132,9 @@ pub struct ScanSpec {
     /// reads that choose their transactions themselves, as the outbox
     /// applier).
     pub snapshot: Option<Arc<Snapshot>>,
+    /// The id of the query the scan is part of: what it reads on a
+    /// worker's disk counts towards that query's progress there.
+    pub query: Option<Arc<str>>,
 }
 
 /// How a scan reads only the rows a secondary index names. Either way the
@@ -206,6 +212,7 @@ impl PartitionScanExec {
             colocated_on: spec.colocated_on,
             index: spec.index,
             snapshot: spec.snapshot,
+            query: spec.query,
             local: None,
             properties,
             metrics: ExecutionPlanMetricsSet::new(),
@@ -226,6 +233,7 @@ impl PartitionScanExec {
             colocated_on: self.colocated_on.clone(),
             index: self.index.clone(),
             snapshot: self.snapshot.clone(),
+            query: self.query.clone(),
         }
     }
 
@@ -486,22 +494,29 @@ impl ExecutionPlan for PartitionScanExec {
             return Ok(self.empty());
         };
         let rows = MetricBuilder::new(&self.metrics).output_rows(partition);
-        let (stream, active) = match (&self.local, self.is_local(part)) {
+        let (stream, active, progress) = match (&self.local, self.is_local(part)) {
             (Some(local), true) => {
                 // Pinned before the manifest is read, for as long as the
                 // stream lives: a compaction does not delete its files.
                 let pin = local.storage.pin();
+                // Counted where the disk is read (a scan run for another
+                // node is counted by the owner that runs it).
+                let progress = self.query.clone().map(|q| (q, Arc::clone(&local.progress)));
                 (
                     self.scan_local(&local.storage, part, context)?,
                     Some((ActiveScan::new(&local.active_scans), pin)),
+                    progress,
                 )
             }
-            _ => (self.scan_remote(part)?, None),
+            _ => (self.scan_remote(part)?, None, None),
         };
         let schema = stream.schema();
         let counted = stream.inspect_ok(move |b| {
             let _ = &active;
             rows.add(b.num_rows());
+            if let Some((query, progress)) = &progress {
+                progress.add(query, b.num_rows() as u64, b.get_array_memory_size() as u64);
+            }
         });
         Ok(Box::pin(RecordBatchStreamAdapter::new(schema, counted)))
     }

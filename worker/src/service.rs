@@ -269,6 +269,10 @@ impl FlightService for WorkerFlightService {
                 self.storage().abort(req.txn).map_err(to_status)?;
                 None
             }
+            wire::ACTION_PROGRESS => {
+                let req: wire::ProgressRequest = wire::decode(&action.body).map_err(to_status)?;
+                Some(wire::encode(&self.local.progress.of(&req.queries)).map_err(to_status)?)
+            }
             wire::ACTION_STAGED => Some(
                 wire::encode(&self.storage().staged().map_err(to_status)?).map_err(to_status)?,
             ),
@@ -380,6 +384,8 @@ impl FlightService for WorkerFlightService {
             wire::ACTION_READ_FILE,
             wire::ACTION_INSTALL,
             wire::ACTION_DROP_PARTITION,
+            wire::ACTION_TABLES,
+            wire::ACTION_PROGRESS,
         ]
         .map(|a| {
             Ok(ActionType {
@@ -565,6 +571,7 @@ pub async fn start_worker_with(
         url: url.clone(),
         storage,
         active_scans: Arc::clone(&active_scans),
+        progress: Default::default(),
     });
 
     let codec_local = Arc::clone(&local);

@@ -15,6 +15,7 @@
 //! | DoAction `read_file` | [`FileRequest`]             | the bytes (raw)        |
 //! | DoAction `install`   | [`InstallRequest`]          | [`Installed`]          |
 //! | DoAction `drop_partition` | [`PartitionRequest`]   | nothing                |
+//! | DoAction `progress`  | [`ProgressRequest`]         | `Vec<ScanCount>`       |
 //! | DoGet                | a partition scan (protobuf) | rows                   |
 //! | DoGet                | [`ENTRIES_TICKET`] + [`EntriesRequest`] | index entries |
 
@@ -37,6 +38,14 @@ pub const ACTION_INSTALL: &str = "install";
 pub const ACTION_DROP_PARTITION: &str = "drop_partition";
 /// The table directories a worker holds (their storage keys).
 pub const ACTION_TABLES: &str = "tables";
+/// What the scans of some running queries read on a worker so far.
+pub const ACTION_PROGRESS: &str = "progress";
+
+/// Queries, by id, whose scans' progress is asked for.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProgressRequest {
+    pub queries: Vec<String>,
+}
 
 /// Starts a `DoGet` ticket asking for the index entries of a partition's
 /// older rows (a backfill); other tickets are partition scans.

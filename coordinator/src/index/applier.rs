@@ -238,6 +238,7 @@ async fn read_outbox(
         index: None,
         // Below the horizon every file is committed everywhere.
         snapshot: None,
+        query: None,
     };
     collect_scan(spec, parts).await
 }

@@ -204,6 +204,7 @@ pub async fn plan_index_read(
                 // applied by later transactions than the rows they name);
                 // entries count when the query's snapshot sees their row.
                 snapshot: Some(Arc::new(catalog.current_snapshot().await?)),
+                query: None,
             };
             let key = def.map_key();
             let placements = crate::query_map::placements(state.config_options(), catalog, &key)?;

@@ -80,6 +80,8 @@ struct PartitionScanProto {
     index_rows: Vec<IndexRowsProto>,
     #[prost(message, optional, tag = "18")]
     snapshot: Option<SnapshotProto>,
+    #[prost(string, optional, tag = "19")]
+    query: Option<String>,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -150,6 +152,7 @@ impl TesseraCodec {
                 in_flight: s.in_flight.clone(),
                 decided: s.decided.clone(),
             }),
+            query: scan.query.as_deref().map(String::from),
             ..Default::default()
         };
         match &scan.index {
@@ -223,6 +226,7 @@ impl TesseraCodec {
                 snapshot.decided.sort_unstable();
                 Arc::new(snapshot)
             }),
+            query: proto.query.map(Arc::from),
         };
         let parts = proto
             .parts
