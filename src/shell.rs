@@ -146,7 +146,7 @@ async fn run_in(
                     // Rows printed as they arrive take the bar's place.
                     let progressive = session
                         .as_deref()
-                        .is_none_or(|s| s.output.is_none() && s.display.prints_as_rows_arrive());
+                        .is_some_and(|s| s.output.is_none() && s.display.prints_as_rows_arrive());
                     bar.stop_with(&mut result, progressive);
                 }
                 let rows = match session.as_deref_mut() {

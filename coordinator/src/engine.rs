@@ -303,8 +303,12 @@ impl Coordinator {
     /// run the statement for each row (an INSERT as one statement).
     pub async fn plan_with(&self, sql: &str, rows: &[ParamRow]) -> Result<Planned> {
         let recorder = self.log.begin(sql);
-        let planned =
-            crate::progress::counting(recorder.progress(), self.plan_statement(sql, rows)).await;
+        // Counted only for a client that will ask (it tagged the statement).
+        let planned = if crate::query_log::current_caller().tag.is_some() {
+            crate::progress::counting(recorder.progress(), self.plan_statement(sql, rows)).await
+        } else {
+            self.plan_statement(sql, rows).await
+        };
         match planned {
             Ok(Planned::Plan(plan, ctx, _, catalog)) => {
                 Ok(Planned::Plan(plan, ctx, Some(Box::new(recorder)), catalog))

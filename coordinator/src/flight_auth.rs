@@ -159,7 +159,7 @@ pub fn caller<T>(who: &Principal, request: &Request<T>) -> crate::query_log::Cal
             .metadata()
             .get(crate::progress::TAG_HEADER)
             .and_then(|v| v.to_str().ok())
-            .map(|t| t.chars().take(64).collect()),
+            .map(|t| t.chars().take(crate::progress::MAX_TAG).collect()),
     }
 }
 

@@ -689,7 +689,9 @@ impl FlightSqlService for TesseraFlightSql {
                     ))
                 })?;
             let coordinator = self.coordinator();
-            let report = match coordinator.query_log().progress_of(&asked.tag, &by) {
+            // Cut as the tag header is (see `flight_auth::caller`).
+            let tag: String = asked.tag.chars().take(crate::progress::MAX_TAG).collect();
+            let report = match coordinator.query_log().progress_of(&tag, &by) {
                 Some((progress, elapsed)) => {
                     crate::progress::report(coordinator.catalog(), &progress, elapsed).await
                 }

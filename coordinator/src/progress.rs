@@ -17,6 +17,8 @@ use crate::catalog::Catalog;
 
 /// The header a client tags a statement with.
 pub const TAG_HEADER: &str = "x-tessera-query-tag";
+/// Characters of a tag that count.
+pub const MAX_TAG: usize = 64;
 /// The Flight action that reports a tagged statement's progress.
 pub const ACTION: &str = "tessera.progress";
 /// How long a worker may take to say what it read.

@@ -170,13 +170,21 @@ const POLL_EVERY: Duration = Duration::from_millis(300);
 
 /// The progress bar of any statement running longer than [`QUIET_FOR`],
 /// on stderr when it is a terminal: rows its scans read of those expected,
-/// bytes read, rows written, as the server reports them for the
+/// their size in memory, rows written, as the server reports them for the
 /// statement's tag. Cleared by [`StatementBar::stop`] (before rows are
 /// printed) or when any of its clones is dropped.
 #[derive(Clone)]
 pub(super) struct StatementBar {
-    shown: std::sync::Arc<std::sync::Mutex<Option<ProgressBar>>>,
+    shown: std::sync::Arc<std::sync::Mutex<Shown>>,
     task: tokio::task::AbortHandle,
+}
+
+/// The bar, once shown, and whether it was stopped (a poll that was
+/// under way then draws nothing).
+#[derive(Default)]
+struct Shown {
+    bar: Option<ProgressBar>,
+    stopped: bool,
 }
 
 impl StatementBar {
@@ -196,7 +204,7 @@ impl StatementBar {
         );
         client.tag_statements(&tag);
         let asker = client.clone_shared();
-        let shown = std::sync::Arc::new(std::sync::Mutex::new(None::<ProgressBar>));
+        let shown = std::sync::Arc::new(std::sync::Mutex::new(Shown::default()));
         let task = tokio::spawn(watch_statement(asker, tag, std::sync::Arc::clone(&shown)));
         Some(Self {
             shown,
@@ -204,19 +212,21 @@ impl StatementBar {
         })
     }
 
-    /// Stops the bar when `result` ends, or at its first rows if they are
-    /// printed as they arrive (`progressive`).
+    /// Stops the bar when `result` ends, and at its first rows too if
+    /// they are printed as they arrive (`progressive`).
     pub(super) fn stop_with(&self, result: &mut QueryStream, progressive: bool) {
         use futures::StreamExt;
-        let stopper = self.clone();
+        // (A clone dropped stops the bar: each lives as long as the stream.)
+        let last = self.clone();
         let batches = std::mem::replace(&mut result.batches, futures::stream::empty().boxed());
+        let end = futures::stream::poll_fn(move |_| {
+            last.stop();
+            std::task::Poll::Ready(None)
+        });
         result.batches = if progressive {
-            batches.inspect(move |_| stopper.stop()).boxed()
+            let first = self.clone();
+            batches.inspect(move |_| first.stop()).chain(end).boxed()
         } else {
-            let end = futures::stream::poll_fn(move |_| {
-                stopper.stop();
-                std::task::Poll::Ready(None)
-            });
             batches.chain(end).boxed()
         };
     }
@@ -224,10 +234,11 @@ impl StatementBar {
     /// Clears the bar, if shown, and stops watching.
     pub(super) fn stop(&self) {
         self.task.abort();
-        if let Ok(mut shown) = self.shown.lock()
-            && let Some(bar) = shown.take()
-        {
-            bar.finish_and_clear();
+        if let Ok(mut shown) = self.shown.lock() {
+            shown.stopped = true;
+            if let Some(bar) = shown.bar.take() {
+                bar.finish_and_clear();
+            }
         }
     }
 }
@@ -241,15 +252,19 @@ impl Drop for StatementBar {
 async fn watch_statement(
     client: Client,
     tag: String,
-    shown: std::sync::Arc<std::sync::Mutex<Option<ProgressBar>>>,
+    shown: std::sync::Arc<std::sync::Mutex<Shown>>,
 ) {
     tokio::time::sleep(QUIET_FOR).await;
     loop {
         if let Ok(report) = client.progress(&tag).await
             && report.running
             && let Ok(mut shown) = shown.lock()
+            && !shown.stopped
         {
-            draw(shown.get_or_insert_with(|| ProgressBar::new(0)), &report);
+            let bar = shown.bar.get_or_insert_with(|| {
+                ProgressBar::new(0).with_finish(indicatif::ProgressFinish::AndClear)
+            });
+            draw(bar, &report);
         }
         tokio::time::sleep(POLL_EVERY).await;
     }

@@ -158,6 +158,10 @@ def test_a_long_statement_shows_its_progress(data_dir):
         out = child.before
         assert "200000" in out and str(sum(range(200000))) in out, out
         assert "Error" not in out, out
+        # The bar's line is cleared before the result is drawn.
+        table = out.index("\u250c")
+        assert "rows scanned" not in out[table:], out
+        assert "\x1b[2K" in out[:table], out
         child.sendline("\\q")
         child.expect(pexpect.EOF)
     finally:

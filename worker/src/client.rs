@@ -399,7 +399,6 @@ impl WorkerClient {
             .map(|_| ())
     }
 
-    /// The storage keys of the tables this worker holds partitions of.
     /// What the scans of each of `queries` read on this worker so far.
     pub async fn progress(&self, queries: Vec<String>) -> Result<Vec<crate::ScanCount>> {
         let body = wire::encode(&wire::ProgressRequest { queries })?;
@@ -409,6 +408,7 @@ impl WorkerClient {
             .unwrap_or_default())
     }
 
+    /// The storage keys of the tables this worker holds partitions of.
     pub async fn tables(&self) -> Result<Vec<String>> {
         Ok(self
             .action(wire::ACTION_TABLES, vec![])

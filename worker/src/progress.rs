@@ -1,5 +1,5 @@
 //! What the scans of each running query have read on this worker so far:
-//! rows and bytes (decoded Arrow), by query id. The coordinator sums them
+//! rows, and their bytes as Arrow holds them in memory, by query id. The coordinator sums them
 //! over the workers for a query's progress (`tessera.progress`); a shell
 //! draws them as its progress bar.
 
@@ -11,6 +11,8 @@ use serde::{Deserialize, Serialize};
 
 /// A query's scans are forgotten this long after they last read a row.
 const KEEP: Duration = Duration::from_secs(600);
+/// The forgotten are looked for at most this often.
+const PRUNE_EVERY: Duration = Duration::from_secs(10);
 
 /// Rows and bytes one query's scans read here.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -20,9 +22,17 @@ pub struct ScanCount {
 }
 
 /// Per query id, what its scans read on this worker.
+/// Only statements a client tagged to follow them are counted (see the
+/// coordinator's `progress`), so the map stays small.
 #[derive(Debug, Default)]
 pub struct ScanProgress {
-    queries: Mutex<HashMap<String, (ScanCount, Instant)>>,
+    queries: Mutex<Queries>,
+}
+
+#[derive(Debug, Default)]
+struct Queries {
+    counts: HashMap<String, (ScanCount, Instant)>,
+    pruned: Option<Instant>,
 }
 
 impl ScanProgress {
@@ -32,15 +42,25 @@ impl ScanProgress {
             return;
         };
         let now = Instant::now();
-        match queries.get_mut(query) {
+        match queries.counts.get_mut(query) {
             Some((count, at)) => {
                 count.rows += rows;
                 count.bytes += bytes;
                 *at = now;
             }
             None => {
-                queries.retain(|_, (_, at)| now.duration_since(*at) < KEEP);
-                queries.insert(query.to_string(), (ScanCount { rows, bytes }, now));
+                if queries
+                    .pruned
+                    .is_none_or(|t| now.duration_since(t) >= PRUNE_EVERY)
+                {
+                    queries
+                        .counts
+                        .retain(|_, (_, at)| now.duration_since(*at) < KEEP);
+                    queries.pruned = Some(now);
+                }
+                queries
+                    .counts
+                    .insert(query.to_string(), (ScanCount { rows, bytes }, now));
             }
         }
     }
@@ -52,7 +72,7 @@ impl ScanProgress {
         };
         queries
             .iter()
-            .map(|q| known.get(q).map(|(c, _)| *c).unwrap_or_default())
+            .map(|q| known.counts.get(q).map(|(c, _)| *c).unwrap_or_default())
             .collect()
     }
 }
