@@ -681,24 +681,9 @@ impl FlightSqlService for TesseraFlightSql {
     ) -> Result<Response<<Self as FlightService>::DoActionStream>, Status> {
         if request.get_ref().r#type == crate::progress::ACTION {
             let by = caller(&principal(&request)?, &request);
-            let asked: crate::progress::ProgressRequest =
-                serde_json::from_slice(&request.get_ref().body).map_err(|e| {
-                    Status::invalid_argument(format!(
-                        "{}: the body must be JSON {{\"tag\": ...}}: {e}",
-                        crate::progress::ACTION
-                    ))
-                })?;
-            let coordinator = self.coordinator();
-            // Cut as the tag header is (see `flight_auth::caller`).
-            let tag: String = asked.tag.chars().take(crate::progress::MAX_TAG).collect();
-            let report = match coordinator.query_log().progress_of(&tag, &by) {
-                Some((progress, elapsed)) => {
-                    crate::progress::report(coordinator.catalog(), &progress, elapsed).await
-                }
-                None => Default::default(),
-            };
-            let body = serde_json::to_vec(&report)
-                .map_err(|e| Status::internal(format!("progress: {e}")))?;
+            let body = crate::progress::answer(&self.coordinator(), &by, &request.get_ref().body)
+                .await
+                .map_err(status)?;
             let body = arrow_flight::Result { body: body.into() };
             return Ok(Response::new(Box::pin(futures::stream::iter([Ok(body)]))));
         }

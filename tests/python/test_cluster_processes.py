@@ -70,6 +70,22 @@ def start_coordinator(data_dir, lease=None, address=None):
     return proc, address
 
 
+def two_workers_with_rows(data_dir, procs, n, lease):
+    """Starts a coordinator (worker lease `lease` s) and workers w2 and w3
+    on 127.0.0.2 and .3, into `procs` (the caller stops them), and fills
+    table t (k, v) with `n` rows in 4 HASH partitions; returns the
+    coordinator's address."""
+    coord, coordinator = start_coordinator(data_dir, lease=lease)
+    procs["coordinator"] = coord
+    for name, host in (("w2", "127.0.0.2"), ("w3", "127.0.0.3")):
+        procs[name] = start_worker(data_dir, coordinator, host, name)[0]
+    with flightsql.connect(f"grpc://{coordinator}") as conn, conn.cursor() as cur:
+        wait_for("two workers", lambda: len(workers(cur)) == 2, 30)
+        cur.execute("CREATE TABLE t (k BIGINT, v BIGINT) PARTITION BY HASH (k) PARTITIONS 4")
+        cur.execute(f"INSERT INTO t SELECT value AS k, value AS v FROM range({n})")
+    return coordinator
+
+
 def stop_all(procs):
     """Stops the processes still running (a killed one's log is closed)."""
     for p in procs:

@@ -11,9 +11,8 @@ import adbc_driver_flightsql.dbapi as flightsql
 import pytest
 from test_cluster_processes import (
     rows,
-    start_coordinator,
-    start_worker,
     stop_all,
+    two_workers_with_rows,
     wait_for,
     worker_id,
     workers,
@@ -23,15 +22,10 @@ ROWS = 2_000_000
 
 
 def test_a_worker_stopped_mid_stream_is_named(data_dir):
-    coord, coordinator = start_coordinator(data_dir, lease=2)
-    procs = {"coordinator": coord}
+    procs = {}
     try:
-        for name, host in (("w2", "127.0.0.2"), ("w3", "127.0.0.3")):
-            procs[name] = start_worker(data_dir, coordinator, host, name)[0]
+        coordinator = two_workers_with_rows(data_dir, procs, ROWS, lease=2)
         with flightsql.connect(f"grpc://{coordinator}") as conn, conn.cursor() as cur:
-            wait_for("two workers", lambda: len(workers(cur)) == 2, 30)
-            cur.execute("CREATE TABLE t (k BIGINT, v BIGINT) PARTITION BY HASH (k) PARTITIONS 4")
-            cur.execute(f"INSERT INTO t SELECT value AS k, value AS v FROM range({ROWS})")
             stopped_id = worker_id(data_dir, "w2")
 
             # The rows stream: the first batch is in when the worker stops.

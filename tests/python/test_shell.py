@@ -129,20 +129,12 @@ def test_a_long_statement_shows_its_progress(data_dir):
     runs again the statement ends with the exact answer."""
     import signal
 
-    import adbc_driver_flightsql.dbapi as flightsql
-    from test_cluster_processes import (start_coordinator, start_worker, stop_all, wait_for,
-                                        workers)
+    from test_cluster_processes import stop_all, two_workers_with_rows
 
-    coord, coordinator = start_coordinator(data_dir, lease=60)
-    procs = {"coordinator": coord}
+    procs = {}
     child = None
     try:
-        for name, host in (("w2", "127.0.0.2"), ("w3", "127.0.0.3")):
-            procs[name] = start_worker(data_dir, coordinator, host, name)[0]
-        with flightsql.connect(f"grpc://{coordinator}") as conn, conn.cursor() as cur:
-            wait_for("two workers", lambda: len(workers(cur)) == 2, 30)
-            cur.execute("CREATE TABLE t (k BIGINT, v BIGINT) PARTITION BY HASH (k) PARTITIONS 4")
-            cur.execute("INSERT INTO t SELECT value AS k, value AS v FROM range(200000)")
+        coordinator = two_workers_with_rows(data_dir, procs, 200000, lease=60)
         binary = os.environ.get("TESSERA_BIN", "target/debug/tessera")
         env = dict(os.environ, HOME=str(data_dir), NO_COLOR="1", TERM="xterm")
         child = pexpect.spawn(binary, ["shell", "--connect", coordinator], env=env,
