@@ -44,6 +44,8 @@ struct Row {
     write_workers: f64,
     /// `--writers` clients at once.
     concurrent_per_s: f64,
+    /// ... and the statements per transaction they made (group commit).
+    per_txn: f64,
     cpu_ms_per_insert: Option<f64>,
     compact_ms: f64,
     lookup_partitions: String,
@@ -185,6 +187,7 @@ async fn bench(b: &IndexBench, scratch: &std::path::Path) -> Result<(), String> 
         b.inserts, b.writers
     );
     let mut elapsed = [0f64; KINDS.len()];
+    let mut grouped = [tessera_coordinator::WriteFanout::default(); KINDS.len()];
     let mut cpu = [Some(0f64); KINDS.len()];
     let order: Vec<usize> = (0..KINDS.len()).chain((0..KINDS.len()).rev()).collect();
     for (pass, i) in order.into_iter().enumerate() {
@@ -201,6 +204,7 @@ async fn bench(b: &IndexBench, scratch: &std::path::Path) -> Result<(), String> 
                 (b.inserts / 2) as u64
             };
         let cpu0 = process_cpu_seconds();
+        let fanout0 = catalog.write_fanout();
         let t0 = Instant::now();
         let mut tasks = vec![];
         for w in 0..b.writers {
@@ -223,6 +227,9 @@ async fn bench(b: &IndexBench, scratch: &std::path::Path) -> Result<(), String> 
             task.await.map_err(|e| format!("a writer failed: {e}"))??;
         }
         elapsed[i] += t0.elapsed().as_secs_f64();
+        let fanout = catalog.write_fanout();
+        grouped[i].writes += fanout.writes - fanout0.writes;
+        grouped[i].transactions += fanout.transactions - fanout0.transactions;
         drain(catalog).await?;
         cpu[i] = match (cpu[i], cpu0, process_cpu_seconds()) {
             (Some(sum), Some(a), Some(b)) => Some(sum + (b - a)),
@@ -231,6 +238,7 @@ async fn bench(b: &IndexBench, scratch: &std::path::Path) -> Result<(), String> 
     }
     for (i, row) in out.iter_mut().enumerate() {
         row.concurrent_per_s = b.inserts as f64 / elapsed[i];
+        row.per_txn = grouped[i].writes as f64 / grouped[i].transactions.max(1) as f64;
         row.cpu_ms_per_insert = cpu[i].map(|s| 1000.0 * s / b.inserts as f64);
     }
 
@@ -329,6 +337,7 @@ fn render(rows: &[Row], writers: usize) -> Table {
         "insert p50 ms".into(),
         "insert p99 ms".into(),
         format!("inserts/s, {writers} writers"),
+        "inserts per transaction".into(),
         "CPU ms per insert".into(),
         "partitions per insert".into(),
         "workers per insert".into(),
@@ -346,6 +355,7 @@ fn render(rows: &[Row], writers: usize) -> Table {
             format!("{:.2}", percentile(&r.insert_latencies, 0.5)),
             format!("{:.2}", percentile(&r.insert_latencies, 0.99)),
             format!("{:.0}", r.concurrent_per_s),
+            format!("{:.2}", r.per_txn),
             r.cpu_ms_per_insert
                 .map_or("?".into(), |v| format!("{v:.2}")),
             format!("{:.2}", r.write_partitions),
@@ -357,7 +367,7 @@ fn render(rows: &[Row], writers: usize) -> Table {
             r.lag.map_or("-".into(), |(n, ms)| format!("{n}, {ms:.0}")),
         ]);
     }
-    for i in 1..14 {
+    for i in 1..15 {
         if let Some(c) = t.column_mut(i) {
             c.set_cell_alignment(CellAlignment::Right);
         }

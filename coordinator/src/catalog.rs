@@ -104,13 +104,17 @@ pub struct Catalog {
     /// The largest transaction a `fresh` index read waits for.
     pub(crate) fresh_wanted: AtomicU64,
     pub(crate) apply_paused: AtomicBool,
-    /// INSERT statements acknowledged, and the partitions they wrote
-    /// before acknowledging (data partitions plus GLOBAL SYNC index
-    /// partitions; a LOCAL index or an outbox lives in its data partition).
+    /// INSERT statements acknowledged, and the partitions their
+    /// transactions wrote before acknowledging (data partitions plus GLOBAL
+    /// SYNC index partitions; a LOCAL index or an outbox lives in its data
+    /// partition): statements that shared a transaction count its
+    /// partitions once between them.
     writes: AtomicU64,
     partitions_written: AtomicU64,
     /// ... and the workers taking part in their transactions.
     workers_written: AtomicU64,
+    /// ... and their transactions.
+    write_txns: AtomicU64,
     /// Set when the coordinator stops: background tasks end.
     pub(crate) closed: AtomicBool,
     /// ASYNC indexes: the transactions of this run whose outbox entries
@@ -160,7 +164,10 @@ pub struct Catalog {
 /// Counters of acknowledged INSERTs, see [`Catalog::write_fanout`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct WriteFanout {
+    /// Statements.
     pub writes: u64,
+    /// Their transactions (fewer when small statements shared them).
+    pub transactions: u64,
     pub partitions: u64,
     pub workers: u64,
 }
@@ -232,6 +239,7 @@ impl Catalog {
             writes: AtomicU64::new(0),
             partitions_written: AtomicU64::new(0),
             workers_written: AtomicU64::new(0),
+            write_txns: AtomicU64::new(0),
             outbox_pending: Mutex::new(BTreeMap::new()),
             files_added: AtomicU64::new(0),
             compacting: tokio::sync::Mutex::new(()),
@@ -509,21 +517,24 @@ impl Catalog {
         self.compaction_paused.load(Ordering::SeqCst)
     }
 
-    pub(crate) fn count_write(&self, partitions: u64, workers: u64) {
-        self.writes.fetch_add(1, Ordering::Relaxed);
+    pub(crate) fn count_write(&self, statements: u64, partitions: u64, workers: u64) {
+        self.writes.fetch_add(statements, Ordering::Relaxed);
         self.partitions_written
             .fetch_add(partitions, Ordering::Relaxed);
         self.workers_written.fetch_add(workers, Ordering::Relaxed);
+        self.write_txns.fetch_add(1, Ordering::Relaxed);
     }
 
     /// INSERT statements acknowledged since the coordinator started, with
-    /// the partitions they wrote before the acknowledgement and the workers
-    /// their transactions involved (summed over statements).
+    /// the partitions their transactions wrote before the acknowledgement
+    /// and the workers they involved (summed over transactions: statements
+    /// sharing one, see `write::group`, share its count).
     pub fn write_fanout(&self) -> WriteFanout {
         WriteFanout {
             writes: self.writes.load(Ordering::Relaxed),
             partitions: self.partitions_written.load(Ordering::Relaxed),
             workers: self.workers_written.load(Ordering::Relaxed),
+            transactions: self.write_txns.load(Ordering::Relaxed),
         }
     }
 

@@ -9,16 +9,22 @@ use datafusion::common::Result;
 
 use crate::catalog::Catalog;
 use crate::table::TesseraTable;
+use crate::write::group::Groups;
 
 /// The catalog as DataFusion's default schema.
 #[derive(Debug)]
 pub struct TesseraSchema {
     catalog: Arc<Catalog>,
+    /// Small INSERTs waiting to share a transaction, per table.
+    groups: Arc<Groups>,
 }
 
 impl TesseraSchema {
     pub fn new(catalog: Arc<Catalog>) -> Self {
-        Self { catalog }
+        Self {
+            catalog,
+            groups: Arc::default(),
+        }
     }
 }
 
@@ -42,10 +48,8 @@ impl SchemaProvider for TesseraSchema {
 
     async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
         if let Some(def) = self.catalog.table_def(name)? {
-            return Ok(Some(Arc::new(TesseraTable::try_new(
-                Arc::clone(&self.catalog),
-                def,
-            )?)));
+            let table = TesseraTable::try_new(Arc::clone(&self.catalog), def)?;
+            return Ok(Some(Arc::new(table.grouped(Arc::clone(&self.groups)))));
         }
         self.catalog.external(name)
     }

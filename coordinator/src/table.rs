@@ -19,12 +19,15 @@ use tessera_worker::{PartitionScanExec, ScanSpec};
 
 use crate::catalog::Catalog;
 use crate::write::WriteSink;
+use crate::write::group::Groups;
 
 #[derive(Debug)]
 pub struct TesseraTable {
     catalog: Arc<Catalog>,
     def: TableDef,
     schema: SchemaRef,
+    /// Where small INSERTs share transactions (`None`: each writes alone).
+    groups: Option<Arc<Groups>>,
 }
 
 impl TesseraTable {
@@ -34,7 +37,14 @@ impl TesseraTable {
             catalog,
             def,
             schema,
+            groups: None,
         })
+    }
+
+    /// Small INSERTs into this table share transactions through `groups`.
+    pub(crate) fn grouped(mut self, groups: Arc<Groups>) -> Self {
+        self.groups = Some(groups);
+        self
     }
 }
 
@@ -124,7 +134,10 @@ impl TableProvider for TesseraTable {
                 "{insert_op} is not supported on Tessera tables yet; use INSERT INTO"
             );
         }
-        let sink = WriteSink::new(Arc::clone(&self.catalog), self.def.clone(), self.schema());
+        let mut sink = WriteSink::new(Arc::clone(&self.catalog), self.def.clone(), self.schema());
+        if let Some(groups) = &self.groups {
+            sink = sink.grouped(Arc::clone(groups));
+        }
         Ok(Arc::new(DataSinkExec::new(input, Arc::new(sink), None)))
     }
 }

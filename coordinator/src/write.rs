@@ -39,8 +39,14 @@ use tessera_worker::{
 };
 
 use crate::catalog::{Catalog, TxnGuard, WriteTarget};
-use crate::catalog_state::{CatalogState, PartsDelta, StatsDelta, table_key};
+use crate::catalog_state::CatalogState;
 use crate::copies::{Failures, settle_copies, short_of_quorum};
+
+mod commit;
+pub mod group;
+
+pub(crate) use commit::{decide_and_commit, retry_commit};
+use group::Groups;
 
 /// Where the rows of an INSERT go.
 #[derive(Debug)]
@@ -52,6 +58,9 @@ pub struct WriteSink {
     /// is checked here (`check_not_null`), naming the column, not by
     /// DataFusion in words no caller can rely on.
     accepts: SchemaRef,
+    /// Where a small statement waits to share a transaction with others
+    /// (`None`: each writes alone).
+    groups: Option<Arc<Groups>>,
 }
 
 impl WriteSink {
@@ -70,7 +79,15 @@ impl WriteSink {
             def,
             table_schema: schema,
             accepts,
+            groups: None,
         }
+    }
+
+    /// Small statements through this sink share transactions with others
+    /// writing the table at the same time (see [`group`]).
+    pub(crate) fn grouped(mut self, groups: Arc<Groups>) -> Self {
+        self.groups = Some(groups);
+        self
     }
 
     /// The schema rows are accepted in: the table's, every column nullable.
@@ -167,76 +184,96 @@ impl DataSink for WriteSink {
         if rows == 0 {
             return Ok(0);
         }
-        let table = self.def.name.as_str();
-        let (guard, indexes) = self.catalog.begin_write(table).await?;
-        let txn = guard.txn;
-        let parts: Vec<u32> = routed.keys().copied().collect();
-        let targets = self.catalog.write_targets(table, &parts)?;
-
-        // Each partition's rows as one batch, in the order they are stored
-        // (sorted by CLUSTER BY): an index entry names a row by position.
-        let sort_by = self.def.scheme.cluster_by().to_vec();
-        let mut pieces = vec![];
-        for (target, (partition, batches)) in targets.into_iter().zip(routed) {
-            let batch = concat_batches(&self.table_schema, &batches)?;
-            let batch = sort_by_columns(batch, &sort_by)?;
-            pieces.push(Piece {
-                location: self.def.storage_key(),
-                partition,
-                target,
-                batch,
-                role: Role::Rows,
-            });
-        }
-        // Partitions written before the acknowledgement: the data ones, and
-        // those of GLOBAL SYNC indexes (a LOCAL index or an outbox lives in
-        // its data partition).
-        let mut touched = pieces.len() as u64;
-        let mut counts: Vec<(String, IndexKind, u64)> = vec![];
-        for index in &indexes {
-            let (more, entries) = index_pieces(&self.catalog, &self.def, index, txn, &pieces)?;
-            if index.kind == IndexKind::GlobalSync {
-                touched += more.len() as u64;
+        let catalog = &self.catalog;
+        match &self.groups {
+            Some(groups) if group::is_small(&routed) => {
+                let (def, schema) = (self.def.clone(), Arc::clone(&self.table_schema));
+                groups.write(catalog, def, schema, routed).await?
             }
-            counts.push((index.name.clone(), index.kind, entries));
-            pieces.extend(more);
-        }
-
-        let workers = pieces
-            .iter()
-            .flat_map(|p| p.target.replicas.iter().flatten())
-            .map(|r| r.worker_id.as_str())
-            .collect::<std::collections::BTreeSet<_>>()
-            .len() as u64;
-        let stats_of: Vec<(u32, usize)> = pieces
-            .iter()
-            .enumerate()
-            .filter(|(_, p)| p.role == Role::Rows)
-            .map(|(i, p)| (p.partition, i))
-            .collect();
-        let (owned, indexed) = (table.to_string(), counts.clone());
-        let result = write_pieces(&self.catalog, guard, pieces, move |s, files| {
-            add_stats(s, &owned, stats_of.iter().map(|(p, i)| (*p, &files[*i])));
-            add_index_stats(s, txn, &indexed);
-            Ok(())
-        })
-        .await;
-        if let Err(e) = result {
-            return Err(DataFusionError::Execution(format!(
-                "INSERT into '{table}' failed and changed nothing: {e}"
-            )));
-        }
-        self.catalog.count_write(touched, workers);
-        let outboxes: Vec<&str> = counts
-            .iter()
-            .filter(|(_, k, n)| *k == IndexKind::GlobalAsync && *n > 0)
-            .map(|(name, ..)| name.as_str())
-            .collect();
-        if !outboxes.is_empty() {
-            self.catalog.outbox_written(outboxes.into_iter(), txn);
+            _ => write_routed(catalog, &self.def, &self.table_schema, routed, 1).await?,
         }
         Ok(rows)
     }
+}
+
+/// Writes the rows of `statements` INSERT statements into `def`, routed to
+/// their partitions, as one transaction with their index entries.
+async fn write_routed(
+    catalog: &Arc<Catalog>,
+    def: &TableDef,
+    table_schema: &SchemaRef,
+    routed: BTreeMap<u32, Vec<RecordBatch>>,
+    statements: u64,
+) -> Result<()> {
+    let table = def.name.as_str();
+    let (guard, indexes) = catalog.begin_write(table).await?;
+    let txn = guard.txn;
+    let parts: Vec<u32> = routed.keys().copied().collect();
+    let targets = catalog.write_targets(table, &parts)?;
+
+    // Each partition's rows as one batch, in the order they are stored
+    // (sorted by CLUSTER BY): an index entry names a row by position.
+    let sort_by = def.scheme.cluster_by().to_vec();
+    let mut pieces = vec![];
+    for (target, (partition, batches)) in targets.into_iter().zip(routed) {
+        let batch = concat_batches(table_schema, &batches)?;
+        let batch = sort_by_columns(batch, &sort_by)?;
+        pieces.push(Piece {
+            location: def.storage_key(),
+            partition,
+            target,
+            batch,
+            role: Role::Rows,
+        });
+    }
+    // Partitions written before the acknowledgement: the data ones, and
+    // those of GLOBAL SYNC indexes (a LOCAL index or an outbox lives in
+    // its data partition).
+    let mut touched = pieces.len() as u64;
+    let mut counts: Vec<(String, IndexKind, u64)> = vec![];
+    for index in &indexes {
+        let (more, entries) = index_pieces(catalog, def, index, txn, &pieces)?;
+        if index.kind == IndexKind::GlobalSync {
+            touched += more.len() as u64;
+        }
+        counts.push((index.name.clone(), index.kind, entries));
+        pieces.extend(more);
+    }
+
+    let workers = pieces
+        .iter()
+        .flat_map(|p| p.target.replicas.iter().flatten())
+        .map(|r| r.worker_id.as_str())
+        .collect::<std::collections::BTreeSet<_>>()
+        .len() as u64;
+    let stats_of: Vec<(u32, usize)> = pieces
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| p.role == Role::Rows)
+        .map(|(i, p)| (p.partition, i))
+        .collect();
+    let (owned, indexed) = (table.to_string(), counts.clone());
+    let result = write_pieces(catalog, guard, pieces, move |s, files| {
+        add_stats(s, &owned, stats_of.iter().map(|(p, i)| (*p, &files[*i])));
+        add_index_stats(s, txn, &indexed);
+        Ok(())
+    })
+    .await;
+    if let Err(e) = result {
+        return Err(DataFusionError::Execution(format!(
+            "INSERT into '{table}' failed and changed nothing: {e}"
+        )));
+    }
+    catalog.count_write(statements, touched, workers);
+    let outboxes: Vec<&str> = counts
+        .iter()
+        .filter(|(_, k, n)| *k == IndexKind::GlobalAsync && *n > 0)
+        .map(|(name, ..)| name.as_str())
+        .collect();
+    if !outboxes.is_empty() {
+        catalog.outbox_written(outboxes.into_iter(), txn);
+    }
+    Ok(())
 }
 
 /// Counts the rows and bytes of the files a write adds to `table`'s
@@ -535,149 +572,6 @@ struct Share {
     location: String,
     /// The partition and the in-sync copies it goes to.
     target: WriteTarget,
-}
-
-/// The second half of a transaction whose writes are all prepared (staged
-/// and durable on their workers): decide it (the metastore logs it, and
-/// `decide` updates counters in the same write), then commit `writes`, one
-/// call per worker. Once decided the write lands, even across a crash, and
-/// every snapshot taken from then on sees all of it: the order in which
-/// workers commit does not matter (a read resolves what has not landed).
-///
-/// The decision and the commits run as one task that owns `guard`: a
-/// statement dropped at any point here (its client gone) still has its
-/// decision either land and be committed (then handed to the catalog to
-/// forget, with the guard), or fail and be aborted, and its transaction
-/// stays in flight until then (so a worker that rejoins meanwhile does not
-/// have its staged files taken for leftovers). Otherwise a decision landing
-/// after the drop would hold back compaction, the ASYNC applier and
-/// catch-ups of its partitions until a restart.
-///
-/// A write holding its table's gate (INSERT, ingest) counts what it adds
-/// to the table's statistics in a key of its own transaction
-/// (`stats_delta/`), folded in once it is forgotten: concurrent writes to
-/// one table then write no common key, so their decisions share a
-/// metastore write instead of taking turns. The statistics key is also
-/// what a copy rejoining its in-sync set would race on; the gate keeps
-/// such a rejoin out instead. The decision holds only while the table's
-/// definition is the one it read (a DROP that landed first makes it fail,
-/// changing nothing).
-pub(crate) async fn decide_and_commit(
-    catalog: &Arc<Catalog>,
-    guard: TxnGuard,
-    writes: BTreeMap<String, Vec<StagedWrite>>,
-    urls: BTreeMap<String, String>,
-    mut decide: impl FnMut(&mut CatalogState) -> Result<()> + Send + 'static,
-) -> Result<()> {
-    let catalog = Arc::clone(catalog);
-    tokio::spawn(async move {
-        let txn = guard.txn;
-        let gated = guard.gated_table().is_some();
-        let reads: Vec<String> = guard.gated_table().map(table_key).into_iter().collect();
-        // Decide: once logged, the write will land even across a crash.
-        let decided = catalog
-            .update_reading(&reads, |s| {
-                s.decided.insert(txn, writes.clone());
-                if !gated {
-                    return decide(s);
-                }
-                // `decide` only adds to `stats` here (`add_stats`,
-                // `bump_writes`), so it starts from nothing and what it
-                // leaves is the delta.
-                let stored = std::mem::take(&mut s.stats);
-                let decided = decide(s);
-                let added = std::mem::replace(&mut s.stats, stored);
-                decided?;
-                let delta: StatsDelta = added
-                    .into_iter()
-                    .filter_map(|(key, parts)| {
-                        let owner = crate::catalog::owner_of(s, &key)?.id;
-                        Some((key, PartsDelta { owner, parts }))
-                    })
-                    .collect();
-                if !delta.is_empty() {
-                    s.stats_deltas.insert(txn, delta);
-                }
-                Ok(())
-            })
-            .await;
-        if let Err(e) = decided {
-            abort(txn, urls.values()).await;
-            return Err(e);
-        }
-
-        crate::failpoint::hit("abort-after-decide");
-
-        // Phase 2: make it visible everywhere. The statement is decided,
-        // so it succeeds; a worker that did not confirm is retried in the
-        // background until it does (commit is idempotent).
-        let failed = commit_all(txn, &writes, &urls).await;
-        if failed.is_empty() {
-            // The guard (its gate share) goes once the decision is
-            // forgotten: a copy waiting to rejoin takes the gate when no
-            // write of the table is still in the decision log.
-            catalog.finished(txn, Some(guard));
-        } else {
-            tokio::spawn(retry_commit(Arc::clone(&catalog), txn, failed));
-            drop(guard);
-        }
-        Ok(())
-    })
-    .await
-    .map_err(|e| DataFusionError::Execution(format!("committing a decided write failed: {e}")))?
-}
-
-/// Commits `txn` on every worker; returns the writes of workers that failed.
-async fn commit_all(
-    txn: u64,
-    writes: &BTreeMap<String, Vec<StagedWrite>>,
-    urls: &BTreeMap<String, String>,
-) -> BTreeMap<String, Vec<StagedWrite>> {
-    let commits = writes.iter().map(|(worker, w)| async move {
-        let result = match urls.get(worker) {
-            Some(url) => match WorkerClient::connect(url) {
-                Ok(client) => client.commit(txn, w.clone()).await,
-                Err(e) => Err(e),
-            },
-            None => Err(DataFusionError::Internal(format!("no url for {worker}"))),
-        };
-        (worker, w, result)
-    });
-    let mut failed = BTreeMap::new();
-    for (worker, w, result) in join_all(commits).await {
-        if let Err(e) = result {
-            tracing::warn!(txn, %worker, error = %e, "commit not confirmed; retrying");
-            failed.insert(worker.clone(), w.clone());
-        }
-    }
-    failed
-}
-
-/// Keeps committing on workers that did not confirm, backing off up to 5 s,
-/// until all have (at the URL each has then: a restarted worker may listen
-/// elsewhere), or have left the in-sync set of what they hold of it (their
-/// writes then leave the decision log); the next start's recovery covers a
-/// stop before that.
-pub(crate) async fn retry_commit(
-    catalog: Arc<Catalog>,
-    txn: u64,
-    mut pending: BTreeMap<String, Vec<StagedWrite>>,
-) {
-    let mut delay = std::time::Duration::from_millis(100);
-    while !pending.is_empty() {
-        tokio::time::sleep(delay).await;
-        if catalog.closed.load(std::sync::atomic::Ordering::SeqCst) {
-            return;
-        }
-        delay = (delay * 2).min(std::time::Duration::from_secs(5));
-        if let Ok(state) = catalog.state() {
-            let logged = state.decided.get(&txn);
-            pending.retain(|worker, _| logged.is_some_and(|l| l.contains_key(worker)));
-        }
-        let urls = catalog.members().unwrap_or_default();
-        pending = commit_all(txn, &pending, &urls).await;
-    }
-    catalog.finished(txn, None);
 }
 
 /// Copies the strings a view column still points at into buffers of its

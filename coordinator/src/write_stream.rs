@@ -239,7 +239,7 @@ pub async fn write_stream(
     catalog
         .files_added
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    catalog.count_write(touched, workers);
+    catalog.count_write(1, touched, workers);
     let outboxes = counts
         .iter()
         .filter(|(_, k, n)| *k == IndexKind::GlobalAsync && *n > 0)

@@ -8,7 +8,7 @@ use std::collections::HashSet;
 
 use arrow::array::{AsArray, RecordBatch};
 use arrow::datatypes::UInt64Type;
-use tessera_tests::{TestCluster, plan_text, single_i64};
+use tessera_tests::{TestCluster, plan_text, query_url, single_i64};
 
 async fn count(cluster: &TestCluster, table: &str) -> i64 {
     single_i64(
@@ -344,5 +344,92 @@ async fn recovery_finishes_decided_writes_and_aborts_the_rest() {
         .await
         .unwrap();
     assert!(staged.is_empty(), "{staged:?}");
+    cluster.stop().await;
+}
+
+/// Small INSERTs from many clients at once share transactions (group
+/// commit), and each is still written whole and once; a statement with a
+/// bad row fails alone, the others of its moment are written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_small_inserts_share_transactions() {
+    const WRITERS: i64 = 8;
+    const EACH: i64 = 30;
+    let cluster = TestCluster::builder().workers(3).start().await;
+    cluster
+        .query("CREATE TABLE g (k BIGINT NOT NULL, w BIGINT NOT NULL) PARTITION BY HASH (k) PARTITIONS 4")
+        .await
+        .unwrap();
+    let catalog = std::sync::Arc::clone(cluster.cluster().coordinator().catalog());
+    let before = catalog.write_fanout();
+    let url = cluster.url();
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let url = url.clone();
+            tokio::spawn(async move {
+                for i in 0..EACH {
+                    // Three rows, over several partitions.
+                    let k = w * 1000 + i;
+                    let (k2, k3) = (k + 100_000, k + 200_000);
+                    query_url(
+                        &url,
+                        &format!("INSERT INTO g VALUES ({k}, {w}), ({k2}, {w}), ({k3}, {w})"),
+                    )
+                    .await
+                    .unwrap();
+                    if i % 10 == 5 {
+                        let bad = format!(
+                            "INSERT INTO g VALUES ({}, {w}), ({}, NULL)",
+                            k + 300_000,
+                            k + 400_000
+                        );
+                        let err = query_url(&url, &bad).await.unwrap_err();
+                        assert!(err.contains("NOT NULL"), "{err}");
+                    }
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.await.unwrap();
+    }
+    let after = catalog.write_fanout();
+    let statements = after.writes - before.writes;
+    let transactions = after.transactions - before.transactions;
+    assert_eq!(statements, (WRITERS * EACH) as u64);
+    assert!(
+        transactions < statements,
+        "{statements} concurrent INSERTs took {transactions} transactions: none shared one"
+    );
+    // Every statement whole and once; nothing of the failed ones.
+    let per_writer = cluster
+        .query("SELECT w, count(*), count(DISTINCT k), sum(k) FROM g GROUP BY w ORDER BY w")
+        .await
+        .unwrap();
+    let batch = arrow::compute::concat_batches(&per_writer[0].schema(), &per_writer).unwrap();
+    assert_eq!(batch.num_rows(), WRITERS as usize);
+    for row in 0..batch.num_rows() {
+        let w = batch
+            .column(0)
+            .as_primitive::<arrow::datatypes::Int64Type>()
+            .value(row);
+        let count = batch
+            .column(1)
+            .as_primitive::<arrow::datatypes::Int64Type>()
+            .value(row);
+        let distinct = batch
+            .column(2)
+            .as_primitive::<arrow::datatypes::Int64Type>()
+            .value(row);
+        let sum = batch
+            .column(3)
+            .as_primitive::<arrow::datatypes::Int64Type>()
+            .value(row);
+        let expected: i64 = (0..EACH).map(|i| 3 * (w * 1000 + i) + 300_000).sum();
+        assert_eq!(
+            (count, distinct, sum),
+            (3 * EACH, 3 * EACH, expected),
+            "writer {w}"
+        );
+    }
     cluster.stop().await;
 }

@@ -1,0 +1,156 @@
+//! The second half of a write: decide it in the metastore, then commit it
+//! on every worker that holds a piece (retrying those that do not confirm).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use datafusion::common::{DataFusionError, Result};
+use futures::future::join_all;
+use tessera_worker::{StagedWrite, WorkerClient};
+
+use super::abort;
+use crate::catalog::{Catalog, TxnGuard};
+use crate::catalog_state::{CatalogState, PartsDelta, StatsDelta, table_key};
+
+/// The second half of a transaction whose writes are all prepared (staged
+/// and durable on their workers): decide it (the metastore logs it, and
+/// `decide` updates counters in the same write), then commit `writes`, one
+/// call per worker. Once decided the write lands, even across a crash, and
+/// every snapshot taken from then on sees all of it: the order in which
+/// workers commit does not matter (a read resolves what has not landed).
+///
+/// The decision and the commits run as one task that owns `guard`: a
+/// statement dropped at any point here (its client gone) still has its
+/// decision either land and be committed (then handed to the catalog to
+/// forget, with the guard), or fail and be aborted, and its transaction
+/// stays in flight until then (so a worker that rejoins meanwhile does not
+/// have its staged files taken for leftovers). Otherwise a decision landing
+/// after the drop would hold back compaction, the ASYNC applier and
+/// catch-ups of its partitions until a restart.
+///
+/// A write holding its table's gate (INSERT, ingest) counts what it adds
+/// to the table's statistics in a key of its own transaction
+/// (`stats_delta/`), folded in once it is forgotten: concurrent writes to
+/// one table then write no common key, so their decisions share a
+/// metastore write instead of taking turns. The statistics key is also
+/// what a copy rejoining its in-sync set would race on; the gate keeps
+/// such a rejoin out instead. The decision holds only while the table's
+/// definition is the one it read (a DROP that landed first makes it fail,
+/// changing nothing).
+pub(crate) async fn decide_and_commit(
+    catalog: &Arc<Catalog>,
+    guard: TxnGuard,
+    writes: BTreeMap<String, Vec<StagedWrite>>,
+    urls: BTreeMap<String, String>,
+    mut decide: impl FnMut(&mut CatalogState) -> Result<()> + Send + 'static,
+) -> Result<()> {
+    let catalog = Arc::clone(catalog);
+    tokio::spawn(async move {
+        let txn = guard.txn;
+        let gated = guard.gated_table().is_some();
+        let reads: Vec<String> = guard.gated_table().map(table_key).into_iter().collect();
+        // Decide: once logged, the write will land even across a crash.
+        let decided = catalog
+            .update_reading(&reads, |s| {
+                s.decided.insert(txn, writes.clone());
+                if !gated {
+                    return decide(s);
+                }
+                // `decide` only adds to `stats` here (`add_stats`,
+                // `bump_writes`), so it starts from nothing and what it
+                // leaves is the delta.
+                let stored = std::mem::take(&mut s.stats);
+                let decided = decide(s);
+                let added = std::mem::replace(&mut s.stats, stored);
+                decided?;
+                let delta: StatsDelta = added
+                    .into_iter()
+                    .filter_map(|(key, parts)| {
+                        let owner = crate::catalog::owner_of(s, &key)?.id;
+                        Some((key, PartsDelta { owner, parts }))
+                    })
+                    .collect();
+                if !delta.is_empty() {
+                    s.stats_deltas.insert(txn, delta);
+                }
+                Ok(())
+            })
+            .await;
+        if let Err(e) = decided {
+            abort(txn, urls.values()).await;
+            return Err(e);
+        }
+
+        crate::failpoint::hit("abort-after-decide");
+
+        // Phase 2: make it visible everywhere. The statement is decided,
+        // so it succeeds; a worker that did not confirm is retried in the
+        // background until it does (commit is idempotent).
+        let failed = commit_all(txn, &writes, &urls).await;
+        if failed.is_empty() {
+            // The guard (its gate share) goes once the decision is
+            // forgotten: a copy waiting to rejoin takes the gate when no
+            // write of the table is still in the decision log.
+            catalog.finished(txn, Some(guard));
+        } else {
+            tokio::spawn(retry_commit(Arc::clone(&catalog), txn, failed));
+            drop(guard);
+        }
+        Ok(())
+    })
+    .await
+    .map_err(|e| DataFusionError::Execution(format!("committing a decided write failed: {e}")))?
+}
+
+/// Commits `txn` on every worker; returns the writes of workers that failed.
+async fn commit_all(
+    txn: u64,
+    writes: &BTreeMap<String, Vec<StagedWrite>>,
+    urls: &BTreeMap<String, String>,
+) -> BTreeMap<String, Vec<StagedWrite>> {
+    let commits = writes.iter().map(|(worker, w)| async move {
+        let result = match urls.get(worker) {
+            Some(url) => match WorkerClient::connect(url) {
+                Ok(client) => client.commit(txn, w.clone()).await,
+                Err(e) => Err(e),
+            },
+            None => Err(DataFusionError::Internal(format!("no url for {worker}"))),
+        };
+        (worker, w, result)
+    });
+    let mut failed = BTreeMap::new();
+    for (worker, w, result) in join_all(commits).await {
+        if let Err(e) = result {
+            tracing::warn!(txn, %worker, error = %e, "commit not confirmed; retrying");
+            failed.insert(worker.clone(), w.clone());
+        }
+    }
+    failed
+}
+
+/// Keeps committing on workers that did not confirm, backing off up to 5 s,
+/// until all have (at the URL each has then: a restarted worker may listen
+/// elsewhere), or have left the in-sync set of what they hold of it (their
+/// writes then leave the decision log); the next start's recovery covers a
+/// stop before that.
+pub(crate) async fn retry_commit(
+    catalog: Arc<Catalog>,
+    txn: u64,
+    mut pending: BTreeMap<String, Vec<StagedWrite>>,
+) {
+    let mut delay = std::time::Duration::from_millis(100);
+    while !pending.is_empty() {
+        tokio::time::sleep(delay).await;
+        if catalog.closed.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
+        delay = (delay * 2).min(std::time::Duration::from_secs(5));
+        if let Ok(state) = catalog.state() {
+            let logged = state.decided.get(&txn);
+            pending.retain(|worker, _| logged.is_some_and(|l| l.contains_key(worker)));
+        }
+        let urls = catalog.members().unwrap_or_default();
+        pending = commit_all(txn, &pending, &urls).await;
+    }
+    catalog.finished(txn, None);
+}
