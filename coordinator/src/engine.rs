@@ -8,6 +8,7 @@ mod ddl;
 mod errors;
 mod explain;
 mod follow;
+mod literal_rows;
 mod members;
 mod metadata;
 mod params;
@@ -120,8 +121,10 @@ tokio::task_local! {
 }
 
 /// Runs `f` in a client's session: `SET` changes that session alone.
-pub async fn in_session<F: Future>(session: SessionContext, f: F) -> F::Output {
-    SESSION.scope(session, f).await
+/// `f` is boxed: a statement's planning future is large, and each layer
+/// wrapping it by value would copy all of it.
+pub fn in_session<F: Future>(session: SessionContext, f: F) -> impl Future<Output = F::Output> {
+    SESSION.scope(session, Box::pin(f))
 }
 
 /// One coordinator: catalog plus a distributed DataFusion session.
@@ -580,11 +583,22 @@ impl Coordinator {
             LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(_)) => {
                 plan_err!("CREATE TABLE is handled by Tessera; this form is not supported")
             }
-            LogicalPlan::Dml(_) => {
+            LogicalPlan::Dml(dml) => {
+                let schema = Arc::new(plan.schema().as_arrow().clone());
+                let input = Arc::clone(&dml.input);
+                let named = |e| literal_rows::name_null_column(e, &input);
+                if literal_rows::is_literal_rows(&input) {
+                    let state = session_at_snapshot(self.ctx().state(), &self.catalog).await?;
+                    let (physical, task) = literal_rows::plan_unoptimized(state, &plan)
+                        .await
+                        .map_err(named)?;
+                    if literal_rows::reads_one_stream(&physical) {
+                        let batches = datafusion::physical_plan::collect(physical, task).await?;
+                        return Ok(Planned::Ready(schema, batches));
+                    }
+                }
                 let state = session_at_snapshot(self.ctx().state(), &self.catalog).await?;
-                let df = DataFrame::new(state, plan);
-                let schema = Arc::new(df.schema().as_arrow().clone());
-                let batches = df.collect().await?;
+                let batches = DataFrame::new(state, plan).collect().await.map_err(named)?;
                 Ok(Planned::Ready(schema, batches))
             }
             LogicalPlan::Ddl(_) | LogicalPlan::Statement(_) => {

@@ -91,9 +91,9 @@ tokio::task_local! {
     static CALLER: Caller;
 }
 
-/// Runs `f` on behalf of `caller`.
-pub async fn as_caller<F: Future>(caller: Caller, f: F) -> F::Output {
-    CALLER.scope(caller, f).await
+/// Runs `f` on behalf of `caller` (boxed, as [`crate::engine::in_session`]).
+pub fn as_caller<F: Future>(caller: Caller, f: F) -> impl Future<Output = F::Output> {
+    CALLER.scope(caller, Box::pin(f))
 }
 
 /// Who runs the statement running now.
