@@ -207,6 +207,17 @@ async fn write_routed(
 ) -> Result<()> {
     let table = def.name.as_str();
     let (guard, indexes) = catalog.begin_write(table).await?;
+    // The statement was planned (and may have waited to share a
+    // transaction) against this definition: the table may have been
+    // dropped or replaced since.
+    let current = catalog.table_def(table)?.map(|d| d.storage_key());
+    if current != Some(def.storage_key()) {
+        drop(guard);
+        return Err(tessera_worker::ErrorKind::FailedPrecondition.error(format!(
+            "table '{table}' was dropped or replaced while this INSERT was planned; nothing was \
+             written, run it again"
+        )));
+    }
     let txn = guard.txn;
     let parts: Vec<u32> = routed.keys().copied().collect();
     let targets = catalog.write_targets(table, &parts)?;

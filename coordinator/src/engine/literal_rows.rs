@@ -3,7 +3,8 @@
 //! prune, join to order or stage to distribute, and for a single-row INSERT
 //! the logical and physical optimizer passes and the distributed planner
 //! cost more than the write. The analyzer still runs (type coercion, ANSI
-//! arithmetic), so the rows are cast and checked exactly as before.
+//! arithmetic), so the rows are cast and checked exactly as before. Rows
+//! that call a function take the optimized path.
 
 use std::any::Any;
 use std::collections::HashMap;
@@ -34,7 +35,7 @@ pub(super) fn is_literal_rows(input: &LogicalPlan) -> bool {
         let plain = matches!(
             node,
             LogicalPlan::Values(_) | LogicalPlan::Projection(_) | LogicalPlan::SubqueryAlias(_)
-        ) && node.expressions().iter().all(|e| !has_subquery(e));
+        ) && node.expressions().iter().all(|e| !needs_optimizer(e));
         if plain {
             Ok(TreeNodeRecursion::Continue)
         } else {
@@ -45,11 +46,17 @@ pub(super) fn is_literal_rows(input: &LogicalPlan) -> bool {
     literal
 }
 
-fn has_subquery(e: &Expr) -> bool {
+/// Whether `e` holds what the physical planner cannot plan unoptimized: a
+/// subquery, or a function call (some, as `now()` and `coalesce`, must be
+/// rewritten by the optimizer's simplification first).
+fn needs_optimizer(e: &Expr) -> bool {
     e.exists(|e| {
         Ok(matches!(
             e,
-            Expr::ScalarSubquery(_)
+            Expr::ScalarFunction(_)
+                | Expr::AggregateFunction(_)
+                | Expr::WindowFunction(_)
+                | Expr::ScalarSubquery(_)
                 | Expr::Exists(_)
                 | Expr::InSubquery(_)
                 | Expr::SetComparison(_)
@@ -202,7 +209,7 @@ mod tests {
             .unwrap();
         let literal = [
             "INSERT INTO t VALUES (1, 'x')",
-            "INSERT INTO t VALUES (1, 'x'), (-2, NULL), (3 + 4, upper('y'))",
+            "INSERT INTO t VALUES (1, 'x'), (-2, NULL), (3 + 4, 'y' || 'z')",
             "INSERT INTO t (b, a) VALUES ('x', CAST('5' AS BIGINT))",
         ];
         for sql in literal {
@@ -213,6 +220,9 @@ mod tests {
             "INSERT INTO t VALUES ((SELECT max(a) FROM t), 'x')",
             "INSERT INTO t VALUES (1, 'x') UNION ALL VALUES (2, 'y')",
             "INSERT INTO t SELECT value, 'x' FROM range(3)",
+            "INSERT INTO t VALUES (1, upper('y'))",
+            "INSERT INTO t VALUES (1, CAST(now() AS VARCHAR))",
+            "INSERT INTO t VALUES (coalesce(NULL, 1), 'x')",
         ];
         for sql in not {
             assert!(!is_literal_rows(&input_of(&ctx, sql).await), "{sql}");

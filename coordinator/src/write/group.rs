@@ -4,15 +4,16 @@
 //! one staged file and fsync per partition, one decision, one commit. Each
 //! statement is acknowledged once that transaction is committed, and the
 //! transaction is all or nothing, so each statement still lands whole or
-//! not at all, and every snapshot sees all of a group or none of it.
+//! not at all, and every snapshot sees all of a group or none of it. A
+//! group that fails changed nothing, and its statements are then written
+//! one by one: what failed it (a worker down under one statement's rows)
+//! fails only the statements it concerns.
 //!
 //! No statement waits for a timer: the first into an idle table is written
 //! at once (alone), and a group is simply everything that queued while the
 //! write before it ran, as PostgreSQL's WAL group commit shares one flush.
 //! A statement's rows are checked (schema, NOT NULL) and routed before it
-//! queues, so one bad statement never fails the others of its group; what
-//! can still fail a group (a worker down, the table dropped) fails each of
-//! its statements, none of which changed anything.
+//! queues, so one bad statement never fails the others of its group.
 //!
 //! ```text
 //!  INSERT ─► route ─► small? ─► queue of its table ─► leader task:
@@ -122,11 +123,7 @@ impl Groups {
         }
         match answer.await {
             Ok(result) => result.map_err(DataFusionError::Shared),
-            Err(_) => Err(DataFusionError::Execution(
-                "the coordinator stopped before this INSERT was written; nothing was written, \
-                 run it again"
-                    .into(),
-            )),
+            Err(_) => Err(unknown()),
         }
     }
 
@@ -158,35 +155,87 @@ impl Groups {
 
 /// Writes `key`'s queue group by group until it is empty.
 async fn lead(groups: Arc<Groups>, key: String, catalog: Arc<Catalog>) {
+    let mut leading = Leading {
+        groups: Arc::clone(&groups),
+        key: key.clone(),
+        done: false,
+    };
     while let Some(mut group) = groups.next_group(&key) {
         // A statement whose client went away before its turn is not written.
         group.retain(|w| !w.done.is_closed());
-        let Some(first) = group.first() else {
+        if group.is_empty() {
             continue;
-        };
-        let (def, schema) = (first.def.clone(), Arc::clone(&first.schema));
-        let mut routed = Routed::new();
-        for w in &mut group {
-            for (partition, batches) in std::mem::take(&mut w.routed) {
-                routed.entry(partition).or_default().extend(batches);
-            }
         }
-        let statements = group.len() as u64;
-        let catalog = Arc::clone(&catalog);
-        // Its own task again: a panic fails this group, not the queue.
-        let written =
-            tokio::spawn(
-                async move { write_routed(&catalog, &def, &schema, routed, statements).await },
-            )
-            .await;
-        let result = match written {
-            Ok(result) => result.map_err(Arc::new),
-            Err(e) => Err(Arc::new(DataFusionError::Internal(format!(
-                "writing a group of INSERTs failed: {e}"
-            )))),
-        };
+        let statements: Vec<Routed> = group.iter().map(|w| w.routed.clone()).collect();
+        let result = write_one(&catalog, &group[0], statements.clone()).await;
+        if result.is_err() && group.len() > 1 {
+            // The group changed nothing. What failed it (a worker down
+            // under one statement's rows, say) may not concern the others:
+            // each goes alone, so a statement fails only for its own rows.
+            for (w, routed) in group.into_iter().zip(statements) {
+                let alone = write_one(&catalog, &w, vec![routed]).await;
+                let _ = w.done.send(alone);
+            }
+            continue;
+        }
         for w in group {
             let _ = w.done.send(result.clone());
+        }
+    }
+    leading.done = true;
+}
+
+/// Writes `statements` (routed rows, all for `first`'s definition) as one
+/// transaction.
+async fn write_one(
+    catalog: &Arc<Catalog>,
+    first: &Waiting,
+    statements: Vec<Routed>,
+) -> Result<(), Arc<DataFusionError>> {
+    let (def, schema) = (first.def.clone(), Arc::clone(&first.schema));
+    let count = statements.len() as u64;
+    let mut routed = Routed::new();
+    for statement in statements {
+        for (partition, batches) in statement {
+            routed.entry(partition).or_default().extend(batches);
+        }
+    }
+    let catalog = Arc::clone(catalog);
+    // Its own task: a panic fails this group, not the queue.
+    let written =
+        tokio::spawn(async move { write_routed(&catalog, &def, &schema, routed, count).await })
+            .await;
+    match written {
+        Ok(result) => result.map_err(Arc::new),
+        Err(_) => Err(Arc::new(unknown())),
+    }
+}
+
+/// The error of a statement whose write stopped half way (the coordinator
+/// stopping, a bug): its decision may have been logged, and then recovery
+/// finishes it.
+fn unknown() -> DataFusionError {
+    DataFusionError::Execution(
+        "the coordinator stopped writing this INSERT before it was acknowledged; it may or may \
+         not have been written: check before running it again"
+            .into(),
+    )
+}
+
+/// Held by a leader: if it ends other than by emptying its queue (the
+/// runtime stopping), the queue goes, and each statement waiting in it
+/// gets an error rather than waiting for ever; the next INSERT into the
+/// table starts a new leader.
+struct Leading {
+    groups: Arc<Groups>,
+    key: String,
+    done: bool,
+}
+
+impl Drop for Leading {
+    fn drop(&mut self) {
+        if !self.done {
+            self.groups.lock().remove(&self.key);
         }
     }
 }
