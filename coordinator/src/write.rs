@@ -31,8 +31,7 @@ use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType};
 use futures::TryStreamExt;
 use futures::future::join_all;
-use tessera_sql::{IndexDef, IndexKind, Partitioner, TableDef};
-use tessera_worker::index::entries_of;
+use tessera_sql::{IndexKind, Partitioner, TableDef};
 use tessera_worker::wire::{PieceHeader, PrepareRequest};
 use tessera_worker::{
     DataFile, StagedWrite, WorkerClient, WorkerUnavailable, is_worker_failure, sort_by_columns,
@@ -44,9 +43,11 @@ use crate::copies::{Failures, settle_copies, short_of_quorum};
 
 mod commit;
 pub mod group;
+mod index_pieces;
 
 pub(crate) use commit::{decide_and_commit, retry_commit};
 use group::Groups;
+pub use index_pieces::{global_index_pieces, index_pieces};
 
 /// Where the rows of an INSERT go.
 #[derive(Debug)]
@@ -206,18 +207,7 @@ async fn write_routed(
     statements: u64,
 ) -> Result<()> {
     let table = def.name.as_str();
-    let (guard, indexes) = catalog.begin_write(table).await?;
-    // The statement was planned (and may have waited to share a
-    // transaction) against this definition: the table may have been
-    // dropped or replaced since.
-    let current = catalog.table_def(table)?.map(|d| d.storage_key());
-    if current != Some(def.storage_key()) {
-        drop(guard);
-        return Err(tessera_worker::ErrorKind::FailedPrecondition.error(format!(
-            "table '{table}' was dropped or replaced while this INSERT was planned; nothing was \
-             written, run it again"
-        )));
-    }
+    let (guard, indexes) = catalog.begin_write_as(def).await?;
     let txn = guard.txn;
     let parts: Vec<u32> = routed.keys().copied().collect();
     let targets = catalog.write_targets(table, &parts)?;
@@ -336,97 +326,6 @@ pub struct Piece {
     pub target: WriteTarget,
     pub batch: RecordBatch,
     pub role: Role,
-}
-
-/// The index pieces a write of `rows` (the data pieces of transaction
-/// `txn`) needs for `index`, and how many entries they hold.
-pub fn index_pieces(
-    catalog: &Catalog,
-    def: &TableDef,
-    index: &IndexDef,
-    txn: u64,
-    rows: &[Piece],
-) -> Result<(Vec<Piece>, u64)> {
-    let schema = def.schema()?;
-    let entry_schema = index.entry_schema(&schema)?;
-    let global = index.kind.is_global();
-    let mut out = vec![];
-    let mut entries_by_part = vec![];
-    for piece in rows.iter().filter(|p| p.role == Role::Rows) {
-        let part = global.then_some(piece.partition);
-        let entries = entries_of(&piece.batch, &index.columns, part, txn, 0, &entry_schema)?;
-        if entries.num_rows() > 0 {
-            entries_by_part.push((piece, entries));
-        }
-    }
-    let count: u64 = entries_by_part
-        .iter()
-        .map(|(_, e)| e.num_rows() as u64)
-        .sum();
-    match index.kind {
-        IndexKind::Local => {
-            for (piece, entries) in entries_by_part {
-                out.push(Piece {
-                    location: index.storage_key(def),
-                    partition: piece.partition,
-                    target: piece.target.clone(),
-                    batch: sort_by_columns(entries, &index.columns)?,
-                    role: Role::Entries,
-                });
-            }
-        }
-        IndexKind::GlobalAsync => {
-            for (piece, entries) in entries_by_part {
-                out.push(Piece {
-                    location: index.outbox_key(def),
-                    partition: piece.partition,
-                    target: piece.target.clone(),
-                    batch: entries,
-                    role: Role::Entries,
-                });
-            }
-        }
-        IndexKind::GlobalSync => {
-            let all: Vec<RecordBatch> = entries_by_part.into_iter().map(|(_, e)| e).collect();
-            out = global_index_pieces(catalog, def, index, &entry_schema, &all)?;
-        }
-    }
-    Ok((out, count))
-}
-
-/// Entries of a global index spread over its partitions by the stable hash
-/// of the term, each partition's sorted by term.
-pub fn global_index_pieces(
-    catalog: &Catalog,
-    def: &TableDef,
-    index: &IndexDef,
-    entry_schema: &SchemaRef,
-    entries: &[RecordBatch],
-) -> Result<Vec<Piece>> {
-    if entries.iter().all(|e| e.num_rows() == 0) {
-        return Ok(vec![]);
-    }
-    let all = concat_batches(entry_schema, entries)?;
-    let partitioner = Partitioner::try_new(&index.scheme(), entry_schema)?;
-    let assigned = partitioner.assign(&all)?;
-    let mut rows_of: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
-    for (row, p) in assigned.iter().enumerate() {
-        rows_of.entry(*p).or_default().push(row as u32);
-    }
-    let parts: Vec<u32> = rows_of.keys().copied().collect();
-    let targets = catalog.write_targets(&index.map_key(), &parts)?;
-    let mut out = vec![];
-    for (target, (partition, rows)) in targets.into_iter().zip(rows_of) {
-        let batch = compact_views(take_record_batch(&all, &UInt32Array::from(rows))?)?;
-        out.push(Piece {
-            location: index.storage_key(def),
-            partition,
-            target,
-            batch: sort_by_columns(batch, &index.columns)?,
-            role: Role::Entries,
-        });
-    }
-    Ok(out)
 }
 
 /// Names the worker in a transport error that gives only its URL.

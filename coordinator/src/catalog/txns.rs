@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use datafusion::common::Result;
-use tessera_sql::IndexDef;
+use tessera_sql::{IndexDef, TableDef};
 use tessera_worker::Snapshot;
 
 use super::{Catalog, poisoned};
@@ -111,6 +111,32 @@ impl Catalog {
         let gate = self.gate(table)?.read_owned().await;
         let gate = Some((table.to_string(), gate));
         self.begin_gated(Some(table), gate, maintained(table)).await
+    }
+
+    /// [`Catalog::begin_write`] for rows planned against `def`: fails,
+    /// beginning nothing, when the table was dropped or replaced since
+    /// (checked under the same lock the transaction begins in).
+    pub async fn begin_write_as(
+        self: &Arc<Self>,
+        def: &TableDef,
+    ) -> Result<(TxnGuard, Vec<IndexDef>)> {
+        let table = def.name.as_str();
+        let gate = self.gate(table)?.read_owned().await;
+        let gate = Some((table.to_string(), gate));
+        let indexes = maintained(table);
+        let read = |s: &CatalogState, txn| {
+            let current = s.tables.get(table).map(TableDef::storage_key);
+            (indexes(s, txn), current == Some(def.storage_key()))
+        };
+        let (guard, (indexes, same)) = self.begin_gated(Some(table), gate, read).await?;
+        if !same {
+            drop(guard);
+            return Err(tessera_worker::ErrorKind::FailedPrecondition.error(format!(
+                "table '{table}' was dropped or replaced while this INSERT was planned; nothing \
+                 was written, run it again"
+            )));
+        }
+        Ok((guard, indexes))
     }
 
     /// [`Catalog::begin_write`] for a compaction: it does not hold the

@@ -73,14 +73,8 @@ pub(super) async fn plan_unoptimized(
     state: SessionState,
     plan: &LogicalPlan,
 ) -> Result<(Arc<dyn ExecutionPlan>, Arc<TaskContext>)> {
-    let analyzed =
-        state
-            .analyzer()
-            .execute_and_check(plan.clone(), state.config_options(), |_, _| {})?;
     let session = Unoptimized(state);
-    let physical = DefaultPhysicalPlanner::default()
-        .create_physical_plan(&analyzed, &session)
-        .await?;
+    let physical = session.create_physical_plan(plan).await?;
     Ok((physical, session.task_ctx()))
 }
 

@@ -166,14 +166,13 @@ async fn lead(groups: Arc<Groups>, key: String, catalog: Arc<Catalog>) {
         if group.is_empty() {
             continue;
         }
-        let statements: Vec<Routed> = group.iter().map(|w| w.routed.clone()).collect();
-        let result = write_one(&catalog, &group[0], statements.clone()).await;
+        let result = write_one(&catalog, &group).await;
         if result.is_err() && group.len() > 1 {
             // The group changed nothing. What failed it (a worker down
             // under one statement's rows, say) may not concern the others:
             // each goes alone, so a statement fails only for its own rows.
-            for (w, routed) in group.into_iter().zip(statements) {
-                let alone = write_one(&catalog, &w, vec![routed]).await;
+            for w in group {
+                let alone = write_one(&catalog, std::slice::from_ref(&w)).await;
                 let _ = w.done.send(alone);
             }
             continue;
@@ -185,19 +184,18 @@ async fn lead(groups: Arc<Groups>, key: String, catalog: Arc<Catalog>) {
     leading.done = true;
 }
 
-/// Writes `statements` (routed rows, all for `first`'s definition) as one
+/// Writes the statements of `group` (all of one definition) as one
 /// transaction.
-async fn write_one(
-    catalog: &Arc<Catalog>,
-    first: &Waiting,
-    statements: Vec<Routed>,
-) -> Result<(), Arc<DataFusionError>> {
-    let (def, schema) = (first.def.clone(), Arc::clone(&first.schema));
-    let count = statements.len() as u64;
+async fn write_one(catalog: &Arc<Catalog>, group: &[Waiting]) -> Result<(), Arc<DataFusionError>> {
+    let (def, schema) = (group[0].def.clone(), Arc::clone(&group[0].schema));
+    let count = group.len() as u64;
     let mut routed = Routed::new();
-    for statement in statements {
-        for (partition, batches) in statement {
-            routed.entry(partition).or_default().extend(batches);
+    for w in group {
+        for (partition, batches) in &w.routed {
+            routed
+                .entry(*partition)
+                .or_default()
+                .extend(batches.iter().cloned());
         }
     }
     let catalog = Arc::clone(catalog);
