@@ -37,7 +37,7 @@ use tessera_worker::{Compaction, MergeRule, StagedWrite, WorkerClient};
 
 use crate::catalog::Catalog;
 use crate::compaction_log::{BACKGROUND, Compacted};
-use crate::write::{abort, decide_and_commit, name_worker};
+use crate::write::{Ack, abort, decide_and_commit, name_worker};
 
 /// The background compactor merges a partition once it has this many
 /// small files.
@@ -306,7 +306,7 @@ async fn merge_partition(
     let after = merged.file.bytes;
     let merging: Vec<String> = urls.keys().cloned().collect();
     let (def, part) = (def.clone(), part.clone());
-    decide_and_commit(catalog, guard, writes, urls, move |s| {
+    decide_and_commit(catalog, guard, writes, urls, Ack::Committed, move |s| {
         // Every copy in sync now merged: one that rejoined meanwhile (it
         // caught up while this ran) would be left with the old files.
         let in_sync: Vec<String> = s

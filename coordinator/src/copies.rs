@@ -4,7 +4,7 @@
 //! checks before it rejoins (a write holding its table's gate counts it in
 //! a `stats_delta/` key of its own; see `write::decide_and_commit`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use datafusion::common::{DataFusionError, Result};
 use tessera_sql::{IndexKind, TableDef};
@@ -132,6 +132,19 @@ pub(crate) fn locations(state: &CatalogState, def: &TableDef) -> Vec<String> {
         }
     }
     out
+}
+
+/// Every location a table or index of the catalog keeps files under: its
+/// data, each index's partitions, each ASYNC index's outbox.
+pub(crate) fn live_locations(state: &CatalogState) -> BTreeSet<String> {
+    let mut live: BTreeSet<String> = state.tables.values().map(|d| d.storage_key()).collect();
+    for index in state.indexes.values() {
+        if let Some(def) = state.tables.get(&index.table) {
+            live.insert(index.storage_key(def));
+            live.insert(index.outbox_key(def));
+        }
+    }
+    live
 }
 
 /// The table whose partitions (or GLOBAL index partitions) `map_key`

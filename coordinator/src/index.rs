@@ -35,7 +35,7 @@ use tessera_worker::wire::EntriesRequest;
 use tessera_worker::{WorkerClient, sort_by_columns};
 
 use crate::catalog::Catalog;
-use crate::write::{Piece, Role, global_index_pieces, write_pieces};
+use crate::write::{Ack, Piece, Role, global_index_pieces, write_pieces};
 
 pub use applier::spawn_applier;
 pub use lookup::plan_index_read;
@@ -187,7 +187,10 @@ pub async fn backfill(catalog: Arc<Catalog>, name: String) -> Result<()> {
             catalog.update(record).await?;
         } else {
             let guard = catalog.begin_txn().await?;
-            write_pieces(&catalog, guard, pieces, move |s, _| record(s)).await?;
+            write_pieces(&catalog, guard, pieces, Ack::Committed, move |s, _| {
+                record(s)
+            })
+            .await?;
         }
     }
     Ok(())

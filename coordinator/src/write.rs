@@ -45,7 +45,7 @@ mod commit;
 pub mod group;
 mod index_pieces;
 
-pub(crate) use commit::{decide_and_commit, retry_commit};
+pub(crate) use commit::{Ack, decide_and_commit, retry_commit};
 use group::Groups;
 pub use index_pieces::{global_index_pieces, index_pieces};
 
@@ -254,7 +254,8 @@ async fn write_routed(
         .map(|(i, p)| (p.partition, i))
         .collect();
     let (owned, indexed) = (table.to_string(), counts.clone());
-    let result = write_pieces(catalog, guard, pieces, move |s, files| {
+    // Acknowledged once decided: the commits land behind it.
+    let result = write_pieces(catalog, guard, pieces, Ack::Decided, move |s, files| {
         add_stats(s, &owned, stats_of.iter().map(|(p, i)| (*p, &files[*i])));
         add_index_stats(s, txn, &indexed);
         Ok(())
@@ -354,6 +355,7 @@ pub async fn write_pieces(
     catalog: &Arc<Catalog>,
     guard: TxnGuard,
     pieces: Vec<Piece>,
+    ack: Ack,
     mut decide: impl FnMut(&mut CatalogState, &[DataFile]) -> Result<()> + Send + 'static,
 ) -> Result<()> {
     let txn = guard.txn;
@@ -464,7 +466,7 @@ pub async fn write_pieces(
     // Copies that missed the write leave the in-sync set as it is decided.
     let holders: Vec<Vec<String>> = files.iter().map(|h| h.keys().cloned().collect()).collect();
     let targets: Vec<WriteTarget> = shares.into_iter().map(|s| s.target).collect();
-    decide_and_commit(catalog, guard, writes, urls, move |s| {
+    decide_and_commit(catalog, guard, writes, urls, ack, move |s| {
         for (target, held) in targets.iter().zip(&holders) {
             settle_copies(s, target, held)?;
         }

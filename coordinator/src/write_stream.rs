@@ -33,7 +33,9 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::catalog::{Catalog, WriteTarget};
 use crate::copies::{Failures, settle_copies, short_of_quorum};
-use crate::write::{WriteSink, abort, add_index_stats, add_stats, decide_and_commit, name_worker};
+use crate::write::{
+    Ack, WriteSink, abort, add_index_stats, add_stats, decide_and_commit, name_worker,
+};
 
 mod pieces;
 use pieces::Pieces;
@@ -211,7 +213,7 @@ pub async fn write_stream(
     let workers = writes.len() as u64;
     let counts = pieces.counts();
     let (owned, indexed, ids, table_id) = (table.clone(), counts.clone(), pieces.ids(), def.id);
-    decide_and_commit(catalog, guard, writes, urls, move |s| {
+    decide_and_commit(catalog, guard, writes, urls, Ack::Committed, move |s| {
         // An upload takes a while: the table or an index it wrote entries
         // for may have been dropped (or made again) meanwhile.
         if s.tables.get(&owned).map(|t| t.id) != Some(table_id) {

@@ -136,7 +136,15 @@ async fn dropped_while_decided() {
         let catalog = catalog.clone();
         tokio::spawn(async move {
             let writes = BTreeMap::new();
-            decide_and_commit(&catalog, guard, writes, BTreeMap::new(), |_| Ok(())).await
+            decide_and_commit(
+                &catalog,
+                guard,
+                writes,
+                BTreeMap::new(),
+                crate::write::Ack::Committed,
+                |_| Ok(()),
+            )
+            .await
         })
     };
     // The statement goes while its decision is being written: the

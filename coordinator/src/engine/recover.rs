@@ -2,7 +2,7 @@
 //! between prepare and commit, the staging tables of replacing ingests it
 //! stopped, and the external tables of the catalog.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use datafusion::common::{DataFusionError, Result};
@@ -131,13 +131,7 @@ async fn remove_orphans(catalog: &Arc<Catalog>, worker: &str, url: &str) -> Resu
     let held = client.tables().await?;
     let state = catalog.state()?;
     // Every directory a table or index of the catalog may have.
-    let mut live: BTreeSet<String> = state.tables.values().map(|d| d.storage_key()).collect();
-    for index in state.indexes.values() {
-        if let Some(def) = state.tables.get(&index.table) {
-            live.insert(index.storage_key(def));
-            live.insert(index.outbox_key(def));
-        }
-    }
+    let live = crate::copies::live_locations(&state);
     let orphans: Vec<String> = held
         .into_iter()
         .filter(|k| !live.contains(k) && handed_out(k, &state))

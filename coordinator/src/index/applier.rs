@@ -18,7 +18,7 @@ use tessera_worker::{ScanSpec, WorkerClient};
 
 use crate::catalog::Catalog;
 use crate::catalog_state::IndexStats;
-use crate::write::{global_index_pieces, write_pieces};
+use crate::write::{Ack, global_index_pieces, write_pieces};
 
 use super::lookup::collect_scan;
 
@@ -154,7 +154,10 @@ async fn apply_round(catalog: &Arc<Catalog>, name: &str) -> Result<()> {
         catalog.update(record).await?;
     } else {
         let guard = catalog.begin_txn().await?;
-        write_pieces(catalog, guard, pieces, move |s, _| record(s)).await?;
+        write_pieces(catalog, guard, pieces, Ack::Committed, move |s, _| {
+            record(s)
+        })
+        .await?;
     }
     if let Ok(mut p) = catalog.outbox_pending.lock()
         && let Some(p) = p.get_mut(name)

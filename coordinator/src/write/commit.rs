@@ -12,12 +12,29 @@ use super::abort;
 use crate::catalog::{Catalog, TxnGuard};
 use crate::catalog_state::{CatalogState, PartsDelta, StatsDelta, table_key};
 
+/// When a write is acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ack {
+    /// Once its decision is logged: from then on it is durable and every
+    /// snapshot sees it, a worker that has not committed it yet committing
+    /// it before it reads (resolve on read), so the commits need not be
+    /// waited for (as CockroachDB resolves a committed transaction's
+    /// intents after answering). INSERTs.
+    Decided,
+    /// Once every worker has confirmed its commit too (or failed to, and is
+    /// retried in the background): for writers whose next step reads the
+    /// workers' manifests rather than a snapshot (compaction, backfills,
+    /// the ASYNC applier, bulk ingest).
+    Committed,
+}
+
 /// The second half of a transaction whose writes are all prepared (staged
 /// and durable on their workers): decide it (the metastore logs it, and
 /// `decide` updates counters in the same write), then commit `writes`, one
 /// call per worker. Once decided the write lands, even across a crash, and
 /// every snapshot taken from then on sees all of it: the order in which
 /// workers commit does not matter (a read resolves what has not landed).
+/// Returns when `ack` says.
 ///
 /// The decision and the commits run as one task that owns `guard`: a
 /// statement dropped at any point here (its client gone) still has its
@@ -42,9 +59,11 @@ pub(crate) async fn decide_and_commit(
     guard: TxnGuard,
     writes: BTreeMap<String, Vec<StagedWrite>>,
     urls: BTreeMap<String, String>,
+    ack: Ack,
     mut decide: impl FnMut(&mut CatalogState) -> Result<()> + Send + 'static,
 ) -> Result<()> {
     let catalog = Arc::clone(catalog);
+    let (acked, acknowledged) = tokio::sync::oneshot::channel::<Result<()>>();
     tokio::spawn(async move {
         let txn = guard.txn;
         let gated = guard.gated_table().is_some();
@@ -78,10 +97,17 @@ pub(crate) async fn decide_and_commit(
             .await;
         if let Err(e) = decided {
             abort(txn, urls.values()).await;
-            return Err(e);
+            let _ = acked.send(Err(e));
+            return;
         }
 
         crate::failpoint::hit("abort-after-decide");
+        let mut acked = Some(acked);
+        if ack == Ack::Decided
+            && let Some(acked) = acked.take()
+        {
+            let _ = acked.send(Ok(()));
+        }
 
         // Phase 2: make it visible everywhere. The statement is decided,
         // so it succeeds; a worker that did not confirm is retried in the
@@ -96,10 +122,17 @@ pub(crate) async fn decide_and_commit(
             tokio::spawn(retry_commit(Arc::clone(&catalog), txn, failed));
             drop(guard);
         }
-        Ok(())
-    })
-    .await
-    .map_err(|e| DataFusionError::Execution(format!("committing a decided write failed: {e}")))?
+        if let Some(acked) = acked {
+            let _ = acked.send(Ok(()));
+        }
+    });
+    acknowledged.await.map_err(|_| {
+        DataFusionError::Execution(
+            "the write's outcome is unknown: the task deciding it stopped; \
+             check whether its rows are there before writing them again"
+                .to_string(),
+        )
+    })?
 }
 
 /// Commits `txn` on every worker; returns the writes of workers that failed.
@@ -148,9 +181,77 @@ pub(crate) async fn retry_commit(
         if let Ok(state) = catalog.state() {
             let logged = state.decided.get(&txn);
             pending.retain(|worker, _| logged.is_some_and(|l| l.contains_key(worker)));
+            // A table or index dropped since (its files go, or went, with
+            // it) needs no commit: a statement acknowledged at its decision
+            // may be followed at once by its table's DROP.
+            let live = crate::copies::live_locations(&state);
+            for writes in pending.values_mut() {
+                writes.retain(|w| live.contains(&w.table));
+            }
+            pending.retain(|_, writes| !writes.is_empty());
         }
         let urls = catalog.members().unwrap_or_default();
         pending = commit_all(txn, &pending, &urls).await;
     }
     catalog.finished(txn, None);
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::time::Duration;
+
+    use super::*;
+    use crate::metastore::FileMetastore;
+
+    /// An INSERT is acknowledged once decided, while its worker has not
+    /// answered the commit; and a commit that cannot land because its
+    /// table was dropped meanwhile is not retried for ever (its decision
+    /// would hold back compaction and the ASYNC applier until a restart).
+    #[tokio::test]
+    async fn acknowledged_once_decided_and_a_dropped_tables_commit_is_let_go() {
+        tokio::time::timeout(Duration::from_secs(60), decided_then_dropped())
+            .await
+            .expect("the test ends within a minute");
+    }
+
+    async fn decided_then_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileMetastore::open(dir.path()).unwrap();
+        let catalog = Catalog::open(Box::new(store), BTreeMap::new(), Duration::from_secs(5))
+            .await
+            .unwrap();
+        // A worker that takes connections and never answers.
+        let hung = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", hung.local_addr().unwrap());
+        let accepted = tokio::spawn(async move {
+            let mut held = vec![];
+            while let Ok((socket, _)) = hung.accept().await {
+                held.push(socket);
+            }
+        });
+        let guard = catalog.begin_txn().await.unwrap();
+        let txn = guard.txn;
+        let write = StagedWrite {
+            txn,
+            table: "t_of_a_dropped_table".into(),
+            partition: 0,
+        };
+        let writes = BTreeMap::from([("w1".to_string(), vec![write])]);
+        let urls = BTreeMap::from([("w1".to_string(), url)]);
+        decide_and_commit(&catalog, guard, writes, urls, Ack::Decided, |_| Ok(()))
+            .await
+            .expect("acknowledged while the commit hangs");
+        assert!(catalog.state().unwrap().decided.contains_key(&txn));
+        assert!(catalog.is_unresolved(txn).unwrap());
+
+        // The worker goes (its connections reset): the commit fails, and
+        // the retry finds no table to commit into.
+        accepted.abort();
+        while catalog.is_unresolved(txn).unwrap() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(catalog.state().unwrap().decided.is_empty());
+    }
 }
