@@ -59,10 +59,27 @@ pub(crate) fn settle_copies(
     if missed.is_empty() {
         return Ok(());
     }
-    let locations = files_of(s, map_key).map(|(_, l)| l).unwrap_or_default();
     s.map.leave_in_sync(map_key, partition, &missed);
+    forget_pending(s, map_key, partition, &missed);
+    Ok(())
+}
+
+/// Drops the commits still pending for `map_key`'s `partition` on
+/// `workers` from the decision log: those copies left the in-sync set
+/// (they take the partition whole when they catch up) or the partition
+/// map (their files go). A commit retried there would otherwise never
+/// land and keep its transaction logged, holding back compaction, the
+/// ASYNC applier and catch-ups until a restart. Every copy still in sync
+/// took the write, so nothing acknowledged is lost.
+pub(crate) fn forget_pending(
+    s: &mut CatalogState,
+    map_key: &str,
+    partition: u32,
+    workers: &[String],
+) {
+    let locations = files_of(s, map_key).map(|(_, l)| l).unwrap_or_default();
     for writes in s.decided.values_mut() {
-        for worker in &missed {
+        for worker in workers {
             if let Some(list) = writes.get_mut(worker) {
                 list.retain(|w| !(w.partition == partition && locations.contains(&w.table)));
                 if list.is_empty() {
@@ -71,7 +88,6 @@ pub(crate) fn settle_copies(
             }
         }
     }
-    Ok(())
 }
 
 /// Counts a transaction decided on a partition of `map_key` (a table, or

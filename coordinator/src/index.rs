@@ -196,7 +196,9 @@ pub async fn backfill(catalog: Arc<Catalog>, name: String) -> Result<()> {
     Ok(())
 }
 
-/// `DROP INDEX`: forgets the index and removes its files everywhere.
+/// `DROP INDEX`: forgets the index, then removes its files everywhere once
+/// every query that began before (and may have planned a read through it)
+/// has ended.
 pub async fn drop_index(catalog: &Arc<Catalog>, name: &str, if_exists: bool) -> Result<()> {
     let Some(def) = catalog.state()?.indexes.get(name).cloned() else {
         if if_exists {
@@ -216,20 +218,33 @@ pub async fn drop_index(catalog: &Arc<Catalog>, name: &str, if_exists: bool) -> 
             Ok(())
         })
         .await?;
-    if let Some(table) = table {
-        remove_index_files(catalog, std::slice::from_ref(&def), &table).await;
-    }
+    let Some(table) = table else {
+        return Ok(());
+    };
+    forget_outboxes(catalog, std::slice::from_ref(&def));
+    let generation = catalog.new_generation();
+    let catalog = Arc::clone(catalog);
+    tokio::spawn(async move {
+        catalog.snapshots_before(generation).await;
+        remove_index_files(&catalog, &[def], &table).await;
+    });
     Ok(())
 }
 
-/// Removes the files of `table`'s indexes no longer in the catalog from
-/// every worker (one that cannot be reached keeps them).
-pub(crate) async fn remove_index_files(catalog: &Catalog, indexes: &[IndexDef], table: &TableDef) {
+/// The ASYNC applier stops waiting for the outboxes of `indexes`, no
+/// longer in the catalog.
+fn forget_outboxes(catalog: &Catalog, indexes: &[IndexDef]) {
     if let Ok(mut pending) = catalog.outbox_pending.lock() {
         for index in indexes {
             pending.remove(&index.name);
         }
     }
+}
+
+/// Removes the files of `table`'s indexes no longer in the catalog from
+/// every worker (one that cannot be reached keeps them).
+pub(crate) async fn remove_index_files(catalog: &Catalog, indexes: &[IndexDef], table: &TableDef) {
+    forget_outboxes(catalog, indexes);
     let Ok(members) = catalog.members() else {
         return;
     };

@@ -399,6 +399,57 @@ async fn index_statements_and_errors() {
     cluster.stop().await;
 }
 
+/// A dropped index's files stay while a query that began before the drop
+/// runs (it may have planned a read through the index), and go after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_indexs_files_outlive_older_queries() {
+    let cluster = TestCluster::builder().workers(2).start().await;
+    cluster
+        .run_all(&[
+            "CREATE TABLE t (k BIGINT, v BIGINT) PARTITION BY HASH (k) PARTITIONS 2",
+            "INSERT INTO t SELECT value, value % 10 FROM range(100)",
+            "CREATE INDEX tl ON t (v) LOCAL",
+            "CREATE INDEX tg ON t (v) GLOBAL SYNC PARTITIONS 2",
+        ])
+        .await;
+    let index_files = |cluster: &TestCluster| -> usize {
+        files_per_partition(cluster, "t")
+            .into_iter()
+            .filter(|(dir, _, _)| dir.contains(".i"))
+            .map(|(_, files, _)| files)
+            .sum()
+    };
+    let before = index_files(&cluster);
+    assert!(before >= 4, "{before} index files");
+    let catalog = cluster.cluster().coordinator().catalog();
+    // A query that began before the drops (its snapshot held).
+    let (_snapshot, hold) = catalog.take_snapshot().await.unwrap();
+    cluster.run_all(&["DROP INDEX tl", "DROP INDEX tg"]).await;
+    let shown = cluster.query("SHOW INDEXES").await.unwrap();
+    assert_eq!(shown.iter().map(|b| b.num_rows()).sum::<usize>(), 0);
+    // Answered while the old query runs: nothing of the indexes went.
+    assert_eq!(index_files(&cluster), before);
+    drop(hold);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while index_files(&cluster) > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the dropped indexes' files are still there 30 s after the last older query ended"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        single_i64(
+            &cluster
+                .query("SELECT count(*) FROM t WHERE v = 3")
+                .await
+                .unwrap()
+        ),
+        10
+    );
+    cluster.stop().await;
+}
+
 /// Parquet files per partition directory of every stored part of `table`
 /// (rows, index parts, outboxes), by directory, on all workers.
 fn files_per_partition(

@@ -291,10 +291,18 @@ impl WorkerClient {
             .unwrap_or_default())
     }
 
-    pub async fn stats(&self, table: &str, partitions: Vec<u32>) -> Result<Vec<PartitionStats>> {
+    /// The sizes of some partitions of `table`, once the transactions in
+    /// `decided` (a snapshot's) are committed there.
+    pub async fn stats(
+        &self,
+        table: &str,
+        partitions: Vec<u32>,
+        decided: &[u64],
+    ) -> Result<Vec<PartitionStats>> {
         let body = wire::encode(&wire::StatsRequest {
             table: table.to_string(),
             partitions,
+            decided: decided.to_vec(),
         })?;
         Ok(self
             .action(wire::ACTION_STATS, body)

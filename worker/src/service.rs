@@ -280,7 +280,7 @@ impl FlightService for WorkerFlightService {
                 let req: wire::StatsRequest = wire::decode(&action.body).map_err(to_status)?;
                 let stats = self
                     .storage()
-                    .stats(&req.table, &req.partitions)
+                    .stats(&req.table, &req.partitions, &req.decided)
                     .map_err(to_status)?;
                 Some(wire::encode(&stats).map_err(to_status)?)
             }

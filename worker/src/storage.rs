@@ -293,11 +293,18 @@ impl Storage {
         Ok(out)
     }
 
-    /// Rows and bytes of the given partitions of a table.
-    pub fn stats(&self, table: &str, partitions: &[u32]) -> Result<Vec<PartitionStats>> {
+    /// The rows and bytes of some partitions of `table`, once the
+    /// transactions in `decided` are committed there (resolve on read).
+    pub fn stats(
+        &self,
+        table: &str,
+        partitions: &[u32],
+        decided: &[u64],
+    ) -> Result<Vec<PartitionStats>> {
         partitions
             .iter()
             .map(|p| {
+                self.resolve(table, *p, decided)?;
                 let m = self.manifest(table, *p)?;
                 Ok(PartitionStats {
                     partition: *p,

@@ -125,6 +125,11 @@ pub struct TxnRequest {
 pub struct StatsRequest {
     pub table: String,
     pub partitions: Vec<u32>,
+    /// The asking statement's snapshot's decided transactions, committed
+    /// here first if they have not landed yet (resolve on read): the sizes
+    /// then count every acknowledged write.
+    #[serde(default)]
+    pub decided: Vec<u64>,
 }
 
 /// Drop the files of transactions up to `max_txn` from some partitions.

@@ -511,9 +511,17 @@ impl Coordinator {
                 .or_default()
                 .push(part.partition);
         }
+        // Read at a snapshot, as a query: a write acknowledged before is
+        // counted even where its commit has not landed yet.
+        let (snapshot, _hold) = self.catalog.take_snapshot().await?;
+        let decided = snapshot.decided.as_slice();
         let mut stats: BTreeMap<u32, (u64, u64)> = BTreeMap::new();
         for ((worker, url), parts) in by_worker {
-            let asked = async { WorkerClient::connect(&url)?.stats(&location, parts).await };
+            let asked = async {
+                WorkerClient::connect(&url)?
+                    .stats(&location, parts, decided)
+                    .await
+            };
             match asked.await {
                 Ok(sizes) => {
                     for s in sizes {

@@ -108,6 +108,10 @@ impl Coordinator {
                         }
                     }
                 }
+                // Their pending commits go with them (their files go).
+                for (key, partition, worker) in &removed {
+                    crate::copies::forget_pending(s, key, *partition, std::slice::from_ref(worker));
+                }
                 s.map.epoch += 1;
                 Ok((added, removed))
             })

@@ -367,6 +367,7 @@ async fn move_copy(catalog: &Arc<Catalog>, step: &Step, i: usize) -> Result<Stat
                 }
             }
             p.out_of_sync.retain(|w| *w != step.from);
+            crate::copies::forget_pending(s, &key, partition, std::slice::from_ref(&step.from));
             s.map.epoch += 1;
             Ok(Ok(()))
         })
@@ -418,6 +419,7 @@ async fn roll_back(catalog: &Arc<Catalog>, step: &Step, to: &str) -> Result<()> 
             }
             p.replicas.retain(|w| w != to);
             p.out_of_sync.retain(|w| w != to);
+            crate::copies::forget_pending(s, &key, partition, &[to.to_string()]);
             s.map.epoch += 1;
             Ok(true)
         })
@@ -452,6 +454,7 @@ async fn drop_copy(catalog: &Arc<Catalog>, step: &Step) -> Result<State> {
             }
             p.replicas.retain(|w| *w != step.from);
             p.out_of_sync.retain(|w| *w != step.from);
+            crate::copies::forget_pending(s, &key, partition, std::slice::from_ref(&step.from));
             s.map.epoch += 1;
             Ok(Ok(()))
         })

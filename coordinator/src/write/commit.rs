@@ -163,9 +163,9 @@ async fn commit_all(
 
 /// Keeps committing on workers that did not confirm, backing off up to 5 s,
 /// until all have (at the URL each has then: a restarted worker may listen
-/// elsewhere), or have left the in-sync set of what they hold of it (their
-/// writes then leave the decision log); the next start's recovery covers a
-/// stop before that.
+/// elsewhere), or their copies have left the in-sync set or the partition
+/// map, or their table was dropped (their writes then leave the decision
+/// log); the next start's recovery covers a stop before that.
 pub(crate) async fn retry_commit(
     catalog: Arc<Catalog>,
     txn: u64,
@@ -179,16 +179,21 @@ pub(crate) async fn retry_commit(
         }
         delay = (delay * 2).min(std::time::Duration::from_secs(5));
         if let Ok(state) = catalog.state() {
+            // Only writes still logged: a copy that left the in-sync set or
+            // the partition map since has its pending commits dropped
+            // (`copies::forget_pending`). Nor into a table or index
+            // dropped since (its files go, or went, with it): a statement
+            // acknowledged at its decision may be followed at once by its
+            // table's DROP or a `SET REPLICAS` that removes a copy.
             let logged = state.decided.get(&txn);
-            pending.retain(|worker, _| logged.is_some_and(|l| l.contains_key(worker)));
-            // A table or index dropped since (its files go, or went, with
-            // it) needs no commit: a statement acknowledged at its decision
-            // may be followed at once by its table's DROP.
             let live = crate::copies::live_locations(&state);
-            for writes in pending.values_mut() {
-                writes.retain(|w| live.contains(&w.table));
-            }
-            pending.retain(|_, writes| !writes.is_empty());
+            pending.retain(|worker, writes| {
+                let Some(logged) = logged.and_then(|l| l.get(worker)) else {
+                    return false;
+                };
+                writes.retain(|w| logged.contains(w) && live.contains(&w.table));
+                !writes.is_empty()
+            });
         }
         let urls = catalog.members().unwrap_or_default();
         pending = commit_all(txn, &pending, &urls).await;
@@ -249,6 +254,109 @@ mod tests {
         // The worker goes (its connections reset): the commit fails, and
         // the retry finds no table to commit into.
         accepted.abort();
+        while catalog.is_unresolved(txn).unwrap() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(catalog.state().unwrap().decided.is_empty());
+    }
+
+    /// A decided write's pending commit on a copy that is then taken out
+    /// of the partition map (`SET REPLICAS` lowered, a move switched) is
+    /// let go, while the one on a copy that stays is still retried.
+    #[tokio::test]
+    async fn a_removed_copys_pending_commit_is_let_go() {
+        tokio::time::timeout(Duration::from_secs(60), removed_copy())
+            .await
+            .expect("the test ends within a minute");
+    }
+
+    async fn removed_copy() {
+        use arrow::datatypes::{DataType, Field, Schema};
+        use tessera_sql::{PartitionPlacement, PartitionScheme, TableDef};
+
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileMetastore::open(dir.path()).unwrap();
+        let catalog = Catalog::open(Box::new(store), BTreeMap::new(), Duration::from_secs(5))
+            .await
+            .unwrap();
+        let schema = Schema::new(vec![Field::new("k", DataType::Int64, false)]);
+        let def = TableDef::try_new("t", 1, &schema, PartitionScheme::Single).unwrap();
+        let location = def.storage_key();
+        catalog
+            .update(|s| {
+                s.tables.insert("t".into(), def.clone());
+                s.map.tables.insert(
+                    "t".into(),
+                    vec![PartitionPlacement {
+                        id: 0,
+                        replicas: vec!["w1".into(), "w2".into()],
+                        out_of_sync: vec![],
+                    }],
+                );
+                Ok(())
+            })
+            .await
+            .unwrap();
+        // Workers that take connections and never answer, until aborted.
+        let mut urls = BTreeMap::new();
+        let mut listeners = BTreeMap::new();
+        for worker in ["w1", "w2"] {
+            let hung = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            urls.insert(
+                worker.to_string(),
+                format!("http://{}", hung.local_addr().unwrap()),
+            );
+            let accepted = tokio::spawn(async move {
+                let mut held = vec![];
+                while let Ok((socket, _)) = hung.accept().await {
+                    held.push(socket);
+                }
+            });
+            listeners.insert(worker, accepted);
+        }
+        let guard = catalog.begin_txn().await.unwrap();
+        let txn = guard.txn;
+        let write = StagedWrite {
+            txn,
+            table: location.clone(),
+            partition: 0,
+        };
+        let writes = BTreeMap::from([
+            ("w1".to_string(), vec![write.clone()]),
+            ("w2".to_string(), vec![write]),
+        ]);
+        decide_and_commit(&catalog, guard, writes, urls, Ack::Decided, |_| Ok(()))
+            .await
+            .expect("acknowledged while the commits hang");
+
+        // w2's copy leaves the map (as `SET REPLICAS` takes it off), and
+        // both workers go: only w1's commit is still to land.
+        let take_off = |worker: &'static str| {
+            let catalog = Arc::clone(&catalog);
+            async move {
+                catalog
+                    .update(|s| {
+                        let p = &mut s.map.tables.get_mut("t").unwrap()[0];
+                        p.replicas.retain(|w| w != worker);
+                        crate::copies::forget_pending(s, "t", 0, &[worker.to_string()]);
+                        Ok(())
+                    })
+                    .await
+                    .unwrap();
+            }
+        };
+        take_off("w2").await;
+        for accepted in listeners.values() {
+            accepted.abort();
+        }
+        let logged = catalog.state().unwrap().decided.get(&txn).cloned().unwrap();
+        assert_eq!(logged.keys().collect::<Vec<_>>(), vec!["w1"]);
+        // Retried for w1 (its copy stays), through several rounds.
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        assert!(catalog.is_unresolved(txn).unwrap());
+
+        // Once w1's copy goes too, nothing is left to commit.
+        take_off("w1").await;
         while catalog.is_unresolved(txn).unwrap() {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }

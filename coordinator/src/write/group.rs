@@ -2,7 +2,8 @@
 //! another is being written to waits for that write, and then goes with the
 //! others that waited meanwhile as one transaction: one prepare per worker,
 //! one staged file and fsync per partition, one decision, one commit. Each
-//! statement is acknowledged once that transaction is committed, and the
+//! statement is acknowledged once that transaction is decided (logged: from
+//! then on durable and seen by every snapshot), and the
 //! transaction is all or nothing, so each statement still lands whole or
 //! not at all, and every snapshot sees all of a group or none of it. A
 //! group that fails changed nothing, and its statements are then written
@@ -93,7 +94,7 @@ impl Groups {
     }
 
     /// Writes one statement's rows (routed to `def`'s partitions) in the
-    /// next transaction of its table; returns once that is committed.
+    /// next transaction of its table; returns once that is decided.
     pub(crate) async fn write(
         self: &Arc<Self>,
         catalog: &Arc<Catalog>,
