@@ -154,12 +154,12 @@ async fn bench(b: &IndexBench, scratch: &std::path::Path) -> Result<(), String> 
         let color = next(&mut seed) % values;
         for (i, row) in out.iter_mut().enumerate() {
             let sql = format!("INSERT INTO {} VALUES ({id}, {color}, 'new')", table(i));
-            let before = catalog.write_fanout();
+            let before = coordinator.write_fanout();
             let t0 = Instant::now();
             client.query(&sql).await?;
             row.insert_latencies
                 .push(t0.elapsed().as_secs_f64() * 1000.0);
-            let after = catalog.write_fanout();
+            let after = coordinator.write_fanout();
             fanout[i].writes += after.writes - before.writes;
             fanout[i].partitions += after.partitions - before.partitions;
             fanout[i].workers += after.workers - before.workers;
@@ -204,7 +204,7 @@ async fn bench(b: &IndexBench, scratch: &std::path::Path) -> Result<(), String> 
                 (b.inserts / 2) as u64
             };
         let cpu0 = process_cpu_seconds();
-        let fanout0 = catalog.write_fanout();
+        let fanout0 = coordinator.write_fanout();
         let t0 = Instant::now();
         let mut tasks = vec![];
         for w in 0..b.writers {
@@ -227,7 +227,7 @@ async fn bench(b: &IndexBench, scratch: &std::path::Path) -> Result<(), String> 
             task.await.map_err(|e| format!("a writer failed: {e}"))??;
         }
         elapsed[i] += t0.elapsed().as_secs_f64();
-        let fanout = catalog.write_fanout();
+        let fanout = coordinator.write_fanout();
         grouped[i].writes += fanout.writes - fanout0.writes;
         grouped[i].transactions += fanout.transactions - fanout0.transactions;
         drain(catalog).await?;

@@ -2,7 +2,7 @@
 //! cluster membership in memory (persisted through the metastore), with
 //! transactions and snapshots in `catalog/txns.rs`.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -99,47 +99,12 @@ pub struct Catalog {
     /// The generation snapshots are taken in now (see
     /// [`Catalog::new_generation`]).
     generation: AtomicU64,
-    /// Wakes the ASYNC index applier.
-    pub(crate) apply_wanted: tokio::sync::Notify,
-    /// The largest transaction a `fresh` index read waits for.
-    pub(crate) fresh_wanted: AtomicU64,
-    pub(crate) apply_paused: AtomicBool,
-    /// INSERT statements acknowledged, and the partitions their
-    /// transactions wrote before acknowledging (data partitions plus GLOBAL
-    /// SYNC index partitions; a LOCAL index or an outbox lives in its data
-    /// partition): statements that shared a transaction count its
-    /// partitions once between them.
-    writes: AtomicU64,
-    partitions_written: AtomicU64,
-    /// ... and the workers taking part in their transactions.
-    workers_written: AtomicU64,
-    /// ... and their transactions.
-    write_txns: AtomicU64,
     /// Set when the coordinator stops: background tasks end.
     pub(crate) closed: AtomicBool,
-    /// ASYNC indexes: the transactions of this run whose outbox entries
-    /// are not applied yet.
-    pub(crate) outbox_pending: Mutex<BTreeMap<String, BTreeSet<u64>>>,
-    /// Transactions that added files (writes, backfills, applies): the
-    /// background compactor looks for small files when it moved.
-    pub(crate) files_added: AtomicU64,
-    /// One compaction at a time: two merging the same files would each
-    /// replace files the other already replaced.
-    pub(crate) compacting: tokio::sync::Mutex<()>,
-    /// `SET tessera.compaction = 'paused'`.
-    pub(crate) compaction_paused: AtomicBool,
-    /// `SET tessera.rebalance_rate`: bytes per second a partition copy
-    /// into one worker may take (0: no limit).
-    pub(crate) copy_rate: AtomicU64,
-    /// `SET tessera.auto_rebalance = 'on'`.
-    pub(crate) auto_rebalance: AtomicBool,
-    /// Wakes the automatic rebalance (a worker joined or drains, or it
-    /// was switched on).
-    pub(crate) rebalance_wanted: tokio::sync::Notify,
-    /// `tessera.compactions`.
-    pub(crate) compactions: crate::compaction_log::CompactionLog,
-    /// The steps of the running (or last) rebalance.
-    pub(crate) rebalances: crate::rebalance::RebalanceLog,
+    /// Decided transactions that have left the decision log (committed
+    /// everywhere) since the start: what watches it (the compactor) knows
+    /// files were added.
+    forgotten: tokio::sync::watch::Sender<u64>,
     /// Set on a coordinator that follows the leader: it writes nothing to
     /// the metastore and takes its snapshots from the leader.
     follower: Option<Arc<Follower>>,
@@ -159,17 +124,6 @@ pub struct Catalog {
     /// Until when compaction merges nothing (a leader that just took over
     /// waits for followers to pin their queries' snapshots on it).
     compaction_held_until: Mutex<Option<std::time::Instant>>,
-}
-
-/// Counters of acknowledged INSERTs, see [`Catalog::write_fanout`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct WriteFanout {
-    /// Statements.
-    pub writes: u64,
-    /// Their transactions (fewer when small statements shared them).
-    pub transactions: u64,
-    pub partitions: u64,
-    pub workers: u64,
 }
 
 pub(crate) fn poisoned() -> DataFusionError {
@@ -232,23 +186,8 @@ impl Catalog {
             gates: Mutex::new(BTreeMap::new()),
             snapshots: Arc::new(Mutex::new(BTreeMap::new())),
             generation: AtomicU64::new(0),
-            apply_wanted: tokio::sync::Notify::new(),
-            fresh_wanted: AtomicU64::new(0),
-            apply_paused: AtomicBool::new(false),
             closed: AtomicBool::new(false),
-            writes: AtomicU64::new(0),
-            partitions_written: AtomicU64::new(0),
-            workers_written: AtomicU64::new(0),
-            write_txns: AtomicU64::new(0),
-            outbox_pending: Mutex::new(BTreeMap::new()),
-            files_added: AtomicU64::new(0),
-            compacting: tokio::sync::Mutex::new(()),
-            compaction_paused: AtomicBool::new(false),
-            copy_rate: AtomicU64::new(0),
-            auto_rebalance: AtomicBool::new(false),
-            rebalance_wanted: tokio::sync::Notify::new(),
-            compactions: Default::default(),
-            rebalances: Default::default(),
+            forgotten: tokio::sync::watch::Sender::new(0),
             follower,
             revision: AtomicU64::new(revision),
             revision_moved: tokio::sync::Notify::new(),
@@ -287,7 +226,6 @@ impl Catalog {
     pub fn stop(&self) {
         self.closed.store(true, Ordering::SeqCst);
         self.stopped.send_replace(true);
-        self.apply_wanted.notify_one();
         if let Ok(mut task) = self.follow_task.lock()
             && let Some(task) = task.take()
         {
@@ -501,41 +439,15 @@ impl Catalog {
         Ok(Some(total))
     }
 
-    /// ASYNC indexes `names` got outbox entries from acknowledged
-    /// transaction `txn`: note it for the lag, and wake the applier.
-    pub fn outbox_written<'a>(&self, names: impl Iterator<Item = &'a str>, txn: u64) {
-        if let Ok(mut pending) = self.outbox_pending.lock() {
-            for name in names {
-                pending.entry(name.to_string()).or_default().insert(txn);
-            }
-        }
-        self.apply_wanted.notify_one();
+    /// How many decided transactions have left the decision log since
+    /// the start (each committed everywhere it went).
+    pub fn forgotten(&self) -> u64 {
+        *self.forgotten.borrow()
     }
 
-    /// Whether `SET tessera.compaction = 'paused'` holds.
-    pub fn compaction_paused(&self) -> bool {
-        self.compaction_paused.load(Ordering::SeqCst)
-    }
-
-    pub(crate) fn count_write(&self, statements: u64, partitions: u64, workers: u64) {
-        self.writes.fetch_add(statements, Ordering::Relaxed);
-        self.partitions_written
-            .fetch_add(partitions, Ordering::Relaxed);
-        self.workers_written.fetch_add(workers, Ordering::Relaxed);
-        self.write_txns.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// INSERT statements acknowledged since the coordinator started, with
-    /// the partitions their transactions wrote before the acknowledgement
-    /// and the workers they involved (summed over transactions: statements
-    /// sharing one, see `write::group`, share its count).
-    pub fn write_fanout(&self) -> WriteFanout {
-        WriteFanout {
-            writes: self.writes.load(Ordering::Relaxed),
-            partitions: self.partitions_written.load(Ordering::Relaxed),
-            workers: self.workers_written.load(Ordering::Relaxed),
-            transactions: self.write_txns.load(Ordering::Relaxed),
-        }
+    /// [`Catalog::forgotten`], as it changes.
+    pub fn watch_forgotten(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.forgotten.subscribe()
     }
 
     /// The counters of one index (zero if it has none yet).

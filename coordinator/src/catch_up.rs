@@ -13,6 +13,7 @@
 //! The leading coordinator looks for such copies every [`ROUND`].
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -31,16 +32,31 @@ const ROUND: Duration = Duration::from_secs(1);
 /// kept landing meanwhile); the next round tries again.
 const ATTEMPTS: u32 = 5;
 
+/// `SET tessera.rebalance_rate`: bytes per second a partition copy into
+/// one worker may take (0: no limit). Read as each copy begins.
+#[derive(Debug, Default)]
+pub struct CopyRate(AtomicU64);
+
+impl CopyRate {
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    pub fn set(&self, bytes_per_second: u64) {
+        self.0.store(bytes_per_second, Ordering::Relaxed);
+    }
+}
+
 /// Runs catch-up rounds until the coordinator stops.
-pub fn spawn_catch_up(catalog: &Arc<Catalog>) {
+pub fn spawn_catch_up(catalog: &Arc<Catalog>, rate: Arc<CopyRate>) {
     let catalog = Arc::clone(catalog);
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(ROUND).await;
-            if catalog.closed.load(std::sync::atomic::Ordering::SeqCst) {
+            if catalog.closed.load(Ordering::SeqCst) {
                 return;
             }
-            if let Err(e) = round(&catalog).await {
+            if let Err(e) = round(&catalog, &rate).await {
                 tracing::info!(error = %e, "a catch-up round stopped early");
             }
         }
@@ -49,7 +65,7 @@ pub fn spawn_catch_up(catalog: &Arc<Catalog>) {
 
 /// Catches up every copy out of sync whose worker is up: of tables'
 /// partitions and of GLOBAL indexes' partitions.
-pub async fn round(catalog: &Arc<Catalog>) -> Result<()> {
+pub async fn round(catalog: &Arc<Catalog>, rate: &CopyRate) -> Result<()> {
     let state = catalog.state()?;
     for (map_key, placements) in &state.map.tables {
         let Some(owner) = crate::catalog::owner_of(&state, map_key) else {
@@ -60,7 +76,8 @@ pub async fn round(catalog: &Arc<Catalog>) -> Result<()> {
                 if catalog.membership().state(worker)? != WorkerState::Up {
                     continue;
                 }
-                match catch_up(catalog, map_key, owner.id, placement.id, worker).await {
+                let caught = catch_up(catalog, map_key, owner.id, placement.id, worker, rate);
+                match caught.await {
                     Ok(Some(done)) => tracing::info!(
                         table = %map_key, partition = placement.id, %worker,
                         files = done.installed.files, bytes = done.installed.bytes,
@@ -101,13 +118,14 @@ fn pending(state: &CatalogState, locations: &[String], partition: u32) -> bool {
 /// partitions; `table_id` is its table's id) to `worker` from an in-sync
 /// copy and puts `worker` back in the in-sync set; `None` when the
 /// partition keeps changing (the next round tries again), `worker` is in
-/// sync already or the table is gone.
+/// sync already or the table is gone. Files are copied at most at `rate`.
 pub async fn catch_up(
     catalog: &Arc<Catalog>,
     map_key: &str,
     table_id: u64,
     partition: u32,
     worker: &str,
+    rate: &CopyRate,
 ) -> Result<Option<CaughtUp>> {
     // One catch-up of a copy at a time (the background round and ALTER
     // TABLE ... SET REPLICAS may both try).
@@ -121,6 +139,7 @@ pub async fn catch_up(
         table_id,
         partition,
         worker,
+        rate: rate.get(),
     };
     for _ in 0..ATTEMPTS {
         match copy.attempt(catalog, &mut done, None, false).await? {
@@ -211,6 +230,8 @@ struct Copy<'a> {
     table_id: u64,
     partition: u32,
     worker: &'a str,
+    /// Bytes per second (0: no limit).
+    rate: u64,
 }
 
 /// How an attempt to catch a copy up ended.
@@ -241,6 +262,7 @@ impl Copy<'_> {
             table_id,
             partition,
             worker,
+            rate,
         } = *self;
         let state = catalog.state()?;
         let out_of_sync = state
@@ -277,7 +299,7 @@ impl Copy<'_> {
                     partition,
                     source: source.url.clone(),
                     manifest,
-                    rate: catalog.copy_rate.load(std::sync::atomic::Ordering::Relaxed),
+                    rate,
                 };
                 let installed = to.install(&request).await.map_err(|e| {
                     DataFusionError::Execution(format!(

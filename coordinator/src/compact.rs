@@ -25,7 +25,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray, UInt32Array, UInt64Array};
@@ -36,7 +36,7 @@ use tessera_worker::wire::CompactRequest;
 use tessera_worker::{Compaction, MergeRule, StagedWrite, WorkerClient};
 
 use crate::catalog::Catalog;
-use crate::compaction_log::{BACKGROUND, Compacted};
+use crate::compaction_log::{BACKGROUND, Compacted, CompactionLog};
 use crate::write::{Ack, abort, decide_and_commit, name_worker};
 
 /// The background compactor merges a partition once it has this many
@@ -80,32 +80,67 @@ struct Part {
     index: Option<u64>,
 }
 
-/// Merges the files `rule` chooses in every partition of `table` (rows,
-/// LOCAL index parts and GLOBAL index partitions).
-pub async fn compact_table(
-    catalog: &Arc<Catalog>,
-    table: &str,
-    rule: MergeRule,
-    trigger: &'static str,
-) -> Result<Vec<Compacted>> {
-    let Some(def) = catalog.table_def(table)? else {
-        return Err(crate::catalog::no_such_table(table));
-    };
-    let _one_at_a_time = catalog.compacting.lock().await;
-    let log = &catalog.compactions;
-    let id = log.begin(table, trigger);
-    let result = compact_parts(catalog, &def, rule, id).await;
-    log.finish(id, &result);
-    result
+/// Compaction, above the catalog: its switch, the record of its runs, and
+/// the background compactor (the engine owns it).
+#[derive(Debug)]
+pub struct Compactor {
+    catalog: Arc<Catalog>,
+    /// One compaction at a time: two merging the same files would each
+    /// replace files the other already replaced.
+    running: tokio::sync::Mutex<()>,
+    /// `SET tessera.compaction = 'paused'`.
+    paused: AtomicBool,
+    /// `tessera.compactions`.
+    pub log: CompactionLog,
+}
+
+impl Compactor {
+    pub fn new(catalog: Arc<Catalog>) -> Arc<Self> {
+        Arc::new(Self {
+            catalog,
+            running: tokio::sync::Mutex::new(()),
+            paused: AtomicBool::new(false),
+            log: CompactionLog::default(),
+        })
+    }
+
+    /// Whether `SET tessera.compaction = 'paused'` holds (the background
+    /// compactor merges nothing; `COMPACT TABLE` still does).
+    pub fn paused(&self) -> bool {
+        self.paused.load(Ordering::SeqCst)
+    }
+
+    pub fn set_paused(&self, paused: bool) {
+        self.paused.store(paused, Ordering::SeqCst);
+    }
+
+    /// Merges the files `rule` chooses in every partition of `table` (rows,
+    /// LOCAL index parts and GLOBAL index partitions).
+    pub async fn compact_table(
+        &self,
+        table: &str,
+        rule: MergeRule,
+        trigger: &'static str,
+    ) -> Result<Vec<Compacted>> {
+        let catalog = &self.catalog;
+        let Some(def) = catalog.table_def(table)? else {
+            return Err(crate::catalog::no_such_table(table));
+        };
+        let _one_at_a_time = self.running.lock().await;
+        let id = self.log.begin(table, trigger);
+        let result = compact_parts(catalog, &self.log, &def, rule, id).await;
+        self.log.finish(id, &result);
+        result
+    }
 }
 
 async fn compact_parts(
     catalog: &Arc<Catalog>,
+    log: &CompactionLog,
     def: &TableDef,
     rule: MergeRule,
     id: u64,
 ) -> Result<Vec<Compacted>> {
-    let log = &catalog.compactions;
     let state = catalog.state()?;
     let mut parts = vec![Part {
         name: def.name.clone(),
@@ -392,31 +427,33 @@ pub fn report_schema() -> SchemaRef {
 }
 
 /// Runs the background compactor until the catalog is closed: every
-/// [`AUTO_EVERY`] in which files were added, each table's partitions with
-/// enough small files (see [`AUTO`]) are merged.
-pub fn spawn_compactor(catalog: &Arc<Catalog>) {
-    let weak = Arc::downgrade(catalog);
+/// [`AUTO_EVERY`] in which a transaction finished (a merge that found
+/// nothing decides none), each table's partitions with enough small files
+/// (see [`AUTO`]) are merged.
+pub fn spawn_compactor(compactor: &Arc<Compactor>) {
+    let weak = Arc::downgrade(compactor);
     tokio::spawn(async move {
         let mut seen = 0u64;
         loop {
             tokio::time::sleep(AUTO_EVERY).await;
-            let Some(catalog) = weak.upgrade() else {
+            let Some(compactor) = weak.upgrade() else {
                 return;
             };
+            let catalog = &compactor.catalog;
             if catalog.closed.load(Ordering::SeqCst) {
                 return;
             }
-            let added = catalog.files_added.load(Ordering::Relaxed);
-            if added == seen || catalog.compaction_paused.load(Ordering::SeqCst) {
+            let finished = catalog.forgotten();
+            if finished == seen || compactor.paused() {
                 continue;
             }
-            seen = added;
+            seen = finished;
             let tables: Vec<String> = catalog
                 .state()
                 .map(|s| s.tables.keys().cloned().collect())
                 .unwrap_or_default();
             for table in tables {
-                match compact_table(&catalog, &table, AUTO, BACKGROUND).await {
+                match compactor.compact_table(&table, AUTO, BACKGROUND).await {
                     Ok(done) => {
                         for d in done.iter().filter(|d| d.files_merged > 0) {
                             tracing::info!(

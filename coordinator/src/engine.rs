@@ -138,6 +138,12 @@ pub struct Coordinator {
     /// Where clients may read and write files on this machine (nowhere
     /// until set; shared with the file functions, `read_csv` and the like).
     files: Arc<std::sync::OnceLock<crate::files::FileDirs>>,
+    /// Moves of partitions between workers: the switches and the record.
+    rebalancer: Arc<crate::rebalance::Rebalancer>,
+    /// Merges of small files: the switch, the record, the background task.
+    compactor: Arc<crate::compact::Compactor>,
+    /// What writes report: to the ASYNC index applier, and counted.
+    reports: Arc<crate::write::Reports>,
 }
 
 impl Coordinator {
@@ -154,10 +160,11 @@ impl Coordinator {
         let coordinator = Self::with_catalog(catalog)?;
         coordinator.recover().await?;
         coordinator.restore_external_tables().await;
-        crate::index::spawn_applier(&coordinator.catalog);
-        crate::compact::spawn_compactor(&coordinator.catalog);
-        crate::catch_up::spawn_catch_up(&coordinator.catalog);
-        crate::rebalance::spawn_auto_rebalance(&coordinator.catalog);
+        crate::index::spawn_applier(&coordinator.catalog, coordinator.applier());
+        crate::compact::spawn_compactor(&coordinator.compactor);
+        let rate = Arc::clone(&coordinator.rebalancer.copy_rate);
+        crate::catch_up::spawn_catch_up(&coordinator.catalog, rate);
+        crate::rebalance::spawn_auto_rebalance(&coordinator.catalog, &coordinator.rebalancer);
         coordinator.resume_backfills();
         Ok(coordinator)
     }
@@ -216,12 +223,14 @@ impl Coordinator {
         let default_catalog = ctx
             .catalog("datafusion")
             .ok_or_else(|| DataFusionError::Internal("no default catalog".into()))?;
-        default_catalog
-            .register_schema("public", Arc::new(TesseraSchema::new(Arc::clone(&catalog))))?;
+        let reports: Arc<crate::write::Reports> = Arc::default();
+        let public = TesseraSchema::new(Arc::clone(&catalog), Arc::clone(&reports));
+        default_catalog.register_schema("public", Arc::new(public))?;
         let log = Arc::new(QueryLog::default());
+        let compactor = crate::compact::Compactor::new(Arc::clone(&catalog));
         default_catalog.register_schema(
             "tessera",
-            Arc::new(SystemSchema::new(Arc::clone(&log), Arc::clone(&catalog))),
+            Arc::new(SystemSchema::new(Arc::clone(&log), Arc::clone(&compactor))),
         )?;
         Ok(Self {
             catalog,
@@ -229,6 +238,9 @@ impl Coordinator {
             log,
             joining: tokio::sync::Mutex::new(()),
             files,
+            rebalancer: Arc::default(),
+            compactor,
+            reports,
         })
     }
 
@@ -248,18 +260,41 @@ impl Coordinator {
         }
     }
 
+    /// Whether `SET tessera.compaction = 'paused'` holds.
+    pub fn compaction_paused(&self) -> bool {
+        self.compactor.paused()
+    }
+
+    /// The background compaction's record (`tessera.compactions`).
+    pub fn compactions(&self) -> &crate::compaction_log::CompactionLog {
+        &self.compactor.log
+    }
+
     /// Pauses or resumes applying ASYNC index outboxes (maintenance, and
     /// tests of what a crash before the apply leaves).
     pub fn pause_index_apply(&self, paused: bool) {
-        self.catalog
-            .apply_paused
-            .store(paused, std::sync::atomic::Ordering::SeqCst);
-        self.catalog.apply_wanted.notify_one();
+        self.applier().set_paused(paused);
+    }
+
+    /// The ASYNC index applier (writes tell it of outbox entries).
+    pub fn applier(&self) -> &Arc<crate::index::Applier> {
+        &self.reports.applier
+    }
+
+    /// Where writes report what they did.
+    pub fn write_reports(&self) -> &Arc<crate::write::Reports> {
+        &self.reports
+    }
+
+    /// INSERT statements acknowledged since the start, and their fan-out.
+    pub fn write_fanout(&self) -> crate::write::WriteFanout {
+        self.reports.counters.fanout()
     }
 
     /// Stops background work (the ASYNC applier); called when the cluster stops.
     pub fn close(&self) {
         self.catalog.stop();
+        self.applier().wake();
     }
 
     pub fn catalog(&self) -> &Arc<Catalog> {
@@ -376,13 +411,14 @@ impl Coordinator {
                 Ok(Planned::Ready(batch.schema(), vec![batch]))
             }
             Statement::Compact { table } => {
-                let done = crate::compact::compact_table(
-                    &self.catalog,
-                    &table,
-                    crate::compact::EXPLICIT,
-                    crate::compaction_log::EXPLICIT_TRIGGER,
-                )
-                .await?;
+                let done = self
+                    .compactor
+                    .compact_table(
+                        &table,
+                        crate::compact::EXPLICIT,
+                        crate::compaction_log::EXPLICIT_TRIGGER,
+                    )
+                    .await?;
                 let batch = crate::compact::report(&done)?;
                 Ok(Planned::Ready(batch.schema(), vec![batch]))
             }

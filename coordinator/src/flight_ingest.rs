@@ -236,7 +236,8 @@ async fn write_rows(
         .table_def(table)
         .map_err(status)?
         .ok_or_else(|| Status::not_found(format!("table '{table}' was dropped meanwhile")))?;
-    let written = guarded(write_stream(coordinator.catalog(), &def, &mut rows))
+    let (catalog, reports) = (coordinator.catalog(), coordinator.write_reports());
+    let written = guarded(write_stream(catalog, reports, &def, &mut rows))
         .await
         .map_err(status)?;
     Ok(written as i64)

@@ -122,7 +122,7 @@ fn snapshot_for_follower(coordinator: &Coordinator, body: &[u8]) -> Result<Actio
         ));
     }
     if let Some(target) = request.fresh {
-        catalog.want_fresh(target);
+        coordinator.applier().want_fresh(target);
     }
     let (snapshot, pin) = catalog.snapshot().map_err(status)?;
     let reply = SnapshotReply {

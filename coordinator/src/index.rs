@@ -37,7 +37,7 @@ use tessera_worker::{WorkerClient, sort_by_columns};
 use crate::catalog::Catalog;
 use crate::write::{Ack, Piece, Role, global_index_pieces, write_pieces};
 
-pub use applier::spawn_applier;
+pub use applier::{Applier, spawn_applier};
 pub use lookup::plan_index_read;
 
 /// `CREATE INDEX`: registers the index, then backfills the rows written
@@ -221,7 +221,6 @@ pub async fn drop_index(catalog: &Arc<Catalog>, name: &str, if_exists: bool) -> 
     let Some(table) = table else {
         return Ok(());
     };
-    forget_outboxes(catalog, std::slice::from_ref(&def));
     let generation = catalog.new_generation();
     let catalog = Arc::clone(catalog);
     tokio::spawn(async move {
@@ -231,20 +230,9 @@ pub async fn drop_index(catalog: &Arc<Catalog>, name: &str, if_exists: bool) -> 
     Ok(())
 }
 
-/// The ASYNC applier stops waiting for the outboxes of `indexes`, no
-/// longer in the catalog.
-fn forget_outboxes(catalog: &Catalog, indexes: &[IndexDef]) {
-    if let Ok(mut pending) = catalog.outbox_pending.lock() {
-        for index in indexes {
-            pending.remove(&index.name);
-        }
-    }
-}
-
 /// Removes the files of `table`'s indexes no longer in the catalog from
 /// every worker (one that cannot be reached keeps them).
 pub(crate) async fn remove_index_files(catalog: &Catalog, indexes: &[IndexDef], table: &TableDef) {
-    forget_outboxes(catalog, indexes);
     let Ok(members) = catalog.members() else {
         return;
     };

@@ -47,7 +47,7 @@ mod write_stream;
 mod yield_points;
 
 pub use auth::DEFAULT_TOKEN_TTL;
-pub use catalog::{Catalog, SnapshotPin, WriteFanout};
+pub use catalog::{Catalog, SnapshotPin};
 pub use catalog_state::{AdminState, CatalogState, IndexStats, MemberRecord, import_catalog_json};
 pub use cluster::{Cluster, ClusterConfig};
 pub use engine::{Coordinator, Planned, in_session};
@@ -62,6 +62,7 @@ pub use metastore::{
 pub use options::TesseraOptions;
 pub use query_log::{QueryLog, QueryRecord};
 pub use server::{CoordinatorServer, open_file_metastore};
+pub use write::WriteFanout;
 
 /// Scheduler ticks between two checks for network and timer events.
 /// Tokio's default is 61; a stage's poll can take up to a few hundred

@@ -21,6 +21,8 @@ mod apply;
 mod auto;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tessera_sql::PartitionPlacement;
 
@@ -28,6 +30,38 @@ use crate::catalog_state::CatalogState;
 
 pub use apply::{RebalanceLog, apply, show_schema};
 pub use auto::spawn_auto_rebalance;
+
+/// The rebalancer's runtime state (the engine owns it): its switches and
+/// the record of the running (or last) rebalance.
+#[derive(Debug, Default)]
+pub struct Rebalancer {
+    /// `SET tessera.rebalance_rate`, which every catch-up obeys.
+    pub copy_rate: Arc<crate::catch_up::CopyRate>,
+    /// `SET tessera.auto_rebalance = 'on'`.
+    pub(crate) auto: AtomicBool,
+    /// Wakes the automatic rebalance (a worker joined or drains, or it
+    /// was switched on).
+    pub(crate) wanted: tokio::sync::Notify,
+    /// The steps of the running (or last) rebalance.
+    pub(crate) log: RebalanceLog,
+}
+
+impl Rebalancer {
+    /// Whether `SET tessera.auto_rebalance = 'on'` holds.
+    pub fn auto(&self) -> bool {
+        self.auto.load(Ordering::SeqCst)
+    }
+
+    pub fn set_auto(&self, on: bool) {
+        self.auto.store(on, Ordering::SeqCst);
+        self.wanted.notify_one();
+    }
+
+    /// The workers changed: the automatic rebalance looks again.
+    pub fn wake(&self) {
+        self.wanted.notify_one();
+    }
+}
 
 /// What a step does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

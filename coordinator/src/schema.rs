@@ -9,6 +9,7 @@ use datafusion::common::Result;
 
 use crate::catalog::Catalog;
 use crate::table::TesseraTable;
+use crate::write::Reports;
 use crate::write::group::Groups;
 
 /// The catalog as DataFusion's default schema.
@@ -17,13 +18,16 @@ pub struct TesseraSchema {
     catalog: Arc<Catalog>,
     /// Small INSERTs waiting to share a transaction, per table.
     groups: Arc<Groups>,
+    /// Told what writes did.
+    reports: Arc<Reports>,
 }
 
 impl TesseraSchema {
-    pub fn new(catalog: Arc<Catalog>) -> Self {
+    pub fn new(catalog: Arc<Catalog>, reports: Arc<Reports>) -> Self {
         Self {
             catalog,
             groups: Arc::default(),
+            reports,
         }
     }
 }
@@ -48,7 +52,8 @@ impl SchemaProvider for TesseraSchema {
 
     async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
         if let Some(def) = self.catalog.table_def(name)? {
-            let table = TesseraTable::try_new(Arc::clone(&self.catalog), def)?;
+            let reports = Arc::clone(&self.reports);
+            let table = TesseraTable::try_new(Arc::clone(&self.catalog), reports, def)?;
             return Ok(Some(Arc::new(table.grouped(Arc::clone(&self.groups)))));
         }
         self.catalog.external(name)

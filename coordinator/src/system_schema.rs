@@ -18,12 +18,12 @@ use crate::query_log::{QueryLog, current_caller, queries_batch, queries_schema};
 #[derive(Debug)]
 pub struct SystemSchema {
     log: Arc<QueryLog>,
-    catalog: Arc<crate::catalog::Catalog>,
+    compactor: Arc<crate::compact::Compactor>,
 }
 
 impl SystemSchema {
-    pub fn new(log: Arc<QueryLog>, catalog: Arc<crate::catalog::Catalog>) -> Self {
-        Self { log, catalog }
+    pub fn new(log: Arc<QueryLog>, compactor: Arc<crate::compact::Compactor>) -> Self {
+        Self { log, compactor }
     }
 }
 
@@ -44,11 +44,11 @@ impl SchemaProvider for SystemSchema {
                 }))
             }
             "compactions" => {
-                let catalog = Arc::clone(&self.catalog);
+                let compactor = Arc::clone(&self.compactor);
                 Some(Arc::new(SystemTable {
                     schema: crate::compaction_log::compactions_schema(),
                     rows: Box::new(move || {
-                        crate::compaction_log::compactions_batch(&catalog.compactions.snapshot())
+                        crate::compaction_log::compactions_batch(&compactor.log.snapshot())
                     }),
                 }))
             }

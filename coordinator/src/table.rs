@@ -18,12 +18,14 @@ use tessera_sql::{TableDef, prune_partitions};
 use tessera_worker::{PartitionScanExec, ScanSpec};
 
 use crate::catalog::Catalog;
-use crate::write::WriteSink;
 use crate::write::group::Groups;
+use crate::write::{Reports, WriteSink};
 
 #[derive(Debug)]
 pub struct TesseraTable {
     catalog: Arc<Catalog>,
+    /// Told what writes did (the ASYNC applier: asked by `fresh` reads).
+    reports: Arc<Reports>,
     def: TableDef,
     schema: SchemaRef,
     /// Where small INSERTs share transactions (`None`: each writes alone).
@@ -31,10 +33,11 @@ pub struct TesseraTable {
 }
 
 impl TesseraTable {
-    pub fn try_new(catalog: Arc<Catalog>, def: TableDef) -> Result<Self> {
+    pub fn try_new(catalog: Arc<Catalog>, reports: Arc<Reports>, def: TableDef) -> Result<Self> {
         let schema = def.schema()?;
         Ok(Self {
             catalog,
+            reports,
             def,
             schema,
             groups: None,
@@ -77,7 +80,7 @@ impl TableProvider for TesseraTable {
         let mut kept = prune_partitions(&self.def.scheme, &self.schema, filters);
         let snapshot = crate::snapshot::snapshot_of(state, &self.catalog).await?;
         let index = crate::index::plan_index_read(
-            &self.catalog,
+            (&self.catalog, &self.reports.applier),
             state,
             &snapshot,
             &self.def,
@@ -134,7 +137,12 @@ impl TableProvider for TesseraTable {
                 "{insert_op} is not supported on Tessera tables yet; use INSERT INTO"
             );
         }
-        let mut sink = WriteSink::new(Arc::clone(&self.catalog), self.def.clone(), self.schema());
+        let mut sink = WriteSink::new(
+            Arc::clone(&self.catalog),
+            Arc::clone(&self.reports),
+            self.def.clone(),
+            self.schema(),
+        );
         if let Some(groups) = &self.groups {
             sink = sink.grouped(Arc::clone(groups));
         }

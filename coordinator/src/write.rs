@@ -20,6 +20,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use datafusion::arrow::array::{RecordBatch, UInt32Array};
@@ -40,6 +41,7 @@ use tessera_worker::{
 use crate::catalog::{Catalog, TxnGuard, WriteTarget};
 use crate::catalog_state::CatalogState;
 use crate::copies::{Failures, settle_copies, short_of_quorum};
+use crate::index::Applier;
 
 mod commit;
 pub mod group;
@@ -49,10 +51,65 @@ pub(crate) use commit::{Ack, decide_and_commit, retry_commit};
 use group::Groups;
 pub use index_pieces::{global_index_pieces, index_pieces};
 
+/// Where the write path reports what it did, to the layers that watch it
+/// (the engine owns them): the ASYNC applier, told of outbox entries, and
+/// the counters of acknowledged INSERTs.
+#[derive(Debug, Default)]
+pub struct Reports {
+    pub applier: Arc<Applier>,
+    pub counters: WriteCounters,
+}
+
+/// INSERT statements acknowledged since the coordinator started, with the
+/// partitions their transactions wrote before the acknowledgement (data
+/// partitions plus GLOBAL SYNC index partitions; a LOCAL index or an
+/// outbox lives in its data partition) and the workers they involved,
+/// summed over transactions: statements that shared one (see [`group`])
+/// share its count.
+#[derive(Debug, Default)]
+pub struct WriteCounters {
+    writes: AtomicU64,
+    partitions: AtomicU64,
+    workers: AtomicU64,
+    transactions: AtomicU64,
+}
+
+/// What [`WriteCounters`] counted so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriteFanout {
+    /// Statements.
+    pub writes: u64,
+    /// Their transactions (fewer when small statements shared them).
+    pub transactions: u64,
+    pub partitions: u64,
+    pub workers: u64,
+}
+
+impl WriteCounters {
+    /// One transaction of `statements` INSERTs, acknowledged.
+    pub(crate) fn count(&self, statements: u64, partitions: u64, workers: u64) {
+        self.writes.fetch_add(statements, Ordering::Relaxed);
+        self.partitions.fetch_add(partitions, Ordering::Relaxed);
+        self.workers.fetch_add(workers, Ordering::Relaxed);
+        self.transactions.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn fanout(&self) -> WriteFanout {
+        WriteFanout {
+            writes: self.writes.load(Ordering::Relaxed),
+            partitions: self.partitions.load(Ordering::Relaxed),
+            workers: self.workers.load(Ordering::Relaxed),
+            transactions: self.transactions.load(Ordering::Relaxed),
+        }
+    }
+}
+
 /// Where the rows of an INSERT go.
 #[derive(Debug)]
 pub struct WriteSink {
     catalog: Arc<Catalog>,
+    /// Told what a write did.
+    reports: Arc<Reports>,
     def: TableDef,
     table_schema: SchemaRef,
     /// The schema DataFusion sees: every column nullable, so that NOT NULL
@@ -65,7 +122,12 @@ pub struct WriteSink {
 }
 
 impl WriteSink {
-    pub fn new(catalog: Arc<Catalog>, def: TableDef, schema: SchemaRef) -> Self {
+    pub fn new(
+        catalog: Arc<Catalog>,
+        reports: Arc<Reports>,
+        def: TableDef,
+        schema: SchemaRef,
+    ) -> Self {
         let nullable: Vec<FieldRef> = schema
             .fields()
             .iter()
@@ -77,6 +139,7 @@ impl WriteSink {
         ));
         Self {
             catalog,
+            reports,
             def,
             table_schema: schema,
             accepts,
@@ -185,13 +248,13 @@ impl DataSink for WriteSink {
         if rows == 0 {
             return Ok(0);
         }
-        let catalog = &self.catalog;
+        let (catalog, reports) = (&self.catalog, &self.reports);
         match &self.groups {
             Some(groups) if group::is_small(&routed) => {
                 let (def, schema) = (self.def.clone(), Arc::clone(&self.table_schema));
-                groups.write(catalog, def, schema, routed).await?
+                groups.write(catalog, reports, def, schema, routed).await?
             }
-            _ => write_routed(catalog, &self.def, &self.table_schema, routed, 1).await?,
+            _ => write_routed(catalog, reports, &self.def, &self.table_schema, routed, 1).await?,
         }
         Ok(rows)
     }
@@ -201,6 +264,7 @@ impl DataSink for WriteSink {
 /// their partitions, as one transaction with their index entries.
 async fn write_routed(
     catalog: &Arc<Catalog>,
+    reports: &Reports,
     def: &TableDef,
     table_schema: &SchemaRef,
     routed: BTreeMap<u32, Vec<RecordBatch>>,
@@ -266,14 +330,14 @@ async fn write_routed(
             "INSERT into '{table}' failed and changed nothing: {e}"
         )));
     }
-    catalog.count_write(statements, touched, workers);
+    reports.counters.count(statements, touched, workers);
     let outboxes: Vec<&str> = counts
         .iter()
         .filter(|(_, k, n)| *k == IndexKind::GlobalAsync && *n > 0)
         .map(|(name, ..)| name.as_str())
         .collect();
     if !outboxes.is_empty() {
-        catalog.outbox_written(outboxes.into_iter(), txn);
+        reports.applier.outbox_written(outboxes.into_iter(), txn);
     }
     Ok(())
 }
@@ -473,9 +537,6 @@ pub async fn write_pieces(
         decide(s, &first)
     })
     .await?;
-    catalog
-        .files_added
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     Ok(())
 }
 

@@ -33,6 +33,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::catalog::{Catalog, WriteTarget};
 use crate::copies::{Failures, settle_copies, short_of_quorum};
+use crate::write::Reports;
 use crate::write::{
     Ack, WriteSink, abort, add_index_stats, add_stats, decide_and_commit, name_worker,
 };
@@ -126,6 +127,7 @@ impl Drop for Uploads {
 /// written.
 pub async fn write_stream(
     catalog: &Arc<Catalog>,
+    reports: &Arc<Reports>,
     def: &TableDef,
     input: impl Stream<Item = Result<RecordBatch>> + Unpin,
 ) -> Result<u64> {
@@ -133,7 +135,12 @@ pub async fn write_stream(
     let table_schema = def.schema()?;
     let (guard, indexes) = catalog.begin_write(&table).await?;
     let txn = guard.txn;
-    let sink = WriteSink::new(Arc::clone(catalog), def.clone(), Arc::clone(&table_schema));
+    let sink = WriteSink::new(
+        Arc::clone(catalog),
+        Arc::clone(reports),
+        def.clone(),
+        Arc::clone(&table_schema),
+    );
     // NOT NULL is checked when rows are routed, naming the column.
     let accepts = Arc::clone(sink.accepts());
     let mut uploads = Uploads {
@@ -238,15 +245,12 @@ pub async fn write_stream(
     })
     .await
     .map_err(|e| changed_nothing(&table, e))?;
-    catalog
-        .files_added
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    catalog.count_write(1, touched, workers);
+    reports.counters.count(1, touched, workers);
     let outboxes = counts
         .iter()
         .filter(|(_, k, n)| *k == IndexKind::GlobalAsync && *n > 0)
         .map(|(name, ..)| name.as_str());
-    catalog.outbox_written(outboxes, txn);
+    reports.applier.outbox_written(outboxes, txn);
     Ok(rows)
 }
 

@@ -359,8 +359,8 @@ async fn concurrent_small_inserts_share_transactions() {
         .query("CREATE TABLE g (k BIGINT NOT NULL, w BIGINT NOT NULL) PARTITION BY HASH (k) PARTITIONS 4")
         .await
         .unwrap();
-    let catalog = std::sync::Arc::clone(cluster.cluster().coordinator().catalog());
-    let before = catalog.write_fanout();
+    let coordinator = cluster.cluster().coordinator();
+    let before = coordinator.write_fanout();
     let url = cluster.url();
     let writers: Vec<_> = (0..WRITERS)
         .map(|w| {
@@ -392,7 +392,7 @@ async fn concurrent_small_inserts_share_transactions() {
     for w in writers {
         w.await.unwrap();
     }
-    let after = catalog.write_fanout();
+    let after = coordinator.write_fanout();
     let statements = after.writes - before.writes;
     let transactions = after.transactions - before.transactions;
     assert_eq!(statements, (WRITERS * EACH) as u64);

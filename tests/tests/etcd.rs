@@ -93,12 +93,12 @@ async fn a_followers_queries_read_at_snapshots_pinned_on_the_leader() {
     .await;
 
     // A switch of background work set through the follower is the leader's.
-    assert!(!leader.compaction_paused());
+    assert!(!server.coordinator().compaction_paused());
     following
         .run("SET tessera.compaction = 'paused'")
         .await
         .unwrap();
-    assert!(leader.compaction_paused());
+    assert!(server.coordinator().compaction_paused());
 
     // A follower's query still open does not hold up the leader's stop.
     let held = following.plan("SELECT 2").await.unwrap();

@@ -378,13 +378,13 @@ async fn index_statements_and_errors() {
         .query("SET tessera.compaction = 'paused'")
         .await
         .unwrap();
-    let catalog = cluster.cluster().coordinator().catalog();
-    assert!(catalog.compaction_paused());
+    let coordinator = cluster.cluster().coordinator();
+    assert!(coordinator.compaction_paused());
     cluster
         .query("SET tessera.compaction = 'running'")
         .await
         .unwrap();
-    assert!(!catalog.compaction_paused());
+    assert!(!coordinator.compaction_paused());
     assert!(
         err("SHOW tessera.nope")
             .await

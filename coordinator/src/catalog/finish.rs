@@ -70,17 +70,9 @@ impl Catalog {
             // by holding its gate.
             drop(batch);
             match removed {
-                Ok(()) => {
-                    if self
-                        .outbox_pending
-                        .lock()
-                        .is_ok_and(|pending| !pending.is_empty())
-                    {
-                        // The ASYNC applier stops at the oldest write still
-                        // in the log: it may go on now.
-                        self.apply_wanted.notify_one();
-                    }
-                }
+                // The ASYNC applier, whose horizon stops at the oldest
+                // write still in the log, watches this.
+                Ok(()) => self.forgotten.send_modify(|n| *n += txns.len() as u64),
                 Err(e) if self.closed.load(std::sync::atomic::Ordering::SeqCst) => {
                     // The next start commits them again and forgets them.
                     tracing::debug!(error = %e, "finished writes stay in the log until the next start");

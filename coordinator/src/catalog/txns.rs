@@ -287,30 +287,21 @@ impl Catalog {
         }
     }
 
-    /// Asks the ASYNC index applier (the leader's, from a follower) to
-    /// apply every transaction through `target` now; on a follower the
-    /// catalog then holds the leader's index counters.
-    pub async fn wake_applier_for(&self, target: u64) -> Result<()> {
-        match &self.follower {
-            None => {
-                self.want_fresh(target);
-                Ok(())
-            }
-            Some(follower) => {
-                let request = crate::follow::SnapshotRequest {
-                    pin: false,
-                    fresh: Some(target),
-                };
-                let (reply, _) = follower.snapshot(request).await?;
-                self.follow_leader(&reply).await
-            }
-        }
-    }
-
-    /// A `fresh` read waits for the applier to pass `target`: wake it.
-    pub fn want_fresh(&self, target: u64) {
-        self.fresh_wanted.fetch_max(target, Ordering::SeqCst);
-        self.apply_wanted.notify_one();
+    /// On a follower: asks the leader's ASYNC index applier to apply every
+    /// transaction through `target` now, and takes the leader's catalog
+    /// (its index counters) after. `false` on the leader, whose own
+    /// applier is to be asked.
+    pub async fn ask_leader_to_apply(&self, target: u64) -> Result<bool> {
+        let Some(follower) = &self.follower else {
+            return Ok(false);
+        };
+        let request = crate::follow::SnapshotRequest {
+            pin: false,
+            fresh: Some(target),
+        };
+        let (reply, _) = follower.snapshot(request).await?;
+        self.follow_leader(&reply).await?;
+        Ok(true)
     }
 
     /// Pins a snapshot a follower's query reads at (taken from the leader

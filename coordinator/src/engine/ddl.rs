@@ -48,7 +48,7 @@ impl Coordinator {
             // whichever session set them last.
             let value = key
                 .strip_prefix("tessera.")
-                .and_then(|n| super::switches::switch_value(&self.catalog, n));
+                .and_then(|n| self.switch_value(n));
             names.push(key);
             values.push(value.or(e.value).unwrap_or_default());
             descriptions.push(e.description.trim().to_string());

@@ -83,7 +83,7 @@ impl Coordinator {
             .await?;
         membership.joined(&id, &hello.url, &hello.version, hello.started_at_ms)?;
         tracing::info!(worker = %id, url = %hello.url, "worker joined");
-        self.catalog.rebalance_wanted.notify_one();
+        self.rebalancer.wake();
         Ok(JoinReply {
             id,
             heartbeat_ms: u64::try_from(membership.heartbeat_interval().as_millis())
@@ -223,7 +223,7 @@ impl Coordinator {
             })
             .await?;
         self.catalog.membership().set_admin(id, admin)?;
-        self.catalog.rebalance_wanted.notify_one();
+        self.rebalancer.wake();
         Ok(super::empty())
     }
 }

@@ -33,11 +33,7 @@ impl Coordinator {
     /// The copy rate a plan's time estimate assumes: 100 MB/s, or
     /// `tessera.rebalance_rate` when lower.
     fn copy_rate(&self) -> f64 {
-        match self
-            .catalog
-            .copy_rate
-            .load(std::sync::atomic::Ordering::SeqCst)
-        {
+        match self.rebalancer.copy_rate.get() {
             0 => ESTIMATED_RATE,
             limit => ESTIMATED_RATE.min(limit as f64),
         }
@@ -50,17 +46,17 @@ impl Coordinator {
     /// Starts the plan in the background and returns it.
     pub(super) fn rebalance_apply(&self, table: Option<&str>) -> Result<Planned> {
         let plan = self.rebalance_plan(table)?;
-        crate::rebalance::apply(&self.catalog, plan.steps.clone())?;
+        crate::rebalance::apply(&self.catalog, &self.rebalancer, plan.steps.clone())?;
         plan_rows(&plan, self.copy_rate())
     }
 
     pub(super) fn show_rebalance(&self) -> Result<Planned> {
-        let batch = self.catalog.rebalances.show()?;
+        let batch = self.rebalancer.log.show()?;
         Ok(Planned::Ready(batch.schema(), vec![batch]))
     }
 
     pub(super) fn rebalance_cancel(&self) -> Result<Planned> {
-        if !self.catalog.rebalances.cancel() {
+        if !self.rebalancer.log.cancel() {
             return Err(tessera_worker::ErrorKind::FailedPrecondition
                 .error("no rebalance is running (SHOW REBALANCE shows the last one)"));
         }

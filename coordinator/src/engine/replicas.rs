@@ -126,9 +126,16 @@ impl Coordinator {
         while !pending.is_empty() {
             let mut left = vec![];
             for (key, partition, worker) in pending {
-                match crate::catch_up::catch_up(&self.catalog, &key, def.id, partition, &worker)
-                    .await
-                {
+                let rate = &self.rebalancer.copy_rate;
+                let caught = crate::catch_up::catch_up(
+                    &self.catalog,
+                    &key,
+                    def.id,
+                    partition,
+                    &worker,
+                    rate,
+                );
+                match caught.await {
                     Ok(Some(done)) => bytes += done.installed.bytes,
                     Ok(None) => {
                         let still = self.catalog.placements(&key).is_ok_and(|p| {

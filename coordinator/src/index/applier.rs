@@ -1,9 +1,9 @@
 //! The applier of ASYNC index outboxes: a background task that moves each
 //! ASYNC index's outbox entries up to the horizon into the index.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use datafusion::arrow::array::RecordBatch;
@@ -25,10 +25,88 @@ use super::lookup::collect_scan;
 /// How long the applier lets writes gather after being woken.
 const APPLY_GATHER: Duration = Duration::from_millis(100);
 
+/// The ASYNC applier's runtime state, above the catalog (the engine owns
+/// it): writes tell it of outbox entries, `fresh` reads ask it to hurry.
+#[derive(Debug, Default)]
+pub struct Applier {
+    /// Wakes the applier.
+    wanted: tokio::sync::Notify,
+    /// The largest transaction a `fresh` index read waits for.
+    fresh_wanted: AtomicU64,
+    /// `SET tessera.index_apply = 'paused'`.
+    paused: AtomicBool,
+    /// Per ASYNC index, the transactions of this run whose outbox entries
+    /// are not applied yet (the oldest dates the lag).
+    pending: Mutex<BTreeMap<String, BTreeSet<u64>>>,
+}
+
+impl Applier {
+    /// ASYNC indexes `names` got outbox entries from acknowledged
+    /// transaction `txn`: note it for the lag, and wake the applier.
+    pub fn outbox_written<'a>(&self, names: impl Iterator<Item = &'a str>, txn: u64) {
+        if let Ok(mut pending) = self.pending.lock() {
+            for name in names {
+                pending.entry(name.to_string()).or_default().insert(txn);
+            }
+        }
+        self.wanted.notify_one();
+    }
+
+    /// A `fresh` read waits for the applier to pass `target`: wake it.
+    pub fn want_fresh(&self, target: u64) {
+        self.fresh_wanted.fetch_max(target, Ordering::SeqCst);
+        self.wanted.notify_one();
+    }
+
+    /// Whether `SET tessera.index_apply = 'paused'` holds.
+    pub fn paused(&self) -> bool {
+        self.paused.load(Ordering::SeqCst)
+    }
+
+    /// Pauses or resumes applying outboxes (maintenance, and tests of what
+    /// a crash before the apply leaves).
+    pub fn set_paused(&self, paused: bool) {
+        self.paused.store(paused, Ordering::SeqCst);
+        self.wanted.notify_one();
+    }
+
+    /// Wakes the applier (the coordinator stops, say).
+    pub fn wake(&self) {
+        self.wanted.notify_one();
+    }
+
+    fn has_pending(&self) -> bool {
+        self.pending
+            .lock()
+            .is_ok_and(|p| p.values().any(|t| !t.is_empty()))
+    }
+
+    /// Waits until woken, a transaction leaves the decision log while
+    /// outbox entries wait (the applier's horizon stops at the oldest
+    /// write still logged), or `timeout` passes.
+    async fn woken(&self, forgotten: &mut tokio::sync::watch::Receiver<u64>, timeout: Duration) {
+        let woken = async {
+            loop {
+                tokio::select! {
+                    _ = self.wanted.notified() => return,
+                    changed = forgotten.changed() => {
+                        if changed.is_err() || self.has_pending() {
+                            return;
+                        }
+                    }
+                }
+            }
+        };
+        let _ = tokio::time::timeout(timeout, woken).await;
+    }
+}
+
 /// Runs the ASYNC applier until the catalog is closed: a round when a
 /// write left outbox entries, a fresh read waits, or every second.
-pub fn spawn_applier(catalog: &Arc<Catalog>) {
+pub fn spawn_applier(catalog: &Arc<Catalog>, applier: &Arc<Applier>) {
     let weak = Arc::downgrade(catalog);
+    let applier = Arc::clone(applier);
+    let mut forgotten = catalog.watch_forgotten();
     tokio::spawn(async move {
         loop {
             let Some(catalog) = weak.upgrade() else {
@@ -37,7 +115,7 @@ pub fn spawn_applier(catalog: &Arc<Catalog>) {
             if catalog.closed.load(Ordering::SeqCst) {
                 return;
             }
-            if !catalog.apply_paused.load(Ordering::SeqCst) {
+            if !applier.paused() {
                 let names: Vec<String> = catalog
                     .state()
                     .map(|s| {
@@ -48,13 +126,21 @@ pub fn spawn_applier(catalog: &Arc<Catalog>) {
                             .collect()
                     })
                     .unwrap_or_default();
+                // Indexes dropped since are waited for no more.
+                if let Ok(mut pending) = applier.pending.lock() {
+                    pending.retain(|name, _| names.contains(name));
+                }
                 for name in names {
                     let started = Instant::now();
                     // Its own task: a panic in one round is reported, and
                     // the applier goes on.
                     let round = tokio::spawn({
                         let catalog = Arc::clone(&catalog);
-                        async move { apply_round(&catalog, &name).await.map_err(|e| (name, e)) }
+                        let applier = Arc::clone(&applier);
+                        async move {
+                            let round = apply_round(&catalog, &applier, &name);
+                            round.await.map_err(|e| (name, e))
+                        }
                     });
                     match round.await {
                         Ok(Ok(())) => {}
@@ -75,8 +161,7 @@ pub fn spawn_applier(catalog: &Arc<Catalog>) {
             }
             let wake = Arc::clone(&catalog);
             drop(catalog);
-            let _ =
-                tokio::time::timeout(Duration::from_secs(1), wake.apply_wanted.notified()).await;
+            applier.woken(&mut forgotten, Duration::from_secs(1)).await;
             // Let a burst of writes gather, so one round applies them all;
             // a fresh read waiting cuts it short.
             // Only this task moves `applied_through`: read it once.
@@ -89,7 +174,7 @@ pub fn spawn_applier(catalog: &Arc<Catalog>) {
             });
             let gathering = Instant::now();
             while gathering.elapsed() < APPLY_GATHER {
-                if applied.is_some_and(|a| wake.fresh_wanted.load(Ordering::SeqCst) > a) {
+                if applied.is_some_and(|a| applier.fresh_wanted.load(Ordering::SeqCst) > a) {
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(5)).await;
@@ -99,7 +184,7 @@ pub fn spawn_applier(catalog: &Arc<Catalog>) {
 }
 
 /// Applies the outbox entries of one ASYNC index up to the horizon.
-async fn apply_round(catalog: &Arc<Catalog>, name: &str) -> Result<()> {
+async fn apply_round(catalog: &Arc<Catalog>, applier: &Applier, name: &str) -> Result<()> {
     let state = catalog.state()?;
     let Some(def) = state.indexes.get(name).cloned() else {
         return Ok(());
@@ -111,12 +196,12 @@ async fn apply_round(catalog: &Arc<Catalog>, name: &str) -> Result<()> {
     let horizon = catalog.horizon()?;
     // Checked after the horizon is taken: a write acknowledged after the
     // pause is past it, so a round that began before does not apply it.
-    if catalog.apply_paused.load(Ordering::SeqCst) {
+    if applier.paused() {
         return Ok(());
     }
     let from = applied(&def, &stats);
     let pending = stats.outbox_rows > stats.applied_rows;
-    let wanted = catalog.fresh_wanted.load(Ordering::SeqCst) > from;
+    let wanted = applier.fresh_wanted.load(Ordering::SeqCst) > from;
     if horizon <= from || !(pending || wanted) {
         return Ok(());
     }
@@ -130,8 +215,8 @@ async fn apply_round(catalog: &Arc<Catalog>, name: &str) -> Result<()> {
     // Entries past the horizon are from transactions of this run, acknowledged
     // after the horizon was taken; if one is not noted yet, it is newer than
     // the horizon.
-    let next_pending = catalog
-        .outbox_pending
+    let next_pending = applier
+        .pending
         .lock()
         .ok()
         .and_then(|p| p.get(name)?.range(horizon + 1..).next().copied())
@@ -159,7 +244,7 @@ async fn apply_round(catalog: &Arc<Catalog>, name: &str) -> Result<()> {
         })
         .await?;
     }
-    if let Ok(mut p) = catalog.outbox_pending.lock()
+    if let Ok(mut p) = applier.pending.lock()
         && let Some(p) = p.get_mut(name)
     {
         p.retain(|txn| *txn > horizon);

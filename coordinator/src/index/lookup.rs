@@ -3,7 +3,6 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use datafusion::arrow::array::{BooleanArray, RecordBatch};
@@ -24,7 +23,7 @@ use tessera_worker::{IndexRead, PartitionScanExec, ScanPart, ScanSpec, Snapshot}
 use crate::catalog::Catalog;
 use crate::options::TesseraOptions;
 
-use super::applier::applied;
+use super::applier::{Applier, applied};
 
 /// How long a `fresh` read waits for an ASYNC index to catch up.
 const FRESH_WAIT: Duration = Duration::from_secs(30);
@@ -140,8 +139,9 @@ fn lookup_of(expr: &Expr, column: &str) -> Option<Lookup> {
 /// a GLOBAL one up. Returns the index read and the data partitions to keep
 /// (a subset of `kept`). A GLOBAL index serves `=` and `IN`; a LOCAL one
 /// also ranges. GLOBAL is preferred: it reads one index partition per value.
+/// `catalog` and `applier` are the scanning engine's.
 pub async fn plan_index_read(
-    catalog: &Arc<Catalog>,
+    (catalog, applier): (&Arc<Catalog>, &Applier),
     state: &dyn Session,
     snapshot: &Snapshot,
     table: &TableDef,
@@ -180,7 +180,7 @@ pub async fn plan_index_read(
             let predicate = state.create_physical_expr(expr.clone(), &df_schema)?;
             let fresh = def.kind == IndexKind::GlobalAsync && wants_fresh(state)?;
             if fresh {
-                wait_fresh(catalog, def).await?;
+                wait_fresh(catalog, applier, def).await?;
             }
             let ips = index_partitions(def, &entry_schema, values)?;
             let projection = vec![
@@ -304,10 +304,17 @@ fn wants_fresh(state: &dyn Session) -> Result<bool> {
 }
 
 /// Waits until an ASYNC index has applied every write that began before now.
-async fn wait_fresh(catalog: &Arc<Catalog>, def: &IndexDef) -> Result<()> {
+async fn wait_fresh(catalog: &Arc<Catalog>, applier: &Applier, def: &IndexDef) -> Result<()> {
     // Every write begun before now (on a follower: as the leader sees it).
     let target = catalog.current_snapshot().await?.through;
-    catalog.wake_applier_for(target).await?;
+    // The leader's applier (a follower runs none).
+    let wake = async || {
+        if !catalog.ask_leader_to_apply(target).await? {
+            applier.want_fresh(target);
+        }
+        Ok::<_, DataFusionError>(())
+    };
+    wake().await?;
     let start = Instant::now();
     loop {
         let stats = catalog.index_stats(&def.name)?;
@@ -325,7 +332,7 @@ async fn wait_fresh(catalog: &Arc<Catalog>, def: &IndexDef) -> Result<()> {
                 applied(def, &stats),
                 target,
                 catalog.oldest_unfinished()?,
-                if catalog.apply_paused.load(Ordering::SeqCst) {
+                if applier.paused() {
                     ", and tessera.index_apply is 'paused': SET it to 'running'"
                 } else {
                     ""
@@ -335,6 +342,6 @@ async fn wait_fresh(catalog: &Arc<Catalog>, def: &IndexDef) -> Result<()> {
         // A follower asks the leader, over the network: less often.
         let pause = if catalog.follower().is_some() { 25 } else { 5 };
         tokio::time::sleep(Duration::from_millis(pause)).await;
-        catalog.wake_applier_for(target).await?;
+        wake().await?;
     }
 }

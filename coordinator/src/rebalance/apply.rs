@@ -16,7 +16,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::{DataFusionError, Result};
 use tessera_worker::ErrorKind;
 
-use super::{Operation, Step};
+use super::{Operation, Rebalancer, Step};
 use crate::catalog::Catalog;
 use crate::membership::WorkerState;
 
@@ -157,8 +157,8 @@ pub fn show_schema() -> SchemaRef {
 
 /// Starts applying `steps` in the background; refused while a rebalance
 /// runs.
-pub fn apply(catalog: &Arc<Catalog>, steps: Vec<Step>) -> Result<()> {
-    let log = &catalog.rebalances;
+pub fn apply(catalog: &Arc<Catalog>, rebalancer: &Arc<Rebalancer>, steps: Vec<Step>) -> Result<()> {
+    let log = &rebalancer.log;
     if log.running.swap(true, Ordering::SeqCst) {
         return Err(ErrorKind::FailedPrecondition.error(
             "a rebalance is running; SHOW REBALANCE shows its steps and REBALANCE CANCEL \
@@ -178,11 +178,12 @@ pub fn apply(catalog: &Arc<Catalog>, steps: Vec<Step>) -> Result<()> {
             .collect();
     }
     let catalog = Arc::clone(catalog);
+    let rebalancer = Arc::clone(rebalancer);
     tokio::spawn(async move {
-        let log = &catalog.rebalances;
+        let log = &rebalancer.log;
         // Cleared however the task ends (a panic included): a step left
         // running is marked failed.
-        let _done = Running(&catalog);
+        let _done = Running(log);
         for (i, step) in steps.into_iter().enumerate() {
             if log.cancel.load(Ordering::SeqCst) || catalog.closed.load(Ordering::SeqCst) {
                 log.set(i, |r| r.state = State::Cancelled);
@@ -191,7 +192,7 @@ pub fn apply(catalog: &Arc<Catalog>, steps: Vec<Step>) -> Result<()> {
             log.set(i, |r| r.state = State::Running);
             let started = Instant::now();
             let outcome = match step.operation {
-                Operation::Move => move_copy(&catalog, &step, i).await,
+                Operation::Move => move_copy(&catalog, &rebalancer, &step, i).await,
                 Operation::DropCopy => drop_copy(&catalog, &step).await,
             };
             let state = match outcome {
@@ -211,11 +212,11 @@ pub fn apply(catalog: &Arc<Catalog>, steps: Vec<Step>) -> Result<()> {
 }
 
 /// Marks the rebalance finished when dropped.
-struct Running<'a>(&'a Catalog);
+struct Running<'a>(&'a RebalanceLog);
 
 impl Drop for Running<'_> {
     fn drop(&mut self) {
-        let log = &self.0.rebalances;
+        let log = self.0;
         if let Ok(mut steps) = log.steps.lock() {
             for r in steps.iter_mut().filter(|r| r.state == State::Running) {
                 r.state = State::Failed("the rebalance stopped during this step".into());
@@ -244,7 +245,12 @@ fn still_there(s: &crate::catalog_state::CatalogState, step: &Step) -> Option<St
 
 /// Adds `to` as a copy, catches it up, switches it in for `from` and
 /// drops `from`'s files once no query may read them.
-async fn move_copy(catalog: &Arc<Catalog>, step: &Step, i: usize) -> Result<State> {
+async fn move_copy(
+    catalog: &Arc<Catalog>,
+    rebalancer: &Rebalancer,
+    step: &Step,
+    i: usize,
+) -> Result<State> {
     let Some(to) = step.to.clone() else {
         return Ok(State::Skipped("no target".into()));
     };
@@ -290,7 +296,7 @@ async fn move_copy(catalog: &Arc<Catalog>, step: &Step, i: usize) -> Result<Stat
         if in_sync {
             break;
         }
-        if catalog.rebalances.cancel.load(Ordering::SeqCst) {
+        if rebalancer.log.cancel.load(Ordering::SeqCst) {
             roll_back(catalog, step, &to).await?;
             return Ok(State::Cancelled);
         }
@@ -308,10 +314,11 @@ async fn move_copy(catalog: &Arc<Catalog>, step: &Step, i: usize) -> Result<Stat
                 CATCH_UP_WAIT.as_secs()
             )));
         };
-        let caught = crate::catch_up::catch_up(catalog, &key, step.table_id, partition, &to);
+        let rate = &rebalancer.copy_rate;
+        let caught = crate::catch_up::catch_up(catalog, &key, step.table_id, partition, &to, rate);
         match tokio::time::timeout(left, caught).await {
-            Ok(Ok(Some(done))) => catalog
-                .rebalances
+            Ok(Ok(Some(done))) => rebalancer
+                .log
                 .set(i, |r| r.bytes_copied += done.installed.bytes),
             Ok(Ok(None)) | Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
             Ok(Err(e)) => {
@@ -333,7 +340,7 @@ async fn move_copy(catalog: &Arc<Catalog>, step: &Step, i: usize) -> Result<Stat
         {
             break alone;
         }
-        let cancelled = catalog.rebalances.cancel.load(Ordering::SeqCst);
+        let cancelled = rebalancer.log.cancel.load(Ordering::SeqCst);
         if cancelled || Instant::now() > deadline {
             roll_back(catalog, step, &to).await?;
             if cancelled {

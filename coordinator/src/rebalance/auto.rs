@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use datafusion::common::Result;
 
+use super::Rebalancer;
 use crate::catalog::Catalog;
 use crate::catalog_state::AdminState;
 
@@ -20,24 +21,25 @@ const TICK: Duration = Duration::from_secs(2);
 const RETRY: Duration = Duration::from_secs(30);
 
 /// Runs the automatic rebalance on the leader until it stops.
-pub fn spawn_auto_rebalance(catalog: &Arc<Catalog>) {
+pub fn spawn_auto_rebalance(catalog: &Arc<Catalog>, rebalancer: &Arc<Rebalancer>) {
     if catalog.follower().is_some() {
         return;
     }
     let catalog = Arc::clone(catalog);
+    let rebalancer = Arc::clone(rebalancer);
     tokio::spawn(async move {
         // The workers the last plan was made for; `None` until one is.
         let mut planned_for: Option<BTreeMap<String, AdminState>> = None;
         let mut retry = Retry::default();
         loop {
-            let _ = tokio::time::timeout(TICK, catalog.rebalance_wanted.notified()).await;
+            let _ = tokio::time::timeout(TICK, rebalancer.wanted.notified()).await;
             if catalog.closed.load(Ordering::SeqCst) {
                 return;
             }
-            if !catalog.auto_rebalance.load(Ordering::SeqCst) || catalog.rebalances.is_running() {
+            if !rebalancer.auto() || rebalancer.log.is_running() {
                 continue;
             }
-            match round(&catalog, &mut planned_for, &mut retry) {
+            match round(&catalog, &rebalancer, &mut planned_for, &mut retry) {
                 Ok(()) => {}
                 Err(e) => tracing::info!(error = %e, "the automatic rebalance could not start"),
             }
@@ -50,6 +52,7 @@ pub fn spawn_auto_rebalance(catalog: &Arc<Catalog>) {
 /// failed steps.
 fn round(
     catalog: &Arc<Catalog>,
+    rebalancer: &Arc<Rebalancer>,
     planned_for: &mut Option<BTreeMap<String, AdminState>>,
     retry: &mut Retry,
 ) -> Result<()> {
@@ -59,7 +62,7 @@ fn round(
     let changed = planned_for.as_ref() != Some(&now);
     if changed {
         *retry = Retry::default();
-    } else if !retry.due(catalog.rebalances.last_failed()) {
+    } else if !retry.due(rebalancer.log.last_failed()) {
         return Ok(());
     }
     let plan = super::plan(&catalog.state()?, &super::roles(catalog)?, None);
@@ -74,7 +77,7 @@ fn round(
     );
     // Refused while another rebalance (REBALANCE APPLY) runs: planned
     // again once it is over.
-    super::apply(catalog, plan.steps)?;
+    super::apply(catalog, rebalancer, plan.steps)?;
     *planned_for = Some(now);
     Ok(())
 }

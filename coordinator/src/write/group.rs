@@ -33,7 +33,7 @@ use datafusion::common::{DataFusionError, Result};
 use tessera_sql::TableDef;
 use tokio::sync::oneshot;
 
-use super::write_routed;
+use super::{Reports, write_routed};
 use crate::catalog::Catalog;
 
 /// Rows of a statement, by partition.
@@ -98,6 +98,7 @@ impl Groups {
     pub(crate) async fn write(
         self: &Arc<Self>,
         catalog: &Arc<Catalog>,
+        reports: &Arc<Reports>,
         def: TableDef,
         schema: SchemaRef,
         routed: Routed,
@@ -120,7 +121,8 @@ impl Groups {
         if leads {
             // A task of its own: a statement whose client goes away must
             // not take the writing of the others with it.
-            tokio::spawn(lead(Arc::clone(self), key, Arc::clone(catalog)));
+            let writers = (Arc::clone(catalog), Arc::clone(reports));
+            tokio::spawn(lead(Arc::clone(self), key, writers));
         }
         match answer.await {
             Ok(result) => result.map_err(DataFusionError::Shared),
@@ -155,7 +157,7 @@ impl Groups {
 }
 
 /// Writes `key`'s queue group by group until it is empty.
-async fn lead(groups: Arc<Groups>, key: String, catalog: Arc<Catalog>) {
+async fn lead(groups: Arc<Groups>, key: String, (catalog, reports): (Arc<Catalog>, Arc<Reports>)) {
     let mut leading = Leading {
         groups: Arc::clone(&groups),
         key: key.clone(),
@@ -167,13 +169,13 @@ async fn lead(groups: Arc<Groups>, key: String, catalog: Arc<Catalog>) {
         if group.is_empty() {
             continue;
         }
-        let result = write_one(&catalog, &group).await;
+        let result = write_one(&catalog, &reports, &group).await;
         if result.is_err() && group.len() > 1 {
             // The group changed nothing. What failed it (a worker down
             // under one statement's rows, say) may not concern the others:
             // each goes alone, so a statement fails only for its own rows.
             for w in group {
-                let alone = write_one(&catalog, std::slice::from_ref(&w)).await;
+                let alone = write_one(&catalog, &reports, std::slice::from_ref(&w)).await;
                 let _ = w.done.send(alone);
             }
             continue;
@@ -187,7 +189,11 @@ async fn lead(groups: Arc<Groups>, key: String, catalog: Arc<Catalog>) {
 
 /// Writes the statements of `group` (all of one definition) as one
 /// transaction.
-async fn write_one(catalog: &Arc<Catalog>, group: &[Waiting]) -> Result<(), Arc<DataFusionError>> {
+async fn write_one(
+    catalog: &Arc<Catalog>,
+    reports: &Arc<Reports>,
+    group: &[Waiting],
+) -> Result<(), Arc<DataFusionError>> {
     let (def, schema) = (group[0].def.clone(), Arc::clone(&group[0].schema));
     let count = group.len() as u64;
     let mut routed = Routed::new();
@@ -199,11 +205,12 @@ async fn write_one(catalog: &Arc<Catalog>, group: &[Waiting]) -> Result<(), Arc<
                 .extend(batches.iter().cloned());
         }
     }
-    let catalog = Arc::clone(catalog);
+    let (catalog, reports) = (Arc::clone(catalog), Arc::clone(reports));
     // Its own task: a panic fails this group, not the queue.
-    let written =
-        tokio::spawn(async move { write_routed(&catalog, &def, &schema, routed, count).await })
-            .await;
+    let written = tokio::spawn(async move {
+        write_routed(&catalog, &reports, &def, &schema, routed, count).await
+    })
+    .await;
     match written {
         Ok(result) => result.map_err(Arc::new),
         Err(_) => Err(Arc::new(unknown())),
