@@ -20,12 +20,14 @@ use crate::metastore::{Metastore, reserve};
 mod finish;
 mod follow;
 #[cfg(test)]
-mod interrupted;
+pub(crate) mod interrupted;
 mod placement;
 mod txns;
 mod update;
 
-pub use placement::{WriteTarget, owner_of};
+pub use crate::catalog_state::owner_of;
+pub(crate) use crate::catalog_state::poisoned;
+pub use placement::WriteTarget;
 use txns::TXN_BLOCK_IDS;
 pub use txns::{SnapshotHold, SnapshotPin, TxnGuard};
 
@@ -124,10 +126,6 @@ pub struct Catalog {
     /// Until when compaction merges nothing (a leader that just took over
     /// waits for followers to pin their queries' snapshots on it).
     compaction_held_until: Mutex<Option<std::time::Instant>>,
-}
-
-pub(crate) fn poisoned() -> DataFusionError {
-    DataFusionError::Internal("catalog lock poisoned by an earlier panic".into())
 }
 
 impl Catalog {

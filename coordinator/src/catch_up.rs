@@ -12,7 +12,7 @@
 //!
 //! The leading coordinator looks for such copies every [`ROUND`].
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -129,7 +129,7 @@ pub async fn catch_up(
 ) -> Result<Option<CaughtUp>> {
     // One catch-up of a copy at a time (the background round and ALTER
     // TABLE ... SET REPLICAS may both try).
-    let Some(_one) = Copying::claim(map_key, partition, worker) else {
+    let Some(_one) = crate::copies::Copying::claim(map_key, partition, worker) else {
         return Ok(None);
     };
     let started = Instant::now();
@@ -366,50 +366,7 @@ impl Copy<'_> {
     }
 }
 
-/// Copies being caught up now: (map key, partition, worker).
-static COPYING: Mutex<BTreeSet<(String, u32, String)>> = Mutex::new(BTreeSet::new());
-
-/// A copy being caught up; released when dropped.
-pub(crate) struct Copying((String, u32, String));
-
-impl Copying {
-    /// Claims the copy of `partition` of `table` on `worker`: `None` while
-    /// it is caught up (or its files removed) elsewhere.
-    pub(crate) fn claim(table: &str, partition: u32, worker: &str) -> Option<Self> {
-        let key = (table.to_string(), partition, worker.to_string());
-        let mut copying = COPYING.lock().ok()?;
-        // Made only if claimed: a `Copying` dropped here, under the lock,
-        // would take the lock again in its `drop`.
-        copying.insert(key.clone()).then(|| Self(key))
-    }
-}
-
-impl Drop for Copying {
-    fn drop(&mut self) {
-        if let Ok(mut copying) = COPYING.lock() {
-            copying.remove(&self.0);
-        }
-    }
-}
-
 /// Transactions decided on a partition of `map_key` so far.
 fn writes_on(state: &CatalogState, map_key: &str, partition: u32) -> u64 {
     state.partition_stats(map_key, partition).writes
-}
-
-#[cfg(test)]
-mod tests {
-    use super::Copying;
-
-    /// A second claim of a copy being caught up is refused (and does not
-    /// deadlock); once the first is done it can be claimed again.
-    #[test]
-    fn a_copy_is_caught_up_once_at_a_time() {
-        let first = Copying::claim("t", 3, "w1").unwrap();
-        assert!(Copying::claim("t", 3, "w1").is_none());
-        let other = Copying::claim("t", 3, "w2");
-        assert!(other.is_some());
-        drop(first);
-        assert!(Copying::claim("t", 3, "w1").is_some());
-    }
 }

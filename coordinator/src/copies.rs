@@ -5,6 +5,7 @@
 //! a `stats_delta/` key of its own; see `write::decide_and_commit`).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Mutex;
 
 use datafusion::common::{DataFusionError, Result};
 use tessera_sql::{IndexKind, TableDef};
@@ -179,7 +180,7 @@ pub(crate) type Copy = (String, u32, String);
 
 /// The generation of the last removal of each copy whose files are yet
 /// to go.
-static REMOVALS: std::sync::Mutex<BTreeMap<Copy, u64>> = std::sync::Mutex::new(BTreeMap::new());
+static REMOVALS: Mutex<BTreeMap<Copy, u64>> = Mutex::new(BTreeMap::new());
 
 struct Removals;
 
@@ -233,7 +234,7 @@ pub(crate) fn drop_files_later(
             // A copy being caught up is waited for: it may be one taken
             // off meanwhile (a rolled-back move), whose files still go.
             let _claim = loop {
-                if let Some(claim) = crate::catch_up::Copying::claim(&key, partition, &worker) {
+                if let Some(claim) = Copying::claim(&key, partition, &worker) {
                     break claim;
                 }
                 if catalog.closed.load(std::sync::atomic::Ordering::SeqCst) {
@@ -275,4 +276,47 @@ pub(crate) fn drop_files_later(
             }
         }
     });
+}
+
+/// Copies being caught up now: (map key, partition, worker).
+static COPYING: Mutex<BTreeSet<(String, u32, String)>> = Mutex::new(BTreeSet::new());
+
+/// A copy being caught up; released when dropped.
+pub(crate) struct Copying((String, u32, String));
+
+impl Copying {
+    /// Claims the copy of `partition` of `table` on `worker`: `None` while
+    /// it is caught up (or its files removed) elsewhere.
+    pub(crate) fn claim(table: &str, partition: u32, worker: &str) -> Option<Self> {
+        let key = (table.to_string(), partition, worker.to_string());
+        let mut copying = COPYING.lock().ok()?;
+        // Made only if claimed: a `Copying` dropped here, under the lock,
+        // would take the lock again in its `drop`.
+        copying.insert(key.clone()).then(|| Self(key))
+    }
+}
+
+impl Drop for Copying {
+    fn drop(&mut self) {
+        if let Ok(mut copying) = COPYING.lock() {
+            copying.remove(&self.0);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Copying;
+
+    /// A second claim of a copy being caught up is refused (and does not
+    /// deadlock); once the first is done it can be claimed again.
+    #[test]
+    fn a_copy_is_caught_up_once_at_a_time() {
+        let first = Copying::claim("t", 3, "w1").unwrap();
+        assert!(Copying::claim("t", 3, "w1").is_none());
+        let other = Copying::claim("t", 3, "w2");
+        assert!(other.is_some());
+        drop(first);
+        assert!(Copying::claim("t", 3, "w1").is_some());
+    }
 }

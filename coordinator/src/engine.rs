@@ -12,9 +12,13 @@ mod literal_rows;
 mod members;
 mod metadata;
 mod params;
+mod planned;
+mod progress_action;
 mod rebalance;
 mod recover;
+mod replace;
 mod replicas;
+mod statement_shape;
 mod switches;
 mod users;
 
@@ -22,14 +26,12 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{RecordBatch, UInt64Array};
-use datafusion::arrow::datatypes::{Schema, SchemaRef};
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::MemTable;
 use datafusion::common::{DataFusionError, Result, plan_err};
-use datafusion::execution::{SendableRecordBatchStream, SessionStateBuilder, TaskContext};
+use datafusion::execution::SessionStateBuilder;
 use datafusion::logical_expr::{DdlStatement, LogicalPlan, Statement as DfStatement};
-use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::physical_plan::{ExecutionPlan, execute_stream};
 use datafusion::prelude::{DataFrame, SessionConfig, SessionContext};
 use datafusion_distributed::{DistributedExt, SessionStateBuilderExt};
 use futures::TryStreamExt;
@@ -44,76 +46,20 @@ use crate::distribution::{
 use crate::follow::Follower;
 use crate::metastore::Metastore;
 use crate::options::{self, TesseraOptions};
-use crate::query_log::{QueryLog, QueryRecorder};
+use crate::query_log::QueryLog;
 use crate::schema::TesseraSchema;
 use crate::snapshot::session_at_snapshot;
 use crate::system_schema::SystemSchema;
 
 pub use metadata::{FunctionNames, TABLE_TYPES};
 pub use params::{ParamRow, param_rows};
+pub use planned::{Planned, rows_written};
+
+use planned::empty;
 
 use ddl::show_tessera_option;
-use errors::{name_unreachable_worker, with_hint};
-use explain::{explain_schema, strip_explain, strip_explain_analyze};
-
-/// A planned statement: rows already computed (DDL, DML, SHOW ...) or a
-/// physical plan to run when the client asks for the rows.
-pub enum Planned {
-    Ready(SchemaRef, Vec<RecordBatch>),
-    /// The plan, its context, the query log entry it ends in, and the
-    /// catalog, whose workers are named in errors.
-    Plan(
-        Arc<dyn ExecutionPlan>,
-        Arc<TaskContext>,
-        Option<Box<QueryRecorder>>,
-        Arc<Catalog>,
-    ),
-}
-
-impl Planned {
-    /// The query log's number of a query that streams its rows.
-    pub fn query_seq(&self) -> Option<u64> {
-        match self {
-            Planned::Plan(_, _, Some(recorder), _) => Some(recorder.seq()),
-            _ => None,
-        }
-    }
-
-    pub fn schema(&self) -> SchemaRef {
-        match self {
-            Planned::Ready(s, _) => Arc::clone(s),
-            Planned::Plan(p, ..) => p.schema(),
-        }
-    }
-
-    pub fn execute(self) -> Result<SendableRecordBatchStream> {
-        match self {
-            Planned::Ready(schema, batches) => Ok(Box::pin(RecordBatchStreamAdapter::new(
-                schema,
-                futures::stream::iter(batches.into_iter().map(Ok)),
-            ))),
-            Planned::Plan(plan, ctx, recorder, catalog) => {
-                // The context holds the query's snapshot open (see
-                // `QuerySnapshot`) until the stream is dropped.
-                let held = Arc::clone(&ctx);
-                let stream = execute_stream(Arc::clone(&plan), ctx)
-                    .map_err(|e| name_unreachable_worker(e, &catalog))?;
-                let schema = stream.schema();
-                let stream = Box::pin(RecordBatchStreamAdapter::new(
-                    schema,
-                    stream.map_err(move |e| {
-                        let _ = &held;
-                        name_unreachable_worker(e, &catalog)
-                    }),
-                ));
-                Ok(match recorder {
-                    Some(r) => (*r).watch(plan, stream),
-                    None => stream,
-                })
-            }
-        }
-    }
-}
+use errors::with_hint;
+use explain::{strip_explain, strip_explain_analyze};
 
 tokio::task_local! {
     /// The session of the client whose statement runs.
@@ -144,6 +90,8 @@ pub struct Coordinator {
     compactor: Arc<crate::compact::Compactor>,
     /// What writes report: to the ASYNC index applier, and counted.
     reports: Arc<crate::write::Reports>,
+    /// Applies GLOBAL ASYNC index outboxes (told by writes, through `reports`).
+    applier: Arc<crate::index::Applier>,
 }
 
 impl Coordinator {
@@ -223,8 +171,13 @@ impl Coordinator {
         let default_catalog = ctx
             .catalog("datafusion")
             .ok_or_else(|| DataFusionError::Internal("no default catalog".into()))?;
-        let reports: Arc<crate::write::Reports> = Arc::default();
-        let public = TesseraSchema::new(Arc::clone(&catalog), Arc::clone(&reports));
+        let applier: Arc<crate::index::Applier> = Arc::default();
+        let reports = Arc::new(crate::write::Reports::new(applier.clone()));
+        let public = TesseraSchema::new(
+            Arc::clone(&catalog),
+            Arc::clone(&reports),
+            Arc::clone(&applier),
+        );
         default_catalog.register_schema("public", Arc::new(public))?;
         let log = Arc::new(QueryLog::default());
         let compactor = crate::compact::Compactor::new(Arc::clone(&catalog));
@@ -240,6 +193,7 @@ impl Coordinator {
             files,
             rebalancer: Arc::default(),
             compactor,
+            applier,
             reports,
         })
     }
@@ -278,7 +232,7 @@ impl Coordinator {
 
     /// The ASYNC index applier (writes tell it of outbox entries).
     pub fn applier(&self) -> &Arc<crate::index::Applier> {
-        &self.reports.applier
+        &self.applier
     }
 
     /// Where writes report what they did.
@@ -452,81 +406,6 @@ impl Coordinator {
         }
     }
 
-    /// Whether `sql` only reads: a query (or EXPLAIN) DataFusion plans,
-    /// which may be run again without changing anything.
-    pub async fn is_read_only(&self, sql: &str) -> bool {
-        let Ok(Statement::Sql(sql)) = parse_statement(sql) else {
-            return false;
-        };
-        use datafusion::common::tree_node::TreeNode;
-        // EXPLAIN ANALYZE runs what it explains: look inside.
-        match self.ctx().state().create_logical_plan(&sql).await {
-            Ok(plan) => !plan
-                .exists(|p| {
-                    Ok(matches!(
-                        p,
-                        LogicalPlan::Dml(_) | LogicalPlan::Ddl(_) | LogicalPlan::Statement(_)
-                    ))
-                })
-                .unwrap_or(true),
-            Err(_) => false,
-        }
-    }
-
-    /// The schema of the rows a statement returns, without running it;
-    /// `None` for statements that return no rows of their own (DDL, DML).
-    pub async fn result_schema(&self, sql: &str) -> Result<Option<SchemaRef>> {
-        if self.catalog.follower().is_some() {
-            // Plan against the catalog as the leader has it.
-            self.catalog.current_snapshot().await?;
-        }
-        match parse_statement(sql)? {
-            Statement::CreateTable(_)
-            | Statement::DropTable { .. }
-            | Statement::CreateIndex(_)
-            | Statement::AlterWorker { .. }
-            | Statement::CreateUser { .. }
-            | Statement::AlterUser { .. }
-            | Statement::DropUser { .. }
-            | Statement::Grant { .. }
-            | Statement::CancelQuery { .. }
-            | Statement::CopyFrom { .. }
-            | Statement::RebalanceCancel
-            | Statement::DropIndex { .. } => Ok(None),
-            Statement::ShowRebalance => Ok(Some(crate::rebalance::show_schema())),
-            // Planned, not applied: the same columns.
-            Statement::RebalanceApply { table } => {
-                Ok(Some(self.explain_rebalance(table.as_deref())?.schema()))
-            }
-            Statement::ExplainRebalance { .. }
-            | Statement::ShowWorkers
-            | Statement::ShowUsers
-            | Statement::ShowTables
-            | Statement::ShowIndexes { .. }
-            | Statement::ShowPartitions { .. }
-            | Statement::Describe { .. } => Ok(Some(self.plan(sql).await?.schema())),
-            Statement::Compact { .. } => Ok(Some(crate::compact::report_schema())),
-            Statement::SetReplicas { .. } => Ok(None),
-            Statement::Sql(sql) => {
-                if strip_explain(sql.trim_start()).is_some() {
-                    return Ok(Some(explain_schema()));
-                }
-                if let Some(name) = show_tessera_option(&sql) {
-                    return Ok(Some(self.show_options(&name)?.schema()));
-                }
-                let state = self.ctx().state();
-                let plan = state
-                    .create_logical_plan(&sql)
-                    .await
-                    .map_err(|e| with_hint(e, &state, &sql))?;
-                Ok(match plan {
-                    LogicalPlan::Dml(_) | LogicalPlan::Ddl(_) | LogicalPlan::Statement(_) => None,
-                    other => Some(Arc::new(other.schema().as_arrow().clone())),
-                })
-            }
-        }
-    }
-
     /// Loads rows into an existing table through the normal write path
     /// (`INSERT INTO t SELECT * FROM <rows>`), so they are cast, routed and
     /// committed atomically like any INSERT.
@@ -679,18 +558,4 @@ impl Coordinator {
         self.check_files(&plan)?;
         Ok(DataFrame::new(state, plan))
     }
-}
-
-/// The rows an INSERT reports in its `count` column; 0 for other statements.
-pub fn rows_written(batches: &[RecordBatch]) -> u64 {
-    batches
-        .iter()
-        .filter_map(|b| b.column_by_name("count"))
-        .filter_map(|c| c.as_any().downcast_ref::<UInt64Array>())
-        .map(|a| a.iter().flatten().sum::<u64>())
-        .sum()
-}
-
-fn empty() -> Planned {
-    Planned::Ready(Arc::new(Schema::empty()), vec![])
 }

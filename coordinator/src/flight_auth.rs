@@ -14,7 +14,7 @@ use tonic::{Request, Status};
 
 use crate::auth::{Principal, Tokens, sign_in};
 use crate::catalog_state::UserRecord;
-use crate::flight_sql::Serving;
+use crate::flight_common::Serving;
 
 /// How a coordinator lets clients in.
 #[derive(Debug, Clone, Copy)]
@@ -49,7 +49,7 @@ impl Auth {
     }
 
     fn users(&self) -> std::collections::BTreeMap<String, UserRecord> {
-        crate::flight_sql::current(&self.serving)
+        crate::flight_common::current(&self.serving)
             .catalog()
             .users()
             .unwrap_or_default()

@@ -33,7 +33,7 @@ use tonic::Status;
 
 use crate::catalog::STAGING_PREFIX;
 use crate::engine::Coordinator;
-use crate::flight_sql::status;
+use crate::flight_common::status;
 use crate::panic_guard::guarded;
 use crate::write_stream::write_stream;
 

@@ -11,7 +11,7 @@ use tessera_worker::membership::{HEARTBEAT_ACTION, JOIN_ACTION, MemberHello};
 use tonic::{Request, Status};
 
 use crate::engine::Coordinator;
-use crate::flight_sql::status;
+use crate::flight_common::status;
 use crate::follow::{PIN_ACTION, PinRequest, SNAPSHOT_ACTION, SnapshotReply, SnapshotRequest};
 use crate::panic_guard::guarded;
 

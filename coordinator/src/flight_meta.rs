@@ -25,7 +25,7 @@ use prost::Message;
 use tonic::{Response, Status};
 
 use crate::engine::{Coordinator, FunctionNames};
-use crate::flight_sql::{hydrated, status};
+use crate::flight_common::{hydrated, status};
 
 /// What DoGet answers with.
 pub type DoGetStream =

@@ -21,8 +21,8 @@ use arrow_flight::sql::{
 use tessera_sql::number_placeholders;
 
 use crate::engine::{Coordinator, ParamRow, param_rows};
+use crate::flight_common::{hydrated, status};
 use crate::flight_meta::ipc_schema;
-use crate::flight_sql::{hydrated, status};
 use crate::panic_guard::guarded;
 
 /// A prepared statement nobody used for this long is dropped.

@@ -7,7 +7,6 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::error::FlightError;
@@ -24,64 +23,39 @@ use arrow_flight::sql::{
     DoPutPreparedStatementResult, ProstMessageExt, SqlInfo, TicketStatementQuery,
 };
 use arrow_flight::{
-    Action, CancelFlightInfoRequest, CancelFlightInfoResult, CancelStatus, FlightDescriptor,
-    FlightEndpoint, FlightInfo, HandshakeRequest, HandshakeResponse, Ticket,
+    Action, CancelFlightInfoRequest, CancelFlightInfoResult, FlightDescriptor, FlightInfo,
+    HandshakeRequest, HandshakeResponse, Ticket,
 };
 use datafusion::arrow::array::RecordBatch;
-use datafusion::arrow::datatypes::{DataType, FieldRef, Schema, SchemaRef};
 use datafusion::common::DataFusionError;
 use datafusion::prelude::SessionContext;
 use futures::TryStreamExt;
 use prost::Message;
-use tessera_worker::to_status;
 use tonic::{Request, Response, Status};
 
-use crate::engine::{Coordinator, ParamRow, Planned, TABLE_TYPES, in_session, rows_written};
+use crate::engine::{Coordinator, Planned, TABLE_TYPES, in_session};
 use crate::flight_auth::{Auth, PasswordChecked, allow, caller, principal};
+use crate::flight_common::status;
+pub use crate::flight_common::{Serving, current};
 use crate::flight_meta::{
     DoGetStream, batch_stream, command_info, flight_status, foreign_keys_schema,
     primary_keys_schema, sql_info, xdbc_types,
 };
 use crate::flight_prepared::{PreparedStatements, prepare, read_params};
 use crate::flight_sessions::Sessions;
-use crate::panic_guard::{guarded, guarded_stream};
-use crate::query_log::{Caller, Cancelled, as_caller, current_caller};
-use crate::retry::{Retry, plan_statement, retrying};
+use crate::panic_guard::guarded_stream;
+use crate::query_log::as_caller;
+use crate::retry::retrying;
 
 /// Flight's action that cancels the statement of a FlightInfo.
 const CANCEL_FLIGHT_INFO: &str = "CancelFlightInfo";
 
-/// Results not fetched within this time are dropped.
-const RESULT_TTL: Duration = Duration::from_secs(600);
-/// gRPC carries error text in a header; keep it well under its 16 KiB limit.
-const MAX_ERROR_BYTES: usize = 4000;
+mod results;
+
+use results::Parked;
 
 type HandshakeStream =
     std::pin::Pin<Box<dyn futures::Stream<Item = Result<HandshakeResponse, Status>> + Send>>;
-
-/// A planned statement waiting for its DoGet: with what to plan it again
-/// from if a worker failure stops it.
-struct Parked {
-    at: Instant,
-    planned: Planned,
-    sql: String,
-    params: Vec<ParamRow>,
-    session: SessionContext,
-    caller: Caller,
-    retry: Retry,
-}
-
-/// The coordinator serving clients; a follower is replaced by a leader
-/// when it takes over the lead.
-pub type Serving = Arc<std::sync::RwLock<Arc<Coordinator>>>;
-
-/// The coordinator serving now.
-pub fn current(serving: &Serving) -> Arc<Coordinator> {
-    match serving.read() {
-        Ok(c) => Arc::clone(&c),
-        Err(poisoned) => Arc::clone(&poisoned.into_inner()),
-    }
-}
 
 pub struct TesseraFlightSql {
     serving: Serving,
@@ -92,19 +66,6 @@ pub struct TesseraFlightSql {
     prepared: PreparedStatements,
     sessions: Sessions,
     sql_info: std::sync::OnceLock<Arc<SqlInfoData>>,
-}
-
-pub(crate) fn status(e: DataFusionError) -> Status {
-    let s = to_status(e);
-    let msg = s.message();
-    if msg.len() <= MAX_ERROR_BYTES {
-        return s;
-    }
-    let mut cut = MAX_ERROR_BYTES;
-    while !msg.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    Status::new(s.code(), format!("{}… (truncated)", &msg[..cut]))
 }
 
 impl TesseraFlightSql {
@@ -137,143 +98,6 @@ impl TesseraFlightSql {
     fn coordinator(&self) -> Arc<Coordinator> {
         current(&self.serving)
     }
-
-    fn park(
-        &self,
-        planned: Planned,
-        sql: &str,
-        params: Vec<ParamRow>,
-        session: SessionContext,
-        retry: Retry,
-    ) -> Result<String, Status> {
-        let handle = uuid::Uuid::new_v4().to_string();
-        if let Some(seq) = planned.query_seq() {
-            self.coordinator().query_log().attach_handle(seq, &handle);
-        }
-        let mut results = self
-            .results
-            .lock()
-            .map_err(|_| Status::internal("result cache poisoned"))?;
-        results.retain(|_, p| p.at.elapsed() < RESULT_TTL);
-        results.insert(
-            handle.clone(),
-            Parked {
-                at: Instant::now(),
-                planned,
-                sql: sql.to_string(),
-                params,
-                session,
-                caller: current_caller(),
-                retry,
-            },
-        );
-        Ok(handle)
-    }
-
-    async fn flight_info(
-        &self,
-        sql: &str,
-        params: Vec<ParamRow>,
-        session: SessionContext,
-        descriptor: FlightDescriptor,
-    ) -> Result<Response<FlightInfo>, Status> {
-        let span = tracing::info_span!(
-            "query",
-            sql = %tessera_sql::redact(sql).chars().take(200).collect::<String>()
-        );
-        let _enter = span.enter();
-        // A read-only statement is planned again if a worker failure stops
-        // it (a GLOBAL index is looked up while planning).
-        let coordinator = self.coordinator();
-        let mut retry = Retry::begin(&coordinator);
-        let planned = guarded(plan_statement(&coordinator, sql, &params, &mut retry))
-            .await
-            .map_err(status)?;
-        // DoGet sends dictionaries as their values; the FlightInfo schema
-        // must say the same or clients reject the stream.
-        let schema = hydrated(&planned.schema());
-        let records = match &planned {
-            Planned::Ready(_, batches) => batches.iter().map(|b| b.num_rows() as i64).sum(),
-            Planned::Plan(..) => -1,
-        };
-        let handle = self.park(planned, sql, params, session, retry)?;
-        let ticket = TicketStatementQuery {
-            statement_handle: handle.into_bytes().into(),
-        };
-        let info = FlightInfo::new()
-            .try_with_schema(schema.as_ref())
-            .map_err(|e| Status::internal(e.to_string()))?
-            .with_endpoint(
-                FlightEndpoint::new().with_ticket(Ticket::new(ticket.as_any().encode_to_vec())),
-            )
-            .with_descriptor(descriptor)
-            .with_total_records(records);
-        Ok(Response::new(info))
-    }
-
-    /// Cancels the statement `info` was the answer for: one whose rows
-    /// were not fetched yet is dropped; one streaming them stops.
-    fn cancel_info(&self, info: &FlightInfo, by: &Caller) -> Result<CancelStatus, Status> {
-        let mut outcome = CancelStatus::NotCancellable;
-        let coordinator = self.coordinator();
-        let log = coordinator.query_log();
-        for ticket in info.endpoint.iter().filter_map(|e| e.ticket.as_ref()) {
-            let Ok(any) = arrow_flight::sql::Any::decode(ticket.ticket.clone()) else {
-                continue;
-            };
-            let Ok(Some(query)) = any.unpack::<TicketStatementQuery>() else {
-                continue;
-            };
-            let handle = utf8(&query.statement_handle)?.to_string();
-            // Its rows not fetched yet: it goes now.
-            let parked = self
-                .results
-                .lock()
-                .map_err(|_| Status::internal("result cache poisoned"))?
-                .remove(&handle);
-            if let Some(p) = parked {
-                if let Some(seq) = p.planned.query_seq() {
-                    log.cancel_seq(seq, by).map_err(status)?;
-                }
-                drop(p);
-                outcome = CancelStatus::Cancelled;
-                continue;
-            }
-            if log.cancel_handle(&handle, by).map_err(status)? == Cancelled::Yes {
-                outcome = CancelStatus::Cancelling;
-            }
-        }
-        Ok(outcome)
-    }
-
-    async fn update(&self, sql: &str, params: &[ParamRow]) -> Result<i64, Status> {
-        let coordinator = self.coordinator();
-        let run = async {
-            coordinator
-                .plan_with(sql, params)
-                .await?
-                .execute()?
-                .try_collect::<Vec<_>>()
-                .await
-        };
-        let batches = guarded(run).await.map_err(status)?;
-        Ok(rows_written(&batches) as i64)
-    }
-}
-
-/// The schema with dictionary columns as their value types, as DoGet sends them.
-pub(crate) fn hydrated(schema: &SchemaRef) -> SchemaRef {
-    let fields: Vec<FieldRef> = schema
-        .fields()
-        .iter()
-        .map(|f| match f.data_type() {
-            DataType::Dictionary(_, value) => {
-                Arc::new(f.as_ref().clone().with_data_type(value.as_ref().clone()))
-            }
-            _ => Arc::clone(f),
-        })
-        .collect();
-    Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()))
 }
 
 fn utf8(bytes: &[u8]) -> Result<&str, Status> {
@@ -681,7 +505,8 @@ impl FlightSqlService for TesseraFlightSql {
     ) -> Result<Response<<Self as FlightService>::DoActionStream>, Status> {
         if request.get_ref().r#type == crate::progress::ACTION {
             let by = caller(&principal(&request)?, &request);
-            let body = crate::progress::answer(&self.coordinator(), &by, &request.get_ref().body)
+            let body = (self.coordinator())
+                .answer_progress(&by, &request.get_ref().body)
                 .await
                 .map_err(status)?;
             let body = arrow_flight::Result { body: body.into() };

@@ -260,7 +260,7 @@ impl Follower {
     pub async fn forward_prepared(
         &self,
         sql: &str,
-        rows: &[crate::engine::ParamRow],
+        rows: &[Vec<ScalarValue>],
     ) -> Result<(SchemaRef, Vec<RecordBatch>)> {
         use arrow_flight::sql::{
             ActionClosePreparedStatementRequest, ActionCreatePreparedStatementRequest,
@@ -515,7 +515,7 @@ impl Follower {
 }
 
 /// Rows of parameter values as one batch: a column per parameter.
-fn params_batch(rows: &[crate::engine::ParamRow]) -> Result<RecordBatch> {
+fn params_batch(rows: &[Vec<ScalarValue>]) -> Result<RecordBatch> {
     let width = rows.first().map_or(0, Vec::len);
     let mut fields = vec![];
     let mut columns = vec![];

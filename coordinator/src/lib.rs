@@ -19,6 +19,7 @@ mod failpoint;
 mod file_functions;
 mod files;
 mod flight_auth;
+mod flight_common;
 mod flight_ingest;
 mod flight_members;
 mod flight_meta;

@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 
 use datafusion::common::{DataFusionError, Result};
 
-use crate::catalog::poisoned;
 use crate::catalog_state::AdminState;
+use crate::catalog_state::poisoned;
 
 /// The lease unless `--worker-lease` says otherwise.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(5);

@@ -86,28 +86,6 @@ pub struct ProgressReport {
     pub rows_written: u64,
 }
 
-/// Answers a `tessera.progress` action of `by` (its JSON body): the
-/// progress of `by`'s running statement with the tag asked for.
-pub async fn answer(
-    coordinator: &crate::engine::Coordinator,
-    by: &crate::query_log::Caller,
-    body: &[u8],
-) -> datafusion::common::Result<Vec<u8>> {
-    let asked: ProgressRequest = serde_json::from_slice(body).map_err(|e| {
-        tessera_worker::ErrorKind::InvalidArgument.error(format!(
-            "{ACTION}: the body must be JSON {{\"tag\": ...}}: {e}"
-        ))
-    })?;
-    // Cut as the tag header is (see `flight_auth::caller`).
-    let tag: String = asked.tag.chars().take(MAX_TAG).collect();
-    let report = match coordinator.query_log().progress_of(&tag, by) {
-        Some((progress, elapsed)) => report(coordinator.catalog(), &progress, elapsed).await,
-        None => Default::default(),
-    };
-    serde_json::to_vec(&report)
-        .map_err(|e| datafusion::common::DataFusionError::Internal(format!("{ACTION}: {e}")))
-}
-
 /// Sums what the workers say `progress`'s scans read with what the
 /// coordinator counted. A worker that does not answer within a second
 /// adds nothing (the report is a moment's view, asked again soon).

@@ -31,11 +31,8 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use datafusion::arrow::array::{
-    ArrayRef, Float64Array, RecordBatch, StringArray, TimestampMicrosecondArray, UInt32Array,
-    UInt64Array,
-};
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::common::{DataFusionError, Result};
 use datafusion::execution::{RecordBatchStream, SendableRecordBatchStream};
@@ -47,6 +44,10 @@ use datafusion_distributed::{
 use futures::Stream;
 use tessera_worker::{ErrorKind, PartitionScanExec};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+
+mod table;
+
+pub(crate) use table::{queries_batch, queries_schema};
 
 /// Queries kept in the log.
 pub const KEEP: usize = 1000;
@@ -554,116 +555,5 @@ impl RecordBatchStream for WatchedStream {
     }
 }
 
-pub(crate) fn queries_schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
-        Field::new("query_id", DataType::Utf8, false),
-        Field::new(
-            "started",
-            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
-            false,
-        ),
-        Field::new("user_name", DataType::Utf8, true),
-        Field::new("client", DataType::Utf8, true),
-        Field::new("sql", DataType::Utf8, false),
-        Field::new("run", DataType::UInt32, false),
-        Field::new("status", DataType::Utf8, false),
-        Field::new("elapsed_ms", DataType::Float64, false),
-        Field::new("rows", DataType::UInt64, false),
-        Field::new("partitions_touched", DataType::UInt64, false),
-        Field::new("stages", DataType::UInt64, false),
-        Field::new("tasks", DataType::UInt64, false),
-        Field::new("bytes_shuffled", DataType::UInt64, false),
-        Field::new("bytes_gathered", DataType::UInt64, false),
-    ]))
-}
-
-pub(crate) fn queries_batch(records: &[QueryRecord]) -> Result<RecordBatch> {
-    let u = |f: fn(&QueryRecord) -> u64| -> ArrayRef {
-        Arc::new(UInt64Array::from_iter_values(records.iter().map(f)))
-    };
-    let columns: Vec<ArrayRef> = vec![
-        Arc::new(StringArray::from_iter_values(
-            records.iter().map(|r| r.query_id.as_str()),
-        )),
-        Arc::new(
-            TimestampMicrosecondArray::from_iter_values(records.iter().map(|r| r.started_micros))
-                .with_timezone("UTC"),
-        ),
-        Arc::new(StringArray::from_iter(
-            records.iter().map(|r| r.user.as_deref()),
-        )),
-        Arc::new(StringArray::from_iter(
-            records.iter().map(|r| r.client.as_deref()),
-        )),
-        Arc::new(StringArray::from_iter_values(
-            records.iter().map(|r| r.sql.as_str()),
-        )),
-        Arc::new(UInt32Array::from_iter_values(records.iter().map(|r| r.run))),
-        Arc::new(StringArray::from_iter_values(
-            records.iter().map(|r| r.status.as_str()),
-        )),
-        Arc::new(Float64Array::from_iter_values(
-            records.iter().map(|r| r.elapsed_ms),
-        )),
-        u(|r| r.rows),
-        u(|r| r.partitions_touched),
-        u(|r| r.stages),
-        u(|r| r.tasks),
-        u(|r| r.bytes_shuffled),
-        u(|r| r.bytes_gathered),
-    ];
-    Ok(RecordBatch::try_new(queries_schema(), columns)?)
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_log_keeps_the_last_queries() {
-        let log = Arc::new(QueryLog::default());
-        for i in 0..(KEEP + 5) {
-            log.begin(&format!("SELECT {i}")).finish(Ok(1));
-        }
-        let all = log.snapshot();
-        assert_eq!(all.len(), KEEP);
-        assert_eq!(all[0].sql, "SELECT 5");
-        assert_eq!(all[0].seq, 6);
-        assert!(all[0].query_id.ends_with("-6"), "{}", all[0].query_id);
-        assert_eq!(all[KEEP - 1].status, "ok");
-        let batch = queries_batch(&all).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(batch.num_rows(), KEEP);
-    }
-
-    #[tokio::test]
-    async fn running_queries_are_listed_seen_and_cancelled_by_their_owner() {
-        let log = Arc::new(QueryLog::default());
-        let user = |name: &str, admin: bool| Caller {
-            user: Some(name.to_string()),
-            client: Some("127.0.0.1:5".into()),
-            admin,
-            run: 0,
-            tag: None,
-        };
-        let recorder = as_caller(user("ana", false), async { log.begin("SELECT 1") }).await;
-        let running = log.running();
-        assert_eq!(running.len(), 1);
-        assert_eq!(running[0].status, "running");
-        assert_eq!(running[0].user.as_deref(), Some("ana"));
-        let id = running[0].query_id.clone();
-
-        assert!(log.visible(&user("bo", false)).is_empty());
-        assert_eq!(log.visible(&user("root", true)).len(), 1);
-        let e = log.cancel(&id, &user("bo", false)).unwrap_err();
-        assert!(e.to_string().contains("not yours"), "{e}");
-        assert!(!recorder.cancel.is_cancelled());
-        log.cancel(&id, &user("ana", false)).unwrap();
-        assert!(recorder.cancel.is_cancelled());
-        assert!(log.cancel("nope-1", &user("root", true)).is_err());
-
-        // Dropped before its end: logged as cancelled, no longer running.
-        drop(recorder);
-        assert!(log.running().is_empty());
-        assert_eq!(log.snapshot()[0].status, "cancelled");
-    }
-}
+mod tests;

@@ -30,6 +30,12 @@ impl QueryMap {
         }
     }
 
+    /// The catalog's map as it is now: what one query plans against.
+    pub fn now(catalog: &Catalog) -> Result<Self> {
+        let (revision, tables) = catalog.map_now()?;
+        Ok(Self::new(revision, tables))
+    }
+
     /// The metastore revision the map is at.
     pub fn revision(&self) -> u64 {
         self.revision
@@ -127,14 +133,14 @@ mod tests {
         };
         place("worker-0").await;
         let mut began = ConfigOptions::new();
-        let map = catalog.map_now().unwrap();
+        let map = QueryMap::now(&catalog).unwrap();
         let at = map.revision();
         began.extensions.insert(map);
         place("worker-1").await;
         assert!(catalog.revision() > at);
         assert_eq!(placements(&began, &catalog, "t").unwrap(), on("worker-0"));
         let mut later = ConfigOptions::new();
-        later.extensions.insert(catalog.map_now().unwrap());
+        later.extensions.insert(QueryMap::now(&catalog).unwrap());
         assert_eq!(placements(&later, &catalog, "t").unwrap(), on("worker-1"));
         assert_eq!(
             placements(&ConfigOptions::new(), &catalog, "t").unwrap(),

@@ -8,6 +8,7 @@ use datafusion::catalog::{SchemaProvider, TableProvider};
 use datafusion::common::Result;
 
 use crate::catalog::Catalog;
+use crate::index::Applier;
 use crate::table::TesseraTable;
 use crate::write::Reports;
 use crate::write::group::Groups;
@@ -20,14 +21,17 @@ pub struct TesseraSchema {
     groups: Arc<Groups>,
     /// Told what writes did.
     reports: Arc<Reports>,
+    /// The ASYNC applier (asked by `fresh` reads).
+    applier: Arc<Applier>,
 }
 
 impl TesseraSchema {
-    pub fn new(catalog: Arc<Catalog>, reports: Arc<Reports>) -> Self {
+    pub fn new(catalog: Arc<Catalog>, reports: Arc<Reports>, applier: Arc<Applier>) -> Self {
         Self {
             catalog,
             groups: Arc::default(),
             reports,
+            applier,
         }
     }
 }
@@ -52,8 +56,12 @@ impl SchemaProvider for TesseraSchema {
 
     async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
         if let Some(def) = self.catalog.table_def(name)? {
-            let reports = Arc::clone(&self.reports);
-            let table = TesseraTable::try_new(Arc::clone(&self.catalog), reports, def)?;
+            let table = TesseraTable::try_new(
+                Arc::clone(&self.catalog),
+                Arc::clone(&self.reports),
+                Arc::clone(&self.applier),
+                def,
+            )?;
             return Ok(Some(Arc::new(table.grouped(Arc::clone(&self.groups)))));
         }
         self.catalog.external(name)

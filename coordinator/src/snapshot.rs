@@ -56,7 +56,7 @@ pub async fn session_at_snapshot(base: SessionState, catalog: &Catalog) -> Resul
         state.config_mut().set_extension(progress);
     }
     // The partition map every scan of the statement reads, taken once.
-    let map = catalog.map_now()?;
+    let map = crate::query_map::QueryMap::now(catalog)?;
     state.config_mut().options_mut().extensions.insert(map);
     Ok(state)
 }

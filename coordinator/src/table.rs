@@ -18,14 +18,17 @@ use tessera_sql::{TableDef, prune_partitions};
 use tessera_worker::{PartitionScanExec, ScanSpec};
 
 use crate::catalog::Catalog;
+use crate::index::Applier;
 use crate::write::group::Groups;
 use crate::write::{Reports, WriteSink};
 
 #[derive(Debug)]
 pub struct TesseraTable {
     catalog: Arc<Catalog>,
-    /// Told what writes did (the ASYNC applier: asked by `fresh` reads).
+    /// Told what writes did.
     reports: Arc<Reports>,
+    /// The ASYNC applier (asked by `fresh` reads).
+    applier: Arc<Applier>,
     def: TableDef,
     schema: SchemaRef,
     /// Where small INSERTs share transactions (`None`: each writes alone).
@@ -33,11 +36,17 @@ pub struct TesseraTable {
 }
 
 impl TesseraTable {
-    pub fn try_new(catalog: Arc<Catalog>, reports: Arc<Reports>, def: TableDef) -> Result<Self> {
+    pub fn try_new(
+        catalog: Arc<Catalog>,
+        reports: Arc<Reports>,
+        applier: Arc<Applier>,
+        def: TableDef,
+    ) -> Result<Self> {
         let schema = def.schema()?;
         Ok(Self {
             catalog,
             reports,
+            applier,
             def,
             schema,
             groups: None,
@@ -80,7 +89,7 @@ impl TableProvider for TesseraTable {
         let mut kept = prune_partitions(&self.def.scheme, &self.schema, filters);
         let snapshot = crate::snapshot::snapshot_of(state, &self.catalog).await?;
         let index = crate::index::plan_index_read(
-            (&self.catalog, &self.reports.applier),
+            (&self.catalog, &self.applier),
             state,
             &snapshot,
             &self.def,

@@ -41,9 +41,10 @@ use tessera_worker::{
 use crate::catalog::{Catalog, TxnGuard, WriteTarget};
 use crate::catalog_state::CatalogState;
 use crate::copies::{Failures, settle_copies, short_of_quorum};
-use crate::index::Applier;
 
 mod commit;
+#[cfg(test)]
+mod dropped_decided;
 pub mod group;
 mod index_pieces;
 
@@ -52,12 +53,27 @@ use group::Groups;
 pub use index_pieces::{global_index_pieces, index_pieces};
 
 /// Where the write path reports what it did, to the layers that watch it
-/// (the engine owns them): the ASYNC applier, told of outbox entries, and
-/// the counters of acknowledged INSERTs.
-#[derive(Debug, Default)]
+/// (the engine wires them): the watcher of GLOBAL ASYNC index outboxes
+/// (the index layer's applier), and the counters of acknowledged INSERTs.
+#[derive(Debug)]
 pub struct Reports {
-    pub applier: Arc<Applier>,
+    pub outboxes: Arc<dyn OutboxWatcher>,
     pub counters: WriteCounters,
+}
+
+impl Reports {
+    pub fn new(outboxes: Arc<dyn OutboxWatcher>) -> Self {
+        Self {
+            outboxes,
+            counters: WriteCounters::default(),
+        }
+    }
+}
+
+/// Told of the GLOBAL ASYNC index outboxes a committed write added
+/// entries to, and its transaction.
+pub trait OutboxWatcher: Send + Sync + fmt::Debug {
+    fn outbox_written(&self, names: &mut dyn Iterator<Item = &str>, txn: u64);
 }
 
 /// INSERT statements acknowledged since the coordinator started, with the
@@ -337,7 +353,9 @@ async fn write_routed(
         .map(|(name, ..)| name.as_str())
         .collect();
     if !outboxes.is_empty() {
-        reports.applier.outbox_written(outboxes.into_iter(), txn);
+        reports
+            .outboxes
+            .outbox_written(&mut outboxes.into_iter(), txn);
     }
     Ok(())
 }

@@ -246,11 +246,11 @@ pub async fn write_stream(
     .await
     .map_err(|e| changed_nothing(&table, e))?;
     reports.counters.count(1, touched, workers);
-    let outboxes = counts
+    let mut outboxes = counts
         .iter()
         .filter(|(_, k, n)| *k == IndexKind::GlobalAsync && *n > 0)
         .map(|(name, ..)| name.as_str());
-    reports.applier.outbox_written(outboxes, txn);
+    reports.outboxes.outbox_written(&mut outboxes, txn);
     Ok(rows)
 }
 

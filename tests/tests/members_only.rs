@@ -111,13 +111,9 @@ async fn workers_refuse_strangers_and_plans_reading_other_files() {
 
     // With it (this process is a member): the plan itself is refused, as
     // it reads files that are not the worker's.
-    let e = distributed_scan(
-        workers,
-        Arc::new(tessera_worker::secret::PeerChannels),
-        dir.path(),
-    )
-    .await
-    .unwrap_err();
+    let e = distributed_scan(workers, Arc::new(tessera_worker::PeerChannels), dir.path())
+        .await
+        .unwrap_err();
     assert!(
         text(&e).contains("reads only the files in its data dir"),
         "{}",

@@ -141,6 +141,24 @@ pub fn shared_channel(url: &str, fresh: bool) -> Result<Channel> {
     Ok(c)
 }
 
+/// Workers' connections to their peers (datafusion-distributed's shuffles
+/// between stages), carrying the secret, on the process's shared channels.
+pub struct PeerChannels;
+
+#[async_trait::async_trait]
+impl datafusion_distributed::ChannelResolver for PeerChannels {
+    async fn get_worker_client_for_url(
+        &self,
+        url: &url::Url,
+    ) -> Result<Box<dyn datafusion_distributed::WorkerChannel>> {
+        use datafusion_distributed::grpc::{BoxCloneSyncChannel, create_worker_client};
+        let channel = shared_channel(url.as_str(), false)?;
+        Ok(create_worker_client(BoxCloneSyncChannel::new(
+            member_channel(channel),
+        )))
+    }
+}
+
 impl WorkerClient {
     /// Connects lazily: the first call opens the connection, later ones share it.
     pub fn connect(url: &str) -> Result<Self> {

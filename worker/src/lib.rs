@@ -24,7 +24,8 @@ mod yielding;
 pub use checked::{checked_udf, register_checked};
 pub use checked_sum::checked_sum_udaf;
 pub use client::{
-    WorkerClient, call_timeout, deadline_for_bytes, flight_error, set_call_timeout, shared_channel,
+    PeerChannels, WorkerClient, call_timeout, deadline_for_bytes, flight_error, set_call_timeout,
+    shared_channel,
 };
 pub use guard::check_plan;
 pub use kind::{ErrorKind, kind_of};

@@ -137,21 +137,3 @@ pub fn check_secret(req: Request<()>) -> Result<Request<()>, Status> {
     check_metadata(req.metadata(), req.remote_addr())?;
     Ok(req)
 }
-
-/// Workers' connections to their peers (datafusion-distributed's shuffles
-/// between stages), carrying the secret, on the process's shared channels.
-pub struct PeerChannels;
-
-#[async_trait::async_trait]
-impl datafusion_distributed::ChannelResolver for PeerChannels {
-    async fn get_worker_client_for_url(
-        &self,
-        url: &url::Url,
-    ) -> Result<Box<dyn datafusion_distributed::WorkerChannel>> {
-        use datafusion_distributed::grpc::{BoxCloneSyncChannel, create_worker_client};
-        let channel = crate::client::shared_channel(url.as_str(), false)?;
-        Ok(create_worker_client(BoxCloneSyncChannel::new(
-            member_channel(channel),
-        )))
-    }
-}

@@ -14,7 +14,6 @@ use arrow_flight::{
     Action, ActionType, Criteria, Empty, FlightData, FlightDescriptor, FlightInfo,
     HandshakeRequest, HandshakeResponse, PollInfo, PutResult, SchemaResult, Ticket,
 };
-use datafusion::arrow::array::RecordBatch;
 use datafusion::common::DataFusionError;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::physical_plan::ExecutionPlan;
@@ -27,8 +26,12 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::scan::{LocalStore, TesseraCodec, decode_scan};
-use crate::storage::{StagedFile, Storage};
+use crate::storage::Storage;
 use crate::wire::{self, MAX_MESSAGE_BYTES};
+
+mod pieces;
+
+use pieces::{Piece, PieceState};
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
@@ -397,104 +400,6 @@ impl FlightService for WorkerFlightService {
     }
 }
 
-impl WorkerFlightService {
-    /// Copies the files of `req.manifest` this worker lacks from the
-    /// replica at `req.source`, a chunk at a time, then takes the manifest.
-    async fn install(
-        &self,
-        req: wire::InstallRequest,
-    ) -> datafusion::common::Result<wire::Installed> {
-        let source = crate::WorkerClient::connect(&req.source)?;
-        let mut installed = wire::Installed::default();
-        for f in &req.manifest.files {
-            let storage = Arc::clone(&self.local.storage);
-            let (table, name, bytes) = (req.table.clone(), f.name.clone(), f.bytes);
-            let target = tokio::task::spawn_blocking(move || {
-                storage.copy_target(&table, req.partition, &name, bytes)
-            })
-            .await
-            .map_err(|e| DataFusionError::Internal(e.to_string()))??;
-            let Some(target) = target else {
-                continue;
-            };
-            let mut file = crate::storage::CopiedFile::create(target)?;
-            let mut offset = 0u64;
-            while offset < f.bytes {
-                let next = (f.bytes - offset).min(crate::client::COPY_CHUNK_BYTES as u64);
-                self.copies.take(next, req.rate).await;
-                let chunk = source
-                    .read_file(&req.table, req.partition, &f.name, offset)
-                    .await?;
-                if chunk.is_empty() {
-                    return crate::precondition_err!(
-                        "{} of partition {} ends at {offset} bytes on {}, not {}",
-                        f.name,
-                        req.partition,
-                        req.source,
-                        f.bytes
-                    );
-                }
-                offset += chunk.len() as u64;
-                file = tokio::task::spawn_blocking(move || file.write(&chunk).map(|()| file))
-                    .await
-                    .map_err(|e| DataFusionError::Internal(e.to_string()))??;
-            }
-            tokio::task::spawn_blocking(move || file.finish())
-                .await
-                .map_err(|e| DataFusionError::Internal(e.to_string()))??;
-            installed.files += 1;
-            installed.bytes += f.bytes;
-        }
-        let storage = Arc::clone(&self.local.storage);
-        tokio::task::spawn_blocking(move || {
-            storage.install(&req.table, req.partition, req.manifest)
-        })
-        .await
-        .map_err(|e| DataFusionError::Internal(e.to_string()))??;
-        Ok(installed)
-    }
-}
-
-/// One partition's staged file of a write.
-struct Piece {
-    header: wire::PieceHeader,
-    state: PieceState,
-}
-
-enum PieceState {
-    /// Nothing being written.
-    Idle(Box<StagedFile>),
-    /// A batch being written on a blocking thread.
-    Writing(tokio::task::JoinHandle<datafusion::common::Result<Box<StagedFile>>>),
-    /// A write failed.
-    Failed,
-}
-
-impl Piece {
-    /// The file, once the batch being written (if any) is in; the piece
-    /// is left failed until it is given a batch again.
-    async fn take(&mut self) -> Result<Box<StagedFile>, Status> {
-        match std::mem::replace(&mut self.state, PieceState::Failed) {
-            PieceState::Idle(file) => Ok(file),
-            PieceState::Writing(task) => task
-                .await
-                .map_err(|e| Status::internal(format!("write task failed: {e}")))?
-                .map_err(to_status),
-            PieceState::Failed => Err(Status::internal("a staged file's write failed before")),
-        }
-    }
-
-    /// Starts writing `batch` once the one before is in.
-    async fn write(&mut self, batch: RecordBatch) -> Result<(), Status> {
-        let mut file = self.take().await?;
-        self.state = PieceState::Writing(tokio::task::spawn_blocking(move || {
-            file.write(&batch)?;
-            Ok(file)
-        }));
-        Ok(())
-    }
-}
-
 /// Accepted connections with `TCP_NODELAY`: tonic sets it only on sockets it
 /// accepts itself, and without it every small reply waits out the peer's
 /// delayed ACK (~40 ms per round trip).
@@ -576,7 +481,7 @@ pub async fn start_worker_with(
 
     let codec_local = Arc::clone(&local);
     let peers: Arc<dyn datafusion_distributed::ChannelResolver + Send + Sync> =
-        Arc::new(crate::secret::PeerChannels);
+        Arc::new(crate::client::PeerChannels);
     let worker = Worker::from_session_builder(move |ctx: WorkerQueryContext| {
         let codec = TesseraCodec::for_worker(Arc::clone(&codec_local));
         let guard = crate::guard::plan_guard(codec_local.storage.root().to_path_buf());

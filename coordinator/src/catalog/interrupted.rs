@@ -1,7 +1,6 @@
 //! A catalog change whose statement is dropped while the metastore commits
-//! it still reaches the state held in memory, and a write dropped while
-//! its decision is committed stays in flight until it is committed and
-//! forgotten.
+//! it still reaches the state held in memory. `held` is the catalog other
+//! layers' tests drop statements in.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -17,7 +16,6 @@ use tokio::sync::Notify;
 use crate::catalog::Catalog;
 use crate::catalog_state::{AdminState, MemberRecord};
 use crate::metastore::{Compare, FileMetastore, Metastore, Op, Versioned, WatchEvent};
-use crate::write::decide_and_commit;
 
 /// A file metastore whose commits of keys under `prefix`, once written,
 /// wait for `release` before they return: the window in which a statement
@@ -53,7 +51,7 @@ impl Metastore for HeldCommits {
 
 /// A catalog over a metastore that holds commits of keys under `prefix`,
 /// with the signal that one was written and the one that lets it return.
-async fn held(
+pub(crate) async fn held(
     dir: &tempfile::TempDir,
     prefix: &'static str,
 ) -> (Arc<Catalog>, Arc<Notify>, Arc<Notify>) {
@@ -118,50 +116,4 @@ async fn dropped_mid_commit() {
         .unwrap();
     let state = catalog.state().unwrap();
     assert_eq!(state.members["w1"].url, "http://127.0.0.3:1");
-}
-
-#[tokio::test]
-async fn a_write_dropped_while_it_is_decided_stays_in_flight_and_is_forgotten() {
-    tokio::time::timeout(Duration::from_secs(60), dropped_while_decided())
-        .await
-        .expect("the test ends within a minute");
-}
-
-async fn dropped_while_decided() {
-    let dir = tempfile::tempdir().unwrap();
-    let (catalog, committed, release) = held(&dir, "decided/").await;
-    let guard = catalog.begin_txn().await.unwrap();
-    let txn = guard.txn;
-    let statement = {
-        let catalog = catalog.clone();
-        tokio::spawn(async move {
-            let writes = BTreeMap::new();
-            decide_and_commit(
-                &catalog,
-                guard,
-                writes,
-                BTreeMap::new(),
-                crate::write::Ack::Committed,
-                |_| Ok(()),
-            )
-            .await
-        })
-    };
-    // The statement goes while its decision is being written: the
-    // transaction must stay unresolved (a worker rejoining now would
-    // otherwise have its staged files aborted as leftovers).
-    committed.notified().await;
-    statement.abort();
-    assert!(statement.await.unwrap_err().is_cancelled());
-    assert!(catalog.is_unresolved(txn).unwrap());
-    release.notify_one();
-
-    // The decision is committed and then forgotten (its own metastore
-    // write), without a restart.
-    committed.notified().await;
-    release.notify_one();
-    while catalog.is_unresolved(txn).unwrap() {
-        tokio::task::yield_now().await;
-    }
-    assert!(catalog.state().unwrap().decided.is_empty());
 }

@@ -5,11 +5,11 @@
 use std::collections::BTreeMap;
 
 use datafusion::common::{DataFusionError, Result, exec_err};
-use tessera_sql::{PartitionPlacement, TableDef};
+use tessera_sql::PartitionPlacement;
 use tessera_worker::ScanPart;
 
 use super::{Catalog, poisoned};
-use crate::catalog_state::CatalogState;
+use crate::catalog_state::owner_of;
 use crate::membership::WorkerState;
 
 /// Where one partition's share of a write goes.
@@ -37,27 +37,12 @@ impl WriteTarget {
     }
 }
 
-/// The table `map_key` names, or whose GLOBAL index's partitions it names.
-pub fn owner_of<'a>(state: &'a CatalogState, map_key: &str) -> Option<&'a TableDef> {
-    if let Some(def) = state.tables.get(map_key) {
-        return Some(def);
-    }
-    state
-        .indexes
-        .values()
-        .find(|i| i.map_key() == map_key)
-        .and_then(|i| state.tables.get(&i.table))
-}
-
 impl Catalog {
     /// Every partition map entry as it is now, and the metastore revision
-    /// it is at: what one query plans against.
-    pub fn map_now(&self) -> Result<crate::query_map::QueryMap> {
+    /// it is at.
+    pub fn map_now(&self) -> Result<(u64, BTreeMap<String, Vec<PartitionPlacement>>)> {
         let state = self.state.lock().map_err(|_| poisoned())?;
-        Ok(crate::query_map::QueryMap::new(
-            self.revision(),
-            state.map.tables.clone(),
-        ))
+        Ok((self.revision(), state.map.tables.clone()))
     }
 
     /// The placement of a table's partitions.

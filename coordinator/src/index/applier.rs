@@ -40,6 +40,12 @@ pub struct Applier {
     pending: Mutex<BTreeMap<String, BTreeSet<u64>>>,
 }
 
+impl crate::write::OutboxWatcher for Applier {
+    fn outbox_written(&self, names: &mut dyn Iterator<Item = &str>, txn: u64) {
+        Applier::outbox_written(self, names, txn);
+    }
+}
+
 impl Applier {
     /// ASYNC indexes `names` got outbox entries from acknowledged
     /// transaction `txn`: note it for the lag, and wake the applier.
