@@ -7,6 +7,7 @@ mod depth;
 mod ident;
 mod index;
 mod key;
+mod layout;
 mod placeholders;
 mod pruning;
 mod replication;
@@ -23,6 +24,7 @@ pub use ddl::{
 pub use depth::MAX_EXPRESSION_DEPTH;
 pub use index::{FILE_COLUMN, IndexDef, IndexKind, IndexState, PART_COLUMN, ROW_COLUMN};
 pub use key::{KeyValue, encode_array_value, is_key_type};
+pub use layout::{KeyRange, PartitionLayout, SplitAt};
 pub use placeholders::number_placeholders;
 pub use pruning::prune_partitions;
 pub use replication::{MAX_REPLICAS, Replication, WriteQuorum, place};
