@@ -104,8 +104,9 @@ pub struct Catalog {
     /// Set when the coordinator stops: background tasks end.
     pub(crate) closed: AtomicBool,
     /// Decided transactions that have left the decision log (committed
-    /// everywhere) since the start: what watches it (the compactor) knows
-    /// files were added.
+    /// everywhere) since the start: what watches it (the compactor, the
+    /// ASYNC applier) knows files were added and outbox entries may be
+    /// applied.
     forgotten: tokio::sync::watch::Sender<u64>,
     /// Set on a coordinator that follows the leader: it writes nothing to
     /// the metastore and takes its snapshots from the leader.

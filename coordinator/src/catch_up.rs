@@ -139,7 +139,7 @@ pub async fn catch_up(
         table_id,
         partition,
         worker,
-        rate: rate.get(),
+        rate,
     };
     for _ in 0..ATTEMPTS {
         match copy.attempt(catalog, &mut done, None, false).await? {
@@ -230,8 +230,9 @@ struct Copy<'a> {
     table_id: u64,
     partition: u32,
     worker: &'a str,
-    /// Bytes per second (0: no limit).
-    rate: u64,
+    /// `tessera.rebalance_rate`, read at each install: a change takes
+    /// effect on a copy already under way.
+    rate: &'a CopyRate,
 }
 
 /// How an attempt to catch a copy up ended.
@@ -299,7 +300,7 @@ impl Copy<'_> {
                     partition,
                     source: source.url.clone(),
                     manifest,
-                    rate,
+                    rate: rate.get(),
                 };
                 let installed = to.install(&request).await.map_err(|e| {
                     DataFusionError::Execution(format!(

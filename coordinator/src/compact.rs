@@ -25,7 +25,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray, UInt32Array, UInt64Array};
@@ -92,6 +92,9 @@ pub struct Compactor {
     paused: AtomicBool,
     /// `tessera.compactions`.
     pub log: CompactionLog,
+    /// Merges this compactor decided: its own transactions, which leave
+    /// the decision log too but give it nothing new to merge.
+    merges: AtomicU64,
 }
 
 impl Compactor {
@@ -101,6 +104,7 @@ impl Compactor {
             running: tokio::sync::Mutex::new(()),
             paused: AtomicBool::new(false),
             log: CompactionLog::default(),
+            merges: AtomicU64::new(0),
         })
     }
 
@@ -129,6 +133,10 @@ impl Compactor {
         let _one_at_a_time = self.running.lock().await;
         let id = self.log.begin(table, trigger);
         let result = compact_parts(catalog, &self.log, &def, rule, id).await;
+        if let Ok(done) = &result {
+            let merges: u64 = done.iter().map(|d| u64::from(d.partitions_merged)).sum();
+            self.merges.fetch_add(merges, Ordering::SeqCst);
+        }
         self.log.finish(id, &result);
         result
     }
@@ -427,9 +435,11 @@ pub fn report_schema() -> SchemaRef {
 }
 
 /// Runs the background compactor until the catalog is closed: every
-/// [`AUTO_EVERY`] in which a transaction finished (a merge that found
-/// nothing decides none), each table's partitions with enough small files
-/// (see [`AUTO`]) are merged.
+/// [`AUTO_EVERY`] in which a transaction other than its own merges left
+/// the decision log, each table's partitions with enough small files
+/// (see [`AUTO`]) are merged. A merge is counted when it is decided,
+/// before it leaves the log, so the count of others' transactions may
+/// dip meanwhile; only a rise past the last one seen starts a pass.
 pub fn spawn_compactor(compactor: &Arc<Compactor>) {
     let weak = Arc::downgrade(compactor);
     tokio::spawn(async move {
@@ -443,8 +453,10 @@ pub fn spawn_compactor(compactor: &Arc<Compactor>) {
             if catalog.closed.load(Ordering::SeqCst) {
                 return;
             }
-            let finished = catalog.forgotten();
-            if finished == seen || compactor.paused() {
+            let finished = catalog
+                .forgotten()
+                .saturating_sub(compactor.merges.load(Ordering::SeqCst));
+            if finished <= seen || compactor.paused() {
                 continue;
             }
             seen = finished;

@@ -122,20 +122,28 @@ pub fn spawn_applier(catalog: &Arc<Catalog>, applier: &Arc<Applier>) {
                 return;
             }
             if !applier.paused() {
-                let names: Vec<String> = catalog
-                    .state()
-                    .map(|s| {
-                        s.indexes
-                            .values()
-                            .filter(|i| i.kind == IndexKind::GlobalAsync)
-                            .map(|i| i.name.clone())
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                // Indexes dropped since are waited for no more.
-                if let Ok(mut pending) = applier.pending.lock() {
+                // Indexes dropped since are waited for no more. The
+                // catalog is read under the pending lock: an entry noted
+                // before it was taken is of an index created before this
+                // read, so an index is never pruned for being newer.
+                let names: Vec<String> = {
+                    let mut pending = applier
+                        .pending
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    let names: Vec<String> = catalog
+                        .state()
+                        .map(|s| {
+                            s.indexes
+                                .values()
+                                .filter(|i| i.kind == IndexKind::GlobalAsync)
+                                .map(|i| i.name.clone())
+                                .collect()
+                        })
+                        .unwrap_or_default();
                     pending.retain(|name, _| names.contains(name));
-                }
+                    names
+                };
                 for name in names {
                     let started = Instant::now();
                     // Its own task: a panic in one round is reported, and
