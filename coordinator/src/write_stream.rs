@@ -22,7 +22,7 @@ use datafusion::arrow::compute::{CastOptions, cast_with_options};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::common::{DataFusionError, Result};
 use futures::{Stream, StreamExt};
-use tessera_sql::{IndexKind, TableDef};
+use tessera_sql::TableDef;
 use tessera_worker::wire::{PieceHeader, PrepareRequest};
 use tessera_worker::{
     DataFile, ErrorKind, StagedWrite, WorkerClient, call_timeout, deadline_for_bytes,
@@ -245,12 +245,7 @@ pub async fn write_stream(
     })
     .await
     .map_err(|e| changed_nothing(&table, e))?;
-    reports.counters.count(1, touched, workers);
-    let mut outboxes = counts
-        .iter()
-        .filter(|(_, k, n)| *k == IndexKind::GlobalAsync && *n > 0)
-        .map(|(name, ..)| name.as_str());
-    reports.outboxes.outbox_written(&mut outboxes, txn);
+    reports.acknowledged((1, touched, workers), &counts, txn);
     Ok(rows)
 }
 

@@ -48,17 +48,6 @@ impl KeyRange {
             KeyRange::Range { .. } => false,
         }
     }
-
-    /// Whether the slice holds the range key `value`.
-    pub fn holds_value(&self, value: &KeyValue) -> bool {
-        match self {
-            KeyRange::All => true,
-            KeyRange::Hash { .. } => false,
-            KeyRange::Range { lo, hi } => {
-                lo.as_ref().is_none_or(|lo| lo <= value) && hi.as_ref().is_none_or(|hi| value < hi)
-            }
-        }
-    }
 }
 
 /// Where a partition splits: the first key of its upper half.

@@ -41,15 +41,9 @@ pub struct Applier {
 }
 
 impl crate::write::OutboxWatcher for Applier {
-    fn outbox_written(&self, names: &mut dyn Iterator<Item = &str>, txn: u64) {
-        Applier::outbox_written(self, names, txn);
-    }
-}
-
-impl Applier {
     /// ASYNC indexes `names` got outbox entries from acknowledged
     /// transaction `txn`: note it for the lag, and wake the applier.
-    pub fn outbox_written<'a>(&self, names: impl Iterator<Item = &'a str>, txn: u64) {
+    fn outbox_written(&self, names: &mut dyn Iterator<Item = &str>, txn: u64) {
         if let Ok(mut pending) = self.pending.lock() {
             for name in names {
                 pending.entry(name.to_string()).or_default().insert(txn);
@@ -57,7 +51,9 @@ impl Applier {
         }
         self.wanted.notify_one();
     }
+}
 
+impl Applier {
     /// A `fresh` read waits for the applier to pass `target`: wake it.
     pub fn want_fresh(&self, target: u64) {
         self.fresh_wanted.fetch_max(target, Ordering::SeqCst);
