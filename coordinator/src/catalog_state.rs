@@ -6,7 +6,7 @@
 //!   table/<name>          TableDef               map/<table>       partition placements
 //!   index/<name>          IndexDef               map_epoch         the map's epoch
 //!   external/<name>       CREATE EXTERNAL TABLE  decided/<txn>     writes to commit
-//!   stats/<table>         rows, bytes per partition
+//!   stats/<table>         rows, bytes per partition    layout_epoch  bumped by splits
 //!   stats_delta/<txn>     what a decided write adds to stats/, until folded in
 //!   index_stats/<name>    entry and apply counters
 //!   member/<worker id>    MemberRecord: its URL, operator state
@@ -142,6 +142,7 @@ pub fn table_key(name: &str) -> String {
 }
 const MAP: &str = "map/";
 const MAP_EPOCH: &str = "map_epoch";
+const LAYOUT_EPOCH: &str = "layout_epoch";
 const EXTERNAL: &str = "external/";
 const DECIDED: &str = "decided/";
 const STATS: &str = "stats/";
@@ -315,6 +316,12 @@ impl CatalogState {
             &mut ops,
         )?;
         diff_value(&self.map.epoch, &new.map.epoch, MAP_EPOCH, &mut ops)?;
+        diff_value(
+            &self.map.layout_epoch,
+            &new.map.layout_epoch,
+            LAYOUT_EPOCH,
+            &mut ops,
+        )?;
         diff_map(
             &self.external_tables,
             &new.external_tables,
@@ -390,6 +397,9 @@ impl CatalogState {
             set(&mut self.map.tables, name.to_string(), key, value)
         } else if key == MAP_EPOCH {
             self.map.epoch = counter(value)?;
+            Ok(())
+        } else if key == LAYOUT_EPOCH {
+            self.map.layout_epoch = counter(value)?;
             Ok(())
         } else if let Some(name) = key.strip_prefix(EXTERNAL) {
             set(&mut self.external_tables, name.to_string(), key, value)

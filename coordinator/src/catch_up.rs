@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use datafusion::common::{DataFusionError, Result};
+use tessera_sql::Placements;
 use tessera_worker::WorkerClient;
 use tessera_worker::wire::{InstallRequest, Installed};
 
@@ -270,7 +271,7 @@ impl Copy<'_> {
             .map
             .tables
             .get(map_key)
-            .and_then(|p| p.get(partition as usize))
+            .and_then(|p| p.by_id(partition))
             .is_some_and(|p| p.out_of_sync.iter().any(|w| w == worker));
         let Some((def, locations)) = files_of(&state, map_key) else {
             return Ok(Try::Gone);
@@ -344,7 +345,7 @@ impl Copy<'_> {
                     .map
                     .tables
                     .get_mut(map_key)
-                    .and_then(|p| p.get_mut(partition as usize))
+                    .and_then(|p| p.by_id_mut(partition))
                 else {
                     return Ok(false);
                 };

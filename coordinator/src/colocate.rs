@@ -227,7 +227,13 @@ impl ColocateJoins {
         // replicas: the copy each side would read, which is in sync).
         let lplace = crate::query_map::placements(config, &self.catalog, &ldef.name)?;
         let rplace = crate::query_map::placements(config, &self.catalog, &rdef.name)?;
-        if lplace.len() != rplace.len() || lplace.iter().zip(&rplace).any(|(a, b)| a.id != b.id) {
+        // Partition i must hold the same slice of keys on both sides.
+        if lplace.len() != rplace.len()
+            || lplace
+                .iter()
+                .zip(&rplace)
+                .any(|(a, b)| a.id != b.id || a.range != b.range)
+        {
             return Ok(None);
         }
         let all: Vec<u32> = lplace.iter().map(|p| p.id).collect();
@@ -244,7 +250,8 @@ impl ColocateJoins {
             .any(|(a, b)| a.worker_id != b.worker_id)
             || chosen.into_iter().any(|p| {
                 lread
-                    .get(p.partition as usize)
+                    .iter()
+                    .find(|r| r.partition == p.partition)
                     .is_none_or(|r| r.worker_id != p.worker_id)
             })
         {

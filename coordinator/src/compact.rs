@@ -31,7 +31,7 @@ use std::time::Duration;
 use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray, UInt32Array, UInt64Array};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::Result;
-use tessera_sql::{IndexKind, IndexState, TableDef};
+use tessera_sql::{IndexKind, IndexState, Placements, TableDef};
 use tessera_worker::wire::CompactRequest;
 use tessera_worker::{Compaction, MergeRule, StagedWrite, WorkerClient};
 
@@ -172,29 +172,39 @@ async fn compact_parts(
             index: Some(index.id),
         });
     }
-    let mut counts = vec![];
+    let mut ids = vec![];
     for part in &parts {
-        counts.push(catalog.placements(&part.map_key)?.len() as u32);
+        ids.push(catalog.placements(&part.map_key)?.ids());
     }
-    log.update(id, |r| r.partitions_total = counts.iter().sum());
+    log.update(id, |r| {
+        r.partitions_total = ids.iter().map(|i| i.len() as u32).sum()
+    });
     let mut out = vec![];
-    for (part, count) in parts.into_iter().zip(counts) {
+    for (part, ids) in parts.into_iter().zip(ids) {
         let mut done = Compacted {
             name: part.name.clone(),
             kind: part.kind.clone(),
-            partitions: count,
+            partitions: ids.len() as u32,
             partitions_merged: 0,
             files_merged: 0,
             rows: 0,
             bytes_before: 0,
             bytes_after: 0,
         };
-        for partition in 0..count {
+        for partition in ids {
             let merged = match merge_partition(catalog, def, &part, partition, rule).await {
                 Ok(merged) => merged,
                 // A copy away: this partition waits, the others go on.
                 Err(e) if tessera_worker::is_worker_failure(&e) => {
                     tracing::info!(table = %part.map_key, partition, error = %e, "partition not compacted");
+                    None
+                }
+                // Split meanwhile: its halves are new files already.
+                Err(_)
+                    if !catalog
+                        .placements(&part.map_key)
+                        .is_ok_and(|p| p.by_id(partition).is_some()) =>
+                {
                     None
                 }
                 Err(e) => return Err(e),
@@ -352,13 +362,19 @@ async fn merge_partition(
     decide_and_commit(catalog, guard, writes, urls, Ack::Committed, move |s| {
         // Every copy in sync now merged: one that rejoined meanwhile (it
         // caught up while this ran) would be left with the old files.
-        let in_sync: Vec<String> = s
+        let Some(placement) = s
             .map
             .tables
             .get(&part.map_key)
-            .and_then(|p| p.get(partition as usize))
-            .map(|p| p.in_sync().map(String::from).collect())
-            .unwrap_or_default();
+            .and_then(|p| p.by_id(partition))
+        else {
+            return tessera_worker::precondition_err!(
+                "partition {partition} of '{}' left the partition map (the table was dropped or \
+                 the partition split) while it was compacted; nothing was merged",
+                part.map_key
+            );
+        };
+        let in_sync: Vec<String> = placement.in_sync().map(String::from).collect();
         if let Some(w) = in_sync.iter().find(|w| !merging.contains(w)) {
             return Err(tessera_worker::WorkerUnavailable::error(format!(
                 "the copy of partition {partition} of '{}' on {w} rejoined while it was \

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 
 use datafusion::common::{DataFusionError, Result};
-use tessera_sql::{IndexKind, TableDef};
+use tessera_sql::{IndexKind, Placements, TableDef};
 use tessera_worker::WorkerUnavailable;
 
 use crate::catalog::WriteTarget;
@@ -35,12 +35,7 @@ pub(crate) fn settle_copies(
             "'{map_key}' was dropped or replaced while the statement ran; nothing was written"
         )));
     }
-    let Some(placement) = s
-        .map
-        .tables
-        .get(map_key)
-        .and_then(|p| p.get(partition as usize))
-    else {
+    let Some(placement) = s.map.tables.get(map_key).and_then(|p| p.by_id(partition)) else {
         return Err(DataFusionError::Internal(format!(
             "partition {partition} of '{map_key}' is not in the partition map"
         )));
@@ -260,7 +255,7 @@ pub(crate) fn drop_files_later(
                 || state
                     .map
                     .table(&key)
-                    .and_then(|p| p.get(partition as usize))
+                    .and_then(|p| p.by_id(partition))
                     .is_some_and(|p| p.replicas.contains(&worker));
             let Some(url) = members.get(&worker).filter(|_| !holds_again) else {
                 continue;

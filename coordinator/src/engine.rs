@@ -18,6 +18,7 @@ mod rebalance;
 mod recover;
 mod replace;
 mod replicas;
+mod split;
 mod statement_shape;
 mod switches;
 mod users;
@@ -378,6 +379,11 @@ impl Coordinator {
             }
             Statement::ShowWorkers => self.show_workers(),
             Statement::SetReplicas { table, replicas } => self.set_replicas(&table, replicas).await,
+            Statement::SplitPartition {
+                table,
+                partition,
+                at,
+            } => self.split_partition(&table, partition, at.as_deref()).await,
             Statement::CreateUser {
                 name,
                 password,

@@ -124,10 +124,11 @@ fn snapshot_for_follower(coordinator: &Coordinator, body: &[u8]) -> Result<Actio
     if let Some(target) = request.fresh {
         coordinator.applier().want_fresh(target);
     }
-    let (snapshot, pin) = catalog.snapshot().map_err(status)?;
+    let (snapshot, pin, layout_epoch) = catalog.snapshot().map_err(status)?;
     let reply = SnapshotReply {
         snapshot,
         revision: catalog.revision(),
+        layout_epoch: Some(layout_epoch),
         members: catalog.membership().wire().map_err(status)?,
         sequence: catalog.next_reply_sequence(),
         from: String::new(),

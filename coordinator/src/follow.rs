@@ -57,6 +57,10 @@ pub struct SnapshotReply {
     pub snapshot: Snapshot,
     /// The metastore revision of the leader's last catalog change.
     pub revision: u64,
+    /// The partition map's layout epoch when the snapshot was taken: a
+    /// follower plans against a map with the same layouts.
+    #[serde(default)]
+    pub layout_epoch: Option<u64>,
     pub members: Vec<MemberWire>,
     /// Increases with every reply of one leader: replies to concurrent
     /// statements may arrive out of order, the members of an older one

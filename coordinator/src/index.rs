@@ -30,7 +30,7 @@ use datafusion::arrow::array::{
 use datafusion::arrow::compute::concat_batches;
 use datafusion::arrow::datatypes::{Field, Schema};
 use datafusion::common::{DataFusionError, Result, plan_err};
-use tessera_sql::{CreateIndex, IndexDef, IndexKind, IndexState, TableDef};
+use tessera_sql::{CreateIndex, IndexDef, IndexKind, IndexState, Placements, TableDef};
 use tessera_worker::wire::EntriesRequest;
 use tessera_worker::{WorkerClient, sort_by_columns};
 
@@ -38,6 +38,7 @@ use crate::catalog::Catalog;
 use crate::write::{Ack, Piece, Role, global_index_pieces, write_pieces};
 
 pub use applier::{Applier, spawn_applier};
+pub(crate) use lookup::collect_scan;
 pub use lookup::plan_index_read;
 
 /// `CREATE INDEX`: registers the index, then backfills the rows written
@@ -71,6 +72,16 @@ pub async fn create_index(catalog: &Arc<Catalog>, ci: CreateIndex) -> Result<()>
             // Under the state lock, as `begin_write` takes its txn: writes
             // after this id maintain the index, the backfill covers the rest.
             def.since_txn = catalog.last_txn();
+            // The backfill goes over the table's partitions now (a table
+            // split has more than its scheme made).
+            let data_partitions = s.map.table(&table.name).map_or(0, |p| p.len() as u32);
+            def.state = IndexState::Building {
+                done: 0,
+                total: data_partitions,
+            };
+            if def.kind == IndexKind::Local {
+                def.partitions = data_partitions;
+            }
             if def.kind.is_global() {
                 if s.map.tables.contains_key(&def.map_key()) {
                     return plan_err!(
@@ -133,7 +144,17 @@ pub async fn backfill(catalog: Arc<Catalog>, name: String) -> Result<()> {
             ))
         })
         .collect::<Result<_>>()?;
-    for partition in done..total {
+    // Partitions in key order: `done` counts those indexed (a table with
+    // an index building does not split or merge, so the order holds).
+    let ids = catalog.placements(&table.name)?.ids();
+    for at in done..total {
+        let Some(&partition) = ids.get(at as usize) else {
+            return Err(DataFusionError::Internal(format!(
+                "'{}' has {} partitions, fewer than the {total} its index '{name}' counted",
+                table.name,
+                ids.len()
+            )));
+        };
         let source = catalog
             .scan_parts(&table.name, &[partition])?
             .pop()
@@ -167,11 +188,11 @@ pub async fn backfill(catalog: Arc<Catalog>, name: String) -> Result<()> {
                 role: Role::Entries,
             }]
         };
-        let next = if partition + 1 == total {
+        let next = if at + 1 == total {
             IndexState::Ready
         } else {
             IndexState::Building {
-                done: partition + 1,
+                done: at + 1,
                 total,
             }
         };
@@ -281,7 +302,12 @@ pub fn show_indexes(catalog: &Catalog, table: Option<&str>) -> Result<RecordBatc
         tables.push(def.table.clone());
         columns.push(def.columns.join(", "));
         kinds.push(def.kind.to_string());
-        partitions.push(def.partitions);
+        // A LOCAL index has a part per data partition, however many the
+        // table has split into.
+        partitions.push(match def.kind {
+            IndexKind::Local => state.map.table(&def.table).map_or(0, |p| p.len() as u32),
+            _ => def.partitions,
+        });
         states.push(def.state.to_string());
         entries.push(stats.entries);
         if def.kind == IndexKind::GlobalAsync {

@@ -30,12 +30,6 @@ impl QueryMap {
         }
     }
 
-    /// The catalog's map as it is now: what one query plans against.
-    pub fn now(catalog: &Catalog) -> Result<Self> {
-        let (revision, tables) = catalog.map_now()?;
-        Ok(Self::new(revision, tables))
-    }
-
     /// The metastore revision the map is at.
     pub fn revision(&self) -> u64 {
         self.revision
@@ -101,11 +95,19 @@ mod tests {
     use super::*;
     use crate::metastore::FileMetastore;
 
+    /// The map a query beginning now plans against (taken with its
+    /// snapshot).
+    async fn taken(catalog: &Catalog) -> QueryMap {
+        let (_, _, map) = catalog.take_snapshot().await.unwrap();
+        QueryMap::new(map.revision, map.tables)
+    }
+
     fn on(worker: &str) -> Vec<PartitionPlacement> {
         vec![PartitionPlacement {
             id: 0,
             replicas: vec![worker.to_string()],
             out_of_sync: vec![],
+            range: None,
         }]
     }
 
@@ -133,14 +135,14 @@ mod tests {
         };
         place("worker-0").await;
         let mut began = ConfigOptions::new();
-        let map = QueryMap::now(&catalog).unwrap();
+        let map = taken(&catalog).await;
         let at = map.revision();
         began.extensions.insert(map);
         place("worker-1").await;
         assert!(catalog.revision() > at);
         assert_eq!(placements(&began, &catalog, "t").unwrap(), on("worker-0"));
         let mut later = ConfigOptions::new();
-        later.extensions.insert(QueryMap::now(&catalog).unwrap());
+        later.extensions.insert(taken(&catalog).await);
         assert_eq!(placements(&later, &catalog, "t").unwrap(), on("worker-1"));
         assert_eq!(
             placements(&ConfigOptions::new(), &catalog, "t").unwrap(),

@@ -362,7 +362,7 @@ mod tests {
     use super::*;
     use crate::catalog_state::CatalogState;
     use datafusion::arrow::datatypes::{DataType, Field, Schema};
-    use tessera_sql::{PartitionScheme, Replication, TableDef};
+    use tessera_sql::{PartitionScheme, Placements, Replication, TableDef};
 
     fn state(tables: &[(&str, u32, u32)], workers: &[&str]) -> CatalogState {
         let mut s = CatalogState::default();
@@ -399,7 +399,12 @@ mod tests {
 
     fn apply_steps(s: &mut CatalogState, plan: &Plan) {
         for step in &plan.steps {
-            let p = &mut s.map.tables.get_mut(&step.map_key).unwrap()[step.partition as usize];
+            let p = s
+                .map
+                .tables
+                .get_mut(&step.map_key)
+                .and_then(|p| p.by_id_mut(step.partition))
+                .unwrap();
             match &step.to {
                 Some(to) => replace(p, &step.from, to),
                 None => p.replicas.retain(|w| *w != step.from),

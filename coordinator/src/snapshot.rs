@@ -9,6 +9,7 @@ use datafusion::execution::SessionState;
 use tessera_worker::Snapshot;
 
 use crate::catalog::{Catalog, SnapshotHold};
+use crate::query_map::QueryMap;
 
 /// The snapshot of one statement, and the hold that keeps it open for as
 /// long as the statement's session config (and its task contexts) live.
@@ -18,8 +19,8 @@ pub struct QuerySnapshot {
     _hold: Arc<SnapshotHold>,
 }
 
-/// A snapshot taken for a whole statement.
-pub type Taken = (Arc<Snapshot>, Arc<SnapshotHold>);
+/// A snapshot taken for a whole statement, and the partition map at it.
+pub type Taken = (Arc<Snapshot>, Arc<SnapshotHold>, QueryMap);
 
 tokio::task_local! {
     /// The snapshot a follower took before planning a statement (which
@@ -35,17 +36,22 @@ pub async fn with_snapshot<F: Future>(taken: Taken, f: F) -> F::Output {
 
 /// Takes a snapshot for a whole statement.
 pub async fn take(catalog: &Catalog) -> Result<Taken> {
-    let (snapshot, hold) = catalog.take_snapshot().await?;
-    Ok((Arc::new(snapshot), Arc::new(hold)))
+    let (snapshot, hold, map) = catalog.take_snapshot().await?;
+    Ok((
+        Arc::new(snapshot),
+        Arc::new(hold),
+        QueryMap::new(map.revision, map.tables),
+    ))
 }
 
 /// A copy of `base` that plans one statement at a snapshot taken now (or
 /// the one taken for the statement, see [`with_snapshot`]).
 pub async fn session_at_snapshot(base: SessionState, catalog: &Catalog) -> Result<SessionState> {
-    let (snapshot, hold) = match TAKEN.try_with(|(s, h)| (Arc::clone(s), Arc::clone(h))) {
-        Ok(taken) => taken,
-        Err(_) => take(catalog).await?,
-    };
+    let (snapshot, hold, map) =
+        match TAKEN.try_with(|(s, h, m)| (Arc::clone(s), Arc::clone(h), m.clone())) {
+            Ok(taken) => taken,
+            Err(_) => take(catalog).await?,
+        };
     let mut state = base;
     state.config_mut().set_extension(Arc::new(QuerySnapshot {
         snapshot,
@@ -55,8 +61,8 @@ pub async fn session_at_snapshot(base: SessionState, catalog: &Catalog) -> Resul
     if let Some(progress) = crate::progress::current() {
         state.config_mut().set_extension(progress);
     }
-    // The partition map every scan of the statement reads, taken once.
-    let map = crate::query_map::QueryMap::now(catalog)?;
+    // The partition map every scan of the statement reads, taken with
+    // its snapshot.
     state.config_mut().options_mut().extensions.insert(map);
     Ok(state)
 }

@@ -14,7 +14,7 @@ use datafusion::logical_expr::dml::InsertOp;
 use datafusion::logical_expr::utils::conjunction;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_plan::ExecutionPlan;
-use tessera_sql::{TableDef, prune_partitions};
+use tessera_sql::{Placements, TableDef, prune_partitions};
 use tessera_worker::{PartitionScanExec, ScanSpec};
 
 use crate::catalog::Catalog;
@@ -86,7 +86,10 @@ impl TableProvider for TesseraTable {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let mut kept = prune_partitions(&self.def.scheme, &self.schema, filters);
+        let placements =
+            crate::query_map::placements(state.config_options(), &self.catalog, &self.def.name)?;
+        let layout = placements.layout(&self.def.scheme)?;
+        let mut kept = prune_partitions(&self.def.scheme, layout.as_ref(), &self.schema, filters);
         let snapshot = crate::snapshot::snapshot_of(state, &self.catalog).await?;
         let index = crate::index::plan_index_read(
             (&self.catalog, &self.applier),
@@ -102,8 +105,6 @@ impl TableProvider for TesseraTable {
             kept = data;
             read
         });
-        let placements =
-            crate::query_map::placements(state.config_options(), &self.catalog, &self.def.name)?;
         let parts = self
             .catalog
             .scan_parts_at(&self.def.name, &placements, &kept)?;
@@ -123,7 +124,7 @@ impl TableProvider for TesseraTable {
             projection: projection.cloned(),
             predicate,
             limit,
-            total_partitions: self.def.scheme.partition_count(),
+            total_partitions: placements.len() as u32,
             kept_partitions: parts.len() as u32,
             estimate,
             colocated_on: None,

@@ -127,7 +127,9 @@ impl WriteSink {
         &self,
         batches: Vec<RecordBatch>,
     ) -> Result<BTreeMap<u32, Vec<RecordBatch>>> {
-        let partitioner = Partitioner::try_new(&self.def.scheme, &self.table_schema)?;
+        let layout = self.catalog.layout(&self.def.name, &self.def.scheme)?;
+        let partitioner =
+            Partitioner::try_new(&self.def.scheme, &self.table_schema)?.with_layout(layout);
         let mut out: BTreeMap<u32, Vec<RecordBatch>> = BTreeMap::new();
         for batch in batches {
             if batch.num_rows() == 0 {
@@ -142,22 +144,54 @@ impl WriteSink {
                             self.def.name
                         ))
                     })?;
-            let assigned = partitioner.assign(&batch)?;
-            let mut rows_of: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
-            for (row, p) in assigned.iter().enumerate() {
-                rows_of.entry(*p).or_default().push(row as u32);
-            }
-            for (p, rows) in rows_of {
-                let piece = if rows.len() == batch.num_rows() {
-                    compact_views(batch.clone())?
-                } else {
-                    compact_views(take_record_batch(&batch, &UInt32Array::from(rows))?)?
-                };
-                out.entry(p).or_default().push(piece);
-            }
+            split_by_partition(&partitioner, batch, &mut out)?;
         }
         Ok(out)
     }
+}
+
+/// Adds the rows of `batch` to `out` by the partition `partitioner` gives.
+pub(crate) fn split_by_partition(
+    partitioner: &Partitioner,
+    batch: RecordBatch,
+    out: &mut BTreeMap<u32, Vec<RecordBatch>>,
+) -> Result<()> {
+    let assigned = partitioner.assign(&batch)?;
+    let mut rows_of: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+    for (row, p) in assigned.iter().enumerate() {
+        rows_of.entry(*p).or_default().push(row as u32);
+    }
+    for (p, rows) in rows_of {
+        let piece = if rows.len() == batch.num_rows() {
+            compact_views(batch.clone())?
+        } else {
+            compact_views(take_record_batch(&batch, &UInt32Array::from(rows))?)?
+        };
+        out.entry(p).or_default().push(piece);
+    }
+    Ok(())
+}
+
+/// `routed` as it is, when every partition it names is still one of
+/// `def`'s; routed again to the partitions there are now otherwise (one
+/// split or merged after the rows were routed). Called with the table's
+/// gate held, which a split or a merge waits for.
+fn still_routed(
+    catalog: &Catalog,
+    def: &TableDef,
+    table_schema: &SchemaRef,
+    routed: BTreeMap<u32, Vec<RecordBatch>>,
+) -> Result<BTreeMap<u32, Vec<RecordBatch>>> {
+    if catalog.holds_partitions(&def.name, routed.keys().copied())? {
+        return Ok(routed);
+    }
+    let layout = catalog.layout(&def.name, &def.scheme)?;
+    let partitioner = Partitioner::try_new(&def.scheme, table_schema)?.with_layout(layout);
+    let mut out = BTreeMap::new();
+    for batch in routed.into_values().flatten() {
+        split_by_partition(&partitioner, batch, &mut out)?;
+    }
+    Ok(out)
 }
 
 impl DisplayAs for WriteSink {
@@ -222,6 +256,7 @@ async fn write_routed(
     let table = def.name.as_str();
     let (guard, indexes) = catalog.begin_write_as(def).await?;
     let txn = guard.txn;
+    let routed = still_routed(catalog, def, table_schema, routed)?;
     let parts: Vec<u32> = routed.keys().copied().collect();
     let targets = catalog.write_targets(table, &parts)?;
 
@@ -361,6 +396,20 @@ pub async fn write_pieces(
     guard: TxnGuard,
     pieces: Vec<Piece>,
     ack: Ack,
+    decide: impl FnMut(&mut CatalogState, &[DataFile]) -> Result<()> + Send + 'static,
+) -> Result<()> {
+    write_pieces_placing(catalog, guard, pieces, ack, |_| Ok(()), decide).await
+}
+
+/// [`write_pieces`] to partitions that `place` puts in the partition map
+/// as the write is decided (a split's halves), before the copies that took
+/// each piece are settled against the map.
+pub async fn write_pieces_placing(
+    catalog: &Arc<Catalog>,
+    guard: TxnGuard,
+    pieces: Vec<Piece>,
+    ack: Ack,
+    mut place: impl FnMut(&mut CatalogState) -> Result<()> + Send + 'static,
     mut decide: impl FnMut(&mut CatalogState, &[DataFile]) -> Result<()> + Send + 'static,
 ) -> Result<()> {
     let txn = guard.txn;
@@ -472,6 +521,7 @@ pub async fn write_pieces(
     let holders: Vec<Vec<String>> = files.iter().map(|h| h.keys().cloned().collect()).collect();
     let targets: Vec<WriteTarget> = shares.into_iter().map(|s| s.target).collect();
     decide_and_commit(catalog, guard, writes, urls, ack, move |s| {
+        place(s)?;
         for (target, held) in targets.iter().zip(&holders) {
             settle_copies(s, target, held)?;
         }

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ident::{check_name, first_duplicate};
 use crate::key::is_key_type;
+use crate::layout::{KeyRange, PartitionLayout};
 use crate::replication::Replication;
 use crate::scheme::PartitionScheme;
 
@@ -164,6 +165,11 @@ pub struct PartitionPlacement {
     /// The others are the in-sync set.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub out_of_sync: Vec<String>,
+    /// The slice of keys the partition holds, once it is not the one its
+    /// scheme gave partition `id` at creation (after a split or a merge);
+    /// `None` is that initial slice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub range: Option<KeyRange>,
 }
 
 impl PartitionPlacement {
@@ -184,11 +190,77 @@ impl PartitionPlacement {
     }
 }
 
+/// A table's placements (its partition map entry, in key order), looked
+/// up by partition id: ids are positions until a partition splits or
+/// merges, and stay the partitions' names after.
+pub trait Placements {
+    fn by_id(&self, id: u32) -> Option<&PartitionPlacement>;
+    fn by_id_mut(&mut self, id: u32) -> Option<&mut PartitionPlacement>;
+    /// The partitions' ids, in key order.
+    fn ids(&self) -> Vec<u32>;
+    /// The layout the placements describe under `scheme`; `None` while it
+    /// is the scheme's initial one (partitions 0..n in key order, each
+    /// with its initial slice), which the scheme's closed forms look up.
+    fn layout(&self, scheme: &PartitionScheme) -> Result<Option<PartitionLayout>>;
+}
+
+impl Placements for [PartitionPlacement] {
+    fn by_id(&self, id: u32) -> Option<&PartitionPlacement> {
+        match self.get(id as usize) {
+            Some(p) if p.id == id => Some(p),
+            _ => self.iter().find(|p| p.id == id),
+        }
+    }
+
+    fn by_id_mut(&mut self, id: u32) -> Option<&mut PartitionPlacement> {
+        let at = match self.get(id as usize) {
+            Some(p) if p.id == id => Some(id as usize),
+            _ => self.iter().position(|p| p.id == id),
+        };
+        at.map(|i| &mut self[i])
+    }
+
+    fn ids(&self) -> Vec<u32> {
+        self.iter().map(|p| p.id).collect()
+    }
+
+    fn layout(&self, scheme: &PartitionScheme) -> Result<Option<PartitionLayout>> {
+        let initial = self
+            .iter()
+            .enumerate()
+            .all(|(i, p)| p.range.is_none() && p.id as usize == i)
+            && self.len() == scheme.partition_count() as usize;
+        if initial {
+            return Ok(None);
+        }
+        let first = PartitionLayout::initial(scheme);
+        let parts = self
+            .iter()
+            .map(|p| match &p.range {
+                Some(r) => Ok((r.clone(), p.id)),
+                None => match first.range_of(p.id) {
+                    Some(r) => Ok((r.clone(), p.id)),
+                    None => plan_err!(
+                        "partition {} has no slice of keys in the partition map; the map is \
+                         damaged",
+                        p.id
+                    ),
+                },
+            })
+            .collect::<Result<Vec<_>>>()?;
+        PartitionLayout::from_parts(parts).map(Some)
+    }
+}
+
 /// The partition map: per table, the placement of every partition, under an
 /// epoch that every change bumps.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PartitionMap {
     pub epoch: u64,
+    /// Bumped by every change of a table's partitions' slices of keys (a
+    /// split): a query pairs its snapshot with a map of the same layouts.
+    #[serde(default)]
+    pub layout_epoch: u64,
     pub tables: BTreeMap<String, Vec<PartitionPlacement>>,
 }
 
@@ -212,6 +284,7 @@ impl PartitionMap {
                 id,
                 replicas,
                 out_of_sync: vec![],
+                range: None,
             })
             .collect();
         self.tables.insert(table.to_string(), placements);
@@ -224,7 +297,7 @@ impl PartitionMap {
         let Some(placement) = self
             .tables
             .get_mut(table)
-            .and_then(|p| p.get_mut(partition as usize))
+            .and_then(|p| p.by_id_mut(partition))
         else {
             return;
         };

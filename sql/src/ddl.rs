@@ -31,7 +31,7 @@ pub use create_table::CreateTable;
 use create_table::{parse_create_table, take_replicas_clause};
 pub use index::CreateIndex;
 use index::parse_create_index;
-pub use partition::PartitionSpec;
+pub use partition::{PartitionSpec, key_bound};
 use rebalance::parse_rebalance_statement;
 pub use script::{ScriptStatement, ends_statement, split_statements};
 use users::parse_user_statement;
@@ -70,6 +70,14 @@ pub enum Statement {
     SetReplicas {
         table: String,
         replicas: u32,
+    },
+    /// `ALTER TABLE t SPLIT PARTITION id [AT v]`: the partition becomes
+    /// two, at `v` (a RANGE table's key) or, without it, at the median
+    /// key of its rows (RANGE) or the middle of its hash slice (HASH).
+    SplitPartition {
+        table: String,
+        partition: u32,
+        at: Option<Box<ast::Expr>>,
     },
     /// `ALTER WORKER id DRAIN | ACTIVATE | DECOMMISSION`.
     AlterWorker {
@@ -292,6 +300,42 @@ pub fn parse_statement(sql: &str) -> Result<Statement> {
         Replication::try_new(replicas, None)?;
         expect_end(&mut parser)?;
         return Ok(Statement::SetReplicas { table, replicas });
+    }
+    if kw(0, Keyword::ALTER)
+        && kw(1, Keyword::TABLE)
+        && words.iter().any(|t| {
+            matches!(t, Token::Word(w) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case("SPLIT"))
+        })
+    {
+        let mut parser = Parser::new(&GenericDialect {}).with_tokens_with_locations(tokens);
+        parser
+            .expect_keywords(&[Keyword::ALTER, Keyword::TABLE])
+            .map_err(parser_err)?;
+        let table = object_name(&parser.parse_object_name(false).map_err(parser_err)?);
+        if !(parse_word(&mut parser, "SPLIT") && parser.parse_keyword(Keyword::PARTITION)) {
+            return plan_err!("expected ALTER TABLE {table} SPLIT PARTITION id [AT value]");
+        }
+        let partition = match parser.next_token().token {
+            Token::Number(n, _) => n.parse::<u32>().ok(),
+            _ => None,
+        };
+        let Some(partition) = partition else {
+            return plan_err!(
+                "ALTER TABLE {table} SPLIT PARTITION takes a partition id (SHOW PARTITIONS \
+                 {table} lists them): SPLIT PARTITION 3"
+            );
+        };
+        let at = if parser.parse_keyword(Keyword::AT) {
+            Some(Box::new(parser.parse_expr().map_err(parser_err)?))
+        } else {
+            None
+        };
+        expect_end(&mut parser)?;
+        return Ok(Statement::SplitPartition {
+            table,
+            partition,
+            at,
+        });
     }
     if kw(0, Keyword::ALTER) && word(1, "WORKER") {
         let mut parser = Parser::new(&GenericDialect {}).with_tokens_with_locations(tokens);

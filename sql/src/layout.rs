@@ -90,6 +90,17 @@ impl PartitionLayout {
         Self { parts, next_id }
     }
 
+    /// The layout of `parts` (slices in key order, with their ids); the
+    /// next id is past the highest one, which is never given twice: a
+    /// split or merge gives ids above every one before, so the highest id
+    /// ever given is always among the partitions.
+    pub fn from_parts(parts: Vec<(KeyRange, u32)>) -> Result<Self> {
+        let next_id = parts.iter().map(|(_, id)| id + 1).max().unwrap_or(0);
+        let layout = Self { parts, next_id };
+        layout.check()?;
+        Ok(layout)
+    }
+
     /// Partitions now.
     pub fn len(&self) -> usize {
         self.parts.len()

@@ -16,10 +16,12 @@ pub mod simulate;
 pub mod size;
 mod text;
 
-pub use catalog::{ColumnDef, MAX_PARTITIONS, PartitionMap, PartitionPlacement, TableDef};
+pub use catalog::{
+    ColumnDef, MAX_PARTITIONS, PartitionMap, PartitionPlacement, Placements, TableDef,
+};
 pub use ddl::{
     CreateIndex, CreateTable, PartitionSpec, ScriptStatement, Statement, UserRole, WorkerAction,
-    ends_statement, parse_statement, redact, split_statements,
+    ends_statement, key_bound, parse_statement, redact, split_statements,
 };
 pub use depth::MAX_EXPRESSION_DEPTH;
 pub use index::{FILE_COLUMN, IndexDef, IndexKind, IndexState, PART_COLUMN, ROW_COLUMN};

@@ -14,7 +14,8 @@ use datafusion::logical_expr::utils::split_conjunction;
 use datafusion::logical_expr::{Between, BinaryExpr, Expr, Operator, expr::InList};
 
 use crate::key::KeyValue;
-use crate::scheme::{PartitionScheme, range_partition};
+use crate::layout::{KeyRange, PartitionLayout};
+use crate::scheme::PartitionScheme;
 
 /// Most key combinations hashed for one query before giving up on pruning.
 const MAX_COMBINATIONS: usize = 4096;
@@ -79,10 +80,25 @@ impl Constraint {
     }
 }
 
-/// The partitions of a table with `scheme` that rows matching every filter
-/// can live in, ascending.
-pub fn prune_partitions(scheme: &PartitionScheme, schema: &Schema, filters: &[Expr]) -> Vec<u32> {
-    let all: Vec<u32> = (0..scheme.partition_count()).collect();
+/// The partitions of a table with `scheme` laid out as `layout` (`None`:
+/// the scheme's initial layout) that rows matching every filter can live
+/// in, ascending by id.
+pub fn prune_partitions(
+    scheme: &PartitionScheme,
+    layout: Option<&PartitionLayout>,
+    schema: &Schema,
+    filters: &[Expr],
+) -> Vec<u32> {
+    let initial;
+    let layout = match layout {
+        Some(l) => l,
+        None => {
+            initial = PartitionLayout::initial(scheme);
+            &initial
+        }
+    };
+    let mut all: Vec<u32> = layout.ids().collect();
+    all.sort_unstable();
     let constraint_of = |column: &str| -> Option<Constraint> {
         let data_type = schema.field_with_name(column).ok()?.data_type().clone();
         let mut found: Option<Constraint> = None;
@@ -120,34 +136,47 @@ pub fn prune_partitions(scheme: &PartitionScheme, schema: &Schema, filters: &[Ex
                     })
                     .collect();
             }
-            let kept: BTreeSet<u32> = combos.iter().map(|k| scheme.partition_of_key(k)).collect();
+            let kept: BTreeSet<u32> = combos
+                .iter()
+                .map(|k| scheme.partition_of_key(Some(layout), k))
+                .collect();
             kept.into_iter().collect()
         }
-        PartitionScheme::Range { column, bounds } => match constraint_of(column) {
+        PartitionScheme::Range { column, .. } => match constraint_of(column) {
             None => all,
             Some(Constraint::Values(values)) => {
-                let kept: BTreeSet<u32> =
-                    values.iter().map(|v| range_partition(bounds, v)).collect();
+                let kept: BTreeSet<u32> = values
+                    .iter()
+                    .map(|v| layout.partition_of_value(v))
+                    .collect();
                 kept.into_iter().collect()
             }
-            Some(Constraint::Range { lo, hi }) => all
-                .into_iter()
-                .filter(|p| {
-                    let lower = p.checked_sub(1).and_then(|i| bounds.get(i as usize));
-                    let upper = bounds.get(*p as usize);
-                    // Some x with lower <= x < upper and lo <= x <= hi.
-                    let hi_ok = match (&hi, lower) {
-                        (Some((h, true)), Some(l)) => h >= l,
-                        (Some((h, false)), Some(l)) => h > l,
-                        _ => true,
-                    };
-                    let lo_ok = match (&lo, upper) {
-                        (Some((l, _)), Some(u)) => l < u,
-                        _ => true,
-                    };
-                    hi_ok && lo_ok
-                })
-                .collect(),
+            Some(Constraint::Range { lo, hi }) => {
+                let mut kept: Vec<u32> = layout
+                    .parts()
+                    .iter()
+                    .filter(|(range, _)| {
+                        let (lower, upper) = match range {
+                            KeyRange::Range { lo, hi } => (lo.as_ref(), hi.as_ref()),
+                            _ => (None, None),
+                        };
+                        // Some x with lower <= x < upper and lo <= x <= hi.
+                        let hi_ok = match (&hi, lower) {
+                            (Some((h, true)), Some(l)) => h >= l,
+                            (Some((h, false)), Some(l)) => h > l,
+                            _ => true,
+                        };
+                        let lo_ok = match (&lo, upper) {
+                            (Some((l, _)), Some(u)) => l < u,
+                            _ => true,
+                        };
+                        hi_ok && lo_ok
+                    })
+                    .map(|(_, id)| *id)
+                    .collect();
+                kept.sort_unstable();
+                kept
+            }
         },
     }
 }
@@ -306,11 +335,14 @@ mod tests {
 
     #[test]
     fn hash_equality_keeps_one() {
-        let kept = prune_partitions(&hash(), &schema(), &[col("k").eq(lit(42i64))]);
-        assert_eq!(kept, vec![hash().partition_of_key(&[KeyValue::Int(42)])]);
+        let kept = prune_partitions(&hash(), None, &schema(), &[col("k").eq(lit(42i64))]);
+        assert_eq!(
+            kept,
+            vec![hash().partition_of_key(None, &[KeyValue::Int(42)])]
+        );
         // An Int32 literal hashes like the Int64 column value.
         assert_eq!(
-            prune_partitions(&hash(), &schema(), &[lit(42i32).eq(col("k"))]),
+            prune_partitions(&hash(), None, &schema(), &[lit(42i32).eq(col("k"))]),
             kept
         );
     }
@@ -319,11 +351,11 @@ mod tests {
     fn hash_in_and_or() {
         let in_list = col("k").in_list(vec![lit(1i64), lit(2i64)], false);
         let or = col("k").eq(lit(1i64)).or(col("k").eq(lit(2i64)));
-        let a = prune_partitions(&hash(), &schema(), &[in_list]);
+        let a = prune_partitions(&hash(), None, &schema(), &[in_list]);
         assert!(!a.is_empty() && a.len() <= 2);
-        assert_eq!(a, prune_partitions(&hash(), &schema(), &[or]));
+        assert_eq!(a, prune_partitions(&hash(), None, &schema(), &[or]));
         assert_eq!(
-            prune_partitions(&hash(), &schema(), &[col("k").gt(lit(1i64))]).len(),
+            prune_partitions(&hash(), None, &schema(), &[col("k").gt(lit(1i64))]).len(),
             8
         );
     }
@@ -332,29 +364,29 @@ mod tests {
     fn range_between_and_bounds() {
         let between = col("k").between(lit(1500i64), lit(2500i64));
         assert_eq!(
-            prune_partitions(&range(), &schema(), &[between]),
+            prune_partitions(&range(), None, &schema(), &[between]),
             vec![1, 2]
         );
         assert_eq!(
-            prune_partitions(&range(), &schema(), &[col("k").lt(lit(1000i64))]),
+            prune_partitions(&range(), None, &schema(), &[col("k").lt(lit(1000i64))]),
             vec![0]
         );
         assert_eq!(
-            prune_partitions(&range(), &schema(), &[col("k").lt_eq(lit(1000i64))]),
+            prune_partitions(&range(), None, &schema(), &[col("k").lt_eq(lit(1000i64))]),
             vec![0, 1]
         );
         assert_eq!(
-            prune_partitions(&range(), &schema(), &[col("k").gt_eq(lit(3000i64))]),
+            prune_partitions(&range(), None, &schema(), &[col("k").gt_eq(lit(3000i64))]),
             vec![3]
         );
         let both = [col("k").gt(lit(100i64)), col("k").lt(lit(200i64))];
-        assert_eq!(prune_partitions(&range(), &schema(), &both), vec![0]);
+        assert_eq!(prune_partitions(&range(), None, &schema(), &both), vec![0]);
         assert_eq!(
-            prune_partitions(&range(), &schema(), &[col("k").eq(lit(2000i64))]),
+            prune_partitions(&range(), None, &schema(), &[col("k").eq(lit(2000i64))]),
             vec![2]
         );
         let contradiction = [col("k").eq(lit(5i64)), col("k").gt(lit(10i64))];
-        assert!(prune_partitions(&range(), &schema(), &contradiction).is_empty());
+        assert!(prune_partitions(&range(), None, &schema(), &contradiction).is_empty());
     }
 
     #[test]
@@ -364,13 +396,13 @@ mod tests {
             Operator::IsDistinctFrom,
             Box::new(lit(ScalarValue::Int64(None))),
         ));
-        assert_eq!(prune_partitions(&hash(), &schema(), &[f]).len(), 8);
+        assert_eq!(prune_partitions(&hash(), None, &schema(), &[f]).len(), 8);
     }
 
     #[test]
     fn unrelated_filters_keep_all() {
         assert_eq!(
-            prune_partitions(&range(), &schema(), &[col("s").eq(lit("x"))]).len(),
+            prune_partitions(&range(), None, &schema(), &[col("s").eq(lit("x"))]).len(),
             4
         );
     }

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 use crate::key::{KeyValue, encode_array_value};
+use crate::layout::{KeyRange, PartitionLayout};
 
 /// Seed of the partition hash. Part of the on-disk contract.
 pub const HASH_SEED: u64 = 0;
@@ -70,8 +71,9 @@ impl PartitionScheme {
         }
     }
 
-    /// The partition of a complete key (one value per key column).
-    pub fn partition_of_key(&self, key: &[KeyValue]) -> u32 {
+    /// The partition of a complete key (one value per key column) in
+    /// `layout`, or the scheme's initial layout when it is `None`.
+    pub fn partition_of_key(&self, layout: Option<&PartitionLayout>, key: &[KeyValue]) -> u32 {
         match self {
             PartitionScheme::Single => 0,
             PartitionScheme::Hash { partitions, .. } => {
@@ -79,12 +81,19 @@ impl PartitionScheme {
                 for v in key {
                     v.encode(&mut buf);
                 }
-                hash_partition(xxh3_64_with_seed(&buf, HASH_SEED), *partitions)
+                let hash = xxh3_64_with_seed(&buf, HASH_SEED);
+                match layout {
+                    Some(layout) => layout.partition_of_hash(hash),
+                    None => hash_partition(hash, *partitions),
+                }
             }
-            PartitionScheme::Range { bounds, .. } => match key.first() {
-                Some(v) => range_partition(bounds, v),
-                None => 0,
-            },
+            PartitionScheme::Range { bounds, .. } => {
+                let v = key.first().unwrap_or(&KeyValue::Null);
+                match layout {
+                    Some(layout) => layout.partition_of_value(v),
+                    None => range_partition(bounds, v),
+                }
+            }
         }
     }
 
@@ -108,32 +117,42 @@ impl PartitionScheme {
         }
     }
 
-    /// Describes the slice of key space partition `p` holds, for `SHOW PARTITIONS`.
-    pub fn describe_partition(&self, p: u32, schema: &Schema) -> String {
-        match self {
-            PartitionScheme::Single => "all rows".to_string(),
-            PartitionScheme::Hash { partitions, .. } => {
-                let (start, end) = hash_range(p, *partitions);
-                match end {
-                    Some(end) => format!("hash [{start:#018x}, {end:#018x})"),
-                    None => format!("hash [{start:#018x}, 2^64)"),
+    /// Describes the slice of key space partition `p` holds, for `SHOW
+    /// PARTITIONS`: `range` once it is not its initial one.
+    pub fn describe_partition(&self, p: u32, range: Option<&KeyRange>, schema: &Schema) -> String {
+        let initial;
+        let range = match range {
+            Some(r) => r,
+            None => {
+                initial = PartitionLayout::initial(self);
+                match initial.range_of(p) {
+                    Some(r) => r,
+                    None => return "no slice of keys".to_string(),
                 }
             }
-            PartitionScheme::Range { column, bounds } => {
+        };
+        match (self, range) {
+            (_, KeyRange::All) => "all rows".to_string(),
+            (_, KeyRange::Hash { start, end }) => match end {
+                Some(end) => format!("hash [{start:#018x}, {end:#018x})"),
+                None => format!("hash [{start:#018x}, 2^64)"),
+            },
+            (PartitionScheme::Range { column, .. }, KeyRange::Range { lo, hi }) => {
                 let shown = |v: &KeyValue| match schema.field_with_name(column) {
                     Ok(f) => v.to_scalar(f.data_type()).to_string(),
                     Err(_) => v.to_string(),
                 };
-                let lo = match p.checked_sub(1).and_then(|i| bounds.get(i as usize)) {
+                let lo = match lo {
                     Some(b) => format!("[{}", shown(b)),
                     None => "(-inf".to_string(),
                 };
-                let hi = match bounds.get(p as usize) {
+                let hi = match hi {
                     Some(b) => format!("{})", shown(b)),
                     None => "+inf)".to_string(),
                 };
                 format!("{column} {lo}, {hi}")
             }
+            (_, other) => format!("{other:?}"),
         }
     }
 }
@@ -187,6 +206,9 @@ pub fn range_partition(bounds: &[KeyValue], value: &KeyValue) -> u32 {
 /// Assigns each row of a batch to its partition (NULL keys included).
 pub struct Partitioner {
     scheme: PartitionScheme,
+    /// The table's layout once a partition split or merged; `None` is the
+    /// scheme's initial one, looked up by the closed forms.
+    layout: Option<PartitionLayout>,
     key_indices: Vec<usize>,
 }
 
@@ -199,8 +221,16 @@ impl Partitioner {
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
             scheme: scheme.clone(),
+            layout: None,
             key_indices,
         })
+    }
+
+    /// Assigns rows to the partitions of `layout` (see
+    /// [`crate::Placements::layout`]) instead of the scheme's initial ones.
+    pub fn with_layout(mut self, layout: Option<PartitionLayout>) -> Self {
+        self.layout = layout;
+        self
     }
 
     /// The partition of every row of `batch`, in row order.
@@ -217,10 +247,11 @@ impl Partitioner {
                     for key in &keys {
                         encode_array_value(key.as_ref(), row, &mut buf)?;
                     }
-                    out.push(hash_partition(
-                        xxh3_64_with_seed(&buf, HASH_SEED),
-                        *partitions,
-                    ));
+                    let hash = xxh3_64_with_seed(&buf, HASH_SEED);
+                    out.push(match &self.layout {
+                        Some(layout) => layout.partition_of_hash(hash),
+                        None => hash_partition(hash, *partitions),
+                    });
                 }
                 Ok(out)
             }
@@ -228,7 +259,10 @@ impl Partitioner {
                 let mut out = Vec::with_capacity(rows);
                 for row in 0..rows {
                     let v = KeyValue::from_array(keys[0], row)?.unwrap_or(KeyValue::Null);
-                    out.push(range_partition(bounds, &v));
+                    out.push(match &self.layout {
+                        Some(layout) => layout.partition_of_value(&v),
+                        None => range_partition(bounds, &v),
+                    });
                 }
                 Ok(out)
             }
@@ -300,7 +334,7 @@ mod tests {
             let h = xxh3_64_with_seed(&buf, HASH_SEED);
             assert_eq!(h, expected_hash, "hash of {key:?}");
             assert_eq!(
-                hash(key.len()).partition_of_key(&key),
+                hash(key.len()).partition_of_key(None, &key),
                 GOLDEN_PARTITION_OF_8[i]
             );
         }
@@ -318,7 +352,7 @@ mod tests {
         };
         let partition = |v: ScalarValue| {
             let key = KeyValue::from_scalar(&v, &v.data_type()).unwrap().unwrap();
-            scheme.partition_of_key(&[key])
+            scheme.partition_of_key(None, &[key])
         };
         assert_eq!(
             partition(ScalarValue::Int32(Some(42))),

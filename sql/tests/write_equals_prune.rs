@@ -1,5 +1,7 @@
 //! Property: for random keys of every key type, the partition a row is
-//! written to equals the one partition pruning keeps for `k = key`.
+//! written to equals the one partition pruning keeps for `k = key`, in a
+//! scheme's initial layout and after partitions split (one of them at the
+//! key itself, for range schemes).
 
 #![allow(clippy::unwrap_used)]
 
@@ -13,25 +15,69 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use datafusion::common::ScalarValue;
 use datafusion::prelude::{col, lit};
 use proptest::prelude::*;
-use tessera_sql::{KeyValue, PartitionScheme, Partitioner, prune_partitions};
+use tessera_sql::{
+    KeyRange, KeyValue, PartitionLayout, PartitionScheme, Partitioner, SplitAt, prune_partitions,
+};
 
 fn check(array: ArrayRef, literal: ScalarValue, scheme_for: impl Fn(&DataType) -> PartitionScheme) {
     // `k = NULL` is never true; a NULL key is found with `k IS NULL`.
     let predicate = if literal.is_null() {
         col("k").is_null()
     } else {
-        col("k").eq(lit(literal))
+        col("k").eq(lit(literal.clone()))
     };
     let data_type = array.data_type().clone();
     let schema = Arc::new(Schema::new(vec![Field::new("k", data_type.clone(), true)]));
     let scheme = scheme_for(&data_type);
     let batch = RecordBatch::try_new(schema.clone(), vec![array]).unwrap();
-    let written = Partitioner::try_new(&scheme, &schema)
-        .unwrap()
-        .assign(&batch)
-        .unwrap();
-    let kept = prune_partitions(&scheme, &schema, &[predicate]);
-    assert_eq!(kept, written, "{scheme:?}");
+    let layouts = [None, Some(split_layout(&scheme, &literal, &data_type))];
+    for layout in layouts {
+        let written = Partitioner::try_new(&scheme, &schema)
+            .unwrap()
+            .with_layout(layout.clone())
+            .assign(&batch)
+            .unwrap();
+        let kept = prune_partitions(
+            &scheme,
+            layout.as_ref(),
+            &schema,
+            std::slice::from_ref(&predicate),
+        );
+        assert_eq!(kept, written, "{scheme:?} {layout:?}");
+    }
+}
+
+/// `scheme`'s initial layout with partitions split: hash slices at their
+/// middles (twice in a row for the first), a range scheme's partition of
+/// `key` at `key` itself when it lies inside the slice.
+fn split_layout(scheme: &PartitionScheme, key: &ScalarValue, t: &DataType) -> PartitionLayout {
+    let mut layout = PartitionLayout::initial(scheme);
+    match scheme {
+        PartitionScheme::Hash { .. } => {
+            let at_middle = |layout: &mut PartitionLayout, id: u32| {
+                let Some(KeyRange::Hash { start, end }) = layout.range_of(id).cloned() else {
+                    unreachable!()
+                };
+                let end = end.unwrap_or(u64::MAX);
+                layout
+                    .split(id, SplitAt::Hash(start + (end - start) / 2))
+                    .unwrap()
+            };
+            let (lower, _) = at_middle(&mut layout, 0);
+            at_middle(&mut layout, lower);
+            at_middle(&mut layout, 6);
+        }
+        PartitionScheme::Range { .. } => {
+            if let Some(v) = KeyValue::from_scalar(key, t).unwrap() {
+                let id = layout.partition_of_value(&v);
+                // Fails when the key is the slice's lower bound already.
+                let _ = layout.split(id, SplitAt::Value(v));
+            }
+        }
+        PartitionScheme::Single => {}
+    }
+    layout.check().unwrap();
+    layout
 }
 
 fn hash(_: &DataType) -> PartitionScheme {

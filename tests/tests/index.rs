@@ -423,7 +423,7 @@ async fn a_dropped_indexs_files_outlive_older_queries() {
     assert!(before >= 4, "{before} index files");
     let catalog = cluster.cluster().coordinator().catalog();
     // A query that began before the drops (its snapshot held).
-    let (_snapshot, hold) = catalog.take_snapshot().await.unwrap();
+    let (_snapshot, hold, _) = catalog.take_snapshot().await.unwrap();
     cluster.run_all(&["DROP INDEX tl", "DROP INDEX tg"]).await;
     let shown = cluster.query("SHOW INDEXES").await.unwrap();
     assert_eq!(shown.iter().map(|b| b.num_rows()).sum::<usize>(), 0);

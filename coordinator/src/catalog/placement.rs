@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use datafusion::common::{DataFusionError, Result, exec_err};
-use tessera_sql::PartitionPlacement;
+use tessera_sql::{PartitionLayout, PartitionPlacement, PartitionScheme, Placements};
 use tessera_worker::ScanPart;
 
 use super::{Catalog, poisoned};
@@ -38,13 +38,6 @@ impl WriteTarget {
 }
 
 impl Catalog {
-    /// Every partition map entry as it is now, and the metastore revision
-    /// it is at.
-    pub fn map_now(&self) -> Result<(u64, BTreeMap<String, Vec<PartitionPlacement>>)> {
-        let state = self.state.lock().map_err(|_| poisoned())?;
-        Ok((self.revision(), state.map.tables.clone()))
-    }
-
     /// The placement of a table's partitions.
     pub fn placements(&self, table: &str) -> Result<Vec<PartitionPlacement>> {
         let state = self.state.lock().map_err(|_| poisoned())?;
@@ -52,6 +45,26 @@ impl Catalog {
             Some(p) => Ok(p.to_vec()),
             None => exec_err!("table '{table}' has no partition map entry"),
         }
+    }
+
+    /// The layout of `table`'s partitions under `scheme` (see
+    /// [`Placements::layout`]): `None` while it is the scheme's initial one.
+    pub fn layout(&self, table: &str, scheme: &PartitionScheme) -> Result<Option<PartitionLayout>> {
+        let state = self.state.lock().map_err(|_| poisoned())?;
+        match state.map.table(table) {
+            Some(p) => p.layout(scheme),
+            None => exec_err!("table '{table}' has no partition map entry"),
+        }
+    }
+
+    /// Whether every one of `ids` is a partition of `table` now. A
+    /// partition keeps its slice of keys as long as its id (a split or a
+    /// merge gives new ids), so rows routed to partitions still there need
+    /// no routing again.
+    pub fn holds_partitions(&self, table: &str, ids: impl Iterator<Item = u32>) -> Result<bool> {
+        let state = self.state.lock().map_err(|_| poisoned())?;
+        let placements = state.map.table(table).unwrap_or_default();
+        Ok(ids.into_iter().all(|id| placements.by_id(id).is_some()))
     }
 
     /// Resolves partitions to the worker each is read from: an in-sync
@@ -76,18 +89,24 @@ impl Catalog {
         let mut chosen = self.read_copies_at(table, placements)?;
         let mut out = Vec::with_capacity(partitions.len());
         for p in partitions {
-            match chosen.get(*p as usize) {
+            // `chosen` is in the placements' order.
+            let at = match placements.get(*p as usize) {
+                Some(placement) if placement.id == *p => Some(*p as usize),
+                _ => placements.iter().position(|placement| placement.id == *p),
+            };
+            match at.map(|i| (i, &chosen[i])) {
                 None => return exec_err!("partition {p} of '{table}' is not in the partition map"),
-                Some(Ok(part)) => out.push(part.clone()),
+                Some((_, Ok(part))) => out.push(part.clone()),
                 // The partition's error, moved out.
-                Some(Err(_)) => return chosen.swap_remove(*p as usize).map(|part| vec![part]),
+                Some((i, Err(_))) => return chosen.swap_remove(i).map(|part| vec![part]),
             }
         }
         Ok(out)
     }
 
     /// The copy each partition of `table` is read from (see
-    /// [`Catalog::scan_parts`]), or why none can be, in partition order.
+    /// [`Catalog::scan_parts`]), or why none can be, in the placements'
+    /// (key) order.
     pub fn read_copies(&self, table: &str) -> Result<Vec<Result<ScanPart>>> {
         self.read_copies_at(table, &self.placements(table)?)
     }
@@ -102,8 +121,8 @@ impl Catalog {
         let members = self.members()?;
         let mut reads: BTreeMap<String, usize> = BTreeMap::new();
         let mut chosen: Vec<Result<ScanPart>> = Vec::with_capacity(placements.len());
-        for (p, placement) in placements.iter().enumerate() {
-            let p = p as u32;
+        for placement in placements {
+            let p = placement.id;
             // A copy whose heartbeats are late (killed a moment ago,
             // say) is read only when no other is at hand.
             let mut first_error = None;
@@ -191,7 +210,7 @@ impl Catalog {
         partitions
             .iter()
             .map(|p| {
-                let Some(placement) = placements.get(*p as usize) else {
+                let Some(placement) = placements.by_id(*p) else {
                     return exec_err!("partition {p} of '{map_key}' is not in the partition map");
                 };
                 let mut replicas = vec![];

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use datafusion::common::Result;
-use tessera_sql::{IndexDef, TableDef};
+use tessera_sql::{IndexDef, PartitionPlacement, TableDef};
 use tessera_worker::Snapshot;
 
 use super::{Catalog, poisoned};
@@ -93,6 +93,18 @@ fn maintained(table: &str) -> impl Fn(&CatalogState, u64) -> Vec<IndexDef> + '_ 
             .cloned()
             .collect()
     }
+}
+
+/// Times a follower takes a snapshot again when the partition map moved
+/// past it meanwhile.
+const MAP_TRIES: usize = 8;
+
+/// Every table's partition map entry at one moment, and the metastore
+/// revision the catalog was at then.
+#[derive(Debug, Clone, Default)]
+pub struct MapAt {
+    pub revision: u64,
+    pub tables: BTreeMap<String, Vec<PartitionPlacement>>,
 }
 
 impl Catalog {
@@ -242,34 +254,62 @@ impl Catalog {
 
     /// The snapshot of a query beginning now: every statement decided
     /// (acknowledged) so far, nothing in flight. It counts as open, for
-    /// [`Catalog::compaction_bound`], until the pin is dropped.
-    pub fn snapshot(&self) -> Result<(Snapshot, SnapshotPin)> {
+    /// [`Catalog::compaction_bound`], until the pin is dropped. Also the
+    /// partition map's layout epoch at that moment.
+    pub fn snapshot(&self) -> Result<(Snapshot, SnapshotPin, u64)> {
         // Registered under the state lock: a compaction bound taken after
         // cannot pass a transaction this snapshot leaves out.
         let state = self.state.lock().map_err(|_| poisoned())?;
         let snapshot = self.snapshot_locked(&state)?;
         let pin = self.pin_xmin(snapshot.xmin())?;
-        drop(state);
-        Ok((snapshot, pin))
+        Ok((snapshot, pin, state.map.layout_epoch))
     }
 
     /// The snapshot of a query beginning now, held open until the hold is
-    /// dropped: taken here, or from the leader on a follower (whose
-    /// catalog and members are then caught up with the leader's).
-    pub async fn take_snapshot(&self) -> Result<(Snapshot, SnapshotHold)> {
+    /// dropped, and the partition map at the same moment: taken here, or
+    /// from the leader on a follower (whose catalog and members are then
+    /// caught up with the leader's). A split or a merge changes the map in
+    /// the transaction that writes the new partitions' rows, so a query
+    /// must never pair a map with a snapshot from before it.
+    pub async fn take_snapshot(&self) -> Result<(Snapshot, SnapshotHold, MapAt)> {
         match &self.follower {
             None => {
-                let (snapshot, pin) = self.snapshot()?;
-                Ok((snapshot, SnapshotHold::Local(pin)))
+                let state = self.state.lock().map_err(|_| poisoned())?;
+                let snapshot = self.snapshot_locked(&state)?;
+                let pin = self.pin_xmin(snapshot.xmin())?;
+                let map = MapAt {
+                    revision: self.revision(),
+                    tables: state.map.tables.clone(),
+                };
+                Ok((snapshot, SnapshotHold::Local(pin), map))
             }
             Some(follower) => {
                 let request = crate::follow::SnapshotRequest {
                     pin: true,
                     fresh: None,
                 };
-                let (reply, pin) = follower.snapshot(request).await?;
-                self.follow_leader(&reply).await?;
-                Ok((reply.snapshot, SnapshotHold::Remote(pin)))
+                // The map here may already be past the snapshot's (a
+                // split landed between the two): then the snapshot is
+                // taken again; layouts change seldom.
+                for _ in 0..MAP_TRIES {
+                    let (reply, pin) = follower.snapshot(request).await?;
+                    self.follow_leader(&reply).await?;
+                    let (epoch, map) = {
+                        let state = self.state.lock().map_err(|_| poisoned())?;
+                        let map = MapAt {
+                            revision: self.revision(),
+                            tables: state.map.tables.clone(),
+                        };
+                        (state.map.layout_epoch, map)
+                    };
+                    if reply.layout_epoch.is_none_or(|e| e == epoch) {
+                        return Ok((reply.snapshot, SnapshotHold::Remote(pin), map));
+                    }
+                }
+                Err(tessera_worker::WorkerUnavailable::error(format!(
+                    "partitions split {MAP_TRIES} times while this statement took its snapshot; \
+                     retry it"
+                )))
             }
         }
     }

@@ -310,7 +310,12 @@ impl Coordinator {
             }
             names.push(name.clone());
             schemes.push(def.scheme.display_with(def.schema()?.as_ref()));
-            counts.push(def.scheme.partition_count());
+            counts.push(
+                state
+                    .map
+                    .table(name)
+                    .map_or(def.scheme.partition_count(), |p| p.len() as u32),
+            );
         }
         for name in self.catalog.external_names()? {
             names.push(name);
@@ -375,7 +380,8 @@ impl Coordinator {
         names.push("# partitioning".into());
         types.push(def.scheme.display_with(def.schema()?.as_ref()));
         nulls.push(String::new());
-        roles.push(format!("{} partitions", def.scheme.partition_count()));
+        let partitions = self.catalog.placements(&def.name).map_or(0, |p| p.len());
+        roles.push(format!("{partitions} partitions"));
         ready(vec![
             (
                 "column_name",
@@ -427,7 +433,7 @@ impl Coordinator {
         }
         // Read at a snapshot, as a query: a write acknowledged before is
         // counted even where its commit has not landed yet.
-        let (snapshot, _hold) = self.catalog.take_snapshot().await?;
+        let (snapshot, _hold, _) = self.catalog.take_snapshot().await?;
         let decided = snapshot.decided.as_slice();
         let mut stats: BTreeMap<u32, (u64, u64)> = BTreeMap::new();
         for ((worker, url), parts) in by_worker {
@@ -458,7 +464,7 @@ impl Coordinator {
         let ids: Vec<u32> = placements.iter().map(|p| p.id).collect();
         let ranges: Vec<String> = placements
             .iter()
-            .map(|p| scheme.describe_partition(p.id, &schema))
+            .map(|p| scheme.describe_partition(p.id, p.range.as_ref(), &schema))
             .collect();
         let workers: Vec<String> = placements.iter().map(|p| p.leader().to_string()).collect();
         let replicas: Vec<String> = placements.iter().map(|p| p.replicas.join(", ")).collect();

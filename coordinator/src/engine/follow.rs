@@ -55,6 +55,7 @@ pub(super) fn route(statement: &Statement) -> Route {
         | Statement::DropIndex { .. }
         | Statement::Compact { .. }
         | Statement::SetReplicas { .. }
+        | Statement::SplitPartition { .. }
         | Statement::AlterWorker { .. }
         // The leader runs the rebalance and knows its steps.
         | Statement::ExplainRebalance { .. }

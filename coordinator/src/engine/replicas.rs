@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use datafusion::arrow::array::{ArrayRef, Float64Array, UInt32Array, UInt64Array};
 use datafusion::common::Result;
-use tessera_sql::Replication;
+use tessera_sql::{Placements, Replication};
 use tessera_worker::ErrorKind;
 
 use super::ddl::ready;
@@ -139,7 +139,7 @@ impl Coordinator {
                     Ok(Some(done)) => bytes += done.installed.bytes,
                     Ok(None) => {
                         let still = self.catalog.placements(&key).is_ok_and(|p| {
-                            p.get(partition as usize)
+                            p.by_id(partition)
                                 .is_some_and(|p| p.out_of_sync.contains(&worker))
                         });
                         if still {

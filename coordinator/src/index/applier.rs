@@ -13,7 +13,7 @@ use datafusion::logical_expr::Operator;
 use datafusion::physical_expr::expressions::{
     BinaryExpr as PhysicalBinary, Column as PhysicalColumn, Literal as PhysicalLiteral,
 };
-use tessera_sql::{FILE_COLUMN, IndexDef, IndexKind, TableDef};
+use tessera_sql::{FILE_COLUMN, IndexDef, IndexKind, Placements, TableDef};
 use tessera_worker::{ScanSpec, WorkerClient};
 
 use crate::catalog::Catalog;
@@ -268,7 +268,10 @@ async fn apply_round(catalog: &Arc<Catalog>, applier: &Applier, name: &str) -> R
 }
 
 async fn truncate_outbox(catalog: &Catalog, table: &TableDef, def: &IndexDef, upto: u64) {
-    let all: Vec<u32> = (0..table.scheme.partition_count()).collect();
+    let all: Vec<u32> = catalog
+        .placements(&table.name)
+        .map(|p| p.ids())
+        .unwrap_or_default();
     let Ok(targets) = catalog.write_targets(&table.name, &all) else {
         return;
     };
@@ -320,7 +323,10 @@ async fn read_outbox(
         Operator::And,
         bound(Operator::LtEq, to),
     ));
-    let all: Vec<u32> = (0..table.scheme.partition_count()).collect();
+    let all: Vec<u32> = catalog
+        .placements(&table.name)
+        .map(|p| p.ids())
+        .unwrap_or_default();
     let parts = catalog.scan_parts(&table.name, &all)?;
     let spec = ScanSpec {
         table: format!("{} outbox", def.name),

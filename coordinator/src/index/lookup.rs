@@ -30,7 +30,7 @@ const FRESH_WAIT: Duration = Duration::from_secs(30);
 
 /// Runs a scan from the coordinator (each partition read by its owner)
 /// and keeps the rows its predicate passes (the scan only prunes by it).
-pub(super) async fn collect_scan(
+pub(crate) async fn collect_scan(
     mut spec: ScanSpec,
     parts: Vec<ScanPart>,
 ) -> Result<Vec<RecordBatch>> {
@@ -157,7 +157,7 @@ pub async fn plan_index_read(
     if indexes.is_empty() || filters.is_empty() {
         return Ok(None);
     }
-    let total = table.scheme.partition_count();
+    let total = catalog.placements(&table.name)?.len() as u32;
     let mut local = None;
     for def in &indexes {
         let first = &def.columns[0];

@@ -14,6 +14,7 @@ use datafusion::arrow::array::{
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::{DataFusionError, Result};
+use tessera_sql::Placements;
 use tessera_worker::ErrorKind;
 
 use super::{Operation, Rebalancer, Step};
@@ -232,11 +233,17 @@ fn still_there(s: &crate::catalog_state::CatalogState, step: &Step) -> Option<St
     if crate::catalog::owner_of(s, &step.map_key).map(|t| t.id) != Some(step.table_id) {
         return Some(format!("'{}' was dropped or replaced", step.table));
     }
-    let placement = s
+    let Some(placement) = s
         .map
         .tables
         .get(&step.map_key)
-        .and_then(|p| p.get(step.partition as usize))?;
+        .and_then(|p| p.by_id(step.partition))
+    else {
+        return Some(format!(
+            "partition {} is no longer a partition of '{}' (it split or merged)",
+            step.partition, step.table
+        ));
+    };
     if !placement.replicas.contains(&step.from) {
         return Some(format!("{} no longer holds the partition", step.from));
     }
@@ -291,7 +298,7 @@ async fn move_copy(
             .map
             .tables
             .get(&key)
-            .and_then(|p| p.get(partition as usize))
+            .and_then(|p| p.by_id(partition))
             .is_some_and(|p| p.is_in_sync(&to));
         if in_sync {
             break;
@@ -398,7 +405,7 @@ fn placement_mut<'a>(
     s.map
         .tables
         .get_mut(key)
-        .and_then(|p| p.get_mut(partition as usize))
+        .and_then(|p| p.by_id_mut(partition))
 }
 
 /// The copies the table owning `key` asks for.

@@ -291,6 +291,7 @@ mod tests {
                         id: 0,
                         replicas: vec!["w1".into(), "w2".into()],
                         out_of_sync: vec![],
+                        range: None,
                     }],
                 );
                 Ok(())

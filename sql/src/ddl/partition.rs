@@ -52,31 +52,33 @@ impl PartitionSpec {
                 };
                 let bounds = bounds
                     .iter()
-                    .map(|b| {
-                        let literal = bound_literal(b)?;
-                        if !literal_fits(&literal, field.data_type()) {
-                            return plan_err!(
-                                "SPLIT AT bound {b} is {} but column '{column}' is {}; write \
-                                 bounds of the column's type (strings are quoted: '10')",
-                                describe_literal(&literal),
-                                field.data_type()
-                            );
-                        }
-                        match KeyValue::from_scalar(&literal, field.data_type()) {
-                            Ok(Some(v)) => Ok(v),
-                            Ok(None) => plan_err!("SPLIT AT bounds cannot be NULL"),
-                            Err(e) => plan_err!(
-                                "SPLIT AT bound {b} does not fit column '{column}' of type {}: {e}",
-                                field.data_type()
-                            ),
-                        }
-                    })
+                    .map(|b| key_bound(b, column, field.data_type()))
                     .collect::<Result<Vec<_>>>()?;
                 Ok(PartitionScheme::Range {
                     column: column.clone(),
                     bounds,
                 })
             }
+        }
+    }
+}
+
+/// A `SPLIT AT` bound (of `CREATE TABLE`, or of `ALTER TABLE .. SPLIT
+/// PARTITION .. AT`) as a key value of the key column `column`'s type.
+pub fn key_bound(b: &SqlExpr, column: &str, data_type: &DataType) -> Result<KeyValue> {
+    let literal = bound_literal(b)?;
+    if !literal_fits(&literal, data_type) {
+        return plan_err!(
+            "SPLIT AT bound {b} is {} but column '{column}' is {data_type}; write bounds of the \
+             column's type (strings are quoted: '10')",
+            describe_literal(&literal)
+        );
+    }
+    match KeyValue::from_scalar(&literal, data_type) {
+        Ok(Some(v)) => Ok(v),
+        Ok(None) => plan_err!("SPLIT AT bounds cannot be NULL"),
+        Err(e) => {
+            plan_err!("SPLIT AT bound {b} does not fit column '{column}' of type {data_type}: {e}")
         }
     }
 }

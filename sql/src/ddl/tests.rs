@@ -71,6 +71,39 @@ fn set_replicas() {
 }
 
 #[test]
+fn split_partition() {
+    assert_eq!(
+        parse_statement("alter table T split partition 3;").unwrap(),
+        Statement::SplitPartition {
+            table: "t".into(),
+            partition: 3,
+            at: None
+        }
+    );
+    let Statement::SplitPartition { at: Some(at), .. } =
+        parse_statement("ALTER TABLE t SPLIT PARTITION 0 AT '2024-06-01'").unwrap()
+    else {
+        panic!("AT is kept")
+    };
+    let utf8 = datafusion::arrow::datatypes::DataType::Utf8;
+    assert_eq!(
+        key_bound(&at, "k", &utf8).unwrap(),
+        KeyValue::Str("2024-06-01".into())
+    );
+    let date = datafusion::arrow::datatypes::DataType::Date32;
+    assert_eq!(key_bound(&at, "k", &date).unwrap(), KeyValue::Int(19875));
+    for bad in [
+        "ALTER TABLE t SPLIT 3",
+        "ALTER TABLE t SPLIT PARTITION x",
+        "ALTER TABLE t SPLIT PARTITION -1",
+        "ALTER TABLE t SPLIT PARTITION 1 AT",
+        "ALTER TABLE t SPLIT PARTITION 1 AT 5 6",
+    ] {
+        assert!(parse_statement(bad).is_err(), "{bad}");
+    }
+}
+
+#[test]
 fn hybrid_and_ctas() {
     let c = create(
         "create table if not exists s partition by hash (sensor) partitions 4 cluster by (ts) as select 1 as sensor, 2 as ts",
