@@ -1,14 +1,16 @@
 //! `ALTER TABLE .. SPLIT PARTITION` under load. Writers insert batches
 //! whose rows spread over the key space into a RANGE table (with a LOCAL
-//! index) and a HASH table, readers scan both and look batches up through
-//! the index, `COMPACT TABLE` runs, and a splitter keeps splitting
-//! partitions of both (RANGE at the median of its rows or at a key given,
-//! HASH at the middle of its slice). No read may fail or see a batch half
-//! or twice; every batch acknowledged before a read began is in it; at the
-//! end every acknowledged batch is there once, point lookups prune to the
-//! one partition holding the key, the index agrees with the scan, and all
-//! of it holds again after a restart. Seeded: `TESSERA_SEED=n` repeats a
-//! run.
+//! index) and a HASH table, both with three copies (a write needs two),
+//! readers scan both and look batches up through the index, `COMPACT
+//! TABLE` runs, a splitter keeps splitting partitions of both (RANGE at
+//! the median of its rows or at a key given, HASH at the middle of its
+//! slice), and one worker is stopped a third of the way in and started
+//! again a little later (splits then write to two copies; the third
+//! catches up). No read may fail or see a batch half or twice; every batch
+//! acknowledged before a read began is in it; at the end every
+//! acknowledged batch is there once, point lookups prune to the one
+//! partition holding the key, the index agrees with the scan, and all of
+//! it holds again after a restart. Seeded: `TESSERA_SEED=n` repeats a run.
 
 #![allow(clippy::unwrap_used)]
 
@@ -64,11 +66,27 @@ struct Shared {
     reads: AtomicU64,
     splits: AtomicU64,
     writers_done: AtomicBool,
+    /// The worker stopped, while it is down or catching up.
+    victim: Mutex<Option<String>>,
+    /// Errors the outage explains.
+    outage_errors: AtomicU64,
 }
 
 impl Shared {
     fn violation(&self, what: String) {
         self.violations.lock().unwrap().push(what);
+    }
+
+    /// Whether `error` is one a worker's outage explains: it names the
+    /// stopped worker, or a copy still catching up.
+    fn tolerated(&self, error: &str) -> bool {
+        let victim = self.victim.lock().unwrap().clone();
+        let explained =
+            victim.is_some_and(|v| error.contains(&v)) || error.contains("copies catching up");
+        if explained {
+            self.outage_errors.fetch_add(1, Ordering::SeqCst);
+        }
+        explained
     }
 
     fn acked(&self, table: &'static str) -> BTreeSet<u64> {
@@ -190,12 +208,15 @@ async fn splitter(url: String, shared: Arc<Shared>, mut progress: watch::Receive
                     shared.splits.fetch_add(1, Ordering::SeqCst);
                 }
                 Err(e) if e.contains("cannot split at") || e.contains("fewer than two") => {}
+                Err(e) if shared.tolerated(&e) => {}
                 Err(e) => shared.violation(format!("{sql} failed: {e}")),
             }
         }
         if rng.below(3) == 0 {
             for table in ["r", "h"] {
-                if let Err(e) = query_url(&url, &format!("COMPACT TABLE {table}")).await {
+                if let Err(e) = query_url(&url, &format!("COMPACT TABLE {table}")).await
+                    && !shared.tolerated(&e)
+                {
                     shared.violation(format!("COMPACT TABLE {table} failed: {e}"));
                 }
             }
@@ -239,12 +260,14 @@ async fn splits_under_writes_reads_and_compaction() {
     println!("seed = {seed} (TESSERA_SEED={seed} repeats this run)");
     let mut rng = Rng(seed);
 
-    let cluster = TestCluster::builder().workers(3).start().await;
+    let mut cluster = TestCluster::builder().workers(3).start().await;
     cluster
         .run_all(&[
-            "CREATE TABLE r (k BIGINT, b BIGINT, l BIGINT) PARTITION BY RANGE (k) SPLIT AT (60000)",
+            "CREATE TABLE r (k BIGINT, b BIGINT, l BIGINT) PARTITION BY RANGE (k) SPLIT AT (60000) \
+             REPLICAS 3 WRITE QUORUM MAJORITY",
             "CREATE INDEX by_l ON r (l) LOCAL",
-            "CREATE TABLE h (k BIGINT, b BIGINT, l BIGINT) PARTITION BY HASH (k) PARTITIONS 2",
+            "CREATE TABLE h (k BIGINT, b BIGINT, l BIGINT) PARTITION BY HASH (k) PARTITIONS 2 \
+             REPLICAS 3 WRITE QUORUM MAJORITY",
         ])
         .await;
 
@@ -267,9 +290,19 @@ async fn splits_under_writes_reads_and_compaction() {
     let splits = tokio::spawn(splitter(
         url.clone(),
         Arc::clone(&shared),
-        watch_rx,
+        watch_rx.clone(),
         rng.next_u64(),
     ));
+    // A third of the way in, a worker stops until the writers have
+    // written a few batches more; its copies catch up once it is back.
+    let total = WRITERS * BATCHES_PER_WRITER;
+    let mut rx = watch_rx;
+    let at = *rx.wait_for(|n| *n >= total / 3).await.unwrap();
+    let victim = rng.below(3) as usize;
+    *shared.victim.lock().unwrap() = Some(format!("worker-{victim}"));
+    cluster.stop_worker(victim).await;
+    let _ = rx.wait_for(|n| *n >= (at + 2 * WRITERS).min(total)).await;
+    cluster.start_stopped_workers().await;
     for w in writers {
         w.await.unwrap();
     }
@@ -319,8 +352,10 @@ async fn splits_under_writes_reads_and_compaction() {
         ));
     }
     println!(
-        "{split_count} splits, {} reads; partitions now: r {parts_r}, h {parts_h}",
-        shared.reads.load(Ordering::SeqCst)
+        "{split_count} splits, {} reads, {} errors the outage explains; partitions now: r \
+         {parts_r}, h {parts_h}",
+        shared.reads.load(Ordering::SeqCst),
+        shared.outage_errors.load(Ordering::SeqCst)
     );
     let violations = shared.violations.lock().unwrap().clone();
     assert!(
@@ -335,7 +370,7 @@ async fn splits_under_writes_reads_and_compaction() {
             .join("\n")
     );
     assert!(
-        split_count >= 4,
+        split_count >= 2,
         "seed {seed}: only {split_count} splits ran"
     );
 

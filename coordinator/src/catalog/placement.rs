@@ -78,6 +78,25 @@ impl Catalog {
         self.scan_parts_at(table, &self.placements(table)?, partitions)
     }
 
+    /// Every in-sync copy of `table`'s `partition` that is not known to be
+    /// down, the one a read would choose first: where a reader that must
+    /// not give up over one copy tries each in turn.
+    pub fn in_sync_copies(&self, table: &str, partition: u32) -> Result<Vec<ScanPart>> {
+        let mut copies = self.scan_parts(table, &[partition])?;
+        let members = self.members()?;
+        let placements = self.placements(table)?;
+        if let Some(placement) = placements.by_id(partition) {
+            for worker in placement.in_sync() {
+                if copies.iter().all(|c| c.worker_id != worker)
+                    && let Ok(part) = self.reachable(table, partition, worker, &members)
+                {
+                    copies.push(part);
+                }
+            }
+        }
+        Ok(copies)
+    }
+
     /// [`Catalog::scan_parts`] with the table's partitions placed as
     /// `placements` say (a query's map, see [`crate::query_map`]).
     pub fn scan_parts_at(

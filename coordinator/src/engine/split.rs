@@ -35,7 +35,10 @@ use tessera_sql::{
     KeyRange, KeyValue, PartitionLayout, PartitionPlacement, PartitionScheme, Partitioner,
     Placements, SplitAt, TableDef, key_bound,
 };
-use tessera_worker::{DataFile, ErrorKind, ScanSpec, call_timeout, sort_by_columns};
+use tessera_worker::{
+    DataFile, ErrorKind, ScanPart, ScanSpec, Snapshot, WorkerUnavailable, call_timeout,
+    is_worker_failure, sort_by_columns,
+};
 
 use super::ddl::ready;
 use super::{Coordinator, Planned};
@@ -250,7 +253,32 @@ async fn read_partition(
     partition: u32,
 ) -> Result<Vec<RecordBatch>> {
     let (snapshot, _pin, _) = catalog.snapshot()?;
-    let parts = catalog.scan_parts(&def.name, &[partition])?;
+    let snapshot = Arc::new(snapshot);
+    // Every in-sync copy holds every acknowledged statement: one that
+    // cannot be reached (stopped a moment ago) hands over to the next.
+    let mut failed = None;
+    for copy in catalog.in_sync_copies(&def.name, partition)? {
+        match read_copy(def, copy, Arc::clone(&snapshot)).await {
+            Ok(rows) => return Ok(rows),
+            Err(e) if is_worker_failure(&e) => failed = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(failed.unwrap_or_else(|| {
+        WorkerUnavailable::error(format!(
+            "no copy of partition {partition} of '{}' can be read; retry once its workers are \
+             back",
+            def.name
+        ))
+    }))
+}
+
+/// The rows of one copy of a partition at `snapshot`.
+async fn read_copy(
+    def: &TableDef,
+    copy: ScanPart,
+    snapshot: Arc<Snapshot>,
+) -> Result<Vec<RecordBatch>> {
     let spec = ScanSpec {
         table: def.name.clone(),
         location: def.storage_key(),
@@ -263,10 +291,10 @@ async fn read_partition(
         estimate: None,
         colocated_on: None,
         index: None,
-        snapshot: Some(Arc::new(snapshot)),
+        snapshot: Some(snapshot),
         query: None,
     };
-    crate::index::collect_scan(spec, parts).await
+    crate::index::collect_scan(spec, vec![copy]).await
 }
 
 /// Refuses a split of a table whose indexes cannot follow it yet.
