@@ -383,7 +383,17 @@ impl Coordinator {
                 table,
                 partition,
                 at,
-            } => self.split_partition(&table, partition, at.as_deref()).await,
+            } => {
+                let how = crate::reshape::Reshape::Split { partition, at };
+                self.reshape_partitions(&table, how).await
+            }
+            Statement::SetRebalance { table, strategy } => {
+                self.set_rebalance(&table, strategy).await
+            }
+            Statement::MergePartitions { table, a, b } => {
+                self.reshape_partitions(&table, crate::reshape::Reshape::Merge { a, b })
+                    .await
+            }
             Statement::CreateUser {
                 name,
                 password,

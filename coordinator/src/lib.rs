@@ -36,6 +36,7 @@ pub mod progress;
 mod query_log;
 mod query_map;
 mod rebalance;
+mod reshape;
 mod retry;
 mod schema;
 mod server;

@@ -9,6 +9,16 @@
 //! nothing. The choice of partition goes by the placement alone, so tables
 //! placed alike (co-located for joins) move partition i together.
 //!
+//! Before the moves, a table whose strategy changes its partitions has
+//! them split or merged (see [`reshape`]): REBALANCE DYNAMIC splits a
+//! partition past its split size and merges neighbours both under the
+//! merge size (never below one partition per worker); REBALANCE
+//! PROPORTIONAL splits its largest partitions until it has its partitions
+//! per worker for every worker (and merges its smallest neighbours when
+//! workers left), and the moves then hand the halves to the workers
+//! holding fewest. The plan names the ids a split or merge will make (ids
+//! only grow, so they are known), and the moves after it use them.
+//!
 //! ```text
 //! move p from A to B:  add B as a copy out of sync ─► catch it up (files
 //!   copied from an in-sync copy; writes held back a moment at the end)
@@ -19,6 +29,7 @@
 
 mod apply;
 mod auto;
+mod reshape;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -70,6 +81,11 @@ pub enum Operation {
     Move,
     /// A copy beyond the table's count goes.
     DropCopy,
+    /// The partition becomes two (`Step::makes`), on its copies.
+    Split,
+    /// The partition and its upper neighbour (`Step::with`) become one
+    /// (`Step::makes`), on the partition's copies.
+    Merge,
 }
 
 impl Operation {
@@ -77,6 +93,8 @@ impl Operation {
         match self {
             Operation::Move => "move",
             Operation::DropCopy => "drop copy",
+            Operation::Split => "split",
+            Operation::Merge => "merge",
         }
     }
 }
@@ -94,6 +112,13 @@ pub struct Step {
     pub bytes: u64,
     pub from: String,
     pub to: Option<String>,
+    /// A merge's other partition.
+    pub with: Option<u32>,
+    /// The partitions a split or merge makes.
+    pub makes: Vec<u32>,
+    /// Of `bytes`, those that go from one worker to another: a move's, or
+    /// those of a merge's upper partition when its copies are elsewhere.
+    pub crossing: u64,
 }
 
 /// How evenly the workers hold the data: most over mean, of bytes and of
@@ -117,11 +142,7 @@ pub struct Plan {
 
 impl Plan {
     pub fn moved_bytes(&self) -> u64 {
-        self.steps
-            .iter()
-            .filter(|s| s.operation == Operation::Move)
-            .map(|s| s.bytes)
-            .sum()
+        self.steps.iter().map(|s| s.crossing).sum()
     }
 }
 
@@ -160,7 +181,13 @@ pub fn roles(
 pub fn plan(state: &CatalogState, roles: &BTreeMap<String, Role>, only: Option<&str>) -> Plan {
     let mut optimum_bytes = 0;
     let mut after: BTreeMap<String, Vec<PartitionPlacement>> = state.map.tables.clone();
+    let mut sizes = Sizes::new(state);
     let mut steps = vec![];
+    let eligible: Vec<&String> = roles
+        .iter()
+        .filter(|(_, r)| **r == Role::Eligible)
+        .map(|(w, _)| w)
+        .collect();
     for (key, placements) in after.iter_mut() {
         let Some(owner) = crate::catalog::owner_of(state, key) else {
             continue;
@@ -169,24 +196,27 @@ pub fn plan(state: &CatalogState, roles: &BTreeMap<String, Role>, only: Option<&
             continue;
         }
         let wanted = owner.replication.replicas as usize;
-        optimum_bytes += lacking(state, key, placements, roles, wanted.max(1));
-        let mut step = |partition: u32, operation, from: &str, to: Option<&str>| {
-            steps.push(Step {
+        optimum_bytes += lacking(&sizes, key, placements, roles, wanted.max(1));
+        let step = |partition: u32, operation, from: &str, to: Option<&str>, sizes: &Sizes| {
+            let bytes = sizes.of(key, partition);
+            Step {
                 map_key: key.clone(),
                 table: owner.name.clone(),
                 table_id: owner.id,
                 partition,
                 operation,
-                bytes: bytes_of(state, key, partition),
+                bytes,
                 from: from.to_string(),
                 to: to.map(String::from),
-            })
+                with: None,
+                makes: vec![],
+                crossing: if operation == Operation::Move {
+                    bytes
+                } else {
+                    0
+                },
+            }
         };
-        let eligible: Vec<&String> = roles
-            .iter()
-            .filter(|(_, r)| **r == Role::Eligible)
-            .map(|(w, _)| w)
-            .collect();
         let count = |placements: &[PartitionPlacement], w: &str| {
             placements
                 .iter()
@@ -212,7 +242,24 @@ pub fn plan(state: &CatalogState, roles: &BTreeMap<String, Role>, only: Option<&
                     .unwrap_or_default();
                 p.replicas.retain(|w| *w != gone);
                 p.out_of_sync.retain(|w| *w != gone);
-                step(p.id, Operation::DropCopy, &gone, None);
+                steps.push(step(p.id, Operation::DropCopy, &gone, None, &sizes));
+            }
+        }
+        // Splits and merges the table's strategy asks for.
+        if *key == owner.name && reshape::may_reshape(state, owner) {
+            for change in reshape::plan(owner, placements, &mut sizes, eligible.len()) {
+                let mut s = step(
+                    change.partition,
+                    change.operation,
+                    &change.from,
+                    None,
+                    &sizes,
+                );
+                s.bytes = change.bytes;
+                s.with = change.with;
+                s.crossing = change.crossing;
+                s.makes = change.makes;
+                steps.push(s);
             }
         }
         // Off draining workers: to the eligible one with fewest copies of
@@ -234,7 +281,8 @@ pub fn plan(state: &CatalogState, roles: &BTreeMap<String, Role>, only: Option<&
                     continue;
                 };
                 replace(&mut placements[i], &from, &to);
-                step(placements[i].id, Operation::Move, &from, Some(&to));
+                let id = placements[i].id;
+                steps.push(step(id, Operation::Move, &from, Some(&to), &sizes));
             }
         }
         // Even the counts: from the eligible worker holding most to the one
@@ -248,21 +296,52 @@ pub fn plan(state: &CatalogState, roles: &BTreeMap<String, Role>, only: Option<&
             if count(placements, most) <= count(placements, fewest) + 1 {
                 break;
             }
-            let Some(i) = (0..placements.len()).rev().find(|i| {
-                let r = &placements[*i].replicas;
-                r.contains(most) && !r.contains(fewest)
-            }) else {
+            let Some(i) = (0..placements.len())
+                .filter(|i| {
+                    let r = &placements[*i].replicas;
+                    r.contains(most) && !r.contains(fewest)
+                })
+                .max_by_key(|i| placements[*i].id)
+            else {
                 break;
             };
             replace(&mut placements[i], most, fewest);
-            step(placements[i].id, Operation::Move, most, Some(fewest));
+            let id = placements[i].id;
+            steps.push(step(id, Operation::Move, most, Some(fewest), &sizes));
         }
     }
     Plan {
         steps,
-        before: skew(state, &state.map.tables, roles),
-        after: skew(state, &after, roles),
+        before: skew(&sizes, &state.map.tables, roles),
+        after: skew(&sizes, &after, roles),
         optimum_bytes,
+    }
+}
+
+/// The bytes of every partition: as the catalog counts them, and as a
+/// planned split or merge will leave them.
+pub(crate) struct Sizes<'a> {
+    state: &'a CatalogState,
+    planned: BTreeMap<(String, u32), u64>,
+}
+
+impl<'a> Sizes<'a> {
+    fn new(state: &'a CatalogState) -> Self {
+        Sizes {
+            state,
+            planned: BTreeMap::new(),
+        }
+    }
+
+    pub(crate) fn of(&self, key: &str, partition: u32) -> u64 {
+        match self.planned.get(&(key.to_string(), partition)) {
+            Some(b) => *b,
+            None => self.state.partition_stats(key, partition).bytes,
+        }
+    }
+
+    pub(crate) fn set(&mut self, key: &str, partition: u32, bytes: u64) {
+        self.planned.insert((key.to_string(), partition), bytes);
     }
 }
 
@@ -279,7 +358,7 @@ fn replace(p: &mut PartitionPlacement, from: &str, to: &str) {
 /// The skew of `placements` over the eligible workers and those still
 /// holding something.
 fn skew(
-    state: &CatalogState,
+    sizes: &Sizes,
     placements: &BTreeMap<String, Vec<PartitionPlacement>>,
     roles: &BTreeMap<String, Role>,
 ) -> Skew {
@@ -294,7 +373,7 @@ fn skew(
     for (key, parts) in placements {
         for p in parts {
             for w in &p.replicas {
-                *bytes.entry(w).or_default() += bytes_of(state, key, p.id);
+                *bytes.entry(w).or_default() += sizes.of(key, p.id);
                 *copies.entry(w).or_default() += 1;
             }
         }
@@ -317,7 +396,7 @@ fn skew(
 /// What the eligible workers lack of a fair share of `key`'s bytes: the
 /// least that must move to them.
 fn lacking(
-    state: &CatalogState,
+    sizes: &Sizes,
     key: &str,
     placements: &[PartitionPlacement],
     roles: &BTreeMap<String, Role>,
@@ -332,7 +411,7 @@ fn lacking(
         placements
             .iter()
             .filter(|p| p.replicas.iter().any(|r| r == w))
-            .map(|p| bytes_of(state, key, p.id))
+            .map(|p| sizes.of(key, p.id))
             .sum()
     };
     // The copies to share out: those the table asks for, not counting
@@ -346,15 +425,11 @@ fn lacking(
                 .filter(|w| roles.get(*w).is_some_and(|r| *r != Role::Down))
                 .count()
                 .min(wanted);
-            bytes_of(state, key, p.id) * movable as u64
+            sizes.of(key, p.id) * movable as u64
         })
         .sum();
     let fair = total.checked_div(eligible.len() as u64).unwrap_or(0);
     eligible.iter().map(|w| fair.saturating_sub(held(w))).sum()
-}
-
-fn bytes_of(state: &CatalogState, key: &str, partition: u32) -> u64 {
-    state.partition_stats(key, partition).bytes
 }
 
 #[cfg(test)]
@@ -362,7 +437,7 @@ mod tests {
     use super::*;
     use crate::catalog_state::CatalogState;
     use datafusion::arrow::datatypes::{DataType, Field, Schema};
-    use tessera_sql::{PartitionScheme, Placements, Replication, TableDef};
+    use tessera_sql::{PartitionScheme, Placements, Replication, Strategy, TableDef};
 
     fn state(tables: &[(&str, u32, u32)], workers: &[&str]) -> CatalogState {
         let mut s = CatalogState::default();
@@ -451,6 +526,117 @@ mod tests {
         }
         // Planned again: nothing left to do.
         assert!(super::plan(&s, &r, None).steps.is_empty());
+    }
+
+    /// REBALANCE DYNAMIC: a partition past the split size splits into the
+    /// next two ids, neighbours both under the merge size merge (not below
+    /// one partition per worker), and the halves then even out.
+    #[test]
+    fn dynamic_splits_big_and_merges_small() {
+        let mut s = state(&[("a", 6, 1)], &["w1", "w2", "w3"]);
+        s.tables.get_mut("a").unwrap().rebalance = Strategy::Dynamic {
+            split_bytes: 5000,
+            merge_bytes: 500,
+        };
+        let sizes = [9000, 100, 100, 100, 100, 1000];
+        for (p, b) in sizes.iter().enumerate() {
+            s.stats
+                .get_mut("a")
+                .unwrap()
+                .get_mut(&(p as u32))
+                .unwrap()
+                .bytes = *b;
+        }
+        let r = roles(&["w1", "w2", "w3"], &[]);
+        let plan = plan(&s, &r, None);
+        let shape: Vec<(Operation, u32, Option<u32>, Vec<u32>)> = plan
+            .steps
+            .iter()
+            .filter(|x| x.operation != Operation::Move)
+            .map(|x| (x.operation, x.partition, x.with, x.makes.clone()))
+            .collect();
+        assert_eq!(
+            shape,
+            [
+                (Operation::Split, 0, None, vec![6, 7]),
+                (Operation::Merge, 1, Some(2), vec![8]),
+                (Operation::Merge, 3, Some(4), vec![9]),
+            ]
+        );
+        assert_eq!(plan.steps[0].bytes, 9000);
+        // 1 and 2 (and 3 and 4) sit on different workers: the upper one's
+        // bytes cross.
+        assert_eq!(plan.steps[1].crossing, 100);
+        assert!(plan.after.partitions <= 1.5, "{plan:?}");
+        // Empty partitions do not merge below one per worker.
+        let mut empty = state(&[("e", 4, 1)], &["w1", "w2", "w3"]);
+        empty.tables.get_mut("e").unwrap().rebalance = Strategy::Dynamic {
+            split_bytes: 5000,
+            merge_bytes: 2000,
+        };
+        let merges = super::plan(&empty, &r, None)
+            .steps
+            .iter()
+            .filter(|x| x.operation == Operation::Merge)
+            .count();
+        assert_eq!(merges, 1, "4 partitions on 3 workers merge once");
+        // A GLOBAL index holds the table's partitions as they are.
+        let mut indexed = s.clone();
+        let index = tessera_sql::IndexDef::try_new(
+            "g",
+            &s.tables["a"],
+            9,
+            vec!["k".into()],
+            tessera_sql::IndexKind::GlobalSync,
+            Some(2),
+        )
+        .unwrap();
+        indexed.indexes.insert("g".into(), index);
+        assert!(
+            super::plan(&indexed, &r, None)
+                .steps
+                .iter()
+                .all(|x| x.operation == Operation::Move)
+        );
+    }
+
+    /// REBALANCE PROPORTIONAL: a joining worker makes the table split its
+    /// largest partitions until it has n per worker, and it takes halves;
+    /// workers leaving make neighbours merge.
+    #[test]
+    fn proportional_keeps_n_per_worker() {
+        let mut s = state(&[("p", 6, 1)], &["w1", "w2", "w3"]);
+        s.tables.get_mut("p").unwrap().rebalance = Strategy::Proportional { per_worker: 2 };
+        let r = roles(&["w1", "w2", "w3", "w4"], &[]);
+        let plan = plan(&s, &r, None);
+        let splits: Vec<&Step> = plan
+            .steps
+            .iter()
+            .filter(|x| x.operation == Operation::Split)
+            .collect();
+        assert_eq!(splits.len(), 2, "{plan:?}");
+        assert_eq!(splits[0].makes, [6, 7]);
+        assert_eq!(splits[1].makes, [8, 9]);
+        let moved: Vec<u32> = plan
+            .steps
+            .iter()
+            .filter(|x| x.operation == Operation::Move)
+            .map(|x| x.partition)
+            .collect();
+        assert_eq!(moved.len(), 2, "{plan:?}");
+        assert!(moved.iter().all(|p| *p >= 6), "w4 takes halves: {moved:?}");
+        assert!(plan.after.partitions <= 1.0 + 1e-9, "{plan:?}");
+        // Halves are half the size of the partitions left whole: with only
+        // two partitions per worker the bytes even out coarsely.
+        assert!(plan.after.bytes <= 1.5, "{plan:?}");
+        // Down to two workers: 4 partitions, so two merges.
+        let r = roles(&["w1", "w2"], &["w3"]);
+        let merges = super::plan(&s, &r, None)
+            .steps
+            .iter()
+            .filter(|x| x.operation == Operation::Merge)
+            .count();
+        assert_eq!(merges, 2);
     }
 
     /// A draining worker ends with nothing; a down one moves nothing.

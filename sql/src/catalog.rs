@@ -14,6 +14,7 @@ use crate::key::is_key_type;
 use crate::layout::{KeyRange, PartitionLayout};
 use crate::replication::Replication;
 use crate::scheme::PartitionScheme;
+use crate::strategy::Strategy;
 
 /// Most partitions one table may have.
 pub const MAX_PARTITIONS: u32 = 4096;
@@ -44,6 +45,9 @@ pub struct TableDef {
     /// Copies of each partition, and how many a write needs.
     #[serde(default)]
     pub replication: Replication,
+    /// How its partitions change as workers come and go and it grows.
+    #[serde(default, skip_serializing_if = "Strategy::is_fixed")]
+    pub rebalance: Strategy,
 }
 
 impl TableDef {
@@ -126,6 +130,7 @@ impl TableDef {
             scheme,
             storage: Some(format!("t{id}")),
             replication: Replication::default(),
+            rebalance: Strategy::Fixed,
         })
     }
 

@@ -19,6 +19,7 @@ use datafusion::sql::sqlparser::parser::{Parser, ParserError};
 use datafusion::sql::sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer};
 
 use crate::replication::Replication;
+use crate::strategy::Strategy;
 
 mod create_table;
 mod index;
@@ -28,7 +29,7 @@ mod script;
 mod users;
 
 pub use create_table::CreateTable;
-use create_table::{parse_create_table, take_replicas_clause};
+use create_table::{parse_create_table, take_rebalance_clause, take_replicas_clause};
 pub use index::CreateIndex;
 use index::parse_create_index;
 pub use partition::{PartitionSpec, key_bound};
@@ -71,6 +72,11 @@ pub enum Statement {
         table: String,
         replicas: u32,
     },
+    /// `ALTER TABLE t SET REBALANCE FIXED | DYNAMIC ... | PROPORTIONAL ...`.
+    SetRebalance {
+        table: String,
+        strategy: Strategy,
+    },
     /// `ALTER TABLE t SPLIT PARTITION id [AT v]`: the partition becomes
     /// two, at `v` (a RANGE table's key) or, without it, at the median
     /// key of its rows (RANGE) or the middle of its hash slice (HASH).
@@ -78,6 +84,13 @@ pub enum Statement {
         table: String,
         partition: u32,
         at: Option<Box<ast::Expr>>,
+    },
+    /// `ALTER TABLE t MERGE PARTITIONS a, b`: two neighbours in key order
+    /// become one.
+    MergePartitions {
+        table: String,
+        a: u32,
+        b: u32,
     },
     /// `ALTER WORKER id DRAIN | ACTIVATE | DECOMMISSION`.
     AlterWorker {
@@ -278,6 +291,30 @@ pub fn parse_statement(sql: &str) -> Result<Statement> {
     if kw(0, Keyword::SHOW) && word(1, "WORKERS") && ends_at(2) {
         return Ok(Statement::ShowWorkers);
     }
+    if kw(0, Keyword::ALTER)
+        && kw(1, Keyword::TABLE)
+        && words.iter().any(|t| word_is(t, "REBALANCE"))
+    {
+        let mut parser = Parser::new(&GenericDialect {}).with_tokens_with_locations(tokens.clone());
+        parser
+            .expect_keywords(&[Keyword::ALTER, Keyword::TABLE])
+            .map_err(parser_err)?;
+        let table = object_name(&parser.parse_object_name(false).map_err(parser_err)?);
+        if !(parser.parse_keyword(Keyword::SET) && parse_word(&mut parser, "REBALANCE")) {
+            return plan_err!(
+                "expected ALTER TABLE {table} SET REBALANCE FIXED | DYNAMIC | PROPORTIONAL"
+            );
+        }
+        let rest: Vec<&Token> = (parser.index()..tokens.len())
+            .map(|i| &tokens[i].token)
+            .filter(|t| !is_blank(t) && !matches!(t, Token::SemiColon | Token::EOF))
+            .collect();
+        let (strategy, taken) = Strategy::parse(&rest)?;
+        if let Some(extra) = rest.get(taken) {
+            return plan_err!("unexpected '{extra}' after REBALANCE {strategy}");
+        }
+        return Ok(Statement::SetRebalance { table, strategy });
+    }
     if kw(0, Keyword::ALTER) && kw(1, Keyword::TABLE) && words.iter().any(|t| {
         matches!(t, Token::Word(w) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case("REPLICAS"))
     }) {
@@ -336,6 +373,40 @@ pub fn parse_statement(sql: &str) -> Result<Statement> {
             partition,
             at,
         });
+    }
+    if kw(0, Keyword::ALTER)
+        && kw(1, Keyword::TABLE)
+        && words.iter().any(|t| is_word(t, Keyword::MERGE))
+    {
+        let mut parser = Parser::new(&GenericDialect {}).with_tokens_with_locations(tokens);
+        parser
+            .expect_keywords(&[Keyword::ALTER, Keyword::TABLE])
+            .map_err(parser_err)?;
+        let table = object_name(&parser.parse_object_name(false).map_err(parser_err)?);
+        if !(parser.parse_keyword(Keyword::MERGE) && parser.parse_keyword(Keyword::PARTITIONS)) {
+            return plan_err!("expected ALTER TABLE {table} MERGE PARTITIONS a, b");
+        }
+        let mut ids = vec![];
+        loop {
+            match parser.next_token().token {
+                Token::Number(n, _) => match n.parse::<u32>() {
+                    Ok(id) => ids.push(id),
+                    Err(_) => ids.clear(),
+                },
+                _ => ids.clear(),
+            }
+            if ids.is_empty() || !parser.consume_token(&Token::Comma) {
+                break;
+            }
+        }
+        expect_end(&mut parser)?;
+        let [a, b] = ids[..] else {
+            return plan_err!(
+                "ALTER TABLE {table} MERGE PARTITIONS takes two partition ids, neighbours in key \
+                 order (SHOW PARTITIONS {table} lists them): MERGE PARTITIONS 3, 4"
+            );
+        };
+        return Ok(Statement::MergePartitions { table, a, b });
     }
     if kw(0, Keyword::ALTER) && word(1, "WORKER") {
         let mut parser = Parser::new(&GenericDialect {}).with_tokens_with_locations(tokens);
@@ -420,9 +491,11 @@ pub fn parse_statement(sql: &str) -> Result<Statement> {
             || (kw(1, Keyword::OR) && kw(2, Keyword::REPLACE) && kw(3, Keyword::TABLE)));
     if create_table {
         let (sql, replication) = take_replicas_clause(sql, &tokens)?;
+        let (sql, rebalance) = take_rebalance_clause(&sql, &tokenize(&sql)?)?;
         let tokens = tokenize(&sql)?;
         let mut ct = parse_create_table(&sql, tokens)?;
         ct.replication = replication;
+        ct.rebalance = rebalance;
         return Ok(Statement::CreateTable(ct));
     }
     Ok(Statement::Sql(sql.to_string()))

@@ -14,6 +14,7 @@ mod replication;
 mod scheme;
 pub mod simulate;
 pub mod size;
+mod strategy;
 mod text;
 
 pub use catalog::{
@@ -33,3 +34,4 @@ pub use replication::{MAX_REPLICAS, Replication, WriteQuorum, place};
 pub use scheme::{
     HASH_SEED, PartitionScheme, Partitioner, hash_partition, hash_range, range_partition,
 };
+pub use strategy::{DEFAULT_PER_WORKER, Strategy};

@@ -111,7 +111,11 @@ impl PartitionScheme {
                         _ => b.to_string(),
                     })
                     .collect();
-                format!("RANGE ({column}) SPLIT AT ({})", shown.join(", "))
+                if shown.is_empty() {
+                    format!("RANGE ({column})")
+                } else {
+                    format!("RANGE ({column}) SPLIT AT ({})", shown.join(", "))
+                }
             }
             other => other.to_string(),
         }
@@ -174,6 +178,9 @@ impl fmt::Display for PartitionScheme {
             }
             PartitionScheme::Range { column, bounds } => {
                 let b: Vec<String> = bounds.iter().map(ToString::to_string).collect();
+                if b.is_empty() {
+                    return write!(f, "RANGE ({column})");
+                }
                 write!(f, "RANGE ({column}) SPLIT AT ({})", b.join(", "))
             }
         }

@@ -2,6 +2,7 @@
 //! loopback ports over a temporary data dir), a Flight SQL client that
 //! runs sqllogictest files against it, and reading and comparing results.
 
+pub mod batches;
 mod cluster;
 mod compare;
 pub mod corpus;

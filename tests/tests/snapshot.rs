@@ -15,9 +15,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use arrow::array::{Array, AsArray, RecordBatch};
-use arrow::datatypes::Int64Type;
 use tessera_datasets::Rng;
+use tessera_tests::batches::{groups, seed, whole_batches};
 use tessera_tests::{TestCluster, plan_text, query_url};
 use tokio::sync::watch;
 
@@ -42,21 +41,6 @@ fn insert_sql(b: u64) -> String {
         })
         .collect();
     format!("INSERT INTO t VALUES {}", values.join(", "))
-}
-
-/// (batch, count, sum of keys) rows of a grouped query.
-fn groups(batches: &[RecordBatch]) -> BTreeMap<u64, (i64, i64)> {
-    let mut out = BTreeMap::new();
-    for batch in batches {
-        let ids = batch.column(0).as_primitive::<Int64Type>();
-        let counts = batch.column(1).as_primitive::<Int64Type>();
-        let sums = batch.column(2).as_primitive::<Int64Type>();
-        for i in 0..batch.num_rows() {
-            let sum = if sums.is_null(i) { 0 } else { sums.value(i) };
-            out.insert(ids.value(i) as u64, (counts.value(i), sum));
-        }
-    }
-    out
 }
 
 /// What the tasks share.
@@ -114,22 +98,8 @@ impl Shared {
 /// batch acknowledged before the read began present.
 fn check_scan(shared: &Shared, seen: &BTreeMap<u64, (i64, i64)>, acked_before: &BTreeSet<u64>) {
     let started = shared.started.lock().unwrap().clone();
-    for (b, got) in seen {
-        if !started.contains(b) {
-            shared.violation(format!("scan: batch {b} was never written"));
-        } else if *got != batch_shape(*b) {
-            shared.violation(format!(
-                "scan: batch {b} is half visible or doubled: (rows, key sum) {got:?}, written {:?}",
-                batch_shape(*b)
-            ));
-        }
-    }
-    for b in acked_before {
-        if !seen.contains_key(b) {
-            shared.violation(format!(
-                "scan: batch {b}, acknowledged before the read began, is missing"
-            ));
-        }
+    for wrong in whole_batches("scan", seen, &started, acked_before, batch_shape) {
+        shared.violation(wrong);
     }
 }
 
@@ -236,15 +206,7 @@ async fn compactor(url: String, shared: Arc<Shared>, mut progress: watch::Receiv
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn snapshot_reads_under_writes_compaction_and_a_worker_restart() {
-    let seed = std::env::var("TESSERA_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(1, |d| d.as_nanos() as u64)
-        });
-    println!("seed = {seed} (TESSERA_SEED={seed} repeats this run)");
+    let seed = seed();
     let mut rng = Rng(seed);
 
     let mut cluster = TestCluster::builder().workers(3).start().await;

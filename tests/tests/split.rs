@@ -1,10 +1,10 @@
-//! `ALTER TABLE .. SPLIT PARTITION` under load. Writers insert batches
+//! `ALTER TABLE .. SPLIT PARTITION` and `MERGE PARTITIONS` under load. Writers insert batches
 //! whose rows spread over the key space into a RANGE table (with a LOCAL
 //! index) and a HASH table, both with three copies (a write needs two),
 //! readers scan both and look batches up through the index, `COMPACT
 //! TABLE` runs, a splitter keeps splitting partitions of both (RANGE at
 //! the median of its rows or at a key given, HASH at the middle of its
-//! slice), and one worker is stopped a third of the way in and started
+//! slice) and now and then merges two neighbours, and one worker is stopped a third of the way in and started
 //! again a little later (splits then write to two copies; the third
 //! catches up). No read may fail or see a batch half or twice; every batch
 //! acknowledged before a read began is in it; at the end every
@@ -18,9 +18,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::array::AsArray;
 use arrow::datatypes::{Int64Type, UInt32Type};
 use tessera_datasets::Rng;
+use tessera_tests::batches::{groups, seed, whole_batches};
 use tessera_tests::{TestCluster, plan_text, query_url};
 use tokio::sync::watch;
 
@@ -43,20 +44,6 @@ fn insert_sql(table: &str, b: u64) -> String {
     format!("INSERT INTO {table} VALUES {}", values.join(", "))
 }
 
-fn groups(batches: &[RecordBatch]) -> BTreeMap<u64, (i64, i64)> {
-    let mut out = BTreeMap::new();
-    for batch in batches {
-        let ids = batch.column(0).as_primitive::<Int64Type>();
-        let counts = batch.column(1).as_primitive::<Int64Type>();
-        let sums = batch.column(2).as_primitive::<Int64Type>();
-        for i in 0..batch.num_rows() {
-            let sum = if sums.is_null(i) { 0 } else { sums.value(i) };
-            out.insert(ids.value(i) as u64, (counts.value(i), sum));
-        }
-    }
-    out
-}
-
 #[derive(Default)]
 struct Shared {
     started: Mutex<BTreeSet<u64>>,
@@ -65,6 +52,7 @@ struct Shared {
     violations: Mutex<Vec<String>>,
     reads: AtomicU64,
     splits: AtomicU64,
+    merges: AtomicU64,
     writers_done: AtomicBool,
     /// The worker stopped, while it is down or catching up.
     victim: Mutex<Option<String>>,
@@ -100,22 +88,8 @@ impl Shared {
 
     fn check(&self, what: &str, seen: &BTreeMap<u64, (i64, i64)>, before: &BTreeSet<u64>) {
         let started = self.started.lock().unwrap().clone();
-        for (b, got) in seen {
-            if !started.contains(b) {
-                self.violation(format!("{what}: batch {b} was never written"));
-            } else if *got != batch_shape(*b) {
-                self.violation(format!(
-                    "{what}: batch {b} is half visible or doubled: {got:?}, written {:?}",
-                    batch_shape(*b)
-                ));
-            }
-        }
-        for b in before {
-            if !seen.contains_key(b) {
-                self.violation(format!(
-                    "{what}: batch {b}, acknowledged before the read began, is missing"
-                ));
-            }
+        for wrong in whole_batches(what, seen, &started, before, batch_shape) {
+            self.violation(wrong);
         }
     }
 }
@@ -194,7 +168,22 @@ async fn splitter(url: String, shared: Arc<Shared>, mut progress: watch::Receive
         last = n;
         for table in ["r", "h"] {
             let ids = partitions(&url, table).await;
-            let id = ids[rng.below(ids.len() as u64) as usize];
+            let i = rng.below(ids.len() as u64) as usize;
+            if ids.len() > 2 && rng.below(3) == 0 {
+                // Two neighbours (SHOW PARTITIONS lists them in key order).
+                let i = i.min(ids.len() - 2);
+                let (a, b) = (ids[i], ids[i + 1]);
+                let sql = format!("ALTER TABLE {table} MERGE PARTITIONS {a}, {b}");
+                match query_url(&url, &sql).await {
+                    Ok(_) => {
+                        shared.merges.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Err(e) if shared.tolerated(&e) => {}
+                    Err(e) => shared.violation(format!("{sql} failed: {e}")),
+                }
+                continue;
+            }
+            let id = ids[i];
             // RANGE: at the median, or at a key that may fall outside the
             // partition (then refused, changing nothing).
             let at = if table == "r" && rng.below(3) == 0 {
@@ -249,15 +238,7 @@ async fn point_lookups(cluster: &TestCluster, table: &str, acked: &BTreeSet<u64>
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn splits_under_writes_reads_and_compaction() {
-    let seed = std::env::var("TESSERA_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(1, |d| d.as_nanos() as u64)
-        });
-    println!("seed = {seed} (TESSERA_SEED={seed} repeats this run)");
+    let seed = seed();
     let mut rng = Rng(seed);
 
     let mut cluster = TestCluster::builder().workers(3).start().await;
@@ -344,16 +325,18 @@ async fn splits_under_writes_reads_and_compaction() {
         ));
     }
     let split_count = shared.splits.load(Ordering::SeqCst);
+    let merge_count = shared.merges.load(Ordering::SeqCst);
     let parts_r = partitions(&url, "r").await.len();
     let parts_h = partitions(&url, "h").await.len();
-    if parts_r + parts_h != 4 + split_count as usize {
+    if parts_r + parts_h + merge_count as usize != 4 + split_count as usize {
         shared.violation(format!(
-            "{split_count} splits, but {parts_r} + {parts_h} partitions (4 at the start)"
+            "{split_count} splits and {merge_count} merges, but {parts_r} + {parts_h} \
+             partitions (4 at the start)"
         ));
     }
     println!(
-        "{split_count} splits, {} reads, {} errors the outage explains; partitions now: r \
-         {parts_r}, h {parts_h}",
+        "{split_count} splits, {merge_count} merges, {} reads, {} errors the outage explains; \
+         partitions now: r {parts_r}, h {parts_h}",
         shared.reads.load(Ordering::SeqCst),
         shared.outage_errors.load(Ordering::SeqCst)
     );
@@ -390,7 +373,7 @@ async fn splits_under_writes_reads_and_compaction() {
     cluster.stop().await;
 }
 
-/// What a split refuses, and what it reports.
+/// What a split or merge refuses, and what it reports.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn split_refusals_and_report() {
     let cluster = TestCluster::builder().workers(2).start().await;
@@ -482,5 +465,69 @@ async fn split_refusals_and_report() {
             .await
             .contains("fewer than two distinct keys")
     );
+
+    // Merges: neighbours only, two different ones, of a partitioned table.
+    assert!(
+        err("ALTER TABLE d MERGE PARTITIONS 0, 3")
+            .await
+            .contains("not neighbours")
+    );
+    assert!(
+        err("ALTER TABLE d MERGE PARTITIONS 2, 2")
+            .await
+            .contains("not 2 twice")
+    );
+    assert!(
+        err("ALTER TABLE d MERGE PARTITIONS 1, 2")
+            .await
+            .contains("has no partition 1")
+    );
+    assert!(
+        err("ALTER TABLE s MERGE PARTITIONS 0, 1")
+            .await
+            .contains("no key to merge on")
+    );
+    assert!(
+        err("ALTER TABLE g MERGE PARTITIONS 0, 1")
+            .await
+            .contains("GLOBAL index 'by_v'")
+    );
+    // Named in either order, neighbours merge into one new id.
+    let report = cluster
+        .query("ALTER TABLE d MERGE PARTITIONS 3, 2")
+        .await
+        .unwrap();
+    let report = &report[0];
+    assert_eq!(report.num_rows(), 1);
+    assert_eq!(report.column(0).as_primitive::<UInt32Type>().value(0), 4);
+    assert_eq!(report.column(1).as_string::<i32>().value(0), "2, 3");
+    assert_eq!(
+        report.column(2).as_string::<i32>().value(0),
+        "k [2024-01-01, +inf)"
+    );
+    let rows = report
+        .column(3)
+        .as_primitive::<arrow::datatypes::UInt64Type>();
+    assert_eq!(rows.value(0), 2);
+    let report = cluster
+        .query("ALTER TABLE d MERGE PARTITIONS 0, 4")
+        .await
+        .unwrap();
+    assert_eq!(
+        report[0].column(2).as_string::<i32>().value(0),
+        "k (-inf, +inf)"
+    );
+    let got = cluster.query("SELECT v FROM d ORDER BY v").await.unwrap();
+    assert_eq!(
+        got[0].column(0).as_primitive::<Int64Type>().values(),
+        &[1, 2, 3]
+    );
+    let plan = plan_text(
+        &cluster
+            .query("EXPLAIN SELECT v FROM d WHERE k = DATE '2024-09-01'")
+            .await
+            .unwrap(),
+    );
+    assert!(plan.contains("partitions=1/1"), "{plan}");
     cluster.stop().await;
 }

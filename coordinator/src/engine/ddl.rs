@@ -103,6 +103,8 @@ impl Coordinator {
                 }
                 let mut def = TableDef::try_new(&name, s.tables_created, &schema, scheme.clone())?;
                 def.replication = ct.replication.unwrap_or_default();
+                def.rebalance = ct.rebalance.unwrap_or_default();
+                def.rebalance.check(&name, &def.scheme)?;
                 // Tables with the same partition count are placed alike, so
                 // partition i of each lives on the same worker and joins on
                 // their keys are co-located; one-partition tables are spread.
@@ -304,6 +306,7 @@ impl Coordinator {
         let mut names = vec![];
         let mut schemes = vec![];
         let mut counts = vec![];
+        let mut strategies = vec![];
         for (name, def) in &state.tables {
             if crate::catalog::is_staging(name) {
                 continue;
@@ -316,17 +319,23 @@ impl Coordinator {
                     .table(name)
                     .map_or(def.scheme.partition_count(), |p| p.len() as u32),
             );
+            strategies.push(Some(def.rebalance.to_string()));
         }
         for name in self.catalog.external_names()? {
             names.push(name);
             schemes.push("EXTERNAL".to_string());
             counts.push(0);
+            strategies.push(None);
         }
-        ready(vec![
-            ("table_name", Arc::new(StringArray::from(names)) as ArrayRef),
-            ("partitioning", Arc::new(StringArray::from(schemes))),
-            ("partitions", Arc::new(UInt32Array::from(counts))),
-        ])
+        ready_with_nulls(
+            vec![
+                ("table_name", Arc::new(StringArray::from(names)) as ArrayRef),
+                ("partitioning", Arc::new(StringArray::from(schemes))),
+                ("partitions", Arc::new(UInt32Array::from(counts))),
+                ("rebalance", Arc::new(StringArray::from(strategies))),
+            ],
+            &["rebalance"],
+        )
     }
 
     pub(super) fn describe(&self, table: &str) -> Result<Planned> {

@@ -56,6 +56,8 @@ pub(super) fn route(statement: &Statement) -> Route {
         | Statement::Compact { .. }
         | Statement::SetReplicas { .. }
         | Statement::SplitPartition { .. }
+        | Statement::MergePartitions { .. }
+        | Statement::SetRebalance { .. }
         | Statement::AlterWorker { .. }
         // The leader runs the rebalance and knows its steps.
         | Statement::ExplainRebalance { .. }

@@ -9,6 +9,7 @@ use datafusion::common::Result;
 use super::ddl::ready_with_nulls;
 use super::{Coordinator, Planned};
 use crate::rebalance::Plan;
+use tessera_sql::Strategy;
 
 /// The copy rate a plan's time estimate assumes, bytes a second, unless
 /// `tessera.rebalance_rate` is lower.
@@ -39,6 +40,27 @@ impl Coordinator {
         }
     }
 
+    /// `ALTER TABLE t SET REBALANCE ...`: the table's strategy from now on
+    /// (the next plan follows it; nothing moves now).
+    pub(super) async fn set_rebalance(&self, table: &str, strategy: Strategy) -> Result<Planned> {
+        let Some(def) = self.catalog.table_def(table)? else {
+            return Err(crate::catalog::no_such_table(table));
+        };
+        strategy.check(&def.name, &def.scheme)?;
+        let name = def.name.clone();
+        self.catalog
+            .update(|s| match s.tables.get_mut(&name) {
+                Some(t) if t.id == def.id => {
+                    t.rebalance = strategy;
+                    Ok(())
+                }
+                _ => Err(crate::catalog::no_such_table(&name)),
+            })
+            .await?;
+        self.rebalancer.wake();
+        Ok(super::planned::empty())
+    }
+
     pub(super) fn explain_rebalance(&self, table: Option<&str>) -> Result<Planned> {
         plan_rows(&self.rebalance_plan(table)?, self.copy_rate())
     }
@@ -60,7 +82,7 @@ impl Coordinator {
             return Err(tessera_worker::ErrorKind::FailedPrecondition
                 .error("no rebalance is running (SHOW REBALANCE shows the last one)"));
         }
-        Ok(super::empty())
+        Ok(super::planned::empty())
     }
 }
 
@@ -85,6 +107,17 @@ fn plan_rows(plan: &Plan, rate: f64) -> Result<Planned> {
     from.push(None);
     let mut to: Vec<Option<&str>> = plan.steps.iter().map(|s| s.to.as_deref()).collect();
     to.push(None);
+    let mut with: Vec<Option<u32>> = plan.steps.iter().map(|s| s.with).collect();
+    with.push(None);
+    let mut makes: Vec<Option<String>> = plan
+        .steps
+        .iter()
+        .map(|s| {
+            let ids: Vec<String> = s.makes.iter().map(u32::to_string).collect();
+            (!ids.is_empty()).then(|| ids.join(", "))
+        })
+        .collect();
+    makes.push(None);
     let mut est: Vec<f64> = plan.steps.iter().map(|s| seconds(s.bytes)).collect();
     est.push(total_seconds);
     let only_total = |v: f64| -> Vec<Option<f64>> {
@@ -110,6 +143,8 @@ fn plan_rows(plan: &Plan, rate: f64) -> Result<Planned> {
             ("bytes", Arc::new(UInt64Array::from(bytes))),
             ("from_worker", Arc::new(StringArray::from(from))),
             ("to_worker", Arc::new(StringArray::from(to))),
+            ("with_partition", Arc::new(UInt32Array::from(with))),
+            ("new_partitions", Arc::new(StringArray::from(makes))),
             ("est_seconds", Arc::new(Float64Array::from(est))),
             (
                 "skew_bytes_before",
@@ -135,6 +170,8 @@ fn plan_rows(plan: &Plan, rate: f64) -> Result<Planned> {
             "partition",
             "from_worker",
             "to_worker",
+            "with_partition",
+            "new_partitions",
             "skew_bytes_before",
             "skew_bytes_after",
             "skew_partitions_before",

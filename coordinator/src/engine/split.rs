@@ -1,446 +1,62 @@
-//! `ALTER TABLE t SPLIT PARTITION id [AT v]`: one partition becomes two
-//! with new ids, each holding its half of the parent's slice of keys, on
-//! the parent's copies.
-//!
-//! ```text
-//!  writes to t wait (the table's gate)      ┐
-//!  read the parent at a snapshot            │ rows of every acknowledged
-//!  route its rows by the new layout         │ statement, none in flight
-//!  write both halves as one transaction ────┘ whose decision also swaps
-//!                                             the parent for the children
-//!                                             in the partition map
-//!  the parent's files go once no query that may read them runs
-//! ```
-//!
-//! A query takes its snapshot and its partition map together, so it
-//! reads either the parent (before) or the children (after), never both
-//! and never neither. The halves are written whole (a rewrite, not a
-//! reference to the parent's files): a split costs one read and one write
-//! of the partition. Tables with a GLOBAL index do not split yet (their
-//! entries name the parent's files); LOCAL index parts are written for
-//! the children in the same transaction. A split runs to its end once
-//! begun, even if its statement is cancelled.
+//! `ALTER TABLE t SPLIT PARTITION id [AT v]` and `ALTER TABLE t MERGE
+//! PARTITIONS a, b` (see [`crate::reshape`]): what they report.
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
-use datafusion::arrow::array::{
-    ArrayRef, Float64Array, RecordBatch, StringArray, UInt32Array, UInt64Array,
-};
-use datafusion::arrow::compute::concat_batches;
+use datafusion::arrow::array::{ArrayRef, Float64Array, StringArray, UInt32Array, UInt64Array};
 use datafusion::common::Result;
-use datafusion::sql::sqlparser::ast;
-use tessera_sql::{
-    KeyRange, KeyValue, PartitionLayout, PartitionPlacement, PartitionScheme, Partitioner,
-    Placements, SplitAt, TableDef, key_bound,
-};
-use tessera_worker::{
-    DataFile, ErrorKind, ScanPart, ScanSpec, Snapshot, WorkerUnavailable, call_timeout,
-    is_worker_failure, sort_by_columns,
-};
 
 use super::ddl::ready;
 use super::{Coordinator, Planned};
-use crate::catalog::Catalog;
-use crate::catalog_state::CatalogState;
-use crate::write::{Ack, Piece, Role, index_pieces, split_by_partition, write_pieces_placing};
+use crate::reshape::{Reshape, reshape_in_task};
 
 impl Coordinator {
-    pub(super) async fn split_partition(
-        &self,
-        table: &str,
-        partition: u32,
-        at: Option<&ast::Expr>,
-    ) -> Result<Planned> {
+    pub(super) async fn reshape_partitions(&self, table: &str, how: Reshape) -> Result<Planned> {
         let started = Instant::now();
-        // Its own task: a statement cancelled (or a client gone) mid-way
-        // must not let writes in before the split's decision has landed.
-        let (catalog, table, at) = (Arc::clone(&self.catalog), table.to_string(), at.cloned());
-        let done =
-            tokio::spawn(async move { split(catalog, &table, partition, at.as_ref()).await })
-                .await
-                .map_err(|e| ErrorKind::Internal.error(format!("the split stopped: {e}")))??;
+        let done = reshape_in_task(&self.catalog, table, how.clone()).await?;
         let seconds = started.elapsed().as_secs_f64();
-        let n = done.halves.len();
+        let n = done.children.len();
+        let parents = done
+            .parents
+            .iter()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
+        let from: (&str, ArrayRef) = match how {
+            Reshape::Split { partition, .. } => (
+                "split_from",
+                Arc::new(UInt32Array::from(vec![partition; n])),
+            ),
+            Reshape::Merge { .. } => ("merged_from", Arc::new(StringArray::from(vec![parents; n]))),
+        };
         ready(vec![
             (
                 "partition",
                 Arc::new(UInt32Array::from_iter_values(
-                    done.halves.iter().map(|h| h.id),
+                    done.children.iter().map(|h| h.id),
                 )) as ArrayRef,
             ),
-            (
-                "split_from",
-                Arc::new(UInt32Array::from(vec![partition; n])),
-            ),
+            from,
             (
                 "range",
                 Arc::new(StringArray::from_iter_values(
-                    done.halves.iter().map(|h| h.range.clone()),
+                    done.children.iter().map(|h| h.range.clone()),
                 )),
             ),
             (
                 "rows",
                 Arc::new(UInt64Array::from_iter_values(
-                    done.halves.iter().map(|h| h.rows),
+                    done.children.iter().map(|h| h.rows),
                 )),
             ),
             (
                 "bytes",
                 Arc::new(UInt64Array::from_iter_values(
-                    done.halves.iter().map(|h| h.bytes),
+                    done.children.iter().map(|h| h.bytes),
                 )),
             ),
             ("seconds", Arc::new(Float64Array::from(vec![seconds; n]))),
         ])
-    }
-}
-
-/// One half of a split partition, as the statement reports it.
-struct Half {
-    id: u32,
-    range: String,
-    rows: u64,
-    bytes: u64,
-}
-
-struct Done {
-    halves: Vec<Half>,
-}
-
-async fn split(
-    catalog: Arc<Catalog>,
-    table: &str,
-    partition: u32,
-    at: Option<&ast::Expr>,
-) -> Result<Done> {
-    let Some(def) = catalog.table_def(table)? else {
-        return Err(crate::catalog::no_such_table(table));
-    };
-    let name = def.name.clone();
-    if def.scheme == PartitionScheme::Single {
-        return Err(ErrorKind::InvalidArgument.error(format!(
-            "'{name}' has no PARTITION BY: its one partition holds every row and has no key to \
-             split on; create the table with PARTITION BY HASH or RANGE"
-        )));
-    }
-    refuse_indexes(&catalog.state()?, &name)?;
-    // Writes to the table wait until the split is decided; a write routed
-    // before it is routed again (see `write::still_routed`). A long ingest
-    // holding them is not waited for without end.
-    let wait = call_timeout();
-    let gate = catalog.gate(&name)?;
-    let Ok(writes_wait) = tokio::time::timeout(wait, gate.write_owned()).await else {
-        return Err(ErrorKind::Unavailable.error(format!(
-            "writes to '{name}' did not pause within {} s (a long ingest?); nothing was \
-             changed, retry the split",
-            wait.as_secs()
-        )));
-    };
-    let Some(def) = catalog.table_def(&name)?.filter(|d| d.id == def.id) else {
-        return Err(crate::catalog::no_such_table(&name));
-    };
-    let placements = catalog.placements(&name)?;
-    let Some(parent) = placements.by_id(partition).cloned() else {
-        return Err(ErrorKind::InvalidArgument.error(format!(
-            "'{name}' has no partition {partition}; SHOW PARTITIONS {name} lists them"
-        )));
-    };
-    if !parent.out_of_sync.is_empty() {
-        return Err(ErrorKind::FailedPrecondition.error(format!(
-            "partition {partition} of '{name}' has copies catching up ({}); retry once SHOW \
-             PARTITIONS {name} shows them in sync",
-            parent.out_of_sync.join(", ")
-        )));
-    }
-    let mut layout = placements
-        .layout(&def.scheme)?
-        .unwrap_or_else(|| PartitionLayout::initial(&def.scheme));
-
-    let (guard, _) = catalog.begin_merge(&name).await?;
-    let rows = read_partition(&catalog, &def, partition).await?;
-    let point = split_point(&def, &layout, partition, at, &rows)?;
-    let (lower, upper) = layout.split(partition, point)?;
-    let schema = def.schema()?;
-    let partitioner = Partitioner::try_new(&def.scheme, &schema)?.with_layout(Some(layout.clone()));
-    let mut routed = BTreeMap::new();
-    for batch in rows {
-        split_by_partition(&partitioner, batch, &mut routed)?;
-    }
-    if let Some(stray) = routed.keys().find(|p| **p != lower && **p != upper) {
-        return Err(ErrorKind::Internal.error(format!(
-            "a row of partition {partition} of '{name}' routes to partition {stray}, outside \
-             it: the partition holds rows of another's keys; nothing was changed"
-        )));
-    }
-
-    // Both halves go to the parent's copies.
-    let Some(parent_target) = catalog.write_targets(&name, &[partition])?.pop() else {
-        return Err(ErrorKind::Internal.error("no write target for the parent partition"));
-    };
-    let mut pieces = vec![];
-    for (child, batches) in routed {
-        let batch = concat_batches(&schema, &batches)?;
-        let mut target = parent_target.clone();
-        target.partition = child;
-        pieces.push(Piece {
-            location: def.storage_key(),
-            partition: child,
-            target,
-            batch: sort_by_columns(batch, def.scheme.cluster_by())?,
-            role: Role::Rows,
-        });
-    }
-    let children: Vec<u32> = pieces.iter().map(|p| p.partition).collect();
-    for index in catalog.indexes_of(&name)? {
-        let (more, _) = index_pieces(&catalog, &def, &index, guard.txn, &pieces)?;
-        pieces.extend(more);
-    }
-    let ranges = [
-        (lower, layout.range_of(lower).cloned()),
-        (upper, layout.range_of(upper).cloned()),
-    ];
-    let (place_ranges, swapped) = (ranges.clone(), parent.clone());
-    let place = move |s: &mut CatalogState| place_children(s, def.id, &swapped, &place_ranges);
-    let counted = Arc::new(Mutex::new(BTreeMap::new()));
-    let seen = Arc::clone(&counted);
-    let stats_name = name.clone();
-    let decide = move |s: &mut CatalogState, files: &[DataFile]| {
-        // The parent's counts (pending ones too) leave with it.
-        s.fold_stats_deltas_of(&stats_name);
-        if let Some(stats) = s.stats.get_mut(&stats_name) {
-            stats.remove(&partition);
-        }
-        let halves = children.iter().copied().zip(files.iter());
-        crate::write::add_stats(s, &stats_name, halves.clone());
-        if let Ok(mut c) = seen.lock() {
-            *c = halves.map(|(p, f)| (p, (f.rows, f.bytes))).collect();
-        }
-        Ok(())
-    };
-    write_pieces_placing(&catalog, guard, pieces, Ack::Committed, place, decide).await?;
-    drop(writes_wait);
-    // The parent's files go once no query that may read them runs.
-    let copies = parent
-        .replicas
-        .iter()
-        .map(|w| (name.clone(), partition, w.clone()))
-        .collect();
-    crate::copies::drop_files_later(&catalog, def.id, copies);
-
-    let counts = counted.lock().map(|c| c.clone()).unwrap_or_default();
-    let halves = ranges
-        .iter()
-        .map(|(id, range)| {
-            let (rows, bytes) = counts.get(id).copied().unwrap_or((0, 0));
-            Half {
-                id: *id,
-                range: def.scheme.describe_partition(*id, range.as_ref(), &schema),
-                rows,
-                bytes,
-            }
-        })
-        .collect();
-    Ok(Done { halves })
-}
-
-/// Every row of `def`'s `partition` at a snapshot taken now (with the
-/// table's writes held off: every acknowledged statement's rows).
-async fn read_partition(
-    catalog: &Catalog,
-    def: &TableDef,
-    partition: u32,
-) -> Result<Vec<RecordBatch>> {
-    let (snapshot, _pin, _) = catalog.snapshot()?;
-    let snapshot = Arc::new(snapshot);
-    // Every in-sync copy holds every acknowledged statement: one that
-    // cannot be reached (stopped a moment ago) hands over to the next.
-    let mut failed = None;
-    for copy in catalog.in_sync_copies(&def.name, partition)? {
-        match read_copy(def, copy, Arc::clone(&snapshot)).await {
-            Ok(rows) => return Ok(rows),
-            Err(e) if is_worker_failure(&e) => failed = Some(e),
-            Err(e) => return Err(e),
-        }
-    }
-    Err(failed.unwrap_or_else(|| {
-        WorkerUnavailable::error(format!(
-            "no copy of partition {partition} of '{}' can be read; retry once its workers are \
-             back",
-            def.name
-        ))
-    }))
-}
-
-/// The rows of one copy of a partition at `snapshot`.
-async fn read_copy(
-    def: &TableDef,
-    copy: ScanPart,
-    snapshot: Arc<Snapshot>,
-) -> Result<Vec<RecordBatch>> {
-    let spec = ScanSpec {
-        table: def.name.clone(),
-        location: def.storage_key(),
-        table_schema: def.schema()?,
-        projection: None,
-        predicate: None,
-        limit: None,
-        total_partitions: 1,
-        kept_partitions: 1,
-        estimate: None,
-        colocated_on: None,
-        index: None,
-        snapshot: Some(snapshot),
-        query: None,
-    };
-    crate::index::collect_scan(spec, vec![copy]).await
-}
-
-/// Refuses a split of a table whose indexes cannot follow it yet.
-fn refuse_indexes(s: &CatalogState, table: &str) -> Result<()> {
-    for index in s.indexes.values().filter(|i| i.table == table) {
-        if index.kind.is_global() {
-            return Err(ErrorKind::FailedPrecondition.error(format!(
-                "'{table}' has the GLOBAL index '{}', whose entries name the rows of the \
-                 partition's files; partitions of tables with GLOBAL indexes do not split yet \
-                 (DROP INDEX {0}, split, then CREATE INDEX again)",
-                index.name
-            )));
-        }
-        if !index.is_ready() {
-            return Err(ErrorKind::FailedPrecondition.error(format!(
-                "the index '{}' of '{table}' is still being built; split once SHOW INDEXES \
-                 shows it ready",
-                index.name
-            )));
-        }
-    }
-    Ok(())
-}
-
-/// Swaps the parent for its two halves in the partition map, in key order,
-/// as the split is decided; refuses if the table, its indexes or the
-/// parent's copies changed since the split began.
-fn place_children(
-    s: &mut CatalogState,
-    table_id: u64,
-    parent: &PartitionPlacement,
-    children: &[(u32, Option<KeyRange>); 2],
-) -> Result<()> {
-    let owner = s
-        .tables
-        .values()
-        .find(|t| t.id == table_id)
-        .map(|t| t.name.clone());
-    let Some(table) = owner else {
-        return Err(ErrorKind::FailedPrecondition.error(
-            "the table was dropped or replaced while its partition split; nothing was changed",
-        ));
-    };
-    refuse_indexes(s, &table)?;
-    let placements = s.map.tables.get_mut(&table);
-    let at = placements
-        .as_ref()
-        .and_then(|p| p.iter().position(|p| p == parent));
-    let (Some(placements), Some(at)) = (placements, at) else {
-        return Err(ErrorKind::FailedPrecondition.error(format!(
-            "the copies of partition {} of '{table}' changed while it split (a rebalance or \
-             a worker going down); nothing was changed, retry",
-            parent.id
-        )));
-    };
-    let half = |(id, range): &(u32, Option<KeyRange>)| PartitionPlacement {
-        id: *id,
-        replicas: parent.replicas.clone(),
-        out_of_sync: vec![],
-        range: range.clone(),
-    };
-    placements.splice(at..=at, children.iter().map(half));
-    s.map.epoch += 1;
-    s.map.layout_epoch += 1;
-    // Commits of the parent still pending go: its rows are in the halves.
-    crate::copies::forget_pending(s, &table, parent.id, &parent.replicas);
-    Ok(())
-}
-
-/// Where partition `id` splits: the middle of a hash slice; for a range
-/// slice, `at`, or else the median key of its rows.
-fn split_point(
-    def: &TableDef,
-    layout: &PartitionLayout,
-    id: u32,
-    at: Option<&ast::Expr>,
-    rows: &[RecordBatch],
-) -> Result<SplitAt> {
-    let name = &def.name;
-    match (&def.scheme, layout.range_of(id)) {
-        (PartitionScheme::Hash { .. }, Some(KeyRange::Hash { start, end })) => {
-            if at.is_some() {
-                return Err(ErrorKind::InvalidArgument.error(format!(
-                    "'{name}' is hash-partitioned: its partitions split at the middle of their \
-                     hash slice, so SPLIT PARTITION takes no AT (AT is for RANGE tables)"
-                )));
-            }
-            let end = end.map_or(1u128 << 64, u128::from);
-            let middle = (u128::from(*start) + end) / 2;
-            if middle <= u128::from(*start) {
-                return Err(ErrorKind::InvalidArgument.error(format!(
-                    "partition {id} of '{name}' holds a single hash and cannot split further"
-                )));
-            }
-            Ok(SplitAt::Hash(middle as u64))
-        }
-        (PartitionScheme::Range { column, .. }, Some(KeyRange::Range { .. })) => {
-            let schema = def.schema()?;
-            let data_type = schema.field_with_name(column)?.data_type().clone();
-            if let Some(at) = at {
-                return Ok(SplitAt::Value(key_bound(at, column, &data_type)?));
-            }
-            let mut keys = vec![];
-            for batch in rows {
-                let values = batch.column(schema.index_of(column)?);
-                for row in 0..batch.num_rows() {
-                    keys.push(KeyValue::from_array(values, row)?.unwrap_or(KeyValue::Null));
-                }
-            }
-            median_key(keys).map(SplitAt::Value).ok_or_else(|| {
-                ErrorKind::InvalidArgument.error(format!(
-                    "partition {id} of '{name}' holds fewer than two distinct keys, so it has no \
-                     median to split at; give one: SPLIT PARTITION {id} AT value"
-                ))
-            })
-        }
-        (_, range) => Err(ErrorKind::Internal.error(format!(
-            "partition {id} of '{name}' has the slice {range:?}, which its scheme cannot split"
-        ))),
-    }
-}
-
-/// The key that splits `keys` most evenly with both halves non-empty: the
-/// median, or the first key above the smallest when the median is it.
-fn median_key(mut keys: Vec<KeyValue>) -> Option<KeyValue> {
-    keys.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
-    let first = keys.first()?.clone();
-    let median = keys.get(keys.len() / 2)?;
-    if *median != first {
-        return Some(median.clone());
-    }
-    keys.into_iter().find(|k| *k != first)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_median_leaves_both_halves_rows() {
-        let ints = |v: &[i64]| v.iter().map(|i| KeyValue::Int(*i)).collect::<Vec<_>>();
-        assert_eq!(median_key(ints(&[5, 1, 3, 2, 4])), Some(KeyValue::Int(3)));
-        assert_eq!(median_key(ints(&[1, 1, 1, 1, 2])), Some(KeyValue::Int(2)));
-        assert_eq!(median_key(ints(&[7, 7, 7])), None);
-        assert_eq!(median_key(vec![]), None);
-        let with_null = vec![KeyValue::Null, KeyValue::Null, KeyValue::Int(1)];
-        assert_eq!(median_key(with_null), Some(KeyValue::Int(1)));
     }
 }

@@ -68,7 +68,10 @@ impl Coordinator {
             | Statement::ShowPartitions { .. }
             | Statement::Describe { .. } => Ok(Some(self.plan(sql).await?.schema())),
             Statement::Compact { .. } => Ok(Some(crate::compact::report_schema())),
-            Statement::SetReplicas { .. } | Statement::SplitPartition { .. } => Ok(None),
+            Statement::SetReplicas { .. }
+            | Statement::SplitPartition { .. }
+            | Statement::MergePartitions { .. }
+            | Statement::SetRebalance { .. } => Ok(None),
             Statement::Sql(sql) => {
                 if strip_explain(sql.trim_start()).is_some() {
                     return Ok(Some(explain_schema()));

@@ -5,6 +5,7 @@
 //! a coordinator that dies mid-move leaves the old copy serving: the new
 //! one is an extra copy that a later plan drops, or finishes moving.
 
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -20,6 +21,7 @@ use tessera_worker::ErrorKind;
 use super::{Operation, Rebalancer, Step};
 use crate::catalog::Catalog;
 use crate::membership::WorkerState;
+use crate::reshape::{Reshape, reshape_in_task};
 
 /// How long a move waits for its new copy to catch up.
 const CATCH_UP_WAIT: Duration = Duration::from_secs(600);
@@ -123,6 +125,11 @@ impl RebalanceLog {
             Arc::new(StringArray::from_iter(
                 steps.iter().map(|r| r.step.to.as_deref()),
             )),
+            Arc::new(UInt32Array::from_iter(steps.iter().map(|r| r.step.with))),
+            Arc::new(StringArray::from_iter(steps.iter().map(|r| {
+                let ids: Vec<String> = r.step.makes.iter().map(u32::to_string).collect();
+                (!ids.is_empty()).then(|| ids.join(", "))
+            }))),
             Arc::new(UInt64Array::from_iter_values(
                 steps.iter().map(|r| r.step.bytes),
             )),
@@ -149,6 +156,8 @@ pub fn show_schema() -> SchemaRef {
         field("operation", DataType::Utf8, false),
         field("from_worker", DataType::Utf8, false),
         field("to_worker", DataType::Utf8, true),
+        field("with_partition", DataType::UInt32, true),
+        field("new_partitions", DataType::Utf8, true),
         field("bytes", DataType::UInt64, false),
         field("state", DataType::Utf8, false),
         field("bytes_copied", DataType::UInt64, false),
@@ -185,9 +194,19 @@ pub fn apply(catalog: &Arc<Catalog>, rebalancer: &Arc<Rebalancer>, steps: Vec<St
         // Cleared however the task ends (a panic included): a step left
         // running is marked failed.
         let _done = Running(log);
+        // Tables whose split or merge did not make the partitions planned:
+        // their later steps name partitions that are not there (or are
+        // others), and are skipped.
+        let mut diverged = BTreeSet::new();
         for (i, step) in steps.into_iter().enumerate() {
             if log.cancel.load(Ordering::SeqCst) || catalog.closed.load(Ordering::SeqCst) {
                 log.set(i, |r| r.state = State::Cancelled);
+                continue;
+            }
+            if diverged.contains(&step.map_key) {
+                let why = "an earlier split or merge of the table did not go as planned; \
+                           EXPLAIN REBALANCE plans again";
+                log.set(i, |r| r.state = State::Skipped(why.into()));
                 continue;
             }
             log.set(i, |r| r.state = State::Running);
@@ -195,6 +214,13 @@ pub fn apply(catalog: &Arc<Catalog>, rebalancer: &Arc<Rebalancer>, steps: Vec<St
             let outcome = match step.operation {
                 Operation::Move => move_copy(&catalog, &rebalancer, &step, i).await,
                 Operation::DropCopy => drop_copy(&catalog, &step).await,
+                Operation::Split | Operation::Merge => {
+                    let done = reshape(&catalog, &rebalancer, &step, i).await;
+                    if !matches!(done, Ok(State::Done)) {
+                        diverged.insert(step.map_key.clone());
+                    }
+                    done
+                }
             };
             let state = match outcome {
                 Ok(state) => state,
@@ -393,6 +419,42 @@ async fn move_copy(
     }
     // 4. The old copy's files, once no running query may read them.
     retire(catalog, step, &step.from);
+    Ok(State::Done)
+}
+
+/// Splits or merges the step's partition (see [`crate::reshape`]); it
+/// must make the partitions the plan named, which later steps move.
+async fn reshape(
+    catalog: &Arc<Catalog>,
+    rebalancer: &Rebalancer,
+    step: &Step,
+    i: usize,
+) -> Result<State> {
+    if let Some(why) = still_there(&catalog.state()?, step) {
+        return Ok(State::Skipped(why));
+    }
+    let how = match (step.operation, step.with) {
+        (Operation::Merge, Some(b)) => Reshape::Merge {
+            a: step.partition,
+            b,
+        },
+        _ => Reshape::Split {
+            partition: step.partition,
+            at: None,
+        },
+    };
+    let done = reshape_in_task(catalog, &step.table, how).await?;
+    let made: Vec<u32> = done.children.iter().map(|c| c.id).collect();
+    let written: u64 = done.children.iter().map(|c| c.bytes).sum();
+    rebalancer.log.set(i, |r| r.bytes_copied += written);
+    if made != step.makes {
+        return Err(ErrorKind::FailedPrecondition.error(format!(
+            "it made partitions {made:?} and the plan named {:?} (the table's partitions \
+             changed while the rebalance ran); its later steps are skipped, EXPLAIN REBALANCE \
+             plans again",
+            step.makes
+        )));
+    }
     Ok(State::Done)
 }
 

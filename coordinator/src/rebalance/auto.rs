@@ -1,6 +1,7 @@
 //! `SET tessera.auto_rebalance = 'on'`: the leader plans and applies a
-//! rebalance by itself when the cluster's workers change: one joins, or one
-//! is set to drain. A worker that is merely down changes nothing here (its
+//! rebalance by itself when the cluster's workers change (one joins, or one
+//! is set to drain), or a table's strategy asks for a split or merge (a
+//! REBALANCE DYNAMIC partition grew past its split size). A worker that is merely down changes nothing here (its
 //! copies stay where they are until it returns or is drained), so a flaky
 //! worker never sets data moving back and forth.
 
@@ -60,12 +61,25 @@ fn round(
     // (liveness left out on purpose).
     let now = catalog.member_admin()?;
     let changed = planned_for.as_ref() != Some(&now);
-    if changed {
+    let failed = rebalancer.log.last_failed();
+    let due = if changed {
         *retry = Retry::default();
-    } else if !retry.due(rebalancer.log.last_failed()) {
+        true
+    } else {
+        retry.due(failed)
+    };
+    let plan = super::plan(&catalog.state()?, &super::roles(catalog)?, None);
+    // A table's partitions grew past (or shrank under) what its strategy
+    // keeps: split or merge them (not again at once after a failed run).
+    let reshape = plan.steps.iter().any(|s| {
+        matches!(
+            s.operation,
+            super::Operation::Split | super::Operation::Merge
+        )
+    });
+    if !(due || reshape && !failed) {
         return Ok(());
     }
-    let plan = super::plan(&catalog.state()?, &super::roles(catalog)?, None);
     if plan.steps.is_empty() {
         *planned_for = Some(now);
         return Ok(());
@@ -73,7 +87,8 @@ fn round(
     tracing::info!(
         steps = plan.steps.len(),
         bytes = plan.moved_bytes(),
-        "the workers changed: applying a rebalance (tessera.auto_rebalance is on)"
+        "applying a rebalance (tessera.auto_rebalance is on): the workers changed, or a \
+         table's partitions grew or shrank"
     );
     // Refused while another rebalance (REBALANCE APPLY) runs: planned
     // again once it is over.

@@ -1,5 +1,5 @@
 //! `CREATE TABLE`: its partitioning clause (`partition.rs`) and its
-//! `REPLICAS` clause taken out, and the rest left to DataFusion.
+//! `REPLICAS` and `REBALANCE` clauses taken out, and the rest left to DataFusion.
 
 use datafusion::common::{Result, plan_err};
 use datafusion::sql::sqlparser::ast;
@@ -11,6 +11,7 @@ use datafusion::sql::sqlparser::tokenizer::{Token, TokenWithSpan};
 use super::partition::{PartitionSpec, parse_partition_clause};
 use super::{is_blank, is_word, object_name, parser_err};
 use crate::replication::{Replication, WriteQuorum};
+use crate::strategy::Strategy;
 use crate::text::Offsets;
 
 /// `CREATE TABLE` with its partitioning clause taken out.
@@ -26,6 +27,8 @@ pub struct CreateTable {
     pub partitioning: Option<PartitionSpec>,
     /// `REPLICAS r [WRITE QUORUM ...]`, if given.
     pub replication: Option<Replication>,
+    /// `REBALANCE ...`, if given.
+    pub rebalance: Option<Strategy>,
 }
 
 /// A CREATE TABLE's `REPLICAS r [WRITE QUORUM ALL | MAJORITY | ONE]`
@@ -35,58 +38,83 @@ pub(super) fn take_replicas_clause(
     sql: &str,
     tokens: &[TokenWithSpan],
 ) -> Result<(String, Option<Replication>)> {
+    take_clause(sql, tokens, "REPLICAS", |words| {
+        let word = |at: usize, w: &str| {
+            words.get(at).is_some_and(
+                |t| matches!(t, Token::Word(x) if x.quote_style.is_none() && x.value.eq_ignore_ascii_case(w)),
+            )
+        };
+        let Some(Token::Number(n, _)) = words.first() else {
+            return plan_err!("REPLICAS takes the number of copies of each partition: REPLICAS 3");
+        };
+        let Ok(replicas) = n.parse::<u32>() else {
+            return plan_err!("REPLICAS takes a whole number of copies, got {n}");
+        };
+        let mut taken = 1;
+        let mut quorum = None;
+        if word(taken, "WRITE") {
+            if !word(taken + 1, "QUORUM") {
+                return plan_err!("expected WRITE QUORUM ALL | MAJORITY | ONE");
+            }
+            let chosen = match words.get(taken + 2) {
+                Some(Token::Word(w)) if w.quote_style.is_none() => WriteQuorum::parse(&w.value),
+                _ => None,
+            };
+            let Some(chosen) = chosen else {
+                return plan_err!("expected WRITE QUORUM ALL | MAJORITY | ONE");
+            };
+            quorum = Some(chosen);
+            taken += 3;
+        }
+        Ok((Replication::try_new(replicas, quorum)?, taken))
+    })
+}
+
+/// A CREATE TABLE's `REBALANCE FIXED | DYNAMIC ... | PROPORTIONAL ...`
+/// clause, and the statement with the clause blanked out.
+pub(super) fn take_rebalance_clause(
+    sql: &str,
+    tokens: &[TokenWithSpan],
+) -> Result<(String, Option<Strategy>)> {
+    take_clause(sql, tokens, "REBALANCE", Strategy::parse)
+}
+
+/// A clause that starts with `keyword` at the top level before `AS`,
+/// parsed by `parse` from the words after the keyword (it says how many it
+/// took), and the statement with the clause blanked out.
+fn take_clause<T>(
+    sql: &str,
+    tokens: &[TokenWithSpan],
+    keyword: &str,
+    parse: impl Fn(&[&Token]) -> Result<(T, usize)>,
+) -> Result<(String, Option<T>)> {
     let words: Vec<(usize, &Token)> = tokens
         .iter()
         .enumerate()
         .filter(|(_, t)| !is_blank(&t.token))
         .map(|(i, t)| (i, &t.token))
         .collect();
-    let word = |at: usize, w: &str| {
-        words.get(at).is_some_and(
-            |(_, t)| matches!(t, Token::Word(x) if x.quote_style.is_none() && x.value.eq_ignore_ascii_case(w)),
-        )
-    };
     let mut depth = 0i32;
     for (at, (_, token)) in words.iter().enumerate() {
         match token {
             Token::LParen => depth += 1,
             Token::RParen => depth -= 1,
             t if depth == 0 && is_word(t, Keyword::AS) => break,
-            _ if depth == 0 && word(at, "REPLICAS") => {
-                let Some((_, Token::Number(n, _))) = words.get(at + 1) else {
-                    return plan_err!(
-                        "REPLICAS takes the number of copies of each partition: REPLICAS 3"
-                    );
-                };
-                let Ok(replicas) = n.parse::<u32>() else {
-                    return plan_err!("REPLICAS takes a whole number of copies, got {n}");
-                };
-                let mut end = at + 2;
-                let mut quorum = None;
-                if word(end, "WRITE") {
-                    if !word(end + 1, "QUORUM") {
-                        return plan_err!("expected WRITE QUORUM ALL | MAJORITY | ONE");
-                    }
-                    let chosen = match words.get(end + 2) {
-                        Some((_, Token::Word(w))) if w.quote_style.is_none() => {
-                            WriteQuorum::parse(&w.value)
-                        }
-                        _ => None,
-                    };
-                    let Some(chosen) = chosen else {
-                        return plan_err!("expected WRITE QUORUM ALL | MAJORITY | ONE");
-                    };
-                    quorum = Some(chosen);
-                    end += 3;
-                }
-                let replication = Replication::try_new(replicas, quorum)?;
+            Token::Word(w)
+                if depth == 0
+                    && w.quote_style.is_none()
+                    && w.value.eq_ignore_ascii_case(keyword) =>
+            {
+                let after: Vec<&Token> = words[at + 1..].iter().map(|(_, t)| *t).collect();
+                let (value, taken) = parse(&after)?;
+                let end = at + 1 + taken;
                 let offsets = Offsets::new(sql);
                 let from = offsets.of(tokens[words[at].0].span.start);
                 let to = words
                     .get(end)
                     .map_or(sql.len(), |(i, _)| offsets.of(tokens[*i].span.start));
                 let blanked = format!("{}{}{}", &sql[..from], " ".repeat(to - from), &sql[to..]);
-                return Ok((blanked, Some(replication)));
+                return Ok((blanked, Some(value)));
             }
             _ => {}
         }
@@ -156,5 +184,6 @@ pub(super) fn parse_create_table(sql: &str, tokens: Vec<TokenWithSpan>) -> Resul
         query: ct.query.map(|q| q.to_string()),
         partitioning,
         replication: None,
+        rebalance: None,
     })
 }

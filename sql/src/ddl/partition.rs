@@ -174,16 +174,19 @@ pub(super) fn parse_partition_clause(tokens: Vec<TokenWithSpan>) -> Result<Parti
                 columns.len()
             );
         };
-        if !(parse_word(&mut p, "SPLIT") && p.parse_keyword(Keyword::AT)) {
-            return plan_err!(
-                "PARTITION BY RANGE (col) must be followed by SPLIT AT (v1, v2, ...)"
-            );
+        // Without SPLIT AT: one partition holding every key (a REBALANCE
+        // DYNAMIC table splits it as it grows).
+        let mut bounds = vec![];
+        if parse_word(&mut p, "SPLIT") {
+            if !p.parse_keyword(Keyword::AT) {
+                return plan_err!("expected SPLIT AT (v1, v2, ...) after PARTITION BY RANGE (col)");
+            }
+            p.expect_token(&Token::LParen).map_err(parser_err)?;
+            bounds = p
+                .parse_comma_separated(Parser::parse_expr)
+                .map_err(parser_err)?;
+            p.expect_token(&Token::RParen).map_err(parser_err)?;
         }
-        p.expect_token(&Token::LParen).map_err(parser_err)?;
-        let bounds = p
-            .parse_comma_separated(Parser::parse_expr)
-            .map_err(parser_err)?;
-        p.expect_token(&Token::RParen).map_err(parser_err)?;
         PartitionSpec::Range {
             column: column.clone(),
             bounds,

@@ -71,6 +71,88 @@ fn set_replicas() {
 }
 
 #[test]
+fn rebalance_clause() {
+    let c = create(
+        "CREATE TABLE t (k BIGINT) PARTITION BY RANGE (k) SPLIT AT (10) REBALANCE DYNAMIC \
+         SPLIT SIZE '64MB' REPLICAS 2",
+    );
+    assert_eq!(
+        c.rebalance,
+        Some(Strategy::Dynamic {
+            split_bytes: 64_000_000,
+            merge_bytes: crate::strategy::DEFAULT_MERGE_BYTES
+        })
+    );
+    assert_eq!(c.replication, Some(Replication::try_new(2, None).unwrap()));
+    assert!(matches!(c.partitioning, Some(PartitionSpec::Range { .. })));
+    let c = create(
+        "CREATE TABLE t REBALANCE PROPORTIONAL PER WORKER 4 PARTITION BY HASH (k) PARTITIONS 8 \
+         AS SELECT 1 AS k",
+    );
+    assert_eq!(c.rebalance, Some(Strategy::Proportional { per_worker: 4 }));
+    assert_eq!(c.query.as_deref(), Some("SELECT 1 AS k"));
+    assert_eq!(create("CREATE TABLE t (rebalance INT)").rebalance, None);
+    // RANGE without SPLIT AT: one partition, split as it grows.
+    let c = create("CREATE TABLE t (k BIGINT) PARTITION BY RANGE (k) REBALANCE DYNAMIC");
+    assert_eq!(
+        c.partitioning,
+        Some(PartitionSpec::Range {
+            column: "k".into(),
+            bounds: vec![]
+        })
+    );
+    assert!(parse_statement("CREATE TABLE t (k INT) PARTITION BY RANGE (k) SPLIT (1)").is_err());
+    assert!(parse_statement("CREATE TABLE t (k INT) REBALANCE SOMETIMES").is_err());
+
+    assert_eq!(
+        parse_statement("alter table T set rebalance dynamic merge size '1MB';").unwrap(),
+        Statement::SetRebalance {
+            table: "t".into(),
+            strategy: Strategy::Dynamic {
+                split_bytes: crate::strategy::DEFAULT_SPLIT_BYTES,
+                merge_bytes: 1_000_000
+            }
+        }
+    );
+    assert_eq!(
+        parse_statement("ALTER TABLE t SET REBALANCE FIXED").unwrap(),
+        Statement::SetRebalance {
+            table: "t".into(),
+            strategy: Strategy::Fixed
+        }
+    );
+    for bad in [
+        "ALTER TABLE t SET REBALANCE",
+        "ALTER TABLE t SET REBALANCE FIXED 3",
+        "ALTER TABLE t REBALANCE FIXED",
+        "ALTER TABLE t SET REBALANCE PROPORTIONAL PER WORKER",
+    ] {
+        assert!(parse_statement(bad).is_err(), "{bad}");
+    }
+}
+
+#[test]
+fn merge_partitions() {
+    assert_eq!(
+        parse_statement("alter table T merge partitions 3, 4;").unwrap(),
+        Statement::MergePartitions {
+            table: "t".into(),
+            a: 3,
+            b: 4
+        }
+    );
+    for bad in [
+        "ALTER TABLE t MERGE PARTITIONS 3",
+        "ALTER TABLE t MERGE PARTITIONS 3, 4, 5",
+        "ALTER TABLE t MERGE PARTITIONS x, 4",
+        "ALTER TABLE t MERGE PARTITIONS 3,",
+        "ALTER TABLE t MERGE 3, 4",
+    ] {
+        assert!(parse_statement(bad).is_err(), "{bad}");
+    }
+}
+
+#[test]
 fn split_partition() {
     assert_eq!(
         parse_statement("alter table T split partition 3;").unwrap(),

@@ -1,0 +1,466 @@
+//! `ALTER TABLE t SPLIT PARTITION id [AT v]`: one partition becomes two
+//! with new ids, each holding its half of the parent's slice of keys, on
+//! the parent's copies. `ALTER TABLE t MERGE PARTITIONS a, b`: two
+//! neighbours in key order become one with a new id, on the lower one's
+//! copies.
+//!
+//! ```text
+//!  writes to t wait (the table's gate)      ┐
+//!  read the parents at a snapshot           │ rows of every acknowledged
+//!  route their rows by the new layout       │ statement, none in flight
+//!  write the children as one transaction ───┘ whose decision also swaps
+//!                                             the parents for the children
+//!                                             in the partition map
+//!  the parents' files go once no query that may read them runs
+//! ```
+//!
+//! A query takes its snapshot and its partition map together, so it
+//! reads either the parents (before) or the children (after), never both
+//! and never neither. The children are written whole (a rewrite, not a
+//! reference to the parents' files): a split or merge costs one read and
+//! one write of the partitions. Tables with a GLOBAL index do not split or
+//! merge yet (their entries name the parents' files); LOCAL index parts
+//! are written for the children in the same transaction. A split or merge
+//! runs to its end once begun, even if its statement is cancelled.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::compute::concat_batches;
+use datafusion::common::Result;
+use datafusion::sql::sqlparser::ast;
+use tessera_sql::{
+    KeyRange, KeyValue, PartitionLayout, PartitionPlacement, PartitionScheme, Partitioner,
+    Placements, SplitAt, TableDef, key_bound,
+};
+use tessera_worker::{
+    DataFile, ErrorKind, ScanPart, ScanSpec, Snapshot, WorkerUnavailable, call_timeout,
+    is_worker_failure, sort_by_columns,
+};
+
+use crate::catalog::Catalog;
+use crate::catalog_state::CatalogState;
+use crate::write::{Ack, Piece, Role, index_pieces, split_by_partition, write_pieces_placing};
+
+/// What happens to a table's partitions.
+#[derive(Debug, Clone)]
+pub enum Reshape {
+    /// One partition becomes two: at `at` (a RANGE table's key), else at
+    /// the median key (RANGE) or the middle of the hash slice (HASH).
+    Split {
+        partition: u32,
+        at: Option<Box<ast::Expr>>,
+    },
+    /// Two neighbours in key order become one.
+    Merge { a: u32, b: u32 },
+}
+
+impl Reshape {
+    fn verb(&self) -> &'static str {
+        match self {
+            Reshape::Split { .. } => "split",
+            Reshape::Merge { .. } => "merge",
+        }
+    }
+}
+
+/// Runs a split or merge in its own task: a statement cancelled (or a
+/// client gone) mid-way must not let writes in before its decision has
+/// landed.
+pub async fn reshape_in_task(catalog: &Arc<Catalog>, table: &str, how: Reshape) -> Result<Done> {
+    let (catalog, table) = (Arc::clone(catalog), table.to_string());
+    tokio::spawn(async move { reshape(catalog, &table, &how).await })
+        .await
+        .map_err(|e| ErrorKind::Internal.error(format!("the split or merge stopped: {e}")))?
+}
+
+/// A partition a split or merge made, as the statement reports it.
+pub struct Child {
+    pub id: u32,
+    pub range: String,
+    pub rows: u64,
+    pub bytes: u64,
+}
+
+pub struct Done {
+    pub parents: Vec<u32>,
+    pub children: Vec<Child>,
+}
+
+async fn reshape(catalog: Arc<Catalog>, table: &str, how: &Reshape) -> Result<Done> {
+    let Some(def) = catalog.table_def(table)? else {
+        return Err(crate::catalog::no_such_table(table));
+    };
+    let name = def.name.clone();
+    let verb = how.verb();
+    if def.scheme == PartitionScheme::Single {
+        return Err(ErrorKind::InvalidArgument.error(format!(
+            "'{name}' has no PARTITION BY: its one partition holds every row and has no key to \
+             {verb} on; create the table with PARTITION BY HASH or RANGE"
+        )));
+    }
+    refuse_indexes(&catalog.state()?, &name)?;
+    // Writes to the table wait until the change is decided; a write routed
+    // before it is routed again (see `write::still_routed`). A long ingest
+    // holding them is not waited for without end.
+    let wait = call_timeout();
+    let gate = catalog.gate(&name)?;
+    let Ok(writes_wait) = tokio::time::timeout(wait, gate.write_owned()).await else {
+        return Err(ErrorKind::Unavailable.error(format!(
+            "writes to '{name}' did not pause within {} s (a long ingest?); nothing was \
+             changed, retry the {verb}",
+            wait.as_secs()
+        )));
+    };
+    let Some(def) = catalog.table_def(&name)?.filter(|d| d.id == def.id) else {
+        return Err(crate::catalog::no_such_table(&name));
+    };
+    let placements = catalog.placements(&name)?;
+    let mut layout = placements
+        .layout(&def.scheme)?
+        .unwrap_or_else(|| PartitionLayout::initial(&def.scheme));
+    let asked = match how {
+        Reshape::Split { partition, .. } => vec![*partition],
+        Reshape::Merge { a, b } => vec![*a, *b],
+    };
+    let mut parents = vec![];
+    for id in asked {
+        let Some(parent) = placements.by_id(id).cloned() else {
+            return Err(ErrorKind::InvalidArgument.error(format!(
+                "'{name}' has no partition {id}; SHOW PARTITIONS {name} lists them"
+            )));
+        };
+        if !parent.out_of_sync.is_empty() {
+            return Err(ErrorKind::FailedPrecondition.error(format!(
+                "partition {id} of '{name}' has copies catching up ({}); retry once SHOW \
+                 PARTITIONS {name} shows them in sync",
+                parent.out_of_sync.join(", ")
+            )));
+        }
+        parents.push(parent);
+    }
+    // In key order (as the map lists them).
+    parents.sort_by_key(|p| placements.iter().position(|q| q.id == p.id));
+    let parent_ids: Vec<u32> = parents.iter().map(|p| p.id).collect();
+
+    let (guard, _) = catalog.begin_merge(&name).await?;
+    let (snapshot, _pin, _) = catalog.snapshot()?;
+    let snapshot = Arc::new(snapshot);
+    let mut rows = vec![];
+    for id in &parent_ids {
+        rows.extend(read_partition(&catalog, &def, *id, &snapshot).await?);
+    }
+    let children: Vec<u32> = match how {
+        Reshape::Split { partition, at } => {
+            let point = split_point(&def, &layout, *partition, at.as_deref(), &rows)?;
+            let (lower, upper) = layout.split(*partition, point)?;
+            vec![lower, upper]
+        }
+        Reshape::Merge { .. } => {
+            if parent_ids[0] == parent_ids[1] {
+                return Err(ErrorKind::InvalidArgument.error(format!(
+                    "MERGE PARTITIONS takes two partitions of '{name}', not {} twice",
+                    parent_ids[0]
+                )));
+            }
+            let merged = layout.merge(parent_ids[0], parent_ids[1]).map_err(|_| {
+                ErrorKind::InvalidArgument.error(format!(
+                    "partitions {} and {} of '{name}' are not neighbours in key order; only \
+                     neighbours merge (SHOW PARTITIONS {name} lists them in key order)",
+                    parent_ids[0], parent_ids[1]
+                ))
+            })?;
+            vec![merged]
+        }
+    };
+    let schema = def.schema()?;
+    let partitioner = Partitioner::try_new(&def.scheme, &schema)?.with_layout(Some(layout.clone()));
+    let mut routed = BTreeMap::new();
+    for batch in rows {
+        split_by_partition(&partitioner, batch, &mut routed)?;
+    }
+    if let Some(stray) = routed.keys().find(|p| !children.contains(p)) {
+        return Err(ErrorKind::Internal.error(format!(
+            "a row of partition {parent_ids:?} of '{name}' routes to partition {stray}, \
+             outside it: the partition holds rows of another's keys; nothing was changed"
+        )));
+    }
+
+    // The children go to the first parent's copies.
+    let Some(parent_target) = catalog.write_targets(&name, &parent_ids[..1])?.pop() else {
+        return Err(ErrorKind::Internal.error("no write target for the parent partition"));
+    };
+    let mut pieces = vec![];
+    for (child, batches) in routed {
+        let batch = concat_batches(&schema, &batches)?;
+        let mut target = parent_target.clone();
+        target.partition = child;
+        pieces.push(Piece {
+            location: def.storage_key(),
+            partition: child,
+            target,
+            batch: sort_by_columns(batch, def.scheme.cluster_by())?,
+            role: Role::Rows,
+        });
+    }
+    let written: Vec<u32> = pieces.iter().map(|p| p.partition).collect();
+    for index in catalog.indexes_of(&name)? {
+        let (more, _) = index_pieces(&catalog, &def, &index, guard.txn, &pieces)?;
+        pieces.extend(more);
+    }
+    let ranges: Vec<(u32, Option<KeyRange>)> = children
+        .iter()
+        .map(|c| (*c, layout.range_of(*c).cloned()))
+        .collect();
+    let (place_ranges, swapped) = (ranges.clone(), parents.clone());
+    let place = move |s: &mut CatalogState| place_children(s, def.id, &swapped, &place_ranges);
+    let counted = Arc::new(Mutex::new(BTreeMap::new()));
+    let seen = Arc::clone(&counted);
+    let (stats_name, gone) = (name.clone(), parent_ids.clone());
+    let decide = move |s: &mut CatalogState, files: &[DataFile]| {
+        // The parents' counts (pending ones too) leave with them.
+        s.fold_stats_deltas_of(&stats_name);
+        if let Some(stats) = s.stats.get_mut(&stats_name) {
+            for p in &gone {
+                stats.remove(p);
+            }
+        }
+        let made = written.iter().copied().zip(files.iter());
+        crate::write::add_stats(s, &stats_name, made.clone());
+        if let Ok(mut c) = seen.lock() {
+            *c = made.map(|(p, f)| (p, (f.rows, f.bytes))).collect();
+        }
+        Ok(())
+    };
+    write_pieces_placing(&catalog, guard, pieces, Ack::Committed, place, decide).await?;
+    drop(writes_wait);
+    // The parents' files go once no query that may read them runs.
+    let copies = parents
+        .iter()
+        .flat_map(|p| p.replicas.iter().map(|w| (name.clone(), p.id, w.clone())))
+        .collect();
+    crate::copies::drop_files_later(&catalog, def.id, copies);
+
+    let counts = counted.lock().map(|c| c.clone()).unwrap_or_default();
+    let children = ranges
+        .iter()
+        .map(|(id, range)| {
+            let (rows, bytes) = counts.get(id).copied().unwrap_or((0, 0));
+            Child {
+                id: *id,
+                range: def.scheme.describe_partition(*id, range.as_ref(), &schema),
+                rows,
+                bytes,
+            }
+        })
+        .collect();
+    Ok(Done {
+        parents: parent_ids,
+        children,
+    })
+}
+
+/// Every row of `def`'s `partition` at `snapshot` (taken with the
+/// table's writes held off: every acknowledged statement's rows).
+async fn read_partition(
+    catalog: &Catalog,
+    def: &TableDef,
+    partition: u32,
+    snapshot: &Arc<Snapshot>,
+) -> Result<Vec<RecordBatch>> {
+    // Every in-sync copy holds every acknowledged statement: one that
+    // cannot be reached (stopped a moment ago) hands over to the next.
+    let mut failed = None;
+    for copy in catalog.in_sync_copies(&def.name, partition)? {
+        match read_copy(def, copy, Arc::clone(snapshot)).await {
+            Ok(rows) => return Ok(rows),
+            Err(e) if is_worker_failure(&e) => failed = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(failed.unwrap_or_else(|| {
+        WorkerUnavailable::error(format!(
+            "no copy of partition {partition} of '{}' can be read; retry once its workers are \
+             back",
+            def.name
+        ))
+    }))
+}
+
+/// The rows of one copy of a partition at `snapshot`.
+async fn read_copy(
+    def: &TableDef,
+    copy: ScanPart,
+    snapshot: Arc<Snapshot>,
+) -> Result<Vec<RecordBatch>> {
+    let spec = ScanSpec {
+        table: def.name.clone(),
+        location: def.storage_key(),
+        table_schema: def.schema()?,
+        projection: None,
+        predicate: None,
+        limit: None,
+        total_partitions: 1,
+        kept_partitions: 1,
+        estimate: None,
+        colocated_on: None,
+        index: None,
+        snapshot: Some(snapshot),
+        query: None,
+    };
+    crate::index::collect_scan(spec, vec![copy]).await
+}
+
+/// Refuses a split of a table whose indexes cannot follow it yet.
+fn refuse_indexes(s: &CatalogState, table: &str) -> Result<()> {
+    for index in s.indexes.values().filter(|i| i.table == table) {
+        if index.kind.is_global() {
+            return Err(ErrorKind::FailedPrecondition.error(format!(
+                "'{table}' has the GLOBAL index '{}', whose entries name the rows of the \
+                 partition's files; partitions of tables with GLOBAL indexes do not split or \
+                 merge yet (DROP INDEX {0}, split or merge, then CREATE INDEX again)",
+                index.name
+            )));
+        }
+        if !index.is_ready() {
+            return Err(ErrorKind::FailedPrecondition.error(format!(
+                "the index '{}' of '{table}' is still being built; split or merge once SHOW \
+                 INDEXES shows it ready",
+                index.name
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Swaps the parents (neighbours, in key order) for the children in the
+/// partition map, in key order, as the change is decided; refuses if the
+/// table, its indexes or the parents' copies changed since it began.
+fn place_children(
+    s: &mut CatalogState,
+    table_id: u64,
+    parents: &[PartitionPlacement],
+    children: &[(u32, Option<KeyRange>)],
+) -> Result<()> {
+    let owner = s
+        .tables
+        .values()
+        .find(|t| t.id == table_id)
+        .map(|t| t.name.clone());
+    let Some(table) = owner else {
+        return Err(ErrorKind::FailedPrecondition.error(
+            "the table was dropped or replaced while its partitions split or merged; nothing \
+             was changed",
+        ));
+    };
+    refuse_indexes(s, &table)?;
+    let placements = s.map.tables.get_mut(&table);
+    let at = placements
+        .as_ref()
+        .and_then(|p| p.windows(parents.len()).position(|w| w == parents));
+    let (Some(placements), Some(at), Some(first)) = (placements, at, parents.first()) else {
+        let ids: Vec<String> = parents.iter().map(|p| p.id.to_string()).collect();
+        return Err(ErrorKind::FailedPrecondition.error(format!(
+            "the copies of partition {} of '{table}' changed while it split or merged (a \
+             rebalance or a worker going down); nothing was changed, retry",
+            ids.join(", ")
+        )));
+    };
+    let child = |(id, range): &(u32, Option<KeyRange>)| PartitionPlacement {
+        id: *id,
+        replicas: first.replicas.clone(),
+        out_of_sync: vec![],
+        range: range.clone(),
+    };
+    placements.splice(at..at + parents.len(), children.iter().map(child));
+    s.map.epoch += 1;
+    s.map.layout_epoch += 1;
+    // Commits of the parents still pending go: their rows are in the
+    // children.
+    for parent in parents {
+        crate::copies::forget_pending(s, &table, parent.id, &parent.replicas);
+    }
+    Ok(())
+}
+
+/// Where partition `id` splits: the middle of a hash slice; for a range
+/// slice, `at`, or else the median key of its rows.
+fn split_point(
+    def: &TableDef,
+    layout: &PartitionLayout,
+    id: u32,
+    at: Option<&ast::Expr>,
+    rows: &[RecordBatch],
+) -> Result<SplitAt> {
+    let name = &def.name;
+    match (&def.scheme, layout.range_of(id)) {
+        (PartitionScheme::Hash { .. }, Some(KeyRange::Hash { start, end })) => {
+            if at.is_some() {
+                return Err(ErrorKind::InvalidArgument.error(format!(
+                    "'{name}' is hash-partitioned: its partitions split at the middle of their \
+                     hash slice, so SPLIT PARTITION takes no AT (AT is for RANGE tables)"
+                )));
+            }
+            let end = end.map_or(1u128 << 64, u128::from);
+            let middle = (u128::from(*start) + end) / 2;
+            if middle <= u128::from(*start) {
+                return Err(ErrorKind::InvalidArgument.error(format!(
+                    "partition {id} of '{name}' holds a single hash and cannot split further"
+                )));
+            }
+            Ok(SplitAt::Hash(middle as u64))
+        }
+        (PartitionScheme::Range { column, .. }, Some(KeyRange::Range { .. })) => {
+            let schema = def.schema()?;
+            let data_type = schema.field_with_name(column)?.data_type().clone();
+            if let Some(at) = at {
+                return Ok(SplitAt::Value(key_bound(at, column, &data_type)?));
+            }
+            let mut keys = vec![];
+            for batch in rows {
+                let values = batch.column(schema.index_of(column)?);
+                for row in 0..batch.num_rows() {
+                    keys.push(KeyValue::from_array(values, row)?.unwrap_or(KeyValue::Null));
+                }
+            }
+            median_key(keys).map(SplitAt::Value).ok_or_else(|| {
+                ErrorKind::InvalidArgument.error(format!(
+                    "partition {id} of '{name}' holds fewer than two distinct keys, so it has no \
+                     median to split at; give one: SPLIT PARTITION {id} AT value"
+                ))
+            })
+        }
+        (_, range) => Err(ErrorKind::Internal.error(format!(
+            "partition {id} of '{name}' has the slice {range:?}, which its scheme cannot split"
+        ))),
+    }
+}
+
+/// The key that splits `keys` most evenly with both halves non-empty: the
+/// median, or the first key above the smallest when the median is it.
+fn median_key(mut keys: Vec<KeyValue>) -> Option<KeyValue> {
+    keys.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    let first = keys.first()?.clone();
+    let median = keys.get(keys.len() / 2)?;
+    if *median != first {
+        return Some(median.clone());
+    }
+    keys.into_iter().find(|k| *k != first)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_median_leaves_both_halves_rows() {
+        let ints = |v: &[i64]| v.iter().map(|i| KeyValue::Int(*i)).collect::<Vec<_>>();
+        assert_eq!(median_key(ints(&[5, 1, 3, 2, 4])), Some(KeyValue::Int(3)));
+        assert_eq!(median_key(ints(&[1, 1, 1, 1, 2])), Some(KeyValue::Int(2)));
+        assert_eq!(median_key(ints(&[7, 7, 7])), None);
+        assert_eq!(median_key(vec![]), None);
+        let with_null = vec![KeyValue::Null, KeyValue::Null, KeyValue::Int(1)];
+        assert_eq!(median_key(with_null), Some(KeyValue::Int(1)));
+    }
+}
