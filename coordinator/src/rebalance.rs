@@ -32,8 +32,9 @@ mod auto;
 mod reshape;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tessera_sql::PartitionPlacement;
 
@@ -55,6 +56,8 @@ pub struct Rebalancer {
     pub(crate) wanted: tokio::sync::Notify,
     /// The steps of the running (or last) rebalance.
     pub(crate) log: RebalanceLog,
+    /// Partitions the plan leaves whole for now.
+    pub(crate) held: HeldBack,
 }
 
 impl Rebalancer {
@@ -71,6 +74,56 @@ impl Rebalancer {
     /// The workers changed: the automatic rebalance looks again.
     pub fn wake(&self) {
         self.wanted.notify_one();
+    }
+}
+
+/// Partitions the plan does not split or merge for now: one whose split
+/// or merge failed, or a split's half that took nearly all the rows (a
+/// hot key), so that the automatic rebalance does not try it again and
+/// again.
+#[derive(Debug, Default)]
+pub struct HeldBack(Mutex<BTreeMap<(u64, u32), Hold>>);
+
+#[derive(Debug, Clone, Copy)]
+enum Hold {
+    /// Until the partition holds this many bytes.
+    Grown(u64),
+    /// Until then.
+    Until(Instant),
+}
+
+impl HeldBack {
+    /// Holds `table`'s `partition` until it holds twice `bytes`.
+    pub fn until_grown(&self, table: u64, partition: u32, bytes: u64) {
+        if let Ok(mut held) = self.0.lock() {
+            held.insert(
+                (table, partition),
+                Hold::Grown(bytes.saturating_mul(2).max(1)),
+            );
+        }
+    }
+
+    /// Holds `table`'s `partition` for `wait`.
+    pub fn for_a_while(&self, table: u64, partition: u32, wait: Duration) {
+        if let Ok(mut held) = self.0.lock() {
+            held.insert((table, partition), Hold::Until(Instant::now() + wait));
+        }
+    }
+
+    /// Whether `table`'s `partition`, of `bytes` now, is held.
+    pub fn holds(&self, table: u64, partition: u32, bytes: u64) -> bool {
+        let Ok(mut held) = self.0.lock() else {
+            return false;
+        };
+        let holds = match held.get(&(table, partition)) {
+            None => return false,
+            Some(Hold::Grown(at)) => bytes < *at,
+            Some(Hold::Until(at)) => Instant::now() < *at,
+        };
+        if !holds {
+            held.remove(&(table, partition));
+        }
+        holds
     }
 }
 
@@ -178,7 +231,13 @@ pub fn roles(
 
 /// Plans the moves for every table (or `only` one) of `state`, given what
 /// each worker is.
-pub fn plan(state: &CatalogState, roles: &BTreeMap<String, Role>, only: Option<&str>) -> Plan {
+/// `held` partitions are not split or merged.
+pub fn plan(
+    state: &CatalogState,
+    roles: &BTreeMap<String, Role>,
+    only: Option<&str>,
+    held: &HeldBack,
+) -> Plan {
     let mut optimum_bytes = 0;
     let mut after: BTreeMap<String, Vec<PartitionPlacement>> = state.map.tables.clone();
     let mut sizes = Sizes::new(state);
@@ -188,6 +247,10 @@ pub fn plan(state: &CatalogState, roles: &BTreeMap<String, Role>, only: Option<&
         .filter(|(_, r)| **r == Role::Eligible)
         .map(|(w, _)| w)
         .collect();
+    // A table's partition count follows the workers it is kept on: those
+    // up and those merely down (a worker that is down for a while must
+    // not make tables merge, and split again when it is back).
+    let kept_on = roles.values().filter(|r| **r != Role::Drain).count();
     for (key, placements) in after.iter_mut() {
         let Some(owner) = crate::catalog::owner_of(state, key) else {
             continue;
@@ -247,7 +310,7 @@ pub fn plan(state: &CatalogState, roles: &BTreeMap<String, Role>, only: Option<&
         }
         // Splits and merges the table's strategy asks for.
         if *key == owner.name && reshape::may_reshape(state, owner) {
-            for change in reshape::plan(owner, placements, &mut sizes, eligible.len()) {
+            for change in reshape::plan(owner, placements, &mut sizes, kept_on, held) {
                 let mut s = step(
                     change.partition,
                     change.operation,
@@ -497,7 +560,7 @@ mod tests {
             &["w1", "w2", "w3"],
         );
         let r = roles(&["w1", "w2", "w3", "w4"], &[]);
-        let plan = plan(&s, &r, None);
+        let plan = plan(&s, &r, None, &HeldBack::default());
         let moved = |t: &str| -> Vec<u32> {
             plan.steps
                 .iter()
@@ -525,7 +588,11 @@ mod tests {
             }
         }
         // Planned again: nothing left to do.
-        assert!(super::plan(&s, &r, None).steps.is_empty());
+        assert!(
+            super::plan(&s, &r, None, &HeldBack::default())
+                .steps
+                .is_empty()
+        );
     }
 
     /// REBALANCE DYNAMIC: a partition past the split size splits into the
@@ -548,7 +615,7 @@ mod tests {
                 .bytes = *b;
         }
         let r = roles(&["w1", "w2", "w3"], &[]);
-        let plan = plan(&s, &r, None);
+        let plan = plan(&s, &r, None, &HeldBack::default());
         let shape: Vec<(Operation, u32, Option<u32>, Vec<u32>)> = plan
             .steps
             .iter()
@@ -568,13 +635,38 @@ mod tests {
         // bytes cross.
         assert_eq!(plan.steps[1].crossing, 100);
         assert!(plan.after.partitions <= 1.5, "{plan:?}");
+        // A partition held back (its split failed at 9000 bytes) is left
+        // whole until it has doubled.
+        let held = HeldBack::default();
+        let id = s.tables["a"].id;
+        held.until_grown(id, 0, 9000);
+        let splits = |s: &CatalogState| {
+            super::plan(s, &r, None, &held)
+                .steps
+                .iter()
+                .filter(|x| x.operation == Operation::Split)
+                .count()
+        };
+        assert_eq!(splits(&s), 0);
+        let mut grown = s.clone();
+        grown.stats.get_mut("a").unwrap().get_mut(&0).unwrap().bytes = 18_000;
+        assert_eq!(splits(&grown), 1);
+        // A worker merely down counts: the table is kept on it.
+        let mut one_down = roles(&["w1", "w2"], &[]);
+        one_down.insert("w3".into(), Role::Down);
+        let merges = super::plan(&s, &one_down, None, &HeldBack::default())
+            .steps
+            .iter()
+            .filter(|x| x.operation == Operation::Merge)
+            .count();
+        assert_eq!(merges, 2);
         // Empty partitions do not merge below one per worker.
         let mut empty = state(&[("e", 4, 1)], &["w1", "w2", "w3"]);
         empty.tables.get_mut("e").unwrap().rebalance = Strategy::Dynamic {
             split_bytes: 5000,
             merge_bytes: 2000,
         };
-        let merges = super::plan(&empty, &r, None)
+        let merges = super::plan(&empty, &r, None, &HeldBack::default())
             .steps
             .iter()
             .filter(|x| x.operation == Operation::Merge)
@@ -593,7 +685,7 @@ mod tests {
         .unwrap();
         indexed.indexes.insert("g".into(), index);
         assert!(
-            super::plan(&indexed, &r, None)
+            super::plan(&indexed, &r, None, &HeldBack::default())
                 .steps
                 .iter()
                 .all(|x| x.operation == Operation::Move)
@@ -608,7 +700,7 @@ mod tests {
         let mut s = state(&[("p", 6, 1)], &["w1", "w2", "w3"]);
         s.tables.get_mut("p").unwrap().rebalance = Strategy::Proportional { per_worker: 2 };
         let r = roles(&["w1", "w2", "w3", "w4"], &[]);
-        let plan = plan(&s, &r, None);
+        let plan = plan(&s, &r, None, &HeldBack::default());
         let splits: Vec<&Step> = plan
             .steps
             .iter()
@@ -631,7 +723,7 @@ mod tests {
         assert!(plan.after.bytes <= 1.5, "{plan:?}");
         // Down to two workers: 4 partitions, so two merges.
         let r = roles(&["w1", "w2"], &["w3"]);
-        let merges = super::plan(&s, &r, None)
+        let merges = super::plan(&s, &r, None, &HeldBack::default())
             .steps
             .iter()
             .filter(|x| x.operation == Operation::Merge)
@@ -644,7 +736,7 @@ mod tests {
     fn draining_empties_a_worker() {
         let mut s = state(&[("a", 8, 2)], &["w1", "w2", "w3", "w4"]);
         let r = roles(&["w1", "w2", "w3"], &["w4"]);
-        let plan = plan(&s, &r, None);
+        let plan = plan(&s, &r, None, &HeldBack::default());
         assert!(plan.steps.iter().all(|x| x.from == "w4"));
         apply_steps(&mut s, &plan);
         assert!(
@@ -655,6 +747,10 @@ mod tests {
         let mut down = roles(&["w1", "w2", "w3"], &[]);
         down.insert("w4".into(), Role::Down);
         let s = state(&[("a", 8, 2)], &["w1", "w2", "w3", "w4"]);
-        assert!(super::plan(&s, &down, None).steps.is_empty());
+        assert!(
+            super::plan(&s, &down, None, &HeldBack::default())
+                .steps
+                .is_empty()
+        );
     }
 }

@@ -68,9 +68,17 @@ impl Reshape {
 /// Runs a split or merge in its own task: a statement cancelled (or a
 /// client gone) mid-way must not let writes in before its decision has
 /// landed.
-pub async fn reshape_in_task(catalog: &Arc<Catalog>, table: &str, how: Reshape) -> Result<Done> {
+///
+/// With `table_id`, only the table of that id (not one made again under
+/// its name since) changes.
+pub async fn reshape_in_task(
+    catalog: &Arc<Catalog>,
+    table: &str,
+    table_id: Option<u64>,
+    how: Reshape,
+) -> Result<Done> {
     let (catalog, table) = (Arc::clone(catalog), table.to_string());
-    tokio::spawn(async move { reshape(catalog, &table, &how).await })
+    tokio::spawn(async move { reshape(catalog, &table, table_id, &how).await })
         .await
         .map_err(|e| ErrorKind::Internal.error(format!("the split or merge stopped: {e}")))?
 }
@@ -88,10 +96,25 @@ pub struct Done {
     pub children: Vec<Child>,
 }
 
-async fn reshape(catalog: Arc<Catalog>, table: &str, how: &Reshape) -> Result<Done> {
-    let Some(def) = catalog.table_def(table)? else {
+async fn reshape(
+    catalog: Arc<Catalog>,
+    table: &str,
+    table_id: Option<u64>,
+    how: &Reshape,
+) -> Result<Done> {
+    let Some(def) = catalog
+        .table_def(table)?
+        .filter(|d| table_id.is_none_or(|id| id == d.id))
+    else {
         return Err(crate::catalog::no_such_table(table));
     };
+    if let Reshape::Merge { a, b } = how
+        && a == b
+    {
+        return Err(ErrorKind::InvalidArgument.error(format!(
+            "MERGE PARTITIONS takes two partitions of '{table}', not {a} twice"
+        )));
+    }
     let name = def.name.clone();
     let verb = how.verb();
     if def.scheme == PartitionScheme::Single {
@@ -158,12 +181,6 @@ async fn reshape(catalog: Arc<Catalog>, table: &str, how: &Reshape) -> Result<Do
             vec![lower, upper]
         }
         Reshape::Merge { .. } => {
-            if parent_ids[0] == parent_ids[1] {
-                return Err(ErrorKind::InvalidArgument.error(format!(
-                    "MERGE PARTITIONS takes two partitions of '{name}', not {} twice",
-                    parent_ids[0]
-                )));
-            }
             let merged = layout.merge(parent_ids[0], parent_ids[1]).map_err(|_| {
                 ErrorKind::InvalidArgument.error(format!(
                     "partitions {} and {} of '{name}' are not neighbours in key order; only \

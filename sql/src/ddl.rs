@@ -18,9 +18,9 @@ use datafusion::sql::sqlparser::keywords::Keyword;
 use datafusion::sql::sqlparser::parser::{Parser, ParserError};
 use datafusion::sql::sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer};
 
-use crate::replication::Replication;
 use crate::strategy::Strategy;
 
+mod alter_table;
 mod create_table;
 mod index;
 mod partition;
@@ -293,120 +293,9 @@ pub fn parse_statement(sql: &str) -> Result<Statement> {
     }
     if kw(0, Keyword::ALTER)
         && kw(1, Keyword::TABLE)
-        && words.iter().any(|t| word_is(t, "REBALANCE"))
+        && let Some(statement) = alter_table::parse_alter_table(tokens.clone())?
     {
-        let mut parser = Parser::new(&GenericDialect {}).with_tokens_with_locations(tokens.clone());
-        parser
-            .expect_keywords(&[Keyword::ALTER, Keyword::TABLE])
-            .map_err(parser_err)?;
-        let table = object_name(&parser.parse_object_name(false).map_err(parser_err)?);
-        if !(parser.parse_keyword(Keyword::SET) && parse_word(&mut parser, "REBALANCE")) {
-            return plan_err!(
-                "expected ALTER TABLE {table} SET REBALANCE FIXED | DYNAMIC | PROPORTIONAL"
-            );
-        }
-        let rest: Vec<&Token> = (parser.index()..tokens.len())
-            .map(|i| &tokens[i].token)
-            .filter(|t| !is_blank(t) && !matches!(t, Token::SemiColon | Token::EOF))
-            .collect();
-        let (strategy, taken) = Strategy::parse(&rest)?;
-        if let Some(extra) = rest.get(taken) {
-            return plan_err!("unexpected '{extra}' after REBALANCE {strategy}");
-        }
-        return Ok(Statement::SetRebalance { table, strategy });
-    }
-    if kw(0, Keyword::ALTER) && kw(1, Keyword::TABLE) && words.iter().any(|t| {
-        matches!(t, Token::Word(w) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case("REPLICAS"))
-    }) {
-        let mut parser = Parser::new(&GenericDialect {}).with_tokens_with_locations(tokens);
-        parser
-            .expect_keywords(&[Keyword::ALTER, Keyword::TABLE])
-            .map_err(parser_err)?;
-        let table = object_name(&parser.parse_object_name(false).map_err(parser_err)?);
-        parser.expect_keyword(Keyword::SET).map_err(parser_err)?;
-        if !parse_word(&mut parser, "REPLICAS") {
-            return plan_err!("expected ALTER TABLE {table} SET REPLICAS n");
-        }
-        let replicas = match parser.next_token().token {
-            Token::Number(n, _) => n.parse::<u32>().ok(),
-            _ => None,
-        };
-        let Some(replicas) = replicas else {
-            return plan_err!("ALTER TABLE {table} SET REPLICAS takes a number of copies: REPLICAS 3");
-        };
-        Replication::try_new(replicas, None)?;
-        expect_end(&mut parser)?;
-        return Ok(Statement::SetReplicas { table, replicas });
-    }
-    if kw(0, Keyword::ALTER)
-        && kw(1, Keyword::TABLE)
-        && words.iter().any(|t| {
-            matches!(t, Token::Word(w) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case("SPLIT"))
-        })
-    {
-        let mut parser = Parser::new(&GenericDialect {}).with_tokens_with_locations(tokens);
-        parser
-            .expect_keywords(&[Keyword::ALTER, Keyword::TABLE])
-            .map_err(parser_err)?;
-        let table = object_name(&parser.parse_object_name(false).map_err(parser_err)?);
-        if !(parse_word(&mut parser, "SPLIT") && parser.parse_keyword(Keyword::PARTITION)) {
-            return plan_err!("expected ALTER TABLE {table} SPLIT PARTITION id [AT value]");
-        }
-        let partition = match parser.next_token().token {
-            Token::Number(n, _) => n.parse::<u32>().ok(),
-            _ => None,
-        };
-        let Some(partition) = partition else {
-            return plan_err!(
-                "ALTER TABLE {table} SPLIT PARTITION takes a partition id (SHOW PARTITIONS \
-                 {table} lists them): SPLIT PARTITION 3"
-            );
-        };
-        let at = if parser.parse_keyword(Keyword::AT) {
-            Some(Box::new(parser.parse_expr().map_err(parser_err)?))
-        } else {
-            None
-        };
-        expect_end(&mut parser)?;
-        return Ok(Statement::SplitPartition {
-            table,
-            partition,
-            at,
-        });
-    }
-    if kw(0, Keyword::ALTER)
-        && kw(1, Keyword::TABLE)
-        && words.iter().any(|t| is_word(t, Keyword::MERGE))
-    {
-        let mut parser = Parser::new(&GenericDialect {}).with_tokens_with_locations(tokens);
-        parser
-            .expect_keywords(&[Keyword::ALTER, Keyword::TABLE])
-            .map_err(parser_err)?;
-        let table = object_name(&parser.parse_object_name(false).map_err(parser_err)?);
-        if !(parser.parse_keyword(Keyword::MERGE) && parser.parse_keyword(Keyword::PARTITIONS)) {
-            return plan_err!("expected ALTER TABLE {table} MERGE PARTITIONS a, b");
-        }
-        let mut ids = vec![];
-        loop {
-            match parser.next_token().token {
-                Token::Number(n, _) => match n.parse::<u32>() {
-                    Ok(id) => ids.push(id),
-                    Err(_) => ids.clear(),
-                },
-                _ => ids.clear(),
-            }
-            if ids.is_empty() || !parser.consume_token(&Token::Comma) {
-                break;
-            }
-        }
-        expect_end(&mut parser)?;
-        let [a, b] = ids[..] else {
-            return plan_err!(
-                "ALTER TABLE {table} MERGE PARTITIONS takes two partition ids, neighbours in key \
-                 order (SHOW PARTITIONS {table} lists them): MERGE PARTITIONS 3, 4"
-            );
-        };
-        return Ok(Statement::MergePartitions { table, a, b });
+        return Ok(statement);
     }
     if kw(0, Keyword::ALTER) && word(1, "WORKER") {
         let mut parser = Parser::new(&GenericDialect {}).with_tokens_with_locations(tokens);

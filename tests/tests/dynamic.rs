@@ -400,5 +400,45 @@ async fn set_rebalance_and_explain() {
         .await
         .unwrap();
     assert!(planned(&url).await.is_empty());
+
+    // One key only: the planned split fails, and the partition is then
+    // left whole (not planned again until it has doubled).
+    cluster
+        .run_all(&[
+            "CREATE TABLE one (k BIGINT, v VARCHAR) PARTITION BY RANGE (k) REBALANCE DYNAMIC \
+             SPLIT SIZE '1KB' MERGE SIZE '100B'",
+            "INSERT INTO one SELECT 7, 'v' || CAST(value AS VARCHAR) FROM range(2000)",
+        ])
+        .await;
+    // The split, then a move of a half to the other worker.
+    assert_eq!(planned(&url).await, ["split", "move"]);
+    cluster.query("REBALANCE APPLY one").await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while rebalancing(&url).await {
+        assert!(Instant::now() < deadline, "the rebalance did not end");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let shown = cluster.query("SHOW REBALANCE").await.unwrap();
+    let state = shown[0]
+        .column_by_name("state")
+        .unwrap()
+        .as_string::<i32>()
+        .value(0)
+        .to_string();
+    assert!(
+        state.starts_with("failed") && state.contains("fewer than two distinct keys"),
+        "{state}"
+    );
+    let moved = shown[0]
+        .column_by_name("state")
+        .unwrap()
+        .as_string::<i32>()
+        .value(1)
+        .to_string();
+    assert!(
+        moved.starts_with("skipped"),
+        "the half was never made: {moved}"
+    );
+    assert!(planned(&url).await.is_empty(), "held back after it failed");
     cluster.stop().await;
 }

@@ -28,6 +28,7 @@ impl Coordinator {
             &self.catalog.state()?,
             &crate::rebalance::roles(&self.catalog)?,
             table,
+            &self.rebalancer.held,
         ))
     }
 

@@ -14,7 +14,7 @@ use crate::reshape::{Reshape, reshape_in_task};
 impl Coordinator {
     pub(super) async fn reshape_partitions(&self, table: &str, how: Reshape) -> Result<Planned> {
         let started = Instant::now();
-        let done = reshape_in_task(&self.catalog, table, how.clone()).await?;
+        let done = reshape_in_task(&self.catalog, table, None, how.clone()).await?;
         let seconds = started.elapsed().as_secs_f64();
         let n = done.children.len();
         let parents = done

@@ -194,19 +194,28 @@ pub fn apply(catalog: &Arc<Catalog>, rebalancer: &Arc<Rebalancer>, steps: Vec<St
         // Cleared however the task ends (a panic included): a step left
         // running is marked failed.
         let _done = Running(log);
-        // Tables whose split or merge did not make the partitions planned:
-        // their later steps name partitions that are not there (or are
-        // others), and are skipped.
+        // Tables whose split or merge made other partitions than planned:
+        // their later steps may name partitions that are others now, and
+        // are skipped. The partitions a failed split or merge would have
+        // made: steps that name them are skipped.
         let mut diverged = BTreeSet::new();
+        let mut unmade = BTreeSet::new();
         for (i, step) in steps.into_iter().enumerate() {
             if log.cancel.load(Ordering::SeqCst) || catalog.closed.load(Ordering::SeqCst) {
                 log.set(i, |r| r.state = State::Cancelled);
                 continue;
             }
-            if diverged.contains(&step.map_key) {
+            let names_unmade = [Some(step.partition), step.with]
+                .into_iter()
+                .flatten()
+                .any(|p| unmade.contains(&(step.map_key.clone(), p)));
+            if diverged.contains(&step.map_key) || names_unmade {
                 let why = "an earlier split or merge of the table did not go as planned; \
                            EXPLAIN REBALANCE plans again";
                 log.set(i, |r| r.state = State::Skipped(why.into()));
+                if matches!(step.operation, Operation::Split | Operation::Merge) {
+                    unmade.extend(step.makes.iter().map(|p| (step.map_key.clone(), *p)));
+                }
                 continue;
             }
             log.set(i, |r| r.state = State::Running);
@@ -215,11 +224,17 @@ pub fn apply(catalog: &Arc<Catalog>, rebalancer: &Arc<Rebalancer>, steps: Vec<St
                 Operation::Move => move_copy(&catalog, &rebalancer, &step, i).await,
                 Operation::DropCopy => drop_copy(&catalog, &step).await,
                 Operation::Split | Operation::Merge => {
-                    let done = reshape(&catalog, &rebalancer, &step, i).await;
-                    if !matches!(done, Ok(State::Done)) {
-                        diverged.insert(step.map_key.clone());
+                    match reshape(&catalog, &rebalancer, &step, i).await {
+                        Reshaped::AsPlanned => Ok(State::Done),
+                        Reshaped::Not(outcome) => {
+                            unmade.extend(step.makes.iter().map(|p| (step.map_key.clone(), *p)));
+                            outcome
+                        }
+                        Reshaped::Otherwise(e) => {
+                            diverged.insert(step.map_key.clone());
+                            Err(e)
+                        }
                     }
-                    done
                 }
             };
             let state = match outcome {
@@ -422,16 +437,35 @@ async fn move_copy(
     Ok(State::Done)
 }
 
+/// How a split or merge step went.
+enum Reshaped {
+    AsPlanned,
+    /// It changed nothing (skipped, or failed before its decision).
+    Not(Result<State>),
+    /// It made other partitions than planned.
+    Otherwise(DataFusionError),
+}
+
+/// How long a partition whose split or merge failed is left whole.
+const HOLD_AFTER_FAILURE: Duration = Duration::from_secs(60);
+
 /// Splits or merges the step's partition (see [`crate::reshape`]); it
-/// must make the partitions the plan named, which later steps move.
+/// must make the partitions the plan named, which later steps move. A
+/// partition that cannot split (one key) or whose split leaves nearly
+/// all rows in one half (a hot key) is held back until it has doubled;
+/// one whose change failed otherwise, for a minute.
 async fn reshape(
     catalog: &Arc<Catalog>,
     rebalancer: &Rebalancer,
     step: &Step,
     i: usize,
-) -> Result<State> {
-    if let Some(why) = still_there(&catalog.state()?, step) {
-        return Ok(State::Skipped(why));
+) -> Reshaped {
+    let state = match catalog.state() {
+        Ok(s) => s,
+        Err(e) => return Reshaped::Not(Err(e)),
+    };
+    if let Some(why) = still_there(&state, step) {
+        return Reshaped::Not(Ok(State::Skipped(why)));
     }
     let how = match (step.operation, step.with) {
         (Operation::Merge, Some(b)) => Reshape::Merge {
@@ -443,19 +477,41 @@ async fn reshape(
             at: None,
         },
     };
-    let done = reshape_in_task(catalog, &step.table, how).await?;
+    let held = &rebalancer.held;
+    let done = match reshape_in_task(catalog, &step.table, Some(step.table_id), how).await {
+        Ok(done) => done,
+        Err(e) => {
+            let text = e.to_string();
+            let parts = [Some(step.partition), step.with].into_iter().flatten();
+            if text.contains("fewer than two distinct keys") || text.contains("a single hash") {
+                held.until_grown(step.table_id, step.partition, step.bytes);
+            } else {
+                for p in parts {
+                    held.for_a_while(step.table_id, p, HOLD_AFTER_FAILURE);
+                }
+            }
+            return Reshaped::Not(Err(e));
+        }
+    };
     let made: Vec<u32> = done.children.iter().map(|c| c.id).collect();
     let written: u64 = done.children.iter().map(|c| c.bytes).sum();
     rebalancer.log.set(i, |r| r.bytes_copied += written);
     if made != step.makes {
-        return Err(ErrorKind::FailedPrecondition.error(format!(
+        return Reshaped::Otherwise(ErrorKind::FailedPrecondition.error(format!(
             "it made partitions {made:?} and the plan named {:?} (the table's partitions \
              changed while the rebalance ran); its later steps are skipped, EXPLAIN REBALANCE \
              plans again",
             step.makes
         )));
     }
-    Ok(State::Done)
+    if step.operation == Operation::Split {
+        for child in &done.children {
+            if child.bytes.saturating_mul(8) > written.saturating_mul(7) {
+                held.until_grown(step.table_id, child.id, child.bytes);
+            }
+        }
+    }
+    Reshaped::AsPlanned
 }
 
 /// The placement of `key`'s `partition`, to change.

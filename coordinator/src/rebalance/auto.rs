@@ -68,16 +68,21 @@ fn round(
     } else {
         retry.due(failed)
     };
-    let plan = super::plan(&catalog.state()?, &super::roles(catalog)?, None);
+    let state = catalog.state()?;
+    if !due && state.tables.values().all(|t| t.rebalance.is_fixed()) {
+        return Ok(());
+    }
+    let plan = super::plan(&state, &super::roles(catalog)?, None, &rebalancer.held);
     // A table's partitions grew past (or shrank under) what its strategy
-    // keeps: split or merge them (not again at once after a failed run).
+    // keeps: split or merge them. One whose split or merge failed is held
+    // back (`HeldBack`), so this does not try it again and again.
     let reshape = plan.steps.iter().any(|s| {
         matches!(
             s.operation,
             super::Operation::Split | super::Operation::Merge
         )
     });
-    if !(due || reshape && !failed) {
+    if !(due || reshape) {
         return Ok(());
     }
     if plan.steps.is_empty() {

@@ -10,7 +10,7 @@
 
 use tessera_sql::{KeyRange, PartitionLayout, PartitionPlacement, Strategy, TableDef};
 
-use super::{Operation, Sizes};
+use super::{HeldBack, Operation, Sizes};
 use crate::catalog_state::CatalogState;
 
 /// One split or merge, as planned.
@@ -43,17 +43,22 @@ pub(super) fn may_reshape(state: &CatalogState, table: &TableDef) -> bool {
             .all(|i| !i.kind.is_global() && i.is_ready())
 }
 
-/// Plans `table`'s splits and merges for `workers` eligible workers, and
-/// makes them in `placements` (in key order) and `sizes`.
+/// Plans `table`'s splits and merges for the `workers` it is kept on, and
+/// makes them in `placements` (in key order) and `sizes`; `held`
+/// partitions stay as they are.
 pub(super) fn plan(
     table: &TableDef,
     placements: &mut Vec<PartitionPlacement>,
     sizes: &mut Sizes,
     workers: usize,
+    held: &HeldBack,
 ) -> Vec<Change> {
     if workers == 0 {
         return vec![];
     }
+    let held = |p: &PartitionPlacement, sizes: &Sizes| {
+        held.holds(table.id, p.id, sizes.of(&table.name, p.id))
+    };
     let mut sim = Sim {
         key: table.name.clone(),
         initial: PartitionLayout::initial(&table.scheme),
@@ -71,6 +76,7 @@ pub(super) fn plan(
             while i < placements.len() {
                 if sizes.of(&sim.key, placements[i].id) > split_bytes
                     && sim.may_split(&placements[i])
+                    && !held(&placements[i], sizes)
                 {
                     sim.split(placements, sizes, i);
                     i += 2;
@@ -96,7 +102,7 @@ pub(super) fn plan(
             let target = per_worker as usize * workers;
             while placements.len() < target {
                 let largest = (0..placements.len())
-                    .filter(|i| sim.may_split(&placements[*i]))
+                    .filter(|i| sim.may_split(&placements[*i]) && !held(&placements[*i], sizes))
                     .max_by_key(|i| {
                         let p = &placements[*i];
                         (
@@ -112,7 +118,10 @@ pub(super) fn plan(
             }
             while placements.len() > target.max(1) {
                 let smallest = (0..placements.len().saturating_sub(1))
-                    .filter(|i| sim.may_merge(&placements[*i], &placements[*i + 1]))
+                    .filter(|i| {
+                        let (a, b) = (&placements[*i], &placements[*i + 1]);
+                        sim.may_merge(a, b) && !held(a, sizes) && !held(b, sizes)
+                    })
                     .min_by_key(|i| {
                         sizes.of(&sim.key, placements[*i].id)
                             + sizes.of(&sim.key, placements[*i + 1].id)

@@ -79,6 +79,19 @@ pub(super) fn take_rebalance_clause(
     take_clause(sql, tokens, "REBALANCE", Strategy::parse)
 }
 
+/// Whether the word at `at` is (part of) the table's name: right after
+/// `TABLE` or `IF NOT EXISTS`, or next to a `.` (`s.replicas`).
+fn names_table(words: &[(usize, &Token)], at: usize) -> bool {
+    let before = at
+        .checked_sub(1)
+        .and_then(|i| words.get(i))
+        .map(|(_, t)| *t);
+    let after = words.get(at + 1).map(|(_, t)| *t);
+    matches!(before, Some(Token::Period))
+        || matches!(after, Some(Token::Period))
+        || before.is_some_and(|t| is_word(t, Keyword::TABLE) || is_word(t, Keyword::EXISTS))
+}
+
 /// A clause that starts with `keyword` at the top level before `AS`,
 /// parsed by `parse` from the words after the keyword (it says how many it
 /// took), and the statement with the clause blanked out.
@@ -103,7 +116,8 @@ fn take_clause<T>(
             Token::Word(w)
                 if depth == 0
                     && w.quote_style.is_none()
-                    && w.value.eq_ignore_ascii_case(keyword) =>
+                    && w.value.eq_ignore_ascii_case(keyword)
+                    && !names_table(&words, at) =>
             {
                 let after: Vec<&Token> = words[at + 1..].iter().map(|(_, t)| *t).collect();
                 let (value, taken) = parse(&after)?;

@@ -1,7 +1,7 @@
 use super::*;
 use crate::index::IndexKind;
 use crate::key::KeyValue;
-use crate::replication::WriteQuorum;
+use crate::replication::{Replication, WriteQuorum};
 use crate::scheme::PartitionScheme;
 use datafusion::arrow::datatypes::Schema;
 
@@ -92,6 +92,38 @@ fn rebalance_clause() {
     assert_eq!(c.rebalance, Some(Strategy::Proportional { per_worker: 4 }));
     assert_eq!(c.query.as_deref(), Some("SELECT 1 AS k"));
     assert_eq!(create("CREATE TABLE t (rebalance INT)").rebalance, None);
+    // Tables named after the clauses' words.
+    for name in ["rebalance", "replicas", "s.rebalance", "rebalance.t"] {
+        let c = create(&format!(
+            "CREATE TABLE IF NOT EXISTS {name} (k INT) REPLICAS 2 REBALANCE FIXED"
+        ));
+        assert_eq!(c.rebalance, Some(Strategy::Fixed), "{name}");
+        assert_eq!(c.replication, Some(Replication::try_new(2, None).unwrap()));
+        assert_eq!(
+            create(&format!("CREATE TABLE {name} (k INT)")).rebalance,
+            None
+        );
+    }
+    for name in ["rebalance", "replicas", "split", "merge"] {
+        for (sql, ok) in [
+            (format!("ALTER TABLE {name} SET REPLICAS 2"), "SetReplicas"),
+            (
+                format!("ALTER TABLE {name} SET REBALANCE FIXED"),
+                "SetRebalance",
+            ),
+            (
+                format!("ALTER TABLE {name} SPLIT PARTITION 0"),
+                "SplitPartition",
+            ),
+            (
+                format!("ALTER TABLE {name} MERGE PARTITIONS 1, 2"),
+                "MergePartitions",
+            ),
+        ] {
+            let got = format!("{:?}", parse_statement(&sql).unwrap());
+            assert!(got.starts_with(ok), "{sql}: {got}");
+        }
+    }
     // RANGE without SPLIT AT: one partition, split as it grows.
     let c = create("CREATE TABLE t (k BIGINT) PARTITION BY RANGE (k) REBALANCE DYNAMIC");
     assert_eq!(
