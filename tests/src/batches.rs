@@ -3,6 +3,7 @@
 //! batch shows whether it saw a batch whole, in part or twice.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Mutex;
 
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::Int64Type;
@@ -67,4 +68,91 @@ pub fn whole_batches(
         }
     }
     wrong
+}
+
+/// What the writers and readers of a concurrency test share: the batches
+/// begun, those acknowledged per table, and what went wrong.
+#[derive(Default)]
+pub struct Ledger {
+    started: Mutex<BTreeSet<u64>>,
+    acked: Mutex<BTreeMap<String, BTreeSet<u64>>>,
+    violations: Mutex<Vec<String>>,
+}
+
+impl Ledger {
+    /// Batch `b` is about to be written.
+    pub fn start(&self, b: u64) {
+        lock(&self.started).insert(b);
+    }
+
+    /// Batch `b` was acknowledged by `table`.
+    pub fn ack(&self, table: &str, b: u64) {
+        lock(&self.acked)
+            .entry(table.to_string())
+            .or_default()
+            .insert(b);
+    }
+
+    /// The batches `table` acknowledged so far.
+    pub fn acked(&self, table: &str) -> BTreeSet<u64> {
+        lock(&self.acked).get(table).cloned().unwrap_or_default()
+    }
+
+    pub fn violation(&self, what: String) {
+        lock(&self.violations).push(what);
+    }
+
+    /// Notes what is wrong with a read (see [`whole_batches`]).
+    pub fn check(
+        &self,
+        what: &str,
+        seen: &BTreeMap<u64, (i64, i64)>,
+        before: &BTreeSet<u64>,
+        shape: impl Fn(u64) -> (i64, i64),
+    ) {
+        let started = lock(&self.started).clone();
+        for wrong in whole_batches(what, seen, &started, before, shape) {
+            self.violation(wrong);
+        }
+    }
+
+    /// Notes what is wrong with a final scan of `table`: anything
+    /// [`Ledger::check`] finds, and a batch count other than the
+    /// acknowledged one.
+    pub fn check_final(
+        &self,
+        table: &str,
+        scan: &BTreeMap<u64, (i64, i64)>,
+        shape: impl Fn(u64) -> (i64, i64),
+    ) {
+        let acked = self.acked(table);
+        self.check(&format!("final scan of {table}"), scan, &acked, shape);
+        if scan.len() != acked.len() {
+            self.violation(format!(
+                "{table}: {} batches, {} acknowledged",
+                scan.len(),
+                acked.len()
+            ));
+        }
+    }
+
+    /// Fails the test with the first violations, if there were any.
+    pub fn assert_none(&self, seed: u64) {
+        let violations = lock(&self.violations).clone();
+        assert!(
+            violations.is_empty(),
+            "seed {seed}: {} violations, first ones:\n{}",
+            violations.len(),
+            violations
+                .iter()
+                .take(10)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }

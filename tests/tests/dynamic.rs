@@ -13,15 +13,15 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{UInt32Type, UInt64Type};
 use tessera_datasets::Rng;
-use tessera_tests::batches::{groups, seed, whole_batches};
+use tessera_tests::batches::{Ledger, groups, seed};
 use tessera_tests::{TestCluster, query_url};
 
 const WRITERS: u64 = 2;
@@ -50,33 +50,17 @@ fn insert_sql(table: &str, b: u64) -> String {
 
 #[derive(Default)]
 struct Shared {
+    ledger: Ledger,
     next: AtomicU64,
-    started: Mutex<BTreeSet<u64>>,
-    acked: Mutex<BTreeMap<&'static str, BTreeSet<u64>>>,
-    violations: Mutex<Vec<String>>,
     reads: AtomicU64,
     writers_done: AtomicBool,
 }
 
-impl Shared {
-    fn violation(&self, what: String) {
-        self.violations.lock().unwrap().push(what);
-    }
+impl std::ops::Deref for Shared {
+    type Target = Ledger;
 
-    fn acked(&self, table: &str) -> BTreeSet<u64> {
-        self.acked
-            .lock()
-            .unwrap()
-            .get(table)
-            .cloned()
-            .unwrap_or_default()
-    }
-
-    fn check(&self, what: &str, seen: &BTreeMap<u64, (i64, i64)>, before: &BTreeSet<u64>) {
-        let started = self.started.lock().unwrap().clone();
-        for wrong in whole_batches(what, seen, &started, before, batch_shape) {
-            self.violation(wrong);
-        }
+    fn deref(&self) -> &Ledger {
+        &self.ledger
     }
 }
 
@@ -86,13 +70,10 @@ async fn writer(url: String, shared: Arc<Shared>) {
         if b >= BATCHES {
             return;
         }
-        shared.started.lock().unwrap().insert(b);
+        shared.start(b);
         for table in TABLES {
             match query_url(&url, &insert_sql(table, b)).await {
-                Ok(_) => {
-                    let mut acked = shared.acked.lock().unwrap();
-                    acked.entry(table).or_default().insert(b);
-                }
+                Ok(_) => shared.ack(table, b),
                 Err(e) => shared.violation(format!("insert of batch {b} into {table} failed: {e}")),
             }
         }
@@ -106,7 +87,10 @@ async fn reader(url: String, shared: Arc<Shared>, seed: u64) {
             let before = shared.acked(table);
             let sql = format!("SELECT b, count(*), sum(k) FROM {table} GROUP BY b");
             match query_url(&url, &sql).await {
-                Ok(rows) => shared.check(&format!("scan of {table}"), &groups(&rows), &before),
+                Ok(rows) => {
+                    let what = format!("scan of {table}");
+                    shared.check(&what, &groups(&rows), &before, batch_shape);
+                }
                 Err(e) => shared.violation(format!("scan of {table} failed: {e}")),
             }
         }
@@ -115,7 +99,10 @@ async fn reader(url: String, shared: Arc<Shared>, seed: u64) {
             let b = acked[rng.below(acked.len() as u64) as usize];
             let sql = format!("SELECT b, count(*), sum(k) FROM ts WHERE b = {b} GROUP BY b");
             match query_url(&url, &sql).await {
-                Ok(rows) => shared.check("LOCAL index lookup", &groups(&rows), &[b].into()),
+                Ok(rows) => {
+                    let only = [b].into();
+                    shared.check("LOCAL index lookup", &groups(&rows), &only, batch_shape);
+                }
                 Err(e) => shared.violation(format!("lookup of batch {b} failed: {e}")),
             }
         }
@@ -270,17 +257,9 @@ async fn dynamic_and_proportional_tables_under_load() {
 
     let mut scans = BTreeMap::new();
     for table in TABLES {
-        let acked = shared.acked(table);
         let sql = format!("SELECT b, count(*), sum(k) FROM {table} GROUP BY b");
         let scan = groups(&cluster.query(&sql).await.unwrap());
-        shared.check(&format!("final scan of {table}"), &scan, &acked);
-        if scan.len() != acked.len() {
-            shared.violation(format!(
-                "{table}: {} batches, {} acknowledged",
-                scan.len(),
-                acked.len()
-            ));
-        }
+        shared.check_final(table, &scan, batch_shape);
         scans.insert(table, scan);
     }
     let ids: Vec<String> = shared.acked("ts").iter().map(u64::to_string).collect();
@@ -292,18 +271,7 @@ async fn dynamic_and_proportional_tables_under_load() {
     if looked_up != scans["ts"] {
         shared.violation("the LOCAL index disagrees with the scan".into());
     }
-    let violations = shared.violations.lock().unwrap().clone();
-    assert!(
-        violations.is_empty(),
-        "seed {seed}: {} violations, first ones:\n{}",
-        violations.len(),
-        violations
-            .iter()
-            .take(10)
-            .cloned()
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
+    shared.assert_none(seed);
 
     // Durable: the same rows and partitions after a restart.
     let cluster = cluster.restart().await;

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use arrow::array::AsArray;
 use arrow::datatypes::{Int64Type, UInt32Type};
 use tessera_datasets::Rng;
-use tessera_tests::batches::{groups, seed, whole_batches};
+use tessera_tests::batches::{Ledger, groups, seed};
 use tessera_tests::{TestCluster, plan_text, query_url};
 use tokio::sync::watch;
 
@@ -46,10 +46,7 @@ fn insert_sql(table: &str, b: u64) -> String {
 
 #[derive(Default)]
 struct Shared {
-    started: Mutex<BTreeSet<u64>>,
-    /// Acknowledged batches, per table.
-    acked: Mutex<BTreeMap<&'static str, BTreeSet<u64>>>,
-    violations: Mutex<Vec<String>>,
+    ledger: Ledger,
     reads: AtomicU64,
     splits: AtomicU64,
     merges: AtomicU64,
@@ -60,11 +57,15 @@ struct Shared {
     outage_errors: AtomicU64,
 }
 
-impl Shared {
-    fn violation(&self, what: String) {
-        self.violations.lock().unwrap().push(what);
-    }
+impl std::ops::Deref for Shared {
+    type Target = Ledger;
 
+    fn deref(&self) -> &Ledger {
+        &self.ledger
+    }
+}
+
+impl Shared {
     /// Whether `error` is one a worker's outage explains: it names the
     /// stopped worker, or a copy still catching up.
     fn tolerated(&self, error: &str) -> bool {
@@ -76,34 +77,15 @@ impl Shared {
         }
         explained
     }
-
-    fn acked(&self, table: &'static str) -> BTreeSet<u64> {
-        self.acked
-            .lock()
-            .unwrap()
-            .get(table)
-            .cloned()
-            .unwrap_or_default()
-    }
-
-    fn check(&self, what: &str, seen: &BTreeMap<u64, (i64, i64)>, before: &BTreeSet<u64>) {
-        let started = self.started.lock().unwrap().clone();
-        for wrong in whole_batches(what, seen, &started, before, batch_shape) {
-            self.violation(wrong);
-        }
-    }
 }
 
 async fn writer(url: String, shared: Arc<Shared>, id: u64, progress: Arc<watch::Sender<u64>>) {
     for seq in 0..BATCHES_PER_WRITER {
         let b = (id + 1) * 100 + seq;
-        shared.started.lock().unwrap().insert(b);
+        shared.start(b);
         for table in ["r", "h"] {
             match query_url(&url, &insert_sql(table, b)).await {
-                Ok(_) => {
-                    let mut acked = shared.acked.lock().unwrap();
-                    acked.entry(table).or_default().insert(b);
-                }
+                Ok(_) => shared.ack(table, b),
                 Err(e) => shared.violation(format!("insert of batch {b} into {table} failed: {e}")),
             }
         }
@@ -118,7 +100,10 @@ async fn reader(url: String, shared: Arc<Shared>, seed: u64) {
             let before = shared.acked(table);
             let sql = format!("SELECT b, count(*), sum(k) FROM {table} GROUP BY b");
             match query_url(&url, &sql).await {
-                Ok(rows) => shared.check(&format!("scan of {table}"), &groups(&rows), &before),
+                Ok(rows) => {
+                    let what = format!("scan of {table}");
+                    shared.check(&what, &groups(&rows), &before, batch_shape);
+                }
                 Err(e) => shared.violation(format!("scan of {table} failed: {e}")),
             }
         }
@@ -131,7 +116,7 @@ async fn reader(url: String, shared: Arc<Shared>, seed: u64) {
             match query_url(&url, &sql).await {
                 Ok(rows) => {
                     let only = BTreeSet::from([b]);
-                    shared.check("LOCAL index lookup", &groups(&rows), &only);
+                    shared.check("LOCAL index lookup", &groups(&rows), &only, batch_shape);
                 }
                 Err(e) => shared.violation(format!("lookup of batch {b} failed: {e}")),
             }
@@ -299,14 +284,7 @@ async fn splits_under_writes_reads_and_compaction() {
         let acked = shared.acked(table);
         let sql = format!("SELECT b, count(*), sum(k) FROM {table} GROUP BY b");
         let scan = groups(&cluster.query(&sql).await.unwrap());
-        shared.check(&format!("final scan of {table}"), &scan, &acked);
-        if scan.len() != acked.len() {
-            shared.violation(format!(
-                "{table}: {} batches, {} acknowledged",
-                scan.len(),
-                acked.len()
-            ));
-        }
+        shared.check_final(table, &scan, batch_shape);
         point_lookups(&cluster, table, &acked, &mut rng).await;
         scans.insert(table, scan);
     }
@@ -340,18 +318,7 @@ async fn splits_under_writes_reads_and_compaction() {
         shared.reads.load(Ordering::SeqCst),
         shared.outage_errors.load(Ordering::SeqCst)
     );
-    let violations = shared.violations.lock().unwrap().clone();
-    assert!(
-        violations.is_empty(),
-        "seed {seed}: {} violations, first ones:\n{}",
-        violations.len(),
-        violations
-            .iter()
-            .take(10)
-            .cloned()
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
+    shared.assert_none(seed);
     assert!(
         split_count >= 2,
         "seed {seed}: only {split_count} splits ran"
