@@ -33,7 +33,9 @@ Statements end with ';' and may span lines.
   DESCRIBE t;                       columns and partition scheme of t
   SHOW PARTITIONS t;                partitions of t: range, copies and their states, rows, bytes
   ALTER TABLE t SET REPLICAS 2;     copies of each partition (caught up before it returns)
-  EXPLAIN REBALANCE [t];            the moves that would even the workers out (nothing moves)
+  ALTER TABLE t SPLIT PARTITION 3;  one partition becomes two (MERGE PARTITIONS 3, 4: the reverse)
+  ALTER TABLE t SET REBALANCE DYNAMIC; or FIXED, PROPORTIONAL: how its partitions change
+  EXPLAIN REBALANCE [t];            the splits, merges and moves that would even the workers out
   REBALANCE APPLY [t];              run them in the background (SHOW REBALANCE, REBALANCE CANCEL)
   EXPLAIN SELECT ...;               distributed plan with partitions kept
   CREATE TABLE t (...) PARTITION BY HASH (k) PARTITIONS 8;

@@ -36,7 +36,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tessera_sql::PartitionPlacement;
+use tessera_sql::{PartitionPlacement, Placements};
 
 use crate::catalog_state::CatalogState;
 
@@ -108,6 +108,24 @@ impl HeldBack {
         if let Ok(mut held) = self.0.lock() {
             held.insert((table, partition), Hold::Until(Instant::now() + wait));
         }
+    }
+
+    /// Forgets partitions no longer in the map (merged or split away, or
+    /// of a table dropped).
+    fn forget_gone(&self, state: &CatalogState) {
+        let Ok(mut held) = self.0.lock() else {
+            return;
+        };
+        held.retain(|(table, partition), _| {
+            state.tables.values().any(|t| {
+                t.id == *table
+                    && state
+                        .map
+                        .tables
+                        .get(&t.name)
+                        .is_some_and(|p| p.by_id(*partition).is_some())
+            })
+        });
     }
 
     /// Whether `table`'s `partition`, of `bytes` now, is held.
@@ -247,6 +265,7 @@ pub fn plan(
         .filter(|(_, r)| **r == Role::Eligible)
         .map(|(w, _)| w)
         .collect();
+    held.forget_gone(state);
     // A table's partition count follows the workers it is kept on: those
     // up and those merely down (a worker that is down for a while must
     // not make tables merge, and split again when it is back).
@@ -310,7 +329,8 @@ pub fn plan(
         }
         // Splits and merges the table's strategy asks for.
         if *key == owner.name && reshape::may_reshape(state, owner) {
-            for change in reshape::plan(owner, placements, &mut sizes, kept_on, held) {
+            let up = eligible.iter().map(|w| (*w).clone()).collect();
+            for change in reshape::plan(owner, placements, &mut sizes, kept_on, held, up) {
                 let mut s = step(
                     change.partition,
                     change.operation,
@@ -651,15 +671,18 @@ mod tests {
         let mut grown = s.clone();
         grown.stats.get_mut("a").unwrap().get_mut(&0).unwrap().bytes = 18_000;
         assert_eq!(splits(&grown), 1);
-        // A worker merely down counts: the table is kept on it.
+        // A worker merely down counts (the table is kept on it: no merge
+        // below three partitions), and what it holds stays as it is (2
+        // and 5 here).
         let mut one_down = roles(&["w1", "w2"], &[]);
         one_down.insert("w3".into(), Role::Down);
-        let merges = super::plan(&s, &one_down, None, &HeldBack::default())
+        let changes: Vec<(Operation, u32)> = super::plan(&s, &one_down, None, &HeldBack::default())
             .steps
             .iter()
-            .filter(|x| x.operation == Operation::Merge)
-            .count();
-        assert_eq!(merges, 2);
+            .filter(|x| x.operation != Operation::Move)
+            .map(|x| (x.operation, x.partition))
+            .collect();
+        assert_eq!(changes, [(Operation::Split, 0), (Operation::Merge, 3)]);
         // Empty partitions do not merge below one per worker.
         let mut empty = state(&[("e", 4, 1)], &["w1", "w2", "w3"]);
         empty.tables.get_mut("e").unwrap().rebalance = Strategy::Dynamic {

@@ -198,8 +198,11 @@ pub fn apply(catalog: &Arc<Catalog>, rebalancer: &Arc<Rebalancer>, steps: Vec<St
         // their later steps may name partitions that are others now, and
         // are skipped. The partitions a failed split or merge would have
         // made: steps that name them are skipped.
+        // Tables with a split or merge that changed nothing: the ids of
+        // their later ones would be others, so those are skipped too.
         let mut diverged = BTreeSet::new();
         let mut unmade = BTreeSet::new();
+        let mut held_up = BTreeSet::new();
         for (i, step) in steps.into_iter().enumerate() {
             if log.cancel.load(Ordering::SeqCst) || catalog.closed.load(Ordering::SeqCst) {
                 log.set(i, |r| r.state = State::Cancelled);
@@ -209,11 +212,15 @@ pub fn apply(catalog: &Arc<Catalog>, rebalancer: &Arc<Rebalancer>, steps: Vec<St
                 .into_iter()
                 .flatten()
                 .any(|p| unmade.contains(&(step.map_key.clone(), p)));
-            if diverged.contains(&step.map_key) || names_unmade {
+            let reshapes = matches!(step.operation, Operation::Split | Operation::Merge);
+            if diverged.contains(&step.map_key)
+                || names_unmade
+                || reshapes && held_up.contains(&step.map_key)
+            {
                 let why = "an earlier split or merge of the table did not go as planned; \
                            EXPLAIN REBALANCE plans again";
                 log.set(i, |r| r.state = State::Skipped(why.into()));
-                if matches!(step.operation, Operation::Split | Operation::Merge) {
+                if reshapes {
                     unmade.extend(step.makes.iter().map(|p| (step.map_key.clone(), *p)));
                 }
                 continue;
@@ -228,6 +235,7 @@ pub fn apply(catalog: &Arc<Catalog>, rebalancer: &Arc<Rebalancer>, steps: Vec<St
                         Reshaped::AsPlanned => Ok(State::Done),
                         Reshaped::Not(outcome) => {
                             unmade.extend(step.makes.iter().map(|p| (step.map_key.clone(), *p)));
+                            held_up.insert(step.map_key.clone());
                             outcome
                         }
                         Reshaped::Otherwise(e) => {

@@ -8,6 +8,8 @@
 //! [`tessera_sql::PartitionLayout`]), so the plan knows the ids each change
 //! makes, and the moves after it name them.
 
+use std::collections::BTreeSet;
+
 use tessera_sql::{KeyRange, PartitionLayout, PartitionPlacement, Strategy, TableDef};
 
 use super::{HeldBack, Operation, Sizes};
@@ -45,13 +47,15 @@ pub(super) fn may_reshape(state: &CatalogState, table: &TableDef) -> bool {
 
 /// Plans `table`'s splits and merges for the `workers` it is kept on, and
 /// makes them in `placements` (in key order) and `sizes`; `held`
-/// partitions stay as they are.
+/// partitions, and those with a copy on a worker not `up`, stay as they
+/// are.
 pub(super) fn plan(
     table: &TableDef,
     placements: &mut Vec<PartitionPlacement>,
     sizes: &mut Sizes,
     workers: usize,
     held: &HeldBack,
+    up: BTreeSet<String>,
 ) -> Vec<Change> {
     if workers == 0 {
         return vec![];
@@ -63,6 +67,7 @@ pub(super) fn plan(
         key: table.name.clone(),
         initial: PartitionLayout::initial(&table.scheme),
         next_id: placements.iter().map(|p| p.id + 1).max().unwrap_or(0),
+        up,
         made: vec![],
         changes: vec![],
     };
@@ -87,7 +92,7 @@ pub(super) fn plan(
             let mut i = 0;
             while i + 1 < placements.len() && placements.len() > workers {
                 let small = |p: &PartitionPlacement| {
-                    sizes.of(&sim.key, p.id) < merge_bytes && !sim.made_here(p)
+                    sizes.of(&sim.key, p.id) < merge_bytes && !sim.made_here(p) && !held(p, sizes)
                 };
                 if small(&placements[i])
                     && small(&placements[i + 1])
@@ -142,6 +147,8 @@ struct Sim {
     /// Slices of partitions that have none of their own in the map.
     initial: PartitionLayout,
     next_id: u32,
+    /// The workers up and active.
+    up: BTreeSet<String>,
     /// Partitions made in this plan.
     made: Vec<u32>,
     changes: Vec<Change>,
@@ -170,8 +177,14 @@ impl Sim {
 
     /// In sync everywhere, and a HASH slice of two hashes or more (a
     /// RANGE partition's keys are only known when it splits).
+    /// Every copy in sync on a worker that is up: one that cannot be read
+    /// or written now would only make the change fail.
+    fn all_up(&self, p: &PartitionPlacement) -> bool {
+        p.out_of_sync.is_empty() && p.replicas.iter().all(|w| self.up.contains(w))
+    }
+
     fn may_split(&self, p: &PartitionPlacement) -> bool {
-        p.out_of_sync.is_empty()
+        self.all_up(p)
             && match self.range(p) {
                 Some(KeyRange::Hash { .. }) => self.width(p) >= 2,
                 Some(KeyRange::Range { .. }) => true,
@@ -180,7 +193,7 @@ impl Sim {
     }
 
     fn may_merge(&self, a: &PartitionPlacement, b: &PartitionPlacement) -> bool {
-        a.out_of_sync.is_empty() && b.out_of_sync.is_empty()
+        self.all_up(a) && self.all_up(b)
     }
 
     fn take_id(&mut self) -> u32 {
