@@ -110,14 +110,7 @@ fn plan_rows(plan: &Plan, rate: f64) -> Result<Planned> {
     to.push(None);
     let mut with: Vec<Option<u32>> = plan.steps.iter().map(|s| s.with).collect();
     with.push(None);
-    let mut makes: Vec<Option<String>> = plan
-        .steps
-        .iter()
-        .map(|s| {
-            let ids: Vec<String> = s.makes.iter().map(u32::to_string).collect();
-            (!ids.is_empty()).then(|| ids.join(", "))
-        })
-        .collect();
+    let mut makes: Vec<Option<String>> = plan.steps.iter().map(|s| s.new_partitions()).collect();
     makes.push(None);
     let mut est: Vec<f64> = plan.steps.iter().map(|s| seconds(s.bytes)).collect();
     est.push(total_seconds);

@@ -1,23 +1,19 @@
-//! Applying a rebalance plan in the background, a step at a time, and the
-//! record of its steps that `SHOW REBALANCE` lists. `REBALANCE CANCEL`
-//! stops it after the running step (a move cut short rolls its new copy
+//! Applying a rebalance plan in the background, a step at a time (its
+//! record is in `log.rs`). `REBALANCE CANCEL` stops it after the running step (a move cut short rolls its new copy
 //! back). A move's progress is in the partition map at every moment, so
 //! a coordinator that dies mid-move leaves the old copy serving: the new
 //! one is an extra copy that a later plan drops, or finishes moving.
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use datafusion::arrow::array::{
-    ArrayRef, Float64Array, RecordBatch, StringArray, UInt32Array, UInt64Array,
-};
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::{DataFusionError, Result};
 use tessera_sql::Placements;
 use tessera_worker::ErrorKind;
 
+use super::log::{RebalanceLog, Record, State};
 use super::{Operation, Rebalancer, Step};
 use crate::catalog::Catalog;
 use crate::membership::WorkerState;
@@ -29,141 +25,6 @@ const CATCH_UP_WAIT: Duration = Duration::from_secs(600);
 const SWITCH_WAIT: Duration = Duration::from_millis(500);
 /// How long a switch tries before the move is given up.
 const SWITCH_DEADLINE: Duration = Duration::from_secs(60);
-
-#[derive(Debug, Clone, PartialEq)]
-enum State {
-    Pending,
-    Running,
-    Done,
-    Skipped(String),
-    Failed(String),
-    Cancelled,
-}
-
-impl State {
-    fn label(&self) -> String {
-        match self {
-            State::Pending => "pending".into(),
-            State::Running => "running".into(),
-            State::Done => "done".into(),
-            State::Skipped(why) => format!("skipped: {why}"),
-            State::Failed(why) => format!("failed: {why}"),
-            State::Cancelled => "cancelled".into(),
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-struct Record {
-    step: Step,
-    state: State,
-    bytes_copied: u64,
-    seconds: f64,
-}
-
-/// The steps of the running (or last) rebalance.
-#[derive(Debug, Default)]
-pub struct RebalanceLog {
-    steps: Mutex<Vec<Record>>,
-    running: AtomicBool,
-    cancel: AtomicBool,
-}
-
-impl RebalanceLog {
-    /// Whether a rebalance is running.
-    pub fn is_running(&self) -> bool {
-        self.running.load(Ordering::SeqCst)
-    }
-
-    /// Whether the last rebalance, finished, left a step failed.
-    pub fn last_failed(&self) -> bool {
-        !self.is_running()
-            && self
-                .steps
-                .lock()
-                .is_ok_and(|steps| steps.iter().any(|r| matches!(r.state, State::Failed(_))))
-    }
-
-    /// Stops the running rebalance after its running step; whether one ran.
-    pub fn cancel(&self) -> bool {
-        let running = self.running.load(Ordering::SeqCst);
-        if running {
-            self.cancel.store(true, Ordering::SeqCst);
-        }
-        running
-    }
-
-    fn set(&self, i: usize, f: impl FnOnce(&mut Record)) {
-        if let Ok(mut steps) = self.steps.lock()
-            && let Some(r) = steps.get_mut(i)
-        {
-            f(r);
-        }
-    }
-
-    /// `SHOW REBALANCE`: one row per step.
-    pub fn show(&self) -> Result<RecordBatch> {
-        let steps = self
-            .steps
-            .lock()
-            .map_err(|_| DataFusionError::Internal("rebalance log poisoned".into()))?
-            .clone();
-        let columns: Vec<ArrayRef> = vec![
-            Arc::new(UInt32Array::from_iter_values(1..=steps.len() as u32)),
-            Arc::new(StringArray::from_iter_values(
-                steps.iter().map(|r| &r.step.table),
-            )),
-            Arc::new(UInt32Array::from_iter_values(
-                steps.iter().map(|r| r.step.partition),
-            )),
-            Arc::new(StringArray::from_iter_values(
-                steps.iter().map(|r| r.step.operation.as_str()),
-            )),
-            Arc::new(StringArray::from_iter_values(
-                steps.iter().map(|r| &r.step.from),
-            )),
-            Arc::new(StringArray::from_iter(
-                steps.iter().map(|r| r.step.to.as_deref()),
-            )),
-            Arc::new(UInt32Array::from_iter(steps.iter().map(|r| r.step.with))),
-            Arc::new(StringArray::from_iter(steps.iter().map(|r| {
-                let ids: Vec<String> = r.step.makes.iter().map(u32::to_string).collect();
-                (!ids.is_empty()).then(|| ids.join(", "))
-            }))),
-            Arc::new(UInt64Array::from_iter_values(
-                steps.iter().map(|r| r.step.bytes),
-            )),
-            Arc::new(StringArray::from_iter_values(
-                steps.iter().map(|r| r.state.label()),
-            )),
-            Arc::new(UInt64Array::from_iter_values(
-                steps.iter().map(|r| r.bytes_copied),
-            )),
-            Arc::new(Float64Array::from_iter_values(
-                steps.iter().map(|r| r.seconds),
-            )),
-        ];
-        Ok(RecordBatch::try_new(show_schema(), columns)?)
-    }
-}
-
-pub fn show_schema() -> SchemaRef {
-    let field = |n: &str, t: DataType, null: bool| Field::new(n, t, null);
-    Arc::new(Schema::new(vec![
-        field("step", DataType::UInt32, false),
-        field("table_name", DataType::Utf8, false),
-        field("partition", DataType::UInt32, false),
-        field("operation", DataType::Utf8, false),
-        field("from_worker", DataType::Utf8, false),
-        field("to_worker", DataType::Utf8, true),
-        field("with_partition", DataType::UInt32, true),
-        field("new_partitions", DataType::Utf8, true),
-        field("bytes", DataType::UInt64, false),
-        field("state", DataType::Utf8, false),
-        field("bytes_copied", DataType::UInt64, false),
-        field("seconds", DataType::Float64, false),
-    ]))
-}
 
 /// Starts applying `steps` in the background; refused while a rebalance
 /// runs.
