@@ -6,6 +6,8 @@
 //! |-----------------------|----------------------------------------------------|
 //! | `abort-after-decide`  | a write's decision is logged, no worker committed  |
 //! | `abort-before-file-removal` | a table is dropped from the catalog, its files are all still on workers |
+//! | `abort-after-split-copy` | a split or merge staged its copy of the parents, nothing is decided |
+//! | `abort-after-split-decide` | a split or merge's decision is logged, no worker committed |
 
 use std::sync::OnceLock;
 

@@ -5,12 +5,15 @@
 //! copies.
 //!
 //! ```text
-//!  writes to t wait (the table's gate)      ┐
-//!  read the parents at a snapshot           │ rows of every acknowledged
-//!  route their rows by the new layout       │ statement, none in flight
-//!  write the children as one transaction ───┘ whose decision also swaps
-//!                                             the parents for the children
-//!                                             in the partition map
+//!  read the parents at a snapshot S          ┐ writes to the parents go
+//!  route their rows by the new layout        │ on meanwhile
+//!  stage the children (transaction 1)        ┘
+//!  writes to t wait (the table's gate)       ┐
+//!  read what the parents got since S         │ one catch-up round: the
+//!  stage it in the children (transaction 2)  │ writes of the copy's time
+//!  decide 1 and 2 in one metastore write ────┘ that write also swaps the
+//!                                              parents for the children
+//!                                              in the partition map
 //!  the parents' files go once no query that may read them runs
 //! ```
 //!
@@ -18,10 +21,14 @@
 //! reads either the parents (before) or the children (after), never both
 //! and never neither. The children are written whole (a rewrite, not a
 //! reference to the parents' files): a split or merge costs one read and
-//! one write of the partitions. Tables with a GLOBAL index do not split or
-//! merge yet (their entries name the parents' files); LOCAL index parts
-//! are written for the children in the same transaction. A split or merge
-//! runs to its end once begun, even if its statement is cancelled.
+//! one write of the partitions, and writes wait only for the catch-up.
+//! While S is held open no compaction merges a file S sees with one
+//! written after it, so the catch-up reads exactly the files S does not
+//! see. Tables with a GLOBAL index do not split or merge yet (their
+//! entries name the parents' files); LOCAL index parts are written for
+//! the children in the same transactions. A split or merge runs to its end
+//! once begun, even if its statement is cancelled, and one runs at a time
+//! per table.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -40,8 +47,11 @@ use tessera_worker::{
 };
 
 use crate::catalog::Catalog;
+use crate::catalog::WriteTarget;
 use crate::catalog_state::CatalogState;
-use crate::write::{Ack, Piece, Role, index_pieces, split_by_partition, write_pieces_placing};
+use crate::write::{
+    Piece, Role, decide_and_commit_together, index_pieces, prepare_pieces, split_by_partition,
+};
 
 /// What happens to a table's partitions.
 #[derive(Debug, Clone)]
@@ -89,11 +99,16 @@ pub struct Child {
     pub range: String,
     pub rows: u64,
     pub bytes: u64,
+    /// Of `rows`, those written to the parent while it was copied (the
+    /// catch-up's).
+    pub caught_up: u64,
 }
 
 pub struct Done {
     pub parents: Vec<u32>,
     pub children: Vec<Child>,
+    /// How long writes to the table waited (the catch-up and the decision).
+    pub writes_paused: std::time::Duration,
 }
 
 async fn reshape(
@@ -124,21 +139,7 @@ async fn reshape(
         )));
     }
     refuse_indexes(&catalog.state()?, &name)?;
-    // Writes to the table wait until the change is decided; a write routed
-    // before it is routed again (see `write::still_routed`). A long ingest
-    // holding them is not waited for without end.
-    let wait = call_timeout();
-    let gate = catalog.gate(&name)?;
-    let Ok(writes_wait) = tokio::time::timeout(wait, gate.write_owned()).await else {
-        return Err(ErrorKind::Unavailable.error(format!(
-            "writes to '{name}' did not pause within {} s (a long ingest?); nothing was \
-             changed, retry the {verb}",
-            wait.as_secs()
-        )));
-    };
-    let Some(def) = catalog.table_def(&name)?.filter(|d| d.id == def.id) else {
-        return Err(crate::catalog::no_such_table(&name));
-    };
+    let _alone = Running::begin(&catalog, def.id, &name)?;
     let placements = catalog.placements(&name)?;
     let mut layout = placements
         .layout(&def.scheme)?
@@ -167,12 +168,15 @@ async fn reshape(
     parents.sort_by_key(|p| placements.iter().position(|q| q.id == p.id));
     let parent_ids: Vec<u32> = parents.iter().map(|p| p.id).collect();
 
-    let (guard, _) = catalog.begin_merge(&name).await?;
+    // 1. Copy: the parents' rows at a snapshot, into the children, staged
+    // (not decided) while writes to the parents go on.
+    let (copy_guard, _) = catalog.begin_merge(&name).await?;
+    // Held to the end: no compaction merges a file this snapshot sees with
+    // one written after it, so the catch-up below finds the latter apart.
     let (snapshot, _pin, _) = catalog.snapshot()?;
-    let snapshot = Arc::new(snapshot);
     let mut rows = vec![];
     for id in &parent_ids {
-        rows.extend(read_partition(&catalog, &def, *id, &snapshot).await?);
+        rows.extend(read_partition(&catalog, &def, *id, &Arc::new(snapshot.clone())).await?);
     }
     let children: Vec<u32> = match how {
         Reshape::Split { partition, at } => {
@@ -191,67 +195,100 @@ async fn reshape(
             vec![merged]
         }
     };
-    let schema = def.schema()?;
-    let partitioner = Partitioner::try_new(&def.scheme, &schema)?.with_layout(Some(layout.clone()));
-    let mut routed = BTreeMap::new();
-    for batch in rows {
-        split_by_partition(&partitioner, batch, &mut routed)?;
-    }
-    if let Some(stray) = routed.keys().find(|p| !children.contains(p)) {
-        return Err(ErrorKind::Internal.error(format!(
-            "a row of partition {parent_ids:?} of '{name}' routes to partition {stray}, \
-             outside it: the partition holds rows of another's keys; nothing was changed"
-        )));
-    }
-
     // The children go to the first parent's copies.
     let Some(parent_target) = catalog.write_targets(&name, &parent_ids[..1])?.pop() else {
         return Err(ErrorKind::Internal.error("no write target for the parent partition"));
     };
-    let mut pieces = vec![];
-    for (child, batches) in routed {
-        let batch = concat_batches(&schema, &batches)?;
-        let mut target = parent_target.clone();
-        target.partition = child;
-        pieces.push(Piece {
-            location: def.storage_key(),
-            partition: child,
-            target,
-            batch: sort_by_columns(batch, def.scheme.cluster_by())?,
-            role: Role::Rows,
-        });
+    let schema = def.schema()?;
+    let into = Children {
+        def: &def,
+        parents: &parent_ids,
+        children: &children,
+        partitioner: Partitioner::try_new(&def.scheme, &schema)?.with_layout(Some(layout.clone())),
+        target: parent_target,
+    };
+    let (copy_pieces, copy_rows) = into.pieces(&catalog, rows, copy_guard.txn)?;
+    let copied = prepare_pieces(copy_guard.txn, copy_pieces).await?;
+    crate::failpoint::hit("abort-after-split-copy");
+
+    // 2. Catch up: writes to the table wait while the rows written since
+    // the snapshot are copied too, and both are decided with the swap of
+    // the parents for the children in the map. A write routed before is
+    // routed again (see `write::still_routed`). A long ingest holding
+    // writes is not waited for without end.
+    let wait = call_timeout();
+    let gate = catalog.gate(&name)?;
+    let asked_to_wait = std::time::Instant::now();
+    let Ok(writes_wait) = tokio::time::timeout(wait, gate.write_owned()).await else {
+        copied.abort().await;
+        return Err(ErrorKind::Unavailable.error(format!(
+            "writes to '{name}' did not pause within {} s (a long ingest?); nothing was \
+             changed, retry the {verb}",
+            wait.as_secs()
+        )));
+    };
+    let caught_up = async {
+        let (guard, _) = catalog.begin_merge(&name).await?;
+        let (now, _now_pin, _) = catalog.snapshot()?;
+        let since = Arc::new(now.since(snapshot));
+        let mut rows = vec![];
+        for id in &parent_ids {
+            rows.extend(read_partition(&catalog, &def, *id, &since).await?);
+        }
+        if rows.iter().all(|b| b.num_rows() == 0) {
+            return Ok(None);
+        }
+        let (pieces, rows_of) = into.pieces(&catalog, rows, guard.txn)?;
+        let prepared = prepare_pieces(guard.txn, pieces).await?;
+        Ok::<_, datafusion::common::DataFusionError>(Some((guard, prepared, rows_of)))
     }
-    let written: Vec<u32> = pieces.iter().map(|p| p.partition).collect();
-    for index in catalog.indexes_of(&name)? {
-        let (more, _) = index_pieces(&catalog, &def, &index, guard.txn, &pieces)?;
-        pieces.extend(more);
-    }
+    .await;
+    let caught_up = match caught_up {
+        Ok(c) => c,
+        Err(e) => {
+            copied.abort().await;
+            return Err(e);
+        }
+    };
     let ranges: Vec<(u32, Option<KeyRange>)> = children
         .iter()
         .map(|c| (*c, layout.range_of(*c).cloned()))
         .collect();
-    let (place_ranges, swapped) = (ranges.clone(), parents.clone());
-    let place = move |s: &mut CatalogState| place_children(s, def.id, &swapped, &place_ranges);
-    let counted = Arc::new(Mutex::new(BTreeMap::new()));
-    let seen = Arc::clone(&counted);
-    let (stats_name, gone) = (name.clone(), parent_ids.clone());
-    let decide = move |s: &mut CatalogState, files: &[DataFile]| {
+    let mut prepared = vec![(copy_guard, copied)];
+    let mut rows_of = vec![copy_rows];
+    if let Some((guard, p, of)) = caught_up {
+        prepared.push((guard, p));
+        rows_of.push(of);
+    }
+    let (table_id, swapped) = (def.id, parents.clone());
+    let place = |s: &mut CatalogState| place_children(s, table_id, &swapped, &ranges);
+    let mut counts = BTreeMap::new();
+    let decide = |s: &mut CatalogState, files: &[&[DataFile]]| {
         // The parents' counts (pending ones too) leave with them.
-        s.fold_stats_deltas_of(&stats_name);
-        if let Some(stats) = s.stats.get_mut(&stats_name) {
-            for p in &gone {
+        s.fold_stats_deltas_of(&name);
+        if let Some(stats) = s.stats.get_mut(&name) {
+            for p in &parent_ids {
                 stats.remove(p);
             }
         }
-        let made = written.iter().copied().zip(files.iter());
-        crate::write::add_stats(s, &stats_name, made.clone());
-        if let Ok(mut c) = seen.lock() {
-            *c = made.map(|(p, f)| (p, (f.rows, f.bytes))).collect();
+        counts.clear();
+        for (round, (of, files)) in rows_of.iter().zip(files).enumerate() {
+            let made = of.iter().copied().zip(files.iter());
+            crate::write::add_stats(s, &name, made.clone());
+            for (p, f) in made {
+                let c: &mut (u64, u64, u64) = counts.entry(p).or_default();
+                c.0 += f.rows;
+                c.1 += f.bytes;
+                if round > 0 {
+                    c.2 += f.rows;
+                }
+            }
         }
         Ok(())
     };
-    write_pieces_placing(&catalog, guard, pieces, Ack::Committed, place, decide).await?;
+    decide_and_commit_together(&catalog, prepared, place, decide).await?;
     drop(writes_wait);
+    let writes_paused = asked_to_wait.elapsed();
     // The parents' files go once no query that may read them runs.
     let copies = parents
         .iter()
@@ -259,23 +296,113 @@ async fn reshape(
         .collect();
     crate::copies::drop_files_later(&catalog, def.id, copies);
 
-    let counts = counted.lock().map(|c| c.clone()).unwrap_or_default();
     let children = ranges
         .iter()
         .map(|(id, range)| {
-            let (rows, bytes) = counts.get(id).copied().unwrap_or((0, 0));
+            let (rows, bytes, caught_up) = counts.get(id).copied().unwrap_or_default();
             Child {
                 id: *id,
                 range: def.scheme.describe_partition(*id, range.as_ref(), &schema),
                 rows,
                 bytes,
+                caught_up,
             }
         })
         .collect();
     Ok(Done {
         parents: parent_ids,
         children,
+        writes_paused,
     })
+}
+
+/// Where a split or merge writes its rows: the children of `parents`.
+struct Children<'a> {
+    def: &'a TableDef,
+    parents: &'a [u32],
+    children: &'a [u32],
+    /// Routes by the table's layout after the change.
+    partitioner: Partitioner,
+    /// The copies the children go to (the first parent's).
+    target: WriteTarget,
+}
+
+impl Children<'_> {
+    /// The pieces of transaction `txn` that write `rows` of the parents
+    /// into the children, with their LOCAL index parts; and the child each
+    /// of the leading pieces (the rows, before the index parts) is for.
+    fn pieces(
+        &self,
+        catalog: &Arc<Catalog>,
+        rows: Vec<RecordBatch>,
+        txn: u64,
+    ) -> Result<(Vec<Piece>, Vec<u32>)> {
+        let (def, name) = (self.def, &self.def.name);
+        let mut routed = BTreeMap::new();
+        for batch in rows {
+            split_by_partition(&self.partitioner, batch, &mut routed)?;
+        }
+        if let Some(stray) = routed.keys().find(|p| !self.children.contains(p)) {
+            return Err(ErrorKind::Internal.error(format!(
+                "a row of partition {:?} of '{name}' routes to partition {stray}, outside it: \
+                 the partition holds rows of another's keys; nothing was changed",
+                self.parents
+            )));
+        }
+        let schema = def.schema()?;
+        let mut pieces = vec![];
+        for (child, batches) in routed {
+            let batch = concat_batches(&schema, &batches)?;
+            let mut target = self.target.clone();
+            target.partition = child;
+            pieces.push(Piece {
+                location: def.storage_key(),
+                partition: child,
+                target,
+                batch: sort_by_columns(batch, def.scheme.cluster_by())?,
+                role: Role::Rows,
+            });
+        }
+        let written: Vec<u32> = pieces.iter().map(|p| p.partition).collect();
+        for index in catalog.indexes_of(name)? {
+            let (more, _) = index_pieces(catalog, def, &index, txn, &pieces)?;
+            pieces.extend(more);
+        }
+        Ok((pieces, written))
+    }
+}
+
+/// At most one split or merge of a table at a time: a second would take
+/// the same new ids for its children.
+struct Running {
+    key: (usize, u64),
+}
+
+static RUNNING: Mutex<std::collections::BTreeSet<(usize, u64)>> =
+    Mutex::new(std::collections::BTreeSet::new());
+
+impl Running {
+    fn begin(catalog: &Arc<Catalog>, table_id: u64, name: &str) -> Result<Self> {
+        let key = (Arc::as_ptr(catalog) as usize, table_id);
+        let mut running = RUNNING
+            .lock()
+            .map_err(|_| ErrorKind::Internal.error("split registry poisoned"))?;
+        if !running.insert(key) {
+            return Err(ErrorKind::Unavailable.error(format!(
+                "another split or merge of '{name}' is running; retry once it is done (SHOW \
+                 PARTITIONS {name} then lists its new partitions)"
+            )));
+        }
+        Ok(Self { key })
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(mut running) = RUNNING.lock() {
+            running.remove(&self.key);
+        }
+    }
 }
 
 /// Every row of `def`'s `partition` at `snapshot` (taken with the

@@ -48,7 +48,7 @@ pub mod group;
 mod index_pieces;
 mod reports;
 
-pub(crate) use commit::{Ack, decide_and_commit, retry_commit};
+pub(crate) use commit::{Ack, decide_and_commit, decide_and_commit_together, retry_commit};
 use group::Groups;
 pub use index_pieces::{global_index_pieces, index_pieces};
 pub use reports::{OutboxWatcher, Reports, WriteFanout};
@@ -412,7 +412,67 @@ pub async fn write_pieces_placing(
     mut place: impl FnMut(&mut CatalogState) -> Result<()> + Send + 'static,
     mut decide: impl FnMut(&mut CatalogState, &[DataFile]) -> Result<()> + Send + 'static,
 ) -> Result<()> {
-    let txn = guard.txn;
+    let prepared = prepare_pieces(guard.txn, pieces).await?;
+    let Prepared {
+        writes,
+        urls,
+        files,
+        targets,
+        holders,
+        ..
+    } = prepared;
+    decide_and_commit(catalog, guard, writes, urls, ack, move |s| {
+        place(s)?;
+        settle_all(s, &targets, &holders)?;
+        decide(s, &files)
+    })
+    .await?;
+    Ok(())
+}
+
+/// A transaction's pieces staged and durable on enough of their copies,
+/// not decided yet: the first phase of a write.
+pub(crate) struct Prepared {
+    pub txn: u64,
+    /// Worker id → what it staged.
+    pub writes: BTreeMap<String, Vec<StagedWrite>>,
+    /// Worker id → URL, of the workers in `writes`.
+    pub urls: BTreeMap<String, String>,
+    /// Each piece's file, as its first copy wrote it (every copy holds the
+    /// same rows), in the order of the pieces.
+    pub files: Vec<DataFile>,
+    targets: Vec<WriteTarget>,
+    /// Each piece's copies that took it.
+    holders: Vec<Vec<String>>,
+}
+
+impl Prepared {
+    /// Settles the copies that took each piece against the map, as the
+    /// transaction is decided (copies that missed it leave the in-sync set).
+    pub fn settle(&self, s: &mut CatalogState) -> Result<()> {
+        settle_all(s, &self.targets, &self.holders)
+    }
+
+    /// Drops what the workers staged.
+    pub async fn abort(&self) {
+        abort(self.txn, self.urls.values()).await;
+    }
+}
+
+fn settle_all(
+    s: &mut CatalogState,
+    targets: &[WriteTarget],
+    holders: &[Vec<String>],
+) -> Result<()> {
+    for (target, held) in targets.iter().zip(holders) {
+        settle_copies(s, target, held)?;
+    }
+    Ok(())
+}
+
+/// Stages `pieces` as transaction `txn` on their copies (phase 1): all of
+/// them on enough copies, or nothing stays staged.
+pub(crate) async fn prepare_pieces(txn: u64, pieces: Vec<Piece>) -> Result<Prepared> {
     // Keyed by worker id: URLs change across restarts, ids do not.
     let mut urls: BTreeMap<String, String> = BTreeMap::new();
     // Workers a piece should reach and cannot: why, and whether because
@@ -512,23 +572,20 @@ pub async fn write_pieces_placing(
     let failed_urls: Vec<String> = failed.keys().filter_map(|w| urls.get(w).cloned()).collect();
     abort(txn, failed_urls.iter()).await;
     urls.retain(|w, _| writes.contains_key(w));
-    // A piece's stats from its first copy (every copy holds the same rows).
     let first: Vec<DataFile> = files
         .iter()
         .filter_map(|held| held.values().next().cloned())
         .collect();
-    // Copies that missed the write leave the in-sync set as it is decided.
     let holders: Vec<Vec<String>> = files.iter().map(|h| h.keys().cloned().collect()).collect();
     let targets: Vec<WriteTarget> = shares.into_iter().map(|s| s.target).collect();
-    decide_and_commit(catalog, guard, writes, urls, ack, move |s| {
-        place(s)?;
-        for (target, held) in targets.iter().zip(&holders) {
-            settle_copies(s, target, held)?;
-        }
-        decide(s, &first)
+    Ok(Prepared {
+        txn,
+        writes,
+        urls,
+        files: first,
+        targets,
+        holders,
     })
-    .await?;
-    Ok(())
 }
 
 /// One piece of a write as its copies take it.

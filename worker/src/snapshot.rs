@@ -28,12 +28,24 @@ pub struct Snapshot {
     /// on every worker, sorted: visible, and committed by a worker that
     /// still holds them staged before it reads.
     pub decided: Vec<u64>,
+    /// What an earlier snapshot saw, left out: the rows written after it
+    /// (a split catching up on the writes made while it copied).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<Box<Snapshot>>,
 }
 
 impl Snapshot {
     /// Whether the rows written by transaction `txn` are visible.
     pub fn sees(&self, txn: u64) -> bool {
-        txn <= self.through && self.in_flight.binary_search(&txn).is_err()
+        txn <= self.through
+            && self.in_flight.binary_search(&txn).is_err()
+            && self.since.as_ref().is_none_or(|s| !s.sees(txn))
+    }
+
+    /// What this snapshot sees and `earlier` did not.
+    pub fn since(mut self, earlier: Snapshot) -> Self {
+        self.since = Some(Box::new(earlier));
+        self
     }
 
     /// Every transaction below this one is visible.
@@ -53,7 +65,11 @@ impl std::fmt::Display for Snapshot {
             self.through,
             self.in_flight.len(),
             self.decided.len()
-        )
+        )?;
+        match &self.since {
+            Some(s) => write!(f, ", since ({s})"),
+            None => Ok(()),
+        }
     }
 }
 
@@ -67,6 +83,7 @@ mod tests {
             through: 13,
             in_flight: vec![7, 13],
             decided: vec![11],
+            since: None,
         };
         let seen: Vec<u64> = (1..=15).filter(|t| s.sees(*t)).collect();
         assert_eq!(seen, [1, 2, 3, 4, 5, 6, 8, 9, 10, 11, 12]);
@@ -76,5 +93,18 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(quiet.xmin(), 5);
+        // Since `quiet`: what `s` sees above 4, and 3 of nothing.
+        let later = s.clone().since(quiet);
+        let seen: Vec<u64> = (1..=15).filter(|t| later.sees(*t)).collect();
+        assert_eq!(seen, [5, 6, 8, 9, 10, 11, 12]);
+        let earlier = Snapshot {
+            through: 9,
+            in_flight: vec![7],
+            ..Default::default()
+        };
+        let seen: Vec<u64> = (1..=15)
+            .filter(|t| s.clone().since(earlier.clone()).sees(*t))
+            .collect();
+        assert_eq!(seen, [10, 11, 12], "7 is not decided at s either");
     }
 }

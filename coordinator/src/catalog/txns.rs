@@ -408,6 +408,7 @@ impl Catalog {
             through: self.last_txn().max(last_decided),
             in_flight: in_flight.keys().copied().collect(),
             decided: state.decided.keys().copied().collect(),
+            since: None,
         })
     }
 

@@ -56,7 +56,20 @@ impl Coordinator {
                     done.children.iter().map(|h| h.bytes),
                 )),
             ),
+            (
+                "caught_up_rows",
+                Arc::new(UInt64Array::from_iter_values(
+                    done.children.iter().map(|h| h.caught_up),
+                )),
+            ),
             ("seconds", Arc::new(Float64Array::from(vec![seconds; n]))),
+            (
+                "writes_paused",
+                Arc::new(Float64Array::from(vec![
+                    done.writes_paused.as_secs_f64();
+                    n
+                ])),
+            ),
         ])
     }
 }

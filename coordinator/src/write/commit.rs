@@ -6,9 +6,9 @@ use std::sync::Arc;
 
 use datafusion::common::{DataFusionError, Result};
 use futures::future::join_all;
-use tessera_worker::{StagedWrite, WorkerClient};
+use tessera_worker::{DataFile, StagedWrite, WorkerClient};
 
-use super::abort;
+use super::{Prepared, abort};
 use crate::catalog::{Catalog, TxnGuard};
 use crate::catalog_state::{CatalogState, PartsDelta, StatsDelta, table_key};
 
@@ -133,6 +133,52 @@ pub(crate) async fn decide_and_commit(
                 .to_string(),
         )
     })?
+}
+
+/// Decides prepared transactions in one metastore write, so they land
+/// together or not at all: `place` changes the partition map, the copies
+/// that took each piece are settled, and `decide` updates counters given
+/// each transaction's files. Then commits them all, and returns once every
+/// worker confirmed (one that did not is retried in the background). For
+/// writers that do not hold their table's gate as a writer share (a split
+/// or merge: its copy of the parents, and its catch-up on the writes made
+/// meanwhile). The caller runs it in a task of its own, so a dropped
+/// statement cannot stop it between the decision and the commits.
+pub(crate) async fn decide_and_commit_together(
+    catalog: &Arc<Catalog>,
+    prepared: Vec<(TxnGuard, Prepared)>,
+    mut place: impl FnMut(&mut CatalogState) -> Result<()>,
+    mut decide: impl FnMut(&mut CatalogState, &[&[DataFile]]) -> Result<()>,
+) -> Result<()> {
+    let decided = catalog
+        .update_reading(&[], |s| {
+            place(s)?;
+            for (_, p) in &prepared {
+                s.decided.insert(p.txn, p.writes.clone());
+                p.settle(s)?;
+            }
+            let files: Vec<&[DataFile]> =
+                prepared.iter().map(|(_, p)| p.files.as_slice()).collect();
+            decide(s, &files)
+        })
+        .await;
+    if let Err(e) = decided {
+        for (_, p) in &prepared {
+            p.abort().await;
+        }
+        return Err(e);
+    }
+    crate::failpoint::hit("abort-after-split-decide");
+    for (guard, p) in prepared {
+        let failed = commit_all(p.txn, &p.writes, &p.urls).await;
+        if failed.is_empty() {
+            catalog.finished(p.txn, Some(guard));
+        } else {
+            tokio::spawn(retry_commit(Arc::clone(catalog), p.txn, failed));
+            drop(guard);
+        }
+    }
+    Ok(())
 }
 
 /// Commits `txn` on every worker; returns the writes of workers that failed.

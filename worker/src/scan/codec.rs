@@ -92,6 +92,8 @@ struct SnapshotProto {
     in_flight: Vec<u64>,
     #[prost(uint64, repeated, tag = "3")]
     decided: Vec<u64>,
+    #[prost(message, optional, boxed, tag = "4")]
+    since: Option<Box<SnapshotProto>>,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -147,11 +149,7 @@ impl TesseraCodec {
             output_partitions: scan.properties.partitioning.partition_count() as u64,
             total_partitions: scan.total_partitions,
             kept_partitions: scan.kept_partitions,
-            snapshot: scan.snapshot.as_ref().map(|s| SnapshotProto {
-                through: s.through,
-                in_flight: s.in_flight.clone(),
-                decided: s.decided.clone(),
-            }),
+            snapshot: scan.snapshot.as_deref().map(snapshot_proto),
             query: scan.query.as_deref().map(String::from),
             ..Default::default()
         };
@@ -215,17 +213,7 @@ impl TesseraCodec {
             estimate: None,
             colocated_on: None,
             index,
-            snapshot: proto.snapshot.map(|s| {
-                let mut snapshot = Snapshot {
-                    through: s.through,
-                    in_flight: s.in_flight,
-                    decided: s.decided,
-                };
-                // `sees` searches them: never trust a peer's order.
-                snapshot.in_flight.sort_unstable();
-                snapshot.decided.sort_unstable();
-                Arc::new(snapshot)
-            }),
+            snapshot: proto.snapshot.map(|s| Arc::new(snapshot_of(s))),
             query: proto.query.map(Arc::from),
         };
         let parts = proto
@@ -346,4 +334,26 @@ pub fn decode_scan(
         )));
     }
     Ok(scan)
+}
+
+fn snapshot_proto(s: &Snapshot) -> SnapshotProto {
+    SnapshotProto {
+        through: s.through,
+        in_flight: s.in_flight.clone(),
+        decided: s.decided.clone(),
+        since: s.since.as_deref().map(|e| Box::new(snapshot_proto(e))),
+    }
+}
+
+fn snapshot_of(s: SnapshotProto) -> Snapshot {
+    let mut snapshot = Snapshot {
+        through: s.through,
+        in_flight: s.in_flight,
+        decided: s.decided,
+        since: s.since.map(|e| Box::new(snapshot_of(*e))),
+    };
+    // `sees` searches them: never trust a peer's order.
+    snapshot.in_flight.sort_unstable();
+    snapshot.decided.sort_unstable();
+    snapshot
 }
