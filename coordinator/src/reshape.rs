@@ -24,9 +24,13 @@
 //! one write of the partitions, and writes wait only for the catch-up.
 //! While S is held open no compaction merges a file S sees with one
 //! written after it, so the catch-up reads exactly the files S does not
-//! see. Tables with a GLOBAL index do not split or merge yet (their
-//! entries name the parents' files); LOCAL index parts are written for
-//! the children in the same transactions. A split or merge runs to its end
+//! see. The children's index entries are written in the same
+//! transactions: LOCAL index parts beside them, and GLOBAL SYNC entries
+//! naming them in the index's partitions. A GLOBAL lookup keeps only
+//! entries of the partitions in its query's map, so the parents' entries
+//! stop counting with the same swap (they stay in the index's files).
+//! Tables with a GLOBAL ASYNC index do not split or merge yet (its outbox
+//! would have to follow). A split or merge runs to its end
 //! once begun, even if its statement is cancelled, and one runs at a time
 //! per table.
 
@@ -38,8 +42,8 @@ use datafusion::arrow::compute::concat_batches;
 use datafusion::common::Result;
 use datafusion::sql::sqlparser::ast;
 use tessera_sql::{
-    KeyRange, KeyValue, PartitionLayout, PartitionPlacement, PartitionScheme, Partitioner,
-    Placements, SplitAt, TableDef, key_bound,
+    IndexDef, IndexKind, KeyRange, KeyValue, PartitionLayout, PartitionPlacement, PartitionScheme,
+    Partitioner, Placements, SplitAt, TableDef, key_bound,
 };
 use tessera_worker::{
     DataFile, ErrorKind, ScanPart, ScanSpec, Snapshot, WorkerUnavailable, call_timeout,
@@ -200,13 +204,16 @@ async fn reshape(
         return Err(ErrorKind::Internal.error("no write target for the parent partition"));
     };
     let schema = def.schema()?;
+    let indexes = catalog.indexes_of(&name)?;
     let into = Children {
         def: &def,
         parents: &parent_ids,
         children: &children,
         partitioner: Partitioner::try_new(&def.scheme, &schema)?.with_layout(Some(layout.clone())),
         target: parent_target,
+        indexes: &indexes,
     };
+    let gate = catalog.gate(&name)?;
     let (copy_pieces, copy_rows) = into.pieces(&catalog, rows, copy_guard.txn)?;
     let copied = prepare_pieces(copy_guard.txn, copy_pieces).await?;
     crate::failpoint::hit("abort-after-split-copy");
@@ -217,7 +224,6 @@ async fn reshape(
     // routed again (see `write::still_routed`). A long ingest holding
     // writes is not waited for without end.
     let wait = call_timeout();
-    let gate = catalog.gate(&name)?;
     let asked_to_wait = std::time::Instant::now();
     let Ok(writes_wait) = tokio::time::timeout(wait, gate.write_owned()).await else {
         copied.abort().await;
@@ -228,6 +234,12 @@ async fn reshape(
         )));
     };
     let caught_up = async {
+        // Parents moved meanwhile fail the decision: fail before the
+        // catch-up instead.
+        let now = catalog.placements(&name)?;
+        if !now.windows(parents.len()).any(|w| same_copies(w, &parents)) {
+            return Err(copies_changed(&name, &parent_ids));
+        }
         let (guard, _) = catalog.begin_merge(&name).await?;
         let (now, _now_pin, _) = catalog.snapshot()?;
         let since = Arc::new(now.since(snapshot));
@@ -261,7 +273,23 @@ async fn reshape(
         rows_of.push(of);
     }
     let (table_id, swapped) = (def.id, parents.clone());
-    let place = |s: &mut CatalogState| place_children(s, table_id, &swapped, &ranges);
+    let index_names: Vec<&str> = indexes.iter().map(|i| i.name.as_str()).collect();
+    let place = |s: &mut CatalogState| {
+        // An index made or dropped meanwhile has entries for other rows.
+        let now: Vec<&str> = s
+            .indexes
+            .values()
+            .filter(|i| i.table == name)
+            .map(|i| i.name.as_str())
+            .collect();
+        if now != index_names {
+            return Err(ErrorKind::FailedPrecondition.error(format!(
+                "an index of '{name}' was created or dropped while its partitions split or \
+                 merged; nothing was changed, retry"
+            )));
+        }
+        place_children(s, table_id, &swapped, &ranges)
+    };
     let mut counts = BTreeMap::new();
     let decide = |s: &mut CatalogState, files: &[&[DataFile]]| {
         // The parents' counts (pending ones too) leave with them.
@@ -325,6 +353,8 @@ struct Children<'a> {
     partitioner: Partitioner,
     /// The copies the children go to (the first parent's).
     target: WriteTarget,
+    /// The table's indexes, as the split began: each gets its entries.
+    indexes: &'a [IndexDef],
 }
 
 impl Children<'_> {
@@ -364,8 +394,8 @@ impl Children<'_> {
             });
         }
         let written: Vec<u32> = pieces.iter().map(|p| p.partition).collect();
-        for index in catalog.indexes_of(name)? {
-            let (more, _) = index_pieces(catalog, def, &index, txn, &pieces)?;
+        for index in self.indexes {
+            let (more, _) = index_pieces(catalog, def, index, txn, &pieces)?;
             pieces.extend(more);
         }
         Ok((pieces, written))
@@ -459,11 +489,12 @@ async fn read_copy(
 /// Refuses a split of a table whose indexes cannot follow it yet.
 fn refuse_indexes(s: &CatalogState, table: &str) -> Result<()> {
     for index in s.indexes.values().filter(|i| i.table == table) {
-        if index.kind.is_global() {
+        if index.kind == IndexKind::GlobalAsync {
             return Err(ErrorKind::FailedPrecondition.error(format!(
-                "'{table}' has the GLOBAL index '{}', whose entries name the rows of the \
-                 partition's files; partitions of tables with GLOBAL indexes do not split or \
-                 merge yet (DROP INDEX {0}, split or merge, then CREATE INDEX again)",
+                "'{table}' has the GLOBAL ASYNC index '{}', whose outbox beside each partition \
+                 would have to follow it; partitions of tables with GLOBAL ASYNC indexes do not \
+                 split or merge yet (DROP INDEX {0}, split or merge, then CREATE INDEX again, \
+                 or use GLOBAL SYNC)",
                 index.name
             )));
         }
@@ -500,16 +531,13 @@ fn place_children(
     };
     refuse_indexes(s, &table)?;
     let placements = s.map.tables.get_mut(&table);
-    let at = placements
-        .as_ref()
-        .and_then(|p| p.windows(parents.len()).position(|w| w == parents));
+    let at = placements.as_ref().and_then(|p| {
+        p.windows(parents.len())
+            .position(|w| same_copies(w, parents))
+    });
     let (Some(placements), Some(at), Some(first)) = (placements, at, parents.first()) else {
-        let ids: Vec<String> = parents.iter().map(|p| p.id.to_string()).collect();
-        return Err(ErrorKind::FailedPrecondition.error(format!(
-            "the copies of partition {} of '{table}' changed while it split or merged (a \
-             rebalance or a worker going down); nothing was changed, retry",
-            ids.join(", ")
-        )));
+        let ids: Vec<u32> = parents.iter().map(|p| p.id).collect();
+        return Err(copies_changed(&table, &ids));
     };
     let child = |(id, range): &(u32, Option<KeyRange>)| PartitionPlacement {
         id: *id,
@@ -526,6 +554,28 @@ fn place_children(
         crate::copies::forget_pending(s, &table, parent.id, &parent.replicas);
     }
     Ok(())
+}
+
+/// Whether `now` are `then` on the same copies. A copy that fell out of
+/// sync meanwhile (a write missed it) does not matter: the children's
+/// copies are those that took their rows (see `Prepared::settle`), read
+/// from copies in sync.
+fn same_copies(now: &[PartitionPlacement], then: &[PartitionPlacement]) -> bool {
+    now.len() == then.len()
+        && now
+            .iter()
+            .zip(then)
+            .all(|(n, t)| n.id == t.id && n.replicas == t.replicas && n.range == t.range)
+}
+
+fn copies_changed(table: &str, parents: &[u32]) -> datafusion::common::DataFusionError {
+    let ids: Vec<String> = parents.iter().map(u32::to_string).collect();
+    ErrorKind::FailedPrecondition.error(format!(
+        "the copies of partition {} of '{table}' changed while it split or merged (a \
+         rebalance, a worker going down, or a write that missed a copy); nothing was changed, \
+         retry",
+        ids.join(", ")
+    ))
 }
 
 /// Where partition `id` splits: the middle of a hash slice; for a range

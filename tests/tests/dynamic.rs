@@ -2,7 +2,8 @@
 //! `tessera.auto_rebalance` on. Writers append batches with time-ordered
 //! keys to a RANGE table (REBALANCE DYNAMIC, a small split size, a LOCAL
 //! index) and to a HASH table of two partitions (REBALANCE PROPORTIONAL
-//! PER WORKER 2), readers scan both and look batches up through the index.
+//! PER WORKER 2, with a GLOBAL SYNC index), readers scan both and look
+//! batches up through the indexes.
 //! The RANGE table must split as it grows and its partitions spread over
 //! the three workers; the HASH table must end with two partitions on each
 //! worker. No read may fail or see a batch half or twice; every batch
@@ -94,16 +95,20 @@ async fn reader(url: String, shared: Arc<Shared>, seed: u64) {
                 Err(e) => shared.violation(format!("scan of {table} failed: {e}")),
             }
         }
-        let acked: Vec<u64> = shared.acked("ts").into_iter().collect();
-        if !acked.is_empty() {
+        for (table, kind) in [("ts", "LOCAL"), ("p", "GLOBAL SYNC")] {
+            let acked: Vec<u64> = shared.acked(table).into_iter().collect();
+            if acked.is_empty() {
+                continue;
+            }
             let b = acked[rng.below(acked.len() as u64) as usize];
-            let sql = format!("SELECT b, count(*), sum(k) FROM ts WHERE b = {b} GROUP BY b");
+            let sql = format!("SELECT b, count(*), sum(k) FROM {table} WHERE b = {b} GROUP BY b");
             match query_url(&url, &sql).await {
                 Ok(rows) => {
                     let only = [b].into();
-                    shared.check("LOCAL index lookup", &groups(&rows), &only, batch_shape);
+                    let what = format!("{kind} index lookup");
+                    shared.check(&what, &groups(&rows), &only, batch_shape);
                 }
-                Err(e) => shared.violation(format!("lookup of batch {b} failed: {e}")),
+                Err(e) => shared.violation(format!("lookup of batch {b} in {table} failed: {e}")),
             }
         }
         shared.reads.fetch_add(1, Ordering::SeqCst);
@@ -167,6 +172,7 @@ async fn dynamic_and_proportional_tables_under_load() {
             "CREATE INDEX by_b ON ts (b) LOCAL",
             "CREATE TABLE p (k BIGINT, b BIGINT, pad VARCHAR) PARTITION BY HASH (k) PARTITIONS 2 \
              REBALANCE PROPORTIONAL PER WORKER 2",
+            "CREATE INDEX by_pb ON p (b) GLOBAL SYNC PARTITIONS 2",
             "SET tessera.auto_rebalance = 'on'",
         ])
         .await;
@@ -262,14 +268,18 @@ async fn dynamic_and_proportional_tables_under_load() {
         shared.check_final(table, &scan, batch_shape);
         scans.insert(table, scan);
     }
-    let ids: Vec<String> = shared.acked("ts").iter().map(u64::to_string).collect();
-    let sql = format!(
-        "SELECT b, count(*), sum(k) FROM ts WHERE b IN ({}) GROUP BY b",
-        ids.join(", ")
-    );
-    let looked_up = groups(&cluster.query(&sql).await.unwrap());
-    if looked_up != scans["ts"] {
-        shared.violation("the LOCAL index disagrees with the scan".into());
+    for (table, kind) in [("ts", "LOCAL"), ("p", "GLOBAL SYNC")] {
+        let ids: Vec<String> = shared.acked(table).iter().map(u64::to_string).collect();
+        let sql = format!(
+            "SELECT b, count(*), sum(k) FROM {table} WHERE b IN ({}) GROUP BY b",
+            ids.join(", ")
+        );
+        let looked_up = groups(&cluster.query(&sql).await.unwrap());
+        if looked_up != scans[table] {
+            shared.violation(format!(
+                "the {kind} index of {table} disagrees with the scan"
+            ));
+        }
     }
     shared.assert_none(seed);
 

@@ -1,6 +1,6 @@
 //! `ALTER TABLE .. SPLIT PARTITION` and `MERGE PARTITIONS` under load. Writers insert batches
 //! whose rows spread over the key space into a RANGE table (with a LOCAL
-//! index) and a HASH table, both with three copies (a write needs two),
+//! index) and a HASH table (with a GLOBAL SYNC one), both with three copies (a write needs two),
 //! readers scan both and look batches up through the index, `COMPACT
 //! TABLE` runs, a splitter keeps splitting partitions of both (RANGE at
 //! the median of its rows or at a key given, HASH at the middle of its
@@ -50,6 +50,8 @@ struct Shared {
     reads: AtomicU64,
     splits: AtomicU64,
     merges: AtomicU64,
+    /// Rows the splits' and merges' catch-up rounds copied.
+    caught_up: AtomicU64,
     writers_done: AtomicBool,
     /// The worker stopped, while it is down or catching up.
     victim: Mutex<Option<String>>,
@@ -66,6 +68,17 @@ impl std::ops::Deref for Shared {
 }
 
 impl Shared {
+    fn count_caught_up(&self, report: &[arrow::array::RecordBatch]) {
+        for b in report {
+            let rows = b
+                .column_by_name("caught_up_rows")
+                .unwrap()
+                .as_primitive::<arrow::datatypes::UInt64Type>();
+            let n: u64 = rows.values().iter().sum();
+            self.caught_up.fetch_add(n, Ordering::SeqCst);
+        }
+    }
+
     /// Whether `error` is one a worker's outage explains: it names the
     /// stopped worker, or a copy still catching up.
     fn tolerated(&self, error: &str) -> bool {
@@ -107,18 +120,23 @@ async fn reader(url: String, shared: Arc<Shared>, seed: u64) {
                 Err(e) => shared.violation(format!("scan of {table} failed: {e}")),
             }
         }
-        // One batch through the LOCAL index.
-        let before = shared.acked("r");
-        let acked: Vec<u64> = before.iter().copied().collect();
-        if let Some(b) = (!acked.is_empty()).then(|| acked[rng.below(acked.len() as u64) as usize])
-        {
-            let sql = format!("SELECT b, count(*), sum(k) FROM r WHERE l = {b} GROUP BY b");
+        // One batch through each index: r's LOCAL, h's GLOBAL SYNC.
+        for (table, kind) in [("r", "LOCAL"), ("h", "GLOBAL SYNC")] {
+            let before = shared.acked(table);
+            let acked: Vec<u64> = before.iter().copied().collect();
+            let Some(b) =
+                (!acked.is_empty()).then(|| acked[rng.below(acked.len() as u64) as usize])
+            else {
+                continue;
+            };
+            let sql = format!("SELECT b, count(*), sum(k) FROM {table} WHERE l = {b} GROUP BY b");
             match query_url(&url, &sql).await {
                 Ok(rows) => {
                     let only = BTreeSet::from([b]);
-                    shared.check("LOCAL index lookup", &groups(&rows), &only, batch_shape);
+                    let what = format!("{kind} index lookup");
+                    shared.check(&what, &groups(&rows), &only, batch_shape);
                 }
-                Err(e) => shared.violation(format!("lookup of batch {b} failed: {e}")),
+                Err(e) => shared.violation(format!("lookup of batch {b} in {table} failed: {e}")),
             }
         }
         shared.reads.fetch_add(1, Ordering::SeqCst);
@@ -160,8 +178,9 @@ async fn splitter(url: String, shared: Arc<Shared>, mut progress: watch::Receive
                 let (a, b) = (ids[i], ids[i + 1]);
                 let sql = format!("ALTER TABLE {table} MERGE PARTITIONS {a}, {b}");
                 match query_url(&url, &sql).await {
-                    Ok(_) => {
+                    Ok(report) => {
                         shared.merges.fetch_add(1, Ordering::SeqCst);
+                        shared.count_caught_up(&report);
                     }
                     Err(e) if shared.tolerated(&e) => {}
                     Err(e) => shared.violation(format!("{sql} failed: {e}")),
@@ -178,8 +197,9 @@ async fn splitter(url: String, shared: Arc<Shared>, mut progress: watch::Receive
             };
             let sql = format!("ALTER TABLE {table} SPLIT PARTITION {id}{at}");
             match query_url(&url, &sql).await {
-                Ok(_) => {
+                Ok(report) => {
                     shared.splits.fetch_add(1, Ordering::SeqCst);
+                    shared.count_caught_up(&report);
                 }
                 Err(e) if e.contains("cannot split at") || e.contains("fewer than two") => {}
                 Err(e) if shared.tolerated(&e) => {}
@@ -234,6 +254,7 @@ async fn splits_under_writes_reads_and_compaction() {
             "CREATE INDEX by_l ON r (l) LOCAL",
             "CREATE TABLE h (k BIGINT, b BIGINT, l BIGINT) PARTITION BY HASH (k) PARTITIONS 2 \
              REPLICAS 3 WRITE QUORUM MAJORITY",
+            "CREATE INDEX by_g ON h (l) GLOBAL SYNC PARTITIONS 2",
         ])
         .await;
 
@@ -288,19 +309,21 @@ async fn splits_under_writes_reads_and_compaction() {
         point_lookups(&cluster, table, &acked, &mut rng).await;
         scans.insert(table, scan);
     }
-    let ids: Vec<String> = shared.acked("r").iter().map(u64::to_string).collect();
-    let mut looked_up = BTreeMap::new();
-    for chunk in ids.chunks(20) {
-        let sql = format!(
-            "SELECT b, count(*), sum(k) FROM r WHERE l IN ({}) GROUP BY b",
-            chunk.join(", ")
-        );
-        looked_up.extend(groups(&cluster.query(&sql).await.unwrap()));
-    }
-    if looked_up != scans["r"] {
-        shared.violation(format!(
-            "the LOCAL index disagrees with the scan: {looked_up:?}"
-        ));
+    for (table, kind) in [("r", "LOCAL"), ("h", "GLOBAL SYNC")] {
+        let ids: Vec<String> = shared.acked(table).iter().map(u64::to_string).collect();
+        let mut looked_up = BTreeMap::new();
+        for chunk in ids.chunks(20) {
+            let sql = format!(
+                "SELECT b, count(*), sum(k) FROM {table} WHERE l IN ({}) GROUP BY b",
+                chunk.join(", ")
+            );
+            looked_up.extend(groups(&cluster.query(&sql).await.unwrap()));
+        }
+        if looked_up != scans[table] {
+            shared.violation(format!(
+                "the {kind} index of {table} disagrees with the scan: {looked_up:?}"
+            ));
+        }
     }
     let split_count = shared.splits.load(Ordering::SeqCst);
     let merge_count = shared.merges.load(Ordering::SeqCst);
@@ -314,9 +337,10 @@ async fn splits_under_writes_reads_and_compaction() {
     }
     println!(
         "{split_count} splits, {merge_count} merges, {} reads, {} errors the outage explains; \
-         partitions now: r {parts_r}, h {parts_h}",
+         partitions now: r {parts_r}, h {parts_h}; {} rows caught up",
         shared.reads.load(Ordering::SeqCst),
-        shared.outage_errors.load(Ordering::SeqCst)
+        shared.outage_errors.load(Ordering::SeqCst),
+        shared.caught_up.load(Ordering::SeqCst)
     );
     shared.assert_none(seed);
     assert!(
@@ -350,7 +374,7 @@ async fn split_refusals_and_report() {
             "CREATE TABLE d (k DATE, v BIGINT) PARTITION BY RANGE (k) SPLIT AT ('2024-01-01')",
             "INSERT INTO d VALUES ('2023-06-01', 1), ('2024-03-01', 2), ('2024-09-01', 3)",
             "CREATE TABLE g (k BIGINT, v BIGINT) PARTITION BY HASH (k) PARTITIONS 2",
-            "CREATE INDEX by_v ON g (v) GLOBAL SYNC",
+            "CREATE INDEX by_v ON g (v) GLOBAL ASYNC",
         ])
         .await;
     let err = |sql: &'static str| async { cluster.query(sql).await.unwrap_err() };
@@ -377,12 +401,12 @@ async fn split_refusals_and_report() {
     assert!(
         err("ALTER TABLE g SPLIT PARTITION 0")
             .await
-            .contains("GLOBAL index 'by_v'")
+            .contains("GLOBAL ASYNC index 'by_v'")
     );
     assert!(
         err("ALTER TABLE g SPLIT PARTITION 0 AT 5")
             .await
-            .contains("GLOBAL index")
+            .contains("GLOBAL ASYNC index")
     );
     assert!(
         err("ALTER TABLE nope SPLIT PARTITION 0")
@@ -457,7 +481,7 @@ async fn split_refusals_and_report() {
     assert!(
         err("ALTER TABLE g MERGE PARTITIONS 0, 1")
             .await
-            .contains("GLOBAL index 'by_v'")
+            .contains("GLOBAL ASYNC index 'by_v'")
     );
     // Named in either order, neighbours merge into one new id.
     let report = cluster

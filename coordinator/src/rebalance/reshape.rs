@@ -34,15 +34,15 @@ pub(super) struct Change {
 }
 
 /// Whether `table`'s partitions may split or merge: its strategy changes
-/// them, and it has no GLOBAL index (whose entries name a partition's
-/// files) and no index still being built.
+/// them, and it has no GLOBAL ASYNC index (whose outbox would have to
+/// follow) and no index still being built.
 pub(super) fn may_reshape(state: &CatalogState, table: &TableDef) -> bool {
     !table.rebalance.is_fixed()
         && state
             .indexes
             .values()
             .filter(|i| i.table == table.name)
-            .all(|i| !i.kind.is_global() && i.is_ready())
+            .all(|i| i.kind != tessera_sql::IndexKind::GlobalAsync && i.is_ready())
 }
 
 /// Plans `table`'s splits and merges for the `workers` it is kept on, and

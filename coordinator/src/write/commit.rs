@@ -140,9 +140,9 @@ pub(crate) async fn decide_and_commit(
 /// that took each piece are settled, and `decide` updates counters given
 /// each transaction's files. Then commits them all, and returns once every
 /// worker confirmed (one that did not is retried in the background). For
-/// writers that do not hold their table's gate as a writer share (a split
-/// or merge: its copy of the parents, and its catch-up on the writes made
-/// meanwhile). The caller runs it in a task of its own, so a dropped
+/// writers that do not hold a reader share of their table's gate (whose
+/// statistics go by delta keys): a split or merge, holding it whole, for
+/// its copy of the parents and its catch-up on the writes made meanwhile. The caller runs it in a task of its own, so a dropped
 /// statement cannot stop it between the decision and the commits.
 pub(crate) async fn decide_and_commit_together(
     catalog: &Arc<Catalog>,
