@@ -203,6 +203,19 @@ async fn reshape(
     let Some(parent_target) = catalog.write_targets(&name, &parent_ids[..1])?.pop() else {
         return Err(ErrorKind::Internal.error("no write target for the parent partition"));
     };
+    // The copies the children are placed on (the first parent's as it
+    // began) are those that take their rows.
+    let targeted: Vec<&str> = parent_target
+        .replicas
+        .iter()
+        .map(|r| match r {
+            Ok(part) => part.worker_id.as_str(),
+            Err((worker, _)) => worker.as_str(),
+        })
+        .collect();
+    if targeted != parents[0].replicas {
+        return Err(copies_changed(&name, &parent_ids));
+    }
     let schema = def.schema()?;
     let indexes = catalog.indexes_of(&name)?;
     let into = Children {
@@ -273,16 +286,16 @@ async fn reshape(
         rows_of.push(of);
     }
     let (table_id, swapped) = (def.id, parents.clone());
-    let index_names: Vec<&str> = indexes.iter().map(|i| i.name.as_str()).collect();
+    let index_ids: Vec<u64> = indexes.iter().map(|i| i.id).collect();
     let place = |s: &mut CatalogState| {
         // An index made or dropped meanwhile has entries for other rows.
-        let now: Vec<&str> = s
+        let now: Vec<u64> = s
             .indexes
             .values()
             .filter(|i| i.table == name)
-            .map(|i| i.name.as_str())
+            .map(|i| i.id)
             .collect();
-        if now != index_names {
+        if now != index_ids {
             return Err(ErrorKind::FailedPrecondition.error(format!(
                 "an index of '{name}' was created or dropped while its partitions split or \
                  merged; nothing was changed, retry"

@@ -3,12 +3,15 @@ once its copy of the partition is staged and nothing is decided, and once
 its decision is logged and no worker has committed it. After a restart the
 table holds every row once, by full scan and through its LOCAL index; the
 partition map is the one before the split (first case) or after it
-(second), and splitting again works."""
+(second: the parent's files, which the crash kept from going, go at the
+next start), and splitting again works."""
 
+import os
 import signal
 
 import adbc_driver_flightsql.dbapi as flightsql
 import pytest
+from test_cluster_processes import wait_for
 from tessera_server import free_port, start_server, stop_server
 
 ROWS = 400
@@ -24,6 +27,13 @@ def state(cur):
     scan = rows(cur, "SELECT count(*) AS n, sum(k) AS s FROM t")[0]
     by_local = rows(cur, "SELECT count(*) AS n FROM t WHERE v = 7")[0]["n"]
     return scan["n"], scan["s"], by_local
+
+
+def partition_dirs(data_dir, partition):
+    """The directories of `partition` (data and index parts) on every
+    worker under `data_dir`."""
+    name = f"p{partition:04}"
+    return [root for root, dirs, _ in os.walk(data_dir) if name in dirs]
 
 
 def partitions(cur):
@@ -82,6 +92,12 @@ def test_crash_mid_split(data_dir, failpoint, after):
             with flightsql.connect(url) as conn, conn.cursor() as cur:
                 assert partitions(cur) == after
                 assert state(cur) == EXPECTED
+            if 0 in after:
+                assert partition_dirs(data_dir, 0)
+            else:
+                # The split's parent, which the crash kept from going.
+                wait_for("the parent partition's files to go",
+                         lambda: not partition_dirs(data_dir, 0), 60)
         finally:
             stop_server(proc)
 

@@ -442,6 +442,15 @@ impl WorkerClient {
             .unwrap_or_default())
     }
 
+    /// The partitions this worker holds directories of, by table storage
+    /// key.
+    pub async fn partitions(&self) -> Result<std::collections::BTreeMap<String, Vec<u32>>> {
+        Ok(self
+            .action(wire::ACTION_PARTITIONS, vec![])
+            .await?
+            .unwrap_or_default())
+    }
+
     pub async fn drop_table(&self, table: &str) -> Result<()> {
         let body = wire::encode(&wire::TableRequest {
             table: table.to_string(),

@@ -344,6 +344,10 @@ impl FlightService for WorkerFlightService {
                     .map_err(to_status)?;
                 None
             }
+            wire::ACTION_PARTITIONS => {
+                let held = self.storage().tables().map_err(to_status)?;
+                Some(wire::encode(&held).map_err(to_status)?)
+            }
             wire::ACTION_TABLES => {
                 let tables: Vec<String> = self
                     .storage()
@@ -388,6 +392,7 @@ impl FlightService for WorkerFlightService {
             wire::ACTION_INSTALL,
             wire::ACTION_DROP_PARTITION,
             wire::ACTION_TABLES,
+            wire::ACTION_PARTITIONS,
             wire::ACTION_PROGRESS,
         ]
         .map(|a| {

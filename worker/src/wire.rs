@@ -38,6 +38,8 @@ pub const ACTION_INSTALL: &str = "install";
 pub const ACTION_DROP_PARTITION: &str = "drop_partition";
 /// The table directories a worker holds (their storage keys).
 pub const ACTION_TABLES: &str = "tables";
+/// The partition directories a worker holds, by table directory.
+pub const ACTION_PARTITIONS: &str = "partitions";
 /// What the scans of some running queries read on a worker so far.
 pub const ACTION_PROGRESS: &str = "progress";
 

@@ -125,6 +125,7 @@ impl Coordinator {
 
 async fn remove_orphans(catalog: &Arc<Catalog>, worker: &str, url: &str) -> Result<()> {
     let client = WorkerClient::connect(url)?;
+    remove_orphan_partitions(catalog, worker, &client).await?;
     // Listed before the catalog is read: a table or index is in the
     // catalog before any of its files is written, so one made meanwhile
     // is named there.
@@ -150,6 +151,55 @@ async fn remove_orphans(catalog: &Arc<Catalog>, worker: &str, url: &str) -> Resu
                 tracing::warn!(%worker, table = %key, error = %e, "files of a dropped table stay until the worker rejoins or the next start");
             }
         }
+    }
+    Ok(())
+}
+
+/// Removes, once no query that began before may read them, the partition
+/// directories on `worker` of live tables and indexes whose copy there the
+/// partition map no longer lists: a split or merge's parents, or a copy
+/// moved away, when this coordinator stopped before it removed their
+/// files. Partitions above every id in the map are left alone: a split or
+/// merge under way stages its children there (ids only grow).
+async fn remove_orphan_partitions(
+    catalog: &Arc<Catalog>,
+    worker: &str,
+    client: &WorkerClient,
+) -> Result<()> {
+    let held = client.partitions().await?;
+    let state = catalog.state()?;
+    let mut orphans: BTreeMap<u64, Vec<crate::copies::Copy>> = BTreeMap::new();
+    for (key, placements) in &state.map.tables {
+        let Some((owner, locations)) = crate::copies::files_of(&state, key) else {
+            continue;
+        };
+        let Some(top) = placements.iter().map(|p| p.id).max() else {
+            continue;
+        };
+        let mut here: Vec<u32> = locations
+            .iter()
+            .filter_map(|l| held.get(l))
+            .flatten()
+            .copied()
+            .filter(|p| {
+                *p <= top
+                    && !placements
+                        .iter()
+                        .any(|c| c.id == *p && c.replicas.iter().any(|w| w == worker))
+            })
+            .collect();
+        here.sort_unstable();
+        here.dedup();
+        for p in here {
+            tracing::info!(%worker, table = %key, partition = p, "files of a partition copy the map no longer lists go");
+            orphans
+                .entry(owner.id)
+                .or_default()
+                .push((key.clone(), p, worker.to_string()));
+        }
+    }
+    for (table_id, copies) in orphans {
+        crate::copies::drop_files_later(catalog, table_id, copies);
     }
     Ok(())
 }
