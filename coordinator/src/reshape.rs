@@ -203,17 +203,18 @@ async fn reshape(
     let Some(parent_target) = catalog.write_targets(&name, &parent_ids[..1])?.pop() else {
         return Err(ErrorKind::Internal.error("no write target for the parent partition"));
     };
-    // The copies the children are placed on (the first parent's as it
-    // began) are those that take their rows.
-    let targeted: Vec<&str> = parent_target
-        .replicas
-        .iter()
-        .map(|r| match r {
-            Ok(part) => part.worker_id.as_str(),
-            Err((worker, _)) => worker.as_str(),
-        })
-        .collect();
-    if targeted != parents[0].replicas {
+    // The children are placed on the first parent's copies as it began:
+    // their rows go to those of them still in sync (one that fell out of
+    // sync meanwhile is left out, and is out of sync for the children too),
+    // never to another worker.
+    let foreign = parent_target.replicas.iter().any(|r| {
+        let worker = match r {
+            Ok(part) => &part.worker_id,
+            Err((worker, _)) => worker,
+        };
+        !parents[0].replicas.contains(worker)
+    });
+    if foreign {
         return Err(copies_changed(&name, &parent_ids));
     }
     let schema = def.schema()?;

@@ -157,7 +157,9 @@ pub async fn plan_index_read(
     if indexes.is_empty() || filters.is_empty() {
         return Ok(None);
     }
-    let total = catalog.placements(&table.name)?.len() as u32;
+    // The query's own map (taken with its snapshot), as `kept` is.
+    let total =
+        crate::query_map::placements(state.config_options(), catalog, &table.name)?.len() as u32;
     let mut local = None;
     for def in &indexes {
         let first = &def.columns[0];
