@@ -38,6 +38,7 @@ use datafusion_distributed::{DistributedExt, SessionStateBuilderExt};
 use futures::TryStreamExt;
 use tessera_sql::{Statement, parse_statement};
 use tessera_worker::TesseraCodec;
+use tessera_worker::call_timeout;
 
 use crate::catalog::Catalog;
 use crate::colocate::ColocateJoins;
@@ -366,6 +367,11 @@ impl Coordinator {
                 Ok(Planned::Ready(batch.schema(), vec![batch]))
             }
             Statement::Compact { table } => {
+                // What was acknowledged before it is merged too: statements
+                // acknowledged at their decision finish their commits first
+                // (a worker that does not confirm one leaves its files for
+                // the next compaction).
+                self.catalog.settle_decided(call_timeout()).await?;
                 let done = self
                     .compactor
                     .compact_table(

@@ -103,3 +103,31 @@ def stop_server(proc):
         proc.kill()
         proc.wait()
     proc.log.close()
+
+
+def crash_at_failpoint(data_dir, port, failpoint, sql):
+    """Starts `tessera serve` on `data_dir` with `TESSERA_FAILPOINT` set to
+    `failpoint`, runs `sql` (which must fail: the server dies under it) and
+    checks that the server aborted there."""
+    import signal
+
+    import adbc_driver_flightsql.dbapi as flightsql
+
+    proc = start_server(data_dir, port, env={"TESSERA_FAILPOINT": failpoint})
+    conn = flightsql.connect(f"grpc://127.0.0.1:{port}")
+    cur = conn.cursor()
+    failed = False
+    try:
+        cur.execute(sql)
+    except Exception:
+        failed = True
+    finally:
+        code = proc.wait(timeout=60)
+        # Closing handles on a server that is gone fails; that is expected.
+        for handle in (cur, conn):
+            try:
+                handle.close()
+            except Exception:
+                pass
+    assert failed, f"{sql} succeeded although the server was to die at {failpoint}"
+    assert code == -signal.SIGABRT, f"the server did not die at {failpoint}: exit {code}"

@@ -3,11 +3,8 @@ logged and before any worker committed it, on a table whose partitions were
 compacted: the next start commits the write, once, with its index entries,
 and nothing else changes."""
 
-import signal
-
 import adbc_driver_flightsql.dbapi as flightsql
-import pytest
-from tessera_server import free_port, start_server, stop_server
+from tessera_server import crash_at_failpoint, free_port, start_server, stop_server
 
 
 def rows(cur, sql):
@@ -39,21 +36,10 @@ def test_crash_between_decision_and_commit(data_dir):
     finally:
         stop_server(proc)
 
-    proc = start_server(data_dir, port, env={"TESSERA_FAILPOINT": "abort-after-decide"})
-    conn = flightsql.connect(url)
-    cur = conn.cursor()
-    try:
-        with pytest.raises(Exception):
-            cur.execute("INSERT INTO t SELECT value, 7 AS v, 7 AS g FROM range(100, 110)")
-    finally:
-        code = proc.wait(timeout=30)
-        # Closing handles on a server that is gone fails; that is expected.
-        for handle in (cur, conn):
-            try:
-                handle.close()
-            except Exception:
-                pass
-    assert code == -signal.SIGABRT, f"the server did not die at the failpoint: exit {code}"
+    crash_at_failpoint(
+        data_dir, port, "abort-after-decide",
+        "INSERT INTO t SELECT value, 7 AS v, 7 AS g FROM range(100, 110)",
+    )
 
     proc = start_server(data_dir, port)
     try:

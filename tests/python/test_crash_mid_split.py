@@ -7,12 +7,11 @@ partition map is the one before the split (first case) or after it
 next start), and splitting again works."""
 
 import os
-import signal
 
 import adbc_driver_flightsql.dbapi as flightsql
 import pytest
 from test_cluster_processes import wait_for
-from tessera_server import free_port, start_server, stop_server
+from tessera_server import crash_at_failpoint, free_port, start_server, stop_server
 
 ROWS = 400
 
@@ -40,26 +39,6 @@ def partitions(cur):
     return sorted(r["partition"] for r in rows(cur, "SHOW PARTITIONS t"))
 
 
-def crash_at(data_dir, url, port, failpoint, sql):
-    """Starts the server with `failpoint` set, runs `sql`, and checks the
-    server died there."""
-    proc = start_server(data_dir, port, env={"TESSERA_FAILPOINT": failpoint})
-    conn = flightsql.connect(url)
-    cur = conn.cursor()
-    try:
-        with pytest.raises(Exception):
-            cur.execute(sql)
-    finally:
-        code = proc.wait(timeout=60)
-        # Closing handles on a server that is gone fails; that is expected.
-        for handle in (cur, conn):
-            try:
-                handle.close()
-            except Exception:
-                pass
-    assert code == -signal.SIGABRT, f"the server did not die at {failpoint}: exit {code}"
-
-
 EXPECTED = (ROWS, sum(range(ROWS)), ROWS // 10)
 
 
@@ -84,7 +63,7 @@ def test_crash_mid_split(data_dir, failpoint, after):
     finally:
         stop_server(proc)
 
-    crash_at(data_dir, url, port, failpoint, "ALTER TABLE t SPLIT PARTITION 0 AT 150")
+    crash_at_failpoint(data_dir, port, failpoint, "ALTER TABLE t SPLIT PARTITION 0 AT 150")
 
     for _ in range(2):  # and once more across a clean restart
         proc = start_server(data_dir, port)

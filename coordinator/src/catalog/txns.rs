@@ -116,6 +116,23 @@ impl Catalog {
         Ok(in_flight.contains_key(&txn) || state.decided.contains_key(&txn))
     }
 
+    /// Waits, at most `limit`, until every transaction decided now is
+    /// committed everywhere and forgotten (they are until the workers
+    /// confirm their commits, which follow the acknowledgement).
+    pub async fn settle_decided(&self, limit: std::time::Duration) -> Result<()> {
+        let decided: Vec<u64> = {
+            let state = self.state.lock().map_err(|_| poisoned())?;
+            state.decided.keys().copied().collect()
+        };
+        let deadline = tokio::time::Instant::now() + limit;
+        for txn in decided {
+            while self.is_unresolved(txn)? && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        }
+        Ok(())
+    }
+
     /// Begins a write to `table`: a new transaction and the indexes it must
     /// maintain, chosen atomically with respect to `CREATE INDEX` (an index
     /// covers exactly the transactions after its `since_txn`).
