@@ -32,25 +32,23 @@ use datafusion::physical_plan::{DisplayAs, DisplayFormatType};
 use futures::TryStreamExt;
 use futures::future::join_all;
 use tessera_sql::{IndexKind, Partitioner, TableDef};
-use tessera_worker::wire::{PieceHeader, PrepareRequest};
-use tessera_worker::{
-    DataFile, StagedWrite, WorkerClient, WorkerUnavailable, is_worker_failure, sort_by_columns,
-};
+use tessera_worker::{DataFile, WorkerClient, WorkerUnavailable, sort_by_columns};
 
 use crate::catalog::{Catalog, TxnGuard, WriteTarget};
 use crate::catalog_state::CatalogState;
-use crate::copies::{Failures, settle_copies, short_of_quorum};
 
 mod commit;
 #[cfg(test)]
 mod dropped_decided;
 pub mod group;
 mod index_pieces;
+mod prepare;
 mod reports;
 
 pub(crate) use commit::{Ack, decide_and_commit, decide_and_commit_together, retry_commit};
 use group::Groups;
 pub use index_pieces::{global_index_pieces, index_pieces};
+pub(crate) use prepare::{Prepared, prepare_pieces};
 pub use reports::{OutboxWatcher, Reports, WriteFanout};
 
 /// Where the rows of an INSERT go.
@@ -412,187 +410,16 @@ pub async fn write_pieces_placing(
     mut place: impl FnMut(&mut CatalogState) -> Result<()> + Send + 'static,
     mut decide: impl FnMut(&mut CatalogState, &[DataFile]) -> Result<()> + Send + 'static,
 ) -> Result<()> {
-    let prepared = prepare_pieces(guard.txn, pieces).await?;
-    let Prepared {
-        writes,
-        urls,
-        files,
-        targets,
-        holders,
-        ..
-    } = prepared;
+    let mut prepared = prepare_pieces(guard.txn, pieces).await?;
+    let writes = std::mem::take(&mut prepared.writes);
+    let urls = std::mem::take(&mut prepared.urls);
     decide_and_commit(catalog, guard, writes, urls, ack, move |s| {
         place(s)?;
-        settle_all(s, &targets, &holders)?;
-        decide(s, &files)
+        prepared.settle(s)?;
+        decide(s, &prepared.files)
     })
     .await?;
     Ok(())
-}
-
-/// A transaction's pieces staged and durable on enough of their copies,
-/// not decided yet: the first phase of a write.
-pub(crate) struct Prepared {
-    pub txn: u64,
-    /// Worker id → what it staged.
-    pub writes: BTreeMap<String, Vec<StagedWrite>>,
-    /// Worker id → URL, of the workers in `writes`.
-    pub urls: BTreeMap<String, String>,
-    /// Each piece's file, as its first copy wrote it (every copy holds the
-    /// same rows), in the order of the pieces.
-    pub files: Vec<DataFile>,
-    targets: Vec<WriteTarget>,
-    /// Each piece's copies that took it.
-    holders: Vec<Vec<String>>,
-}
-
-impl Prepared {
-    /// Settles the copies that took each piece against the map, as the
-    /// transaction is decided (copies that missed it leave the in-sync set).
-    pub fn settle(&self, s: &mut CatalogState) -> Result<()> {
-        settle_all(s, &self.targets, &self.holders)
-    }
-
-    /// Drops what the workers staged.
-    pub async fn abort(&self) {
-        abort(self.txn, self.urls.values()).await;
-    }
-}
-
-fn settle_all(
-    s: &mut CatalogState,
-    targets: &[WriteTarget],
-    holders: &[Vec<String>],
-) -> Result<()> {
-    for (target, held) in targets.iter().zip(holders) {
-        settle_copies(s, target, held)?;
-    }
-    Ok(())
-}
-
-/// Stages `pieces` as transaction `txn` on their copies (phase 1): all of
-/// them on enough copies, or nothing stays staged.
-pub(crate) async fn prepare_pieces(txn: u64, pieces: Vec<Piece>) -> Result<Prepared> {
-    // Keyed by worker id: URLs change across restarts, ids do not.
-    let mut urls: BTreeMap<String, String> = BTreeMap::new();
-    // Workers a piece should reach and cannot: why, and whether because
-    // they could not be reached.
-    let mut failed = Failures::new();
-    // One prepare per worker, carrying all its pieces (a partition's rows
-    // and its LOCAL index entries travel together; each copy of a
-    // partition gets the same pieces): worker → (piece number, where, rows).
-    let mut by_worker: BTreeMap<String, Vec<(usize, PieceHeader, RecordBatch)>> = BTreeMap::new();
-    let mut shares = vec![];
-    for (i, piece) in pieces.into_iter().enumerate() {
-        for replica in &piece.target.replicas {
-            match replica {
-                Ok(part) => {
-                    urls.insert(part.worker_id.clone(), part.url.clone());
-                    by_worker.entry(part.worker_id.clone()).or_default().push((
-                        i,
-                        PieceHeader {
-                            table: piece.location.clone(),
-                            partition: piece.partition,
-                        },
-                        piece.batch.clone(),
-                    ));
-                }
-                Err((worker, why)) => {
-                    failed.insert(worker.clone(), (why.clone(), true));
-                }
-            }
-        }
-        shares.push(Share {
-            location: piece.location,
-            target: piece.target,
-        });
-    }
-    let request = PrepareRequest { txn };
-    let prepares = by_worker.into_iter().map(|(worker, pieces)| {
-        let url = urls.get(&worker).cloned().unwrap_or_default();
-        let request = &request;
-        async move {
-            let order: Vec<usize> = pieces.iter().map(|(i, ..)| *i).collect();
-            let pieces = pieces.into_iter().map(|(_, h, b)| (h, b)).collect();
-            let prepared = async {
-                let client = WorkerClient::connect(&url)?;
-                client.prepare(request, pieces).await
-            };
-            let files = match prepared.await {
-                Ok(files) if files.len() == order.len() => files,
-                Ok(files) => {
-                    let why = format!(
-                        "worker {worker} at {url} prepared {} pieces of {}",
-                        files.len(),
-                        order.len()
-                    );
-                    return (worker, Err((why, false)));
-                }
-                Err(e) => {
-                    let unreachable = is_worker_failure(&e);
-                    let why = name_worker(&worker, &url, e).to_string();
-                    return (worker, Err((why, unreachable)));
-                }
-            };
-            (worker, Ok(order.into_iter().zip(files).collect::<Vec<_>>()))
-        }
-    });
-    // Phase 1: every piece durable on its in-sync copies.
-    let mut files: Vec<BTreeMap<String, DataFile>> = vec![BTreeMap::new(); shares.len()];
-    for (worker, result) in join_all(prepares).await {
-        match result {
-            Ok(prepared) => {
-                for (i, f) in prepared {
-                    files[i].insert(worker.clone(), f);
-                }
-            }
-            Err(why) => {
-                failed.insert(worker, why);
-            }
-        }
-    }
-    // Each piece on enough copies, or nothing changes.
-    for (share, held) in shares.iter().zip(&files) {
-        if held.len() < share.target.needed {
-            abort(txn, urls.values()).await;
-            return Err(short_of_quorum(&share.target, held.len(), &failed));
-        }
-    }
-    let mut writes: BTreeMap<String, Vec<StagedWrite>> = BTreeMap::new();
-    for (share, held) in shares.iter().zip(&files) {
-        for worker in held.keys() {
-            writes.entry(worker.clone()).or_default().push(StagedWrite {
-                txn,
-                table: share.location.clone(),
-                partition: share.target.partition,
-            });
-        }
-    }
-    // The failed workers may have staged some pieces: they go.
-    let failed_urls: Vec<String> = failed.keys().filter_map(|w| urls.get(w).cloned()).collect();
-    abort(txn, failed_urls.iter()).await;
-    urls.retain(|w, _| writes.contains_key(w));
-    let first: Vec<DataFile> = files
-        .iter()
-        .filter_map(|held| held.values().next().cloned())
-        .collect();
-    let holders: Vec<Vec<String>> = files.iter().map(|h| h.keys().cloned().collect()).collect();
-    let targets: Vec<WriteTarget> = shares.into_iter().map(|s| s.target).collect();
-    Ok(Prepared {
-        txn,
-        writes,
-        urls,
-        files: first,
-        targets,
-        holders,
-    })
-}
-
-/// One piece of a write as its copies take it.
-struct Share {
-    location: String,
-    /// The partition and the in-sync copies it goes to.
-    target: WriteTarget,
 }
 
 /// Copies the strings a view column still points at into buffers of its
